@@ -1,0 +1,28 @@
+# Two entry points, each creating .venv and installing what it needs:
+#   make bench   all-reduce bandwidth of our algorithms beside MPI's own, on 2 local ranks
+#   make test    the full test suite (multi-rank tests run under the venv's mpiexec)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+NP     ?= 2
+BENCH_ARGS ?= -b 8 -e 64M -f 4 -n 10 -w 3
+
+.PHONY: bench test bench-kernels clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[mpi,test,report]"
+	touch $@
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/collectives-bench --np $(NP) $(BENCH_ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+bench-kernels: $(VENV)/.installed
+	$(PY) -m pytest bench/ --benchmark-only
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,107 @@
+"""The Communicator: validated all-reduce over a transport, with plans run by the executor."""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+import kernels
+
+from . import tuner
+from .algorithms import plan_for
+from .algorithms.executor import SCRATCH_SLOTS, run_plan
+from .config import Settings
+from .options import Op, check_algorithm
+from .topology import Topology
+from .validation import check_array, check_out
+
+__all__ = ["Communicator"]
+
+log = logging.getLogger("collectives")
+
+TAG_LIMIT = 32768  # MPI guarantees tags up to 32767
+
+
+class Communicator:
+    """All-reduce among the ranks of one transport.
+
+    Example::
+
+        comm = collectives.init()
+        grads = comm.allreduce(grads, op="avg", algorithm="ring")
+    """
+
+    def __init__(self, transport, topology: Topology, settings: Settings):
+        self._transport = transport
+        self.topology = topology
+        self.settings = settings
+        self._seq = 0
+        self._scratch: dict[np.dtype, np.ndarray] = {}
+
+    @property
+    def rank(self) -> int:
+        return self._transport.rank
+
+    @property
+    def size(self) -> int:
+        return self._transport.size
+
+    def allreduce(self, x, op: str | Op = "sum", algorithm: str | None = None,
+                  compression: str | None = None, out=None):
+        """Reduce `x` over all ranks; every rank gets the result, bit-identical.
+
+        `algorithm` defaults to COLLECTIVES_ALGORITHM or "auto". The result has x's shape and
+        dtype; x is left untouched unless `out is x`.
+        """
+        op = Op.parse(op)
+        name = check_algorithm(self.settings.algorithm if algorithm is None else algorithm)
+        check_array(x)
+        if out is not None:
+            check_out(out, x)
+        if compression is not None:
+            raise ValueError(f"compression {compression!r} is not available yet; pass None")
+        result = np.empty(x.shape, x.dtype) if out is None else out
+        work = result.reshape(-1) if result.flags.c_contiguous else np.empty(x.size, x.dtype)
+        if name == "auto":
+            name = tuner.choose(x.nbytes, self.size)
+            if self.settings.debug:
+                log.debug("rank %d: auto chose %s for %d bytes", self.rank, name, x.nbytes)
+        deadline = time.monotonic() + self.settings.timeout
+        tag = self._next_tag()
+        if name == "native":
+            self._native(x, work, op, deadline)
+        else:
+            if not np.shares_memory(work, x):
+                np.copyto(work.reshape(x.shape), x)
+            plan = plan_for(name, self.rank, self.size, x.size, x.dtype.itemsize, self.topology)
+            scratch = self._scratch_for(x.dtype, SCRATCH_SLOTS * plan.max_segment)
+            run_plan(plan, work, scratch, self._transport, op.elementwise, tag, deadline)
+        if op is Op.AVG:
+            kernels.divide_into(work, self.size)
+        if not np.shares_memory(work, result):
+            np.copyto(result, work.reshape(result.shape))
+        return result
+
+    def _native(self, x: np.ndarray, work: np.ndarray, op: Op, deadline: float) -> None:
+        if x.flags.c_contiguous and not np.shares_memory(x, work):
+            src = x.reshape(-1)
+        else:
+            np.copyto(work.reshape(x.shape), x)
+            src = work
+        self._transport.native_allreduce(src, work, op.elementwise, deadline)
+
+    def _next_tag(self) -> int:
+        self._seq += 1
+        return self._seq % TAG_LIMIT
+
+    def _scratch_for(self, dtype: np.dtype, elements: int) -> np.ndarray:
+        """A reusable scratch buffer of at least `elements`; grows, never shrinks."""
+        buf = self._scratch.get(dtype)
+        if buf is None or buf.size < elements:
+            buf = self._scratch[dtype] = np.empty(elements, dtype)
+        return buf[:elements]
+
+    def __repr__(self) -> str:
+        return f"Communicator(rank={self.rank}, size={self.size}, transport={self._transport.name})"
+

@@ -1,0 +1,53 @@
+"""What workers share: deterministic per-rank data, the NumPy reference, a failure tally."""
+from __future__ import annotations
+
+import hashlib
+import sys
+
+import numpy as np
+
+OPS = ("sum", "avg", "max", "min")
+
+
+def rank_data(count: int, dtype: np.dtype, rank: int) -> np.ndarray:
+    """Small integers (exact in every dtype when summed over <= 8 ranks), different per rank."""
+    values = (np.arange(count, dtype=np.int64) * 7 + rank * 3) % 9 - 4
+    return values.astype(dtype)
+
+
+def reference(count: int, dtype: np.dtype, size: int, op: str) -> np.ndarray:
+    """The expected all-reduce of rank_data over `size` ranks, computed in float64/int64."""
+    if count == 0:
+        return np.zeros(0, dtype)
+    stack = np.stack([rank_data(count, np.float64, r) for r in range(size)])
+    if op in ("sum", "avg"):
+        total = stack.sum(axis=0)
+        if op == "avg":
+            total = total // size if np.dtype(dtype).kind == "i" else total / size
+        return total.astype(dtype)
+    return (stack.max(axis=0) if op == "max" else stack.min(axis=0)).astype(dtype)
+
+
+def digest(array: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(array).view(np.uint8).tobytes()).hexdigest()
+
+
+class Tally:
+    """Collects failures; `finish()` prints them and exits non-zero if there were any."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+        self.checked = 0
+        self.failures: list[str] = []
+
+    def check(self, ok: bool, what: str) -> None:
+        self.checked += 1
+        if not ok:
+            self.failures.append(what)
+
+    def finish(self) -> None:
+        for failure in self.failures[:50]:
+            print(f"rank {self.rank} FAIL {failure}", flush=True)
+        print(f"rank {self.rank}: {self.checked - len(self.failures)}/{self.checked} checks passed",
+              flush=True)
+        sys.exit(1 if self.failures else 0)
