@@ -10,7 +10,7 @@ import kernels
 
 from . import tuner
 from .algorithms import plan_for
-from .algorithms.executor import SCRATCH_SLOTS, run_plan
+from .algorithms.executor import IDENTITY, buffer_sizes, run_plan
 from .config import Settings
 from .options import Op, check_algorithm
 from .topology import Topology
@@ -37,7 +37,7 @@ class Communicator:
         self.topology = topology
         self.settings = settings
         self._seq = 0
-        self._scratch: dict[np.dtype, np.ndarray] = {}
+        self._scratch: dict[tuple[str, np.dtype], object] = {}
 
     @property
     def rank(self) -> int:
@@ -61,8 +61,9 @@ class Communicator:
             check_out(out, x)
         if compression is not None:
             raise ValueError(f"compression {compression!r} is not available yet; pass None")
-        result = np.empty(x.shape, x.dtype) if out is None else out
-        work = result.reshape(-1) if result.flags.c_contiguous else np.empty(x.size, x.dtype)
+        xp = kernels.array_module(x)
+        result = xp.empty(x.shape, x.dtype) if out is None else out
+        work = result.reshape(-1) if result.flags.c_contiguous else xp.empty(x.size, x.dtype)
         if name == "auto":
             name = tuner.choose(x.nbytes, self.size)
             if self.settings.debug:
@@ -72,22 +73,24 @@ class Communicator:
         if name == "native":
             self._native(x, work, op, deadline)
         else:
-            if not np.shares_memory(work, x):
-                np.copyto(work.reshape(x.shape), x)
+            if not xp.shares_memory(work, x):
+                xp.copyto(work.reshape(x.shape), x)
             plan = plan_for(name, self.rank, self.size, x.size, x.dtype.itemsize, self.topology)
-            scratch = self._scratch_for(x.dtype, SCRATCH_SLOTS * plan.max_segment)
+            scratch_len, _ = buffer_sizes(plan, IDENTITY)
+            scratch = self._scratch_for(work, x.dtype, scratch_len)
             run_plan(plan, work, scratch, self._transport, op.elementwise, tag, deadline)
         if op is Op.AVG:
             kernels.divide_into(work, self.size)
-        if not np.shares_memory(work, result):
-            np.copyto(result, work.reshape(result.shape))
+        if not xp.shares_memory(work, result):
+            xp.copyto(result, work.reshape(result.shape))
         return result
 
-    def _native(self, x: np.ndarray, work: np.ndarray, op: Op, deadline: float) -> None:
-        if x.flags.c_contiguous and not np.shares_memory(x, work):
+    def _native(self, x, work, op: Op, deadline: float) -> None:
+        xp = kernels.array_module(x)
+        if x.flags.c_contiguous and not xp.shares_memory(x, work):
             src = x.reshape(-1)
         else:
-            np.copyto(work.reshape(x.shape), x)
+            xp.copyto(work.reshape(x.shape), x)
             src = work
         self._transport.native_allreduce(src, work, op.elementwise, deadline)
 
@@ -95,11 +98,13 @@ class Communicator:
         self._seq += 1
         return self._seq % TAG_LIMIT
 
-    def _scratch_for(self, dtype: np.dtype, elements: int) -> np.ndarray:
-        """A reusable scratch buffer of at least `elements`; grows, never shrinks."""
-        buf = self._scratch.get(dtype)
+    def _scratch_for(self, like, dtype, elements: int):
+        """A reusable buffer of `elements` on like's array module; grows, never shrinks."""
+        xp = kernels.array_module(like)
+        key = (xp.__name__, np.dtype(dtype))
+        buf = self._scratch.get(key)
         if buf is None or buf.size < elements:
-            buf = self._scratch[dtype] = np.empty(elements, dtype)
+            buf = self._scratch[key] = xp.empty(elements, dtype)
         return buf[:elements]
 
     def __repr__(self) -> str:
