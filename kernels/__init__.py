@@ -1,6 +1,10 @@
 """Layer 1: local array kernels, dispatched on the array's module (NumPy or CuPy).
 
-Every function takes 1-D contiguous arrays of one module; the NumPy twin is the reference.
+Arrays are 1-D and contiguous unless a function says otherwise, and all of one module; the
+kernel runs on the module of its first array argument. The NumPy twin (`kernels._numpy`)
+is the reference; the CuPy twin (`kernels._cupy`) is imported only when a CuPy array
+arrives. Ops are "sum", "max", "min" (NaN propagates, as in `np.maximum`). 16-bit floats
+(float16, bfloat16) are computed in float32 and rounded once.
 
 Example::
 
@@ -12,14 +16,30 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from kernels import _numpy
+from kernels._common import HALF_DTYPES, OPS, compute_dtype, packed_offsets
 
-__all__ = ["array_module", "copy_into", "divide_into", "reduce_into"]
+__all__ = [
+    "HALF_DTYPES",
+    "OPS",
+    "array_module",
+    "compress_into",
+    "compute_dtype",
+    "copy_into",
+    "decompress_into",
+    "decompress_reduce_into",
+    "divide_into",
+    "pack",
+    "packed_offsets",
+    "reduce_into",
+    "unpack",
+]
 
 
 def array_module(x: Any) -> ModuleType:
@@ -32,8 +52,8 @@ def array_module(x: Any) -> ModuleType:
 
 
 def _impl(x: Any) -> ModuleType:
-    """The kernel module (`kernels._numpy` or `kernels._cupy`) for x's array module."""
-    if array_module(x) is np:
+    """The kernel twin for x: `kernels._numpy`, or `kernels._cupy` for a CuPy array."""
+    if not type(x).__module__.startswith("cupy"):
         return _numpy
     from kernels import _cupy
 
@@ -41,7 +61,7 @@ def _impl(x: Any) -> ModuleType:
 
 
 def reduce_into(dst: Any, src: Any, op: str) -> None:
-    """dst = dst (op) src elementwise, in place; op in "sum", "max", "min" (NaN propagates)."""
+    """dst = dst (op) src elementwise, in place; op in "sum", "max", "min"."""
     _impl(dst).reduce_into(dst, src, op)
 
 
@@ -51,5 +71,46 @@ def copy_into(dst: Any, src: Any) -> None:
 
 
 def divide_into(buf: Any, divisor: int) -> None:
-    """The avg finish: buf /= divisor for floats (16-bit via float32, one rounding); buf //= divisor for ints."""
+    """The avg finish: buf /= divisor for floats (one rounding), buf //= divisor (floor) for ints."""
     _impl(buf).divide_into(buf, divisor)
+
+
+def compress_into(dst16: Any, src: Any, scale: float = 1.0) -> None:
+    """dst16 = round_to_16_bits(src * scale): float16 or bfloat16 wire format, one rounding.
+
+    The product is computed in float32 (float64 for a float64 src); values past the 16-bit
+    range become inf, so choose scale to keep them inside it.
+    """
+    _impl(dst16).compress_into(dst16, src, scale)
+
+
+def decompress_into(dst: Any, src16: Any) -> None:
+    """dst = src16, widened exactly to dst's dtype (float32 or float64)."""
+    _impl(dst).decompress_into(dst, src16)
+
+
+def decompress_reduce_into(acc: Any, src16: Any, op: str) -> None:
+    """acc = acc (op) widen(src16) elementwise, in acc's dtype: the fp32-accumulate step."""
+    _impl(acc).decompress_reduce_into(acc, src16, op)
+
+
+def pack(arrays: Sequence[Any], flat: Any) -> int:
+    """Copy each array (any shape and layout), raveled in C order, into consecutive slices of flat.
+
+    flat is 1-D with at least sum(a.size) elements; values are cast to flat's dtype
+    ("same_kind"). Returns the number of elements written. Example::
+
+        >>> import numpy as np, kernels
+        >>> flat = np.empty(5, np.float32)
+        >>> kernels.pack([np.ones((2, 2)), np.zeros(1)], flat)
+        5
+    """
+    return _impl(flat).pack(arrays, flat)
+
+
+def unpack(flat: Any, outs: Sequence[Any]) -> int:
+    """Inverse of pack: fill each out (any shape and layout) from consecutive slices of flat.
+
+    Returns the number of elements read.
+    """
+    return _impl(flat).unpack(flat, outs)

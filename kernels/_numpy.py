@@ -1,50 +1,38 @@
 """NumPy kernels: the reference implementation of every kernel in `kernels`.
 
-16-bit floats (float16, bfloat16) are computed in float32 and rounded to 16 bits once,
-in cache-sized blocks so no full-size temporary is allocated.
+16-bit floats are computed in float32 and rounded once: each ufunc runs its float32 loop
+(`dtype=`) over NumPy's internal cast buffers, so no full-size temporary is made. Floating
+point events (inf - inf, overflow to inf, NaN compares) are data here, never warnings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Sequence
 
-import ml_dtypes
 import numpy as np
 
-__all__ = ["copy_into", "divide_into", "reduce_into"]
+from kernels._common import HALF_DTYPES, compute_dtype, op_name
 
-HALF_DTYPES = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
-UFUNCS = {"sum": np.add, "max": np.maximum, "min": np.minimum}
-BLOCK = 1 << 14  # elements per float32 block: 64 KiB, stays in L2
+__all__ = [
+    "compress_into",
+    "copy_into",
+    "decompress_into",
+    "decompress_reduce_into",
+    "divide_into",
+    "pack",
+    "reduce_into",
+    "unpack",
+]
 
-
-def ufunc_for(op: str) -> np.ufunc:
-    """The NumPy ufunc of a reduction op name ("sum", "max", "min"; a str enum works too)."""
-    try:
-        return UFUNCS[getattr(op, "value", op)]
-    except KeyError:
-        raise ValueError(f"op must be one of {sorted(UFUNCS)}, got {op!r}") from None
-
-
-def blocks(n: int) -> Iterator[slice]:
-    """Consecutive slices of at most BLOCK elements covering range(n)."""
-    for lo in range(0, n, BLOCK):
-        yield slice(lo, min(lo + BLOCK, n))
+_UFUNCS = {"sum": np.add, "max": np.maximum, "min": np.minimum}
+_BLOCK = 1 << 14  # elements per block where a kernel needs scratch: 128 KiB of float64
+_quiet = np.errstate(all="ignore")
 
 
+@_quiet
 def reduce_into(dst: np.ndarray, src: np.ndarray, op: str) -> None:
     """dst = dst (op) src elementwise, in place."""
-    ufunc = ufunc_for(op)
-    with np.errstate(all="ignore"):  # inf - inf, NaN compares and 16-bit overflow are data, not errors
-        if dst.dtype not in HALF_DTYPES:
-            ufunc(dst, src, out=dst)
-            return
-        scratch = np.empty(min(dst.size, BLOCK), np.float32)
-        for s in blocks(dst.size):
-            acc = scratch[: s.stop - s.start]
-            np.copyto(acc, dst[s])
-            ufunc(acc, src[s], out=acc)
-            np.copyto(dst[s], acc, casting="unsafe")
+    _UFUNCS[op_name(op)](dst, src, out=dst, dtype=compute_dtype(dst.dtype), casting="unsafe")
 
 
 def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
@@ -52,16 +40,65 @@ def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
     np.copyto(dst, src)
 
 
+@_quiet
 def divide_into(buf: np.ndarray, divisor: int) -> None:
-    """The avg finish: buf /= divisor for floats (16-bit in float32, one rounding), buf //= divisor for ints."""
+    """buf /= divisor for floats (16-bit in float32, one rounding); buf //= divisor for ints."""
     if buf.dtype.kind in "iu":
         np.floor_divide(buf, divisor, out=buf)
-    elif buf.dtype in HALF_DTYPES:
-        scratch = np.empty(min(buf.size, BLOCK), np.float32)
-        for s in blocks(buf.size):
-            acc = scratch[: s.stop - s.start]
-            np.copyto(acc, buf[s])
-            np.divide(acc, np.float32(divisor), out=acc)
-            np.copyto(buf[s], acc, casting="unsafe")
     else:
-        np.divide(buf, divisor, out=buf)
+        np.divide(buf, divisor, out=buf, dtype=compute_dtype(buf.dtype), casting="unsafe")
+
+
+@_quiet
+def compress_into(dst16: np.ndarray, src: np.ndarray, scale: float) -> None:
+    """dst16 = round_to_16_bits(src * scale), the product in src's compute dtype, one rounding."""
+    if dst16.dtype not in HALF_DTYPES:
+        raise TypeError(f"compress_into writes float16 or bfloat16, got {dst16.dtype}")
+    if src.dtype != np.float64:
+        np.multiply(src, scale, out=dst16, dtype=compute_dtype(src.dtype), casting="unsafe")
+        return
+    # float64 -> 16 bits through float32 rounded to odd: one correct rounding, whereas
+    # ml_dtypes' float64 -> bfloat16 cast rounds twice (via float32, to nearest).
+    wide, narrow = np.empty(min(src.size, _BLOCK)), np.empty(min(src.size, _BLOCK), np.float32)
+    for lo in range(0, src.size, _BLOCK):
+        n = min(_BLOCK, src.size - lo)
+        np.multiply(src[lo : lo + n], scale, out=wide[:n])
+        _to_float32_round_to_odd(wide[:n], narrow[:n])
+        np.copyto(dst16[lo : lo + n], narrow[:n], casting="unsafe")
+
+
+def _to_float32_round_to_odd(x: np.ndarray, out: np.ndarray) -> None:
+    """out = x rounded toward zero to float32, lowest mantissa bit set when inexact."""
+    np.copyto(out, x, casting="unsafe")  # to nearest; step back toward zero where it went past
+    np.nextafter(out, np.float32(0), out=out, where=np.abs(out) > np.abs(x))
+    np.bitwise_or(out.view(np.uint32), 1, out=out.view(np.uint32), where=out != x)
+
+
+@_quiet
+def decompress_into(dst: np.ndarray, src16: np.ndarray) -> None:
+    """dst = src16, widened exactly (dst is float32 or float64)."""
+    np.copyto(dst, src16, casting="unsafe")
+
+
+@_quiet
+def decompress_reduce_into(acc: np.ndarray, src16: np.ndarray, op: str) -> None:
+    """acc = acc (op) widen(src16) elementwise, in acc's dtype."""
+    _UFUNCS[op_name(op)](acc, src16, out=acc, dtype=acc.dtype, casting="unsafe")
+
+
+def pack(arrays: Sequence[np.ndarray], flat: np.ndarray) -> int:
+    """Write each array, raveled in C order, into consecutive slices of flat; return the count."""
+    total = sum(a.size for a in arrays)
+    if total:
+        np.concatenate(arrays, axis=None, out=flat[:total], casting="same_kind")
+    return total
+
+
+def unpack(flat: np.ndarray, outs: Sequence[np.ndarray]) -> int:
+    """Inverse of pack: fill each out (any shape, any layout, cast to its dtype) from flat."""
+    lo = 0
+    for out in outs:
+        hi = lo + out.size
+        np.copyto(out, flat[lo:hi].reshape(out.shape), casting="unsafe")
+        lo = hi
+    return lo

@@ -1,6 +1,13 @@
-"""Kernels against an independent float64 reference, on NumPy and (when a GPU is present) CuPy."""
+"""Kernels against an independent float64 / Python reference, on NumPy and (with a GPU) CuPy.
+
+The reference computes in float64 (exact for these inputs, or Python ints) and rounds once
+to the result dtype; for 16-bit floats it goes through float32 rounded to odd, which keeps
+the final round-to-nearest-even exact (24 >= 11 + 2 bits).
+"""
 
 from __future__ import annotations
+
+import enum
 
 import ml_dtypes
 import numpy as np
@@ -8,10 +15,11 @@ import pytest
 
 import kernels
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
-FLOATS = [np.dtype(np.float16), BF16, np.dtype(np.float32), np.dtype(np.float64)]
-INTS = [np.dtype(np.int32), np.dtype(np.int64)]
-DTYPES = FLOATS + INTS
+F16, BF16 = np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+HALVES = [F16, BF16]
+FLOATS = [*HALVES, F32, F64]
+DTYPES = [*FLOATS, np.dtype(np.int32), np.dtype(np.int64)]
 OPS = ["sum", "max", "min"]
 SIZES = [0, 1, 7, 1000, (1 << 20) + 3]
 REF = {"sum": np.add, "max": np.maximum, "min": np.minimum}
@@ -22,7 +30,7 @@ def _gpu_present() -> bool:
         import cupy
 
         return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
+    except Exception:  # no cupy, no driver, no device
         return False
 
 
@@ -35,7 +43,7 @@ def _gpu_present() -> bool:
     ]
 )
 def xp(request):
-    """The array module under test."""
+    """The array module under test: every test runs on NumPy and, with a GPU, on CuPy."""
     if request.param == "numpy":
         return np
     import cupy
@@ -47,25 +55,46 @@ def to_host(a) -> np.ndarray:
     return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
+def to_float32_round_to_odd(x: np.ndarray) -> np.ndarray:
+    """float64 -> float32 truncated toward zero, lowest bit set when inexact."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = x.astype(F32)
+        too_far = np.abs(t.astype(F64)) > np.abs(x)
+        t[too_far] = np.nextafter(t[too_far], F32.type(0))
+        bits = t.view(np.uint32)
+        bits[t.astype(F64) != x] |= 1
+    return t
+
+
 def rounded(exact: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Round float64 values to dtype once (via float32 for 16-bit floats: innocuous double rounding)."""
-    if dtype.itemsize == 2:
-        return exact.astype(np.float32).astype(dtype)
+    """Round float64 values to dtype once (see the module docstring)."""
+    if dtype in HALVES:
+        with np.errstate(over="ignore"):
+            return to_float32_round_to_odd(exact).astype(dtype)
     return exact.astype(dtype)
 
 
 def random_array(n: int, dtype: np.dtype, seed: int) -> np.ndarray:
+    """Values of mixed magnitude (so sums round), ints small enough never to overflow."""
     rng = np.random.default_rng(seed)
     if dtype.kind == "i":
         hi = np.iinfo(dtype).max // 4
         return rng.integers(-hi, hi, n, dtype=dtype)
-    # mixed magnitudes, so sums round in interesting ways
     return (rng.standard_normal(n) * np.exp2(rng.integers(-8, 8, n))).astype(dtype)
 
 
-def same_bits(got: np.ndarray, want: np.ndarray) -> None:
-    assert got.dtype == want.dtype
+def reference(op: str, a: np.ndarray, b: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """a (op) b computed exactly (int64 or float64), rounded once to dtype."""
+    wide = np.int64 if dtype.kind == "i" else np.float64
+    return rounded(REF[op](a.astype(wide), b.astype(wide)), dtype)
+
+
+def assert_same_bits(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.dtype == want.dtype and got.shape == want.shape
     np.testing.assert_array_equal(got.view(f"u{got.itemsize}"), want.view(f"u{want.itemsize}"))
+
+
+# reduce_into, copy_into, divide_into
 
 
 @pytest.mark.parametrize("n", SIZES)
@@ -73,42 +102,45 @@ def same_bits(got: np.ndarray, want: np.ndarray) -> None:
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_reduce_into(xp, dtype, op, n):
     a, b = random_array(n, dtype, 1), random_array(n, dtype, 2)
-    want = rounded(REF[op](a.astype(np.float64), b.astype(np.float64)), dtype)
-    if dtype.kind == "i":
-        want = REF[op](a.astype(object), b.astype(object)).astype(dtype)
-    dst, src = xp.asarray(a), xp.asarray(b)
+    dst, src = xp.array(a), xp.array(b)
     kernels.reduce_into(dst, src, op)
-    same_bits(to_host(dst), want)
-    same_bits(to_host(src), b)
+    assert_same_bits(to_host(dst), reference(op, a, b, dtype))
+    assert_same_bits(to_host(src), b)
 
 
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
 def test_reduce_into_propagates_nan(xp, dtype, op):
-    a = np.array([np.nan, 1, 2, np.nan, np.inf], dtype)
-    b = np.array([1, np.nan, 3, np.nan, -np.inf], dtype)
-    dst = xp.asarray(a)
-    kernels.reduce_into(dst, xp.asarray(b), op)
+    a = np.array([np.nan, 1, 2, np.nan, np.inf, -0.0], dtype)
+    b = np.array([1, np.nan, 3, np.nan, -np.inf, 4], dtype)
+    dst = xp.array(a)
+    kernels.reduce_into(dst, xp.array(b), op)
     want = {
-        "sum": [np.nan, np.nan, 5, np.nan, np.nan],
-        "max": [np.nan, np.nan, 3, np.nan, np.inf],
-        "min": [np.nan, np.nan, 2, np.nan, -np.inf],
+        "sum": [np.nan, np.nan, 5, np.nan, np.nan, 4],
+        "max": [np.nan, np.nan, 3, np.nan, np.inf, 4],
+        "min": [np.nan, np.nan, 2, np.nan, -np.inf, -0.0],
     }[op]
-    np.testing.assert_array_equal(to_host(dst).astype(np.float64), want)
+    np.testing.assert_array_equal(to_host(dst).astype(F64), want)
 
 
-def test_reduce_into_rejects_unknown_op():
+def test_reduce_into_takes_a_str_enum_and_rejects_unknown_ops():
+    class Op(str, enum.Enum):
+        SUM = "sum"
+
+    dst = np.ones(3, F32)
+    kernels.reduce_into(dst, np.ones(3, F32), Op.SUM)
+    np.testing.assert_array_equal(dst, [2, 2, 2])
     with pytest.raises(ValueError, match="op must be one of"):
-        kernels.reduce_into(np.ones(3), np.ones(3), "prod")
+        kernels.reduce_into(dst, dst, "prod")
 
 
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_copy_into(xp, dtype, n):
     a = random_array(n, dtype, 3)
-    dst = xp.asarray(np.zeros(n, dtype))
-    kernels.copy_into(dst, xp.asarray(a))
-    same_bits(to_host(dst), a)
+    dst = xp.array(np.zeros(n, dtype))
+    kernels.copy_into(dst, xp.array(a))
+    assert_same_bits(to_host(dst), a)
 
 
 @pytest.mark.parametrize("divisor", [1, 3, 7, 257, 4099])
@@ -117,12 +149,145 @@ def test_copy_into(xp, dtype, n):
 def test_divide_into(xp, dtype, n, divisor):
     a = random_array(n, dtype, 4)
     if dtype.kind == "i":
-        want = np.array([int(v) // divisor for v in a[:1000]] + list(a[1000:] // divisor), dtype)
-    else:
-        want = rounded(a.astype(np.float64) / divisor, dtype)
-    buf = xp.asarray(a)
+        want = np.array([int(v) // divisor for v in a[:1000].tolist()], dtype)
+    else:  # 257 and 4099 are not 16-bit floats: the divisor must not be rounded first
+        want = rounded(a[:1000].astype(F64) / divisor, dtype)
+    buf = xp.array(a)
     kernels.divide_into(buf, divisor)
-    same_bits(to_host(buf), want)
+    assert_same_bits(to_host(buf)[:1000], want)
+
+
+def test_divide_into_floors_negative_ints(xp):
+    buf = xp.array(np.array([-7, 7, -8, 0], np.int32))
+    kernels.divide_into(buf, 2)
+    np.testing.assert_array_equal(to_host(buf), [-4, 3, -4, 0])
+
+
+# compression
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.125, 1 / 3])
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("src_dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("wire", HALVES, ids=str)
+def test_compress_into(xp, wire, src_dtype, n, scale):
+    src = random_array(n, src_dtype, 5) * src_dtype.type(64)
+    src[::97] = 1e6  # past float16's range: must become inf, not wrap
+    dst = xp.array(np.zeros(n, wire))
+    kernels.compress_into(dst, xp.array(src), scale)
+    exact = src.astype(F64) * F64.type(src_dtype.type(scale))  # the product is exact in float64 ...
+    if src_dtype == F32:
+        exact = exact.astype(F32).astype(F64)  # ... and rounded to float32 first for a float32 src
+    assert_same_bits(to_host(dst), rounded(exact, wire))
+
+
+def test_compress_into_rejects_a_wide_destination():
+    with pytest.raises(TypeError, match="float16 or bfloat16"):
+        kernels.compress_into(np.zeros(3, F32), np.ones(3, F32), 1.0)
+
+
+@pytest.mark.parametrize("wire", HALVES, ids=str)
+def test_compression_round_trip_error_is_half_an_ulp(xp, wire):
+    src = random_array((1 << 16) + 5, F32, 6)
+    src = src[np.abs(src) > 1e-4]  # stay clear of float16 subnormals
+    wire_buf, back = xp.array(np.zeros(src.size, wire)), xp.array(np.zeros(src.size, F32))
+    kernels.compress_into(wire_buf, xp.array(src), 1.0)
+    kernels.decompress_into(back, wire_buf)
+    mantissa_bits = {F16: 10, BF16: 7}[wire]
+    rel = np.abs(to_host(back).astype(F64) - src) / np.abs(src)
+    assert rel.max() <= 2.0 ** -(mantissa_bits + 1)
+
+
+@pytest.mark.parametrize("dst_dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("wire", HALVES, ids=str)
+def test_decompress_into_is_exact(xp, wire, dst_dtype):
+    every = np.arange(1 << 16, dtype=np.uint16).view(wire)  # every 16-bit pattern
+    dst = xp.array(np.zeros(every.size, dst_dtype))
+    kernels.decompress_into(dst, xp.array(every))
+    got = to_host(dst)
+    finite = np.isfinite(every.astype(F32))
+    np.testing.assert_array_equal(got[finite], [float(v) for v in every[finite].tolist()])
+    assert np.isnan(got[np.isnan(every.astype(F32))]).all()
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("wire", HALVES, ids=str)
+def test_decompress_reduce_into(xp, wire, op, n):
+    acc0, incoming = random_array(n, F32, 7), random_array(n, wire, 8)
+    acc = xp.array(acc0)
+    kernels.decompress_reduce_into(acc, xp.array(incoming), op)
+    assert_same_bits(to_host(acc), reference(op, acc0, incoming, F32))
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("wire", HALVES, ids=str)
+def test_decompress_reduce_into_propagates_nan(xp, wire, op):
+    acc = xp.array(np.array([np.nan, 1, 2], F32))
+    kernels.decompress_reduce_into(acc, xp.array(np.array([1, np.nan, 3], wire)), op)
+    got = to_host(acc)
+    assert np.isnan(got[:2]).all() and got[2] == {"sum": 5, "max": 3, "min": 2}[op]
+
+
+# multi-tensor pack / unpack
+
+LAYOUTS = {
+    "c": lambda x: x,
+    "fortran": lambda x: x.T,
+    "strided": lambda x: x[::2, ::3],
+    "scalar": lambda x: x[1, 1],
+    "empty": lambda x: x[:0],
+    "vector": lambda x: x[0],
+}
+
+
+def mixed_arrays(xp, dtypes):
+    """One array per layout, cycling through dtypes, with distinct values."""
+    out = []
+    for i, layout in enumerate(LAYOUTS.values()):
+        dtype = dtypes[i % len(dtypes)]
+        base = (np.arange(6 * 9).reshape(6, 9) + 100 * i).astype(dtype)
+        out.append(layout(xp.array(base)))
+    return out
+
+
+@pytest.mark.parametrize(
+    "flat_dtype,dtypes",
+    [(F32, [F32]), (F32, [F16, F32, BF16]), (F64, [F32, np.dtype(np.int32)]), (np.dtype(np.int64), [np.dtype(np.int32)])],
+    ids=str,
+)
+def test_pack_then_unpack_round_trips(xp, flat_dtype, dtypes):
+    arrays = mixed_arrays(xp, dtypes)
+    values = [float(v) for a in arrays for v in to_host(a).flat]  # C order, element by element
+    flat = xp.array(np.full(len(values) + 5, -1, flat_dtype))
+    assert kernels.pack(arrays, flat) == len(values)
+    np.testing.assert_array_equal(to_host(flat), [*values, -1, -1, -1, -1, -1])
+    assert kernels.packed_offsets(arrays)[-1] == len(values)
+
+    outs = [xp.array(np.zeros(a.shape, a.dtype, order=o)) for a, o in zip(arrays, "CFCFCF")]
+    assert kernels.unpack(flat, outs) == len(values)
+    for out, a in zip(outs, arrays):
+        assert_same_bits(to_host(out), to_host(a))
+
+
+def test_pack_many_small_tensors(xp):
+    arrays = [xp.array(np.full(i % 7, i, F32)) for i in range(1000)]
+    offsets = kernels.packed_offsets(arrays)
+    flat = xp.array(np.zeros(offsets[-1], F32))
+    kernels.pack(arrays, flat)
+    host = to_host(flat)
+    for i in range(1000):
+        assert (host[offsets[i] : offsets[i + 1]] == i).all()
+    outs = [xp.zeros_like(a) for a in arrays]
+    kernels.unpack(flat, outs)
+    assert all(bool((to_host(o) == i).all()) for i, o in enumerate(outs))
+
+
+def test_pack_of_nothing_writes_nothing(xp):
+    flat = xp.array(np.ones(3, F32))
+    assert kernels.pack([], flat) == 0 and kernels.unpack(flat, []) == 0
+    assert kernels.packed_offsets([]) == [0]
+    np.testing.assert_array_equal(to_host(flat), [1, 1, 1])
 
 
 def test_array_module_is_numpy_for_numpy_arrays():
