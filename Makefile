@@ -12,7 +12,8 @@ BENCH_ARGS ?= -b 8 -e 64M -f 4 -n 10 -w 3
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[mpi,test,report]"
+	$(PY) -m pip install -q torch==2.13.0  # the CPU build; a bare `torch` would pull CUDA wheels
+	$(PY) -m pip install -q -e ".[mpi,test,report,torch]"
 	touch $@
 
 bench: $(VENV)/.installed

@@ -92,6 +92,9 @@ def run_plan(plan: Plan, work, scratch, transport, op: str, tag: int, deadline: 
             offset += n
         prefetch_round = k + 1 if k + 1 < len(plan.rounds) and plan.prefetch[k + 1] else k
         post_recvs(prefetch_round)
+        if plan.reduce_after_send[k]:
+            _wait_sends(plan, k, transport, sends, deadline)
+            sends = []
         remaining = len(rnd.recvs)
         while remaining:
             try:
@@ -110,14 +113,18 @@ def run_plan(plan: Plan, work, scratch, transport, op: str, tag: int, deadline: 
                 free_slots.append(slot)
             remaining -= done_round == k
             post_recvs(prefetch_round)
-        try:
-            transport.wait_all(sends, deadline, f"{plan.algorithm} round {k} sends")
-        except CollectiveTimeout:
-            peers = sorted({s.peer for s in rnd.sends})
-            raise CollectiveTimeout(
-                f"rank {transport.rank}: {plan.algorithm} round {k + 1}/{len(plan.rounds)}: "
-                f"rank(s) {peers} did not take our data in time"
-            ) from None
+        _wait_sends(plan, k, transport, sends, deadline)
+
+
+def _wait_sends(plan: Plan, k: int, transport, sends: list, deadline: float) -> None:
+    try:
+        transport.wait_all(sends, deadline, f"{plan.algorithm} round {k} sends")
+    except CollectiveTimeout:
+        peers = sorted({s.peer for s in plan.rounds[k].sends})
+        raise CollectiveTimeout(
+            f"rank {transport.rank}: {plan.algorithm} round {k + 1}/{len(plan.rounds)}: "
+            f"rank(s) {peers} did not take our data in time"
+        ) from None
 
 
 def _stalled(plan: Plan, k: int, rank: int, posted) -> CollectiveTimeout:

@@ -48,6 +48,8 @@ class Plan:
 
     `prefetch[k]` is True when round k's receives may be posted while round k-1 runs: none
     of them touches a region that round k-1 sends or receives.
+    `reduce_after_send[k]` is True when a reduce-receive of round k overlaps one of its sends
+    (recursive doubling): the executor then waits for the sends before reducing.
     `max_segment` is the longest reduce-receive, which sizes the executor's scratch slots.
     """
 
@@ -57,9 +59,19 @@ class Plan:
     count: int
     rounds: tuple[Round, ...]
     prefetch: tuple[bool, ...] = field(init=False)
+    reduce_after_send: tuple[bool, ...] = field(init=False)
     max_segment: int = field(init=False)
 
     def __post_init__(self) -> None:
+        for k, rnd in enumerate(self.rounds):
+            for recv in rnd.recvs:
+                assert recv.reduce or not any(_overlap(recv, s) for s in rnd.sends), (
+                    f"{self.algorithm} round {k}: copy-receive into a region it also sends"
+                )
+        guard = tuple(
+            any(_overlap(r, s) for r in rnd.recvs if r.reduce for s in rnd.sends) for rnd in self.rounds
+        )
+        object.__setattr__(self, "reduce_after_send", guard)
         prefetch = [False]
         for before, after in zip(self.rounds, self.rounds[1:]):
             touched = before.sends + before.recvs
