@@ -1,0 +1,256 @@
+"""collectives-bench: all-reduce time and bandwidth per message size and algorithm.
+
+The all-reduce's part of the harness contract (like nccl-tests' ``src/all_reduce.cu``):
+bytes -> count, deterministic data and its NumPy reference, the bus bandwidth factor
+2(p-1)/p, and the call ``comm.allreduce(x, op=..., algorithm=..., out=...)``. The
+harness (:mod:`bench.harness`) does the rest.
+
+Example::
+
+    collectives-bench -b 8 -e 256M -f 2 --algorithms ring,native      # starts 2 ranks itself
+    mpiexec -n 8 python -m bench.allreduce_perf -b 1M -e 64M -f 4 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from bench import harness, launch
+
+__all__ = ["DTYPES", "REDOPS", "AlgorithmVariant", "AllReduce", "AllReduceSample", "main"]
+
+_MODULE = "bench.allreduce_perf"
+DTYPES = {
+    "float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float32": np.dtype(np.float32), "float64": np.dtype(np.float64),
+    "int32": np.dtype(np.int32), "int64": np.dtype(np.int64),
+}
+# nccl-tests' type names for the same dtypes.
+_DTYPE_ALIASES = {"half": "float16", "float": "float32", "double": "float64"}
+REDOPS = ("sum", "avg", "max", "min")
+
+# Every element gets one of _CODES values per rank, picked by a multiplicative hash of its
+# index (Knuth's 2654435761): never periodic in the sizes we sweep, so a segment sent to
+# the wrong offset is caught, yet the reference is a table of _CODES entries.
+_CODES = 16
+_HASH = np.uint32(2654435761)
+_CHUNK = 1 << 20  # elements per step of the streamed init and check
+
+
+@dataclass(frozen=True)
+class AlgorithmVariant:
+    """A column group: one all-reduce algorithm."""
+
+    algorithm: str
+
+    @property
+    def label(self) -> str:
+        """The algorithm's name."""
+        return self.algorithm
+
+    def fields(self) -> Mapping[str, object]:
+        """``{"algorithm": name}`` for the JSON rows."""
+        return {"algorithm": self.algorithm}
+
+
+def element_codes(count: int) -> np.ndarray:
+    """Per-element codes in [0, 16): the top 4 bits of ``index * 2654435761 mod 2**32``."""
+    codes = np.empty(count, np.uint8)
+    for lo in range(0, count, _CHUNK):
+        index = np.arange(lo, min(lo + _CHUNK, count), dtype=np.uint32)
+        codes[lo:lo + index.size] = (index * _HASH) >> np.uint32(28)
+    return codes
+
+
+def value_table(nranks: int, *, integer: bool) -> np.ndarray:
+    """``table[rank, code]``: the value each rank contributes for each code.
+
+    Integers in [-8, 8] (quarters of them for floats): sums fit an int32 up to millions
+    of ranks, and stay exact in float16 up to 256 ranks and in bfloat16 up to 32.
+    """
+    rank = np.arange(nranks)[:, None]
+    code = np.arange(_CODES)[None, :]
+    values = (5 * code + 3 * rank + (code * rank) % 7) % 17 - 8
+    return values if integer else values / 4
+
+
+def reference(table: np.ndarray, redop: str, *, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(expected, tolerance) per code for ``redop`` over the ranks of ``table``.
+
+    Max and min are exact, and so is everything on integers (avg rounds down, as the
+    library does). A float sum may round at each of its p-1 additions, by at most
+    eps/2 of the partial sum, itself at most sum(|x|) — in any order the algorithm adds —
+    and the result once more when it is stored (or divided, for avg).
+    """
+    nranks = table.shape[0]
+    zero = np.zeros(_CODES)
+    if redop == "max":
+        return table.max(axis=0), zero
+    if redop == "min":
+        return table.min(axis=0), zero
+    total = table.sum(axis=0)
+    divisor = nranks if redop == "avg" else 1
+    if table.dtype.kind == "i":
+        return total // divisor, zero
+    expected = total / divisor
+    tolerance = eps * ((nranks - 1) / 2 * np.abs(table).sum(axis=0) / divisor + np.abs(expected))
+    return expected, tolerance
+
+
+class AllReduceSample:
+    """Input, output and reference of one all-reduce size on this rank."""
+
+    def __init__(self, comm: Any, *, count: int, dtype: np.dtype, redop: str) -> None:
+        table = value_table(comm.size, integer=dtype.kind == "i")
+        self._comm = comm
+        self._redop = redop
+        self._codes = element_codes(count)
+        self._x = np.take(table[comm.rank].astype(dtype), self._codes)
+        self._out = np.empty_like(self._x)
+        eps = float(ml_dtypes.finfo(dtype).eps) if dtype.kind != "i" else 0.0
+        self._expected, self._tolerance = reference(table, redop, eps=eps)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the reduced vector."""
+        return self._x.nbytes
+
+    def run(self, variant: AlgorithmVariant) -> None:
+        """One all-reduce into the preallocated output."""
+        self._comm.allreduce(self._x, op=self._redop, algorithm=variant.algorithm, out=self._out)
+
+    def wrong(self, variant: AlgorithmVariant) -> int:
+        """Output elements off the reference by more than the tolerance (NaN and inf included)."""
+        bad = 0
+        for lo in range(0, self._codes.size, _CHUNK):
+            codes = self._codes[lo:lo + _CHUNK]
+            got = self._out[lo:lo + _CHUNK].astype(self._expected.dtype)
+            error = np.abs(got - self._expected[codes])
+            bad += int(np.count_nonzero(~(error <= self._tolerance[codes])))
+        return bad
+
+    def result(self) -> np.ndarray:
+        """The output vector."""
+        return self._out
+
+
+class AllReduce:
+    """The all-reduce as a harness op: one variant per algorithm."""
+
+    name = "allreduce"
+
+    def __init__(self, comm: Any, *, dtype: np.dtype, redop: str,
+                 algorithms: Sequence[str]) -> None:
+        self._comm = comm
+        self._dtype = dtype
+        self._redop = redop
+        self._variants = tuple(AlgorithmVariant(name) for name in algorithms)
+
+    def variants(self) -> Sequence[AlgorithmVariant]:
+        """One per algorithm, in the order given."""
+        return self._variants
+
+    def fields(self) -> Mapping[str, object]:
+        """The element type and reduction of every row."""
+        return {"type": self._dtype.name, "redop": self._redop}
+
+    def count(self, nbytes: int) -> int:
+        """Whole elements in ``nbytes``."""
+        return nbytes // self._dtype.itemsize
+
+    def bus_factor(self, nranks: int) -> float:
+        """2(p-1)/p: each rank sends (and receives) that share of the vector, at best."""
+        return 2 * (nranks - 1) / nranks
+
+    def setup(self, count: int) -> AllReduceSample:
+        """Buffers and reference for ``count`` elements."""
+        return AllReduceSample(self._comm, count=count, dtype=self._dtype, redop=self._redop)
+
+
+def _dtype(text: str) -> str:
+    """A dtype name from the command line (nccl-tests' half/float/double too)."""
+    name = _DTYPE_ALIASES.get(text, text)
+    if name not in DTYPES:
+        raise argparse.ArgumentTypeError(
+            f"unknown dtype {text!r}; choose from {', '.join(DTYPES)}")
+    return name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: nccl-tests' flags plus algorithms, dtype, op and --np."""
+    parser = argparse.ArgumentParser(
+        prog="collectives-bench",
+        description="All-reduce time, algbw, busbw and #wrong per size and algorithm "
+                    "(like nccl-tests' all_reduce_perf).")
+    harness.add_sweep_arguments(parser)
+    parser.add_argument("--algorithms", default="ring,native", metavar="A,B",
+                        help="comma-separated collectives.ALGORITHMS, or 'all' "
+                             "(default ring,native)")
+    parser.add_argument("-d", "--dtype", type=_dtype, default="float32",
+                        help=f"element type: {', '.join(DTYPES)} (default float32)")
+    parser.add_argument("-o", "--op", choices=REDOPS, default="sum",
+                        help="reduction (default sum)")
+    launch.add_launch_argument(parser)
+    return parser
+
+
+def _algorithms(text: str, known: Sequence[str]) -> tuple[str, ...]:
+    """The algorithms asked for, checked against the library's list."""
+    names = tuple(known) if text == "all" else tuple(name for name in text.split(",") if name)
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise ValueError(f"unknown algorithms: {', '.join(unknown) or repr(text)}; "
+                         f"choose from {', '.join(known)} or 'all'")
+    return names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 when every check passed, 1 when some element was wrong."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        options = harness.sweep_options(args)
+    except ValueError as error:
+        parser.error(str(error))
+    launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np)
+
+    from mpi4py import MPI
+
+    import collectives
+
+    mpi_comm = MPI.COMM_WORLD
+    leader = mpi_comm.rank == 0
+    try:
+        algorithms = _algorithms(args.algorithms, collectives.ALGORITHMS)
+    except ValueError as error:
+        if leader:
+            parser.error(str(error))
+        return 2
+    with harness.abort_on_error(mpi_comm):
+        op = AllReduce(collectives.init(mpi_comm=mpi_comm), dtype=DTYPES[args.dtype],
+                       redop=args.op, algorithms=algorithms)
+        redraw = sys.stderr.isatty() or os.environ.get(launch.PROGRESS_TTY) == "1"
+        rows = harness.run(
+            mpi_comm, op, options=options,
+            command=shlex.join(["collectives-bench", *argv]),
+            config={"collective": op.name, "dtype": args.dtype, "op": args.op,
+                    "iters": options.iters, "warmup": options.warmup, "check": args.check},
+            baseline="native" if "native" in algorithms else None, json_path=args.json,
+            env=harness.environment(
+                mpi_comm, collectives=getattr(collectives, "__version__", "unknown")),
+            progress=harness.Progress(stream=sys.stderr, redraw=redraw))
+    return 1 if any(row.wrong for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
