@@ -7,13 +7,17 @@ the final round-to-nearest-even exact (24 >= 11 + 2 bits).
 
 from __future__ import annotations
 
+import ctypes
 import enum
+import shutil
+import subprocess
 
 import ml_dtypes
 import numpy as np
 import pytest
 
 import kernels
+from kernels import _cuda_source as cuda
 
 F16, BF16 = np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
@@ -292,3 +296,162 @@ def test_pack_of_nothing_writes_nothing(xp):
 
 def test_array_module_is_numpy_for_numpy_arrays():
     assert kernels.array_module(np.ones(1)) is np
+
+
+# The CUDA C of the CuPy twin, compiled for the host: the GPU code's arithmetic checked
+# bit for bit against the NumPy twin on machines without a GPU. (On a GPU, the `xp`
+# tests above run the real kernels.)
+
+HOST_SHIM = r"""
+#include <cmath>
+#include <cstring>
+#define __device__
+#define __global__
+#define __forceinline__ inline
+struct Dim { long long x; };
+static const Dim blockIdx{0}, threadIdx{0}, blockDim{1}, gridDim{1};
+static inline float __uint_as_float(unsigned int u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline unsigned int __float_as_uint(float f) { unsigned int u; std::memcpy(&u, &f, 4); return u; }
+static inline float __double2float_rz(double x) {  // to nearest, then back toward zero if past
+  float t = (float)x;
+  return std::fabs((double)t) > std::fabs(x) ? std::nextafter(t, 0.0f) : t;
+}
+"""
+C_TYPES = {"uint16": "unsigned short", "float32": "float", "float64": "double", "int32": "int", "int64": "long long"}
+SCALAR_PARAMS = {"scale", "divisor"}  # every other ElementwiseSpec parameter is an array
+
+
+def host_function(spec) -> str:
+    """An ElementwiseSpec as a host C function (n, params...) looping over the elements."""
+    params = [p.split() for p in f"{spec.in_params}, {spec.out_params}".split(", ")]
+    args, binds = ["long long n"], []
+    for dtype, name in params:
+        ctype = C_TYPES[dtype]
+        if name in SCALAR_PARAMS:
+            args.append(f"{ctype} {name}")
+        else:
+            args.append(f"{ctype}* {name}_p")
+            binds.append(f"{ctype}& {name} = {name}_p[i];")
+    body = " ".join(binds) + f" {spec.operation};"
+    return f'extern "C" void {spec.name}({", ".join(args)}) {{ for (long long i = 0; i < n; ++i) {{ {body} }} }}\n'
+
+
+def host_specs() -> list:
+    """Every elementwise kernel the CuPy twin can build for the supported dtypes."""
+    specs = [cuda.reduce_spec(d, d, op) for d in DTYPES for op in OPS]
+    specs += [cuda.reduce_spec(F32, h, op) for h in HALVES for op in OPS]
+    specs += [cuda.scale_spec(s, h) for s in [F32, F64] for h in HALVES]
+    specs += [cuda.scale_spec(h, d) for h in HALVES for d in [F32, F64]]
+    specs += [cuda.divide_spec(d) for d in DTYPES]
+    return specs
+
+
+@pytest.fixture(scope="module")
+def host_cuda(tmp_path_factory) -> ctypes.CDLL:
+    """The CUDA C compiled as a host shared library (skipped without a C++ compiler)."""
+    compiler = shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        pytest.skip("needs a C++ compiler to check the CUDA C on the host")
+    code = HOST_SHIM + cuda.PREAMBLE + "".join(map(host_function, host_specs()))
+    code += "".join(cuda.multi_copy_source(d, 4)[0] for d in ("pack", "unpack"))
+    path = tmp_path_factory.mktemp("host_cuda")
+    (path / "k.cpp").write_text(code)
+    cmd = [compiler, "-std=c++17", "-O1", "-ffp-contract=off", "-shared", "-fPIC"]
+    subprocess.run([*cmd, "-o", str(path / "k.so"), str(path / "k.cpp")], check=True)
+    return ctypes.CDLL(str(path / "k.so"))
+
+
+def call_host(lib, spec, *args) -> None:
+    """Run spec's host function over the arrays (same size; 16-bit floats as bits) and scalars."""
+    n = next(a.size for a in args if isinstance(a, np.ndarray))
+    c_args = [ctypes.c_longlong(n)]
+    for a in args:
+        if isinstance(a, np.ndarray):
+            c_args.append(ctypes.c_void_p(a.ctypes.data))
+        else:
+            c_args.append(ctypes.c_double(a) if isinstance(a, float) else ctypes.c_longlong(a))
+    getattr(lib, spec.name)(*c_args)
+
+
+def assert_same_bits_or_both_nan(got: np.ndarray, want: np.ndarray) -> None:
+    with np.errstate(invalid="ignore"):
+        nan = np.isnan(want.astype(F64))
+        np.testing.assert_array_equal(np.isnan(got.astype(F64)), nan)
+    assert_same_bits(got[~nan], want[~nan])
+
+
+def edge_values(dtype: np.dtype, n: int, seed: int) -> np.ndarray:
+    """Random values with infs, NaNs, zeros, subnormals and huge values mixed in."""
+    a = random_array(n, dtype, seed)
+    if dtype.kind == "f":
+        info = ml_dtypes.finfo(dtype) if dtype == BF16 else np.finfo(dtype)
+        specials = [np.inf, -np.inf, np.nan, 0.0, -0.0, info.max, -info.max, info.smallest_subnormal, info.tiny]
+        a[: len(specials)] = np.array(specials, dtype)
+        with np.errstate(over="ignore"):
+            a[len(specials) :: 13] *= dtype.type(1 << 12)
+            a[len(specials) + 1 :: 13] /= dtype.type(1 << 12)
+    return a
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype,src_dtype", [(d, d) for d in DTYPES] + [(F32, h) for h in HALVES], ids=str)
+def test_host_cuda_reduce_matches_numpy(host_cuda, dtype, src_dtype, op):
+    lib = host_cuda
+    a, b = edge_values(dtype, 20_000, 9), edge_values(src_dtype, 20_000, 10)[::-1].copy()
+    got, want = a.copy(), a.copy()
+    call_host(lib, cuda.reduce_spec(dtype, src_dtype, op), b, got)
+    kernels.reduce_into(want, b, op) if dtype == src_dtype else kernels.decompress_reduce_into(want, b, op)
+    assert_same_bits_or_both_nan(got, want)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1 / 3, 2.0**-20])
+@pytest.mark.parametrize("src_dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("wire", HALVES, ids=str)
+def test_host_cuda_compress_matches_numpy(host_cuda, wire, src_dtype, scale):
+    lib = host_cuda
+    with np.errstate(over="ignore"):
+        x = edge_values(src_dtype, 100_000, 11) * src_dtype.type(1 << 10)
+    got, want = np.zeros(x.size, wire), np.zeros(x.size, wire)
+    c_scale = scale if src_dtype == F64 else float(np.float32(scale))  # as the CuPy twin passes it
+    call_host(lib, cuda.scale_spec(src_dtype, wire), x, c_scale, got)
+    kernels.compress_into(want, x, scale)
+    assert_same_bits_or_both_nan(got, want)
+
+
+@pytest.mark.parametrize("dst_dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("wire", HALVES, ids=str)
+def test_host_cuda_decompress_matches_numpy_for_every_16_bit_pattern(host_cuda, wire, dst_dtype):
+    lib = host_cuda
+    every = np.arange(1 << 16, dtype=np.uint16).view(wire)
+    got, want = np.zeros(every.size, dst_dtype), np.zeros(every.size, dst_dtype)
+    call_host(lib, cuda.scale_spec(wire, dst_dtype), every, 1.0, got)
+    kernels.decompress_into(want, every)
+    assert_same_bits_or_both_nan(got, want)
+
+
+@pytest.mark.parametrize("divisor", [1, 3, 257, 4099])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_host_cuda_divide_matches_numpy(host_cuda, dtype, divisor):
+    lib = host_cuda
+    a = edge_values(dtype, 20_000, 12)
+    a[:4] = np.array([-7, 7, -8, 1], dtype) if dtype.kind == "i" else a[:4]
+    got, want = a.copy(), a.copy()
+    call_host(lib, cuda.divide_spec(dtype), divisor, got)
+    kernels.divide_into(want, divisor)
+    assert_same_bits_or_both_nan(got, want)
+
+
+def test_host_cuda_multi_copy_packs_and_unpacks(host_cuda):
+    lib = host_cuda
+    arrays = [np.full(i % 5, i, F32) for i in range(300)]  # empty tensors included
+    offsets = kernels.packed_offsets(arrays)
+    ptrs = np.array([a.ctypes.data for a in arrays], np.uint64)
+    starts = np.array(offsets[:-1], np.int64)
+    flat, want = np.zeros(offsets[-1], F32), np.zeros(offsets[-1], F32)
+    kernels.pack(arrays, want)
+    c_args = [ctypes.c_void_p(ptrs.ctypes.data), ctypes.c_void_p(starts.ctypes.data), ctypes.c_int(len(arrays))]
+    lib.collectives_pack_32(*c_args, ctypes.c_void_p(flat.ctypes.data), ctypes.c_longlong(flat.size))
+    assert_same_bits(flat, want)
+    flat += 1
+    lib.collectives_unpack_32(*c_args, ctypes.c_void_p(flat.ctypes.data), ctypes.c_longlong(flat.size))
+    assert all((a == i + 1).all() for i, a in enumerate(arrays))
