@@ -8,7 +8,7 @@ Example::
 """
 from .bootstrap import init
 from .communicator import Communicator
-from .errors import CollectiveError, CollectiveTimeout, MismatchError
+from .errors import CollectiveError, CollectiveTimeout, MismatchError, NonFiniteError
 from .options import ALGORITHMS, COMPRESSIONS, DTYPES, Op
 from .topology import Topology
 
@@ -23,6 +23,7 @@ __all__ = [
     "CollectiveError",
     "MismatchError",
     "CollectiveTimeout",
+    "NonFiniteError",
 ]
 
 __version__ = "0.1.0"

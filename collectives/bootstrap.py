@@ -12,12 +12,13 @@ TRANSPORTS = ("mpi",)
 
 
 def init(mpi_comm=None, *, transport: str = "mpi", timeout: float | None = None,
-         local_size: int | None = None) -> Communicator:
+         local_size: int | None = None, check: bool | None = None) -> Communicator:
     """A Communicator over `mpi_comm` (default MPI.COMM_WORLD), started under mpiexec or srun.
 
     `timeout` (seconds, default COLLECTIVES_TIMEOUT or 300) bounds every wait; `local_size`
     (default COLLECTIVES_LOCAL_SIZE) groups consecutive ranks into emulated nodes, otherwise
-    nodes come from MPI's shared-memory split.
+    nodes come from MPI's shared-memory split. `check` (default COLLECTIVES_CHECK, on)
+    compares every collective's arguments across ranks before data moves.
 
     Example::
 
@@ -26,7 +27,7 @@ def init(mpi_comm=None, *, transport: str = "mpi", timeout: float | None = None,
     """
     if transport not in TRANSPORTS:
         raise unknown_choice("transport", transport, TRANSPORTS)
-    settings = Settings.resolve(timeout=timeout, local_size=local_size)
+    settings = Settings.resolve(timeout=timeout, local_size=local_size, check=check)
     from mpi4py import MPI
 
     from .transport.mpi import MPITransport

@@ -9,6 +9,7 @@ import numpy as np
 import kernels
 
 from . import tuner
+from .agreement import Agreement
 from .algorithms import plan_for
 from .algorithms.executor import IDENTITY, buffer_sizes, run_plan
 from .config import Settings
@@ -38,6 +39,7 @@ class Communicator:
         self.settings = settings
         self._seq = 0
         self._scratch: dict[tuple[str, np.dtype], object] = {}
+        self._agreement = Agreement(transport, check=settings.check)
 
     @property
     def rank(self) -> int:
@@ -48,12 +50,20 @@ class Communicator:
         return self._transport.size
 
     def allreduce(self, x, op: str | Op = "sum", algorithm: str | None = None,
-                  compression: str | None = None, out=None):
+                  compression: str | None = None, out=None, *, check_finite: bool = False):
         """Reduce `x` over all ranks; every rank gets the result, bit-identical.
 
         `algorithm` defaults to COLLECTIVES_ALGORITHM or "auto". The result has x's shape and
-        dtype; x is left untouched unless `out is x`.
+        dtype; x is left untouched unless `out is x`. Before data moves the ranks check that
+        they agree on the arguments (MismatchError otherwise); `check_finite=True` also
+        raises NonFiniteError on every rank when some rank's x holds NaN or Inf.
         """
+        deadline = time.monotonic() + self.settings.timeout
+        tag = self._next_tag()
+        with self._agreement.collective("allreduce", self._seq, deadline) as call:
+            return self._allreduce(call, tag, x, op, algorithm, compression, out, check_finite)
+
+    def _allreduce(self, call, tag, x, op, algorithm, compression, out, check_finite):
         op = Op.parse(op)
         name = check_algorithm(self.settings.algorithm if algorithm is None else algorithm)
         check_array(x)
@@ -68,8 +78,8 @@ class Communicator:
             name = tuner.choose(x.nbytes, self.size)
             if self.settings.debug:
                 log.debug("rank %d: auto chose %s for %d bytes", self.rank, name, x.nbytes)
-        deadline = time.monotonic() + self.settings.timeout
-        tag = self._next_tag()
+        call.agree(x, op=op, algorithm=name, compression=compression, check_finite=check_finite)
+        deadline = call.deadline
         if name == "native":
             self._native(x, work, op, deadline)
         else:
@@ -84,6 +94,18 @@ class Communicator:
         if not xp.shares_memory(work, result):
             xp.copyto(result, work.reshape(result.shape))
         return result
+
+    def abort(self, errorcode: int = 1) -> None:
+        """End every rank of the job now (MPI_Abort): the way out after a CollectiveTimeout.
+
+        Example::
+
+            try:
+                y = comm.allreduce(x)
+            except collectives.CollectiveTimeout:
+                comm.abort(3)
+        """
+        self._transport.abort(errorcode)
 
     def _native(self, x, work, op: Op, deadline: float) -> None:
         xp = kernels.array_module(x)

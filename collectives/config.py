@@ -33,15 +33,18 @@ class Settings:
     fusion_bytes: int = DEFAULT_FUSION_BYTES
     local_size: int | None = None
     debug: bool = False
+    check: bool = True  # the agreement check before every collective (COLLECTIVES_CHECK=0: off)
 
     @classmethod
-    def resolve(cls, *, timeout: float | None = None, local_size: int | None = None) -> "Settings":
+    def resolve(cls, *, timeout: float | None = None, local_size: int | None = None,
+                check: bool | None = None) -> "Settings":
         settings = cls(
             algorithm=_env("ALGORITHM", str, cls.algorithm),
             timeout=timeout if timeout is not None else _env("TIMEOUT", float, cls.timeout),
             fusion_bytes=_env("FUSION_BYTES", int, cls.fusion_bytes),
             local_size=local_size if local_size is not None else _env("LOCAL_SIZE", int, None),
             debug=_env("DEBUG", _flag, False),
+            check=check if check is not None else _env("CHECK", _flag, True),
         )
         if settings.timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {settings.timeout}")

@@ -1,10 +1,25 @@
-"""Exceptions a caller can act on: each names what is wrong, where, and expected vs got."""
+"""Exceptions a caller can act on: each names what is wrong, where, and expected vs got.
+
+What each one leaves behind (see docs/failure-model.md):
+
+- `MismatchError`, `NonFiniteError`: raised on every rank before any data moved; the
+  communicator stays usable.
+- `CollectiveTimeout`: the ranks are out of step and messages may be in flight; the
+  communicator refuses further collectives. Call `comm.abort()`.
+"""
 from __future__ import annotations
 
 import difflib
 from typing import Iterable
 
-__all__ = ["CollectiveError", "MismatchError", "CollectiveTimeout", "unknown_choice"]
+__all__ = [
+    "CollectiveError",
+    "MismatchError",
+    "NonFiniteError",
+    "CollectiveTimeout",
+    "unknown_choice",
+    "rank_list",
+]
 
 
 class CollectiveError(RuntimeError):
@@ -12,18 +27,51 @@ class CollectiveError(RuntimeError):
 
 
 class MismatchError(CollectiveError):
-    """Ranks disagree on a collective's arguments (shape, dtype, op, algorithm, ...)."""
+    """Ranks disagree on a collective's arguments (shape, dtype, op, algorithm, ...).
+
+    Raised on every rank before any data moved; the next collective may proceed.
+    """
+
+
+class NonFiniteError(CollectiveError):
+    """`check_finite=True` and some rank's input holds NaN or Inf; raised on every rank."""
 
 
 class CollectiveTimeout(CollectiveError):
-    """A collective did not complete within the communicator's timeout."""
+    """A collective did not complete within the communicator's timeout.
+
+    The communicator is unusable afterwards: call `comm.abort()`.
+    """
 
 
-def unknown_choice(what: str, got: object, accepted: Iterable[str]) -> ValueError:
-    """A ValueError for a bad option, listing what is accepted and the closest match."""
+def unknown_choice(what: str, got: object, accepted: Iterable[object]) -> ValueError:
+    """A ValueError for a bad option, listing what is accepted and the closest match.
+
+    >>> str(unknown_choice("algorithm", "rign", ["ring", "native"]))
+    "unknown algorithm 'rign'; accepted: 'ring', 'native' (did you mean 'ring'?)"
+    """
     accepted = list(accepted)
     message = f"unknown {what} {got!r}; accepted: {', '.join(map(repr, accepted))}"
-    close = difflib.get_close_matches(str(got), accepted, n=1)
+    close = difflib.get_close_matches(str(got), [str(a) for a in accepted], n=1)
     if close:
         message += f" (did you mean {close[0]!r}?)"
     return ValueError(message)
+
+
+def rank_list(ranks: Iterable[int]) -> str:
+    """Ranks as short text: runs of consecutive ranks become ranges.
+
+    >>> rank_list([0, 1, 2, 5, 7, 8])
+    'ranks 0-2, 5, 7-8'
+    >>> rank_list([3])
+    'rank 3'
+    """
+    ranks = sorted(set(ranks))
+    runs: list[list[int]] = []
+    for r in ranks:
+        if runs and r == runs[-1][-1] + 1:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    text = ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
+    return f"{'rank' if len(ranks) == 1 else 'ranks'} {text}"

@@ -62,6 +62,7 @@ class MPITransport:
         self.comm = comm
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
+        self._control = comm.Dup()  # agreement records, apart from the data messages
 
     def isend(self, buf: np.ndarray, peer: int, tag: int) -> MPI.Request:
         return self.comm.Isend(_as_bytes(buf), peer, tag)
@@ -97,6 +98,31 @@ class MPITransport:
 
     def allgather_object(self, obj: object) -> list:
         return self.comm.allgather(obj)
+
+    def allgather_record(self, record: np.ndarray, deadline: float, what: str) -> np.ndarray:
+        """Every rank's `record` (1-D uint8, one length everywhere) as rows, row r from rank r.
+
+        Point to point on a private communicator, so a timeout names the ranks not heard
+        from; records of successive calls match in call order.
+        """
+        rows = np.empty((self.size, record.size), np.uint8)
+        rows[self.rank] = record
+        peers = [p for p in range(self.size) if p != self.rank]
+        recvs = [self._control.Irecv([rows[p], MPI.BYTE], p, 0) for p in peers]
+        sends = [self._control.Isend([record, MPI.BYTE], p, 0) for p in peers]
+        try:
+            self.wait_all(recvs + sends, deadline, what)
+        except CollectiveTimeout:
+            silent = [p for p, request in zip(peers, recvs) if not request.Test()]
+            raise CollectiveTimeout(
+                f"rank {self.rank}: timed out waiting for {what}: "
+                f"nothing from rank(s) {silent or 'none (our sends were not taken)'}"
+            ) from None
+        return rows
+
+    def abort(self, errorcode: int) -> None:
+        """End every rank of the job now (MPI_Abort)."""
+        self.comm.Abort(errorcode)
 
     def barrier(self) -> None:
         self.comm.Barrier()
