@@ -18,7 +18,9 @@ def init(mpi_comm=None, *, transport: str = "mpi", timeout: float | None = None,
     `timeout` (seconds, default COLLECTIVES_TIMEOUT or 300) bounds every wait; `local_size`
     (default COLLECTIVES_LOCAL_SIZE) groups consecutive ranks into emulated nodes, otherwise
     nodes come from MPI's shared-memory split. `check` (default COLLECTIVES_CHECK, on)
-    compares every collective's arguments across ranks before data moves.
+    compares every collective's arguments across ranks before data moves. Ranks that share
+    a node exchange through MPI-3 shared-memory windows unless COLLECTIVES_SHM=0
+    (docs/shared-memory.md).
 
     Example::
 
@@ -38,4 +40,8 @@ def init(mpi_comm=None, *, transport: str = "mpi", timeout: float | None = None,
         topology = Topology.from_local_size(mpi.size, settings.local_size)
     else:
         topology = Topology.from_node_keys(mpi.node_keys())
+    if settings.shm:  # COLLECTIVES_SHM=0 keeps on-node peers on MPI send/recv
+        from .transport.shm import ShmTransport
+
+        return Communicator(ShmTransport(mpi), topology, settings)
     return Communicator(mpi, topology, settings)

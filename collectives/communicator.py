@@ -83,12 +83,20 @@ class Communicator:
         if name == "native":
             self._native(x, work, op, deadline)
         else:
-            if not xp.shares_memory(work, x):
+            # x is read where it lies when it is flat; otherwise work starts as its copy.
+            in_place = xp.shares_memory(work, x)
+            src = x.reshape(-1) if x.flags.c_contiguous and not in_place else None
+            if src is None and not in_place:
                 xp.copyto(work.reshape(x.shape), x)
             plan = plan_for(name, self.rank, self.size, x.size, x.dtype.itemsize, self.topology)
             scratch_len, _ = buffer_sizes(plan, IDENTITY)
             scratch = self._scratch_for(work, x.dtype, scratch_len)
-            run_plan(plan, work, scratch, self._transport, op.elementwise, tag, deadline)
+            shared = self._shared_work(x, deadline)
+            if shared is None:
+                run_plan(plan, work, scratch, self._transport, op.elementwise, tag, deadline, src=src)
+            else:  # on-node peers read our data from the transport's shared buffer
+                run_plan(plan, shared, scratch, self._transport, op.elementwise, tag, deadline,
+                         src=work if src is None else src, out=work)
         if op is Op.AVG:
             kernels.divide_into(work, self.size)
         if not xp.shares_memory(work, result):
@@ -115,6 +123,16 @@ class Communicator:
             xp.copyto(work.reshape(x.shape), x)
             src = work
         self._transport.native_allreduce(src, work, op.elementwise, deadline)
+
+    def _shared_work(self, x, deadline: float):
+        """The transport's work buffer that on-node peers read in place (shm), or None.
+
+        Every rank of a node asks at every plan-run collective: a growing window is collective.
+        """
+        work_buffer = getattr(self._transport, "work_buffer", None)
+        if work_buffer is None or kernels.array_module(x) is not np:
+            return None
+        return work_buffer(x.size, x.dtype, deadline=deadline)
 
     def _next_tag(self) -> int:
         self._seq += 1

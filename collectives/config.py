@@ -34,6 +34,7 @@ class Settings:
     local_size: int | None = None
     debug: bool = False
     check: bool = True  # the agreement check before every collective (COLLECTIVES_CHECK=0: off)
+    shm: bool = True  # on-node peers exchange through shared windows (COLLECTIVES_SHM=0: off)
 
     @classmethod
     def resolve(cls, *, timeout: float | None = None, local_size: int | None = None,
@@ -45,6 +46,7 @@ class Settings:
             local_size=local_size if local_size is not None else _env("LOCAL_SIZE", int, None),
             debug=_env("DEBUG", _flag, False),
             check=check if check is not None else _env("CHECK", _flag, True),
+            shm=_env("SHM", _flag, True),
         )
         if settings.timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {settings.timeout}")

@@ -1,0 +1,327 @@
+"""Shared-memory transport: ranks on one node exchange through MPI-3 shared windows, zero-copy.
+
+Every rank of a node exposes two MPI-3 shared-memory windows (`MPI.Win.Allocate_shared` over
+the node communicator):
+
+- a *data* window: the collective's work buffer lives there (`work_buffer`), so a send of a
+  region of it costs nothing: the sender publishes "bytes [offset, offset+n) are ready" and
+  the receiver reads them where they lie, copying them into its own buffer (`irecv`) or
+  reducing straight from them (`irecv_view` + `release`);
+- a small *control* window: per ordered pair of local ranks a ring of SLOTS descriptors
+  (seq, offset, nbytes, tag) written by the sender, and SLOTS acknowledgements written by
+  the receiver. Message m of a pair uses slot m % SLOTS; it is published by writing seq = m+1
+  last, and acknowledged by the receiver writing m+1 into its ack slot once it no longer
+  reads the sender's bytes. A send completes on that acknowledgement, so the sender never
+  overwrites a region a peer may still be reading.
+
+Memory ordering: both windows stay in a passive-target epoch (`Lock_all(MODE_NOCHECK)`) and
+`Win.Sync` is the fence (MPI's unified model): sender `write data; Sync; write descriptor`,
+receiver `read seq; Sync; read data; Sync; write ack`.
+
+A send whose buffer is not in the data window (a codec's staging buffer, say) still goes
+through MPI, but its descriptor (tag < 0) keeps the pair's order; peers on other nodes use
+MPI directly. Waits poll, yield the core (`os.sched_yield`) and honour the deadline.
+
+Example::
+
+    t = ShmTransport(MPITransport(MPI.COMM_WORLD.Dup()))
+    work = t.work_buffer(n, np.float32)        # None when no peer shares the node
+    req = t.irecv_view(scratch, peer, tag)     # t.view(req) after it completes, then t.release(req)
+"""
+from __future__ import annotations
+
+import atexit
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from mpi4py import MPI
+
+import kernels
+
+from ..errors import CollectiveTimeout, MismatchError
+from .mpi import MPITransport
+
+__all__ = ["SLOTS", "ShmTransport"]
+
+SLOTS = 64  # descriptors in flight per ordered pair of ranks on a node
+_SEQ, _OFFSET, _NBYTES, _TAG = range(4)
+_GROW_QUANTUM = 1 << 20  # data windows grow in whole MiB, by at least 1/8 of their size
+CLOSE_GRACE = 30.0  # seconds close() waits for the node's other ranks before freeing
+
+
+@dataclass(eq=False, slots=True)
+class _Send:
+    peer: int  # node-local rank
+    seq: int
+    offset: int  # in my data window; -1: sent through MPI
+    nbytes: int
+    tag: int
+    mpi: MPI.Request | None = None
+    published: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Recv:
+    peer: int  # node-local rank, -1 off-node
+    seq: int
+    buf: np.ndarray
+    tag: int
+    view: bool
+    payload: np.ndarray | None = None  # set when the data can be read
+    mpi: MPI.Request | None = None
+    unacked: bool = False  # the sender's bytes are still being read
+
+
+class ShmTransport:
+    """MPITransport with zero-copy shared-memory exchange among the ranks of a node."""
+
+    name = "mpi+shm"
+
+    def __init__(self, mpi: MPITransport, *, close_grace: float = CLOSE_GRACE):
+        self.mpi = mpi
+        self.rank, self.size = mpi.rank, mpi.size
+        self.node = mpi.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.node_ranks: list[int] = self.node.allgather(self.rank)  # global rank per local rank
+        self.local = {g: i for i, g in enumerate(self.node_ranks)}
+        self.me = self.node.Get_rank()
+        self._close_grace = close_grace
+        n = len(self.local)
+        self._ctrl_win, segments = _allocate(self.node, 8 * (n * SLOTS * 4 + n * SLOTS))
+        ctrl = [s.view(np.int64) for s in segments]
+        ctrl[self.me][:] = 0
+        self._ctrl_win.Sync()
+        self.node.Barrier()
+        self._outbox = [c[: n * SLOTS * 4].reshape(n, SLOTS, 4) for c in ctrl]  # [owner][to][slot]
+        self._acks = [c[n * SLOTS * 4 :].reshape(n, SLOTS) for c in ctrl]  # [owner][from][slot]
+        self._data_win: MPI.Win | None = None
+        self._data: list[np.ndarray] = []
+        self._sent = [0] * n  # messages posted to each local peer
+        self._received = [0] * n  # receives posted from each local peer
+        self._unpublished: list[_Send] = []
+        self._unmatched: list[_Recv] = []
+        self._closed = False
+        atexit.register(self.close)
+
+    # ------------------------------------------------------------------ buffers
+
+    def work_buffer(self, count: int, dtype, *, deadline: float) -> np.ndarray | None:
+        """`count` elements of `dtype` in this rank's data window, or None without node peers.
+
+        Collective over the node when the window must grow (every rank of a node asks for the
+        same size at the same collective). The contents are left as they were.
+        """
+        if len(self.local) == 1:
+            return None
+        nbytes = count * np.dtype(dtype).itemsize
+        if self._data_win is None or self._data[self.me].size < nbytes:
+            self._grow(nbytes, deadline)
+        return self._data[self.me][:nbytes].view(dtype)
+
+    def _grow(self, nbytes: int, deadline: float) -> None:
+        quantum = max(_GROW_QUANTUM, (self._data[self.me].size // 8) if self._data else 0)
+        capacity = -(-max(nbytes, 1) // quantum) * quantum
+        self._node_barrier(deadline, "the node's ranks to grow the shared windows")
+        if self._data_win is not None:
+            self._data_win.Unlock_all()
+            self._data_win.Free()
+        self._data_win, self._data = _allocate(self.node, capacity)
+
+    # ------------------------------------------------------------------ point to point
+
+    def isend(self, buf: np.ndarray, peer: int, tag: int):
+        local = self.local.get(peer)
+        if local is None:
+            return self.mpi.isend(buf, peer, tag)
+        offset = self._offset_of(buf)
+        send = _Send(local, self._sent[local] + 1, offset, buf.nbytes, tag)
+        self._sent[local] += 1
+        if offset < 0:
+            send.mpi = self.mpi.isend(buf, peer, tag)
+        self._unpublished.append(send)
+        self._publish()
+        return send
+
+    def irecv(self, buf: np.ndarray, peer: int, tag: int):
+        """Receive into `buf` (copied from the peer's window when the peer shares the node)."""
+        return self._irecv(buf, peer, tag, view=False)
+
+    def irecv_view(self, buf: np.ndarray, peer: int, tag: int):
+        """Like irecv, but once complete `view(req)` may be the peer's bytes where they lie.
+
+        Read it, then `release(req)`: until then the peer's send does not complete.
+        """
+        return self._irecv(buf, peer, tag, view=True)
+
+    def view(self, request) -> np.ndarray:
+        """The received elements of a completed irecv_view request (`buf` or the peer's)."""
+        return request.payload
+
+    def release(self, request) -> None:
+        """Done reading a view: acknowledge, so the peer may reuse its region."""
+        if request.unacked:
+            self._ack(request)
+
+    def _irecv(self, buf: np.ndarray, peer: int, tag: int, view: bool) -> _Recv:
+        local = self.local.get(peer)
+        if local is None:
+            return _Recv(-1, 0, buf, tag, view, payload=buf, mpi=self.mpi.irecv(buf, peer, tag))
+        self._received[local] += 1
+        recv = _Recv(local, self._received[local], buf, tag, view)
+        self._unmatched.append(recv)
+        self._match()
+        return recv
+
+    # ------------------------------------------------------------------ waits
+
+    def wait_all(self, requests: Sequence, deadline: float, what: str) -> None:
+        requests = [r for r in requests if r is not None]
+        if requests:
+            self._wait(lambda: all(map(self._done, requests)) or None, requests, deadline, what)
+
+    def wait_any(self, requests: list, deadline: float, what: str) -> int:
+        def test():
+            for i, request in enumerate(requests):
+                if request is not None and self._done(request):
+                    return i
+            return None
+
+        return self._wait(test, requests, deadline, what)
+
+    def _wait(self, test, requests, deadline: float, what: str):
+        def step():
+            self._publish()
+            self._match()
+            return test()
+
+        try:
+            return self.mpi._poll(step, deadline, what)
+        except CollectiveTimeout:
+            late = [r for r in requests if r is not None and not self._done(r)]
+            peers = sorted({self.node_ranks[r.peer] for r in late if getattr(r, "peer", -1) >= 0})
+            off_node = any(getattr(r, "peer", -1) < 0 for r in late)
+            raise CollectiveTimeout(
+                f"rank {self.rank}: timed out waiting for {what}; no answer from node rank(s) "
+                f"{peers}{' and off-node rank(s)' if off_node else ''}"
+            ) from None
+
+    def _done(self, request) -> bool:
+        if isinstance(request, _Recv):
+            return request.payload is not None and (request.mpi is None or request.mpi.Test())
+        if isinstance(request, _Send):
+            if request.mpi is not None:
+                return request.published and request.mpi.Test()
+            return request.published and self._acks[request.peer][self.me, _slot(request.seq)] >= request.seq
+        return request.Test()
+
+    # ------------------------------------------------------------------ progress
+
+    def _publish(self) -> None:
+        """Write the descriptors of posted sends whose slot the receiver has freed, in order."""
+        while self._unpublished:
+            send = self._unpublished[0]
+            slot = _slot(send.seq)
+            if send.seq > SLOTS and self._acks[send.peer][self.me, slot] < send.seq - SLOTS:
+                return
+            entry = self._outbox[self.me][send.peer, slot]
+            entry[_OFFSET], entry[_NBYTES], entry[_TAG] = send.offset, send.nbytes, send.tag
+            self._ctrl_win.Sync()  # data and descriptor before seq
+            entry[_SEQ] = send.seq
+            send.published = True
+            self._unpublished.pop(0)
+
+    def _match(self) -> None:
+        """Take every published message that a posted receive waits for, in posting order."""
+        still = []
+        for recv in self._unmatched:
+            entry = self._outbox[recv.peer][self.me, _slot(recv.seq)]
+            if entry[_SEQ] != recv.seq:
+                still.append(recv)
+                continue
+            self._ctrl_win.Sync()  # seq before descriptor and data
+            offset, nbytes, tag = (int(v) for v in entry[1:])
+            if tag != recv.tag or nbytes != recv.buf.nbytes:
+                raise MismatchError(
+                    f"rank {self.rank}: message {recv.seq} from local rank {recv.peer} has tag "
+                    f"{tag} and {nbytes} bytes; expected tag {recv.tag} and {recv.buf.nbytes} "
+                    "bytes (ranks disagree on the collective's arguments or order)"
+                )
+            if offset < 0:
+                recv.mpi = self.mpi.irecv(recv.buf, self.node_ranks[recv.peer], tag)
+                recv.payload = recv.buf
+                self._ack(recv)
+                continue
+            source = self._data[recv.peer][offset : offset + nbytes].view(recv.buf.dtype)
+            if recv.view:
+                recv.payload, recv.unacked = source, True
+            else:
+                kernels.copy_into(recv.buf, source)
+                recv.payload = recv.buf
+                self._ack(recv)
+        self._unmatched = still
+
+    def _ack(self, recv: _Recv) -> None:
+        self._ctrl_win.Sync()  # reads of the peer's bytes before the acknowledgement
+        self._acks[self.me][recv.peer, _slot(recv.seq)] = recv.seq
+        recv.unacked = False
+
+    def _offset_of(self, buf: np.ndarray) -> int:
+        """Offset of `buf` in this rank's data window, -1 if it lies elsewhere."""
+        if self._data_win is None:
+            return -1
+        mine = self._data[self.me]
+        start = buf.__array_interface__["data"][0] - mine.__array_interface__["data"][0]
+        return start if 0 <= start and start + buf.nbytes <= mine.size else -1
+
+    # ------------------------------------------------------------------ the rest
+
+    def __getattr__(self, name: str):
+        """Everything else (native_allreduce, allgather_object, barrier, ...) is MPI's."""
+        if name == "mpi":
+            raise AttributeError(name)
+        return getattr(self.mpi, name)
+
+    def close(self) -> None:
+        """Free the windows once every rank of the node closes (or after a grace period).
+
+        Safe to call twice and at exit: if a peer never arrives, the windows are left to
+        MPI_Finalize rather than hanging in the collective MPI_Win_free.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        if MPI.Is_finalized():
+            return
+        try:
+            self._node_barrier(time.monotonic() + self._close_grace, "the node's ranks to close")
+        except CollectiveTimeout:
+            return
+        for win in (self._data_win, self._ctrl_win):
+            if win is not None:
+                win.Unlock_all()
+                win.Free()
+        self._data_win = None
+        self.node.Free()
+
+    def _node_barrier(self, deadline: float, what: str) -> None:
+        request = self.node.Ibarrier()
+        self.mpi._poll(lambda: request.Test() or None, deadline, what)
+
+    def __repr__(self) -> str:
+        return f"ShmTransport(rank={self.rank}, size={self.size}, node_ranks={len(self.local)})"
+
+
+def _slot(seq: int) -> int:
+    return (seq - 1) % SLOTS
+
+
+def _allocate(node: MPI.Comm, nbytes: int) -> tuple[MPI.Win, list[np.ndarray]]:
+    """A shared window of `nbytes` per rank in a passive epoch, and every rank's segment (bytes)."""
+    info = MPI.Info.Create()
+    info.Set("alloc_shared_noncontig", "true")
+    win = MPI.Win.Allocate_shared(nbytes, 1, info, comm=node)
+    info.Free()
+    win.Lock_all(MPI.MODE_NOCHECK)
+    return win, [np.frombuffer(win.Shared_query(r)[0], np.uint8) for r in range(node.Get_size())]
