@@ -1,0 +1,233 @@
+"""Cost model constants: link classes, a cluster, and the tuning file that stores them.
+
+A message of n bytes over a link costs ``alpha + n * beta`` (LogP's latency and inverse
+bandwidth); reducing n bytes into the work buffer costs ``n * gamma`` on the receiver
+(Thakur, Rabenseifner & Gropp 2005). A cluster has two link classes, intra-node and
+inter-node, and a zero-copy link (shared memory whose peer buffer the receiver reduces
+from directly) has no transfer of its own: the receiver reads the peer's memory while it
+reduces. The simulator (collectives.simulator) prices plans with these constants;
+``collectives-bench --calibrate`` fits them on this machine and writes the tuning file.
+
+Example::
+
+    >>> nvlink = LinkModel.from_bandwidth(alpha_us=2, gbytes_per_s=450)
+    >>> ib = LinkModel.from_bandwidth(alpha_us=5, gbytes_per_s=50)
+    >>> cluster = ClusterModel.uniform(nodes=16, ranks_per_node=8, intra=nvlink, inter=ib,
+    ...                                gamma=1 / 1000e9, name="16x8 NVLink+IB")
+    >>> cluster.size, cluster.link(0, 7) is nvlink, cluster.link(0, 8) is ib
+    (128, True, True)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from .topology import Topology
+
+__all__ = [
+    "LinkModel", "NativeModel", "ClusterModel", "Calibration", "DEFAULT_CALIBRATION",
+    "tuning_path", "read_tuning", "write_calibration", "load_calibration",
+]
+
+TUNING_ENV = "COLLECTIVES_TUNING_FILE"
+TUNING_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LinkModel:
+    """One link class: ``alpha`` seconds per message, ``beta`` seconds per byte."""
+
+    alpha: float
+    beta: float
+    zero_copy: bool = False
+
+    def __post_init__(self) -> None:
+        if not (self.alpha >= 0 and self.beta >= 0 and math.isfinite(self.alpha + self.beta)):
+            raise ValueError(f"link alpha and beta must be finite and >= 0, got {self.alpha}, {self.beta}")
+
+    @classmethod
+    def from_bandwidth(cls, *, alpha_us: float, gbytes_per_s: float,
+                       zero_copy: bool = False) -> "LinkModel":
+        """A link from a latency in microseconds and a bandwidth in GB/s (1e9 bytes/s)."""
+        if gbytes_per_s <= 0:
+            raise ValueError(f"link bandwidth must be > 0 GB/s, got {gbytes_per_s}")
+        return cls(alpha_us * 1e-6, 1 / (gbytes_per_s * 1e9), zero_copy)
+
+    def time(self, nbytes: float) -> float:
+        """Seconds for one message of `nbytes`."""
+        return self.alpha + nbytes * self.beta
+
+
+@dataclass(frozen=True)
+class NativeModel:
+    """The transport's own all-reduce, a black box priced from its measured times.
+
+    `points` are (bytes, seconds) measured at `size` ranks; between them the time is
+    interpolated log-log. At another world size, or past the measured range, it is the
+    latency-optimal/bandwidth-optimal pair MPI libraries switch between (recursive doubling
+    below `switch_bytes`, Rabenseifner above), priced with the same link constants.
+    """
+
+    size: int
+    points: tuple[tuple[int, float], ...] = ()
+
+    def time(self, nbytes: int, size: int, link: LinkModel, gamma: float) -> float:
+        if size == self.size and len(self.points) >= 2 and self.points[0][0] <= nbytes <= self.points[-1][0]:
+            return _loglog(self.points, nbytes)
+        steps = math.ceil(math.log2(size)) if size > 1 else 0
+        doubling = steps * (link.alpha + nbytes * (link.beta + gamma))
+        halving = 2 * steps * link.alpha + (size - 1) / size * nbytes * (2 * link.beta + gamma)
+        return min(doubling, halving)
+
+
+def _loglog(points: Sequence[tuple[int, float]], x: float) -> float:
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            if x1 == x0:
+                return y0
+            w = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return math.exp(math.log(y0) + w * (math.log(y1) - math.log(y0)))
+    raise ValueError(f"{x} bytes is outside the measured native range")
+
+
+@dataclass(frozen=True)
+class ClusterModel:
+    """A virtual cluster: which ranks share a node, two link classes, a reduction rate.
+
+    `call_overhead` (seconds) and `copy_beta` (seconds per byte copied into the work
+    buffer) price what every plan-based all-reduce call does besides its plan. The
+    topology's `grid` is the (X, Y) shape torus2d runs on.
+    """
+
+    topology: Topology
+    intra: LinkModel
+    inter: LinkModel
+    gamma: float
+    call_overhead: float = 0.0
+    copy_beta: float = 0.0
+    native: NativeModel | None = None
+    name: str = ""
+
+    @classmethod
+    def uniform(cls, *, nodes: int, ranks_per_node: int, grid: tuple[int, int] | None = None,
+                **kwargs) -> "ClusterModel":
+        """`nodes` nodes of `ranks_per_node` consecutive ranks each (optionally on a torus grid)."""
+        if nodes < 1 or ranks_per_node < 1:
+            raise ValueError(f"need nodes >= 1 and ranks_per_node >= 1, got {nodes}, {ranks_per_node}")
+        topology = Topology.from_local_size(nodes * ranks_per_node, ranks_per_node, grid=grid)
+        return cls(topology, **kwargs)
+
+    @property
+    def size(self) -> int:
+        return self.topology.size
+
+    def link(self, src: int, dst: int) -> LinkModel:
+        """The link class between two ranks."""
+        node_of = self.topology.node_of
+        return self.intra if node_of[src] == node_of[dst] else self.inter
+
+    def native_time(self, nbytes: int) -> float:
+        """Predicted seconds of the transport's own all-reduce of `nbytes`."""
+        native = self.native or NativeModel(size=0)
+        slowest = self.inter if len(self.topology.nodes) > 1 else self.intra
+        return native.time(nbytes, self.size, slowest, self.gamma)
+
+    def call_time(self, nbytes: int) -> float:
+        """Seconds a plan-based call spends outside its plan (validation, copy into work)."""
+        return self.call_overhead + nbytes * self.copy_beta
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What `collectives-bench --calibrate` measured at one world size on one machine."""
+
+    size: int
+    intra: LinkModel
+    inter: LinkModel
+    gamma: float
+    call_overhead: float
+    copy_beta: float
+    native: tuple[tuple[int, float], ...] = ()
+    measured: Mapping[str, object] = field(default_factory=dict)
+
+    def cluster(self, topology: Topology, *, name: str = "") -> ClusterModel:
+        """This machine as a ClusterModel for `topology` (its native table counts at `size`)."""
+        return ClusterModel(topology, self.intra, self.inter, self.gamma, self.call_overhead,
+                            self.copy_beta, native=NativeModel(self.size, self.native), name=name)
+
+    def as_json(self) -> dict:
+        data = asdict(self)
+        data["native"] = [list(point) for point in self.native]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "Calibration":
+        return cls(size=int(data["size"]), intra=LinkModel(**data["intra"]),
+                   inter=LinkModel(**data["inter"]), gamma=float(data["gamma"]),
+                   call_overhead=float(data["call_overhead"]), copy_beta=float(data["copy_beta"]),
+                   native=tuple((int(b), float(t)) for b, t in data.get("native", ())),
+                   measured=data.get("measured", {}))
+
+
+# Without a tuning file: a shared-memory link and NumPy reductions of a typical small host,
+# with Python's per-message cost in alpha. Calibrate for real numbers.
+DEFAULT_CALIBRATION = Calibration(
+    size=0, intra=LinkModel(alpha=15e-6, beta=1 / 4e9), inter=LinkModel(alpha=15e-6, beta=1 / 4e9),
+    gamma=1 / 3e9, call_overhead=20e-6, copy_beta=1 / 8e9)
+
+
+def tuning_path() -> Path:
+    """COLLECTIVES_TUNING_FILE, else $XDG_CACHE_HOME (~/.cache)/collectives/tuning.json."""
+    explicit = os.environ.get(TUNING_ENV)
+    if explicit:
+        return Path(explicit)
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "collectives" / "tuning.json"
+
+
+def read_tuning(path: Path | None = None) -> dict[int, Calibration]:
+    """The calibrations in the tuning file by world size; {} when there is no file."""
+    path = tuning_path() if path is None else Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"tuning file {path} is unreadable ({error}); delete it or recalibrate") from None
+    if data.get("version") != TUNING_VERSION:
+        raise ValueError(f"tuning file {path} has version {data.get('version')!r}, "
+                         f"expected {TUNING_VERSION}; recalibrate with collectives-bench --calibrate")
+    return {int(size): Calibration.from_json(entry) for size, entry in data["calibrations"].items()}
+
+
+def write_calibration(calibration: Calibration, path: Path | None = None, **about: object) -> Path:
+    """Add (or replace) `calibration` in the tuning file, atomically; returns the path."""
+    path = tuning_path() if path is None else Path(path)
+    entries = read_tuning(path)
+    entries[calibration.size] = calibration
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"version": TUNING_VERSION, **about,
+                "calibrations": {str(size): entries[size].as_json() for size in sorted(entries)}}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_calibration(size: int, path: Path | None = None) -> tuple[Calibration, str]:
+    """The calibration for `size` ranks and where it came from.
+
+    The entry measured at `size`, else the one at the nearest measured size (its native
+    table is then not used), else DEFAULT_CALIBRATION.
+    """
+    entries = read_tuning(path)
+    if size in entries:
+        return entries[size], f"tuning file, np={size}"
+    if entries:
+        nearest = min(entries, key=lambda measured: (abs(measured - size), measured))
+        return replace(entries[nearest], size=size, native=()), f"tuning file, np={nearest} (nearest)"
+    return replace(DEFAULT_CALIBRATION, size=size), "defaults (no tuning file)"
