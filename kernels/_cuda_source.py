@@ -46,12 +46,12 @@ __device__ __forceinline__ float collectives_float32_odd(double x) {
   float t = __double2float_rz(x);
   return (double)t == x ? t : __uint_as_float(__float_as_uint(t) | 1u);
 }
-// np.maximum / np.minimum: a NaN on either side wins
+// np.maximum / np.minimum: a NaN on either side wins; of equal values (+0, -0) b wins
 template <typename T> __device__ __forceinline__ T collectives_max(T a, T b) {
-  return (a >= b || a != a) ? a : b;
+  return (a > b || a != a) ? a : b;
 }
 template <typename T> __device__ __forceinline__ T collectives_min(T a, T b) {
-  return (a <= b || a != a) ? a : b;
+  return (a < b || a != a) ? a : b;
 }
 template <typename T> __device__ __forceinline__ T collectives_floordiv(T a, T d) {
   T q = a / d;

@@ -99,6 +99,6 @@ def unpack(flat: np.ndarray, outs: Sequence[np.ndarray]) -> int:
     lo = 0
     for out in outs:
         hi = lo + out.size
-        np.copyto(out, flat[lo:hi].reshape(out.shape), casting="unsafe")
+        out[...] = flat[lo:hi].reshape(out.shape)  # any layout, cast to out's dtype
         lo = hi
     return lo
