@@ -1,0 +1,263 @@
+"""CuPy buffers over the MPI transport: from device memory when MPI is CUDA-aware, else staged.
+
+CUDA-aware MPI (detected with MPIX_Query_cuda_support, or set by COLLECTIVES_CUDA_AWARE_MPI=1
+or 0) reads and writes device memory itself; we only synchronize the current stream before
+handing it a buffer, since MPI knows nothing of streams.
+
+Otherwise every message to or from a peer goes through that peer's *lane*: two pinned host
+buffers of CHUNK_BYTES that the lane's chunks (each message cut into CHUNK_BYTES pieces, in
+posting order) take in turn. A send copies chunk i+1 device -> host while chunk i is on the
+wire; a receive copies chunk i host -> device while chunk i+1 arrives. Chunks of a lane are
+posted to MPI in order on both sides, so they match. The copies run on the current CuPy
+stream, after the kernels that produced the data and before those that read it. Ranks may
+share a GPU: each process stages through its own buffers.
+
+Example::
+
+    t = StagedMPI(MPITransport(MPI.COMM_WORLD.Dup()))
+    t.wait_all([t.isend(x_gpu, 1, tag)], deadline, "send")
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from collections import deque
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # imported when the first CuPy buffer arrives, so CPU jobs never load CuPy
+    import cupy
+
+__all__ = ["CHUNK_BYTES", "StagedMPI", "cuda_aware_mpi"]
+
+CHUNK_BYTES = 1 << 20  # the ring's segment size: one chunk per segment, lanes pipeline them
+ENV_CUDA_AWARE = "COLLECTIVES_CUDA_AWARE_MPI"
+
+
+def cuda_aware_mpi() -> bool:
+    """Whether the MPI library moves device memory: COLLECTIVES_CUDA_AWARE_MPI, else its own word.
+
+    MPICH and Open MPI answer through MPIX_Query_cuda_support; an MPI without it counts as
+    not CUDA-aware.
+    """
+    raw = os.environ.get(ENV_CUDA_AWARE, "").strip().lower()
+    if raw:
+        if raw not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+            raise ValueError(f"{ENV_CUDA_AWARE}={raw!r}: expected 1 or 0")
+        return raw in ("1", "true", "yes", "on")
+    from mpi4py import MPI
+
+    query = getattr(ctypes.CDLL(MPI.__file__), "MPIX_Query_cuda_support", None)
+    if query is None:
+        return False
+    query.restype = ctypes.c_int
+    return bool(query())
+
+
+class _Message:
+    """One isend or irecv of a staged lane; `done` once its last chunk has landed."""
+
+    __slots__ = ("buf", "peer", "tag", "left", "done")
+
+    def __init__(self, buf: cupy.ndarray, peer: int, tag: int, chunks: int):
+        self.buf = buf
+        self.peer = peer
+        self.tag = tag
+        self.left = chunks
+        self.done = chunks == 0
+
+
+class _Slot:
+    """A pinned host buffer, the chunk it holds, and where that chunk is in its journey."""
+
+    __slots__ = ("host", "event", "chunk", "request", "copying")
+
+    def __init__(self):
+        import cupy
+        import cupyx
+
+        self.host = cupyx.empty_pinned((CHUNK_BYTES,), np.uint8)
+        self.event = cupy.cuda.Event(block=False, disable_timing=True)
+        self.chunk: tuple[_Message, int, int] | None = None
+        self.request = None
+        self.copying = False
+
+
+class _Lane:
+    """Messages to (or from) one peer, staged through two slots, chunks in posting order."""
+
+    def __init__(self, comm, peer: int, is_send: bool):
+        self.comm = comm
+        self.peer = peer
+        self.is_send = is_send
+        self.free = [_Slot(), _Slot()]
+        self.busy: deque[_Slot] = deque()  # slots in chunk order
+        self.chunks: deque[tuple[_Message, int, int]] = deque()
+
+    def add(self, message: _Message) -> None:
+        nbytes = message.buf.nbytes
+        for lo in range(0, nbytes, CHUNK_BYTES):
+            self.chunks.append((message, lo, min(lo + CHUNK_BYTES, nbytes)))
+
+    def progress(self) -> None:
+        import cupy
+
+        stream = cupy.cuda.get_current_stream()
+        while self.free and self.chunks:  # start chunks: a copy out, or a receive
+            slot = self.free.pop()
+            slot.chunk = self.chunks.popleft()
+            if self.is_send:
+                self._copy(slot, stream)
+            else:
+                slot.request = self.comm.Irecv(self._host(slot), self.peer, slot.chunk[0].tag)
+            self.busy.append(slot)
+        for slot in self.busy:  # advance in chunk order, so MPI sees chunks in order
+            if self.is_send and slot.copying:
+                if not slot.event.done:
+                    break
+                slot.copying = False
+                slot.request = self.comm.Isend(self._host(slot), self.peer, slot.chunk[0].tag)
+            elif not self.is_send and not slot.copying and slot.request.Test():
+                self._copy(slot, stream)
+        while self.busy and self._finished(self.busy[0]):
+            slot = self.busy.popleft()
+            message = slot.chunk[0]
+            message.left -= 1
+            message.done = message.left == 0
+            slot.chunk = slot.request = None
+            slot.copying = False
+            self.free.append(slot)
+
+    def _host(self, slot: _Slot):
+        _, lo, hi = slot.chunk
+        return [slot.host[: hi - lo], _mpi_byte()]
+
+    def _copy(self, slot: _Slot, stream) -> None:
+        message, lo, hi = slot.chunk
+        device, host = message.buf.data.ptr + lo, slot.host.ctypes.data
+        if self.is_send:
+            _memcpy(host, device, hi - lo, "d2h", stream)
+        else:
+            _memcpy(device, host, hi - lo, "h2d", stream)
+        slot.event.record(stream)
+        slot.copying = True
+
+    def _finished(self, slot: _Slot) -> bool:
+        if self.is_send:
+            return not slot.copying and slot.request.Test()
+        return slot.copying and slot.event.done
+
+
+def _mpi_byte():
+    from mpi4py import MPI
+
+    return MPI.BYTE
+
+
+def _memcpy(dst: int, src: int, nbytes: int, direction: str, stream) -> None:
+    """cudaMemcpyAsync between a device pointer and pinned host memory on `stream`."""
+    import cupy
+
+    runtime = cupy.cuda.runtime
+    kind = runtime.memcpyDeviceToHost if direction == "d2h" else runtime.memcpyHostToDevice
+    if nbytes:
+        runtime.memcpyAsync(dst, src, nbytes, kind, stream.ptr)
+
+
+class StagedMPI:
+    """The Transport interface for CuPy buffers over an MPITransport (see the module doc)."""
+
+    name = "mpi"
+
+    def __init__(self, mpi, *, cuda_aware: bool | None = None):
+        """`cuda_aware` None: ask cuda_aware_mpi() when the first buffer arrives.
+
+        Every rank must come to the same answer (one MPI library, one environment): a staged
+        rank cuts messages into chunks that a CUDA-aware peer would not expect.
+        """
+        self.mpi = mpi
+        self.rank = mpi.rank
+        self.size = mpi.size
+        self._cuda_aware = cuda_aware
+        self._lanes: dict[tuple[int, bool], _Lane] = {}
+        self._host = np.empty(0, np.uint8)  # pinned, for native all-reduce; grows
+
+    @property
+    def cuda_aware(self) -> bool:
+        if self._cuda_aware is None:
+            self._cuda_aware = cuda_aware_mpi()
+        return self._cuda_aware
+
+    def isend(self, buf: cupy.ndarray, peer: int, tag: int):
+        return self._post(buf, peer, tag, is_send=True)
+
+    def irecv(self, buf: cupy.ndarray, peer: int, tag: int):
+        return self._post(buf, peer, tag, is_send=False)
+
+    def wait_all(self, requests: Sequence, deadline: float, what: str) -> None:
+        if self.cuda_aware:
+            return self.mpi.wait_all(requests, deadline, what)
+        live = [r for r in requests if r is not None]
+
+        def test():
+            self._progress()
+            return all(r.done for r in live) or None
+
+        self.mpi._poll(test, deadline, what)
+
+    def wait_any(self, requests: list, deadline: float, what: str) -> int:
+        if self.cuda_aware:
+            return self.mpi.wait_any(requests, deadline, what)
+
+        def test():
+            self._progress()
+            return next((i for i, r in enumerate(requests) if r is not None and r.done), None)
+
+        return self.mpi._poll(test, deadline, what)
+
+    def native_allreduce(self, src: cupy.ndarray, dst: cupy.ndarray, op: str,
+                         deadline: float) -> None:
+        """MPI's all-reduce on device memory (CUDA-aware, 32/64-bit types) or on a host copy.
+
+        16-bit floats always go through the host: MPI reduces them with our NumPy kernels.
+        """
+        import cupy
+        import cupyx
+
+        stream = cupy.cuda.get_current_stream()
+        if self.cuda_aware and dst.dtype.itemsize >= 4:
+            stream.synchronize()
+            return self.mpi.native_allreduce(src, dst, op, deadline)
+        if self._host.nbytes < dst.nbytes:
+            self._host = cupyx.empty_pinned((dst.nbytes,), np.uint8)
+        host = self._host[: dst.nbytes].view(dst.dtype)
+        _memcpy(host.ctypes.data, src.data.ptr, dst.nbytes, "d2h", stream)
+        stream.synchronize()
+        self.mpi.native_allreduce(host, host, op, deadline)
+        _memcpy(dst.data.ptr, host.ctypes.data, dst.nbytes, "h2d", stream)
+        stream.synchronize()  # the host buffer is reused by the next call
+
+    def allgather_object(self, obj: object) -> list:
+        return self.mpi.allgather_object(obj)
+
+    def barrier(self) -> None:
+        self.mpi.barrier()
+
+    def _post(self, buf: cupy.ndarray, peer: int, tag: int, *, is_send: bool):
+        if self.cuda_aware:
+            import cupy
+
+            cupy.cuda.get_current_stream().synchronize()  # MPI reads/writes it right away
+            return (self.mpi.isend if is_send else self.mpi.irecv)(buf, peer, tag)
+        lane = self._lanes.get((peer, is_send))
+        if lane is None:
+            lane = self._lanes[(peer, is_send)] = _Lane(self.mpi.comm, peer, is_send)
+        message = _Message(buf, peer, tag, -(-buf.nbytes // CHUNK_BYTES))
+        lane.add(message)
+        lane.progress()
+        return message
+
+    def _progress(self) -> None:
+        for lane in self._lanes.values():
+            lane.progress()
