@@ -11,6 +11,7 @@ import ctypes
 import enum
 import shutil
 import subprocess
+import sys
 
 import ml_dtypes
 import numpy as np
@@ -294,8 +295,17 @@ def test_pack_of_nothing_writes_nothing(xp):
     np.testing.assert_array_equal(to_host(flat), [1, 1, 1])
 
 
-def test_array_module_is_numpy_for_numpy_arrays():
-    assert kernels.array_module(np.ones(1)) is np
+def test_array_module(xp):
+    assert kernels.array_module(xp.ones(1)) is xp
+
+
+def test_numpy_work_never_imports_cupy():
+    code = (
+        "import sys, numpy as np, kernels\n"
+        "a = np.ones(3, np.float16); kernels.reduce_into(a, a, 'sum')\n"
+        "assert kernels.array_module(a) is np and 'cupy' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # The CUDA C of the CuPy twin, compiled for the host: the GPU code's arithmetic checked
