@@ -38,6 +38,7 @@ __all__ = [
     "pack",
     "packed_offsets",
     "reduce_into",
+    "scale_into",
     "unpack",
 ]
 
@@ -73,6 +74,15 @@ def copy_into(dst: Any, src: Any) -> None:
 def divide_into(buf: Any, divisor: int) -> None:
     """The avg finish: buf /= divisor for floats (one rounding), buf //= divisor (floor) for ints."""
     _impl(buf).divide_into(buf, divisor)
+
+
+def scale_into(dst: Any, src: Any, scale: float) -> None:
+    """dst = src * scale for floats: the product in src's compute dtype, rounded once to dst's.
+
+    Any float dtypes, dst may be src (in place). compress_into and decompress_into are
+    its 16-bit special cases; this one also widens and unscales a 16-bit result in one pass.
+    """
+    _impl(dst).scale_into(dst, src, scale)
 
 
 def compress_into(dst16: Any, src: Any, scale: float = 1.0) -> None:

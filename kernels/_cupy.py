@@ -30,6 +30,7 @@ __all__ = [
     "divide_into",
     "pack",
     "reduce_into",
+    "scale_into",
     "unpack",
 ]
 
@@ -60,7 +61,7 @@ def reduce_into(dst: cupy.ndarray, src: cupy.ndarray, op: str) -> None:
 
 def copy_into(dst: cupy.ndarray, src: cupy.ndarray) -> None:
     if dst.dtype != src.dtype:
-        _elementwise(scale_spec(src.dtype, dst.dtype))(_raw(src), 1.0, _raw(dst))
+        scale_into(dst, src, 1.0)
     elif src.nbytes:
         dst.data.copy_from_device_async(src.data, src.nbytes)  # on the current stream
 
@@ -69,16 +70,20 @@ def divide_into(buf: cupy.ndarray, divisor: int) -> None:
     _elementwise(divide_spec(buf.dtype))(divisor, _raw(buf))
 
 
+def scale_into(dst: cupy.ndarray, src: cupy.ndarray, scale: float) -> None:
+    if src.dtype != np.float64:  # like the NumPy twin, multiply by scale rounded to float32
+        scale = float(np.float32(scale))
+    _elementwise(scale_spec(src.dtype, dst.dtype))(_raw(src), scale, _raw(dst))
+
+
 def compress_into(dst16: cupy.ndarray, src: cupy.ndarray, scale: float) -> None:
     if dst16.dtype not in HALF_DTYPES:
         raise TypeError(f"compress_into writes float16 or bfloat16, got {dst16.dtype}")
-    if src.dtype != np.float64:  # like the NumPy twin, multiply by scale rounded to float32
-        scale = float(np.float32(scale))
-    _elementwise(scale_spec(src.dtype, dst16.dtype))(_raw(src), scale, _raw(dst16))
+    scale_into(dst16, src, scale)
 
 
 def decompress_into(dst: cupy.ndarray, src16: cupy.ndarray) -> None:
-    _elementwise(scale_spec(src16.dtype, dst.dtype))(_raw(src16), 1.0, _raw(dst))
+    scale_into(dst, src16, 1.0)
 
 
 def decompress_reduce_into(acc: cupy.ndarray, src16: cupy.ndarray, op: str) -> None:

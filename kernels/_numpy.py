@@ -21,6 +21,7 @@ __all__ = [
     "divide_into",
     "pack",
     "reduce_into",
+    "scale_into",
     "unpack",
 ]
 
@@ -50,12 +51,10 @@ def divide_into(buf: np.ndarray, divisor: int) -> None:
 
 
 @_quiet
-def compress_into(dst16: np.ndarray, src: np.ndarray, scale: float) -> None:
-    """dst16 = round_to_16_bits(src * scale), the product in src's compute dtype, one rounding."""
-    if dst16.dtype not in HALF_DTYPES:
-        raise TypeError(f"compress_into writes float16 or bfloat16, got {dst16.dtype}")
-    if src.dtype != np.float64:
-        np.multiply(src, scale, out=dst16, dtype=compute_dtype(src.dtype), casting="unsafe")
+def scale_into(dst: np.ndarray, src: np.ndarray, scale: float) -> None:
+    """dst = src * scale, the product in src's compute dtype, rounded once to dst's dtype."""
+    if src.dtype != np.float64 or dst.dtype not in HALF_DTYPES:
+        np.multiply(src, scale, out=dst, dtype=compute_dtype(src.dtype), casting="unsafe")
         return
     # float64 -> 16 bits through float32 rounded to odd: one correct rounding, whereas
     # ml_dtypes' float64 -> bfloat16 cast rounds twice (via float32, to nearest).
@@ -64,7 +63,14 @@ def compress_into(dst16: np.ndarray, src: np.ndarray, scale: float) -> None:
         n = min(_BLOCK, src.size - lo)
         np.multiply(src[lo : lo + n], scale, out=wide[:n])
         _to_float32_round_to_odd(wide[:n], narrow[:n])
-        np.copyto(dst16[lo : lo + n], narrow[:n], casting="unsafe")
+        np.copyto(dst[lo : lo + n], narrow[:n], casting="unsafe")
+
+
+def compress_into(dst16: np.ndarray, src: np.ndarray, scale: float) -> None:
+    """dst16 = round_to_16_bits(src * scale): scale_into onto a float16 or bfloat16 dst16."""
+    if dst16.dtype not in HALF_DTYPES:
+        raise TypeError(f"compress_into writes float16 or bfloat16, got {dst16.dtype}")
+    scale_into(dst16, src, scale)
 
 
 def _to_float32_round_to_odd(x: np.ndarray, out: np.ndarray) -> None:
@@ -74,10 +80,9 @@ def _to_float32_round_to_odd(x: np.ndarray, out: np.ndarray) -> None:
     np.bitwise_or(out.view(np.uint32), 1, out=out.view(np.uint32), where=out != x)
 
 
-@_quiet
 def decompress_into(dst: np.ndarray, src16: np.ndarray) -> None:
     """dst = src16, widened exactly (dst is float32 or float64)."""
-    np.copyto(dst, src16, casting="unsafe")
+    scale_into(dst, src16, 1.0)
 
 
 @_quiet

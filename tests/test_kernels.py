@@ -186,6 +186,25 @@ def test_compress_into(xp, wire, src_dtype, n, scale):
     assert_same_bits(to_host(dst), rounded(exact, wire))
 
 
+@pytest.mark.parametrize("scale", [1.0, 1 / 3])
+@pytest.mark.parametrize("dst_dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("src_dtype", FLOATS, ids=str)
+def test_scale_into(xp, src_dtype, dst_dtype, scale):
+    src = random_array(5000, src_dtype, 13)
+    exact = src.astype(F64) * F64.type(kernels.compute_dtype(src_dtype).type(scale))
+    if src_dtype != F64:
+        exact = exact.astype(F32).astype(F64)  # the product rounds to the compute dtype first
+    dst = xp.array(np.zeros(src.size, dst_dtype))
+    kernels.scale_into(dst, xp.array(src), scale)
+    assert_same_bits(to_host(dst), rounded(exact, dst_dtype))
+
+
+def test_scale_into_in_place(xp):
+    buf = xp.array(np.array([1, 3, -5], F32))
+    kernels.scale_into(buf, buf, 0.5)
+    np.testing.assert_array_equal(to_host(buf), [0.5, 1.5, -2.5])
+
+
 def test_compress_into_rejects_a_wide_destination():
     with pytest.raises(TypeError, match="float16 or bfloat16"):
         kernels.compress_into(np.zeros(3, F32), np.ones(3, F32), 1.0)
@@ -350,8 +369,7 @@ def host_specs() -> list:
     """Every elementwise kernel the CuPy twin can build for the supported dtypes."""
     specs = [cuda.reduce_spec(d, d, op) for d in DTYPES for op in OPS]
     specs += [cuda.reduce_spec(F32, h, op) for h in HALVES for op in OPS]
-    specs += [cuda.scale_spec(s, h) for s in [F32, F64] for h in HALVES]
-    specs += [cuda.scale_spec(h, d) for h in HALVES for d in [F32, F64]]
+    specs += [cuda.scale_spec(s, d) for s in FLOATS for d in FLOATS]
     specs += [cuda.divide_spec(d) for d in DTYPES]
     return specs
 
@@ -417,16 +435,16 @@ def test_host_cuda_reduce_matches_numpy(host_cuda, dtype, src_dtype, op):
 
 
 @pytest.mark.parametrize("scale", [1.0, 1 / 3, 2.0**-20])
-@pytest.mark.parametrize("src_dtype", [F32, F64], ids=str)
-@pytest.mark.parametrize("wire", HALVES, ids=str)
-def test_host_cuda_compress_matches_numpy(host_cuda, wire, src_dtype, scale):
+@pytest.mark.parametrize("dst_dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("src_dtype", FLOATS, ids=str)
+def test_host_cuda_scale_matches_numpy(host_cuda, src_dtype, dst_dtype, scale):
     lib = host_cuda
     with np.errstate(over="ignore"):
         x = edge_values(src_dtype, 100_000, 11) * src_dtype.type(1 << 10)
-    got, want = np.zeros(x.size, wire), np.zeros(x.size, wire)
+    got, want = np.zeros(x.size, dst_dtype), np.zeros(x.size, dst_dtype)
     c_scale = scale if src_dtype == F64 else float(np.float32(scale))  # as the CuPy twin passes it
-    call_host(lib, cuda.scale_spec(src_dtype, wire), x, c_scale, got)
-    kernels.compress_into(want, x, scale)
+    call_host(lib, cuda.scale_spec(src_dtype, dst_dtype), x, c_scale, got)
+    kernels.scale_into(want, x, scale)
     assert_same_bits_or_both_nan(got, want)
 
 
