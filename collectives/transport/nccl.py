@@ -1,17 +1,29 @@
 """NCCL transport over `cupy.cuda.nccl`: GPU point-to-point for the plans, ncclAllReduce as native.
 
-Sends and receives are buffered and launched as NCCL groups on the current CuPy stream when
-a wait needs them (`p2p_groups.PairQueue` says which go together and why); a request
-completes when a CUDA event recorded after its group has passed. The executor's reduce
-kernels run on the same stream, so data order is stream order; the host waits only to
-honour the deadline, polling events. NCCL has no tags: messages between two ranks match in
-posting order, which the plans guarantee. Small control traffic (agreement, topology, the
-unique id) goes over the MPI transport given at construction.
+Point-to-point runs over *channels*: one two-rank NCCL communicator per ordered pair of ranks
+(a -> b: a only sends on it, b only receives), each with its own CUDA stream on both sides.
+A channel is a FIFO: the k-th send of a meets the k-th receive of b, and nothing else waits
+on it. Why not one communicator with ncclGroupStart/End: NCCL runs a group as one kernel
+that ends only when every operation in it met its peer, and a stream runs one kernel after
+another, so every receive would have to share a group with the sends its peers need first.
+The executor posts a round's sends at once but its reduce-receives a few at a time (as
+scratch slots free up), and rounds of hierarchical and torus plans talk to several peers:
+such groups deadlock (tests/test_nccl_grouping.py shows it on a model of NCCL's semantics).
+Channels give MPI's semantics instead (every posted operation progresses on its own), which
+every plan already runs on.
 
-NCCL needs one GPU per rank: `for_local_rank` picks the device by node-local rank, and
-`unusable_reason` says why NCCL cannot run here (e.g. ranks sharing a GPU), so that
-`init(transport="nccl")` fails on every rank with the reason and `transport="auto"` falls
-back to MPI.
+Order with the compute stream (the current CuPy stream, where kernels reduce): a channel
+stream waits for an event recorded on the compute stream when the operation is posted, so
+a send reads, and a receive overwrites, the buffer as the compute stream left it then. A
+request completes when an event recorded after it on the channel stream has passed; the
+host polls those events against the deadline, and the executor reduces only after that.
+
+Channels are built at construction (2(p-1) two-rank communicators per rank), in one global
+order of pairs, so no rank waits on a peer that waits on another.
+`native` is ncclAllReduce on a world communicator, on the compute stream. Small control
+traffic (agreement, topology, unique ids) goes over the MPI transport given at construction.
+NCCL needs one GPU per rank: `unusable_reason` says why it cannot run (ranks sharing a GPU,
+no device), so that `init(transport="nccl")` fails with the reason and "auto" uses MPI.
 
 Example::
 
@@ -31,7 +43,6 @@ import numpy as np
 from cupy.cuda import nccl
 
 from ..errors import CollectiveError, CollectiveTimeout
-from .p2p_groups import PairQueue
 
 __all__ = ["NCCLTransport", "nccl_dtype", "unusable_reason"]
 
@@ -76,35 +87,40 @@ def unusable_reason(node_keys: Sequence[object], rank: int) -> str | None:
     return None
 
 
+class _Channel:
+    """One direction between two ranks: a two-rank communicator and a stream of its own."""
+
+    __slots__ = ("comm", "stream", "peer_index")
+
+    def __init__(self, comm: nccl.NcclCommunicator, peer_index: int):
+        self.comm = comm
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        self.peer_index = peer_index  # the other rank's index inside comm (0 or 1)
+
+
 class _P2P:
-    """A buffered send or receive; done once the event after its group has passed."""
+    """A posted send or receive; done once the event after it on its channel has passed."""
 
-    __slots__ = ("is_send", "buf", "peer", "event", "done")
+    __slots__ = ("peer", "event", "done")
 
-    def __init__(self, is_send: bool, buf: cupy.ndarray, peer: int):
-        self.is_send = is_send
-        self.buf = buf
+    def __init__(self, peer: int, event: cupy.cuda.Event | None):
         self.peer = peer
-        self.event: cupy.cuda.Event | None = None
-        self.done = buf.nbytes == 0  # empty messages never reach NCCL, on either side
-
-    @property
-    def launched(self) -> bool:
-        return self.done or self.event is not None
+        self.event = event
+        self.done = event is None  # empty messages never reach NCCL, on either side
 
     def test(self) -> bool:
-        if not self.done and self.event is not None and self.event.done:
+        if not self.done and self.event.done:
             self.done = True
         return self.done
 
 
 class NCCLTransport:
-    """Point-to-point and native all-reduce over one NCCL communicator (one GPU per rank)."""
+    """Point-to-point over per-direction channels and ncclAllReduce (one GPU per rank)."""
 
     name = "nccl"
 
     def __init__(self, control):
-        """`control`: an MPITransport over the same ranks, for the unique id and small messages."""
+        """`control`: an MPITransport over the same ranks, for unique ids and small messages."""
         self.control = control
         self.rank = control.rank
         self.size = control.size
@@ -112,12 +128,12 @@ class NCCLTransport:
         uid = control.comm.bcast(nccl.get_unique_id() if self.rank == 0 else None, root=0)
         with self.device:
             self.comm = nccl.NcclCommunicator(self.size, uid, self.rank)
-        self._queue: PairQueue[_P2P] = PairQueue()
         self._broken: str | None = None
+        self._channels = self._build_channels()  # (src, dst) -> channel
 
     @classmethod
     def for_local_rank(cls, control, node_keys: Sequence[object]) -> "NCCLTransport":
-        """Collective: make GPU (node-local rank) current, then build the communicator.
+        """Collective: make GPU (node-local rank) current, then build the world communicator.
 
         Every rank must have checked `unusable_reason` first (and agreed that none has one).
         """
@@ -128,22 +144,22 @@ class NCCLTransport:
     # -- point to point ---------------------------------------------------------------------
 
     def isend(self, buf: cupy.ndarray, peer: int, tag: int) -> _P2P:
-        return self._post(_P2P(True, buf, peer))
+        return self._post(buf, peer, send=True)
 
     def irecv(self, buf: cupy.ndarray, peer: int, tag: int) -> _P2P:
-        return self._post(_P2P(False, buf, peer))
+        return self._post(buf, peer, send=False)
 
     def wait_all(self, requests: Sequence[_P2P], deadline: float, what: str) -> None:
         live = [r for r in requests if r is not None]
-        self._poll(live, lambda: all(r.test() for r in live) or None, deadline, what)
+        self._poll(lambda: all(r.test() for r in live) or None, deadline, what,
+                   lambda: {r.peer for r in live if not r.done})
 
     def wait_any(self, requests: list[_P2P], deadline: float, what: str) -> int:
-        live = [r for r in requests if r is not None]
-
         def first_done():
             return next((i for i, r in enumerate(requests) if r is not None and r.test()), None)
 
-        return self._poll(live, first_done, deadline, what)
+        return self._poll(first_done, deadline, what,
+                          lambda: {r.peer for r in requests if r is not None})
 
     # -- native -----------------------------------------------------------------------------
 
@@ -154,12 +170,12 @@ class NCCLTransport:
         code = nccl_dtype(dst.dtype)
         with self.device:
             stream = cupy.cuda.get_current_stream()
-            self._nccl_call(lambda: self.comm.allReduce(
+            self._nccl(lambda: self.comm.allReduce(
                 src.data.ptr, dst.data.ptr, dst.size, code, _OPS[op], stream.ptr))
             event = cupy.cuda.Event(block=False, disable_timing=True)
             event.record(stream)
-        self._poll([], lambda: event.done or None, deadline, "native NCCL all-reduce",
-                   peers=range(self.size))
+        self._poll(lambda: event.done or None, deadline, "native NCCL all-reduce",
+                   lambda: set(range(self.size)) - {self.rank})
 
     # -- control, through MPI ---------------------------------------------------------------
 
@@ -177,75 +193,71 @@ class NCCLTransport:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _post(self, request: _P2P) -> _P2P:
+    def _post(self, buf: cupy.ndarray, peer: int, *, send: bool) -> _P2P:
         self._check_usable()
-        if not request.done:
-            self._queue.add(request, is_send=request.is_send)
-        return request
-
-    def _launch_needed(self, waited: list[_P2P]) -> None:
-        """Launch every pair; if no waited request could then complete, launch the rest too."""
-        groups = self._queue.pairs()
-        for group in groups:
-            self._launch(group)
-        in_flight = any(r.launched and not r.done for r in waited)
-        if not in_flight and any(not r.launched for r in waited):
-            for group in self._queue.drain():
-                self._launch(group)
-
-    def _launch(self, group: list[_P2P]) -> None:
+        if buf.nbytes == 0:
+            return _P2P(peer, None)
+        channel = self._channels[(self.rank, peer) if send else (peer, self.rank)]
         with self.device:
-            stream = cupy.cuda.get_current_stream()
+            ready = cupy.cuda.Event(block=False, disable_timing=True)
+            ready.record(cupy.cuda.get_current_stream())
+            channel.stream.wait_event(ready)  # the buffer as the compute stream leaves it now
+            call = channel.comm.send if send else channel.comm.recv
+            self._nccl(lambda: call(buf.data.ptr, buf.nbytes, nccl.NCCL_UINT8,
+                                    channel.peer_index, channel.stream.ptr))
+            done = cupy.cuda.Event(block=False, disable_timing=True)
+            done.record(channel.stream)
+        return _P2P(peer, done)
 
-            def launch():
-                nccl.groupStart()
-                try:
-                    for op in group:
-                        call = self.comm.send if op.is_send else self.comm.recv
-                        call(op.buf.data.ptr, op.buf.nbytes, nccl.NCCL_UINT8, op.peer, stream.ptr)
-                finally:
-                    nccl.groupEnd()
+    def _build_channels(self) -> dict[tuple[int, int], _Channel]:
+        """Every channel of this rank. Collective: a two-rank init blocks until both ranks
+        call it, so all ranks go through the pairs in one sorted order (the smallest pair
+        not yet built always has both its ranks at it)."""
+        mine = {(self.rank, b): nccl.get_unique_id() for b in range(self.size) if b != self.rank}
+        ids = {pair: uid for table in self.control.allgather_object(mine)
+               for pair, uid in table.items()}
+        channels = {}
+        with self.device:
+            for a, b in sorted(ids):
+                if self.rank in (a, b):
+                    me = 0 if self.rank == a else 1
+                    comm = nccl.NcclCommunicator(2, ids[(a, b)], me)
+                    channels[(a, b)] = _Channel(comm, 1 - me)
+        return channels
 
-            self._nccl_call(launch)
-            event = cupy.cuda.Event(block=False, disable_timing=True)
-            event.record(stream)
-        for op in group:
-            op.event = event
-
-    def _poll(self, waited: list[_P2P], test, deadline: float, what: str, peers=None):
-        """Launch what `waited` needs, then call `test()` until it is not None or time is up."""
+    def _poll(self, test, deadline: float, what: str, peers):
+        """Call `test()` until it returns something other than None, or time is up."""
         self._check_usable()
         spin_until = time.monotonic() + SPIN_SECONDS
         while True:
-            self._launch_needed(waited)
             result = test()
             if result is not None:
                 return result
             now = time.monotonic()
             if now > deadline:
-                stuck = sorted(set(peers) if peers is not None else
-                               {r.peer for r in waited if not r.done})
                 raise self._give_up(f"timed out waiting for {what}: NCCL work with rank(s) "
-                                    f"{stuck} did not complete")
+                                    f"{sorted(peers())} did not complete")
             if now > spin_until:
                 time.sleep(IDLE_SLEEP)
             else:
                 os.sched_yield()
 
-    def _nccl_call(self, call) -> None:
+    def _nccl(self, call) -> None:
         try:
             call()
         except nccl.NcclError as error:
             raise self._give_up(f"NCCL failed: {error}") from error
 
     def _give_up(self, why: str) -> CollectiveError:
-        """Abort the NCCL communicator (its kernels may never end) and say so."""
-        self._broken = (f"rank {self.rank}: {why}; the NCCL communicator was aborted, so this "
-                        f"Communicator is unusable: end the job (comm.abort()) or init a new one")
-        try:
-            self.comm.abort()
-        except nccl.NcclError:
-            pass  # already failed: the message above is what the caller needs
+        """Abort the NCCL communicators (their kernels may never end) and say so."""
+        self._broken = (f"rank {self.rank}: {why}; the NCCL communicators were aborted, so "
+                        f"this Communicator is unusable: end the job (comm.abort()) or init anew")
+        comms = [self.comm, *(c.comm for c in self._channels.values())]
+        for comm in comms:
+            try:
+                comm.abort()
+            except nccl.NcclError:
+                pass  # already failed: the message above is what the caller needs
         kind = CollectiveTimeout if why.startswith("timed out") else CollectiveError
         return kind(self._broken)
 

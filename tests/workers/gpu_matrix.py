@@ -1,0 +1,73 @@
+"""The all-reduce matrix on CuPy arrays: algorithm x dtype x op x awkward size x layout.
+
+Usage: mpiexec -n P python -m tests.workers.gpu_matrix ALG[,ALG...]|all [--transport T] [--large]
+Inputs are those of tests.workers.allreduce_matrix, moved to the GPU in the same layout.
+Checks: the result is a CuPy array with the NumPy reference's values, shape and dtype; x is
+untouched; out / in place are honoured; every rank holds the same bits.
+"""
+from __future__ import annotations
+
+import sys
+
+import cupy as cp
+import numpy as np
+
+import collectives
+from tests.workers.allreduce_matrix import LAYOUTS, make_input, sizes
+from tests.workers.common import OPS, Tally, digest, reference
+
+
+def to_device(x: np.ndarray) -> cp.ndarray:
+    """x on the GPU with the same values and the same kind of layout."""
+    flat = cp.asarray(np.ascontiguousarray(x))
+    if x.flags.f_contiguous and not x.flags.c_contiguous:
+        return cp.asfortranarray(flat)
+    if not x.flags.c_contiguous:
+        spaced = cp.zeros(2 * x.size, x.dtype)
+        spaced[::2] = flat.reshape(-1)
+        return spaced[::2]
+    return flat
+
+
+def option(name: str, default: str) -> str:
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
+def main() -> None:
+    names = sys.argv[1]
+    comm = collectives.init(transport=option("--transport", "mpi"))
+    algorithms = collectives.ALGORITHMS if names == "all" else names.split(",")
+    tally = Tally(comm.rank)
+    for algorithm in algorithms:
+        for dtype in collectives.DTYPES:
+            for count in sizes(comm.size, "--large" in sys.argv):
+                for op in OPS:
+                    for layout in LAYOUTS if count < 1 << 16 else ("contiguous",):
+                        case = f"{algorithm} {dtype} count={count} op={op} layout={layout}"
+                        x = to_device(make_input(count, dtype, comm.rank, layout))
+                        before = x.copy()
+                        if layout == "out":
+                            out = cp.full(x.shape, 99, dtype)
+                            y = comm.allreduce(x, op=op, algorithm=algorithm, out=out)
+                            tally.check(y is out, f"{case}: result is not out")
+                        elif layout == "inplace":
+                            y = comm.allreduce(x, op=op, algorithm=algorithm, out=x)
+                            tally.check(y is x, f"{case}: result is not x")
+                        else:
+                            y = comm.allreduce(x, op=op, algorithm=algorithm)
+                            tally.check(bool((x.view(cp.uint8) == before.view(cp.uint8)).all())
+                                        if x.size else True, f"{case}: input modified")
+                        tally.check(isinstance(y, cp.ndarray), f"{case}: got {type(y)}")
+                        tally.check(y.shape == x.shape and y.dtype == x.dtype,
+                                    f"{case}: got shape {y.shape} dtype {y.dtype}")
+                        got = cp.asnumpy(y).reshape(-1)
+                        expected = reference(count, dtype, comm.size, op).reshape(-1)
+                        tally.check(np.array_equal(got, expected),
+                                    f"{case}: values differ, first {got[:4]} vs {expected[:4]}")
+                        digests = comm._transport.allgather_object(digest(got))
+                        tally.check(len(set(digests)) == 1, f"{case}: ranks differ in bits")
+    tally.finish()
+
+
+if __name__ == "__main__":
+    main()
