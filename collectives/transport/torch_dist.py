@@ -1,0 +1,142 @@
+"""Transport over torch.distributed on gloo: every plan runs under torchrun, without MPI.
+
+Buffers travel as byte tensors that share memory with our NumPy arrays (DLPack), so any
+dtype (bfloat16 included) moves unchanged and nothing is copied on the way in or out.
+
+Gloo's point-to-point requests report completion only from `wait()` (no test, no future), so
+`wait_any` waits for the oldest request. Plans post receives in the order data arrives from
+each peer, so the oldest is the one to reduce first; only the overlap between different
+peers' segments is lost.
+
+Example::
+
+    transport = TorchDistTransport.from_environment(timeout=300)   # under torchrun
+    transport.wait_all([transport.isend(x, 1, tag=7)], deadline, "send")
+"""
+from __future__ import annotations
+
+import atexit
+import datetime
+import os
+import socket
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import kernels
+
+from ..errors import CollectiveError, CollectiveTimeout
+
+__all__ = ["TorchDistTransport"]
+
+_REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+
+
+def _bytes(buf: np.ndarray) -> torch.Tensor:
+    """A uint8 tensor over the memory of the 1-D contiguous array `buf`."""
+    if not isinstance(buf, np.ndarray):
+        raise TypeError(f"the torch transport moves host (NumPy) arrays, got "
+                        f"{type(buf).__module__}.{type(buf).__name__}; for GPU arrays under "
+                        f"torchrun use collectives.init(transport='nccl')")
+    return torch.from_dlpack(buf.view(np.uint8))
+
+
+class TorchDistTransport:
+    """Point-to-point transport over a torch.distributed (gloo) process group."""
+
+    name = "torch"
+
+    def __init__(self, group: dist.ProcessGroup):
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.size = dist.get_world_size(group)
+        self._gather_buf = np.empty(0, np.uint8)
+
+    @classmethod
+    def from_environment(cls, timeout: float) -> "TorchDistTransport":
+        """torch's default group from torchrun's environment (unless already initialized),
+        and a private gloo group over the same ranks for our messages.
+
+        Groups are destroyed at exit (the default one only if we made it): gloo's threads
+        must stop before the interpreter does.
+        """
+        limit = datetime.timedelta(seconds=timeout)
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", timeout=limit)
+            atexit.register(dist.destroy_process_group)
+        group = dist.new_group(backend="gloo", timeout=limit)
+        atexit.register(dist.destroy_process_group, group)
+        return cls(group)
+
+    def isend(self, buf: np.ndarray, peer: int, tag: int):
+        return dist.isend(_bytes(buf), group=self.group, group_dst=peer, tag=tag)
+
+    def irecv(self, buf: np.ndarray, peer: int, tag: int):
+        return dist.irecv(_bytes(buf), group=self.group, group_src=peer, tag=tag)
+
+    def wait_all(self, requests: Sequence, deadline: float, what: str) -> None:
+        for request in requests:
+            self._wait(request, deadline, what)
+
+    def wait_any(self, requests: list, deadline: float, what: str) -> int:
+        self._wait(requests[0], deadline, what)
+        return 0
+
+    def native_allreduce(self, src: np.ndarray, dst: np.ndarray, op: str, deadline: float) -> None:
+        """gloo's all-reduce of `src` into `dst`; `src is dst` reduces in place.
+
+        As for MPI, 16-bit floats and float max/min are reduced by our kernels (gathered, then
+        reduced in rank order): gloo rounds 16-bit sums at every hop, and its max/min keep
+        or drop a NaN depending on the order.
+        """
+        if src is not dst:
+            kernels.copy_into(dst, src)
+        if dst.dtype.itemsize >= 4 and (dst.dtype.kind == "i" or op == "sum"):
+            work = dist.all_reduce(torch.from_dlpack(dst), op=_REDUCE_OPS[op], group=self.group,
+                                   async_op=True)
+            self._wait(work, deadline, "native gloo all-reduce")
+            return
+        rows = self.allgather_record(dst.view(np.uint8), deadline, "native gloo all-gather")
+        kernels.copy_into(dst, rows[0].view(dst.dtype))
+        for row in rows[1:]:
+            kernels.reduce_into(dst, row.view(dst.dtype), op)
+
+    def allgather_record(self, record: np.ndarray, deadline: float, what: str) -> np.ndarray:
+        """Every rank's `record` (1-D uint8, one length everywhere) as rows, row r from rank r."""
+        needed = self.size * record.size
+        if self._gather_buf.size < needed:
+            self._gather_buf = np.empty(needed, np.uint8)
+        rows = self._gather_buf[:needed].reshape(self.size, record.size)
+        work = dist.all_gather_single(torch.from_dlpack(rows.reshape(-1)),
+                                      torch.from_dlpack(record), group=self.group,
+                                      async_op=True)
+        self._wait(work, deadline, what)
+        return rows
+
+    def node_keys(self) -> list[str]:
+        """Per rank, its host name: ranks on one host share a node."""
+        return self.allgather_object(socket.gethostname())
+
+    def allgather_object(self, obj: object) -> list:
+        gathered: list = [None] * self.size
+        dist.all_gather_object(gathered, obj, group=self.group)
+        return gathered
+
+    def barrier(self) -> None:
+        dist.barrier(group=self.group)
+
+    def abort(self, errorcode: int = 1) -> None:
+        """End this rank now; torchrun then stops the job's other ranks."""
+        os._exit(errorcode)
+
+    def _wait(self, work, deadline: float, what: str) -> None:
+        left = max(deadline - time.monotonic(), 1e-3)
+        try:
+            work.wait(timeout=datetime.timedelta(seconds=left))
+        except RuntimeError as error:
+            if "timed out" in str(error).lower() or time.monotonic() >= deadline:
+                raise CollectiveTimeout(f"rank {self.rank}: timed out waiting for {what}") from None
+            raise CollectiveError(f"rank {self.rank}: {what} failed: {error}") from error
