@@ -315,7 +315,7 @@ class _Engine:
             link, name = st.links[i]
             if link.zero_copy:
                 node = (ready[0] + link.alpha, ready, "latency", c, k, 0, name)
-                per_byte = cluster.gamma if tr.recv_reduce[i] else link.beta
+                per_byte = self.cluster.gamma if tr.recv_reduce[i] else link.beta
                 completes = (node[0] + nbytes * per_byte, node, "zero-copy", c, k, nbytes, name)
             else:
                 node = (ready[0] + link.alpha + nbytes * link.beta, ready, "message", c, k, nbytes, name)
