@@ -8,6 +8,7 @@ harness (:mod:`bench.harness`) does the rest.
 Example::
 
     collectives-bench -b 8 -e 256M -f 2 --algorithms ring,native      # starts 2 ranks itself
+    collectives-bench --device gpu --transport nccl --np 1 -b 1M -e 1G -f 4
     mpiexec -n 8 python -m bench.allreduce_perf -b 1M -e 64M -f 4 --json out.json
 """
 
@@ -131,9 +132,10 @@ class AllReduceSample:
     def wrong(self, variant: AlgorithmVariant) -> int:
         """Output elements off the reference by more than the tolerance (NaN and inf included)."""
         bad = 0
+        out = self.result()
         for lo in range(0, self._codes.size, _CHUNK):
             codes = self._codes[lo:lo + _CHUNK]
-            got = self._out[lo:lo + _CHUNK].astype(self._expected.dtype)
+            got = out[lo:lo + _CHUNK].astype(self._expected.dtype)
             error = np.abs(got - self._expected[codes])
             bad += int(np.count_nonzero(~(error <= self._tolerance[codes])))
         return bad
@@ -143,14 +145,35 @@ class AllReduceSample:
         return self._out
 
 
+class DeviceAllReduceSample(AllReduceSample):
+    """The same sample with input and output in GPU memory (CuPy), for ``--device gpu``."""
+
+    def __init__(self, comm: Any, *, count: int, dtype: np.dtype, redop: str) -> None:
+        import cupy
+
+        super().__init__(comm, count=count, dtype=dtype, redop=redop)
+        self._cupy = cupy
+        self._x = cupy.asarray(self._x)
+        self._out = cupy.empty_like(self._x)
+
+    def result(self) -> np.ndarray:
+        """The output, copied to the host."""
+        return self._cupy.asnumpy(self._out)
+
+    def synchronize(self) -> None:
+        """Wait for the all-reduces launched on the current stream (the harness's clock)."""
+        self._cupy.cuda.get_current_stream().synchronize()
+
+
 class AllReduce:
     """The all-reduce as a harness op: one variant per algorithm."""
 
     name = "allreduce"
 
     def __init__(self, comm: Any, *, dtype: np.dtype, redop: str,
-                 algorithms: Sequence[str]) -> None:
+                 algorithms: Sequence[str], device: str = "cpu") -> None:
         self._comm = comm
+        self._sample = DeviceAllReduceSample if device == "gpu" else AllReduceSample
         self._dtype = dtype
         self._redop = redop
         self._variants = tuple(AlgorithmVariant(name) for name in algorithms)
@@ -173,7 +196,7 @@ class AllReduce:
 
     def setup(self, count: int) -> AllReduceSample:
         """Buffers and reference for ``count`` elements."""
-        return AllReduceSample(self._comm, count=count, dtype=self._dtype, redop=self._redop)
+        return self._sample(self._comm, count=count, dtype=self._dtype, redop=self._redop)
 
 
 def _dtype(text: str) -> str:
@@ -199,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"element type: {', '.join(DTYPES)} (default float32)")
     parser.add_argument("-o", "--op", choices=REDOPS, default="sum",
                         help="reduction (default sum)")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                        help="where the buffers live: NumPy (cpu) or CuPy (gpu, GPU = "
+                             "node-local rank); default cpu")
+    parser.add_argument("--transport", choices=("mpi", "nccl", "auto"), default="mpi",
+                        help="collectives.init(transport=...): what moves CuPy arrays "
+                             "(default mpi; nccl makes 'native' NCCL's all-reduce)")
     launch.add_launch_argument(parser)
     return parser
 
@@ -211,6 +240,16 @@ def _algorithms(text: str, known: Sequence[str]) -> tuple[str, ...]:
         raise ValueError(f"unknown algorithms: {', '.join(unknown) or repr(text)}; "
                          f"choose from {', '.join(known)} or 'all'")
     return names
+
+
+def _use_local_gpu(mpi_comm: Any) -> None:
+    """Make GPU (node-local rank mod GPUs) current, as the NCCL transport would pick it."""
+    import cupy
+    from mpi4py import MPI
+
+    node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED)
+    cupy.cuda.Device(node.rank % cupy.cuda.runtime.getDeviceCount()).use()
+    node.Free()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -237,13 +276,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(str(error))
         return 2
     with harness.abort_on_error(mpi_comm):
-        op = AllReduce(collectives.init(mpi_comm=mpi_comm), dtype=DTYPES[args.dtype],
-                       redop=args.op, algorithms=algorithms)
+        if args.device == "gpu":
+            _use_local_gpu(mpi_comm)
+        # The library's default transport is "mpi"; name it only when another is asked for.
+        chosen = {} if args.transport == "mpi" else {"transport": args.transport}
+        op = AllReduce(collectives.init(mpi_comm=mpi_comm, **chosen),
+                       dtype=DTYPES[args.dtype], redop=args.op, algorithms=algorithms,
+                       device=args.device)
         redraw = sys.stderr.isatty() or os.environ.get(launch.PROGRESS_TTY) == "1"
         rows = harness.run(
             mpi_comm, op, options=options,
             command=shlex.join(["collectives-bench", *argv]),
             config={"collective": op.name, "dtype": args.dtype, "op": args.op,
+                    "device": args.device, "transport": args.transport,
                     "iters": options.iters, "warmup": options.warmup, "check": args.check},
             baseline="native" if "native" in algorithms else None, json_path=args.json,
             env=harness.environment(

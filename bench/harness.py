@@ -131,6 +131,8 @@ class Sample(Protocol):
     def result(self) -> np.ndarray:
         """The output on the host, 1-D: compared bit for bit across ranks."""
 
+    # Optional: ``synchronize()``, waiting for the device work ``run`` launched (GPU samples).
+
 
 class Op(Protocol):
     """A measured operation: what nccl-tests' per-collective file supplies."""
@@ -200,14 +202,21 @@ def bandwidth(nbytes: int, seconds: float, bus_factor: float) -> tuple[float, fl
 
 
 def time_per_iteration(mpi_comm: MPI.Comm, call: Callable[[], None], *, iters: int,
-                       warmup: int) -> float:
-    """Seconds per call: warm up, barrier, time ``iters`` calls; the slowest rank's mean."""
+                       warmup: int, synchronize: Callable[[], None] | None = None) -> float:
+    """Seconds per call: warm up, barrier, time ``iters`` calls; the slowest rank's mean.
+
+    ``synchronize`` (a sample's, for device work that runs asynchronously) is called after
+    the warm-up and before the clock stops, so the time covers the work, not its launch.
+    """
+    sync = synchronize or (lambda: None)
     for _ in range(warmup):
         call()
+    sync()
     mpi_comm.Barrier()
     start = time.perf_counter()
     for _ in range(iters):
         call()
+    sync()
     mean = (time.perf_counter() - start) / iters
     return max(mpi_comm.allgather(mean))
 
@@ -240,7 +249,8 @@ def measure(mpi_comm: MPI.Comm, sample: Sample, variant: Variant, *, bus_factor:
             options: SweepOptions, count: int, fields: Mapping[str, object]) -> Row:
     """Time one variant on one sample, check it if asked, and make its row."""
     seconds = time_per_iteration(mpi_comm, functools.partial(sample.run, variant),
-                                 iters=options.iters, warmup=options.warmup)
+                                 iters=options.iters, warmup=options.warmup,
+                                 synchronize=getattr(sample, "synchronize", None))
     wrong = count_wrong(mpi_comm, sample, variant) if options.check else None
     algbw, busbw = bandwidth(sample.nbytes, seconds, bus_factor)
     return Row(size=sample.nbytes, count=count, label=variant.label,

@@ -1,0 +1,22 @@
+"""The device-transport choices that need no GPU: init(transport=...) and CUDA-aware detection."""
+import pytest
+
+from collectives.transport.staging import ENV_CUDA_AWARE, cuda_aware_mpi
+from tests.mpirun import run_workers
+
+
+@pytest.mark.parametrize("np_", [1, 2])
+def test_transport_choice(np_):
+    run_workers(np_, "transport_choice")
+
+
+@pytest.mark.parametrize("raw,expected", [("1", True), ("yes", True), ("0", False), ("off", False)])
+def test_cuda_aware_from_environment(monkeypatch, raw, expected):
+    monkeypatch.setenv(ENV_CUDA_AWARE, raw)
+    assert cuda_aware_mpi() is expected
+
+
+def test_cuda_aware_rejects_junk(monkeypatch):
+    monkeypatch.setenv(ENV_CUDA_AWARE, "maybe")
+    with pytest.raises(ValueError, match="COLLECTIVES_CUDA_AWARE_MPI='maybe'"):
+        cuda_aware_mpi()
