@@ -21,7 +21,7 @@ host polls those events against the deadline, and the executor reduces only afte
 Channels are built at construction (2(p-1) two-rank communicators per rank), in one global
 order of pairs, so no rank waits on a peer that waits on another.
 `native` is ncclAllReduce on a world communicator, on the compute stream. Small control
-traffic (agreement, topology, unique ids) goes over the MPI transport given at construction.
+traffic (agreement, topology, unique ids) goes over the host transport given at construction.
 NCCL needs one GPU per rank: `unusable_reason` says why it cannot run (ranks sharing a GPU,
 no device), so that `init(transport="nccl")` fails with the reason and "auto" uses MPI.
 
@@ -120,12 +120,13 @@ class NCCLTransport:
     name = "nccl"
 
     def __init__(self, control):
-        """`control`: an MPITransport over the same ranks, for unique ids and small messages."""
+        """`control`: a host transport over the same ranks (MPI, torch.distributed), for the
+        unique ids and small messages (`allgather_object`, `node_keys`, `barrier`)."""
         self.control = control
         self.rank = control.rank
         self.size = control.size
         self.device = cupy.cuda.Device()
-        uid = control.comm.bcast(nccl.get_unique_id() if self.rank == 0 else None, root=0)
+        uid = control.allgather_object(nccl.get_unique_id() if self.rank == 0 else None)[0]
         with self.device:
             self.comm = nccl.NcclCommunicator(self.size, uid, self.rank)
         self._broken: str | None = None
