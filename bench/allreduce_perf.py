@@ -228,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--transport", choices=("mpi", "nccl", "auto"), default="mpi",
                         help="collectives.init(transport=...): what moves CuPy arrays "
                              "(default mpi; nccl makes 'native' NCCL's all-reduce)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="instead of the sweep, fit the cost model (alpha, beta, gamma, "
+                             "native's times) at this np and write the tuning file that "
+                             "algorithm='auto' reads (bench/calibrate.py)")
+    parser.add_argument("--quick", action="store_true",
+                        help="with --calibrate: fewer sizes")
     launch.add_launch_argument(parser)
     return parser
 
@@ -269,6 +275,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     mpi_comm = MPI.COMM_WORLD
     leader = mpi_comm.rank == 0
+    if args.calibrate:
+        from bench import calibrate
+
+        with harness.abort_on_error(mpi_comm):
+            calibrate.run(mpi_comm, quick=args.quick)
+        return 0
     try:
         algorithms = _algorithms(args.algorithms, collectives.ALGORITHMS)
     except ValueError as error:

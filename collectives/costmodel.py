@@ -66,18 +66,31 @@ class LinkModel:
 class NativeModel:
     """The transport's own all-reduce, a black box priced from its measured times.
 
-    `points` are (bytes, seconds) measured at `size` ranks; between them the time is
-    interpolated log-log. At another world size, or past the measured range, it is the
-    latency-optimal/bandwidth-optimal pair MPI libraries switch between (recursive doubling
-    below `switch_bytes`, Rabenseifner above), priced with the same link constants.
+    `points` are (bytes, seconds) of whole calls measured at `size` ranks; between them the
+    time is interpolated log-log, below them it is the smallest's, above them it grows
+    linearly as between the last two. At another world size it is modelled as the cheaper
+    of the two schedules MPI libraries switch between (recursive doubling, Rabenseifner's
+    halving-doubling), priced with the link constants.
     """
 
     size: int
     points: tuple[tuple[int, float], ...] = ()
 
-    def time(self, nbytes: int, size: int, link: LinkModel, gamma: float) -> float:
-        if size == self.size and len(self.points) >= 2 and self.points[0][0] <= nbytes <= self.points[-1][0]:
-            return _loglog(self.points, nbytes)
+    def measured(self, nbytes: int, size: int) -> float | None:
+        """The interpolated measured time, or None outside what was measured."""
+        points = self.points
+        if size != self.size or len(points) < 2:
+            return None
+        if nbytes <= points[0][0]:
+            return points[0][1]
+        if nbytes >= points[-1][0]:
+            (x0, y0), (x1, y1) = points[-2:]
+            return y1 + (nbytes - x1) * max(y1 - y0, 0.0) / (x1 - x0)
+        return _loglog(points, nbytes)
+
+    @staticmethod
+    def modelled(nbytes: int, size: int, link: LinkModel, gamma: float) -> float:
+        """Recursive doubling or Rabenseifner's halving-doubling, whichever is cheaper."""
         steps = math.ceil(math.log2(size)) if size > 1 else 0
         doubling = steps * (link.alpha + nbytes * (link.beta + gamma))
         halving = 2 * steps * link.alpha + (size - 1) / size * nbytes * (2 * link.beta + gamma)
@@ -132,9 +145,11 @@ class ClusterModel:
 
     def native_time(self, nbytes: int) -> float:
         """Predicted seconds of the transport's own all-reduce of `nbytes`."""
-        native = self.native or NativeModel(size=0)
+        measured = self.native.measured(nbytes, self.size) if self.native else None
+        if measured is not None:
+            return measured
         slowest = self.inter if len(self.topology.nodes) > 1 else self.intra
-        return native.time(nbytes, self.size, slowest, self.gamma)
+        return self.call_overhead + NativeModel.modelled(nbytes, self.size, slowest, self.gamma)
 
     def call_time(self, nbytes: int) -> float:
         """Seconds a plan-based call spends outside its plan (validation, copy into work)."""
@@ -173,10 +188,12 @@ class Calibration:
                    measured=data.get("measured", {}))
 
 
-# Without a tuning file: a shared-memory link and NumPy reductions of a typical small host,
-# with Python's per-message cost in alpha. Calibrate for real numbers.
+# Without a tuning file: a zero-copy shared-memory link, a network link, and NumPy
+# reductions of a typical small host, with Python's per-message cost in alpha.
+# Calibrate for real numbers.
 DEFAULT_CALIBRATION = Calibration(
-    size=0, intra=LinkModel(alpha=15e-6, beta=1 / 4e9), inter=LinkModel(alpha=15e-6, beta=1 / 4e9),
+    size=0, intra=LinkModel(alpha=15e-6, beta=1 / 4e9, zero_copy=True),
+    inter=LinkModel(alpha=30e-6, beta=1 / 1e9),
     gamma=1 / 3e9, call_overhead=20e-6, copy_beta=1 / 8e9)
 
 

@@ -1,14 +1,92 @@
-"""Choosing an algorithm for `algorithm="auto"`."""
+"""`algorithm="auto"`: price every candidate with the cost model and run the cheapest.
+
+Each plan-based algorithm is priced by simulating its real plans on this communicator's
+topology (collectives.simulator) with the constants from the tuning file that
+`collectives-bench --calibrate` writes, plus the per-call cost every plan run pays. The
+transport's own all-reduce (`native`) is a black box, priced from its calibrated times.
+Without a tuning file, DEFAULT_CALIBRATION's constants are used. Choices are cached per
+message size, so the simulator runs once per distinct size. With COLLECTIVES_DEBUG=1 each
+new choice is logged with every candidate's predicted time.
+
+Example::
+
+    tuner = Tuner.load(Topology.from_local_size(4, 4))
+    tuner.choose(8)              # 'native' (latency-bound)
+    tuner.predict(64 << 20)      # {'native': 0.05, 'ring': 0.03, ...} seconds
+"""
 from __future__ import annotations
 
-__all__ = ["choose"]
+import logging
+import sys
+from pathlib import Path
 
-# Below this size MPI's latency-optimised all-reduce beats a 2(p-1)-step ring.
-SMALL_MESSAGE_BYTES = 256 << 10
+from .algorithms import PLANNERS
+from .costmodel import ClusterModel, load_calibration
+from .simulator import simulate
+from .topology import Topology
+
+__all__ = ["CANDIDATES", "Tuner"]
+
+CANDIDATES: tuple[str, ...] = ("native", *PLANNERS)
+
+log = logging.getLogger("collectives.tuner")
 
 
-def choose(nbytes: int, size: int) -> str:
-    """The algorithm `auto` runs for a message of `nbytes` on `size` ranks."""
-    if size == 1 or nbytes < SMALL_MESSAGE_BYTES:
-        return "native"
-    return "ring"
+class Tuner:
+    """Picks, per message size, the candidate with the least predicted time on `cluster`."""
+
+    def __init__(self, cluster: ClusterModel, *, source: str = "", debug: bool = False,
+                 itemsize: int = 4):
+        self.cluster = cluster
+        self.source = source
+        self.itemsize = itemsize
+        self._debug = debug
+        self._choices: dict[int, str] = {}
+        if debug:
+            _show_debug(log)
+
+    @classmethod
+    def load(cls, topology: Topology, *, path: Path | None = None, debug: bool = False) -> "Tuner":
+        """A tuner for `topology` from the tuning file (COLLECTIVES_TUNING_FILE or the cache)."""
+        calibration, source = load_calibration(topology.size, path)
+        return cls(calibration.cluster(topology, name="this machine"), source=source, debug=debug)
+
+    @classmethod
+    def agreed(cls, transport, topology: Topology, *, debug: bool = False) -> "Tuner":
+        """Like load, but every rank takes rank 0's calibration, so all ranks choose alike."""
+        mine = load_calibration(topology.size)
+        calibration, source = transport.allgather_object(mine)[0]
+        return cls(calibration.cluster(topology, name="this machine"), source=source, debug=debug)
+
+    def predict(self, nbytes: int) -> dict[str, float]:
+        """Predicted seconds of one all-reduce of `nbytes` per candidate."""
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+        count = nbytes // self.itemsize
+        times = {"native": self.cluster.native_time(nbytes)}
+        for name in PLANNERS:
+            plan_time = simulate(name, self.cluster, count, itemsize=self.itemsize).time
+            times[name] = self.cluster.call_time(nbytes) + plan_time
+        return times
+
+    def choose(self, nbytes: int) -> str:
+        """The candidate to run for a message of `nbytes` (cached per size)."""
+        choice = self._choices.get(nbytes)
+        if choice is None:
+            times = self.predict(nbytes)
+            choice = self._choices[nbytes] = min(times, key=lambda name: (times[name], name))
+            if self._debug:
+                ranked = ", ".join(f"{name} {times[name] * 1e6:.1f} us"
+                                   for name in sorted(times, key=times.get))
+                log.debug("auto: %d bytes on %d ranks -> %s; predicted %s (%s)", nbytes,
+                          self.cluster.size, choice, ranked, self.source)
+        return choice
+
+
+def _show_debug(logger: logging.Logger) -> None:
+    """Make COLLECTIVES_DEBUG=1 visible on stderr unless the application set up logging."""
+    logger.setLevel(logging.DEBUG)
+    if not logger.hasHandlers():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("collectives: %(message)s"))
+        logger.addHandler(handler)
