@@ -1,0 +1,161 @@
+"""The progress engine: a communicator's collectives run in issue order, async ones on a thread.
+
+Ordering rule: every rank must issue its collectives (sync and async alike) in the same
+order. The engine keeps each rank's issue order: async collectives queue up and run one at
+a time on one background thread; a sync collective issued while async ones are pending
+waits for them, then runs on the caller's thread. The agreement check that starts every
+collective (`collectives.agreement`) catches ranks whose n-th collectives differ.
+
+The background thread waits through the transport, which releases the GIL while it polls
+(MPI calls and `sched_yield` run without it), so the caller's NumPy work overlaps the
+transfer. A failed collective fails the collectives queued behind it too (they were issued
+assuming it would succeed); later ones run normally.
+
+Example::
+
+    h = comm.allreduce_async(grad)       # returns at once
+    loss = forward(next_batch)           # overlaps with the all-reduce
+    grad = h.wait()
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import threading
+import weakref
+from concurrent.futures import Future
+from typing import Any, Callable
+
+from .errors import CollectiveError
+
+__all__ = ["Handle", "ProgressEngine"]
+
+
+class Handle:
+    """The pending result of an async collective.
+
+    Example::
+
+        h = comm.allreduce_async(x, op="avg")
+        while not h.done():
+            do_some_work()
+        y = h.wait()
+    """
+
+    __slots__ = ("_future", "what")
+
+    def __init__(self, future: Future, what: str):
+        self._future = future
+        self.what = what
+
+    def done(self) -> bool:
+        """True once the collective finished (successfully or not); never blocks."""
+        return self._future.done()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """The result, once the collective finished; re-raises its error.
+
+        `timeout` (seconds) bounds this wait only: TimeoutError if the collective is still
+        running then (it keeps running; wait again later).
+        """
+        try:
+            return self._future.result(timeout)
+        except TimeoutError:
+            if self._future.done():
+                raise  # the collective itself raised a TimeoutError
+            raise TimeoutError(f"{self.what} still running after {timeout} s") from None
+
+    def __repr__(self) -> str:
+        return f"<Handle {self.what} {'done' if self.done() else 'pending'}>"
+
+
+class ProgressEngine:
+    """Runs one communicator's collectives in issue order; see the module docstring."""
+
+    def __init__(self, name: str = "collectives-progress"):
+        self._name = name
+        self._cv = threading.Condition()
+        self._queue: collections.deque[tuple[Callable[[], Any], Future, str]] = collections.deque()
+        self._busy = False  # a collective is running, on either thread
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, fn: Callable[[], Any], what: str) -> Handle:
+        """Queue `fn` behind every collective issued before; return at once."""
+        future: Future = Future()
+        with self._cv:
+            if self._closed:
+                raise CollectiveError(f"{what}: the progress engine is shut down")
+            self._queue.append((fn, future, what))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread.start()
+                atexit.register(_drain_at_exit, weakref.ref(self))
+            self._cv.notify_all()
+        return Handle(future, what)
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the calling thread once every earlier collective has finished."""
+        with self._cv:
+            while self._queue or self._busy:
+                self._cv.wait()
+            self._busy = True
+        try:
+            return fn()
+        finally:
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
+
+    def pending(self) -> int:
+        """Collectives issued and not finished yet."""
+        with self._cv:
+            return len(self._queue) + self._busy
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every issued collective finished; False if `timeout` passed first."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue or self._busy:
+                    if self._closed and not self._queue:
+                        return
+                    self._cv.wait()
+                fn, future, what = self._queue.popleft()
+                self._busy = True
+            failed = None
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as error:  # noqa: BLE001 - handed to the waiter
+                    future.set_exception(error)
+                    failed = f"{what} failed: {error}"
+            with self._cv:
+                if failed is not None:
+                    self._fail_queued(failed)
+                self._busy = False
+                self._cv.notify_all()
+
+    def _fail_queued(self, reason: str) -> None:
+        while self._queue:
+            _, future, what = self._queue.popleft()
+            if future.set_running_or_notify_cancel():
+                future.set_exception(CollectiveError(f"{what} was not run: the earlier {reason}"))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Let queued collectives finish (up to `timeout`), then stop the thread."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def _drain_at_exit(ref: "weakref.ref[ProgressEngine]") -> None:
+    """Before MPI finalizes at exit, let the queued collectives finish (bounded)."""
+    engine = ref()
+    if engine is not None:
+        engine.close(timeout=10.0)

@@ -1,0 +1,71 @@
+"""Async collectives: the progress engine (single process) and async vs sync under mpiexec."""
+import threading
+import time
+
+import pytest
+
+from collectives.errors import CollectiveError
+from collectives.progress import ProgressEngine
+from tests.mpirun import run_workers
+
+ENV = {"COLLECTIVES_TIMEOUT": "60"}  # a hang fails the test in a minute
+
+
+def test_submitted_work_runs_in_issue_order_off_the_caller_thread():
+    engine = ProgressEngine()
+    ran = []
+    handles = [engine.submit(lambda i=i: ran.append((i, threading.current_thread().name)) or i,
+                             f"job {i}") for i in range(20)]
+    assert [h.wait(timeout=10) for h in handles] == list(range(20))
+    assert [i for i, _ in ran] == list(range(20))
+    assert all(name != threading.current_thread().name for _, name in ran)
+    engine.close(timeout=10)
+
+
+def test_run_waits_for_earlier_submissions():
+    engine = ProgressEngine()
+    gate = threading.Event()
+    order = []
+    first = engine.submit(lambda: gate.wait(10) and order.append("async"), "async")
+    assert not first.done()
+    threading.Timer(0.2, gate.set).start()
+    engine.run(lambda: order.append("sync"))
+    assert order == ["async", "sync"] and first.done()
+    engine.close(timeout=10)
+
+
+def test_wait_timeout_and_failure_cascade():
+    engine = ProgressEngine()
+    gate = threading.Event()
+
+    def fail():
+        gate.wait(10)
+        raise ValueError("bad op")
+
+    failing = engine.submit(fail, "first")
+    queued = engine.submit(lambda: 1, "second")
+    with pytest.raises(TimeoutError, match="first still running"):
+        failing.wait(timeout=0.05)
+    gate.set()
+    with pytest.raises(ValueError, match="bad op"):
+        failing.wait(timeout=10)
+    with pytest.raises(CollectiveError, match="second was not run: the earlier first failed"):
+        queued.wait(timeout=10)
+    assert engine.submit(lambda: 2, "third").wait(timeout=10) == 2  # later work runs again
+    engine.close(timeout=10)
+    assert engine.pending() == 0
+
+
+def test_done_flips_without_waiting():
+    engine = ProgressEngine()
+    handle = engine.submit(lambda: time.sleep(0.05), "sleep")
+    deadline = time.monotonic() + 10
+    while not handle.done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert handle.done()
+    engine.close(timeout=10)
+
+
+@pytest.mark.parametrize("np_", [2, 3, 5])
+def test_async_equals_sync_while_the_caller_computes(np_):
+    run_workers(np_, "async_check", env=ENV)

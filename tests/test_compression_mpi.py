@@ -1,0 +1,70 @@
+"""fp16/bf16 compression: the codec and scale (single process), every algorithm under mpiexec."""
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from collectives.compression import HalfCodec, absmax, codec_for, scale_for
+from collectives.options import Op
+from tests.mpirun import run_workers
+
+ENV = {"COLLECTIVES_TIMEOUT": "60"}  # a hang fails the test in a minute
+
+
+@pytest.mark.parametrize("name", ["fp16", "bf16"])
+def test_encode_keeps_what_it_sends(name):
+    codec = HalfCodec(name)
+    region = np.random.default_rng(0).standard_normal(1000).astype(np.float32) * 1000
+    staging = np.empty(1000, codec.dtype)
+    payload = codec.encode(region, staging)
+    assert payload is staging
+    widened = np.empty(1000, np.float32)
+    codec.decode_copy(widened, payload)
+    assert np.array_equal(region, widened)  # the sender holds exactly what it sent
+    again = codec.encode(region.copy(), np.empty(1000, codec.dtype))
+    assert np.array_equal(again.view(np.uint16), payload.view(np.uint16))  # idempotent
+
+
+def test_decode_reduce_accumulates_in_float32():
+    codec = HalfCodec("fp16")
+    acc = np.full(4, 2048.0, np.float32)
+    codec.decode_reduce(acc, np.ones(4, np.float16), "sum")
+    assert np.array_equal(acc, np.full(4, 2049.0, np.float32))  # fp16 alone would round to 2048
+
+
+@pytest.mark.parametrize("name, data_max, size, op, scale", [
+    ("fp16", 60000.0, 4, Op.SUM, 2.0 ** -3),   # 4 * 60000 / 8 = 30000 <= 32752
+    ("fp16", 60000.0, 4, Op.AVG, 2.0 ** -1),   # avg divides before the cast
+    ("fp16", 1.0, 2, Op.SUM, 2.0 ** 13),       # small values are lifted off the subnormals
+    ("bf16", 1.0, 2, Op.SUM, 1.0),             # bf16 has float32's range: never scaled up
+    ("bf16", 3e38, 8, Op.SUM, 2.0 ** -4),
+    ("fp16", 0.0, 4, Op.SUM, 1.0),
+    ("fp16", math.inf, 4, Op.SUM, 1.0),
+])
+def test_scale_keeps_partial_sums_in_range(name, data_max, size, op, scale):
+    codec = HalfCodec(name)
+    got = scale_for(codec, data_max, size, op)
+    assert got == scale
+    bound = data_max * (size if op is Op.SUM else 1)
+    if math.isfinite(bound):
+        assert got * bound <= float(ml_dtypes.finfo(codec.dtype).max)
+
+
+def test_absmax_maps_nan_to_inf():
+    assert absmax(np.array([1.0, -3.0], np.float32)) == 3.0
+    assert absmax(np.array([1.0, np.nan], np.float32)) == math.inf
+    assert absmax(np.zeros(0, np.float32)) == 0.0
+
+
+def test_codec_for_rejects_integers_and_unknown_names():
+    assert codec_for(None, np.int32) is None
+    with pytest.raises(TypeError, match="int32.*compression=None"):
+        codec_for("fp16", np.int32)
+    with pytest.raises(ValueError, match="unknown compression 'fp8'"):
+        codec_for("fp8", np.float32)
+
+
+@pytest.mark.parametrize("np_", [2, 3, 4, 5])
+def test_every_algorithm_within_bounds_and_bit_identical(np_):
+    run_workers(np_, "compression_check", env=ENV)
