@@ -10,6 +10,12 @@ def test_transport_choice(np_):
     run_workers(np_, "transport_choice")
 
 
+@pytest.mark.parametrize("np_", [1, 3])
+def test_staged_lanes_with_late_copies(np_):
+    """The lanes' chunking and ordering over real MPI, NumPy standing in for the device."""
+    run_workers(np_, "staging_lanes", "host")
+
+
 @pytest.mark.parametrize("raw,expected", [("1", True), ("yes", True), ("0", False), ("off", False)])
 def test_cuda_aware_from_environment(monkeypatch, raw, expected):
     monkeypatch.setenv(ENV_CUDA_AWARE, raw)

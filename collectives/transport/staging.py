@@ -9,8 +9,9 @@ buffers of CHUNK_BYTES that the lane's chunks (each message cut into CHUNK_BYTES
 posting order) take in turn. A send copies chunk i+1 device -> host while chunk i is on the
 wire; a receive copies chunk i host -> device while chunk i+1 arrives. Chunks of a lane are
 posted to MPI in order on both sides, so they match. The copies run on the current CuPy
-stream, after the kernels that produced the data and before those that read it. Ranks may
-share a GPU: each process stages through its own buffers.
+stream, after the kernels that produced the data and before those that read it (the device
+side is `CudaCopies`; a test may pass another with the same methods). Ranks may share a
+GPU: each process stages through its own buffers.
 
 Example::
 
@@ -29,7 +30,7 @@ import numpy as np
 if TYPE_CHECKING:  # imported when the first CuPy buffer arrives, so CPU jobs never load CuPy
     import cupy
 
-__all__ = ["CHUNK_BYTES", "StagedMPI", "cuda_aware_mpi"]
+__all__ = ["CHUNK_BYTES", "CudaCopies", "StagedMPI", "cuda_aware_mpi"]
 
 CHUNK_BYTES = 1 << 20  # the ring's segment size: one chunk per segment, lanes pipeline them
 ENV_CUDA_AWARE = "COLLECTIVES_CUDA_AWARE_MPI"
@@ -55,12 +56,51 @@ def cuda_aware_mpi() -> bool:
     return bool(query())
 
 
+class CudaCopies:
+    """The device side of staging: pinned host buffers, events, copies on the current stream."""
+
+    def __init__(self):
+        import cupy
+        import cupyx
+
+        self._cupy, self._cupyx = cupy, cupyx
+
+    def pinned(self, nbytes: int) -> np.ndarray:
+        return self._cupyx.empty_pinned((nbytes,), np.uint8)
+
+    def event(self):
+        return self._cupy.cuda.Event(block=False, disable_timing=True)
+
+    def to_host(self, host: np.ndarray, buf, lo: int, hi: int, event=None) -> None:
+        """host[:hi-lo] = bytes [lo, hi) of buf, after the stream's earlier work; then event."""
+        self._copy(host.ctypes.data, buf.data.ptr + lo, hi - lo, to_host=True, event=event)
+
+    def to_device(self, buf, lo: int, hi: int, host: np.ndarray, event=None) -> None:
+        """Bytes [lo, hi) of buf = host[:hi-lo], before the stream's later work; then event."""
+        self._copy(buf.data.ptr + lo, host.ctypes.data, hi - lo, to_host=False, event=event)
+
+    def done(self, event) -> bool:
+        return event.done
+
+    def synchronize(self) -> None:
+        self._cupy.cuda.get_current_stream().synchronize()
+
+    def _copy(self, dst: int, src: int, nbytes: int, *, to_host: bool, event) -> None:
+        runtime = self._cupy.cuda.runtime
+        stream = self._cupy.cuda.get_current_stream()
+        kind = runtime.memcpyDeviceToHost if to_host else runtime.memcpyHostToDevice
+        if nbytes:
+            runtime.memcpyAsync(dst, src, nbytes, kind, stream.ptr)
+        if event is not None:
+            event.record(stream)
+
+
 class _Message:
     """One isend or irecv of a staged lane; `done` once its last chunk has landed."""
 
     __slots__ = ("buf", "peer", "tag", "left", "done")
 
-    def __init__(self, buf: cupy.ndarray, peer: int, tag: int, chunks: int):
+    def __init__(self, buf, peer: int, tag: int, chunks: int):
         self.buf = buf
         self.peer = peer
         self.tag = tag
@@ -73,12 +113,9 @@ class _Slot:
 
     __slots__ = ("host", "event", "chunk", "request", "copying")
 
-    def __init__(self):
-        import cupy
-        import cupyx
-
-        self.host = cupyx.empty_pinned((CHUNK_BYTES,), np.uint8)
-        self.event = cupy.cuda.Event(block=False, disable_timing=True)
+    def __init__(self, copies):
+        self.host = copies.pinned(CHUNK_BYTES)
+        self.event = copies.event()
         self.chunk: tuple[_Message, int, int] | None = None
         self.request = None
         self.copying = False
@@ -87,11 +124,12 @@ class _Slot:
 class _Lane:
     """Messages to (or from) one peer, staged through two slots, chunks in posting order."""
 
-    def __init__(self, comm, peer: int, is_send: bool):
+    def __init__(self, comm, copies, peer: int, is_send: bool):
         self.comm = comm
+        self.copies = copies
         self.peer = peer
         self.is_send = is_send
-        self.free = [_Slot(), _Slot()]
+        self.free = [_Slot(copies), _Slot(copies)]
         self.busy: deque[_Slot] = deque()  # slots in chunk order
         self.chunks: deque[tuple[_Message, int, int]] = deque()
 
@@ -101,25 +139,22 @@ class _Lane:
             self.chunks.append((message, lo, min(lo + CHUNK_BYTES, nbytes)))
 
     def progress(self) -> None:
-        import cupy
-
-        stream = cupy.cuda.get_current_stream()
         while self.free and self.chunks:  # start chunks: a copy out, or a receive
             slot = self.free.pop()
             slot.chunk = self.chunks.popleft()
             if self.is_send:
-                self._copy(slot, stream)
+                self._copy(slot)
             else:
                 slot.request = self.comm.Irecv(self._host(slot), self.peer, slot.chunk[0].tag)
             self.busy.append(slot)
         for slot in self.busy:  # advance in chunk order, so MPI sees chunks in order
             if self.is_send and slot.copying:
-                if not slot.event.done:
+                if not self.copies.done(slot.event):
                     break
                 slot.copying = False
                 slot.request = self.comm.Isend(self._host(slot), self.peer, slot.chunk[0].tag)
             elif not self.is_send and not slot.copying and slot.request.Test():
-                self._copy(slot, stream)
+                self._copy(slot)
         while self.busy and self._finished(self.busy[0]):
             slot = self.busy.popleft()
             message = slot.chunk[0]
@@ -130,39 +165,23 @@ class _Lane:
             self.free.append(slot)
 
     def _host(self, slot: _Slot):
-        _, lo, hi = slot.chunk
-        return [slot.host[: hi - lo], _mpi_byte()]
+        from mpi4py import MPI
 
-    def _copy(self, slot: _Slot, stream) -> None:
+        _, lo, hi = slot.chunk
+        return [slot.host[: hi - lo], MPI.BYTE]
+
+    def _copy(self, slot: _Slot) -> None:
         message, lo, hi = slot.chunk
-        device, host = message.buf.data.ptr + lo, slot.host.ctypes.data
         if self.is_send:
-            _memcpy(host, device, hi - lo, "d2h", stream)
+            self.copies.to_host(slot.host, message.buf, lo, hi, slot.event)
         else:
-            _memcpy(device, host, hi - lo, "h2d", stream)
-        slot.event.record(stream)
+            self.copies.to_device(message.buf, lo, hi, slot.host, slot.event)
         slot.copying = True
 
     def _finished(self, slot: _Slot) -> bool:
         if self.is_send:
             return not slot.copying and slot.request.Test()
-        return slot.copying and slot.event.done
-
-
-def _mpi_byte():
-    from mpi4py import MPI
-
-    return MPI.BYTE
-
-
-def _memcpy(dst: int, src: int, nbytes: int, direction: str, stream) -> None:
-    """cudaMemcpyAsync between a device pointer and pinned host memory on `stream`."""
-    import cupy
-
-    runtime = cupy.cuda.runtime
-    kind = runtime.memcpyDeviceToHost if direction == "d2h" else runtime.memcpyHostToDevice
-    if nbytes:
-        runtime.memcpyAsync(dst, src, nbytes, kind, stream.ptr)
+        return slot.copying and self.copies.done(slot.event)
 
 
 class StagedMPI:
@@ -170,8 +189,9 @@ class StagedMPI:
 
     name = "mpi"
 
-    def __init__(self, mpi, *, cuda_aware: bool | None = None):
-        """`cuda_aware` None: ask cuda_aware_mpi() when the first buffer arrives.
+    def __init__(self, mpi, *, cuda_aware: bool | None = None, copies=None):
+        """`cuda_aware` None: ask cuda_aware_mpi() when the first buffer arrives; `copies`
+        None: CudaCopies, made then too (so a CPU-only job never loads CuPy).
 
         Every rank must come to the same answer (one MPI library, one environment): a staged
         rank cuts messages into chunks that a CUDA-aware peer would not expect.
@@ -180,6 +200,7 @@ class StagedMPI:
         self.rank = mpi.rank
         self.size = mpi.size
         self._cuda_aware = cuda_aware
+        self._copies = copies
         self._lanes: dict[tuple[int, bool], _Lane] = {}
         self._host = np.empty(0, np.uint8)  # pinned, for native all-reduce; grows
 
@@ -188,6 +209,12 @@ class StagedMPI:
         if self._cuda_aware is None:
             self._cuda_aware = cuda_aware_mpi()
         return self._cuda_aware
+
+    @property
+    def copies(self):
+        if self._copies is None:
+            self._copies = CudaCopies()
+        return self._copies
 
     def isend(self, buf: cupy.ndarray, peer: int, tag: int):
         return self._post(buf, peer, tag, is_send=True)
@@ -222,21 +249,19 @@ class StagedMPI:
 
         16-bit floats always go through the host: MPI reduces them with our NumPy kernels.
         """
-        import cupy
-        import cupyx
-
-        stream = cupy.cuda.get_current_stream()
+        copies = self.copies
         if self.cuda_aware and dst.dtype.itemsize >= 4:
-            stream.synchronize()
+            copies.synchronize()
             return self.mpi.native_allreduce(src, dst, op, deadline)
         if self._host.nbytes < dst.nbytes:
-            self._host = cupyx.empty_pinned((dst.nbytes,), np.uint8)
-        host = self._host[: dst.nbytes].view(dst.dtype)
-        _memcpy(host.ctypes.data, src.data.ptr, dst.nbytes, "d2h", stream)
-        stream.synchronize()
-        self.mpi.native_allreduce(host, host, op, deadline)
-        _memcpy(dst.data.ptr, host.ctypes.data, dst.nbytes, "h2d", stream)
-        stream.synchronize()  # the host buffer is reused by the next call
+            self._host = copies.pinned(dst.nbytes)
+        host = self._host[: dst.nbytes]
+        copies.to_host(host, src, 0, src.nbytes)
+        copies.synchronize()
+        values = host.view(dst.dtype)
+        self.mpi.native_allreduce(values, values, op, deadline)  # the same object: in place
+        copies.to_device(dst, 0, dst.nbytes, host)
+        copies.synchronize()  # the host buffer is reused by the next call
 
     def allgather_object(self, obj: object) -> list:
         return self.mpi.allgather_object(obj)
@@ -246,13 +271,12 @@ class StagedMPI:
 
     def _post(self, buf: cupy.ndarray, peer: int, tag: int, *, is_send: bool):
         if self.cuda_aware:
-            import cupy
-
-            cupy.cuda.get_current_stream().synchronize()  # MPI reads/writes it right away
+            self.copies.synchronize()  # MPI reads or writes the buffer right away
             return (self.mpi.isend if is_send else self.mpi.irecv)(buf, peer, tag)
         lane = self._lanes.get((peer, is_send))
         if lane is None:
-            lane = self._lanes[(peer, is_send)] = _Lane(self.mpi.comm, peer, is_send)
+            lane = _Lane(self.mpi.comm, self.copies, peer, is_send)
+            self._lanes[(peer, is_send)] = lane
         message = _Message(buf, peer, tag, -(-buf.nbytes // CHUNK_BYTES))
         lane.add(message)
         lane.progress()

@@ -26,7 +26,7 @@ def test_matrix_over_nccl():
 
 @pytest.mark.parametrize("np_", [1, 3])
 def test_staged_lanes(np_):
-    run_workers(np_, "gpu_staging")
+    run_workers(np_, "staging_lanes", "gpu")
 
 
 @pytest.mark.parametrize("np_,transport", [(1, "nccl"), (2, "mpi"), (4, "mpi")])
