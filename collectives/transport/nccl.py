@@ -18,8 +18,8 @@ a send reads, and a receive overwrites, the buffer as the compute stream left it
 request completes when an event recorded after it on the channel stream has passed; the
 host polls those events against the deadline, and the executor reduces only after that.
 
-Channels are built at construction (2(p-1) two-rank communicators per rank), in one global
-order of pairs, so no rank waits on a peer that waits on another.
+Channels are built and connected at construction (2(p-1) two-rank communicators per rank),
+in one global order of pairs, so no rank waits on a peer that waits on another.
 `native` is ncclAllReduce on a world communicator, on the compute stream. Small control
 traffic (agreement, topology, unique ids) goes over the host transport given at construction.
 NCCL needs one GPU per rank: `unusable_reason` says why it cannot run (ranks sharing a GPU,
@@ -130,7 +130,8 @@ class NCCLTransport:
         with self.device:
             self.comm = nccl.NcclCommunicator(self.size, uid, self.rank)
         self._broken: str | None = None
-        self._channels = self._build_channels()  # (src, dst) -> channel
+        self._channels: dict[tuple[int, int], _Channel] = {}  # (src, dst) -> channel
+        self._channels = self._build_channels()
 
     @classmethod
     def for_local_rank(cls, control, node_keys: Sequence[object]) -> "NCCLTransport":
@@ -211,19 +212,29 @@ class NCCLTransport:
         return _P2P(peer, done)
 
     def _build_channels(self) -> dict[tuple[int, int], _Channel]:
-        """Every channel of this rank. Collective: a two-rank init blocks until both ranks
-        call it, so all ranks go through the pairs in one sorted order (the smallest pair
-        not yet built always has both its ranks at it)."""
+        """Every channel of this rank, connected. Collective.
+
+        A two-rank init blocks until both ranks call it, and so does NCCL's first send or
+        receive on a communicator (it sets up the connection then): all ranks go through
+        the pairs in one sorted order, creating each channel and passing one byte over it,
+        so the smallest pair not yet done always has both its ranks at it. Later sends and
+        receives then never block the host, whatever order the plans post them in.
+        """
         mine = {(self.rank, b): nccl.get_unique_id() for b in range(self.size) if b != self.rank}
         ids = {pair: uid for table in self.control.allgather_object(mine)
                for pair, uid in table.items()}
         channels = {}
         with self.device:
+            byte = cupy.zeros(1, cupy.uint8)
             for a, b in sorted(ids):
                 if self.rank in (a, b):
                     me = 0 if self.rank == a else 1
-                    comm = nccl.NcclCommunicator(2, ids[(a, b)], me)
-                    channels[(a, b)] = _Channel(comm, 1 - me)
+                    channel = _Channel(nccl.NcclCommunicator(2, ids[(a, b)], me), 1 - me)
+                    call = channel.comm.send if me == 0 else channel.comm.recv
+                    self._nccl(lambda: call(byte.data.ptr, 1, nccl.NCCL_UINT8,
+                                            channel.peer_index, channel.stream.ptr))
+                    channel.stream.synchronize()
+                    channels[(a, b)] = channel
         return channels
 
     def _poll(self, test, deadline: float, what: str, peers):
