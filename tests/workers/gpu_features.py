@@ -3,12 +3,18 @@
 Usage: mpiexec -n P python -m tests.workers.gpu_features [--transport T]
 The NumPy twin of every kernel is the reference, so the same call on the same values must
 produce identical bits whichever array module carries them.
+`--dry-run-on-numpy` runs the same code with NumPy in CuPy's place (checks the worker).
 """
 from __future__ import annotations
 
 import sys
 
-import cupy as cp
+if "--dry-run-on-numpy" in sys.argv:  # checks this worker's own logic on a CPU
+    import numpy as cp
+
+    cp.asnumpy = cp.asarray
+else:
+    import cupy as cp
 import ml_dtypes
 import numpy as np
 
