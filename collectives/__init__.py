@@ -9,6 +9,7 @@ Example::
 from .bootstrap import init
 from .communicator import Communicator
 from .errors import CollectiveError, CollectiveTimeout, MismatchError, NonFiniteError
+from .gradsync import GradSync, broadcast_parameters
 from .options import ALGORITHMS, COMPRESSIONS, DTYPES, Op
 from .topology import Topology
 
@@ -24,6 +25,8 @@ __all__ = [
     "MismatchError",
     "CollectiveTimeout",
     "NonFiniteError",
+    "GradSync",
+    "broadcast_parameters",
 ]
 
 __version__ = "0.1.0"

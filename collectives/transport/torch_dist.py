@@ -44,6 +44,12 @@ def _bytes(buf: np.ndarray) -> torch.Tensor:
     return torch.from_dlpack(buf.view(np.uint8))
 
 
+def _destroy(group: dist.ProcessGroup | None) -> None:
+    """Destroy `group` (None: every group) unless the application already did."""
+    if dist.is_initialized():
+        dist.destroy_process_group(group)
+
+
 class TorchDistTransport:
     """Point-to-point transport over a torch.distributed (gloo) process group."""
 
@@ -66,9 +72,9 @@ class TorchDistTransport:
         limit = datetime.timedelta(seconds=timeout)
         if not dist.is_initialized():
             dist.init_process_group("gloo", timeout=limit)
-            atexit.register(dist.destroy_process_group)
+            atexit.register(_destroy, None)
         group = dist.new_group(backend="gloo", timeout=limit)
-        atexit.register(dist.destroy_process_group, group)
+        atexit.register(_destroy, group)
         return cls(group)
 
     def isend(self, buf: np.ndarray, peer: int, tag: int):

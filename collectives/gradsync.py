@@ -1,0 +1,253 @@
+"""Gradient averaging for any framework: arrays in through DLPack, zero-copy, fused all-reduces.
+
+`GradSync.sync(grads)` averages a list of DLPack-capable arrays (torch tensors, CuPy, NumPy;
+JAX arrays too, which are immutable and so come back as new arrays). `GradSync.attach(module)`
+overlaps the averaging with a torch backward pass: gradients are grouped into buckets once,
+and each bucket's fused all-reduce starts on the communicator's progress thread as soon as
+all its gradients are ready; `wait()` before the optimizer step. `broadcast_parameters`
+copies rank 0's parameters to every rank.
+
+Example::
+
+    sync = collectives.GradSync(comm, fusion_bytes=25 << 20).attach(model)
+    for batch in data:
+        loss_fn(model(batch)).backward()
+        sync.wait()                      # gradients are now averaged over the ranks
+        optimizer.step()
+        optimizer.zero_grad()
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from .communicator import Communicator
+from .errors import CollectiveError
+from .options import COMPRESSIONS, check_algorithm
+from .progress import Handle
+
+__all__ = ["GradSync", "broadcast_parameters", "as_array"]
+
+_DLPACK_CPU = 1
+_DLPACK_GPU = (2, 3, 10)  # CUDA, CUDA host, ROCm
+
+
+def as_array(x) -> Any:
+    """A NumPy or CuPy array over x's memory (zero-copy through DLPack).
+
+    torch tensors are detached first (autograd refuses to export otherwise); bfloat16,
+    which NumPy's DLPack does not know, travels as int16 and is viewed back.
+
+    Example::
+
+        >>> t = torch.zeros(3); a = as_array(t); a += 1; t
+        tensor([1., 1., 1.])
+    """
+    if isinstance(x, np.ndarray) or _module(x) == "cupy":
+        return x
+    if not hasattr(x, "__dlpack_device__"):
+        raise TypeError(f"expected an array that supports DLPack (torch, CuPy, NumPy, JAX), "
+                        f"got {type(x).__module__}.{type(x).__qualname__}")
+    view_as = None
+    if _module(x) == "torch":
+        import torch
+
+        x = x.detach()
+        if x.dtype == torch.bfloat16:
+            import ml_dtypes
+
+            x, view_as = x.view(torch.int16), ml_dtypes.bfloat16
+    device, _ = x.__dlpack_device__()
+    if device == _DLPACK_CPU:
+        array = np.from_dlpack(x)
+    elif device in _DLPACK_GPU:
+        import cupy
+
+        array = cupy.from_dlpack(x)
+    else:
+        raise TypeError(f"arrays on DLPack device type {device} are not supported; "
+                        f"accepted: CPU ({_DLPACK_CPU}) and GPU {_DLPACK_GPU}")
+    return array if view_as is None else array.view(view_as)
+
+
+def broadcast_parameters(params: Iterable | Mapping, comm: Communicator, *, root: int = 0) -> list:
+    """Copy rank `root`'s arrays to every rank, bit for bit; returns them (see GradSync.sync).
+
+    `params`: DLPack-capable arrays, or a mapping such as `module.state_dict()` (its
+    values). One fused sum in which the other ranks contribute -0.0, the identity of float
+    addition that keeps even the sign of a zero.
+
+    Example::
+
+        collectives.broadcast_parameters(model.state_dict(), comm)
+    """
+    if isinstance(root, bool) or not isinstance(root, int) or not 0 <= root < comm.size:
+        raise ValueError(f"root must be a rank in [0, {comm.size}), got {root!r}")
+    items = list(params.values() if isinstance(params, Mapping) else params)
+    views = [as_array(p) for p in items]
+    inputs = views if comm.rank == root else [_module_of(v).full_like(v, -0.0) for v in views]
+    outs = [v if _writable(p, v) else _module_of(v).empty_like(v) for p, v in zip(items, views)]
+    comm.allreduce_many(inputs, op="sum", algorithm="auto", out=outs)
+    return [_returned(p, v, o) for p, v, o in zip(items, views, outs)]
+
+
+class GradSync:
+    """Averages gradients over the ranks of `comm`, fused, zero-copy.
+
+    `algorithm` and `compression` are those of `Communicator.allreduce`; `fusion_bytes`
+    (default: the communicator's, COLLECTIVES_FUSION_BYTES) caps a fused buffer, and is
+    the bucket size of `attach`; `error_feedback` needs a compression.
+
+    Example::
+
+        sync = collectives.GradSync(comm, compression="bf16")
+        grads = sync.sync([p.grad for p in model.parameters()])
+    """
+
+    __slots__ = ("comm", "algorithm", "compression", "fusion_bytes", "error_feedback",
+                 "_buckets", "_ready", "_launched", "_handles", "_hooks")
+
+    def __init__(self, comm: Communicator, *, algorithm: str = "auto",
+                 compression: str | None = None, fusion_bytes: int | None = None,
+                 error_feedback: bool = False):
+        if not isinstance(comm, Communicator):
+            raise TypeError(f"comm must be a collectives.Communicator (collectives.init()), "
+                            f"got {type(comm).__module__}.{type(comm).__qualname__}")
+        check_algorithm(algorithm)
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"unknown compression {compression!r}; accepted: {COMPRESSIONS}")
+        if fusion_bytes is not None and (isinstance(fusion_bytes, bool)
+                                         or not isinstance(fusion_bytes, int) or fusion_bytes <= 0):
+            raise ValueError(f"fusion_bytes must be a positive int or None, got {fusion_bytes!r}")
+        if not isinstance(error_feedback, bool):
+            raise TypeError(f"error_feedback must be a bool, got {error_feedback!r}")
+        if error_feedback and compression is None:
+            raise ValueError("error_feedback=True needs compression='fp16' or 'bf16'")
+        self.comm = comm
+        self.algorithm = algorithm
+        self.compression = compression
+        self.fusion_bytes = comm.settings.fusion_bytes if fusion_bytes is None else fusion_bytes
+        self.error_feedback = error_feedback
+        self._buckets: list[list] = []  # attach: parameters per bucket, in launch order
+        self._ready: list[int] = []  # per bucket, gradients ready this step
+        self._launched = 0  # buckets launched this step (always a prefix)
+        self._handles: list[Handle] = []
+        self._hooks: list = []
+
+    def sync(self, grads: Iterable) -> list:
+        """Average `grads` over the ranks; returns them (averaged in place), with immutable
+        arrays (JAX) replaced by new ones."""
+        items = list(grads)
+        views = [as_array(g) for g in items]
+        outs = [v if _writable(g, v) else _module_of(v).empty_like(v) for g, v in zip(items, views)]
+        self.comm.allreduce_many(views, **self._options("sync"), out=outs)
+        return [_returned(g, v, o) for g, v, o in zip(items, views, outs)]
+
+    def attach(self, module) -> "GradSync":
+        """Average `module`'s gradients during backward (torch): call `wait()` after each
+        backward, before the optimizer step.
+
+        Parameters go into buckets of about `fusion_bytes` in reverse order of registration
+        (roughly the order backward produces them, as DDP does); a bucket's all-reduce starts
+        when all of its gradients are accumulated and every earlier bucket has started, so
+        every rank issues the same collectives in the same order.
+        """
+        if self._hooks:
+            raise RuntimeError("this GradSync is already attached; make one GradSync per module")
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError(f"{type(module).__name__} has no parameters that require grad")
+        bucket: list = []
+        size = 0
+        for p in reversed(params):
+            nbytes = p.numel() * p.element_size()
+            if bucket and size + nbytes > self.fusion_bytes:
+                self._buckets.append(bucket)
+                bucket, size = [], 0
+            bucket.append(p)
+            size += nbytes
+        self._buckets.append(bucket)
+        self._ready = [0] * len(self._buckets)
+        index = {id(p): b for b, members in enumerate(self._buckets) for p in members}
+        self._hooks = [p.register_post_accumulate_grad_hook(
+            lambda param, b=index[id(p)]: self._grad_ready(b)) for p in params]
+        return self
+
+    def wait(self) -> None:
+        """Finish this step's all-reduces: gradients are averaged when it returns.
+
+        Buckets that did not fill (parameters unused this step) are launched with zeros for
+        the missing gradients, so every rank ends with the same gradients.
+        """
+        try:
+            for members in self._buckets[self._launched:]:
+                for p in members:
+                    if p.grad is None:
+                        p.grad = p.detach().new_zeros(p.shape)
+            self._launch(len(self._buckets))
+            for handle in self._handles:
+                handle.wait()
+        finally:
+            self._handles.clear()
+            self._ready = [0] * len(self._buckets)
+            self._launched = 0
+
+    def detach(self) -> None:
+        """Remove the hooks that `attach` registered."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        self._buckets = []
+
+    def _grad_ready(self, bucket: int) -> None:
+        if bucket < self._launched:
+            raise CollectiveError(
+                f"a gradient of bucket {bucket} arrived after its all-reduce started: call "
+                "GradSync.wait() after every backward (gradient accumulation over several "
+                "backwards needs a detach() meanwhile)")
+        self._ready[bucket] += 1
+        complete = self._launched
+        while complete < len(self._buckets) and self._ready[complete] >= len(self._buckets[complete]):
+            complete += 1
+        self._launch(complete)
+
+    def _launch(self, up_to: int) -> None:
+        """Start the all-reduces of buckets [launched, up_to)."""
+        for b in range(self._launched, up_to):
+            views = [as_array(p.grad) for p in self._buckets[b]]
+            self._handles.append(self.comm.allreduce_many_async(
+                views, **self._options(f"bucket{b}"), out=views))
+        self._launched = max(self._launched, up_to)
+
+    def _options(self, part: str) -> dict:
+        feedback = f"gradsync-{id(self):x}-{part}" if self.error_feedback else False
+        return dict(op="avg", algorithm=self.algorithm, compression=self.compression,
+                    fusion_bytes=self.fusion_bytes, error_feedback=feedback)
+
+
+def _module(x) -> str:
+    return type(x).__module__.split(".")[0]
+
+
+def _module_of(array):
+    import kernels
+
+    return kernels.array_module(array)
+
+
+def _writable(original, view) -> bool:
+    """Whether results may be written into `view` (JAX arrays are immutable)."""
+    return _module(original) not in ("jax", "jaxlib") and getattr(view.flags, "writeable", True)
+
+
+def _returned(original, view, out):
+    """What sync hands back: the original when reduced in place, else a new array."""
+    if out is view:
+        return original
+    if _module(original) in ("jax", "jaxlib"):
+        import jax.numpy as jnp
+
+        return jnp.from_dlpack(out)
+    return out

@@ -1,0 +1,182 @@
+"""PyTorch glue: a DDP communication hook, an optimizer wrapper, and DDP's process group.
+
+`allreduce_hook` replaces DDP's all-reduce with ours (any algorithm, fp16/bf16 on the wire);
+`DistributedOptimizer` gives data parallelism without DDP (GradSync hooks overlap the
+all-reduces with backward); `init_process_group` starts the gloo group DDP needs when the
+job was launched by mpiexec or srun rather than torchrun.
+
+Example::
+
+    comm = collectives.init()
+    collectives.hooks.torch.init_process_group(comm)
+    ddp = DistributedDataParallel(model)
+    ddp.register_comm_hook(HookState(comm, algorithm="ring"), allreduce_hook)
+"""
+# No `from __future__ import annotations`: DDP checks the hook's annotations as objects.
+import datetime
+import os
+import socket
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..communicator import Communicator
+from ..gradsync import GradSync, as_array, broadcast_parameters
+from ..options import COMPRESSIONS, check_algorithm
+
+__all__ = ["HookState", "allreduce_hook", "DistributedOptimizer", "init_process_group"]
+
+
+class HookState:
+    """What `allreduce_hook` needs: the communicator and the all-reduce's options.
+
+    `error_feedback=True` (with a compression) carries each bucket's rounding error into
+    its next step.
+
+    Example::
+
+        ddp.register_comm_hook(HookState(comm, compression="fp16"), allreduce_hook)
+    """
+
+    __slots__ = ("comm", "algorithm", "compression", "error_feedback")
+
+    def __init__(self, comm: Communicator, algorithm: str = "auto",
+                 compression: str | None = None, error_feedback: bool = False):
+        if not isinstance(comm, Communicator):
+            raise TypeError(f"comm must be a collectives.Communicator (collectives.init()), "
+                            f"got {type(comm).__module__}.{type(comm).__qualname__}")
+        check_algorithm(algorithm)
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"unknown compression {compression!r}; accepted: {COMPRESSIONS}")
+        if not isinstance(error_feedback, bool):
+            raise TypeError(f"error_feedback must be a bool, got {error_feedback!r}")
+        if error_feedback and compression is None:
+            raise ValueError("error_feedback=True needs compression='fp16' or 'bf16'")
+        self.comm = comm
+        self.algorithm = algorithm
+        self.compression = compression
+        self.error_feedback = error_feedback
+
+
+def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    """Average a DDP gradient bucket over the ranks with our all-reduce, as DDP's default does.
+
+    1. View the bucket's flat buffer as an array (DLPack, no copy).
+    2. Start an async all-reduce (op "avg") of it in place on the progress thread; with a
+       compression the library scales before the 16-bit cast, so the sum cannot overflow.
+    3. Return a Future that the all-reduce completes, so backward goes on meanwhile.
+
+    Example::
+
+        ddp.register_comm_hook(HookState(comm), allreduce_hook)
+    """
+    tensor = bucket.buffer()
+    view = as_array(tensor)
+    feedback = f"ddp-bucket-{bucket.index()}" if state.error_feedback else False
+    handle = state.comm.allreduce_async(view, op="avg", algorithm=state.algorithm,
+                                        compression=state.compression, out=view,
+                                        error_feedback=feedback)
+    future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+
+    def finish(done) -> None:
+        error = done.exception()
+        if error is None:
+            future.set_result(tensor)
+        else:
+            future.set_exception(error)
+
+    handle._future.add_done_callback(finish)  # noqa: SLF001 - runs on the progress thread
+    return future
+
+
+class DistributedOptimizer:
+    """Data parallelism without DDP: wraps `optimizer`, averaging gradients before `step()`.
+
+    At construction rank 0's parameters and buffers are broadcast, so every replica starts
+    equal; then a GradSync attached to `module` all-reduces gradient buckets during
+    backward. Options are GradSync's. For an LR scheduler pass it `.optimizer`.
+
+    Example::
+
+        opt = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, comm)
+        loss_fn(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+    """
+
+    __slots__ = ("optimizer", "sync")
+
+    def __init__(self, optimizer: torch.optim.Optimizer, module: torch.nn.Module,
+                 comm: Communicator, *, algorithm: str = "auto", compression: str | None = None,
+                 fusion_bytes: int | None = None, error_feedback: bool = False):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, "
+                            f"got {type(optimizer).__qualname__}")
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"module must be a torch.nn.Module, got {type(module).__qualname__}")
+        self.optimizer = optimizer
+        self.sync = GradSync(comm, algorithm=algorithm, compression=compression,
+                             fusion_bytes=fusion_bytes, error_feedback=error_feedback)
+        broadcast_parameters(module.state_dict(), comm)
+        self.sync.attach(module)
+
+    def step(self, closure: Callable[[], torch.Tensor] | None = None):
+        """Wait for the averaged gradients, then step (a closure's backward is waited for too)."""
+        if closure is None:
+            self.sync.wait()
+            return self.optimizer.step()
+
+        def synced_closure():
+            loss = closure()
+            self.sync.wait()
+            return loss
+
+        return self.optimizer.step(synced_closure)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.optimizer.load_state_dict(state_dict)
+
+
+def init_process_group(comm: Communicator, *, backend: str = "gloo",
+                       timeout: float | None = None) -> None:
+    """Start torch.distributed over `comm`'s ranks (for DDP under mpiexec or srun).
+
+    Rank 0 picks a free port (or MASTER_PORT) and every rank learns it through `comm`; the
+    address is MASTER_ADDR, by default 127.0.0.1 (one machine). Does nothing if
+    torch.distributed is already initialized (torchrun, or collectives.init() under it).
+
+    Example::
+
+        comm = collectives.init()
+        init_process_group(comm)
+        ddp = DistributedDataParallel(model)
+    """
+    if dist.is_initialized():
+        return
+    port = np.array([_free_port() if comm.rank == 0 else 0], np.int64)
+    comm.allreduce(port, op="max", algorithm="native", out=port)
+    limit = datetime.timedelta(seconds=comm.settings.timeout if timeout is None else timeout)
+    dist.init_process_group(
+        backend, init_method=f"tcp://{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{port[0]}",
+        rank=comm.rank, world_size=comm.size, timeout=limit)
+
+
+def _free_port() -> int:
+    port = os.environ.get("MASTER_PORT")
+    if port:
+        return int(port)
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,120 @@
+"""PyTorch glue: DLPack views, argument checks (one process), and training under mpiexec.
+
+The one-process tests run on a single-rank communicator that collectives.init() builds from
+torchrun's environment variables, set here (a world of one needs no launcher).
+"""
+import socket
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+
+import collectives  # noqa: E402
+from collectives.gradsync import as_array  # noqa: E402
+from collectives.hooks.torch import DistributedOptimizer, HookState  # noqa: E402
+from tests.mpirun import run_workers  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def comm():
+    """A one-rank Communicator over the torch transport."""
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.MonkeyPatch.context() as env:
+        for key in ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"):
+            env.delenv(key, raising=False)
+        for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+            env.setenv(key, value)
+        communicator = collectives.init()
+    yield communicator
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64", "int32", "int64"])
+def test_as_array_views_tensor_memory(dtype):
+    tensor = torch.zeros(6, dtype=getattr(torch, dtype))
+    view = as_array(tensor)
+    expected = ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype
+    assert view.dtype == np.dtype(expected) and view.shape == (6,)
+    view[2] = 5
+    assert tensor[2].item() == 5
+
+
+def test_as_array_detaches_parameters_and_keeps_strides():
+    param = torch.nn.Parameter(torch.zeros(4, 6))
+    view = as_array(param[:, ::2])
+    view += 1
+    assert param.detach()[:, ::2].eq(1).all() and param.detach()[:, 1::2].eq(0).all()
+
+
+def test_as_array_rejects_non_arrays():
+    with pytest.raises(TypeError, match=r"supports DLPack .* got builtins.list"):
+        as_array([1.0, 2.0])
+
+
+def test_hook_state_checks_its_arguments(comm):
+    with pytest.raises(TypeError, match="comm must be a collectives.Communicator"):
+        HookState(object())
+    with pytest.raises(ValueError, match="unknown algorithm 'rign'"):
+        HookState(comm, algorithm="rign")
+    with pytest.raises(ValueError, match="unknown compression 'fp8'"):
+        HookState(comm, compression="fp8")
+    with pytest.raises(ValueError, match="error_feedback=True needs compression"):
+        HookState(comm, error_feedback=True)
+    state = HookState(comm, algorithm="ring", compression="bf16", error_feedback=True)
+    with pytest.raises(AttributeError):
+        state.extra = 1  # __slots__
+
+
+def test_gradsync_checks_its_arguments(comm):
+    for bad in (0, -5, True, 1.5):
+        with pytest.raises(ValueError, match=f"fusion_bytes must be a positive int or None, got {bad!r}"):
+            collectives.GradSync(comm, fusion_bytes=bad)
+    with pytest.raises(ValueError, match="needs compression"):
+        collectives.GradSync(comm, error_feedback=True)
+    with pytest.raises(ValueError, match="has no parameters that require grad"):
+        collectives.GradSync(comm).attach(torch.nn.ReLU())
+    sync = collectives.GradSync(comm).attach(torch.nn.Linear(2, 2))
+    with pytest.raises(RuntimeError, match="already attached"):
+        sync.attach(torch.nn.Linear(2, 2))
+
+
+def test_gradsync_attach_waits_and_detaches(comm):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    sync = collectives.GradSync(comm, fusion_bytes=64).attach(model)
+    model[1](torch.ones(1, 4)).sum().backward()  # the first layer gets no gradient
+    sync.wait()
+    assert model[0].weight.grad is not None and not model[0].weight.grad.any()
+    sync.detach()
+    model(torch.ones(1, 3)).sum().backward()  # no hooks left: nothing launched, nothing raised
+    sync.wait()
+
+
+def test_broadcast_checks_root(comm):
+    with pytest.raises(ValueError, match=r"root must be a rank in \[0, 1\), got 1"):
+        collectives.broadcast_parameters([torch.zeros(2)], comm, root=1)
+
+
+def test_distributed_optimizer_checks_and_delegates(comm):
+    model = torch.nn.Linear(2, 1)
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
+        DistributedOptimizer(object(), model, comm)
+    opt = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.5), model, comm)
+    model(torch.ones(1, 2)).sum().backward()
+    before = model.weight.detach().clone()
+    opt.step()
+    assert torch.equal(model.weight.detach(), before - 0.5)
+    opt.zero_grad()
+    assert model.weight.grad is None and opt.param_groups[0]["lr"] == 0.5
+
+
+def test_training_matches_ddp_under_mpiexec():
+    """DDP + hook, GradSync.attach, DistributedOptimizer == DDP after 30 steps; fp16 learns."""
+    proc = run_workers(2, "torch_training", env={"OMP_NUM_THREADS": "1"})
+    assert proc.stdout.count("size=2") == 2 and "transport=torch" not in proc.stdout

@@ -1,0 +1,66 @@
+"""Under torchrun, with no MPI launcher: init() picks the torch transport and everything runs.
+
+The workers are the mpiexec ones, unchanged: every algorithm against the NumPy reference,
+and data-parallel training against DDP.
+"""
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collectives.bootstrap import MPI_LAUNCHER_ENV, TORCHRUN_ENV, launched_by_torchrun
+from tests.mpirun import ROOT
+
+TORCH_ENV = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
+
+
+def torchrun(np_: int, worker: str, *args: str, env: dict | None = None,
+             timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `-m tests.workers.<worker> args` on `np_` local ranks under torchrun; fail on error."""
+    pytest.importorskip("torch", reason="the torch extra is not installed")
+    beside = Path(sys.executable).parent / "torchrun"
+    launcher = [str(beside)] if beside.exists() else [sys.executable, "-m", "torch.distributed.run"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [*launcher, "--nproc-per-node", str(np_), "--master-addr", "127.0.0.1",
+               "--master-port", str(port), "-m", f"tests.workers.{worker}", *args]
+    full_env = {k: v for k, v in os.environ.items() if k not in MPI_LAUNCHER_ENV}
+    full_env.update({"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})})
+    proc = subprocess.run(command, cwd=ROOT, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} exited {proc.returncode}\n--- stdout ---\n"
+                             f"{proc.stdout[-20000:]}\n--- stderr ---\n{proc.stderr[-20000:]}")
+    return proc
+
+
+@pytest.mark.parametrize("env, expected", [
+    (TORCH_ENV, True),
+    ({**TORCH_ENV, "PMI_RANK": "0"}, False),            # mpiexec (Hydra) wins
+    ({**TORCH_ENV, "OMPI_COMM_WORLD_RANK": "0"}, False),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, False),          # no rendezvous address
+    ({}, False),
+])
+def test_launcher_detection(monkeypatch, env, expected):
+    for key in (*MPI_LAUNCHER_ENV, *TORCHRUN_ENV):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert launched_by_torchrun() is expected
+
+
+def test_every_algorithm_over_the_torch_transport():
+    proc = torchrun(2, "allreduce_matrix", "ring,native,auto,hierarchical,torus2d,halving_doubling",
+                    "--layouts", "contiguous,strided,inplace", "--expect-nodes", "1,1",
+                    env={"COLLECTIVES_LOCAL_SIZE": "1"})
+    assert proc.stdout.count("checks passed") == 2
+
+
+def test_training_matches_ddp_under_torchrun():
+    proc = torchrun(2, "torch_training")
+    assert proc.stdout.count("size=2, transport=torch") == 2
+    assert proc.stdout.count("checks passed") == 2

@@ -1,0 +1,141 @@
+"""Data-parallel training four ways, compared: DDP's own all-reduce, DDP + our hook,
+GradSync.attach, DistributedOptimizer; then fp16 compression and GradSync.sync/broadcast.
+
+Usage: mpiexec -n P python -m tests.workers.torch_training      (or torchrun -m ...)
+Each way trains the same MLP from the same start on per-rank synthetic data for STEPS steps;
+parameters must match DDP's within TOLERANCE and be bit-identical on every rank.
+"""
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+import collectives
+from collectives.hooks.torch import (DistributedOptimizer, HookState, allreduce_hook,
+                                     init_process_group)
+from tests.workers.common import Tally
+
+STEPS = 30
+TOLERANCE = 1e-5
+BUCKET_BYTES = 16 << 10  # several buckets per step, so hooks fire while backward runs
+IN, HIDDEN, OUT, BATCH = 32, 64, 8, 16
+
+
+def make_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(IN, HIDDEN), torch.nn.ReLU(),
+                               torch.nn.Linear(HIDDEN, HIDDEN), torch.nn.ReLU(),
+                               torch.nn.Linear(HIDDEN, OUT))
+
+
+def batches(rank: int):
+    """STEPS batches of a learnable regression, different on every rank."""
+    teacher = torch.Generator().manual_seed(1)
+    weights = torch.randn(IN, OUT, generator=teacher)
+    data = torch.Generator().manual_seed(100 + rank)
+    for _ in range(STEPS):
+        x = torch.randn(BATCH, IN, generator=data)
+        yield x, x @ weights
+
+
+def train(comm, way: str, compression: str | None = None) -> tuple[np.ndarray, list[float]]:
+    """Flat final parameters and the per-step losses of one way of training."""
+    model = make_model()
+    if comm.rank != 0:  # replicas start different; DDP and the wrappers must broadcast
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+    step_model, sync = model, None
+    if way in ("ddp", "hook"):
+        step_model = DistributedDataParallel(model, bucket_cap_mb=BUCKET_BYTES / 2**20)
+        if way == "hook":
+            step_model.register_comm_hook(
+                HookState(comm, algorithm="ring", compression=compression,
+                          error_feedback=compression is not None), allreduce_hook)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    if way == "optimizer":
+        optimizer = DistributedOptimizer(optimizer, model, comm, algorithm="halving_doubling",
+                                         fusion_bytes=BUCKET_BYTES)
+    elif way == "gradsync":
+        collectives.broadcast_parameters(model.state_dict(), comm)
+        sync = collectives.GradSync(comm, fusion_bytes=BUCKET_BYTES).attach(model)
+    losses = []
+    for x, y in batches(comm.rank):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(step_model(x), y)
+        loss.backward()
+        if sync is not None:
+            sync.wait()
+        optimizer.step()
+        losses.append(loss.item())
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+    return flat, losses
+
+
+def identical(comm, array: np.ndarray) -> bool:
+    """Bit-identical on every rank: the max and the min over ranks are both ours."""
+    high = comm.allreduce(array, op="max")
+    low = comm.allreduce(array, op="min")
+    return bool(np.array_equal(high, array) and np.array_equal(low, array))
+
+
+def check_training(comm, tally: Tally) -> None:
+    reference, _ = train(comm, "ddp")
+    tally.check(identical(comm, reference), "DDP's own replicas differ")
+    for way in ("hook", "gradsync", "optimizer"):
+        before = comm.stats()
+        got, losses = train(comm, way)
+        calls = sum(s.calls for s in comm.stats().values()) - sum(s.calls for s in before.values())
+        tally.check(calls >= STEPS, f"{way}: only {calls} collectives ran in {STEPS} steps")
+        diff = float(np.abs(got - reference).max())
+        tally.check(diff <= TOLERANCE, f"{way}: parameters differ from DDP's by {diff:.3g}")
+        tally.check(identical(comm, got), f"{way}: replicas differ")
+    for compression in ("fp16", "bf16"):
+        got, losses = train(comm, "hook", compression)
+        first, last = np.mean(losses[:5]), np.mean(losses[-5:])
+        tally.check(last < 0.7 * first, f"hook+{compression}: loss {first:.4g} -> {last:.4g}")
+        tally.check(identical(comm, got), f"hook+{compression}: replicas differ")
+
+
+def check_sync(comm, tally: Tally) -> None:
+    """GradSync.sync over torch (float32, bfloat16), NumPy and a read-only array."""
+    r, p = comm.rank, comm.size
+    mean = sum(range(p)) / p
+    t32 = torch.full((5, 3), float(r))
+    t16 = torch.full((7,), float(r), dtype=torch.bfloat16)
+    npa = np.full(4, r, np.float64)
+    frozen = np.full(3, r, np.float32)
+    frozen.flags.writeable = False
+    out = collectives.GradSync(comm, algorithm="ring").sync([t32, t16, npa, frozen])
+    tally.check(out[0] is t32 and bool((t32 == mean).all()), f"sync torch float32: {t32}")
+    tally.check(out[1] is t16 and bool((t16.float() == mean).all()), f"sync bfloat16: {t16}")
+    tally.check(out[2] is npa and bool((npa == mean).all()), f"sync numpy: {npa}")
+    tally.check(out[3] is not frozen and bool((out[3] == mean).all()) and bool((frozen == r).all()),
+                f"sync read-only: returned {out[3]}, input now {frozen}")
+    view = collectives.gradsync.as_array(t16)
+    tally.check(view.dtype == ml_dtypes.bfloat16 and np.shares_memory(view, t16.view(torch.int16).numpy()),
+                "as_array(bfloat16 tensor) is not a zero-copy bfloat16 view")
+    values = torch.tensor([-0.0, 1.5, float("inf")]) if r == 0 else torch.full((3,), 7.0)
+    ints = torch.arange(4) * (10 if r == 0 else -1)
+    collectives.broadcast_parameters({"w": values, "n": ints}, comm)
+    tally.check(np.array_equal(values.numpy().view(np.uint32),
+                               np.array([-0.0, 1.5, np.inf], np.float32).view(np.uint32)),
+                f"broadcast floats: {values}")
+    tally.check(bool((ints == torch.arange(4) * 10).all()), f"broadcast ints: {ints}")
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    comm = collectives.init()
+    init_process_group(comm)  # no-op under torchrun: init() started torch.distributed
+    print(f"rank {comm.rank}: {comm!r}", flush=True)
+    tally = Tally(comm.rank)
+    check_sync(comm, tally)
+    check_training(comm, tally)
+    tally.finish()
+
+
+if __name__ == "__main__":
+    main()
