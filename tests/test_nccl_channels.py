@@ -180,7 +180,7 @@ def test_channels_complete_every_plan_with_right_sums(algorithm, size, chunk_seg
     timeout = DEADLINE
     if _prefetches(algorithm, size, count, seg):
         request.applymarker(pytest.mark.xfail(strict=False, reason=EXECUTOR_PREFETCH_BUG))
-        timeout = 3.0  # a hang costs less; a working case takes well under a second
+        timeout = 2.0  # a hang costs less; a working case takes well under a second
     results = run_all(algorithm, size, count, seg, timeout=timeout)
     want = np.arange(count, dtype=np.float64) * (size * (size + 1) // 2)
     for rank, got in enumerate(results):
