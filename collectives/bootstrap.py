@@ -6,6 +6,7 @@ import os
 from .communicator import Communicator
 from .config import Settings
 from .errors import CollectiveError, unknown_choice
+from .failure import abort_on_uncaught
 from .topology import Topology
 
 __all__ = ["init"]
@@ -54,6 +55,8 @@ def init(mpi_comm=None, *, transport: str = "mpi", timeout: float | None = None,
 
     # A private duplicate keeps our messages apart from the application's own.
     mpi = MPITransport((mpi_comm if mpi_comm is not None else MPI.COMM_WORLD).Dup())
+    if mpi.size > 1:
+        abort_on_uncaught(mpi)  # an uncaught exception ends the job, not hangs it
     topology = _topology(mpi, settings)
     device = _device_transport(transport, mpi)
     if settings.shm:  # COLLECTIVES_SHM=0 keeps on-node peers on MPI send/recv

@@ -47,8 +47,13 @@ def _element_type(itemsize: int) -> MPI.Datatype:
 
 
 def _native_spec(buf: np.ndarray, op: str):
-    """(buffer spec, MPI op) for an all-reduce of `buf`; 16-bit floats use a user op."""
-    if buf.dtype.kind in "fi" and buf.dtype.itemsize >= 4:
+    """(buffer spec, MPI op) for an all-reduce of `buf`.
+
+    16-bit floats, and float max/min, use a user op over our kernels: MPICH's MAX compares
+    with `>`, so a NaN survives or not depending on the order, which differs between ranks.
+    """
+    kind = buf.dtype.kind
+    if buf.dtype.itemsize >= 4 and (kind == "i" or (kind == "f" and op == "sum")):
         return [buf, MPI._typedict[buf.dtype.char]], _MPI_OPS[op]
     return [buf.view(np.uint8), _element_type(buf.dtype.itemsize)], _user_op(buf.dtype, op)
 

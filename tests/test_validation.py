@@ -1,0 +1,108 @@
+"""Argument checks, option typos and settings, in one process (no MPI needed)."""
+import numpy as np
+import pytest
+
+from collectives.config import Settings
+from collectives.errors import rank_list, unknown_choice
+from collectives.options import Op, check_algorithm
+from collectives.validation import check_array, check_out
+
+
+@pytest.mark.parametrize("bad", [[1.0, 2.0], 3, "x", None, memoryview(b"ab")])
+def test_non_arrays_are_rejected_by_type(bad):
+    with pytest.raises(TypeError, match="x must be a NumPy or CuPy array, got"):
+        check_array(bad)
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128, np.bool_, np.object_, np.int8,
+                                   np.uint32, np.float128 if hasattr(np, "float128") else np.int16])
+def test_unsupported_dtypes_name_themselves_and_the_supported_ones(dtype):
+    with pytest.raises(TypeError, match=rf"unsupported dtype {np.dtype(dtype)}; supported: "
+                                        r"float16, bfloat16, float32, float64, int32, int64"):
+        check_array(np.zeros(3, dtype))
+
+
+def test_supported_arrays_pass_in_any_layout():
+    check_array(np.zeros((4, 6), np.float32, order="F")[::2])
+    check_array(np.zeros((), np.int64))
+
+
+@pytest.mark.parametrize("text, suggestion", [("smu", "sum"), ("mx", "max"), ("AVG ", None)])
+def test_op_typos_suggest_the_closest(text, suggestion):
+    with pytest.raises(ValueError, match=f"unknown op {text!r}; accepted: 'sum', 'avg', 'max', 'min'") as info:
+        Op.parse(text)
+    assert (f"did you mean {suggestion!r}?" in str(info.value)) == (suggestion is not None)
+
+
+def test_algorithm_typo_suggests_the_closest():
+    with pytest.raises(ValueError, match=r"unknown algorithm 'rign'.*did you mean 'ring'\?"):
+        check_algorithm("rign")
+
+
+def test_compression_typo_suggests_the_closest():
+    from collectives.compression import codec_for
+    with pytest.raises(ValueError, match=r"unknown compression 'fp61'.*did you mean 'fp16'\?"):
+        codec_for("fp61", np.dtype(np.float32))
+
+
+def test_unknown_choice_without_a_close_match_lists_the_choices():
+    error = unknown_choice("compression", "zstd", [None, "fp16", "bf16"])
+    assert str(error) == "unknown compression 'zstd'; accepted: None, 'fp16', 'bf16'"
+
+
+def test_out_must_match_type_shape_and_dtype():
+    x = np.zeros(4, np.float32)
+    with pytest.raises(TypeError, match="out must be a numpy.ndarray like x, got builtins.list"):
+        check_out([0.0] * 4, x)
+    with pytest.raises(ValueError, match=r"expected shape \(4,\) dtype float32, got shape \(5,\)"):
+        check_out(np.zeros(5, np.float32), x)
+    with pytest.raises(ValueError, match="got shape \\(4,\\) dtype float64"):
+        check_out(np.zeros(4, np.float64), x)
+    check_out(np.zeros(4, np.float32), x)
+
+
+def test_out_read_only_and_in_place_on_read_only_x():
+    x = np.zeros(4, np.float32)
+    out = np.zeros(4, np.float32)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="out is read-only"):
+        check_out(out, x)
+    x.flags.writeable = False
+    with pytest.raises(ValueError, match="out is x but x is read-only"):
+        check_out(x, x)
+
+
+@pytest.mark.parametrize("window", [slice(2, 10), slice(0, 8, 1)])
+def test_out_sharing_memory_with_x_is_rejected(window):
+    buffer = np.zeros(12, np.float32)
+    with pytest.raises(ValueError, match="out overlaps x partially; pass out=x"):
+        check_out(buffer[window], buffer[:8])
+
+
+def test_out_is_x_is_in_place():
+    x = np.zeros(4, np.float32)
+    check_out(x, x)
+
+
+def test_rank_list_compresses_runs():
+    assert rank_list([2]) == "rank 2"
+    assert rank_list([0, 1]) == "ranks 0-1"
+    assert rank_list([5, 0, 1, 2, 7, 9, 8]) == "ranks 0-2, 5, 7-9"
+
+
+@pytest.mark.parametrize("raw, expected", [("0", False), ("off", False), ("1", True), ("", True)])
+def test_check_setting_from_the_environment(monkeypatch, raw, expected):
+    monkeypatch.setenv("COLLECTIVES_CHECK", raw)
+    assert Settings.resolve().check is expected
+    assert Settings.resolve(check=not expected).check is (not expected)
+
+
+def test_timeout_setting_is_validated(monkeypatch):
+    monkeypatch.setenv("COLLECTIVES_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="COLLECTIVES_TIMEOUT='soon' is not a valid float"):
+        Settings.resolve()
+    with pytest.raises(ValueError, match="timeout must be > 0 seconds, got -1"):
+        Settings.resolve(timeout=-1)
+    monkeypatch.setenv("COLLECTIVES_TIMEOUT", "2.5")
+    assert Settings.resolve().timeout == 2.5
+    assert Settings.resolve(timeout=7).timeout == 7

@@ -1,0 +1,80 @@
+"""A rank that never arrives, exits or is killed: the others must not hang.
+
+Usage: mpiexec -n P python -m tests.workers.timeouts MODE ALGORITHM OUTDIR
+  absent  the last rank never calls the second collective; the others must raise
+          CollectiveTimeout within the timeout (init(timeout=TIMEOUT)) and write what they
+          saw to OUTDIR/rank<r>.json; then rank 0 ends the job with comm.abort(ABORT_CODE).
+  exit    rank 1 calls os._exit(3) in the middle of a run of collectives.
+  kill    rank 1 sends itself SIGKILL in the middle of a run of collectives.
+  raise   rank 1 raises an uncaught exception in the middle of a run of collectives.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import collectives
+from tests.workers.common import rank_data
+
+TIMEOUT = 2.0
+ABORT_CODE = 7
+COUNT = 1 << 12
+
+
+def absent(comm, algorithm: str, outdir: Path) -> None:
+    x = rank_data(COUNT, np.float32, comm.rank)
+    comm.allreduce(x, algorithm=algorithm)  # all ranks arrive here
+    if comm.rank == comm.size - 1:
+        time.sleep(TIMEOUT + 60)  # never arrives; ended by rank 0's abort
+        return
+    seen: dict[str, object] = {"rank": comm.rank}
+    start = time.monotonic()
+    try:
+        comm.allreduce(x, algorithm=algorithm)
+        seen["error"] = None
+    except collectives.CollectiveTimeout as error:
+        seen["error"], seen["message"] = type(error).__name__, str(error)
+    seen["elapsed"] = time.monotonic() - start
+    try:
+        comm.allreduce(x, algorithm=algorithm)
+    except collectives.CollectiveError as error:
+        seen["after"] = f"{type(error).__name__}: {error}"
+    (outdir / f"rank{comm.rank}.json").write_text(json.dumps(seen))
+    if comm.rank == 0:
+        expected = {outdir / f"rank{r}.json" for r in range(comm.size - 1)}
+        limit = time.monotonic() + 30
+        while not all(path.exists() for path in expected) and time.monotonic() < limit:
+            time.sleep(0.05)
+        comm.abort(ABORT_CODE)
+    time.sleep(60)  # the abort ends this rank too
+
+
+def dies(comm, algorithm: str, how: str) -> None:
+    x = rank_data(COUNT, np.float32, comm.rank)
+    for i in range(1000):
+        if i == 20 and comm.rank == 1:
+            if how == "exit":
+                os._exit(3)
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError("rank 1 fails in the middle of the run")
+        comm.allreduce(x, algorithm=algorithm)
+    print(f"rank {comm.rank}: finished all collectives without rank 1", flush=True)
+
+
+def main() -> None:
+    mode, algorithm = sys.argv[1], sys.argv[2]
+    if mode == "absent":
+        absent(collectives.init(timeout=TIMEOUT), algorithm, Path(sys.argv[3]))
+    else:
+        dies(collectives.init(), algorithm, mode)
+
+
+if __name__ == "__main__":
+    main()
