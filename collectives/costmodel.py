@@ -206,9 +206,8 @@ def tuning_path() -> Path:
     return Path(cache) / "collectives" / "tuning.json"
 
 
-def read_tuning(path: Path | None = None) -> dict[int, Calibration]:
-    """The calibrations in the tuning file by world size; {} when there is no file."""
-    path = tuning_path() if path is None else Path(path)
+def _document(path: Path) -> dict:
+    """The tuning file's JSON, {} when there is none."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -218,17 +217,28 @@ def read_tuning(path: Path | None = None) -> dict[int, Calibration]:
     if data.get("version") != TUNING_VERSION:
         raise ValueError(f"tuning file {path} has version {data.get('version')!r}, "
                          f"expected {TUNING_VERSION}; recalibrate with collectives-bench --calibrate")
-    return {int(size): Calibration.from_json(entry) for size, entry in data["calibrations"].items()}
+    return data
+
+
+def read_tuning(path: Path | None = None) -> dict[int, Calibration]:
+    """The calibrations in the tuning file by world size; {} when there is no file."""
+    data = _document(tuning_path() if path is None else Path(path))
+    return {int(size): Calibration.from_json(entry)
+            for size, entry in data.get("calibrations", {}).items()}
 
 
 def write_calibration(calibration: Calibration, path: Path | None = None, **about: object) -> Path:
-    """Add (or replace) `calibration` in the tuning file, atomically; returns the path."""
+    """Add (or replace) `calibration` in the tuning file, atomically; returns the path.
+
+    `about` (host, date, transport, ...) is stored beside the calibrations.
+    """
     path = tuning_path() if path is None else Path(path)
-    entries = read_tuning(path)
-    entries[calibration.size] = calibration
+    document = _document(path)
+    entries = document.setdefault("calibrations", {})
+    entries[str(calibration.size)] = calibration.as_json()
+    document.update(about, version=TUNING_VERSION)
+    document["calibrations"] = {size: entries[size] for size in sorted(entries, key=int)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    document = {"version": TUNING_VERSION, **about,
-                "calibrations": {str(size): entries[size].as_json() for size in sorted(entries)}}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(document, indent=1) + "\n")
     os.replace(tmp, path)

@@ -152,3 +152,10 @@ def test_executor_issues_the_simulated_steps(np_, local_size):
     the same order and sizes, that the simulator consumes for that rank's plan."""
     run_workers(np_, "sim_steps", str(local_size),
                 env={"COLLECTIVES_SHM": "0", "COLLECTIVES_TIMEOUT": "30"}, timeout=300)
+
+
+@pytest.mark.parametrize("algorithm", sorted(PLANNERS))
+@pytest.mark.parametrize("count", [0, 1, 2])
+def test_empty_and_tiny_messages(algorithm, count):
+    predicted = simulate(algorithm, cluster(2, 3), count)
+    assert predicted.time >= 0 and sum(predicted.bytes_sent) >= 0

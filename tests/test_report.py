@@ -1,0 +1,78 @@
+"""collectives-report: cluster files, crossovers, and a small end-to-end run."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.report import crossovers, default_clusters, load_clusters
+from collectives.costmodel import Calibration, LinkModel, write_calibration
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = {"clusters": [
+    {"name": "4 nodes x 2", "nodes": 4, "ranks_per_node": 2,
+     "intra": {"alpha_us": 3, "gbytes_per_s": 450}, "inter": {"alpha_us": 6, "gbytes_per_s": 50},
+     "reduce_gbytes_per_s": 1000},
+    {"name": "2x4 torus", "nodes": 2, "ranks_per_node": 4, "grid": [4, 2],
+     "intra": {"alpha_us": 2, "gbytes_per_s": 100}, "inter": {"alpha_us": 2, "gbytes_per_s": 100},
+     "reduce_gbytes_per_s": 1000}]}
+
+
+def test_default_clusters_are_the_named_shapes():
+    sizes = [(shape.cluster.size, len(shape.cluster.topology.nodes)) for shape in default_clusters()]
+    assert sizes == [(128, 16), (1024, 32), (4096, 512)]
+    assert default_clusters()[1].cluster.topology.grid_shape() == (32, 32)
+
+
+def test_cluster_file_errors():
+    with pytest.raises(ValueError, match="lacks 'inter'"):
+        load_clusters({"clusters": [{"name": "x", "nodes": 2, "ranks_per_node": 2,
+                                     "intra": {"alpha_us": 1, "gbytes_per_s": 1},
+                                     "reduce_gbytes_per_s": 1}]})
+    with pytest.raises(ValueError, match="lists no clusters"):
+        load_clusters({})
+
+
+def test_crossovers_name_the_sizes_where_the_ranking_changes():
+    table = {"a": {1: {"time_us": 1.0}, 2: {"time_us": 5.0}, 4: {"time_us": 9.0}},
+             "b": {1: {"time_us": 2.0}, 2: {"time_us": 4.0}, 4: {"time_us": 8.0}}}
+    assert crossovers(table, [1, 2, 4]) == [{"between": [1, 2], "before": ["a", "b"],
+                                             "after": ["b", "a"]}]
+
+
+def test_quick_report_end_to_end(tmp_path):
+    tuning = tmp_path / "tuning.json"
+    link = LinkModel(alpha=20e-6, beta=1 / 4e9, zero_copy=True)
+    write_calibration(Calibration(size=2, intra=link, inter=link, gamma=1 / 4e9, call_overhead=5e-5,
+                                  copy_beta=1 / 8e9, native=((8, 2e-5), (1 << 20, 1e-3))), tuning)
+    clusters = tmp_path / "clusters.json"
+    clusters.write_text(json.dumps(SMALL))
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PMI_", "OMPI_", "COLLECTIVES_BENCH_", "PMIX_"))}
+    env.update(PYTHONPATH=str(ROOT), COLLECTIVES_TUNING_FILE=str(tuning))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "bench.report", "--quick", "--np", "2",
+                           "--max-bytes", "64K", "--out", str(out), "--cluster", str(clusters)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pngs = sorted(path.name for path in out.glob("*.png"))
+    assert pngs == ["accuracy.png", "at_scale.png", "busbw.png", "winners.png"]
+    assert all((out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in pngs)
+    document = json.loads((out / "results.json").read_text())
+    rows = document["rows"]
+    assert {row["algorithm"] for row in rows} >= {"native", "ring", "hierarchical", "torus2d",
+                                                   "halving_doubling", "auto"}
+    assert {row["size"] for row in rows} == {8, 64, 512, 4096, 32768}
+    assert all(row["wrong"] == 0 and row["time_us"] > 0 for row in rows)
+    assert all(row["predicted_time_us"] > 0 for row in rows if row["compression"] == "none")
+    assert [c["ranks"] for c in document["at_scale"]] == [8, 8]
+    assert document["calibration"]["source"] == "tuning file, np=2"
+    report = (out / "report.md").read_text()
+    for heading in ("## Measured", "## Winner per size", "## Model vs measurement",
+                    "## At scale (simulated)", "### 4 nodes x 2", "### 2x4 torus"):
+        assert heading in report
+    assert "[8/" in proc.stderr  # the progress bar

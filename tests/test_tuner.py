@@ -1,0 +1,145 @@
+"""auto: the tuner's choice from predicted times, the tuning file, calibration end to end."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.calibrate import fit_alpha_beta
+from collectives.algorithms import PLANNERS
+from collectives.costmodel import (DEFAULT_CALIBRATION, Calibration, ClusterModel, LinkModel,
+                                   NativeModel, load_calibration, read_tuning, write_calibration)
+from collectives.simulator import simulate
+from collectives.topology import Topology
+from collectives.tuner import CANDIDATES, Tuner
+from tests.mpirun import run_workers
+
+ROOT = Path(__file__).resolve().parent.parent
+LINK = LinkModel(alpha=20e-6, beta=1 / 5e9, zero_copy=True)
+
+
+def machine(native_points, size: int = 4) -> ClusterModel:
+    return ClusterModel(Topology.from_local_size(size, size), intra=LINK, inter=LINK, gamma=1 / 4e9,
+                        call_overhead=30e-6, copy_beta=1 / 10e9,
+                        native=NativeModel(size, tuple(native_points)))
+
+
+def test_candidates_include_native_and_every_plan():
+    assert CANDIDATES == ("native", *PLANNERS)
+    assert set(Tuner(machine([])).predict(1 << 20)) == set(CANDIDATES)
+
+
+def test_picks_native_where_it_is_measured_faster_and_a_plan_where_not():
+    # native: 10 us at 8 B (latency far below the plans' alpha), 200 ms at 64 MiB (slow).
+    tuner = Tuner(machine([(8, 10e-6), (64 << 20, 0.2)]))
+    assert tuner.choose(8) == "native"
+    big = tuner.predict(64 << 20)
+    choice = tuner.choose(64 << 20)
+    assert choice != "native" and big[choice] == min(big.values())
+
+
+def test_prediction_is_plan_simulation_plus_call_cost():
+    model = machine([(8, 10e-6), (1 << 30, 1.0)])
+    times = Tuner(model).predict(1 << 20)
+    plan = simulate("ring", model, (1 << 20) // 4).time
+    assert times["ring"] == pytest.approx(plan + 30e-6 + (1 << 20) / 10e9)
+    assert times["native"] == pytest.approx(model.native_time(1 << 20))
+
+
+def test_choice_is_cached_per_size():
+    tuner = Tuner(machine([(8, 10e-6), (64 << 20, 0.2)]))
+    first = tuner.choose(4 << 20)
+    tuner.cluster = None  # a second call for the same size must not price again
+    assert tuner.choose(4 << 20) == first
+
+
+def test_debug_logs_choice_and_predicted_times(caplog):
+    tuner = Tuner(machine([(8, 10e-6), (64 << 20, 0.2)]), source="test model", debug=True)
+    with caplog.at_level(logging.DEBUG, logger="collectives.tuner"):
+        tuner.choose(8)
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith("auto: 8 bytes on 4 ranks -> native; predicted native 10.0 us")
+    assert all(name in message for name in CANDIDATES) and "(test model)" in message
+
+
+def test_bad_size():
+    with pytest.raises(ValueError, match="nbytes must be >= 0, got -1"):
+        Tuner(machine([])).predict(-1)
+
+
+def test_native_model_interpolates_measurements_and_models_other_sizes():
+    native = NativeModel(2, ((8, 1e-5), (1024, 1e-4), (1 << 20, 1e-2)))
+    assert native.measured(32, 2) == pytest.approx(1e-5 * (1e-4 / 1e-5) ** (2 / 7))  # log-log
+    assert native.measured(4, 2) == 1e-5
+    assert native.measured(2 << 20, 2) == pytest.approx(1e-2 + (1 << 20) * (1e-2 - 1e-4) / ((1 << 20) - 1024))
+    assert native.measured(32, 4) is None
+    slow = LinkModel(alpha=1e-5, beta=1e-9)
+    assert NativeModel.modelled(8, 8, slow, 0.0) == pytest.approx(3 * (1e-5 + 8e-9))  # doubling
+
+
+def test_tuning_file_round_trip(tmp_path):
+    path = tmp_path / "tuning.json"
+    assert read_tuning(path) == {}
+    two = Calibration(size=2, intra=LINK, inter=LINK, gamma=1e-10, call_overhead=1e-5,
+                      copy_beta=1e-10, native=((8, 1e-5), (1024, 2e-5)))
+    write_calibration(two, path, host="test")
+    write_calibration(Calibration(**{**two.__dict__, "size": 4, "native": ()}), path)
+    entries = read_tuning(path)
+    assert entries[2] == two and sorted(entries) == [2, 4]
+    assert load_calibration(2, path) == (two, "tuning file, np=2")
+    nearest, source = load_calibration(3, path)
+    assert source == "tuning file, np=2 (nearest)" and nearest.native == () and nearest.size == 3
+    assert load_calibration(2, tmp_path / "absent.json")[1] == "defaults (no tuning file)"
+    assert json.loads(path.read_text())["host"] == "test"
+
+
+def test_tuning_file_errors(tmp_path):
+    path = tmp_path / "tuning.json"
+    path.write_text('{"version": 99, "calibrations": {}}')
+    with pytest.raises(ValueError, match=f"tuning file {path} has version 99, expected 1"):
+        read_tuning(path)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable"):
+        read_tuning(path)
+
+
+def test_default_calibration_makes_a_usable_model():
+    model = DEFAULT_CALIBRATION.cluster(Topology.from_local_size(8, 4))
+    times = Tuner(model).predict(16 << 20)
+    assert all(t > 0 for t in times.values())
+
+
+def test_fit_alpha_beta_recovers_constants():
+    sizes = [8 << (3 * i) for i in range(8)]
+    alpha, beta = fit_alpha_beta(sizes, [12e-6 + n * 2.5e-10 for n in sizes])
+    assert alpha == pytest.approx(12e-6, rel=1e-6) and beta == pytest.approx(2.5e-10, rel=1e-6)
+
+
+def test_auto_under_mpiexec_agrees_and_logs(tmp_path):
+    write_calibration(Calibration(size=2, intra=LINK, inter=LINK, gamma=1e-10, call_overhead=1e-5,
+                                  copy_beta=1e-10, native=((8, 1e-6), (4 << 20, 1.0))),
+                      tmp_path / "tuning.json")
+    proc = run_workers(2, "auto_choice", env={"COLLECTIVES_DEBUG": "1",
+                                              "COLLECTIVES_TUNING_FILE": str(tmp_path / "tuning.json")})
+    assert "auto: 8 bytes on 2 ranks -> native; predicted native 1.0 us" in proc.stderr
+    assert "auto: 4194308 bytes on 2 ranks -> " in proc.stderr
+    assert "(tuning file, np=2)" in proc.stderr
+
+
+def test_calibrate_end_to_end(tmp_path):
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PMI_", "OMPI_", "COLLECTIVES_BENCH_", "PMIX_"))}
+    env.update(PYTHONPATH=str(ROOT), COLLECTIVES_TUNING_FILE=str(tmp_path / "tuning.json"))
+    proc = subprocess.run([sys.executable, "-m", "bench.allreduce_perf", "--calibrate", "--quick",
+                           "--np", "2"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (calibration,) = read_tuning(tmp_path / "tuning.json").values()
+    assert calibration.size == 2 and calibration.intra.alpha > 0 and calibration.intra.beta > 0
+    assert calibration.gamma > 0 and len(calibration.native) >= 5
+    assert "# calibration at np 2" in proc.stdout and "written to" in proc.stdout
