@@ -154,7 +154,8 @@ class Communicator:
                     compression=compression, single=single, error_feedback=error_feedback,
                     fusion_bytes=self.settings.fusion_bytes if fusion_bytes is None else fusion_bytes)
                 call.agree(x, op=request.op, algorithm=request.algorithm,
-                           compression=compression, check_finite=check_finite)
+                           compression=compression, fusion_bytes=request.fusion_bytes,
+                           check_finite=check_finite)
                 results = fusion.run(request, self._backend(tag, call.deadline))
             return results[0] if single else results
 

@@ -62,6 +62,9 @@ def cases(p: int, algorithm: str):
     yield ("fused list", lambda r: dict(many=[x(rank=r), x(count=5 + (r == last), rank=r)]),
            lambda r: collectives.MismatchError,
            f"rank {last} has shape [({COUNT},), (6,)], {_others(p, 'has', 'have')} [({COUNT},), (5,)]")
+    yield ("fusion_bytes", lambda r: dict(many=[x(rank=r)], fusion_bytes=4096 if r == last else 8192),
+           lambda r: collectives.MismatchError,
+           f"rank {last} has fusion_bytes 4096, {_others(p, 'has', 'have')} 8192")
     yield ("async", lambda r: dict(x=x(count=COUNT - (r == last), rank=r), asynchronous=True),
            lambda r: collectives.MismatchError,
            f"rank {last} has shape ({COUNT - 1},), {_others(p, 'has', 'have')} ({COUNT},)")
