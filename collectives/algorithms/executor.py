@@ -167,8 +167,10 @@ def run_plan(plan: Plan, work, scratch, transport, op: str, tag: int, deadline: 
     pending = [(k, r) for k, rnd in enumerate(plan.rounds) for r in rnd.recvs]
     irecv_view = getattr(transport, "irecv_view", None)
     next_recv = 0
+    landed = [0] * len(plan.rounds)  # receives applied, per round (prefetched ones land early)
     requests: list[Any] = []
-    posted: list[tuple[int, Recv, int, int | None, Any]] = []  # (round, step, index, slot, request)
+    # (round, step, recv index, scratch slot, request, is a view request) per posted receive
+    posted: list[tuple[int, Recv, int, int | None, Any, bool]] = []
 
     def move(ranges: Ranges, dst, source) -> None:
         if dst is not None and source is not None:
@@ -185,15 +187,18 @@ def run_plan(plan: Plan, work, scratch, transport, op: str, tag: int, deadline: 
             needs_slot = recv.reduce or codec.staged
             if k > up_to_round or (needs_slot and not free_slots):
                 return
+            # A view holds the peer's send open until released: not where we wait for our
+            # own sends before reducing (the peer may be waiting for us the same way).
+            view = needs_slot and irecv_view is not None and not plan.reduce_after_send[k]
             if needs_slot:
                 slot = free_slots.pop()
                 buf = slots[slot][: recv.hi - recv.lo]
-                request = (irecv_view or transport.irecv)(buf, recv.peer, tag)
+                request = (irecv_view if view else transport.irecv)(buf, recv.peer, tag)
             else:
                 slot = None
                 request = transport.irecv(target(next_recv)[recv.lo : recv.hi], recv.peer, tag)
             requests.append(request)
-            posted.append((k, recv, next_recv, slot, request))
+            posted.append((k, recv, next_recv, slot, request, view))
             next_recv += 1
 
     for k, rnd in enumerate(plan.rounds):
@@ -211,16 +216,15 @@ def run_plan(plan: Plan, work, scratch, transport, op: str, tag: int, deadline: 
         if plan.reduce_after_send[k]:
             _wait_sends(plan, k, transport, sends, deadline)
             sends = []
-        remaining = len(rnd.recvs)
-        while remaining:
+        while landed[k] < len(rnd.recvs):
             try:
                 i = transport.wait_any(requests, deadline, f"{plan.algorithm} round {k}")
             except CollectiveTimeout:
                 raise _stalled(plan, k, transport.rank, posted) from None
-            done_round, recv, j, slot, request = posted.pop(i)
+            done_round, recv, j, slot, request, view = posted.pop(i)
             del requests[i]
             if slot is not None:
-                payload = transport.view(request) if irecv_view else slots[slot][: recv.hi - recv.lo]
+                payload = transport.view(request) if view else slots[slot][: recv.hi - recv.lo]
                 region = target(j)[recv.lo : recv.hi]
                 if recv.reduce:
                     if io is not None:
@@ -228,12 +232,12 @@ def run_plan(plan: Plan, work, scratch, transport, op: str, tag: int, deadline: 
                     codec.decode_reduce(region, payload, op)
                 else:
                     codec.decode_copy(region, payload)
-                if irecv_view:
+                if view:
                     transport.release(request)
                 free_slots.append(slot)
             if io is not None:
                 move(io.store_recv[j], out, work)
-            remaining -= done_round == k
+            landed[done_round] += 1
             post_recvs(prefetch_round)
         _wait_sends(plan, k, transport, sends, deadline)
     if io is not None:
