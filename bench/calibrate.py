@@ -227,7 +227,7 @@ def describe(calibration: Calibration) -> str:
         f"# intra-node link: {link(calibration.intra)}",
         f"# inter-node link: {link(calibration.inter)}",
         f"# reduction: {1 / calibration.gamma / 1e9:.2f} GB/s (gamma {calibration.gamma:.3e} s/B)",
-        f"# per call: {calibration.call_overhead * 1e6:.1f} us + copy {1 / calibration.copy_beta / 1e9:.2f} GB/s",
+        f"# per call: {calibration.call_overhead * 1e6:.1f} us; copies in/out of the work buffer: {1 / calibration.copy_beta / 1e9:.2f} GB/s",
         "# native all-reduce: " + ", ".join(f"{harness.format_size(n)} {t * 1e6:.0f} us"
                                             for n, t in calibration.native[::3]),
     ])

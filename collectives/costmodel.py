@@ -35,6 +35,7 @@ __all__ = [
 
 TUNING_ENV = "COLLECTIVES_TUNING_FILE"
 TUNING_VERSION = 1
+COPIES = ("none", "in", "in+out")
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,11 @@ def _loglog(points: Sequence[tuple[int, float]], x: float) -> float:
 class ClusterModel:
     """A virtual cluster: which ranks share a node, two link classes, a reduction rate.
 
-    `call_overhead` (seconds) and `copy_beta` (seconds per byte copied into the work
-    buffer) price what every plan-based all-reduce call does besides its plan. The
+    `call_overhead` (seconds) is what every plan-based call costs besides its plan.
+    `copies` says which copies the executor adds to the plan (executor.IoSchedule), each
+    `copy_beta` seconds per byte on the rank's compute: "none" (data already in the work
+    buffer), "in" (the input is loaded into the work buffer region by region), "in+out"
+    (also the result is written out of a shared work buffer: the shm transport). The
     topology's `grid` is the (X, Y) shape torus2d runs on.
     """
 
@@ -122,8 +126,13 @@ class ClusterModel:
     gamma: float
     call_overhead: float = 0.0
     copy_beta: float = 0.0
+    copies: str = "none"
     native: NativeModel | None = None
     name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.copies not in COPIES:
+            raise ValueError(f"copies must be one of {', '.join(COPIES)}, got {self.copies!r}")
 
     @classmethod
     def uniform(cls, *, nodes: int, ranks_per_node: int, grid: tuple[int, int] | None = None,
@@ -152,8 +161,8 @@ class ClusterModel:
         return self.call_overhead + NativeModel.modelled(nbytes, self.size, slowest, self.gamma)
 
     def call_time(self, nbytes: int) -> float:
-        """Seconds a plan-based call spends outside its plan (validation, copy into work)."""
-        return self.call_overhead + nbytes * self.copy_beta
+        """Seconds a plan-based call spends outside its plan (validation, agreement, setup)."""
+        return self.call_overhead
 
 
 @dataclass(frozen=True)
@@ -170,9 +179,14 @@ class Calibration:
     measured: Mapping[str, object] = field(default_factory=dict)
 
     def cluster(self, topology: Topology, *, name: str = "") -> ClusterModel:
-        """This machine as a ClusterModel for `topology` (its native table counts at `size`)."""
+        """This machine as a ClusterModel for `topology` (its native table counts at `size`).
+
+        The executor copies the input in region by region, and with a zero-copy (shared
+        work buffer) transport the result out too.
+        """
         return ClusterModel(topology, self.intra, self.inter, self.gamma, self.call_overhead,
-                            self.copy_beta, native=NativeModel(self.size, self.native), name=name)
+                            self.copy_beta, "in+out" if self.intra.zero_copy else "in",
+                            native=NativeModel(self.size, self.native), name=name)
 
     def as_json(self) -> dict:
         data = asdict(self)

@@ -38,7 +38,7 @@ from operator import itemgetter
 from typing import Callable, Sequence
 
 from .algorithms import PLANNERS
-from .algorithms.executor import SCRATCH_SLOTS
+from .algorithms.executor import SCRATCH_SLOTS, IoSchedule
 from .algorithms.plan import Plan, Send
 from .costmodel import ClusterModel
 from .errors import unknown_choice
@@ -130,9 +130,10 @@ class Prediction:
 
 
 class _Trace:
-    """One rank's plan as flat lists, in the order the executor issues it (Plan.steps)."""
+    """One rank's plan as flat lists, in the order the executor issues it (Plan.steps), and
+    the bytes the executor copies between input, work buffer and output (IoSchedule)."""
 
-    def __init__(self, plan: Plan, itemsize: int):
+    def __init__(self, plan: Plan, itemsize: int, copies: str = "none", work_itemsize: int = 0):
         self.plan = plan
         self.rounds = len(plan.rounds)
         self.prefetch = plan.prefetch
@@ -175,6 +176,26 @@ class _Trace:
                 self.round_recv_end[k] = i + 1
         for k in range(1, self.rounds):  # rounds without receives end where the last did
             self.round_recv_end[k] = max(self.round_recv_end[k], self.round_recv_end[k - 1])
+        self._copies(plan, copies, work_itemsize or itemsize)
+
+    def _copies(self, plan: Plan, copies: str, itemsize: int) -> None:
+        """Bytes copied src -> work before each round's sends and each reduce, work -> out
+        after each receive, and at the end (executor.IoSchedule; none without copies)."""
+        nrecv = len(self.recv_round)
+        self.load_round, self.load_recv, self.store_recv = [0] * self.rounds, [0] * nrecv, [0] * nrecv
+        self.tail = 0
+        if copies == "none" or not self.rounds:
+            return
+        io = IoSchedule.of(plan)
+
+        def nbytes(ranges) -> int:
+            return itemsize * sum(hi - lo for lo, hi in ranges)
+
+        self.load_round = [nbytes(r) for r in io.load_round]
+        self.load_recv = [nbytes(r) for r in io.load_recv]
+        if copies == "in+out":
+            self.store_recv = [nbytes(r) for r in io.store_recv]
+        self.tail = nbytes(io.tail)
 
     def consumed(self) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int, bool]]]:
         """(sends, receives) as the engine reads them: (round, peer, bytes[, reduce]) each."""
@@ -250,8 +271,8 @@ def _same_up_to(group: _Group, q: int, mine: _Trace, rep: _Trace, itemsize: int)
 # ---------------------------------------------------------------------------- the engine
 
 class _RankState:
-    __slots__ = ("trace", "links", "start", "arrival", "done", "send_done", "chan", "compute",
-                 "posted", "i_arr", "i_proc")
+    __slots__ = ("trace", "links", "start", "send_post", "arrival", "done", "send_done", "chan",
+                 "compute", "posted", "i_arr", "i_proc", "end")
 
     def __init__(self, trace: _Trace, rank: int, cluster: ClusterModel):
         self.trace = trace
@@ -265,8 +286,10 @@ class _RankState:
         self.chan: dict[int, _Node] = {}
         self.compute: _Node = self.start[0]
         self.posted: _Node = self.start[0]
+        self.send_post: list[_Node] = []  # send_post[k]: round k's sends go out (after loads)
         self.i_arr = 0
         self.i_proc = 0
+        self.end: _Node | None = None
 
 
 class _Engine:
@@ -274,6 +297,8 @@ class _Engine:
         self.cluster = cluster
         self.group = group
         self.state = {rep: _RankState(traces[rep], rep, cluster) for rep in group.reps}
+        for st in self.state.values():
+            self._begin_round(st)
 
     def run(self) -> None:
         pending = [rep for rep, st in self.state.items() if st.trace.rounds]
@@ -314,13 +339,13 @@ class _Engine:
             sender = self.state[sender_rep]
             s = sender.trace.send_index[group.backward(q, c), tr.recv_chan[i]]
             send_round = sender.trace.send_round[s]
-            if send_round >= len(sender.start):
+            if send_round >= len(sender.send_post):
                 break
             post = max(st.posted, st.start[base_round], key=_TIME)
             if slot_prev >= 0:
                 post = max(post, st.done[slot_prev], key=_TIME)
             st.posted = post
-            ready = max(post, sender.start[send_round], key=_TIME)
+            ready = max(post, sender.send_post[send_round], key=_TIME)
             nbytes = tr.recv_bytes[i]
             link, name = st.links[i]
             if link.zero_copy:
@@ -341,14 +366,18 @@ class _Engine:
         return moved
 
     def _reductions(self, c: int, st: _RankState, tr: _Trace) -> bool:
-        """Reduce (or, zero-copy, copy) landed segments in order on the one compute engine."""
+        """Reduce (or, zero-copy, copy) landed segments in order on the one compute engine,
+        with the copies in and out of the work buffer that go with them."""
         moved = False
+        copy_beta = self.cluster.copy_beta
         while st.i_proc < st.i_arr:
             i = st.i_proc
             k = tr.recv_round[i]
             arrival = st.arrival[i]
             link = st.links[i][0]
-            if tr.recv_reduce[i] or link.zero_copy:
+            nbytes = tr.recv_bytes[i]
+            copied = (tr.load_recv[i] + tr.store_recv[i]) * copy_beta
+            if tr.recv_reduce[i] or link.zero_copy or copied:
                 inputs = [arrival, st.compute]
                 if tr.recv_reduce[i] and tr.gate[k]:
                     sends = [st.send_done[s] for s in tr.round_sends[k]]
@@ -356,9 +385,11 @@ class _Engine:
                         break
                     inputs += sends
                 begin = max(inputs, key=_TIME)
-                per_byte = self.cluster.gamma if tr.recv_reduce[i] else link.beta
-                kind = "reduce" if tr.recv_reduce[i] else "copy"
-                done = (begin[0] + tr.recv_bytes[i] * per_byte, begin, kind, c, k, tr.recv_bytes[i], "")
+                if tr.recv_reduce[i]:
+                    work, kind = nbytes * self.cluster.gamma, "reduce"
+                else:
+                    work, kind = (nbytes * link.beta if link.zero_copy else 0.0), "copy"
+                done = (begin[0] + work + copied, begin, kind, c, k, nbytes, "")
                 st.compute = done
             else:
                 done = arrival
@@ -367,19 +398,36 @@ class _Engine:
             moved = True
         return moved
 
-    @staticmethod
-    def _end_round(st: _RankState, tr: _Trace) -> bool:
+    def _begin_round(self, st: _RankState) -> None:
+        """Round k starts: load what its sends read first, then post them; or finish."""
+        k = len(st.start) - 1
+        start = st.start[k]
+        tr = st.trace
+        copy_beta = self.cluster.copy_beta
+        if k < tr.rounds:
+            if tr.load_round[k]:
+                begin = max(start, st.compute, key=_TIME)
+                start = st.compute = (begin[0] + tr.load_round[k] * copy_beta, begin, "copy-in",
+                                      begin[3], k, tr.load_round[k], "")
+            st.send_post.append(start)
+        elif tr.tail:
+            st.end = (start[0] + tr.tail * copy_beta, start, "copy-in", start[3], k, tr.tail, "")
+        else:
+            st.end = start
+
+    def _end_round(self, st: _RankState, tr: _Trace) -> bool:
         """End the current round once its receives are done and its sends complete."""
         k = len(st.start) - 1
         if k >= tr.rounds or st.i_proc < tr.round_recv_end[k]:
             return False
         first = tr.round_recv_end[k - 1] if k > 0 else 0
-        ends = [st.start[k], *st.done[first:tr.round_recv_end[k]]]
+        ends = [st.send_post[k], *st.done[first:tr.round_recv_end[k]]]
         for s in tr.round_sends[k]:
             if st.send_done[s] is None:
                 return False
             ends.append(st.send_done[s])
         st.start.append(max(ends, key=_TIME))
+        self._begin_round(st)
         return True
 
 
@@ -419,7 +467,7 @@ def simulate(algorithm: str, cluster: ClusterModel, count: int, *, itemsize: int
     def trace(rank: int) -> _Trace:
         if rank not in traces:
             plan = PLANNERS[algorithm](rank, size, count, itemsize, cluster.topology)
-            traces[rank] = _Trace(plan, wire)
+            traces[rank] = _Trace(plan, wire, cluster.copies, itemsize)
         return traces[rank]
 
     group = _pick_group(cluster, trace, samples, wire) if symmetry else _identity(size)
@@ -469,7 +517,7 @@ def _prediction(algorithm: str, cluster: ClusterModel, count: int, itemsize: int
         for peer, nbytes in pair.items():
             if nbytes > busiest[2]:
                 busiest = (rep, peer, nbytes)
-    ends = {rep: st.start[-1] for rep, st in engine.state.items()}
+    ends = {rep: st.end for rep, st in engine.state.items()}
     last = max(ends.values(), key=_TIME)
     return Prediction(
         algorithm=algorithm, size=size, count=count, itemsize=itemsize, time=last[0],

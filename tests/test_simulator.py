@@ -1,6 +1,7 @@
 """Simulator: closed-form bytes, engine timing on a case solvable by hand, symmetry, executor parity."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -88,6 +89,20 @@ def test_zero_copy_link_has_no_transfer():
     chunk = 4 * count / 2
     assert predicted.time == pytest.approx(2 * zero_copy.alpha + chunk * (gamma + zero_copy.beta))
     assert {hop.kind for hop in predicted.critical_path.hops} <= {"latency", "zero-copy", "reduce", "copy"}
+
+
+@pytest.mark.parametrize("copies, extra", [("in", 1.0), ("in+out", 1.5)])
+def test_copies_into_and_out_of_the_work_buffer(copies, extra):
+    """Two ranks, one segment per chunk: the executor loads the chunk it sends (before the
+    send) and the one it reduces (before the reduce): n bytes; with a shared work buffer it
+    also stores its reduced half out (the other half lands in out directly): 1.5 n."""
+    count = 2 * 1000
+    base = cluster(1, 2)
+    with_copies = dataclasses.replace(base, copies=copies, copy_beta=1e-9)
+    delta = simulate("ring", with_copies, count).time - simulate("ring", base, count).time
+    assert delta == pytest.approx(extra * 4 * count * 1e-9)
+    with pytest.raises(ValueError, match="copies must be one of none, in, in\\+out, got 'out'"):
+        dataclasses.replace(base, copies="out")
 
 
 def test_inter_node_link_dominates_the_ring():
