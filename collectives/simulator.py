@@ -11,7 +11,8 @@ everything it reads of them) and replays the executor's rules with no data and n
   ``alpha + bytes * beta`` of its link class; messages between one pair of ranks queue (FIFO);
 - a reduce-receive is reduced on the receiver's one compute engine, ``bytes * gamma``, after
   it lands (and after the round's sends when `plan.reduce_after_send[k]`);
-- over a zero-copy link the receiver reduces (or copies) straight from the sender's buffer:
+- over a zero-copy link the receiver reduces (or copies) straight from the sender's buffer
+  (except in rounds that reduce after their own sends):
   latency alpha, then the receiver's compute does the work, and the send completes then.
 
 The result is the slowest rank's finish time, bytes per rank and per link class, the busiest
@@ -348,7 +349,9 @@ class _Engine:
             ready = max(post, sender.send_post[send_round], key=_TIME)
             nbytes = tr.recv_bytes[i]
             link, name = st.links[i]
-            if link.zero_copy:
+            # The executor takes no peer view where it waits for its own sends before
+            # reducing: that receive copies like any other.
+            if link.zero_copy and not (tr.recv_reduce[i] and tr.gate[k]):
                 node = (ready[0] + link.alpha, ready, "latency", c, k, 0, name)
                 per_byte = self.cluster.gamma if tr.recv_reduce[i] else link.beta
                 completes = (node[0] + nbytes * per_byte, node, "zero-copy", c, k, nbytes, name)
