@@ -1,0 +1,338 @@
+"""Soak: thousands of mixed collectives, every answer checked, memory watched.
+
+Every rank draws the same sequence of collectives from one seed: sync, out=, in place,
+async batches, fused lists (`allreduce_many`, sync and async), over every algorithm,
+compression, dtype, op, size and layout, plus a few deliberate mismatches that must raise
+MismatchError on every rank and leave the communicator working. Each result is compared
+with a closed-form reference on its rank; a running digest of all results is compared
+across ranks at every checkpoint (identical bits everywhere). Memory: resident set and
+peak after a warm-up that runs every configuration once at the largest size, then at
+every checkpoint; growth is (peak at the end - peak after warm-up) / peak after warm-up.
+
+Example::
+
+    mpiexec -n 3 python -m bench.soak --collectives 10000 --json soak.json
+    python -m bench.soak --np 3 --collectives 500          # starts the ranks itself
+
+Exit status 0 when every answer was right, every expected error came, and memory growth
+stayed under --max-growth.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import ml_dtypes
+import numpy as np
+
+from bench import launch
+from bench.allreduce_perf import element_codes, reference, value_table
+
+__all__ = ["Case", "Data", "draw", "main"]
+
+_MODULE = "bench.soak"
+KINDS = ("sync", "out", "inplace", "async", "many", "many_async", "mismatch")
+# How often each kind is drawn (mismatch only when the agreement check is on).
+WEIGHTS = (30, 12, 12, 16, 14, 6, 1)
+FUSION_BYTES = (4 << 10, 64 << 10, 1 << 20, None)
+_WIRE_EPS = {"fp16": float(np.finfo(np.float16).eps),
+             "bf16": float(ml_dtypes.finfo(ml_dtypes.bfloat16).eps)}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One drawn collective (or one batch, for async and fused kinds)."""
+
+    kind: str
+    algorithm: str
+    compression: str | None
+    op: str
+    dtypes: tuple[np.dtype, ...]  # one per array (async batch members, fused list members)
+    counts: tuple[int, ...]
+    layout: str  # "flat", "2d", "strided"
+    fusion_bytes: int | None = None
+    salt: int = 0
+
+    def label(self) -> str:
+        dtypes = ",".join(sorted({str(d) for d in self.dtypes}))
+        return (f"{self.kind} {self.algorithm}{'+' + self.compression if self.compression else ''} "
+                f"{self.op} {dtypes} counts={list(self.counts)} {self.layout}")
+
+
+@dataclass
+class Totals:
+    """What one rank saw."""
+
+    collectives: int = 0
+    checked: int = 0
+    wrong: list[str] = field(default_factory=list)
+    kinds: Counter = field(default_factory=Counter)
+    memory: list[tuple[int, int, int]] = field(default_factory=list)  # (done, rss, peak) bytes
+
+
+def _count(rng: np.random.Generator, p: int, max_count: int) -> int:
+    if rng.random() < 0.1:
+        return int(rng.choice([0, 1, max(p - 1, 1), p, p + 1]))
+    return int(math.exp(rng.uniform(0, math.log(max_count + 1)))) - 1
+
+
+def draw(rng: np.random.Generator, *, p: int, algorithms: Sequence[str], dtypes: Sequence,
+         max_count: int, check: bool, salt: int) -> Case:
+    """The next collective; a function of the generator's state only, so equal on every rank."""
+    weights = np.array(WEIGHTS, float) * [k != "mismatch" or check for k in KINDS]
+    kind = KINDS[rng.choice(len(KINDS), p=weights / weights.sum())]
+    algorithm = str(rng.choice(algorithms))
+    compression = [None, None, "fp16", "bf16"][rng.integers(4)]
+    floats = [d for d in dtypes if d.kind != "i"]
+    pool = floats if compression else list(dtypes)
+    n = int(rng.integers(1, 9)) if kind in ("many", "many_async") else (
+        int(rng.integers(1, 5)) if kind == "async" else 1)
+    dtype = pool[rng.integers(len(pool))]
+    mixed = kind in ("many", "many_async") and rng.random() < 0.5
+    chosen = tuple(pool[rng.integers(len(pool))] if mixed else dtype for _ in range(n))
+    return Case(kind=kind, algorithm=algorithm, compression=compression,
+                op=str(rng.choice(["sum", "avg", "max", "min"])), dtypes=chosen,
+                counts=tuple(_count(rng, p, max_count) for _ in range(n)),
+                layout=str(rng.choice(["flat", "flat", "2d", "strided"])),
+                fusion_bytes=FUSION_BYTES[rng.integers(len(FUSION_BYTES))], salt=salt)
+
+
+def _shaped(values: np.ndarray, layout: str) -> np.ndarray:
+    count = values.size
+    if layout == "2d" and count % 2 == 0 and count:
+        return values.reshape(2, count // 2)
+    if layout == "strided":
+        spaced = np.zeros(2 * count, values.dtype)
+        spaced[::2] = values
+        return spaced[::2]
+    return values
+
+
+class Data:
+    """Inputs and references: allreduce_perf's hashed codes and per-rank value table.
+
+    Element i of a collective salted s takes code (code_i + s) mod 16, so consecutive
+    collectives differ, and nothing is periodic in the sizes drawn.
+    """
+
+    def __init__(self, p: int, rank: int, max_count: int):
+        self.p, self.rank = p, rank
+        self.codes = element_codes(max_count + 1).astype(np.int64)
+        self.tables = {integer: value_table(p, integer=integer) for integer in (False, True)}
+
+    def input(self, count: int, dtype: np.dtype, salt: int, layout: str) -> np.ndarray:
+        table = self.tables[dtype.kind == "i"][self.rank].astype(dtype)
+        return _shaped(table[(self.codes[:count] + salt) % 16], layout)
+
+    def wrong(self, y, x, op: str, compression: str | None, salt: int) -> int:
+        """Elements of y off the reference by more than the tolerance (NaN included)."""
+        integer = x.dtype.kind == "i"
+        eps = 0.0 if integer else float(ml_dtypes.finfo(x.dtype).eps)
+        if compression:
+            eps = 2 * max(eps, _WIRE_EPS[compression])  # rounded at every hop, and at the end
+        want, tolerance = reference(self.tables[integer], op, eps=eps)
+        codes = (self.codes[: x.size] + salt) % 16
+        got = np.asarray(y, np.float64).reshape(-1)
+        return int(np.count_nonzero(~(np.abs(got - want[codes]) <= tolerance[codes])))
+
+
+class Soak:
+    """Runs cases on one rank and tallies the answers."""
+
+    def __init__(self, comm, mpi_comm, max_count: int):
+        self.comm, self.mpi = comm, mpi_comm
+        self.p, self.rank = comm.size, comm.rank
+        self.data = Data(comm.size, comm.rank, max_count)
+        self.totals = Totals()
+        self.digest = hashlib.blake2b(digest_size=16)
+
+    def run(self, case: Case) -> None:
+        self.totals.kinds[case.kind] += 1
+        inputs = [self.data.input(n, d, case.salt + i, case.layout)
+                  for i, (n, d) in enumerate(zip(case.counts, case.dtypes))]
+        kwargs = dict(op=case.op, algorithm=case.algorithm, compression=case.compression)
+        if case.kind == "mismatch":
+            self._mismatch(case, inputs[0], kwargs)
+            return
+        if case.kind in ("sync", "out", "inplace"):
+            x = inputs[0]
+            before = x.copy()
+            if case.kind == "sync":
+                results = [self.comm.allreduce(x, **kwargs)]
+                self._check(np.array_equal(x, before), case, "input modified")
+            else:
+                out = x if case.kind == "inplace" else np.full_like(x, 99)
+                results = [self.comm.allreduce(x, out=out, **kwargs)]
+                self._check(results[0] is out, case, "result is not out")
+        elif case.kind == "async":
+            handles = [self.comm.allreduce_async(x, **kwargs) for x in inputs]
+            results = [h.wait() for h in handles]
+        else:
+            many = self.comm.allreduce_many if case.kind == "many" else self.comm.allreduce_many_async
+            result = many(inputs, fusion_bytes=case.fusion_bytes, **kwargs)
+            results = result if case.kind == "many" else result.wait()
+        self.totals.collectives += 1 if case.kind.startswith("many") else len(results)
+        for i, (x, y) in enumerate(zip(inputs, results)):
+            ok = y.shape == x.shape and y.dtype == x.dtype
+            self._check(ok, case, f"array {i}: got {y.shape} {y.dtype}, not {x.shape} {x.dtype}")
+            wrong = self.data.wrong(y, x, case.op, case.compression, case.salt + i) if ok else 0
+            self._check(wrong == 0, case, f"array {i}: {wrong} elements off the reference")
+            self.digest.update(np.ascontiguousarray(y).view(np.uint8).tobytes())
+
+    def _mismatch(self, case: Case, x: np.ndarray, kwargs: dict) -> None:
+        """The last rank passes one more element: MismatchError everywhere, nothing moves."""
+        import collectives
+
+        if self.rank == self.p - 1:
+            x = np.concatenate([x.reshape(-1), x.reshape(-1)[:1] if x.size else np.zeros(1, x.dtype)])
+        try:
+            self.comm.allreduce(x.reshape(-1), **kwargs)
+            self._check(self.p == 1, case, "no MismatchError")
+        except collectives.MismatchError as error:
+            self._check("has shape" in str(error), case, f"MismatchError without shapes: {error}")
+
+    def _check(self, ok: bool, case: Case, what: str) -> None:
+        self.totals.checked += 1
+        if not ok:
+            self.totals.wrong.append(f"rank {self.rank}: {case.label()}: {what}")
+
+    def checkpoint(self) -> bool:
+        """Record memory; True when every rank's results so far have identical bits."""
+        self.totals.memory.append((self.totals.collectives, _rss(), _peak()))
+        digests = self.mpi.allgather(self.digest.digest())
+        return len(set(digests)) == 1
+
+
+def _status(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in bytes (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def _rss() -> int:
+    return _status("VmRSS")
+
+
+def _peak() -> int:
+    return _status("VmHWM")  # the resident set's high-water mark
+
+
+def warm_up_cases(*, p: int, algorithms, dtypes, max_count: int) -> list[Case]:
+    """Every kind x algorithm x compression x dtype once at the largest size, strided (the
+    largest temporaries): buffers and caches reach their size."""
+    cases = []
+    for kind in ("sync", "async", "many", "many_async"):
+        for algorithm in algorithms:
+            for compression in (None, "fp16", "bf16"):
+                for dtype in dtypes:
+                    if compression and dtype.kind == "i":
+                        continue
+                    n = 1 if kind == "sync" else 2
+                    cases.append(Case(kind=kind, algorithm=algorithm, compression=compression,
+                                      op="avg", dtypes=(dtype,) * n, counts=(max_count,) * n,
+                                      layout="strided", fusion_bytes=None, salt=len(cases)))
+    return cases
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n")[0])
+    parser.add_argument("--collectives", type=int, default=10_000,
+                        help="mixed collectives after the warm-up (default 10000; an async "
+                             "batch counts each member, a fused list counts once)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-count", type=int, default=1 << 18,
+                        help="largest element count of one array (default 262144)")
+    parser.add_argument("--checkpoint", type=int, default=500, help="collectives between checkpoints")
+    parser.add_argument("--max-growth", type=float, default=0.10,
+                        help="fail when peak memory grows more than this after warm-up (default 0.10)")
+    parser.add_argument("--algorithms", default=None, help="comma-separated (default: all)")
+    parser.add_argument("--json", default=None, help="write the summary here (rank 0)")
+    launch.add_launch_argument(parser, default=3)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np)
+    from mpi4py import MPI
+
+    import collectives
+
+    mpi = MPI.COMM_WORLD
+    comm = collectives.init()
+    algorithms = args.algorithms.split(",") if args.algorithms else list(collectives.ALGORITHMS)
+    dtypes = list(collectives.DTYPES)
+    soak = Soak(comm, mpi, args.max_count)
+    start = time.perf_counter()
+    for case in warm_up_cases(p=comm.size, algorithms=algorithms, dtypes=dtypes,
+                              max_count=args.max_count):
+        soak.run(case)
+    warm = (soak.totals.collectives, _rss(), _peak())
+    same_bits = soak.checkpoint()
+    soak.totals = Totals(checked=soak.totals.checked, wrong=soak.totals.wrong)  # count the mix
+    rng = np.random.default_rng(args.seed)
+    mixed_start = time.perf_counter()
+    salt, next_checkpoint = 0, args.checkpoint
+    while soak.totals.collectives < args.collectives:
+        soak.run(draw(rng, p=comm.size, algorithms=algorithms, dtypes=dtypes,
+                      max_count=args.max_count, check=comm.settings.check, salt=salt))
+        salt += 1
+        done = soak.totals.collectives
+        if done >= next_checkpoint or done >= args.collectives:
+            same_bits &= soak.checkpoint()
+            next_checkpoint = (done // args.checkpoint + 1) * args.checkpoint
+    seconds = time.perf_counter() - mixed_start
+    end_peak = soak.totals.memory[-1][2]
+    summary = {
+        "rank": comm.rank, "collectives": soak.totals.collectives, "warm_up": warm[0],
+        "checked": soak.totals.checked, "wrong": soak.totals.wrong[:20],
+        "kinds": dict(soak.totals.kinds), "seconds": seconds, "warm_up_seconds": mixed_start - start,
+        "rss_after_warm_up": warm[1], "peak_after_warm_up": warm[2], "peak_at_end": end_peak,
+        "rss_at_end": soak.totals.memory[-1][1], "growth": (end_peak - warm[2]) / warm[2],
+        "memory": soak.totals.memory,
+    }
+    everyone = mpi.gather(summary, root=0)
+    ok = mpi.allreduce(int(not soak.totals.wrong and same_bits
+                           and summary["growth"] < args.max_growth), op=MPI.MIN)
+    if comm.rank == 0:
+        _report(everyone, args, same_bits=same_bits, ok=bool(ok), algorithms=algorithms)
+    return 0 if ok else 1
+
+
+def _report(everyone: list[dict], args, *, same_bits: bool, ok: bool, algorithms) -> None:
+    mib = 1 << 20
+    first = everyone[0]
+    print(f"# soak: {len(everyone)} ranks, seed {args.seed}, max count {args.max_count}, "
+          f"algorithms {','.join(algorithms)}")
+    print(f"# warm-up: {first['warm_up']} collectives in {first['warm_up_seconds']:.1f} s; "
+          f"mixed: {first['collectives']} collectives in {first['seconds']:.1f} s")
+    print(f"# kinds: {first['kinds']}")
+    print("# rank  checked  wrong  rss_warm_MiB  peak_warm_MiB  peak_end_MiB  rss_end_MiB  growth")
+    for s in everyone:
+        print(f"  {s['rank']:4d}  {s['checked']:7d}  {len(s['wrong']):5d}  "
+              f"{s['rss_after_warm_up'] / mib:12.1f}  {s['peak_after_warm_up'] / mib:13.1f}  "
+              f"{s['peak_at_end'] / mib:12.1f}  {s['rss_at_end'] / mib:11.1f}  {s['growth']:+7.2%}")
+    for s in everyone:
+        for line in s["wrong"]:
+            print(f"WRONG {line}")
+    print(f"# identical bits on every rank: {'yes' if same_bits else 'NO'}")
+    print(f"# {'PASS' if ok else 'FAIL'}: all correct, growth < {args.max_growth:.0%}"
+          if ok else "# FAIL")
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump({"args": vars(args), "ranks": everyone, "ok": ok}, out, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
