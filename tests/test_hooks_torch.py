@@ -3,7 +3,10 @@
 The one-process tests run on a single-rank communicator that collectives.init() builds from
 torchrun's environment variables, set here (a world of one needs no launcher).
 """
+import os
 import socket
+import subprocess
+import sys
 
 import ml_dtypes
 import numpy as np
@@ -14,7 +17,7 @@ torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 import collectives  # noqa: E402
 from collectives.gradsync import as_array  # noqa: E402
 from collectives.hooks.torch import DistributedOptimizer, HookState  # noqa: E402
-from tests.mpirun import run_workers  # noqa: E402
+from tests.mpirun import ROOT, mpiexec, run_workers  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +121,12 @@ def test_training_matches_ddp_under_mpiexec():
     """DDP + hook, GradSync.attach, DistributedOptimizer == DDP after 30 steps; fp16 learns."""
     proc = run_workers(2, "torch_training", env={"OMP_NUM_THREADS": "1"})
     assert proc.stdout.count("size=2") == 2 and "transport=torch" not in proc.stdout
+
+
+def test_example_trains_under_mpiexec():
+    command = [mpiexec(), "-n", "2", sys.executable, "examples/train_ddp.py", "--steps", "3",
+               "--algorithm", "ring"]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "final loss" in proc.stdout and "size=2" in proc.stdout
