@@ -232,8 +232,11 @@ def _candidate_groups(cluster: ClusterModel) -> list[_Group]:
     p = cluster.size
     local = len(cluster.topology.nodes[0])
     nodes = p // local
+    # With one link class any shift of ranks goes unnoticed (nodes only shape the plans).
+    rotation = [_Group("rank rotation", (0,), lambda q: 0, lambda q, x: (x + q) % p,
+                       lambda q, x: (x - q) % p, (1 % p,))] if cluster.intra == cluster.inter else []
     if any(node != rank // local for rank, node in enumerate(cluster.topology.node_of)) or p % local:
-        return []
+        return rotation
     power2 = (local & (local - 1)) == 0 and (nodes & (nodes - 1)) == 0
 
     def rotate(q: int, x: int, sign: int) -> int:
@@ -243,7 +246,7 @@ def _candidate_groups(cluster: ClusterModel) -> list[_Group]:
     bits = [1 << i for i in range(p.bit_length() - 1)]
     node_bits = [b for b in bits if b >= local]
     groups = [_Group("node and local rotation", (0,), lambda q: 0, lambda q, x: rotate(q, x, 1),
-                     lambda q, x: rotate(q, x, -1), (1 % p, local % p))]
+                     lambda q, x: rotate(q, x, -1), (1 % p, local % p)), *rotation]
     if power2:
         groups.append(_Group("xor", (0,), lambda q: 0, lambda q, x: x ^ q, lambda q, x: x ^ q,
                              tuple(bits)))
@@ -505,23 +508,24 @@ def _prediction(algorithm: str, cluster: ClusterModel, count: int, itemsize: int
                 engine: _Engine) -> Prediction:
     group = engine.group
     size = cluster.size
+    node_of = cluster.topology.node_of
     per_rep: dict[int, int] = {}
     class_bytes = {"intra": 0, "inter": 0}
     busiest = (0, 0, 0)
-    orbit = size // len(group.reps)
     for rep, st in engine.state.items():
-        tr = st.trace
         pair: dict[int, int] = {}
-        for peer, nbytes in zip(tr.send_peer, tr.send_bytes):
+        for peer, nbytes in zip(st.trace.send_peer, st.trace.send_bytes):
             pair[peer] = pair.get(peer, 0) + nbytes
-            link = cluster.link(rep, peer)
-            class_bytes["intra" if link is cluster.intra else "inter"] += nbytes * orbit
         per_rep[rep] = sum(pair.values())
+        orbit = [rank for rank in range(size) if group.rep_of(rank) == rep]
         for peer, nbytes in pair.items():
             if nbytes > busiest[2]:
                 busiest = (rep, peer, nbytes)
-    ends = {rep: st.end for rep, st in engine.state.items()}
-    last = max(ends.values(), key=_TIME)
+            # Each rank of the orbit sends this to its relabelled peer.
+            intra = sum(node_of[q] == node_of[group.forward(q, peer)] for q in orbit)
+            class_bytes["intra"] += intra * nbytes
+            class_bytes["inter"] += (len(orbit) - intra) * nbytes
+    last = max((st.end for st in engine.state.values()), key=_TIME)
     return Prediction(
         algorithm=algorithm, size=size, count=count, itemsize=itemsize, time=last[0],
         bytes_sent=tuple(per_rep[group.rep_of(rank)] for rank in range(size)),

@@ -174,3 +174,16 @@ def test_executor_issues_the_simulated_steps(np_, local_size):
 def test_empty_and_tiny_messages(algorithm, count):
     predicted = simulate(algorithm, cluster(2, 3), count)
     assert predicted.time >= 0 and sum(predicted.bytes_sent) >= 0
+
+
+def test_one_link_class_lets_every_rank_shift():
+    """With intra == inter the ring is one class even across nodes; bytes per class still
+    follow the nodes (each node boundary of the ring is an inter-node message)."""
+    model = cluster(4, 4, intra=LINK, inter=LINK)
+    count = 16 * 1024
+    fast = simulate("ring", model, count)
+    full = simulate("ring", model, count, symmetry=False)
+    assert fast.symmetry == "rank rotation" and fast.simulated_ranks == 1
+    assert fast.time == pytest.approx(full.time, rel=1e-12)
+    assert fast.class_bytes == full.class_bytes
+    assert full.class_bytes["inter"] == 4 * 2 * 15 * 4 * 1024
