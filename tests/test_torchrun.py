@@ -3,6 +3,7 @@
 The workers are the mpiexec ones, unchanged: every algorithm against the NumPy reference,
 and data-parallel training against DDP.
 """
+import json
 import os
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 from collectives.bootstrap import MPI_LAUNCHER_ENV, TORCHRUN_ENV, launched_by_torchrun
 from tests.mpirun import ROOT
+from tests.workers.timeouts import ABORT_CODE, TIMEOUT
 
 TORCH_ENV = {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
 
@@ -64,3 +66,19 @@ def test_training_matches_ddp_under_torchrun():
     proc = torchrun(2, "torch_training")
     assert proc.stdout.count("size=2, transport=torch") == 2
     assert proc.stdout.count("checks passed") == 2
+
+
+@pytest.mark.parametrize("check, step", [("1", "timed out waiting for the agreement records"),
+                                         ("0", "ring round 1/4: ")])
+def test_rank_that_never_arrives_gives_collective_timeout(tmp_path, check, step):
+    """As under mpiexec (tests/test_timeouts_mpi.py): bounded waits, then comm.abort()."""
+    with pytest.raises(AssertionError, match=f"exited {ABORT_CODE}|exited 1"):
+        torchrun(3, "timeouts", "absent", "ring", str(tmp_path), env={"COLLECTIVES_CHECK": check},
+                 timeout=120)
+    for rank in range(2):
+        seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert seen["error"] == "CollectiveTimeout", seen
+        assert seen["elapsed"] <= TIMEOUT + 2, seen
+        assert f"rank {rank}: " in seen["message"] and step in seen["message"], seen
+        assert check == "1" or "[2]" in seen["message"], seen  # plans name the silent peer
+        assert "this communicator is unusable since allreduce #2 timed out" in seen["after"], seen

@@ -93,7 +93,10 @@ def check_training(comm, tally: Tally) -> None:
         tally.check(diff <= TOLERANCE, f"{way}: parameters differ from DDP's by {diff:.3g}")
         tally.check(identical(comm, got), f"{way}: replicas differ")
     for compression in ("fp16", "bf16"):
+        before = comm.stats().get(f"ring+{compression}")
         got, losses = train(comm, "hook", compression)
+        calls = comm.stats()[f"ring+{compression}"].calls - (before.calls if before else 0)
+        tally.check(calls >= STEPS, f"hook+{compression}: {calls} compressed all-reduces")
         first, last = np.mean(losses[:5]), np.mean(losses[-5:])
         tally.check(last < 0.7 * first, f"hook+{compression}: loss {first:.4g} -> {last:.4g}")
         tally.check(identical(comm, got), f"hook+{compression}: replicas differ")
