@@ -10,6 +10,8 @@ Example::
     collectives-bench -b 8 -e 256M -f 2 --algorithms ring,native      # starts 2 ranks itself
     collectives-bench --device gpu --transport nccl --np 1 -b 1M -e 1G -f 4
     mpiexec -n 8 python -m bench.allreduce_perf -b 1M -e 64M -f 4 --json out.json
+    collectives-bench -b 1M -e 64M -f 4 --algorithms ring --compression none,fp16,bf16
+    collectives-bench --tensors 1000 -b 8M -e 8M --algorithms auto     # fusion: many/loop/flat
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import numpy as np
 
 from bench import harness, launch
 
-__all__ = ["DTYPES", "REDOPS", "AlgorithmVariant", "AllReduce", "AllReduceSample", "main"]
+__all__ = ["DTYPES", "REDOPS", "TENSOR_MODES", "AlgorithmVariant", "AllReduce", "AllReduceSample",
+           "TensorsSample", "main", "tensor_bounds"]
 
 _MODULE = "bench.allreduce_perf"
 DTYPES = {
@@ -45,22 +48,33 @@ REDOPS = ("sum", "avg", "max", "min")
 _CODES = 16
 _HASH = np.uint32(2654435761)
 _CHUNK = 1 << 20  # elements per step of the streamed init and check
+# Machine epsilon of each --compression wire format.
+_WIRE_EPS = {"fp16": float(ml_dtypes.finfo(np.float16).eps),
+             "bf16": float(ml_dtypes.finfo(ml_dtypes.bfloat16).eps)}
+
+
+# --tensors modes: one allreduce_many call, one allreduce per tensor, one flat all-reduce.
+TENSOR_MODES = ("many", "loop", "flat")
 
 
 @dataclass(frozen=True)
 class AlgorithmVariant:
-    """A column group: one all-reduce algorithm."""
+    """A column group: one all-reduce algorithm, maybe compressed, maybe a --tensors mode."""
 
     algorithm: str
+    compression: str | None = None
+    mode: str | None = None  # None: one all-reduce of the vector; else one of TENSOR_MODES
 
     @property
     def label(self) -> str:
-        """The algorithm's name."""
-        return self.algorithm
+        """``ring``, ``ring+fp16``, ``many ring``."""
+        name = self.algorithm + (f"+{self.compression}" if self.compression else "")
+        return name if self.mode is None else f"{self.mode} {name}"
 
     def fields(self) -> Mapping[str, object]:
-        """``{"algorithm": name}`` for the JSON rows."""
-        return {"algorithm": self.algorithm}
+        """``{"algorithm": name, "compression": ...}`` (and ``mode``) for the JSON rows."""
+        fields = {"algorithm": self.algorithm, "compression": self.compression}
+        return fields if self.mode is None else {**fields, "mode": self.mode}
 
 
 def element_codes(count: int) -> np.ndarray:
@@ -119,6 +133,9 @@ class AllReduceSample:
         self._out = np.empty_like(self._x)
         eps = float(ml_dtypes.finfo(dtype).eps) if dtype.kind != "i" else 0.0
         self._expected, self._tolerance = reference(table, redop, eps=eps)
+        # A compressed sum rounds to 16 bits at every hop, and once more at the end.
+        self._compressed = {name: reference(table, redop, eps=2 * max(eps, _WIRE_EPS[name]))[1]
+                            for name in _WIRE_EPS} if dtype.kind != "i" else {}
 
     @property
     def nbytes(self) -> int:
@@ -127,17 +144,20 @@ class AllReduceSample:
 
     def run(self, variant: AlgorithmVariant) -> None:
         """One all-reduce into the preallocated output."""
-        self._comm.allreduce(self._x, op=self._redop, algorithm=variant.algorithm, out=self._out)
+        compressed = {} if variant.compression is None else {"compression": variant.compression}
+        self._comm.allreduce(self._x, op=self._redop, algorithm=variant.algorithm, out=self._out,
+                             **compressed)
 
     def wrong(self, variant: AlgorithmVariant) -> int:
         """Output elements off the reference by more than the tolerance (NaN and inf included)."""
         bad = 0
         out = self.result()
+        tolerance = self._compressed.get(variant.compression, self._tolerance)
         for lo in range(0, self._codes.size, _CHUNK):
             codes = self._codes[lo:lo + _CHUNK]
             got = out[lo:lo + _CHUNK].astype(self._expected.dtype)
             error = np.abs(got - self._expected[codes])
-            bad += int(np.count_nonzero(~(error <= self._tolerance[codes])))
+            bad += int(np.count_nonzero(~(error <= tolerance[codes])))
         return bad
 
     def result(self) -> np.ndarray:
@@ -165,37 +185,91 @@ class DeviceAllReduceSample(AllReduceSample):
         self._cupy.cuda.get_current_stream().synchronize()
 
 
+class TensorsSample(AllReduceSample):
+    """The same vector cut into ``tensors`` arrays of uneven sizes, for ``--tensors N``.
+
+    Sizes are drawn uniformly from 1 .. 2m-1 elements (m = count / tensors, fixed seed),
+    then scaled to add up to count. Each mode returns new arrays, as a caller would get:
+    ``many`` one allreduce_many, ``loop`` one allreduce per array, ``flat`` one allreduce
+    of the whole vector (the bytes without the tensor boundaries).
+    """
+
+    def __init__(self, comm: Any, *, count: int, dtype: np.dtype, redop: str,
+                 tensors: int) -> None:
+        super().__init__(comm, count=count, dtype=dtype, redop=redop)
+        bounds = tensor_bounds(count, tensors)
+        self._tensors = [self._x[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
+        self._results: list[np.ndarray] = []
+
+    def run(self, variant: AlgorithmVariant) -> None:
+        """The variant's mode, once."""
+        options = {"op": self._redop, "algorithm": variant.algorithm,
+                   "compression": variant.compression}
+        if variant.mode == "many":
+            self._results = self._comm.allreduce_many(self._tensors, **options)
+        elif variant.mode == "loop":
+            self._results = [self._comm.allreduce(x, **options) for x in self._tensors]
+        else:
+            self._results = [self._comm.allreduce(self._x, **options)]
+
+    def result(self) -> np.ndarray:
+        """The results of the last run, end to end."""
+        return np.concatenate([r.reshape(-1) for r in self._results])
+
+
+def tensor_bounds(count: int, tensors: int) -> list[int]:
+    """Offsets [0, ..., count] of ``tensors`` uneven non-empty pieces (see TensorsSample).
+
+    >>> tensor_bounds(10, 3)[0], tensor_bounds(10, 3)[-1], len(tensor_bounds(10, 3))
+    (0, 10, 4)
+    """
+    mean = count / tensors
+    draws = np.random.default_rng(0).integers(1, max(2, round(2 * mean)), tensors)
+    sizes = np.maximum(1, np.floor(draws * (count / draws.sum())).astype(np.int64))
+    sizes[np.argmax(sizes)] += count - sizes.sum()
+    return [0, *np.cumsum(sizes).tolist()]
+
+
 class AllReduce:
-    """The all-reduce as a harness op: one variant per algorithm."""
+    """The all-reduce as a harness op: one variant per algorithm (x compression, x mode)."""
 
     name = "allreduce"
 
     def __init__(self, comm: Any, *, dtype: np.dtype, redop: str,
-                 algorithms: Sequence[str], device: str = "cpu") -> None:
+                 algorithms: Sequence[str], device: str = "cpu",
+                 compressions: Sequence[str | None] = (None,), tensors: int | None = None) -> None:
         self._comm = comm
         self._sample = DeviceAllReduceSample if device == "gpu" else AllReduceSample
         self._dtype = dtype
         self._redop = redop
-        self._variants = tuple(AlgorithmVariant(name) for name in algorithms)
+        self._tensors = tensors
+        modes = (None,) if tensors is None else TENSOR_MODES
+        self._variants = tuple(AlgorithmVariant(name, compression, mode)
+                               for name in algorithms for compression in compressions
+                               for mode in modes)
 
     def variants(self) -> Sequence[AlgorithmVariant]:
-        """One per algorithm, in the order given."""
+        """One per algorithm x compression (x --tensors mode), in the order given."""
         return self._variants
 
     def fields(self) -> Mapping[str, object]:
         """The element type and reduction of every row."""
         return {"type": self._dtype.name, "redop": self._redop}
 
-    def count(self, nbytes: int) -> int:
-        """Whole elements in ``nbytes``."""
-        return nbytes // self._dtype.itemsize
-
     def bus_factor(self, nranks: int) -> float:
         """2(p-1)/p: each rank sends (and receives) that share of the vector, at best."""
         return 2 * (nranks - 1) / nranks
 
+    def count(self, nbytes: int) -> int:
+        """Whole elements in ``nbytes`` (0, skipped, when fewer than one per tensor)."""
+        count = nbytes // self._dtype.itemsize
+        return count if self._tensors is None or count >= self._tensors else 0
+
     def setup(self, count: int) -> AllReduceSample:
         """Buffers and reference for ``count`` elements."""
+        if self._tensors is not None:
+            return TensorsSample(self._comm, count=count, dtype=self._dtype, redop=self._redop,
+                                 tensors=self._tensors)
         return self._sample(self._comm, count=count, dtype=self._dtype, redop=self._redop)
 
 
@@ -222,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"element type: {', '.join(DTYPES)} (default float32)")
     parser.add_argument("-o", "--op", choices=REDOPS, default="sum",
                         help="reduction (default sum)")
+    parser.add_argument("--compression", type=_compressions, default=(None,), metavar="C,C",
+                        help="wire compressions to measure, each a column group per "
+                             "algorithm: none, fp16, bf16 (default none)")
+    parser.add_argument("--tensors", type=int, default=None, metavar="N",
+                        help="fusion mode: cut each size into N uneven arrays and compare "
+                             "allreduce_many (many), one call per array (loop) and one "
+                             "all-reduce of the same bytes (flat)")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                         help="where the buffers live: NumPy (cpu) or CuPy (gpu, GPU = "
                              "node-local rank); default cpu")
@@ -248,6 +329,17 @@ def _algorithms(text: str, known: Sequence[str]) -> tuple[str, ...]:
     return names
 
 
+def _compressions(text: str) -> tuple[str | None, ...]:
+    """``none,fp16`` as (None, "fp16")."""
+    names = tuple(None if name == "none" else name for name in text.split(",") if name)
+    unknown = [name for name in names if name not in (None, *_WIRE_EPS)]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown compression {', '.join(map(str, unknown)) or repr(text)}; "
+            f"choose from none, {', '.join(_WIRE_EPS)}")
+    return names
+
+
 def _use_local_gpu(mpi_comm: Any) -> None:
     """Make GPU (node-local rank mod GPUs) current, as the NCCL transport would pick it."""
     import cupy
@@ -256,6 +348,13 @@ def _use_local_gpu(mpi_comm: Any) -> None:
     node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED)
     cupy.cuda.Device(node.rank % cupy.cuda.runtime.getDeviceCount()).use()
     node.Free()
+
+
+def _baseline(op: AllReduce, algorithms: Sequence[str]) -> str | None:
+    """The label ratios are taken against: the flat all-reduce in --tensors mode, else native."""
+    labels = [variant.label for variant in op.variants()]
+    wanted = f"flat {algorithms[0]}" if op.variants()[0].mode is not None else "native"
+    return wanted if wanted in labels else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -267,6 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = harness.sweep_options(args)
     except ValueError as error:
         parser.error(str(error))
+    if args.dtype.startswith("int") and args.compression != (None,):
+        parser.error(f"--compression needs a floating-point --dtype, got {args.dtype}")
+    if args.tensors is not None and args.tensors < 1:
+        parser.error(f"--tensors must be at least 1, got {args.tensors}")
     launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np)
 
     from mpi4py import MPI
@@ -294,15 +397,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         chosen = {} if args.transport == "mpi" else {"transport": args.transport}
         op = AllReduce(collectives.init(mpi_comm=mpi_comm, **chosen),
                        dtype=DTYPES[args.dtype], redop=args.op, algorithms=algorithms,
-                       device=args.device)
+                       device=args.device, compressions=args.compression, tensors=args.tensors)
         redraw = sys.stderr.isatty() or os.environ.get(launch.PROGRESS_TTY) == "1"
         rows = harness.run(
             mpi_comm, op, options=options,
             command=shlex.join(["collectives-bench", *argv]),
             config={"collective": op.name, "dtype": args.dtype, "op": args.op,
                     "device": args.device, "transport": args.transport,
+                    "compression": ",".join(c or "none" for c in args.compression),
+                    **({} if args.tensors is None else {"tensors": args.tensors}),
                     "iters": options.iters, "warmup": options.warmup, "check": args.check},
-            baseline="native" if "native" in algorithms else None, json_path=args.json,
+            baseline=_baseline(op, algorithms), json_path=args.json,
             env=harness.environment(
                 mpi_comm, collectives=getattr(collectives, "__version__", "unknown")),
             progress=harness.Progress(stream=sys.stderr, redraw=redraw))

@@ -171,6 +171,8 @@ class Communicator:
     def _resolve(self, algorithm: str, nbytes: int) -> str:
         if algorithm != "auto":
             return algorithm
+        if nbytes == 0:
+            return "native"  # nothing to move: the cheapest call, no pricing needed
         name = self._tuner.choose(nbytes)
         if self.settings.debug:
             log.debug("rank %d: auto chose %s for %d bytes", self.rank, name, nbytes)

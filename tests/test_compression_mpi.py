@@ -68,3 +68,19 @@ def test_codec_for_rejects_integers_and_unknown_names():
 @pytest.mark.parametrize("np_", [2, 3, 4, 5])
 def test_every_algorithm_within_bounds_and_bit_identical(np_):
     run_workers(np_, "compression_check", env=ENV)
+
+
+def test_bench_compression_columns_run_and_check():
+    import subprocess
+    import sys
+
+    from tests.mpirun import ROOT
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.allreduce_perf", "--np", "2", "-b", "64K", "-e", "256K",
+         "-f", "4", "--algorithms", "ring,native", "--compression", "none,fp16,bf16",
+         "-n", "2", "-w", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ring+fp16" in proc.stdout and "native+bf16" in proc.stdout
+    assert "#wrong total: 0 OK" in proc.stdout

@@ -29,3 +29,26 @@ def test_fused_equals_per_array(np_):
 def test_fusion_bytes_from_environment():
     run_workers(2, "fusion_check", "--env-fusion-bytes", "8000",
                 env={**ENV, "COLLECTIVES_FUSION_BYTES": "8000"})
+
+
+def test_tensor_bounds_cover_the_vector_with_uneven_nonempty_pieces():
+    from bench.allreduce_perf import tensor_bounds
+
+    bounds = tensor_bounds(2_097_152, 1000)
+    sizes = np.diff(bounds)
+    assert bounds[0] == 0 and bounds[-1] == 2_097_152 and len(sizes) == 1000
+    assert sizes.min() >= 1 and sizes.max() > 2 * sizes.min()
+
+
+def test_bench_tensors_mode_runs_and_checks():
+    import subprocess
+    import sys
+
+    from tests.mpirun import ROOT
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.allreduce_perf", "--np", "2", "-b", "64K", "-e", "64K",
+         "--tensors", "20", "--algorithms", "ring", "-n", "2", "-w", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "many ring/flat ring busbw" in proc.stdout and "#wrong total: 0 OK" in proc.stdout
