@@ -232,11 +232,17 @@ class ShmTransport:
             self._unpublished.pop(0)
 
     def _match(self) -> None:
-        """Take every published message that a posted receive waits for, in posting order."""
+        """Take the published messages that posted receives wait for, in order per peer.
+
+        A peer's messages are taken strictly in sequence (the sender may publish more while
+        we scan), so the MPI receives of messages sent through MPI are posted in send order.
+        """
         still = []
+        blocked: set[int] = set()
         for recv in self._unmatched:
             entry = self._outbox[recv.peer][self.me, _slot(recv.seq)]
-            if entry[_SEQ] != recv.seq:
+            if recv.peer in blocked or entry[_SEQ] != recv.seq:
+                blocked.add(recv.peer)
                 still.append(recv)
                 continue
             self._ctrl_win.Sync()  # seq before descriptor and data
@@ -283,10 +289,12 @@ class ShmTransport:
         return getattr(self.mpi, name)
 
     def close(self) -> None:
-        """Free the windows once every rank of the node closes (or after a grace period).
+        """Free the windows once every rank of the node closes (or give up after a grace period).
 
-        Safe to call twice and at exit: if a peer never arrives, the windows are left to
-        MPI_Finalize rather than hanging in the collective MPI_Win_free.
+        Safe to call twice and at exit. MPI_Win_free is collective, so the ranks first meet
+        twice without blocking: a rank that gave up on the first meeting never joins the
+        second, so a late rank gives up too instead of hanging; their windows are left to
+        MPI_Finalize.
         """
         if self._closed:
             return
@@ -294,8 +302,10 @@ class ShmTransport:
         atexit.unregister(self.close)
         if MPI.Is_finalized():
             return
+        deadline = time.monotonic() + self._close_grace
         try:
-            self._node_barrier(time.monotonic() + self._close_grace, "the node's ranks to close")
+            for _ in range(2):
+                self._node_barrier(deadline, "the node's ranks to close")
         except CollectiveTimeout:
             return
         for win in (self._data_win, self._ctrl_win):
