@@ -25,16 +25,20 @@ BASELINE = "ddp-gloo"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.train_step", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.train_step",
+                                     description=__doc__.split("\n\n")[0])
     launch.add_launch_argument(parser)
     parser.add_argument("--hooks", default="auto,ring,ring+fp16",
                         help="our hook's variants, ALGORITHM[+COMPRESSION] comma-separated "
                              "(default auto,ring,ring+fp16)")
     parser.add_argument("--width", type=int, default=2048, help="layer width (default 2048)")
-    parser.add_argument("--layers", type=int, default=6, help="Linear layers (default 6: ~25M parameters)")
+    parser.add_argument("--layers", type=int, default=6,
+                        help="Linear layers (default 6: ~25M parameters)")
     parser.add_argument("--batch", type=int, default=32, help="per-rank batch (default 32)")
-    parser.add_argument("--bucket-mb", type=float, default=25.0, help="DDP bucket cap, MB (default 25)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant (default 2)")
+    parser.add_argument("--bucket-mb", type=float, default=25.0,
+                        help="DDP bucket cap, MB (default 25)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed steps per variant (default 2)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of turns (default 5)")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per turn (default 4)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
@@ -50,7 +54,8 @@ def parse_hooks(text: str) -> list[tuple[str, str | None]]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         algorithm, _, compression = item.partition("+")
         if algorithm not in collectives.ALGORITHMS:
-            raise ValueError(f"--hooks: unknown algorithm {algorithm!r}; accepted: {collectives.ALGORITHMS}")
+            raise ValueError(f"--hooks: unknown algorithm {algorithm!r}; "
+                             f"accepted: {', '.join(collectives.ALGORITHMS)}")
         if (compression or None) not in collectives.COMPRESSIONS:
             raise ValueError(f"--hooks: unknown compression {compression!r}; accepted: fp16, bf16")
         variants.append((algorithm, compression or None))
@@ -68,12 +73,13 @@ class Variant:
 
         torch.manual_seed(0)
         layers = [torch.nn.Linear(args.width, args.width) for _ in range(args.layers)]
-        self.model = torch.nn.Sequential(*[m for layer in layers for m in (layer, torch.nn.ReLU())][:-1])
+        modules = [m for layer in layers for m in (layer, torch.nn.ReLU())][:-1]
+        self.model = torch.nn.Sequential(*modules)
         self.ddp = DistributedDataParallel(self.model, bucket_cap_mb=args.bucket_mb)
         if hook is not None:
             algorithm, compression = hook
-            self.ddp.register_comm_hook(HookState(comm, algorithm=algorithm, compression=compression),
-                                        allreduce_hook)
+            state = HookState(comm, algorithm=algorithm, compression=compression)
+            self.ddp.register_comm_hook(state, allreduce_hook)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-4)
         self.name = name
         self.times: list[float] = []

@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
+import kernels
+
 from .communicator import Communicator
-from .errors import CollectiveError
+from .errors import CollectiveError, unknown_choice
 from .options import COMPRESSIONS, check_algorithm
 from .progress import Handle
 
@@ -72,6 +74,20 @@ def as_array(x) -> Any:
     return array if view_as is None else array.view(view_as)
 
 
+def check_options(comm, algorithm: str, compression: str | None, error_feedback: bool) -> None:
+    """The checks shared by GradSync and the torch HookState; each failure says what is accepted."""
+    if not isinstance(comm, Communicator):
+        raise TypeError(f"comm must be a collectives.Communicator (collectives.init()), "
+                        f"got {type(comm).__module__}.{type(comm).__qualname__}")
+    check_algorithm(algorithm)
+    if compression not in COMPRESSIONS:
+        raise unknown_choice("compression", compression, [c for c in COMPRESSIONS if c])
+    if not isinstance(error_feedback, bool):
+        raise TypeError(f"error_feedback must be a bool, got {error_feedback!r}")
+    if error_feedback and compression is None:
+        raise ValueError("error_feedback=True needs compression='fp16' or 'bf16'")
+
+
 def broadcast_parameters(params: Iterable | Mapping, comm: Communicator, *, root: int = 0) -> list:
     """Copy rank `root`'s arrays to every rank, bit for bit; returns them (see GradSync.sync).
 
@@ -112,19 +128,10 @@ class GradSync:
     def __init__(self, comm: Communicator, *, algorithm: str = "auto",
                  compression: str | None = None, fusion_bytes: int | None = None,
                  error_feedback: bool = False):
-        if not isinstance(comm, Communicator):
-            raise TypeError(f"comm must be a collectives.Communicator (collectives.init()), "
-                            f"got {type(comm).__module__}.{type(comm).__qualname__}")
-        check_algorithm(algorithm)
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"unknown compression {compression!r}; accepted: {COMPRESSIONS}")
+        check_options(comm, algorithm, compression, error_feedback)
         if fusion_bytes is not None and (isinstance(fusion_bytes, bool)
                                          or not isinstance(fusion_bytes, int) or fusion_bytes <= 0):
             raise ValueError(f"fusion_bytes must be a positive int or None, got {fusion_bytes!r}")
-        if not isinstance(error_feedback, bool):
-            raise TypeError(f"error_feedback must be a bool, got {error_feedback!r}")
-        if error_feedback and compression is None:
-            raise ValueError("error_feedback=True needs compression='fp16' or 'bf16'")
         self.comm = comm
         self.algorithm = algorithm
         self.compression = compression
@@ -209,7 +216,8 @@ class GradSync:
                 "backwards needs a detach() meanwhile)")
         self._ready[bucket] += 1
         complete = self._launched
-        while complete < len(self._buckets) and self._ready[complete] >= len(self._buckets[complete]):
+        buckets = self._buckets
+        while complete < len(buckets) and self._ready[complete] >= len(buckets[complete]):
             complete += 1
         self._launch(complete)
 
@@ -232,8 +240,6 @@ def _module(x) -> str:
 
 
 def _module_of(array):
-    import kernels
-
     return kernels.array_module(array)
 
 

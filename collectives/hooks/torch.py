@@ -23,8 +23,7 @@ import torch
 import torch.distributed as dist
 
 from ..communicator import Communicator
-from ..gradsync import GradSync, as_array, broadcast_parameters
-from ..options import COMPRESSIONS, check_algorithm
+from ..gradsync import GradSync, as_array, broadcast_parameters, check_options
 
 __all__ = ["HookState", "allreduce_hook", "DistributedOptimizer", "init_process_group"]
 
@@ -44,16 +43,7 @@ class HookState:
 
     def __init__(self, comm: Communicator, algorithm: str = "auto",
                  compression: str | None = None, error_feedback: bool = False):
-        if not isinstance(comm, Communicator):
-            raise TypeError(f"comm must be a collectives.Communicator (collectives.init()), "
-                            f"got {type(comm).__module__}.{type(comm).__qualname__}")
-        check_algorithm(algorithm)
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"unknown compression {compression!r}; accepted: {COMPRESSIONS}")
-        if not isinstance(error_feedback, bool):
-            raise TypeError(f"error_feedback must be a bool, got {error_feedback!r}")
-        if error_feedback and compression is None:
-            raise ValueError("error_feedback=True needs compression='fp16' or 'bf16'")
+        check_options(comm, algorithm, compression, error_feedback)
         self.comm = comm
         self.algorithm = algorithm
         self.compression = compression

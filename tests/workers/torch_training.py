@@ -118,7 +118,8 @@ def check_sync(comm, tally: Tally) -> None:
     tally.check(out[3] is not frozen and bool((out[3] == mean).all()) and bool((frozen == r).all()),
                 f"sync read-only: returned {out[3]}, input now {frozen}")
     view = collectives.gradsync.as_array(t16)
-    tally.check(view.dtype == ml_dtypes.bfloat16 and np.shares_memory(view, t16.view(torch.int16).numpy()),
+    shared = np.shares_memory(view, t16.view(torch.int16).numpy())
+    tally.check(view.dtype == ml_dtypes.bfloat16 and shared,
                 "as_array(bfloat16 tensor) is not a zero-copy bfloat16 view")
     values = torch.tensor([-0.0, 1.5, float("inf")]) if r == 0 else torch.full((3,), 7.0)
     ints = torch.arange(4) * (10 if r == 0 else -1)
