@@ -57,7 +57,7 @@ def default_clusters() -> list[Scale]:
          "ranks_per_node": 8, "intra": {"alpha_us": 3, "gbytes_per_s": 450},
          "inter": {"alpha_us": 6, "gbytes_per_s": 50}, "reduce_gbytes_per_s": 1000},
         {"name": "1024 ranks: 32x32 torus, 100 GB/s links", "nodes": 32, "ranks_per_node": 32,
-         "grid": [32, 32], "intra": {"alpha_us": 2, "gbytes_per_s": 100},
+         "grid": [32, 32], "torus_links": True, "intra": {"alpha_us": 2, "gbytes_per_s": 100},
          "inter": {"alpha_us": 2, "gbytes_per_s": 100}, "reduce_gbytes_per_s": 1000},
         {"name": "4096 GPUs: 512 nodes x 8, NVLink 450 GB/s + IB 400 Gb/s", "nodes": 512,
          "ranks_per_node": 8, "intra": {"alpha_us": 3, "gbytes_per_s": 450},
@@ -80,11 +80,11 @@ def load_clusters(document: Mapping[str, Any]) -> list[Scale]:
             cluster = ClusterModel.uniform(
                 nodes=int(entry["nodes"]), ranks_per_node=int(entry["ranks_per_node"]), grid=grid,
                 gamma=1 / (float(entry["reduce_gbytes_per_s"]) * 1e9), name=str(entry["name"]),
-                **links)
+                torus_links=bool(entry.get("torus_links", False)), **links)
         except KeyError as missing:
             raise ValueError(f"cluster {entry.get('name', entry)!r} lacks {missing}; needs name, "
                              "nodes, ranks_per_node, intra/inter {alpha_us, gbytes_per_s}, "
-                             "reduce_gbytes_per_s (grid optional)") from None
+                             "reduce_gbytes_per_s (grid, torus_links optional)") from None
         shapes.append(Scale(cluster.name, cluster))
     if not shapes:
         raise ValueError("the cluster file lists no clusters: {\"clusters\": [{...}, ...]}")
@@ -278,8 +278,9 @@ def plot_busbw(rows, path: Path, *, np_: int) -> None:
         ax.plot([r.size for r in mine], [r.busbw for r in mine], marker="o", ms=3,
                 color=_color(label), ls="--" if "+" in label else "-", label=label)
     _size_axis(ax, sorted({row.size for row in rows}))
+    ax.set_yscale("log")
     ax.set_xlabel("message size")
-    ax.set_ylabel("busbw (GB/s)")
+    ax.set_ylabel("busbw (GB/s, log)")
     ax.set_title(f"Measured bus bandwidth, np={np_} (dashed: fp16 on the wire)")
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()

@@ -117,7 +117,9 @@ class ClusterModel:
     `copy_beta` seconds per byte on the rank's compute: "none" (data already in the work
     buffer), "in" (the input is loaded into the work buffer region by region), "in+out"
     (also the result is written out of a shared work buffer: the shm transport). The
-    topology's `grid` is the (X, Y) shape torus2d runs on.
+    topology's `grid` is the (X, Y) shape torus2d runs on. With `torus_links`, the ranks
+    are wired as that grid with wrap-around links, and a message between ranks `h` hops
+    apart shares each link it crosses: it costs ``alpha + h * bytes * beta``.
     """
 
     topology: Topology
@@ -129,6 +131,7 @@ class ClusterModel:
     copies: str = "none"
     native: NativeModel | None = None
     name: str = ""
+    torus_links: bool = False
 
     def __post_init__(self) -> None:
         if self.copies not in COPIES:
@@ -151,6 +154,24 @@ class ClusterModel:
         """The link class between two ranks."""
         node_of = self.topology.node_of
         return self.intra if node_of[src] == node_of[dst] else self.inter
+
+    def hops(self, src: int, dst: int) -> int:
+        """Links a message crosses: 1, or the wrap-around grid distance with torus_links."""
+        if not self.torus_links:
+            return 1
+        where = self._grid_positions()
+        (ys, xs), (yd, xd) = where[src], where[dst]
+        x, y = self.topology.grid_shape()
+        dx, dy = abs(xs - xd), abs(ys - yd)
+        return max(1, min(dx, x - dx) + min(dy, y - dy))
+
+    def _grid_positions(self) -> dict[int, tuple[int, int]]:
+        cached = self.__dict__.get("_positions")
+        if cached is None:
+            cached = {rank: (y, x) for y, row in enumerate(self.topology.grid_rows())
+                      for x, rank in enumerate(row)}
+            object.__setattr__(self, "_positions", cached)
+        return cached
 
     def native_time(self, nbytes: int) -> float:
         """Predicted seconds of the transport's own all-reduce of `nbytes`."""

@@ -228,7 +228,8 @@ def _identity(size: int) -> _Group:
 
 
 def _candidate_groups(cluster: ClusterModel) -> list[_Group]:
-    """Symmetries of a cluster of equal consecutive nodes, fewest classes first."""
+    """Relabellings to try, fewest classes first; each is accepted only if the probed ranks'
+    plans and the links they use match (_same_up_to)."""
     p = cluster.size
     local = len(cluster.topology.nodes[0])
     nodes = p // local
@@ -260,8 +261,16 @@ def _candidate_groups(cluster: ClusterModel) -> list[_Group]:
     return groups
 
 
-def _same_up_to(group: _Group, q: int, mine: _Trace, rep: _Trace, itemsize: int) -> bool:
-    """Whether q's plan is its representative's with peers relabelled (lengths +-1 element)."""
+def _same_up_to(group: _Group, q: int, mine: _Trace, rep: _Trace, itemsize: int,
+                cluster: ClusterModel) -> bool:
+    """Whether q's plan is its representative's with peers relabelled (lengths +-1 element),
+    each over a link that costs the same (link class, torus hops)."""
+    me = group.rep_of(q)
+    for peer in set(rep.send_peer) | set(rep.recv_peer):
+        mapped = group.forward(q, peer)
+        if (cluster.link(me, peer) != cluster.link(q, mapped)
+                or cluster.hops(me, peer) != cluster.hops(q, mapped)):
+            return False
     if (mine.rounds, mine.prefetch, mine.gate, mine.send_round, mine.recv_round, mine.recv_reduce) != (
             rep.rounds, rep.prefetch, rep.gate, rep.send_round, rep.recv_round, rep.recv_reduce):
         return False
@@ -281,8 +290,8 @@ class _RankState:
     def __init__(self, trace: _Trace, rank: int, cluster: ClusterModel):
         self.trace = trace
         node_of = cluster.topology.node_of
-        self.links = [(cluster.intra, "intra") if node_of[q] == node_of[rank] else (cluster.inter, "inter")
-                      for q in trace.recv_peer]
+        self.links = [(cluster.intra, "intra", cluster.hops(q, rank)) if node_of[q] == node_of[rank]
+                      else (cluster.inter, "inter", cluster.hops(q, rank)) for q in trace.recv_peer]
         self.start: list[_Node] = [(0.0, None, "start", rank, 0, 0, "")]  # start[k]: round k starts
         self.arrival: list[_Node] = []
         self.done: list[_Node] = []
@@ -351,7 +360,8 @@ class _Engine:
             st.posted = post
             ready = max(post, sender.send_post[send_round], key=_TIME)
             nbytes = tr.recv_bytes[i]
-            link, name = st.links[i]
+            link, name, hops = st.links[i]
+            beta = link.beta * hops
             # The executor takes no peer view where it waits for its own sends before
             # reducing: that receive copies like any other.
             if link.zero_copy and not (tr.recv_reduce[i] and tr.gate[k]):
@@ -359,10 +369,10 @@ class _Engine:
                 per_byte = self.cluster.gamma if tr.recv_reduce[i] else link.beta
                 completes = (node[0] + nbytes * per_byte, node, "zero-copy", c, k, nbytes, name)
             else:
-                node = (ready[0] + link.alpha + nbytes * link.beta, ready, "message", c, k, nbytes, name)
+                node = (ready[0] + link.alpha + nbytes * beta, ready, "message", c, k, nbytes, name)
                 previous = st.chan.get(q)
-                if previous is not None and previous[0] + nbytes * link.beta > node[0]:
-                    node = (previous[0] + nbytes * link.beta, previous, "queued", c, k, nbytes, name)
+                if previous is not None and previous[0] + nbytes * beta > node[0]:
+                    node = (previous[0] + nbytes * beta, previous, "queued", c, k, nbytes, name)
                 st.chan[q] = node
                 completes = node
             sender.send_done[s] = completes
@@ -499,7 +509,8 @@ def _pick_group(cluster: ClusterModel, trace: Callable[[int], _Trace], samples: 
     for group in _candidate_groups(cluster):
         checks = dict.fromkeys(q for q in [*group.probes(), size - 1, *randoms]
                                if group.rep_of(q) != q)
-        if all(_same_up_to(group, q, trace(q), trace(group.rep_of(q)), itemsize) for q in checks):
+        if all(_same_up_to(group, q, trace(q), trace(group.rep_of(q)), itemsize, cluster)
+               for q in checks):
             return group
     return _identity(size)
 

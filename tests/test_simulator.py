@@ -187,3 +187,18 @@ def test_one_link_class_lets_every_rank_shift():
     assert fast.time == pytest.approx(full.time, rel=1e-12)
     assert fast.class_bytes == full.class_bytes
     assert full.class_bytes["inter"] == 4 * 2 * 15 * 4 * 1024
+
+
+def test_torus_links_price_hops():
+    """On a wired 4x4 torus a message between ranks h hops apart costs alpha + h n beta:
+    halving-doubling's partners 2 columns away pay twice, its neighbours once."""
+    base = cluster(4, 4, grid=(4, 4), intra=LINK, inter=LINK, gamma=0.0)
+    wired = dataclasses.replace(base, torus_links=True)
+    assert [wired.hops(0, q) for q in (1, 2, 3, 4, 5, 8, 10)] == [1, 2, 1, 1, 2, 2, 4]
+    count = 16 * 4096
+    for algorithm in ("ring", "torus2d", "halving_doubling"):
+        fast = simulate(algorithm, wired, count)
+        full = simulate(algorithm, wired, count, symmetry=False)
+        assert fast.time == pytest.approx(full.time, rel=1e-12)
+    assert simulate("torus2d", wired, count).time == pytest.approx(simulate("torus2d", base, count).time)
+    assert simulate("halving_doubling", wired, count).time > simulate("halving_doubling", base, count).time
