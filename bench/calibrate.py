@@ -12,8 +12,10 @@ real all-reduce (pairs 0-1, 2-3, ... run side by side):
 3. the transport's own all-reduce through ``comm.allreduce(algorithm="native")`` per size:
    native's time table (a black box: interpolated, never fitted);
 4. per-call cost: the communicator's native call at 8 B minus raw ``MPI_Allreduce``, plus
-   what a plan-based call costs more than a native one on a one-rank communicator; and a
-   local copy's cost per byte (the copy into the work buffer).
+   what a plan-based call costs more than a native one on a one-rank communicator;
+5. a 4 MiB copy and reduce on every rank at once: copy_beta (copies in and out of the work
+   buffer), and lower bounds for gamma and a zero-copy link's beta (ranks that share cores
+   compute at once in a real call, unlike in a ping-pong).
 
 The result is written to the tuning file (collectives.costmodel.tuning_path()) under this
 world size; `auto` and the report's predictions read it.
@@ -180,13 +182,20 @@ def calibrate(mpi_comm, comm, *, quick: bool = False,
     solo_plan = _timed(MPI.COMM_SELF, lambda: solo.allreduce(x, algorithm="ring", out=out))
     solo_native = _timed(MPI.COMM_SELF, lambda: solo.allreduce(x, algorithm="native", out=out))
     call_overhead = max(native[0][1] - raw + solo_plan - solo_native, 0.0)
-    big = np.ones(16 << 18, np.float32)
+    # Every rank copying and reducing at once: what ranks sharing cores get in a real call.
+    progress("local copy and reduce, all ranks at once")
+    big = np.ones(4 << 18, np.float32)
     dst = np.empty_like(big)
     copy_beta = _timed(mpi_comm, lambda: kernels.copy_into(dst, big)) / big.nbytes
+    reduce_local = _timed(mpi_comm, lambda: kernels.reduce_into(dst, big, "sum")) / big.nbytes
+    link = intra[0]
+    if link.zero_copy:  # the receiver's compute copies from the peer: no faster than locally
+        link = LinkModel(link.alpha, max(link.beta, copy_beta), zero_copy=True)
     return Calibration(
-        size=comm.size, intra=intra[0], inter=inter[0], gamma=intra[1],
+        size=comm.size, intra=link, inter=inter[0], gamma=max(intra[1], reduce_local),
         call_overhead=call_overhead, copy_beta=copy_beta, native=tuple(native),
         measured={"intra": intra[2], "inter": inter[2], "raw_mpi_8B_s": raw,
+                  "reduce_pingpong_gamma": intra[1], "reduce_local_all_ranks_gamma": reduce_local,
                   "solo_plan_call_s": solo_plan, "solo_native_call_s": solo_native,
                   "transport": comm._transport.name})
 
