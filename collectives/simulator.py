@@ -36,7 +36,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Callable, Sequence
+from typing import Callable
 
 from .algorithms import PLANNERS
 from .algorithms.executor import SCRATCH_SLOTS, IoSchedule

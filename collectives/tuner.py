@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .algorithms import PLANNERS
-from .costmodel import ClusterModel, load_calibration
+from .costmodel import DEFAULT_CALIBRATION, ClusterModel, load_calibration
 from .simulator import simulate
 from .topology import Topology
 
@@ -53,8 +54,15 @@ class Tuner:
 
     @classmethod
     def agreed(cls, transport, topology: Topology, *, debug: bool = False) -> "Tuner":
-        """Like load, but every rank takes rank 0's calibration, so all ranks choose alike."""
-        mine = load_calibration(topology.size)
+        """Like load, but every rank takes rank 0's calibration, so all ranks choose alike.
+
+        An unreadable tuning file is reported (a warning) and the defaults are used.
+        """
+        try:
+            mine = load_calibration(topology.size)
+        except ValueError as error:
+            log.warning("%s; auto uses the default cost model", error)
+            mine = (replace(DEFAULT_CALIBRATION, size=topology.size), "defaults (bad tuning file)")
         calibration, source = transport.allgather_object(mine)[0]
         return cls(calibration.cluster(topology, name="this machine"), source=source, debug=debug)
 

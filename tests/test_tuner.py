@@ -143,3 +143,20 @@ def test_calibrate_end_to_end(tmp_path):
     assert calibration.size == 2 and calibration.intra.alpha > 0 and calibration.intra.beta > 0
     assert calibration.gamma > 0 and len(calibration.native) >= 5
     assert "# calibration at np 2" in proc.stdout and "written to" in proc.stdout
+
+
+def test_bad_tuning_file_falls_back_to_defaults(tmp_path, monkeypatch, caplog):
+    """A corrupt cache file must not break init: auto warns and uses the defaults."""
+    path = tmp_path / "tuning.json"
+    path.write_text("{not json")
+    monkeypatch.setenv("COLLECTIVES_TUNING_FILE", str(path))
+
+    class OneRank:
+        def allgather_object(self, obj):
+            return [obj]
+
+    with caplog.at_level(logging.WARNING, logger="collectives.tuner"):
+        tuner = Tuner.agreed(OneRank(), Topology.from_local_size(2, 2))
+    assert tuner.source == "defaults (bad tuning file)"
+    assert "unreadable" in caplog.text
+    assert tuner.choose(8) in CANDIDATES
