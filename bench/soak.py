@@ -154,6 +154,14 @@ class Soak:
         self.digest = hashlib.blake2b(digest_size=16)
 
     def run(self, case: Case) -> None:
+        try:
+            self._run(case)
+        except Exception:
+            print(f"rank {self.rank}: failed in collective {case.salt}: {case.label()}",
+                  file=sys.stderr, flush=True)
+            raise
+
+    def _run(self, case: Case) -> None:
         self.totals.kinds[case.kind] += 1
         inputs = [self.data.input(n, d, case.salt + i, case.layout)
                   for i, (n, d) in enumerate(zip(case.counts, case.dtypes))]

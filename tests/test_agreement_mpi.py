@@ -25,3 +25,22 @@ def test_bad_input_errors_and_non_finite_propagation(np_):
 def test_bad_input_errors_with_the_check_off():
     run_workers(2, "agreement_inputs", "ring,native", env={"COLLECTIVES_TIMEOUT": "30",
                                                            "COLLECTIVES_CHECK": "0"})
+
+
+def _available_gib() -> float:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+@pytest.mark.skipif(_available_gib() < 12, reason="needs 12 GiB of free memory (2 ranks x 6 GiB)")
+def test_more_than_2_31_elements():
+    """2**31 + 5 float16 elements on a ring of 2, in place: counts past int32 reach MPI intact.
+
+    Over MPI point to point (COLLECTIVES_SHM=0): the large-count MPI calls are what is under
+    test, and the shared-memory window would double the footprint. About 1-2 minutes here.
+    """
+    proc = run_workers(2, "agreement_large", "ring", env={"COLLECTIVES_SHM": "0"})
+    assert proc.stdout.count("all-reduced 2147483653 float16 elements") == 2, proc.stdout
