@@ -494,6 +494,7 @@ def _sizes(args) -> tuple[tuple[int, ...], tuple[int, ...], harness.SweepOptions
     top = args.max_bytes or ((16 << 20) if args.quick else (256 << 20))
     factor = 8 if args.quick else 4
     measured = harness.size_steps(min_bytes=8, max_bytes=top, factor=factor)
+    measured += (top,) if measured[-1] != top else ()
     scale = harness.size_steps(min_bytes=64 << 10, max_bytes=256 << 20, factor=64 if args.quick else 4)
     options = harness.SweepOptions(sizes=measured, iters=5 if args.quick else 10,
                                    warmup=1 if args.quick else 3)
