@@ -350,9 +350,10 @@ def plot_scale(results: Sequence[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.6), squeeze=False)
     for ax, result in zip(axes[0], results):
         sizes = result["sizes"]
-        for name, by_size in result["algorithms"].items():
+        for i, (name, by_size) in enumerate(result["algorithms"].items()):
+            # Earlier lines wider, so equal predictions (hierarchical, torus2d) both show.
             ax.plot(sizes, [by_size[s]["busbw"] for s in sizes], marker="o", ms=3,
-                    color=_color(name), label=name)
+                    color=_color(name), label=name, lw=4.5 - i, alpha=0.85)
         for change in result["crossovers"]:
             lo, hi = change["between"]
             ax.axvline((lo * hi) ** 0.5, color="gray", ls=":", lw=1)
