@@ -17,9 +17,14 @@ from tests.workers.common import Tally, digest, rank_data, reference
 COUNT = 1000
 
 
-def _others(p: int, verb_one: str, verb_many: str) -> str:
-    """How the message names ranks 0..p-2: 'rank 0 has' or 'ranks 0-1 have'."""
-    return f"rank 0 {verb_one}" if p == 2 else f"ranks 0-{p - 2} {verb_many}"
+def _said(p: int, field: str, odd: str, usual: str) -> str:
+    """How the message names the last rank's `odd` value against everyone else's `usual`.
+
+    The smaller group comes first; on 2 ranks both have one rank, so rank 0 comes first.
+    """
+    if p == 2:
+        return f"rank 0 has {field} {usual}, rank 1 has {odd}"
+    return f"rank {p - 1} has {field} {odd}, ranks 0-{p - 2} have {usual}"
 
 
 def cases(p: int, algorithm: str):
@@ -31,43 +36,43 @@ def cases(p: int, algorithm: str):
 
     yield ("count", lambda r: dict(x=x(count=COUNT + (r == last), rank=r)),
            lambda r: collectives.MismatchError,
-           f"rank {last} has shape ({COUNT + 1},), {_others(p, 'has', 'have')} ({COUNT},)")
+           _said(p, "shape", f"({COUNT + 1},)", f"({COUNT},)"))
     yield ("dtype", lambda r: dict(x=x(np.float64 if r == last else np.float32, rank=r)),
            lambda r: collectives.MismatchError,
-           f"rank {last} has dtype float64, {_others(p, 'has', 'have')} float32")
+           _said(p, "dtype", "float64", "float32"))
     yield ("shape", lambda r: dict(x=x(rank=r).reshape((10, 100) if r == last else (100, 10))),
            lambda r: collectives.MismatchError,
-           f"rank {last} has shape (10, 100), {_others(p, 'has', 'have')} (100, 10)")
+           _said(p, "shape", "(10, 100)", "(100, 10)"))
     yield ("op", lambda r: dict(x=x(rank=r), op="max" if r == last else "sum"),
            lambda r: collectives.MismatchError,
-           f"rank {last} has op max, {_others(p, 'has', 'have')} sum")
+           _said(p, "op", "max", "sum"))
     other = "native" if algorithm != "native" else "ring"
     if algorithm != "auto":  # auto resolves per size; a named algorithm must agree with it
         yield ("algorithm", lambda r: dict(x=x(rank=r), algorithm=other if r == last else algorithm),
                lambda r: collectives.MismatchError,
-               f"rank {last} has algorithm {other}, {_others(p, 'has', 'have')} {algorithm}")
+               _said(p, "algorithm", other, algorithm))
     yield ("check_finite flag", lambda r: dict(x=x(rank=r), check_finite=r == last),
            lambda r: collectives.MismatchError,
-           f"rank {last} has check_finite True, {_others(p, 'has', 'have')} False")
+           _said(p, "check_finite", "True", "False"))
     yield ("rejected input", lambda r: dict(x=x(np.complex64 if r == last else np.float32, rank=r)),
            lambda r: TypeError if r == last else collectives.MismatchError,
            f"rank {last} rejected its arguments")
     yield ("compression", lambda r: dict(x=x(rank=r), compression="bf16" if r == last else None),
            lambda r: collectives.MismatchError,
-           f"rank {last} has compression bf16, {_others(p, 'has', 'have')} None")
+           _said(p, "compression", "bf16", "None"))
     yield ("non-finite", lambda r: dict(x=np.where(np.arange(COUNT) == 7, np.nan if r == last else 0,
                                                    x(rank=r)).astype(np.float32), check_finite=True),
            lambda r: collectives.NonFiniteError,
            f"rank {last} has NaN or Inf in the input")
     yield ("fused list", lambda r: dict(many=[x(rank=r), x(count=5 + (r == last), rank=r)]),
            lambda r: collectives.MismatchError,
-           f"rank {last} has shape [({COUNT},), (6,)], {_others(p, 'has', 'have')} [({COUNT},), (5,)]")
+           _said(p, "shape", f"[({COUNT},), (6,)]", f"[({COUNT},), (5,)]"))
     yield ("fusion_bytes", lambda r: dict(many=[x(rank=r)], fusion_bytes=4096 if r == last else 8192),
            lambda r: collectives.MismatchError,
-           f"rank {last} has fusion_bytes 4096, {_others(p, 'has', 'have')} 8192")
+           _said(p, "fusion_bytes", "4096", "8192"))
     yield ("async", lambda r: dict(x=x(count=COUNT - (r == last), rank=r), asynchronous=True),
            lambda r: collectives.MismatchError,
-           f"rank {last} has shape ({COUNT - 1},), {_others(p, 'has', 'have')} ({COUNT},)")
+           _said(p, "shape", f"({COUNT - 1},)", f"({COUNT},)"))
 
 
 def call(comm, kwargs: dict):
