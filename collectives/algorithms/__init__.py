@@ -8,13 +8,16 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-from . import ring
+from . import halving_doubling, hierarchical, ring, torus2d
 from .plan import Plan
 
 __all__ = ["PLANNERS", "plan_for", "Plan"]
 
 PLANNERS: dict[str, Callable[..., Plan]] = {
     "ring": ring.build,
+    "hierarchical": hierarchical.build,
+    "torus2d": torus2d.build,
+    "halving_doubling": halving_doubling.build,
 }
 
 

@@ -1,11 +1,15 @@
 """Every algorithm x dtype x op x awkward size x layout against the NumPy reference.
 
 Usage: mpiexec -n P python -m tests.workers.allreduce_matrix ALG[,ALG...] [--large]
+           [--medium] [--layouts L[,L...]] [--expect-grid XxY] [--expect-nodes K[,K...]]
 Checks values, shape, dtype, that x is untouched, and identical bits on every rank.
+--medium adds a size that straddles halving-doubling's recursive-doubling threshold across
+dtypes; --expect-* check the topology that init() built (from COLLECTIVES_LOCAL_SIZE,
+COLLECTIVES_GRID) before any all-reduce.
 """
 from __future__ import annotations
 
-import sys
+import argparse
 
 import numpy as np
 
@@ -13,6 +17,7 @@ import collectives
 from tests.workers.common import OPS, Tally, digest, rank_data, reference
 
 LAYOUTS = ("contiguous", "fortran", "strided", "out", "inplace")
+MEDIUM = 5003  # 10 KB in 16-bit floats, 20 to 40 KB in 4- and 8-byte types
 
 
 def make_input(count: int, dtype, rank: int, layout: str) -> np.ndarray:
@@ -27,21 +32,38 @@ def make_input(count: int, dtype, rank: int, layout: str) -> np.ndarray:
     return flat
 
 
-def sizes(p: int, large: bool) -> list[int]:
+def sizes(p: int, large: bool, medium: bool = False) -> list[int]:
     base = sorted({0, 1, max(p - 1, 1), p, 7, 1009, 3 * p + 1})
-    return base + ([(1 << 18) + 3] if large else [])
+    return base + ([MEDIUM] if medium else []) + ([(1 << 18) + 3] if large else [])
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("algorithms", type=lambda s: s.split(","))
+    parser.add_argument("--large", action="store_true")
+    parser.add_argument("--medium", action="store_true")
+    parser.add_argument("--layouts", type=lambda s: tuple(s.split(",")), default=LAYOUTS)
+    parser.add_argument("--expect-grid", type=lambda s: tuple(int(v) for v in s.split("x")))
+    parser.add_argument("--expect-nodes", type=lambda s: [int(v) for v in s.split(",")])
+    return parser.parse_args()
 
 
 def main() -> None:
-    algorithms = sys.argv[1].split(",")
-    large = "--large" in sys.argv
+    args = parse_args()
     comm = collectives.init()
     tally = Tally(comm.rank)
-    for algorithm in algorithms:
+    nodes = [len(node) for node in comm.topology.nodes]
+    if args.expect_nodes is not None:
+        tally.check(nodes == args.expect_nodes, f"node sizes {nodes}, expected {args.expect_nodes}")
+    if args.expect_grid is not None:
+        grid = comm.topology.grid_shape()
+        tally.check(grid == args.expect_grid, f"grid {grid}, expected {args.expect_grid}")
+    digests: list[tuple[str, str]] = []
+    for algorithm in args.algorithms:
         for dtype in collectives.DTYPES:
-            for count in sizes(comm.size, large):
+            for count in sizes(comm.size, args.large, args.medium):
                 for op in OPS:
-                    layouts = LAYOUTS if count < 1 << 16 else ("contiguous",)
+                    layouts = args.layouts if count < 1 << 16 else ("contiguous",)
                     for layout in layouts:
                         case = f"{algorithm} {dtype} count={count} op={op} layout={layout}"
                         x = make_input(count, dtype, comm.rank, layout)
@@ -62,8 +84,10 @@ def main() -> None:
                                     f"{case}: got shape {y.shape} dtype {y.dtype}")
                         tally.check(np.array_equal(got, expected),
                                     f"{case}: values differ, first {got[:4]} vs {expected[:4]}")
-                        digests = comm._transport.allgather_object(digest(y))
-                        tally.check(len(set(digests)) == 1, f"{case}: ranks differ in bits")
+                        digests.append((case, digest(y)))
+    # one exchange of every case's digest: ranks agree on the cases, so rows line up
+    for row in zip(*comm._transport.allgather_object(digests)):
+        tally.check(len({d for _, d in row}) == 1, f"{row[0][0]}: ranks differ in bits")
     tally.finish()
 
 

@@ -1,0 +1,39 @@
+"""2-D torus all-reduce on a grid of Y rows of X ranks (Topology.grid_shape / grid_rows).
+
+1. Reduce-scatter along the row: a ring over the X ranks of the row leaves row position j
+   with chunk ring.owned_chunk(j) (1/X of the data) reduced over its row.
+2. All-reduce along the column: the Y ranks at position j of every row hold the same chunk;
+   a ring (reduce-scatter then all-gather) over the column finishes it.
+3. All-gather along the row spreads the final chunks.
+
+Each element's final value is computed once, in the column reduce-scatter, and copied
+everywhere else, so all ranks hold identical bits.
+
+Bytes sent per rank (n bytes, p = X Y): 2 (X-1)/X n along the row + 2 (Y-1)/Y n/X along the
+column = 2 (p-1)/p n, the ring's. Latency terms: 2 (X-1) + 2 (Y-1) alpha instead of the
+ring's 2 (p-1). A 1 x p or p x 1 grid (prime p) is a plain ring.
+"""
+from __future__ import annotations
+
+from ..topology import Topology
+from . import ring
+from .plan import Plan, chunk_bounds
+
+__all__ = ["build"]
+
+
+def build(rank: int, size: int, count: int, itemsize: int, topology: Topology | None = None) -> Plan:
+    topology = topology or Topology.from_local_size(size, 1)
+    seg = max(1, ring.SEGMENT_BYTES // itemsize)
+    rows = topology.grid_rows()
+    row = next(r for r in rows if rank in r)
+    position = row.index(rank)
+    column = tuple(r[position] for r in rows)
+    lo, hi = chunk_bounds(0, count, len(row))[ring.owned_chunk(position, len(row))]
+    # 1. reduce-scatter along the row
+    rounds = ring.reduce_scatter(row, rank, 0, count, seg)
+    # 2. all-reduce the owned chunk along the column
+    rounds += ring.reduce_scatter(column, rank, lo, hi, seg) + ring.all_gather(column, rank, lo, hi, seg)
+    # 3. all-gather along the row
+    rounds += ring.all_gather(row, rank, 0, count, seg)
+    return Plan("torus2d", rank, size, count, tuple(r for r in rounds if r.sends or r.recvs))

@@ -1,0 +1,277 @@
+"""Every plan builder, all p ranks simulated in one process on symbolic values.
+
+Each element starts as its rank's leaf; a reduction makes the unordered pair {a, b} (IEEE
+a + b and b + a are the same bits), a copy moves an expression. A correct plan ends with
+one expression per element, the same on every rank, holding every rank exactly once: the
+all-reduce, with identical bits everywhere. Messages match per pair of ranks in plan order,
+with equal lengths, and the schedule must finish when every send also waits for its
+receiver to post (rendezvous), as the executor does.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import pytest
+
+from collectives.algorithms import PLANNERS, halving_doubling, hierarchical
+from collectives.algorithms.plan import Plan, Recv, Send
+from collectives.algorithms.ring import SEGMENT_BYTES
+from collectives.topology import Topology
+
+SIZES = range(1, 17)
+BANDWIDTH_OPTIMAL = ("ring", "hierarchical", "torus2d", "halving_doubling")
+SMALL_ITEMSIZE = 1  # recursive doubling below RECURSIVE_DOUBLING_BYTES
+SEGMENTED = SEGMENT_BYTES // 3  # itemsize that cuts every step into segments of 3 elements
+HALVING = halving_doubling.RECURSIVE_DOUBLING_BYTES + 1  # itemsize: halving from one element up
+
+
+def counts(p: int) -> list[int]:
+    return sorted({0, 1, max(p - 1, 1), p, p + 1, 2 * p + 3, 4 * p * p, 61})
+
+
+def topologies(p: int) -> list[Topology]:
+    """One node, one rank per node, local sizes 2 and 3 (uneven when they do not divide p),
+    and every explicit grid."""
+    tops = {Topology.from_local_size(p, k) for k in (1, 2, 3, p)}
+    tops |= {Topology.from_local_size(p, 2, grid=(x, p // x)) for x in range(1, p + 1) if p % x == 0}
+    return sorted(tops, key=repr)
+
+
+def plans(algorithm: str, p: int, count: int, itemsize: int = 4, topology=None) -> list[Plan]:
+    return [PLANNERS[algorithm](r, p, count, itemsize, topology) for r in range(p)]
+
+
+def hd_plans(p: int, count: int, seg: int, recursive_doubling: bool) -> list[Plan]:
+    return [Plan("halving_doubling", r, p, count,
+                 tuple(halving_doubling.schedule(r, p, count, seg, recursive_doubling)))
+            for r in range(p)]
+
+
+class Values:
+    """Interned expressions: ids 0..p-1 are the ranks' leaves, then unordered pairs."""
+
+    def __init__(self, p: int):
+        self.pairs: dict[tuple[int, int], int] = {}
+        self.leaves: list[tuple[int, int]] = [(1 << r, 1) for r in range(p)]  # (rank mask, leaf count)
+
+    def reduce(self, a: int, b: int) -> int:
+        key = (min(a, b), max(a, b))
+        if key not in self.pairs:
+            self.pairs[key] = len(self.leaves)
+            (ma, na), (mb, nb) = self.leaves[a], self.leaves[b]
+            self.leaves.append((ma | mb, na + nb))
+        return self.pairs[key]
+
+
+def check_matching(all_plans: list[Plan]) -> dict[tuple[int, int], list[tuple[int, Recv]]]:
+    """Per (sender, receiver): the receiver's (round, Recv) steps, checked against the sends."""
+    sends: dict[tuple[int, int], list[int]] = defaultdict(list)
+    recvs: dict[tuple[int, int], list[tuple[int, Recv]]] = defaultdict(list)
+    for plan in all_plans:
+        for k, step in plan.steps():
+            assert 0 <= step.lo <= step.hi <= plan.count and step.peer != plan.rank, (plan.rank, k, step)
+            if isinstance(step, Send):
+                sends[plan.rank, step.peer].append(step.hi - step.lo)
+            else:
+                recvs[step.peer, plan.rank].append((k, step))
+        for k, rnd in enumerate(plan.rounds):
+            regions = sorted((r.lo, r.hi) for r in rnd.recvs)
+            assert all(a[1] <= b[0] for a, b in zip(regions, regions[1:])), (
+                f"rank {plan.rank} round {k}: receives overlap")
+    for pair in set(sends) | set(recvs):
+        lengths = [r.hi - r.lo for _, r in recvs[pair]]
+        assert sends[pair] == lengths, f"{pair}: sends {sends[pair]} vs receives {lengths}"
+    return recvs
+
+
+def simulate(all_plans: list[Plan]) -> list[list[int]]:
+    """Run every rank's plan; return each rank's final work buffer of expression ids."""
+    p, count = all_plans[0].size, all_plans[0].count
+    recvs = check_matching(all_plans)
+    values = Values(p)
+    work = [[r] * count for r in range(p)]
+    current = [0] * p  # the round each rank runs (its sends issued, its receives posted)
+    channel: dict[tuple[int, int], list[list[int]]] = defaultdict(list)  # payloads sent so far
+    taken: dict[tuple[int, int], int] = defaultdict(int)  # payloads received so far
+    outstanding: list[list[tuple[int, int]]] = [[] for _ in range(p)]  # (peer, payload index)
+
+    def start(rank: int) -> None:
+        """Issue the sends of the rank's current round, its data as of now."""
+        plan, outstanding[rank] = all_plans[rank], []
+        if current[rank] < len(plan.rounds):
+            for s in plan.rounds[current[rank]].sends:
+                outstanding[rank].append((s.peer, len(channel[rank, s.peer])))
+                channel[rank, s.peer].append(work[rank][s.lo : s.hi])
+
+    def can_finish(rank: int) -> bool:
+        needed: dict[int, int] = defaultdict(int)
+        for r in all_plans[rank].rounds[current[rank]].recvs:
+            needed[r.peer] += 1
+        if any(len(channel[peer, rank]) < taken[peer, rank] + n for peer, n in needed.items()):
+            return False  # a sender has not reached its round yet
+        # the receiver has posted the receive of each of our sends (rendezvous)
+        return all(current[peer] >= recvs[rank, peer][i][0] for peer, i in outstanding[rank])
+
+    def finish(rank: int) -> None:
+        for r in all_plans[rank].rounds[current[rank]].recvs:
+            payload = channel[r.peer, rank][taken[r.peer, rank]]
+            taken[r.peer, rank] += 1
+            mine = work[rank]
+            for i, v in enumerate(payload):
+                mine[r.lo + i] = values.reduce(mine[r.lo + i], v) if r.reduce else v
+        current[rank] += 1
+        start(rank)
+
+    for rank in range(p):
+        start(rank)
+    progress = True
+    while progress:
+        progress = False
+        for rank in range(p):
+            while current[rank] < len(all_plans[rank].rounds) and can_finish(rank):
+                finish(rank)
+                progress = True
+    stuck = [r for r in range(p) if current[r] < len(all_plans[r].rounds)]
+    assert not stuck, f"deadlock: ranks {stuck} stuck at rounds {[current[r] for r in stuck]}"
+    for pair, payloads in channel.items():
+        assert taken[pair] == len(payloads), f"{pair}: {len(payloads) - taken[pair]} messages unreceived"
+    full = ((1 << p) - 1, p)
+    for e in range(count):
+        finals = {work[r][e] for r in range(p)}
+        assert len(finals) == 1, f"element {e}: ranks hold different expressions"
+        assert values.leaves[finals.pop()] == full, f"element {e}: not every rank exactly once"
+    return work
+
+
+def sent(plan: Plan, peers=None) -> int:
+    """Elements `plan` sends, to `peers` only when given."""
+    return sum(s.hi - s.lo for _, s in plan.steps() if isinstance(s, Send) and (peers is None or s.peer in peers))
+
+
+# --- correctness of every algorithm on every shape ---------------------------------------
+
+@pytest.mark.parametrize("p", SIZES)
+@pytest.mark.parametrize("algorithm", ["ring", "halving_doubling"])
+def test_topology_free_plans_reduce_everything_once(algorithm, p):
+    for count in counts(p):
+        for itemsize in (SMALL_ITEMSIZE, 8, SEGMENTED):
+            simulate(plans(algorithm, p, count, itemsize))
+
+
+@pytest.mark.parametrize("p", SIZES)
+@pytest.mark.parametrize("algorithm", ["hierarchical", "torus2d"])
+def test_topology_plans_reduce_everything_once(algorithm, p):
+    for topology in topologies(p) + [None]:
+        for count in counts(p):
+            simulate(plans(algorithm, p, count, 4, topology))
+        simulate(plans(algorithm, p, 2 * p + 5, SEGMENTED, topology))
+
+
+@pytest.mark.parametrize("p", SIZES)
+@pytest.mark.parametrize("recursive_doubling", [False, True])
+def test_halving_doubling_both_paths_with_segments(p, recursive_doubling):
+    for count in counts(p):
+        for seg in (1, 2, 1 << 20):
+            simulate(hd_plans(p, count, seg, recursive_doubling))
+
+
+@pytest.mark.parametrize("sizes", [(3, 2), (2, 3, 1), (4, 1, 2), (1, 1, 3), (5, 3), (3, 3, 3, 1)])
+def test_hierarchical_arbitrary_node_sizes(sizes):
+    """Nodes of any sizes, including non-consecutive membership (ranks dealt round-robin)."""
+    p = sum(sizes)
+    keys = [n for n, k in enumerate(sizes) for _ in range(k)]
+    for topology in (Topology.from_node_keys(keys), Topology.from_node_keys(keys[::-1])):
+        for count in counts(p):
+            simulate(plans("hierarchical", p, count, 4, topology))
+    dealt = Topology.from_node_keys([r % 3 for r in range(p)])
+    for count in counts(p):
+        simulate(plans("hierarchical", p, count, 4, dealt))
+        simulate(plans("torus2d", p, count, 4, dealt))
+
+
+# --- bytes on the wire and latency terms against the closed forms ------------------------
+
+@pytest.mark.parametrize("p", SIZES)
+def test_total_bytes_match_the_ring_lower_bound(p):
+    """All bandwidth-optimal plans move 2 (p-1) n elements in all, whatever the count."""
+    for count in counts(p):
+        for algorithm in BANDWIDTH_OPTIMAL:
+            for topology in topologies(p):
+                total = sum(sent(plan) for plan in plans(algorithm, p, count, HALVING, topology))
+                assert total == 2 * (p - 1) * count, (algorithm, topology, count)
+
+
+@pytest.mark.parametrize("p", SIZES)
+def test_per_rank_bytes_and_rounds(p):
+    n = 2 * math.lcm(*range(1, 17))  # divisible by every chunking below
+    per_rank = 2 * (p - 1) * n // p
+    for plan in plans("ring", p, n):
+        assert sent(plan) == per_rank and len(plan.rounds) == 2 * (p - 1)
+    for topology in topologies(p):
+        x, y = topology.grid_shape()
+        for plan in plans("torus2d", p, n, 4, topology):
+            assert sent(plan) == per_rank and len(plan.rounds) == 2 * (x - 1) + 2 * (y - 1)
+        nodes = topology.nodes
+        if len({len(node) for node in nodes}) == 1:
+            k, big_n = len(nodes[0]), len(nodes)
+            for plan in plans("hierarchical", p, n, 4, topology):
+                off_node = set(range(p)) - set(topology.peers(plan.rank))
+                assert sent(plan) == per_rank
+                assert sent(plan, off_node) == 2 * (big_n - 1) * n // (big_n * k)
+                assert len(plan.rounds) == 2 * (k - 1) + 2 * (big_n - 1)
+
+
+@pytest.mark.parametrize("p", SIZES)
+def test_halving_doubling_bytes_and_rounds(p):
+    pof2 = 1 << (p.bit_length() - 1)
+    extra, steps = p - pof2, pof2.bit_length() - 1
+    n = 4 * pof2 * 3
+    for recursive_doubling in (False, True):
+        for plan in hd_plans(p, n, 1 << 30, recursive_doubling):
+            core = steps * n if recursive_doubling else 2 * (pof2 - 1) * n // pof2
+            core_rounds = steps if recursive_doubling else 2 * steps
+            if plan.rank < 2 * extra and plan.rank % 2 == 0:
+                assert sent(plan) == n and len(plan.rounds) == 2
+            elif plan.rank < 2 * extra:
+                assert sent(plan) == core + n and len(plan.rounds) == core_rounds + 2
+            else:
+                assert sent(plan) == core and len(plan.rounds) == core_rounds
+
+
+def test_halving_doubling_switches_to_recursive_doubling_on_small_messages():
+    limit = halving_doubling.RECURSIVE_DOUBLING_BYTES
+    small = PLANNERS["halving_doubling"](0, 8, limit // 4, 4, None)
+    large = PLANNERS["halving_doubling"](0, 8, limit // 4 + 1, 4, None)
+    assert len(small.rounds) == 3 and all(small.reduce_after_send)
+    assert len(large.rounds) == 6 and not any(large.reduce_after_send)
+
+
+def test_hierarchical_cross_node_bytes_with_uneven_nodes():
+    """Uneven nodes still send 2 (N-1) n elements across nodes in all, the even-node total."""
+    for p, k in [(5, 2), (5, 3), (7, 3), (8, 3), (10, 4)]:
+        topology = Topology.from_local_size(p, k)
+        big_n = len(topology.nodes)
+        for count in (0, 1, p, 97, 360):
+            all_plans = plans("hierarchical", p, count, 4, topology)
+            across = sum(sent(plan, set(range(p)) - set(topology.peers(plan.rank))) for plan in all_plans)
+            assert across == 2 * (big_n - 1) * count
+
+
+def test_hierarchical_pieces_refine_uneven_slices():
+    nodes = ((0, 1, 2), (3, 4))
+    pieces = hierarchical.slice_owners(nodes, 6)
+    # node 0 slices [0,2) [2,4) [4,6) owned by ranks 2, 0, 1; node 1 [0,3) [3,6) by 4, 3
+    assert pieces == [(0, 2, (2, 4)), (2, 3, (0, 4)), (3, 4, (0, 3)), (4, 6, (1, 3))]
+    even = hierarchical.slice_owners(((0, 1), (2, 3), (4, 5)), 4)
+    assert even == [(0, 2, (1, 3, 5)), (2, 4, (0, 2, 4))]
+
+
+@pytest.mark.parametrize("algorithm", BANDWIDTH_OPTIMAL)
+def test_degenerate_shapes_give_empty_or_ring_plans(algorithm):
+    assert plans(algorithm, 1, 100)[0].rounds == ()
+    assert all(plan.rounds == () for plan in plans(algorithm, 4, 0))
+    ring = plans("ring", 5, 23)
+    for topology in (Topology.from_local_size(5, 1), Topology.from_local_size(5, 5), None):
+        if algorithm != "halving_doubling":
+            assert [p.rounds for p in plans(algorithm, 5, 23, 4, topology)] == [p.rounds for p in ring]
