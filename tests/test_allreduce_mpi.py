@@ -9,3 +9,9 @@ ALGORITHMS = "ring,native,auto"
 @pytest.mark.parametrize("np_", [1, 2, 3, 4, 5, 8])
 def test_matrix_matches_reference(np_):
     run_workers(np_, "allreduce_matrix", ALGORITHMS, *(["--large"] if np_ in (2, 3, 5) else []))
+
+
+@pytest.mark.parametrize("np_", [2, 4, 5])
+def test_order_sensitive_values_give_identical_bits(np_):
+    """+-0 and NaN payloads: partners reducing the same pair must agree on operand order."""
+    run_workers(np_, "symmetric_bits")

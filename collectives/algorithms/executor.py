@@ -213,6 +213,7 @@ def run_plan(plan: Plan, work, scratch, transport, op: str, tag: int, deadline: 
             offset += n
         prefetch_round = k + 1 if k + 1 < len(plan.rounds) and plan.prefetch[k + 1] else k
         post_recvs(prefetch_round)
+        swap = plan.reduce_after_send[k] and not codec.staged
         if plan.reduce_after_send[k]:
             _wait_sends(plan, k, transport, sends, deadline)
             sends = []
@@ -229,7 +230,14 @@ def run_plan(plan: Plan, work, scratch, transport, op: str, tag: int, deadline: 
                 if recv.reduce:
                     if io is not None:
                         move(io.load_recv[j], work, src)
-                    codec.decode_reduce(region, payload, op)
+                    if swap and recv.peer < transport.rank:
+                        # Both partners reduce the same pair here: put the lower rank's
+                        # operand first on both sides, so max/min of +-0 and NaN payloads
+                        # give identical bits (payload is our own scratch in such rounds).
+                        kernels.reduce_into(payload, region, op)
+                        kernels.copy_into(region, payload)
+                    else:
+                        codec.decode_reduce(region, payload, op)
                 else:
                     codec.decode_copy(region, payload)
                 if view:

@@ -1,0 +1,41 @@
+"""Values whose reduction order shows in the bits: +-0 and NaNs with different payloads.
+
+Usage: mpiexec -n P python -m tests.workers.symmetric_bits
+Every plan algorithm and op must still leave identical bits on every rank. `native` is
+MPI's own all-reduce, whose treatment of signed zeros and NaN payloads MPI leaves open, so
+it is not held to this (docs/algorithms.md).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import collectives
+from tests.workers.common import Tally, digest
+
+
+def order_sensitive(count: int, rank: int) -> np.ndarray:
+    """-0.0 on even ranks, +0.0 on odd ones, and a rank-specific quiet NaN every 5th element."""
+    x = np.full(count, -0.0 if rank % 2 == 0 else 0.0, np.float32)
+    bits = x.view(np.uint32)
+    bits[::5] = 0x7FC00001 + rank
+    return x
+
+
+def main() -> None:
+    comm = collectives.init()
+    tally = Tally(comm.rank)
+    names = [a for a in collectives.ALGORITHMS if a not in ("auto", "native")]
+    cases = [(a, op, n) for a in names for op in ("sum", "max", "min") for n in (1, 10, 1001)]
+    digests = []
+    for algorithm, op, count in cases:
+        digests.append(digest(comm.allreduce(order_sensitive(count, comm.rank), op=op,
+                                             algorithm=algorithm)))
+    everyone = comm._transport.allgather_object(digests)
+    for i, (algorithm, op, count) in enumerate(cases):
+        tally.check(len({d[i] for d in everyone}) == 1,
+                    f"{algorithm} {op} count={count}: ranks hold different bits")
+    tally.finish()
+
+
+if __name__ == "__main__":
+    main()
