@@ -237,7 +237,8 @@ def _peak() -> int:
 
 def warm_up_cases(*, p: int, algorithms, dtypes, max_count: int) -> list[Case]:
     """Every kind x algorithm x compression x dtype once at the largest size, strided (the
-    largest temporaries): buffers and caches reach their size."""
+    largest temporaries), batches and lists at their longest for 8-byte dtypes: buffers,
+    caches and the peak reach what the mix can need."""
     cases = []
     for kind in ("sync", "async", "many", "many_async"):
         for algorithm in algorithms:
@@ -245,7 +246,10 @@ def warm_up_cases(*, p: int, algorithms, dtypes, max_count: int) -> list[Case]:
                 for dtype in dtypes:
                     if compression and dtype.kind == "i":
                         continue
-                    n = 1 if kind == "sync" else 2
+                    # The longest batches and lists in the largest dtype: the biggest
+                    # transients the mix can draw happen here first.
+                    longest = 4 if kind == "async" else 8
+                    n = 1 if kind == "sync" else (longest if dtype.itemsize == 8 else 2)
                     cases.append(Case(kind=kind, algorithm=algorithm, compression=compression,
                                       op="avg", dtypes=(dtype,) * n, counts=(max_count,) * n,
                                       layout="strided", fusion_bytes=None, salt=len(cases)))
