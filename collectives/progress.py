@@ -65,6 +65,14 @@ class Handle:
                 raise  # the collective itself raised a TimeoutError
             raise TimeoutError(f"{self.what} still running after {timeout} s") from None
 
+    def add_done_callback(self, fn: Callable[["Handle"], Any]) -> None:
+        """Call `fn(handle)` once the collective finished (at once if it already has).
+
+        It runs on the progress thread; `fn` should only hand the result on (e.g. complete
+        a framework future), calling `wait()` on this handle never blocks there.
+        """
+        self._future.add_done_callback(lambda _: fn(self))
+
     def __repr__(self) -> str:
         return f"<Handle {self.what} {'done' if self.done() else 'pending'}>"
 

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from ..communicator import Communicator
 from ..gradsync import GradSync, as_array, broadcast_parameters, check_options
+from ..progress import Handle
 
 __all__ = ["HookState", "allreduce_hook", "DistributedOptimizer", "init_process_group"]
 
@@ -70,14 +71,15 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
                                         error_feedback=feedback)
     future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
 
-    def finish(done) -> None:
-        error = done.exception()
-        if error is None:
-            future.set_result(tensor)
-        else:
+    def finish(done: Handle) -> None:
+        try:
+            done.wait()
+        except BaseException as error:  # hand any failure to DDP's future
             future.set_exception(error)
+        else:
+            future.set_result(tensor)
 
-    handle._future.add_done_callback(finish)  # noqa: SLF001 - runs on the progress thread
+    handle.add_done_callback(finish)
     return future
 
 
