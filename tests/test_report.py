@@ -66,7 +66,7 @@ def test_quick_report_end_to_end(tmp_path):
     rows = document["rows"]
     assert {row["algorithm"] for row in rows} >= {"native", "ring", "hierarchical", "torus2d",
                                                    "halving_doubling", "auto"}
-    assert {row["size"] for row in rows} == {8, 64, 512, 4096, 32768}
+    assert {row["size"] for row in rows} == {8, 64, 512, 4096, 32768, 65536}  # x8, then the top
     assert all(row["wrong"] == 0 and row["time_us"] > 0 for row in rows)
     assert all(row["predicted_time_us"] > 0 for row in rows if row["compression"] == "none")
     assert [c["ranks"] for c in document["at_scale"]] == [8, 8]
