@@ -8,8 +8,9 @@ collective (`collectives.agreement`) catches ranks whose n-th collectives differ
 
 The background thread waits through the transport, which releases the GIL while it polls
 (MPI calls and `sched_yield` run without it), so the caller's NumPy work overlaps the
-transfer. A failed collective fails the collectives queued behind it too (they were issued
-assuming it would succeed); later ones run normally.
+transfer. A failed collective does not cancel the ones queued behind it: which calls are
+still queued when one fails differs between ranks, so every issued collective runs (after a
+timeout the communicator refuses them all alike; after a MismatchError they proceed).
 
 Example::
 
@@ -134,24 +135,14 @@ class ProgressEngine:
                     self._cv.wait()
                 fn, future, what = self._queue.popleft()
                 self._busy = True
-            failed = None
             if future.set_running_or_notify_cancel():
                 try:
                     future.set_result(fn())
                 except BaseException as error:  # noqa: BLE001 - handed to the waiter
                     future.set_exception(error)
-                    failed = f"{what} failed: {error}"
             with self._cv:
-                if failed is not None:
-                    self._fail_queued(failed)
                 self._busy = False
                 self._cv.notify_all()
-
-    def _fail_queued(self, reason: str) -> None:
-        while self._queue:
-            _, future, what = self._queue.popleft()
-            if future.set_running_or_notify_cancel():
-                future.set_exception(CollectiveError(f"{what} was not run: the earlier {reason}"))
 
     def close(self, timeout: float | None = None) -> None:
         """Let queued collectives finish (up to `timeout`), then stop the thread."""

@@ -4,7 +4,6 @@ import time
 
 import pytest
 
-from collectives.errors import CollectiveError
 from collectives.progress import ProgressEngine
 from tests.mpirun import run_workers
 
@@ -34,7 +33,7 @@ def test_run_waits_for_earlier_submissions():
     engine.close(timeout=10)
 
 
-def test_wait_timeout_and_failure_cascade():
+def test_wait_timeout_and_failure_does_not_cancel_queued_calls():
     engine = ProgressEngine()
     gate = threading.Event()
 
@@ -49,9 +48,9 @@ def test_wait_timeout_and_failure_cascade():
     gate.set()
     with pytest.raises(ValueError, match="bad op"):
         failing.wait(timeout=10)
-    with pytest.raises(CollectiveError, match="second was not run: the earlier first failed"):
-        queued.wait(timeout=10)
-    assert engine.submit(lambda: 2, "third").wait(timeout=10) == 2  # later work runs again
+    # Which calls are still queued when one fails differs between ranks: all of them run.
+    assert queued.wait(timeout=10) == 1
+    assert engine.submit(lambda: 2, "third").wait(timeout=10) == 2
     engine.close(timeout=10)
     assert engine.pending() == 0
 

@@ -33,4 +33,10 @@ class Transport(Protocol):
 
     def allgather_object(self, obj: object) -> list: ...
 
+    def allgather_record(self, record, deadline: float, what: str):
+        """Every rank's fixed-size uint8 record (the agreement check), bounded by `deadline`."""
+
+    def abort(self, errorcode: int) -> None:
+        """End every rank of the job now."""
+
     def barrier(self) -> None: ...
