@@ -13,7 +13,7 @@ real all-reduce (pairs 0-1, 2-3, ... run side by side):
    native's time table (a black box: interpolated, never fitted);
 4. per-call cost: the communicator's native call at 8 B minus raw ``MPI_Allreduce``, plus
    what a plan-based call costs more than a native one on a one-rank communicator;
-5. a 32 MiB copy and reduce on every rank at once (memory-bound, as large messages are):
+5. a 128 MiB copy and reduce on every rank at once (memory-bound, as large messages are):
    copy_beta (copies in and out of the work buffer), and lower bounds for gamma and a zero-copy link's beta (ranks that share cores
    compute at once in a real call, unlike in a ping-pong).
 
@@ -184,7 +184,7 @@ def calibrate(mpi_comm, comm, *, quick: bool = False,
     call_overhead = max(native[0][1] - raw + solo_plan - solo_native, 0.0)
     # Every rank copying and reducing at once: what ranks sharing cores get in a real call.
     progress("local copy and reduce, all ranks at once")
-    big = np.ones(8 << 20, np.float32)  # 32 MiB: from memory, as large messages are, not cache
+    big = np.ones(32 << 20, np.float32)  # 128 MiB: well past the L3 (32 MiB here): from memory
     dst = np.empty_like(big)
     copy_beta = _timed(mpi_comm, lambda: kernels.copy_into(dst, big)) / big.nbytes
     reduce_local = _timed(mpi_comm, lambda: kernels.reduce_into(dst, big, "sum")) / big.nbytes
