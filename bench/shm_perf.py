@@ -2,7 +2,7 @@
 
 The all-reduce benchmark of :mod:`bench.allreduce_perf`, with every algorithm measured
 twice in the same run: ``ALG/shm`` (ranks on a node read each other's data from MPI-3
-shared windows, the default) and ``ALG/mpi`` (``COLLECTIVES_SHM=0``: MPI send/recv), next
+shared windows, ``COLLECTIVES_SHM=1``) and ``ALG/mpi`` (``COLLECTIVES_SHM=0``: MPI send/recv), next
 to ``native`` (MPI_Allreduce). Same flags, columns and checks as collectives-bench.
 
 Example::

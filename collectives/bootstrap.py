@@ -26,9 +26,9 @@ def init(mpi_comm=None, *, transport: str = "mpi", timeout: float | None = None,
     nodes come from MPI's shared-memory split. `grid=(X, Y)` (default COLLECTIVES_GRID=XxY)
     lays the ranks out as Y rows of X for torus2d; without it the shape follows the nodes, else
     the most square factorization (Topology.grid_shape). `check` (default COLLECTIVES_CHECK,
-    on) compares every collective's arguments across ranks before data moves. Ranks that
-    share a node exchange through MPI-3 shared-memory windows unless COLLECTIVES_SHM=0
-    (docs/shared-memory.md).
+    on) compares every collective's arguments across ranks before data moves. With
+    COLLECTIVES_SHM=1 ranks that share a node exchange through MPI-3 shared-memory windows
+    (opt-in for now: docs/shared-memory.md says why).
 
     `transport` says what moves CuPy arrays (NumPy arrays always go over MPI): "mpi" (default;
     device memory straight to a CUDA-aware MPI, else staged through pinned host buffers),
@@ -59,7 +59,7 @@ def init(mpi_comm=None, *, transport: str = "mpi", timeout: float | None = None,
         abort_on_uncaught(mpi)  # an uncaught exception ends the job, not hangs it
     topology = _topology(mpi, settings)
     device = _device_transport(transport, mpi)
-    if settings.shm:  # COLLECTIVES_SHM=0 keeps on-node peers on MPI send/recv
+    if settings.shm:  # COLLECTIVES_SHM=1: on-node peers exchange through shared windows
         from .transport.shm import ShmTransport
 
         return Communicator(ShmTransport(mpi), topology, settings, device_transport=device)

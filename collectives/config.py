@@ -46,7 +46,7 @@ class Settings:
     grid: tuple[int, int] | None = None  # torus2d grid (X, Y); COLLECTIVES_GRID=XxY
     debug: bool = False
     check: bool = True  # the agreement check before every collective (COLLECTIVES_CHECK=0: off)
-    shm: bool = True  # on-node peers exchange through shared windows (COLLECTIVES_SHM=0: off)
+    shm: bool = False  # on-node peers exchange through shared windows (COLLECTIVES_SHM=1: on)
 
     @classmethod
     def resolve(cls, *, timeout: float | None = None, local_size: int | None = None,
@@ -60,7 +60,7 @@ class Settings:
             grid=tuple(grid) if grid is not None else _env("GRID", _grid, None),
             debug=_env("DEBUG", _flag, False),
             check=check if check is not None else _env("CHECK", _flag, True),
-            shm=_env("SHM", _flag, True),
+            shm=_env("SHM", _flag, False),
         )
         if settings.timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {settings.timeout}")

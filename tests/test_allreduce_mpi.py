@@ -11,6 +11,13 @@ def test_matrix_matches_reference(np_):
     run_workers(np_, "allreduce_matrix", ALGORITHMS, *(["--large"] if np_ in (2, 3, 5) else []))
 
 
+@pytest.mark.parametrize("np_", [3, 4])
+def test_matrix_over_shared_memory(np_):
+    """Every plan algorithm with on-node peers exchanging through shared windows."""
+    run_workers(np_, "allreduce_matrix", "ring,hierarchical,torus2d,halving_doubling,auto",
+                env={"COLLECTIVES_SHM": "1", "COLLECTIVES_LOCAL_SIZE": "2"})
+
+
 @pytest.mark.parametrize("np_", [2, 4, 5])
 def test_order_sensitive_values_give_identical_bits(np_):
     """+-0 and NaN payloads: partners reducing the same pair must agree on operand order."""

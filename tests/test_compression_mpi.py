@@ -70,6 +70,13 @@ def test_every_algorithm_within_bounds_and_bit_identical(np_):
     run_workers(np_, "compression_check", env=ENV)
 
 
+@pytest.mark.parametrize("np_", [3, 4])
+def test_compression_over_shared_memory(np_):
+    """Compressed payloads leave the shared window (private staging) and go over MPI."""
+    run_workers(np_, "compression_check", env={**ENV, "COLLECTIVES_SHM": "1",
+                                                "COLLECTIVES_LOCAL_SIZE": "2"})
+
+
 def test_bench_compression_columns_run_and_check():
     import subprocess
     import sys

@@ -39,6 +39,7 @@ def allreduce(comm, x: np.ndarray, layout: str, op: str, algorithm: str) -> np.n
 
 def main() -> None:
     algorithms = sys.argv[1].split(",")
+    os.environ["COLLECTIVES_SHM"] = "1"
     shm = collectives.init()
     os.environ["COLLECTIVES_SHM"] = "0"
     mpi = collectives.init()
@@ -46,7 +47,7 @@ def main() -> None:
     tally.check(mpi._transport.name == "mpi", f"COLLECTIVES_SHM=0 gave {mpi._transport.name}")
     on_node = len(shm._transport.local) if hasattr(shm._transport, "local") else 1
     tally.check(shm.size == 1 or shm._transport.name == "mpi+shm",
-                f"default transport is {shm._transport.name}")
+                f"COLLECTIVES_SHM=1 gave {shm._transport.name}")
     largest = 0
     for algorithm in algorithms:
         for dtype in DTYPES:
