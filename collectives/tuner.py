@@ -26,6 +26,8 @@ from .costmodel import DEFAULT_CALIBRATION, ClusterModel, load_calibration
 from .simulator import simulate
 from .topology import Topology
 
+CHOICE_CACHE_SIZE = 4096  # message sizes whose choice is remembered (oldest dropped first)
+
 __all__ = ["CANDIDATES", "Tuner"]
 
 CANDIDATES: tuple[str, ...] = ("native", *PLANNERS)
@@ -82,6 +84,8 @@ class Tuner:
         choice = self._choices.get(nbytes)
         if choice is None:
             times = self.predict(nbytes)
+            if len(self._choices) >= CHOICE_CACHE_SIZE:  # sizes that vary forever stay bounded
+                del self._choices[next(iter(self._choices))]
             choice = self._choices[nbytes] = min(times, key=lambda name: (times[name], name))
             if self._debug:
                 ranked = ", ".join(f"{name} {times[name] * 1e6:.1f} us"

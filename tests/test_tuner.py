@@ -16,6 +16,7 @@ from collectives.costmodel import (DEFAULT_CALIBRATION, Calibration, ClusterMode
                                    NativeModel, load_calibration, read_tuning, write_calibration)
 from collectives.simulator import simulate
 from collectives.topology import Topology
+from collectives import tuner as tuner_module
 from collectives.tuner import CANDIDATES, Tuner
 from tests.mpirun import run_workers
 
@@ -32,6 +33,14 @@ def machine(native_points, size: int = 4) -> ClusterModel:
 def test_candidates_include_native_and_every_plan():
     assert CANDIDATES == ("native", *PLANNERS)
     assert set(Tuner(machine([])).predict(1 << 20)) == set(CANDIDATES)
+
+
+def test_choice_cache_stays_bounded(monkeypatch):
+    monkeypatch.setattr(tuner_module, "CHOICE_CACHE_SIZE", 3)
+    tuner = Tuner(machine([]))
+    picks = [tuner.choose(8 * n) for n in range(1, 8)]
+    assert len(tuner._choices) == 3 and set(tuner._choices) == {40, 48, 56}
+    assert tuner.choose(8) == picks[0]  # a dropped size is priced again, the same way
 
 
 def test_picks_native_where_it_is_measured_faster_and_a_plan_where_not():
