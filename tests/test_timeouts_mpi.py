@@ -12,7 +12,7 @@ NP = 3
 
 @pytest.mark.parametrize("algorithm, check, step", [
     ("ring", "1", "timed out waiting for the agreement records: nothing from rank(s) [2]"),
-    ("ring", "0", "ring round 1/4: "),
+    ("ring", "0", "ring round "),
     ("halving_doubling", "0", "halving_doubling round "),
     ("native", "0", "timed out waiting for native MPI all-reduce"),
 ])
@@ -31,7 +31,10 @@ def test_rank_that_never_arrives_gives_collective_timeout(tmp_path, algorithm, c
         assert message.startswith(f"allreduce #2 (op=sum, algorithm={algorithm}, "), message
         assert f"rank {rank}: " in message and step in message, message
         if algorithm != "native":  # MPI's own all-reduce cannot say whom it waits for
-            assert "[2]" in message or "[1]" in message, message
+            # Rank 0 waits on the absent rank 2; rank 1 may finish a round first and then
+            # wait on rank 0, which is stuck: either way it names a peer, never itself.
+            silent = message[message.index("rank(s) [") + len("rank(s) ["):].split("]")[0]
+            assert silent and str(rank) not in silent.split(", "), message
         assert seen["after"] == ("CollectiveError: allreduce #3: this communicator is unusable "
                                  "since allreduce #2 timed out; call comm.abort()"), seen
 

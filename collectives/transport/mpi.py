@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import functools
-import os
-import time
 from typing import Sequence
 
 import numpy as np
@@ -12,14 +10,10 @@ from mpi4py import MPI
 import kernels
 
 from ..errors import CollectiveTimeout
+from .polling import poll
 
 __all__ = ["MPITransport"]
 
-# A waiting rank polls (which drives MPI's progress engine) and yields the core to other
-# runnable ranks; after SPIN_SECONDS without completion it also sleeps, so a rank stuck on a
-# dead peer does not burn a core.
-SPIN_SECONDS = 0.05
-IDLE_SLEEP = 1e-3
 
 _MPI_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
 
@@ -78,21 +72,21 @@ class MPITransport:
     def wait_all(self, requests: Sequence[MPI.Request], deadline: float, what: str) -> None:
         requests = list(requests)
         if requests:
-            self._poll(lambda: MPI.Request.Testall(requests) or None, deadline, what)
+            self.poll(lambda: MPI.Request.Testall(requests) or None, deadline, what)
 
     def wait_any(self, requests: list[MPI.Request], deadline: float, what: str) -> int:
         def test():
             index, done = MPI.Request.Testany(requests)
             return index if done and index != MPI.UNDEFINED else None
 
-        return self._poll(test, deadline, what)
+        return self.poll(test, deadline, what)
 
     def native_allreduce(self, src: np.ndarray, dst: np.ndarray, op: str, deadline: float) -> None:
         """MPI's all-reduce of `src` into `dst`; `src is dst` reduces in place."""
         recv, mpi_op = _native_spec(dst, op)
         send = MPI.IN_PLACE if src is dst else _native_spec(src, op)[0]
         request = self.comm.Iallreduce(send, recv, mpi_op)
-        self._poll(lambda: request.Test() or None, deadline, "native MPI all-reduce")
+        self.poll(lambda: request.Test() or None, deadline, "native MPI all-reduce")
 
     def node_keys(self) -> list[int]:
         """Per rank, the lowest rank of its shared-memory node (MPI's shared-memory split)."""
@@ -132,17 +126,7 @@ class MPITransport:
     def barrier(self) -> None:
         self.comm.Barrier()
 
-    def _poll(self, test, deadline: float, what: str):
-        """Call `test()` until it returns something other than None, or the deadline passes."""
-        spin_until = time.monotonic() + SPIN_SECONDS
-        while True:
-            result = test()
-            if result is not None:
-                return result
-            now = time.monotonic()
-            if now > deadline:
-                raise CollectiveTimeout(f"rank {self.rank}: timed out waiting for {what}")
-            if now > spin_until:
-                time.sleep(IDLE_SLEEP)
-            else:
-                os.sched_yield()
+    def poll(self, test, deadline: float, what: str):
+        """`test()`'s first result other than None; CollectiveTimeout naming `what` past `deadline`."""
+        return poll(test, deadline,
+                    lambda: CollectiveTimeout(f"rank {self.rank}: timed out waiting for {what}"))

@@ -33,8 +33,6 @@ Example::
 """
 from __future__ import annotations
 
-import os
-import time
 from typing import Sequence
 
 import cupy
@@ -43,10 +41,10 @@ import numpy as np
 from cupy.cuda import nccl
 
 from ..errors import CollectiveError, CollectiveTimeout
+from .polling import poll
 
 __all__ = ["NCCLTransport", "nccl_dtype", "unusable_reason"]
 
-SPIN_SECONDS = 0.05  # as MPITransport: spin (yielding the core), then sleep between polls
 IDLE_SLEEP = 1e-4
 
 _OPS = {"sum": nccl.NCCL_SUM, "max": nccl.NCCL_MAX, "min": nccl.NCCL_MIN}
@@ -238,21 +236,11 @@ class NCCLTransport:
         return channels
 
     def _poll(self, test, deadline: float, what: str, peers):
-        """Call `test()` until it returns something other than None, or time is up."""
+        """`test()`'s first result other than None, or give up (abort NCCL) at the deadline."""
         self._check_usable()
-        spin_until = time.monotonic() + SPIN_SECONDS
-        while True:
-            result = test()
-            if result is not None:
-                return result
-            now = time.monotonic()
-            if now > deadline:
-                raise self._give_up(f"timed out waiting for {what}: NCCL work with rank(s) "
-                                    f"{sorted(peers())} did not complete")
-            if now > spin_until:
-                time.sleep(IDLE_SLEEP)
-            else:
-                os.sched_yield()
+        return poll(test, deadline, lambda: self._give_up(
+            f"timed out waiting for {what}: NCCL work with rank(s) {sorted(peers())} did not complete"),
+            idle_sleep=IDLE_SLEEP)
 
     def _nccl(self, call) -> None:
         try:

@@ -196,7 +196,7 @@ class ShmTransport:
             return test()
 
         try:
-            return self.mpi._poll(step, deadline, what)
+            return self.mpi.poll(step, deadline, what)
         except CollectiveTimeout:
             late = [r for r in requests if r is not None and not self._done(r)]
             peers = sorted({self.node_ranks[r.peer] for r in late if getattr(r, "peer", -1) >= 0})
@@ -317,7 +317,7 @@ class ShmTransport:
 
     def _node_barrier(self, deadline: float, what: str) -> None:
         request = self.node.Ibarrier()
-        self.mpi._poll(lambda: request.Test() or None, deadline, what)
+        self.mpi.poll(lambda: request.Test() or None, deadline, what)
 
     def __repr__(self) -> str:
         return f"ShmTransport(rank={self.rank}, size={self.size}, node_ranks={len(self.local)})"

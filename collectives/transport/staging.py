@@ -231,7 +231,7 @@ class StagedMPI:
             self._progress()
             return all(r.done for r in live) or None
 
-        self.mpi._poll(test, deadline, what)
+        self.mpi.poll(test, deadline, what)
 
     def wait_any(self, requests: list, deadline: float, what: str) -> int:
         if self.cuda_aware:
@@ -241,7 +241,7 @@ class StagedMPI:
             self._progress()
             return next((i for i, r in enumerate(requests) if r is not None and r.done), None)
 
-        return self.mpi._poll(test, deadline, what)
+        return self.mpi.poll(test, deadline, what)
 
     def native_allreduce(self, src: cupy.ndarray, dst: cupy.ndarray, op: str,
                          deadline: float) -> None:
