@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 NP     ?= 2
-BENCH_ARGS ?= -b 8 -e 64M -f 4 -n 10 -w 3
+BENCH_ARGS ?= -b 8 -e 64M -f 2 -n 10 -w 3 --algorithms all
 
 .PHONY: bench test bench-kernels clean
 
