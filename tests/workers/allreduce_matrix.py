@@ -14,6 +14,7 @@ import argparse
 import numpy as np
 
 import collectives
+import kernels
 from tests.workers.common import OPS, Tally, digest, rank_data, reference
 
 LAYOUTS = ("contiguous", "fortran", "strided", "out", "inplace")
@@ -35,6 +36,36 @@ def make_input(count: int, dtype, rank: int, layout: str) -> np.ndarray:
 def sizes(p: int, large: bool, medium: bool = False) -> list[int]:
     base = sorted({0, 1, max(p - 1, 1), p, 7, 1009, 3 * p + 1})
     return base + ([MEDIUM] if medium else []) + ([(1 << 18) + 3] if large else [])
+
+
+def check_case(comm, tally: Tally, algorithm: str, dtype, count: int, op: str, layout: str, *,
+               to_array=lambda x: x, to_host=lambda y: y) -> tuple[str, str]:
+    """One all-reduce of rank_data in `layout`, checked; returns (case, digest of the result).
+
+    `to_array` moves the NumPy input to the array type under test (e.g. onto a GPU) and
+    `to_host` brings an array of that type back as NumPy.
+    """
+    case = f"{algorithm} {dtype} count={count} op={op} layout={layout}"
+    x = to_array(make_input(count, dtype, comm.rank, layout))
+    before = digest(to_host(x))
+    if layout == "out":
+        out = kernels.array_module(x).full(x.shape, 99, dtype)
+        y = comm.allreduce(x, op=op, algorithm=algorithm, out=out)
+        tally.check(y is out, f"{case}: result is not out")
+    elif layout == "inplace":
+        y = comm.allreduce(x, op=op, algorithm=algorithm, out=x)
+        tally.check(y is x, f"{case}: result is not x")
+    else:
+        y = comm.allreduce(x, op=op, algorithm=algorithm)
+        tally.check(digest(to_host(x)) == before, f"{case}: input modified")
+    tally.check(type(y) is type(x), f"{case}: got a {type(y).__name__}, x is a {type(x).__name__}")
+    tally.check(y.shape == x.shape and y.dtype == x.dtype,
+                f"{case}: got shape {y.shape} dtype {y.dtype}")
+    got = to_host(y).reshape(-1)
+    expected = reference(count, dtype, comm.size, op).reshape(-1)
+    tally.check(np.array_equal(got, expected),
+                f"{case}: values differ, first {got[:4]} vs {expected[:4]}")
+    return case, digest(got)
 
 
 def parse_args() -> argparse.Namespace:
@@ -65,26 +96,7 @@ def main() -> None:
                 for op in OPS:
                     layouts = args.layouts if count < 1 << 16 else ("contiguous",)
                     for layout in layouts:
-                        case = f"{algorithm} {dtype} count={count} op={op} layout={layout}"
-                        x = make_input(count, dtype, comm.rank, layout)
-                        before = x.copy()
-                        if layout == "out":
-                            out = np.full(x.shape, 99, dtype)
-                            y = comm.allreduce(x, op=op, algorithm=algorithm, out=out)
-                            tally.check(y is out, f"{case}: result is not out")
-                        elif layout == "inplace":
-                            y = comm.allreduce(x, op=op, algorithm=algorithm, out=x)
-                            tally.check(y is x, f"{case}: result is not x")
-                        else:
-                            y = comm.allreduce(x, op=op, algorithm=algorithm)
-                            tally.check(np.array_equal(x, before), f"{case}: input modified")
-                        expected = reference(count, dtype, comm.size, op).reshape(-1)
-                        got = y.reshape(-1)
-                        tally.check(y.shape == x.shape and y.dtype == x.dtype,
-                                    f"{case}: got shape {y.shape} dtype {y.dtype}")
-                        tally.check(np.array_equal(got, expected),
-                                    f"{case}: values differ, first {got[:4]} vs {expected[:4]}")
-                        digests.append((case, digest(y)))
+                        digests.append(check_case(comm, tally, algorithm, dtype, count, op, layout))
     # one exchange of every case's digest: ranks agree on the cases, so rows line up
     for row in zip(*comm._transport.allgather_object(digests)):
         tally.check(len({d for _, d in row}) == 1, f"{row[0][0]}: ranks differ in bits")

@@ -19,8 +19,8 @@ else:
 import numpy as np
 
 import collectives
-from tests.workers.allreduce_matrix import LAYOUTS, make_input, sizes
-from tests.workers.common import OPS, Tally, digest, reference
+from tests.workers.allreduce_matrix import LAYOUTS, check_case, sizes
+from tests.workers.common import OPS, Tally
 
 
 def to_device(x: np.ndarray) -> cp.ndarray:
@@ -49,28 +49,9 @@ def main() -> None:
             for count in sizes(comm.size, "--large" in sys.argv):
                 for op in OPS:
                     for layout in LAYOUTS if count < 1 << 16 else ("contiguous",):
-                        case = f"{algorithm} {dtype} count={count} op={op} layout={layout}"
-                        x = to_device(make_input(count, dtype, comm.rank, layout))
-                        before = x.copy()
-                        if layout == "out":
-                            out = cp.full(x.shape, 99, dtype)
-                            y = comm.allreduce(x, op=op, algorithm=algorithm, out=out)
-                            tally.check(y is out, f"{case}: result is not out")
-                        elif layout == "inplace":
-                            y = comm.allreduce(x, op=op, algorithm=algorithm, out=x)
-                            tally.check(y is x, f"{case}: result is not x")
-                        else:
-                            y = comm.allreduce(x, op=op, algorithm=algorithm)
-                            tally.check(digest(cp.asnumpy(x)) == digest(cp.asnumpy(before)),
-                                        f"{case}: input modified")
-                        tally.check(isinstance(y, cp.ndarray), f"{case}: got {type(y)}")
-                        tally.check(y.shape == x.shape and y.dtype == x.dtype,
-                                    f"{case}: got shape {y.shape} dtype {y.dtype}")
-                        got = cp.asnumpy(y).reshape(-1)
-                        expected = reference(count, dtype, comm.size, op).reshape(-1)
-                        tally.check(np.array_equal(got, expected),
-                                    f"{case}: values differ, first {got[:4]} vs {expected[:4]}")
-                        digests = comm._transport.allgather_object(digest(got))
+                        case, mine = check_case(comm, tally, algorithm, dtype, count, op, layout,
+                                                to_array=to_device, to_host=cp.asnumpy)
+                        digests = comm._transport.allgather_object(mine)
                         tally.check(len(set(digests)) == 1, f"{case}: ranks differ in bits")
     tally.finish()
 
