@@ -206,7 +206,7 @@ class Communicator:
             run_plan(plan, work, scratch, transport, op, tag, deadline, codec, staging, src=src)
         else:  # on-node peers read our data from the transport's shared buffer
             run_plan(plan, shared, scratch, self._transport, op, tag, deadline, codec, staging,
-                     src=work if src is None else src, out=work)
+                     src=work if src is None else src, out=work, shared=True)
         sent, received = plan_traffic(plan)
         self._stats.record(label, time.perf_counter() - start, sent * wire.itemsize,
                            received * wire.itemsize)

@@ -215,9 +215,8 @@ def _reduce_bucket(req: Request, bucket: Bucket, index: int, backend: Backend,
     src = None
     if len(arrays) == 1 and xp.shares_memory(first, work):
         pass  # in place: work is x itself
-    elif (codec is None and algorithm == "native" and len(arrays) == 1
-          and first.flags.c_contiguous):
-        src = first.reshape(-1)  # MPI reads x directly: no copy in
+    elif codec is None and len(arrays) == 1 and first.flags.c_contiguous:
+        src = first.reshape(-1)  # read x where it lies: no copy in
     else:
         kernels.pack(arrays, work)
 

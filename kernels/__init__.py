@@ -29,6 +29,7 @@ __all__ = [
     "HALF_DTYPES",
     "OPS",
     "array_module",
+    "combine_into",
     "compress_into",
     "compute_dtype",
     "copy_into",
@@ -64,6 +65,11 @@ def _impl(x: Any) -> ModuleType:
 def reduce_into(dst: Any, src: Any, op: str) -> None:
     """dst = dst (op) src elementwise, in place; op in "sum", "max", "min"."""
     _impl(dst).reduce_into(dst, src, op)
+
+
+def combine_into(dst: Any, a: Any, b: Any, op: str) -> None:
+    """dst = a (op) b elementwise (operand order decides which of +0/-0 or NaNs max/min keep)."""
+    _impl(dst).combine_into(dst, a, b, op)
 
 
 def copy_into(dst: Any, src: Any) -> None:

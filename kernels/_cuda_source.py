@@ -14,7 +14,10 @@ import numpy as np
 
 from kernels._common import HALF_DTYPES
 
-__all__ = ["MULTI_COPY", "PREAMBLE", "ElementwiseSpec", "divide_spec", "multi_copy_source", "reduce_spec", "scale_spec"]
+__all__ = [
+    "MULTI_COPY", "PREAMBLE", "ElementwiseSpec", "combine_spec", "divide_spec", "multi_copy_source",
+    "reduce_spec", "scale_spec",
+]
 
 PREAMBLE = r"""
 __device__ __forceinline__ float collectives_load_float16(unsigned short h) {
@@ -126,6 +129,17 @@ def reduce_spec(dst: np.dtype, src: np.dtype, op: str) -> ElementwiseSpec:
     return ElementwiseSpec(
         f"{_storage(src)} src", f"{_storage(dst)} dst", f"dst = {_store(dst, value, ct)}",
         f"collectives_reduce_{op}_{dst.name}{suffix}",
+    )
+
+
+@cache
+def combine_spec(dtype: np.dtype, op: str) -> ElementwiseSpec:
+    """dst = a (op) b in dtype's compute type, rounded once (a first reduce that reads the input)."""
+    ct, storage = _compute(dtype), _storage(dtype)
+    value = _COMBINE[op].format(a=_load(dtype, "a"), b=_load(dtype, "b"))
+    return ElementwiseSpec(
+        f"{storage} a, {storage} b", f"{storage} dst", f"dst = {_store(dtype, value, ct)}",
+        f"collectives_combine_{op}_{dtype.name}",
     )
 
 

@@ -16,6 +16,7 @@ from kernels._common import HALF_DTYPES, op_name, packed_offsets
 from kernels._cuda_source import (
     PREAMBLE,
     ElementwiseSpec,
+    combine_spec,
     divide_spec,
     multi_copy_source,
     reduce_spec,
@@ -23,6 +24,7 @@ from kernels._cuda_source import (
 )
 
 __all__ = [
+    "combine_into",
     "compress_into",
     "copy_into",
     "decompress_into",
@@ -57,6 +59,10 @@ def _raw(x: cupy.ndarray) -> cupy.ndarray:
 
 def reduce_into(dst: cupy.ndarray, src: cupy.ndarray, op: str) -> None:
     _elementwise(reduce_spec(dst.dtype, src.dtype, op_name(op)))(_raw(src), _raw(dst))
+
+
+def combine_into(dst: cupy.ndarray, a: cupy.ndarray, b: cupy.ndarray, op: str) -> None:
+    _elementwise(combine_spec(dst.dtype, op_name(op)))(_raw(a), _raw(b), _raw(dst))
 
 
 def copy_into(dst: cupy.ndarray, src: cupy.ndarray) -> None:

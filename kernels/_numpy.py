@@ -14,6 +14,7 @@ import numpy as np
 from kernels._common import HALF_DTYPES, compute_dtype, op_name
 
 __all__ = [
+    "combine_into",
     "compress_into",
     "copy_into",
     "decompress_into",
@@ -34,6 +35,12 @@ _quiet = np.errstate(all="ignore")
 def reduce_into(dst: np.ndarray, src: np.ndarray, op: str) -> None:
     """dst = dst (op) src elementwise, in place."""
     _UFUNCS[op_name(op)](dst, src, out=dst, dtype=compute_dtype(dst.dtype), casting="unsafe")
+
+
+@_quiet
+def combine_into(dst: np.ndarray, a: np.ndarray, b: np.ndarray, op: str) -> None:
+    """dst = a (op) b elementwise; dst may be a or b."""
+    _UFUNCS[op_name(op)](a, b, out=dst, dtype=compute_dtype(dst.dtype), casting="unsafe")
 
 
 def copy_into(dst: np.ndarray, src: np.ndarray) -> None:

@@ -113,6 +113,21 @@ def test_reduce_into(xp, dtype, op, n):
     assert_same_bits(to_host(src), b)
 
 
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_combine_into_equals_copy_then_reduce(xp, dtype, op, n):
+    a, b = random_array(n, dtype, 3), random_array(n, dtype, 4)
+    if dtype.kind == "f" and n >= 2:
+        a[:2], b[:2] = np.array([0.0, -0.0], dtype), np.array([-0.0, 0.0], dtype)  # which zero wins
+    dst = xp.zeros(n, dtype)
+    kernels.combine_into(dst, xp.array(a), xp.array(b), op)
+    assert_same_bits(to_host(dst), reference(op, a, b, dtype))
+    in_place = xp.array(b)  # dst may be an operand
+    kernels.combine_into(in_place, xp.array(a), in_place, op)
+    assert_same_bits(to_host(in_place), reference(op, a, b, dtype))
+
+
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
 def test_reduce_into_propagates_nan(xp, dtype, op):
@@ -369,6 +384,7 @@ def host_specs() -> list:
     """Every elementwise kernel the CuPy twin can build for the supported dtypes."""
     specs = [cuda.reduce_spec(d, d, op) for d in DTYPES for op in OPS]
     specs += [cuda.reduce_spec(F32, h, op) for h in HALVES for op in OPS]
+    specs += [cuda.combine_spec(d, op) for d in DTYPES for op in OPS]
     specs += [cuda.scale_spec(s, d) for s in FLOATS for d in FLOATS]
     specs += [cuda.divide_spec(d) for d in DTYPES]
     return specs
@@ -431,6 +447,18 @@ def test_host_cuda_reduce_matches_numpy(host_cuda, dtype, src_dtype, op):
     got, want = a.copy(), a.copy()
     call_host(lib, cuda.reduce_spec(dtype, src_dtype, op), b, got)
     kernels.reduce_into(want, b, op) if dtype == src_dtype else kernels.decompress_reduce_into(want, b, op)
+    assert_same_bits_or_both_nan(got, want)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_host_cuda_combine_matches_numpy(host_cuda, dtype, op):
+    a, b = edge_values(dtype, 20_000, 12), edge_values(dtype, 20_000, 13)[::-1].copy()
+    if dtype.kind == "f":
+        b[3:5] = np.array([-0.0, 0.0], dtype)  # against a's +0, -0: which zero wins
+    got, want = np.zeros_like(a), np.zeros_like(a)
+    call_host(host_cuda, cuda.combine_spec(dtype, op), a, b, got)
+    kernels.combine_into(want, a, b, op)
     assert_same_bits_or_both_nan(got, want)
 
 

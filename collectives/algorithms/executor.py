@@ -10,10 +10,13 @@ peer's bytes where they lie instead of filling the slot; the executor reduces st
 them and then `release`s the request, which completes the peer's send. The plan is the same.
 
 Copy-in and copy-out ride along with the schedule when the caller passes `src` (the input)
-and `out` (the result) apart from `work`: each region of `src` is loaded into `work` just
-before its first send or reduce (never, if a copy-receive overwrites it first), and each
-region is written to `out` as soon as its last receive lands, straight from the wire when
-this rank never sends it again (see `IoSchedule`).
+and `out` (the result) apart from `work`. A region `work` does not hold yet is sent straight
+from `src`, and its first reduce reads `src` and the payload and writes `work` in one pass
+(`kernels.combine_into`), so the input is never copied as such; it is loaded into `work`
+only where that cannot be (a send that spans loaded and unloaded regions, a compressing
+codec, or `shared=True`, where peers read `work` in place). Each region is written to `out`
+as soon as its last receive lands, straight from the wire when this rank never sends it
+again (see `IoSchedule`).
 
 What travels on the wire is the codec's business: `Identity` sends the work buffer's own
 elements; a compressing codec (collectives.compression) encodes each send into a staging
@@ -48,9 +51,6 @@ class Identity:
     def encode(self, region, staging):
         return region
 
-    def decode_reduce(self, region, payload, op: str) -> None:
-        kernels.reduce_into(region, payload, op)
-
     def decode_copy(self, region, payload) -> None:
         kernels.copy_into(region, payload)
 
@@ -71,54 +71,52 @@ def buffer_sizes(plan: Plan, codec=IDENTITY) -> tuple[int, int]:
 class IoSchedule:
     """When run_plan moves data between `src`, `work` and `out` for one plan.
 
-    Receives are numbered in plan order (`Plan.steps`). A region is loaded from src at its
-    first touch if that is a send (`load_round`, before the round's sends) or a reduce-receive
-    (`load_recv`, before the reduce). It is final after its last receive: a copy-receive lands
-    straight in out when this rank never sends the region afterwards (`direct`), otherwise
-    the region is copied work -> out right after that receive (`store_recv`). Regions no
-    receive writes keep src's values (`tail`).
+    Receives are numbered in plan order (`Plan.steps`). A region `work` does not hold yet
+    (untouched: no load, no receive so far) is sent from `src` (`send_src`, per round and
+    send) and its first reduce-receive writes ``src (op) payload`` (`fresh`). Where that
+    cannot be, the untouched part is loaded src -> work first: before the round's sends
+    (`load_round`) or before the reduce (`load_recv`). A region is final after its last
+    receive: a copy-receive lands straight in out when this rank never sends the region
+    afterwards (`direct`), otherwise the region is copied work -> out right after that
+    receive (`store_recv`). Regions no receive writes keep src's values (`tail`).
+
+    `from_src=False` (a compressing codec, which rounds what it sends in place, or a work
+    buffer peers read in place) loads every region before its first send or reduce.
     """
 
     load_round: tuple[Ranges, ...]
+    send_src: tuple[tuple[bool, ...], ...]
     load_recv: tuple[Ranges, ...]
+    fresh: tuple[bool, ...]
     store_recv: tuple[Ranges, ...]
     direct: tuple[bool, ...]
     tail: Ranges
 
     @classmethod
-    def of(cls, plan: Plan) -> "IoSchedule":
-        """The schedule of `plan` (cached per plan object)."""
-        cached = _IO_CACHE.get(id(plan))
+    def of(cls, plan: Plan, *, from_src: bool = False) -> "IoSchedule":
+        """The schedule of `plan` (cached per plan object and `from_src`)."""
+        key = (id(plan), from_src)
+        cached = _IO_CACHE.get(key)
         if cached is not None and cached[0] is plan:
             return cached[1]
-        schedule = cls._build(plan)
+        schedule = cls._build(plan, from_src)
         if len(_IO_CACHE) >= _IO_CACHE_SIZE:
             del _IO_CACHE[next(iter(_IO_CACHE))]
-        _IO_CACHE[id(plan)] = (plan, schedule)
+        _IO_CACHE[key] = (plan, schedule)
         return schedule
 
     @classmethod
-    def _build(cls, plan: Plan) -> "IoSchedule":
+    def _build(cls, plan: Plan, from_src: bool) -> "IoSchedule":
         steps = [s for rnd in plan.rounds for s in rnd.sends + rnd.recvs]
         bounds = sorted({0, plan.count, *(s.lo for s in steps), *(s.hi for s in steps)})
         pieces = len(bounds) - 1
-        first: list[tuple[str, int] | None] = [None] * pieces  # ("send", round) / ("reduce"|"copy", recv)
+        in_work = [False] * pieces  # work holds the piece's current value
         last_recv, last_recv_round, last_send_round = [-1] * pieces, [-1] * pieces, [-1] * pieces
+        load_round, send_src, load_recv, fresh = [], [], [], []
         recvs: list[Recv] = []
 
-        def spanned(step):
+        def spanned(step) -> range:
             return range(bisect.bisect_left(bounds, step.lo), bisect.bisect_left(bounds, step.hi))
-
-        for k, rnd in enumerate(plan.rounds):
-            for send in rnd.sends:
-                for i in spanned(send):
-                    first[i] = first[i] or ("send", k)
-                    last_send_round[i] = k
-            for recv in rnd.recvs:
-                for i in spanned(recv):
-                    first[i] = first[i] or ("reduce" if recv.reduce else "copy", len(recvs))
-                    last_recv[i], last_recv_round[i] = len(recvs), k
-                recvs.append(recv)
 
         def ranges(keep) -> Ranges:
             merged: list[list[int]] = []
@@ -130,14 +128,46 @@ class IoSchedule:
                         merged.append([bounds[i], bounds[i + 1]])
             return tuple((lo, hi) for lo, hi in merged)
 
+        def load(span) -> set[int]:
+            """The pieces of span work lacks, now counted as loaded."""
+            missing = {i for i in span if not in_work[i]}
+            for i in missing:
+                in_work[i] = True
+            return missing
+
+        for k, rnd in enumerate(plan.rounds):
+            loaded: set[int] = set()
+            round_src = []
+            for send in rnd.sends:
+                round_src.append(from_src and not any(in_work[i] for i in spanned(send)))
+                for i in spanned(send):
+                    last_send_round[i] = k
+            for send, direct_from_src in zip(rnd.sends, round_src):
+                if not direct_from_src:
+                    loaded |= load(spanned(send))
+            load_round.append(ranges(loaded.__contains__))
+            send_src.append(tuple(round_src))
+            for recv in rnd.recvs:
+                span = spanned(recv)
+                first_write = from_src and recv.reduce and not any(in_work[i] for i in span)
+                fresh.append(first_write)
+                missing = load(span) if recv.reduce and not first_write else set()
+                load_recv.append(ranges(missing.__contains__))
+                for i in span:
+                    in_work[i] = True
+                    last_recv[i], last_recv_round[i] = len(recvs), k
+                recvs.append(recv)
+
         resent = [last_send_round[i] > last_recv_round[i] for i in range(pieces)]
         direct = tuple(
             not r.reduce and all(last_recv[i] == j and not resent[i] for i in spanned(r))
             for j, r in enumerate(recvs)
         )
         return cls(
-            load_round=tuple(ranges(lambda i, k=k: first[i] == ("send", k)) for k in range(len(plan.rounds))),
-            load_recv=tuple(ranges(lambda i, j=j: first[i] == ("reduce", j)) for j in range(len(recvs))),
+            load_round=tuple(load_round),
+            send_src=tuple(send_src),
+            load_recv=tuple(load_recv),
+            fresh=tuple(fresh),
             store_recv=tuple(
                 () if direct[j] else ranges(lambda i, j=j: last_recv[i] == j) for j in range(len(recvs))
             ),
@@ -146,20 +176,23 @@ class IoSchedule:
         )
 
 
-_IO_CACHE: dict[int, tuple[Plan, IoSchedule]] = {}
+_IO_CACHE: dict[tuple[int, bool], tuple[Plan, IoSchedule]] = {}
 _IO_CACHE_SIZE = 512
 
 
 def run_plan(plan: Plan, work, scratch, transport, op: str, tag: int, deadline: float,
-             codec=IDENTITY, staging=None, *, src=None, out=None) -> None:
+             codec=IDENTITY, staging=None, *, src=None, out=None, shared: bool = False) -> None:
     """Execute `plan` on the flat array `work`.
 
     `scratch` and `staging` are flat arrays of the codec's wire dtype sized by buffer_sizes;
     `op` is the elementwise kernel op (sum, max, min). Without `src`, work holds the input;
     without `out`, work receives the result. With them (flat, work's length and dtype), the
-    input is read from src and the result written to out, as IoSchedule says.
+    input is read from src and the result written to out, as IoSchedule says. `shared`:
+    on-node peers read `work` in place, so every send goes from work.
     """
-    io = IoSchedule.of(plan) if src is not None or out is not None else None
+    io = None
+    if src is not None or out is not None:
+        io = IoSchedule.of(plan, from_src=src is not None and not codec.staged and not shared)
     scratch_len, _ = buffer_sizes(plan, codec)
     slot_len = scratch_len // SCRATCH_SLOTS
     slots = [scratch[i * slot_len : (i + 1) * slot_len] for i in range(SCRATCH_SLOTS)]
@@ -206,14 +239,14 @@ def run_plan(plan: Plan, work, scratch, transport, op: str, tag: int, deadline: 
             move(io.load_round[k], work, src)
         post_recvs(k)
         sends, offset = [], 0
-        for s in rnd.sends:
+        for i, s in enumerate(rnd.sends):
             n = s.hi - s.lo
-            payload = codec.encode(work[s.lo : s.hi], None if staging is None else staging[offset : offset + n])
+            origin = src if io is not None and io.send_src[k][i] else work
+            payload = codec.encode(origin[s.lo : s.hi], None if staging is None else staging[offset : offset + n])
             sends.append(transport.isend(payload, s.peer, tag))
             offset += n
         prefetch_round = k + 1 if k + 1 < len(plan.rounds) and plan.prefetch[k + 1] else k
         post_recvs(prefetch_round)
-        swap = plan.reduce_after_send[k] and not codec.staged
         if plan.reduce_after_send[k]:
             _wait_sends(plan, k, transport, sends, deadline)
             sends = []
@@ -230,14 +263,12 @@ def run_plan(plan: Plan, work, scratch, transport, op: str, tag: int, deadline: 
                 if recv.reduce:
                     if io is not None:
                         move(io.load_recv[j], work, src)
-                    if swap and recv.peer < transport.rank:
-                        # Both partners reduce the same pair here: put the lower rank's
-                        # operand first on both sides, so max/min of +-0 and NaN payloads
-                        # give identical bits (payload is our own scratch in such rounds).
-                        kernels.reduce_into(payload, region, op)
-                        kernels.copy_into(region, payload)
-                    else:
+                    if codec.staged:
                         codec.decode_reduce(region, payload, op)
+                    else:
+                        fresh = io is not None and io.fresh[j]
+                        _reduce_pair(region, src[recv.lo : recv.hi] if fresh else region, payload, op,
+                                     plan.reduce_after_send[done_round], recv.peer < transport.rank)
                 else:
                     codec.decode_copy(region, payload)
                 if view:
@@ -253,6 +284,26 @@ def run_plan(plan: Plan, work, scratch, transport, op: str, tag: int, deadline: 
             move(io.tail, work, src)
         else:
             move(io.tail, out, work if src is None else src)
+
+
+def _reduce_pair(region, mine, payload, op: str, paired: bool, peer_lower: bool) -> None:
+    """region = mine (op) payload; `mine` is region itself or, on a first reduce, the input.
+
+    `paired`: the partner reduces the same pair this round (a reduce after sending). Then
+    both sides put the lower rank's operand first and make the same call, in place on the
+    first operand: which NaN payload a sum keeps, and which zero max/min keep, depend on
+    both (NumPy's loops differ with aliasing). `payload` is our own scratch in such rounds.
+    """
+    if not paired:
+        kernels.combine_into(region, mine, payload, op)
+        return
+    if mine is not region:
+        kernels.copy_into(region, mine)
+    if peer_lower:
+        kernels.combine_into(payload, payload, region, op)
+        kernels.copy_into(region, payload)
+    else:
+        kernels.combine_into(region, region, payload, op)
 
 
 def _wait_sends(plan: Plan, k: int, transport, sends: list, deadline: float) -> None:
