@@ -5,7 +5,11 @@ bandwidth); reducing n bytes into the work buffer costs ``n * gamma`` on the rec
 (Thakur, Rabenseifner & Gropp 2005). A cluster has two link classes, intra-node and
 inter-node, and a zero-copy link (shared memory whose peer buffer the receiver reduces
 from directly) has no transfer of its own: the receiver reads the peer's memory while it
-reduces. The simulator (collectives.simulator) prices plans with these constants;
+reduces. A host link (`cpu_copy`: MPI between processes of one machine) has no copy engine
+either: the ranks' own cores move its bytes, so they queue with the receiver's reductions.
+Where copies and reductions run faster for data that stays in cache, per-byte constants
+measured per message size (`ClusterModel.by_size`) replace the flat ones for calls of that
+size. The simulator (collectives.simulator) prices plans with these constants;
 ``collectives-bench --calibrate`` fits them on this machine and writes the tuning file.
 
 Example::
@@ -40,11 +44,25 @@ COPIES = ("none", "in", "in+out")
 
 @dataclass(frozen=True)
 class LinkModel:
-    """One link class: ``alpha`` seconds per message, ``beta`` seconds per byte."""
+    """One link class: ``alpha`` seconds per message, ``beta`` seconds per byte.
+
+    `zero_copy`: the receiver reads the sender's memory in place (the shm transport).
+    `cpu_copy`: the ranks' own cores move the bytes (MPI over shared memory on one host, no
+    copy engine). Over both, a message costs `alpha` of latency, then its bytes occupy the
+    receiver's compute engine, queued with its reductions: ``beta`` per byte to copy,
+    ``gamma`` (the cluster's) per byte to reduce (for `cpu_copy`, gamma then includes the
+    copy out of the transport, as measured by a reduce exchange).
+    """
 
     alpha: float
     beta: float
     zero_copy: bool = False
+    cpu_copy: bool = False
+
+    @property
+    def on_receiver(self) -> bool:
+        """Whether the receiver's compute engine does the transfer's byte work."""
+        return self.zero_copy or self.cpu_copy
 
     def __post_init__(self) -> None:
         if not (self.alpha >= 0 and self.beta >= 0 and math.isfinite(self.alpha + self.beta)):
@@ -52,11 +70,11 @@ class LinkModel:
 
     @classmethod
     def from_bandwidth(cls, *, alpha_us: float, gbytes_per_s: float,
-                       zero_copy: bool = False) -> "LinkModel":
+                       zero_copy: bool = False, cpu_copy: bool = False) -> "LinkModel":
         """A link from a latency in microseconds and a bandwidth in GB/s (1e9 bytes/s)."""
         if gbytes_per_s <= 0:
             raise ValueError(f"link bandwidth must be > 0 GB/s, got {gbytes_per_s}")
-        return cls(alpha_us * 1e-6, 1 / (gbytes_per_s * 1e9), zero_copy)
+        return cls(alpha_us * 1e-6, 1 / (gbytes_per_s * 1e9), zero_copy, cpu_copy)
 
     def time(self, nbytes: float) -> float:
         """Seconds for one message of `nbytes`."""
@@ -98,6 +116,20 @@ class NativeModel:
         return min(doubling, halving)
 
 
+def _interpolate_row(rows: Sequence[tuple], x: float) -> tuple[float, ...]:
+    """The row at `x`, each column interpolated log-log (linearly where a value is 0)."""
+    if x <= rows[0][0]:
+        return tuple(rows[0][1:])
+    if x >= rows[-1][0]:
+        return tuple(rows[-1][1:])
+    for low, high in zip(rows, rows[1:]):
+        if low[0] <= x <= high[0]:
+            w = (math.log(x) - math.log(low[0])) / (math.log(high[0]) - math.log(low[0]))
+            return tuple(math.exp((1 - w) * math.log(a) + w * math.log(b)) if a > 0 and b > 0
+                         else (1 - w) * a + w * b for a, b in zip(low[1:], high[1:]))
+    raise AssertionError("unreachable: rows are sorted")
+
+
 def _loglog(points: Sequence[tuple[int, float]], x: float) -> float:
     for (x0, y0), (x1, y1) in zip(points, points[1:]):
         if x0 <= x <= x1:
@@ -120,6 +152,11 @@ class ClusterModel:
     topology's `grid` is the (X, Y) shape torus2d runs on. With `torus_links`, the ranks
     are wired as that grid with wrap-around links, and a message between ranks `h` hops
     apart shares each link it crosses: it costs ``alpha + h * bytes * beta``.
+
+    `by_size` rows ``(call bytes, intra beta, inter beta, gamma, copy_beta)``, measured with
+    buffers of that size, give the per-byte constants of a call of that many bytes
+    (`at_message`): interpolated log-log between rows, the nearest row's outside them. On a
+    host, 1 MiB stays in cache and 64 MiB does not, and that changes them several fold.
     """
 
     topology: Topology
@@ -132,10 +169,33 @@ class ClusterModel:
     native: NativeModel | None = None
     name: str = ""
     torus_links: bool = False
+    by_size: tuple[tuple[int, float, float, float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.copies not in COPIES:
             raise ValueError(f"copies must be one of {', '.join(COPIES)}, got {self.copies!r}")
+        rows = self.by_size
+        if any(len(row) != 5 or row[0] <= 0 or min(row[1:]) < 0 for row in rows) or any(
+                a[0] >= b[0] for a, b in zip(rows, rows[1:])):
+            raise ValueError("by_size rows must be (bytes > 0, intra beta, inter beta, gamma, "
+                             f"copy_beta) >= 0 with increasing bytes, got {rows!r}")
+
+    def at_message(self, nbytes: int) -> "ClusterModel":
+        """This cluster with the per-byte constants of a call of `nbytes` (`by_size`)."""
+        rows = self.by_size
+        if not rows:
+            return self
+        cache = self.__dict__.setdefault("_at", {})
+        model = cache.get(nbytes)
+        if model is None:
+            intra, inter, gamma, copy_beta = _interpolate_row(rows, nbytes)
+            model = replace(self, intra=replace(self.intra, beta=intra),
+                            inter=replace(self.inter, beta=inter), gamma=gamma,
+                            copy_beta=copy_beta, by_size=())
+            if len(cache) >= 256:
+                cache.clear()
+            cache[nbytes] = model
+        return model
 
     @classmethod
     def uniform(cls, *, nodes: int, ranks_per_node: int, grid: tuple[int, int] | None = None,
@@ -198,6 +258,7 @@ class Calibration:
     copy_beta: float
     native: tuple[tuple[int, float], ...] = ()
     measured: Mapping[str, object] = field(default_factory=dict)
+    by_size: tuple[tuple[int, float, float, float, float], ...] = ()
 
     def cluster(self, topology: Topology, *, name: str = "") -> ClusterModel:
         """This machine as a ClusterModel for `topology` (its native table counts at `size`).
@@ -207,11 +268,13 @@ class Calibration:
         """
         return ClusterModel(topology, self.intra, self.inter, self.gamma, self.call_overhead,
                             self.copy_beta, "in+out" if self.intra.zero_copy else "in",
-                            native=NativeModel(self.size, self.native), name=name)
+                            native=NativeModel(self.size, self.native), name=name,
+                            by_size=self.by_size)
 
     def as_json(self) -> dict:
         data = asdict(self)
         data["native"] = [list(point) for point in self.native]
+        data["by_size"] = [list(row) for row in self.by_size]
         return data
 
     @classmethod
@@ -220,7 +283,9 @@ class Calibration:
                    inter=LinkModel(**data["inter"]), gamma=float(data["gamma"]),
                    call_overhead=float(data["call_overhead"]), copy_beta=float(data["copy_beta"]),
                    native=tuple((int(b), float(t)) for b, t in data.get("native", ())),
-                   measured=data.get("measured", {}))
+                   measured=data.get("measured", {}),
+                   by_size=tuple((int(row[0]), *map(float, row[1:]))
+                                 for row in data.get("by_size", ())))
 
 
 # Without a tuning file: a zero-copy shared-memory link, a network link, and NumPy

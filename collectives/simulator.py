@@ -12,8 +12,11 @@ everything it reads of them) and replays the executor's rules with no data and n
 - a reduce-receive is reduced on the receiver's one compute engine, ``bytes * gamma``, after
   it lands (and after the round's sends when `plan.reduce_after_send[k]`);
 - over a zero-copy link the receiver reduces (or copies) straight from the sender's buffer
-  (except in rounds that reduce after their own sends):
-  latency alpha, then the receiver's compute does the work, and the send completes then.
+  (except in rounds that reduce after their own sends), and over a `cpu_copy` link (a host
+  transport) the receiver's core moves the bytes: latency alpha, then the receiver's
+  compute does the work (beta per byte to copy, gamma to reduce), queued with its other
+  work, and the send completes then;
+- the per-byte constants are those of a call of this many bytes (`ClusterModel.at_message`).
 
 The result is the slowest rank's finish time, bytes per rank and per link class, the busiest
 link and the critical path. Ranks whose plans are the same up to a relabelling that the
@@ -187,7 +190,7 @@ class _Trace:
         self.tail = 0
         if copies == "none" or not self.rounds:
             return
-        io = IoSchedule.of(plan)
+        io = IoSchedule.of(plan, from_src=copies == "in")  # "in+out": peers read work in place
 
         def nbytes(ranges) -> int:
             return itemsize * sum(hi - lo for lo, hi in ranges)
@@ -364,7 +367,7 @@ class _Engine:
             beta = link.beta * hops
             # The executor takes no peer view where it waits for its own sends before
             # reducing: that receive copies like any other.
-            if link.zero_copy and not (tr.recv_reduce[i] and tr.gate[k]):
+            if link.on_receiver and not (tr.recv_reduce[i] and tr.gate[k]):
                 node = (ready[0] + link.alpha, ready, "latency", c, k, 0, name)
                 per_byte = self.cluster.gamma if tr.recv_reduce[i] else link.beta
                 completes = (node[0] + nbytes * per_byte, node, "zero-copy", c, k, nbytes, name)
@@ -393,7 +396,7 @@ class _Engine:
             link = st.links[i][0]
             nbytes = tr.recv_bytes[i]
             copied = (tr.load_recv[i] + tr.store_recv[i]) * copy_beta
-            if tr.recv_reduce[i] or link.zero_copy or copied:
+            if tr.recv_reduce[i] or link.on_receiver or copied:
                 inputs = [arrival, st.compute]
                 if tr.recv_reduce[i] and tr.gate[k]:
                     sends = [st.send_done[s] for s in tr.round_sends[k]]
@@ -401,10 +404,13 @@ class _Engine:
                         break
                     inputs += sends
                 begin = max(inputs, key=_TIME)
+                gamma = self.cluster.gamma
+                if tr.recv_reduce[i] and tr.gate[k] and link.cpu_copy:
+                    gamma = max(gamma - link.beta, 0.0)  # the message's copy was priced already
                 if tr.recv_reduce[i]:
-                    work, kind = nbytes * self.cluster.gamma, "reduce"
+                    work, kind = nbytes * gamma, "reduce"
                 else:
-                    work, kind = (nbytes * link.beta if link.zero_copy else 0.0), "copy"
+                    work, kind = (nbytes * link.beta if link.on_receiver else 0.0), "copy"
                 done = (begin[0] + work + copied, begin, kind, c, k, nbytes, "")
                 st.compute = done
             else:
@@ -477,6 +483,7 @@ def simulate(algorithm: str, cluster: ClusterModel, count: int, *, itemsize: int
     if count < 0 or itemsize < 1:
         raise ValueError(f"need count >= 0 and itemsize >= 1, got {count}, {itemsize}")
     wire = itemsize if wire_itemsize is None else wire_itemsize
+    cluster = cluster.at_message(count * itemsize)
     size = cluster.size
     traces: dict[int, _Trace] = {}
 

@@ -91,11 +91,48 @@ def test_zero_copy_link_has_no_transfer():
     assert {hop.kind for hop in predicted.critical_path.hops} <= {"latency", "zero-copy", "reduce", "copy"}
 
 
-@pytest.mark.parametrize("copies, extra", [("in", 1.0), ("in+out", 1.5)])
+def test_cpu_copy_link_queues_transfers_with_reductions():
+    """Over a host link (cpu_copy) the receiver's core moves the bytes: two ranks, 4 MiB
+    chunks in 1 MiB segments cost alpha + chunk * gamma to reduce and alpha + chunk * beta
+    to copy, serialised on the receiver (gamma: the copy out of the transport included)."""
+    host = LinkModel(alpha=5e-6, beta=1e-10, cpu_copy=True)
+    gamma = 3e-10
+    count = 2 * (4 << 20) // 4
+    predicted = simulate("ring", cluster(1, 2, gamma=gamma, intra=host, inter=host), count)
+    chunk = 4 << 20
+    assert predicted.time == pytest.approx(2 * host.alpha + chunk * (gamma + host.beta), rel=1e-9)
+    by_kind = predicted.critical_path.seconds_by_kind
+    assert "queued" not in by_kind and by_kind["reduce"] == pytest.approx(chunk * gamma)
+
+
+def test_per_byte_constants_follow_the_call_size():
+    """by_size rows replace the flat beta, gamma, copy_beta for a call of that size (log-log
+    between rows, the nearest row outside them); without rows nothing changes."""
+    rows = ((1 << 20, 1e-10, 2e-10, 3e-10, 4e-10), (4 << 20, 4e-10, 8e-10, 12e-10, 16e-10))
+    base = cluster(2, 2)
+    table = dataclasses.replace(base, by_size=rows)
+    assert base.at_message(1 << 20) is base
+    at_1m = table.at_message(1 << 20)
+    assert (at_1m.intra.beta, at_1m.inter.beta, at_1m.gamma, at_1m.copy_beta) == rows[0][1:]
+    assert at_1m.intra.alpha == base.intra.alpha and at_1m.by_size == ()
+    mid = table.at_message(2 << 20)  # halfway in log: the geometric mean
+    assert mid.gamma == pytest.approx((3e-10 * 12e-10) ** 0.5)
+    assert table.at_message(64 << 20).copy_beta == 16e-10
+    assert table.at_message(8).intra.beta == 1e-10
+    for count in (1 << 18, 1 << 19, 1 << 22):
+        flat = table.at_message(4 * count)
+        assert simulate("hierarchical", table, count).time == simulate("hierarchical", flat, count).time
+    assert simulate("ring", table, 1 << 22).time > simulate("ring", table, 1 << 18).time * 4
+    with pytest.raises(ValueError, match="increasing bytes"):
+        dataclasses.replace(base, by_size=rows[::-1])
+
+
+@pytest.mark.parametrize("copies, extra", [("in", 0.0), ("in+out", 1.5)])
 def test_copies_into_and_out_of_the_work_buffer(copies, extra):
-    """Two ranks, one segment per chunk: the executor loads the chunk it sends (before the
-    send) and the one it reduces (before the reduce): n bytes; with a shared work buffer it
-    also stores its reduced half out (the other half lands in out directly): 1.5 n."""
+    """Two ranks, one segment per chunk. Reading the input where it lies (in), the executor
+    sends from it and combines it with what it receives: no copy. With a shared work buffer
+    (in+out) it loads the chunk it sends and the one it reduces (n bytes) and stores its
+    reduced half out (the other half lands in out directly): 1.5 n."""
     count = 2 * 1000
     base = cluster(1, 2)
     with_copies = dataclasses.replace(base, copies=copies, copy_beta=1e-9)
