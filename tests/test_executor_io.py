@@ -19,6 +19,7 @@ from collectives.algorithms.executor import IoSchedule, buffer_sizes, run_plan
 from collectives.algorithms.ring import SEGMENT_BYTES
 from collectives.errors import CollectiveTimeout
 from collectives.topology import Topology
+from tests.threaded import run_ranks
 
 SEG = 4  # elements per segment
 MODES = ("in-place", "src", "src+out", "src+out shared")
@@ -88,28 +89,19 @@ def run_all(algorithm: str, size: int, inputs: list[np.ndarray], op: str, mode: 
     """
     boxes, cond = defaultdict(deque), threading.Condition()
     topology = Topology.from_local_size(size, 2)
-    results: list = [None] * size
     deadline = time.monotonic() + 20
 
-    def rank_main(rank: int) -> None:
-        try:
-            x = inputs[rank]
-            plan = plan_for(algorithm, rank, size, x.size, itemsize, topology)
-            scratch = np.empty(buffer_sizes(plan)[0], x.dtype)
-            work = x.copy() if mode == "in-place" else np.full_like(x, 7)
-            out = np.full_like(x, 9) if "out" in mode else None
-            run_plan(plan, work, scratch, _Eager(boxes, cond, rank, size), op, 1, deadline,
-                     src=None if mode == "in-place" else x, out=out, shared="shared" in mode)
-            results[rank] = work if out is None else out
-        except Exception as error:  # reported by the test
-            results[rank] = error
+    def rank_main(rank: int) -> np.ndarray:
+        x = inputs[rank]
+        plan = plan_for(algorithm, rank, size, x.size, itemsize, topology)
+        scratch = np.empty(buffer_sizes(plan)[0], x.dtype)
+        work = x.copy() if mode == "in-place" else np.full_like(x, 7)
+        out = np.full_like(x, 9) if "out" in mode else None
+        run_plan(plan, work, scratch, _Eager(boxes, cond, rank, size), op, 1, deadline,
+                 src=None if mode == "in-place" else x, out=out, shared="shared" in mode)
+        return work if out is None else out
 
-    threads = [threading.Thread(target=rank_main, args=(r,), daemon=True) for r in range(size)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    return results
+    return run_ranks(size, rank_main, timeout=30)
 
 
 def _inputs(size: int, count: int, dtype) -> list[np.ndarray]:

@@ -26,6 +26,7 @@ from collectives.algorithms.executor import buffer_sizes, run_plan
 from collectives.algorithms.ring import SEGMENT_BYTES
 from collectives.errors import CollectiveTimeout
 from collectives.topology import Topology
+from tests.threaded import run_ranks
 
 DEADLINE = 10.0  # seconds: every case here finishes in well under one when it works
 
@@ -135,25 +136,16 @@ def run_all(algorithm: str, size: int, count: int, seg: int, policy: str = "chan
     world = _World()
     topology = Topology.from_local_size(size, 2)
     itemsize = SEGMENT_BYTES // seg  # plans cut segments of SEGMENT_BYTES // itemsize elements
-    results: list = [None] * size
     deadline = time.monotonic() + timeout
 
-    def rank_main(rank: int) -> None:
-        try:
-            plan = plan_for(algorithm, rank, size, count, itemsize, topology)
-            work = np.arange(count, dtype=np.float64) * (rank + 1)
-            scratch = np.empty(buffer_sizes(plan)[0], np.float64)
-            run_plan(plan, work, scratch, SimNccl(world, rank, size, policy), "sum", 1, deadline)
-            results[rank] = work
-        except Exception as error:  # reported by the test
-            results[rank] = error
+    def rank_main(rank: int) -> np.ndarray:
+        plan = plan_for(algorithm, rank, size, count, itemsize, topology)
+        work = np.arange(count, dtype=np.float64) * (rank + 1)
+        scratch = np.empty(buffer_sizes(plan)[0], np.float64)
+        run_plan(plan, work, scratch, SimNccl(world, rank, size, policy), "sum", 1, deadline)
+        return work
 
-    threads = [threading.Thread(target=rank_main, args=(r,), daemon=True) for r in range(size)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout + 5)
-    return results
+    return run_ranks(size, rank_main, timeout=timeout + 5)
 
 
 @pytest.mark.parametrize("algorithm", sorted(PLANNERS))
