@@ -14,6 +14,20 @@ def test_transport_zero_copy_order_timeouts_close(np_):
     run_workers(np_, "shm_transport", timeout=300)
 
 
+@pytest.mark.parametrize("np_", [2, 3])
+def test_messages_through_mpi_cannot_cross_and_streams_out_of_step_raise(np_):
+    """Another message with the same source and tag is not taken (the soak's truncation);
+    streams out of step give MismatchError naming both ranks on both, no timeout."""
+    run_workers(np_, "shm_matching", timeout=120)
+
+
+def test_compressed_async_fused_stress():
+    """Compressed async calls, fused lists (one tag, several plans), mismatches, sizes around
+    p * 43 at np=3: the mix where the soak once got a truncated message."""
+    run_workers(3, "shm_stress", "400", env={"COLLECTIVES_SHM": "1", "COLLECTIVES_TIMEOUT": "60"},
+                timeout=300)
+
+
 @pytest.mark.parametrize("np_,local_size", [(2, None), (3, 2)])
 def test_same_bits_as_mpi_transport(np_, local_size):
     env = {} if local_size is None else {"COLLECTIVES_LOCAL_SIZE": str(local_size)}

@@ -12,15 +12,24 @@ the node communicator):
   the receiver. Message m of a pair uses slot m % SLOTS; it is published by writing seq = m+1
   last, and acknowledged by the receiver writing m+1 into its ack slot once it no longer
   reads the sender's bytes. A send completes on that acknowledgement, so the sender never
-  overwrites a region a peer may still be reading.
+  overwrites a region a peer may still be reading. Two more words per rank say which peer's
+  stream it found out of step (see below), so the ranks waiting on it stop at once too.
 
 Memory ordering: both windows stay in a passive-target epoch (`Lock_all(MODE_NOCHECK)`) and
 `Win.Sync` is the fence (MPI's unified model): sender `write data; Sync; write descriptor`,
 receiver `read seq; Sync; read data; Sync; write ack`.
 
 A send whose buffer is not in the data window (a codec's staging buffer, say) still goes
-through MPI, but its descriptor (tag < 0) keeps the pair's order; peers on other nodes use
-MPI directly. Waits poll, yield the core (`os.sched_yield`) and honour the deadline.
+through MPI, with a descriptor of offset -1 that keeps the pair's order. Such messages
+travel on a private duplicate of the node communicator, each tagged with its own per-pair
+sequence number (mod MPI_TAG_UB + 1), and the Isend is posted only when its descriptor is
+published, so at most SLOTS of them per pair are ever unmatched: the receive posted for
+message m can only match message m, whatever else is in flight (the collective's tag, the
+order receives are posted in). A receive whose descriptor disagrees with it (tag or size:
+the ranks are out of step) raises MismatchError naming both ranks, marks the stream in the
+control window, and every rank waiting on this one raises too; the transport then refuses
+further exchanges. Peers on other nodes use MPI directly. Waits poll, yield the core
+(`os.sched_yield`) and honour the deadline.
 
 Example::
 
@@ -31,6 +40,7 @@ Example::
 from __future__ import annotations
 
 import atexit
+import collections
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -41,12 +51,13 @@ from mpi4py import MPI
 import kernels
 
 from ..errors import CollectiveTimeout, MismatchError
-from .mpi import MPITransport
+from .mpi import MPITransport, _as_bytes
 
 __all__ = ["SLOTS", "ShmTransport"]
 
 SLOTS = 64  # descriptors in flight per ordered pair of ranks on a node
 _SEQ, _OFFSET, _NBYTES, _TAG = range(4)
+_FAULT_PEER, _FAULT_SEQ = range(2)  # local rank + 1 of a stream found out of step, its message
 _GROW_QUANTUM = 1 << 20  # data windows grow in whole MiB, by at least 1/8 of their size
 CLOSE_GRACE = 30.0  # seconds close() waits for the node's other ranks before freeing
 
@@ -58,6 +69,7 @@ class _Send:
     offset: int  # in my data window; -1: sent through MPI
     nbytes: int
     tag: int
+    buf: np.ndarray | None = None  # sent through MPI once published
     mpi: MPI.Request | None = None
     published: bool = False
 
@@ -88,19 +100,28 @@ class ShmTransport:
         self.me = self.node.Get_rank()
         self._close_grace = close_grace
         n = len(self.local)
-        self._ctrl_win, segments = _allocate(self.node, 8 * (n * SLOTS * 4 + n * SLOTS))
+        # On-node messages that go through MPI: apart from everything else, one tag each.
+        self._wire = self.node.Dup()
+        self._wire_tags = int(self._wire.Get_attr(MPI.TAG_UB)) + 1
+        assert self._wire_tags > SLOTS
+        descriptors, acks = n * SLOTS * 4, n * SLOTS
+        self._ctrl_win, segments = _allocate(self.node, 8 * (descriptors + acks + 2))
         ctrl = [s.view(np.int64) for s in segments]
         ctrl[self.me][:] = 0
         self._ctrl_win.Sync()
         self.node.Barrier()
-        self._outbox = [c[: n * SLOTS * 4].reshape(n, SLOTS, 4) for c in ctrl]  # [owner][to][slot]
-        self._acks = [c[n * SLOTS * 4 :].reshape(n, SLOTS) for c in ctrl]  # [owner][from][slot]
+        ack_end = descriptors + acks
+        self._outbox = [c[:descriptors].reshape(n, SLOTS, 4) for c in ctrl]  # [owner][to][slot]
+        self._acks = [c[descriptors:ack_end].reshape(n, SLOTS) for c in ctrl]  # [owner][from][slot]
+        self._faults = [c[ack_end:] for c in ctrl]  # [owner]: _FAULT_PEER, _FAULT_SEQ
         self._data_win: MPI.Win | None = None
         self._data: list[np.ndarray] = []
         self._sent = [0] * n  # messages posted to each local peer
         self._received = [0] * n  # receives posted from each local peer
-        self._unpublished: list[_Send] = []
+        self._unpublished = [collections.deque() for _ in range(n)]  # per peer, in order
+        self._queued = 0  # sends waiting in _unpublished
         self._unmatched: list[_Recv] = []
+        self._failed: str | None = None  # why the exchange cannot continue
         self._closed = False
         atexit.register(self.close)
 
@@ -114,12 +135,15 @@ class ShmTransport:
         """
         if len(self.local) == 1:
             return None
+        if self._failed is not None:
+            raise MismatchError(self._failed)
         nbytes = count * np.dtype(dtype).itemsize
         if self._data_win is None or self._data[self.me].size < nbytes:
             self._grow(nbytes, deadline)
         return self._data[self.me][:nbytes].view(dtype)
 
     def _grow(self, nbytes: int, deadline: float) -> None:
+        assert not (self._queued or self._unmatched), "window grown with messages in flight"
         quantum = max(_GROW_QUANTUM, (self._data[self.me].size // 8) if self._data else 0)
         capacity = -(-max(nbytes, 1) // quantum) * quantum
         self._node_barrier(deadline, "the node's ranks to grow the shared windows")
@@ -134,12 +158,13 @@ class ShmTransport:
         local = self.local.get(peer)
         if local is None:
             return self.mpi.isend(buf, peer, tag)
+        if self._failed is not None:
+            raise MismatchError(self._failed)
         offset = self._offset_of(buf)
-        send = _Send(local, self._sent[local] + 1, offset, buf.nbytes, tag)
         self._sent[local] += 1
-        if offset < 0:
-            send.mpi = self.mpi.isend(buf, peer, tag)
-        self._unpublished.append(send)
+        send = _Send(local, self._sent[local], offset, buf.nbytes, tag, buf if offset < 0 else None)
+        self._unpublished[local].append(send)
+        self._queued += 1
         self._publish()
         return send
 
@@ -167,6 +192,8 @@ class ShmTransport:
         local = self.local.get(peer)
         if local is None:
             return _Recv(-1, 0, buf, tag, view, payload=buf, mpi=self.mpi.irecv(buf, peer, tag))
+        if self._failed is not None:
+            raise MismatchError(self._failed)
         self._received[local] += 1
         recv = _Recv(local, self._received[local], buf, tag, view)
         self._unmatched.append(recv)
@@ -190,7 +217,12 @@ class ShmTransport:
         return self._wait(test, requests, deadline, what)
 
     def _wait(self, test, requests, deadline: float, what: str):
+        if self._failed is not None:
+            raise MismatchError(self._failed)
+        peers = {r.peer for r in requests if isinstance(r, (_Send, _Recv)) and r.peer >= 0}
+
         def step():
+            self._check_faults(peers)
             self._publish()
             self._match()
             return test()
@@ -210,36 +242,50 @@ class ShmTransport:
         if isinstance(request, _Recv):
             return request.payload is not None and (request.mpi is None or request.mpi.Test())
         if isinstance(request, _Send):
+            if not request.published:
+                return False
             if request.mpi is not None:
-                return request.published and request.mpi.Test()
-            return request.published and self._acks[request.peer][self.me, _slot(request.seq)] >= request.seq
+                return request.mpi.Test()
+            return self._acks[request.peer][self.me, _slot(request.seq)] >= request.seq
         return request.Test()
 
     # ------------------------------------------------------------------ progress
 
     def _publish(self) -> None:
-        """Write the descriptors of posted sends whose slot the receiver has freed, in order."""
-        while self._unpublished:
-            send = self._unpublished[0]
-            slot = _slot(send.seq)
-            if send.seq > SLOTS and self._acks[send.peer][self.me, slot] < send.seq - SLOTS:
-                return
-            entry = self._outbox[self.me][send.peer, slot]
-            entry[_OFFSET], entry[_NBYTES], entry[_TAG] = send.offset, send.nbytes, send.tag
-            self._ctrl_win.Sync()  # data and descriptor before seq
-            entry[_SEQ] = send.seq
-            send.published = True
-            self._unpublished.pop(0)
+        """Write the descriptors of posted sends whose slot the receiver has freed, in order.
+
+        A send through MPI is posted here, with its descriptor: so at most SLOTS per pair are
+        in flight unmatched, and their tags (sequence numbers mod MPI_TAG_UB + 1) differ.
+        """
+        if not self._queued:
+            return
+        for peer, queue in enumerate(self._unpublished):
+            while queue:
+                send = queue[0]
+                slot = _slot(send.seq)
+                if send.seq > SLOTS and self._acks[peer][self.me, slot] < send.seq - SLOTS:
+                    break  # the receiver still reads message seq - SLOTS's slot
+                if send.buf is not None:
+                    send.mpi = self._wire.Isend(_as_bytes(send.buf), peer, self._wire_tag(send.seq))
+                    send.buf = None
+                entry = self._outbox[self.me][peer, slot]
+                entry[_OFFSET], entry[_NBYTES], entry[_TAG] = send.offset, send.nbytes, send.tag
+                self._ctrl_win.Sync()  # data and descriptor before seq
+                entry[_SEQ] = send.seq
+                send.published = True
+                queue.popleft()
+                self._queued -= 1
 
     def _match(self) -> None:
         """Take the published messages that posted receives wait for, in order per peer.
 
         A peer's messages are taken strictly in sequence (the sender may publish more while
-        we scan), so the MPI receives of messages sent through MPI are posted in send order.
+        we scan). A message sent through MPI is received by its own tag (its sequence number),
+        so MPI's matching does not depend on that order, nor on other messages in flight.
         """
         still = []
         blocked: set[int] = set()
-        for recv in self._unmatched:
+        for i, recv in enumerate(self._unmatched):
             entry = self._outbox[recv.peer][self.me, _slot(recv.seq)]
             if recv.peer in blocked or entry[_SEQ] != recv.seq:
                 blocked.add(recv.peer)
@@ -248,13 +294,11 @@ class ShmTransport:
             self._ctrl_win.Sync()  # seq before descriptor and data
             offset, nbytes, tag = (int(v) for v in entry[1:])
             if tag != recv.tag or nbytes != recv.buf.nbytes:
-                raise MismatchError(
-                    f"rank {self.rank}: message {recv.seq} from local rank {recv.peer} has tag "
-                    f"{tag} and {nbytes} bytes; expected tag {recv.tag} and {recv.buf.nbytes} "
-                    "bytes (ranks disagree on the collective's arguments or order)"
-                )
+                self._unmatched = still + self._unmatched[i:]  # nothing taken twice
+                raise self._out_of_step(recv, tag, nbytes)
             if offset < 0:
-                recv.mpi = self.mpi.irecv(recv.buf, self.node_ranks[recv.peer], tag)
+                wire_tag = self._wire_tag(recv.seq)  # matches the peer's message recv.seq only
+                recv.mpi = self._wire.Irecv(_as_bytes(recv.buf), recv.peer, wire_tag)
                 recv.payload = recv.buf
                 self._ack(recv)
                 continue
@@ -266,6 +310,42 @@ class ShmTransport:
                 recv.payload = recv.buf
                 self._ack(recv)
         self._unmatched = still
+
+    def _wire_tag(self, seq: int) -> int:
+        """The MPI tag of a pair's message `seq` sent through MPI (unique among those in flight)."""
+        return seq % self._wire_tags
+
+    def _out_of_step(self, recv: _Recv, tag: int, nbytes: int) -> MismatchError:
+        """Mark the stream from recv's peer out of step (for the ranks waiting on us); the error."""
+        source = self.node_ranks[recv.peer]
+        faults = self._faults[self.me]
+        if not faults[_FAULT_PEER]:
+            faults[_FAULT_SEQ] = recv.seq
+            self._ctrl_win.Sync()
+            faults[_FAULT_PEER] = recv.peer + 1
+        self._failed = (
+            f"rank {self.rank}: message {recv.seq} from rank {source} has tag {tag} and "
+            f"{nbytes} bytes, but rank {self.rank} expected tag {recv.tag} and "
+            f"{recv.buf.nbytes} bytes: ranks {source} and {self.rank} are out of step (they "
+            "disagree on the collectives' arguments or order); the shared-memory exchange "
+            "cannot continue, call comm.abort()"
+        )
+        return MismatchError(self._failed)
+
+    def _check_faults(self, peers) -> None:
+        """MismatchError if a peer we wait on found some stream out of step (it stopped)."""
+        for peer in peers:
+            faults = self._faults[peer]
+            if faults[_FAULT_PEER]:
+                self._ctrl_win.Sync()
+                source = self.node_ranks[int(faults[_FAULT_PEER]) - 1]
+                self._failed = (
+                    f"rank {self.rank}: rank {self.node_ranks[peer]} found message "
+                    f"{int(faults[_FAULT_SEQ])} from rank {source} out of step with its receives "
+                    "(ranks disagree on the collectives' arguments or order); the shared-memory "
+                    "exchange cannot continue, call comm.abort()"
+                )
+                raise MismatchError(self._failed)
 
     def _ack(self, recv: _Recv) -> None:
         self._ctrl_win.Sync()  # reads of the peer's bytes before the acknowledgement
@@ -313,6 +393,7 @@ class ShmTransport:
                 win.Unlock_all()
                 win.Free()
         self._data_win = None
+        self._wire.Free()
         self.node.Free()
 
     def _node_barrier(self, deadline: float, what: str) -> None:
