@@ -41,7 +41,7 @@ _SEP = "\x1f"
 class Call:
     """One collective in progress: its name, sequence number, deadline and, once agreed, fields."""
 
-    __slots__ = ("_agreement", "name", "seq", "deadline", "fields", "pending")
+    __slots__ = ("_agreement", "name", "seq", "deadline", "fields", "pending", "agreed")
 
     def __init__(self, agreement: "Agreement", name: str, seq: int, deadline: float):
         self._agreement = agreement
@@ -50,6 +50,7 @@ class Call:
         self.deadline = deadline
         self.fields: dict[str, str] = {}
         self.pending = True  # True until the records were exchanged (or need not be)
+        self.agreed = False  # the ranks agreed (or the check is off): data may move
 
     @property
     def label(self) -> str:
@@ -92,6 +93,8 @@ class Agreement:
         except Exception as error:
             if call.pending and self.check:
                 self._share_failure(call, error)
+            elif isinstance(error, MismatchError) and call.agreed:
+                self._broken = f"{call.name} #{call.seq} found the ranks' messages out of step"
             raise
 
     def agree(self, call: Call, x: Any, check_finite: bool, fields: dict[str, object]) -> None:
@@ -105,10 +108,12 @@ class Agreement:
         }
         if not (self.check or check_finite):
             call.pending = False
+            call.agreed = True
             return
         status = NONFINITE if check_finite and not all(map(_finite, arrays)) else OK
         rows = self._exchange(call, status, _SEP.join(f"{k}={v}" for k, v in call.fields.items()))
         if (rows[:, 1:] == rows[0, 1:]).all() and not rows[:, 0].any():
+            call.agreed = True
             return
         if (rows[:, 0] == INVALID).any():
             raise self._invalid(call, rows)

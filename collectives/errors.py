@@ -29,7 +29,10 @@ class CollectiveError(RuntimeError):
 class MismatchError(CollectiveError):
     """Ranks disagree on a collective's arguments (shape, dtype, op, algorithm, ...).
 
-    Raised on every rank before any data moved; the next collective may proceed.
+    Raised by the agreement check on every rank before any data moved; the next collective
+    may proceed. Raised while data moves (a transport finding the ranks' message streams
+    out of step, possible only with the check off), it leaves the communicator unusable,
+    as a timeout does: call `comm.abort()`.
     """
 
 

@@ -27,6 +27,12 @@ def test_bad_input_errors_with_the_check_off():
                                                            "COLLECTIVES_CHECK": "0"})
 
 
+def test_mismatch_while_data_moves_leaves_the_communicator_unusable():
+    """Check off, sizes differ: the shared-memory streams go out of step; no hang, no reuse."""
+    run_workers(2, "stream_mismatch", env={"COLLECTIVES_SHM": "1", "COLLECTIVES_CHECK": "0",
+                                           "COLLECTIVES_TIMEOUT": "30"})
+
+
 def _available_gib() -> float:
     with open("/proc/meminfo") as meminfo:
         for line in meminfo:
