@@ -1,24 +1,33 @@
 """`collectives-bench --calibrate`: fit the cost model's constants on this machine.
 
 Micro-benchmarks, each over the code path the library itself runs (the communicator's
-transport, the kernels), all ranks busy at once so that shared cores are shared as in a
-real all-reduce (pairs 0-1, 2-3, ... run side by side):
+transport, its executor `run_plan`, the kernels), with every rank busy at once, at the
+world size being calibrated, so that ranks sharing cores, caches and memory bandwidth share
+them as in a real all-reduce:
 
-1. copy ping-pong (isend, irecv into a buffer): one-way time per size -> link alpha, beta
-   by a least-relative-error fit of ``alpha + n beta``; pairs on one node give the intra
-   class, pairs across nodes (when the topology has several) the inter class;
-2. reduce ping-pong (the receiver reduces the message into its buffer, from the peer's
-   memory when the transport is zero-copy): its slope minus the link's transfer is gamma;
-3. the transport's own all-reduce through ``comm.allreduce(algorithm="native")`` per size:
-   native's time table (a black box: interpolated, never fitted);
-4. per-call cost: the communicator's native call at 8 B minus raw ``MPI_Allreduce``, plus
-   what a plan-based call costs more than a native one on a one-rank communicator;
-5. a 128 MiB copy and reduce on every rank at once (memory-bound, as large messages are):
-   copy_beta (copies in and out of the work buffer), and lower bounds for gamma and a zero-copy link's beta (ranks that share cores
-   compute at once in a real call, unlike in a ping-pong).
+1. shift exchange through the executor: every rank sends to the next rank of its node and
+   receives from the previous one (pairs when there are two), three rounds of a quarter of
+   an N-byte buffer each, the received quarter copied in (copy exchange) or reduced with the
+   rank's input (reduce exchange). The per-round time at the smallest N is the link's
+   `alpha` (Python's and the scheduler's cost of a round included); per N, the rest per
+   byte is `beta` (copy) and `gamma` (reduce, the copy out of the transport included), kept
+   per N in `by_size` since data that stays in cache moves several times faster. The same
+   across nodes (rank i with its counterparts on the neighbouring nodes) when the topology
+   has several, else inter = intra. Between processes of one host the ranks' own cores move
+   the bytes (`cpu_copy`);
+2. a copy of N bytes on every rank at once: `copy_beta` per N (copies between input, work
+   buffer and output);
+3. per-call cost: a plan-based call with nothing to move (``allreduce`` of an empty array):
+   validation, the agreement round trip, fusion and plan lookup, at this world size; and
+   per N, the same call right after the copy of N bytes, less the copy: the call's Python
+   then runs on caches that N bytes of data have just evicted, as after a real call;
+4. the transport's own all-reduce through ``comm.allreduce(algorithm="native")`` per size:
+   native's time table (a black box: interpolated, never fitted).
 
-The result is written to the tuning file (collectives.costmodel.tuning_path()) under this
-world size; `auto` and the report's predictions read it.
+Every time is the median of five timed runs (the slowest rank's mean in each), so that a
+burst of load from elsewhere moves it less. The result is written to the tuning file
+(collectives.costmodel.tuning_path()) under this world size; `auto` and the report's
+predictions read it.
 
 Example::
 
@@ -27,6 +36,7 @@ Example::
 """
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 
@@ -34,14 +44,21 @@ import numpy as np
 
 import kernels
 from bench import harness
+from collectives.algorithms.executor import buffer_sizes, run_plan
+from collectives.algorithms.plan import Plan, Recv, Round, Send, segments
+from collectives.algorithms.ring import SEGMENT_BYTES
 from collectives.costmodel import Calibration, LinkModel, write_calibration
 
-__all__ = ["PINGPONG_SIZES", "NATIVE_SIZES", "fit_alpha_beta", "calibrate", "run"]
+__all__ = ["EXCHANGE_SIZES", "QUICK_SIZES", "NATIVE_SIZES", "fit_alpha_beta", "per_byte",
+           "median_time", "median_extra", "exchange_plan", "calibrate", "run"]
 
-PINGPONG_SIZES = tuple(8 << (3 * i) for i in range(8)) + (16 << 20,)  # 8 B .. 16 MiB
+EXCHANGE_SIZES = (64,) + tuple(16 << (2 * i) for i in range(5, 12))  # 64 B; 16 KiB .. 64 MiB by x4
+QUICK_SIZES = (64, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
 NATIVE_SIZES = tuple(8 << (2 * i) for i in range(13))  # 8 B .. 128 MiB
+ROUNDS = 3  # rounds per exchange: a buffer of 4 quarters, each round sends one, receives the next
 _TAG = 7001
-_BUDGET = 0.15  # seconds of timed calls per measurement (at least 3 calls)
+_BUDGET = 0.1  # seconds of timed calls per run (at least 3 calls)
+_RUNS = 5  # timed runs per measurement; the median counts
 
 
 def fit_alpha_beta(sizes: Sequence[int], seconds: Sequence[float]) -> tuple[float, float]:
@@ -58,145 +75,186 @@ def fit_alpha_beta(sizes: Sequence[int], seconds: Sequence[float]) -> tuple[floa
     return round(max(float(alpha), 0.0), 12), round(max(float(beta), 0.0), 18)
 
 
-def _timed(mpi_comm, call: Callable[[], None], *, budget: float = _BUDGET) -> float:
-    """Seconds per call, every rank timing together; the slowest rank's mean."""
+def per_byte(seconds: float, alpha: float, nbytes: int) -> float:
+    """Seconds per byte beyond the latency: ``(seconds - alpha) / nbytes``, at least 0.
+
+    >>> per_byte(3e-5, 1e-5, 1000)
+    2e-08
+    """
+    return round(max(seconds - alpha, 0.0) / nbytes, 18) if nbytes else 0.0
+
+
+def median_time(mpi_comm, call: Callable[[], None], *, budget: float = _BUDGET,
+                runs: int = _RUNS) -> float:
+    """Seconds per call: the median over `runs` timed runs of the slowest rank's mean."""
     call()
     mpi_comm.Barrier()
     start = time.perf_counter()
     call()
     once = max(mpi_comm.allgather(time.perf_counter() - start))
     iters = int(min(200, max(3, budget / max(once, 1e-7))))
-    return harness.time_per_iteration(mpi_comm, call, iters=iters, warmup=1)
+    return statistics.median(harness.time_per_iteration(mpi_comm, call, iters=iters, warmup=1)
+                             for _ in range(runs))
 
 
-class _PingPong:
-    """Message round trips between partner ranks through the communicator's transport."""
+def median_extra(mpi_comm, base: Callable[[], None], extra: Callable[[], None], *,
+                 budget: float = _BUDGET, runs: int = _RUNS) -> tuple[float, float]:
+    """(seconds of `base`, seconds `extra` adds when run right after it): medians over `runs`
+    pairs of timed runs, base alone then base + extra, so slow drifts in load cancel."""
+    def both() -> None:
+        base()
+        extra()
 
-    def __init__(self, transport, partner: int | None, send_buf: np.ndarray, recv_buf: np.ndarray,
-                 *, first: bool):
-        self.transport = transport
-        self.partner = partner
-        self.send_buf = send_buf
-        self.recv_buf = recv_buf
-        self.first = first
-        self.zero_copy = hasattr(transport, "irecv_view")
-
-    def _send(self, n: int) -> None:  # n: float32 elements, as are all counts here
-        req = self.transport.isend(self.send_buf[:n], self.partner, _TAG)
-        self.transport.wait_all([req], time.monotonic() + 60, "calibration send")
-
-    def _recv(self, n: int, reduce: bool) -> None:
-        t = self.transport
-        deadline = time.monotonic() + 60
-        if reduce and self.zero_copy:
-            req = t.irecv_view(self.recv_buf[n:2 * n], self.partner, _TAG)
-            t.wait_all([req], deadline, "calibration receive")
-            kernels.reduce_into(self.recv_buf[:n], t.view(req), "sum")
-            t.release(req)
-            return
-        scratch = self.recv_buf[n:2 * n] if reduce else self.recv_buf[:n]
-        req = t.irecv(scratch, self.partner, _TAG)
-        t.wait_all([req], deadline, "calibration receive")
-        if reduce:
-            kernels.reduce_into(self.recv_buf[:n], scratch, "sum")
-
-    def round_trip(self, n: int, reduce: bool) -> None:
-        if self.partner is None:
-            return
-        if self.first:
-            self._send(n)
-            self._recv(n, reduce)
-        else:
-            self._recv(n, reduce)
-            self._send(n)
+    base()
+    both()
+    mpi_comm.Barrier()
+    start = time.perf_counter()
+    both()
+    once = max(mpi_comm.allgather(time.perf_counter() - start))
+    iters = int(min(200, max(3, budget / max(once, 1e-7))))
+    alone, added = [], []
+    for _ in range(runs):
+        alone.append(harness.time_per_iteration(mpi_comm, base, iters=iters, warmup=1))
+        added.append(harness.time_per_iteration(mpi_comm, both, iters=iters, warmup=1) - alone[-1])
+    return statistics.median(alone), statistics.median(added)
 
 
-def _partner(rank: int, size: int, topology, *, across: bool) -> int | None:
-    """Pairs (0,1), (2,3), ... within nodes, or rank i with its counterpart on the next node."""
+def exchange_plan(rank: int, size: int, nbytes: int, succ: int | None, pred: int | None, *,
+                  reduce: bool, itemsize: int = 4) -> Plan:
+    """ROUNDS rounds over a buffer of 4 quarters of `nbytes` / 4: round k sends quarter k to
+    `succ` and receives quarter k + 1 from `pred`, reducing it (with the input) or copying it.
+
+    As in a ring's phases, each round sends what the previous one received, and 1 MiB
+    segments pipeline a quarter. No rounds for a rank without neighbours.
+
+    >>> [len(r.sends) for r in exchange_plan(0, 2, 8 << 20, 1, 1, reduce=True).rounds]
+    [2, 2, 2]
+    """
+    quarter = max(1, nbytes // (4 * itemsize))
+    seg = max(1, SEGMENT_BYTES // itemsize)
+    rounds = []
+    if succ is not None and pred is not None:
+        for k in range(ROUNDS):
+            rounds.append(Round(
+                sends=tuple(Send(succ, a, b) for a, b in segments(k * quarter, (k + 1) * quarter, seg)),
+                recvs=tuple(Recv(pred, a, b, reduce)
+                            for a, b in segments((k + 1) * quarter, (k + 2) * quarter, seg))))
+    return Plan("exchange", rank, size, 4 * quarter, tuple(rounds))
+
+
+def _neighbours(rank: int, topology, *, across: bool) -> tuple[int | None, int | None]:
+    """(next, previous) rank of a ring over this rank's node, or over the nodes (ranks of one
+    local index); (None, None) for a rank that has none."""
     if across:
         nodes = topology.nodes
-        node = topology.node_of[rank]
-        mine = nodes[node].index(rank)
-        other = node + 1 if node % 2 == 0 else node - 1
-        if other < len(nodes) and mine < len(nodes[other]) and len(nodes) >= 2:
-            return nodes[other][mine]
-        return None
-    peers = topology.peers(rank)
-    index = peers.index(rank)
-    mate = index + 1 if index % 2 == 0 else index - 1
-    return peers[mate] if mate < len(peers) else None
+        local = nodes[topology.node_of[rank]].index(rank)
+        ring = [node[local] for node in nodes if local < min(len(n) for n in nodes)]
+    else:
+        ring = list(topology.peers(rank))
+    if len(ring) < 2 or rank not in ring:
+        return None, None
+    i = ring.index(rank)
+    return ring[(i + 1) % len(ring)], ring[(i - 1) % len(ring)]
 
 
-def _link(mpi_comm, comm, sizes, *, across: bool, progress) -> tuple[LinkModel, float, dict] | None:
-    """Fit one link class; None when no pair of ranks is of that class."""
+def _same_host(mpi_comm, peer: int | None) -> bool:
+    """Whether `peer` shares this rank's machine (MPI's shared-memory split), for every rank."""
+    from mpi4py import MPI
+
+    node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED)
+    host = mpi_comm.allgather(node.allreduce(mpi_comm.rank, op=MPI.MIN))
+    node.Free()
+    return all(mpi_comm.allgather(peer is None or host[peer] == host[mpi_comm.rank]))
+
+
+def _exchange_times(mpi_comm, comm, sizes, *, across: bool, progress) -> dict | None:
+    """Per-round seconds of the copy and reduce shift exchange per size; None if no rank
+    has neighbours of that class."""
     transport = comm._transport
-    partner = _partner(comm.rank, comm.size, comm.topology, across=across)
-    if not any(mpi_comm.allgather(partner is not None)):
+    succ, pred = _neighbours(comm.rank, comm.topology, across=across)
+    if not any(mpi_comm.allgather(succ is not None)):
         return None
-    top = max(sizes) // 4
-    shared = getattr(transport, "work_buffer", None)  # zero-copy sends read from it
-    send = shared(top, np.float32, deadline=time.monotonic() + 60) if shared else None
-    send = np.empty(top, np.float32) if send is None else send
-    send[:] = 1
-    recv = np.zeros(2 * top, np.float32)
-    pingpong = _PingPong(transport, partner, send, recv, first=partner is not None and comm.rank < partner)
+    shared = getattr(transport, "work_buffer", None)  # zero-copy: peers read the work buffer
     copy, reduce = [], []
     for n in sizes:
-        progress(f"{'inter' if across else 'intra'}-node ping-pong {harness.format_size(n)}")
-        copy.append(_timed(mpi_comm, lambda: pingpong.round_trip(n // 4, False)) / 2)
-        reduce.append(_timed(mpi_comm, lambda: pingpong.round_trip(n // 4, True)) / 2)
-    zero_copy = pingpong.zero_copy and not across
-    alpha, beta = fit_alpha_beta(sizes, copy)
-    _, slope = fit_alpha_beta(sizes, reduce)
-    gamma = slope if zero_copy else max(slope - beta, slope / 10)
-    measured = {"sizes": list(sizes), "copy_s": copy, "reduce_s": reduce}
-    return LinkModel(alpha, beta, zero_copy), gamma, measured
+        progress(f"{'inter' if across else 'intra'}-node exchange {harness.format_size(n)}")
+        for is_reduce, times in ((False, copy), (True, reduce)):
+            plan = exchange_plan(comm.rank, comm.size, n, succ, pred, reduce=is_reduce)
+            src = np.ones(plan.count, np.float32)
+            scratch = np.empty(max(buffer_sizes(plan)[0], 1), np.float32)
+            if shared is not None:
+                out = np.empty_like(src)
+
+                def call(plan=plan, src=src, scratch=scratch, out=out):
+                    deadline = time.monotonic() + 60
+                    work = shared(plan.count, np.float32, deadline=deadline)
+                    run_plan(plan, work, scratch, transport, "sum", _TAG, deadline, src=src,
+                             out=out, shared=True)
+            else:
+                work = np.empty_like(src)
+
+                def call(plan=plan, src=src, scratch=scratch, work=work):
+                    run_plan(plan, work, scratch, transport, "sum", _TAG, time.monotonic() + 60,
+                             src=src)
+            times.append(median_time(mpi_comm, call) / ROUNDS)
+    return {"sizes": list(sizes), "copy_round_s": copy, "reduce_round_s": reduce,
+            "same_host": _same_host(mpi_comm, succ), "zero_copy": shared is not None and not across}
+
+
+def _link(times: dict, sizes: Sequence[int]) -> tuple[LinkModel, list[float], list[float]]:
+    """The link (alpha from the smallest exchange, beta at the largest) and per-size beta, gamma."""
+    alpha = times["copy_round_s"][0]
+    quarters = [n // 4 for n in sizes]
+    betas = [per_byte(t, alpha, q) for t, q in zip(times["copy_round_s"], quarters)]
+    gammas = [per_byte(t, alpha, q) for t, q in zip(times["reduce_round_s"], quarters)]
+    link = LinkModel(round(alpha, 12), betas[-1], zero_copy=times["zero_copy"],
+                     cpu_copy=times["same_host"] and not times["zero_copy"])
+    return link, betas, gammas
 
 
 def calibrate(mpi_comm, comm, *, quick: bool = False,
               progress: Callable[[str], None] = lambda what: None) -> Calibration:
     """Measure and fit on every rank of `comm` (a collectives Communicator over mpi_comm)."""
-    from mpi4py import MPI
-
-    import collectives
-
-    sizes = PINGPONG_SIZES[::2] + PINGPONG_SIZES[-1:] if quick else PINGPONG_SIZES
-    intra = _link(mpi_comm, comm, sizes, across=False, progress=progress)
-    inter = _link(mpi_comm, comm, sizes, across=True, progress=progress)
+    sizes = QUICK_SIZES if quick else EXCHANGE_SIZES
+    intra = _exchange_times(mpi_comm, comm, sizes, across=False, progress=progress)
+    inter = _exchange_times(mpi_comm, comm, sizes, across=True, progress=progress)
     if intra is None and inter is None:
         raise ValueError(f"calibration needs at least 2 ranks, got {comm.size}")
-    intra = intra or inter
-    inter = inter or (LinkModel(intra[0].alpha, intra[0].beta), intra[1], intra[2])
+    intra_link, intra_beta, gamma = _link(intra or inter, sizes)
+    inter_link, inter_beta, inter_gamma = _link(inter, sizes) if inter else (intra_link, intra_beta, gamma)
+    if intra is None:  # one rank per node: the inter-node reduce exchange sets gamma
+        gamma = inter_gamma
+
+    progress("per-call cost")
+    empty = np.empty(0, np.float32)
+
+    def empty_call() -> None:
+        comm.allreduce(empty, algorithm="ring")
+
+    call_overhead = median_time(mpi_comm, empty_call)
+    copy_beta, call_after = [], []
+    for n in sizes[1:]:
+        progress(f"local copy {harness.format_size(n)}, all ranks at once, and a call after it")
+        a = np.ones(n // 4, np.float32)
+        b = np.empty_like(a)
+        copy, after = median_extra(mpi_comm, lambda: kernels.copy_into(b, a), empty_call)
+        copy_beta.append(round(copy / n, 18))
+        call_after.append(round(max(after, call_overhead), 12))
 
     native = []
     for n in (NATIVE_SIZES[::2] if quick else NATIVE_SIZES):
         progress(f"native all-reduce {harness.format_size(n)}")
         x = np.ones(n // 4, np.float32)
         out = np.empty_like(x)
-        native.append((n, _timed(mpi_comm, lambda: comm.allreduce(x, algorithm="native", out=out))))
+        native.append((n, median_time(mpi_comm, lambda: comm.allreduce(x, algorithm="native", out=out))))
 
-    progress("per-call cost")
-    x, out = np.ones(2, np.float32), np.empty(2, np.float32)
-    raw = _timed(mpi_comm, lambda: mpi_comm.Allreduce(x, out))
-    solo = collectives.init(mpi_comm=MPI.COMM_SELF)
-    solo_plan = _timed(MPI.COMM_SELF, lambda: solo.allreduce(x, algorithm="ring", out=out))
-    solo_native = _timed(MPI.COMM_SELF, lambda: solo.allreduce(x, algorithm="native", out=out))
-    call_overhead = max(native[0][1] - raw + solo_plan - solo_native, 0.0)
-    # Every rank copying and reducing at once: what ranks sharing cores get in a real call.
-    progress("local copy and reduce, all ranks at once")
-    big = np.ones(32 << 20, np.float32)  # 128 MiB: well past the L3 (32 MiB here): from memory
-    dst = np.empty_like(big)
-    copy_beta = _timed(mpi_comm, lambda: kernels.copy_into(dst, big)) / big.nbytes
-    reduce_local = _timed(mpi_comm, lambda: kernels.reduce_into(dst, big, "sum")) / big.nbytes
-    link = intra[0]
-    if link.zero_copy:  # the receiver's compute copies from the peer: no faster than locally
-        link = LinkModel(link.alpha, max(link.beta, copy_beta), zero_copy=True)
+    rows = tuple(zip(sizes[1:], intra_beta[1:], inter_beta[1:], gamma[1:], copy_beta, call_after))
     return Calibration(
-        size=comm.size, intra=link, inter=inter[0], gamma=max(intra[1], reduce_local),
-        call_overhead=call_overhead, copy_beta=copy_beta, native=tuple(native),
-        measured={"intra": intra[2], "inter": inter[2], "raw_mpi_8B_s": raw,
-                  "reduce_pingpong_gamma": intra[1], "reduce_local_all_ranks_gamma": reduce_local,
-                  "solo_plan_call_s": solo_plan, "solo_native_call_s": solo_native,
+        size=comm.size, intra=intra_link, inter=inter_link, gamma=gamma[-1],
+        call_overhead=call_overhead, copy_beta=copy_beta[-1], native=tuple(native),
+        by_size=rows,
+        measured={"intra_exchange": intra, "inter_exchange": inter,
+                  "empty_plan_call_s": call_overhead, "rounds_per_exchange": ROUNDS,
                   "transport": comm._transport.name})
 
 
@@ -228,15 +286,24 @@ def run(mpi_comm, *, quick: bool = False, out=None) -> Calibration:
 def describe(calibration: Calibration) -> str:
     """The fitted constants in words."""
     def link(model: LinkModel) -> str:
-        kind = ", zero-copy" if model.zero_copy else ""
-        return f"alpha {model.alpha * 1e6:.1f} us, {1 / model.beta / 1e9 if model.beta else float('inf'):.2f} GB/s{kind}"
+        kind = ", zero-copy" if model.zero_copy else ", cores copy" if model.cpu_copy else ""
+        return f"alpha {model.alpha * 1e6:.1f} us, {_rate(model.beta)} GB/s{kind}"
 
-    return "\n".join([
+    lines = [
         f"# calibration at np {calibration.size}",
         f"# intra-node link: {link(calibration.intra)}",
         f"# inter-node link: {link(calibration.inter)}",
-        f"# reduction: {1 / calibration.gamma / 1e9:.2f} GB/s (gamma {calibration.gamma:.3e} s/B)",
-        f"# per call: {calibration.call_overhead * 1e6:.1f} us; copies in/out of the work buffer: {1 / calibration.copy_beta / 1e9:.2f} GB/s",
-        "# native all-reduce: " + ", ".join(f"{harness.format_size(n)} {t * 1e6:.0f} us"
-                                            for n, t in calibration.native[::3]),
-    ])
+        f"# reduction: {_rate(calibration.gamma)} GB/s (gamma {calibration.gamma:.3e} s/B)",
+        f"# per call: {calibration.call_overhead * 1e6:.1f} us; copies in/out of the work buffer: {_rate(calibration.copy_beta)} GB/s",
+    ]
+    if calibration.by_size:
+        lines.append("# per call size (GB/s; per call): " + "; ".join(
+            f"{harness.format_size(n)}: intra {_rate(b)}, inter {_rate(c)}, reduce {_rate(g)}, "
+            f"copy {_rate(cb)}; {call * 1e6:.0f} us" for n, b, c, g, cb, call in calibration.by_size))
+    lines.append("# native all-reduce: " + ", ".join(f"{harness.format_size(n)} {t * 1e6:.0f} us"
+                                                    for n, t in calibration.native[::3]))
+    return "\n".join(lines)
+
+
+def _rate(seconds_per_byte: float) -> str:
+    return f"{1 / seconds_per_byte / 1e9:.2f}" if seconds_per_byte > 0 else "inf"

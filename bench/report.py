@@ -3,9 +3,10 @@
 1. Calibrates at this np when the tuning file has no entry for it (bench/calibrate.py).
 2. Measures all algorithms x message sizes x compression (none, fp16) with the benchmark
    harness (bench/harness.py), a progress bar on stderr.
-3. Predicts the same calls with the simulator on this machine's calibrated model, and
-   reports the error; predicts busbw on named cluster shapes (or those of --cluster FILE)
-   with the sizes where the ranking of algorithms changes.
+3. Measures ring, hierarchical, torus2d and halving_doubling again from 64 KiB to 64 MiB,
+   each point the median of five timed runs, and holds the simulator's predictions on
+   this machine's calibrated model against them; predicts busbw on named cluster shapes
+   (or those of --cluster FILE) with the sizes where the ranking of algorithms changes.
 4. Writes DIR/report.md, DIR/results.json (nccl-tests-like rows plus predictions) and PNGs.
 docs/report.md explains how to read it.
 
@@ -13,6 +14,7 @@ Example::
 
     collectives-report --quick --out OUT                 # starts 2 ranks itself
     collectives-report --np 4 --out OUT --cluster my-clusters.json
+    collectives-report --accuracy-only --np 4 --out OUT  # model vs measurement only
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ __all__ = ["ACCURACY_ALGORITHMS", "Scale", "default_clusters", "load_clusters", 
 _MODULE = "bench.report"
 ACCURACY_ALGORITHMS = ("ring", "hierarchical", "torus2d", "halving_doubling")
 ACCURACY_RANGE = (64 << 10, 64 << 20)
+ACCURACY_SIZES = tuple(64 << (10 + 2 * i) for i in range(6))  # 64 KiB .. 64 MiB by x4
+ACCURACY_BUDGET = 0.1  # seconds of timed calls per run; the median of five runs counts
 
 
 # ---------------------------------------------------------------------------- cluster shapes
@@ -374,30 +378,58 @@ def _us(seconds: float) -> str:
     return f"{seconds * 1e6:,.0f}" if seconds >= 1e-4 else f"{seconds * 1e6:.1f}"
 
 
-def accuracy(rows, predicted) -> dict[str, list[tuple[int, float, float]]]:
-    """(size, measured s, predicted s) of the uncompressed plan algorithms in ACCURACY_RANGE."""
-    lo, hi = ACCURACY_RANGE
+def measure_accuracy(mpi_comm, comm: Any, sizes: Sequence[int], *,
+                     progress=None) -> list[tuple[str, int, float]]:
+    """(algorithm, bytes, seconds per call) of ACCURACY_ALGORITHMS at `sizes`: each the median
+    of five timed runs (the slowest rank's mean in each), so one burst of load from another
+    job does not decide a point; the sweep's single run is too noisy on a shared host."""
+    from bench.calibrate import median_time
+
+    measured = []
+    total = len(sizes) * len(ACCURACY_ALGORITHMS)
+    for nbytes in sizes:
+        sample = _Sample(comm, nbytes // 4)
+        for name in ACCURACY_ALGORITHMS:
+            if progress is not None:
+                progress(len(measured) + 1, total, f"accuracy {harness.format_size(nbytes)} {name}")
+            seconds = median_time(mpi_comm, lambda: sample.run(Variant(name)), budget=ACCURACY_BUDGET)
+            measured.append((name, nbytes, seconds))
+    return measured
+
+
+def accuracy(measured: Sequence[tuple[str, int, float]], model: Any) -> dict[str, list[tuple[int, float, float]]]:
+    """(size, measured s, predicted s) per algorithm: each call predicted as its plan's
+    simulated time on `model` plus the calibrated per-call cost."""
+    from collectives.simulator import simulate
+
     points: dict[str, list[tuple[int, float, float]]] = {}
-    for row, guess in zip(rows, predicted):
-        if (row.fields["compression"] == "none" and row.fields["algorithm"] in ACCURACY_ALGORITHMS
-                and lo <= row.size <= hi and guess):
-            points.setdefault(row.label, []).append((row.size, row.time_us * 1e-6, guess))
+    for name, nbytes, seconds in measured:
+        guess = model.call_time(nbytes) + simulate(name, model, nbytes // 4).time
+        points.setdefault(name, []).append((nbytes, seconds, guess))
     return points
 
 
 def write_markdown(path: Path, *, command: str, env: Mapping, calibration, source: str, rows,
                    predicted, winners, points, scale: Sequence[dict], plots: Sequence[str],
                    elapsed: float) -> None:
-    from bench.calibrate import describe
-
-    labels = list(dict.fromkeys(row.label for row in rows))
-    sizes = sorted({row.size for row in rows})
-    cell = {(row.label, row.size): row for row in rows}
     out = [f"# All-reduce report: np={env['nranks']} on {env['hostname']}", "",
            f"`{command}` — {env['date']}, {env['mpi_library']}, {env['cpus']} CPUs, "
            f"{elapsed:.0f} s. How to read it: [docs/report.md](../report.md) "
-           "(in the repository).", "",
-           "## Measured", "",
+           "(in the repository).", ""]
+    if rows:
+        out += _measured_sections(rows, winners)
+    out += _accuracy_section(points, calibration, source)
+    if scale:
+        out += _scale_section(scale)
+    out += ["Files: " + ", ".join(["results.json", *plots]), ""]
+    path.write_text("\n".join(out))
+
+
+def _measured_sections(rows, winners) -> list[str]:
+    labels = list(dict.fromkeys(row.label for row in rows))
+    sizes = sorted({row.size for row in rows})
+    cell = {(row.label, row.size): row for row in rows}
+    out = ["## Measured", "",
            "Bus bandwidth in GB/s (busbw = algbw x 2(p-1)/p); the best per size in bold. "
            "`+fp16`: 16-bit values on the wire.", "",
            "| size | " + " | ".join(labels) + " | #wrong |",
@@ -419,13 +451,22 @@ def write_markdown(path: Path, *, command: str, env: Mapping, calibration, sourc
         picked = cell.get((pick, size)) if pick else None
         out.append(f"| {harness.format_size(size)} | {measured} | {best.time_us:,.1f} | {pick} | "
                    f"{'' if picked is None else f'{picked.time_us:,.1f}'} |")
-    out += ["", "![winner per size](winners.png)", "", "## Model vs measurement", "",
-            f"Predicted with the simulator on this machine's calibration ({source}): each call is "
-            "the plan's simulated time plus the calibrated per-call cost. Error = "
-            "(predicted - measured) / measured, for "
-            f"{', '.join(ACCURACY_ALGORITHMS)} from {harness.format_size(ACCURACY_RANGE[0])} to "
-            f"{harness.format_size(ACCURACY_RANGE[1])}.", "",
-            "| algorithm | size | measured (us) | predicted (us) | error |", "|---|---:|---:|---:|---:|"]
+    out += ["", "![winner per size](winners.png)", ""]
+    return out
+
+
+def _accuracy_section(points, calibration, source: str) -> list[str]:
+    from bench.calibrate import describe
+
+    out = ["## Model vs measurement", "",
+           f"Predicted with the simulator on this machine's calibration ({source}): each call is "
+           "the plan's simulated time plus the calibrated per-call cost. Measured apart from "
+           "the sweep above: each point is the median of five timed runs "
+           f"({ACCURACY_BUDGET:g} s of calls each). Error = "
+           "(predicted - measured) / measured, for "
+           f"{', '.join(ACCURACY_ALGORITHMS)} from {harness.format_size(ACCURACY_RANGE[0])} to "
+           f"{harness.format_size(ACCURACY_RANGE[1])}.", "",
+           "| algorithm | size | measured (us) | predicted (us) | error |", "|---|---:|---:|---:|---:|"]
     worst = None
     for label, series in points.items():
         for size, measured, guess in series:
@@ -440,10 +481,15 @@ def write_markdown(path: Path, *, command: str, env: Mapping, calibration, sourc
                     f"{sum(abs((g - m) / m) <= 0.25 for s in points.values() for _, m, g in s)} of "
                     f"{sum(len(s) for s in points.values())} points."]
     out += ["", "![measured vs predicted](accuracy.png)", "", "Calibration:", "", "```",
-            describe(calibration), "```", "", "## At scale (simulated)", "",
-            "The same plans, simulated on virtual clusters (plan time only: no per-call host "
-            "cost). busbw in GB/s per algorithm and size; a ranking change between two sizes "
-            "is a crossover.", ""]
+            describe(calibration), "```", ""]
+    return out
+
+
+def _scale_section(scale: Sequence[dict]) -> list[str]:
+    out = ["## At scale (simulated)", "",
+           "The same plans, simulated on virtual clusters (plan time only: no per-call host "
+           "cost). busbw in GB/s per algorithm and size; a ranking change between two sizes "
+           "is a crossover.", ""]
     for result in scale:
         table = result["algorithms"]
         names = list(table)
@@ -468,8 +514,8 @@ def write_markdown(path: Path, *, command: str, env: Mapping, calibration, sourc
         out += ["", f"Critical path at {harness.format_size(largest)}:", ""]
         out += [f"- {name}: {table[name][largest]['critical_path']}" for name in names]
         out.append("")
-    out += ["![at scale](at_scale.png)", "", "Files: " + ", ".join(["results.json", *plots]), ""]
-    path.write_text("\n".join(out))
+    out += ["![at scale](at_scale.png)", ""]
+    return out
 
 
 # ---------------------------------------------------------------------------- command line
@@ -485,9 +531,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cluster", metavar="FILE",
                         help="JSON with the cluster shapes to predict (default: built-in shapes)")
     parser.add_argument("--max-bytes", type=harness.parse_size, default=None, metavar="SIZE",
-                        help="largest measured message (default 256M, 16M with --quick)")
+                        help="largest measured message (default 256M, 16M with --quick; the "
+                             "model-vs-measurement points go to 64M unless this is smaller)")
+    parser.add_argument("--accuracy-only", action="store_true",
+                        help="only the model-vs-measurement section (no sweep, no at-scale)")
     launch.add_launch_argument(parser)
     return parser
+
+
+def _accuracy_sizes(args) -> tuple[int, ...]:
+    """ACCURACY_SIZES up to --max-bytes (or the smallest, if that is below them all)."""
+    top = args.max_bytes or ACCURACY_SIZES[-1]
+    return tuple(s for s in ACCURACY_SIZES if s <= top) or ACCURACY_SIZES[:1]
 
 
 def _sizes(args) -> tuple[tuple[int, ...], tuple[int, ...], harness.SweepOptions]:
@@ -534,16 +589,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         variants = [Variant(name, compression) for compression in _compressions(comm)
                     for name in collectives.ALGORITHMS]
         rows: list[harness.Row] = []
-        for line in harness.sweep(mpi_comm, _AllReduce(comm, variants), options=options,
-                                  progress=progress if leader else None):
-            rows += line
+        if not args.accuracy_only:
+            for line in harness.sweep(mpi_comm, _AllReduce(comm, variants), options=options,
+                                      progress=progress if leader else None):
+                rows += line
+        measured = measure_accuracy(mpi_comm, comm, _accuracy_sizes(args),
+                                    progress=progress if leader else None)
         env = harness.environment(mpi_comm, collectives=collectives.__version__)
         if not leader:
             return 0
-        scale = at_scale(shapes, scale_sizes, progress=progress)
+        scale = [] if args.accuracy_only else at_scale(shapes, scale_sizes, progress=progress)
         progress.close()
         _write(out_dir, args=args, argv=argv, env=env, calibration=calibration, source=source,
-               comm=comm, rows=rows, options=options, scale=scale,
+               comm=comm, rows=rows, measured=measured, options=options, scale=scale,
                elapsed=time.perf_counter() - started)
         print(f"wrote {out_dir / 'report.md'}, results.json and plots")
     return 1 if any(row.wrong for row in rows) else 0
@@ -562,8 +620,8 @@ def _calibration(mpi_comm, *, quick: bool):
     return calibration, f"calibrated now, np={mpi_comm.size}"
 
 
-def _write(out_dir: Path, *, args, argv, env, calibration, source, comm, rows, options, scale,
-           elapsed: float) -> None:
+def _write(out_dir: Path, *, args, argv, env, calibration, source, comm, rows, measured,
+           options, scale, elapsed: float) -> None:
     from collectives.tuner import Tuner
 
     model = calibration.cluster(comm.topology, name="this machine")
@@ -575,12 +633,14 @@ def _write(out_dir: Path, *, args, argv, env, calibration, source, comm, rows, o
         here = [row for row in rows if row.size == size and row.label != "auto"]
         best = min(here, key=lambda row: row.time_us)
         winners.append((size, best.label, tuner.choose(size)))
-    points = accuracy(rows, predicted)
-    plots = ["busbw.png", "winners.png", "accuracy.png", "at_scale.png"]
-    plot_busbw(rows, out_dir / plots[0], np_=comm.size)
-    plot_winners(winners, out_dir / plots[1], np_=comm.size)
-    plot_accuracy(points, out_dir / plots[2], np_=comm.size)
-    plot_scale(scale, out_dir / plots[3])
+    points = accuracy(measured, model)
+    plots = ["busbw.png", "winners.png", "accuracy.png", "at_scale.png"] if rows else ["accuracy.png"]
+    plot_accuracy(points, out_dir / "accuracy.png", np_=comm.size)
+    if rows:
+        plot_busbw(rows, out_dir / "busbw.png", np_=comm.size)
+        plot_winners(winners, out_dir / "winners.png", np_=comm.size)
+    if scale:
+        plot_scale(scale, out_dir / "at_scale.png")
     command = shlex.join(["collectives-report", *argv])
     document = {
         "command": command, "environment": env,
@@ -592,6 +652,9 @@ def _write(out_dir: Path, *, args, argv, env, calibration, source, comm, rows, o
                   "error": None if not guess else (guess - row.time_us * 1e-6) / (row.time_us * 1e-6)}
                  for row, guess in zip(rows, predicted)],
         "winners": [{"size": s, "measured": m, "auto_pick": p} for s, m, p in winners],
+        "accuracy": [{"algorithm": name, "size": size, "time_us": seconds * 1e6,
+                      "predicted_time_us": guess * 1e6, "error": (guess - seconds) / seconds}
+                     for name, series in points.items() for size, seconds, guess in series],
         "at_scale": scale,
     }
     harness.write_json(str(out_dir / "results.json"), document)

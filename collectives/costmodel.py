@@ -153,10 +153,12 @@ class ClusterModel:
     are wired as that grid with wrap-around links, and a message between ranks `h` hops
     apart shares each link it crosses: it costs ``alpha + h * bytes * beta``.
 
-    `by_size` rows ``(call bytes, intra beta, inter beta, gamma, copy_beta)``, measured with
-    buffers of that size, give the per-byte constants of a call of that many bytes
-    (`at_message`): interpolated log-log between rows, the nearest row's outside them. On a
-    host, 1 MiB stays in cache and 64 MiB does not, and that changes them several fold.
+    `by_size` rows ``(call bytes, intra beta, inter beta, gamma, copy_beta, call_overhead)``,
+    measured with buffers of that size, give the constants of a call of that many bytes
+    (`at_message`): interpolated log-log between rows, the nearest row outside them. On a
+    host, 1 MiB stays in cache and 64 MiB does not, and that changes the per-byte costs
+    several fold; the per-call cost grows too, as the call's Python runs on caches its data
+    has just evicted.
     """
 
     topology: Topology
@@ -169,29 +171,29 @@ class ClusterModel:
     native: NativeModel | None = None
     name: str = ""
     torus_links: bool = False
-    by_size: tuple[tuple[int, float, float, float, float], ...] = ()
+    by_size: tuple[tuple[int, float, float, float, float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.copies not in COPIES:
             raise ValueError(f"copies must be one of {', '.join(COPIES)}, got {self.copies!r}")
         rows = self.by_size
-        if any(len(row) != 5 or row[0] <= 0 or min(row[1:]) < 0 for row in rows) or any(
+        if any(len(row) != 6 or row[0] <= 0 or min(row[1:]) < 0 for row in rows) or any(
                 a[0] >= b[0] for a, b in zip(rows, rows[1:])):
             raise ValueError("by_size rows must be (bytes > 0, intra beta, inter beta, gamma, "
-                             f"copy_beta) >= 0 with increasing bytes, got {rows!r}")
+                             f"copy_beta, call_overhead) >= 0 with increasing bytes, got {rows!r}")
 
     def at_message(self, nbytes: int) -> "ClusterModel":
-        """This cluster with the per-byte constants of a call of `nbytes` (`by_size`)."""
+        """This cluster with the constants of a call of `nbytes` (`by_size`)."""
         rows = self.by_size
         if not rows:
             return self
         cache = self.__dict__.setdefault("_at", {})
         model = cache.get(nbytes)
         if model is None:
-            intra, inter, gamma, copy_beta = _interpolate_row(rows, nbytes)
+            intra, inter, gamma, copy_beta, call_overhead = _interpolate_row(rows, nbytes)
             model = replace(self, intra=replace(self.intra, beta=intra),
                             inter=replace(self.inter, beta=inter), gamma=gamma,
-                            copy_beta=copy_beta, by_size=())
+                            copy_beta=copy_beta, call_overhead=call_overhead, by_size=())
             if len(cache) >= 256:
                 cache.clear()
             cache[nbytes] = model
@@ -242,8 +244,9 @@ class ClusterModel:
         return self.call_overhead + NativeModel.modelled(nbytes, self.size, slowest, self.gamma)
 
     def call_time(self, nbytes: int) -> float:
-        """Seconds a plan-based call spends outside its plan (validation, agreement, setup)."""
-        return self.call_overhead
+        """Seconds a plan-based call of `nbytes` spends outside its plan (validation,
+        agreement, setup): `call_overhead`, or its `by_size` value for that size."""
+        return self.at_message(nbytes).call_overhead
 
 
 @dataclass(frozen=True)
@@ -258,7 +261,7 @@ class Calibration:
     copy_beta: float
     native: tuple[tuple[int, float], ...] = ()
     measured: Mapping[str, object] = field(default_factory=dict)
-    by_size: tuple[tuple[int, float, float, float, float], ...] = ()
+    by_size: tuple[tuple[int, float, float, float, float, float], ...] = ()
 
     def cluster(self, topology: Topology, *, name: str = "") -> ClusterModel:
         """This machine as a ClusterModel for `topology` (its native table counts at `size`).

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import crossovers, default_clusters, load_clusters
+from bench.report import ACCURACY_ALGORITHMS, crossovers, default_clusters, load_clusters
 from collectives.costmodel import Calibration, LinkModel, write_calibration
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,10 +69,40 @@ def test_quick_report_end_to_end(tmp_path):
     assert {row["size"] for row in rows} == {8, 64, 512, 4096, 32768, 65536}  # x8, then the top
     assert all(row["wrong"] == 0 and row["time_us"] > 0 for row in rows)
     assert all(row["predicted_time_us"] > 0 for row in rows if row["compression"] == "none")
+    accuracy = document["accuracy"]
+    assert sorted(point["algorithm"] for point in accuracy) == sorted(ACCURACY_ALGORITHMS)
+    assert all(point["size"] == 65536 and point["time_us"] > 0 and point["predicted_time_us"] > 0
+               and point["error"] == pytest.approx(point["predicted_time_us"] / point["time_us"] - 1)
+               for point in accuracy)
     assert [c["ranks"] for c in document["at_scale"]] == [8, 8]
     assert document["calibration"]["source"] == "tuning file, np=2"
     report = (out / "report.md").read_text()
     for heading in ("## Measured", "## Winner per size", "## Model vs measurement",
-                    "## At scale (simulated)", "### 4 nodes x 2", "### 2x4 torus"):
+                    "## At scale (simulated)", "### 4 nodes x 2", "### 2x4 torus", "**Worst case: "):
         assert heading in report
     assert "[8/" in proc.stderr  # the progress bar
+
+
+def test_accuracy_only_report(tmp_path):
+    """--accuracy-only: no sweep and no at-scale section, only the model vs measurement."""
+    tuning = tmp_path / "tuning.json"
+    link = LinkModel(alpha=20e-6, beta=1 / 4e9, cpu_copy=True)
+    rows = ((1 << 16, 1 / 4e9, 1 / 4e9, 1 / 3e9, 1 / 8e9, 5e-5), (1 << 20, 1 / 8e9, 1 / 8e9, 1 / 6e9, 1 / 9e9, 6e-5))
+    write_calibration(Calibration(size=2, intra=link, inter=link, gamma=1 / 4e9, call_overhead=5e-5,
+                                  copy_beta=1 / 8e9, by_size=rows), tuning)
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PMI_", "OMPI_", "COLLECTIVES_BENCH_", "PMIX_"))}
+    env.update(PYTHONPATH=str(ROOT), COLLECTIVES_TUNING_FILE=str(tuning))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "bench.report", "--accuracy-only", "--np", "2",
+                           "--max-bytes", "256K", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(path.name for path in out.glob("*.png")) == ["accuracy.png"]
+    document = json.loads((out / "results.json").read_text())
+    assert document["rows"] == [] and document["at_scale"] == []
+    assert {(p["algorithm"], p["size"]) for p in document["accuracy"]} == {
+        (name, size) for name in ACCURACY_ALGORITHMS for size in (64 << 10, 256 << 10)}
+    report = (out / "report.md").read_text()
+    assert "## Model vs measurement" in report and "## Measured" not in report
+    assert "## At scale" not in report and "per call size" in report

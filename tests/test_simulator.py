@@ -105,15 +105,18 @@ def test_cpu_copy_link_queues_transfers_with_reductions():
     assert "queued" not in by_kind and by_kind["reduce"] == pytest.approx(chunk * gamma)
 
 
-def test_per_byte_constants_follow_the_call_size():
-    """by_size rows replace the flat beta, gamma, copy_beta for a call of that size (log-log
-    between rows, the nearest row outside them); without rows nothing changes."""
-    rows = ((1 << 20, 1e-10, 2e-10, 3e-10, 4e-10), (4 << 20, 4e-10, 8e-10, 12e-10, 16e-10))
+def test_constants_follow_the_call_size():
+    """by_size rows replace the flat beta, gamma, copy_beta and per-call cost for a call of
+    that size (log-log between rows, the nearest row outside them); without rows nothing
+    changes."""
+    rows = ((1 << 20, 1e-10, 2e-10, 3e-10, 4e-10, 1e-4), (4 << 20, 4e-10, 8e-10, 12e-10, 16e-10, 4e-4))
     base = cluster(2, 2)
     table = dataclasses.replace(base, by_size=rows)
-    assert base.at_message(1 << 20) is base
+    assert base.at_message(1 << 20) is base and base.call_time(1 << 20) == base.call_overhead
     at_1m = table.at_message(1 << 20)
-    assert (at_1m.intra.beta, at_1m.inter.beta, at_1m.gamma, at_1m.copy_beta) == rows[0][1:]
+    assert (at_1m.intra.beta, at_1m.inter.beta, at_1m.gamma, at_1m.copy_beta,
+            at_1m.call_overhead) == rows[0][1:]
+    assert table.call_time(2 << 20) == pytest.approx(2e-4) and table.call_time(1 << 30) == 4e-4
     assert at_1m.intra.alpha == base.intra.alpha and at_1m.by_size == ()
     mid = table.at_message(2 << 20)  # halfway in log: the geometric mean
     assert mid.gamma == pytest.approx((3e-10 * 12e-10) ** 0.5)
