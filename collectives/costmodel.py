@@ -241,7 +241,10 @@ class ClusterModel:
         if measured is not None:
             return measured
         slowest = self.inter if len(self.topology.nodes) > 1 else self.intra
-        return self.call_overhead + NativeModel.modelled(nbytes, self.size, slowest, self.gamma)
+        # MPI libraries first copy the send buffer into the receive buffer (MPICH's and
+        # Open MPI's all-reduce algorithms); the executor sends and reduces x where it lies.
+        return (self.call_overhead + nbytes * self.copy_beta
+                + NativeModel.modelled(nbytes, self.size, slowest, self.gamma))
 
     def call_time(self, nbytes: int) -> float:
         """Seconds a plan-based call of `nbytes` spends outside its plan (validation,
@@ -291,11 +294,11 @@ class Calibration:
                                  for row in data.get("by_size", ())))
 
 
-# Without a tuning file: a zero-copy shared-memory link, a network link, and NumPy
-# reductions of a typical small host, with Python's per-message cost in alpha.
-# Calibrate for real numbers.
+# Without a tuning file: MPI over shared memory inside a node (the default transport; the
+# ranks' cores copy), a network link, and NumPy reductions of a typical small host, with
+# Python's per-message cost in alpha. Calibrate for real numbers.
 DEFAULT_CALIBRATION = Calibration(
-    size=0, intra=LinkModel(alpha=15e-6, beta=1 / 4e9, zero_copy=True),
+    size=0, intra=LinkModel(alpha=15e-6, beta=1 / 4e9, cpu_copy=True),
     inter=LinkModel(alpha=30e-6, beta=1 / 1e9),
     gamma=1 / 3e9, call_overhead=20e-6, copy_beta=1 / 8e9)
 

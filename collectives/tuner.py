@@ -4,9 +4,10 @@ Each plan-based algorithm is priced by simulating its real plans on this communi
 topology (collectives.simulator) with the constants from the tuning file that
 `collectives-bench --calibrate` writes, plus the per-call cost every plan run pays. The
 transport's own all-reduce (`native`) is a black box, priced from its calibrated times.
-Without a tuning file, DEFAULT_CALIBRATION's constants are used. Choices are cached per
-message size, so the simulator runs once per distinct size. With COLLECTIVES_DEBUG=1 each
-new choice is logged with every candidate's predicted time.
+Without a tuning file, DEFAULT_CALIBRATION's constants are used. A plan is chosen over
+`native` only when predicted NATIVE_MARGIN (10%) faster. Choices are cached per message
+size, so the simulator runs once per distinct size. With COLLECTIVES_DEBUG=1 each new
+choice is logged with every candidate's predicted time.
 
 Example::
 
@@ -27,6 +28,9 @@ from .simulator import simulate
 from .topology import Topology
 
 CHOICE_CACHE_SIZE = 4096  # message sizes whose choice is remembered (oldest dropped first)
+# A plan replaces the transport's own all-reduce only when predicted this much faster: native
+# is the baseline users already have, and it runs in C where plans pay Python per message.
+NATIVE_MARGIN = 0.10
 
 __all__ = ["CANDIDATES", "Tuner"]
 
@@ -86,13 +90,21 @@ class Tuner:
             times = self.predict(nbytes)
             if len(self._choices) >= CHOICE_CACHE_SIZE:  # sizes that vary forever stay bounded
                 del self._choices[next(iter(self._choices))]
-            choice = self._choices[nbytes] = min(times, key=lambda name: (times[name], name))
+            choice = self._choices[nbytes] = _cheapest(times)
             if self._debug:
                 ranked = ", ".join(f"{name} {times[name] * 1e6:.1f} us"
                                    for name in sorted(times, key=times.get))
                 log.debug("auto: %d bytes on %d ranks -> %s; predicted %s (%s)", nbytes,
                           self.cluster.size, choice, ranked, self.source)
         return choice
+
+
+def _cheapest(times: dict[str, float]) -> str:
+    """The least predicted time; `native` unless a plan beats it by NATIVE_MARGIN."""
+    best = min(times, key=lambda name: (times[name], name))
+    if best != "native" and times[best] * (1 + NATIVE_MARGIN) >= times["native"]:
+        return "native"
+    return best
 
 
 def _show_debug(logger: logging.Logger) -> None:

@@ -123,6 +123,22 @@ def test_default_calibration_makes_a_usable_model():
     assert all(t > 0 for t in times.values())
 
 
+def test_a_plan_replaces_native_only_when_clearly_faster():
+    cheapest = tuner_module._cheapest
+    assert cheapest({"native": 1.0, "ring": 0.95}) == "native"  # within the margin
+    assert cheapest({"native": 1.0, "ring": 0.85, "torus2d": 0.80}) == "torus2d"
+    assert cheapest({"native": 0.5, "ring": 0.85}) == "native"
+
+
+@pytest.mark.parametrize("size", [2, 4, 8])
+def test_default_model_keeps_native_for_tiny_messages_and_plans_for_large(size):
+    """Without a tuning file: MPI's own all-reduce first copies its input (the executor does
+    not), so at 64 MiB a plan wins; at 8 bytes the plans' extra per-message work loses."""
+    tuner = Tuner(DEFAULT_CALIBRATION.cluster(Topology.from_local_size(size, size)))
+    assert tuner.choose(8) == "native"
+    assert tuner.choose(64 << 20) != "native"
+
+
 def test_fit_alpha_beta_recovers_constants():
     sizes = [8 << (3 * i) for i in range(8)]
     alpha, beta = fit_alpha_beta(sizes, [12e-6 + n * 2.5e-10 for n in sizes])
