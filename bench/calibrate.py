@@ -24,8 +24,8 @@ them as in a real all-reduce:
 4. the transport's own all-reduce through ``comm.allreduce(algorithm="native")`` per size:
    native's time table (a black box: interpolated, never fitted).
 
-Every time is the median of five timed runs (the slowest rank's mean in each), so that a
-burst of load from elsewhere moves it less. The result is written to the tuning file
+Every time is the median of five timed runs (the slowest rank's mean in each; the exchange's
+runs taken round-robin over its sizes), so that a slow stretch of the machine moves it less. The result is written to the tuning file
 (collectives.costmodel.tuning_path()) under this world size; `auto` and the report's
 predictions read it.
 
@@ -50,7 +50,7 @@ from collectives.algorithms.ring import SEGMENT_BYTES
 from collectives.costmodel import Calibration, LinkModel, write_calibration
 
 __all__ = ["EXCHANGE_SIZES", "QUICK_SIZES", "NATIVE_SIZES", "fit_alpha_beta", "per_byte",
-           "median_time", "median_extra", "exchange_plan", "calibrate", "run"]
+           "median_time", "median_times", "median_extra", "exchange_plan", "calibrate", "run"]
 
 EXCHANGE_SIZES = (64,) + tuple(16 << (2 * i) for i in range(5, 12))  # 64 B; 16 KiB .. 64 MiB by x4
 QUICK_SIZES = (64, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
@@ -95,6 +95,25 @@ def median_time(mpi_comm, call: Callable[[], None], *, budget: float = _BUDGET,
     iters = int(min(200, max(3, budget / max(once, 1e-7))))
     return statistics.median(harness.time_per_iteration(mpi_comm, call, iters=iters, warmup=1)
                              for _ in range(runs))
+
+
+def median_times(mpi_comm, calls: Sequence[Callable[[], None]], *, budget: float = _BUDGET,
+                 runs: int = _RUNS) -> list[float]:
+    """median_time of each call, the runs taken round-robin over the calls, so that each
+    call's runs spread over the whole measurement instead of one stretch of it."""
+    iters = []
+    for call in calls:
+        call()
+        mpi_comm.Barrier()
+        start = time.perf_counter()
+        call()
+        once = max(mpi_comm.allgather(time.perf_counter() - start))
+        iters.append(int(min(200, max(3, budget / max(once, 1e-7)))))
+    seconds: list[list[float]] = [[] for _ in calls]
+    for _ in range(runs):
+        for call, n, times in zip(calls, iters, seconds):
+            times.append(harness.time_per_iteration(mpi_comm, call, iters=n, warmup=1))
+    return [statistics.median(times) for times in seconds]
 
 
 def median_extra(mpi_comm, base: Callable[[], None], extra: Callable[[], None], *,
@@ -175,12 +194,13 @@ def _exchange_times(mpi_comm, comm, sizes, *, across: bool, progress) -> dict | 
     if not any(mpi_comm.allgather(succ is not None)):
         return None
     shared = getattr(transport, "work_buffer", None)  # zero-copy: peers read the work buffer
-    copy, reduce = [], []
+    progress(f"{'inter' if across else 'intra'}-node exchange, "
+             f"{harness.format_size(sizes[0])} .. {harness.format_size(sizes[-1])}")
+    calls = []
     for n in sizes:
-        progress(f"{'inter' if across else 'intra'}-node exchange {harness.format_size(n)}")
-        for is_reduce, times in ((False, copy), (True, reduce)):
+        src = np.ones(max(1, n // 16) * 4, np.float32)
+        for is_reduce in (False, True):
             plan = exchange_plan(comm.rank, comm.size, n, succ, pred, reduce=is_reduce)
-            src = np.ones(plan.count, np.float32)
             scratch = np.empty(max(buffer_sizes(plan)[0], 1), np.float32)
             if shared is not None:
                 out = np.empty_like(src)
@@ -196,7 +216,11 @@ def _exchange_times(mpi_comm, comm, sizes, *, across: bool, progress) -> dict | 
                 def call(plan=plan, src=src, scratch=scratch, work=work):
                     run_plan(plan, work, scratch, transport, "sum", _TAG, time.monotonic() + 60,
                              src=src)
-            times.append(median_time(mpi_comm, call) / ROUNDS)
+            calls.append(call)
+    # Round-robin over sizes: a slow stretch of the machine (other jobs, memory bandwidth
+    # taken by the VM's neighbours) then moves one of each size's runs, not all of them.
+    rounds = [t / ROUNDS for t in median_times(mpi_comm, calls)]
+    copy, reduce = rounds[0::2], rounds[1::2]
     return {"sizes": list(sizes), "copy_round_s": copy, "reduce_round_s": reduce,
             "same_host": _same_host(mpi_comm, succ), "zero_copy": shared is not None and not across}
 
