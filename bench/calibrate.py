@@ -84,31 +84,28 @@ def per_byte(seconds: float, alpha: float, nbytes: int) -> float:
     return round(max(seconds - alpha, 0.0) / nbytes, 18) if nbytes else 0.0
 
 
-def median_time(mpi_comm, call: Callable[[], None], *, budget: float = _BUDGET,
-                runs: int = _RUNS) -> float:
-    """Seconds per call: the median over `runs` timed runs of the slowest rank's mean."""
+def _iterations(mpi_comm, call: Callable[[], None], budget: float) -> int:
+    """Timed calls per run so that one run takes about `budget` seconds (3 to 200), from
+    one warm-up call and one timed call on the slowest rank."""
     call()
     mpi_comm.Barrier()
     start = time.perf_counter()
     call()
     once = max(mpi_comm.allgather(time.perf_counter() - start))
-    iters = int(min(200, max(3, budget / max(once, 1e-7))))
-    return statistics.median(harness.time_per_iteration(mpi_comm, call, iters=iters, warmup=1)
-                             for _ in range(runs))
+    return int(min(200, max(3, budget / max(once, 1e-7))))
+
+
+def median_time(mpi_comm, call: Callable[[], None], *, budget: float = _BUDGET,
+                runs: int = _RUNS) -> float:
+    """Seconds per call: the median over `runs` timed runs of the slowest rank's mean."""
+    return median_times(mpi_comm, [call], budget=budget, runs=runs)[0]
 
 
 def median_times(mpi_comm, calls: Sequence[Callable[[], None]], *, budget: float = _BUDGET,
                  runs: int = _RUNS) -> list[float]:
     """median_time of each call, the runs taken round-robin over the calls, so that each
     call's runs spread over the whole measurement instead of one stretch of it."""
-    iters = []
-    for call in calls:
-        call()
-        mpi_comm.Barrier()
-        start = time.perf_counter()
-        call()
-        once = max(mpi_comm.allgather(time.perf_counter() - start))
-        iters.append(int(min(200, max(3, budget / max(once, 1e-7)))))
+    iters = [_iterations(mpi_comm, call, budget) for call in calls]
     seconds: list[list[float]] = [[] for _ in calls]
     for _ in range(runs):
         for call, n, times in zip(calls, iters, seconds):
@@ -125,12 +122,7 @@ def median_extra(mpi_comm, base: Callable[[], None], extra: Callable[[], None], 
         extra()
 
     base()
-    both()
-    mpi_comm.Barrier()
-    start = time.perf_counter()
-    both()
-    once = max(mpi_comm.allgather(time.perf_counter() - start))
-    iters = int(min(200, max(3, budget / max(once, 1e-7))))
+    iters = _iterations(mpi_comm, both, budget)
     alone, added = [], []
     for _ in range(runs):
         alone.append(harness.time_per_iteration(mpi_comm, base, iters=iters, warmup=1))
