@@ -105,7 +105,7 @@ class NativeModel:
         if nbytes >= points[-1][0]:
             (x0, y0), (x1, y1) = points[-2:]
             return y1 + (nbytes - x1) * max(y1 - y0, 0.0) / (x1 - x0)
-        return _loglog(points, nbytes)
+        return _interpolate_row(points, nbytes)[0]
 
     @staticmethod
     def modelled(nbytes: int, size: int, link: LinkModel, gamma: float) -> float:
@@ -124,20 +124,12 @@ def _interpolate_row(rows: Sequence[tuple], x: float) -> tuple[float, ...]:
         return tuple(rows[-1][1:])
     for low, high in zip(rows, rows[1:]):
         if low[0] <= x <= high[0]:
+            if high[0] == low[0]:
+                return tuple(low[1:])
             w = (math.log(x) - math.log(low[0])) / (math.log(high[0]) - math.log(low[0]))
             return tuple(math.exp((1 - w) * math.log(a) + w * math.log(b)) if a > 0 and b > 0
                          else (1 - w) * a + w * b for a, b in zip(low[1:], high[1:]))
     raise AssertionError("unreachable: rows are sorted")
-
-
-def _loglog(points: Sequence[tuple[int, float]], x: float) -> float:
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if x0 <= x <= x1:
-            if x1 == x0:
-                return y0
-            w = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
-            return math.exp(math.log(y0) + w * (math.log(y1) - math.log(y0)))
-    raise ValueError(f"{x} bytes is outside the measured native range")
 
 
 @dataclass(frozen=True)
