@@ -135,8 +135,7 @@ class ShmTransport:
         """
         if len(self.local) == 1:
             return None
-        if self._failed is not None:
-            raise MismatchError(self._failed)
+        self._refuse_if_failed()
         nbytes = count * np.dtype(dtype).itemsize
         if self._data_win is None or self._data[self.me].size < nbytes:
             self._grow(nbytes, deadline)
@@ -158,8 +157,7 @@ class ShmTransport:
         local = self.local.get(peer)
         if local is None:
             return self.mpi.isend(buf, peer, tag)
-        if self._failed is not None:
-            raise MismatchError(self._failed)
+        self._refuse_if_failed()
         offset = self._offset_of(buf)
         self._sent[local] += 1
         send = _Send(local, self._sent[local], offset, buf.nbytes, tag, buf if offset < 0 else None)
@@ -192,8 +190,7 @@ class ShmTransport:
         local = self.local.get(peer)
         if local is None:
             return _Recv(-1, 0, buf, tag, view, payload=buf, mpi=self.mpi.irecv(buf, peer, tag))
-        if self._failed is not None:
-            raise MismatchError(self._failed)
+        self._refuse_if_failed()
         self._received[local] += 1
         recv = _Recv(local, self._received[local], buf, tag, view)
         self._unmatched.append(recv)
@@ -217,8 +214,7 @@ class ShmTransport:
         return self._wait(test, requests, deadline, what)
 
     def _wait(self, test, requests, deadline: float, what: str):
-        if self._failed is not None:
-            raise MismatchError(self._failed)
+        self._refuse_if_failed()
         peers = {r.peer for r in requests if isinstance(r, (_Send, _Recv)) and r.peer >= 0}
 
         def step():
@@ -310,6 +306,11 @@ class ShmTransport:
                 recv.payload = recv.buf
                 self._ack(recv)
         self._unmatched = still
+
+    def _refuse_if_failed(self) -> None:
+        """MismatchError once some stream was found out of step: the exchange cannot go on."""
+        if self._failed is not None:
+            raise MismatchError(self._failed)
 
     def _wire_tag(self, seq: int) -> int:
         """The MPI tag of a pair's message `seq` sent through MPI (unique among those in flight)."""
