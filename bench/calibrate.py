@@ -6,9 +6,10 @@ world size being calibrated, so that ranks sharing cores, caches and memory band
 them as in a real all-reduce:
 
 1. shift exchange through the executor: every rank sends to the next rank of its node and
-   receives from the previous one (pairs when there are two), three rounds of a quarter of
-   an N-byte buffer each, the received quarter copied in (copy exchange) or reduced with the
-   rank's input (reduce exchange). The per-round time at the smallest N is the link's
+   receives from the previous one (pairs when there are two): an N-byte buffer in one chunk
+   per rank of that ring, as a ring all-reduce cuts it, and as many rounds, each sending the
+   chunk received in the round before, so every chunk is received once; the received chunk
+   copied in (copy exchange) or reduced with the rank's input (reduce exchange). The per-round time at the smallest N is the link's
    `alpha` (Python's and the scheduler's cost of a round included); per N, the rest per
    byte is `beta` (copy) and `gamma` (reduce, the copy out of the transport included), kept
    per N in `by_size` since data that stays in cache moves several times faster. The same
@@ -24,10 +25,12 @@ them as in a real all-reduce:
 4. the transport's own all-reduce through ``comm.allreduce(algorithm="native")`` per size:
    native's time table (a black box: interpolated, never fitted).
 
-Every time is the median of five timed runs (the slowest rank's mean in each; the exchange's
-runs taken round-robin over its sizes), so that a slow stretch of the machine moves it less. The result is written to the tuning file
-(collectives.costmodel.tuning_path()) under this world size; `auto` and the report's
-predictions read it.
+Every time of 1-3 is the median of five timed runs (the slowest rank's mean in each), taken
+round-robin over all of them, size by size, so that a slow stretch of the machine moves one
+run of each instead of every run of one. `calibrate_alongside` times other calls (the
+report's measured all-reduces) in the same round-robin, next to their size's
+micro-benchmarks. The result is written to the tuning file (collectives.costmodel.tuning_path())
+under this world size; `auto` and the report's predictions read it.
 
 Example::
 
@@ -36,9 +39,10 @@ Example::
 """
 from __future__ import annotations
 
+import operator
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -50,12 +54,11 @@ from collectives.algorithms.ring import SEGMENT_BYTES
 from collectives.costmodel import Calibration, LinkModel, write_calibration
 
 __all__ = ["EXCHANGE_SIZES", "QUICK_SIZES", "NATIVE_SIZES", "fit_alpha_beta", "per_byte",
-           "median_time", "median_times", "median_extra", "exchange_plan", "calibrate", "run"]
+           "median_time", "round_robin", "exchange_plan", "calibrate", "calibrate_alongside", "run"]
 
 EXCHANGE_SIZES = (64,) + tuple(16 << (2 * i) for i in range(5, 12))  # 64 B; 16 KiB .. 64 MiB by x4
 QUICK_SIZES = (64, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
 NATIVE_SIZES = tuple(8 << (2 * i) for i in range(13))  # 8 B .. 128 MiB
-ROUNDS = 3  # rounds per exchange: a buffer of 4 quarters, each round sends one, receives the next
 _TAG = 7001
 _BUDGET = 0.1  # seconds of timed calls per run (at least 3 calls)
 _RUNS = 5  # timed runs per measurement; the median counts
@@ -98,74 +101,60 @@ def _iterations(mpi_comm, call: Callable[[], None], budget: float) -> int:
 def median_time(mpi_comm, call: Callable[[], None], *, budget: float = _BUDGET,
                 runs: int = _RUNS) -> float:
     """Seconds per call: the median over `runs` timed runs of the slowest rank's mean."""
-    return median_times(mpi_comm, [call], budget=budget, runs=runs)[0]
+    return statistics.median(round_robin(mpi_comm, [call], budget=budget, runs=runs)[0])
 
 
-def median_times(mpi_comm, calls: Sequence[Callable[[], None]], *, budget: float = _BUDGET,
-                 runs: int = _RUNS) -> list[float]:
-    """median_time of each call, the runs taken round-robin over the calls, so that each
-    call's runs spread over the whole measurement instead of one stretch of it."""
+def round_robin(mpi_comm, calls: Sequence[Callable[[], None]], *, budget: float = _BUDGET,
+                runs: int = _RUNS, progress: Callable[[str], None] = lambda what: None
+                ) -> list[list[float]]:
+    """Per call, the seconds per call of each of `runs` timed runs (the slowest rank's mean),
+    taken round-robin over the calls: each call's runs spread over the whole measurement,
+    and calls next to each other in `calls` are timed moments apart in every run."""
     iters = [_iterations(mpi_comm, call, budget) for call in calls]
     seconds: list[list[float]] = [[] for _ in calls]
-    for _ in range(runs):
+    for k in range(runs):
+        progress(f"timed run {k + 1}/{runs} over {len(calls)} calls")
         for call, n, times in zip(calls, iters, seconds):
             times.append(harness.time_per_iteration(mpi_comm, call, iters=n, warmup=1))
-    return [statistics.median(times) for times in seconds]
-
-
-def median_extra(mpi_comm, base: Callable[[], None], extra: Callable[[], None], *,
-                 budget: float = _BUDGET, runs: int = _RUNS) -> tuple[float, float]:
-    """(seconds of `base`, seconds `extra` adds when run right after it): medians over `runs`
-    pairs of timed runs, base alone then base + extra, so slow drifts in load cancel."""
-    def both() -> None:
-        base()
-        extra()
-
-    base()
-    iters = _iterations(mpi_comm, both, budget)
-    alone, added = [], []
-    for _ in range(runs):
-        alone.append(harness.time_per_iteration(mpi_comm, base, iters=iters, warmup=1))
-        added.append(harness.time_per_iteration(mpi_comm, both, iters=iters, warmup=1) - alone[-1])
-    return statistics.median(alone), statistics.median(added)
+    return seconds
 
 
 def exchange_plan(rank: int, size: int, nbytes: int, succ: int | None, pred: int | None, *,
-                  reduce: bool, itemsize: int = 4) -> Plan:
-    """ROUNDS rounds over a buffer of 4 quarters of `nbytes` / 4: round k sends quarter k to
-    `succ` and receives quarter k + 1 from `pred`, reducing it (with the input) or copying it.
+                  parts: int, reduce: bool, itemsize: int = 4) -> Plan:
+    """`parts` rounds over a buffer of `parts` chunks of `nbytes` / `parts`: round k sends
+    chunk k to `succ` and receives chunk k + 1 (mod parts) from `pred`, reducing it (with the
+    input) or copying it.
 
     As in a ring's phases, each round sends what the previous one received, and 1 MiB
-    segments pipeline a quarter. No rounds for a rank without neighbours.
+    segments pipeline a chunk. Every chunk is received once, as every region of a real
+    all-reduce is: a chunk never received would be copied from the input at the end, a copy
+    no all-reduce makes. No rounds for a rank without neighbours.
 
-    >>> [len(r.sends) for r in exchange_plan(0, 2, 8 << 20, 1, 1, reduce=True).rounds]
-    [2, 2, 2]
+    >>> [len(r.sends) for r in exchange_plan(0, 2, 8 << 20, 1, 1, parts=2, reduce=True).rounds]
+    [4, 4]
     """
-    quarter = max(1, nbytes // (4 * itemsize))
+    chunk = max(1, nbytes // (parts * itemsize))
     seg = max(1, SEGMENT_BYTES // itemsize)
     rounds = []
     if succ is not None and pred is not None:
-        for k in range(ROUNDS):
+        for k in range(parts):
+            j = (k + 1) % parts
             rounds.append(Round(
-                sends=tuple(Send(succ, a, b) for a, b in segments(k * quarter, (k + 1) * quarter, seg)),
-                recvs=tuple(Recv(pred, a, b, reduce)
-                            for a, b in segments((k + 1) * quarter, (k + 2) * quarter, seg))))
-    return Plan("exchange", rank, size, 4 * quarter, tuple(rounds))
+                sends=tuple(Send(succ, a, b) for a, b in segments(k * chunk, (k + 1) * chunk, seg)),
+                recvs=tuple(Recv(pred, a, b, reduce) for a, b in segments(j * chunk, (j + 1) * chunk, seg))))
+    return Plan("exchange", rank, size, parts * chunk, tuple(rounds))
 
 
-def _neighbours(rank: int, topology, *, across: bool) -> tuple[int | None, int | None]:
-    """(next, previous) rank of a ring over this rank's node, or over the nodes (ranks of one
-    local index); (None, None) for a rank that has none."""
+def _ring(rank: int, topology, *, across: bool) -> list[int]:
+    """The ring over this rank's node, or over the nodes (ranks of one local index); empty
+    for a rank that has no neighbours of that class."""
     if across:
         nodes = topology.nodes
         local = nodes[topology.node_of[rank]].index(rank)
         ring = [node[local] for node in nodes if local < min(len(n) for n in nodes)]
     else:
         ring = list(topology.peers(rank))
-    if len(ring) < 2 or rank not in ring:
-        return None, None
-    i = ring.index(rank)
-    return ring[(i + 1) % len(ring)], ring[(i - 1) % len(ring)]
+    return ring if len(ring) >= 2 and rank in ring else []
 
 
 def _same_host(mpi_comm, peer: int | None) -> bool:
@@ -178,51 +167,56 @@ def _same_host(mpi_comm, peer: int | None) -> bool:
     return all(mpi_comm.allgather(peer is None or host[peer] == host[mpi_comm.rank]))
 
 
-def _exchange_times(mpi_comm, comm, sizes, *, across: bool, progress) -> dict | None:
-    """Per-round seconds of the copy and reduce shift exchange per size; None if no rank
-    has neighbours of that class."""
-    transport = comm._transport
-    succ, pred = _neighbours(comm.rank, comm.topology, across=across)
-    if not any(mpi_comm.allgather(succ is not None)):
-        return None
-    shared = getattr(transport, "work_buffer", None)  # zero-copy: peers read the work buffer
-    progress(f"{'inter' if across else 'intra'}-node exchange, "
-             f"{harness.format_size(sizes[0])} .. {harness.format_size(sizes[-1])}")
-    calls = []
-    for n in sizes:
-        src = np.ones(max(1, n // 16) * 4, np.float32)
-        for is_reduce in (False, True):
-            plan = exchange_plan(comm.rank, comm.size, n, succ, pred, reduce=is_reduce)
-            scratch = np.empty(max(buffer_sizes(plan)[0], 1), np.float32)
-            if shared is not None:
-                out = np.empty_like(src)
+class _Exchange:
+    """The copy and reduce shift exchange of one link class, per size, as timed calls."""
 
-                def call(plan=plan, src=src, scratch=scratch, out=out):
-                    deadline = time.monotonic() + 60
-                    work = shared(plan.count, np.float32, deadline=deadline)
-                    run_plan(plan, work, scratch, transport, "sum", _TAG, deadline, src=src,
-                             out=out, shared=True)
-            else:
-                work = np.empty_like(src)
+    def __init__(self, mpi_comm, comm, sizes: Sequence[int], *, across: bool) -> None:
+        transport = comm._transport
+        ring = _ring(comm.rank, comm.topology, across=across)
+        i = ring.index(comm.rank) if ring else 0
+        succ, pred = (ring[(i + 1) % len(ring)], ring[i - 1]) if ring else (None, None)
+        self.parts = max(mpi_comm.allgather(len(ring)))  # one ring length in every ring
+        self.active = self.parts > 0
+        self.same_host = self.active and _same_host(mpi_comm, succ)
+        shared = getattr(transport, "work_buffer", None)  # zero-copy: peers read the work buffer
+        self.zero_copy = shared is not None and not across
+        self.calls: dict[tuple[int, bool], Callable[[], None]] = {}
+        for n in sizes if self.active else ():
+            src = np.ones(max(1, n // 16) * 4, np.float32)
+            for is_reduce in (False, True):
+                plan = exchange_plan(comm.rank, comm.size, n, succ, pred, parts=self.parts,
+                                     reduce=is_reduce)
+                scratch = np.empty(max(buffer_sizes(plan)[0], 1), np.float32)
+                if shared is not None:
+                    out = np.empty_like(src)
 
-                def call(plan=plan, src=src, scratch=scratch, work=work):
-                    run_plan(plan, work, scratch, transport, "sum", _TAG, time.monotonic() + 60,
-                             src=src)
-            calls.append(call)
-    # Round-robin over sizes: a slow stretch of the machine (other jobs, memory bandwidth
-    # taken by the VM's neighbours) then moves one of each size's runs, not all of them.
-    rounds = [t / ROUNDS for t in median_times(mpi_comm, calls)]
-    copy, reduce = rounds[0::2], rounds[1::2]
-    return {"sizes": list(sizes), "copy_round_s": copy, "reduce_round_s": reduce,
-            "same_host": _same_host(mpi_comm, succ), "zero_copy": shared is not None and not across}
+                    def call(plan=plan, src=src, scratch=scratch, out=out):
+                        deadline = time.monotonic() + 60
+                        work = shared(plan.count, np.float32, deadline=deadline)
+                        run_plan(plan, work, scratch, transport, "sum", _TAG, deadline, src=src,
+                                 out=out, shared=True)
+                else:
+                    work = np.empty_like(src)
+
+                    def call(plan=plan, src=src, scratch=scratch, work=work):
+                        run_plan(plan, work, scratch, transport, "sum", _TAG, time.monotonic() + 60,
+                                 src=src)
+                self.calls[n, is_reduce] = call
+
+    def times(self, seconds: Mapping[tuple[int, bool], float], sizes: Sequence[int]) -> dict:
+        """The exchange's per-round seconds per size, from the median seconds per call."""
+        return {"sizes": list(sizes), "chunks": self.parts,
+                "copy_round_s": [seconds[n, False] / self.parts for n in sizes],
+                "reduce_round_s": [seconds[n, True] / self.parts for n in sizes],
+                "same_host": self.same_host, "zero_copy": self.zero_copy}
 
 
 def _link(times: dict, sizes: Sequence[int]) -> tuple[LinkModel, list[float], list[float]]:
     """The link (alpha from the smallest exchange, beta at the largest) and per-size beta, gamma."""
     alpha = times["copy_round_s"][0]
-    quarters = [n // 4 for n in sizes]
-    betas = [per_byte(t, alpha, q) for t, q in zip(times["copy_round_s"], quarters)]
-    gammas = [per_byte(t, alpha, q) for t, q in zip(times["reduce_round_s"], quarters)]
+    chunks = [n // times["chunks"] for n in sizes]
+    betas = [per_byte(t, alpha, c) for t, c in zip(times["copy_round_s"], chunks)]
+    gammas = [per_byte(t, alpha, c) for t, c in zip(times["reduce_round_s"], chunks)]
     link = LinkModel(round(alpha, 12), betas[-1], zero_copy=times["zero_copy"],
                      cpu_copy=times["same_host"] and not times["zero_copy"])
     return link, betas, gammas
@@ -231,47 +225,85 @@ def _link(times: dict, sizes: Sequence[int]) -> tuple[LinkModel, list[float], li
 def calibrate(mpi_comm, comm, *, quick: bool = False,
               progress: Callable[[str], None] = lambda what: None) -> Calibration:
     """Measure and fit on every rank of `comm` (a collectives Communicator over mpi_comm)."""
-    sizes = QUICK_SIZES if quick else EXCHANGE_SIZES
-    intra = _exchange_times(mpi_comm, comm, sizes, across=False, progress=progress)
-    inter = _exchange_times(mpi_comm, comm, sizes, across=True, progress=progress)
-    if intra is None and inter is None:
-        raise ValueError(f"calibration needs at least 2 ranks, got {comm.size}")
-    intra_link, intra_beta, gamma = _link(intra or inter, sizes)
-    inter_link, inter_beta, inter_gamma = _link(inter, sizes) if inter else (intra_link, intra_beta, gamma)
-    if intra is None:  # one rank per node: the inter-node reduce exchange sets gamma
-        gamma = inter_gamma
+    return calibrate_alongside(mpi_comm, comm, {}, quick=quick, progress=progress)[0]
 
-    progress("per-call cost")
+
+def calibrate_alongside(mpi_comm, comm, alongside: Mapping[int, Sequence[Callable[[], None]]], *,
+                        quick: bool = False, progress: Callable[[str], None] = lambda what: None
+                        ) -> tuple[Calibration, dict[int, list[float]]]:
+    """`calibrate`, with the `alongside` calls of each size (bytes) timed in the same
+    round-robin, right after that size's micro-benchmarks: (the calibration, the median
+    seconds per call of each alongside call). So a model built from the calibration can be
+    compared with calls timed at the same moments, on a host whose speed drifts."""
+    sizes = tuple(sorted(set(QUICK_SIZES if quick else EXCHANGE_SIZES) | set(alongside)))
+    exchanges = [_Exchange(mpi_comm, comm, sizes, across=across) for across in (False, True)]
+    if not any(exchange.active for exchange in exchanges):
+        raise ValueError(f"calibration needs at least 2 ranks, got {comm.size}")
     empty = np.empty(0, np.float32)
 
     def empty_call() -> None:
         comm.allreduce(empty, algorithm="ring")
 
-    call_overhead = median_time(mpi_comm, empty_call)
-    copy_beta, call_after = [], []
-    for n in sizes[1:]:
-        progress(f"local copy {harness.format_size(n)}, all ranks at once, and a call after it")
-        a = np.ones(n // 4, np.float32)
-        b = np.empty_like(a)
-        copy, after = median_extra(mpi_comm, lambda: kernels.copy_into(b, a), empty_call)
-        copy_beta.append(round(copy / n, 18))
-        call_after.append(round(max(after, call_overhead), 12))
+    # In each timed run, per size: the exchanges, a copy of n bytes on every rank alone and
+    # then followed by an empty plan-based call (paired, so the call's cost on caches the
+    # copy evicted is the difference), then the alongside calls.
+    schedule: list[tuple[tuple, Callable[[], None]]] = [(("call",), empty_call)]
+    for n in sizes:
+        for e, exchange in enumerate(exchanges):
+            schedule += [((e, n, is_reduce), exchange.calls[n, is_reduce])
+                         for is_reduce in (False, True) if exchange.active]
+        if n != sizes[0]:
+            a = np.ones(n // 4, np.float32)
+            b = np.empty_like(a)
 
-    native = []
-    for n in (NATIVE_SIZES[::2] if quick else NATIVE_SIZES):
+            def copy(a=a, b=b) -> None:
+                kernels.copy_into(b, a)
+
+            def copy_then_call(copy=copy) -> None:
+                copy()
+                empty_call()
+
+            schedule += [(("copy", n), copy), (("copy+call", n), copy_then_call)]
+        schedule += [(("alongside", n, i), call) for i, call in enumerate(alongside.get(n, ()))]
+    progress(f"exchanges, copies and per-call cost, {harness.format_size(sizes[0])} .. "
+             f"{harness.format_size(sizes[-1])}" + (", with the calls alongside" if alongside else ""))
+    runs = dict(zip((key for key, _ in schedule),
+                    round_robin(mpi_comm, [call for _, call in schedule], progress=progress)))
+    seconds = {key: statistics.median(times) for key, times in runs.items()}
+
+    measured = [exchange.times({key[1:]: t for key, t in seconds.items() if key[0] == e}, sizes)
+                if exchange.active else None for e, exchange in enumerate(exchanges)]
+    intra, inter = measured
+    intra_link, intra_beta, gamma = _link(intra or inter, sizes)
+    inter_link, inter_beta, inter_gamma = _link(inter, sizes) if inter else (intra_link, intra_beta, gamma)
+    if intra is None:  # one rank per node: the inter-node reduce exchange sets gamma
+        gamma = inter_gamma
+    call_overhead = seconds[("call",)]
+    copy_beta = [round(seconds["copy", n] / n, 18) for n in sizes[1:]]
+    call_after = [round(max(statistics.median(map(operator.sub, runs["copy+call", n], runs["copy", n])),
+                            call_overhead), 12) for n in sizes[1:]]
+    rows = tuple(zip(sizes[1:], intra_beta[1:], inter_beta[1:], gamma[1:], copy_beta, call_after))
+    calibration = Calibration(
+        size=comm.size, intra=intra_link, inter=inter_link, gamma=gamma[-1],
+        call_overhead=call_overhead, copy_beta=copy_beta[-1],
+        native=_native_table(mpi_comm, comm, NATIVE_SIZES[::2] if quick else NATIVE_SIZES, progress),
+        by_size=rows,
+        measured={"intra_exchange": intra, "inter_exchange": inter,
+                  "empty_plan_call_s": call_overhead,
+                  "transport": comm._transport.name})
+    return calibration, {n: [seconds["alongside", n, i] for i in range(len(calls))]
+                         for n, calls in alongside.items()}
+
+
+def _native_table(mpi_comm, comm, sizes: Sequence[int], progress) -> tuple[tuple[int, float], ...]:
+    """(bytes, seconds) of `comm.allreduce(algorithm="native")` per size."""
+    table = []
+    for n in sizes:
         progress(f"native all-reduce {harness.format_size(n)}")
         x = np.ones(n // 4, np.float32)
         out = np.empty_like(x)
-        native.append((n, median_time(mpi_comm, lambda: comm.allreduce(x, algorithm="native", out=out))))
-
-    rows = tuple(zip(sizes[1:], intra_beta[1:], inter_beta[1:], gamma[1:], copy_beta, call_after))
-    return Calibration(
-        size=comm.size, intra=intra_link, inter=inter_link, gamma=gamma[-1],
-        call_overhead=call_overhead, copy_beta=copy_beta[-1], native=tuple(native),
-        by_size=rows,
-        measured={"intra_exchange": intra, "inter_exchange": inter,
-                  "empty_plan_call_s": call_overhead, "rounds_per_exchange": ROUNDS,
-                  "transport": comm._transport.name})
+        table.append((n, median_time(mpi_comm, lambda: comm.allreduce(x, algorithm="native", out=out))))
+    return tuple(table)
 
 
 def run(mpi_comm, *, quick: bool = False, out=None) -> Calibration:
