@@ -1,12 +1,15 @@
 """collectives-report: measure every algorithm, hold the cost model against it, predict at scale.
 
-1. Calibrates at this np when the tuning file has no entry for it (bench/calibrate.py).
+1. Measures ring, hierarchical, torus2d and halving_doubling from 64 KiB to 64 MiB, each
+   point the median of five timed runs, in one round-robin with the calibration's
+   micro-benchmarks (bench/calibrate.py): the simulator's predictions on that calibration
+   are held against calls timed at the same moments, and, when the tuning file has an
+   entry for this np, on the tuning file's too. Without an entry, this calibration is
+   written to the tuning file.
 2. Measures all algorithms x message sizes x compression (none, fp16) with the benchmark
    harness (bench/harness.py), a progress bar on stderr.
-3. Measures ring, hierarchical, torus2d and halving_doubling again from 64 KiB to 64 MiB,
-   each point the median of five timed runs, and holds the simulator's predictions on
-   this machine's calibrated model against them; predicts busbw on named cluster shapes
-   (or those of --cluster FILE) with the sizes where the ranking of algorithms changes.
+3. Predicts busbw on named cluster shapes (or those of --cluster FILE) with the sizes where
+   the ranking of algorithms changes.
 4. Writes DIR/report.md, DIR/results.json (nccl-tests-like rows plus predictions) and PNGs.
 docs/report.md explains how to read it.
 
@@ -19,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -41,7 +45,6 @@ _MODULE = "bench.report"
 ACCURACY_ALGORITHMS = ("ring", "hierarchical", "torus2d", "halving_doubling")
 ACCURACY_RANGE = (64 << 10, 64 << 20)
 ACCURACY_SIZES = tuple(64 << (10 + 2 * i) for i in range(6))  # 64 KiB .. 64 MiB by x4
-ACCURACY_BUDGET = 0.1  # seconds of timed calls per run; the median of five runs counts
 
 
 # ---------------------------------------------------------------------------- cluster shapes
@@ -378,23 +381,21 @@ def _us(seconds: float) -> str:
     return f"{seconds * 1e6:,.0f}" if seconds >= 1e-4 else f"{seconds * 1e6:.1f}"
 
 
-def measure_accuracy(mpi_comm, comm: Any, sizes: Sequence[int], *,
-                     progress=None) -> list[tuple[str, int, float]]:
-    """(algorithm, bytes, seconds per call) of ACCURACY_ALGORITHMS at `sizes`: each the median
-    of five timed runs (the slowest rank's mean in each), so one burst of load from another
-    job does not decide a point; the sweep's single run is too noisy on a shared host."""
-    from bench.calibrate import median_time
+def measure_accuracy(mpi_comm, comm: Any, sizes: Sequence[int], *, quick: bool,
+                     progress) -> tuple[Any, list[tuple[str, int, float]]]:
+    """(calibration, [(algorithm, bytes, seconds per call)]): ACCURACY_ALGORITHMS at `sizes`,
+    timed in one round-robin with the calibration's micro-benchmarks, each point next to
+    those of its size and the median of five timed runs. This host's speed drifts by up to
+    3x from one minute (or one job) to the next; so the model is held against calls timed at
+    the moments its constants were."""
+    from bench.calibrate import calibrate_alongside
 
-    measured = []
-    total = len(sizes) * len(ACCURACY_ALGORITHMS)
-    for nbytes in sizes:
-        sample = _Sample(comm, nbytes // 4)
-        for name in ACCURACY_ALGORITHMS:
-            if progress is not None:
-                progress(len(measured) + 1, total, f"accuracy {harness.format_size(nbytes)} {name}")
-            seconds = median_time(mpi_comm, lambda: sample.run(Variant(name)), budget=ACCURACY_BUDGET)
-            measured.append((name, nbytes, seconds))
-    return measured
+    samples = {n: _Sample(comm, n // 4) for n in sizes}
+    alongside = {n: [functools.partial(sample.run, Variant(name)) for name in ACCURACY_ALGORITHMS]
+                 for n, sample in samples.items()}
+    calibration, seconds = calibrate_alongside(mpi_comm, comm, alongside, quick=quick,
+                                               progress=progress)
+    return calibration, [(name, n, t) for n in sizes for name, t in zip(ACCURACY_ALGORITHMS, seconds[n])]
 
 
 def accuracy(measured: Sequence[tuple[str, int, float]], model: Any) -> dict[str, list[tuple[int, float, float]]]:
@@ -409,16 +410,16 @@ def accuracy(measured: Sequence[tuple[str, int, float]], model: Any) -> dict[str
     return points
 
 
-def write_markdown(path: Path, *, command: str, env: Mapping, calibration, source: str, rows,
-                   predicted, winners, points, scale: Sequence[dict], plots: Sequence[str],
-                   elapsed: float) -> None:
+def write_markdown(path: Path, *, command: str, env: Mapping, accuracy_calibration, source: str,
+                   rows, predicted, winners, points, file_points, scale: Sequence[dict],
+                   plots: Sequence[str], elapsed: float) -> None:
     out = [f"# All-reduce report: np={env['nranks']} on {env['hostname']}", "",
            f"`{command}` — {env['date']}, {env['mpi_library']}, {env['cpus']} CPUs, "
            f"{elapsed:.0f} s. How to read it: [docs/report.md](../report.md) "
            "(in the repository).", ""]
     if rows:
         out += _measured_sections(rows, winners)
-    out += _accuracy_section(points, calibration, source)
+    out += _accuracy_section(points, accuracy_calibration, file_points, source)
     if scale:
         out += _scale_section(scale)
     out += ["Files: " + ", ".join(["results.json", *plots]), ""]
@@ -455,34 +456,49 @@ def _measured_sections(rows, winners) -> list[str]:
     return out
 
 
-def _accuracy_section(points, calibration, source: str) -> list[str]:
+def _accuracy_section(points, calibration, file_points, file_source: str | None) -> list[str]:
     from bench.calibrate import describe
 
     out = ["## Model vs measurement", "",
-           f"Predicted with the simulator on this machine's calibration ({source}): each call is "
-           "the plan's simulated time plus the calibrated per-call cost. Measured apart from "
-           "the sweep above: each point is the median of five timed runs "
-           f"({ACCURACY_BUDGET:g} s of calls each). Error = "
-           "(predicted - measured) / measured, for "
+           "Each measured point is the median of five timed runs (0.1 s of calls each), timed "
+           "in one round-robin with the calibration's micro-benchmarks, next to those of its "
+           "size: the model's constants and the calls it predicts come from the same minutes "
+           "of this machine. Predicted: the plan's simulated time on that calibration plus its "
+           "per-call cost. Error = (predicted - measured) / measured, for "
            f"{', '.join(ACCURACY_ALGORITHMS)} from {harness.format_size(ACCURACY_RANGE[0])} to "
-           f"{harness.format_size(ACCURACY_RANGE[1])}.", "",
-           "| algorithm | size | measured (us) | predicted (us) | error |", "|---|---:|---:|---:|---:|"]
-    worst = None
+           f"{harness.format_size(ACCURACY_RANGE[1])}."]
+    header = "| algorithm | size | measured (us) | predicted (us) | error |"
+    if file_points:
+        out[-1] += (f" The last two columns predict the same calls from the tuning file "
+                    f"({file_source}), measured at another time: their error includes how far "
+                    "this machine's speed has moved since.")
+        header += " predicted from the tuning file (us) | error |"
+    out += ["", header, "|---|---:|---:|---:|---:|" + ("---:|---:|" if file_points else "")]
     for label, series in points.items():
+        others = dict((size, guess) for size, _, guess in (file_points or {}).get(label, ()))
         for size, measured, guess in series:
-            error = (guess - measured) / measured
-            if worst is None or abs(error) > abs(worst[2]):
-                worst = (label, size, error)
-            out.append(f"| {label} | {harness.format_size(size)} | {_us(measured)} | {_us(guess)} | "
-                       f"{100 * error:+.0f}% |")
-    if worst:
-        out += ["", f"**Worst case: {worst[0]} at {harness.format_size(worst[1])}, "
-                    f"{100 * worst[2]:+.0f}%.** Within +-25%: "
-                    f"{sum(abs((g - m) / m) <= 0.25 for s in points.values() for _, m, g in s)} of "
-                    f"{sum(len(s) for s in points.values())} points."]
-    out += ["", "![measured vs predicted](accuracy.png)", "", "Calibration:", "", "```",
-            describe(calibration), "```", ""]
+            line = (f"| {label} | {harness.format_size(size)} | {_us(measured)} | {_us(guess)} | "
+                    f"{100 * (guess - measured) / measured:+.0f}% |")
+            if size in others:
+                line += f" {_us(others[size])} | {100 * (others[size] - measured) / measured:+.0f}% |"
+            out.append(line)
+    if points:
+        out += ["", f"**{_summary(points)}**"]
+    if file_points:
+        out += ["", f"From the tuning file: {_summary(file_points)}"]
+    out += ["", "![measured vs predicted](accuracy.png)", "", "Calibration (taken with the points):",
+            "", "```", describe(calibration), "```", ""]
     return out
+
+
+def _summary(points) -> str:
+    """The worst error and how many points are within +-25%."""
+    errors = [(label, size, (guess - measured) / measured)
+              for label, series in points.items() for size, measured, guess in series]
+    label, size, error = max(errors, key=lambda e: abs(e[2]))
+    within = sum(abs(e) <= 0.25 for _, _, e in errors)
+    return (f"Worst case: {label} at {harness.format_size(size)}, {100 * error:+.0f}%. "
+            f"Within +-25%: {within} of {len(errors)} points.")
 
 
 def _scale_section(scale: Sequence[dict]) -> list[str]:
@@ -571,10 +587,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mpi4py import MPI
 
     import collectives
+    from collectives.costmodel import write_calibration
 
     mpi_comm = MPI.COMM_WORLD
     leader = mpi_comm.rank == 0
     started = time.perf_counter()
+    rows: list[harness.Row] = []
     with harness.abort_on_error(mpi_comm):
         if mpi_comm.size < 2:
             raise ValueError("collectives-report needs at least 2 ranks (--np 2 or more)")
@@ -583,45 +601,57 @@ def main(argv: Sequence[str] | None = None) -> int:
             out_dir.mkdir(parents=True, exist_ok=True)
         redraw = sys.stderr.isatty() or os.environ.get(launch.PROGRESS_TTY) == "1"
         progress = harness.Progress(stream=sys.stderr, redraw=redraw)
-        calibration, source = _calibration(mpi_comm, quick=args.quick)
+        env = harness.environment(mpi_comm, collectives=collectives.__version__)
         comm = collectives.init(mpi_comm=mpi_comm)
+        accuracy_calibration, measured = measure_accuracy(
+            mpi_comm, comm, _accuracy_sizes(args), quick=args.quick,
+            progress=_steps("model vs measurement") if leader else lambda what: None)
+        # rank 0's view of the tuning file, which it may be about to write
+        calibration, source = mpi_comm.bcast(_tuning_entry(mpi_comm.size) if leader else None)
+        if calibration is None:  # this np's first calibration: keep it for auto and later runs
+            calibration, source = accuracy_calibration, f"calibrated now, np={mpi_comm.size}"
+            if leader:
+                write_calibration(calibration, transport=comm._transport.name,
+                                  host=env["hostname"], date=env["date"])
+            mpi_comm.Barrier()
+            comm = collectives.init(mpi_comm=mpi_comm)  # auto reads the new entry
         measured_sizes, scale_sizes, options = _sizes(args)
         variants = [Variant(name, compression) for compression in _compressions(comm)
                     for name in collectives.ALGORITHMS]
-        rows: list[harness.Row] = []
         if not args.accuracy_only:
             for line in harness.sweep(mpi_comm, _AllReduce(comm, variants), options=options,
                                       progress=progress if leader else None):
                 rows += line
-        measured = measure_accuracy(mpi_comm, comm, _accuracy_sizes(args),
-                                    progress=progress if leader else None)
-        env = harness.environment(mpi_comm, collectives=collectives.__version__)
         if not leader:
             return 0
         scale = [] if args.accuracy_only else at_scale(shapes, scale_sizes, progress=progress)
         progress.close()
         _write(out_dir, args=args, argv=argv, env=env, calibration=calibration, source=source,
-               comm=comm, rows=rows, measured=measured, options=options, scale=scale,
+               accuracy_calibration=accuracy_calibration, comm=comm, rows=rows,
+               measured=measured, options=options, scale=scale,
                elapsed=time.perf_counter() - started)
         print(f"wrote {out_dir / 'report.md'}, results.json and plots")
     return 1 if any(row.wrong for row in rows) else 0
 
 
-def _calibration(mpi_comm, *, quick: bool):
-    """This np's calibration from the tuning file, measured (and written) when it has none."""
+def _steps(stage: str):
+    """A progress callback writing each step of `stage` as a line on stderr."""
+    def step(what: str) -> None:
+        print(f"{stage}: {what}", file=sys.stderr, flush=True)
+
+    return step
+
+
+def _tuning_entry(size: int):
+    """(calibration, source) of this np from the tuning file, or (None, None)."""
     from collectives.costmodel import read_tuning
 
-    entries = read_tuning()
-    if mpi_comm.size in entries:
-        return entries[mpi_comm.size], f"tuning file, np={mpi_comm.size}"
-    from bench import calibrate
-
-    calibration = calibrate.run(mpi_comm, quick=quick, out=sys.stderr)
-    return calibration, f"calibrated now, np={mpi_comm.size}"
+    entry = read_tuning().get(size)
+    return entry, entry and f"tuning file, np={size}"
 
 
-def _write(out_dir: Path, *, args, argv, env, calibration, source, comm, rows, measured,
-           options, scale, elapsed: float) -> None:
+def _write(out_dir: Path, *, args, argv, env, calibration, source, accuracy_calibration, comm,
+           rows, measured, options, scale, elapsed: float) -> None:
     from collectives.tuner import Tuner
 
     model = calibration.cluster(comm.topology, name="this machine")
@@ -633,7 +663,8 @@ def _write(out_dir: Path, *, args, argv, env, calibration, source, comm, rows, m
         here = [row for row in rows if row.size == size and row.label != "auto"]
         best = min(here, key=lambda row: row.time_us)
         winners.append((size, best.label, tuner.choose(size)))
-    points = accuracy(measured, model)
+    points = accuracy(measured, accuracy_calibration.cluster(comm.topology, name="this machine"))
+    file_points = None if calibration is accuracy_calibration else accuracy(measured, model)
     plots = ["busbw.png", "winners.png", "accuracy.png", "at_scale.png"] if rows else ["accuracy.png"]
     plot_accuracy(points, out_dir / "accuracy.png", np_=comm.size)
     if rows:
@@ -648,19 +679,29 @@ def _write(out_dir: Path, *, args, argv, env, calibration, source, comm, rows, m
                    "iters": options.iters, "warmup": options.warmup, "check": 1,
                    "quick": args.quick},
         "calibration": {"source": source, **calibration.as_json()},
+        **({} if file_points is None else {"accuracy_calibration": accuracy_calibration.as_json()}),
         "rows": [{**row.as_json(), "predicted_time_us": None if guess is None else guess * 1e6,
                   "error": None if not guess else (guess - row.time_us * 1e-6) / (row.time_us * 1e-6)}
                  for row, guess in zip(rows, predicted)],
         "winners": [{"size": s, "measured": m, "auto_pick": p} for s, m, p in winners],
         "accuracy": [{"algorithm": name, "size": size, "time_us": seconds * 1e6,
-                      "predicted_time_us": guess * 1e6, "error": (guess - seconds) / seconds}
+                      "predicted_time_us": guess * 1e6, "error": (guess - seconds) / seconds,
+                      **_tuning_file_prediction(file_points, name, size, seconds)}
                      for name, series in points.items() for size, seconds, guess in series],
         "at_scale": scale,
     }
     harness.write_json(str(out_dir / "results.json"), document)
-    write_markdown(out_dir / "report.md", command=command, env=env, calibration=calibration,
-                   source=source, rows=rows, predicted=predicted, winners=winners, points=points,
+    write_markdown(out_dir / "report.md", command=command, env=env,
+                   accuracy_calibration=accuracy_calibration, source=source, rows=rows,
+                   predicted=predicted, winners=winners, points=points, file_points=file_points,
                    scale=scale, plots=plots, elapsed=elapsed)
+
+
+def _tuning_file_prediction(file_points, name: str, size: int, seconds: float) -> dict:
+    """The tuning file's prediction of one accuracy point, as results.json fields."""
+    guess = {s: g for s, _, g in (file_points or {}).get(name, ())}.get(size)
+    return {} if guess is None else {"tuning_file_predicted_time_us": guess * 1e6,
+                                     "tuning_file_error": (guess - seconds) / seconds}
 
 
 if __name__ == "__main__":

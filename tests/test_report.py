@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.report import ACCURACY_ALGORITHMS, crossovers, default_clusters, load_clusters
-from collectives.costmodel import Calibration, LinkModel, write_calibration
+from collectives.costmodel import Calibration, LinkModel, read_tuning, write_calibration
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"clusters": [
@@ -103,6 +103,32 @@ def test_accuracy_only_report(tmp_path):
     assert document["rows"] == [] and document["at_scale"] == []
     assert {(p["algorithm"], p["size"]) for p in document["accuracy"]} == {
         (name, size) for name in ACCURACY_ALGORITHMS for size in (64 << 10, 256 << 10)}
+    assert all(p["tuning_file_error"] == pytest.approx(p["tuning_file_predicted_time_us"] / p["time_us"] - 1)
+               for p in document["accuracy"])
+    assert document["calibration"]["source"] == "tuning file, np=2"
+    assert document["accuracy_calibration"]["by_size"] != document["calibration"]["by_size"]
     report = (out / "report.md").read_text()
     assert "## Model vs measurement" in report and "## Measured" not in report
     assert "## At scale" not in report and "per call size" in report
+    assert "predicted from the tuning file (us)" in report and "From the tuning file: Worst case" in report
+
+
+def test_report_without_a_tuning_entry_keeps_its_calibration(tmp_path):
+    """No entry for this np: the calibration taken with the accuracy points is the report's
+    and is written to the tuning file, where auto finds it later."""
+    tuning = tmp_path / "tuning.json"
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PMI_", "OMPI_", "COLLECTIVES_BENCH_", "PMIX_"))}
+    env.update(PYTHONPATH=str(ROOT), COLLECTIVES_TUNING_FILE=str(tuning))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "bench.report", "--accuracy-only", "--quick",
+                           "--np", "2", "--max-bytes", "64K", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (written,) = read_tuning(tuning).values()
+    document = json.loads((out / "results.json").read_text())
+    assert document["calibration"]["source"] == "calibrated now, np=2"
+    assert Calibration.from_json(document["calibration"]) == written
+    assert "accuracy_calibration" not in document
+    assert all("tuning_file_error" not in point for point in document["accuracy"])
+    assert "model vs measurement: timed run 5/5" in proc.stderr  # progress
