@@ -20,8 +20,9 @@ them as in a real all-reduce:
    buffer and output);
 3. per-call cost: a plan-based call with nothing to move (``allreduce`` of an empty array):
    validation, the agreement round trip, fusion and plan lookup, at this world size; and
-   per N, the same call right after the copy of N bytes, less the copy: the call's Python
-   then runs on caches that N bytes of data have just evicted, as after a real call;
+   per N, a ring all-reduce of N bytes less its plan run by the executor alone on the same
+   buffers: the call's own work around its plan, which grows with N as the call's Python
+   runs on caches its data evicted;
 4. the transport's own all-reduce through ``comm.allreduce(algorithm="native")`` per size:
    native's time table (a black box: interpolated, never fitted).
 
@@ -39,6 +40,7 @@ Example::
 """
 from __future__ import annotations
 
+import functools
 import operator
 import statistics
 import time
@@ -48,6 +50,7 @@ import numpy as np
 
 import kernels
 from bench import harness
+from collectives.algorithms import plan_for
 from collectives.algorithms.executor import buffer_sizes, run_plan
 from collectives.algorithms.plan import Plan, Recv, Round, Send, segments
 from collectives.algorithms.ring import SEGMENT_BYTES
@@ -60,8 +63,8 @@ EXCHANGE_SIZES = (64,) + tuple(16 << (2 * i) for i in range(5, 12))  # 64 B; 16 
 QUICK_SIZES = (64, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
 NATIVE_SIZES = tuple(8 << (2 * i) for i in range(13))  # 8 B .. 128 MiB
 _TAG = 7001
-_BUDGET = 0.1  # seconds of timed calls per run (at least 3 calls)
-_RUNS = 5  # timed runs per measurement; the median counts
+_BUDGET = 0.05  # seconds of timed calls per run (at least 3 calls)
+_RUNS = 9  # timed runs per measurement; the median counts
 
 
 def fit_alpha_beta(sizes: Sequence[int], seconds: Sequence[float]) -> tuple[float, float]:
@@ -244,10 +247,10 @@ def calibrate_alongside(mpi_comm, comm, alongside: Mapping[int, Sequence[Callabl
     def empty_call() -> None:
         comm.allreduce(empty, algorithm="ring")
 
-    # In each timed run, per size: the exchanges, a copy of n bytes on every rank alone and
-    # then followed by an empty plan-based call (paired, so the call's cost on caches the
-    # copy evicted is the difference), then the alongside calls.
-    schedule: list[tuple[tuple, Callable[[], None]]] = [(("call",), empty_call)]
+    # In each timed run, per size: the exchanges, a copy of n bytes on every rank, a ring
+    # all-reduce of n bytes and its plan run bare (the difference is the call's cost around
+    # its plan), then the alongside calls.
+    schedule: list[tuple[tuple, Callable[[], None]]] = [(("empty call",), empty_call)]
     for n in sizes:
         for e, exchange in enumerate(exchanges):
             schedule += [((e, n, is_reduce), exchange.calls[n, is_reduce])
@@ -255,15 +258,8 @@ def calibrate_alongside(mpi_comm, comm, alongside: Mapping[int, Sequence[Callabl
         if n != sizes[0]:
             a = np.ones(n // 4, np.float32)
             b = np.empty_like(a)
-
-            def copy(a=a, b=b) -> None:
-                kernels.copy_into(b, a)
-
-            def copy_then_call(copy=copy) -> None:
-                copy()
-                empty_call()
-
-            schedule += [(("copy", n), copy), (("copy+call", n), copy_then_call)]
+            schedule += [(("copy", n), functools.partial(kernels.copy_into, b, a)),
+                         *(((kind, n), call) for kind, call in _call_and_plan(comm, n).items())]
         schedule += [(("alongside", n, i), call) for i, call in enumerate(alongside.get(n, ()))]
     progress(f"exchanges, copies and per-call cost, {harness.format_size(sizes[0])} .. "
              f"{harness.format_size(sizes[-1])}" + (", with the calls alongside" if alongside else ""))
@@ -278,9 +274,9 @@ def calibrate_alongside(mpi_comm, comm, alongside: Mapping[int, Sequence[Callabl
     inter_link, inter_beta, inter_gamma = _link(inter, sizes) if inter else (intra_link, intra_beta, gamma)
     if intra is None:  # one rank per node: the inter-node reduce exchange sets gamma
         gamma = inter_gamma
-    call_overhead = seconds[("call",)]
+    call_overhead = seconds[("empty call",)]
     copy_beta = [round(seconds["copy", n] / n, 18) for n in sizes[1:]]
-    call_after = [round(max(statistics.median(map(operator.sub, runs["copy+call", n], runs["copy", n])),
+    call_after = [round(max(statistics.median(map(operator.sub, runs["call", n], runs["plan", n])),
                             call_overhead), 12) for n in sizes[1:]]
     rows = tuple(zip(sizes[1:], intra_beta[1:], inter_beta[1:], gamma[1:], copy_beta, call_after))
     calibration = Calibration(
@@ -293,6 +289,27 @@ def calibrate_alongside(mpi_comm, comm, alongside: Mapping[int, Sequence[Callabl
                   "transport": comm._transport.name})
     return calibration, {n: [seconds["alongside", n, i] for i in range(len(calls))]
                          for n, calls in alongside.items()}
+
+
+def _call_and_plan(comm, nbytes: int) -> dict[str, Callable[[], None]]:
+    """A ring all-reduce of `nbytes` through `comm` ("call") and the same plan on the same
+    buffers run by the executor alone ("plan"), as the communicator runs it."""
+    transport = comm._transport
+    plan = plan_for("ring", comm.rank, comm.size, nbytes // 4, 4, comm.topology)
+    x = np.ones(plan.count, np.float32)
+    out = np.empty_like(x)
+    scratch = np.empty(max(buffer_sizes(plan)[0], 1), np.float32)
+    shared = getattr(transport, "work_buffer", None)
+
+    def bare() -> None:
+        deadline = time.monotonic() + 60
+        if shared is None:
+            run_plan(plan, out, scratch, transport, "sum", _TAG, deadline, src=x)
+        else:
+            run_plan(plan, shared(plan.count, np.float32, deadline=deadline), scratch, transport,
+                     "sum", _TAG, deadline, src=x, out=out, shared=True)
+
+    return {"call": lambda: comm.allreduce(x, algorithm="ring", out=out), "plan": bare}
 
 
 def _native_table(mpi_comm, comm, sizes: Sequence[int], progress) -> tuple[tuple[int, float], ...]:
