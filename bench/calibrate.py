@@ -26,7 +26,7 @@ them as in a real all-reduce:
 4. the transport's own all-reduce through ``comm.allreduce(algorithm="native")`` per size:
    native's time table (a black box: interpolated, never fitted).
 
-Every time of 1-3 is the median of five timed runs (the slowest rank's mean in each), taken
+Every time of 1-3 is the median of RUNS timed runs (the slowest rank's mean in each), taken
 round-robin over all of them, size by size, so that a slow stretch of the machine moves one
 run of each instead of every run of one. `calibrate_alongside` times other calls (the
 report's measured all-reduces) in the same round-robin, next to their size's
@@ -56,15 +56,15 @@ from collectives.algorithms.plan import Plan, Recv, Round, Send, segments
 from collectives.algorithms.ring import SEGMENT_BYTES
 from collectives.costmodel import Calibration, LinkModel, write_calibration
 
-__all__ = ["EXCHANGE_SIZES", "QUICK_SIZES", "NATIVE_SIZES", "fit_alpha_beta", "per_byte",
+__all__ = ["EXCHANGE_SIZES", "QUICK_SIZES", "NATIVE_SIZES", "BUDGET", "RUNS", "fit_alpha_beta", "per_byte",
            "median_time", "round_robin", "exchange_plan", "calibrate", "calibrate_alongside", "run"]
 
 EXCHANGE_SIZES = (64,) + tuple(16 << (2 * i) for i in range(5, 12))  # 64 B; 16 KiB .. 64 MiB by x4
 QUICK_SIZES = (64, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
 NATIVE_SIZES = tuple(8 << (2 * i) for i in range(13))  # 8 B .. 128 MiB
 _TAG = 7001
-_BUDGET = 0.05  # seconds of timed calls per run (at least 3 calls)
-_RUNS = 9  # timed runs per measurement; the median counts
+BUDGET = 0.05  # seconds of timed calls per run (at least 3 calls)
+RUNS = 9  # timed runs per measurement; the median counts
 
 
 def fit_alpha_beta(sizes: Sequence[int], seconds: Sequence[float]) -> tuple[float, float]:
@@ -101,14 +101,14 @@ def _iterations(mpi_comm, call: Callable[[], None], budget: float) -> int:
     return int(min(200, max(3, budget / max(once, 1e-7))))
 
 
-def median_time(mpi_comm, call: Callable[[], None], *, budget: float = _BUDGET,
-                runs: int = _RUNS) -> float:
+def median_time(mpi_comm, call: Callable[[], None], *, budget: float = BUDGET,
+                runs: int = RUNS) -> float:
     """Seconds per call: the median over `runs` timed runs of the slowest rank's mean."""
     return statistics.median(round_robin(mpi_comm, [call], budget=budget, runs=runs)[0])
 
 
-def round_robin(mpi_comm, calls: Sequence[Callable[[], None]], *, budget: float = _BUDGET,
-                runs: int = _RUNS, progress: Callable[[str], None] = lambda what: None
+def round_robin(mpi_comm, calls: Sequence[Callable[[], None]], *, budget: float = BUDGET,
+                runs: int = RUNS, progress: Callable[[str], None] = lambda what: None
                 ) -> list[list[float]]:
     """Per call, the seconds per call of each of `runs` timed runs (the slowest rank's mean),
     taken round-robin over the calls: each call's runs spread over the whole measurement,

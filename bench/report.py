@@ -1,7 +1,7 @@
 """collectives-report: measure every algorithm, hold the cost model against it, predict at scale.
 
 1. Measures ring, hierarchical, torus2d and halving_doubling from 64 KiB to 64 MiB, each
-   point the median of five timed runs, in one round-robin with the calibration's
+   point the median of nine timed runs, in one round-robin with the calibration's
    micro-benchmarks (bench/calibrate.py): the simulator's predictions on that calibration
    are held against calls timed at the same moments, and, when the tuning file has an
    entry for this np, on the tuning file's too. Without an entry, this calibration is
@@ -385,7 +385,7 @@ def measure_accuracy(mpi_comm, comm: Any, sizes: Sequence[int], *, quick: bool,
                      progress) -> tuple[Any, list[tuple[str, int, float]]]:
     """(calibration, [(algorithm, bytes, seconds per call)]): ACCURACY_ALGORITHMS at `sizes`,
     timed in one round-robin with the calibration's micro-benchmarks, each point next to
-    those of its size and the median of five timed runs. This host's speed drifts by up to
+    those of its size and the median of its timed runs. This host's speed drifts by up to
     3x from one minute (or one job) to the next; so the model is held against calls timed at
     the moments its constants were."""
     from bench.calibrate import calibrate_alongside
@@ -457,10 +457,10 @@ def _measured_sections(rows, winners) -> list[str]:
 
 
 def _accuracy_section(points, calibration, file_points, file_source: str | None) -> list[str]:
-    from bench.calibrate import describe
+    from bench.calibrate import BUDGET, RUNS, describe
 
     out = ["## Model vs measurement", "",
-           "Each measured point is the median of five timed runs (0.1 s of calls each), timed "
+           f"Each measured point is the median of {RUNS} timed runs ({BUDGET:g} s of calls each), timed "
            "in one round-robin with the calibration's micro-benchmarks, next to those of its "
            "size: the model's constants and the calls it predicts come from the same minutes "
            "of this machine. Predicted: the plan's simulated time on that calibration plus its "
