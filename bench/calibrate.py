@@ -9,10 +9,11 @@ them as in a real all-reduce:
    receives from the previous one (pairs when there are two): an N-byte buffer in one chunk
    per rank of that ring, as a ring all-reduce cuts it, and as many rounds, each sending the
    chunk received in the round before, so every chunk is received once; the received chunk
-   copied in (copy exchange) or reduced with the rank's input (reduce exchange). The per-round time at the smallest N is the link's
-   `alpha` (Python's and the scheduler's cost of a round included); per N, the rest per
-   byte is `beta` (copy) and `gamma` (reduce, the copy out of the transport included), kept
-   per N in `by_size` since data that stays in cache moves several times faster. The same
+   copied in (copy exchange) or reduced with the rank's input (reduce exchange). The
+   per-round time at the smallest N is the link's `alpha` (Python's and the scheduler's
+   cost of a round included); per N, the rest per byte is `beta` (copy) and `gamma`
+   (reduce, the copy out of the transport included), kept per N in `by_size` since data
+   that stays in cache moves several times faster. The same
    across nodes (rank i with its counterparts on the neighbouring nodes) when the topology
    has several, else inter = intra. Between processes of one host the ranks' own cores move
    the bytes (`cpu_copy`);
@@ -178,33 +179,21 @@ class _Exchange:
         ring = _ring(comm.rank, comm.topology, across=across)
         i = ring.index(comm.rank) if ring else 0
         succ, pred = (ring[(i + 1) % len(ring)], ring[i - 1]) if ring else (None, None)
-        self.parts = max(mpi_comm.allgather(len(ring)))  # one ring length in every ring
+        # one chunk count everywhere (rings may differ in length): one buffer length on
+        # every rank, as a shared-memory window needs
+        self.parts = max(mpi_comm.allgather(len(ring)))
         self.active = self.parts > 0
         self.same_host = self.active and _same_host(mpi_comm, succ)
-        shared = getattr(transport, "work_buffer", None)  # zero-copy: peers read the work buffer
-        self.zero_copy = shared is not None and not across
+        # zero-copy: on-node peers read the transport's shared work buffer
+        self.zero_copy = hasattr(transport, "work_buffer") and not across
         self.calls: dict[tuple[int, bool], Callable[[], None]] = {}
         for n in sizes if self.active else ():
-            src = np.ones(max(1, n // 16) * 4, np.float32)
-            for is_reduce in (False, True):
-                plan = exchange_plan(comm.rank, comm.size, n, succ, pred, parts=self.parts,
-                                     reduce=is_reduce)
-                scratch = np.empty(max(buffer_sizes(plan)[0], 1), np.float32)
-                if shared is not None:
-                    out = np.empty_like(src)
-
-                    def call(plan=plan, src=src, scratch=scratch, out=out):
-                        deadline = time.monotonic() + 60
-                        work = shared(plan.count, np.float32, deadline=deadline)
-                        run_plan(plan, work, scratch, transport, "sum", _TAG, deadline, src=src,
-                                 out=out, shared=True)
-                else:
-                    work = np.empty_like(src)
-
-                    def call(plan=plan, src=src, scratch=scratch, work=work):
-                        run_plan(plan, work, scratch, transport, "sum", _TAG, time.monotonic() + 60,
-                                 src=src)
-                self.calls[n, is_reduce] = call
+            plans = [exchange_plan(comm.rank, comm.size, n, succ, pred, parts=self.parts,
+                                   reduce=is_reduce) for is_reduce in (False, True)]
+            src = np.ones(plans[0].count, np.float32)
+            out = np.empty_like(src)
+            for is_reduce, plan in zip((False, True), plans):
+                self.calls[n, is_reduce] = _bare_run(plan, transport, src, out)
 
     def times(self, seconds: Mapping[tuple[int, bool], float], sizes: Sequence[int]) -> dict:
         """The exchange's per-round seconds per size, from the median seconds per call."""
@@ -291,25 +280,31 @@ def calibrate_alongside(mpi_comm, comm, alongside: Mapping[int, Sequence[Callabl
                          for n, calls in alongside.items()}
 
 
-def _call_and_plan(comm, nbytes: int) -> dict[str, Callable[[], None]]:
-    """A ring all-reduce of `nbytes` through `comm` ("call") and the same plan on the same
-    buffers run by the executor alone ("plan"), as the communicator runs it."""
-    transport = comm._transport
-    plan = plan_for("ring", comm.rank, comm.size, nbytes // 4, 4, comm.topology)
-    x = np.ones(plan.count, np.float32)
-    out = np.empty_like(x)
+def _bare_run(plan: Plan, transport, src: np.ndarray, out: np.ndarray) -> Callable[[], None]:
+    """`plan` summing `src` into `out` through the executor alone, as the communicator runs
+    a plan (through the transport's shared work buffer when it has one)."""
     scratch = np.empty(max(buffer_sizes(plan)[0], 1), np.float32)
     shared = getattr(transport, "work_buffer", None)
 
-    def bare() -> None:
+    def run() -> None:
         deadline = time.monotonic() + 60
         if shared is None:
-            run_plan(plan, out, scratch, transport, "sum", _TAG, deadline, src=x)
+            run_plan(plan, out, scratch, transport, "sum", _TAG, deadline, src=src)
         else:
             run_plan(plan, shared(plan.count, np.float32, deadline=deadline), scratch, transport,
-                     "sum", _TAG, deadline, src=x, out=out, shared=True)
+                     "sum", _TAG, deadline, src=src, out=out, shared=True)
 
-    return {"call": lambda: comm.allreduce(x, algorithm="ring", out=out), "plan": bare}
+    return run
+
+
+def _call_and_plan(comm, nbytes: int) -> dict[str, Callable[[], None]]:
+    """A ring all-reduce of `nbytes` through `comm` ("call") and the same plan on the same
+    buffers run by the executor alone ("plan")."""
+    plan = plan_for("ring", comm.rank, comm.size, nbytes // 4, 4, comm.topology)
+    x = np.ones(plan.count, np.float32)
+    out = np.empty_like(x)
+    return {"call": lambda: comm.allreduce(x, algorithm="ring", out=out),
+            "plan": _bare_run(plan, comm._transport, x, out)}
 
 
 def _native_table(mpi_comm, comm, sizes: Sequence[int], progress) -> tuple[tuple[int, float], ...]:

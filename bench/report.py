@@ -474,13 +474,14 @@ def _accuracy_section(points, calibration, file_points, file_source: str | None)
                     "this machine's speed has moved since.")
         header += " predicted from the tuning file (us) | error |"
     out += ["", header, "|---|---:|---:|---:|---:|" + ("---:|---:|" if file_points else "")]
+    from_file = _guesses(file_points)
     for label, series in points.items():
-        others = dict((size, guess) for size, _, guess in (file_points or {}).get(label, ()))
         for size, measured, guess in series:
             line = (f"| {label} | {harness.format_size(size)} | {_us(measured)} | {_us(guess)} | "
                     f"{100 * (guess - measured) / measured:+.0f}% |")
-            if size in others:
-                line += f" {_us(others[size])} | {100 * (others[size] - measured) / measured:+.0f}% |"
+            other = from_file.get((label, size))
+            if other is not None:
+                line += f" {_us(other)} | {100 * (other - measured) / measured:+.0f}% |"
             out.append(line)
     if points:
         out += ["", f"**{_summary(points)}**"]
@@ -489,6 +490,12 @@ def _accuracy_section(points, calibration, file_points, file_source: str | None)
     out += ["", "![measured vs predicted](accuracy.png)", "", "Calibration (taken with the points):",
             "", "```", describe(calibration), "```", ""]
     return out
+
+
+def _guesses(points) -> dict[tuple[str, int], float]:
+    """{(algorithm, size): predicted seconds} of accuracy points (none for None)."""
+    return {(label, size): guess for label, series in (points or {}).items()
+            for size, _, guess in series}
 
 
 def _summary(points) -> str:
@@ -603,11 +610,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress = harness.Progress(stream=sys.stderr, redraw=redraw)
         env = harness.environment(mpi_comm, collectives=collectives.__version__)
         comm = collectives.init(mpi_comm=mpi_comm)
+        # rank 0's view of the tuning file (it may write it below), read before minutes of
+        # measuring so that an unreadable file stops the report at once
+        calibration, source = mpi_comm.bcast(_tuning_entry(mpi_comm.size) if leader else None)
         accuracy_calibration, measured = measure_accuracy(
             mpi_comm, comm, _accuracy_sizes(args), quick=args.quick,
             progress=_steps("model vs measurement") if leader else lambda what: None)
-        # rank 0's view of the tuning file, which it may be about to write
-        calibration, source = mpi_comm.bcast(_tuning_entry(mpi_comm.size) if leader else None)
         if calibration is None:  # this np's first calibration: keep it for auto and later runs
             calibration, source = accuracy_calibration, f"calibrated now, np={mpi_comm.size}"
             if leader:
@@ -647,7 +655,7 @@ def _tuning_entry(size: int):
     from collectives.costmodel import read_tuning
 
     entry = read_tuning().get(size)
-    return entry, entry and f"tuning file, np={size}"
+    return (entry, f"tuning file, np={size}") if entry else (None, None)
 
 
 def _write(out_dir: Path, *, args, argv, env, calibration, source, accuracy_calibration, comm,
@@ -665,6 +673,7 @@ def _write(out_dir: Path, *, args, argv, env, calibration, source, accuracy_cali
         winners.append((size, best.label, tuner.choose(size)))
     points = accuracy(measured, accuracy_calibration.cluster(comm.topology, name="this machine"))
     file_points = None if calibration is accuracy_calibration else accuracy(measured, model)
+    from_file = _guesses(file_points)
     plots = ["busbw.png", "winners.png", "accuracy.png", "at_scale.png"] if rows else ["accuracy.png"]
     plot_accuracy(points, out_dir / "accuracy.png", np_=comm.size)
     if rows:
@@ -686,7 +695,7 @@ def _write(out_dir: Path, *, args, argv, env, calibration, source, accuracy_cali
         "winners": [{"size": s, "measured": m, "auto_pick": p} for s, m, p in winners],
         "accuracy": [{"algorithm": name, "size": size, "time_us": seconds * 1e6,
                       "predicted_time_us": guess * 1e6, "error": (guess - seconds) / seconds,
-                      **_tuning_file_prediction(file_points, name, size, seconds)}
+                      **_tuning_file_prediction(from_file.get((name, size)), seconds)}
                      for name, series in points.items() for size, seconds, guess in series],
         "at_scale": scale,
     }
@@ -697,9 +706,8 @@ def _write(out_dir: Path, *, args, argv, env, calibration, source, accuracy_cali
                    scale=scale, plots=plots, elapsed=elapsed)
 
 
-def _tuning_file_prediction(file_points, name: str, size: int, seconds: float) -> dict:
+def _tuning_file_prediction(guess: float | None, seconds: float) -> dict:
     """The tuning file's prediction of one accuracy point, as results.json fields."""
-    guess = {s: g for s, _, g in (file_points or {}).get(name, ())}.get(size)
     return {} if guess is None else {"tuning_file_predicted_time_us": guess * 1e6,
                                      "tuning_file_error": (guess - seconds) / seconds}
 
