@@ -9,13 +9,11 @@ them as in a real all-reduce:
    receives from the previous one (pairs when there are two): an N-byte buffer in one chunk
    per rank of that ring, as a ring all-reduce cuts it, and as many rounds, each sending the
    chunk received in the round before, so every chunk is received once; the received chunk
-   copied in (copy exchange) or reduced with the rank's input (reduce exchange), and a copy
-   exchange of half chunks in twice the rounds. The per-round time at the smallest N is the
-   link's `alpha` (Python's and the scheduler's cost of a round included); per N, the
-   half-chunk rounds against the whole ones give the round's latency (`round_latency`: with
-   more ranks than cores a rank waits longer for its peer as rounds grow), and the rest per
-   byte is `beta` (copy) and `gamma` (reduce, the copy out of the transport included), kept
-   per N in `by_size` since data that stays in cache moves several times faster. The same
+   copied in (copy exchange) or reduced with the rank's input (reduce exchange). The
+   per-round time at the smallest N is the link's `alpha` (Python's and the scheduler's
+   cost of a round included); per N, the rest per byte is `beta` (copy) and `gamma`
+   (reduce, the copy out of the transport included), kept per N in `by_size` since data
+   that stays in cache moves several times faster. The same
    across nodes (rank i with its counterparts on the neighbouring nodes) when the topology
    has several, else inter = intra. Between processes of one host the ranks' own cores move
    the bytes (`cpu_copy`);
@@ -59,9 +57,8 @@ from collectives.algorithms.plan import Plan, Recv, Round, Send, segments
 from collectives.algorithms.ring import SEGMENT_BYTES
 from collectives.costmodel import Calibration, LinkModel, write_calibration
 
-__all__ = ["EXCHANGE_SIZES", "QUICK_SIZES", "NATIVE_SIZES", "BUDGET", "RUNS", "EXCHANGES",
-           "fit_alpha_beta", "per_byte", "round_latency", "median_time", "round_robin",
-           "exchange_plan", "calibrate", "calibrate_alongside", "run"]
+__all__ = ["EXCHANGE_SIZES", "QUICK_SIZES", "NATIVE_SIZES", "BUDGET", "RUNS", "fit_alpha_beta", "per_byte",
+           "median_time", "round_robin", "exchange_plan", "calibrate", "calibrate_alongside", "run"]
 
 EXCHANGE_SIZES = (64,) + tuple(16 << (2 * i) for i in range(5, 12))  # 64 B; 16 KiB .. 64 MiB by x4
 QUICK_SIZES = (64, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
@@ -69,9 +66,6 @@ NATIVE_SIZES = tuple(8 << (2 * i) for i in range(13))  # 8 B .. 128 MiB
 _TAG = 7001
 BUDGET = 0.05  # seconds of timed calls per run (at least 3 calls)
 RUNS = 9  # timed runs per measurement; the median counts
-# the shift exchanges: kind -> chunks per rank of the ring (halves: a copy exchange of half
-# chunks, whose rounds against the whole chunks' give the per-round latency at each size)
-EXCHANGES = {"copy": 1, "halves": 2, "reduce": 1}
 
 
 def fit_alpha_beta(sizes: Sequence[int], seconds: Sequence[float]) -> tuple[float, float]:
@@ -192,49 +186,32 @@ class _Exchange:
         self.same_host = self.active and _same_host(mpi_comm, succ)
         # zero-copy: on-node peers read the transport's shared work buffer
         self.zero_copy = hasattr(transport, "work_buffer") and not across
-        self.calls: dict[tuple[int, str], Callable[[], None]] = {}
+        self.calls: dict[tuple[int, bool], Callable[[], None]] = {}
         for n in sizes if self.active else ():
-            for kind, per_rank in EXCHANGES.items():
-                plan = exchange_plan(comm.rank, comm.size, n, succ, pred,
-                                     parts=per_rank * self.parts, reduce=kind == "reduce")
-                src = np.ones(plan.count, np.float32)
-                self.calls[n, kind] = _bare_run(plan, transport, src, np.empty_like(src))
+            plans = [exchange_plan(comm.rank, comm.size, n, succ, pred, parts=self.parts,
+                                   reduce=is_reduce) for is_reduce in (False, True)]
+            src = np.ones(plans[0].count, np.float32)
+            out = np.empty_like(src)
+            for is_reduce, plan in zip((False, True), plans):
+                self.calls[n, is_reduce] = _bare_run(plan, transport, src, out)
 
-    def times(self, seconds: Mapping[tuple[int, str], float], sizes: Sequence[int]) -> dict:
+    def times(self, seconds: Mapping[tuple[int, bool], float], sizes: Sequence[int]) -> dict:
         """The exchange's per-round seconds per size, from the median seconds per call."""
         return {"sizes": list(sizes), "chunks": self.parts,
-                **{f"{kind}_round_s": [seconds[n, kind] / (per_rank * self.parts) for n in sizes]
-                   for kind, per_rank in EXCHANGES.items()},
+                "copy_round_s": [seconds[n, False] / self.parts for n in sizes],
+                "reduce_round_s": [seconds[n, True] / self.parts for n in sizes],
                 "same_host": self.same_host, "zero_copy": self.zero_copy}
 
 
-def round_latency(alpha: float, round_s: float, halved_round_s: float) -> float:
-    """Per-round latency at one size: a round moving a chunk took `round_s`, one moving half
-    of it `halved_round_s`, so the latency is ``2 halved - round``, at least `alpha` (the
-    smallest message's) and at most `round_s`.
-
-    >>> round_latency(20e-6, 110e-6, 90e-6)  # 20 us per half chunk: 70 us per round
-    7e-05
-    >>> round_latency(20e-6, 600e-6, 290e-6)  # halves run cheaper per byte: alpha
-    2e-05
-    """
-    return round(min(max(alpha, 2 * halved_round_s - round_s), round_s), 12)
-
-
-def _link(times: dict, sizes: Sequence[int]) -> tuple[LinkModel, list[tuple[float, float, float]]]:
-    """The link (alpha from the smallest exchange, beta at the largest) and per size its
-    (latency, beta, gamma): the latency from the rounds of whole and half chunks, the rest of
-    a round per byte."""
+def _link(times: dict, sizes: Sequence[int]) -> tuple[LinkModel, list[float], list[float]]:
+    """The link (alpha from the smallest exchange, beta at the largest) and per-size beta, gamma."""
     alpha = times["copy_round_s"][0]
-    rows = []
-    for n, copy_s, halves_s, reduce_s in zip(sizes, times["copy_round_s"], times["halves_round_s"],
-                                             times["reduce_round_s"]):
-        chunk = n // times["chunks"]
-        latency = round_latency(alpha, copy_s, halves_s) if n != sizes[0] else alpha
-        rows.append((latency, per_byte(copy_s, latency, chunk), per_byte(reduce_s, latency, chunk)))
-    link = LinkModel(round(alpha, 12), rows[-1][1], zero_copy=times["zero_copy"],
+    chunks = [n // times["chunks"] for n in sizes]
+    betas = [per_byte(t, alpha, c) for t, c in zip(times["copy_round_s"], chunks)]
+    gammas = [per_byte(t, alpha, c) for t, c in zip(times["reduce_round_s"], chunks)]
+    link = LinkModel(round(alpha, 12), betas[-1], zero_copy=times["zero_copy"],
                      cpu_copy=times["same_host"] and not times["zero_copy"])
-    return link, rows
+    return link, betas, gammas
 
 
 def calibrate(mpi_comm, comm, *, quick: bool = False,
@@ -265,8 +242,8 @@ def calibrate_alongside(mpi_comm, comm, alongside: Mapping[int, Sequence[Callabl
     schedule: list[tuple[tuple, Callable[[], None]]] = [(("empty call",), empty_call)]
     for n in sizes:
         for e, exchange in enumerate(exchanges):
-            schedule += [((e, n, kind), exchange.calls[n, kind])
-                         for kind in EXCHANGES if exchange.active]
+            schedule += [((e, n, is_reduce), exchange.calls[n, is_reduce])
+                         for is_reduce in (False, True) if exchange.active]
         if n != sizes[0]:
             a = np.ones(n // 4, np.float32)
             b = np.empty_like(a)
@@ -282,16 +259,15 @@ def calibrate_alongside(mpi_comm, comm, alongside: Mapping[int, Sequence[Callabl
     measured = [exchange.times({key[1:]: t for key, t in seconds.items() if key[0] == e}, sizes)
                 if exchange.active else None for e, exchange in enumerate(exchanges)]
     intra, inter = measured
-    intra_link, intra_rows = _link(intra or inter, sizes)
-    inter_link, inter_rows = _link(inter, sizes) if inter else (intra_link, intra_rows)
-    # the intra-node reduce exchange sets gamma; with one rank per node, the inter-node one
-    gamma = [g for _, _, g in (intra_rows if intra else inter_rows)]
+    intra_link, intra_beta, gamma = _link(intra or inter, sizes)
+    inter_link, inter_beta, inter_gamma = _link(inter, sizes) if inter else (intra_link, intra_beta, gamma)
+    if intra is None:  # one rank per node: the inter-node reduce exchange sets gamma
+        gamma = inter_gamma
     call_overhead = seconds[("empty call",)]
     copy_beta = [round(seconds["copy", n] / n, 18) for n in sizes[1:]]
     call_after = [round(max(statistics.median(map(operator.sub, runs["call", n], runs["plan", n])),
                             call_overhead), 12) for n in sizes[1:]]
-    rows = tuple((n, *intra_rows[i][:2], *inter_rows[i][:2], gamma[i], copy_beta[i - 1],
-                  call_after[i - 1]) for i, n in enumerate(sizes) if i)
+    rows = tuple(zip(sizes[1:], intra_beta[1:], inter_beta[1:], gamma[1:], copy_beta, call_after))
     calibration = Calibration(
         size=comm.size, intra=intra_link, inter=inter_link, gamma=gamma[-1],
         call_overhead=call_overhead, copy_beta=copy_beta[-1],
@@ -381,10 +357,9 @@ def describe(calibration: Calibration) -> str:
         f"# per call: {calibration.call_overhead * 1e6:.1f} us; copies in/out of the work buffer: {_rate(calibration.copy_beta)} GB/s",
     ]
     if calibration.by_size:
-        lines.append("# per call size (latency us, GB/s; per call): " + "; ".join(
-            f"{harness.format_size(n)}: intra {a * 1e6:.0f} us, {_rate(b)}, inter {c * 1e6:.0f} us, "
-            f"{_rate(d)}, reduce {_rate(g)}, copy {_rate(cb)}; {call * 1e6:.0f} us"
-            for n, a, b, c, d, g, cb, call in calibration.by_size))
+        lines.append("# per call size (GB/s; per call): " + "; ".join(
+            f"{harness.format_size(n)}: intra {_rate(b)}, inter {_rate(c)}, reduce {_rate(g)}, "
+            f"copy {_rate(cb)}; {call * 1e6:.0f} us" for n, b, c, g, cb, call in calibration.by_size))
     lines.append("# native all-reduce: " + ", ".join(f"{harness.format_size(n)} {t * 1e6:.0f} us"
                                                     for n, t in calibration.native[::3]))
     return "\n".join(lines)

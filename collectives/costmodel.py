@@ -7,9 +7,9 @@ inter-node, and a zero-copy link (shared memory whose peer buffer the receiver r
 from directly) has no transfer of its own: the receiver reads the peer's memory while it
 reduces. A host link (`cpu_copy`: MPI between processes of one machine) has no copy engine
 either: the ranks' own cores move its bytes, so they queue with the receiver's reductions.
-Where copies and reductions run faster for data that stays in cache, and where a round's
-latency grows with its size (ranks sharing cores), constants measured per message size
-(`ClusterModel.by_size`) replace the flat ones for calls of that size. The simulator (collectives.simulator) prices plans with these constants;
+Where copies and reductions run faster for data that stays in cache, per-byte constants
+measured per message size (`ClusterModel.by_size`) replace the flat ones for calls of that
+size. The simulator (collectives.simulator) prices plans with these constants;
 ``collectives-bench --calibrate`` fits them on this machine and writes the tuning file.
 
 Example::
@@ -38,10 +38,8 @@ __all__ = [
 ]
 
 TUNING_ENV = "COLLECTIVES_TUNING_FILE"
-TUNING_VERSION = 2  # 2: by_size rows carry each link's latency
+TUNING_VERSION = 1
 COPIES = ("none", "in", "in+out")
-# (call bytes, intra alpha, intra beta, inter alpha, inter beta, gamma, copy_beta, call_overhead)
-SizeRow = tuple[int, float, float, float, float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -147,13 +145,12 @@ class ClusterModel:
     are wired as that grid with wrap-around links, and a message between ranks `h` hops
     apart shares each link it crosses: it costs ``alpha + h * bytes * beta``.
 
-    `by_size` rows ``(call bytes, intra alpha, intra beta, inter alpha, inter beta, gamma,
-    copy_beta, call_overhead)``, measured with buffers of that size, give the constants of a
-    call of that many bytes (`at_message`): interpolated log-log between rows, the nearest
-    row outside them. On a host, 1 MiB stays in cache and 64 MiB does not, and that changes
-    the per-byte costs several fold; the per-call cost grows too, as the call's Python runs
-    on caches its data has just evicted; and with more ranks than cores a round of 16 KiB
-    waits longer for its peer than one of 64 B.
+    `by_size` rows ``(call bytes, intra beta, inter beta, gamma, copy_beta, call_overhead)``,
+    measured with buffers of that size, give the constants of a call of that many bytes
+    (`at_message`): interpolated log-log between rows, the nearest row outside them. On a
+    host, 1 MiB stays in cache and 64 MiB does not, and that changes the per-byte costs
+    several fold; the per-call cost grows too, as the call's Python runs on caches its data
+    has just evicted.
     """
 
     topology: Topology
@@ -166,17 +163,16 @@ class ClusterModel:
     native: NativeModel | None = None
     name: str = ""
     torus_links: bool = False
-    by_size: tuple[SizeRow, ...] = ()
+    by_size: tuple[tuple[int, float, float, float, float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.copies not in COPIES:
             raise ValueError(f"copies must be one of {', '.join(COPIES)}, got {self.copies!r}")
         rows = self.by_size
-        if any(len(row) != 8 or row[0] <= 0 or min(row[1:]) < 0 for row in rows) or any(
+        if any(len(row) != 6 or row[0] <= 0 or min(row[1:]) < 0 for row in rows) or any(
                 a[0] >= b[0] for a, b in zip(rows, rows[1:])):
-            raise ValueError("by_size rows must be (bytes > 0, intra alpha, intra beta, inter alpha, "
-                             "inter beta, gamma, copy_beta, call_overhead) >= 0 with increasing "
-                             f"bytes, got {rows!r}")
+            raise ValueError("by_size rows must be (bytes > 0, intra beta, inter beta, gamma, "
+                             f"copy_beta, call_overhead) >= 0 with increasing bytes, got {rows!r}")
 
     def at_message(self, nbytes: int) -> "ClusterModel":
         """This cluster with the constants of a call of `nbytes` (`by_size`)."""
@@ -186,10 +182,9 @@ class ClusterModel:
         cache = self.__dict__.setdefault("_at", {})
         model = cache.get(nbytes)
         if model is None:
-            (intra_alpha, intra_beta, inter_alpha, inter_beta, gamma, copy_beta,
-             call_overhead) = _interpolate_row(rows, nbytes)
-            model = replace(self, intra=replace(self.intra, alpha=intra_alpha, beta=intra_beta),
-                            inter=replace(self.inter, alpha=inter_alpha, beta=inter_beta), gamma=gamma,
+            intra, inter, gamma, copy_beta, call_overhead = _interpolate_row(rows, nbytes)
+            model = replace(self, intra=replace(self.intra, beta=intra),
+                            inter=replace(self.inter, beta=inter), gamma=gamma,
                             copy_beta=copy_beta, call_overhead=call_overhead, by_size=())
             if len(cache) >= 256:
                 cache.clear()
@@ -261,7 +256,7 @@ class Calibration:
     copy_beta: float
     native: tuple[tuple[int, float], ...] = ()
     measured: Mapping[str, object] = field(default_factory=dict)
-    by_size: tuple[SizeRow, ...] = ()
+    by_size: tuple[tuple[int, float, float, float, float, float], ...] = ()
 
     def cluster(self, topology: Topology, *, name: str = "") -> ClusterModel:
         """This machine as a ClusterModel for `topology` (its native table counts at `size`).

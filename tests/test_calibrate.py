@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.calibrate import exchange_plan, round_latency, round_robin
+from bench.calibrate import exchange_plan, round_robin
 from collectives.algorithms.executor import IoSchedule
 
 
@@ -54,12 +54,3 @@ def test_round_robin_times_every_call_in_each_run_in_order():
     # sizing: a warm-up and a timed call each; then per run, each call's warm-up and 3 calls
     assert log[:6] == ["a", "a", "b", "b", "c", "c"]
     assert log[6:] == [name for _ in range(3) for name in "abc" for _ in range(4)]
-
-
-@pytest.mark.parametrize("alpha, whole, halved, latency", [
-    (20e-6, 110e-6, 90e-6, 70e-6),    # 20 us per half chunk: the rest is per round
-    (20e-6, 600e-6, 290e-6, 20e-6),   # half chunks cheaper per byte (cache): the 64 B latency
-    (20e-6, 100e-6, 120e-6, 100e-6),  # halves measured slower: at most the round itself
-])
-def test_round_latency_from_whole_and_half_chunks(alpha, whole, halved, latency):
-    assert round_latency(alpha, whole, halved) == pytest.approx(latency)

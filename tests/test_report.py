@@ -88,8 +88,7 @@ def test_accuracy_only_report(tmp_path):
     """--accuracy-only: no sweep and no at-scale section, only the model vs measurement."""
     tuning = tmp_path / "tuning.json"
     link = LinkModel(alpha=20e-6, beta=1 / 4e9, cpu_copy=True)
-    rows = ((1 << 16, 20e-6, 1 / 4e9, 20e-6, 1 / 4e9, 1 / 3e9, 1 / 8e9, 5e-5),
-            (1 << 20, 20e-6, 1 / 8e9, 20e-6, 1 / 8e9, 1 / 6e9, 1 / 9e9, 6e-5))
+    rows = ((1 << 16, 1 / 4e9, 1 / 4e9, 1 / 3e9, 1 / 8e9, 5e-5), (1 << 20, 1 / 8e9, 1 / 8e9, 1 / 6e9, 1 / 9e9, 6e-5))
     write_calibration(Calibration(size=2, intra=link, inter=link, gamma=1 / 4e9, call_overhead=5e-5,
                                   copy_beta=1 / 8e9, by_size=rows), tuning)
     env = {key: value for key, value in os.environ.items()

@@ -106,22 +106,20 @@ def test_cpu_copy_link_queues_transfers_with_reductions():
 
 
 def test_constants_follow_the_call_size():
-    """by_size rows replace the flat alpha, beta, gamma, copy_beta and per-call cost for a
-    call of that size (log-log between rows, the nearest row outside them); without rows
-    nothing changes."""
-    rows = ((1 << 20, 1e-5, 1e-10, 2e-5, 2e-10, 3e-10, 4e-10, 1e-4),
-            (4 << 20, 4e-5, 4e-10, 8e-5, 8e-10, 12e-10, 16e-10, 4e-4))
+    """by_size rows replace the flat beta, gamma, copy_beta and per-call cost for a call of
+    that size (log-log between rows, the nearest row outside them); without rows nothing
+    changes."""
+    rows = ((1 << 20, 1e-10, 2e-10, 3e-10, 4e-10, 1e-4), (4 << 20, 4e-10, 8e-10, 12e-10, 16e-10, 4e-4))
     base = cluster(2, 2)
     table = dataclasses.replace(base, by_size=rows)
     assert base.at_message(1 << 20) is base and base.call_time(1 << 20) == base.call_overhead
     at_1m = table.at_message(1 << 20)
-    assert (at_1m.intra.alpha, at_1m.intra.beta, at_1m.inter.alpha, at_1m.inter.beta, at_1m.gamma,
-            at_1m.copy_beta, at_1m.call_overhead) == rows[0][1:]
+    assert (at_1m.intra.beta, at_1m.inter.beta, at_1m.gamma, at_1m.copy_beta,
+            at_1m.call_overhead) == rows[0][1:]
     assert table.call_time(2 << 20) == pytest.approx(2e-4) and table.call_time(1 << 30) == 4e-4
-    assert at_1m.intra.zero_copy == base.intra.zero_copy and at_1m.by_size == ()
+    assert at_1m.intra.alpha == base.intra.alpha and at_1m.by_size == ()
     mid = table.at_message(2 << 20)  # halfway in log: the geometric mean
     assert mid.gamma == pytest.approx((3e-10 * 12e-10) ** 0.5)
-    assert mid.inter.alpha == pytest.approx(4e-5)
     assert table.at_message(64 << 20).copy_beta == 16e-10
     assert table.at_message(8).intra.beta == 1e-10
     for count in (1 << 18, 1 << 19, 1 << 22):
@@ -130,27 +128,6 @@ def test_constants_follow_the_call_size():
     assert simulate("ring", table, 1 << 22).time > simulate("ring", table, 1 << 18).time * 4
     with pytest.raises(ValueError, match="increasing bytes"):
         dataclasses.replace(base, by_size=rows[::-1])
-    with pytest.raises(ValueError, match="intra alpha"):
-        dataclasses.replace(base, by_size=tuple(row[:6] for row in rows))
-
-
-def test_latency_per_size_prices_rounds_not_bytes():
-    """With a round's latency taken per size, a plan of fewer, larger rounds (halving-doubling
-    at p=4: 4 rounds) is priced cheaper against the ring (6 rounds of a quarter) than when the
-    same round time is split into the 64 B latency and a per-byte rest."""
-    count = (64 << 10) // 4
-    chunk = 4 * count // 4
-    round_s = 100e-6  # what the exchange measured per round of a quarter
-
-    def priced(latency):
-        beta = (round_s - latency) / chunk
-        link = LinkModel(latency, beta, zero_copy=True)
-        model = cluster(1, 4, intra=link, inter=link, gamma=beta)
-        return [simulate(name, model, count).time for name in ("ring", "halving_doubling")]
-
-    (ring_small, hd_small), (ring_split, hd_split) = priced(20e-6), priced(90e-6)
-    assert ring_small == pytest.approx(ring_split, rel=0.05)  # the ring is the exchange's shape
-    assert hd_split < hd_small * 0.9
 
 
 @pytest.mark.parametrize("copies, extra", [("in", 0.0), ("in+out", 1.5)])
