@@ -45,6 +45,16 @@ def test_crossovers_name_the_sizes_where_the_ranking_changes():
                                              "after": ["b", "a"]}]
 
 
+def _report(tuning, *args: str) -> subprocess.CompletedProcess:
+    """`python -m bench.report ARGS`, launching its own ranks (no launcher's variables), with
+    `tuning` as the tuning file."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PMI_", "OMPI_", "COLLECTIVES_BENCH_", "PMIX_"))}
+    env.update(PYTHONPATH=str(ROOT), COLLECTIVES_TUNING_FILE=str(tuning))
+    return subprocess.run([sys.executable, "-m", "bench.report", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
 def test_quick_report_end_to_end(tmp_path):
     tuning = tmp_path / "tuning.json"
     link = LinkModel(alpha=20e-6, beta=1 / 4e9, zero_copy=True)
@@ -52,13 +62,9 @@ def test_quick_report_end_to_end(tmp_path):
                                   copy_beta=1 / 8e9, native=((8, 2e-5), (1 << 20, 1e-3))), tuning)
     clusters = tmp_path / "clusters.json"
     clusters.write_text(json.dumps(SMALL))
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PMI_", "OMPI_", "COLLECTIVES_BENCH_", "PMIX_"))}
-    env.update(PYTHONPATH=str(ROOT), COLLECTIVES_TUNING_FILE=str(tuning))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "bench.report", "--quick", "--np", "2",
-                           "--max-bytes", "64K", "--out", str(out), "--cluster", str(clusters)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = _report(tuning, "--quick", "--np", "2", "--max-bytes", "64K", "--out", str(out),
+                   "--cluster", str(clusters))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     pngs = sorted(path.name for path in out.glob("*.png"))
     assert pngs == ["accuracy.png", "at_scale.png", "busbw.png", "winners.png"]
@@ -91,13 +97,8 @@ def test_accuracy_only_report(tmp_path):
     rows = ((1 << 16, 1 / 4e9, 1 / 4e9, 1 / 3e9, 1 / 8e9, 5e-5), (1 << 20, 1 / 8e9, 1 / 8e9, 1 / 6e9, 1 / 9e9, 6e-5))
     write_calibration(Calibration(size=2, intra=link, inter=link, gamma=1 / 4e9, call_overhead=5e-5,
                                   copy_beta=1 / 8e9, by_size=rows), tuning)
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PMI_", "OMPI_", "COLLECTIVES_BENCH_", "PMIX_"))}
-    env.update(PYTHONPATH=str(ROOT), COLLECTIVES_TUNING_FILE=str(tuning))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "bench.report", "--accuracy-only", "--np", "2",
-                           "--max-bytes", "256K", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = _report(tuning, "--accuracy-only", "--np", "2", "--max-bytes", "256K", "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(path.name for path in out.glob("*.png")) == ["accuracy.png"]
     document = json.loads((out / "results.json").read_text())
@@ -119,13 +120,9 @@ def test_report_without_a_tuning_entry_keeps_its_calibration(tmp_path):
     """No entry for this np: the calibration taken with the accuracy points is the report's
     and is written to the tuning file, where auto finds it later."""
     tuning = tmp_path / "tuning.json"
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PMI_", "OMPI_", "COLLECTIVES_BENCH_", "PMIX_"))}
-    env.update(PYTHONPATH=str(ROOT), COLLECTIVES_TUNING_FILE=str(tuning))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "bench.report", "--accuracy-only", "--quick",
-                           "--np", "2", "--max-bytes", "64K", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = _report(tuning, "--accuracy-only", "--quick", "--np", "2", "--max-bytes", "64K",
+                   "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (written,) = read_tuning(tuning).values()
     document = json.loads((out / "results.json").read_text())
