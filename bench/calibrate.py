@@ -13,10 +13,9 @@ them as in a real all-reduce:
    per-round time at the smallest N is the link's `alpha` (Python's and the scheduler's
    cost of a round included); per N, the rest per byte is `beta` (copy) and `gamma`
    (reduce, the copy out of the transport included), kept per N in `by_size` since data
-   that stays in cache moves several times faster. The same
-   across nodes (rank i with its counterparts on the neighbouring nodes) when the topology
-   has several, else inter = intra. Between processes of one host the ranks' own cores move
-   the bytes (`cpu_copy`);
+   that stays in cache moves several times faster. The same across nodes (rank i with its
+   counterparts on the neighbouring nodes) when the topology has several, else inter = intra.
+   Between processes of one host the ranks' own cores move the bytes (`cpu_copy`);
 2. a copy of N bytes on every rank at once: `copy_beta` per N (copies between input, work
    buffer and output);
 3. per-call cost: a plan-based call with nothing to move (``allreduce`` of an empty array):
@@ -31,8 +30,9 @@ Every time of 1-3 is the median of RUNS timed runs (the slowest rank's mean in e
 round-robin over all of them, size by size, so that a slow stretch of the machine moves one
 run of each instead of every run of one. `calibrate_alongside` times other calls (the
 report's measured all-reduces) in the same round-robin, next to their size's
-micro-benchmarks. The result is written to the tuning file (collectives.costmodel.tuning_path())
-under this world size; `auto` and the report's predictions read it.
+micro-benchmarks. The result is written to the tuning file
+(collectives.costmodel.tuning_path()) under this world size; `auto` and the report's
+predictions read it.
 
 Example::
 
@@ -57,8 +57,9 @@ from collectives.algorithms.plan import Plan, Recv, Round, Send, segments
 from collectives.algorithms.ring import SEGMENT_BYTES
 from collectives.costmodel import Calibration, LinkModel, write_calibration
 
-__all__ = ["EXCHANGE_SIZES", "QUICK_SIZES", "NATIVE_SIZES", "BUDGET", "RUNS", "fit_alpha_beta", "per_byte",
-           "median_time", "round_robin", "exchange_plan", "calibrate", "calibrate_alongside", "run"]
+__all__ = ["EXCHANGE_SIZES", "QUICK_SIZES", "NATIVE_SIZES", "BUDGET", "RUNS", "fit_alpha_beta",
+           "per_byte", "median_time", "round_robin", "exchange_plan", "calibrate",
+           "calibrate_alongside", "run"]
 
 EXCHANGE_SIZES = (64,) + tuple(16 << (2 * i) for i in range(5, 12))  # 64 B; 16 KiB .. 64 MiB by x4
 QUICK_SIZES = (64, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20)
