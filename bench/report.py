@@ -4,8 +4,9 @@
    point the median of nine timed runs, in one round-robin with the calibration's
    micro-benchmarks (bench/calibrate.py): the simulator's predictions on that calibration
    are held against calls timed at the same moments, and, when the tuning file has an
-   entry for this np, on the tuning file's too. Without an entry, this calibration is
-   written to the tuning file.
+   entry for this np, on the tuning file's too. Each call is timed twice in every run, so
+   the report also shows how far two measurements of one call differ on this host. Without
+   an entry, this calibration is written to the tuning file.
 2. Measures all algorithms x message sizes x compression (none, fp16) with the benchmark
    harness (bench/harness.py), a progress bar on stderr.
 3. Predicts busbw on named cluster shapes (or those of --cluster FILE) with the sizes where
@@ -31,7 +32,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_dtypes
 import numpy as np
@@ -324,28 +325,33 @@ def plot_winners(winners: Sequence[tuple[int, str, str | None]], path: Path, *, 
     plt.close(fig)
 
 
-def plot_accuracy(points: Mapping[str, list[tuple[int, float, float]]], path: Path, *,
-                  np_: int) -> None:
-    """Measured (dots) vs predicted (lines) time per algorithm, and the relative error."""
+def plot_accuracy(points: Mapping[str, list[Point]], path: Path, *, np_: int) -> None:
+    """Measured (dots) vs predicted (lines) time per algorithm, and the relative error beside
+    how far the same calls timed twice differed (grey)."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True,
                                       gridspec_kw={"height_ratios": [2, 1]})
-    sizes: set[int] = set()
+    spread: dict[int, float] = {}
     for label, series in points.items():
-        xs = [s for s, _, _ in series]
-        sizes.update(xs)
-        top.plot(xs, [m * 1e6 for _, m, _ in series], "o", color=_color(label), ms=4)
-        top.plot(xs, [p * 1e6 for _, _, p in series], "-", color=_color(label), label=label)
-        bottom.plot(xs, [100 * (p - m) / m for _, m, p in series], "o-", color=_color(label), ms=3)
+        xs = [point.size for point in series]
+        top.plot(xs, [point.measured * 1e6 for point in series], "o", color=_color(label), ms=4)
+        top.plot(xs, [point.predicted * 1e6 for point in series], "-", color=_color(label), label=label)
+        bottom.plot(xs, [100 * point.error for point in series], "o-", color=_color(label), ms=3)
+        for point in series:
+            spread[point.size] = max(spread.get(point.size, 0.0), 100 * abs(point.repeat_difference))
     top.set_yscale("log")
     top.set_ylabel("time per call (us)")
     top.set_title(f"Measured (dots) vs predicted (lines), np={np_}")
     top.legend(fontsize=8)
+    sizes = sorted(spread)
     bottom.axhspan(-25, 25, color="tab:green", alpha=0.12)
+    bottom.fill_between(sizes, [-spread[s] for s in sizes], [spread[s] for s in sizes],
+                        color="0.5", alpha=0.3, label="same call timed twice: difference")
     bottom.axhline(0, color="k", lw=0.8)
     bottom.set_ylabel("error (%)")
+    bottom.legend(fontsize=8, loc="lower right")
     for ax in (top, bottom):
-        _size_axis(ax, sorted(sizes))
+        _size_axis(ax, sizes)
     bottom.set_xlabel("message size")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -381,32 +387,54 @@ def _us(seconds: float) -> str:
     return f"{seconds * 1e6:,.0f}" if seconds >= 1e-4 else f"{seconds * 1e6:.1f}"
 
 
+class Point(NamedTuple):
+    """One model-vs-measurement point: seconds per call, measured, predicted, and the same
+    call timed again in the same runs (how far this host lets one measurement be trusted)."""
+
+    size: int
+    measured: float
+    predicted: float
+    again: float
+
+    @property
+    def error(self) -> float:
+        return (self.predicted - self.measured) / self.measured
+
+    @property
+    def repeat_difference(self) -> float:
+        return (self.again - self.measured) / self.measured
+
+
 def measure_accuracy(mpi_comm, comm: Any, sizes: Sequence[int], *, quick: bool,
-                     progress) -> tuple[Any, list[tuple[str, int, float]]]:
-    """(calibration, [(algorithm, bytes, seconds per call)]): ACCURACY_ALGORITHMS at `sizes`,
-    timed in one round-robin with the calibration's micro-benchmarks, each point next to
-    those of its size and the median of its timed runs. This host's speed drifts by up to
-    3x from one minute (or one job) to the next; so the model is held against calls timed at
-    the moments its constants were."""
+                     progress) -> tuple[Any, list[tuple[str, int, float, float]]]:
+    """(calibration, [(algorithm, bytes, seconds per call, seconds timed again)]):
+    ACCURACY_ALGORITHMS at `sizes`, timed in one round-robin with the calibration's
+    micro-benchmarks, each point next to those of its size and the median of its timed runs;
+    every call is timed twice in each run (all four, then all four again). This host's speed
+    drifts by up to 3x from one minute (or one job) to the next; so the model is held against
+    calls timed at the moments its constants were, and the twice-timed calls show how much
+    two measurements of one call differ here."""
     from bench.calibrate import calibrate_alongside
 
     samples = {n: _Sample(comm, n // 4) for n in sizes}
-    alongside = {n: [functools.partial(sample.run, Variant(name)) for name in ACCURACY_ALGORITHMS]
+    alongside = {n: [functools.partial(sample.run, Variant(name)) for name in ACCURACY_ALGORITHMS] * 2
                  for n, sample in samples.items()}
     calibration, seconds = calibrate_alongside(mpi_comm, comm, alongside, quick=quick,
                                                progress=progress)
-    return calibration, [(name, n, t) for n in sizes for name, t in zip(ACCURACY_ALGORITHMS, seconds[n])]
+    k = len(ACCURACY_ALGORITHMS)
+    return calibration, [(name, n, first, again) for n in sizes
+                         for name, first, again in zip(ACCURACY_ALGORITHMS, seconds[n][:k], seconds[n][k:])]
 
 
-def accuracy(measured: Sequence[tuple[str, int, float]], model: Any) -> dict[str, list[tuple[int, float, float]]]:
-    """(size, measured s, predicted s) per algorithm: each call predicted as its plan's
-    simulated time on `model` plus the calibrated per-call cost."""
+def accuracy(measured: Sequence[tuple[str, int, float, float]], model: Any) -> dict[str, list[Point]]:
+    """The points per algorithm: each call predicted as its plan's simulated time on `model`
+    plus the calibrated per-call cost."""
     from collectives.simulator import simulate
 
-    points: dict[str, list[tuple[int, float, float]]] = {}
-    for name, nbytes, seconds in measured:
+    points: dict[str, list[Point]] = {}
+    for name, nbytes, seconds, again in measured:
         guess = model.call_time(nbytes) + simulate(name, model, nbytes // 4).time
-        points.setdefault(name, []).append((nbytes, seconds, guess))
+        points.setdefault(name, []).append(Point(nbytes, seconds, guess, again))
     return points
 
 
@@ -466,25 +494,28 @@ def _accuracy_section(points, calibration, file_points, file_source: str | None)
            "of this machine. Predicted: the plan's simulated time on that calibration plus its "
            "per-call cost. Error = (predicted - measured) / measured, for "
            f"{', '.join(ACCURACY_ALGORITHMS)} from {harness.format_size(ACCURACY_RANGE[0])} to "
-           f"{harness.format_size(ACCURACY_RANGE[1])}."]
-    header = "| algorithm | size | measured (us) | predicted (us) | error |"
+           f"{harness.format_size(ACCURACY_RANGE[1])}. Timed again: the same call, timed a second "
+           "time in each of those runs, moments after the first, (again - measured) / measured: "
+           "no model can be held closer than two measurements of one call agree."]
+    header = "| algorithm | size | measured (us) | predicted (us) | error | timed again |"
     if file_points:
         out[-1] += (f" The last two columns predict the same calls from the tuning file "
                     f"({file_source}), measured at another time: their error includes how far "
                     "this machine's speed has moved since.")
         header += " predicted from the tuning file (us) | error |"
-    out += ["", header, "|---|---:|---:|---:|---:|" + ("---:|---:|" if file_points else "")]
+    out += ["", header, "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if file_points else "")]
     from_file = _guesses(file_points)
     for label, series in points.items():
-        for size, measured, guess in series:
-            line = (f"| {label} | {harness.format_size(size)} | {_us(measured)} | {_us(guess)} | "
-                    f"{100 * (guess - measured) / measured:+.0f}% |")
-            other = from_file.get((label, size))
+        for point in series:
+            line = (f"| {label} | {harness.format_size(point.size)} | {_us(point.measured)} | "
+                    f"{_us(point.predicted)} | {100 * point.error:+.0f}% | "
+                    f"{100 * point.repeat_difference:+.0f}% |")
+            other = from_file.get((label, point.size))
             if other is not None:
-                line += f" {_us(other)} | {100 * (other - measured) / measured:+.0f}% |"
+                line += f" {_us(other)} | {100 * (other - point.measured) / point.measured:+.0f}% |"
             out.append(line)
     if points:
-        out += ["", f"**{_summary(points)}**"]
+        out += ["", f"**{_summary(points)}** {_repeatability(points)}"]
     if file_points:
         out += ["", f"From the tuning file: {_summary(file_points)}"]
     out += ["", "![measured vs predicted](accuracy.png)", "", "Calibration (taken with the points):",
@@ -494,18 +525,25 @@ def _accuracy_section(points, calibration, file_points, file_source: str | None)
 
 def _guesses(points) -> dict[tuple[str, int], float]:
     """{(algorithm, size): predicted seconds} of accuracy points (none for None)."""
-    return {(label, size): guess for label, series in (points or {}).items()
-            for size, _, guess in series}
+    return {(label, point.size): point.predicted for label, series in (points or {}).items()
+            for point in series}
 
 
 def _summary(points) -> str:
     """The worst error and how many points are within +-25%."""
-    errors = [(label, size, (guess - measured) / measured)
-              for label, series in points.items() for size, measured, guess in series]
+    errors = [(label, point.size, point.error) for label, series in points.items() for point in series]
     label, size, error = max(errors, key=lambda e: abs(e[2]))
     within = sum(abs(e) <= 0.25 for _, _, e in errors)
     return (f"Worst case: {label} at {harness.format_size(size)}, {100 * error:+.0f}%. "
             f"Within +-25%: {within} of {len(errors)} points.")
+
+
+def _repeatability(points) -> str:
+    """How far the same calls timed twice differed, at worst."""
+    label, point = max(((label, point) for label, series in points.items() for point in series),
+                       key=lambda lp: abs(lp[1].repeat_difference))
+    return (f"The same calls timed twice differed by up to {100 * abs(point.repeat_difference):.0f}% "
+            f"({label} at {harness.format_size(point.size)}).")
 
 
 def _scale_section(scale: Sequence[dict]) -> list[str]:
@@ -693,10 +731,12 @@ def _write(out_dir: Path, *, args, argv, env, calibration, source, accuracy_cali
                   "error": None if not guess else (guess - row.time_us * 1e-6) / (row.time_us * 1e-6)}
                  for row, guess in zip(rows, predicted)],
         "winners": [{"size": s, "measured": m, "auto_pick": p} for s, m, p in winners],
-        "accuracy": [{"algorithm": name, "size": size, "time_us": seconds * 1e6,
-                      "predicted_time_us": guess * 1e6, "error": (guess - seconds) / seconds,
-                      **_tuning_file_prediction(from_file.get((name, size)), seconds)}
-                     for name, series in points.items() for size, seconds, guess in series],
+        "accuracy": [{"algorithm": name, "size": point.size, "time_us": point.measured * 1e6,
+                      "predicted_time_us": point.predicted * 1e6, "error": point.error,
+                      "again_time_us": point.again * 1e6,
+                      "repeat_difference": point.repeat_difference,
+                      **_tuning_file_prediction(from_file.get((name, point.size)), point.measured)}
+                     for name, series in points.items() for point in series],
         "at_scale": scale,
     }
     harness.write_json(str(out_dir / "results.json"), document)

@@ -80,12 +80,14 @@ def test_quick_report_end_to_end(tmp_path):
     assert sorted(point["algorithm"] for point in accuracy) == sorted(ACCURACY_ALGORITHMS)
     assert all(point["size"] == 65536 and point["time_us"] > 0 and point["predicted_time_us"] > 0
                and point["error"] == pytest.approx(point["predicted_time_us"] / point["time_us"] - 1)
+               and point["repeat_difference"] == pytest.approx(point["again_time_us"] / point["time_us"] - 1)
                for point in accuracy)
     assert [c["ranks"] for c in document["at_scale"]] == [8, 8]
     assert document["calibration"]["source"] == "tuning file, np=2"
     report = (out / "report.md").read_text()
     for heading in ("## Measured", "## Winner per size", "## Model vs measurement",
-                    "## At scale (simulated)", "### 4 nodes x 2", "### 2x4 torus", "**Worst case: "):
+                    "## At scale (simulated)", "### 4 nodes x 2", "### 2x4 torus", "**Worst case: ",
+                    "| timed again |", "The same calls timed twice differed by up to "):
         assert heading in report
     assert "[8/" in proc.stderr  # the progress bar
 
