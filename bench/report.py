@@ -325,6 +325,24 @@ def plot_winners(winners: Sequence[tuple[int, str, str | None]], path: Path, *, 
     plt.close(fig)
 
 
+class Point(NamedTuple):
+    """One model-vs-measurement point: seconds per call, measured, predicted, and the same
+    call timed again in the same runs (how far this host lets one measurement be trusted)."""
+
+    size: int
+    measured: float
+    predicted: float
+    again: float
+
+    @property
+    def error(self) -> float:
+        return (self.predicted - self.measured) / self.measured
+
+    @property
+    def repeat_difference(self) -> float:
+        return (self.again - self.measured) / self.measured
+
+
 def plot_accuracy(points: Mapping[str, list[Point]], path: Path, *, np_: int) -> None:
     """Measured (dots) vs predicted (lines) time per algorithm, and the relative error beside
     how far the same calls timed twice differed (grey)."""
@@ -385,24 +403,6 @@ def plot_scale(results: Sequence[dict], path: Path) -> None:
 
 def _us(seconds: float) -> str:
     return f"{seconds * 1e6:,.0f}" if seconds >= 1e-4 else f"{seconds * 1e6:.1f}"
-
-
-class Point(NamedTuple):
-    """One model-vs-measurement point: seconds per call, measured, predicted, and the same
-    call timed again in the same runs (how far this host lets one measurement be trusted)."""
-
-    size: int
-    measured: float
-    predicted: float
-    again: float
-
-    @property
-    def error(self) -> float:
-        return (self.predicted - self.measured) / self.measured
-
-    @property
-    def repeat_difference(self) -> float:
-        return (self.again - self.measured) / self.measured
 
 
 def measure_accuracy(mpi_comm, comm: Any, sizes: Sequence[int], *, quick: bool,
@@ -529,21 +529,26 @@ def _guesses(points) -> dict[tuple[str, int], float]:
             for point in series}
 
 
+def _worst(points, value) -> tuple[str, Point]:
+    """The (algorithm, point) whose value(point) is largest in size."""
+    return max(((label, point) for label, series in points.items() for point in series),
+               key=lambda lp: abs(value(lp[1])))
+
+
 def _summary(points) -> str:
     """The worst error and how many points are within +-25%."""
-    errors = [(label, point.size, point.error) for label, series in points.items() for point in series]
-    label, size, error = max(errors, key=lambda e: abs(e[2]))
-    within = sum(abs(e) <= 0.25 for _, _, e in errors)
-    return (f"Worst case: {label} at {harness.format_size(size)}, {100 * error:+.0f}%. "
+    label, worst = _worst(points, lambda point: point.error)
+    errors = [point.error for series in points.values() for point in series]
+    within = sum(abs(e) <= 0.25 for e in errors)
+    return (f"Worst case: {label} at {harness.format_size(worst.size)}, {100 * worst.error:+.0f}%. "
             f"Within +-25%: {within} of {len(errors)} points.")
 
 
 def _repeatability(points) -> str:
     """How far the same calls timed twice differed, at worst."""
-    label, point = max(((label, point) for label, series in points.items() for point in series),
-                       key=lambda lp: abs(lp[1].repeat_difference))
-    return (f"The same calls timed twice differed by up to {100 * abs(point.repeat_difference):.0f}% "
-            f"({label} at {harness.format_size(point.size)}).")
+    label, worst = _worst(points, lambda point: point.repeat_difference)
+    return (f"The same calls timed twice differed by up to {100 * abs(worst.repeat_difference):.0f}% "
+            f"({label} at {harness.format_size(worst.size)}).")
 
 
 def _scale_section(scale: Sequence[dict]) -> list[str]:
