@@ -52,7 +52,6 @@ import numpy as np
 import kernels
 from bench import harness
 from collectives.algorithms import plan_for
-from collectives.algorithms.executor import buffer_sizes, run_plan
 from collectives.algorithms.plan import Plan, Recv, Round, Send, segments
 from collectives.algorithms.ring import SEGMENT_BYTES
 from collectives.costmodel import Calibration, LinkModel, write_calibration
@@ -176,7 +175,7 @@ class _Exchange:
     """The copy and reduce shift exchange of one link class, per size, as timed calls."""
 
     def __init__(self, mpi_comm, comm, sizes: Sequence[int], *, across: bool) -> None:
-        transport = comm._transport
+        runner = comm.runner
         ring = _ring(comm.rank, comm.topology, across=across)
         i = ring.index(comm.rank) if ring else 0
         succ, pred = (ring[(i + 1) % len(ring)], ring[i - 1]) if ring else (None, None)
@@ -186,7 +185,7 @@ class _Exchange:
         self.active = self.parts > 0
         self.same_host = self.active and _same_host(mpi_comm, succ)
         # zero-copy: on-node peers read the transport's shared work buffer
-        self.zero_copy = hasattr(transport, "work_buffer") and not across
+        self.zero_copy = runner.transport.shared is not None and not across
         self.calls: dict[tuple[int, bool], Callable[[], None]] = {}
         for n in sizes if self.active else ():
             plans = [exchange_plan(comm.rank, comm.size, n, succ, pred, parts=self.parts,
@@ -194,7 +193,7 @@ class _Exchange:
             src = np.ones(plans[0].count, np.float32)
             out = np.empty_like(src)
             for is_reduce, plan in zip((False, True), plans):
-                self.calls[n, is_reduce] = _bare_run(plan, transport, src, out)
+                self.calls[n, is_reduce] = _bare_run(plan, runner, src, out)
 
     def times(self, seconds: Mapping[tuple[int, bool], float], sizes: Sequence[int]) -> dict:
         """The exchange's per-round seconds per size, from the median seconds per call."""
@@ -276,24 +275,17 @@ def calibrate_alongside(mpi_comm, comm, alongside: Mapping[int, Sequence[Callabl
         by_size=rows,
         measured={"intra_exchange": intra, "inter_exchange": inter,
                   "empty_plan_call_s": call_overhead,
-                  "transport": comm._transport.name})
+                  "transport": comm.transport_name})
     return calibration, {n: [seconds["alongside", n, i] for i in range(len(calls))]
                          for n, calls in alongside.items()}
 
 
-def _bare_run(plan: Plan, transport, src: np.ndarray, out: np.ndarray) -> Callable[[], None]:
-    """`plan` summing `src` into `out` through the executor alone, as the communicator runs
-    a plan (through the transport's shared work buffer when it has one)."""
-    scratch = np.empty(max(buffer_sizes(plan)[0], 1), np.float32)
-    shared = getattr(transport, "work_buffer", None)
+def _bare_run(plan: Plan, runner, src: np.ndarray, out: np.ndarray) -> Callable[[], None]:
+    """`plan` summing `src` into `out` through the executor alone (the communicator's
+    PlanRunner: through the transport's shared work buffer when it has one)."""
 
     def run() -> None:
-        deadline = time.monotonic() + 60
-        if shared is None:
-            run_plan(plan, out, scratch, transport, "sum", _TAG, deadline, src=src)
-        else:
-            run_plan(plan, shared(plan.count, np.float32, deadline=deadline), scratch, transport,
-                     "sum", _TAG, deadline, src=src, out=out, shared=True)
+        runner.run(plan, out, "sum", _TAG, time.monotonic() + 60, src=src)
 
     return run
 
@@ -305,7 +297,7 @@ def _call_and_plan(comm, nbytes: int) -> dict[str, Callable[[], None]]:
     x = np.ones(plan.count, np.float32)
     out = np.empty_like(x)
     return {"call": lambda: comm.allreduce(x, algorithm="ring", out=out),
-            "plan": _bare_run(plan, comm._transport, x, out)}
+            "plan": _bare_run(plan, comm.runner, x, out)}
 
 
 def _native_table(mpi_comm, comm, sizes: Sequence[int], progress) -> tuple[tuple[int, float], ...]:
@@ -337,7 +329,7 @@ def run(mpi_comm, *, quick: bool = False, out=None) -> Calibration:
 
     calibration = calibrate(mpi_comm, comm, quick=quick, progress=progress)
     if leader:
-        path = write_calibration(calibration, transport=comm._transport.name, host=env["hostname"],
+        path = write_calibration(calibration, transport=comm.transport_name, host=env["hostname"],
                                  date=env["date"])
         out.write(describe(calibration) + f"\n# written to {path}\n")
         out.flush()

@@ -662,7 +662,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if calibration is None:  # this np's first calibration: keep it for auto and later runs
             calibration, source = accuracy_calibration, f"calibrated now, np={mpi_comm.size}"
             if leader:
-                write_calibration(calibration, transport=comm._transport.name,
+                write_calibration(calibration, transport=comm.transport_name,
                                   host=env["hostname"], date=env["date"])
             mpi_comm.Barrier()
             comm = collectives.init(mpi_comm=mpi_comm)  # auto reads the new entry

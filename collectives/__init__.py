@@ -8,7 +8,7 @@ Example::
 """
 from .bootstrap import init
 from .communicator import Communicator
-from .errors import CollectiveError, CollectiveTimeout, MismatchError, NonFiniteError
+from .errors import CollectiveError, CollectiveTimeout, MismatchError, NonFiniteError, PeerError
 from .gradsync import GradSync, broadcast_parameters
 from .options import ALGORITHMS, COMPRESSIONS, DTYPES, Op
 from .topology import Topology
@@ -25,6 +25,7 @@ __all__ = [
     "MismatchError",
     "CollectiveTimeout",
     "NonFiniteError",
+    "PeerError",
     "GradSync",
     "broadcast_parameters",
 ]

@@ -1,71 +1,89 @@
 """The agreement check: before data moves, every rank learns what every other rank asked for.
 
-Each collective sends one fixed-size record to every other rank: a status byte and the
-call's signature as text (sequence number, collective, op, algorithm, compression, dtype,
-shape, check_finite). Records are compared byte for byte; only when they differ are they
-decoded, to name the ranks and fields that differ. Every rank sees the same records, so
-every rank raises the same error, before any data moved, and the next collective proceeds.
+Each collective sends every other rank one record (`HostTransport.exchange_records`): a
+32-byte header (status, sequence number, a 64-bit digest of the call's signature) and, for
+small calls, the data itself (the call then needs no other message: see `riding`). The
+signature holds the collective, its options, the arrays' dtypes and shapes, and how and
+where it was issued (sync or async, the issuing thread's name), so ranks that pair
+different calls (another order, another thread) are caught even when the arrays agree.
+Headers are compared byte for byte; only when they differ do the ranks exchange their
+signatures as text, to name the ranks and fields that differ. Every rank sees the same
+records, so every rank raises the same error, before any data moved, and the next
+collective proceeds.
 
-The same guard gives timeouts their context (collective, sequence number, arguments) and
-refuses further collectives once one timed out: messages may still be in flight then.
+The guard around a collective (`enter`, `failed`) gives timeouts their context and refuses
+further collectives once one timed out or a peer gave up: messages may still be in flight.
+A rank that times out tells the others (a Notice), so they stop waiting for it at once.
 
 Example::
 
     agreement = Agreement(transport, check=True)
-    with agreement.collective("allreduce", seq, deadline) as call:
-        ...                                     # validate; errors here reach every rank
-        call.agree(x, op="sum", algorithm="ring", compression=None)
-        ...                                     # move data
+    agreement.enter(seq)
+    rows = agreement.agree(signature, seq, deadline)     # MismatchError on every rank
 """
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import zlib
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 import kernels
 
 from .errors import (CollectiveError, CollectiveTimeout, MismatchError, NonFiniteError,
-                     rank_list)
+                     PeerError, rank_list)
 
-__all__ = ["Agreement", "Call", "RECORD_BYTES"]
+__all__ = ["Agreement", "Signature", "riding", "differences", "HEADER_BYTES", "RIDE_BYTES"]
 
-RECORD_BYTES = 256
+HEADER_BYTES = 32
+RIDE_BYTES = 4096  # data of at most this many bytes rides with the record
+TEXT_BYTES = 1024  # a signature or error as text, in the second exchange
 OK, NONFINITE, INVALID = 0, 1, 2  # the status byte
 _SEP = "\x1f"
+_LABEL_FIELDS = ("op", "algorithm", "compression", "fusion_bytes", "root", "dtype", "shape",
+                 "check_finite")
 
 
-class Call:
-    """One collective in progress: its name, sequence number, deadline and, once agreed, fields."""
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """What a rank asked for: `fields` as text (for messages) and their 64-bit digest."""
 
-    __slots__ = ("_agreement", "name", "seq", "deadline", "fields", "pending", "agreed")
+    name: str
+    fields: tuple[tuple[str, str], ...]
+    digest: int
 
-    def __init__(self, agreement: "Agreement", name: str, seq: int, deadline: float):
-        self._agreement = agreement
-        self.name = name
-        self.seq = seq
-        self.deadline = deadline
-        self.fields: dict[str, str] = {}
-        self.pending = True  # True until the records were exchanged (or need not be)
-        self.agreed = False  # the ranks agreed (or the check is off): data may move
+    @classmethod
+    def of(cls, name: str, key: tuple, describe: Callable[[], dict[str, object]]) -> "Signature":
+        """The signature of collective `name` whose call is summed up by the hashable `key`;
+        `describe()` gives its fields, asked only the first time a key is seen."""
+        key = (name, key)
+        cached = _SIGNATURES.get(key)
+        if cached is None:
+            fields = describe()
+            text = tuple((k, str(getattr(v, "value", v))) for k, v in fields.items())
+            blob = "\x1e".join([name, *(f"{k}={v}" for k, v in text)]).encode()
+            digest = int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little",
+                                    signed=True)
+            cached = cls(name, text, digest)
+            if len(_SIGNATURES) >= _SIGNATURES_LIMIT:
+                _SIGNATURES.clear()
+            _SIGNATURES[key] = cached
+        return cached
 
-    @property
-    def label(self) -> str:
+    def label(self, seq: int) -> str:
         """`allreduce #7 (op=sum, algorithm=ring, dtype=float32, shape=(1000,))`."""
-        details = ", ".join(f"{k}={v}" for k, v in self.fields.items()
-                            if k not in ("seq", "collective"))
-        return f"{self.name} #{self.seq}" + (f" ({details})" if details else "")
+        details = ", ".join(f"{k}={v}" for k, v in self.fields if k in _LABEL_FIELDS)
+        return f"{self.name} #{seq}" + (f" ({details})" if details else "")
 
-    def agree(self, x: Any, *, check_finite: bool = False, **fields: object) -> None:
-        """Check that every rank passes the same `fields` and x's dtype and shape.
+    def text(self, seq: int) -> str:
+        fields = [("seq", str(seq)), ("collective", self.name), *self.fields]
+        return _SEP.join(f"{k}={v}" for k, v in fields)
 
-        `x` is an array or a sequence of arrays. Raises MismatchError (ranks differ) or
-        NonFiniteError (`check_finite` and some rank's input holds NaN or Inf) on every rank.
-        """
-        self._agreement.agree(self, x, check_finite, fields)
+
+_SIGNATURES: dict[tuple, Signature] = {}
+_SIGNATURES_LIMIT = 4096
 
 
 class Agreement:
@@ -74,92 +92,119 @@ class Agreement:
     def __init__(self, transport, *, check: bool):
         self._transport = transport
         self.check = check
-        self._broken: str | None = None
+        self.broken: str | None = None
+        self._header = np.zeros(HEADER_BYTES // 8, np.int64)
+        self._record = np.zeros(HEADER_BYTES + RIDE_BYTES, np.uint8)
 
-    @contextlib.contextmanager
-    def collective(self, name: str, seq: int, deadline: float) -> Iterator[Call]:
-        """Run one collective: errors before `agree` reach every rank, timeouts get context."""
-        if self._broken is not None:
-            raise CollectiveError(
-                f"{name} #{seq}: this communicator is unusable since {self._broken}; "
-                "call comm.abort()"
-            )
-        call = Call(self, name, seq, deadline)
+    def enter(self, name: str, seq: int) -> None:
+        """Collective `seq` starts: refused once the communicator is broken, or when a peer
+        already said it will not take part."""
+        if self.broken is not None:
+            raise CollectiveError(f"{name} #{seq}: this communicator is unusable since "
+                                  f"{self.broken}; call comm.abort()")
         try:
-            yield call
-        except CollectiveTimeout as error:
-            self._broken = f"{call.name} #{call.seq} timed out"
-            raise CollectiveTimeout(f"{call.label}: {error}") from None
-        except Exception as error:
-            if call.pending and self.check:
-                self._share_failure(call, error)
-            elif isinstance(error, MismatchError) and call.agreed:
-                self._broken = f"{call.name} #{call.seq} found the ranks' messages out of step"
-            raise
+            self._transport.begin(seq)
+        except PeerError as error:
+            self.broken = str(error).split(": ", 1)[-1]
+            raise PeerError(f"{name} #{seq}: {error}") from None
 
-    def agree(self, call: Call, x: Any, check_finite: bool, fields: dict[str, object]) -> None:
-        arrays = list(x) if isinstance(x, (list, tuple)) else [x]
-        call.fields = {
-            "seq": str(call.seq), "collective": call.name,
-            **{k: str(getattr(v, "value", v)) for k, v in fields.items()},
-            "dtype": _one_or_list([str(a.dtype) for a in arrays], x),
-            "shape": _one_or_list([str(a.shape) for a in arrays], x),
-            "check_finite": str(bool(check_finite)),
-        }
-        if not (self.check or check_finite):
-            call.pending = False
-            call.agreed = True
-            return
-        status = NONFINITE if check_finite and not all(map(_finite, arrays)) else OK
-        rows = self._exchange(call, status, _SEP.join(f"{k}={v}" for k, v in call.fields.items()))
-        if (rows[:, 1:] == rows[0, 1:]).all() and not rows[:, 0].any():
-            call.agreed = True
-            return
-        if (rows[:, 0] == INVALID).any():
-            raise self._invalid(call, rows)
-        signatures = [_decode(row) for row in rows]
-        if any(s != signatures[0] for s in signatures):
-            raise MismatchError(f"{call.name} #{call.seq}: ranks disagree, no data moved: "
-                                f"{_differences(signatures)}")
-        bad = np.flatnonzero(rows[:, 0] == NONFINITE).tolist()
-        raise NonFiniteError(
-            f"{call.label}: check_finite: {rank_list(bad)} {'has' if len(bad) == 1 else 'have'} "
-            "NaN or Inf in the input; nothing was reduced"
-        )
+    def agree(self, signature: Signature, seq: int, deadline: float, *, finite: bool = True,
+              payload=None, check_finite: bool = False):
+        """Check that every rank made the same call; returns the records' rows, or None when
+        nothing was exchanged (check off, no payload, no finite check).
 
-    def _exchange(self, call: Call, status: int, text: str) -> np.ndarray:
-        """Send our record to every rank and receive theirs, within the call's deadline."""
-        record = np.zeros(RECORD_BYTES, np.uint8)
-        record[0] = status
-        body = _fit(text, RECORD_BYTES - 1)
-        record[1 : 1 + len(body)] = np.frombuffer(body, np.uint8)
-        rows = self._transport.allgather_record(record, call.deadline, "the agreement records")
-        call.pending = False
+        `payload` (at most RIDE_BYTES, 1-D uint8) rides with the record: row r's
+        `riding(rows, r)` is then rank r's payload. Raises MismatchError (ranks differ) or
+        NonFiniteError (`check_finite` and some rank's `finite` is False) on every rank.
+        """
+        if not (self.check or check_finite or payload is not None):
+            return None
+        status = OK if finite else NONFINITE
+        rows = self._exchange(status, seq, signature.digest, payload, deadline)
+        if self.check or check_finite:
+            headers = rows[:, :24]
+            if not ((headers == headers[0]).all() and not rows[:, 0].any()):
+                self._refuse(signature, seq, rows, deadline)
         return rows
 
-    def _share_failure(self, call: Call, error: Exception) -> None:
-        """Tell the other ranks that this rank rejected its arguments, so they do not wait."""
+    def share_failure(self, signature: Signature, seq: int, deadline: float,
+                      error: Exception) -> None:
+        """This rank rejected its arguments: tell the others (they raise MismatchError)."""
+        if not self.check:
+            return
         try:
-            self._exchange(call, INVALID, f"{type(error).__name__}: {error}")
+            rows = self._exchange(INVALID, seq, 0, None, deadline)
+            self._texts(rows, f"{type(error).__name__}: {error}", deadline)
         except CollectiveTimeout as timeout:
-            self._broken = f"{call.name} #{call.seq} timed out"
+            self.broken = f"{signature.name} #{seq} timed out"
             error.add_note(f"the other ranks could not be told: {timeout}")
 
-    def _invalid(self, call: Call, rows: np.ndarray) -> MismatchError:
-        bad = np.flatnonzero(rows[:, 0] == INVALID).tolist()
-        reasons = "; ".join(f"rank {r}: {_text(rows[r])}" for r in bad)
-        verb = "rejected its" if len(bad) == 1 else "rejected their"
-        return MismatchError(
-            f"{call.name} #{call.seq}: {rank_list(bad)} {verb} arguments, no data moved ({reasons})"
-        )
+    def failed(self, signature: Signature, seq: int, error: BaseException,
+               moving: bool) -> BaseException:
+        """What to raise for `error` from inside collective `seq`. A timeout, a peer's
+        notice, or any error once data moves (`moving`: messages may be in flight) breaks
+        the communicator, and the peers are told that this rank gave up."""
+        timeout = isinstance(error, (CollectiveTimeout, PeerError))
+        if not (timeout or moving):
+            return error
+        if self.broken is None:
+            if isinstance(error, CollectiveTimeout):
+                self.broken = f"{signature.name} #{seq} timed out"
+            elif isinstance(error, PeerError):
+                self.broken = f"{signature.name} #{seq} was abandoned ({str(error).split(': ', 1)[-1]})"
+            elif isinstance(error, MismatchError):
+                self.broken = f"{signature.name} #{seq} found the ranks' messages out of step"
+            else:
+                self.broken = f"{signature.name} #{seq} failed while data moved ({type(error).__name__})"
+        self._transport.tell_peers("gave up", seq)
+        return type(error)(f"{signature.label(seq)}: {error}") if timeout else error
+
+    def _exchange(self, status: int, seq: int, digest: int, payload, deadline: float):
+        header = self._header
+        header[0], header[1] = status, seq
+        header[2] = digest
+        header[3] = 0 if payload is None else payload.size
+        record = self._record
+        record[:HEADER_BYTES] = header.view(np.uint8)
+        size = HEADER_BYTES
+        if payload is not None:
+            size += payload.size
+            kernels.copy_into(record[HEADER_BYTES:size], payload)
+        return self._transport.exchange_records(record[:size], deadline, "the agreement records")
+
+    def _texts(self, rows, text: str, deadline: float) -> list[str]:
+        """Second exchange: every rank's text (signature or error), row r from rank r."""
+        body = _fit(text, TEXT_BYTES - 1)
+        record = np.zeros(HEADER_BYTES + TEXT_BYTES, np.uint8)
+        record[HEADER_BYTES: HEADER_BYTES + len(body)] = np.frombuffer(body, np.uint8)
+        texts = self._transport.exchange_records(record, deadline, "the agreement details")
+        return [row[HEADER_BYTES:].tobytes().rstrip(b"\0").decode(errors="replace")
+                for row in texts]
+
+    def _refuse(self, signature: Signature, seq: int, rows, deadline: float) -> None:
+        statuses = rows[:, 0]
+        same = (rows[:, 8:24] == rows[0, 8:24]).all()
+        if same and not (statuses == INVALID).any():
+            bad = np.flatnonzero(statuses == NONFINITE).tolist()
+            raise NonFiniteError(
+                f"{signature.label(seq)}: check_finite: {rank_list(bad)} "
+                f"{'has' if len(bad) == 1 else 'have'} NaN or Inf in the input; nothing was "
+                "reduced")
+        texts = self._texts(rows, signature.text(seq), deadline)
+        invalid = np.flatnonzero(statuses == INVALID).tolist()
+        if invalid:
+            reasons = "; ".join(f"rank {r}: {texts[r]}" for r in invalid)
+            verb = "rejected its" if len(invalid) == 1 else "rejected their"
+            raise MismatchError(f"{signature.name} #{seq}: {rank_list(invalid)} {verb} "
+                                f"arguments, no data moved ({reasons})")
+        raise MismatchError(f"{signature.name} #{seq}: ranks disagree, no data moved: "
+                            f"{differences([_decode(t) for t in texts])}")
 
 
-def _finite(array: Any) -> bool:
-    return array.dtype.kind in "iub" or bool(kernels.array_module(array).isfinite(array).all())
-
-
-def _one_or_list(values: list[str], x: Any) -> str:
-    return f"[{', '.join(values)}]" if isinstance(x, (list, tuple)) else values[0]
+def riding(rows, rank: int):
+    """Rank `rank`'s payload in the records' rows (uint8)."""
+    length = int(rows[rank, 24:32].view(np.int64)[0])
+    return rows[rank, HEADER_BYTES: HEADER_BYTES + length]
 
 
 def _fit(text: str, limit: int) -> bytes:
@@ -177,15 +222,11 @@ def _fit(text: str, limit: int) -> bytes:
     return body
 
 
-def _text(row: np.ndarray) -> str:
-    return row[1:].tobytes().rstrip(b"\0").decode(errors="replace")
+def _decode(text: str) -> dict[str, str]:
+    return dict(item.partition("=")[::2] for item in text.split(_SEP))
 
 
-def _decode(row: np.ndarray) -> dict[str, str]:
-    return dict(item.partition("=")[::2] for item in _text(row).split(_SEP))
-
-
-def _differences(signatures: Sequence[dict[str, str]]) -> str:
+def differences(signatures: Sequence[dict[str, str]]) -> str:
     """`rank 2 has shape (1001,), ranks 0-1 have (1000,)` for every field that differs."""
     keys = list(dict.fromkeys(k for s in signatures for k in s))
     parts = []

@@ -1,11 +1,25 @@
-"""`init()`: from a launcher's environment to a ready Communicator."""
+"""`init()`: from a launcher's environment to a ready Communicator, bounded and checked.
+
+Before anything collective that could hang, the ranks meet once within the timeout: the
+communicator is duplicated without blocking (MPI_Comm_idup), then every rank sends every
+other rank its settings, or the error it found in them. So a rank with a bad
+`COLLECTIVES_*` value raises its ValueError and the others MismatchError naming it; ranks
+whose settings differ (check, shared memory, emulated nodes, grid, transport) all raise
+MismatchError naming the ranks and values; a rank that never calls init is named by a
+CollectiveTimeout. Only then is the transport built.
+"""
 from __future__ import annotations
 
+import json
 import os
+import time
 
+import numpy as np
+
+from .agreement import differences
 from .communicator import Communicator
-from .config import Settings
-from .errors import CollectiveError, unknown_choice
+from .config import DEFAULT_TIMEOUT, Settings
+from .errors import CollectiveError, CollectiveTimeout, MismatchError, rank_list, unknown_choice
 from .failure import abort_on_uncaught
 from .topology import Topology
 
@@ -14,6 +28,8 @@ __all__ = ["init"]
 TRANSPORTS = ("mpi", "nccl", "auto")
 MPI_LAUNCHER_ENV = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")  # Hydra, PMIx, Open MPI
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR")
+_HELLO_BYTES = 2048
+_VERSION = "0.1.0"
 
 
 def init(mpi_comm=None, *, transport: str = "mpi", timeout: float | None = None,
@@ -21,14 +37,15 @@ def init(mpi_comm=None, *, transport: str = "mpi", timeout: float | None = None,
          check: bool | None = None) -> Communicator:
     """A Communicator over `mpi_comm` (default MPI.COMM_WORLD), started under mpiexec or srun.
 
-    `timeout` (seconds, default COLLECTIVES_TIMEOUT or 300) bounds every wait; `local_size`
-    (default COLLECTIVES_LOCAL_SIZE) groups consecutive ranks into emulated nodes, otherwise
-    nodes come from MPI's shared-memory split. `grid=(X, Y)` (default COLLECTIVES_GRID=XxY)
-    lays the ranks out as Y rows of X for torus2d; without it the shape follows the nodes, else
-    the most square factorization (Topology.grid_shape). `check` (default COLLECTIVES_CHECK,
-    on) compares every collective's arguments across ranks before data moves. With
-    COLLECTIVES_SHM=1 ranks that share a node exchange through MPI-3 shared-memory windows
-    (opt-in for now: docs/shared-memory.md says why).
+    `timeout` (seconds, default COLLECTIVES_TIMEOUT or 300) bounds every wait, init's own
+    included; `local_size` (default COLLECTIVES_LOCAL_SIZE) groups consecutive ranks into
+    emulated nodes, otherwise nodes come from MPI's shared-memory split. `grid=(X, Y)`
+    (default COLLECTIVES_GRID=XxY) lays the ranks out as Y rows of X for torus2d; without
+    it the shape follows the nodes, else the most square factorization
+    (Topology.grid_shape). `check` (default COLLECTIVES_CHECK, on) compares every
+    collective's arguments across ranks before data moves. With COLLECTIVES_SHM=1 ranks
+    that share a node exchange through MPI-3 shared-memory windows (opt-in for now:
+    docs/shared-memory.md says why). Every rank must pass the same settings: init checks.
 
     `transport` says what moves CuPy arrays (NumPy arrays always go over MPI): "mpi" (default;
     device memory straight to a CUDA-aware MPI, else staged through pinned host buffers),
@@ -44,17 +61,29 @@ def init(mpi_comm=None, *, transport: str = "mpi", timeout: float | None = None,
         comm = collectives.init()
         y = comm.allreduce(x, op="avg")
     """
-    if transport not in TRANSPORTS:
-        raise unknown_choice("transport", transport, TRANSPORTS)
-    settings = Settings.resolve(timeout=timeout, local_size=local_size, grid=grid, check=check)
+    settings, error = None, None
+    try:
+        if transport not in TRANSPORTS:
+            raise unknown_choice("transport", transport, TRANSPORTS)
+        settings = Settings.resolve(timeout=timeout, local_size=local_size, grid=grid,
+                                    check=check)
+    except ValueError as bad:
+        error = bad
     if mpi_comm is None and launched_by_torchrun():
+        if error is not None:
+            raise error
         return _init_torch(transport, settings)
     from mpi4py import MPI
 
     from .transport.mpi import MPITransport
 
+    deadline = time.monotonic() + (settings.timeout if settings else DEFAULT_TIMEOUT)
     # A private duplicate keeps our messages apart from the application's own.
-    mpi = MPITransport((mpi_comm if mpi_comm is not None else MPI.COMM_WORLD).Dup())
+    comm = _duplicate(mpi_comm if mpi_comm is not None else MPI.COMM_WORLD, deadline)
+    _handshake(comm, _hello(settings, transport, error), deadline)
+    if error is not None:
+        raise error
+    mpi = MPITransport(comm)
     if mpi.size > 1:
         abort_on_uncaught(mpi)  # an uncaught exception ends the job, not hangs it
     topology = _topology(mpi, settings)
@@ -70,6 +99,62 @@ def launched_by_torchrun() -> bool:
     """torch's launcher environment is present and no MPI launcher's is."""
     return (all(key in os.environ for key in TORCHRUN_ENV)
             and not any(key in os.environ for key in MPI_LAUNCHER_ENV))
+
+
+def _hello(settings: Settings | None, transport: str, error: Exception | None) -> dict:
+    """What a rank tells the others at init: its shared settings, or what was wrong."""
+    if error is not None:
+        return {"error": f"{type(error).__name__}: {error}"}
+    agreed = {key: str(value) for key, value in settings.agreed().items()}
+    return {"version": _VERSION, "transport": transport, **agreed}
+
+
+def _duplicate(base, deadline: float):
+    """MPI_Comm_idup of `base`, bounded: a rank that never calls init is named in time."""
+    comm, request = base.Idup()
+    _wait(lambda: request.Test(), deadline, base, "the other ranks to call init()")
+    return comm
+
+
+def _handshake(comm, hello: dict, deadline: float) -> None:
+    """Every rank's hello, point to point and bounded; errors raised alike on every rank."""
+    from mpi4py import MPI
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    mine = np.zeros(_HELLO_BYTES, np.uint8)
+    body = json.dumps(hello).encode()[: _HELLO_BYTES - 1]
+    mine[: len(body)] = np.frombuffer(body, np.uint8)
+    rows = np.zeros((size, _HELLO_BYTES), np.uint8)
+    rows[rank] = mine
+    peers = [p for p in range(size) if p != rank]
+    recvs = [comm.Irecv([rows[p], MPI.BYTE], p, 0) for p in peers]
+    sends = [comm.Isend([mine, MPI.BYTE], p, 0) for p in peers]
+
+    def silent() -> list[int]:
+        return [p for p, r in zip(peers, recvs) if not r.Test()]
+
+    _wait(lambda: MPI.Request.Testall(recvs + sends), deadline, comm,
+          "the other ranks' settings", silent)
+    hellos = [json.loads(row.tobytes().rstrip(b"\0").decode()) for row in rows]
+    failed = [r for r, h in enumerate(hellos) if "error" in h]
+    if failed:
+        if "error" in hello:
+            return  # this rank raises its own error
+        reasons = "; ".join(f"rank {r}: {hellos[r]['error']}" for r in failed)
+        raise MismatchError(f"init: {rank_list(failed)} rejected {'its' if len(failed) == 1 else 'their'} "
+                            f"settings ({reasons})")
+    if any(h != hellos[0] for h in hellos):
+        raise MismatchError(f"init: ranks disagree on settings that must be equal: "
+                            f"{differences(hellos)}")
+
+
+def _wait(test, deadline: float, comm, what: str, silent=None) -> None:
+    while not test():
+        if time.monotonic() > deadline:
+            named = f": nothing from rank(s) {silent()}" if silent else ""
+            raise CollectiveTimeout(f"init: rank {comm.Get_rank()} timed out waiting for "
+                                    f"{what}{named}")
+        time.sleep(1e-4)
 
 
 def _init_torch(transport: str, settings: Settings) -> Communicator:

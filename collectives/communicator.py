@@ -1,60 +1,54 @@
-"""The Communicator: validated all-reduce over a transport, with plans run by the executor.
+"""The Communicator: the public collectives, issued in order, checked, bounded, failing loudly.
 
-The flow of a call lives in `collectives.fusion` (packing, compression, results) and
-`collectives.progress` (issue order, async); this class owns the transport, the cached
-buffers and the flat all-reduce of one work buffer.
+Each method builds a `Call` (collectives.calls) and issues it through the progress engine:
+sync calls run on the caller's thread, async ones on the progress thread, all in issue
+order. Running a call is the same for every collective: the agreement check (which may
+carry a small call's data), then the data movement, then a last look for peers that gave
+up. A timeout or a failure while data moves breaks the communicator and tells the other
+ranks (collectives.agreement); `abort()` ends the job.
 """
 from __future__ import annotations
 
-import functools
-import logging
 import time
 
-import numpy as np
-
-import kernels
-
-from . import fusion, tuner
 from .agreement import Agreement
-from .algorithms import plan_for
-from .algorithms.executor import IDENTITY, buffer_sizes, run_plan
-from .compression import ErrorFeedback, HalfCodec
+from .calls import Call, Context
+from .calls.allreduce import allreduce_call, allreduce_many_call
 from .config import Settings
+from .execution import PlanRunner
+from .errors import CollectiveError, CollectiveTimeout, MismatchError, NonFiniteError, PeerError
 from .options import Op
 from .progress import Handle, ProgressEngine
-from .stats import Stats, StatsRecorder, native_traffic, plan_traffic
+from .reduction import FlatReducer
+from .stats import Stats
 from .topology import Topology
+from .tuner import Tuner
 
 __all__ = ["Communicator"]
 
-log = logging.getLogger("collectives")
-
-TAG_LIMIT = 32768  # MPI guarantees tags up to 32767
-
 
 class Communicator:
-    """All-reduce among the ranks of one transport.
+    """Collectives among the ranks of one transport.
 
     Example::
 
-        comm = collectives.init()
-        grads = comm.allreduce(grads, op="avg", algorithm="ring")
+        with collectives.init() as comm:
+            grads = comm.allreduce(grads, op="avg", algorithm="ring")
     """
 
     def __init__(self, transport, topology: Topology, settings: Settings, *,
-                 device_transport=None):
+                 device_transport=None, tuner: Tuner | None = None):
         self._transport = transport
-        self._device_transport = device_transport  # moves CuPy buffers (nccl, staged MPI)
         self.topology = topology
         self.settings = settings
         self._seq = 0
-        self._buffers: dict[tuple[str, str, np.dtype], object] = {}
-        self._agreement = Agreement(transport, check=settings.check)
-        self._progress = ProgressEngine(f"collectives-progress-{transport.rank}")
-        self._stats = StatsRecorder()
-        self._feedback = ErrorFeedback()
-        self._agree_buf = np.empty(1, np.float64)
-        self._tuner = tuner.Tuner.agreed(transport, topology, debug=settings.debug)
+        agreement = Agreement(transport, check=settings.check)
+        tuner = tuner or Tuner.agreed(transport, topology, debug=settings.debug)
+        reducer = FlatReducer(transport, device_transport, topology, tuner,
+                              debug=settings.debug)
+        self._ctx = Context(transport, agreement, reducer, settings, topology)
+        self._progress = ProgressEngine()
+        self._closed = False
 
     @property
     def rank(self) -> int:
@@ -63,6 +57,30 @@ class Communicator:
     @property
     def size(self) -> int:
         return self._transport.size
+
+    @property
+    def transport_name(self) -> str:
+        """What moves host arrays: "mpi", "mpi+shm" (shared windows on a node) or "torch"."""
+        return self._transport.name
+
+    @property
+    def device_transport_name(self) -> str | None:
+        """What moves CuPy arrays: "mpi" (CUDA-aware or staged), "nccl", or None."""
+        device = self._ctx.reducer.device_runner
+        return None if device is None else device.transport.name
+
+    @property
+    def runner(self) -> PlanRunner:
+        """The executor over this communicator's host transport: runs any plan (tools such
+        as calibration time plans with it, outside any collective)."""
+        return self._ctx.reducer.host_runner
+
+    @property
+    def tuner(self) -> Tuner:
+        """What `algorithm="auto"` asks: `comm.tuner.choose(nbytes)`, `comm.tuner.predict(nbytes)`."""
+        return self._ctx.reducer.tuner
+
+    # ------------------------------------------------------------------ all-reduce
 
     def allreduce(self, x, op: str | Op = "sum", algorithm: str | None = None,
                   compression: str | None = None, out=None, *, check_finite: bool = False,
@@ -78,8 +96,9 @@ class Communicator:
         the residual) carries each call's rounding into the next call with the same layout.
         Runs after every async collective issued before it (docs/fusion-and-async.md).
         """
-        return self._progress.run(self._call(
-            "allreduce", x, out, op, algorithm, compression, None, check_finite, error_feedback))
+        return self._run(allreduce_call(
+            self.settings, x, out, op=op, algorithm=algorithm, compression=compression,
+            check_finite=check_finite, error_feedback=error_feedback, mode="sync"))
 
     def allreduce_async(self, x, op: str | Op = "sum", algorithm: str | None = None,
                         compression: str | None = None, out=None, *, check_finite: bool = False,
@@ -87,7 +106,7 @@ class Communicator:
         """`allreduce` on the progress thread: returns a Handle at once; `h.wait()` is the result.
 
         Leave x (and out) alone until the handle is done. Every rank must issue its
-        collectives, sync and async, in the same order.
+        collectives, sync and async, in the same order and from same-named threads.
 
         Example::
 
@@ -95,9 +114,9 @@ class Communicator:
             other_work()
             grad = h.wait()
         """
-        return self._progress.submit(self._call(
-            "allreduce", x, out, op, algorithm, compression, None, check_finite, error_feedback),
-            "allreduce_async")
+        return self._submit(allreduce_call(
+            self.settings, x, out, op=op, algorithm=algorithm, compression=compression,
+            check_finite=check_finite, error_feedback=error_feedback, mode="async"))
 
     def allreduce_many(self, arrays, op: str | Op = "avg", algorithm: str | None = None,
                        compression: str | None = None, fusion_bytes: int | None = None, *,
@@ -113,18 +132,22 @@ class Communicator:
 
             grads = comm.allreduce_many([p.grad for p in params], op="avg")
         """
-        return self._progress.run(self._call(
-            "allreduce_many", arrays, out, op, algorithm, compression, fusion_bytes,
-            check_finite, error_feedback))
+        return self._run(allreduce_many_call(
+            self.settings, arrays, out, op=op, algorithm=algorithm, compression=compression,
+            fusion_bytes=fusion_bytes, check_finite=check_finite,
+            error_feedback=error_feedback, mode="sync"))
 
     def allreduce_many_async(self, arrays, op: str | Op = "avg", algorithm: str | None = None,
                              compression: str | None = None, fusion_bytes: int | None = None, *,
                              out=None, check_finite: bool = False,
                              error_feedback: bool | str = False) -> Handle:
         """`allreduce_many` on the progress thread: a Handle whose `wait()` gives the list."""
-        return self._progress.submit(self._call(
-            "allreduce_many", arrays, out, op, algorithm, compression, fusion_bytes,
-            check_finite, error_feedback), "allreduce_many_async")
+        return self._submit(allreduce_many_call(
+            self.settings, arrays, out, op=op, algorithm=algorithm, compression=compression,
+            fusion_bytes=fusion_bytes, check_finite=check_finite,
+            error_feedback=error_feedback, mode="async"))
+
+    # ------------------------------------------------------------------ the rest
 
     def stats(self) -> Stats:
         """Calls, time and wire bytes per algorithm since the last reset (docs: stats).
@@ -134,94 +157,14 @@ class Communicator:
             comm.allreduce(x, algorithm="ring", compression="fp16")
             comm.stats()["ring+fp16"].bytes_sent
         """
-        return self._stats.snapshot()
+        return self._ctx.reducer.stats.snapshot()
 
     def reset_stats(self) -> None:
-        self._stats.reset()
+        self._ctx.reducer.stats.reset()
 
-    def _call(self, name: str, x, out, op, algorithm, compression, fusion_bytes, check_finite,
-              error_feedback):
-        """The collective as a function of no arguments, for the progress engine to run."""
-        single = name == "allreduce"
-
-        def run():
-            deadline = time.monotonic() + self.settings.timeout
-            tag = self._next_tag()
-            with self._agreement.collective(name, self._seq, deadline) as call:
-                request = fusion.request(
-                    [x] if single else x, out=None if out is None else [out] if single else out,
-                    op=op, algorithm=self.settings.algorithm if algorithm is None else algorithm,
-                    compression=compression, single=single, error_feedback=error_feedback,
-                    fusion_bytes=self.settings.fusion_bytes if fusion_bytes is None else fusion_bytes)
-                call.agree(x, op=request.op, algorithm=request.algorithm,
-                           compression=compression, fusion_bytes=request.fusion_bytes,
-                           check_finite=check_finite)
-                results = fusion.run(request, self._backend(tag, call.deadline))
-            return results[0] if single else results
-
-        return run
-
-    def _backend(self, tag: int, deadline: float) -> fusion.Backend:
-        return fusion.Backend(
-            size=self.size, buffer=self._buffer, resolve=self._resolve,
-            reduce=functools.partial(self._reduce_flat, tag=tag, deadline=deadline),
-            agree_max=functools.partial(self._agree_max, deadline=deadline),
-            feedback=self._feedback)
-
-    def _resolve(self, algorithm: str, nbytes: int) -> str:
-        if algorithm != "auto":
-            return algorithm
-        if nbytes == 0:
-            return "native"  # nothing to move: the cheapest call, no pricing needed
-        name = self._tuner.choose(nbytes)
-        if self.settings.debug:
-            log.debug("rank %d: auto chose %s for %d bytes", self.rank, name, nbytes)
-        return name
-
-    def _reduce_flat(self, work, op: str, name: str, codec: HalfCodec | None, src, *,
-                     tag: int, deadline: float) -> None:
-        """All-reduce the flat `work` in place (`op`: sum, max, min); `src`: read x there."""
-        xp = kernels.array_module(work)
-        transport = self._transport_for(xp)
-        wire = work.dtype if codec is None else codec.dtype
-        label = name if codec is None else f"{name}+{codec.name}"
-        start = time.perf_counter()
-        if name == "native":
-            if codec is None:
-                transport.native_allreduce(work if src is None else src, work, op, deadline)
-            else:
-                payload = codec.encode(work, self._buffer("wire", work, wire, work.size))
-                transport.native_allreduce(payload, payload, op, deadline)
-                codec.decode_copy(work, payload)
-            moved = native_traffic(work.size * wire.itemsize, self.size)
-            self._stats.record(label, time.perf_counter() - start, moved, moved, modelled=True)
-            return
-        codec = codec or IDENTITY
-        plan = plan_for(name, self.rank, self.size, work.size, wire.itemsize, self.topology)
-        scratch_len, staging_len = buffer_sizes(plan, codec)
-        scratch = self._buffer("scratch", work, wire, scratch_len)
-        staging = self._buffer("staging", work, wire, staging_len) if codec.staged else None
-        shared = self._shared_work(work, deadline)
-        if shared is None:
-            run_plan(plan, work, scratch, transport, op, tag, deadline, codec, staging, src=src)
-        else:  # on-node peers read our data from the transport's shared buffer
-            run_plan(plan, shared, scratch, self._transport, op, tag, deadline, codec, staging,
-                     src=work if src is None else src, out=work, shared=True)
-        sent, received = plan_traffic(plan)
-        self._stats.record(label, time.perf_counter() - start, sent * wire.itemsize,
-                           received * wire.itemsize)
-
-    def _agree_max(self, value: float, *, deadline: float) -> float:
-        """max of `value` over ranks: one all-reduce of one float (compression's scale)."""
-        if self.size == 1:
-            return value
-        start = time.perf_counter()
-        self._agree_buf[0] = value
-        self._transport.native_allreduce(self._agree_buf, self._agree_buf, "max", deadline)
-        moved = native_traffic(self._agree_buf.nbytes, self.size)
-        self._stats.record("scale-agreement", time.perf_counter() - start, moved, moved,
-                           modelled=True)
-        return float(self._agree_buf[0])
+    def clear_error_feedback(self) -> None:
+        """Forget every error-feedback residual (they are also bounded: compression.feedback)."""
+        self._ctx.reducer.feedback.clear()
 
     def abort(self, errorcode: int = 1) -> None:
         """End every rank of the job now (MPI_Abort): the way out after a CollectiveTimeout.
@@ -235,35 +178,59 @@ class Communicator:
         """
         self._transport.abort(errorcode)
 
-    def _transport_for(self, xp):
-        """The transport that moves xp's arrays: the device transport for CuPy, if any."""
-        if xp is np or self._device_transport is None:
-            return self._transport
-        return self._device_transport
+    def close(self) -> None:
+        """Finish the queued collectives and close the transport (the other ranks learn that
+        this one left if they do not close too). Collective; safe to call twice; the
+        transport closes at exit anyway."""
+        if self._closed:
+            return
+        self._closed = True
+        self._progress.close(timeout=self.settings.timeout)
+        self._transport.close()
 
-    def _shared_work(self, x, deadline: float):
-        """The transport's work buffer that on-node peers read in place (shm), or None.
+    def __enter__(self) -> "Communicator":
+        return self
 
-        Every rank of a node asks at every plan-run collective: a growing window is collective.
-        """
-        work_buffer = getattr(self._transport, "work_buffer", None)
-        if work_buffer is None or kernels.array_module(x) is not np:
-            return None
-        return work_buffer(x.size, x.dtype, deadline=deadline)
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
-    def _next_tag(self) -> int:
-        self._seq += 1
-        return self._seq % TAG_LIMIT
+    # ------------------------------------------------------------------ issuing
 
-    def _buffer(self, purpose: str, like, dtype, elements: int):
-        """A reusable flat buffer for `purpose` on like's array module; grows, never shrinks."""
-        xp = kernels.array_module(like)
-        key = (purpose, xp.__name__, np.dtype(dtype))
-        buf = self._buffers.get(key)
-        if buf is None or buf.size < elements:
-            buf = self._buffers[key] = xp.empty(elements, dtype)
-        return buf[:elements]
+    def _run(self, call: Call):
+        return self._progress.run(lambda: self._execute(call), call.name)
+
+    def _submit(self, call: Call) -> Handle:
+        return self._progress.submit(lambda: self._execute(call), f"{call.name}_async")
+
+    def _execute(self, call: Call):
+        """Run one call: agree, move data, make sure no peer gave up meanwhile."""
+        if self._closed:
+            raise CollectiveError(f"{call.name}: this communicator is closed")
+        ctx = self._ctx
+        agreement = ctx.agreement
+        self._seq = seq = self._seq + 1
+        agreement.enter(call.name, seq)
+        deadline = time.monotonic() + self.settings.timeout
+        moving = False
+        try:
+            if call.error is not None:
+                agreement.share_failure(call.signature, seq, deadline, call.error)
+                raise call.error
+            rows = call.agree(ctx, seq, deadline)
+            moving = True
+            result = call.move(ctx, seq, deadline, rows)
+            self._transport.check_peers()
+            return result
+        except (MismatchError, NonFiniteError) as error:
+            if not moving:
+                raise
+            raise agreement.failed(call.signature, seq, error, moving) from None
+        except (CollectiveTimeout, PeerError) as error:
+            raise agreement.failed(call.signature, seq, error, moving) from None
+        except BaseException as error:
+            if moving:
+                agreement.failed(call.signature, seq, error, moving)
+            raise
 
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size}, transport={self._transport.name})"
-

@@ -1,10 +1,17 @@
-"""Settings from arguments and `COLLECTIVES_*` environment variables; arguments win."""
+"""Settings from arguments and `COLLECTIVES_*` environment variables; arguments win.
+
+Every value is checked when it is read, with the variable's name in the error: a bad value
+is refused at `init()` (on every rank: bootstrap shares the error) rather than misbehaving
+later. The settings that change what the ranks exchange (`agreed`) must be equal on every
+rank; init compares them.
+"""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "DEFAULT_TIMEOUT", "DEFAULT_FUSION_BYTES"]
 
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_FUSION_BYTES = 64 << 20
@@ -20,10 +27,30 @@ def _env(name: str, convert, default):
         raise ValueError(f"COLLECTIVES_{name}={raw!r} is not a valid {convert.__name__}") from None
 
 
+def _seconds(raw: str) -> float:
+    value = float(raw)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(raw)
+    return value
+
+
+_seconds.__name__ = "number of seconds (finite, > 0)"
+
+
+def _positive(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+_positive.__name__ = "positive integer"
+
+
 def _grid(raw: str) -> tuple[int, int]:
     """'XxY' (or 'X,Y') as (X, Y)."""
     parts = raw.lower().replace(",", "x").split("x")
-    if len(parts) != 2:
+    if len(parts) != 2 or min(int(p) for p in parts) < 1:
         raise ValueError(raw)
     return int(parts[0]), int(parts[1])
 
@@ -32,7 +59,23 @@ _grid.__name__ = "grid such as 4x2"
 
 
 def _flag(raw: str) -> bool:
-    return raw.strip().lower() not in ("0", "false", "no", "off")
+    text = raw.strip().lower()
+    if text in ("0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(raw)
+
+
+_flag.__name__ = "flag (1/0, true/false, yes/no, on/off)"
+
+
+def _argument(name: str, value, check) -> object:
+    """An argument checked like its environment variable, named as the argument."""
+    try:
+        return check(str(value))
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a valid {check.__name__}") from None
 
 
 @dataclass(frozen=True)
@@ -52,18 +95,30 @@ class Settings:
     def resolve(cls, *, timeout: float | None = None, local_size: int | None = None,
                 grid: tuple[int, int] | None = None,
                 check: bool | None = None) -> "Settings":
-        settings = cls(
-            algorithm=_env("ALGORITHM", str, cls.algorithm),
-            timeout=timeout if timeout is not None else _env("TIMEOUT", float, cls.timeout),
-            fusion_bytes=_env("FUSION_BYTES", int, cls.fusion_bytes),
-            local_size=local_size if local_size is not None else _env("LOCAL_SIZE", int, None),
-            grid=tuple(grid) if grid is not None else _env("GRID", _grid, None),
+        from .options import check_algorithm
+
+        algorithm = _env("ALGORITHM", str, cls.algorithm)
+        try:
+            check_algorithm(algorithm)
+        except ValueError as error:
+            raise ValueError(f"COLLECTIVES_ALGORITHM: {error}") from None
+        if grid is not None:
+            grid = _argument("grid", "x".join(map(str, grid)) if isinstance(grid, (tuple, list))
+                             else grid, _grid)
+        return cls(
+            algorithm=algorithm,
+            timeout=(_env("TIMEOUT", _seconds, cls.timeout) if timeout is None
+                     else _argument("timeout", timeout, _seconds)),
+            fusion_bytes=_env("FUSION_BYTES", _positive, cls.fusion_bytes),
+            local_size=(_env("LOCAL_SIZE", _positive, None) if local_size is None
+                        else _argument("local_size", local_size, _positive)),
+            grid=grid if grid is not None else _env("GRID", _grid, None),
             debug=_env("DEBUG", _flag, False),
             check=check if check is not None else _env("CHECK", _flag, True),
             shm=_env("SHM", _flag, False),
         )
-        if settings.timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {settings.timeout}")
-        if settings.fusion_bytes <= 0:
-            raise ValueError(f"fusion_bytes must be > 0, got {settings.fusion_bytes}")
-        return settings
+
+    def agreed(self) -> dict[str, object]:
+        """The settings every rank must share: they decide what the ranks exchange."""
+        return {"check": self.check, "shm": self.shm, "local_size": self.local_size,
+                "grid": self.grid}

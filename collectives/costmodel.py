@@ -26,7 +26,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, replace
+import tempfile
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -132,6 +133,14 @@ def _interpolate_row(rows: Sequence[tuple], x: float) -> tuple[float, ...]:
     raise AssertionError("unreachable: rows are sorted")
 
 
+def _check_by_size(rows) -> None:
+    if any(len(row) != 6 or not row[0] > 0 or not all(0 <= v < math.inf for v in row[1:])
+           for row in rows) or any(a[0] >= b[0] for a, b in zip(rows, rows[1:])):
+        raise ValueError("by_size rows must be (bytes > 0, intra beta, inter beta, gamma, "
+                         f"copy_beta, call_overhead) finite and >= 0 with increasing bytes, "
+                         f"got {rows!r}")
+
+
 @dataclass(frozen=True)
 class ClusterModel:
     """A virtual cluster: which ranks share a node, two link classes, a reduction rate.
@@ -168,11 +177,7 @@ class ClusterModel:
     def __post_init__(self) -> None:
         if self.copies not in COPIES:
             raise ValueError(f"copies must be one of {', '.join(COPIES)}, got {self.copies!r}")
-        rows = self.by_size
-        if any(len(row) != 6 or row[0] <= 0 or min(row[1:]) < 0 for row in rows) or any(
-                a[0] >= b[0] for a, b in zip(rows, rows[1:])):
-            raise ValueError("by_size rows must be (bytes > 0, intra beta, inter beta, gamma, "
-                             f"copy_beta, call_overhead) >= 0 with increasing bytes, got {rows!r}")
+        _check_by_size(self.by_size)
 
     def at_message(self, nbytes: int) -> "ClusterModel":
         """This cluster with the constants of a call of `nbytes` (`by_size`)."""
@@ -258,6 +263,15 @@ class Calibration:
     measured: Mapping[str, object] = field(default_factory=dict)
     by_size: tuple[tuple[int, float, float, float, float, float], ...] = ()
 
+    def __post_init__(self) -> None:
+        constants = (self.gamma, self.call_overhead, self.copy_beta)
+        if not all(0 <= v < math.inf for v in constants) or self.size < 0:
+            raise ValueError(f"gamma, call_overhead and copy_beta must be finite and >= 0 and "
+                             f"size >= 0, got {constants}, size {self.size}")
+        if not all(b > 0 and 0 <= t < math.inf for b, t in self.native):
+            raise ValueError(f"native points must be (bytes > 0, seconds >= 0), got {self.native}")
+        _check_by_size(self.by_size)
+
     def cluster(self, topology: Topology, *, name: str = "") -> ClusterModel:
         """This machine as a ClusterModel for `topology` (its native table counts at `size`).
 
@@ -277,6 +291,12 @@ class Calibration:
 
     @classmethod
     def from_json(cls, data: Mapping) -> "Calibration":
+        """A calibration from its JSON object; TypeError/KeyError/ValueError if malformed."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"expected an object, got {type(data).__name__}")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise KeyError(f"unknown keys {sorted(unknown)}")
         return cls(size=int(data["size"]), intra=LinkModel(**data["intra"]),
                    inter=LinkModel(**data["inter"]), gamma=float(data["gamma"]),
                    call_overhead=float(data["call_overhead"]), copy_beta=float(data["copy_beta"]),
@@ -312,6 +332,9 @@ def _document(path: Path) -> dict:
         return {}
     except (OSError, ValueError) as error:
         raise ValueError(f"tuning file {path} is unreadable ({error}); delete it or recalibrate") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"tuning file {path} holds a {type(data).__name__}, not an object; "
+                         "delete it or recalibrate")
     if data.get("version") != TUNING_VERSION:
         raise ValueError(f"tuning file {path} has version {data.get('version')!r}, "
                          f"expected {TUNING_VERSION}; recalibrate with collectives-bench --calibrate")
@@ -319,10 +342,26 @@ def _document(path: Path) -> dict:
 
 
 def read_tuning(path: Path | None = None) -> dict[int, Calibration]:
-    """The calibrations in the tuning file by world size; {} when there is no file."""
-    data = _document(tuning_path() if path is None else Path(path))
-    return {int(size): Calibration.from_json(entry)
-            for size, entry in data.get("calibrations", {}).items()}
+    """The calibrations in the tuning file by world size; {} when there is no file.
+
+    Any malformed content (wrong types, missing or unknown keys) is a ValueError naming
+    the file and the entry.
+    """
+    path = tuning_path() if path is None else Path(path)
+    data = _document(path)
+    entries = data.get("calibrations", {})
+    if not isinstance(entries, dict):
+        raise ValueError(f"tuning file {path}: 'calibrations' must be an object, got "
+                         f"{type(entries).__name__}; delete it or recalibrate")
+    calibrations = {}
+    for size, entry in entries.items():
+        try:
+            calibrations[int(size)] = Calibration.from_json(entry)
+        except (TypeError, KeyError, AttributeError, ValueError) as error:
+            raise ValueError(f"tuning file {path}: the entry for np={size!r} is malformed "
+                             f"({type(error).__name__}: {error}); delete it or recalibrate"
+                             ) from None
+    return calibrations
 
 
 def write_calibration(calibration: Calibration, path: Path | None = None, **about: object) -> Path:
@@ -337,9 +376,15 @@ def write_calibration(calibration: Calibration, path: Path | None = None, **abou
     document.update(about, version=TUNING_VERSION)
     document["calibrations"] = {size: entries[size] for size in sorted(entries, key=int)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=1) + "\n")
-    os.replace(tmp, path)
+    # A new file of our own (O_EXCL, a random name): a planted <file>.tmp symlink is not followed.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(document, indent=1) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return path
 
 

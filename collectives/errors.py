@@ -4,8 +4,8 @@ What each one leaves behind (see docs/failure-model.md):
 
 - `MismatchError`, `NonFiniteError`: raised on every rank before any data moved; the
   communicator stays usable.
-- `CollectiveTimeout`: the ranks are out of step and messages may be in flight; the
-  communicator refuses further collectives. Call `comm.abort()`.
+- `CollectiveTimeout`, `PeerError`: the ranks are out of step and messages may be in
+  flight; the communicator refuses further collectives. Call `comm.abort()`.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ __all__ = [
     "MismatchError",
     "NonFiniteError",
     "CollectiveTimeout",
+    "PeerError",
     "unknown_choice",
     "rank_list",
 ]
@@ -42,6 +43,14 @@ class NonFiniteError(CollectiveError):
 
 class CollectiveTimeout(CollectiveError):
     """A collective did not complete within the communicator's timeout.
+
+    The communicator is unusable afterwards: call `comm.abort()`.
+    """
+
+
+class PeerError(CollectiveError):
+    """Another rank told this one that it gave up on a collective (it timed out) or left
+    (closed its communicator, or its program ended) while this rank still needs it.
 
     The communicator is unusable afterwards: call `comm.abort()`.
     """

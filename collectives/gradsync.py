@@ -26,8 +26,8 @@ import numpy as np
 import kernels
 
 from .communicator import Communicator
-from .errors import CollectiveError, unknown_choice
-from .options import COMPRESSIONS, check_algorithm
+from .errors import CollectiveError
+from .options import CallOptions
 from .progress import Handle
 
 __all__ = ["GradSync", "broadcast_parameters", "as_array"]
@@ -74,18 +74,18 @@ def as_array(x) -> Any:
     return array if view_as is None else array.view(view_as)
 
 
-def check_options(comm, algorithm: str, compression: str | None, error_feedback: bool) -> None:
-    """The checks shared by GradSync and the torch HookState; each failure says what is accepted."""
+def check_options(comm, algorithm: str, compression: str | None, error_feedback: bool,
+                  fusion_bytes: int | None = None) -> CallOptions:
+    """The checks shared by GradSync and the torch hooks: the communicator, then the options
+    of the averaging all-reduce (CallOptions.parse); each failure says what is accepted."""
     if not isinstance(comm, Communicator):
         raise TypeError(f"comm must be a collectives.Communicator (collectives.init()), "
                         f"got {type(comm).__module__}.{type(comm).__qualname__}")
-    check_algorithm(algorithm)
-    if compression not in COMPRESSIONS:
-        raise unknown_choice("compression", compression, [c for c in COMPRESSIONS if c])
     if not isinstance(error_feedback, bool):
         raise TypeError(f"error_feedback must be a bool, got {error_feedback!r}")
-    if error_feedback and compression is None:
-        raise ValueError("error_feedback=True needs compression='fp16' or 'bf16'")
+    return CallOptions.parse(
+        op="avg", algorithm=algorithm, compression=compression, error_feedback=error_feedback,
+        fusion_bytes=comm.settings.fusion_bytes if fusion_bytes is None else fusion_bytes)
 
 
 def broadcast_parameters(params: Iterable | Mapping, comm: Communicator, *, root: int = 0) -> list:
@@ -128,14 +128,11 @@ class GradSync:
     def __init__(self, comm: Communicator, *, algorithm: str = "auto",
                  compression: str | None = None, fusion_bytes: int | None = None,
                  error_feedback: bool = False):
-        check_options(comm, algorithm, compression, error_feedback)
-        if fusion_bytes is not None and (isinstance(fusion_bytes, bool)
-                                         or not isinstance(fusion_bytes, int) or fusion_bytes <= 0):
-            raise ValueError(f"fusion_bytes must be a positive int or None, got {fusion_bytes!r}")
+        options = check_options(comm, algorithm, compression, error_feedback, fusion_bytes)
         self.comm = comm
-        self.algorithm = algorithm
-        self.compression = compression
-        self.fusion_bytes = comm.settings.fusion_bytes if fusion_bytes is None else fusion_bytes
+        self.algorithm = options.algorithm
+        self.compression = options.compression
+        self.fusion_bytes = options.fusion_bytes
         self.error_feedback = error_feedback
         self._buckets: list[list] = []  # attach: parameters per bucket, in launch order
         self._ready: list[int] = []  # per bucket, gradients ready this step

@@ -1,7 +1,14 @@
-"""Named choices: reduction ops, supported dtypes, algorithm and compression names."""
+"""Named choices (ops, dtypes, algorithms, compressions) and a call's options, checked once.
+
+`CallOptions.parse` is the one place a collective's options are validated; the
+communicator, fusion, GradSync and the torch hooks all go through it, and its result is
+what the agreement check compares. Parsed options are memoized: a training loop's calls
+with the same options cost a dictionary lookup.
+"""
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
@@ -9,7 +16,8 @@ import numpy as np
 from .algorithms import PLANNERS
 from .errors import unknown_choice
 
-__all__ = ["Op", "DTYPES", "ALGORITHMS", "COMPRESSIONS", "check_dtype", "check_algorithm"]
+__all__ = ["Op", "DTYPES", "ALGORITHMS", "COMPRESSIONS", "CallOptions", "check_dtype",
+           "check_algorithm", "check_compression"]
 
 
 class Op(str, enum.Enum):
@@ -56,3 +64,73 @@ def check_algorithm(name: str) -> str:
     if name not in ALGORITHMS:
         raise unknown_choice("algorithm", name, ALGORITHMS)
     return name
+
+
+def check_compression(name: str | None) -> str | None:
+    if name not in COMPRESSIONS:
+        raise unknown_choice("compression", name, COMPRESSIONS)
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """A collective's options after checking: every rank must pass the same ones.
+
+    `error_feedback` is False, True (one residual per call layout) or a name for the
+    residual; it needs a compression.
+    """
+
+    op: Op
+    algorithm: str
+    compression: str | None
+    fusion_bytes: int
+    check_finite: bool = False
+    error_feedback: bool | str = False
+
+    @classmethod
+    def parse(cls, *, op: "str | Op" = "sum", algorithm: str = "auto",
+              compression: str | None = None, fusion_bytes: int = 64 << 20,
+              check_finite: bool = False, error_feedback: bool | str = False) -> "CallOptions":
+        """Checked options; each failure names the argument and what is accepted."""
+        key = (op, algorithm, compression, fusion_bytes, type(fusion_bytes), check_finite,
+               type(check_finite), error_feedback, type(error_feedback))
+        try:
+            cached = _PARSED.get(key)
+        except TypeError:  # an unhashable argument: checked (and refused) below
+            cached = None
+        if cached is not None:
+            return cached
+        parsed = cls._check(op, algorithm, compression, fusion_bytes, check_finite,
+                            error_feedback)
+        if len(_PARSED) >= _PARSED_LIMIT:
+            _PARSED.clear()
+        _PARSED[key] = parsed
+        return parsed
+
+    @classmethod
+    def _check(cls, op, algorithm, compression, fusion_bytes, check_finite,
+               error_feedback) -> "CallOptions":
+        op = Op.parse(op)
+        if not isinstance(algorithm, str):
+            raise TypeError(f"algorithm must be a str, got {type(algorithm).__name__}")
+        check_algorithm(algorithm)
+        if compression is not None and not isinstance(compression, str):
+            raise TypeError(f"compression must be None or a str, got {type(compression).__name__}")
+        check_compression(compression)
+        if isinstance(fusion_bytes, bool) or not isinstance(fusion_bytes, int) or fusion_bytes <= 0:
+            raise ValueError(f"fusion_bytes must be a positive int, got {fusion_bytes!r}")
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
+        if error_feedback is None:
+            error_feedback = False
+        if not isinstance(error_feedback, (bool, str)):
+            raise TypeError(f"error_feedback must be a bool or a str naming the residual, "
+                            f"got {type(error_feedback).__name__}")
+        if error_feedback is not False and compression is None:
+            raise ValueError("error_feedback needs compression='fp16' or 'bf16'; "
+                             "got compression=None")
+        return cls(op, algorithm, compression, fusion_bytes, check_finite, error_feedback)
+
+
+_PARSED: dict[tuple, CallOptions] = {}
+_PARSED_LIMIT = 1024

@@ -6,6 +6,11 @@ a time on one background thread; a sync collective issued while async ones are p
 waits for them, then runs on the caller's thread. The agreement check that starts every
 collective (`collectives.agreement`) catches ranks whose n-th collectives differ.
 
+Blocking work on the progress thread would wait for itself: a blocking collective, or
+`wait()` on a pending handle, issued from a completion callback (`add_done_callback`; torch
+`Future.then` callbacks run there too) raises CollectiveError at once; async collectives
+may be issued there (they queue).
+
 The background thread waits through the transport, which releases the GIL while it polls
 (MPI calls and `sched_yield` run without it), so the caller's NumPy work overlaps the
 transfer. A failed collective does not cancel the ones queued behind it: which calls are
@@ -29,7 +34,9 @@ from typing import Any, Callable
 
 from .errors import CollectiveError
 
-__all__ = ["Handle", "ProgressEngine"]
+__all__ = ["Handle", "ProgressEngine", "THREAD_NAME"]
+
+THREAD_NAME = "collectives-progress"  # one name on every rank: it is part of each signature
 
 
 class Handle:
@@ -59,6 +66,10 @@ class Handle:
         `timeout` (seconds) bounds this wait only: TimeoutError if the collective is still
         running then (it keeps running; wait again later).
         """
+        if not self._future.done() and threading.current_thread().name == THREAD_NAME:
+            raise CollectiveError(
+                f"{self.what}: wait() on a pending handle from a completion callback (the "
+                "progress thread) would wait forever; chain another callback instead")
         try:
             return self._future.result(timeout)
         except TimeoutError:
@@ -81,9 +92,8 @@ class Handle:
 class ProgressEngine:
     """Runs one communicator's collectives in issue order; see the module docstring."""
 
-    def __init__(self, name: str = "collectives-progress"):
-        self._name = name
-        self._cv = threading.Condition()
+    def __init__(self) -> None:
+        self._cv = threading.Condition(threading.Lock())
         self._queue: collections.deque[tuple[Callable[[], Any], Future, str]] = collections.deque()
         self._busy = False  # a collective is running, on either thread
         self._thread: threading.Thread | None = None
@@ -97,14 +107,19 @@ class ProgressEngine:
                 raise CollectiveError(f"{what}: the progress engine is shut down")
             self._queue.append((fn, future, what))
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+                self._thread = threading.Thread(target=self._loop, name=THREAD_NAME, daemon=True)
                 self._thread.start()
                 atexit.register(_drain_at_exit, weakref.ref(self))
             self._cv.notify_all()
         return Handle(future, what)
 
-    def run(self, fn: Callable[[], Any]) -> Any:
+    def run(self, fn: Callable[[], Any], what: str = "collective") -> Any:
         """Run `fn` on the calling thread once every earlier collective has finished."""
+        if threading.current_thread() is self._thread:
+            raise CollectiveError(
+                f"{what}: a blocking collective was issued from a completion callback (the "
+                "progress thread), where it would wait for itself; issue the _async variant "
+                "there")
         with self._cv:
             while self._queue or self._busy:
                 self._cv.wait()
@@ -120,11 +135,6 @@ class ProgressEngine:
         """Collectives issued and not finished yet."""
         with self._cv:
             return len(self._queue) + self._busy
-
-    def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every issued collective finished; False if `timeout` passed first."""
-        with self._cv:
-            return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
 
     def _loop(self) -> None:
         while True:

@@ -61,15 +61,20 @@ class Tuner:
 
     @classmethod
     def agreed(cls, transport, topology: Topology, *, debug: bool = False) -> "Tuner":
-        """Like load, but every rank takes rank 0's calibration, so all ranks choose alike.
+        """Like load, but only rank 0 reads the tuning file and every rank takes its
+        calibration, so all ranks choose alike (other ranks' files are never read).
 
-        An unreadable tuning file is reported (a warning) and the defaults are used.
+        An unreadable or malformed tuning file is reported (a warning) and the defaults
+        are used.
         """
-        try:
-            mine = load_calibration(topology.size)
-        except ValueError as error:
-            log.warning("%s; auto uses the default cost model", error)
-            mine = (replace(DEFAULT_CALIBRATION, size=topology.size), "defaults (bad tuning file)")
+        mine = None
+        if transport.rank == 0:
+            try:
+                mine = load_calibration(topology.size)
+            except ValueError as error:
+                log.warning("%s; auto uses the default cost model", error)
+                mine = (replace(DEFAULT_CALIBRATION, size=topology.size),
+                        "defaults (bad tuning file)")
         calibration, source = transport.allgather_object(mine)[0]
         return cls(calibration.cluster(topology, name="this machine"), source=source, debug=debug)
 

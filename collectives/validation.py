@@ -9,54 +9,117 @@ Example::
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 import kernels
 
 from .options import check_dtype
 
-__all__ = ["check_array", "check_out"]
+__all__ = ["check_array", "check_out", "check_outs", "is_array"]
 
 
-def _is_array(x) -> bool:
+def is_array(x) -> bool:
     return isinstance(x, np.ndarray) or (
         type(x).__module__.startswith("cupy") and type(x).__name__ == "ndarray"
     )
 
 
 def check_array(x, name: str = "x") -> None:
-    """`x` must be a NumPy or CuPy array of a supported dtype."""
-    if not _is_array(x):
+    """`x` must be a NumPy or CuPy array of a supported dtype (no masked arrays)."""
+    if not is_array(x):
         hint = " (wrap it with np.asarray)" if isinstance(x, (list, tuple, int, float)) else ""
         raise TypeError(
             f"{name} must be a NumPy or CuPy array, got {type(x).__module__}.{type(x).__qualname__}"
             + hint
         )
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array: its mask would be ignored; pass "
+                        f"{name}.filled(value) (the value masked elements should count as)")
     check_dtype(x.dtype)
 
 
-def check_out(out, x) -> None:
+def check_out(out, x, name: str = "out") -> None:
     """`out` must be able to hold the result of reducing `x`: same type, shape and dtype.
 
     `out is x` reduces in place (x must be writable); any other `out` must not share memory
     with x.
     """
-    writable = getattr(out.flags, "writeable", True) if _is_array(out) else True
+    writable = getattr(out.flags, "writeable", True) if is_array(out) else True
     if out is x:
         if not writable:
-            raise ValueError("out is x but x is read-only; in-place all-reduce needs a writable array")
+            raise ValueError(f"{name} is x but x is read-only; in-place all-reduce needs a "
+                             "writable array")
         return
     if type(out) is not type(x):
         raise TypeError(
-            f"out must be a {type(x).__module__}.{type(x).__qualname__} like x, "
+            f"{name} must be a {type(x).__module__}.{type(x).__qualname__} like x, "
             f"got {type(out).__module__}.{type(out).__qualname__}"
         )
     if out.shape != x.shape or out.dtype != x.dtype:
         raise ValueError(
-            f"out must match x: expected shape {x.shape} dtype {x.dtype}, "
+            f"{name} must match x: expected shape {x.shape} dtype {x.dtype}, "
             f"got shape {out.shape} dtype {out.dtype}"
         )
     if not writable:
-        raise ValueError("out is read-only; pass a writable array")
+        raise ValueError(f"{name} is read-only; pass a writable array")
     if kernels.array_module(x).shares_memory(out, x):
-        raise ValueError("out overlaps x partially; pass out=x for in place, or a separate array")
+        raise ValueError(f"{name} overlaps x partially; pass out=x for in place, or a separate "
+                         "array")
+
+
+def _extent(array) -> tuple[int, int]:
+    """[first byte, last byte + 1) of the memory `array` may touch (NumPy or CuPy)."""
+    if array.size == 0:
+        return 0, 0
+    start = (array.__array_interface__["data"][0] if isinstance(array, np.ndarray)
+             else array.data.ptr)
+    low = high = start
+    for extent, stride in zip(array.shape, array.strides):
+        if stride < 0:
+            low += (extent - 1) * stride
+        else:
+            high += (extent - 1) * stride
+    return low, high + array.itemsize
+
+
+def check_outs(outs: Sequence, arrays: Sequence) -> None:
+    """Each out fits its array (check_out), and no out overlaps another out or another array
+    (`out=[b, a]` for `[a, b]` would read one result while writing another).
+
+    Sorts the extents once, so thousands of arrays cost little; arrays whose extents meet are
+    then asked whether they really share memory. The clash named is the one of the lowest out.
+    """
+    for i, (o, a) in enumerate(zip(outs, arrays)):
+        check_out(o, a, name=f"out[{i}]")
+    spans = [(*_extent(o), i, True) for i, o in enumerate(outs)]
+    spans += [(*_extent(a), i, False) for i, a in enumerate(arrays) if outs[i] is not a]
+    spans.sort()
+    clashes = []
+    open_spans: list[tuple[int, int, int, bool]] = []
+    for span in spans:
+        if span[1] == span[0]:
+            continue
+        open_spans = [s for s in open_spans if s[1] > span[0]]
+        for other in open_spans:
+            pair = sorted((span, other), key=lambda s: (not s[3], s[2]))  # the out first
+            if pair[0][3] and not (span[2] == other[2] and span[3] != other[3]) \
+                    and _share(pair, outs, arrays):
+                clashes.append(pair)
+        open_spans.append(span)
+    if clashes:
+        pair = min(clashes, key=lambda pair: (pair[0][2], not pair[1][3], pair[1][2]))
+        first, second = sorted(pair, key=lambda s: (s[3], s[2]))  # arrays before outs
+        raise ValueError(f"{_name(first)} and {_name(second)} share memory: every out must be "
+                         "its own array's memory (in place) or memory no other array or out "
+                         "uses")
+
+
+def _name(span) -> str:
+    return f"{'out' if span[3] else 'arrays'}[{span[2]}]"
+
+
+def _share(pair, outs, arrays) -> bool:
+    a, b = ((outs if s[3] else arrays)[s[2]] for s in pair)
+    return bool(kernels.array_module(a).shares_memory(a, b))

@@ -22,3 +22,9 @@ def test_matrix_over_shared_memory(np_):
 def test_order_sensitive_values_give_identical_bits(np_):
     """+-0 and NaN payloads: partners reducing the same pair must agree on operand order."""
     run_workers(np_, "symmetric_bits")
+
+
+@pytest.mark.parametrize("np_", [2, 3, 5])
+def test_integer_avg_is_exact_where_the_sum_overflows(np_):
+    run_workers(np_, "integer_mean", "ring,hierarchical,torus2d,halving_doubling,native,auto",
+                env={"COLLECTIVES_LOCAL_SIZE": "2"})

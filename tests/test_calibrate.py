@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from bench.calibrate import exchange_plan, round_robin
-from collectives.algorithms.executor import IoSchedule
+from collectives.execution import IoSchedule
 
 
 @pytest.mark.parametrize("parts", [2, 3, 4, 5, 8])

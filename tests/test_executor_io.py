@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from collectives.algorithms import PLANNERS, plan_for
-from collectives.algorithms.executor import IoSchedule, buffer_sizes, run_plan
+from collectives.execution import IoSchedule, buffer_sizes, run_plan
 from collectives.algorithms.ring import SEGMENT_BYTES
 from collectives.errors import CollectiveTimeout
 from collectives.topology import Topology
@@ -32,6 +32,11 @@ class _Done:
 
 class _Eager:
     """One rank's end of an in-process transport: sends are copied out at once."""
+
+    shared = None  # no zero-copy capability
+
+    def abandon(self, sends, receives):
+        """Nothing to withdraw: these in-process messages stop with the test."""
 
     def __init__(self, boxes, cond: threading.Condition, rank: int, size: int):
         self.boxes, self.cond, self.rank, self.size = boxes, cond, rank, size

@@ -2,16 +2,21 @@
 import numpy as np
 import pytest
 
-from collectives.fusion import buckets
+from collectives.fusion import Layout
 from tests.mpirun import run_workers
 
 ENV = {"COLLECTIVES_TIMEOUT": "60"}  # a hang fails the test in a minute
 
 
+def buckets(arrays, fusion_bytes):
+    return Layout.of(tuple((a.dtype, a.shape) for a in arrays), fusion_bytes).buckets
+
+
 def test_buckets_group_by_dtype_in_first_appearance_order():
-    arrays = [np.zeros(3, np.float32), np.zeros(2, np.int64), np.zeros(4, np.float32)]
-    got = [(b.members, b.dtype, b.count) for b in buckets(arrays, 1 << 20)]
-    assert got == [((0, 2), np.dtype(np.float32), 7), ((1,), np.dtype(np.int64), 2)]
+    arrays = [np.zeros(3, np.float32), np.zeros(2, np.int64), np.zeros((2, 2), np.float32)]
+    got = [(b.members, b.dtype, b.count, b.offsets) for b in buckets(arrays, 1 << 20)]
+    assert got == [((0, 2), np.dtype(np.float32), 7, (0, 3, 7)),
+                   ((1,), np.dtype(np.int64), 2, (0, 2))]
 
 
 def test_buckets_respect_fusion_bytes_and_keep_big_arrays_whole():
@@ -19,6 +24,12 @@ def test_buckets_respect_fusion_bytes_and_keep_big_arrays_whole():
     got = [b.members for b in buckets(arrays, 8 << 10)]
     assert got == [(0, 1), (2,), (3,), (4,)]
     assert [b.members for b in buckets(arrays, 1)] == [(i,) for i in range(5)]
+
+
+def test_layouts_are_cached_per_shapes_and_fusion_bytes():
+    shapes = ((np.dtype(np.float32), (3,)), (np.dtype(np.float32), (4, 5)))
+    assert Layout.of(shapes, 1 << 20) is Layout.of(shapes, 1 << 20)
+    assert Layout.of(shapes, 1 << 20) is not Layout.of(shapes, 16)
 
 
 @pytest.mark.parametrize("np_", [2, 3, 4, 5])

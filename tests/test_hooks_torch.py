@@ -68,7 +68,7 @@ def test_hook_state_checks_its_arguments(comm):
         HookState(comm, algorithm="rign")
     with pytest.raises(ValueError, match="unknown compression 'fp8'"):
         HookState(comm, compression="fp8")
-    with pytest.raises(ValueError, match="error_feedback=True needs compression"):
+    with pytest.raises(ValueError, match="error_feedback needs compression"):
         HookState(comm, error_feedback=True)
     state = HookState(comm, algorithm="ring", compression="bf16", error_feedback=True)
     with pytest.raises(AttributeError):
@@ -77,7 +77,7 @@ def test_hook_state_checks_its_arguments(comm):
 
 def test_gradsync_checks_its_arguments(comm):
     for bad in (0, -5, True, 1.5):
-        with pytest.raises(ValueError, match=f"fusion_bytes must be a positive int or None, got {bad}"):
+        with pytest.raises(ValueError, match=f"fusion_bytes must be a positive int, got {bad}"):
             collectives.GradSync(comm, fusion_bytes=bad)
     with pytest.raises(ValueError, match="needs compression"):
         collectives.GradSync(comm, error_feedback=True)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from collectives.algorithms import PLANNERS, plan_for
-from collectives.algorithms.executor import buffer_sizes, run_plan
+from collectives.execution import buffer_sizes, run_plan
 from collectives.algorithms.ring import SEGMENT_BYTES
 from collectives.errors import CollectiveTimeout
 from collectives.topology import Topology
@@ -85,6 +85,11 @@ class _World:
 
 class SimNccl:
     """One rank's transport over the modelled world, launching as `policy` says."""
+
+    shared = None  # no zero-copy capability
+
+    def abandon(self, sends, receives):
+        """Nothing to withdraw: these in-process messages stop with the test."""
 
     def __init__(self, world: _World, rank: int, size: int, policy: str):
         self.world, self.rank, self.size, self.policy = world, rank, size, policy

@@ -129,7 +129,7 @@ def test_report_without_a_tuning_entry_keeps_its_calibration(tmp_path):
     (written,) = read_tuning(tuning).values()
     document = json.loads((out / "results.json").read_text())
     assert document["calibration"]["source"] == "calibrated now, np=2"
-    assert Calibration.from_json(document["calibration"]) == written
+    assert Calibration.from_json({k: v for k, v in document["calibration"].items() if k != "source"}) == written
     assert "accuracy_calibration" not in document
     assert all("tuning_file_error" not in point for point in document["accuracy"])
     assert f"model vs measurement: timed run {RUNS}/{RUNS}" in proc.stderr  # progress

@@ -2,7 +2,7 @@
 import pytest
 
 from collectives.algorithms import PLANNERS, plan_for
-from collectives.algorithms.executor import IoSchedule
+from collectives.execution import IoSchedule
 from collectives.topology import Topology
 from tests.mpirun import run_workers
 

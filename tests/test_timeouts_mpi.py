@@ -49,3 +49,39 @@ def test_rank_that_dies_ends_the_job(how):
     assert elapsed < 30, f"mpiexec took {elapsed:.1f} s after rank 1 died"
     if how == "raise":
         assert "rank 1 ends the job (MPI_Abort) on the uncaught exception above" in proc.stderr
+
+
+@pytest.mark.parametrize("algorithm, check", [("ring", "1"), ("native", "1"), ("ring", "0"),
+                                              ("native", "0")])
+def test_late_rank_touches_no_memory_and_never_succeeds(tmp_path, algorithm, check):
+    """After rank 0 timed out, rank 1 arrives: rank 0's fresh arrays and its out=x stay as
+    they were while MPI progresses, and rank 1 is told rank 0 gave up (it must not return a
+    result rank 0 never agreed to)."""
+    from tests.workers import late_rank
+
+    proc = run_workers(2, "late_rank", algorithm, check, str(tmp_path), expect_ok=False,
+                       timeout=120)
+    output = f"--- stdout ---\n{proc.stdout[-5000:]}\n--- stderr ---\n{proc.stderr[-5000:]}"
+    assert "MPI_Abort(comm=" in proc.stderr and f", {late_rank.ABORT}) - process 0" in proc.stderr, output
+    first = json.loads((tmp_path / "rank0.json").read_text())
+    late = json.loads((tmp_path / "rank1.json").read_text())
+    assert first["error"] == "CollectiveTimeout", first
+    assert first["changed"] == [], first
+    assert late["error"] in ("PeerError", "CollectiveTimeout"), late
+    if late["error"] == "PeerError":
+        assert "rank 0 gave up on collective #2" in late["message"], late
+
+
+def test_rank_that_exits_cleanly_is_named_at_once(tmp_path):
+    """sys.exit(0) on rank 1: the others' next collective raises PeerError within seconds
+    (rank 1 tells them it left), instead of waiting out their 60 s timeout."""
+    from tests.workers.early_exit import CALLS_BEFORE_EXIT
+
+    start = time.monotonic()
+    run_workers(3, "early_exit", str(tmp_path), timeout=120)
+    assert time.monotonic() - start < 40
+    for rank in (0, 2):
+        seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert seen["error"] == "PeerError", seen
+        assert f"rank 1 left after collective #{CALLS_BEFORE_EXIT}" in seen["message"], seen
+        assert seen["elapsed"] < 10, seen

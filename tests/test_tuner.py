@@ -177,6 +177,8 @@ def test_bad_tuning_file_falls_back_to_defaults(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("COLLECTIVES_TUNING_FILE", str(path))
 
     class OneRank:
+        rank = 0
+
         def allgather_object(self, obj):
             return [obj]
 
@@ -185,3 +187,56 @@ def test_bad_tuning_file_falls_back_to_defaults(tmp_path, monkeypatch, caplog):
     assert tuner.source == "defaults (bad tuning file)"
     assert "unreadable" in caplog.text
     assert tuner.choose(8) in CANDIDATES
+
+
+@pytest.mark.parametrize("content, said", [
+    ("[1, 2]", "holds a list, not an object"),
+    ("null", "holds a NoneType"),
+    ('{"version": 1, "calibrations": [1]}', "'calibrations' must be an object"),
+    ('{"version": 1, "calibrations": {"2": null}}', "the entry for np='2' is malformed"),
+    ('{"version": 1, "calibrations": {"2": {"size": 2}}}', "malformed (KeyError"),
+    ('{"version": 1, "calibrations": {"2": {"size": "two"}}}', "malformed"),
+    ('{"version": 1, "calibrations": {"2": {"size": 2, "extra": 1}}}', "unknown keys ['extra']"),
+])
+def test_malformed_tuning_file_is_a_value_error_naming_the_file(tmp_path, content, said):
+    """Valid JSON of the wrong shape used to escape as AttributeError/TypeError/KeyError
+    (and, uncaught at init, ended the job through MPI_Abort)."""
+    path = tmp_path / "tuning.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=str(path)) as info:
+        read_tuning(path)
+    assert said in str(info.value)
+
+
+def test_malformed_constants_are_refused():
+    entry = DEFAULT_CALIBRATION.as_json()
+    for key, bad in (("gamma", float("nan")), ("call_overhead", -1.0), ("copy_beta", float("inf"))):
+        with pytest.raises(ValueError, match="finite and >= 0"):
+            Calibration.from_json({**entry, key: bad})
+
+
+def test_writer_does_not_follow_a_planted_symlink(tmp_path):
+    path = tmp_path / "tuning.json"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "tuning.json.tmp").symlink_to(victim)
+    write_calibration(DEFAULT_CALIBRATION, path)
+    assert victim.read_text() == "keep me"
+    assert read_tuning(path)[0] == DEFAULT_CALIBRATION
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tuning.json", "tuning.json.tmp",
+                                                           "victim.txt"]
+
+
+def test_only_rank_0_reads_the_tuning_file(tmp_path, monkeypatch):
+    """A bad file on another rank is never read: its calibration would not be used."""
+    path = tmp_path / "tuning.json"
+    path.write_text("[not, json")
+    monkeypatch.setenv("COLLECTIVES_TUNING_FILE", str(path))
+
+    class SecondRank:
+        rank = 1
+
+        def allgather_object(self, obj):
+            return [(DEFAULT_CALIBRATION, "rank 0's"), obj]
+
+    assert Tuner.agreed(SecondRank(), Topology.from_local_size(2, 2)).source == "rank 0's"

@@ -5,7 +5,7 @@ import pytest
 from collectives.config import Settings
 from collectives.errors import rank_list, unknown_choice
 from collectives.options import Op, check_algorithm
-from collectives.validation import check_array, check_out
+from collectives.validation import check_array, check_out, check_outs
 
 
 @pytest.mark.parametrize("bad", [[1.0, 2.0], 3, "x", None, memoryview(b"ab")])
@@ -97,12 +97,40 @@ def test_check_setting_from_the_environment(monkeypatch, raw, expected):
     assert Settings.resolve(check=not expected).check is (not expected)
 
 
-def test_timeout_setting_is_validated(monkeypatch):
-    monkeypatch.setenv("COLLECTIVES_TIMEOUT", "soon")
-    with pytest.raises(ValueError, match="COLLECTIVES_TIMEOUT='soon' is not a valid float"):
+@pytest.mark.parametrize("raw", ["soon", "nan", "NaN", "inf", "-inf", "0", "-1", ""])
+def test_timeout_must_be_finite_and_positive(monkeypatch, raw):
+    """nan or inf would disable every deadline: refused by name, as argument and variable."""
+    monkeypatch.setenv("COLLECTIVES_TIMEOUT", raw)
+    if raw == "":  # unset: the default
+        assert Settings.resolve().timeout == 300.0
+        return
+    with pytest.raises(ValueError, match=rf"COLLECTIVES_TIMEOUT={raw!r} is not a valid number "
+                                         r"of seconds \(finite, > 0\)"):
         Settings.resolve()
-    with pytest.raises(ValueError, match="timeout must be > 0 seconds, got -1"):
-        Settings.resolve(timeout=-1)
+    monkeypatch.delenv("COLLECTIVES_TIMEOUT")
+    with pytest.raises(ValueError, match=r"timeout=.* is not a valid number of seconds"):
+        Settings.resolve(timeout=float(raw) if raw != "soon" else raw)
+
+
+def test_timeout_setting_is_read(monkeypatch):
     monkeypatch.setenv("COLLECTIVES_TIMEOUT", "2.5")
     assert Settings.resolve().timeout == 2.5
     assert Settings.resolve(timeout=7).timeout == 7
+
+
+def test_masked_arrays_are_refused_not_unmasked():
+    with pytest.raises(TypeError, match="x is a masked array: its mask would be ignored"):
+        check_array(np.ma.masked_array(np.zeros(3, np.float32), mask=[1, 0, 0]))
+
+
+def test_outs_that_cross_or_overlap_other_arrays_are_refused():
+    a, b = np.zeros(8, np.float32), np.ones(8, np.float32)
+    with pytest.raises(ValueError, match=r"arrays\[1\] and out\[0\] share memory"):
+        check_outs((b, a), (a, b))
+    shared = np.zeros(20, np.float32)
+    with pytest.raises(ValueError, match=r"out\[0\] and out\[1\] share memory"):
+        check_outs((shared[:8], shared[4:12]), (a, b))
+    check_outs((a, b), (a, b))  # each in place
+    interleaved = np.zeros(16, np.float32)  # extents meet, memory does not
+    check_outs((interleaved[::2], interleaved[1::2]), (a, b))
+    check_outs((np.empty(8, np.float32), np.empty(8, np.float32)), (a, a))  # inputs may alias

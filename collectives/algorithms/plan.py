@@ -1,4 +1,4 @@
-"""Plans: one rank's schedule of an all-reduce as plain data.
+"""Plans: one rank's schedule of a collective as plain data.
 
 A plan is a sequence of rounds. A round holds sends and receives over element ranges
 `[lo, hi)` of the flat work buffer; the steps of a round may run concurrently. A send of
@@ -7,8 +7,9 @@ receives are issued in plan order, so messages match without per-step tags.
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 __all__ = ["Send", "Recv", "Round", "Plan", "chunk_bounds", "segments"]
 
@@ -38,19 +39,37 @@ class Round:
     recvs: tuple[Recv, ...] = ()
 
 
-def _overlap(a: Send | Recv, b: Send | Recv) -> bool:
-    return a.lo < b.hi and b.lo < a.hi
+class _Cover:
+    """The union of some element ranges, to ask whether another range meets it (log time)."""
+
+    def __init__(self, steps: Iterable[Send | Recv]):
+        merged: list[list[int]] = []
+        for lo, hi in sorted((s.lo, s.hi) for s in steps if s.hi > s.lo):
+            if merged and lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        self._starts = [lo for lo, _ in merged]
+        self._ends = [hi for _, hi in merged]
+
+    def meets(self, step: Send | Recv) -> bool:
+        """Whether `[step.lo, step.hi)` shares an element with the union."""
+        if step.hi <= step.lo:
+            return False
+        i = bisect.bisect_left(self._ends, step.lo + 1)  # first range ending after step.lo
+        return i < len(self._starts) and self._starts[i] < step.hi
 
 
 @dataclass(frozen=True)
 class Plan:
-    """One rank's all-reduce schedule.
+    """One rank's schedule.
 
     `prefetch[k]` is True when round k's receives may be posted while round k-1 runs: none
     of them touches a region that round k-1 sends or receives.
     `reduce_after_send[k]` is True when a reduce-receive of round k overlaps one of its sends
     (recursive doubling): the executor then waits for the sends before reducing.
     `max_segment` is the longest reduce-receive, which sizes the executor's scratch slots.
+    Building one is O(steps log steps).
     """
 
     algorithm: str
@@ -63,20 +82,23 @@ class Plan:
     max_segment: int = field(init=False)
 
     def __post_init__(self) -> None:
-        for k, rnd in enumerate(self.rounds):
-            for recv in rnd.recvs:
-                assert recv.reduce or not any(_overlap(recv, s) for s in rnd.sends), (
-                    f"{self.algorithm} round {k}: copy-receive into a region it also sends"
-                )
-        guard = tuple(
-            any(_overlap(r, s) for r in rnd.recvs if r.reduce for s in rnd.sends) for rnd in self.rounds
-        )
-        object.__setattr__(self, "reduce_after_send", guard)
+        sent = [_Cover(rnd.sends) for rnd in self.rounds]
+        for k, (rnd, cover) in enumerate(zip(self.rounds, sent)):
+            for step in rnd.sends + rnd.recvs:
+                if not (0 <= step.lo <= step.hi <= self.count and 0 <= step.peer < self.size):
+                    raise ValueError(f"{self.algorithm} plan of rank {self.rank}, round {k}: "
+                                     f"{step} lies outside [0, {self.count}) or names no rank")
+            if any(not r.reduce and cover.meets(r) for r in rnd.recvs):
+                raise ValueError(f"{self.algorithm} plan of rank {self.rank}, round {k}: a "
+                                 "copy-receive lands in a region the round also sends")
+        guard = tuple(any(r.reduce and cover.meets(r) for r in rnd.recvs)
+                      for rnd, cover in zip(self.rounds, sent))
         prefetch = [False]
         for before, after in zip(self.rounds, self.rounds[1:]):
-            touched = before.sends + before.recvs
-            prefetch.append(not any(_overlap(r, t) for r in after.recvs for t in touched))
+            touched = _Cover(before.sends + before.recvs)
+            prefetch.append(not any(touched.meets(r) for r in after.recvs))
         segments = [r.hi - r.lo for rnd in self.rounds for r in rnd.recvs if r.reduce]
+        object.__setattr__(self, "reduce_after_send", guard)
         object.__setattr__(self, "prefetch", tuple(prefetch[: len(self.rounds)]))
         object.__setattr__(self, "max_segment", max(segments, default=0))
 

@@ -1,7 +1,24 @@
-"""MPI transport over mpi4py: nonblocking byte transfers, bounded waits, MPI's own all-reduce."""
+"""MPI transport over mpi4py: nonblocking byte transfers, bounded waits, MPI's own all-reduce.
+
+Besides the data messages (on the communicator given, one tag per collective) the transport
+keeps a private control communicator for the agreement records (`exchange_records`: point
+to point, so a timeout names the silent ranks, with every peer's next record receive posted
+ahead) and for notices (`tell_peers`: "I gave up on collective #n", "I left after #n"),
+which every bounded wait polls for.
+
+After a timeout nothing the caller may reuse stays exposed: `abandon` cancels receives and
+keeps every request, with the buffer mpi4py holds for it, alive for the life of the process.
+
+Example::
+
+    t = MPITransport(MPI.COMM_WORLD.Dup())
+    t.wait_all([t.isend(x, 1, tag=7)], deadline, "send to rank 1")
+"""
 from __future__ import annotations
 
+import atexit
 import functools
+import time
 from typing import Sequence
 
 import numpy as np
@@ -9,16 +26,19 @@ from mpi4py import MPI
 
 import kernels
 
-from ..errors import CollectiveTimeout
+from ..errors import CollectiveTimeout, PeerError
+from .base import RECORD_CAPACITY, Notice
 from .polling import poll
 
-__all__ = ["MPITransport"]
-
+__all__ = ["MPITransport", "as_bytes"]
 
 _MPI_OPS = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}
+_RECORD_TAG, _NOTICE_TAG = 1, 2
+_NOTICE_KINDS = ("gave up", "left")
+LEAVE_GRACE = 2.0  # seconds close() waits for the other ranks to close too
 
 
-def _as_bytes(buf: np.ndarray):
+def as_bytes(buf: np.ndarray):
     """mpi4py buffer spec for a 1-D contiguous array of any dtype (bfloat16 included)."""
     return [buf.view(np.uint8), MPI.BYTE]
 
@@ -52,22 +72,123 @@ def _native_spec(buf: np.ndarray, op: str):
     return [buf.view(np.uint8), _element_type(buf.dtype.itemsize)], _user_op(buf.dtype, op)
 
 
+class _Records:
+    """The agreement records: every peer's next record has a receive posted (double
+    buffered, so the rows of one exchange stay valid while the next receives are posted)."""
+
+    def __init__(self, control: MPI.Comm, rank: int, size: int):
+        self._control = control
+        self._rank = rank
+        self._peers = [p for p in range(size) if p != rank]
+        self._rows = [np.zeros((size, RECORD_CAPACITY), np.uint8) for _ in range(2)]
+        self._turn = 0
+        self._recvs = self._post()
+
+    def _post(self) -> list[MPI.Request]:
+        rows = self._rows[self._turn]
+        return [self._control.Irecv([rows[p], MPI.BYTE], p, _RECORD_TAG) for p in self._peers]
+
+    def exchange(self, transport: "MPITransport", record: np.ndarray, deadline: float,
+                 what: str) -> np.ndarray:
+        rows = self._rows[self._turn]
+        rows[self._rank, : record.size] = record
+        recvs = self._recvs
+        sends = [self._control.Isend([record, MPI.BYTE], p, _RECORD_TAG) for p in self._peers]
+        requests = recvs + sends
+        try:
+            transport.poll(lambda: MPI.Request.Testall(requests) or None, deadline, what)
+        except CollectiveTimeout:
+            silent = [p for p, request in zip(self._peers, recvs) if not request.Test()]
+            transport.abandon(sends, recvs)
+            self._recvs = []
+            raise CollectiveTimeout(
+                f"rank {self._rank}: timed out waiting for {what}: "
+                f"nothing from rank(s) {silent or 'none (our sends were not taken)'}"
+            ) from None
+        except BaseException:
+            transport.abandon(sends, recvs)
+            self._recvs = []
+            raise
+        self._turn ^= 1
+        self._recvs = self._post()
+        return rows
+
+    def cancel(self, transport: "MPITransport") -> None:
+        transport.abandon((), self._recvs)
+        self._recvs = []
+
+
+def _settle(requests: list, deadline: float) -> list:
+    """Test `requests` until `deadline`; the ones still not complete."""
+    while requests:
+        requests = [r for r in requests if not r.Test()]
+        if not requests or time.monotonic() > deadline:
+            break
+        time.sleep(1e-4)
+    return requests
+
+
+class _Notices:
+    """Notices from other ranks (any source, one receive always posted) and our own."""
+
+    def __init__(self, control: MPI.Comm):
+        self._control = control
+        self._inbox = np.zeros(3, np.int64)  # kind, rank, seq
+        self._recv = control.Irecv([self._inbox, MPI.INT64_T], MPI.ANY_SOURCE, _NOTICE_TAG)
+        self.heard: dict[int, Notice] = {}
+        self._sent: list = []
+
+    def poll(self) -> None:
+        """Take every notice that has arrived."""
+        while self._recv is not None and self._recv.Test():
+            kind, rank, seq = (int(v) for v in self._inbox)
+            self.heard.setdefault(rank, Notice(rank, _NOTICE_KINDS[kind], seq))
+            self._recv = self._control.Irecv([self._inbox, MPI.INT64_T], MPI.ANY_SOURCE,
+                                             _NOTICE_TAG)
+
+    def tell(self, rank: int, size: int, kind: str, seq: int) -> None:
+        """Send a notice to every peer, except those that already left."""
+        self.poll()
+        message = np.array([_NOTICE_KINDS.index(kind), rank, seq], np.int64)
+        for peer in range(size):
+            notice = self.heard.get(peer)
+            if peer != rank and not (notice is not None and notice.kind == "left"):
+                self._sent.append(self._control.Isend([message, MPI.INT64_T], peer, _NOTICE_TAG))
+
+    def cancel(self, transport: "MPITransport") -> None:
+        if self._recv is not None:
+            transport.abandon(self._sent, [self._recv])
+            self._recv = None
+
+
 class MPITransport:
-    """Point-to-point transport over an mpi4py communicator."""
+    """Point-to-point transport over an mpi4py communicator (a private one: init duplicates).
+
+    Construction is collective over `comm` (it duplicates a control communicator).
+    """
 
     name = "mpi"
+    shared = None  # no zero-copy capability: see ShmTransport
 
     def __init__(self, comm: MPI.Comm):
         self.comm = comm
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
-        self._control = comm.Dup()  # agreement records, apart from the data messages
+        self._control = comm.Dup()
+        self._records = _Records(self._control, self.rank, self.size)
+        self._notices = _Notices(self._control)
+        self._seq = 0
+        self._abandoned: list = []  # requests given up on, kept alive with their buffers
+        self._closed = False
+        atexit.register(self.close)
+
+    # ------------------------------------------------------------------ data
 
     def isend(self, buf: np.ndarray, peer: int, tag: int) -> MPI.Request:
-        return self.comm.Isend(_as_bytes(buf), peer, tag)
+        return self.comm.Isend(as_bytes(buf), peer, tag)
 
     def irecv(self, buf: np.ndarray, peer: int, tag: int) -> MPI.Request:
-        return self.comm.Irecv(_as_bytes(buf), peer, tag)
+        return self.comm.Irecv(as_bytes(buf), peer, tag)
 
     def wait_all(self, requests: Sequence[MPI.Request], deadline: float, what: str) -> None:
         requests = list(requests)
@@ -81,12 +202,46 @@ class MPITransport:
 
         return self.poll(test, deadline, what)
 
+    def abandon(self, sends: Sequence[MPI.Request], receives: Sequence[MPI.Request]) -> None:
+        for request in receives:
+            if request is not None and request != MPI.REQUEST_NULL:
+                request.Cancel()
+        self._abandoned.extend(r for r in (*sends, *receives) if r is not None)
+
     def native_allreduce(self, src: np.ndarray, dst: np.ndarray, op: str, deadline: float) -> None:
         """MPI's all-reduce of `src` into `dst`; `src is dst` reduces in place."""
         recv, mpi_op = _native_spec(dst, op)
         send = MPI.IN_PLACE if src is dst else _native_spec(src, op)[0]
         request = self.comm.Iallreduce(send, recv, mpi_op)
-        self.poll(lambda: request.Test() or None, deadline, "native MPI all-reduce")
+        try:
+            self.poll(lambda: request.Test() or None, deadline, "native MPI all-reduce")
+        except BaseException:
+            self.abandon([request], ())  # a collective cannot be cancelled: keep it alive
+            raise
+
+    # ------------------------------------------------------------------ control
+
+    def exchange_records(self, record: np.ndarray, deadline: float, what: str) -> np.ndarray:
+        """Every rank's record as rows (see HostTransport.exchange_records)."""
+        if record.size > RECORD_CAPACITY:
+            raise ValueError(f"a record holds at most {RECORD_CAPACITY} bytes, got {record.size}")
+        return self._records.exchange(self, record, deadline, what)
+
+    def begin(self, seq: int) -> None:
+        self._seq = seq
+        self.check_peers()
+
+    def check_peers(self) -> None:
+        """PeerError if a notice says a peer will not take part in the current collective."""
+        notices = self._notices
+        notices.poll()
+        for notice in notices.heard.values():
+            if notice.stops(self._seq):
+                raise PeerError(f"rank {self.rank}: {notice}")
+
+    def tell_peers(self, kind: str, seq: int) -> None:
+        if not self._closed:
+            self._notices.tell(self.rank, self.size, kind, seq)
 
     def node_keys(self) -> list[int]:
         """Per rank, the lowest rank of its shared-memory node (MPI's shared-memory split)."""
@@ -98,35 +253,49 @@ class MPITransport:
     def allgather_object(self, obj: object) -> list:
         return self.comm.allgather(obj)
 
-    def allgather_record(self, record: np.ndarray, deadline: float, what: str) -> np.ndarray:
-        """Every rank's `record` (1-D uint8, one length everywhere) as rows, row r from rank r.
-
-        Point to point on a private communicator, so a timeout names the ranks not heard
-        from; records of successive calls match in call order.
-        """
-        rows = np.empty((self.size, record.size), np.uint8)
-        rows[self.rank] = record
-        peers = [p for p in range(self.size) if p != self.rank]
-        recvs = [self._control.Irecv([rows[p], MPI.BYTE], p, 0) for p in peers]
-        sends = [self._control.Isend([record, MPI.BYTE], p, 0) for p in peers]
+    def barrier(self, deadline: float) -> None:
+        request = self.comm.Ibarrier()
         try:
-            self.wait_all(recvs + sends, deadline, what)
-        except CollectiveTimeout:
-            silent = [p for p, request in zip(peers, recvs) if not request.Test()]
-            raise CollectiveTimeout(
-                f"rank {self.rank}: timed out waiting for {what}: "
-                f"nothing from rank(s) {silent or 'none (our sends were not taken)'}"
-            ) from None
-        return rows
+            self.poll(lambda: request.Test() or None, deadline, "the barrier")
+        except BaseException:
+            self.abandon([request], ())
+            raise
 
     def abort(self, errorcode: int) -> None:
         """End every rank of the job now (MPI_Abort)."""
         self.comm.Abort(errorcode)
 
-    def barrier(self) -> None:
-        self.comm.Barrier()
+    def close(self) -> None:
+        """Leave: withdraw the posted control receives and free the communicators (once;
+        also at exit).
 
-    def poll(self, test, deadline: float, what: str):
-        """`test()`'s first result other than None; CollectiveTimeout naming `what` past `deadline`."""
+        The ranks first meet in a barrier bounded by LEAVE_GRACE seconds. When they all
+        close together nothing more is needed; otherwise this rank tells the others it
+        left (they are still running: a collective that waits for it raises PeerError).
+        A request that cannot be completed keeps its communicator, left to MPI_Finalize.
+        """
+        if self._closed or MPI.Is_finalized():
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        barrier = self._control.Ibarrier()
+        if _settle([barrier], time.monotonic() + LEAVE_GRACE):
+            self._notices.tell(self.rank, self.size, "left", self._seq)
+            self._abandoned.append(barrier)
+        self._records.cancel(self)
+        self._notices.cancel(self)
+        self._abandoned = _settle(self._abandoned, time.monotonic() + 0.1)
+        if not self._abandoned:
+            self._control.Free()
+            self.comm.Free()
+
+    def poll(self, test, deadline: float, what: str, *, notices: bool = True):
+        """`test()`'s first result other than None; CollectiveTimeout naming `what` past
+        `deadline`; PeerError as soon as a peer's notice says it will not take part (unless
+        `notices` is False: waits outside any collective, such as closing)."""
         return poll(test, deadline,
-                    lambda: CollectiveTimeout(f"rank {self.rank}: timed out waiting for {what}"))
+                    lambda: CollectiveTimeout(f"rank {self.rank}: timed out waiting for {what}"),
+                    interrupt=self.check_peers if notices else None)
+
+    def __repr__(self) -> str:
+        return f"MPITransport(rank={self.rank}, size={self.size})"

@@ -116,10 +116,11 @@ class NCCLTransport:
     """Point-to-point over per-direction channels and ncclAllReduce (one GPU per rank)."""
 
     name = "nccl"
+    shared = None
 
     def __init__(self, control):
         """`control`: a host transport over the same ranks (MPI, torch.distributed), for the
-        unique ids and small messages (`allgather_object`, `node_keys`, `barrier`)."""
+        unique ids (`allgather_object`); the communicator keeps its control traffic there."""
         self.control = control
         self.rank = control.rank
         self.size = control.size
@@ -177,19 +178,13 @@ class NCCLTransport:
         self._poll(lambda: event.done or None, deadline, "native NCCL all-reduce",
                    lambda: set(range(self.size)) - {self.rank})
 
-    # -- control, through MPI ---------------------------------------------------------------
+    def abandon(self, sends: Sequence[_P2P], receives: Sequence[_P2P]) -> None:
+        """Pending NCCL work cannot be withdrawn: abort the communicators (their kernels stop)."""
+        if any(r is not None and not r.done for r in (*sends, *receives)):
+            self._give_up("a collective was abandoned with NCCL work in flight")
 
-    def node_keys(self) -> list:
-        return self.control.node_keys()
-
-    def allgather_object(self, obj: object) -> list:
-        return self.control.allgather_object(obj)
-
-    def barrier(self) -> None:
-        self.control.barrier()
-
-    def abort(self, errorcode: int = 1) -> None:
-        self.control.abort(errorcode)
+    def poll(self, test, deadline: float, what: str):
+        return self._poll(test, deadline, what, lambda: set(range(self.size)) - {self.rank})
 
     # -- internals --------------------------------------------------------------------------
 

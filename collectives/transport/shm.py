@@ -51,7 +51,7 @@ from mpi4py import MPI
 import kernels
 
 from ..errors import CollectiveTimeout, MismatchError
-from .mpi import MPITransport, _as_bytes
+from .mpi import MPITransport, as_bytes
 
 __all__ = ["SLOTS", "ShmTransport"]
 
@@ -87,12 +87,17 @@ class _Recv:
 
 
 class ShmTransport:
-    """MPITransport with zero-copy shared-memory exchange among the ranks of a node."""
+    """MPITransport with zero-copy shared-memory exchange among the ranks of a node.
+
+    Its `shared` capability (base.SharedWork) is itself; control traffic, off-node messages
+    and the native all-reduce are the MPITransport's.
+    """
 
     name = "mpi+shm"
 
     def __init__(self, mpi: MPITransport, *, close_grace: float = CLOSE_GRACE):
         self.mpi = mpi
+        self.shared = self
         self.rank, self.size = mpi.rank, mpi.size
         self.node = mpi.comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.node_ranks: list[int] = self.node.allgather(self.rank)  # global rank per local rank
@@ -227,8 +232,9 @@ class ShmTransport:
             return self.mpi.poll(step, deadline, what)
         except CollectiveTimeout:
             late = [r for r in requests if r is not None and not self._done(r)]
-            peers = sorted({self.node_ranks[r.peer] for r in late if getattr(r, "peer", -1) >= 0})
-            off_node = any(getattr(r, "peer", -1) < 0 for r in late)
+            ours = [r for r in late if isinstance(r, (_Send, _Recv))]
+            peers = sorted({self.node_ranks[r.peer] for r in ours if r.peer >= 0})
+            off_node = len(ours) < len(late) or any(r.peer < 0 for r in ours)
             raise CollectiveTimeout(
                 f"rank {self.rank}: timed out waiting for {what}; no answer from node rank(s) "
                 f"{peers}{' and off-node rank(s)' if off_node else ''}"
@@ -262,7 +268,7 @@ class ShmTransport:
                 if send.seq > SLOTS and self._acks[peer][self.me, slot] < send.seq - SLOTS:
                     break  # the receiver still reads message seq - SLOTS's slot
                 if send.buf is not None:
-                    send.mpi = self._wire.Isend(_as_bytes(send.buf), peer, self._wire_tag(send.seq))
+                    send.mpi = self._wire.Isend(as_bytes(send.buf), peer, self._wire_tag(send.seq))
                     send.buf = None
                 entry = self._outbox[self.me][peer, slot]
                 entry[_OFFSET], entry[_NBYTES], entry[_TAG] = send.offset, send.nbytes, send.tag
@@ -294,7 +300,7 @@ class ShmTransport:
                 raise self._out_of_step(recv, tag, nbytes)
             if offset < 0:
                 wire_tag = self._wire_tag(recv.seq)  # matches the peer's message recv.seq only
-                recv.mpi = self._wire.Irecv(_as_bytes(recv.buf), recv.peer, wire_tag)
+                recv.mpi = self._wire.Irecv(as_bytes(recv.buf), recv.peer, wire_tag)
                 recv.payload = recv.buf
                 self._ack(recv)
                 continue
@@ -361,13 +367,44 @@ class ShmTransport:
         start = buf.__array_interface__["data"][0] - mine.__array_interface__["data"][0]
         return start if 0 <= start and start + buf.nbytes <= mine.size else -1
 
-    # ------------------------------------------------------------------ the rest
+    # ------------------------------------------------------------------ MPI's part
 
-    def __getattr__(self, name: str):
-        """Everything else (native_allreduce, allgather_object, barrier, ...) is MPI's."""
-        if name == "mpi":
-            raise AttributeError(name)
-        return getattr(self.mpi, name)
+    def abandon(self, sends: Sequence, receives: Sequence) -> None:
+        """On-node messages need nothing (this rank copies them itself); MPI's are abandoned."""
+        self.mpi.abandon([s.mpi for s in sends if isinstance(s, _Send) and s.mpi] +
+                         [s for s in sends if not isinstance(s, _Send)],
+                         [r.mpi for r in receives if isinstance(r, _Recv) and r.mpi] +
+                         [r for r in receives if not isinstance(r, _Recv)])
+
+    def native_allreduce(self, src: np.ndarray, dst: np.ndarray, op: str, deadline: float) -> None:
+        self.mpi.native_allreduce(src, dst, op, deadline)
+
+    def exchange_records(self, record: np.ndarray, deadline: float, what: str) -> np.ndarray:
+        return self.mpi.exchange_records(record, deadline, what)
+
+    def begin(self, seq: int) -> None:
+        self.mpi.begin(seq)
+
+    def check_peers(self) -> None:
+        self.mpi.check_peers()
+
+    def tell_peers(self, kind: str, seq: int) -> None:
+        self.mpi.tell_peers(kind, seq)
+
+    def node_keys(self) -> list[int]:
+        return self.mpi.node_keys()
+
+    def allgather_object(self, obj: object) -> list:
+        return self.mpi.allgather_object(obj)
+
+    def barrier(self, deadline: float) -> None:
+        self.mpi.barrier(deadline)
+
+    def abort(self, errorcode: int) -> None:
+        self.mpi.abort(errorcode)
+
+    def poll(self, test, deadline: float, what: str):
+        return self.mpi.poll(test, deadline, what)
 
     def close(self) -> None:
         """Free the windows once every rank of the node closes (or give up after a grace period).
@@ -386,7 +423,7 @@ class ShmTransport:
         deadline = time.monotonic() + self._close_grace
         try:
             for _ in range(2):
-                self._node_barrier(deadline, "the node's ranks to close")
+                self._node_barrier(deadline, "the node's ranks to close", notices=False)
         except CollectiveTimeout:
             return
         for win in (self._data_win, self._ctrl_win):
@@ -396,10 +433,11 @@ class ShmTransport:
         self._data_win = None
         self._wire.Free()
         self.node.Free()
+        self.mpi.close()
 
-    def _node_barrier(self, deadline: float, what: str) -> None:
+    def _node_barrier(self, deadline: float, what: str, *, notices: bool = True) -> None:
         request = self.node.Ibarrier()
-        self.mpi.poll(lambda: request.Test() or None, deadline, what)
+        self.mpi.poll(lambda: request.Test() or None, deadline, what, notices=notices)
 
     def __repr__(self) -> str:
         return f"ShmTransport(rank={self.rank}, size={self.size}, node_ranks={len(self.local)})"

@@ -188,6 +188,7 @@ class StagedMPI:
     """The Transport interface for CuPy buffers over an MPITransport (see the module doc)."""
 
     name = "mpi"
+    shared = None
 
     def __init__(self, mpi, *, cuda_aware: bool | None = None, copies=None):
         """`cuda_aware` None: ask cuda_aware_mpi() when the first buffer arrives; `copies`
@@ -263,11 +264,14 @@ class StagedMPI:
         copies.to_device(dst, 0, dst.nbytes, host)
         copies.synchronize()  # the host buffer is reused by the next call
 
-    def allgather_object(self, obj: object) -> list:
-        return self.mpi.allgather_object(obj)
+    def poll(self, test, deadline: float, what: str):
+        return self.mpi.poll(test, deadline, what)
 
-    def barrier(self) -> None:
-        self.mpi.barrier()
+    def abandon(self, sends: Sequence, receives: Sequence) -> None:
+        """Staged messages stop with their lanes; CUDA-aware ones are MPI requests."""
+        if self.cuda_aware:
+            self.mpi.abandon(sends, receives)
+        self._lanes.clear()
 
     def _post(self, buf: cupy.ndarray, peer: int, tag: int, *, is_send: bool):
         if self.cuda_aware:

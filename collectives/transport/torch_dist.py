@@ -29,6 +29,7 @@ import torch.distributed as dist
 import kernels
 
 from ..errors import CollectiveError, CollectiveTimeout
+from .base import RECORD_CAPACITY
 
 __all__ = ["TorchDistTransport"]
 
@@ -51,15 +52,23 @@ def _destroy(group: dist.ProcessGroup | None) -> None:
 
 
 class TorchDistTransport:
-    """Point-to-point transport over a torch.distributed (gloo) process group."""
+    """Point-to-point transport over a torch.distributed (gloo) process group.
+
+    Gloo has no cancel and no message probe: abandoned requests are kept alive, and notices
+    between ranks are not supported (`tell_peers` does nothing; a peer that gave up is
+    seen as a timeout).
+    """
 
     name = "torch"
+    shared = None
 
     def __init__(self, group: dist.ProcessGroup):
         self.group = group
         self.rank = dist.get_rank(group)
         self.size = dist.get_world_size(group)
         self._gather_buf = np.empty(0, np.uint8)
+        self._record = np.zeros(RECORD_CAPACITY, np.uint8)
+        self._abandoned: list = []
 
     @classmethod
     def from_environment(cls, timeout: float) -> "TorchDistTransport":
@@ -110,6 +119,36 @@ class TorchDistTransport:
         for row in rows[1:]:
             kernels.reduce_into(dst, row.view(dst.dtype), op)
 
+    def abandon(self, sends: Sequence, receives: Sequence) -> None:
+        self._abandoned.extend(r for r in (*sends, *receives) if r is not None)
+
+    def poll(self, test, deadline: float, what: str):
+        while True:
+            result = test()
+            if result is not None:
+                return result
+            if time.monotonic() > deadline:
+                raise CollectiveTimeout(f"rank {self.rank}: timed out waiting for {what}")
+            time.sleep(1e-4)
+
+    def exchange_records(self, record: np.ndarray, deadline: float, what: str) -> np.ndarray:
+        """Every rank's record, padded to RECORD_CAPACITY, as rows (one gloo all-gather)."""
+        padded = self._record
+        padded[: record.size] = record
+        return self.allgather_record(padded, deadline, what)
+
+    def begin(self, seq: int) -> None:
+        """Nothing to check: gloo carries no notices."""
+
+    def check_peers(self) -> None:
+        """Nothing to check: gloo carries no notices."""
+
+    def tell_peers(self, kind: str, seq: int) -> None:
+        """Not supported over gloo (see the class docstring)."""
+
+    def close(self) -> None:
+        """The groups are destroyed at exit (from_environment)."""
+
     def allgather_record(self, record: np.ndarray, deadline: float, what: str) -> np.ndarray:
         """Every rank's `record` (1-D uint8, one length everywhere) as rows, row r from rank r."""
         needed = self.size * record.size
@@ -131,8 +170,8 @@ class TorchDistTransport:
         dist.all_gather_object(gathered, obj, group=self.group)
         return gathered
 
-    def barrier(self) -> None:
-        dist.barrier(group=self.group)
+    def barrier(self, deadline: float) -> None:
+        self._wait(dist.barrier(group=self.group, async_op=True), deadline, "the barrier")
 
     def abort(self, errorcode: int = 1) -> None:
         """End this rank now; torchrun then stops the job's other ranks."""

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 
 import collectives
-from tests.workers.common import Tally, digest, rank_data, reference
+from tests.workers.common import Tally, digest, rank_data, reference, everyone
 
 COUNT = 1000
 
@@ -108,7 +108,7 @@ def main() -> None:
                 y = comm.allreduce(rank_data(COUNT, dtype, rank), algorithm=algorithm)
                 tally.check(np.array_equal(y, reference(COUNT, dtype, p, "sum")),
                             f"{case}: the next {dtype.__name__} all-reduce is wrong")
-                digests = comm._transport.allgather_object(digest(y))
+                digests = everyone(digest(y))
                 tally.check(len(set(digests)) == 1, f"{case}: ranks differ in bits afterwards")
     tally.finish()
 

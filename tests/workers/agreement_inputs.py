@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 import collectives
-from tests.workers.common import Tally, digest, rank_data, reference
+from tests.workers.common import Tally, digest, rank_data, reference, everyone
 
 COUNT = 64
 
@@ -44,6 +44,23 @@ def bad_inputs(rank: int):
     yield "in place on read-only x", dict(x=frozen, out=frozen), ValueError, "x is read-only"
     yield ("out overlaps x", dict(x=buffer[:COUNT], out=buffer[8:]), ValueError,
            "out overlaps x partially")
+    masked = np.ma.masked_array(x, mask=np.arange(COUNT) % 2 == 0)
+    yield "masked array", dict(x=masked), TypeError, "x is a masked array: its mask would be ignored"
+
+
+def bad_many(rank: int):
+    """(name, allreduce_many kwargs, expected exception, text): outs that alias other arrays."""
+    a, b = rank_data(COUNT, np.float32, rank), rank_data(COUNT, np.float32, rank + 1)
+    yield ("outs crossed", dict(arrays=[a, b], out=[b, a]), ValueError,
+           "arrays[1] and out[0] share memory")
+    shared = np.zeros(2 * COUNT, np.float32)
+    yield ("outs overlap each other", dict(arrays=[a, b], out=[shared[:COUNT], shared[4:COUNT + 4]]),
+           ValueError, "out[0] and out[1] share memory")
+    big = np.zeros(2 * COUNT, np.float32)
+    yield ("out overlaps another input",
+           dict(arrays=[a, big[:COUNT]], out=[big[COUNT // 2: COUNT // 2 + COUNT],
+                                             np.empty(COUNT, np.float32)]),
+           ValueError, "arrays[1] and out[0] share memory")
 
 
 def main() -> None:
@@ -62,6 +79,17 @@ def main() -> None:
         y = comm.allreduce(rank_data(COUNT, np.float32, rank))
         tally.check(np.array_equal(y, reference(COUNT, np.float32, p, "sum")),
                     f"{name}: the next all-reduce is wrong")
+    for name, kwargs, expected, text in bad_many(rank):
+        before = [a.copy() for a in kwargs["arrays"]]
+        try:
+            comm.allreduce_many(**kwargs)
+            tally.check(False, f"{name}: no error, expected {expected.__name__}")
+        except Exception as error:  # noqa: BLE001 - the type is what is checked
+            tally.check(type(error) is expected and text in str(error),
+                        f"{name}: got {type(error).__name__}: {error}; expected "
+                        f"{expected.__name__} with {text!r}")
+        tally.check(all(np.array_equal(a, c) for a, c in zip(kwargs["arrays"], before)),
+                    f"{name}: the refused call changed its inputs")
     for algorithm in algorithms:
         check_non_finite(comm, algorithm, tally)
     tally.finish()
@@ -86,7 +114,7 @@ def check_non_finite(comm, algorithm: str, tally: Tally) -> None:
             finite = np.ones(COUNT, bool)
             finite[[3, 5, 9]] = False
             tally.check(np.isfinite(y[finite]).all(), f"{case}: NaN/Inf leaked into other elements")
-            digests = comm._transport.allgather_object(digest(y))
+            digests = everyone(digest(y))
             tally.check(len(set(digests)) == 1, f"{case}: ranks differ in bits")
 
 

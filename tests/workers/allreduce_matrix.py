@@ -15,7 +15,7 @@ import numpy as np
 
 import collectives
 import kernels
-from tests.workers.common import OPS, Tally, digest, rank_data, reference
+from tests.workers.common import OPS, Tally, digest, rank_data, reference, everyone
 
 LAYOUTS = ("contiguous", "fortran", "strided", "out", "inplace")
 MEDIUM = 5003  # 10 KB in 16-bit floats, 20 to 40 KB in 4- and 8-byte types
@@ -98,7 +98,7 @@ def main() -> None:
                     for layout in layouts:
                         digests.append(check_case(comm, tally, algorithm, dtype, count, op, layout))
     # one exchange of every case's digest: ranks agree on the cases, so rows line up
-    for row in zip(*comm._transport.allgather_object(digests)):
+    for row in zip(*everyone(digests)):
         tally.check(len({d for _, d in row}) == 1, f"{row[0][0]}: ranks differ in bits")
     tally.finish()
 

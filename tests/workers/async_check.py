@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 import collectives
-from tests.workers.common import Tally, digest
+from tests.workers.common import Tally, digest, everyone
 
 
 def inputs(rank: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
@@ -59,8 +59,8 @@ def overlap(comm, tally) -> None:
     tally.check(bits(got_many) == bits(sync_many), "many: async bits differ from sync")
     tally.check(all(g.dtype == m.dtype and g.shape == m.shape for g, m in zip(got_many, many)),
                 "many: dtypes or shapes changed")
-    everyone = comm._transport.allgather_object(bits(got_many) + [digest(h.wait()) for h in handles])
-    tally.check(all(e == everyone[0] for e in everyone), "async results differ across ranks")
+    gathered = everyone(bits(got_many) + [digest(h.wait()) for h in handles])
+    tally.check(all(e == gathered[0] for e in gathered), "async results differ across ranks")
 
 
 def ordering(comm, tally) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 import collectives
-from tests.workers.common import Tally, rank_data, reference
+from tests.workers.common import Tally, rank_data, reference, everyone
 
 
 def main() -> None:
@@ -18,8 +18,8 @@ def main() -> None:
         y = comm.allreduce(x, algorithm="auto")
         tally.check(np.array_equal(y, reference(count, np.float32, comm.size, "sum")),
                     f"auto count={count}: wrong values")
-        choice = comm._tuner.choose(x.nbytes)
-        choices = comm._transport.allgather_object(choice)
+        choice = comm.tuner.choose(x.nbytes)
+        choices = everyone(choice)
         tally.check(len(set(choices)) == 1, f"count={count}: ranks chose {choices}")
     tally.finish()
 

@@ -51,3 +51,19 @@ class Tally:
         print(f"rank {self.rank}: {self.checked - len(self.failures)}/{self.checked} checks passed",
               flush=True)
         sys.exit(1 if self.failures else 0)
+
+
+def everyone(obj) -> list:
+    """`obj` from every rank, gathered outside the library under test: over MPI's world
+    communicator, or torch.distributed's default group under torchrun."""
+    from collectives.bootstrap import launched_by_torchrun
+
+    if launched_by_torchrun():
+        import torch.distributed as dist
+
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, obj)
+        return gathered
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD.allgather(obj)

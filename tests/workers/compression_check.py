@@ -13,7 +13,7 @@ import ml_dtypes
 import numpy as np
 
 import collectives
-from tests.workers.common import Tally, digest
+from tests.workers.common import Tally, digest, everyone
 
 BOUND = {"fp16": 2e-3, "bf16": 2e-2}
 COUNT = 10007  # odd: uneven chunks and segments
@@ -37,7 +37,7 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def same_bits(comm, arrays) -> bool:
-    digests = comm._transport.allgather_object([digest(a) for a in arrays])
+    digests = everyone([digest(a) for a in arrays])
     return all(d == digests[0] for d in digests)
 
 
@@ -92,6 +92,23 @@ def overflow(comm, tally, algorithm: str, compression: str) -> None:
     tally.check(same_bits(comm, [y, z]), f"{case}: ranks differ in bits")
 
 
+def non_finite_isolated(comm, tally, algorithm: str, compression: str) -> None:
+    """One NaN and one Inf in a fused bucket stay where they are: the other arrays are scaled
+    as if they were absent (40000 * p is no fp16 value; unscaled it would overflow)."""
+    p = comm.size
+    big = np.full(257, 40000.0, np.float32)
+    odd = np.ones(5, np.float32)
+    if comm.rank == 0:
+        odd[0], odd[1] = np.nan, np.inf
+    y, z = comm.allreduce_many([big, odd], op="sum", algorithm=algorithm, compression=compression)
+    case = f"{algorithm} {compression} NaN beside 40000"
+    tally.check(bool(np.isfinite(y).all()), f"{case}: the finite array became {y[:3]}")
+    error = float(np.abs(y.astype(np.float64) - 40000.0 * p).max() / (40000.0 * p))
+    tally.check(error <= BOUND[compression], f"{case}: relative error {error:.2e}")
+    tally.check(bool(np.isnan(z[0]) and np.isposinf(z[1]) and (z[2:] == p).all()),
+                f"{case}: the non-finite array came out {z}")
+
+
 def feedback(comm, tally, compression: str) -> None:
     """A value fp16/bf16 cannot hold, reduced 16 times: feedback must cancel the bias."""
     value = 1.0 + 2.0 ** -13 if compression == "fp16" else 1.0 + 2.0 ** -10
@@ -137,6 +154,7 @@ def main() -> None:
             accuracy(comm, tally, algorithm, compression)
             mixed(comm, tally, algorithm, compression)
             overflow(comm, tally, algorithm, compression)
+            non_finite_isolated(comm, tally, algorithm, compression)
     for compression in ("fp16", "bf16"):
         feedback(comm, tally, compression)
     errors(comm, tally)

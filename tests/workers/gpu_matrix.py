@@ -20,7 +20,7 @@ import numpy as np
 
 import collectives
 from tests.workers.allreduce_matrix import LAYOUTS, check_case, sizes
-from tests.workers.common import OPS, Tally
+from tests.workers.common import OPS, Tally, everyone
 
 
 def to_device(x: np.ndarray) -> cp.ndarray:
@@ -51,7 +51,7 @@ def main() -> None:
                     for layout in LAYOUTS if count < 1 << 16 else ("contiguous",):
                         case, mine = check_case(comm, tally, algorithm, dtype, count, op, layout,
                                                 to_array=to_device, to_host=cp.asnumpy)
-                        digests = comm._transport.allgather_object(mine)
+                        digests = everyone(mine)
                         tally.check(len(set(digests)) == 1, f"{case}: ranks differ in bits")
     tally.finish()
 

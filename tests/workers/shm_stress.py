@@ -43,7 +43,7 @@ def main() -> None:
     comm = collectives.init()
     tally = Tally(comm.rank)
     p, me = comm.size, comm.rank
-    tally.check(comm._transport.name == "mpi+shm", f"transport {comm._transport.name}, not shm")
+    tally.check(comm.transport_name == "mpi+shm", f"transport {comm.transport_name}, not shm")
     rng = np.random.default_rng(seed)
     start = time.monotonic()
     kinds = {"async": 0, "many_async": 0, "sync": 0, "mismatch": 0, "async_mismatch": 0}

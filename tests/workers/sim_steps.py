@@ -2,7 +2,7 @@
 
 Usage: mpiexec -n P python -m tests.workers.sim_steps LOCAL_SIZE
 Runs every plan-based algorithm over a transport that records isend/irecv (peer, bytes),
-and compares with collectives.simulator.simulated_steps for the same plan.
+and compares with the steps the simulator reads of the same plan (simulator.Trace).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from collectives import Communicator
 from collectives.algorithms import PLANNERS
 from collectives.config import Settings
 from collectives.costmodel import DEFAULT_CALIBRATION
-from collectives.simulator import simulated_steps
+from collectives.simulator import Trace
 from collectives.topology import Topology
 from collectives.transport.mpi import MPITransport
 from tests.workers.common import Tally, rank_data
@@ -39,6 +39,12 @@ class Recording:
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
+
+
+def simulated_steps(algorithm: str, cluster, count: int, rank: int, *, itemsize: int):
+    """One rank's (sends, receives) exactly as the simulator's engine reads them."""
+    plan = PLANNERS[algorithm](rank, cluster.size, count, itemsize, cluster.topology)
+    return Trace(plan, itemsize).consumed()
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 import collectives
-from tests.workers.common import Tally, digest
+from tests.workers.common import Tally, digest, everyone
 
 
 def order_sensitive(count: int, rank: int) -> np.ndarray:
@@ -30,9 +30,9 @@ def main() -> None:
     for algorithm, op, count in cases:
         digests.append(digest(comm.allreduce(order_sensitive(count, comm.rank), op=op,
                                              algorithm=algorithm)))
-    everyone = comm._transport.allgather_object(digests)
+    gathered = everyone(digests)
     for i, (algorithm, op, count) in enumerate(cases):
-        tally.check(len({d[i] for d in everyone}) == 1,
+        tally.check(len({d[i] for d in gathered}) == 1,
                     f"{algorithm} {op} count={count}: ranks hold different bits")
     tally.finish()
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 import collectives
-from tests.workers.common import Tally
+from tests.workers.common import Tally, everyone
 
 
 def nccl_reason(comm) -> str | None:
@@ -18,8 +18,8 @@ def nccl_reason(comm) -> str | None:
         from collectives.transport import nccl
     except ImportError as error:
         return str(error)
-    keys = comm._transport.allgather_object(comm.topology.node_of[comm.rank])
-    reasons = comm._transport.allgather_object(nccl.unusable_reason(keys, comm.rank))
+    keys = everyone(comm.topology.node_of[comm.rank])
+    reasons = everyone(nccl.unusable_reason(keys, comm.rank))
     return next((r for r in reasons if r is not None), None)
 
 
@@ -29,13 +29,13 @@ def main() -> None:
     y = comm.allreduce(np.arange(10, dtype=np.float32), op="sum", algorithm="ring")
     tally.check(bool((y == np.arange(10) * comm.size).all()), f"numpy sum over mpi: {y}")
     tally.check("cupy" not in sys.modules, "transport='mpi' with NumPy arrays imported CuPy")
-    tally.check(comm._device_transport.name == "mpi", "CuPy arrays should go over MPI")
+    tally.check(comm.device_transport_name == "mpi", "CuPy arrays should go over MPI")
 
     reason = nccl_reason(comm)
     auto = collectives.init(transport="auto")
     want = "mpi" if reason else "nccl"
-    tally.check(auto._device_transport.name == want,
-                f"auto chose {auto._device_transport.name}, expected {want} ({reason})")
+    tally.check(auto.device_transport_name == want,
+                f"auto chose {auto.device_transport_name}, expected {want} ({reason})")
     y = auto.allreduce(np.ones(5, np.int64), op="max", algorithm="ring")
     tally.check(bool((y == 1).all()), f"numpy max over auto: {y}")
 

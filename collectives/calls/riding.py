@@ -1,0 +1,55 @@
+"""Small calls whose data rides with the agreement records.
+
+With the check on every rank already sends every other rank a record; a call of a few
+KiB puts its data in it, so the whole collective is that one exchange: one message
+latency instead of the check's plus the collective's. Each rank then has every rank's
+input and reduces them itself, in rank order, so every rank computes the same bits.
+`auto` rides when the data of all peers fits RIDE_BYTES ((p - 1) * nbytes <= RIDE_BYTES);
+the statistics call it "direct".
+
+Example::
+
+    payload = as_payload(x)                       # uint8 view, or None when it cannot ride
+    rows = agreement.agree(signature, seq, deadline, payload=payload)
+    reduce_rows(rows, size, x.dtype, Op.SUM, out)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import kernels
+
+from .. import exact_mean
+from ..agreement import RIDE_BYTES, riding
+from ..options import Op
+
+__all__ = ["rides", "as_payload", "reduce_rows", "RIDE_BYTES"]
+
+
+def rides(nbytes: int, size: int, *, check: bool) -> bool:
+    """Whether a call of `nbytes` per rank rides with the records on `size` ranks."""
+    return check and size > 1 and 0 < nbytes and (size - 1) * nbytes <= RIDE_BYTES
+
+
+def as_payload(x) -> np.ndarray:
+    """x's bytes in C order as a flat uint8 array (a view when x is contiguous)."""
+    flat = x.reshape(-1) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(-1)
+    return flat.view(np.uint8)
+
+
+def reduce_rows(rows, size: int, dtype: np.dtype, op: Op, out) -> None:
+    """out = the ranks' payloads reduced in rank order (flat, `dtype`); avg of integers exact."""
+    values = [riding(rows, r).view(dtype) for r in range(size)]
+    if op is Op.AVG and dtype.kind == "i":
+        wide = np.zeros(exact_mean.wide_length(dtype, out.size), np.int64)
+        part = np.empty_like(wide)
+        for value in values:
+            exact_mean.pack([value], part, dtype)
+            wide += part
+        exact_mean.finish(wide, out, size)
+        return
+    kernels.copy_into(out, values[0])
+    for value in values[1:]:
+        kernels.reduce_into(out, value, op.elementwise)
+    if op is Op.AVG:
+        kernels.divide_into(out, size)

@@ -1,0 +1,47 @@
+"""A compressed all-reduce of one fusion bucket, in the order docs/compression.md gives.
+
+1. (error feedback) add the residual of the previous call;
+2. agree on the scale (one all-reduce of one float) and scale the accumulator, by s / p
+   for avg: the division happens before the cast;
+3. (error feedback) keep what rounding this rank's contribution loses;
+4. run the flat all-reduce with the 16-bit codec;
+5. round every final value to 16 bits once more (a rank that kept an fp32 sum a peer only
+   received rounded then holds the peer's bits), then unscale and cast into `dest` in one
+   pass (s is a power of two: exact).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import kernels
+
+from ..options import Op
+from .codec import HalfCodec
+from .scaling import absmax, scale_for
+
+__all__ = ["reduce_compressed"]
+
+
+def reduce_compressed(work, dest, *, codec: HalfCodec, op: Op, size: int, wire,
+                      reduce: Callable[[object], None], agree_max: Callable[[float], float],
+                      residual=None) -> None:
+    """All-reduce the accumulator `work` over a 16-bit wire; the result lands in `dest`.
+
+    `wire` is a scratch of the codec's dtype and work's length; `reduce(work)` runs the
+    flat all-reduce in place with the codec; `agree_max(v)` is the max of v over ranks;
+    `residual` (error feedback) is updated in place. `dest` may be work itself.
+    """
+    if residual is not None:
+        kernels.reduce_into(work, residual, "sum")
+    scale = scale_for(codec, agree_max(absmax(work)), size, op)
+    factor = scale / size if op is Op.AVG else scale
+    kernels.scale_into(work, work, factor)
+    if residual is not None:
+        # residual = (work - round16(work)) / factor: what this rank's own rounding loses.
+        kernels.copy_into(residual, work)
+        codec.quantize(work, wire)
+        kernels.array_module(work).subtract(residual, work, out=residual)
+        kernels.scale_into(residual, residual, 1.0 / factor)
+    reduce(work)
+    kernels.compress_into(wire, work, 1.0)
+    kernels.scale_into(dest, wire, 1.0 / scale)

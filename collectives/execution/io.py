@@ -1,0 +1,147 @@
+"""When the executor moves data between the input, the work buffer and the output.
+
+See `IoSchedule`: it lets a plan read the input where it lies and write the result where it
+belongs, so a contiguous input is never copied into the work buffer as such.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Iterable
+
+from ..algorithms.plan import Plan, Recv
+
+__all__ = ["IoSchedule", "Ranges"]
+
+Ranges = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class IoSchedule:
+    """When run_plan moves data between `src`, `work` and `out` for one plan.
+
+    Receives are numbered in plan order (`Plan.steps`). A region `work` does not hold yet
+    (untouched: no load, no receive so far) is sent from `src` (`send_src`, per round and
+    send) and its first reduce-receive writes ``src (op) payload`` (`fresh`). Where that
+    cannot be, the untouched part is loaded src -> work first: before the round's sends
+    (`load_round`) or before the reduce (`load_recv`). A region is final after its last
+    receive: a copy-receive lands straight in out when this rank never sends the region
+    afterwards (`direct`), otherwise the region is copied work -> out right after that
+    receive (`store_recv`). Regions no receive writes keep src's values (`tail`).
+
+    `from_src=False` (a compressing codec, which rounds what it sends in place, or a work
+    buffer peers read in place) loads every region before its first send or reduce.
+    Building one is linear in the plan's steps and the pieces they span.
+    """
+
+    load_round: tuple[Ranges, ...]
+    send_src: tuple[tuple[bool, ...], ...]
+    load_recv: tuple[Ranges, ...]
+    fresh: tuple[bool, ...]
+    store_recv: tuple[Ranges, ...]
+    direct: tuple[bool, ...]
+    tail: Ranges
+
+    @classmethod
+    def of(cls, plan: Plan, *, from_src: bool = False) -> "IoSchedule":
+        """The schedule of `plan` (cached per plan object and `from_src`)."""
+        key = (id(plan), from_src)
+        cached = _CACHE.get(key)
+        if cached is not None and cached[0] is plan:
+            return cached[1]
+        schedule = _Builder(plan, from_src).build()
+        if len(_CACHE) >= _CACHE_SIZE:
+            del _CACHE[next(iter(_CACHE))]
+        _CACHE[key] = (plan, schedule)
+        return schedule
+
+
+class _Builder:
+    """Walks a plan once over the pieces between its steps' boundaries."""
+
+    def __init__(self, plan: Plan, from_src: bool):
+        self.plan = plan
+        self.from_src = from_src
+        steps = [s for rnd in plan.rounds for s in rnd.sends + rnd.recvs]
+        self.bounds = sorted({0, plan.count, *(s.lo for s in steps), *(s.hi for s in steps)})
+        pieces = len(self.bounds) - 1
+        self.in_work = [False] * pieces  # work holds the piece's current value
+        self.last_recv = [-1] * pieces
+        self.last_recv_round = [-1] * pieces
+        self.last_send_round = [-1] * pieces
+
+    def span(self, step) -> range:
+        bounds = self.bounds
+        return range(bisect.bisect_left(bounds, step.lo), bisect.bisect_left(bounds, step.hi))
+
+    def ranges(self, pieces: Iterable[int]) -> Ranges:
+        """The pieces (ascending) as merged element ranges."""
+        bounds = self.bounds
+        merged: list[list[int]] = []
+        for i in pieces:
+            if merged and merged[-1][1] == bounds[i]:
+                merged[-1][1] = bounds[i + 1]
+            else:
+                merged.append([bounds[i], bounds[i + 1]])
+        return tuple((lo, hi) for lo, hi in merged)
+
+    def load(self, span: range) -> list[int]:
+        """The pieces of span work lacks, now counted as loaded."""
+        missing = [i for i in span if not self.in_work[i]]
+        for i in missing:
+            self.in_work[i] = True
+        return missing
+
+    def build(self) -> IoSchedule:
+        load_round, send_src, load_recv, fresh = [], [], [], []
+        recvs: list[Recv] = []
+        in_work = self.in_work
+        for k, rnd in enumerate(self.plan.rounds):
+            round_src = []
+            for send in rnd.sends:
+                span = self.span(send)
+                round_src.append(self.from_src and not any(in_work[i] for i in span))
+                for i in span:
+                    self.last_send_round[i] = k
+            loaded: list[int] = []
+            for send, direct_from_src in zip(rnd.sends, round_src):
+                if not direct_from_src:
+                    loaded += self.load(self.span(send))
+            load_round.append(self.ranges(sorted(loaded)))
+            send_src.append(tuple(round_src))
+            for recv in rnd.recvs:
+                span = self.span(recv)
+                first_write = self.from_src and recv.reduce and not any(in_work[i] for i in span)
+                fresh.append(first_write)
+                missing = self.load(span) if recv.reduce and not first_write else []
+                load_recv.append(self.ranges(missing))
+                for i in span:
+                    in_work[i] = True
+                    self.last_recv[i], self.last_recv_round[i] = len(recvs), k
+                recvs.append(recv)
+        return self._finish(recvs, load_round, send_src, load_recv, fresh)
+
+    def _finish(self, recvs, load_round, send_src, load_recv, fresh) -> IoSchedule:
+        last_recv = self.last_recv
+        resent = [s > r for s, r in zip(self.last_send_round, self.last_recv_round)]
+
+        def owned(j: int, span: range) -> list[int]:
+            return [i for i in span if last_recv[i] == j]
+
+        spans = [self.span(r) for r in recvs]
+        direct = tuple(not r.reduce and all(last_recv[i] == j and not resent[i] for i in span)
+                       for j, (r, span) in enumerate(zip(recvs, spans)))
+        return IoSchedule(
+            load_round=tuple(load_round),
+            send_src=tuple(send_src),
+            load_recv=tuple(load_recv),
+            fresh=tuple(fresh),
+            store_recv=tuple(() if direct[j] else self.ranges(owned(j, span))
+                             for j, span in enumerate(spans)),
+            direct=direct,
+            tail=self.ranges(i for i, j in enumerate(last_recv) if j < 0),
+        )
+
+
+_CACHE: dict[tuple[int, bool], tuple[Plan, IoSchedule]] = {}
+_CACHE_SIZE = 512

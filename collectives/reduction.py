@@ -1,0 +1,119 @@
+"""The all-reduce of one flat work buffer: the transport's own (`native`) or a plan.
+
+`FlatReducer` owns what every flat all-reduce needs: a PlanRunner per transport (host
+arrays over the host transport, CuPy arrays over the device transport), the tuner that
+makes `auto` concrete, the error-feedback residuals, and the statistics. Fusion and
+compression call it; it calls the executor or the transport, and nothing calls back.
+
+A native all-reduce cannot be cancelled: after a timeout it may still write its result.
+So it never writes memory the caller sees (`exposed`): such results go through a buffer
+of the reducer's and are copied out after success.
+
+Example::
+
+    reducer.reduce(work, "sum", reducer.resolve("auto", work.nbytes), None,
+                   src=None, tag=7, deadline=deadline)
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+import kernels
+
+from .algorithms import plan_for
+from .compression import ErrorFeedback
+from .execution import IDENTITY, PlanRunner
+from .stats import StatsRecorder, native_traffic, plan_traffic
+from .topology import Topology
+
+__all__ = ["FlatReducer"]
+
+log = logging.getLogger("collectives")
+
+
+class FlatReducer:
+    """All-reduces of flat work buffers over a communicator's transports."""
+
+    def __init__(self, host, device, topology: Topology, tuner, *, debug: bool = False):
+        self.host = host
+        self.size = host.size
+        self.rank = host.rank
+        self.topology = topology
+        self.tuner = tuner
+        self.stats = StatsRecorder()
+        self.feedback = ErrorFeedback()
+        self._debug = debug
+        self.host_runner = PlanRunner(host)
+        self.device_runner = None if device is None else PlanRunner(device)
+        self._scalar = np.empty(1, np.float64)
+
+    def runner(self, like) -> PlanRunner:
+        """The runner whose transport moves like's memory (the device one for CuPy)."""
+        if self.device_runner is None or kernels.array_module(like) is np:
+            return self.host_runner
+        return self.device_runner
+
+    def buffer(self, purpose: str, like, dtype, elements: int):
+        """A reusable flat buffer on like's array module (see PlanRunner.buffer)."""
+        return self.runner(like).buffer(purpose, like, dtype, elements)
+
+    def resolve(self, algorithm: str, nbytes: int) -> str:
+        """`auto` made concrete for a message of `nbytes` (the tuner's choice)."""
+        if algorithm != "auto":
+            return algorithm
+        if nbytes == 0:
+            return "native"  # nothing to move: the cheapest call, no pricing needed
+        name = self.tuner.choose(nbytes)
+        if self._debug:
+            log.debug("rank %d: auto chose %s for %d bytes", self.rank, name, nbytes)
+        return name
+
+    def reduce(self, work, op: str, algorithm: str, codec, *, src, tag: int, deadline: float,
+               exposed: bool = False) -> None:
+        """All-reduce the flat `work` in place (`op`: sum, max, min) with `algorithm`
+        (concrete) and `codec` (None: uncompressed); `src`: read the input there instead.
+        `exposed`: work is memory the caller sees."""
+        runner = self.runner(work)
+        wire = work.dtype if codec is None else codec.dtype
+        label = algorithm if codec is None else f"{algorithm}+{codec.name}"
+        start = time.perf_counter()
+        if algorithm == "native":
+            self._native(runner, work, op, codec, src, deadline, exposed)
+            moved = native_traffic(work.size * wire.itemsize, self.size)
+            self.stats.record(label, time.perf_counter() - start, moved, moved, modelled=True)
+            return
+        plan = plan_for(algorithm, self.rank, self.size, work.size, wire.itemsize, self.topology)
+        runner.run(plan, work, op, tag, deadline, codec or IDENTITY, src=src)
+        sent, received = plan_traffic(plan)
+        self.stats.record(label, time.perf_counter() - start, sent * wire.itemsize,
+                          received * wire.itemsize)
+
+    def _native(self, runner: PlanRunner, work, op: str, codec, src, deadline: float,
+                exposed: bool) -> None:
+        transport = runner.transport
+        if codec is not None:
+            payload = runner.buffer("wire", work, codec.dtype, work.size)
+            codec.encode(work, payload)
+            transport.native_allreduce(payload, payload, op, deadline)
+            codec.decode_copy(work, payload)
+        elif exposed:
+            result = runner.buffer("native", work, work.dtype, work.size)
+            transport.native_allreduce(work if src is None else src, result, op, deadline)
+            kernels.copy_into(work, result)
+        else:
+            transport.native_allreduce(work if src is None else src, work, op, deadline)
+
+    def agree_max(self, value: float, deadline: float) -> float:
+        """max of `value` over ranks: one all-reduce of one float (compression's scale)."""
+        if self.size == 1:
+            return value
+        start = time.perf_counter()
+        self._scalar[0] = value
+        self.host.native_allreduce(self._scalar, self._scalar, "max", deadline)
+        moved = native_traffic(self._scalar.nbytes, self.size)
+        self.stats.record("scale-agreement", time.perf_counter() - start, moved, moved,
+                          modelled=True)
+        return float(self._scalar[0])

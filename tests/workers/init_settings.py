@@ -1,0 +1,71 @@
+"""init() with ranks whose settings differ, are invalid, or never arrive: every rank raises
+a clear error within the timeout, none hangs.
+
+Usage: mpiexec -n P python -m tests.workers.init_settings CASE OUTDIR
+Each rank sets its own COLLECTIVES_* variables for CASE before init(), then writes the
+error it saw to OUTDIR/rank<r>.json; rank 0 ends the job with MPI_Abort(ABORT) when a
+rank was left behind (the `absent` case).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import collectives
+
+ABORT = 6
+TIMEOUT = "3"
+
+# case -> (variable, value on the last rank, value elsewhere); None: unset
+CASES = {
+    "local_size": ("COLLECTIVES_LOCAL_SIZE", "1", "2"),
+    "grid": ("COLLECTIVES_GRID", "1x2", "2x1"),
+    "shm": ("COLLECTIVES_SHM", "1", "0"),
+    "check": ("COLLECTIVES_CHECK", "0", "1"),
+    "invalid_timeout": ("COLLECTIVES_TIMEOUT", "nan", TIMEOUT),
+    "invalid_algorithm": ("COLLECTIVES_ALGORITHM", "rign", None),
+    "invalid_flag": ("COLLECTIVES_SHM", "maybe", None),
+}
+
+
+def main() -> None:
+    case, outdir = sys.argv[1], Path(sys.argv[2])
+    rank = int(os.environ["PMI_RANK"])
+    size = int(os.environ["PMI_SIZE"])
+    os.environ.setdefault("COLLECTIVES_TIMEOUT", TIMEOUT)
+    seen: dict[str, object] = {"rank": rank}
+    if case in CASES:
+        name, odd, usual = CASES[case]
+        value = odd if rank == size - 1 else usual
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    start = time.monotonic()
+    if case == "absent" and rank == size - 1:
+        seen["error"] = None  # never calls init
+    else:
+        try:
+            collectives.init()
+            seen["error"] = None
+        except Exception as error:  # recorded for the test to judge
+            seen["error"], seen["message"] = type(error).__name__, str(error)
+    seen["elapsed"] = time.monotonic() - start
+    (outdir / f"rank{rank}.json").write_text(json.dumps(seen))
+    if case == "absent":
+        from mpi4py import MPI
+
+        if rank == 0:
+            expected = [outdir / f"rank{r}.json" for r in range(size)]
+            deadline = time.monotonic() + 30
+            while not all(p.exists() for p in expected) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            MPI.COMM_WORLD.Abort(ABORT)
+        time.sleep(60)
+
+
+if __name__ == "__main__":
+    main()
