@@ -24,13 +24,12 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import struct
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-import kernels
 
 from .errors import (CollectiveError, CollectiveTimeout, MismatchError, NonFiniteError,
                      PeerError, rank_list)
@@ -41,6 +40,7 @@ HEADER_BYTES = 32
 RIDE_BYTES = 4096  # data of at most this many bytes rides with the record
 TEXT_BYTES = 1024  # a signature or error as text, in the second exchange
 OK, NONFINITE, INVALID = 0, 1, 2  # the status byte
+_HEADER = struct.Struct("<qqqq")  # status, sequence number, digest, payload length
 _SEP = "\x1f"
 _LABEL_FIELDS = ("op", "algorithm", "compression", "fusion_bytes", "root", "dtype", "shape",
                  "check_finite")
@@ -93,8 +93,9 @@ class Agreement:
         self._transport = transport
         self.check = check
         self.broken: str | None = None
-        self._header = np.zeros(HEADER_BYTES // 8, np.int64)
         self._record = np.zeros(HEADER_BYTES + RIDE_BYTES, np.uint8)
+        self._record_view = memoryview(self._record)
+        self._compared = self._record_view[:24]  # status, sequence number, digest
 
     def enter(self, name: str, seq: int) -> None:
         """Collective `seq` starts: refused once the communicator is broken, or when a peer
@@ -121,11 +122,16 @@ class Agreement:
             return None
         status = OK if finite else NONFINITE
         rows = self._exchange(status, seq, signature.digest, payload, deadline)
-        if self.check or check_finite:
-            headers = rows[:, :24]
-            if not ((headers == headers[0]).all() and not rows[:, 0].any()):
-                self._refuse(signature, seq, rows, deadline)
+        if (self.check or check_finite) and not (status == OK and self._all_same(rows)):
+            self._refuse(signature, seq, rows, deadline)
         return rows
+
+    def _all_same(self, rows) -> bool:
+        """Whether every rank's header equals this rank's (status, sequence number, digest)."""
+        flat = memoryview(rows).cast("B")
+        width = rows.shape[1]
+        compared = self._compared
+        return all(flat[r * width: r * width + 24] == compared for r in range(rows.shape[0]))
 
     def share_failure(self, signature: Signature, seq: int, deadline: float,
                       error: Exception) -> None:
@@ -160,17 +166,12 @@ class Agreement:
         return type(error)(f"{signature.label(seq)}: {error}") if timeout else error
 
     def _exchange(self, status: int, seq: int, digest: int, payload, deadline: float):
-        header = self._header
-        header[0], header[1] = status, seq
-        header[2] = digest
-        header[3] = 0 if payload is None else payload.size
-        record = self._record
-        record[:HEADER_BYTES] = header.view(np.uint8)
-        size = HEADER_BYTES
-        if payload is not None:
-            size += payload.size
-            kernels.copy_into(record[HEADER_BYTES:size], payload)
-        return self._transport.exchange_records(record[:size], deadline, "the agreement records")
+        length = 0 if payload is None else payload.size
+        _HEADER.pack_into(self._record, 0, status, seq, digest, length)
+        if length:
+            self._record_view[HEADER_BYTES: HEADER_BYTES + length] = memoryview(payload)
+        return self._transport.exchange_records(self._record[: HEADER_BYTES + length], deadline,
+                                                "the agreement records")
 
     def _texts(self, rows, text: str, deadline: float) -> list[str]:
         """Second exchange: every rank's text (signature or error), row r from rank r."""
@@ -203,7 +204,7 @@ class Agreement:
 
 def riding(rows, rank: int):
     """Rank `rank`'s payload in the records' rows (uint8)."""
-    length = int(rows[rank, 24:32].view(np.int64)[0])
+    length = _HEADER.unpack_from(rows[rank])[3]
     return rows[rank, HEADER_BYTES: HEADER_BYTES + length]
 
 

@@ -48,6 +48,7 @@ class Communicator:
                               debug=settings.debug)
         self._ctx = Context(transport, agreement, reducer, settings, topology)
         self._progress = ProgressEngine()
+        self._timeout = settings.timeout
         self._closed = False
 
     @property
@@ -210,7 +211,7 @@ class Communicator:
         agreement = ctx.agreement
         self._seq = seq = self._seq + 1
         agreement.enter(call.name, seq)
-        deadline = time.monotonic() + self.settings.timeout
+        deadline = time.monotonic() + self._timeout
         moving = False
         try:
             if call.error is not None:

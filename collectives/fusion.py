@@ -34,7 +34,7 @@ from .compression import codec_for, work_dtype
 from .compression.bucket import reduce_compressed
 from .options import CallOptions, Op
 
-__all__ = ["Bucket", "Layout", "reduce_arrays"]
+__all__ = ["Bucket", "Layout", "reduce_arrays", "reduce_contiguous"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +99,22 @@ def _buckets(shapes: tuple, fusion_bytes: int) -> list[Bucket]:
     return result
 
 
+def reduce_contiguous(reducer, work, src, options: CallOptions, *, tag: int, deadline: float,
+                      exposed: bool) -> None:
+    """The uncompressed all-reduce of one flat buffer (not an integer avg): `work` receives
+    the result, the input is read from `src` (None: work holds it); `exposed`: work is
+    memory the caller sees. The whole call for a single contiguous array."""
+    op = options.op
+    algorithm = reducer.resolve(options.algorithm, work.nbytes)
+    reducer.reduce(work, _ELEMENTWISE[op], algorithm, None, src=src, tag=tag, deadline=deadline,
+                   exposed=exposed)
+    if op is Op.AVG:
+        kernels.divide_into(work, reducer.size)
+
+
+_ELEMENTWISE = {op: op.elementwise for op in Op}
+
+
 def reduce_arrays(arrays: tuple, outs: tuple | None, options: CallOptions, layout: Layout,
                   reducer, *, tag: int, deadline: float,
                   feedback_key: Hashable | None = None) -> list:
@@ -158,9 +174,8 @@ class _Bucket:
     def _plain(self):
         work, exposed = self._result_buffer(self.bucket.dtype, "fusion")
         src = self._load(work)
-        self._reduce(work, self.options.op.elementwise, None, src, exposed)
-        if self.options.op is Op.AVG:
-            kernels.divide_into(work, self.reducer.size)
+        reduce_contiguous(self.reducer, work, src, self.options, tag=self.tag,
+                          deadline=self.deadline, exposed=exposed)
         return work
 
     def _integer_mean(self):

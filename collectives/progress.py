@@ -96,6 +96,7 @@ class ProgressEngine:
         self._cv = threading.Condition(threading.Lock())
         self._queue: collections.deque[tuple[Callable[[], Any], Future, str]] = collections.deque()
         self._busy = False  # a collective is running, on either thread
+        self._waiting = 0  # sync callers waiting for their turn
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -115,21 +116,25 @@ class ProgressEngine:
 
     def run(self, fn: Callable[[], Any], what: str = "collective") -> Any:
         """Run `fn` on the calling thread once every earlier collective has finished."""
-        if threading.current_thread() is self._thread:
+        if self._thread is not None and threading.current_thread() is self._thread:
             raise CollectiveError(
                 f"{what}: a blocking collective was issued from a completion callback (the "
                 "progress thread), where it would wait for itself; issue the _async variant "
                 "there")
-        with self._cv:
+        cv = self._cv
+        with cv:
             while self._queue or self._busy:
-                self._cv.wait()
+                self._waiting += 1
+                cv.wait()
+                self._waiting -= 1
             self._busy = True
         try:
             return fn()
         finally:
-            with self._cv:
+            with cv:
                 self._busy = False
-                self._cv.notify_all()
+                if self._waiting or self._queue:
+                    cv.notify_all()
 
     def pending(self) -> int:
         """Collectives issued and not finished yet."""

@@ -52,7 +52,8 @@ class FlatReducer:
 
     def runner(self, like) -> PlanRunner:
         """The runner whose transport moves like's memory (the device one for CuPy)."""
-        if self.device_runner is None or kernels.array_module(like) is np:
+        if self.device_runner is None or type(like) is np.ndarray \
+                or kernels.array_module(like) is np:
             return self.host_runner
         return self.device_runner
 

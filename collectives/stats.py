@@ -16,7 +16,7 @@ Example::
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 from .algorithms.plan import Plan
@@ -33,11 +33,6 @@ class AlgorithmStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     modelled: bool = False  # bytes from the cost model, not counted from a plan
-
-    def add(self, seconds: float, sent: int, received: int) -> "AlgorithmStats":
-        return replace(self, calls=self.calls + 1, seconds=self.seconds + seconds,
-                       bytes_sent=self.bytes_sent + sent,
-                       bytes_received=self.bytes_received + received)
 
 
 @dataclass(frozen=True)
@@ -86,21 +81,30 @@ class Stats(Mapping[str, AlgorithmStats]):
 
 
 class StatsRecorder:
-    """A communicator's running totals; thread-safe (the progress thread records too)."""
+    """A communicator's running totals; thread-safe (the progress thread records too).
+
+    Recording is on every call's path, so it only adds to a list of four numbers per label.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._totals: dict[str, AlgorithmStats] = {}
+        self._totals: dict[str, list] = {}  # label -> [calls, seconds, sent, received, modelled]
 
     def record(self, label: str, seconds: float, sent: int, received: int, *,
                modelled: bool = False) -> None:
         with self._lock:
-            before = self._totals.get(label) or AlgorithmStats(modelled=modelled)
-            self._totals[label] = before.add(seconds, sent, received)
+            totals = self._totals.get(label)
+            if totals is None:
+                totals = self._totals[label] = [0, 0.0, 0, 0, modelled]
+            totals[0] += 1
+            totals[1] += seconds
+            totals[2] += sent
+            totals[3] += received
 
     def snapshot(self) -> Stats:
         with self._lock:
-            return Stats(dict(self._totals))
+            return Stats({label: AlgorithmStats(*totals)
+                          for label, totals in self._totals.items()})
 
     def reset(self) -> None:
         with self._lock:

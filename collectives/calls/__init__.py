@@ -4,6 +4,6 @@ Each module turns a method's arguments into a `Call` (calls.base); the Communica
 calls in order (sync or async), runs the agreement check and then the data movement, and
 handles failures the same way for every collective.
 """
-from .base import Call, Context
+from .base import Call, Context, Refused
 
-__all__ = ["Call", "Context"]
+__all__ = ["Call", "Context", "Refused"]

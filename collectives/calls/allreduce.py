@@ -14,10 +14,10 @@ import kernels
 
 from ..agreement import Signature
 from ..compression import codec_for
-from ..fusion import Layout, reduce_arrays
-from ..options import CallOptions
+from ..fusion import Layout, reduce_arrays, reduce_contiguous
+from ..options import CallOptions, Op
 from ..validation import check_array, check_out, check_outs
-from .base import TAG_LIMIT, Call, Context, issuer
+from .base import TAG_LIMIT, Call, Context, Refused, issuer
 from .riding import as_payload, reduce_rows, rides
 
 __all__ = ["allreduce_call", "allreduce_many_call"]
@@ -37,12 +37,12 @@ def allreduce_call(settings, x, out, *, op, algorithm, compression, check_finite
             check_out(out, x)
         codec_for(options.compression, x.dtype)
     except (TypeError, ValueError) as error:
-        return _refused("allreduce", issued, error)
+        return Refused("allreduce", issued, error)
     shapes = ((x.dtype, x.shape),)
     signature = Signature.of("allreduce", (options, shapes, issued),
                              lambda: _fields(options, shapes, issued, single=True))
     return _Reduction(signature, (x,), None if out is None else (out,), options, shapes,
-                      single=True).call()
+                      single=True)
 
 
 def allreduce_many_call(settings, arrays, outs, *, op, algorithm, compression, fusion_bytes,
@@ -63,26 +63,24 @@ def allreduce_many_call(settings, arrays, outs, *, op, algorithm, compression, f
             outs = tuple(outs)
             check_outs(outs, arrays)
     except (TypeError, ValueError) as error:
-        return _refused("allreduce_many", issued, error)
+        return Refused("allreduce_many", issued, error)
     shapes = tuple((a.dtype, a.shape) for a in arrays)
     signature = Signature.of("allreduce_many", (options, shapes, issued),
                              lambda: _fields(options, shapes, issued, single=False))
-    return _Reduction(signature, arrays, outs, options, shapes, single=False).call()
+    return _Reduction(signature, arrays, outs, options, shapes, single=False)
 
 
-class _Reduction:
+class _Reduction(Call):
     """A checked all-reduce of one or more arrays."""
 
-    __slots__ = ("signature", "arrays", "outs", "options", "shapes", "single", "payload")
+    __slots__ = ("arrays", "outs", "options", "shapes", "single", "payload")
 
     def __init__(self, signature: Signature, arrays: tuple, outs, options: CallOptions,
                  shapes: tuple, *, single: bool):
-        self.signature, self.arrays, self.outs = signature, arrays, outs
+        super().__init__(signature.name, signature)
+        self.arrays, self.outs = arrays, outs
         self.options, self.shapes, self.single = options, shapes, single
         self.payload = None
-
-    def call(self) -> Call:
-        return Call(self.signature.name, self.signature, self.agree, self.move)
 
     def agree(self, ctx: Context, seq: int, deadline: float):
         options, x = self.options, self.arrays[0] if self.arrays else None
@@ -97,11 +95,31 @@ class _Reduction:
     def move(self, ctx: Context, seq: int, deadline: float, rows):
         if self.payload is not None:
             return self._direct(ctx, rows)
+        if self.single and self._contiguous():
+            return self._single(ctx, seq, deadline)
         layout = Layout.of(self.shapes, self.options.fusion_bytes)
         results = reduce_arrays(self.arrays, self.outs, self.options, layout, ctx.reducer,
                                 tag=seq % TAG_LIMIT, deadline=deadline,
                                 feedback_key=self._feedback_key())
         return results[0] if self.single else results
+
+    def _contiguous(self) -> bool:
+        """One array, read where it lies and reduced straight into its result: contiguous,
+        uncompressed, and not an integer avg (which sums in wider integers)."""
+        options, x = self.options, self.arrays[0]
+        out = self.outs[0] if self.outs is not None else None
+        return (options.compression is None and x.flags.c_contiguous
+                and (out is None or out.flags.c_contiguous)
+                and not (options.op is Op.AVG and x.dtype.kind == "i"))
+
+    def _single(self, ctx: Context, seq: int, deadline: float):
+        """The fast path of one contiguous array: no packing, no fusion bookkeeping."""
+        x = self.arrays[0]
+        out = self.outs[0] if self.outs is not None else None
+        result = kernels.array_module(x).empty(x.size, x.dtype) if out is None else out.reshape(-1)
+        reduce_contiguous(ctx.reducer, result, None if out is x else x.reshape(-1), self.options,
+                          tag=seq % TAG_LIMIT, deadline=deadline, exposed=out is not None)
+        return result.reshape(x.shape) if out is None else out
 
     def _direct(self, ctx: Context, rows):
         """The data rode with the records: reduce every rank's in rank order."""
@@ -126,11 +144,6 @@ class _Reduction:
         if feedback is True:
             return ("layout", self.shapes, options)
         return ("named", feedback, options)
-
-
-def _refused(name: str, issued: tuple, error: Exception) -> Call:
-    signature = Signature.of(name, ("refused", issued), lambda: {"issued": issued[0]})
-    return Call(name, signature, error=error)
 
 
 def _fields(options: CallOptions, shapes: tuple, issued: tuple, *, single: bool) -> dict:

@@ -1,9 +1,11 @@
 """What every collective call is: a signature to agree on, then data to move.
 
-`Call.agree(ctx, seq, deadline)` runs the agreement check (and, for small calls, moves the
-data with it: the records carry it); `Call.move(ctx, seq, deadline, rows)` moves the data
-and returns the result. A call whose arguments failed the local checks carries the error
-instead: it is shared with the other ranks (they raise MismatchError) and raised here.
+A `Call` is built by its collective's module from the method's arguments (checked there).
+`agree(ctx, seq, deadline)` runs the agreement check (for small calls it moves the data
+too: the records carry it) and returns the records' rows or None; `move(ctx, seq,
+deadline, rows)` moves the data and returns the result. A call whose arguments failed
+the local checks is a `Refused` call: its error is shared with the other ranks (they raise
+MismatchError) and raised here.
 
 `Context` is what calls may use of their communicator: the transport, the agreement guard,
 the flat reducer, the settings and the topology.
@@ -12,14 +14,14 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..agreement import Agreement, Signature
 from ..config import Settings
 from ..reduction import FlatReducer
 from ..topology import Topology
 
-__all__ = ["Call", "Context", "TAG_LIMIT", "issuer"]
+__all__ = ["Call", "Refused", "Context", "TAG_LIMIT", "issuer"]
 
 TAG_LIMIT = 32768  # MPI guarantees tags up to 32767
 
@@ -41,15 +43,32 @@ class Context:
         return self.transport.size
 
 
-@dataclass(slots=True)
 class Call:
-    """One collective as issued: its name and signature, and what to run (or the error)."""
+    """One collective as issued: its name and signature; subclasses agree and move."""
 
-    name: str
-    signature: Signature
-    agree: Callable[[Context, int, float], Any] | None = None
-    move: Callable[[Context, int, float, Any], Any] | None = None
+    __slots__ = ("name", "signature")
     error: Exception | None = None
+
+    def __init__(self, name: str, signature: Signature):
+        self.name = name
+        self.signature = signature
+
+    def agree(self, ctx: Context, seq: int, deadline: float):
+        raise NotImplementedError
+
+    def move(self, ctx: Context, seq: int, deadline: float, rows):
+        raise NotImplementedError
+
+
+class Refused(Call):
+    """A call whose arguments failed the local checks."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, name: str, issued: tuple, error: Exception):
+        super().__init__(name, Signature.of(name, ("refused", issued),
+                                            lambda: {"issued": issued[0]}))
+        self.error = error
 
 
 def issuer(mode: str) -> tuple[str, str]:
