@@ -8,7 +8,7 @@ with the same options cost a dictionary lookup.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import ml_dtypes
 import numpy as np
@@ -47,6 +47,7 @@ DTYPES: tuple[np.dtype, ...] = tuple(
     np.dtype(t)
     for t in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64, np.int32, np.int64)
 )
+SUPPORTED = frozenset(DTYPES)
 ALGORITHMS: tuple[str, ...] = ("auto", "native", *PLANNERS)
 COMPRESSIONS = (None, "fp16", "bf16")
 
@@ -86,9 +87,18 @@ class CallOptions:
     fusion_bytes: int
     check_finite: bool = False
     error_feedback: bool | str = False
+    _hash: int = field(default=0, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        fields = (self.op, self.algorithm, self.compression, self.fusion_bytes,
+                  self.check_finite, self.error_feedback)
+        object.__setattr__(self, "_hash", hash(fields))
+
+    def __hash__(self) -> int:  # options are dictionary keys on every call: hashed once
+        return self._hash
 
     @classmethod
-    def parse(cls, *, op: "str | Op" = "sum", algorithm: str = "auto",
+    def parse(cls, op: "str | Op" = "sum", algorithm: str = "auto",
               compression: str | None = None, fusion_bytes: int = 64 << 20,
               check_finite: bool = False, error_feedback: bool | str = False) -> "CallOptions":
         """Checked options; each failure names the argument and what is accepted."""

@@ -26,7 +26,7 @@ import kernels
 from .algorithms import plan_for
 from .compression import ErrorFeedback
 from .execution import IDENTITY, PlanRunner
-from .stats import StatsRecorder, native_traffic, plan_traffic
+from .stats import StatsRecorder, plan_traffic
 from .topology import Topology
 
 __all__ = ["FlatReducer"]
@@ -78,14 +78,21 @@ class FlatReducer:
         (concrete) and `codec` (None: uncompressed); `src`: read the input there instead.
         `exposed`: work is memory the caller sees."""
         runner = self.runner(work)
-        wire = work.dtype if codec is None else codec.dtype
-        label = algorithm if codec is None else f"{algorithm}+{codec.name}"
         start = time.perf_counter()
         if algorithm == "native":
-            self._native(runner, work, op, codec, src, deadline, exposed)
-            moved = native_traffic(work.size * wire.itemsize, self.size)
+            if codec is None and not exposed:  # the common case, kept short
+                runner.transport.native_allreduce(work if src is None else src, work, op,
+                                                  deadline)
+                label, nbytes = algorithm, work.nbytes
+            else:
+                self._native(runner, work, op, codec, src, deadline, exposed)
+                label, nbytes = f"{algorithm}+{codec.name}" if codec else algorithm, \
+                    work.size * (work.itemsize if codec is None else codec.dtype.itemsize)
+            moved = 2 * (self.size - 1) * nbytes // self.size
             self.stats.record(label, time.perf_counter() - start, moved, moved, modelled=True)
             return
+        wire = work.dtype if codec is None else codec.dtype
+        label = algorithm if codec is None else f"{algorithm}+{codec.name}"
         plan = plan_for(algorithm, self.rank, self.size, work.size, wire.itemsize, self.topology)
         runner.run(plan, work, op, tag, deadline, codec or IDENTITY, src=src)
         sent, received = plan_traffic(plan)
@@ -114,7 +121,7 @@ class FlatReducer:
         start = time.perf_counter()
         self._scalar[0] = value
         self.host.native_allreduce(self._scalar, self._scalar, "max", deadline)
-        moved = native_traffic(self._scalar.nbytes, self.size)
+        moved = 2 * (self.size - 1) * self._scalar.nbytes // self.size
         self.stats.record("scale-agreement", time.perf_counter() - start, moved, moved,
                           modelled=True)
         return float(self._scalar[0])

@@ -10,12 +10,14 @@ from __future__ import annotations
 import time
 from typing import Hashable
 
+import numpy as np
+
 import kernels
 
 from ..agreement import Signature
 from ..compression import codec_for
 from ..fusion import Layout, reduce_arrays, reduce_contiguous
-from ..options import CallOptions, Op
+from ..options import SUPPORTED, CallOptions, Op
 from ..validation import check_array, check_out, check_outs
 from .base import TAG_LIMIT, Call, Context, Refused, issuer
 from .riding import as_payload, reduce_rows, rides
@@ -28,14 +30,15 @@ def allreduce_call(settings, x, out, *, op, algorithm, compression, check_finite
     """The call of `comm.allreduce(x, ...)` (or its async twin, `mode` "async")."""
     issued = issuer(mode)
     try:
-        options = CallOptions.parse(
-            op=op, algorithm=settings.algorithm if algorithm is None else algorithm,
-            compression=compression, fusion_bytes=settings.fusion_bytes,
-            check_finite=check_finite, error_feedback=error_feedback)
-        check_array(x)
+        options = CallOptions.parse(op, settings.algorithm if algorithm is None else algorithm,
+                                    compression, settings.fusion_bytes, check_finite,
+                                    error_feedback)
+        if type(x) is not np.ndarray or x.dtype not in SUPPORTED:  # else: nothing to check
+            check_array(x)
         if out is not None:
             check_out(out, x)
-        codec_for(options.compression, x.dtype)
+        if compression is not None:
+            codec_for(options.compression, x.dtype)
     except (TypeError, ValueError) as error:
         return Refused("allreduce", issued, error)
     shapes = ((x.dtype, x.shape),)
@@ -51,10 +54,9 @@ def allreduce_many_call(settings, arrays, outs, *, op, algorithm, compression, f
     issued = issuer(mode)
     try:
         options = CallOptions.parse(
-            op=op, algorithm=settings.algorithm if algorithm is None else algorithm,
-            compression=compression,
-            fusion_bytes=settings.fusion_bytes if fusion_bytes is None else fusion_bytes,
-            check_finite=check_finite, error_feedback=error_feedback)
+            op, settings.algorithm if algorithm is None else algorithm, compression,
+            settings.fusion_bytes if fusion_bytes is None else fusion_bytes, check_finite,
+            error_feedback)
         arrays = _check_arrays(arrays, options.compression)
         if outs is not None:
             if not isinstance(outs, (list, tuple)) or len(outs) != len(arrays):
@@ -77,7 +79,7 @@ class _Reduction(Call):
 
     def __init__(self, signature: Signature, arrays: tuple, outs, options: CallOptions,
                  shapes: tuple, *, single: bool):
-        super().__init__(signature.name, signature)
+        self.name, self.signature = signature.name, signature
         self.arrays, self.outs = arrays, outs
         self.options, self.shapes, self.single = options, shapes, single
         self.payload = None

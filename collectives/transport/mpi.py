@@ -60,16 +60,21 @@ def _element_type(itemsize: int) -> MPI.Datatype:
     return MPI.BYTE.Create_contiguous(itemsize).Commit()
 
 
-def _native_spec(buf: np.ndarray, op: str):
-    """(buffer spec, MPI op) for an all-reduce of `buf`.
+@functools.cache
+def _reduction(dtype: np.dtype, op: str) -> tuple[MPI.Datatype, MPI.Op, bool]:
+    """(MPI datatype, MPI op, whether buffers travel as bytes) for reducing `dtype` with `op`.
 
     16-bit floats, and float max/min, use a user op over our kernels: MPICH's MAX compares
     with `>`, so a NaN survives or not depending on the order, which differs between ranks.
     """
-    kind = buf.dtype.kind
-    if buf.dtype.itemsize >= 4 and (kind == "i" or (kind == "f" and op == "sum")):
-        return [buf, MPI._typedict[buf.dtype.char]], _MPI_OPS[op]
-    return [buf.view(np.uint8), _element_type(buf.dtype.itemsize)], _user_op(buf.dtype, op)
+    kind = dtype.kind
+    if dtype.itemsize >= 4 and (kind == "i" or (kind == "f" and op == "sum")):
+        return MPI._typedict[dtype.char], _MPI_OPS[op], False
+    return _element_type(dtype.itemsize), _user_op(dtype, op), True
+
+
+def _spec(buf: np.ndarray, datatype: MPI.Datatype, as_bytes_: bool) -> list:
+    return [buf.view(np.uint8) if as_bytes_ else buf, datatype]
 
 
 class _Records:
@@ -137,6 +142,11 @@ class _Notices:
         self._recv = control.Irecv([self._inbox, MPI.INT64_T], MPI.ANY_SOURCE, _NOTICE_TAG)
         self.heard: dict[int, Notice] = {}
         self._sent: list = []
+
+    def arrived(self) -> bool:
+        """Whether a notice has arrived (cheap: one test of the posted receive; a receive
+        found complete tests complete again, so `poll` still takes its notice)."""
+        return self._recv is not None and self._recv.Test()
 
     def poll(self) -> None:
         """Take every notice that has arrived."""
@@ -210,13 +220,50 @@ class MPITransport:
 
     def native_allreduce(self, src: np.ndarray, dst: np.ndarray, op: str, deadline: float) -> None:
         """MPI's all-reduce of `src` into `dst`; `src is dst` reduces in place."""
-        recv, mpi_op = _native_spec(dst, op)
-        send = MPI.IN_PLACE if src is dst else _native_spec(src, op)[0]
-        request = self.comm.Iallreduce(send, recv, mpi_op)
+        datatype, mpi_op, raw = _reduction(dst.dtype, op)
+        send = MPI.IN_PLACE if src is dst else _spec(src, datatype, raw)
+        self._complete(self.comm.Iallreduce(send, _spec(dst, datatype, raw), mpi_op), deadline,
+                       "native MPI all-reduce")
+
+    def native_reduce_scatter(self, src: np.ndarray, dst: np.ndarray, counts: Sequence[int],
+                              op: str, deadline: float) -> None:
+        """MPI's reduce-scatter: dst (counts[rank] elements) = this rank's block of the
+        reduction of src, blocks of `counts` elements in rank order."""
+        datatype, mpi_op, raw = _reduction(src.dtype, op)
+        self._complete(self.comm.Ireduce_scatter(_spec(src, datatype, raw),
+                                                 _spec(dst, datatype, raw), list(counts), mpi_op),
+                       deadline, "native MPI reduce-scatter")
+
+    def native_allgather(self, src: np.ndarray, dst: np.ndarray, deadline: float) -> None:
+        """MPI's all-gather: dst (size * src.size elements) = every rank's src, in rank order."""
+        self._complete(self.comm.Iallgather(as_bytes(src), as_bytes(dst)), deadline,
+                       "native MPI all-gather")
+
+    def native_broadcast(self, buf: np.ndarray, root: int, deadline: float) -> None:
+        """MPI's broadcast of root's `buf` into every rank's `buf`."""
+        self._complete(self.comm.Ibcast(as_bytes(buf), root), deadline, "native MPI broadcast")
+
+    def native_reduce(self, src: np.ndarray, dst: np.ndarray | None, op: str, root: int,
+                      deadline: float) -> None:
+        """MPI's reduce of src onto root's `dst` (None on the other ranks)."""
+        datatype, mpi_op, raw = _reduction(src.dtype, op)
+        recv = None if dst is None else _spec(dst, datatype, raw)
+        self._complete(self.comm.Ireduce(_spec(src, datatype, raw), recv, mpi_op, root),
+                       deadline, "native MPI reduce")
+
+    def native_alltoall(self, src: np.ndarray, dst: np.ndarray, deadline: float) -> None:
+        """MPI's all-to-all: block r of src goes to rank r, block q of dst comes from rank q."""
+        self._complete(self.comm.Ialltoall(as_bytes(src), as_bytes(dst)), deadline,
+                       "native MPI all-to-all")
+
+    def _complete(self, request: MPI.Request, deadline: float, what: str) -> None:
+        """Wait for a nonblocking collective; on failure keep it alive (none can be cancelled)."""
+        if request.Test():
+            return
         try:
-            self.poll(lambda: request.Test() or None, deadline, "native MPI all-reduce")
+            self.poll(lambda: request.Test() or None, deadline, what)
         except BaseException:
-            self.abandon([request], ())  # a collective cannot be cancelled: keep it alive
+            self.abandon([request], ())
             raise
 
     # ------------------------------------------------------------------ control
@@ -229,7 +276,9 @@ class MPITransport:
 
     def begin(self, seq: int) -> None:
         self._seq = seq
-        self.check_peers()
+        notices = self._notices
+        if notices.heard or notices.arrived():
+            self.check_peers()
 
     def check_peers(self) -> None:
         """PeerError if a notice says a peer will not take part in the current collective."""

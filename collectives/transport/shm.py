@@ -379,6 +379,21 @@ class ShmTransport:
     def native_allreduce(self, src: np.ndarray, dst: np.ndarray, op: str, deadline: float) -> None:
         self.mpi.native_allreduce(src, dst, op, deadline)
 
+    def native_reduce_scatter(self, src, dst, counts, op: str, deadline: float) -> None:
+        self.mpi.native_reduce_scatter(src, dst, counts, op, deadline)
+
+    def native_allgather(self, src, dst, deadline: float) -> None:
+        self.mpi.native_allgather(src, dst, deadline)
+
+    def native_broadcast(self, buf, root: int, deadline: float) -> None:
+        self.mpi.native_broadcast(buf, root, deadline)
+
+    def native_reduce(self, src, dst, op: str, root: int, deadline: float) -> None:
+        self.mpi.native_reduce(src, dst, op, root, deadline)
+
+    def native_alltoall(self, src, dst, deadline: float) -> None:
+        self.mpi.native_alltoall(src, dst, deadline)
+
     def exchange_records(self, record: np.ndarray, deadline: float, what: str) -> np.ndarray:
         return self.mpi.exchange_records(record, deadline, what)
 

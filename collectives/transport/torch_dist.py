@@ -119,6 +119,37 @@ class TorchDistTransport:
         for row in rows[1:]:
             kernels.reduce_into(dst, row.view(dst.dtype), op)
 
+    def native_reduce_scatter(self, src: np.ndarray, dst: np.ndarray, counts: Sequence[int],
+                              op: str, deadline: float) -> None:
+        """gloo's all-reduce of src, this rank's block kept (gloo has no reduce-scatter)."""
+        whole = np.empty_like(src)
+        self.native_allreduce(src, whole, op, deadline)
+        start = sum(counts[: self.rank])
+        kernels.copy_into(dst, whole[start: start + counts[self.rank]])
+
+    def native_allgather(self, src: np.ndarray, dst: np.ndarray, deadline: float) -> None:
+        """gloo's all-gather: dst = every rank's src, in rank order."""
+        rows = self.allgather_record(src.view(np.uint8), deadline, "native gloo all-gather")
+        kernels.copy_into(dst.view(np.uint8), rows.reshape(-1))
+
+    def native_broadcast(self, buf: np.ndarray, root: int, deadline: float) -> None:
+        """gloo's broadcast of root's `buf`."""
+        work = dist.broadcast(_bytes(buf), group=self.group, group_src=root, async_op=True)
+        self._wait(work, deadline, "native gloo broadcast")
+
+    def native_reduce(self, src: np.ndarray, dst: np.ndarray | None, op: str, root: int,
+                      deadline: float) -> None:
+        """The all-reduce above, kept on root (the same bits as its all-reduce gives)."""
+        whole = np.empty_like(src)
+        self.native_allreduce(src, whole, op, deadline)
+        if dst is not None:
+            kernels.copy_into(dst, whole)
+
+    def native_alltoall(self, src: np.ndarray, dst: np.ndarray, deadline: float) -> None:
+        """gloo's all-to-all of equal blocks."""
+        work = dist.all_to_all_single(_bytes(dst), _bytes(src), group=self.group, async_op=True)
+        self._wait(work, deadline, "native gloo all-to-all")
+
     def abandon(self, sends: Sequence, receives: Sequence) -> None:
         self._abandoned.extend(r for r in (*sends, *receives) if r is not None)
 
