@@ -30,7 +30,7 @@ from typing import Any
 
 __all__ = ["LAUNCHER_VARIABLES", "PROGRESS_TTY", "LabRequest", "add_lab_arguments",
            "add_launch_argument", "ensure_launched", "find_mpiexec", "lab_request",
-           "launch_command", "under_launcher"]
+           "lab_tuning_environment", "launch_command", "under_launcher"]
 
 # Set by the process managers of MPICH/Intel MPI (PMI), Open MPI, PMIx, MVAPICH and Slurm.
 LAUNCHER_VARIABLES = (
@@ -154,15 +154,33 @@ def _rank_marks() -> dict[str, str]:
     return {_LAUNCHED: "1", **({PROGRESS_TTY: "1"} if sys.stderr.isatty() else {})}
 
 
+def lab_tuning_environment(counts: Sequence[int], link: str) -> dict[str, str]:
+    """COLLECTIVES_TUNING_FILE for a lab's ranks: the user's, else one per lab shape.
+
+    The tuning file keeps one calibration per world size; one measured on shaped links
+    must not become what ``auto`` reads on local ranks of the same count. ``[2, 2]`` at
+    1gbit: ``~/.cache/collectives/tuning-lab-2+2-1gbit.json``.
+    """
+    from collectives.costmodel import TUNING_ENV, tuning_path
+
+    if os.environ.get(TUNING_ENV):
+        return {}
+    shape = f"{'+'.join(map(str, counts))}-{link}"
+    return {TUNING_ENV: str(tuning_path().with_name(f"tuning-lab-{shape}.json"))}
+
+
 def _run_on_lab(*, module: str, argv: Sequence[str], lab: LabRequest) -> int:
     """Make the lab, run ``module`` across it, remove the lab; the tool's exit status."""
     from bench.cluster import Lab
 
     with Lab(nodes=lab.nodes, link=lab.link) as cluster:
-        print(f"# lab {cluster.name}: {lab.nodes} nodes, ranks per node {lab.ppn}, link "
-              f"{cluster.rate or 'unshaped'}", file=sys.stderr, flush=True)
-        outcome = cluster.mpiexec([sys.executable, "-m", module, *argv], ppn=lab.ppn,
-                                  env=_rank_marks(), capture=False)
+        counts = cluster.ranks_per_node(lab.ppn)
+        print(f"# lab {cluster.name}: {lab.nodes} nodes, ranks per node "
+              f"{','.join(map(str, counts))}, link {cluster.rate or 'unshaped'}",
+              file=sys.stderr, flush=True)
+        env = {**_rank_marks(), **lab_tuning_environment(counts, str(cluster.rate or "none"))}
+        outcome = cluster.mpiexec([sys.executable, "-m", module, *argv], ppn=counts, env=env,
+                                  capture=False)
     return outcome.returncode
 
 

@@ -1,0 +1,63 @@
+"""collectives-bench --nodes/--ppn/--link: the benchmark on a lab it makes and removes.
+
+The launcher (bench/launch.py) makes the lab, runs the tool's ranks across it and exits
+with the tool's status; the options are checked before anything starts.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.cluster import netns, registry
+from bench.launch import LAUNCHER_VARIABLES, lab_tuning_environment
+from collectives.costmodel import TUNING_ENV
+from tests.mpirun import ROOT
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    """``python -m bench.allreduce_perf ARGS`` started by hand (no launcher's variables)."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in LAUNCHER_VARIABLES and not key.startswith("COLLECTIVES_BENCH_")}
+    return subprocess.run([sys.executable, "-m", "bench.allreduce_perf", *args], cwd=ROOT,
+                          env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_bench_runs_across_uneven_nodes_and_removes_its_lab(tmp_path):
+    labs_before = {record.name for record in registry.records()}
+    out = tmp_path / "bench.json"
+    proc = _bench("--nodes", "2", "--ppn", "3,2", "--link", "5gbit", "-b", "1M", "-e", "1M",
+                  "-n", "2", "-w", "1", "--algorithms", "hierarchical,native", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 nodes, ranks per node 3,2, link 5gbit" in proc.stderr
+    document = json.loads(out.read_text())
+    assert (document["environment"]["nranks"], document["environment"]["hosts"]) == (5, 2)
+    assert [row["wrong"] for row in document["rows"]] == [0, 0]
+    lab = next(line.split()[2].rstrip(":") for line in proc.stderr.splitlines()
+               if line.startswith("# lab clab-"))
+    assert lab not in labs_before
+    assert [ns for ns in netns.namespaces() if ns.startswith(lab)] == []
+    assert not registry.directory(lab).exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ppn", "2"], "--ppn and --link need --nodes N"),
+    (["--nodes", "2", "--ppn", "3,2,1"], "--ppn 3,2,1 gives 3 counts for --nodes 2"),
+    (["--nodes", "2", "--ppn", "0"], "ranks per node '0' is neither"),
+    (["--nodes", "2", "--link", "fast"], "link rate 'fast' is not a rate such as 1gbit"),
+])
+def test_bad_lab_options_are_refused(args, message):
+    proc = _bench(*args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_a_lab_keeps_its_calibration_apart(monkeypatch, tmp_path):
+    """collectives-report and --calibrate on a lab write a tuning file of the lab's shape."""
+    monkeypatch.delenv(TUNING_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert lab_tuning_environment([3, 2], "1gbit") == {
+        TUNING_ENV: str(tmp_path / "collectives" / "tuning-lab-3+2-1gbit.json")}
+    monkeypatch.setenv(TUNING_ENV, str(tmp_path / "mine.json"))
+    assert lab_tuning_environment([3, 2], "1gbit") == {}
