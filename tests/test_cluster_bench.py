@@ -1,7 +1,8 @@
 """collectives-bench --nodes/--ppn/--link: the benchmark on a lab it makes and removes.
 
 The launcher (bench/launch.py) makes the lab, runs the tool's ranks across it and exits
-with the tool's status; the options are checked before anything starts.
+with the tool's status; the options are checked before anything starts. The summary
+(bench/cluster/summary.py) holds such runs against the link bound.
 """
 import json
 import os
@@ -10,7 +11,8 @@ import sys
 
 import pytest
 
-from bench.cluster import netns, registry
+from bench.cluster import LinkRate, netns, registry
+from bench.cluster.summary import Run, bound_busbw, markdown
 from bench.launch import LAUNCHER_VARIABLES, lab_tuning_environment
 from collectives.costmodel import TUNING_ENV
 from tests.mpirun import ROOT
@@ -61,3 +63,20 @@ def test_a_lab_keeps_its_calibration_apart(monkeypatch, tmp_path):
         TUNING_ENV: str(tmp_path / "collectives" / "tuning-lab-3+2-1gbit.json")}
     monkeypatch.setenv(TUNING_ENV, str(tmp_path / "mine.json"))
     assert lab_tuning_environment([3, 2], "1gbit") == {}
+
+
+def test_the_link_bound_of_the_summary(tmp_path):
+    """2 nodes: each link carries n each way; 4 nodes: 1.5 n (bench/cluster/summary.py)."""
+    rate = LinkRate.parse("1gbit")
+    n = 64 << 20
+    for nodes, ranks, carried in ((2, 4, n), (4, 8, 1.5 * n)):
+        seconds = carried / rate.bytes_per_second
+        busbw = n / seconds * 2 * (ranks - 1) / ranks / 1e9
+        assert bound_busbw(rate, nodes=nodes, ranks=ranks) == pytest.approx(busbw)
+    run = tmp_path / "2x2.json"
+    run.write_text(json.dumps({"environment": {"hosts": 2, "nranks": 4}, "rows": [
+        {"size": n, "algorithm": "ring", "busbw": 0.094}]}))
+    table = markdown([Run.load(run)], rate).splitlines()
+    assert table[0] == "| busbw GB/s (of bound) | 2x2 64 MiB |"
+    assert table[2] == "| ring | 0.094 (0.50) |"
+    assert table[3] == "| *link bound* | *0.188* |"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["LinkRate", "UNSHAPED"]
+__all__ = ["LinkRate", "TCP_GOODPUT", "UNSHAPED"]
 
 UNSHAPED = ("none", "unshaped")
 _UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9, "tbit": 10**12}
