@@ -7,6 +7,7 @@
 - :mod:`bench.cluster.registry` — which labs exist and whether their owner lives.
 - :mod:`bench.cluster.hydra`, :mod:`bench.cluster.remote` — mpiexec across the nodes.
 - :mod:`bench.cluster.linkcheck` — measures the links (the lab's self-check).
+- :mod:`bench.cluster.summary` — benchmark runs on a lab against the link bound.
 - :mod:`bench.cluster.cli` — the ``collectives-cluster`` command.
 
 See ``docs/cluster.md``.
