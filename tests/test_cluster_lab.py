@@ -48,14 +48,14 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _ranks_on_nodes(output: str) -> dict[str, list[int]]:
-    """'RANK HOSTNAME' lines as {hostname: sorted ranks}."""
-    nodes: dict[str, list[int]] = {}
+def _ranks_on_nodes(output: str) -> dict[tuple[str, str], list[int]]:
+    """'RANK HOSTNAME SHM' lines as {(hostname, what /dev/shm is): sorted ranks}."""
+    nodes: dict[tuple[str, str], list[int]] = {}
     for line in output.split("\n"):
         if line.strip():
-            rank, host = line.split()
-            nodes.setdefault(host, []).append(int(rank))
-    return {host: sorted(ranks) for host, ranks in nodes.items()}
+            rank, host, shm = line.split()
+            nodes.setdefault((host, shm), []).append(int(rank))
+    return {node: sorted(ranks) for node, ranks in nodes.items()}
 
 
 def _wait_for_sleepers(name: str, count: int) -> list[int]:
@@ -88,13 +88,15 @@ def _start_creator() -> tuple[subprocess.Popen, str, list[int]]:
 
 
 def test_uneven_ranks_land_on_their_nodes_and_two_labs_coexist():
+    """Each node has its own hostname and /dev/shm (a tmpfs that goes with the node)."""
+    show = "echo $PMI_RANK $(hostname) $(df --output=source /dev/shm | tail -n 1)"
     with Lab(nodes=2) as first, Lab(nodes=2) as second:
         assert first.name != second.name
         for lab in (first, second):
-            outcome = lab.mpiexec(["sh", "-c", "echo $PMI_RANK $(hostname)"], ppn=[3, 2],
-                                  timeout=60).check()
+            outcome = lab.mpiexec(["sh", "-c", show], ppn=[3, 2], timeout=60).check()
+            node0, node1 = f"{lab.name}-node0", f"{lab.name}-node1"
             assert _ranks_on_nodes(outcome.stdout) == {
-                f"{lab.name}-node0": [0, 1, 2], f"{lab.name}-node1": [3, 4]}, outcome.stdout
+                (node0, f"{node0}-shm"): [0, 1, 2], (node1, f"{node1}-shm"): [3, 4]}, outcome
     assert leftovers(first.name, []) == leftovers(second.name, []) == []
 
 

@@ -1,8 +1,12 @@
 """The lab's ``ssh``: hydra calls it as ``ssh [-x] HOST COMMAND`` to start a proxy on a node.
 
 Like ssh, it joins COMMAND into one shell line (hydra quotes its arguments for that) and
-runs it with ``sh -c``, here inside the namespace of the node whose address is HOST, in a
-UTS namespace of its own whose hostname is the node's namespace name.
+runs it with ``sh -c``, here inside the namespace of the node whose address is HOST, with
+a hostname of its own (the node's namespace name, in a new UTS namespace) and a /dev/shm of
+its own (a tmpfs in a new mount namespace). All ranks of a node descend from that one
+proxy, so they share the node's /dev/shm, which MPICH's shared memory uses, as on a real
+node; it vanishes with the node's last process, so ranks that were killed leave no shared
+memory segments behind.
 
 Usage: python -m bench.cluster.remote LAB [-x ...] HOST COMMAND...
 """
@@ -15,7 +19,7 @@ from .layout import Layout
 
 __all__ = ["main"]
 
-_SET_HOSTNAME = 'hostname "$0" && exec sh -c "$1"'
+_AS_NODE = 'hostname "$0" && mount -t tmpfs -o mode=1777 "$0-shm" /dev/shm && exec sh -c "$1"'
 
 
 def main(argv: list[str]) -> None:
@@ -26,8 +30,8 @@ def main(argv: list[str]) -> None:
     if len(rest) < 2:
         sys.exit(f"usage: python -m bench.cluster.remote LAB [-x] HOST COMMAND..., got {argv}")
     node = layout.node(layout.node_of(rest[0]))
-    os.execvp("ip", ["ip", "netns", "exec", node, "unshare", "--uts", "sh", "-c",
-                     _SET_HOSTNAME, node, " ".join(rest[1:])])
+    os.execvp("ip", ["ip", "netns", "exec", node, "unshare", "--uts", "--mount", "sh", "-c",
+                     _AS_NODE, node, " ".join(rest[1:])])
 
 
 if __name__ == "__main__":
