@@ -135,6 +135,10 @@ def _down(args) -> int:
     elif args.stale:
         names = [record.name for record in records if record.stale]
     elif args.names:
+        unknown = sorted(set(args.names) - {record.name for record in records})
+        if unknown:
+            raise LabError(f"no lab {', '.join(unknown)}: `collectives-cluster status` lists "
+                           "the labs")
         names = args.names
     else:
         raise LabError("name the labs to remove (`collectives-cluster status` lists them), "

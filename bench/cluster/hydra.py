@@ -69,10 +69,10 @@ def write_launcher(folder: Path, name: str) -> Path:
 
 
 def mpiexec_command(layout: Layout, ppn: Sequence[int], command: Sequence[str], *,
-                    launcher: Path, mpiexec: str | None = None) -> list[str]:
+                    launcher: Path) -> list[str]:
     """``ip netns exec HEAD mpiexec ...`` placing ``ppn[i]`` ranks of ``command`` on node i."""
     hosts = ",".join(f"{layout.address(i)}:{count}" for i, count in enumerate(ppn))
-    return ["ip", "netns", "exec", layout.head, mpiexec or find_hydra(),
+    return ["ip", "netns", "exec", layout.head, find_hydra(),
             "-launcher", "ssh", "-launcher-exec", str(launcher), "-iface", IFACE,
             "-hosts", hosts, "-n", str(sum(ppn)), *command]
 

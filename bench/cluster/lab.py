@@ -225,8 +225,7 @@ class Lab:
 
     def kill_processes(self) -> None:
         """SIGKILL every process in the lab (mpiexec first, so it starts nothing new)."""
-        for ns in _namespaces_of(self.name):
-            netns.kill_all(ns)
+        _kill_processes(_namespaces_of(self.name))
 
 
 def parse_ppn(text: str) -> int | list[int]:
@@ -260,8 +259,7 @@ def require_root_and_tools() -> None:
 def remove_lab(name: str) -> None:
     """Tear down lab ``name`` whoever made it: kill its processes, delete namespaces, record."""
     namespaces = _namespaces_of(name)
-    for ns in namespaces:  # the head first: mpiexec then starts no new proxies
-        netns.kill_all(ns)
+    _kill_processes(namespaces)
     for ns in namespaces:
         netns.delete_namespace(ns)
     registry.remove(name)
@@ -273,6 +271,12 @@ def remove_stale_labs() -> list[registry.Record]:
     for record in stale:
         remove_lab(record.name)
     return stale
+
+
+def _kill_processes(namespaces: Sequence[str]) -> None:
+    """SIGKILL every process in ``namespaces``, in order (the head first: no new proxies)."""
+    for ns in namespaces:
+        netns.kill_all(ns)
 
 
 def _namespaces_of(name: str) -> list[str]:
