@@ -4,7 +4,8 @@ Run on a lab's ranks (``check`` does it: 2 ranks on node 0, 1 on every other nod
 first rank of each node sends or receives, with MPI point to point on the ranks' usual
 environment, so it measures what the library's messages get. Each pattern is timed
 ``repeat`` times and the median kept; its rate is the bytes moved over the time until the
-last receiver has them, and ``x link`` divides that by what the shaped links allow:
+last receiver has them, and ``x link`` divides that by what the shaped links allow. Ranks
+that wait (for the start, for the others, or with nothing to move) sleep between polls.
 
 =========================  =========================================  ================
 pattern                    who sends                                  links that limit
@@ -25,7 +26,7 @@ Usage: mpiexec ... python -m bench.cluster.linkcheck [--bytes N] [--repeat R] [-
 
 Example::
 
-    with Lab(nodes=3, link="200mbit") as lab:
+    with Lab(nodes=3, link="100mbit") as lab:
         for row in check(lab):
             print(row["pattern"], row["x_link"])
 """
@@ -85,7 +86,7 @@ def _transfer(world, pairs, nbytes: int, buffers: dict) -> float:
     import numpy as np
     from mpi4py import MPI
 
-    world.Barrier()
+    _sleep_until_done(world.Ibarrier())
     start = time.perf_counter()
     requests = []
     for source, destination in pairs:
@@ -97,8 +98,17 @@ def _transfer(world, pairs, nbytes: int, buffers: dict) -> float:
             incoming = buffers[source]
             requests.append(world.Irecv([incoming[:nbytes], MPI.BYTE], source))
     MPI.Request.Waitall(requests)
-    done = time.perf_counter() - start if any(world.rank == d for _, d in pairs) else 0.0
-    return world.allreduce(done, op=MPI.MAX)
+    done = np.array([time.perf_counter() - start if requests else 0.0])
+    slowest = np.empty(1)
+    _sleep_until_done(world.Iallreduce(done, slowest, op=MPI.MAX))
+    return float(slowest[0])
+
+
+def _sleep_until_done(request) -> None:
+    """Wait for ``request`` without spinning: ranks that wait share the cores with those
+    that move bytes (a busy MPI wait would take the CPU that TCP needs)."""
+    while not request.Test():
+        time.sleep(0.001)
 
 
 def main(argv: list[str] | None = None) -> None:
