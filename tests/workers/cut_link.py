@@ -2,8 +2,9 @@
 
 Usage (on a lab): python -m tests.workers.cut_link OUTDIR
 Each rank writes OUTDIR/pid<rank> (its pid), then runs training-like steps: an all-reduce,
-then STEP_PAUSE s of "compute". After READY_AFTER steps rank 0 writes OUTDIR/ready: the test
-cuts a node's link in a pause, so every rank's next all-reduce starts after the cut. A rank
+then STEP_PAUSE s of "compute". After READY_AFTER steps each rank writes OUTDIR/ready<rank>:
+once every rank has, the test cuts a node's link, in the pause, so that every rank's next
+all-reduce starts after the cut and times out in its agreement exchange. A rank
 whose all-reduce raises CollectiveTimeout (init's timeout, COLLECTIVES_TIMEOUT) writes
 OUTDIR/rank<rank>.json (the message and when, in time.time()) and calls comm.abort(), which
 must end the process within COLLECTIVES_ABORT_GRACE even when the launcher is out of reach.
@@ -22,7 +23,7 @@ import collectives
 from tests.workers.common import rank_data
 
 COUNT = 1 << 16
-READY_AFTER = 5
+READY_AFTER = 3
 STEP_PAUSE = 1.0
 MAX_STEPS = 120  # a bound in case nothing is cut
 
@@ -39,8 +40,8 @@ def main() -> None:
             seen = {"rank": comm.rank, "step": step, "message": str(error), "time": time.time()}
             (outdir / f"rank{comm.rank}.json").write_text(json.dumps(seen))
             comm.abort(3)
-        if step + 1 == READY_AFTER and comm.rank == 0:
-            (outdir / "ready").write_text(str(time.time()))
+        if step + 1 == READY_AFTER:
+            (outdir / f"ready{comm.rank}").write_text(str(time.time()))
         time.sleep(STEP_PAUSE)
 
 
