@@ -171,9 +171,14 @@ def lab_tuning_environment(counts: Sequence[int], link: str) -> dict[str, str]:
 
 def _run_on_lab(*, module: str, argv: Sequence[str], lab: LabRequest) -> int:
     """Make the lab, run ``module`` across it, remove the lab; the tool's exit status."""
-    from bench.cluster import Lab
+    from bench.cluster import Lab, LabError
 
-    with Lab(nodes=lab.nodes, link=lab.link) as cluster:
+    try:
+        cluster = Lab(nodes=lab.nodes, link=lab.link)
+    except LabError as error:
+        print(f"error: no lab for --nodes {lab.nodes}: {error}", file=sys.stderr)
+        return 1
+    with cluster:
         counts = cluster.ranks_per_node(lab.ppn)
         print(f"# lab {cluster.name}: {lab.nodes} nodes, ranks per node "
               f"{','.join(map(str, counts))}, link {cluster.rate or 'unshaped'}",

@@ -94,8 +94,13 @@ def test_every_rank_ends_after_a_node_loses_its_link(tmp_path):
     output = f"--- stdout ---\n{outcome.stdout[-5000:]}\n--- stderr ---\n{outcome.stderr[-5000:]}"
     assert not running and ended_after <= BOUND, (
         f"ranks {running} still running {ended_after:.1f} s after the cut\n{output}")
-    for rank, silent in ((0, "[2, 3]"), (1, "[2, 3]"), (2, "[0, 1]"), (3, "[0, 1]")):
-        seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
+    # The cut-off ranks always time out themselves; of the survivors, the first to time out
+    # aborts, and mpiexec may end the other before its own deadline.
+    reports = {rank: json.loads(path.read_text())
+               for rank in range(4) if (path := tmp_path / f"rank{rank}.json").exists()}
+    assert {2, 3} <= set(reports) and {0, 1} & set(reports), (sorted(reports), output)
+    for rank, seen in reports.items():
+        silent = "[2, 3]" if rank < 2 else "[0, 1]"
         assert seen["time"] - cut <= TIMEOUT + 2, seen
         assert (f"rank {rank}: timed out waiting for the agreement records: nothing from "
                 f"rank(s) {silent}") in seen["message"], seen

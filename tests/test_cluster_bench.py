@@ -80,3 +80,12 @@ def test_the_link_bound_of_the_summary(tmp_path):
     assert table[0] == "| busbw GB/s (of bound) | 2x2 64 MiB |"
     assert table[2] == "| ring | 0.094 (0.50) |"
     assert table[3] == "| *link bound* | *0.188* |"
+
+
+def test_without_root_the_bench_says_why_there_is_no_lab():
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    proc = subprocess.run([*nobody, sys.executable, "-m", "bench.allreduce_perf", "--nodes", "2",
+                           "-b", "1M", "-e", "1M"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 1, proc
+    assert "error: no lab for --nodes 2: the lab needs root" in proc.stderr, proc.stderr

@@ -1,11 +1,11 @@
 """The lab's links carry their rate each way, and a node's link is shared by all its traffic.
 
-Three nodes at 100mbit (slow enough that two cores shared with other jobs, at load average
-12, still fill it), measured by the lab's self-check with MPI point to point, the median of
-five (bench/cluster/linkcheck.py). Without the shaper
-on the switch port, two nodes sending into node 0 would get twice the rate; without the
-one on the node, node 0 sending to two nodes would; without UCX_TLS=self,tcp the bytes
-would bypass the links through shared memory at GB/s.
+Three nodes at 100mbit (slow enough that two cores shared with other jobs still fill it),
+measured by the lab's self-check with MPI point to point, the fastest of five runs
+(bench/cluster/linkcheck.py). Without the shaper on the switch port, two nodes sending
+into node 0 would get twice the rate; without the one on the node, node 0 sending to two
+nodes would; without UCX_TLS=self,tcp the bytes would bypass the links through shared
+memory at GB/s.
 """
 import pytest
 
