@@ -316,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="with --calibrate: fewer sizes")
     launch.add_launch_argument(parser)
+    launch.add_lab_arguments(parser)
     return parser
 
 
@@ -370,7 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--compression needs a floating-point --dtype, got {args.dtype}")
     if args.tensors is not None and args.tensors < 1:
         parser.error(f"--tensors must be at least 1, got {args.tensors}")
-    launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np)
+    launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np,
+                           lab=launch.lab_request(parser, args))
 
     from mpi4py import MPI
 

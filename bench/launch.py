@@ -1,29 +1,36 @@
-"""Start a bench tool on local MPI ranks when it was not started by an MPI launcher.
+"""Start a bench tool on MPI ranks when it was not started by an MPI launcher.
 
 A tool calls :func:`ensure_launched` before it imports ``mpi4py.MPI``. Under ``mpiexec``
 or ``srun`` the call returns at once; started by hand, it replaces the process with
 ``mpiexec -n N <python> -m <module> <same args>``, so every rank runs the same command.
+Tools that take :func:`add_lab_arguments` can run on a lab of emulated nodes instead
+(``--nodes 2 --ppn 2 --link 1gbit``, bench/cluster, needs root): the lab is made, the tool
+runs across it, the lab is removed, and the process exits with the tool's status.
 
 Example::
 
     def main(argv=None):
         args = parser.parse_args(argv)
-        launch.ensure_launched(module="bench.allreduce_perf", argv=argv, nranks=args.np)
+        launch.ensure_launched(module="bench.allreduce_perf", argv=argv, nranks=args.np,
+                               lab=launch.lab_request(parser, args))
         from mpi4py import MPI  # only the ranks get here
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LAUNCHER_VARIABLES", "PROGRESS_TTY", "add_launch_argument", "ensure_launched",
-           "find_mpiexec", "launch_command", "under_launcher"]
+__all__ = ["LAUNCHER_VARIABLES", "PROGRESS_TTY", "LabRequest", "add_lab_arguments",
+           "add_launch_argument", "ensure_launched", "find_mpiexec", "lab_request",
+           "lab_tuning_environment", "launch_command", "under_launcher"]
 
 # Set by the process managers of MPICH/Intel MPI (PMI), Open MPI, PMIx, MVAPICH and Slurm.
 LAUNCHER_VARIABLES = (
@@ -42,6 +49,61 @@ def add_launch_argument(parser: Any, *, default: int = 2) -> None:
     parser.add_argument("--np", type=int, default=default, metavar="N",
                         help="ranks to start with mpiexec when not already under an MPI "
                              f"launcher (default {default}; ignored under mpiexec/srun)")
+
+
+@dataclass(frozen=True)
+class LabRequest:
+    """Run the tool on a lab: ``ppn`` ranks on each of ``nodes`` nodes, ``link`` each way."""
+
+    nodes: int
+    ppn: int | tuple[int, ...]
+    link: str
+
+
+def add_lab_arguments(parser: Any) -> None:
+    """``--nodes N --ppn K|K,K --link RATE``: run the ranks on a lab of emulated nodes."""
+    from bench.cluster.lab import parse_ppn
+    from bench.cluster.rate import LinkRate
+
+    def ppn(text: str) -> int | tuple[int, ...]:
+        try:
+            counts = parse_ppn(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return counts if isinstance(counts, int) else tuple(counts)
+
+    def link(text: str) -> str:
+        try:
+            LinkRate.parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return text
+
+    parser.add_argument("--nodes", type=int, default=None, metavar="N",
+                        help="run on a lab of N emulated nodes with shaped links (needs "
+                             "root; docs/cluster.md) instead of local ranks; --np is ignored")
+    parser.add_argument("--ppn", type=ppn, default=None, metavar="K|K,K",
+                        help="with --nodes: ranks per node, one count or one per node such as "
+                             "3,2 (default 1)")
+    parser.add_argument("--link", type=link, default=None, metavar="RATE",
+                        help="with --nodes: each node's link rate each way, e.g. 1gbit "
+                             "(default none: unshaped)")
+
+
+def lab_request(parser: Any, args: Any) -> LabRequest | None:
+    """The lab that ``add_lab_arguments``' options ask for; None without --nodes."""
+    if args.nodes is None:
+        if isinstance(args.ppn, tuple):
+            return LabRequest(nodes=len(args.ppn), ppn=args.ppn, link=args.link or "none")
+        if args.ppn is not None or args.link is not None:
+            parser.error("--ppn and --link need --nodes N (or a --ppn list such as 3,2)")
+        return None
+    if args.nodes < 1:
+        parser.error(f"--nodes must be at least 1, got {args.nodes}")
+    if isinstance(args.ppn, tuple) and len(args.ppn) != args.nodes:
+        parser.error(f"--ppn {','.join(map(str, args.ppn))} gives {len(args.ppn)} counts "
+                     f"for --nodes {args.nodes}: give one count, or one per node")
+    return LabRequest(nodes=args.nodes, ppn=args.ppn or 1, link=args.link or "none")
 
 
 def under_launcher(environ: Mapping[str, str] = os.environ) -> bool:
@@ -78,10 +140,7 @@ def launch_command(*, module: str, argv: Sequence[str], nranks: int,
                    mpiexec: str) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that start ``module`` with ``argv`` on ``nranks`` ranks."""
     command = [mpiexec, "-n", str(nranks)]
-    environ = dict(os.environ)
-    environ[_LAUNCHED] = "1"
-    if sys.stderr.isatty():
-        environ[PROGRESS_TTY] = "1"
+    environ = {**os.environ, **_rank_marks()}
     if _is_open_mpi(mpiexec):
         command.append("--oversubscribe")
         environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -90,15 +149,59 @@ def launch_command(*, module: str, argv: Sequence[str], nranks: int,
     return command, environ
 
 
-def ensure_launched(*, module: str, argv: Sequence[str], nranks: int) -> None:
-    """Return when running under an MPI launcher; otherwise exec ``mpiexec`` on ourselves.
+def _rank_marks() -> dict[str, str]:
+    """What the ranks we start are told: that they were launched, and whether stderr is a tty."""
+    return {_LAUNCHED: "1", **({PROGRESS_TTY: "1"} if sys.stderr.isatty() else {})}
+
+
+def lab_tuning_environment(counts: Sequence[int], link: str) -> dict[str, str]:
+    """COLLECTIVES_TUNING_FILE for a lab's ranks: the user's, else one per lab shape.
+
+    The tuning file keeps one calibration per world size; one measured on shaped links
+    must not become what ``auto`` reads on local ranks of the same count. ``[2, 2]`` at
+    1gbit: ``~/.cache/collectives/tuning-lab-2+2-1gbit.json``.
+    """
+    from collectives.costmodel import TUNING_ENV, tuning_path
+
+    if os.environ.get(TUNING_ENV):
+        return {}
+    shape = f"{'+'.join(map(str, counts))}-{link}"
+    return {TUNING_ENV: str(tuning_path().with_name(f"tuning-lab-{shape}.json"))}
+
+
+def _run_on_lab(*, module: str, argv: Sequence[str], lab: LabRequest) -> int:
+    """Make the lab, run ``module`` across it, remove the lab; the tool's exit status."""
+    from bench.cluster import Lab, LabError
+
+    try:
+        cluster = Lab(nodes=lab.nodes, link=lab.link)
+    except LabError as error:
+        print(f"error: no lab for --nodes {lab.nodes}: {error}", file=sys.stderr)
+        return 1
+    with cluster:
+        counts = cluster.ranks_per_node(lab.ppn)
+        print(f"# lab {cluster.name}: {lab.nodes} nodes, ranks per node "
+              f"{','.join(map(str, counts))}, link {cluster.rate or 'unshaped'}",
+              file=sys.stderr, flush=True)
+        env = {**_rank_marks(), **lab_tuning_environment(counts, str(cluster.rate or "none"))}
+        outcome = cluster.mpiexec([sys.executable, "-m", module, *argv], ppn=counts, env=env,
+                                  capture=False)
+    return outcome.returncode
+
+
+def ensure_launched(*, module: str, argv: Sequence[str], nranks: int,
+                    lab: LabRequest | None = None) -> None:
+    """Return when running under an MPI launcher; otherwise start the ranks and exit.
 
     ``module`` is what ``python -m`` runs on each rank and ``argv`` its arguments (the
     same the user gave, ``--np`` included: the ranks ignore it). Never returns when it
-    launches: the process becomes ``mpiexec`` and exits with its status.
+    launches: without ``lab`` the process becomes ``mpiexec -n nranks``; with it, the
+    tool runs on a lab made for it, and the process exits with the tool's status.
     """
     if under_launcher():
         return
+    if lab is not None:
+        sys.exit(_run_on_lab(module=module, argv=argv, lab=lab))
     if nranks < 1:
         raise ValueError(f"--np must be at least 1, got {nranks}")
     command, environ = launch_command(module=module, argv=argv, nranks=nranks,

@@ -602,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--accuracy-only", action="store_true",
                         help="only the model-vs-measurement section (no sweep, no at-scale)")
     launch.add_launch_argument(parser)
+    launch.add_lab_arguments(parser)
     return parser
 
 
@@ -632,7 +633,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   else default_clusters())
     except (OSError, ValueError) as error:
         parser.error(f"--cluster {args.cluster}: {error}")
-    launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np)
+    launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np,
+                           lab=launch.lab_request(parser, args))
 
     from mpi4py import MPI
 

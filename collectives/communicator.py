@@ -170,6 +170,9 @@ class Communicator:
     def abort(self, errorcode: int = 1) -> None:
         """End every rank of the job now (MPI_Abort): the way out after a CollectiveTimeout.
 
+        This process ends within COLLECTIVES_ABORT_GRACE seconds (default 5) even when
+        MPI_Abort cannot reach the launcher (collectives.failure.end_job).
+
         Example::
 
             try:
@@ -177,7 +180,9 @@ class Communicator:
             except collectives.CollectiveTimeout:
                 comm.abort(3)
         """
-        self._transport.abort(errorcode)
+        from .failure import end_job
+
+        end_job(self._transport, errorcode)
 
     def close(self) -> None:
         """Finish the queued collectives and close the transport (the other ranks learn that

@@ -1,25 +1,66 @@
-"""A rank that fails outside a collective ends the job instead of leaving the others waiting.
+"""Ending the job: MPI_Abort, bounded by a watchdog, and the hook for uncaught exceptions.
 
 An exception that escapes the program would otherwise run the exit handlers (MPI_Finalize,
 freeing shared windows), which wait for the other ranks while they wait, inside their next
 collective, for this one. `abort_on_uncaught` makes such an exception print its traceback
-and then call MPI_Abort, as `python -m mpi4py` does; the launcher then ends every rank.
+and then end the job, as `python -m mpi4py` does; the launcher then ends every rank.
+
+MPI_Abort itself may never return nor end the process: when the launcher cannot be reached
+(a node whose link is down) MPICH spins inside it, in C, holding the GIL. So `end_job` first
+arms a watchdog the kernel carries out without Python: an interval timer whose SIGALRM, at
+its default action, terminates the process `COLLECTIVES_ABORT_GRACE` seconds (default 5)
+later unless MPI_Abort has ended it by then.
 
 Example::
 
     abort_on_uncaught(transport)      # done by collectives.init() on more than one rank
+    end_job(transport, 3)             # what comm.abort(3) does
 """
 from __future__ import annotations
 
+import math
+import signal
 import sys
+import threading
+from .config import _env
 
-__all__ = ["abort_on_uncaught", "ABORT_CODE"]
+__all__ = ["ABORT_CODE", "DEFAULT_ABORT_GRACE", "abort_grace", "abort_on_uncaught", "end_job"]
 
 ABORT_CODE = 1
+DEFAULT_ABORT_GRACE = 5.0  # seconds; MPI_Abort that reaches the launcher ends the job in ~2 s
+
+
+def abort_grace() -> float:
+    """Seconds MPI_Abort gets before the watchdog ends the process (COLLECTIVES_ABORT_GRACE)."""
+    grace = _env("ABORT_GRACE", float, DEFAULT_ABORT_GRACE)
+    if not (math.isfinite(grace) and grace > 0):
+        raise ValueError(f"COLLECTIVES_ABORT_GRACE={grace} must be a number of seconds > 0 "
+                         f"(default {DEFAULT_ABORT_GRACE}); unset it or give e.g. 5")
+    return grace
+
+
+def end_job(transport, errorcode: int, *, grace: float | None = None) -> None:
+    """MPI_Abort (`transport.abort`), with this process ended `grace` seconds later regardless.
+
+    `grace` defaults to `abort_grace()`. The watchdog is SIGALRM at its default action
+    (terminate), armed with an interval timer: the kernel ends the process even while
+    MPI_Abort spins in C. From a thread other than the main one, a SIGALRM handler that the
+    program installed cannot be reset, and then only MPI_Abort is called.
+    """
+    grace = abort_grace() if grace is None else grace
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    if signal.getsignal(signal.SIGALRM) == signal.SIG_DFL:
+        signal.setitimer(signal.ITIMER_REAL, grace)
+    transport.abort(errorcode)
 
 
 def abort_on_uncaught(transport) -> None:
-    """Chain a `sys.excepthook` that aborts every rank (`transport.abort`) after reporting."""
+    """Chain a `sys.excepthook` that ends every rank (`end_job`) after reporting.
+
+    Reads COLLECTIVES_ABORT_GRACE now, so a bad value fails init() rather than the abort.
+    """
+    grace = abort_grace()
     previous = sys.excepthook
 
     def hook(kind, value, traceback) -> None:
@@ -29,6 +70,6 @@ def abort_on_uncaught(transport) -> None:
                   "uncaught exception above", file=sys.stderr)
             sys.stderr.flush()
         finally:
-            transport.abort(ABORT_CODE)
+            end_job(transport, ABORT_CODE, grace=grace)
 
     sys.excepthook = hook

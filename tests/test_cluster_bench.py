@@ -1,0 +1,91 @@
+"""collectives-bench --nodes/--ppn/--link: the benchmark on a lab it makes and removes.
+
+The launcher (bench/launch.py) makes the lab, runs the tool's ranks across it and exits
+with the tool's status; the options are checked before anything starts. The summary
+(bench/cluster/summary.py) holds such runs against the link bound.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.cluster import LinkRate, netns, registry
+from bench.cluster.summary import Run, bound_busbw, markdown
+from bench.launch import LAUNCHER_VARIABLES, lab_tuning_environment
+from collectives.costmodel import TUNING_ENV
+from tests.mpirun import ROOT
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    """``python -m bench.allreduce_perf ARGS`` started by hand (no launcher's variables)."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in LAUNCHER_VARIABLES and not key.startswith("COLLECTIVES_BENCH_")}
+    return subprocess.run([sys.executable, "-m", "bench.allreduce_perf", *args], cwd=ROOT,
+                          env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_bench_runs_across_uneven_nodes_and_removes_its_lab(tmp_path):
+    labs_before = {record.name for record in registry.records()}
+    out = tmp_path / "bench.json"
+    proc = _bench("--nodes", "2", "--ppn", "3,2", "--link", "5gbit", "-b", "1M", "-e", "1M",
+                  "-n", "2", "-w", "1", "--algorithms", "hierarchical,native", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 nodes, ranks per node 3,2, link 5gbit" in proc.stderr
+    document = json.loads(out.read_text())
+    assert (document["environment"]["nranks"], document["environment"]["hosts"]) == (5, 2)
+    assert [row["wrong"] for row in document["rows"]] == [0, 0]
+    lab = next(line.split()[2].rstrip(":") for line in proc.stderr.splitlines()
+               if line.startswith("# lab clab-"))
+    assert lab not in labs_before
+    assert [ns for ns in netns.namespaces() if ns.startswith(lab)] == []
+    assert not registry.directory(lab).exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ppn", "2"], "--ppn and --link need --nodes N"),
+    (["--nodes", "2", "--ppn", "3,2,1"], "--ppn 3,2,1 gives 3 counts for --nodes 2"),
+    (["--nodes", "2", "--ppn", "0"], "ranks per node '0' is neither"),
+    (["--nodes", "2", "--link", "fast"], "link rate 'fast' is not a rate such as 1gbit"),
+])
+def test_bad_lab_options_are_refused(args, message):
+    proc = _bench(*args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_a_lab_keeps_its_calibration_apart(monkeypatch, tmp_path):
+    """collectives-report and --calibrate on a lab write a tuning file of the lab's shape."""
+    monkeypatch.delenv(TUNING_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert lab_tuning_environment([3, 2], "1gbit") == {
+        TUNING_ENV: str(tmp_path / "collectives" / "tuning-lab-3+2-1gbit.json")}
+    monkeypatch.setenv(TUNING_ENV, str(tmp_path / "mine.json"))
+    assert lab_tuning_environment([3, 2], "1gbit") == {}
+
+
+def test_the_link_bound_of_the_summary(tmp_path):
+    """2 nodes: each link carries n each way; 4 nodes: 1.5 n (bench/cluster/summary.py)."""
+    rate = LinkRate.parse("1gbit")
+    n = 64 << 20
+    for nodes, ranks, carried in ((2, 4, n), (4, 8, 1.5 * n)):
+        seconds = carried / rate.bytes_per_second
+        busbw = n / seconds * 2 * (ranks - 1) / ranks / 1e9
+        assert bound_busbw(rate, nodes=nodes, ranks=ranks) == pytest.approx(busbw)
+    run = tmp_path / "2x2.json"
+    run.write_text(json.dumps({"environment": {"hosts": 2, "nranks": 4}, "rows": [
+        {"size": n, "algorithm": "ring", "busbw": 0.094}]}))
+    table = markdown([Run.load(run)], rate).splitlines()
+    assert table[0] == "| busbw GB/s (of bound) | 2x2 64 MiB |"
+    assert table[2] == "| ring | 0.094 (0.50) |"
+    assert table[3] == "| *link bound* | *0.188* |"
+
+
+def test_without_root_the_bench_says_why_there_is_no_lab():
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    proc = subprocess.run([*nobody, sys.executable, "-m", "bench.allreduce_perf", "--nodes", "2",
+                           "-b", "1M", "-e", "1M"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 1, proc
+    assert "error: no lab for --nodes 2: the lab needs root" in proc.stderr, proc.stderr
