@@ -85,7 +85,7 @@ def init(mpi_comm=None, *, transport: str = "mpi", timeout: float | None = None,
         raise error
     mpi = MPITransport(comm)
     if mpi.size > 1:
-        abort_on_uncaught(mpi)  # an uncaught exception ends the job, not hangs it
+        abort_on_uncaught(mpi, grace=settings.abort_grace)  # ends the job, not hangs it
     topology = _topology(mpi, settings)
     device = _device_transport(transport, mpi)
     if settings.shm:  # COLLECTIVES_SHM=1: on-node peers exchange through shared windows

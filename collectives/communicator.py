@@ -16,6 +16,7 @@ from .calls import Call, Context
 from .calls.allreduce import allreduce_call, allreduce_many_call
 from .config import Settings
 from .execution import PlanRunner
+from .failure import end_job
 from .errors import CollectiveError, CollectiveTimeout, MismatchError, NonFiniteError, PeerError
 from .options import Op
 from .progress import Handle, ProgressEngine
@@ -180,9 +181,7 @@ class Communicator:
             except collectives.CollectiveTimeout:
                 comm.abort(3)
         """
-        from .failure import end_job
-
-        end_job(self._transport, errorcode)
+        end_job(self._transport, errorcode, grace=self.settings.abort_grace)
 
     def close(self) -> None:
         """Finish the queued collectives and close the transport (the other ranks learn that

@@ -11,10 +11,11 @@ import math
 import os
 from dataclasses import dataclass
 
-__all__ = ["Settings", "DEFAULT_TIMEOUT", "DEFAULT_FUSION_BYTES"]
+__all__ = ["Settings", "DEFAULT_TIMEOUT", "DEFAULT_FUSION_BYTES", "DEFAULT_ABORT_GRACE"]
 
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_FUSION_BYTES = 64 << 20
+DEFAULT_ABORT_GRACE = 5.0  # seconds; MPI_Abort that reaches the launcher ends the job in ~2 s
 
 
 def _env(name: str, convert, default):
@@ -90,6 +91,7 @@ class Settings:
     debug: bool = False
     check: bool = True  # the agreement check before every collective (COLLECTIVES_CHECK=0: off)
     shm: bool = False  # on-node peers exchange through shared windows (COLLECTIVES_SHM=1: on)
+    abort_grace: float = DEFAULT_ABORT_GRACE  # seconds MPI_Abort gets before the watchdog
 
     @classmethod
     def resolve(cls, *, timeout: float | None = None, local_size: int | None = None,
@@ -116,6 +118,7 @@ class Settings:
             debug=_env("DEBUG", _flag, False),
             check=check if check is not None else _env("CHECK", _flag, True),
             shm=_env("SHM", _flag, False),
+            abort_grace=_env("ABORT_GRACE", _seconds, DEFAULT_ABORT_GRACE),
         )
 
     def agreed(self) -> dict[str, object]:

@@ -18,36 +18,23 @@ Example::
 """
 from __future__ import annotations
 
-import math
 import signal
 import sys
 import threading
-from .config import _env
 
-__all__ = ["ABORT_CODE", "DEFAULT_ABORT_GRACE", "abort_grace", "abort_on_uncaught", "end_job"]
+__all__ = ["ABORT_CODE", "abort_on_uncaught", "end_job"]
 
 ABORT_CODE = 1
-DEFAULT_ABORT_GRACE = 5.0  # seconds; MPI_Abort that reaches the launcher ends the job in ~2 s
 
 
-def abort_grace() -> float:
-    """Seconds MPI_Abort gets before the watchdog ends the process (COLLECTIVES_ABORT_GRACE)."""
-    grace = _env("ABORT_GRACE", float, DEFAULT_ABORT_GRACE)
-    if not (math.isfinite(grace) and grace > 0):
-        raise ValueError(f"COLLECTIVES_ABORT_GRACE={grace} must be a number of seconds > 0 "
-                         f"(default {DEFAULT_ABORT_GRACE}); unset it or give e.g. 5")
-    return grace
-
-
-def end_job(transport, errorcode: int, *, grace: float | None = None) -> None:
+def end_job(transport, errorcode: int, *, grace: float) -> None:
     """MPI_Abort (`transport.abort`), with this process ended `grace` seconds later regardless.
 
-    `grace` defaults to `abort_grace()`. The watchdog is SIGALRM at its default action
-    (terminate), armed with an interval timer: the kernel ends the process even while
-    MPI_Abort spins in C. From a thread other than the main one, a SIGALRM handler that the
-    program installed cannot be reset, and then only MPI_Abort is called.
+    The watchdog is SIGALRM at its default action (terminate), armed with an interval timer:
+    the kernel ends the process even while MPI_Abort spins in C. From a thread other than
+    the main one, a SIGALRM handler that the program installed cannot be reset, and then
+    only MPI_Abort is called.
     """
-    grace = abort_grace() if grace is None else grace
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
     if signal.getsignal(signal.SIGALRM) == signal.SIG_DFL:
@@ -55,12 +42,9 @@ def end_job(transport, errorcode: int, *, grace: float | None = None) -> None:
     transport.abort(errorcode)
 
 
-def abort_on_uncaught(transport) -> None:
-    """Chain a `sys.excepthook` that ends every rank (`end_job`) after reporting.
-
-    Reads COLLECTIVES_ABORT_GRACE now, so a bad value fails init() rather than the abort.
-    """
-    grace = abort_grace()
+def abort_on_uncaught(transport, *, grace: float) -> None:
+    """Chain a `sys.excepthook` that ends every rank (`end_job`, `grace` seconds) after
+    reporting."""
     previous = sys.excepthook
 
     def hook(kind, value, traceback) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench.cluster import Lab
-from collectives.failure import DEFAULT_ABORT_GRACE, abort_grace
+from collectives.config import DEFAULT_ABORT_GRACE, Settings
 from tests.mpirun import ROOT
 from tests.workers.cut_link import STEP_PAUSE
 
@@ -32,7 +32,7 @@ SPINNING_ABORT = textwrap.dedent("""
                 pass
 
     signal.signal(signal.SIGALRM, lambda *args: None)  # the program's own handler
-    end_job(SpinningTransport(), 3)
+    end_job(SpinningTransport(), 3, grace=1.0)
 """)
 TIMEOUT = 5.0  # the collectives' timeout in the cut-link run
 BOUND = 15.0  # every rank must have ended this long after the cut
@@ -42,14 +42,14 @@ BOUND = 15.0  # every rank must have ended this long after the cut
 def test_a_bad_abort_grace_is_refused(monkeypatch, value):
     monkeypatch.setenv("COLLECTIVES_ABORT_GRACE", value)
     with pytest.raises(ValueError, match="COLLECTIVES_ABORT_GRACE"):
-        abort_grace()
+        Settings.resolve()
 
 
 def test_abort_grace_default_and_setting(monkeypatch):
     monkeypatch.delenv("COLLECTIVES_ABORT_GRACE", raising=False)
-    assert abort_grace() == DEFAULT_ABORT_GRACE
+    assert Settings.resolve().abort_grace == DEFAULT_ABORT_GRACE
     monkeypatch.setenv("COLLECTIVES_ABORT_GRACE", "2.5")
-    assert abort_grace() == 2.5
+    assert Settings.resolve().abort_grace == 2.5
 
 
 def test_the_watchdog_ends_a_process_whose_abort_never_returns():
@@ -95,13 +95,18 @@ def test_every_rank_ends_after_a_node_loses_its_link(tmp_path):
     output = f"--- stdout ---\n{outcome.stdout[-5000:]}\n--- stderr ---\n{outcome.stderr[-5000:]}"
     assert not running and ended_after <= BOUND, (
         f"ranks {running} still running {ended_after:.1f} s after the cut\n{output}")
-    # The cut-off ranks always time out themselves; of the survivors, the first to time out
-    # aborts, and mpiexec may end the other before its own deadline.
+    # The cut-off ranks always end by themselves (a timeout, or the notice of the other rank
+    # of their node that timed out first); of the survivors, the first to time out aborts,
+    # and mpiexec may end the other before it reports. Every report names the other side.
     reports = {rank: json.loads(path.read_text())
                for rank in range(4) if (path := tmp_path / f"rank{rank}.json").exists()}
     assert {2, 3} <= set(reports) and {0, 1} & set(reports), (sorted(reports), output)
     for rank, seen in reports.items():
         silent = "[2, 3]" if rank < 2 else "[0, 1]"
         assert seen["time"] - cut <= STEP_PAUSE + TIMEOUT + 2, seen  # next call, then timeout
-        assert (f"rank {rank}: timed out waiting for the agreement records: nothing from "
-                f"rank(s) {silent}") in seen["message"], seen
+        if seen["error"] == "CollectiveTimeout":
+            assert (f"rank {rank}: timed out waiting for the agreement records: nothing from "
+                    f"rank(s) {silent}") in seen["message"], seen
+        else:
+            assert seen["error"] == "PeerError", seen
+            assert f"nothing yet from rank(s) {silent}" in seen["message"], seen

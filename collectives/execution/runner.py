@@ -31,7 +31,7 @@ import numpy as np
 import kernels
 
 from ..algorithms.plan import Plan
-from ..errors import CollectiveTimeout
+from ..errors import CollectiveTimeout, PeerError
 from .codec import IDENTITY
 from .io import IoSchedule, Ranges
 from .posting import SCRATCH_SLOTS, Posting
@@ -193,6 +193,8 @@ class _Run:
                                             f"{self.plan.algorithm} round {k}")
             except CollectiveTimeout:
                 raise self._stalled(k) from None
+            except PeerError as error:
+                raise PeerError(f"{error}; {self._stalled(k).args[0].split(': ', 1)[1]}") from None
             request = self.requests.pop(i)
             self._apply(self.posted.pop(i), request)
             self._post(k, self.posting.opens)

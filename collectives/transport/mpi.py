@@ -102,10 +102,12 @@ class _Records:
         requests = recvs + sends
         try:
             transport.poll(lambda: MPI.Request.Testall(requests) or None, deadline, what)
-        except CollectiveTimeout:
+        except (CollectiveTimeout, PeerError) as error:
             silent = [p for p, request in zip(self._peers, recvs) if not request.Test()]
             transport.abandon(sends, recvs)
             self._recvs = []
+            if isinstance(error, PeerError):
+                raise PeerError(f"{error}; nothing yet from rank(s) {silent} for {what}") from None
             raise CollectiveTimeout(
                 f"rank {self._rank}: timed out waiting for {what}: "
                 f"nothing from rank(s) {silent or 'none (our sends were not taken)'}"

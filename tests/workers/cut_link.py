@@ -4,8 +4,9 @@ Usage (on a lab): python -m tests.workers.cut_link OUTDIR
 Each rank writes OUTDIR/pid<rank> (its pid), then runs training-like steps: an all-reduce,
 then STEP_PAUSE s of "compute". After READY_AFTER steps each rank writes OUTDIR/ready<rank>:
 once every rank has, the test cuts a node's link, in the pause, so that every rank's next
-all-reduce starts after the cut and times out in its agreement exchange. A rank
-whose all-reduce raises CollectiveTimeout (init's timeout, COLLECTIVES_TIMEOUT) writes
+all-reduce starts after the cut and times out in its agreement exchange, or hears first
+from a rank on its node that gave up. A rank whose all-reduce raises (CollectiveTimeout
+after COLLECTIVES_TIMEOUT, or PeerError) writes
 OUTDIR/rank<rank>.json (the message and when, in time.time()) and calls comm.abort(), which
 must end the process within COLLECTIVES_ABORT_GRACE even when the launcher is out of reach.
 """
@@ -36,8 +37,9 @@ def main() -> None:
     for step in range(MAX_STEPS):
         try:
             comm.allreduce(x, algorithm="ring")
-        except collectives.CollectiveTimeout as error:
-            seen = {"rank": comm.rank, "step": step, "message": str(error), "time": time.time()}
+        except collectives.CollectiveError as error:  # a timeout, or a peer that gave up
+            seen = {"rank": comm.rank, "step": step, "error": type(error).__name__,
+                    "message": str(error), "time": time.time()}
             (outdir / f"rank{comm.rank}.json").write_text(json.dumps(seen))
             comm.abort(3)
         if step + 1 == READY_AFTER:

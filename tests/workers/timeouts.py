@@ -38,7 +38,7 @@ def absent(comm, algorithm: str, outdir: Path) -> None:
     try:
         comm.allreduce(x, algorithm=algorithm)
         seen["error"] = None
-    except collectives.CollectiveTimeout as error:
+    except (collectives.CollectiveTimeout, collectives.PeerError) as error:
         seen["error"], seen["message"] = type(error).__name__, str(error)
     seen["elapsed"] = time.monotonic() - start
     try:
