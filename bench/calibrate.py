@@ -186,6 +186,9 @@ class _Exchange:
         self.same_host = self.active and _same_host(mpi_comm, succ)
         # zero-copy: on-node peers read the transport's shared work buffer
         self.zero_copy = runner.transport.shared is not None and not across
+        # Between hosts, every local rank runs its ring at once, so a node's link carries one
+        # flow per local rank each way: the link's own rate is that many times a flow's.
+        self.flows = min(len(node) for node in comm.topology.nodes) if across else 1
         self.calls: dict[tuple[int, bool], Callable[[], None]] = {}
         for n in sizes if self.active else ():
             plans = [exchange_plan(comm.rank, comm.size, n, succ, pred, parts=self.parts,
@@ -200,17 +203,27 @@ class _Exchange:
         return {"sizes": list(sizes), "chunks": self.parts,
                 "copy_round_s": [seconds[n, False] / self.parts for n in sizes],
                 "reduce_round_s": [seconds[n, True] / self.parts for n in sizes],
-                "same_host": self.same_host, "zero_copy": self.zero_copy}
+                "same_host": self.same_host, "zero_copy": self.zero_copy,
+                "flows_per_link": self.flows}
 
 
 def _link(times: dict, sizes: Sequence[int]) -> tuple[LinkModel, list[float], list[float]]:
     """The link (alpha from the smallest exchange, beta at the largest) and per-size beta, gamma."""
     alpha = times["copy_round_s"][0]
     chunks = [n // times["chunks"] for n in sizes]
-    betas = [per_byte(t, alpha, c) for t, c in zip(times["copy_round_s"], chunks)]
-    gammas = [per_byte(t, alpha, c) for t, c in zip(times["reduce_round_s"], chunks)]
+    # A network link between hosts is one per node (a NIC shared by the node's flows):
+    # its beta is a flow's divided by the flows that shared it during the exchange, and a
+    # reduce round costs the copy round plus the reduction (gamma, on the receiver).
+    per_node = not times["same_host"]
+    if per_node:
+        gammas = [max(r - t, 0.0) / c for t, r, c in
+                  zip(times["copy_round_s"], times["reduce_round_s"], chunks)]
+    else:  # the ranks' cores move the bytes: gamma includes the copy out of the transport
+        gammas = [per_byte(t, alpha, c) for t, c in zip(times["reduce_round_s"], chunks)]
+    flows = times.get("flows_per_link", 1) if per_node else 1
+    betas = [per_byte(t, alpha, c) / flows for t, c in zip(times["copy_round_s"], chunks)]
     link = LinkModel(round(alpha, 12), betas[-1], zero_copy=times["zero_copy"],
-                     cpu_copy=times["same_host"] and not times["zero_copy"])
+                     cpu_copy=times["same_host"] and not times["zero_copy"], per_node=per_node)
     return link, betas, gammas
 
 

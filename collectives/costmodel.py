@@ -53,12 +53,16 @@ class LinkModel:
     receiver's compute engine, queued with its reductions: ``beta`` per byte to copy,
     ``gamma`` (the cluster's) per byte to reduce (for `cpu_copy`, gamma then includes the
     copy out of the transport, as measured by a reduce exchange).
+    `per_node`: one such link per node (a NIC), shared by every flow entering or leaving
+    the node: k concurrent flows move at beta * k each (simulator.flows); otherwise every
+    pair of ranks has a link of its own.
     """
 
     alpha: float
     beta: float
     zero_copy: bool = False
     cpu_copy: bool = False
+    per_node: bool = False
 
     @property
     def on_receiver(self) -> bool:
@@ -70,12 +74,12 @@ class LinkModel:
             raise ValueError(f"link alpha and beta must be finite and >= 0, got {self.alpha}, {self.beta}")
 
     @classmethod
-    def from_bandwidth(cls, *, alpha_us: float, gbytes_per_s: float,
-                       zero_copy: bool = False, cpu_copy: bool = False) -> "LinkModel":
+    def from_bandwidth(cls, *, alpha_us: float, gbytes_per_s: float, zero_copy: bool = False,
+                       cpu_copy: bool = False, per_node: bool = False) -> "LinkModel":
         """A link from a latency in microseconds and a bandwidth in GB/s (1e9 bytes/s)."""
         if gbytes_per_s <= 0:
             raise ValueError(f"link bandwidth must be > 0 GB/s, got {gbytes_per_s}")
-        return cls(alpha_us * 1e-6, 1 / (gbytes_per_s * 1e9), zero_copy, cpu_copy)
+        return cls(alpha_us * 1e-6, 1 / (gbytes_per_s * 1e9), zero_copy, cpu_copy, per_node)
 
     def time(self, nbytes: float) -> float:
         """Seconds for one message of `nbytes`."""

@@ -41,6 +41,7 @@ from ..algorithms import PLANNERS
 from ..costmodel import ClusterModel
 from ..errors import unknown_choice
 from .engine import Engine, critical_path
+from .flows import NodeFlows
 from .prediction import CriticalPath, Hop, Prediction
 from .symmetry import SymmetryBroken, identity, pick_group
 from .trace import Step, Trace, step_list
@@ -76,13 +77,26 @@ def simulate(algorithm: str, cluster: ClusterModel, count: int, *, itemsize: int
 
     group = pick_group(cluster, trace, samples, wire) if symmetry else identity(size)
     try:
-        engine = Engine(cluster, group, {rep: trace(rep) for rep in group.reps})
+        engine = Engine(cluster, group, {rep: trace(rep) for rep in group.reps},
+                        _flows(cluster, trace, every_node=group.name == "none"))
         engine.run()
     except SymmetryBroken:
         # A relabelling the probes missed breaks message matching: simulate every rank.
-        engine = Engine(cluster, identity(size), {rank: trace(rank) for rank in range(size)})
+        engine = Engine(cluster, identity(size), {rank: trace(rank) for rank in range(size)},
+                        _flows(cluster, trace, every_node=True))
         engine.run()
     return _prediction(algorithm, cluster, count, itemsize, engine)
+
+
+def _flows(cluster: ClusterModel, trace, *, every_node: bool) -> NodeFlows | None:
+    """The flows sharing each node's link, when a link class is one per node: counted on
+    every node, or on node 0 when every node behaves alike (a node-preserving symmetry)."""
+    if not (cluster.inter.per_node or cluster.intra.per_node):
+        return None
+    topology = cluster.topology
+    ranks = range(topology.size) if every_node else topology.nodes[0]
+    return NodeFlows(topology.node_of, ((r, trace(r)) for r in ranks),
+                     same_everywhere=not every_node)
 
 
 def _prediction(algorithm: str, cluster: ClusterModel, count: int, itemsize: int,

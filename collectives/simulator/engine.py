@@ -12,6 +12,7 @@ from operator import attrgetter
 from typing import NamedTuple
 
 from ..costmodel import ClusterModel
+from .flows import NodeFlows
 from .prediction import CriticalPath, Hop
 from .symmetry import Group, SymmetryBroken
 from .trace import Trace
@@ -57,9 +58,11 @@ class _RankState:
 
 
 class Engine:
-    def __init__(self, cluster: ClusterModel, group: Group, traces: dict[int, Trace]):
+    def __init__(self, cluster: ClusterModel, group: Group, traces: dict[int, Trace],
+                 flows: NodeFlows | None = None):
         self.cluster = cluster
         self.group = group
+        self.flows = flows  # how many flows share a per-node link (None: links per pair)
         self.state = {rep: _RankState(traces[rep], rep, cluster) for rep in group.reps}
         for st in self.state.values():
             self._begin_round(st)
@@ -118,6 +121,8 @@ class Engine:
             nbytes = tr.recv_bytes[i]
             link, name, hops = st.links[i]
             beta = link.beta * hops
+            if link.per_node and self.flows is not None:
+                beta *= self.flows.share(q, send_round, c, k)
             # The executor takes no peer view where it waits for its own sends before
             # reducing: that receive copies like any other.
             if link.on_receiver and not (tr.recv_reduce[i] and tr.gate[k]):
