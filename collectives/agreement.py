@@ -109,7 +109,7 @@ class Agreement:
             self.broken = str(error).split(": ", 1)[-1]
             raise PeerError(f"{name} #{seq}: {error}") from None
 
-    def agree(self, signature: Signature, seq: int, deadline: float, *, finite: bool = True,
+    def agree(self, signature: Signature, seq: int, deadline: float, finite: bool = True,
               payload=None, check_finite: bool = False):
         """Check that every rank made the same call; returns the records' rows, or None when
         nothing was exchanged (check off, no payload, no finite check).

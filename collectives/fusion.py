@@ -99,15 +99,14 @@ def _buckets(shapes: tuple, fusion_bytes: int) -> list[Bucket]:
     return result
 
 
-def reduce_contiguous(reducer, work, src, options: CallOptions, *, tag: int, deadline: float,
+def reduce_contiguous(reducer, work, src, options: CallOptions, tag: int, deadline: float,
                       exposed: bool) -> None:
     """The uncompressed all-reduce of one flat buffer (not an integer avg): `work` receives
     the result, the input is read from `src` (None: work holds it); `exposed`: work is
     memory the caller sees. The whole call for a single contiguous array."""
     op = options.op
     algorithm = reducer.resolve(options.algorithm, work.nbytes)
-    reducer.reduce(work, _ELEMENTWISE[op], algorithm, None, src=src, tag=tag, deadline=deadline,
-                   exposed=exposed)
+    reducer.reduce(work, _ELEMENTWISE[op], algorithm, None, src, tag, deadline, exposed)
     if op is Op.AVG:
         kernels.divide_into(work, reducer.size)
 
@@ -174,8 +173,7 @@ class _Bucket:
     def _plain(self):
         work, exposed = self._result_buffer(self.bucket.dtype, "fusion")
         src = self._load(work)
-        reduce_contiguous(self.reducer, work, src, self.options, tag=self.tag,
-                          deadline=self.deadline, exposed=exposed)
+        reduce_contiguous(self.reducer, work, src, self.options, self.tag, self.deadline, exposed)
         return work
 
     def _integer_mean(self):
@@ -209,8 +207,7 @@ class _Bucket:
     def _reduce(self, work, op: str, codec, src=None, exposed: bool = False) -> None:
         itemsize = work.dtype.itemsize if codec is None else codec.dtype.itemsize
         algorithm = self.reducer.resolve(self.options.algorithm, work.size * itemsize)
-        self.reducer.reduce(work, op, algorithm, codec, src=src, tag=self.tag,
-                            deadline=self.deadline, exposed=exposed)
+        self.reducer.reduce(work, op, algorithm, codec, src, self.tag, self.deadline, exposed)
 
     def _hand_back(self, result, results: list) -> None:
         members, offsets = self.bucket.members, self.bucket.offsets

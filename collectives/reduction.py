@@ -11,8 +11,7 @@ of the reducer's and are copied out after success.
 
 Example::
 
-    reducer.reduce(work, "sum", reducer.resolve("auto", work.nbytes), None,
-                   src=None, tag=7, deadline=deadline)
+    reducer.reduce(work, "sum", reducer.resolve("auto", work.nbytes), None, None, 7, deadline)
 """
 from __future__ import annotations
 
@@ -72,12 +71,12 @@ class FlatReducer:
             log.debug("rank %d: auto chose %s for %d bytes", self.rank, name, nbytes)
         return name
 
-    def reduce(self, work, op: str, algorithm: str, codec, *, src, tag: int, deadline: float,
+    def reduce(self, work, op: str, algorithm: str, codec, src, tag: int, deadline: float,
                exposed: bool = False) -> None:
         """All-reduce the flat `work` in place (`op`: sum, max, min) with `algorithm`
-        (concrete) and `codec` (None: uncompressed); `src`: read the input there instead.
-        `exposed`: work is memory the caller sees."""
-        runner = self.runner(work)
+        (concrete) and `codec` (None: uncompressed); `src`: read the input there instead
+        (None: work holds it). `exposed`: work is memory the caller sees."""
+        runner = self.host_runner if self.device_runner is None else self.runner(work)
         start = time.perf_counter()
         if algorithm == "native":
             if codec is None and not exposed:  # the common case, kept short

@@ -8,6 +8,7 @@ Example::
 from __future__ import annotations
 
 import time
+from threading import current_thread
 from typing import Hashable
 
 import numpy as np
@@ -28,7 +29,7 @@ __all__ = ["allreduce_call", "allreduce_many_call"]
 def allreduce_call(settings, x, out, *, op, algorithm, compression, check_finite,
                    error_feedback, mode: str) -> Call:
     """The call of `comm.allreduce(x, ...)` (or its async twin, `mode` "async")."""
-    issued = issuer(mode)
+    issued = (mode, current_thread().name)  # issuer(mode), on every call's path
     try:
         options = CallOptions.parse(op, settings.algorithm if algorithm is None else algorithm,
                                     compression, settings.fusion_bytes, check_finite,
@@ -85,14 +86,18 @@ class _Reduction(Call):
         self.payload = None
 
     def agree(self, ctx: Context, seq: int, deadline: float):
-        options, x = self.options, self.arrays[0] if self.arrays else None
-        if (self.single and options.algorithm == "auto" and options.compression is None
-                and type(x).__module__ == "numpy"
-                and rides(x.nbytes, ctx.size, check=ctx.agreement.check)):
+        options = self.options
+        checked = ctx.agreement.check
+        if not (checked or options.check_finite):
+            return None  # nothing to exchange: the data moves next
+        x = self.arrays[0] if self.arrays else None
+        if (checked and self.single and options.algorithm == "auto"
+                and options.compression is None and type(x) is np.ndarray
+                and rides(x.nbytes, ctx.size)):
             self.payload = as_payload(x)
         finite = not options.check_finite or all(map(_finite, self.arrays))
-        return ctx.agreement.agree(self.signature, seq, deadline, finite=finite,
-                                   payload=self.payload, check_finite=options.check_finite)
+        return ctx.agreement.agree(self.signature, seq, deadline, finite, self.payload,
+                                   options.check_finite)
 
     def move(self, ctx: Context, seq: int, deadline: float, rows):
         if self.payload is not None:
@@ -120,7 +125,7 @@ class _Reduction(Call):
         out = self.outs[0] if self.outs is not None else None
         result = kernels.array_module(x).empty(x.size, x.dtype) if out is None else out.reshape(-1)
         reduce_contiguous(ctx.reducer, result, None if out is x else x.reshape(-1), self.options,
-                          tag=seq % TAG_LIMIT, deadline=deadline, exposed=out is not None)
+                          seq % TAG_LIMIT, deadline, out is not None)
         return result.reshape(x.shape) if out is None else out
 
     def _direct(self, ctx: Context, rows):

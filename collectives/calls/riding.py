@@ -26,9 +26,10 @@ from ..options import Op
 __all__ = ["rides", "as_payload", "reduce_rows", "RIDE_BYTES"]
 
 
-def rides(nbytes: int, size: int, *, check: bool) -> bool:
-    """Whether a call of `nbytes` per rank rides with the records on `size` ranks."""
-    return check and size > 1 and 0 < nbytes and (size - 1) * nbytes <= RIDE_BYTES
+def rides(nbytes: int, size: int) -> bool:
+    """Whether a call of `nbytes` per rank rides with the records (the check on) on `size`
+    ranks."""
+    return size > 1 and 0 < nbytes and (size - 1) * nbytes <= RIDE_BYTES
 
 
 def as_payload(x) -> np.ndarray:

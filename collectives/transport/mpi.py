@@ -60,17 +60,24 @@ def _element_type(itemsize: int) -> MPI.Datatype:
     return MPI.BYTE.Create_contiguous(itemsize).Commit()
 
 
-@functools.cache
 def _reduction(dtype: np.dtype, op: str) -> tuple[MPI.Datatype, MPI.Op, bool]:
     """(MPI datatype, MPI op, whether buffers travel as bytes) for reducing `dtype` with `op`.
 
     16-bit floats, and float max/min, use a user op over our kernels: MPICH's MAX compares
     with `>`, so a NaN survives or not depending on the order, which differs between ranks.
     """
-    kind = dtype.kind
-    if dtype.itemsize >= 4 and (kind == "i" or (kind == "f" and op == "sum")):
-        return MPI._typedict[dtype.char], _MPI_OPS[op], False
-    return _element_type(dtype.itemsize), _user_op(dtype, op), True
+    found = _REDUCTIONS.get((dtype, op))
+    if found is None:
+        kind = dtype.kind
+        if dtype.itemsize >= 4 and (kind == "i" or (kind == "f" and op == "sum")):
+            found = MPI._typedict[dtype.char], _MPI_OPS[op], False
+        else:
+            found = _element_type(dtype.itemsize), _user_op(dtype, op), True
+        _REDUCTIONS[dtype, op] = found
+    return found
+
+
+_REDUCTIONS: dict[tuple[np.dtype, str], tuple[MPI.Datatype, MPI.Op, bool]] = {}
 
 
 def _spec(buf: np.ndarray, datatype: MPI.Datatype, as_bytes_: bool) -> list:
@@ -223,9 +230,15 @@ class MPITransport:
     def native_allreduce(self, src: np.ndarray, dst: np.ndarray, op: str, deadline: float) -> None:
         """MPI's all-reduce of `src` into `dst`; `src is dst` reduces in place."""
         datatype, mpi_op, raw = _reduction(dst.dtype, op)
-        send = MPI.IN_PLACE if src is dst else _spec(src, datatype, raw)
-        self._complete(self.comm.Iallreduce(send, _spec(dst, datatype, raw), mpi_op), deadline,
-                       "native MPI all-reduce")
+        if raw:
+            send = MPI.IN_PLACE if src is dst else [src.view(np.uint8), datatype]
+            recv = [dst.view(np.uint8), datatype]
+        else:
+            send = MPI.IN_PLACE if src is dst else [src, datatype]
+            recv = [dst, datatype]
+        request = self.comm.Iallreduce(send, recv, mpi_op)
+        if not request.Test():
+            self._complete(request, deadline, "native MPI all-reduce")
 
     def native_reduce_scatter(self, src: np.ndarray, dst: np.ndarray, counts: Sequence[int],
                               op: str, deadline: float) -> None:
