@@ -86,7 +86,7 @@ class FlatReducer:
             moved = native_traffic(work.size * wire.itemsize, self.size)
             self.stats.record(label, time.perf_counter() - start, moved, moved, modelled=True)
             return
-        plan = plan_for(algorithm, self.rank, self.size, work.size, wire.itemsize, self.topology)
+        plan = plan_for("allreduce", algorithm, self.rank, self.size, work.size, wire.itemsize, self.topology)
         runner.run(plan, work, op, tag, deadline, codec or IDENTITY, src=src)
         sent, received = plan_traffic(plan)
         self.stats.record(label, time.perf_counter() - start, sent * wire.itemsize,
