@@ -1,4 +1,5 @@
-"""Every plan builder, all p ranks simulated in one process on symbolic values.
+"""Every all-reduce plan builder, all p ranks run in one process on symbolic values
+(tests/symbolic_plans; the other collectives: tests/test_collective_plans.py).
 
 Each element starts as its rank's leaf; a reduction makes the unordered pair {a, b} (IEEE
 a + b and b + a are the same bits), a copy moves an expression. A correct plan ends with
