@@ -306,7 +306,7 @@ def _bare_run(plan: Plan, runner, src: np.ndarray, out: np.ndarray) -> Callable[
 def _call_and_plan(comm, nbytes: int) -> dict[str, Callable[[], None]]:
     """A ring all-reduce of `nbytes` through `comm` ("call") and the same plan on the same
     buffers run by the executor alone ("plan")."""
-    plan = plan_for("ring", comm.rank, comm.size, nbytes // 4, 4, comm.topology)
+    plan = plan_for("allreduce", "ring", comm.rank, comm.size, nbytes // 4, 4, comm.topology)
     x = np.ones(plan.count, np.float32)
     out = np.empty_like(x)
     return {"call": lambda: comm.allreduce(x, algorithm="ring", out=out),

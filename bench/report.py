@@ -195,7 +195,7 @@ def predict_rows(rows: Sequence[harness.Row], model: Any, tuner: Any) -> list[fl
         if key not in cache:
             if algorithm == "native":
                 cache[key] = model.native_time(row.size) if compression == "none" else None
-            elif algorithm in PLANNERS:
+            elif algorithm in PLANNERS["allreduce"]:
                 wire = 2 if compression != "none" else 4
                 plan = simulate(algorithm, model, row.count, itemsize=4, wire_itemsize=wire)
                 cache[key] = model.call_time(row.size) + plan.time
@@ -211,14 +211,14 @@ def at_scale(shapes: Sequence[Scale], sizes: Sequence[int], *, progress) -> list
     from collectives.simulator import simulate
 
     results = []
-    total = len(shapes) * len(sizes) * len(PLANNERS)
+    total = len(shapes) * len(sizes) * len(PLANNERS["allreduce"])
     step = 0
     for shape in shapes:
         cluster = shape.cluster
-        table: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in PLANNERS}
+        table: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in PLANNERS["allreduce"]}
         started = time.perf_counter()
         for nbytes in sizes:
-            for name in PLANNERS:
+            for name in PLANNERS["allreduce"]:
                 step += 1
                 progress(step, total, f"at scale: {cluster.size} ranks {harness.format_size(nbytes)} {name}")
                 p = simulate(name, cluster, nbytes // 4)

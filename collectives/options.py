@@ -48,7 +48,7 @@ DTYPES: tuple[np.dtype, ...] = tuple(
     for t in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64, np.int32, np.int64)
 )
 SUPPORTED = frozenset(DTYPES)
-ALGORITHMS: tuple[str, ...] = ("auto", "native", *PLANNERS)
+ALGORITHMS: tuple[str, ...] = ("auto", "native", *PLANNERS["allreduce"])
 COMPRESSIONS = (None, "fp16", "bf16")
 
 

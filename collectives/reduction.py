@@ -92,7 +92,8 @@ class FlatReducer:
             return
         wire = work.dtype if codec is None else codec.dtype
         label = algorithm if codec is None else f"{algorithm}+{codec.name}"
-        plan = plan_for(algorithm, self.rank, self.size, work.size, wire.itemsize, self.topology)
+        plan = plan_for("allreduce", algorithm, self.rank, self.size, work.size, wire.itemsize,
+                        self.topology)
         runner.run(plan, work, op, tag, deadline, codec or IDENTITY, src=src)
         sent, received = plan_traffic(plan)
         self.stats.record(label, time.perf_counter() - start, sent * wire.itemsize,

@@ -35,7 +35,7 @@ NATIVE_MARGIN = 0.25
 
 __all__ = ["CANDIDATES", "Tuner"]
 
-CANDIDATES: tuple[str, ...] = ("native", *PLANNERS)
+CANDIDATES: tuple[str, ...] = ("native", *PLANNERS["allreduce"])
 
 log = logging.getLogger("collectives.tuner")
 
@@ -84,7 +84,7 @@ class Tuner:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}")
         count = nbytes // self.itemsize
         times = {"native": self.cluster.native_time(nbytes)}
-        for name in PLANNERS:
+        for name in PLANNERS["allreduce"]:
             plan_time = simulate(name, self.cluster, count, itemsize=self.itemsize).time
             times[name] = self.cluster.call_time(nbytes) + plan_time
         return times

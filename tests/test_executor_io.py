@@ -1,88 +1,25 @@
 """run_plan with the input, work buffer and output apart (IoSchedule), every plan, no MPI.
 
-Ranks are threads over an eager in-process transport with MPI's matching rules (the k-th
-send a -> b meets the k-th receive b <- a). Each case checks the result against NumPy, that
-`src` is untouched, and that all ranks hold identical bits; max over +0/-0 and sums of
-NaNs with rank-specific payloads show operand order. Segments are cut at a few elements so plans have many segments and rounds.
+Ranks are threads over an eager in-process transport with MPI's matching rules
+(tests/inprocess). Each case checks the result against NumPy, that `src` is untouched, and
+that all ranks hold identical bits; max over +0/-0 and sums of NaNs with rank-specific
+payloads show operand order. Segments are cut at a few elements so plans have many segments
+and rounds. Plans that send their input (`Plan.sends_input`, alltoall) read src for every
+send and copy the regions no receive writes from it.
 """
 from __future__ import annotations
-
-import threading
-import time
-from collections import defaultdict, deque
 
 import numpy as np
 import pytest
 
 from collectives.algorithms import PLANNERS, plan_for
-from collectives.execution import IoSchedule, buffer_sizes, run_plan
 from collectives.algorithms.ring import SEGMENT_BYTES
-from collectives.errors import CollectiveTimeout
+from collectives.execution import IoSchedule
 from collectives.topology import Topology
-from tests.threaded import run_ranks
+from tests.inprocess import run_plans
 
 SEG = 4  # elements per segment
 MODES = ("in-place", "src", "src+out", "src+out shared")
-
-
-class _Done:
-    def __init__(self, done: bool = True):
-        self.done = done
-
-
-class _Eager:
-    """One rank's end of an in-process transport: sends are copied out at once."""
-
-    shared = None  # no zero-copy capability
-
-    def abandon(self, sends, receives):
-        """Nothing to withdraw: these in-process messages stop with the test."""
-
-    def __init__(self, boxes, cond: threading.Condition, rank: int, size: int):
-        self.boxes, self.cond, self.rank, self.size = boxes, cond, rank, size
-        self.pending: list[tuple[_Done, np.ndarray, int]] = []
-
-    def isend(self, buf, peer, tag):
-        with self.cond:
-            self.boxes[(self.rank, peer, tag)].append(buf.copy())
-            self.cond.notify_all()
-        return _Done()
-
-    def irecv(self, buf, peer, tag):
-        request = _Done(False)
-        self.pending.append((request, buf, peer))
-        return request
-
-    def _match(self) -> None:
-        still, blocked = [], set()
-        for request, buf, peer in self.pending:
-            box = self.boxes[(peer, self.rank, 1)]
-            if peer in blocked or not box:  # a peer's messages land in posting order
-                blocked.add(peer)
-                still.append((request, buf, peer))
-                continue
-            message = box.popleft()
-            assert message.size == buf.size, f"rank {self.rank}: {message.size} vs {buf.size} from {peer}"
-            buf[...] = message
-            request.done = True
-        self.pending = still
-
-    def _wait(self, test, deadline, what):
-        with self.cond:
-            while True:
-                self._match()
-                found = test()
-                if found is not None:
-                    return found
-                if time.monotonic() > deadline:
-                    raise CollectiveTimeout(f"rank {self.rank}: {what}")
-                self.cond.wait(0.01)
-
-    def wait_all(self, requests, deadline, what):
-        self._wait(lambda: all(r.done for r in requests if r is not None) or None, deadline, what)
-
-    def wait_any(self, requests, deadline, what):
-        return self._wait(lambda: next((i for i, r in enumerate(requests) if r.done), None), deadline, what)
 
 
 def run_all(algorithm: str, size: int, inputs: list[np.ndarray], op: str, mode: str,
@@ -92,21 +29,13 @@ def run_all(algorithm: str, size: int, inputs: list[np.ndarray], op: str, mode: 
     `itemsize` is what the plans are cut for: the default makes segments of SEG elements,
     the real one gives small messages their small-message plans (recursive doubling).
     """
-    boxes, cond = defaultdict(deque), threading.Condition()
     topology = Topology.from_local_size(size, 2)
-    deadline = time.monotonic() + 20
-
-    def rank_main(rank: int) -> np.ndarray:
-        x = inputs[rank]
-        plan = plan_for(algorithm, rank, size, x.size, itemsize, topology)
-        scratch = np.empty(buffer_sizes(plan)[0], x.dtype)
-        work = x.copy() if mode == "in-place" else np.full_like(x, 7)
-        out = np.full_like(x, 9) if "out" in mode else None
-        run_plan(plan, work, scratch, _Eager(boxes, cond, rank, size), op, 1, deadline,
-                 src=None if mode == "in-place" else x, out=out, shared="shared" in mode)
-        return work if out is None else out
-
-    return run_ranks(size, rank_main, timeout=30)
+    plans = [plan_for("allreduce", algorithm, rank, size, x.size, itemsize, topology)
+             for rank, x in enumerate(inputs)]
+    works = [x.copy() if mode == "in-place" else np.full_like(x, 7) for x in inputs]
+    outs = [np.full_like(x, 9) for x in inputs] if "out" in mode else None
+    return run_plans(plans, works, op, srcs=None if mode == "in-place" else inputs, outs=outs,
+                     shared="shared" in mode)
 
 
 def _inputs(size: int, count: int, dtype) -> list[np.ndarray]:
@@ -120,7 +49,7 @@ def _inputs(size: int, count: int, dtype) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("algorithm", sorted(PLANNERS))
+@pytest.mark.parametrize("algorithm", sorted(PLANNERS["allreduce"]))
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 8])
 def test_every_plan_and_io_mode_matches_numpy_with_identical_bits(algorithm, size, mode):
     cases = [(count, dtype, op, ufunc, cut)
@@ -142,7 +71,7 @@ def test_every_plan_and_io_mode_matches_numpy_with_identical_bits(algorithm, siz
             assert inputs[rank].tobytes() == kept[rank].tobytes(), f"{case}: rank {rank} input modified"
 
 
-@pytest.mark.parametrize("algorithm", sorted(PLANNERS))
+@pytest.mark.parametrize("algorithm", sorted(PLANNERS["allreduce"]))
 @pytest.mark.parametrize("size", [2, 3, 4, 6])
 def test_reading_src_in_place_never_copies_the_input(algorithm, size):
     """Sends read untouched regions from src and first reduces combine src with the payload,
@@ -150,7 +79,7 @@ def test_reading_src_in_place_never_copies_the_input(algorithm, size):
     topology = Topology.from_local_size(size, 2)
     for count in (1, 97, 10**6 + 3):
         for rank in range(size):
-            plan = plan_for(algorithm, rank, size, count, 4, topology)
+            plan = plan_for("allreduce", algorithm, rank, size, count, 4, topology)
             direct = IoSchedule.of(plan, from_src=True)
             assert not any(direct.load_round + direct.load_recv), f"{algorithm} p={size} rank {rank}"
             staged = IoSchedule.of(plan)
@@ -158,3 +87,45 @@ def test_reading_src_in_place_never_copies_the_input(algorithm, size):
             assert not any(staged.fresh)
             loaded = sorted(r for group in staged.load_round + staged.load_recv for r in group)
             assert all(a[1] <= b[0] for a, b in zip(loaded, loaded[1:])), "an element loaded twice"
+
+
+# --- plans that send their input (alltoall) -------------------------------------------
+
+def _alltoall(size: int, m: int, itemsize: int = SEGMENT_BYTES // SEG) -> list:
+    return [plan_for("alltoall", "pairwise", rank, size, size * m, itemsize) for rank in range(size)]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5])
+@pytest.mark.parametrize("mode", ["src", "src+out"])
+def test_sends_input_reads_src_and_writes_work_or_out(size, mode):
+    """Every send reads src, so with p = 2 a row goes out and comes in the same round;
+    receives land in work (or out) and the own row is copied from src."""
+    for m in (0, 1, 2 * SEG + 1):
+        inputs = [np.arange(size * m, dtype=np.float32) + 1000 * rank for rank in range(size)]
+        kept = [x.copy() for x in inputs]
+        works = [np.full_like(x, 7) for x in inputs]
+        outs = [np.full_like(x, 9) for x in inputs] if mode == "src+out" else None
+        results = run_plans(_alltoall(size, m), works, "sum", srcs=inputs, outs=outs)
+        for rank, got in enumerate(results):
+            assert not isinstance(got, BaseException), f"p={size} m={m} rank {rank}: {got!r}"
+            want = np.concatenate([x[rank * m:(rank + 1) * m] for x in inputs])
+            np.testing.assert_array_equal(got, want, err_msg=f"p={size} m={m} {mode} rank {rank}")
+            assert inputs[rank].tobytes() == kept[rank].tobytes()
+            if outs is not None:  # work kept out of it: nothing sent or received went there
+                assert (works[rank] == 7).all()
+
+
+def test_sends_input_schedule_never_loads_or_sends_work():
+    for rank, plan in enumerate(_alltoall(4, 5)):
+        io = IoSchedule.of(plan, from_src=True)
+        assert all(all(row) for row in io.send_src) and not any(io.load_round + io.load_recv)
+        assert io.tail == ((5 * rank, 5 * rank + 5),)  # the own row, from src
+        assert all(io.direct) and not any(io.store_recv)
+
+
+def test_sends_input_needs_src_and_no_shared_work():
+    plans = _alltoall(2, 3)
+    works = [np.zeros(6, np.float32) for _ in plans]
+    for kwargs in ({}, {"srcs": [w.copy() for w in works], "shared": True}):
+        for result in run_plans(plans, works, "sum", **kwargs):
+            assert isinstance(result, ValueError) and "sends its input" in str(result)

@@ -1,4 +1,5 @@
-"""Every plan builder, all p ranks simulated in one process on symbolic values.
+"""Every all-reduce plan builder, all p ranks run in one process on symbolic values
+(tests/symbolic_plans; the other collectives: tests/test_collective_plans.py).
 
 Each element starts as its rank's leaf; a reduction makes the unordered pair {a, b} (IEEE
 a + b and b + a are the same bits), a copy moves an expression. A correct plan ends with
@@ -10,14 +11,15 @@ receiver to post (rendezvous), as the executor does.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 import pytest
 
 from collectives.algorithms import PLANNERS, halving_doubling, hierarchical
-from collectives.algorithms.plan import Plan, Recv, Send
+from collectives.algorithms.plan import Plan, Send
 from collectives.algorithms.ring import SEGMENT_BYTES
 from collectives.topology import Topology
+from tests import symbolic_plans
+from tests.symbolic_plans import Values
 
 SIZES = range(1, 17)
 BANDWIDTH_OPTIMAL = ("ring", "hierarchical", "torus2d", "halving_doubling")
@@ -39,7 +41,7 @@ def topologies(p: int) -> list[Topology]:
 
 
 def plans(algorithm: str, p: int, count: int, itemsize: int = 4, topology=None) -> list[Plan]:
-    return [PLANNERS[algorithm](r, p, count, itemsize, topology) for r in range(p)]
+    return [PLANNERS["allreduce"][algorithm](r, p, count, itemsize, topology) for r in range(p)]
 
 
 def hd_plans(p: int, count: int, seg: int, recursive_doubling: bool) -> list[Plan]:
@@ -48,94 +50,12 @@ def hd_plans(p: int, count: int, seg: int, recursive_doubling: bool) -> list[Pla
             for r in range(p)]
 
 
-class Values:
-    """Interned expressions: ids 0..p-1 are the ranks' leaves, then unordered pairs."""
-
-    def __init__(self, p: int):
-        self.pairs: dict[tuple[int, int], int] = {}
-        self.leaves: list[tuple[int, int]] = [(1 << r, 1) for r in range(p)]  # (rank mask, leaf count)
-
-    def reduce(self, a: int, b: int) -> int:
-        key = (min(a, b), max(a, b))
-        if key not in self.pairs:
-            self.pairs[key] = len(self.leaves)
-            (ma, na), (mb, nb) = self.leaves[a], self.leaves[b]
-            self.leaves.append((ma | mb, na + nb))
-        return self.pairs[key]
-
-
-def check_matching(all_plans: list[Plan]) -> dict[tuple[int, int], list[tuple[int, Recv]]]:
-    """Per (sender, receiver): the receiver's (round, Recv) steps, checked against the sends."""
-    sends: dict[tuple[int, int], list[int]] = defaultdict(list)
-    recvs: dict[tuple[int, int], list[tuple[int, Recv]]] = defaultdict(list)
-    for plan in all_plans:
-        for k, step in plan.steps():
-            assert 0 <= step.lo <= step.hi <= plan.count and step.peer != plan.rank, (plan.rank, k, step)
-            if isinstance(step, Send):
-                sends[plan.rank, step.peer].append(step.hi - step.lo)
-            else:
-                recvs[step.peer, plan.rank].append((k, step))
-        for k, rnd in enumerate(plan.rounds):
-            regions = sorted((r.lo, r.hi) for r in rnd.recvs)
-            assert all(a[1] <= b[0] for a, b in zip(regions, regions[1:])), (
-                f"rank {plan.rank} round {k}: receives overlap")
-    for pair in set(sends) | set(recvs):
-        lengths = [r.hi - r.lo for _, r in recvs[pair]]
-        assert sends[pair] == lengths, f"{pair}: sends {sends[pair]} vs receives {lengths}"
-    return recvs
-
-
 def simulate(all_plans: list[Plan]) -> list[list[int]]:
-    """Run every rank's plan; return each rank's final work buffer of expression ids."""
+    """Run every rank's plan on its leaves; check each element ends as the same expression
+    on every rank, holding every rank exactly once; return the final work buffers."""
     p, count = all_plans[0].size, all_plans[0].count
-    recvs = check_matching(all_plans)
     values = Values(p)
-    work = [[r] * count for r in range(p)]
-    current = [0] * p  # the round each rank runs (its sends issued, its receives posted)
-    channel: dict[tuple[int, int], list[list[int]]] = defaultdict(list)  # payloads sent so far
-    taken: dict[tuple[int, int], int] = defaultdict(int)  # payloads received so far
-    outstanding: list[list[tuple[int, int]]] = [[] for _ in range(p)]  # (peer, payload index)
-
-    def start(rank: int) -> None:
-        """Issue the sends of the rank's current round, its data as of now."""
-        plan, outstanding[rank] = all_plans[rank], []
-        if current[rank] < len(plan.rounds):
-            for s in plan.rounds[current[rank]].sends:
-                outstanding[rank].append((s.peer, len(channel[rank, s.peer])))
-                channel[rank, s.peer].append(work[rank][s.lo : s.hi])
-
-    def can_finish(rank: int) -> bool:
-        needed: dict[int, int] = defaultdict(int)
-        for r in all_plans[rank].rounds[current[rank]].recvs:
-            needed[r.peer] += 1
-        if any(len(channel[peer, rank]) < taken[peer, rank] + n for peer, n in needed.items()):
-            return False  # a sender has not reached its round yet
-        # the receiver has posted the receive of each of our sends (rendezvous)
-        return all(current[peer] >= recvs[rank, peer][i][0] for peer, i in outstanding[rank])
-
-    def finish(rank: int) -> None:
-        for r in all_plans[rank].rounds[current[rank]].recvs:
-            payload = channel[r.peer, rank][taken[r.peer, rank]]
-            taken[r.peer, rank] += 1
-            mine = work[rank]
-            for i, v in enumerate(payload):
-                mine[r.lo + i] = values.reduce(mine[r.lo + i], v) if r.reduce else v
-        current[rank] += 1
-        start(rank)
-
-    for rank in range(p):
-        start(rank)
-    progress = True
-    while progress:
-        progress = False
-        for rank in range(p):
-            while current[rank] < len(all_plans[rank].rounds) and can_finish(rank):
-                finish(rank)
-                progress = True
-    stuck = [r for r in range(p) if current[r] < len(all_plans[r].rounds)]
-    assert not stuck, f"deadlock: ranks {stuck} stuck at rounds {[current[r] for r in stuck]}"
-    for pair, payloads in channel.items():
-        assert taken[pair] == len(payloads), f"{pair}: {len(payloads) - taken[pair]} messages unreceived"
+    work = symbolic_plans.run(all_plans, [[r] * count for r in range(p)], values)
     full = ((1 << p) - 1, p)
     for e in range(count):
         finals = {work[r][e] for r in range(p)}
@@ -241,8 +161,8 @@ def test_halving_doubling_bytes_and_rounds(p):
 
 def test_halving_doubling_switches_to_recursive_doubling_on_small_messages():
     limit = halving_doubling.RECURSIVE_DOUBLING_BYTES
-    small = PLANNERS["halving_doubling"](0, 8, limit // 4, 4, None)
-    large = PLANNERS["halving_doubling"](0, 8, limit // 4 + 1, 4, None)
+    small = PLANNERS["allreduce"]["halving_doubling"](0, 8, limit // 4, 4, None)
+    large = PLANNERS["allreduce"]["halving_doubling"](0, 8, limit // 4 + 1, 4, None)
     assert len(small.rounds) == 3 and all(small.reduce_after_send)
     assert len(large.rounds) == 6 and not any(large.reduce_after_send)
 

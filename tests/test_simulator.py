@@ -153,7 +153,7 @@ def test_inter_node_link_dominates_the_ring():
     assert predicted.class_bytes["inter"] == 2 * 2 * 7 * 4 * 4096  # 2 boundary ranks, 14 chunks
 
 
-@pytest.mark.parametrize("algorithm", sorted(PLANNERS))
+@pytest.mark.parametrize("algorithm", sorted(PLANNERS["allreduce"]))
 @pytest.mark.parametrize("nodes, local, grid", [(4, 4, None), (8, 2, None), (2, 8, None),
                                                  (16, 1, None), (4, 2, (2, 4)), (3, 3, None)])
 @pytest.mark.parametrize("count", [45 << 10, 45 << 16])  # divisible by every p here
@@ -187,7 +187,7 @@ def test_4096_ranks():
 
 
 def test_step_list_is_plan_steps():
-    plan = PLANNERS["ring"](1, 3, 10, 4, None)
+    plan = PLANNERS["allreduce"]["ring"](1, 3, 10, 4, None)
     assert step_list(plan) == [(k, "send" if type(s).__name__ == "Send" else "recv", s.peer,
                                 s.hi - s.lo, getattr(s, "reduce", False)) for k, s in plan.steps()]
 
@@ -209,7 +209,7 @@ def test_executor_issues_the_simulated_steps(np_, local_size):
                 env={"COLLECTIVES_SHM": "0", "COLLECTIVES_TIMEOUT": "30"}, timeout=300)
 
 
-@pytest.mark.parametrize("algorithm", sorted(PLANNERS))
+@pytest.mark.parametrize("algorithm", sorted(PLANNERS["allreduce"]))
 @pytest.mark.parametrize("count", [0, 1, 2])
 def test_empty_and_tiny_messages(algorithm, count):
     predicted = simulate(algorithm, cluster(2, 3), count)

@@ -10,7 +10,7 @@ from collectives.stats import AlgorithmStats, StatsRecorder, native_traffic, pla
 def test_ring_traffic_is_the_closed_form(size, count):
     total_sent = total_received = 0
     for rank in range(size):
-        sent, received = plan_traffic(plan_for("ring", rank, size, count, 4, None))
+        sent, received = plan_traffic(plan_for("allreduce", "ring", rank, size, count, 4, None))
         total_sent += sent
         total_received += received
         if count % size == 0:

@@ -63,7 +63,7 @@ def test_topologies_hash_by_value_so_plans_cache():
     a, b = Topology.from_local_size(8, 3), Topology.from_node_keys([0, 0, 0, 1, 1, 1, 2, 2])
     assert a == b and hash(a) == hash(b)
     assert a != Topology.from_local_size(8, 3, grid=(2, 4))
-    assert plan_for("torus2d", 0, 8, 100, 4, a) is plan_for("torus2d", 0, 8, 100, 4, b)
+    assert plan_for("allreduce", "torus2d", 0, 8, 100, 4, a) is plan_for("allreduce", "torus2d", 0, 8, 100, 4, b)
 
 
 def test_grid_from_argument_or_environment(monkeypatch):

@@ -18,6 +18,10 @@ reduce-scatter, and copied everywhere else, so all ranks hold identical bits.
 Bytes sent per rank (n bytes, N nodes of k ranks, p = N k): 2 (k-1)/k n inside the node
 + 2 (N-1)/N n/k across nodes = 2 (p-1)/p n, the ring's. Latency terms: 2 (k-1) + 2 (N-1)
 alpha. One node is a ring over the node; one rank per node is a ring over the nodes.
+
+The reduce-scatter collective (`reduce_scatter_rounds`, also the first phase of reduce and,
+reversed, the all-gather) is two_level over the nodes: inside the node, then across, rank r
+ending with its own block; (p-1)/p n per rank, (k-1) + (N-1) rounds.
 """
 from __future__ import annotations
 
@@ -25,26 +29,10 @@ import bisect
 from typing import Sequence
 
 from ..topology import Topology
-from . import ring
-from .plan import Plan, Round, chunk_bounds
+from . import ring, two_level
+from .plan import Plan, Round, chunk_bounds, make_plan, merge_rounds
 
-__all__ = ["build", "slice_owners", "merge_rounds"]
-
-
-def merge_rounds(schedules: Sequence[Sequence[Round]]) -> list[Round]:
-    """Run several schedules side by side: round i holds every schedule's round i, in order.
-
-    All ranks merge their schedules in the same order, so between any pair of ranks the
-    messages keep one order on both sides.
-    """
-    depth = max((len(s) for s in schedules), default=0)
-    return [
-        Round(
-            sends=tuple(step for s in schedules if i < len(s) for step in s[i].sends),
-            recvs=tuple(step for s in schedules if i < len(s) for step in s[i].recvs),
-        )
-        for i in range(depth)
-    ]
+__all__ = ["build", "reduce_scatter_rounds", "slice_owners"]
 
 
 def slice_owners(nodes: Sequence[Sequence[int]], count: int) -> list[tuple[int, int, tuple[int, ...]]]:
@@ -67,18 +55,31 @@ def slice_owners(nodes: Sequence[Sequence[int]], count: int) -> list[tuple[int, 
     return pieces
 
 
-def build(rank: int, size: int, count: int, itemsize: int, topology: Topology | None = None) -> Plan:
+def build(rank: int, size: int, count: int, itemsize: int, topology: Topology | None = None,
+          root: int = 0) -> Plan:
+    """All-reduce."""
     topology = topology or Topology.from_local_size(size, size)
-    seg = max(1, ring.SEGMENT_BYTES // itemsize)
+    seg = ring.segment_length(itemsize)
     node = topology.peers(rank)
+    slices = ring.allreduce_chunks(0, count, len(node))
     # 1. reduce-scatter inside the node
-    rounds = ring.reduce_scatter(node, rank, 0, count, seg)
+    rounds = ring.reduce_scatter(node, rank, slices, seg)
     # 2. all-reduce each owned piece across nodes, all pieces at once
-    rounds += merge_rounds([
-        ring.reduce_scatter(owners, rank, lo, hi, seg) + ring.all_gather(owners, rank, lo, hi, seg)
-        for lo, hi, owners in slice_owners(topology.nodes, count)
-        if rank in owners
-    ])
+    schedules = []
+    for lo, hi, owners in slice_owners(topology.nodes, count):
+        if rank in owners:
+            chunks = ring.allreduce_chunks(lo, hi, len(owners))
+            schedules.append(ring.reduce_scatter(owners, rank, chunks, seg)
+                             + ring.all_gather(owners, rank, chunks, seg))
+    rounds += merge_rounds(schedules)
     # 3. all-gather inside the node
-    rounds += ring.all_gather(node, rank, 0, count, seg)
-    return Plan("hierarchical", rank, size, count, tuple(r for r in rounds if r.sends or r.recvs))
+    rounds += ring.all_gather(node, rank, slices, seg)
+    return make_plan("hierarchical", rank, size, count, rounds)
+
+
+def reduce_scatter_rounds(rank: int, size: int, count: int, seg: int,
+                          topology: Topology | None = None) -> list[Round]:
+    """Reduce-scatter in two levels (two_level), the nodes as groups."""
+    topology = topology or Topology.from_local_size(size, size)
+    return two_level.reduce_scatter(topology.nodes, rank, count, seg)
+

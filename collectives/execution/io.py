@@ -31,6 +31,8 @@ class IoSchedule:
 
     `from_src=False` (a compressing codec, which rounds what it sends in place, or a work
     buffer peers read in place) loads every region before its first send or reduce.
+    A `Plan.sends_input` plan sends every region from src and never loads for a send; its
+    receives write work (or out), so a region may be received where it is also sent.
     Building one is linear in the plan's steps and the pieces they span.
     """
 
@@ -97,18 +99,11 @@ class _Builder:
         recvs: list[Recv] = []
         in_work = self.in_work
         for k, rnd in enumerate(self.plan.rounds):
-            round_src = []
-            for send in rnd.sends:
-                span = self.span(send)
-                round_src.append(self.from_src and not any(in_work[i] for i in span))
-                for i in span:
-                    self.last_send_round[i] = k
-            loaded: list[int] = []
-            for send, direct_from_src in zip(rnd.sends, round_src):
-                if not direct_from_src:
-                    loaded += self.load(self.span(send))
-            load_round.append(self.ranges(sorted(loaded)))
-            send_src.append(tuple(round_src))
+            if self.plan.sends_input:  # sends never read work
+                load_round.append(())
+                send_src.append((True,) * len(rnd.sends))
+            else:
+                self._sends(k, rnd, load_round, send_src)
             for recv in rnd.recvs:
                 span = self.span(recv)
                 first_write = self.from_src and recv.reduce and not any(in_work[i] for i in span)
@@ -120,6 +115,22 @@ class _Builder:
                     self.last_recv[i], self.last_recv_round[i] = len(recvs), k
                 recvs.append(recv)
         return self._finish(recvs, load_round, send_src, load_recv, fresh)
+
+    def _sends(self, k: int, rnd, load_round: list, send_src: list) -> None:
+        """Where round k's sends read from, and what they need loaded first."""
+        in_work = self.in_work
+        round_src = []
+        for send in rnd.sends:
+            span = self.span(send)
+            round_src.append(self.from_src and not any(in_work[i] for i in span))
+            for i in span:
+                self.last_send_round[i] = k
+        loaded: list[int] = []
+        for send, direct_from_src in zip(rnd.sends, round_src):
+            if not direct_from_src:
+                loaded += self.load(self.span(send))
+        load_round.append(self.ranges(sorted(loaded)))
+        send_src.append(tuple(round_src))
 
     def _finish(self, recvs, load_round, send_src, load_recv, fresh) -> IoSchedule:
         last_recv = self.last_recv

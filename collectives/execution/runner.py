@@ -70,15 +70,16 @@ class PlanRunner:
 
     def run(self, plan: Plan, work, op: str, tag: int, deadline: float, codec=IDENTITY, *,
             src=None) -> None:
-        """All-reduce-style run of `plan` on the flat `work` (the result lands there);
-        `src`: read the input from there instead of work."""
+        """Run `plan` on the flat `work` (the result lands there); `src`: read the input
+        from there instead of work (required by a `sends_input` plan)."""
         wire = codec.wire_dtype(work.dtype)
         scratch_len, staging_len = buffer_sizes(plan, codec)
         scratch = self.buffer("scratch", work, wire, scratch_len)
         staging = self.buffer("staging", work, wire, staging_len) if codec.staged else None
         shared = self.transport.shared
         window = None
-        if shared is not None and kernels.array_module(work) is np:
+        # A plan whose sends read the input has no use for a window peers read in place.
+        if shared is not None and not plan.sends_input and kernels.array_module(work) is np:
             # Every rank of a node asks at every plan run: a growing window is collective.
             window = shared.work_buffer(work.size, work.dtype, deadline=deadline)
         if window is None:
@@ -98,7 +99,14 @@ def run_plan(plan: Plan, work, scratch, transport, op: str, tag: int, deadline: 
     without `out`, work receives the result. With them (flat, work's length and dtype), the
     input is read from src and the result written to out, as IoSchedule says. `shared`:
     on-node peers read `work` in place, so every send goes from work.
+
+    A `plan.sends_input` plan (alltoall) needs `src`: every send reads src, receives land in
+    work (or out), and the regions no receive writes are copied from src. It takes neither
+    `shared` nor a staged codec, which would send from work or round src in place.
     """
+    if plan.sends_input and (src is None or shared or codec.staged):
+        raise ValueError(f"{plan.algorithm} {plan.collective} plan sends its input: it needs "
+                         "src, and neither a shared work buffer nor a compressing codec")
     _Run(plan, work, scratch, transport, op, tag, deadline, codec, staging, src, out,
          shared).execute()
 

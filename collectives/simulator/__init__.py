@@ -51,8 +51,10 @@ __all__ = ["Step", "Hop", "CriticalPath", "Prediction", "step_list", "simulate",
 
 def simulate(algorithm: str, cluster: ClusterModel, count: int, *, itemsize: int = 4,
              wire_itemsize: int | None = None, symmetry: bool = True,
-             samples: int = 2) -> Prediction:
-    """Predict one all-reduce of `count` elements of `itemsize` bytes with `algorithm`'s plans.
+             samples: int = 2, collective: str = "allreduce", root: int = 0) -> Prediction:
+    """Predict one `collective` (rooted at `root` where it has one) of `count` elements of
+    `itemsize` bytes with `algorithm`'s plans; `count` as the plans count it (the whole
+    buffer for allgather and alltoall).
 
     `wire_itemsize` is the bytes per element on the wire (2 for fp16 compression). With
     `symmetry`, one rank per class of identically-behaving ranks is simulated, after
@@ -60,8 +62,11 @@ def simulate(algorithm: str, cluster: ClusterModel, count: int, *, itemsize: int
     representative and on `samples` random ranks; otherwise (or if the relabelling then
     fails to match messages) every rank.
     """
-    if algorithm not in PLANNERS:
-        raise unknown_choice("algorithm to simulate", algorithm, PLANNERS)
+    if collective not in PLANNERS:
+        raise unknown_choice("collective to simulate", collective, PLANNERS)
+    builders = PLANNERS[collective]
+    if algorithm not in builders:
+        raise unknown_choice("algorithm to simulate", algorithm, builders)
     if count < 0 or itemsize < 1:
         raise ValueError(f"need count >= 0 and itemsize >= 1, got {count}, {itemsize}")
     wire = itemsize if wire_itemsize is None else wire_itemsize
@@ -71,7 +76,7 @@ def simulate(algorithm: str, cluster: ClusterModel, count: int, *, itemsize: int
 
     def trace(rank: int) -> Trace:
         if rank not in traces:
-            plan = PLANNERS[algorithm](rank, size, count, itemsize, cluster.topology)
+            plan = builders[algorithm](rank, size, count, itemsize, cluster.topology, root)
             traces[rank] = Trace(plan, wire, cluster.copies, itemsize, staged=wire != itemsize)
         return traces[rank]
 
@@ -85,7 +90,7 @@ def simulate(algorithm: str, cluster: ClusterModel, count: int, *, itemsize: int
         engine = Engine(cluster, identity(size), {rank: trace(rank) for rank in range(size)},
                         _flows(cluster, trace, every_node=True))
         engine.run()
-    return _prediction(algorithm, cluster, count, itemsize, engine)
+    return _prediction(algorithm, collective, cluster, count, itemsize, engine)
 
 
 def _flows(cluster: ClusterModel, trace, *, every_node: bool) -> NodeFlows | None:
@@ -99,8 +104,8 @@ def _flows(cluster: ClusterModel, trace, *, every_node: bool) -> NodeFlows | Non
                      same_everywhere=not every_node)
 
 
-def _prediction(algorithm: str, cluster: ClusterModel, count: int, itemsize: int,
-                engine: Engine) -> Prediction:
+def _prediction(algorithm: str, collective: str, cluster: ClusterModel, count: int,
+                itemsize: int, engine: Engine) -> Prediction:
     group = engine.group
     size = cluster.size
     node_of = cluster.topology.node_of
@@ -122,7 +127,8 @@ def _prediction(algorithm: str, cluster: ClusterModel, count: int, itemsize: int
             class_bytes["inter"] += (len(orbit) - intra) * nbytes
     last = max((st.end for st in engine.state.values()), key=lambda event: event.time)
     return Prediction(
-        algorithm=algorithm, size=size, count=count, itemsize=itemsize, time=last.time,
+        algorithm=algorithm, collective=collective, size=size, count=count, itemsize=itemsize,
+        time=last.time,
         bytes_sent=tuple(per_rep[group.rep_of(rank)] for rank in range(size)),
         class_bytes=class_bytes, busiest_link=busiest, critical_path=critical_path(last),
         simulated_ranks=len(group.reps), symmetry=group.name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Hop", "CriticalPath", "Prediction"]
+__all__ = ["Hop", "CriticalPath", "Prediction", "BUS_FACTORS"]
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,23 @@ class CriticalPath:
         return f"{self.messages} messages ({link_text}); {shares}"
 
 
+# nccl-tests' bus bandwidth factor per collective (doc/PERFORMANCE.md), for p ranks
+BUS_FACTORS = {
+    "allreduce": lambda p: 2 * (p - 1) / p,
+    "reduce_scatter": lambda p: (p - 1) / p,
+    "allgather": lambda p: (p - 1) / p,
+    "alltoall": lambda p: (p - 1) / p,
+    "broadcast": lambda p: 1.0,
+    "reduce": lambda p: 1.0,
+}
+
+
 @dataclass(frozen=True)
 class Prediction:
-    """What a simulated all-reduce costs: `time` in seconds (the plan, slowest rank)."""
+    """What a simulated collective costs: `time` in seconds (the plan, slowest rank)."""
 
     algorithm: str
+    collective: str
     size: int
     count: int
     itemsize: int
@@ -76,4 +88,4 @@ class Prediction:
         seconds = self.time if seconds is None else seconds
         if seconds <= 0 or self.size < 2:
             return 0.0
-        return self.nbytes / seconds / 1e9 * 2 * (self.size - 1) / self.size
+        return self.nbytes / seconds / 1e9 * BUS_FACTORS[self.collective](self.size)

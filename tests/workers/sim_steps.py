@@ -43,7 +43,7 @@ class Recording:
 
 def simulated_steps(algorithm: str, cluster, count: int, rank: int, *, itemsize: int):
     """One rank's (sends, receives) exactly as the simulator's engine reads them."""
-    plan = PLANNERS[algorithm](rank, cluster.size, count, itemsize, cluster.topology)
+    plan = PLANNERS["allreduce"][algorithm](rank, cluster.size, count, itemsize, cluster.topology)
     return Trace(plan, itemsize).consumed()
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     comm = Communicator(transport, topology, Settings.resolve())
     cluster = DEFAULT_CALIBRATION.cluster(topology)
     tally = Tally(comm.rank)
-    for algorithm in PLANNERS:
+    for algorithm in PLANNERS["allreduce"]:
         for dtype, count in ((np.float32, 7), (np.float32, 1009), (np.float64, 600_003)):
             x = rank_data(count, dtype, comm.rank)
             transport.sends.clear()
