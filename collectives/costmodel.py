@@ -113,12 +113,31 @@ class NativeModel:
         return _interpolate_row(points, nbytes)[0]
 
     @staticmethod
-    def modelled(nbytes: int, size: int, link: LinkModel, gamma: float) -> float:
-        """Recursive doubling or Rabenseifner's halving-doubling, whichever is cheaper."""
+    def modelled(nbytes: int, size: int, link: LinkModel, gamma: float,
+                 collective: str = "allreduce") -> float:
+        """The cheaper of the schedules MPI libraries switch between for `collective`:
+        recursive doubling or Rabenseifner's halving-doubling for all-reduce, recursive
+        halving or a ring for reduce-scatter and all-gather, a binomial tree or
+        scatter + all-gather for broadcast, a tree or reduce-scatter + gather for reduce,
+        pairwise exchange for all-to-all."""
         steps = math.ceil(math.log2(size)) if size > 1 else 0
-        doubling = steps * (link.alpha + nbytes * (link.beta + gamma))
-        halving = 2 * steps * link.alpha + (size - 1) / size * nbytes * (2 * link.beta + gamma)
-        return min(doubling, halving)
+        share = (size - 1) / size * nbytes
+        alpha, beta = link.alpha, link.beta
+        if collective == "allreduce":
+            return min(steps * (alpha + nbytes * (beta + gamma)),
+                       2 * steps * alpha + share * (2 * beta + gamma))
+        if collective == "reduce_scatter":
+            return steps * alpha + share * (beta + gamma)
+        if collective == "allgather":
+            return steps * alpha + share * beta
+        if collective == "broadcast":
+            return min(steps * (alpha + nbytes * beta), 2 * steps * alpha + 2 * share * beta)
+        if collective == "reduce":
+            return min(steps * (alpha + nbytes * (beta + gamma)),
+                       2 * steps * alpha + share * (2 * beta + gamma))
+        if collective == "alltoall":
+            return (size - 1) * alpha + share * beta
+        raise ValueError(f"no native model for {collective!r}")
 
 
 def _interpolate_row(rows: Sequence[tuple], x: float) -> tuple[float, ...]:
@@ -236,16 +255,18 @@ class ClusterModel:
             object.__setattr__(self, "_positions", cached)
         return cached
 
-    def native_time(self, nbytes: int) -> float:
-        """Predicted seconds of the transport's own all-reduce of `nbytes`."""
-        measured = self.native.measured(nbytes, self.size) if self.native else None
-        if measured is not None:
-            return measured
+    def native_time(self, nbytes: int, collective: str = "allreduce") -> float:
+        """Predicted seconds of the transport's own `collective` of `nbytes` (as the plans
+        count it: the whole buffer for allgather and alltoall)."""
+        if collective == "allreduce":
+            measured = self.native.measured(nbytes, self.size) if self.native else None
+            if measured is not None:
+                return measured
         slowest = self.inter if len(self.topology.nodes) > 1 else self.intra
         # MPI libraries first copy the send buffer into the receive buffer (MPICH's and
-        # Open MPI's all-reduce algorithms); the executor sends and reduces x where it lies.
+        # Open MPI's algorithms); the executor sends and reduces x where it lies.
         return (self.call_overhead + nbytes * self.copy_beta
-                + NativeModel.modelled(nbytes, self.size, slowest, self.gamma))
+                + NativeModel.modelled(nbytes, self.size, slowest, self.gamma, collective))
 
     def call_time(self, nbytes: int) -> float:
         """Seconds a plan-based call of `nbytes` spends outside its plan (validation,

@@ -49,7 +49,7 @@ class Tuner:
         self.source = source
         self.itemsize = itemsize
         self._debug = debug
-        self._choices: dict[int, str] = {}
+        self._choices: dict = {}  # nbytes (all-reduce) or (collective, nbytes) -> choice
         if debug:
             _show_debug(log)
 
@@ -78,30 +78,33 @@ class Tuner:
         calibration, source = transport.allgather_object(mine)[0]
         return cls(calibration.cluster(topology, name="this machine"), source=source, debug=debug)
 
-    def predict(self, nbytes: int) -> dict[str, float]:
-        """Predicted seconds of one all-reduce of `nbytes` per candidate."""
+    def predict(self, nbytes: int, collective: str = "allreduce") -> dict[str, float]:
+        """Predicted seconds of one `collective` of `nbytes` (the plans' count of bytes: the
+        whole buffer for allgather and alltoall) per candidate."""
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}")
         count = nbytes // self.itemsize
-        times = {"native": self.cluster.native_time(nbytes)}
-        for name in PLANNERS["allreduce"]:
-            plan_time = simulate(name, self.cluster, count, itemsize=self.itemsize).time
+        times = {"native": self.cluster.native_time(nbytes, collective)}
+        for name in PLANNERS[collective]:
+            plan_time = simulate(name, self.cluster, count, itemsize=self.itemsize,
+                                 collective=collective).time
             times[name] = self.cluster.call_time(nbytes) + plan_time
         return times
 
-    def choose(self, nbytes: int) -> str:
-        """The candidate to run for a message of `nbytes` (cached per size)."""
-        choice = self._choices.get(nbytes)
+    def choose(self, nbytes: int, collective: str = "allreduce") -> str:
+        """The candidate to run for a `collective` of `nbytes` (cached per size)."""
+        key = nbytes if collective == "allreduce" else (collective, nbytes)
+        choice = self._choices.get(key)
         if choice is None:
-            times = self.predict(nbytes)
+            times = self.predict(nbytes, collective)
             if len(self._choices) >= CHOICE_CACHE_SIZE:  # sizes that vary forever stay bounded
                 del self._choices[next(iter(self._choices))]
-            choice = self._choices[nbytes] = _cheapest(times)
+            choice = self._choices[key] = _cheapest(times)
             if self._debug:
                 ranked = ", ".join(f"{name} {times[name] * 1e6:.1f} us"
                                    for name in sorted(times, key=times.get))
-                log.debug("auto: %d bytes on %d ranks -> %s; predicted %s (%s)", nbytes,
-                          self.cluster.size, choice, ranked, self.source)
+                log.debug("auto: %s of %d bytes on %d ranks -> %s; predicted %s (%s)",
+                          collective, nbytes, self.cluster.size, choice, ranked, self.source)
         return choice
 
 

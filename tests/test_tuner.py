@@ -72,7 +72,7 @@ def test_debug_logs_choice_and_predicted_times(caplog):
     with caplog.at_level(logging.DEBUG, logger="collectives.tuner"):
         tuner.choose(8)
     (message,) = [r.getMessage() for r in caplog.records]
-    assert message.startswith("auto: 8 bytes on 4 ranks -> native; predicted native 10.0 us")
+    assert message.startswith("auto: allreduce of 8 bytes on 4 ranks -> native; predicted native 10.0 us")
     assert all(name in message for name in CANDIDATES) and "(test model)" in message
 
 
@@ -151,8 +151,8 @@ def test_auto_under_mpiexec_agrees_and_logs(tmp_path):
                       tmp_path / "tuning.json")
     proc = run_workers(2, "auto_choice", env={"COLLECTIVES_DEBUG": "1",
                                               "COLLECTIVES_TUNING_FILE": str(tmp_path / "tuning.json")})
-    assert "auto: 8 bytes on 2 ranks -> native; predicted native 1.0 us" in proc.stderr
-    assert "auto: 4194308 bytes on 2 ranks -> " in proc.stderr
+    assert "auto: allreduce of 8 bytes on 2 ranks -> native; predicted native 1.0 us" in proc.stderr
+    assert "auto: allreduce of 4194308 bytes on 2 ranks -> " in proc.stderr
     assert "(tuning file, np=2)" in proc.stderr
 
 
