@@ -1,5 +1,8 @@
 """The Communicator: the public collectives, issued in order, checked, bounded, failing loudly.
 
+Collectives: allreduce and allreduce_many (fused), reduce_scatter, allgather, broadcast,
+reduce, alltoall, barrier; each has an _async twin returning a Handle (barrier excepted).
+
 Each method builds a `Call` (collectives.calls) and issues it through the progress engine:
 sync calls run on the caller's thread, async ones on the progress thread, all in issue
 order. Running a call is the same for every collective: the agreement check (which may
@@ -13,7 +16,14 @@ import time
 
 from .agreement import Agreement
 from .calls import Call, Context
+from .calls.allgather import allgather_call
 from .calls.allreduce import allreduce_call, allreduce_many_call
+from .calls.alltoall import alltoall_call
+from .calls.barrier import Barrier
+from .calls.base import issuer
+from .calls.broadcast import broadcast_call
+from .calls.reduce import reduce_call
+from .calls.reduce_scatter import reduce_scatter_call
 from .config import Settings
 from .execution import PlanRunner
 from .failure import end_job
@@ -148,6 +158,110 @@ class Communicator:
             self.settings, arrays, out, op=op, algorithm=algorithm, compression=compression,
             fusion_bytes=fusion_bytes, check_finite=check_finite,
             error_feedback=error_feedback, mode="async"))
+
+    # ------------------------------------------------------------------ the other collectives
+
+    def reduce_scatter(self, x, op: str | Op = "sum", algorithm: str | None = None,
+                       compression: str | None = None, out=None):
+        """This rank's block of the reduction of every rank's x, flattened:
+        `np.array_split(reduced.ravel(), size)[rank]` (blocks differ by one element at most,
+        larger first). `algorithm` None: "auto"; see docs/collectives.md.
+
+        Example::
+
+            shard = comm.reduce_scatter(grad, op="avg")      # FSDP: the gradient shard
+        """
+        return self._run(self._reduce_scatter(x, out, op, algorithm, compression, "sync"))
+
+    def reduce_scatter_async(self, x, op: str | Op = "sum", algorithm: str | None = None,
+                             compression: str | None = None, out=None) -> Handle:
+        """`reduce_scatter` on the progress thread: a Handle whose `wait()` is the block."""
+        return self._submit(self._reduce_scatter(x, out, op, algorithm, compression, "async"))
+
+    def allgather(self, x, algorithm: str | None = None, out=None, *,
+                  compression: str | None = None):
+        """Every rank's x stacked in rank order: shape (size, *x.shape). Every rank passes
+        the same shape and dtype. `compression` puts 16-bit values on the wire.
+
+        Example::
+
+            params = comm.allgather(shard)            # params[r] is rank r's shard
+        """
+        return self._run(self._allgather(x, out, algorithm, compression, "sync"))
+
+    def allgather_async(self, x, algorithm: str | None = None, out=None, *,
+                        compression: str | None = None) -> Handle:
+        """`allgather` on the progress thread."""
+        return self._submit(self._allgather(x, out, algorithm, compression, "async"))
+
+    def broadcast(self, x, root: int = 0, algorithm: str | None = None, out=None):
+        """Root's x on every rank (elsewhere x gives the shape and dtype and is not written
+        unless `out is x`).
+
+        Example::
+
+            weights = comm.broadcast(weights, root=0, out=weights)
+        """
+        return self._run(self._broadcast(x, out, root, algorithm, "sync"))
+
+    def broadcast_async(self, x, root: int = 0, algorithm: str | None = None,
+                        out=None) -> Handle:
+        """`broadcast` on the progress thread."""
+        return self._submit(self._broadcast(x, out, root, algorithm, "async"))
+
+    def reduce(self, x, root: int = 0, op: str | Op = "sum", algorithm: str | None = None,
+               compression: str | None = None, out=None):
+        """The reduction of every rank's x on `root`; None on the other ranks.
+
+        Example::
+
+            total = comm.reduce(loss, root=0)
+        """
+        return self._run(self._reduce(x, out, root, op, algorithm, compression, "sync"))
+
+    def reduce_async(self, x, root: int = 0, op: str | Op = "sum",
+                     algorithm: str | None = None, compression: str | None = None,
+                     out=None) -> Handle:
+        """`reduce` on the progress thread."""
+        return self._submit(self._reduce(x, out, root, op, algorithm, compression, "async"))
+
+    def alltoall(self, x, out=None, *, algorithm: str | None = None):
+        """x has shape (size, ...): row r goes to rank r; row r of the result came from rank
+        r (its row `rank`).
+
+        Example::
+
+            received = comm.alltoall(by_destination)
+        """
+        return self._run(self._alltoall(x, out, algorithm, "sync"))
+
+    def alltoall_async(self, x, out=None, *, algorithm: str | None = None) -> Handle:
+        """`alltoall` on the progress thread."""
+        return self._submit(self._alltoall(x, out, algorithm, "async"))
+
+    def barrier(self) -> None:
+        """Return once every rank has called barrier (bounded by the timeout)."""
+        self._run(Barrier(issuer("sync")))
+
+    def _reduce_scatter(self, x, out, op, algorithm, compression, mode):
+        return reduce_scatter_call(self.size, self.rank, x, out, op=op, algorithm=algorithm,
+                                   compression=compression, issued=issuer(mode))
+
+    def _allgather(self, x, out, algorithm, compression, mode):
+        return allgather_call(self.size, x, out, algorithm=algorithm, compression=compression,
+                              issued=issuer(mode))
+
+    def _broadcast(self, x, out, root, algorithm, mode):
+        return broadcast_call(self.size, self.rank, x, out, root=root, algorithm=algorithm,
+                              issued=issuer(mode))
+
+    def _reduce(self, x, out, root, op, algorithm, compression, mode):
+        return reduce_call(self.size, self.rank, x, out, root=root, op=op, algorithm=algorithm,
+                           compression=compression, issued=issuer(mode))
+
+    def _alltoall(self, x, out, algorithm, mode):
+        return alltoall_call(self.size, self.rank, x, out, algorithm=algorithm,
+                             issued=issuer(mode))
 
     # ------------------------------------------------------------------ the rest
 

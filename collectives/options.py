@@ -61,9 +61,13 @@ def check_dtype(dtype: np.dtype) -> np.dtype:
     return dtype
 
 
-def check_algorithm(name: str) -> str:
-    if name not in ALGORITHMS:
-        raise unknown_choice("algorithm", name, ALGORITHMS)
+def check_algorithm(name: str, collective: str = "allreduce") -> str:
+    """`name` must be "auto", "native" or one of `collective`'s plan algorithms."""
+    accepted = ALGORITHMS if collective == "allreduce" else ("auto", "native",
+                                                             *PLANNERS[collective])
+    if name not in accepted:
+        what = "algorithm" if collective == "allreduce" else f"algorithm for {collective}"
+        raise unknown_choice(what, name, accepted)
     return name
 
 
@@ -100,10 +104,12 @@ class CallOptions:
     @classmethod
     def parse(cls, op: "str | Op" = "sum", algorithm: str = "auto",
               compression: str | None = None, fusion_bytes: int = 64 << 20,
-              check_finite: bool = False, error_feedback: bool | str = False) -> "CallOptions":
-        """Checked options; each failure names the argument and what is accepted."""
+              check_finite: bool = False, error_feedback: bool | str = False,
+              collective: str = "allreduce") -> "CallOptions":
+        """Checked options of a `collective`; each failure names the argument and what is
+        accepted (the algorithms are the collective's)."""
         key = (op, algorithm, compression, fusion_bytes, type(fusion_bytes), check_finite,
-               type(check_finite), error_feedback, type(error_feedback))
+               type(check_finite), error_feedback, type(error_feedback), collective)
         try:
             cached = _PARSED.get(key)
         except TypeError:  # an unhashable argument: checked (and refused) below
@@ -111,7 +117,7 @@ class CallOptions:
         if cached is not None:
             return cached
         parsed = cls._check(op, algorithm, compression, fusion_bytes, check_finite,
-                            error_feedback)
+                            error_feedback, collective)
         if len(_PARSED) >= _PARSED_LIMIT:
             _PARSED.clear()
         _PARSED[key] = parsed
@@ -119,11 +125,11 @@ class CallOptions:
 
     @classmethod
     def _check(cls, op, algorithm, compression, fusion_bytes, check_finite,
-               error_feedback) -> "CallOptions":
+               error_feedback, collective) -> "CallOptions":
         op = Op.parse(op)
         if not isinstance(algorithm, str):
             raise TypeError(f"algorithm must be a str, got {type(algorithm).__name__}")
-        check_algorithm(algorithm)
+        check_algorithm(algorithm, collective)
         if compression is not None and not isinstance(compression, str):
             raise TypeError(f"compression must be None or a str, got {type(compression).__name__}")
         check_compression(compression)

@@ -23,7 +23,7 @@ from .. import exact_mean
 from ..agreement import RIDE_BYTES, riding
 from ..options import Op
 
-__all__ = ["rides", "as_payload", "reduce_rows", "RIDE_BYTES"]
+__all__ = ["rides", "as_payload", "reduce_rows", "payloads", "RIDE_BYTES"]
 
 
 def rides(nbytes: int, size: int) -> bool:
@@ -38,9 +38,10 @@ def as_payload(x) -> np.ndarray:
     return flat.view(np.uint8)
 
 
-def reduce_rows(rows, size: int, dtype: np.dtype, op: Op, out) -> None:
-    """out = the ranks' payloads reduced in rank order (flat, `dtype`); avg of integers exact."""
-    values = [riding(rows, r).view(dtype) for r in range(size)]
+def reduce_rows(rows, size: int, dtype: np.dtype, op: Op, out, lo: int = 0) -> None:
+    """out = elements [lo, lo + out.size) of the ranks' payloads (flat, `dtype`) reduced in
+    rank order; avg of integers exact."""
+    values = [riding(rows, r).view(dtype)[lo: lo + out.size] for r in range(size)]
     if op is Op.AVG and dtype.kind == "i":
         wide = np.zeros(exact_mean.wide_length(dtype, out.size), np.int64)
         part = np.empty_like(wide)
@@ -54,3 +55,8 @@ def reduce_rows(rows, size: int, dtype: np.dtype, op: Op, out) -> None:
         kernels.reduce_into(out, value, op.elementwise)
     if op is Op.AVG:
         kernels.divide_into(out, size)
+
+
+def payloads(rows, size: int, dtype: np.dtype) -> list[np.ndarray]:
+    """Every rank's payload as a flat array of `dtype`, in rank order."""
+    return [riding(rows, r).view(dtype) for r in range(size)]

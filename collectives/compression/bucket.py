@@ -24,12 +24,14 @@ __all__ = ["reduce_compressed"]
 
 def reduce_compressed(work, dest, *, codec: HalfCodec, op: Op, size: int, wire,
                       reduce: Callable[[object], None], agree_max: Callable[[float], float],
-                      residual=None) -> None:
+                      residual=None, region: tuple[int, int] | None = None) -> None:
     """All-reduce the accumulator `work` over a 16-bit wire; the result lands in `dest`.
 
     `wire` is a scratch of the codec's dtype and work's length; `reduce(work)` runs the
-    flat all-reduce in place with the codec; `agree_max(v)` is the max of v over ranks;
-    `residual` (error feedback) is updated in place. `dest` may be work itself.
+    flat collective in place with the codec (an all-reduce, or a reduce-scatter, reduce or
+    all-gather whose result is work[region]); `agree_max(v)` is the max of v over ranks;
+    `residual` (error feedback) is updated in place. `dest` (region's length) may be work
+    itself.
     """
     if residual is not None:
         kernels.reduce_into(work, residual, "sum")
@@ -43,5 +45,6 @@ def reduce_compressed(work, dest, *, codec: HalfCodec, op: Op, size: int, wire,
         kernels.array_module(work).subtract(residual, work, out=residual)
         kernels.scale_into(residual, residual, 1.0 / factor)
     reduce(work)
-    kernels.compress_into(wire, work, 1.0)
-    kernels.scale_into(dest, wire, 1.0 / scale)
+    lo, hi = (0, work.size) if region is None else region
+    kernels.compress_into(wire[lo:hi], work[lo:hi], 1.0)
+    kernels.scale_into(dest, wire[lo:hi], 1.0 / scale)

@@ -1,0 +1,175 @@
+"""The flow every collective but all-reduce shares, and the checks they have in common.
+
+A `Collective` call holds its checked input (`x`, `out`, options, root). Running it:
+
+1. the agreement check; when the check is on and the data is small, the data rides with
+   the records (calls.riding) and the call is answered from them (`from_rows`);
+2. otherwise `auto` is made concrete by the tuner (per collective, per size), then the
+   transport's own collective runs (`native`) or the algorithm's plan (`planned`).
+
+MPI's own collectives cannot be cancelled, so `native` never writes memory the caller sees:
+its result goes to a buffer of the library's, copied out after success (`landing`).
+CuPy arrays take the same route; their natives stage through host memory.
+
+Example::
+
+    class Broadcast(Collective):
+        collective = "broadcast"
+        ...
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+import kernels
+
+from ..agreement import Signature
+from ..algorithms import plan_for
+from ..execution import IDENTITY
+from ..options import CallOptions, Op
+from ..stats import plan_traffic
+from ..validation import check_array
+from .base import TAG_LIMIT, Call, Context, Refused
+from .riding import as_payload, rides
+
+__all__ = ["Collective", "check_root", "collective_options", "issue"]
+
+
+def collective_options(collective: str, *, op="sum", algorithm=None,
+                       compression=None) -> CallOptions:
+    """Checked options of `collective` (algorithm None: "auto")."""
+    return CallOptions.parse(op, "auto" if algorithm is None else algorithm, compression,
+                             collective=collective)
+
+
+def check_root(root, size: int) -> int:
+    if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or not 0 <= root < size:
+        raise ValueError(f"root must be a rank in [0, {size}), got {root!r}")
+    return int(root)
+
+
+def issue(name: str, issued: tuple, build):
+    """The call `build()` makes, or a Refused call carrying the error it raised."""
+    try:
+        return build()
+    except (TypeError, ValueError) as error:
+        return Refused(name, issued, error)
+
+
+class Collective(Call):
+    """A checked call of one of the collectives besides all-reduce (see the module doc)."""
+
+    collective = ""
+    __slots__ = ("x", "out", "options", "root", "payload")
+
+    def __init__(self, x, out, options: CallOptions, root: int | None, issued: tuple):
+        check_array(x)
+        self.x, self.out, self.options, self.root = x, out, options, root
+        self.payload = None
+        self.check_shapes()
+        shapes = (x.dtype, x.shape)
+        super().__init__(self.collective, Signature.of(
+            self.collective, (options, shapes, root, issued),
+            lambda: {"op": options.op if self.reduces else None, "algorithm": options.algorithm,
+                     "compression": options.compression, "root": root, "dtype": x.dtype,
+                     "shape": x.shape, "issued": issued[0], "thread": issued[1]}))
+
+    reduces = False
+
+    # ---------------------------------------------------------------- what each defines
+
+    def check_shapes(self) -> None:
+        """Refuse an `out` (or input) of the wrong shape; nothing to check by default."""
+
+    def plan_count(self, size: int) -> int:
+        """The plans' count of elements (the whole buffer for allgather and alltoall)."""
+        return self.x.size
+
+    def from_rows(self, ctx: Context, rows):
+        raise NotImplementedError
+
+    def native(self, ctx: Context, tag: int, deadline: float):
+        raise NotImplementedError
+
+    def planned(self, ctx: Context, algorithm: str, tag: int, deadline: float):
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- the shared flow
+
+    def agree(self, ctx: Context, seq: int, deadline: float):
+        if not ctx.agreement.check:
+            return None
+        x = self.x
+        if (self.options.compression is None and type(x) is np.ndarray
+                and rides(max(x.nbytes, 1), ctx.size)):
+            self.payload = self.riding_payload(ctx)
+        return ctx.agreement.agree(self.signature, seq, deadline, True, self.payload)
+
+    def riding_payload(self, ctx: Context):
+        """What this rank's record carries when the call rides (x itself by default)."""
+        return as_payload(self.x)
+
+    def move(self, ctx: Context, seq: int, deadline: float, rows):
+        start = time.perf_counter()
+        if self.payload is not None:
+            result = self.from_rows(ctx, rows)
+            self._record(ctx, "direct", start, (ctx.size - 1) * self.x.nbytes)
+            return result
+        algorithm = self.options.algorithm
+        if algorithm == "auto":
+            nbytes = self.plan_count(ctx.size) * self.x.itemsize
+            algorithm = "native" if nbytes == 0 else \
+                ctx.reducer.tuner.choose(nbytes, self.collective)
+        if algorithm == "native":
+            result = self.native(ctx, seq % TAG_LIMIT, deadline)
+            self._record(ctx, "native", start, self.x.nbytes)
+            return result
+        return self.planned(ctx, algorithm, seq % TAG_LIMIT, deadline)
+
+    def run_plan(self, ctx: Context, algorithm: str, work, tag: int, deadline: float, *,
+                 op: str = "sum", codec=None, src=None) -> None:
+        """Run `algorithm`'s plan of this collective on the flat `work`."""
+        start = time.perf_counter()
+        wire = work.dtype if codec is None else codec.dtype
+        plan = plan_for(self.collective, algorithm, ctx.rank, ctx.size, work.size,
+                        wire.itemsize, ctx.topology, self.root or 0)
+        ctx.reducer.runner(work).run(plan, work, op, tag, deadline, codec or IDENTITY, src=src)
+        sent, received = plan_traffic(plan)
+        label = algorithm if codec is None else f"{algorithm}+{codec.name}"
+        ctx.reducer.stats.record(f"{self.collective}:{label}", time.perf_counter() - start,
+                                 sent * wire.itemsize, received * wire.itemsize)
+
+    def landing(self, ctx: Context, result):
+        """(flat buffer a native collective writes, whether to copy it into `result` after
+        success): result itself when the library made it and it is contiguous, else a
+        buffer of the library's (a native cannot be cancelled: it never writes `out`)."""
+        if self.out is None and result.flags.c_contiguous:
+            return result.reshape(-1), False
+        return ctx.reducer.buffer("native", result, result.dtype, result.size), True
+
+    @staticmethod
+    def host(array):
+        """`array` as a NumPy array: CuPy arrays are copied to the host for a native, which
+        runs on the host transport."""
+        return array if isinstance(array, np.ndarray) else kernels.array_module(array).asnumpy(array)
+
+    @staticmethod
+    def host_out(dest):
+        """A host buffer a native writes `dest`'s values into (dest itself for NumPy)."""
+        return dest if isinstance(dest, np.ndarray) else np.empty(dest.shape, dest.dtype)
+
+    @staticmethod
+    def back(dest, written) -> None:
+        """Copy a native's host result into the device `dest` (nothing for NumPy)."""
+        if written is not dest:
+            kernels.copy_into(dest, kernels.array_module(dest).asarray(written))
+
+    def finish_avg(self, ctx: Context, result) -> None:
+        if self.options.op is Op.AVG:
+            kernels.divide_into(result, ctx.size)
+
+    def _record(self, ctx: Context, algorithm: str, start: float, moved: int) -> None:
+        ctx.reducer.stats.record(f"{self.collective}:{algorithm}", time.perf_counter() - start,
+                                 moved, moved, modelled=algorithm == "native")

@@ -1,0 +1,118 @@
+"""reduce: the reduction of every rank's x, on root; None on the other ranks.
+
+Plans run on a buffer of the library's (the input read where it lies); the native path is
+MPI_Reduce. fp16/bf16 compression as for all-reduce; an integer avg is summed exactly.
+
+Example::
+
+    total = comm.reduce(metrics, root=0, op="sum")   # None off rank 0
+"""
+from __future__ import annotations
+
+import kernels
+
+from ..compression import codec_for, work_dtype
+from ..compression.bucket import reduce_compressed
+from ..fusion import Layout, reduce_arrays
+from ..options import Op
+from ..validation import check_out
+from .base import Context
+from .collective import Collective, check_root, collective_options, issue
+from .riding import reduce_rows
+
+__all__ = ["reduce_call"]
+
+
+def reduce_call(size: int, rank: int, x, out, *, root, op, algorithm, compression,
+                issued: tuple):
+    def build():
+        options = collective_options("reduce", op=op, algorithm=algorithm,
+                                     compression=compression)
+        return Reduce(x, out, options, check_root(root, size), issued, rank)
+
+    return issue("reduce", issued, build)
+
+
+class Reduce(Collective):
+    collective = "reduce"
+    reduces = True
+    __slots__ = ("rank",)
+
+    def __init__(self, x, out, options, root, issued, rank: int):
+        self.rank = rank
+        super().__init__(x, out, options, root, issued)
+        codec_for(options.compression, x.dtype)
+
+    def check_shapes(self) -> None:
+        if self.out is not None:
+            check_out(self.out, self.x)
+
+    def _result(self):
+        if self.rank != self.root:
+            return None
+        return kernels.array_module(self.x).empty_like(self.x) if self.out is None else self.out
+
+    def from_rows(self, ctx: Context, rows):
+        result = self._result()
+        if result is not None:
+            flat = kernels.array_module(self.x).empty(self.x.size, self.x.dtype)
+            reduce_rows(rows, ctx.size, self.x.dtype, self.options.op, flat)
+            kernels.unpack(flat, [result])
+        return result
+
+    def native(self, ctx: Context, tag: int, deadline: float):
+        if self._exact_mean():
+            return self._via_allreduce(ctx, tag, deadline)
+        result = self._result()
+        dest, copy = (None, False) if result is None else self.landing(ctx, result)
+        written = None if dest is None else self.host_out(dest)
+        ctx.reducer.host.native_reduce(self.host(self.x).ravel(), written,
+                                       self.options.op.elementwise, self.root, deadline)
+        if dest is not None:
+            self.back(dest, written)
+            self.finish_avg(ctx, dest)
+            if copy:
+                kernels.unpack(dest, [result])
+        return result
+
+    def planned(self, ctx: Context, algorithm: str, tag: int, deadline: float):
+        if self._exact_mean():
+            return self._via_allreduce(ctx, tag, deadline)
+        x, result = self.x, self._result()
+        codec = codec_for(self.options.compression, x.dtype)
+        op = self.options.op.elementwise
+        if codec is None:
+            work = ctx.reducer.buffer("collective", x, x.dtype, x.size)
+            src = x.reshape(-1) if x.flags.c_contiguous and work is not x else None
+            if src is None:
+                kernels.pack([x], work)
+            self.run_plan(ctx, algorithm, work, tag, deadline, op=op, src=src)
+            if result is not None:
+                self.finish_avg(ctx, work)
+                kernels.unpack(work, [result])
+            return result
+        work = ctx.reducer.buffer("collective", x, work_dtype(x.dtype), x.size)
+        kernels.pack([x], work)
+        dest = ctx.reducer.buffer("reduced", x, x.dtype, x.size)
+        reduce_compressed(
+            work, dest, codec=codec, op=self.options.op, size=ctx.size,
+            wire=ctx.reducer.buffer("wire", work, codec.dtype, work.size),
+            reduce=lambda w: self.run_plan(ctx, algorithm, w, tag, deadline, op=op, codec=codec),
+            agree_max=lambda v: ctx.reducer.agree_max(v, deadline))
+        if result is not None:
+            kernels.unpack(dest, [result])
+        return result
+
+    def _exact_mean(self) -> bool:
+        return self.options.op is Op.AVG and self.x.dtype.kind == "i"
+
+    def _via_allreduce(self, ctx: Context, tag: int, deadline: float):
+        """An integer avg: the exact all-reduce of all-reduce's fusion path, kept on root."""
+        x, result = self.x, self._result()
+        layout = Layout.of(((x.dtype, x.shape),), self.options.fusion_bytes)
+        whole = reduce_arrays((x,), None, self.options, layout, ctx.reducer, tag=tag,
+                              deadline=deadline)[0]
+        if result is not None:
+            kernels.copy_into(result, whole) if result.flags.c_contiguous else \
+                kernels.unpack(whole.reshape(-1), [result])
+        return result

@@ -1,0 +1,116 @@
+"""reduce_scatter: this rank's block of the reduced, flattened input.
+
+The block is `np.array_split(reduced.ravel(), size)[rank]` (larger blocks first). Plans
+leave rank r's block of the work buffer reduced (collectives.algorithms conventions); the
+native path is MPI_Reduce_scatter with those block counts. fp16/bf16 compression works as
+for all-reduce (an agreed power-of-two scale, 16-bit wire, float32 accumulation); an
+integer avg is summed exactly (as all-reduce does) and its block kept.
+
+Example::
+
+    block = comm.reduce_scatter(grad, op="avg")     # FSDP's gradient shard
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import kernels
+
+from ..algorithms.plan import split_bounds
+from ..compression import codec_for, work_dtype
+from ..compression.bucket import reduce_compressed
+from ..fusion import Layout, reduce_arrays
+from ..options import Op
+from ..validation import check_out
+from .base import Context
+from .collective import Collective, collective_options, issue
+from .riding import reduce_rows
+
+__all__ = ["reduce_scatter_call"]
+
+
+def reduce_scatter_call(size: int, rank: int, x, out, *, op, algorithm, compression,
+                        issued: tuple):
+    def build():
+        options = collective_options("reduce_scatter", op=op, algorithm=algorithm,
+                                     compression=compression)
+        return ReduceScatter(x, out, options, None, issued, size, rank)
+
+    return issue("reduce_scatter", issued, build)
+
+
+class ReduceScatter(Collective):
+    collective = "reduce_scatter"
+    reduces = True
+    __slots__ = ("block",)
+
+    def __init__(self, x, out, options, root, issued, size: int, rank: int):
+        codec_for(options.compression, getattr(x, "dtype", np.float32))
+        self.block = split_bounds(0, getattr(x, "size", 0), size)[rank]
+        super().__init__(x, out, options, root, issued)
+
+    def check_shapes(self) -> None:
+        if self.out is not None:
+            lo, hi = self.block
+            check_out(self.out, kernels.array_module(self.x).empty(hi - lo, self.x.dtype))
+
+    def _result(self):
+        lo, hi = self.block
+        return (kernels.array_module(self.x).empty(hi - lo, self.x.dtype) if self.out is None
+                else self.out)
+
+    def from_rows(self, ctx: Context, rows):
+        result = self._result()
+        reduce_rows(rows, ctx.size, self.x.dtype, self.options.op, result, self.block[0])
+        return result
+
+    def native(self, ctx: Context, tag: int, deadline: float):
+        if self._exact_mean():
+            return self._via_allreduce(ctx, tag, deadline)
+        x, result = self.host(self.x).ravel(), self._result()
+        dest, copy = self.landing(ctx, result)
+        counts = [hi - lo for lo, hi in split_bounds(0, x.size, ctx.size)]
+        written = self.host_out(dest)
+        ctx.reducer.host.native_reduce_scatter(x, written, counts, self.options.op.elementwise,
+                                               deadline)
+        self.back(dest, written)
+        if copy:
+            kernels.unpack(dest, [result])
+        self.finish_avg(ctx, result)
+        return result
+
+    def planned(self, ctx: Context, algorithm: str, tag: int, deadline: float):
+        if self._exact_mean():
+            return self._via_allreduce(ctx, tag, deadline)
+        x, result, (lo, hi) = self.x, self._result(), self.block
+        codec = codec_for(self.options.compression, x.dtype)
+        op = self.options.op.elementwise
+        if codec is None:
+            work = ctx.reducer.buffer("collective", x, x.dtype, x.size)
+            src = x.reshape(-1) if x.flags.c_contiguous else None
+            if src is None:
+                kernels.pack([x], work)
+            self.run_plan(ctx, algorithm, work, tag, deadline, op=op, src=src)
+            kernels.copy_into(result, work[lo:hi])
+            self.finish_avg(ctx, result)
+            return result
+        work = ctx.reducer.buffer("collective", x, work_dtype(x.dtype), x.size)
+        kernels.pack([x], work)
+        reduce_compressed(
+            work, result, codec=codec, op=self.options.op, size=ctx.size,
+            wire=ctx.reducer.buffer("wire", work, codec.dtype, work.size),
+            reduce=lambda w: self.run_plan(ctx, algorithm, w, tag, deadline, op=op, codec=codec),
+            agree_max=lambda v: ctx.reducer.agree_max(v, deadline), region=(lo, hi))
+        return result
+
+    def _exact_mean(self) -> bool:
+        return self.options.op is Op.AVG and self.x.dtype.kind == "i"
+
+    def _via_allreduce(self, ctx: Context, tag: int, deadline: float):
+        """An integer avg: the exact all-reduce of all-reduce's fusion path, this block kept."""
+        x, (lo, hi), result = self.x, self.block, self._result()
+        layout = Layout.of(((x.dtype, x.shape),), self.options.fusion_bytes)
+        whole = reduce_arrays((x,), None, self.options, layout, ctx.reducer, tag=tag,
+                              deadline=deadline)[0]
+        kernels.copy_into(result, whole.reshape(-1)[lo:hi])
+        return result
