@@ -84,6 +84,8 @@ class Tuner:
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}")
         count = nbytes // self.itemsize
+        if collective in ("allgather", "alltoall"):  # whole rows, one per rank
+            count -= count % self.cluster.size
         times = {"native": self.cluster.native_time(nbytes, collective)}
         for name in PLANNERS[collective]:
             plan_time = simulate(name, self.cluster, count, itemsize=self.itemsize,

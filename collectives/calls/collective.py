@@ -19,6 +19,7 @@ Example::
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -28,7 +29,8 @@ import kernels
 from ..agreement import Signature
 from ..algorithms import plan_for
 from ..execution import IDENTITY
-from ..options import CallOptions, Op
+from ..fusion import Layout, reduce_arrays
+from ..options import ALGORITHMS, CallOptions, Op
 from ..stats import plan_traffic
 from ..validation import check_array
 from .base import TAG_LIMIT, Call, Context, Refused
@@ -165,6 +167,20 @@ class Collective(Call):
         """Copy a native's host result into the device `dest` (nothing for NumPy)."""
         if written is not dest:
             kernels.copy_into(dest, kernels.array_module(dest).asarray(written))
+
+    def exact_mean(self) -> bool:
+        """An avg of integers: summed exactly by all-reduce's path (wide integers)."""
+        return self.options.op is Op.AVG and self.x.dtype.kind == "i"
+
+    def exact_mean_of_all(self, ctx: Context, tag: int, deadline: float):
+        """The exact integer average of every rank's x (flat), by all-reduce's fusion path
+        (the collective's algorithm when all-reduce has it, else auto)."""
+        x, options = self.x, self.options
+        if options.algorithm not in ALGORITHMS:
+            options = dataclasses.replace(options, algorithm="auto")
+        layout = Layout.of(((x.dtype, x.shape),), options.fusion_bytes)
+        return reduce_arrays((x,), None, options, layout, ctx.reducer, tag=tag,
+                             deadline=deadline)[0].reshape(-1)
 
     def finish_avg(self, ctx: Context, result) -> None:
         if self.options.op is Op.AVG:

@@ -13,8 +13,6 @@ import kernels
 
 from ..compression import codec_for, work_dtype
 from ..compression.bucket import reduce_compressed
-from ..fusion import Layout, reduce_arrays
-from ..options import Op
 from ..validation import check_out
 from .base import Context
 from .collective import Collective, check_root, collective_options, issue
@@ -61,8 +59,8 @@ class Reduce(Collective):
         return result
 
     def native(self, ctx: Context, tag: int, deadline: float):
-        if self._exact_mean():
-            return self._via_allreduce(ctx, tag, deadline)
+        if self.exact_mean():
+            return self._on_root(self.exact_mean_of_all(ctx, tag, deadline))
         result = self._result()
         dest, copy = (None, False) if result is None else self.landing(ctx, result)
         written = None if dest is None else self.host_out(dest)
@@ -76,8 +74,8 @@ class Reduce(Collective):
         return result
 
     def planned(self, ctx: Context, algorithm: str, tag: int, deadline: float):
-        if self._exact_mean():
-            return self._via_allreduce(ctx, tag, deadline)
+        if self.exact_mean():
+            return self._on_root(self.exact_mean_of_all(ctx, tag, deadline))
         x, result = self.x, self._result()
         codec = codec_for(self.options.compression, x.dtype)
         op = self.options.op.elementwise
@@ -103,16 +101,8 @@ class Reduce(Collective):
             kernels.unpack(dest, [result])
         return result
 
-    def _exact_mean(self) -> bool:
-        return self.options.op is Op.AVG and self.x.dtype.kind == "i"
-
-    def _via_allreduce(self, ctx: Context, tag: int, deadline: float):
-        """An integer avg: the exact all-reduce of all-reduce's fusion path, kept on root."""
-        x, result = self.x, self._result()
-        layout = Layout.of(((x.dtype, x.shape),), self.options.fusion_bytes)
-        whole = reduce_arrays((x,), None, self.options, layout, ctx.reducer, tag=tag,
-                              deadline=deadline)[0]
+    def _on_root(self, whole):
+        result = self._result()
         if result is not None:
-            kernels.copy_into(result, whole) if result.flags.c_contiguous else \
-                kernels.unpack(whole.reshape(-1), [result])
+            kernels.unpack(whole, [result])
         return result

@@ -19,8 +19,6 @@ import kernels
 from ..algorithms.plan import split_bounds
 from ..compression import codec_for, work_dtype
 from ..compression.bucket import reduce_compressed
-from ..fusion import Layout, reduce_arrays
-from ..options import Op
 from ..validation import check_out
 from .base import Context
 from .collective import Collective, collective_options, issue
@@ -65,8 +63,8 @@ class ReduceScatter(Collective):
         return result
 
     def native(self, ctx: Context, tag: int, deadline: float):
-        if self._exact_mean():
-            return self._via_allreduce(ctx, tag, deadline)
+        if self.exact_mean():
+            return self._block(self.exact_mean_of_all(ctx, tag, deadline))
         x, result = self.host(self.x).ravel(), self._result()
         dest, copy = self.landing(ctx, result)
         counts = [hi - lo for lo, hi in split_bounds(0, x.size, ctx.size)]
@@ -80,8 +78,8 @@ class ReduceScatter(Collective):
         return result
 
     def planned(self, ctx: Context, algorithm: str, tag: int, deadline: float):
-        if self._exact_mean():
-            return self._via_allreduce(ctx, tag, deadline)
+        if self.exact_mean():
+            return self._block(self.exact_mean_of_all(ctx, tag, deadline))
         x, result, (lo, hi) = self.x, self._result(), self.block
         codec = codec_for(self.options.compression, x.dtype)
         op = self.options.op.elementwise
@@ -103,14 +101,8 @@ class ReduceScatter(Collective):
             agree_max=lambda v: ctx.reducer.agree_max(v, deadline), region=(lo, hi))
         return result
 
-    def _exact_mean(self) -> bool:
-        return self.options.op is Op.AVG and self.x.dtype.kind == "i"
-
-    def _via_allreduce(self, ctx: Context, tag: int, deadline: float):
-        """An integer avg: the exact all-reduce of all-reduce's fusion path, this block kept."""
-        x, (lo, hi), result = self.x, self.block, self._result()
-        layout = Layout.of(((x.dtype, x.shape),), self.options.fusion_bytes)
-        whole = reduce_arrays((x,), None, self.options, layout, ctx.reducer, tag=tag,
-                              deadline=deadline)[0]
-        kernels.copy_into(result, whole.reshape(-1)[lo:hi])
+    def _block(self, whole):
+        result = self._result()
+        lo, hi = self.block
+        kernels.copy_into(result, whole[lo:hi])
         return result

@@ -1,0 +1,35 @@
+"""reduce_scatter, allgather, broadcast, reduce, alltoall and barrier under a real mpiexec:
+every algorithm, dtype, op, awkward size, root and layout against NumPy, on emulated nodes
+too, and the agreement check's guarantees."""
+import pytest
+
+from tests.mpirun import run_workers
+
+ALL = "reduce_scatter,allgather,broadcast,reduce,alltoall"
+
+
+@pytest.mark.parametrize("np_, env, extra", [
+    (1, {}, ["--dtypes", "few"]),
+    (2, {}, ["--large"]),
+    (3, {}, []),
+    (4, {"COLLECTIVES_LOCAL_SIZE": "2"}, ["--dtypes", "few"]),
+    (5, {"COLLECTIVES_LOCAL_SIZE": "2"}, ["--dtypes", "few"]),
+    (8, {"COLLECTIVES_LOCAL_SIZE": "3"}, ["--dtypes", "few"]),
+])
+def test_every_collective_matches_numpy(np_, env, extra):
+    run_workers(np_, "collective_matrix", ALL, *extra, env=env, timeout=900)
+
+
+def test_with_the_check_off():
+    """No records: small calls do not ride; every call goes native or through a plan."""
+    run_workers(3, "collective_matrix", ALL, "--dtypes", "few", env={"COLLECTIVES_CHECK": "0"})
+
+
+def test_over_shared_memory():
+    run_workers(4, "collective_matrix", ALL, "--dtypes", "few",
+                env={"COLLECTIVES_SHM": "1", "COLLECTIVES_LOCAL_SIZE": "2"})
+
+
+@pytest.mark.parametrize("np_", [2, 3])
+def test_disagreement_and_bad_input_raise_on_every_rank(np_):
+    run_workers(np_, "collective_agreement")

@@ -1,0 +1,61 @@
+"""The collectives beside all-reduce keep its guarantees: ranks that disagree (root, shape,
+op, algorithm) get MismatchError on every rank before data moves, bad input is refused by
+name, and the next collective works.
+
+Usage: mpiexec -n P python -m tests.workers.collective_agreement   (P >= 2)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import collectives
+from tests.workers.common import Tally, rank_data
+
+COUNT = 100
+
+
+def cases(p: int, rank: int):
+    """(name, call, expected error on this rank, text) per case; the last rank differs."""
+    last = rank == p - 1
+    x = rank_data(COUNT, np.float32, rank)
+    yield ("broadcast root", lambda c: c.broadcast(x, root=1 if last else 0),
+           collectives.MismatchError, "has root")
+    yield ("reduce root", lambda c: c.reduce(x, root=1 if last else 0),
+           collectives.MismatchError, "has root")
+    yield ("allgather shape", lambda c: c.allgather(x[: COUNT - last]),
+           collectives.MismatchError, "has shape")
+    yield ("reduce_scatter op", lambda c: c.reduce_scatter(x, op="max" if last else "sum"),
+           collectives.MismatchError, "has op")
+    yield ("alltoall algorithm", lambda c: c.alltoall(
+        rank_data(2 * p, np.float32, rank).reshape(p, 2), algorithm="native" if last else "pairwise"),
+        collectives.MismatchError, "has algorithm")
+    yield ("broadcast vs reduce", lambda c: c.reduce(x) if last else c.broadcast(x),
+           collectives.MismatchError, "collective")
+    yield ("root out of range", lambda c: c.broadcast(x, root=p),
+           ValueError, f"root must be a rank in [0, {p}), got {p}")
+    yield ("alltoall rows", lambda c: c.alltoall(x),
+           ValueError, f"alltoall needs x of shape (size, ...) = ({p}, ...)")
+    yield ("unknown algorithm", lambda c: c.broadcast(x, algorithm="ring"),
+           ValueError, "unknown algorithm for broadcast 'ring'")
+    yield ("rejected on one rank", lambda c: c.allgather(x.astype(np.complex64) if last else x),
+           TypeError if last else collectives.MismatchError,
+           "unsupported dtype" if last else f"rank {p - 1} rejected its arguments")
+
+
+def main() -> None:
+    comm = collectives.init(timeout=30)
+    tally = Tally(comm.rank)
+    for name, call, expected, text in cases(comm.size, comm.rank):
+        try:
+            call(comm)
+            tally.check(False, f"{name}: no error, expected {expected.__name__}")
+        except Exception as error:  # noqa: BLE001 - the type is what is checked
+            tally.check(type(error) is expected and text in str(error),
+                        f"{name}: got {type(error).__name__}: {error}")
+        y = comm.allgather(np.full(3, comm.rank, np.int64))
+        tally.check(np.array_equal(y[:, 0], np.arange(comm.size)), f"{name}: the next call")
+    tally.finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Every collective x algorithm x dtype x op x awkward size x root x layout, checked against
+NumPy's closed form.
+
+Usage: mpiexec -n P python -m tests.workers.collective_matrix COLL[,COLL...] [--large]
+           [--dtypes all|few]
+COLL among reduce_scatter, allgather, broadcast, reduce, alltoall. Checks values, shape,
+dtype and array type, that x is untouched (unless out is x), and bits: every rank holds the
+same allgather and broadcast result, and the reduce-scatter blocks of all ranks concatenate
+to the same reduction every rank's reference has.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+import collectives
+from collectives.algorithms import PLANNERS
+from tests.workers.common import OPS, Tally, digest, everyone, rank_data, reference
+
+LAYOUTS = ("contiguous", "strided", "out")
+
+
+def sizes(p: int, large: bool) -> list[int]:
+    return sorted({0, 1, max(p - 1, 1), p, 7, 1009, 3 * p + 1}) + ([(1 << 18) + 3] if large else [])
+
+
+def strided(x: np.ndarray) -> np.ndarray:
+    spaced = np.zeros((2 * x.size,), x.dtype)
+    spaced[::2] = x.reshape(-1)
+    return spaced[::2].reshape(x.shape) if x.ndim == 1 else spaced[::2].reshape(x.shape)
+
+
+def present(x: np.ndarray, layout: str) -> np.ndarray:
+    return strided(x) if layout == "strided" and x.ndim == 1 else x
+
+
+def check_reduce_scatter(comm, tally, algorithm, dtype, count, op, layout) -> str:
+    x = present(rank_data(count, dtype, comm.rank), layout)
+    before = digest(x)
+    want = np.array_split(reference(count, dtype, comm.size, op), comm.size)[comm.rank]
+    out = np.full(want.shape, 99, dtype) if layout == "out" else None
+    y = comm.reduce_scatter(x, op=op, algorithm=algorithm, out=out)
+    case = f"reduce_scatter {algorithm} {np.dtype(dtype)} count={count} op={op} {layout}"
+    tally.check(out is None or y is out, f"{case}: result is not out")
+    tally.check(digest(x) == before, f"{case}: input modified")
+    tally.check(y.shape == want.shape and y.dtype == want.dtype and np.array_equal(y, want),
+                f"{case}: got {y[:4]} ({y.shape}) expected {want[:4]} ({want.shape})")
+    whole = np.concatenate(everyone(y))  # every rank's block, in rank order
+    tally.check(np.array_equal(whole, reference(count, dtype, comm.size, op)),
+                f"{case}: the blocks do not make the reduction")
+    return case
+
+
+def check_allgather(comm, tally, algorithm, dtype, count, op, layout) -> str:
+    x = present(rank_data(count, dtype, comm.rank), layout)
+    before = digest(x)
+    want = np.stack([rank_data(count, dtype, r) for r in range(comm.size)])
+    out = np.full(want.shape, 99, dtype) if layout == "out" else None
+    y = comm.allgather(x, algorithm=algorithm, out=out)
+    case = f"allgather {algorithm} {np.dtype(dtype)} count={count} {layout}"
+    tally.check(out is None or y is out, f"{case}: result is not out")
+    tally.check(digest(x) == before, f"{case}: input modified")
+    tally.check(y.shape == want.shape and y.dtype == want.dtype and np.array_equal(y, want),
+                f"{case}: rows differ")
+    tally.check(len(set(everyone(digest(y)))) == 1, f"{case}: ranks differ in bits")
+    return case
+
+
+def check_broadcast(comm, tally, algorithm, dtype, count, root, layout) -> str:
+    x = present(rank_data(count, dtype, comm.rank), layout)
+    before = digest(x)
+    want = rank_data(count, dtype, root)
+    if layout == "inplace":
+        y = comm.broadcast(x, root=root, algorithm=algorithm, out=x)
+        tally.check(y is x, "in-place broadcast did not return x")
+    else:
+        out = np.full(want.shape, 99, dtype) if layout == "out" else None
+        y = comm.broadcast(x, root=root, algorithm=algorithm, out=out)
+        tally.check(digest(x) == before, f"broadcast {algorithm}: input modified")
+    case = f"broadcast {algorithm} {np.dtype(dtype)} count={count} root={root} {layout}"
+    tally.check(y.dtype == want.dtype and np.array_equal(y, want), f"{case}: got {y[:4]}")
+    tally.check(len(set(everyone(digest(y)))) == 1, f"{case}: ranks differ in bits")
+    return case
+
+
+def check_reduce(comm, tally, algorithm, dtype, count, op, root, layout) -> str:
+    x = present(rank_data(count, dtype, comm.rank), layout)
+    before = digest(x)
+    want = reference(count, dtype, comm.size, op)
+    out = np.full(want.shape, 99, dtype) if layout == "out" and comm.rank == root else None
+    y = comm.reduce(x, root=root, op=op, algorithm=algorithm, out=out)
+    case = f"reduce {algorithm} {np.dtype(dtype)} count={count} op={op} root={root} {layout}"
+    tally.check(digest(x) == before, f"{case}: input modified")
+    if comm.rank != root:
+        tally.check(y is None, f"{case}: a rank other than root got {type(y).__name__}")
+    else:
+        tally.check(out is None or y is out, f"{case}: result is not out")
+        tally.check(y.dtype == want.dtype and np.array_equal(y, want), f"{case}: got {y[:4]}")
+    return case
+
+
+def check_alltoall(comm, tally, algorithm, dtype, count, layout) -> str:
+    p, me = comm.size, comm.rank
+    m = max(count // p, 0)
+    x = rank_data(p * m, dtype, me).reshape(p, m)
+    if layout == "inplace":
+        x = x.copy()
+    before = digest(x)
+    want = np.stack([rank_data(p * m, dtype, q).reshape(p, m)[me] for q in range(p)])
+    case = f"alltoall {algorithm} {np.dtype(dtype)} rows of {m} {layout}"
+    if layout == "inplace":
+        y = comm.alltoall(x, out=x, algorithm=algorithm)
+        tally.check(y is x, f"{case}: result is not x")
+    else:
+        out = np.full(want.shape, 99, dtype) if layout == "out" else None
+        y = comm.alltoall(x, out=out, algorithm=algorithm)
+        tally.check(digest(x) == before, f"{case}: input modified")
+    tally.check(y.shape == want.shape and np.array_equal(y, want), f"{case}: rows differ")
+    return case
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("collectives", type=lambda s: s.split(","))
+    parser.add_argument("--large", action="store_true")
+    parser.add_argument("--dtypes", choices=("all", "few"), default="all")
+    args = parser.parse_args()
+    comm = collectives.init()
+    tally = Tally(comm.rank)
+    p = comm.size
+    roots = sorted({0, p - 1, p // 2})
+    dtypes = collectives.DTYPES if args.dtypes == "all" else (np.float32, np.int64)
+    for name in args.collectives:
+        for algorithm in ("auto", "native", *PLANNERS[name]):
+            for dtype in dtypes:
+                for count in sizes(p, args.large):
+                    layouts = LAYOUTS if count < 1 << 16 else ("contiguous",)
+                    for layout in layouts:
+                        if name == "reduce_scatter":
+                            for op in OPS:
+                                check_reduce_scatter(comm, tally, algorithm, dtype, count, op, layout)
+                        elif name == "allgather":
+                            check_allgather(comm, tally, algorithm, dtype, count, None, layout)
+                        elif name == "broadcast":
+                            for root in roots:
+                                for lay in (layout, "inplace") if layout == "out" else (layout,):
+                                    check_broadcast(comm, tally, algorithm, dtype, count, root, lay)
+                        elif name == "reduce":
+                            for op in OPS:
+                                for root in roots:
+                                    check_reduce(comm, tally, algorithm, dtype, count, op, root,
+                                                 layout)
+                        elif name == "alltoall" and layout != "strided":
+                            for lay in (layout, "inplace") if layout == "out" else (layout,):
+                                check_alltoall(comm, tally, algorithm, dtype, count, lay)
+    tally.finish()
+
+
+if __name__ == "__main__":
+    main()
