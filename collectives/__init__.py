@@ -10,6 +10,7 @@ from .bootstrap import init
 from .communicator import Communicator
 from .errors import CollectiveError, CollectiveTimeout, MismatchError, NonFiniteError, PeerError
 from .gradsync import GradSync, broadcast_parameters
+from .sharding import ShardedSync
 from .options import ALGORITHMS, COMPRESSIONS, DTYPES, Op
 from .topology import Topology
 
@@ -27,6 +28,7 @@ __all__ = [
     "NonFiniteError",
     "PeerError",
     "GradSync",
+    "ShardedSync",
     "broadcast_parameters",
 ]
 

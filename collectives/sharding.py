@@ -1,0 +1,107 @@
+"""Sharded data parallelism (ZeRO / FSDP's scheme) on reduce_scatter and allgather.
+
+Every rank keeps the full parameters for its forward and backward passes, but the optimizer
+state and update of only its shard: 1/size of the parameters, flattened in order. Per step:
+
+1. `reduce(grads)` reduce-scatters the gradients (avg): this rank's shard of the average;
+2. the optimizer updates this rank's shard of the parameters (`shard(params)` views it);
+3. `gather(params)` all-gathers the updated shards back into every rank's parameters.
+
+The bytes on the wire are those of one all-reduce (a reduce-scatter plus an all-gather),
+and the optimizer's memory and work are divided by the number of ranks. Arrays are NumPy,
+CuPy, or anything DLPack gives one of (torch tensors: see GradSync's `as_array`).
+
+Example::
+
+    sharded = ShardedSync(comm, [w, b])
+    for batch in data:
+        grads = compute_grads(batch)
+        g = sharded.reduce(grads)                     # this rank's shard of the mean
+        p = sharded.shard()                           # this rank's shard of [w, b], a copy
+        p -= lr * g                                   # the optimizer step, on the shard
+        sharded.gather(p)                             # every rank's w and b updated
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import kernels
+
+from .algorithms.plan import split_bounds
+from .communicator import Communicator
+
+__all__ = ["ShardedSync"]
+
+
+class ShardedSync:
+    """Shards of a list of parameter arrays over `comm`'s ranks (see the module doc).
+
+    `algorithm` and `compression` are those of reduce_scatter and allgather.
+    """
+
+    __slots__ = ("comm", "params", "algorithm", "compression", "_bounds", "_flat")
+
+    def __init__(self, comm: Communicator, params: Sequence, *, algorithm: str | None = None,
+                 compression: str | None = None):
+        if not isinstance(comm, Communicator):
+            raise TypeError(f"comm must be a collectives.Communicator, got {type(comm).__name__}")
+        params = list(params)
+        if not params:
+            raise ValueError("params must hold at least one array")
+        dtypes = {p.dtype for p in params}
+        if len(dtypes) != 1:
+            raise TypeError(f"params must share one dtype, got {sorted(map(str, dtypes))}")
+        self.comm, self.params = comm, params
+        self.algorithm, self.compression = algorithm, compression
+        count = sum(p.size for p in params)
+        self._bounds = split_bounds(0, count, comm.size)[comm.rank]
+        self._flat = kernels.array_module(params[0]).empty(count, params[0].dtype)
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """[lo, hi) of this rank's shard in the flattened parameters."""
+        return self._bounds
+
+    def shard(self):
+        """A copy of this rank's shard of the parameters, flattened (update it, then gather)."""
+        kernels.pack(self.params, self._flat)
+        lo, hi = self._bounds
+        return self._flat[lo:hi].copy()
+
+    def reduce(self, grads: Sequence):
+        """This rank's shard of the average of every rank's gradients (one reduce-scatter)."""
+        grads = list(grads)
+        if [g.shape for g in grads] != [p.shape for p in self.params]:
+            raise ValueError("grads must have the parameters' shapes, in their order: "
+                             f"expected {[p.shape for p in self.params]}, "
+                             f"got {[g.shape for g in grads]}")
+        kernels.pack(grads, self._flat)
+        return self.comm.reduce_scatter(self._flat, op="avg", algorithm=self.algorithm,
+                                        compression=self.compression)
+
+    def gather(self, shard) -> None:
+        """Write every rank's updated shard into the parameters (one all-gather)."""
+        lo, hi = self._bounds
+        if shard.shape != (hi - lo,):
+            raise ValueError(f"shard must have this rank's {hi - lo} elements, got {shard.shape}")
+        pieces = self.comm.allgather(_padded(shard, self._longest()), algorithm=self.algorithm,
+                                     compression=self.compression)
+        for r, (a, b) in enumerate(split_bounds(0, self._flat.size, self.comm.size)):
+            kernels.copy_into(self._flat[a:b], pieces[r, : b - a])
+        kernels.unpack(self._flat, self.params)
+
+    def _longest(self) -> int:
+        """Rows of an all-gather are of one length: the first (longest) shard's."""
+        lo, hi = split_bounds(0, self._flat.size, self.comm.size)[0]
+        return hi - lo
+
+
+def _padded(shard, length: int):
+    """`shard` extended to `length` elements (with zeros) for an all-gather of equal rows."""
+    if shard.size == length:
+        return shard
+    xp = kernels.array_module(shard)
+    padded = xp.zeros(length, shard.dtype)
+    padded[: shard.size] = shard
+    return padded
+
