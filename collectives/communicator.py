@@ -29,6 +29,7 @@ from .execution import PlanRunner
 from .failure import end_job
 from .errors import CollectiveError, CollectiveTimeout, MismatchError, NonFiniteError, PeerError
 from .options import Op
+from .p2p import Message, check_peer, check_tag
 from .progress import Handle, ProgressEngine
 from .reduction import FlatReducer
 from .stats import Stats
@@ -262,6 +263,35 @@ class Communicator:
     def _alltoall(self, x, out, algorithm, mode):
         return alltoall_call(self.size, self.rank, x, out, algorithm=algorithm,
                              issued=issuer(mode))
+
+    # ------------------------------------------------------------------ point to point
+
+    def isend(self, x, dst: int, tag: int = 0) -> Message:
+        """Send x (contiguous) to rank `dst`; returns a Message (`test()`, `wait()`).
+
+        Point to point runs beside the collectives (its own channel, no issue order, no
+        agreement check); waits are bounded by the timeout. Leave x alone until done.
+        """
+        return Message(self._transport, x, check_peer(dst, self.size, "dst"), check_tag(tag),
+                       send=True, timeout=self._timeout)
+
+    def irecv(self, out, src: int, tag: int = 0) -> Message:
+        """Receive into `out` (contiguous, exactly the message's size) from rank `src`."""
+        return Message(self._transport, out, check_peer(src, self.size, "src"), check_tag(tag),
+                       send=False, timeout=self._timeout)
+
+    def send(self, x, dst: int, tag: int = 0) -> None:
+        """`isend(...).wait()`.
+
+        Example::
+
+            comm.send(activations, dst=comm.rank + 1)
+        """
+        self.isend(x, dst, tag).wait()
+
+    def recv(self, out, src: int, tag: int = 0):
+        """`irecv(...).wait()`: returns out."""
+        return self.irecv(out, src, tag).wait()
 
     # ------------------------------------------------------------------ the rest
 

@@ -26,7 +26,7 @@ from mpi4py import MPI
 
 import kernels
 
-from ..errors import CollectiveTimeout, PeerError
+from ..errors import CollectiveError, CollectiveTimeout, PeerError
 from .base import RECORD_CAPACITY, Notice
 from .polling import poll
 
@@ -194,6 +194,7 @@ class MPITransport:
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self._control = comm.Dup()
+        self._p2p = comm.Dup()  # point-to-point messages, apart from every collective's
         self._records = _Records(self._control, self.rank, self.size)
         self._notices = _Notices(self._control)
         self._seq = 0
@@ -281,6 +282,27 @@ class MPITransport:
             self.abandon([request], ())
             raise
 
+    # ------------------------------------------------------------------ point to point
+
+    def p2p_send(self, buf: np.ndarray, peer: int, tag: int) -> MPI.Request:
+        return self._p2p.Isend(as_bytes(buf), peer, tag)
+
+    def p2p_recv(self, buf: np.ndarray, peer: int, tag: int) -> MPI.Request:
+        return self._p2p.Irecv(as_bytes(buf), peer, tag)
+
+    def p2p_test(self, request: MPI.Request, nbytes: int | None, what: str) -> bool:
+        """Whether a p2p request completed; CollectiveError if it failed, or if a received
+        message (`nbytes` expected; None for a send) was shorter (a longer one fails)."""
+        status = MPI.Status()
+        try:
+            done = request.Test(status)
+        except MPI.Exception as error:
+            reason = error.Get_error_string().splitlines()[-1].strip()
+            raise CollectiveError(f"{what} failed: {reason}") from None
+        if done and nbytes is not None and status.Get_count(MPI.BYTE) != nbytes:
+            raise CollectiveError(f"{what}: the message has {status.Get_count(MPI.BYTE)} bytes")
+        return done
+
     # ------------------------------------------------------------------ control
 
     def exchange_records(self, record: np.ndarray, deadline: float, what: str) -> np.ndarray:
@@ -351,6 +373,7 @@ class MPITransport:
         self._abandoned = _settle(self._abandoned, time.monotonic() + 0.1)
         if not self._abandoned:
             self._control.Free()
+            self._p2p.Free()
             self.comm.Free()
 
     def poll(self, test, deadline: float, what: str, *, notices: bool = True):

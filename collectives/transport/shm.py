@@ -394,6 +394,15 @@ class ShmTransport:
     def native_alltoall(self, src, dst, deadline: float) -> None:
         self.mpi.native_alltoall(src, dst, deadline)
 
+    def p2p_send(self, buf, peer: int, tag: int):
+        return self.mpi.p2p_send(buf, peer, tag)
+
+    def p2p_recv(self, buf, peer: int, tag: int):
+        return self.mpi.p2p_recv(buf, peer, tag)
+
+    def p2p_test(self, request, nbytes: int, what: str) -> bool:
+        return self.mpi.p2p_test(request, nbytes, what)
+
     def exchange_records(self, record: np.ndarray, deadline: float, what: str) -> np.ndarray:
         return self.mpi.exchange_records(record, deadline, what)
 

@@ -150,6 +150,18 @@ class TorchDistTransport:
         work = dist.all_to_all_single(_bytes(dst), _bytes(src), group=self.group, async_op=True)
         self._wait(work, deadline, "native gloo all-to-all")
 
+    def p2p_send(self, buf: np.ndarray, peer: int, tag: int):
+        return dist.isend(_bytes(buf), group=self.group, group_dst=peer, tag=tag)
+
+    def p2p_recv(self, buf: np.ndarray, peer: int, tag: int):
+        return dist.irecv(_bytes(buf), group=self.group, group_src=peer, tag=tag)
+
+    def p2p_test(self, request, nbytes: int, what: str) -> bool:
+        try:
+            return request.is_completed()
+        except RuntimeError as error:
+            raise CollectiveError(f"{what} failed: {error}") from None
+
     def abandon(self, sends: Sequence, receives: Sequence) -> None:
         self._abandoned.extend(r for r in (*sends, *receives) if r is not None)
 

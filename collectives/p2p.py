@@ -1,0 +1,81 @@
+"""Point-to-point messages between two ranks, beside the ordered collectives.
+
+Sends and receives travel on a channel of their own (the transport's `p2p_*` methods, a
+private communicator), so they never match a collective's messages, and they are not part
+of the collectives' issue order: no agreement check, any thread may post them. Their
+waits are bounded by the communicator's timeout and name the peer; a receive of the wrong
+size is refused by name.
+
+Example::
+
+    if comm.rank == 0:
+        comm.send(activations, dst=1, tag=7)
+    else:
+        comm.recv(buffer, src=0, tag=7)
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .errors import CollectiveTimeout
+from .validation import check_array
+
+__all__ = ["Message", "check_peer", "check_tag", "TAG_UB"]
+
+TAG_UB = 32767  # MPI guarantees tags up to 32767
+
+
+def check_peer(peer, size: int, what: str) -> int:
+    if isinstance(peer, bool) or not isinstance(peer, (int, np.integer)) or not 0 <= peer < size:
+        raise ValueError(f"{what} must be a rank in [0, {size}), got {peer!r}")
+    return int(peer)
+
+
+def check_tag(tag) -> int:
+    if isinstance(tag, bool) or not isinstance(tag, (int, np.integer)) or not 0 <= tag <= TAG_UB:
+        raise ValueError(f"tag must be an int in [0, {TAG_UB}], got {tag!r}")
+    return int(tag)
+
+
+class Message:
+    """A posted send or receive: `test()` without blocking, `wait()` bounded by the timeout."""
+
+    __slots__ = ("_transport", "_request", "_buffer", "_what", "_deadline", "_done", "_send")
+
+    def __init__(self, transport, buffer, peer: int, tag: int, *, send: bool, timeout: float):
+        check_array(buffer, "x" if send else "out")
+        if not buffer.flags.c_contiguous:
+            raise ValueError(f"{'x' if send else 'out'} must be contiguous for a "
+                             f"{'send' if send else 'receive'}")
+        if not send and not buffer.flags.writeable:
+            raise ValueError("out is read-only; pass a writable array")
+        flat = buffer.reshape(-1)
+        post = transport.p2p_send if send else transport.p2p_recv
+        self._transport = transport
+        self._request = post(flat, peer, tag)
+        self._buffer = buffer
+        self._what = (f"rank {transport.rank}: {'send to' if send else 'receive from'} "
+                      f"rank {peer} (tag {tag}, {flat.nbytes} bytes)")
+        self._deadline = time.monotonic() + timeout
+        self._done = False
+        self._send = send
+
+    def test(self) -> bool:
+        """Whether the message completed (raises if it failed)."""
+        if not self._done:
+            self._done = self._transport.p2p_test(
+                self._request, None if self._send else self._buffer.nbytes, self._what)
+        return self._done
+
+    def wait(self):
+        """The buffer, once the message completed; CollectiveTimeout past the timeout."""
+        if not self._done:
+            try:
+                self._transport.poll(lambda: self.test() or None, self._deadline, self._what)
+            except CollectiveTimeout:
+                sent = [self._request] if self._send else []
+                self._transport.abandon(sent, [] if self._send else [self._request])
+                raise
+        return self._buffer
