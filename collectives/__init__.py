@@ -11,6 +11,7 @@ from .communicator import Communicator
 from .errors import CollectiveError, CollectiveTimeout, MismatchError, NonFiniteError, PeerError
 from .gradsync import GradSync, broadcast_parameters
 from .sharding import ShardedSync
+from .deterministic import reference_reduce
 from .options import ALGORITHMS, COMPRESSIONS, DTYPES, Op
 from .topology import Topology
 
@@ -29,6 +30,7 @@ __all__ = [
     "PeerError",
     "GradSync",
     "ShardedSync",
+    "reference_reduce",
     "broadcast_parameters",
 ]
 

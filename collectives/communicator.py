@@ -97,7 +97,7 @@ class Communicator:
 
     def allreduce(self, x, op: str | Op = "sum", algorithm: str | None = None,
                   compression: str | None = None, out=None, *, check_finite: bool = False,
-                  error_feedback: bool | str = False):
+                  error_feedback: bool | str = False, deterministic: bool | None = None):
         """Reduce `x` over all ranks; every rank gets the result, bit-identical.
 
         `algorithm` defaults to COLLECTIVES_ALGORITHM or "auto". The result has x's shape and
@@ -107,15 +107,17 @@ class Communicator:
         `compression="fp16"|"bf16"` puts 16-bit values on the wire (float32 accumulation,
         overflow-safe scaling; docs/compression.md); `error_feedback=True` (or a name for
         the residual) carries each call's rounding into the next call with the same layout.
-        Runs after every async collective issued before it (docs/fusion-and-async.md).
+        `deterministic=True` (default COLLECTIVES_DETERMINISTIC) gives the bits of
+        `collectives.reference_reduce` whatever the algorithm, layout or fusion
+        (docs/reproducible.md). Runs after every async collective issued before it.
         """
-        return self._run(allreduce_call(
-            self.settings, x, out, op=op, algorithm=algorithm, compression=compression,
-            check_finite=check_finite, error_feedback=error_feedback, mode="sync"))
+        return self._run(allreduce_call(self.settings, x, out, op, algorithm, compression,
+                                        check_finite, error_feedback, deterministic, "sync"))
 
     def allreduce_async(self, x, op: str | Op = "sum", algorithm: str | None = None,
                         compression: str | None = None, out=None, *, check_finite: bool = False,
-                        error_feedback: bool | str = False) -> Handle:
+                        error_feedback: bool | str = False,
+                        deterministic: bool | None = None) -> Handle:
         """`allreduce` on the progress thread: returns a Handle at once; `h.wait()` is the result.
 
         Leave x (and out) alone until the handle is done. Every rank must issue its
@@ -127,14 +129,15 @@ class Communicator:
             other_work()
             grad = h.wait()
         """
-        return self._submit(allreduce_call(
-            self.settings, x, out, op=op, algorithm=algorithm, compression=compression,
-            check_finite=check_finite, error_feedback=error_feedback, mode="async"))
+        return self._submit(allreduce_call(self.settings, x, out, op, algorithm, compression,
+                                           check_finite, error_feedback, deterministic,
+                                           "async"))
 
     def allreduce_many(self, arrays, op: str | Op = "avg", algorithm: str | None = None,
                        compression: str | None = None, fusion_bytes: int | None = None, *,
                        out=None, check_finite: bool = False,
-                       error_feedback: bool | str = False) -> list:
+                       error_feedback: bool | str = False,
+                       deterministic: bool | None = None) -> list:
         """Reduce every array of a list, fused: one all-reduce per fusion buffer.
 
         Arrays are grouped by dtype and packed into buffers of at most `fusion_bytes`
@@ -148,22 +151,24 @@ class Communicator:
         return self._run(allreduce_many_call(
             self.settings, arrays, out, op=op, algorithm=algorithm, compression=compression,
             fusion_bytes=fusion_bytes, check_finite=check_finite,
-            error_feedback=error_feedback, mode="sync"))
+            error_feedback=error_feedback, deterministic=deterministic, mode="sync"))
 
     def allreduce_many_async(self, arrays, op: str | Op = "avg", algorithm: str | None = None,
                              compression: str | None = None, fusion_bytes: int | None = None, *,
                              out=None, check_finite: bool = False,
-                             error_feedback: bool | str = False) -> Handle:
+                             error_feedback: bool | str = False,
+                             deterministic: bool | None = None) -> Handle:
         """`allreduce_many` on the progress thread: a Handle whose `wait()` gives the list."""
         return self._submit(allreduce_many_call(
             self.settings, arrays, out, op=op, algorithm=algorithm, compression=compression,
             fusion_bytes=fusion_bytes, check_finite=check_finite,
-            error_feedback=error_feedback, mode="async"))
+            error_feedback=error_feedback, deterministic=deterministic, mode="async"))
 
     # ------------------------------------------------------------------ the other collectives
 
     def reduce_scatter(self, x, op: str | Op = "sum", algorithm: str | None = None,
-                       compression: str | None = None, out=None):
+                       compression: str | None = None, out=None, *,
+                       deterministic: bool | None = None):
         """This rank's block of the reduction of every rank's x, flattened:
         `np.array_split(reduced.ravel(), size)[rank]` (blocks differ by one element at most,
         larger first). `algorithm` None: "auto"; see docs/collectives.md.
@@ -172,12 +177,15 @@ class Communicator:
 
             shard = comm.reduce_scatter(grad, op="avg")      # FSDP: the gradient shard
         """
-        return self._run(self._reduce_scatter(x, out, op, algorithm, compression, "sync"))
+        return self._run(self._reduce_scatter(x, out, op, algorithm, compression,
+                                              deterministic, "sync"))
 
     def reduce_scatter_async(self, x, op: str | Op = "sum", algorithm: str | None = None,
-                             compression: str | None = None, out=None) -> Handle:
+                             compression: str | None = None, out=None, *,
+                             deterministic: bool | None = None) -> Handle:
         """`reduce_scatter` on the progress thread: a Handle whose `wait()` is the block."""
-        return self._submit(self._reduce_scatter(x, out, op, algorithm, compression, "async"))
+        return self._submit(self._reduce_scatter(x, out, op, algorithm, compression,
+                                                 deterministic, "async"))
 
     def allgather(self, x, algorithm: str | None = None, out=None, *,
                   compression: str | None = None):
@@ -211,20 +219,22 @@ class Communicator:
         return self._submit(self._broadcast(x, out, root, algorithm, "async"))
 
     def reduce(self, x, root: int = 0, op: str | Op = "sum", algorithm: str | None = None,
-               compression: str | None = None, out=None):
+               compression: str | None = None, out=None, *, deterministic: bool | None = None):
         """The reduction of every rank's x on `root`; None on the other ranks.
 
         Example::
 
             total = comm.reduce(loss, root=0)
         """
-        return self._run(self._reduce(x, out, root, op, algorithm, compression, "sync"))
+        return self._run(self._reduce(x, out, root, op, algorithm, compression, deterministic,
+                                      "sync"))
 
     def reduce_async(self, x, root: int = 0, op: str | Op = "sum",
                      algorithm: str | None = None, compression: str | None = None,
-                     out=None) -> Handle:
+                     out=None, *, deterministic: bool | None = None) -> Handle:
         """`reduce` on the progress thread."""
-        return self._submit(self._reduce(x, out, root, op, algorithm, compression, "async"))
+        return self._submit(self._reduce(x, out, root, op, algorithm, compression,
+                                         deterministic, "async"))
 
     def alltoall(self, x, out=None, *, algorithm: str | None = None):
         """x has shape (size, ...): row r goes to rank r; row r of the result came from rank
@@ -244,9 +254,11 @@ class Communicator:
         """Return once every rank has called barrier (bounded by the timeout)."""
         self._run(Barrier(issuer("sync")))
 
-    def _reduce_scatter(self, x, out, op, algorithm, compression, mode):
+    def _reduce_scatter(self, x, out, op, algorithm, compression, deterministic, mode):
         return reduce_scatter_call(self.size, self.rank, x, out, op=op, algorithm=algorithm,
-                                   compression=compression, issued=issuer(mode))
+                                   compression=compression,
+                                   deterministic=self._deterministic(deterministic),
+                                   issued=issuer(mode))
 
     def _allgather(self, x, out, algorithm, compression, mode):
         return allgather_call(self.size, x, out, algorithm=algorithm, compression=compression,
@@ -256,9 +268,14 @@ class Communicator:
         return broadcast_call(self.size, self.rank, x, out, root=root, algorithm=algorithm,
                               issued=issuer(mode))
 
-    def _reduce(self, x, out, root, op, algorithm, compression, mode):
+    def _reduce(self, x, out, root, op, algorithm, compression, deterministic, mode):
         return reduce_call(self.size, self.rank, x, out, root=root, op=op, algorithm=algorithm,
-                           compression=compression, issued=issuer(mode))
+                           compression=compression,
+                           deterministic=self._deterministic(deterministic),
+                           issued=issuer(mode))
+
+    def _deterministic(self, deterministic: bool | None) -> bool:
+        return self.settings.deterministic if deterministic is None else deterministic
 
     def _alltoall(self, x, out, algorithm, mode):
         return alltoall_call(self.size, self.rank, x, out, algorithm=algorithm,

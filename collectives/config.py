@@ -92,6 +92,7 @@ class Settings:
     check: bool = True  # the agreement check before every collective (COLLECTIVES_CHECK=0: off)
     shm: bool = False  # on-node peers exchange through shared windows (COLLECTIVES_SHM=1: on)
     abort_grace: float = DEFAULT_ABORT_GRACE  # seconds MPI_Abort gets before the watchdog
+    deterministic: bool = False  # reductions' default (COLLECTIVES_DETERMINISTIC=1: on)
 
     @classmethod
     def resolve(cls, *, timeout: float | None = None, local_size: int | None = None,
@@ -119,6 +120,7 @@ class Settings:
             check=check if check is not None else _env("CHECK", _flag, True),
             shm=_env("SHM", _flag, False),
             abort_grace=_env("ABORT_GRACE", _seconds, DEFAULT_ABORT_GRACE),
+            deterministic=_env("DETERMINISTIC", _flag, False),
         )
 
     def agreed(self) -> dict[str, object]:

@@ -32,6 +32,7 @@ import kernels
 from . import exact_mean
 from .compression import codec_for, work_dtype
 from .compression.bucket import reduce_compressed
+from .reproducible import reproducibly
 from .options import CallOptions, Op
 
 __all__ = ["Bucket", "Layout", "reduce_arrays", "reduce_contiguous"]
@@ -138,7 +139,9 @@ class _Bucket:
         self.xp = kernels.array_module(self.arrays[0])
 
     def reduce(self, results: list, feedback_key) -> None:
-        if self.codec is not None:
+        if self.options.deterministic:
+            result = self._reproducible()
+        elif self.codec is not None:
             result = self._compressed(feedback_key)
         elif self.options.op is Op.AVG and self.bucket.dtype.kind == "i":
             result = self._integer_mean()
@@ -175,6 +178,15 @@ class _Bucket:
         src = self._load(work)
         reduce_contiguous(self.reducer, work, src, self.options, self.tag, self.deadline, exposed)
         return work
+
+    def _reproducible(self):
+        """The bucket reduced as collectives.deterministic defines it (bits independent of
+        the algorithm, the layout and the buckets)."""
+        bucket = self.bucket
+        flat = self.reducer.buffer("fusion", self.arrays[0], bucket.dtype, bucket.count)
+        kernels.pack(self.arrays, flat)
+        return reproducibly(self.reducer, flat, self.options.op, self.options.compression,
+                            self.options.algorithm, self.tag, self.deadline, keep="all")
 
     def _integer_mean(self):
         """avg of integers, exact: the sum in wide integers, then a floor division."""

@@ -91,11 +91,12 @@ class CallOptions:
     fusion_bytes: int
     check_finite: bool = False
     error_feedback: bool | str = False
+    deterministic: bool = False
     _hash: int = field(default=0, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         fields = (self.op, self.algorithm, self.compression, self.fusion_bytes,
-                  self.check_finite, self.error_feedback)
+                  self.check_finite, self.error_feedback, self.deterministic)
         object.__setattr__(self, "_hash", hash(fields))
 
     def __hash__(self) -> int:  # options are dictionary keys on every call: hashed once
@@ -105,11 +106,12 @@ class CallOptions:
     def parse(cls, op: "str | Op" = "sum", algorithm: str = "auto",
               compression: str | None = None, fusion_bytes: int = 64 << 20,
               check_finite: bool = False, error_feedback: bool | str = False,
-              collective: str = "allreduce") -> "CallOptions":
+              collective: str = "allreduce", deterministic: bool = False) -> "CallOptions":
         """Checked options of a `collective`; each failure names the argument and what is
         accepted (the algorithms are the collective's)."""
         key = (op, algorithm, compression, fusion_bytes, type(fusion_bytes), check_finite,
-               type(check_finite), error_feedback, type(error_feedback), collective)
+               type(check_finite), error_feedback, type(error_feedback), collective,
+               deterministic, type(deterministic))
         try:
             cached = _PARSED.get(key)
         except TypeError:  # an unhashable argument: checked (and refused) below
@@ -117,7 +119,7 @@ class CallOptions:
         if cached is not None:
             return cached
         parsed = cls._check(op, algorithm, compression, fusion_bytes, check_finite,
-                            error_feedback, collective)
+                            error_feedback, collective, deterministic)
         if len(_PARSED) >= _PARSED_LIMIT:
             _PARSED.clear()
         _PARSED[key] = parsed
@@ -125,7 +127,7 @@ class CallOptions:
 
     @classmethod
     def _check(cls, op, algorithm, compression, fusion_bytes, check_finite,
-               error_feedback, collective) -> "CallOptions":
+               error_feedback, collective, deterministic) -> "CallOptions":
         op = Op.parse(op)
         if not isinstance(algorithm, str):
             raise TypeError(f"algorithm must be a str, got {type(algorithm).__name__}")
@@ -145,7 +147,13 @@ class CallOptions:
         if error_feedback is not False and compression is None:
             raise ValueError("error_feedback needs compression='fp16' or 'bf16'; "
                              "got compression=None")
-        return cls(op, algorithm, compression, fusion_bytes, check_finite, error_feedback)
+        if not isinstance(deterministic, bool):
+            raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
+        if deterministic and error_feedback is not False:
+            raise ValueError("deterministic=True defines the result by the inputs alone; "
+                             "error_feedback carries state between calls: pass one of them")
+        return cls(op, algorithm, compression, fusion_bytes, check_finite, error_feedback,
+                   deterministic)
 
 
 _PARSED: dict[tuple, CallOptions] = {}

@@ -26,14 +26,16 @@ from .riding import as_payload, reduce_rows, rides
 __all__ = ["allreduce_call", "allreduce_many_call"]
 
 
-def allreduce_call(settings, x, out, *, op, algorithm, compression, check_finite,
-                   error_feedback, mode: str) -> Call:
+def allreduce_call(settings, x, out, op, algorithm, compression, check_finite,
+                   error_feedback, deterministic, mode: str) -> Call:
     """The call of `comm.allreduce(x, ...)` (or its async twin, `mode` "async")."""
     issued = (mode, current_thread().name)  # issuer(mode), on every call's path
     try:
         options = CallOptions.parse(op, settings.algorithm if algorithm is None else algorithm,
                                     compression, settings.fusion_bytes, check_finite,
-                                    error_feedback)
+                                    error_feedback, "allreduce",
+                                    settings.deterministic if deterministic is None
+                                    else deterministic)
         if type(x) is not np.ndarray or x.dtype not in SUPPORTED:  # else: nothing to check
             check_array(x)
         if out is not None:
@@ -50,14 +52,15 @@ def allreduce_call(settings, x, out, *, op, algorithm, compression, check_finite
 
 
 def allreduce_many_call(settings, arrays, outs, *, op, algorithm, compression, fusion_bytes,
-                        check_finite, error_feedback, mode: str) -> Call:
+                        check_finite, error_feedback, deterministic, mode: str) -> Call:
     """The call of `comm.allreduce_many(arrays, ...)` (or its async twin)."""
     issued = issuer(mode)
     try:
         options = CallOptions.parse(
             op, settings.algorithm if algorithm is None else algorithm, compression,
             settings.fusion_bytes if fusion_bytes is None else fusion_bytes, check_finite,
-            error_feedback)
+            error_feedback, "allreduce",
+            settings.deterministic if deterministic is None else deterministic)
         arrays = _check_arrays(arrays, options.compression)
         if outs is not None:
             if not isinstance(outs, (list, tuple)) or len(outs) != len(arrays):
@@ -102,7 +105,7 @@ class _Reduction(Call):
     def move(self, ctx: Context, seq: int, deadline: float, rows):
         if self.payload is not None:
             return self._direct(ctx, rows)
-        if self.single and self._contiguous():
+        if self.single and not self.options.deterministic and self._contiguous():
             return self._single(ctx, seq, deadline)
         layout = Layout.of(self.shapes, self.options.fusion_bytes)
         results = reduce_arrays(self.arrays, self.outs, self.options, layout, ctx.reducer,
@@ -162,7 +165,7 @@ def _fields(options: CallOptions, shapes: tuple, issued: tuple, *, single: bool)
         "dtype": dtypes[0] if single else f"[{', '.join(dtypes)}]",
         "shape": dims[0] if single else f"[{', '.join(dims)}]",
         "check_finite": options.check_finite, "error_feedback": options.error_feedback,
-        "issued": issued[0], "thread": issued[1],
+        "deterministic": options.deterministic, "issued": issued[0], "thread": issued[1],
     }
 
 

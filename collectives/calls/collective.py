@@ -39,11 +39,11 @@ from .riding import as_payload, rides
 __all__ = ["Collective", "check_root", "collective_options", "issue"]
 
 
-def collective_options(collective: str, *, op="sum", algorithm=None,
-                       compression=None) -> CallOptions:
+def collective_options(collective: str, *, op="sum", algorithm=None, compression=None,
+                       deterministic: bool = False) -> CallOptions:
     """Checked options of `collective` (algorithm None: "auto")."""
     return CallOptions.parse(op, "auto" if algorithm is None else algorithm, compression,
-                             collective=collective)
+                             collective=collective, deterministic=deterministic)
 
 
 def check_root(root, size: int) -> int:
@@ -76,7 +76,8 @@ class Collective(Call):
             self.collective, (options, shapes, root, issued),
             lambda: {"op": options.op if self.reduces else None, "algorithm": options.algorithm,
                      "compression": options.compression, "root": root, "dtype": x.dtype,
-                     "shape": x.shape, "issued": issued[0], "thread": issued[1]}))
+                     "shape": x.shape, "deterministic": options.deterministic,
+                     "issued": issued[0], "thread": issued[1]}))
 
     reduces = False
 
@@ -97,6 +98,9 @@ class Collective(Call):
 
     def planned(self, ctx: Context, algorithm: str, tag: int, deadline: float):
         raise NotImplementedError
+
+    def reproducible(self, ctx: Context, tag: int, deadline: float):
+        raise ValueError(f"{self.collective} has no deterministic mode")
 
     # ---------------------------------------------------------------- the shared flow
 
@@ -120,6 +124,8 @@ class Collective(Call):
             self._record(ctx, "direct", start, (ctx.size - 1) * self.x.nbytes)
             return result
         algorithm = self.options.algorithm
+        if self.options.deterministic:
+            return self.reproducible(ctx, seq % TAG_LIMIT, deadline)
         if algorithm == "auto":
             nbytes = self.plan_count(ctx.size) * self.x.itemsize
             algorithm = "native" if nbytes == 0 else \

@@ -16,16 +16,17 @@ from ..compression.bucket import reduce_compressed
 from ..validation import check_out
 from .base import Context
 from .collective import Collective, check_root, collective_options, issue
+from ..reproducible import reproducibly
 from .riding import reduce_rows
 
 __all__ = ["reduce_call"]
 
 
 def reduce_call(size: int, rank: int, x, out, *, root, op, algorithm, compression,
-                issued: tuple):
+                deterministic: bool, issued: tuple):
     def build():
         options = collective_options("reduce", op=op, algorithm=algorithm,
-                                     compression=compression)
+                                     compression=compression, deterministic=deterministic)
         return Reduce(x, out, options, check_root(root, size), issued, rank)
 
     return issue("reduce", issued, build)
@@ -106,3 +107,11 @@ class Reduce(Collective):
         if result is not None:
             kernels.unpack(whole, [result])
         return result
+
+    def reproducible(self, ctx: Context, tag: int, deadline: float):
+        algorithm = self.options.algorithm  # the all-gather's: reduce's own "tree" has none
+        whole = reproducibly(ctx.reducer, self.x.ravel(), self.options.op,
+                             self.options.compression,
+                             "auto" if algorithm == "tree" else algorithm, tag, deadline,
+                             keep="all" if self.rank == self.root else "none")
+        return self._on_root(whole) if whole is not None else None

@@ -22,16 +22,17 @@ from ..compression.bucket import reduce_compressed
 from ..validation import check_out
 from .base import Context
 from .collective import Collective, collective_options, issue
+from ..reproducible import reproducibly
 from .riding import reduce_rows
 
 __all__ = ["reduce_scatter_call"]
 
 
 def reduce_scatter_call(size: int, rank: int, x, out, *, op, algorithm, compression,
-                        issued: tuple):
+                        deterministic: bool, issued: tuple):
     def build():
         options = collective_options("reduce_scatter", op=op, algorithm=algorithm,
-                                     compression=compression)
+                                     compression=compression, deterministic=deterministic)
         return ReduceScatter(x, out, options, None, issued, size, rank)
 
     return issue("reduce_scatter", issued, build)
@@ -105,4 +106,12 @@ class ReduceScatter(Collective):
         result = self._result()
         lo, hi = self.block
         kernels.copy_into(result, whole[lo:hi])
+        return result
+
+    def reproducible(self, ctx: Context, tag: int, deadline: float):
+        result = self._result()
+        block = reproducibly(ctx.reducer, self.x.ravel(), self.options.op,
+                             self.options.compression, self.options.algorithm, tag, deadline,
+                             keep="block")
+        kernels.copy_into(result, block)
         return result

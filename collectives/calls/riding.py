@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-import kernels
-
-from .. import exact_mean
 from ..agreement import RIDE_BYTES, riding
+from ..deterministic import fold_rows
 from ..options import Op
 
 __all__ = ["rides", "as_payload", "reduce_rows", "payloads", "RIDE_BYTES"]
@@ -39,22 +37,11 @@ def as_payload(x) -> np.ndarray:
 
 
 def reduce_rows(rows, size: int, dtype: np.dtype, op: Op, out, lo: int = 0) -> None:
-    """out = elements [lo, lo + out.size) of the ranks' payloads (flat, `dtype`) reduced in
-    rank order; avg of integers exact."""
-    values = [riding(rows, r).view(dtype)[lo: lo + out.size] for r in range(size)]
-    if op is Op.AVG and dtype.kind == "i":
-        wide = np.zeros(exact_mean.wide_length(dtype, out.size), np.int64)
-        part = np.empty_like(wide)
-        for value in values:
-            exact_mean.pack([value], part, dtype)
-            wide += part
-        exact_mean.finish(wide, out, size)
-        return
-    kernels.copy_into(out, values[0])
-    for value in values[1:]:
-        kernels.reduce_into(out, value, op.elementwise)
-    if op is Op.AVG:
-        kernels.divide_into(out, size)
+    """out = elements [lo, lo + out.size) of the ranks' payloads (flat, `dtype`) folded in
+    rank order, as collectives.deterministic defines it (so small calls that ride are
+    reproducible too)."""
+    values = np.stack([riding(rows, r).view(dtype)[lo: lo + out.size] for r in range(size)])
+    fold_rows(values, op, out)
 
 
 def payloads(rows, size: int, dtype: np.dtype) -> list[np.ndarray]:

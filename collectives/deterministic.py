@@ -1,0 +1,106 @@
+"""Reproducible reductions: the same bits whatever the algorithm, node layout or fusion.
+
+The definition (`reference_reduce`, which a user can run on the inputs with NumPy): every
+element is the fold of the ranks' values in rank order, ``((x0 op x1) op x2) ...``, computed
+in float32 for float16/bfloat16 (rounded once at the end), in the dtype itself for float32
+and float64; avg divides the sum by p (one rounding); integers are exact (avg floors). With
+fp16/bf16 compression the codec is part of the definition: each rank's values are first
+scaled by the agreed power-of-two scale and rounded to 16 bits, the fold runs in float32,
+its result is rounded to 16 bits and unscaled.
+
+How the ranks compute it without losing bandwidth: the flat buffer is cut into p blocks;
+an all-to-all gives block j's owner (rank j) every rank's block j (the bytes of a ring's
+reduce-scatter, (p-1)/p n per rank, in one round of p-1 messages); the owner folds them in
+rank order; an all-gather (with the caller's algorithm: its bytes too) spreads the blocks.
+The fold happens once per element, on one rank, so every algorithm gives the same bits.
+Across nodes the all-to-all moves a node's blocks raw: k times the inter-node bytes of
+hierarchical's reduce-scatter for nodes of k ranks (docs/reproducible.md).
+
+Example::
+
+    >>> import numpy as np
+    >>> xs = [np.float32([1e8, 1.0]), np.float32([-1e8, 1.0]), np.float32([1.0, 1e8])]
+    >>> reference_reduce(xs, "sum")
+    array([1.e+00, 1.e+08], dtype=float32)
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+import kernels
+
+from . import exact_mean
+from .compression import codec_for, scale_for
+from .compression.scaling import absmax
+from .options import Op
+
+__all__ = ["reference_reduce", "fold_rows", "padded_rows", "encode"]
+
+
+def reference_reduce(arrays: Sequence, op: str = "sum", *, compression: str | None = None):
+    """The deterministic reduction of `arrays` (one per rank, in rank order): the bits that
+    `deterministic=True` collectives produce (see the module doc)."""
+    op = Op.parse(op)
+    rows = np.stack([np.asarray(a).reshape(-1) for a in arrays])
+    dtype = rows.dtype
+    codec = codec_for(compression, dtype)
+    if codec is None:
+        out = np.empty(rows.shape[1], dtype)
+        fold_rows(rows, op, out)
+        return out.reshape(np.shape(arrays[0]))
+    scale = scale_for(codec, max(absmax(r) for r in rows), len(rows), op)
+    wire = np.empty(rows.shape, codec.dtype)
+    for row, encoded in zip(rows, wire):
+        encode(codec, row, encoded, scale, op, len(rows))
+    folded = np.empty(rows.shape[1], codec.dtype)
+    fold_rows(wire, Op.SUM if op is Op.AVG else op, folded)
+    out = np.empty(rows.shape[1], dtype)
+    kernels.scale_into(out, folded, 1.0 / scale)
+    return out.reshape(np.shape(arrays[0]))
+
+
+def encode(codec, values, wire, scale: float, op: Op, size: int) -> None:
+    """wire = values times the scale (and 1/size for avg), rounded to the codec's 16 bits."""
+    kernels.compress_into(wire, values, scale / size if op is Op.AVG else scale)
+
+
+def fold_rows(rows, op: Op, out) -> None:
+    """out = rows[0] op rows[1] op ... in rank order (16-bit in float32, rounded once;
+    integer avg exact), out in rows' dtype."""
+    dtype = rows.dtype
+    if op is Op.AVG and dtype.kind == "i":
+        wide = np.zeros(exact_mean.wide_length(dtype, out.size), np.int64)
+        part = np.empty_like(wide)
+        for row in rows:
+            exact_mean.pack([row], part, dtype)
+            wide += part
+        exact_mean.finish(wide, out, len(rows))
+        return
+    acc = rows[0].astype(kernels.compute_dtype(dtype))
+    for row in rows[1:]:
+        kernels.reduce_into(acc, row, op.elementwise)
+    if op is Op.AVG:
+        kernels.divide_into(acc, len(rows))
+    if acc.dtype == dtype:
+        kernels.copy_into(out, acc)
+    else:
+        kernels.scale_into(out, acc, 1.0)  # one rounding to 16 bits; overflow is data
+
+
+def padded_rows(flat, size: int, xp=np):
+    """(rows, bounds): `flat` cut into `size` blocks (np.array_split's cut), each in a row
+    of the longest block's length, zero-padded."""
+    n = flat.size
+    length = -(-n // size) if n else 0
+    rows = xp.zeros((size, length), flat.dtype)
+    bounds = []
+    start = 0
+    base, longer = divmod(n, size)
+    for r in range(size):
+        stop = start + base + (r < longer)
+        rows[r, : stop - start] = flat[start:stop]
+        bounds.append((start, stop))
+        start = stop
+    return rows, bounds
