@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 TUNING_ENV = "COLLECTIVES_TUNING_FILE"
+DEFAULT_CODEC_BETA = 1 / 10e9  # the compiled codec on one core (docs/kernels.md)
 TUNING_VERSION = 1
 COPIES = ("none", "in", "in+out")
 
@@ -196,6 +197,7 @@ class ClusterModel:
     name: str = ""
     torus_links: bool = False
     by_size: tuple[tuple[int, float, float, float, float, float], ...] = ()
+    codec_beta: float = DEFAULT_CODEC_BETA  # seconds per float32 byte a 16-bit codec pass takes
 
     def __post_init__(self) -> None:
         if self.copies not in COPIES:
@@ -268,6 +270,14 @@ class ClusterModel:
         return (self.call_overhead + nbytes * self.copy_beta
                 + NativeModel.modelled(nbytes, self.size, slowest, self.gamma, collective))
 
+    def codec_time(self, nbytes: int) -> float:
+        """Seconds a compressed all-reduce of `nbytes` (float32) spends in its codec on each
+        rank, beside its plan: the scale and the last rounding (a pass each over the
+        buffer), and every byte sent encoded and received decoded (2 (p-1)/p n each way)."""
+        p = self.size
+        hops = 2 * (p - 1) / p if p > 1 else 0.0
+        return (2 + 2 * hops) * nbytes * self.codec_beta
+
     def call_time(self, nbytes: int) -> float:
         """Seconds a plan-based call of `nbytes` spends outside its plan (validation,
         agreement, setup): `call_overhead`, or its `by_size` value for that size."""
@@ -287,12 +297,13 @@ class Calibration:
     native: tuple[tuple[int, float], ...] = ()
     measured: Mapping[str, object] = field(default_factory=dict)
     by_size: tuple[tuple[int, float, float, float, float, float], ...] = ()
+    codec_beta: float = 0.0  # 0: not measured (DEFAULT_CODEC_BETA is used)
 
     def __post_init__(self) -> None:
-        constants = (self.gamma, self.call_overhead, self.copy_beta)
+        constants = (self.gamma, self.call_overhead, self.copy_beta, self.codec_beta)
         if not all(0 <= v < math.inf for v in constants) or self.size < 0:
-            raise ValueError(f"gamma, call_overhead and copy_beta must be finite and >= 0 and "
-                             f"size >= 0, got {constants}, size {self.size}")
+            raise ValueError(f"gamma, call_overhead, copy_beta and codec_beta must be finite "
+                             f"and >= 0 and size >= 0, got {constants}, size {self.size}")
         if not all(b > 0 and 0 <= t < math.inf for b, t in self.native):
             raise ValueError(f"native points must be (bytes > 0, seconds >= 0), got {self.native}")
         _check_by_size(self.by_size)
@@ -306,7 +317,8 @@ class Calibration:
         return ClusterModel(topology, self.intra, self.inter, self.gamma, self.call_overhead,
                             self.copy_beta, "in+out" if self.intra.zero_copy else "in",
                             native=NativeModel(self.size, self.native), name=name,
-                            by_size=self.by_size)
+                            by_size=self.by_size,
+                            codec_beta=self.codec_beta or DEFAULT_CODEC_BETA)
 
     def as_json(self) -> dict:
         data = asdict(self)
@@ -328,7 +340,8 @@ class Calibration:
                    native=tuple((int(b), float(t)) for b, t in data.get("native", ())),
                    measured=data.get("measured", {}),
                    by_size=tuple((int(row[0]), *map(float, row[1:]))
-                                 for row in data.get("by_size", ())))
+                                 for row in data.get("by_size", ())),
+                   codec_beta=float(data.get("codec_beta", 0.0)))
 
 
 # Without a tuning file: MPI over shared memory inside a node (the default transport; the

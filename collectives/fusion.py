@@ -135,8 +135,22 @@ class _Bucket:
         self.outs = None if outs is None else [outs[i] for i in bucket.members]
         self.options, self.bucket, self.reducer = options, bucket, reducer
         self.tag, self.deadline = tag, deadline
-        self.codec = codec_for(options.compression, bucket.dtype)
+        self.algorithm = options.algorithm
+        self.codec = codec_for(self._compression(), bucket.dtype)
         self.xp = kernels.array_module(self.arrays[0])
+
+    def _compression(self) -> str | None:
+        """The bucket's compression: "auto" asks the tuner (floats only), and may change
+        the algorithm it runs with."""
+        options, bucket = self.options, self.bucket
+        if options.compression != "auto":
+            return options.compression
+        if bucket.dtype.kind != "f" and bucket.dtype not in kernels.HALF_DTYPES:
+            return None
+        algorithm, compression = self.reducer.tuner.compression(bucket.count * 4,
+                                                                options.algorithm)
+        self.algorithm = algorithm
+        return compression
 
     def reduce(self, results: list, feedback_key) -> None:
         if self.options.deterministic:
@@ -218,7 +232,7 @@ class _Bucket:
 
     def _reduce(self, work, op: str, codec, src=None, exposed: bool = False) -> None:
         itemsize = work.dtype.itemsize if codec is None else codec.dtype.itemsize
-        algorithm = self.reducer.resolve(self.options.algorithm, work.size * itemsize)
+        algorithm = self.reducer.resolve(self.algorithm, work.size * itemsize)
         self.reducer.reduce(work, op, algorithm, codec, src, self.tag, self.deadline, exposed)
 
     def _hand_back(self, result, results: list) -> None:

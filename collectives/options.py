@@ -49,7 +49,7 @@ DTYPES: tuple[np.dtype, ...] = tuple(
 )
 SUPPORTED = frozenset(DTYPES)
 ALGORITHMS: tuple[str, ...] = ("auto", "native", *PLANNERS["allreduce"])
-COMPRESSIONS = (None, "fp16", "bf16")
+COMPRESSIONS = (None, "fp16", "bf16", "auto")
 
 
 def check_dtype(dtype: np.dtype) -> np.dtype:

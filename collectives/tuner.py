@@ -32,6 +32,9 @@ CHOICE_CACHE_SIZE = 4096  # message sizes whose choice is remembered (oldest dro
 # cost model's accuracy target): native is the baseline users already have, and it runs in
 # C where plans pay Python per message.
 NATIVE_MARGIN = 0.25
+# compression="auto" compresses only when predicted this much faster: never slower by more
+# than the model's error where it does not pay (one node's shared memory, small messages).
+COMPRESSION_MARGIN = 0.10
 
 __all__ = ["CANDIDATES", "Tuner"]
 
@@ -107,6 +110,38 @@ class Tuner:
                                    for name in sorted(times, key=times.get))
                 log.debug("auto: %s of %d bytes on %d ranks -> %s; predicted %s (%s)",
                           collective, nbytes, self.cluster.size, choice, ranked, self.source)
+        return choice
+
+    def compression(self, nbytes: int, algorithm: str) -> tuple[str, str | None]:
+        """(algorithm, "fp16" or None) for `compression="auto"` on an all-reduce of `nbytes`
+        of float32: 16 bits on the wire only where the plan's predicted time with the codec's
+        passes (ClusterModel.codec_time) beats the uncompressed best by COMPRESSION_MARGIN.
+        `algorithm` "auto" may change with compression; MPI's own all-reduce is never
+        compressed (it reduces 16-bit values through a Python user op)."""
+        key = ("compression", algorithm, nbytes)
+        choice = self._choices.get(key)
+        if choice is None:
+            plain = self.predict(nbytes)
+            best = _cheapest(plain) if algorithm == "auto" else algorithm
+            plans = list(PLANNERS["allreduce"]) if algorithm == "auto" else \
+                [algorithm] if algorithm in PLANNERS["allreduce"] else []
+            count = nbytes // self.itemsize
+            packed = {name: self.cluster.call_time(nbytes) + self.cluster.codec_time(nbytes)
+                      + simulate(name, self.cluster, count, itemsize=self.itemsize,
+                                 wire_itemsize=2).time for name in plans}
+            choice = (best, None)
+            if packed:
+                fastest = min(packed, key=lambda name: (packed[name], name))
+                if packed[fastest] * (1 + COMPRESSION_MARGIN) < plain[best]:
+                    choice = (fastest, "fp16")
+            if len(self._choices) >= CHOICE_CACHE_SIZE:
+                del self._choices[next(iter(self._choices))]
+            self._choices[key] = choice
+            if self._debug:
+                said = ", ".join(f"{name}+fp16 {t * 1e6:.1f} us" for name, t in packed.items())
+                log.debug("auto compression: %d bytes -> %s%s; uncompressed %s %.1f us; %s (%s)",
+                          nbytes, choice[0], f"+{choice[1]}" if choice[1] else "", best,
+                          plain[best] * 1e6, said or "no plan to compress", self.source)
         return choice
 
 

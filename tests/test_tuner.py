@@ -240,3 +240,20 @@ def test_only_rank_0_reads_the_tuning_file(tmp_path, monkeypatch):
             return [(DEFAULT_CALIBRATION, "rank 0's"), obj]
 
     assert Tuner.agreed(SecondRank(), Topology.from_local_size(2, 2)).source == "rank 0's"
+
+
+def test_auto_compression_pays_only_on_slow_links():
+    """fp16 halves the bytes on the wire and costs codec passes: worth it over a 1 Gbit
+    link between nodes at 16 MiB, never on one node's shared memory or for small calls."""
+    shm = LinkModel.from_bandwidth(alpha_us=5, gbytes_per_s=10, cpu_copy=True)
+    slow = LinkModel.from_bandwidth(alpha_us=60, gbytes_per_s=0.117, per_node=True)
+    lab = Tuner(ClusterModel.uniform(nodes=2, ranks_per_node=2, intra=shm, inter=slow,
+                                     gamma=1 / 3e9))
+    one_node = Tuner(ClusterModel.uniform(nodes=1, ranks_per_node=4, intra=shm, inter=shm,
+                                          gamma=1 / 3e9))
+    assert lab.compression(16 << 20, "auto")[1] == "fp16"
+    assert lab.compression(16 << 20, "ring") == ("ring", "fp16")
+    assert lab.compression(16 << 20, "native") == ("native", None)
+    assert lab.compression(1 << 10, "auto")[1] is None
+    for size in (8, 1 << 10, 1 << 20, 64 << 20):
+        assert one_node.compression(size, "auto")[1] is None

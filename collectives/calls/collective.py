@@ -42,6 +42,9 @@ __all__ = ["Collective", "check_root", "collective_options", "issue"]
 def collective_options(collective: str, *, op="sum", algorithm=None, compression=None,
                        deterministic: bool = False) -> CallOptions:
     """Checked options of `collective` (algorithm None: "auto")."""
+    if compression == "auto":
+        raise ValueError(f"compression='auto' is for allreduce and allreduce_many; pass "
+                         f"None, 'fp16' or 'bf16' to {collective}")
     return CallOptions.parse(op, "auto" if algorithm is None else algorithm, compression,
                              collective=collective, deterministic=deterministic)
 

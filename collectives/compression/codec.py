@@ -62,15 +62,17 @@ class HalfCodec:
         return f"HalfCodec({self.name!r})"
 
 
-_CODECS = {name: HalfCodec(name) for name in COMPRESSIONS if name is not None}
+_CODECS = {name: HalfCodec(name) for name in ("fp16", "bf16")}
 
 
 def codec_for(compression: str | None, dtype: np.dtype) -> HalfCodec | None:
-    """The codec for `compression` on arrays of `dtype`; None for no compression.
+    """The codec for `compression` on arrays of `dtype`; None for no compression (and for
+    "auto" on integers, which are summed exactly; "auto" on floats is decided per buffer by
+    the tuner, so its codec is None here too).
 
     Raises ValueError for an unknown name, TypeError for integer arrays.
     """
-    if compression is None:
+    if compression is None or compression == "auto":
         return None
     codec = _CODECS.get(compression)
     if codec is None:
