@@ -115,7 +115,8 @@ class Tuner:
     def compression(self, nbytes: int, algorithm: str) -> tuple[str, str | None]:
         """(algorithm, "fp16" or None) for `compression="auto"` on an all-reduce of `nbytes`
         of float32: 16 bits on the wire only where the plan's predicted time with the codec's
-        passes (ClusterModel.codec_time) beats the uncompressed best by COMPRESSION_MARGIN.
+        passes (ClusterModel.codec_time) and the scale's agreement (a native all-reduce of
+        one float) beats the uncompressed best by COMPRESSION_MARGIN.
         `algorithm` "auto" may change with compression; MPI's own all-reduce is never
         compressed (it reduces 16-bit values through a Python user op)."""
         key = ("compression", algorithm, nbytes)
@@ -126,9 +127,10 @@ class Tuner:
             plans = list(PLANNERS["allreduce"]) if algorithm == "auto" else \
                 [algorithm] if algorithm in PLANNERS["allreduce"] else []
             count = nbytes // self.itemsize
+            agree_scale = self.cluster.native_time(8)  # the max of |x| over ranks, first
             packed = {name: self.cluster.call_time(nbytes) + self.cluster.codec_time(nbytes)
-                      + simulate(name, self.cluster, count, itemsize=self.itemsize,
-                                 wire_itemsize=2).time for name in plans}
+                      + agree_scale + simulate(name, self.cluster, count, itemsize=self.itemsize,
+                                               wire_itemsize=2).time for name in plans}
             choice = (best, None)
             if packed:
                 fastest = min(packed, key=lambda name: (packed[name], name))
