@@ -15,6 +15,7 @@ Example::
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
@@ -214,19 +215,31 @@ def _busbw_ratio(row: "Row", base: "Row") -> str:
 
 
 class Progress:
-    """Sweep progress on a stream (stderr), ``[12/24] 4 MiB ring``.
+    """Sweep progress on a stream (stderr), ``[12/24] 4 MiB ring``, at most one step per
+    ``interval`` seconds (and always the last).
 
-    With ``redraw`` (a terminal) each step ends in a carriage return instead of a newline,
-    so the next step, or the next table line on stdout, writes over it.
+    Each line a rank writes wakes the launcher that forwards it; on a machine with as many
+    cores as ranks, a line per measurement slowed small all-reduces several times over, so
+    steps in between are left out. With ``redraw`` (a terminal) each step ends in a carriage
+    return instead of a newline, so the next step, or the next table line on stdout, writes
+    over it.
     """
 
-    def __init__(self, *, stream: IO[str], redraw: bool) -> None:
+    def __init__(self, *, stream: IO[str], redraw: bool, interval: float = 0.5,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._stream = stream
         self._redraw = redraw
+        self._interval = interval
+        self._clock = clock
+        self._last: float | None = None
 
     def __call__(self, done: int, total: int, what: str) -> None:
         if total < 2:  # a single measurement is no sweep
             return
+        now = self._clock()
+        if done < total and self._last is not None and now - self._last < self._interval:
+            return
+        self._last = now
         text = f"[{done}/{total}] {what}"
         self._stream.write(f"\r\033[K{text}\r" if self._redraw else text + "\n")
         self._stream.flush()

@@ -311,6 +311,24 @@ def test_progress_lines_and_redraw():
     assert tty == ["\r\033[K[12/24] 4 MiB ring\r", "\r\033[K"]
 
 
+def test_progress_writes_a_step_per_interval_and_the_last():
+    class Stream(list):
+        def write(self, text):
+            self.append(text)
+
+        def flush(self):
+            pass
+
+    now = [0.0]
+    stream = Stream()
+    progress = table.Progress(stream=stream, redraw=False, interval=1.0, clock=lambda: now[0])
+    for step in range(1, 11):
+        progress(step, 10, f"step {step}")
+        now[0] += 0.3
+    assert stream == ["[1/10] step 1\n", "[5/10] step 5\n", "[9/10] step 9\n",
+                      "[10/10] step 10\n"]
+
+
 def test_write_json_is_atomic(tmp_path):
     path = tmp_path / "out.json"
     environment.write_json(str(path), {"rows": [1, 2]})
