@@ -126,6 +126,22 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _library_algorithms(args: argparse.Namespace, library: Any, *, nranks: int) -> tuple[str, ...]:
+    """The library's algorithms to measure beside mpi; ValueError for what this build of
+    the library, or these ranks, cannot run."""
+    default = "ring,native" if args.collective == "allreduce" else ops.DEFAULT
+    algorithms = ops.algorithms_for(args.collective, args.algorithms or default,
+                                    library.ALGORITHMS)
+    missing = ops.missing_in_library(args.collective, library.Communicator)
+    if algorithms and missing:
+        raise ValueError(missing)
+    if args.device != "cpu" and MPI_BASELINE in (args.algorithms or "").split(","):
+        raise ValueError("the mpi column reads host buffers: leave it out with --device gpu")
+    if not 0 <= args.root < nranks:
+        raise ValueError(f"--root {args.root} is not a rank of {nranks}")
+    return algorithms
+
+
 def _use_local_gpu(mpi_comm: Any) -> None:
     """Make GPU (node-local rank mod GPUs) current, as the NCCL transport would pick it."""
     import cupy
@@ -196,16 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             calibrate.run(mpi_comm, quick=args.quick)
         return 0
     try:
-        default = "ring,native" if args.collective == "allreduce" else ops.DEFAULT
-        algorithms = ops.algorithms_for(args.collective, args.algorithms or default,
-                                        collectives.ALGORITHMS)
-        missing = ops.missing_in_library(args.collective, collectives.Communicator)
-        if algorithms and missing:
-            raise ValueError(missing)
-        if args.device != "cpu" and args.algorithms and MPI_BASELINE in args.algorithms.split(","):
-            raise ValueError("the mpi column reads host buffers: leave it out with --device gpu")
-        if not 0 <= args.root < mpi_comm.size:
-            raise ValueError(f"--root {args.root} is not a rank of {mpi_comm.size}")
+        algorithms = _library_algorithms(args, collectives, nranks=mpi_comm.size)
     except ValueError as error:
         if leader:
             parser.error(str(error))
