@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bench import harness, launch
+from bench.sizes import format_size, parse_size
 
 __all__ = ["main"]
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    sizes = [harness.parse_size(s) for s in args.sizes.split(",")]
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
     launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np)
     from mpi4py import MPI
 
@@ -70,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"# {'size':>9}  {'algorithm':>16}  {'iters':>6}  {'check on us':>12}  "
               f"{'check off us':>12}  {'on/off':>6}  {'cost us':>8}")
         for nbytes, algorithm, iters, on, off in rows:
-            print(f"  {harness.format_size(nbytes):>9}  {algorithm:>16}  {iters:>6}  "
+            print(f"  {format_size(nbytes):>9}  {algorithm:>16}  {iters:>6}  "
                   f"{on * 1e6:12.1f}  {off * 1e6:12.1f}  {on / off:6.3f}  {(on - off) * 1e6:8.1f}")
     return 0
 

@@ -50,7 +50,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 import kernels
-from bench import harness
+from bench import environment, harness
+from bench.sizes import format_size
 from collectives.algorithms import plan_for
 from collectives.algorithms.plan import Plan, Recv, Round, Send, segments
 from collectives.algorithms.ring import SEGMENT_BYTES
@@ -263,8 +264,8 @@ def calibrate_alongside(mpi_comm, comm, alongside: Mapping[int, Sequence[Callabl
             schedule += [(("copy", n), functools.partial(kernels.copy_into, b, a)),
                          *(((kind, n), call) for kind, call in _call_and_plan(comm, n).items())]
         schedule += [(("alongside", n, i), call) for i, call in enumerate(alongside.get(n, ()))]
-    progress(f"exchanges, copies and per-call cost, {harness.format_size(sizes[0])} .. "
-             f"{harness.format_size(sizes[-1])}" + (", with the calls alongside" if alongside else ""))
+    progress(f"exchanges, copies and per-call cost, {format_size(sizes[0])} .. "
+             f"{format_size(sizes[-1])}" + (", with the calls alongside" if alongside else ""))
     runs = dict(zip((key for key, _ in schedule),
                     round_robin(mpi_comm, [call for _, call in schedule], progress=progress)))
     seconds = {key: statistics.median(times) for key, times in runs.items()}
@@ -317,7 +318,7 @@ def _native_table(mpi_comm, comm, sizes: Sequence[int], progress) -> tuple[tuple
     """(bytes, seconds) of `comm.allreduce(algorithm="native")` per size."""
     table = []
     for n in sizes:
-        progress(f"native all-reduce {harness.format_size(n)}")
+        progress(f"native all-reduce {format_size(n)}")
         x = np.ones(n // 4, np.float32)
         out = np.empty_like(x)
         table.append((n, median_time(mpi_comm, lambda: comm.allreduce(x, algorithm="native", out=out))))
@@ -333,7 +334,7 @@ def run(mpi_comm, *, quick: bool = False, out=None) -> Calibration:
     out = out or sys.stdout
     comm = collectives.init(mpi_comm=mpi_comm)
     leader = mpi_comm.rank == 0
-    env = harness.environment(mpi_comm)
+    env = environment.environment(mpi_comm)
 
     def progress(what: str) -> None:
         if leader:
@@ -364,9 +365,9 @@ def describe(calibration: Calibration) -> str:
     ]
     if calibration.by_size:
         lines.append("# per call size (GB/s; per call): " + "; ".join(
-            f"{harness.format_size(n)}: intra {_rate(b)}, inter {_rate(c)}, reduce {_rate(g)}, "
+            f"{format_size(n)}: intra {_rate(b)}, inter {_rate(c)}, reduce {_rate(g)}, "
             f"copy {_rate(cb)}; {call * 1e6:.0f} us" for n, b, c, g, cb, call in calibration.by_size))
-    lines.append("# native all-reduce: " + ", ".join(f"{harness.format_size(n)} {t * 1e6:.0f} us"
+    lines.append("# native all-reduce: " + ", ".join(f"{format_size(n)} {t * 1e6:.0f} us"
                                                     for n, t in calibration.native[::3]))
     return "\n".join(lines)
 

@@ -1,111 +1,55 @@
-"""The benchmark harness: sizes, warm-up, timing, #wrong checks, algbw/busbw, table, JSON.
+"""The benchmark harness: warm-up, timing, #wrong checks, algbw/busbw, repeats, rows.
 
 It follows nccl-tests (``src/common.cu``): the harness owns everything around the
-measured call, and each measured operation (an :class:`Op`) supplies only five things —
-its name and row fields, bytes -> element count, data initialisation (and the reference
-check) in :meth:`Op.setup`, its bus bandwidth factor, and the call itself
-(:meth:`Sample.run`). Nothing here knows what an all-reduce is.
+measured call, and each measured operation (an :class:`Op`, one module per collective in
+:mod:`bench.ops`) supplies only five things — its name and row fields, bytes -> element
+count, data initialisation (and the reference check) in :meth:`Op.setup`, its bus
+bandwidth factor, and the call itself (:meth:`Sample.run`). Nothing here knows what an
+all-reduce is. The table is :mod:`bench.table`'s, the JSON and environment
+:mod:`bench.environment`'s.
 
-An op offers *variants* (the table's column groups: algorithms, later algorithm x
-compression). Per size, every variant is measured before the next size, so drift in the
-machine hits all of them alike.
+An op offers *variants* (the table's column groups: MPI's own collective, the library's
+algorithms, algorithm x compression). Per size, every variant is measured before the next
+size, and with ``repeat`` the variants take turns that many times, so drift in the machine
+hits all of them alike; a cell is the median of its turns.
 
 Example::
 
     options = SweepOptions(sizes=size_steps(min_bytes=8, max_bytes=1 << 20, factor=2))
     rows = run(mpi_comm, op, options=options, command="my-bench -b 8 -e 1M",
-               config={"op": op.name}, baseline="native")
+               config={"op": op.name}, baseline="mpi")
 """
-
 from __future__ import annotations
 
-import contextlib
-import datetime
 import functools
 import hashlib
-import json
-import os
-import platform
-import re
-import socket
+import statistics
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from bench import environment, table
+from bench.sizes import format_size, parse_size, size_steps
+
 if TYPE_CHECKING:
     from mpi4py import MPI
 
-__all__ = [
-    "Op", "Progress", "Row", "Sample", "SweepOptions", "Variant", "abort_on_error",
-    "add_sweep_arguments", "bandwidth", "count_wrong", "environment", "format_size",
-    "header_lines", "measure", "parse_size", "run", "size_steps", "summary_lines", "sweep",
-    "sweep_options", "table_header", "table_line", "time_per_iteration", "write_json",
-]
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_SIZE = re.compile(r"\s*(\d+)\s*([KMGT]?)(I?B)?\s*", re.IGNORECASE)
-# Sizes at which the summary compares each variant with the baseline.
-PROBE_SIZES = (1 << 20, 16 << 20, 64 << 20)
-
-
-# ---------------------------------------------------------------------------- sizes
-
-def parse_size(text: str) -> int:
-    """Bytes from an nccl-tests size: ``8``, ``1K``, ``16M``, ``256M``, ``1G`` (powers of 1024).
-
-    >>> parse_size("16M")
-    16777216
-    """
-    match = _SIZE.fullmatch(text)
-    if match is None:
-        raise ValueError(f"not a size: {text!r} (use e.g. 8, 1K, 16M, 1G)")
-    return int(match.group(1)) * _UNITS[match.group(2).upper()]
-
-
-def size_steps(*, min_bytes: int, max_bytes: int, factor: int | None = None,
-               increment: int | None = None) -> tuple[int, ...]:
-    """Message sizes from ``min_bytes`` to ``max_bytes``: times ``factor``, or plus ``increment``.
-
-    >>> size_steps(min_bytes=8, max_bytes=64, factor=2)
-    (8, 16, 32, 64)
-    """
-    if (factor is None) == (increment is None):
-        raise ValueError("give exactly one of factor (-f) and increment (-i)")
-    if min_bytes < 1 or max_bytes < min_bytes:
-        raise ValueError(f"need 1 <= min bytes <= max bytes, got {min_bytes} and {max_bytes}")
-    if factor is not None and factor < 2:
-        raise ValueError(f"the step factor must be at least 2, got {factor}")
-    if increment is not None and increment < 1:
-        raise ValueError(f"the step increment must be at least 1 byte, got {increment}")
-    sizes = []
-    size = min_bytes
-    while size <= max_bytes:
-        sizes.append(size)
-        size = size * factor if factor is not None else size + increment
-    return tuple(sizes)
-
-
-def format_size(nbytes: int) -> str:
-    """A short human size: ``8 B``, ``1 KiB``, ``1.5 MiB``, ``256 MiB``."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:g} {unit}"
-    return f"{nbytes} B"
+__all__ = ["Op", "Row", "Sample", "SweepOptions", "Variant", "add_sweep_arguments", "bandwidth",
+           "count_wrong", "held_against", "run", "sweep", "sweep_options", "time_per_iteration"]
 
 
 # ---------------------------------------------------------------------------- the op contract
 
 class Variant(Protocol):
-    """One column group of the table (e.g. an algorithm)."""
+    """One column group of the table (MPI's own collective, an algorithm, ...)."""
 
     @property
     def label(self) -> str:
-        """Column header, short (``ring``, later ``ring+fp16``)."""
+        """Column header, short (``mpi``, ``ring``, ``ring+fp16``)."""
 
     def fields(self) -> Mapping[str, object]:
         """JSON fields naming the variant in a row (``{"algorithm": "ring"}``)."""
@@ -120,7 +64,7 @@ class Sample(Protocol):
 
     @property
     def nbytes(self) -> int:
-        """Bytes the op moves per call, as counted for algbw."""
+        """The message size as nccl-tests counts it for algbw."""
 
     def run(self, variant: Any) -> None:
         """The measured call, once."""
@@ -129,15 +73,21 @@ class Sample(Protocol):
         """How many result elements on this rank differ from the reference (after ``run``)."""
 
     def result(self) -> np.ndarray:
-        """The output on the host, 1-D: compared bit for bit across ranks."""
+        """This rank's output on the host, 1-D (compared across ranks for replicated ops)."""
 
     # Optional: ``synchronize()``, waiting for the device work ``run`` launched (GPU samples).
 
 
 class Op(Protocol):
-    """A measured operation: what nccl-tests' per-collective file supplies."""
+    """A measured collective: what nccl-tests' per-collective file supplies.
+
+    ``replicated``: every rank ends with the same result, so the harness also holds each
+    rank's result bits against rank 0's. Optional: ``predict(variant, nbytes)``, the cost
+    model's seconds for a call (None where it has no price).
+    """
 
     name: str
+    replicated: bool
 
     def variants(self) -> Sequence[Variant]:
         """The column groups, measured in this order at every size."""
@@ -149,7 +99,12 @@ class Op(Protocol):
         """Elements for a message of ``nbytes`` (0: the size is skipped)."""
 
     def bus_factor(self, nranks: int) -> float:
-        """busbw / algbw: the share of the data each rank's link must carry."""
+        """busbw / algbw: the share of the message each rank's link must carry
+        (nccl-tests' doc/PERFORMANCE.md)."""
+
+    def link_factor(self, ranks_per_node: Sequence[int]) -> float:
+        """Bytes through the busiest node's link, each way, per byte of the message, at
+        the link-bound optimum over nodes holding ``ranks_per_node`` ranks."""
 
     def setup(self, count: int) -> Sample:
         """Allocate and initialise the buffers for ``count`` elements."""
@@ -159,21 +114,28 @@ class Op(Protocol):
 
 @dataclass(frozen=True)
 class SweepOptions:
-    """What to measure: message sizes in bytes, iterations, and whether to check results."""
+    """What to measure: message sizes in bytes, iterations, repeats, whether to check."""
 
     sizes: tuple[int, ...]
     iters: int = 20
     warmup: int = 5
     check: bool = True
+    repeat: int = 1
 
     def __post_init__(self) -> None:
-        if self.iters < 1 or self.warmup < 0:
-            raise ValueError(f"need iters >= 1 and warmup >= 0, got {self.iters}, {self.warmup}")
+        if self.iters < 1 or self.warmup < 0 or self.repeat < 1:
+            raise ValueError(f"need iters >= 1, warmup >= 0 and repeat >= 1, got "
+                             f"{self.iters}, {self.warmup}, {self.repeat}")
 
 
 @dataclass(frozen=True)
 class Row:
-    """One variant at one size: a cell group of the table, a row of the JSON."""
+    """One variant at one size: a cell group of the table, a row of the JSON.
+
+    ``time_us`` is the median of ``runs_us`` (one time per repeat), and algbw and busbw
+    follow from it. The leader adds what is held against it: the cost model's
+    ``predicted_us`` and the ``inter_node_busbw`` (None: no price, or one node).
+    """
 
     size: int
     count: int
@@ -183,12 +145,17 @@ class Row:
     algbw: float
     busbw: float
     wrong: int | None  # None when not checked
+    runs_us: tuple[float, ...] = ()
+    predicted_us: float | None = None
+    inter_node_busbw: float | None = None
 
     def as_json(self) -> dict[str, object]:
-        """This row as JSON: size, count, op and variant fields, time_us, algbw, busbw, wrong."""
+        """This row as JSON: nccl-tests' fields, then the repeats and what it is held against."""
         return {"size": self.size, "count": self.count, **self.fields,
                 "time_us": self.time_us, "algbw": self.algbw, "busbw": self.busbw,
-                "wrong": self.wrong}
+                "wrong": self.wrong, "time_us_runs": list(self.runs_us),
+                "predicted_time_us": self.predicted_us,
+                "inter_node_busbw": self.inter_node_busbw}
 
 
 def bandwidth(nbytes: int, seconds: float, bus_factor: float) -> tuple[float, float]:
@@ -221,18 +188,20 @@ def time_per_iteration(mpi_comm: MPI.Comm, call: Callable[[], None], *, iters: i
     return max(mpi_comm.allgather(mean))
 
 
-def count_wrong(mpi_comm: MPI.Comm, sample: Sample, variant: Variant) -> int:
+def count_wrong(mpi_comm: MPI.Comm, sample: Sample, variant: Variant, *, replicated: bool) -> int:
     """#wrong: the most elements any rank got wrong, against the reference or against rank 0.
 
-    Each rank checks its result with ``sample.wrong``; then a digest of every rank's
-    result bits is compared, and where one differs from rank 0's, rank 0's result is
-    broadcast and the differing elements are counted as wrong too.
+    Each rank checks its result with ``sample.wrong``; for a replicated op a digest of
+    every rank's result bits is compared too, and where one differs from rank 0's, rank
+    0's result is broadcast and the differing elements are counted as wrong too.
     """
     local = sample.wrong(variant)
-    result = sample.result()
-    digests = mpi_comm.allgather(hashlib.blake2b(result.view(np.uint8), digest_size=16).digest())
-    if any(digest != digests[0] for digest in digests):
-        local = max(local, _differs_from_root(mpi_comm, result))
+    if replicated:
+        result = sample.result()
+        digest = hashlib.blake2b(result.view(np.uint8), digest_size=16).digest()
+        digests = mpi_comm.allgather(digest)
+        if any(other != digests[0] for other in digests):
+            local = max(local, _differs_from_root(mpi_comm, result))
     return max(mpi_comm.allgather(local))
 
 
@@ -245,17 +214,21 @@ def _differs_from_root(mpi_comm: MPI.Comm, result: np.ndarray) -> int:
     return int(np.count_nonzero((mine != theirs).any(axis=1)))
 
 
-def measure(mpi_comm: MPI.Comm, sample: Sample, variant: Variant, *, bus_factor: float,
-            options: SweepOptions, count: int, fields: Mapping[str, object]) -> Row:
-    """Time one variant on one sample, check it if asked, and make its row."""
-    seconds = time_per_iteration(mpi_comm, functools.partial(sample.run, variant),
-                                 iters=options.iters, warmup=options.warmup,
-                                 synchronize=getattr(sample, "synchronize", None))
-    wrong = count_wrong(mpi_comm, sample, variant) if options.check else None
-    algbw, busbw = bandwidth(sample.nbytes, seconds, bus_factor)
-    return Row(size=sample.nbytes, count=count, label=variant.label,
-               fields={**fields, **variant.fields()}, time_us=seconds * 1e6, algbw=algbw,
-               busbw=busbw, wrong=wrong)
+@dataclass
+class _Turns:
+    """One variant's seconds per call and #wrong over the repeats at one size."""
+
+    seconds: list[float] = field(default_factory=list)
+    wrong: list[int] = field(default_factory=list)
+
+    def row(self, *, op: Op, sample: Sample, variant: Variant, count: int,
+            bus_factor: float) -> Row:
+        seconds = statistics.median(self.seconds)
+        algbw, busbw = bandwidth(sample.nbytes, seconds, bus_factor)
+        return Row(size=sample.nbytes, count=count, label=variant.label,
+                   fields={**op.fields(), **variant.fields()}, time_us=seconds * 1e6,
+                   algbw=algbw, busbw=busbw, wrong=max(self.wrong) if self.wrong else None,
+                   runs_us=tuple(s * 1e6 for s in self.seconds))
 
 
 def _counts(op: Op, sizes: Sequence[int]) -> list[int]:
@@ -272,195 +245,89 @@ def sweep(mpi_comm: MPI.Comm, op: Op, *, options: SweepOptions,
           progress: Callable[[int, int, str], None] | None = None) -> Iterator[list[Row]]:
     """Measure every variant at every size; yields one table line (a list of rows) per size.
 
-    ``progress(done, total, what)`` is called before each measurement.
+    At each size the variants take ``options.repeat`` turns: warm-up, timed calls and
+    the check each turn. ``progress(done, total, what)`` is called before each turn.
     """
     variants = op.variants()
     counts = _counts(op, options.sizes)
     bus_factor = op.bus_factor(mpi_comm.size)
-    total = len(counts) * len(variants)
+    total = len(counts) * len(variants) * options.repeat
     step = 0
     for count in counts:
         sample = op.setup(count)
-        line = []
-        for variant in variants:
-            step += 1
-            if progress is not None:
-                progress(step, total, f"{format_size(sample.nbytes)} {variant.label}")
-            line.append(measure(mpi_comm, sample, variant, bus_factor=bus_factor,
-                                options=options, count=count, fields=op.fields()))
-        yield line
+        turns = [_Turns() for _ in variants]
+        for turn in range(options.repeat):
+            for variant, measured in zip(variants, turns):
+                step += 1
+                if progress is not None:
+                    again = f" (turn {turn + 1}/{options.repeat})" if options.repeat > 1 else ""
+                    progress(step, total, f"{format_size(sample.nbytes)} {variant.label}{again}")
+                measured.seconds.append(time_per_iteration(
+                    mpi_comm, functools.partial(sample.run, variant), iters=options.iters,
+                    warmup=options.warmup, synchronize=getattr(sample, "synchronize", None)))
+                if options.check:
+                    measured.wrong.append(count_wrong(mpi_comm, sample, variant,
+                                                      replicated=op.replicated))
+        yield [measured.row(op=op, sample=sample, variant=variant, count=count,
+                            bus_factor=bus_factor)
+               for variant, measured in zip(variants, turns)]
 
 
-# ---------------------------------------------------------------------------- output
-
-_SIZE_W, _COUNT_W = 12, 12
-_TIME_W, _BW_W, _WRONG_W = 10, 8, 7
-_GROUP_W = _TIME_W + 2 * _BW_W + _WRONG_W
-
-
-def table_header(labels: Sequence[str]) -> list[str]:
-    """The table's three header lines: variant names over their columns, names, units."""
-    lead = "#" + " " * (_SIZE_W + _COUNT_W - 1)
-    names = (f"#{'size':>{_SIZE_W - 1}}{'count':>{_COUNT_W}}"
-             + "".join(f" |{'time':>{_TIME_W}}{'algbw':>{_BW_W}}{'busbw':>{_BW_W}}"
-                       f"{'#wrong':>{_WRONG_W}}" for _ in labels))
-    units = (f"#{'(B)':>{_SIZE_W - 1}}{'(elements)':>{_COUNT_W}}"
-             + "".join(f" |{'(us)':>{_TIME_W}}{'(GB/s)':>{_BW_W}}{'(GB/s)':>{_BW_W}}"
-                       f"{'':>{_WRONG_W}}" for _ in labels))
-    groups = lead + "".join(f" |{label:^{_GROUP_W}}" for label in labels)
-    return [groups.rstrip(), names, units.rstrip()]
+def held_against(line: Sequence[Row], op: Op, *, ranks_per_node: Sequence[int]) -> list[Row]:
+    """One size's rows (in variant order) with the model's prediction of each and, over
+    several nodes, the inter-node busbw: algbw x the op's link factor."""
+    predict = getattr(op, "predict", lambda variant, nbytes: None)
+    link = op.link_factor(ranks_per_node) if len(ranks_per_node) > 1 else None
+    held = []
+    for row, variant in zip(line, op.variants()):
+        seconds = predict(variant, row.size)
+        held.append(replace(row, predicted_us=None if seconds is None else seconds * 1e6,
+                            inter_node_busbw=None if link is None else row.algbw * link))
+    return held
 
 
-def table_line(rows: Sequence[Row]) -> str:
-    """One table line: size and count, then time, algbw, busbw, #wrong of each variant."""
-    cells = [f"{rows[0].size:>{_SIZE_W}}{rows[0].count:>{_COUNT_W}}"]
-    for row in rows:
-        wrong = "N/A" if row.wrong is None else str(row.wrong)
-        cells.append(f"{row.time_us:>{_TIME_W}.1f}{row.algbw:>{_BW_W}.2f}"
-                     f"{row.busbw:>{_BW_W}.2f}{wrong:>{_WRONG_W}}")
-    return " |".join(cells)
-
-
-def summary_lines(rows: Sequence[Row], *, labels: Sequence[str],
-                  baseline: str | None = None) -> list[str]:
-    """A line per variant: average busbw and, against ``baseline``, busbw ratios at 1M, 16M, 64M.
-
-    Where the sweep measured none of those sizes, the ratio is given at its largest size.
-    """
-    by_label = {label: {row.size: row for row in rows if row.label == label} for label in labels}
-    sizes = sorted({row.size for row in rows})
-    probes = [size for size in PROBE_SIZES if size in sizes] or sizes[-1:]
-    width = max(len(label) for label in labels)
-    lines = []
-    for label in labels:
-        measured = by_label[label].values()
-        average = sum(row.busbw for row in measured) / max(len(measured), 1)
-        line = f"# {label:<{width}}  avg busbw {average:8.2f} GB/s"
-        if baseline is not None and label != baseline and baseline in by_label:
-            ratios = ", ".join(
-                f"{format_size(size)} {_ratio(by_label[label][size], by_label[baseline][size])}"
-                for size in probes)
-            line += f"   {label}/{baseline} busbw at {ratios}"
-        lines.append(line)
-    checked = [row.wrong for row in rows if row.wrong is not None]
-    if checked:
-        total = sum(checked)
-        lines.append(f"# #wrong total: {total} {'OK' if total == 0 else 'FAILED'}")
-    return lines
-
-
-def _ratio(row: Row, base: Row) -> str:
-    """``row``'s busbw over ``base``'s, as ``1.02x`` (``n/a`` when the base is 0)."""
-    return f"{row.busbw / base.busbw:.2f}x" if base.busbw > 0 else "n/a"
-
-
-def header_lines(*, command: str, env: Mapping[str, Any],
-                 config: Mapping[str, object]) -> list[str]:
-    """The lines before the table: the command, the ranks and MPI library, the op's settings."""
-    hosts = env["hosts"]
-    return [
-        f"# {command}",
-        f"# np {env['nranks']} on {hosts} host{'s' if hosts != 1 else ''}"
-        f"  {env['mpi_library']}  mpi4py {env['mpi4py']}  numpy {env['numpy']}",
-        "# " + "  ".join(f"{key} {value}" for key, value in config.items()),
-    ]
-
-
-class Progress:
-    """Sweep progress on a stream (stderr), ``[12/24] 4 MiB ring``.
-
-    With ``redraw`` (a terminal) each step ends in a carriage return instead of a newline,
-    so the next step, or the next table line on stdout, writes over it.
-    """
-
-    def __init__(self, *, stream: IO[str], redraw: bool) -> None:
-        self._stream = stream
-        self._redraw = redraw
-
-    def __call__(self, done: int, total: int, what: str) -> None:
-        if total < 2:  # a single measurement is no sweep
-            return
-        text = f"[{done}/{total}] {what}"
-        self._stream.write(f"\r\033[K{text}\r" if self._redraw else text + "\n")
-        self._stream.flush()
-
-    def close(self) -> None:
-        """Erase the last step (redraw mode)."""
-        if self._redraw:
-            self._stream.write("\r\033[K")
-            self._stream.flush()
-
-
-def environment(mpi_comm: MPI.Comm, **extra: object) -> dict[str, object]:
-    """What the numbers depend on: ranks, hosts, MPI library, Python and package versions."""
-    import mpi4py
-    from mpi4py import MPI
-
-    hostnames = mpi_comm.allgather(socket.gethostname())
-    return {
-        "nranks": mpi_comm.size,
-        "hosts": len(set(hostnames)),
-        "hostname": hostnames[0],
-        "mpi_library": " ".join(MPI.Get_library_version().split("\n")[0].split()),
-        "mpi_standard": "%d.%d" % MPI.Get_version(),
-        "mpi4py": mpi4py.__version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "collectives_env": {key: value for key, value in os.environ.items()
-                            if key.startswith("COLLECTIVES_")
-                            and not key.startswith("COLLECTIVES_BENCH_")},
-        **extra,
-    }
-
-
-def write_json(path: str, document: Mapping[str, object]) -> None:
-    """Write ``document`` to ``path`` atomically (through ``path.tmp``)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as stream:
-        json.dump(document, stream, indent=1)
-        stream.write("\n")
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def abort_on_error(mpi_comm: MPI.Comm) -> Iterator[None]:
-    """Abort every rank when one raises, so the others do not wait for it forever."""
-    try:
-        yield
-    except Exception:
-        traceback.print_exc()
-        sys.stderr.flush()
-        mpi_comm.Abort(1)
-
+# ---------------------------------------------------------------------------- a whole run
 
 def run(mpi_comm: MPI.Comm, op: Op, *, options: SweepOptions, command: str,
-        config: Mapping[str, object], baseline: str | None = None, json_path: str | None = None,
+        config: Mapping[str, object], baseline: str | None = None,
+        ranks_per_node: Sequence[int] | None = None, link_bytes_per_s: float | None = None,
+        columns: str | None = None, json_path: str | None = None,
         env: Mapping[str, object] | None = None, out: IO[str] = sys.stdout,
-        progress: Progress | None = None) -> list[Row]:
+        progress: table.Progress | None = None) -> list[Row]:
     """A whole benchmark: header, a table line per size as it is measured, summary, JSON.
 
-    Every rank measures; rank 0 prints to ``out``, reports ``progress`` and writes JSON.
+    Every rank measures; rank 0 adds the predictions and inter-node busbw
+    (``ranks_per_node``: the topology, default one node), prints the ``columns``
+    (:func:`bench.table.layout`) to ``out``, reports ``progress`` and writes JSON.
     """
-    env = dict(env or environment(mpi_comm))
+    env = dict(env or environment.environment(mpi_comm))
+    nodes = tuple(ranks_per_node or (mpi_comm.size,))
     leader = mpi_comm.rank == 0
+    link = None
+    if link_bytes_per_s is not None and len(nodes) > 1:
+        link = table.LinkBound(link_bytes_per_s, op.link_factor(nodes))
+    layout = table.layout(columns, sizes=options.sizes, baseline=baseline,
+                          multi_node=len(nodes) > 1, link=link)
     labels = [variant.label for variant in op.variants()]
     if leader:
-        _print(out, header_lines(command=command, env=env, config=config) + table_header(labels))
+        _print(out, table.header_lines(command=command, env=env, config=config, layout=layout,
+                                       nodes=nodes) + layout.header(labels))
     rows: list[Row] = []
     for line in sweep(mpi_comm, op, options=options, progress=progress if leader else None):
-        rows += line
         if leader:
-            _print(out, [table_line(line)])
+            line = held_against(line, op, ranks_per_node=nodes)
+            _print(out, [layout.line(line)])
+        rows += line
     if leader:
         if progress is not None:
             progress.close()
-        _print(out, summary_lines(rows, labels=labels, baseline=baseline))
+        _print(out, table.summary_lines(rows, labels=labels, baseline=baseline))
         if json_path is not None:
-            write_json(json_path, {"command": command, "environment": env, "config": dict(config),
-                                   "rows": [row.as_json() for row in rows]})
+            environment.write_json(json_path, {
+                "command": command, "environment": env, "config": dict(config),
+                "baseline": baseline, "ranks_per_node": list(nodes),
+                "link_bound": None if link is None else link.as_json(),
+                "rows": [row.as_json() for row in rows]})
     return rows
 
 
@@ -473,7 +340,7 @@ def _print(out: IO[str], lines: Sequence[str]) -> None:
 # ---------------------------------------------------------------------------- command line
 
 def add_sweep_arguments(parser: Any) -> None:
-    """The nccl-tests flags every bench tool shares: -b -e -f -i -n -w -c and --json."""
+    """The nccl-tests flags every bench tool shares (-b -e -f -i -n -w -c), --repeat, --json."""
     parser.add_argument("-b", "--minbytes", type=parse_size, default=parse_size("8"),
                         metavar="SIZE", help="smallest message, e.g. 8, 1K, 16M (default 8)")
     parser.add_argument("-e", "--maxbytes", type=parse_size, default=parse_size("256M"),
@@ -488,6 +355,9 @@ def add_sweep_arguments(parser: Any) -> None:
                         help="untimed iterations before timing, per size and variant (default 5)")
     parser.add_argument("-c", "--check", type=int, choices=(0, 1), default=1,
                         help="1: count wrong elements per size (default), 0: skip the check")
+    parser.add_argument("--repeat", type=int, default=1, metavar="K",
+                        help="at each size the variants take K turns, interleaved; each cell "
+                             "is the median of its K times (default 1)")
     parser.add_argument("--json", metavar="FILE",
                         help="also write the rows and environment as JSON")
 
@@ -500,4 +370,4 @@ def sweep_options(args: Any) -> SweepOptions:
     sizes = size_steps(min_bytes=args.minbytes, max_bytes=args.maxbytes, factor=factor,
                        increment=args.stepbytes)
     return SweepOptions(sizes=sizes, iters=args.iters, warmup=args.warmup_iters,
-                        check=bool(args.check))
+                        check=bool(args.check), repeat=args.repeat)

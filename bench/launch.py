@@ -30,7 +30,7 @@ from typing import Any
 
 __all__ = ["LAUNCHER_VARIABLES", "PROGRESS_TTY", "LabRequest", "add_lab_arguments",
            "add_launch_argument", "ensure_launched", "find_mpiexec", "lab_request",
-           "lab_tuning_environment", "launch_command", "under_launcher"]
+           "lab_tuning_environment", "launch_command", "link_bytes_per_s", "under_launcher"]
 
 # Set by the process managers of MPICH/Intel MPI (PMI), Open MPI, PMIx, MVAPICH and Slurm.
 LAUNCHER_VARIABLES = (
@@ -104,6 +104,14 @@ def lab_request(parser: Any, args: Any) -> LabRequest | None:
         parser.error(f"--ppn {','.join(map(str, args.ppn))} gives {len(args.ppn)} counts "
                      f"for --nodes {args.nodes}: give one count, or one per node")
     return LabRequest(nodes=args.nodes, ppn=args.ppn or 1, link=args.link or "none")
+
+
+def link_bytes_per_s(lab: LabRequest | None) -> float | None:
+    """The lab's link rate each way in bytes/s; None without a lab or on unshaped links."""
+    from bench.cluster.rate import LinkRate
+
+    rate = None if lab is None else LinkRate.parse(lab.link)
+    return None if rate is None else rate.bytes_per_second
 
 
 def under_launcher(environ: Mapping[str, str] = os.environ) -> bool:

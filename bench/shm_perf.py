@@ -3,7 +3,8 @@
 The all-reduce benchmark of :mod:`bench.allreduce_perf`, with every algorithm measured
 twice in the same run: ``ALG/shm`` (ranks on a node read each other's data from MPI-3
 shared windows, ``COLLECTIVES_SHM=1``) and ``ALG/mpi`` (``COLLECTIVES_SHM=0``: MPI send/recv), next
-to ``native`` (MPI_Allreduce). Same flags, columns and checks as collectives-bench.
+to ``native`` (MPI_Allreduce), the baseline here: ``mpi`` names the exchange. Same flags,
+columns and checks as collectives-bench.
 
 Example::
 
@@ -19,9 +20,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench import harness, launch
-from bench.allreduce_perf import (DTYPES, AlgorithmVariant, AllReduce, AllReduceSample, _algorithms,
-                                  build_parser)
+from bench import environment, harness, launch, ops, table
+from bench.allreduce_perf import build_parser
+from bench.ops.allreduce import AllReduce, AllReduceSample, AllReduceVariant
+from bench.reference import DTYPES
 
 __all__ = ["ExchangeVariant", "main"]
 
@@ -29,7 +31,7 @@ _MODULE = "bench.shm_perf"
 
 
 @dataclass(frozen=True)
-class ExchangeVariant(AlgorithmVariant):
+class ExchangeVariant(AllReduceVariant):
     """A column group: an algorithm and how ranks on one node exchange (shm or MPI)."""
 
     shm: bool = True
@@ -49,8 +51,8 @@ class ExchangeVariant(AlgorithmVariant):
 class _Sample(AllReduceSample):
     """An all-reduce sample that runs each variant on the communicator of its exchange."""
 
-    def __init__(self, comms: Mapping[bool, Any], **kwargs: Any) -> None:
-        super().__init__(comms[True], **kwargs)
+    def __init__(self, comms: Mapping[bool, Any], mpi_comm: Any, **kwargs: Any) -> None:
+        super().__init__(comms[True], mpi_comm, **kwargs)
         self._comms = comms
 
     def run(self, variant: ExchangeVariant) -> None:
@@ -62,8 +64,10 @@ class _Sample(AllReduceSample):
 class ExchangeAllReduce(AllReduce):
     """The all-reduce op with an shm and an MPI variant of every algorithm but native."""
 
-    def __init__(self, comms: Mapping[bool, Any], *, algorithms: Sequence[str], **kwargs: Any):
-        super().__init__(comms[True], algorithms=algorithms, **kwargs)
+    def __init__(self, comms: Mapping[bool, Any], mpi_comm: Any, *, algorithms: Sequence[str],
+                 **kwargs: Any):
+        super().__init__(comms[True], mpi_comm, algorithms=algorithms, mpi_baseline=False,
+                         **kwargs)
         self._comms = comms
         self._variants = tuple(
             ExchangeVariant(name, shm=shm)
@@ -71,7 +75,8 @@ class ExchangeAllReduce(AllReduce):
 
     def setup(self, count: int) -> _Sample:
         """Buffers and reference for ``count`` elements."""
-        return _Sample(self._comms, count=count, dtype=self._dtype, redop=self._redop)
+        return _Sample(self._comms, self._mpi_comm, count=count, dtype=self._dtype,
+                       redop=self._redop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,26 +97,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     mpi_comm = MPI.COMM_WORLD
     try:
-        algorithms = _algorithms(args.algorithms, collectives.ALGORITHMS)
+        algorithms = ops.algorithms_for("allreduce", args.algorithms or "ring,native",
+                                        collectives.ALGORITHMS)
     except ValueError as error:
         if mpi_comm.rank == 0:
             parser.error(str(error))
         return 2
-    with harness.abort_on_error(mpi_comm):
+    with environment.abort_on_error(mpi_comm):
         os.environ["COLLECTIVES_SHM"] = "1"
         shm = collectives.init(mpi_comm=mpi_comm)
         os.environ["COLLECTIVES_SHM"] = "0"
         comms = {True: shm, False: collectives.init(mpi_comm=mpi_comm)}
-        op = ExchangeAllReduce(comms, dtype=DTYPES[args.dtype], redop=args.op,
+        op = ExchangeAllReduce(comms, mpi_comm, dtype=DTYPES[args.dtype], redop=args.op,
                                algorithms=algorithms)
         rows = harness.run(
             mpi_comm, op, options=options,
             command=shlex.join(["python", "-m", _MODULE, *argv]),
             config={"collective": op.name, "dtype": args.dtype, "op": args.op,
-                    "iters": options.iters, "warmup": options.warmup, "check": args.check},
-            baseline="native" if "native" in algorithms else None, json_path=args.json,
-            env=harness.environment(mpi_comm, collectives=collectives.__version__),
-            progress=harness.Progress(stream=sys.stderr, redraw=False))
+                    "iters": options.iters, "warmup": options.warmup, "repeat": options.repeat,
+                    "check": args.check},
+            baseline="native" if "native" in algorithms else None, ranks_per_node=[len(node) for node in shm.topology.nodes],
+            columns=args.columns, json_path=args.json,
+            env=environment.environment(mpi_comm, collectives=collectives.__version__),
+            progress=table.Progress(stream=sys.stderr, redraw=False))
     return 1 if any(row.wrong for row in rows) else 0
 
 

@@ -29,11 +29,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import ml_dtypes
 import numpy as np
 
 from bench import launch
-from bench.allreduce_perf import element_codes, reference, value_table
+from bench.reference import CODES, Expected, element_codes, rounding_eps, value_table
 
 __all__ = ["Case", "Data", "draw", "main"]
 
@@ -42,8 +41,6 @@ KINDS = ("sync", "out", "inplace", "async", "many", "many_async", "mismatch")
 # How often each kind is drawn (mismatch only when the agreement check is on).
 WEIGHTS = (30, 12, 12, 16, 14, 6, 1)
 FUSION_BYTES = (4 << 10, 64 << 10, 1 << 20, None)
-_WIRE_EPS = {"fp16": float(np.finfo(np.float16).eps),
-             "bf16": float(ml_dtypes.finfo(ml_dtypes.bfloat16).eps)}
 
 
 @dataclass(frozen=True)
@@ -116,7 +113,7 @@ def _shaped(values: np.ndarray, layout: str) -> np.ndarray:
 
 
 class Data:
-    """Inputs and references: allreduce_perf's hashed codes and per-rank value table.
+    """Inputs and references: bench.reference's hashed codes and per-rank value table.
 
     Element i of a collective salted s takes code (code_i + s) mod 16, so consecutive
     collectives differ, and nothing is periodic in the sizes drawn.
@@ -127,20 +124,18 @@ class Data:
         self.codes = element_codes(max_count + 1).astype(np.int64)
         self.tables = {integer: value_table(p, integer=integer) for integer in (False, True)}
 
+    def _codes(self, count: int, salt: int) -> np.ndarray:
+        return (self.codes[:count] + salt) % CODES
+
     def input(self, count: int, dtype: np.dtype, salt: int, layout: str) -> np.ndarray:
         table = self.tables[dtype.kind == "i"][self.rank].astype(dtype)
-        return _shaped(table[(self.codes[:count] + salt) % 16], layout)
+        return _shaped(table[self._codes(count, salt)], layout)
 
     def wrong(self, y, x, op: str, compression: str | None, salt: int) -> int:
         """Elements of y off the reference by more than the tolerance (NaN included)."""
-        integer = x.dtype.kind == "i"
-        eps = 0.0 if integer else float(ml_dtypes.finfo(x.dtype).eps)
-        if compression:
-            eps = 2 * max(eps, _WIRE_EPS[compression])  # rounded at every hop, and at the end
-        want, tolerance = reference(self.tables[integer], op, eps=eps)
-        codes = (self.codes[: x.size] + salt) % 16
-        got = np.asarray(y, np.float64).reshape(-1)
-        return int(np.count_nonzero(~(np.abs(got - want[codes]) <= tolerance[codes])))
+        expected = Expected.reduction(self.tables[x.dtype.kind == "i"], op,
+                                      eps=rounding_eps(x.dtype, compression))
+        return expected.wrong(np.asarray(y).reshape(-1), self._codes(x.size, salt))
 
 
 class Soak:

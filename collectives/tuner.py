@@ -112,6 +112,15 @@ class Tuner:
                           collective, nbytes, self.cluster.size, choice, ranked, self.source)
         return choice
 
+    def predict_compressed(self, nbytes: int, algorithm: str) -> float:
+        """Predicted seconds of a plan's all-reduce of `nbytes` (float32) with 16 bits on the
+        wire: the plan, the codec's passes, and the agreement on the scale (the max of
+        |x| over ranks: a native all-reduce of one float) before it."""
+        plan = simulate(algorithm, self.cluster, nbytes // self.itemsize,
+                        itemsize=self.itemsize, wire_itemsize=2)
+        return (self.cluster.call_time(nbytes) + self.cluster.codec_time(nbytes)
+                + self.cluster.native_time(8) + plan.time)
+
     def compression(self, nbytes: int, algorithm: str) -> tuple[str, str | None]:
         """(algorithm, "fp16" or None) for `compression="auto"` on an all-reduce of `nbytes`
         of float32: 16 bits on the wire only where the plan's predicted time with the codec's
@@ -126,11 +135,7 @@ class Tuner:
             best = _cheapest(plain) if algorithm == "auto" else algorithm
             plans = list(PLANNERS["allreduce"]) if algorithm == "auto" else \
                 [algorithm] if algorithm in PLANNERS["allreduce"] else []
-            count = nbytes // self.itemsize
-            agree_scale = self.cluster.native_time(8)  # the max of |x| over ranks, first
-            packed = {name: self.cluster.call_time(nbytes) + self.cluster.codec_time(nbytes)
-                      + agree_scale + simulate(name, self.cluster, count, itemsize=self.itemsize,
-                                               wire_itemsize=2).time for name in plans}
+            packed = {name: self.predict_compressed(nbytes, name) for name in plans}
             choice = (best, None)
             if packed:
                 fastest = min(packed, key=lambda name: (packed[name], name))

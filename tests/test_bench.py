@@ -1,4 +1,6 @@
-"""bench: sizes, bandwidth math, the all-reduce check, table, self-launch, end to end."""
+"""bench: sizes, bandwidth math, the harness, the table, self-launch, end to end.
+
+The ops' data and checks are tests/test_bench_ops.py's."""
 from __future__ import annotations
 
 import json
@@ -11,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import harness, launch
-from bench.allreduce_perf import DTYPES, REDOPS, AllReduce, AlgorithmVariant, build_parser
+from bench import environment, harness, launch, table
+from bench.allreduce_perf import build_parser
+from bench.sizes import format_size, parse_size, size_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,21 +27,21 @@ ROOT = Path(__file__).resolve().parent.parent
     ("4k", 4096), ("2MB", 2 << 20), ("3KiB", 3072), (" 64 ", 64),
 ])
 def test_parse_size(text, nbytes):
-    assert harness.parse_size(text) == nbytes
+    assert parse_size(text) == nbytes
 
 
 @pytest.mark.parametrize("text", ["", "M", "1.5M", "-8", "8X", "1MM"])
 def test_parse_size_rejects(text):
     with pytest.raises(ValueError, match="not a size"):
-        harness.parse_size(text)
+        parse_size(text)
 
 
 def test_size_steps_factor_and_increment():
-    assert harness.size_steps(min_bytes=8, max_bytes=256, factor=2) == (8, 16, 32, 64, 128, 256)
-    assert harness.size_steps(min_bytes=8, max_bytes=100, factor=4) == (8, 32)
-    assert harness.size_steps(min_bytes=1024, max_bytes=4096, increment=1024) == (
+    assert size_steps(min_bytes=8, max_bytes=256, factor=2) == (8, 16, 32, 64, 128, 256)
+    assert size_steps(min_bytes=8, max_bytes=100, factor=4) == (8, 32)
+    assert size_steps(min_bytes=1024, max_bytes=4096, increment=1024) == (
         1024, 2048, 3072, 4096)
-    assert harness.size_steps(min_bytes=64, max_bytes=64, factor=2) == (64,)
+    assert size_steps(min_bytes=64, max_bytes=64, factor=2) == (64,)
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -51,7 +54,7 @@ def test_size_steps_factor_and_increment():
 ])
 def test_size_steps_rejects(kwargs):
     with pytest.raises(ValueError):
-        harness.size_steps(**kwargs)
+        size_steps(**kwargs)
 
 
 @pytest.mark.parametrize("nbytes, text", [
@@ -59,7 +62,7 @@ def test_size_steps_rejects(kwargs):
     (256 << 20, "256 MiB"), (2 << 30, "2 GiB"),
 ])
 def test_format_size(nbytes, text):
-    assert harness.format_size(nbytes) == text
+    assert format_size(nbytes) == text
 
 
 def test_command_line_sizes():
@@ -70,112 +73,23 @@ def test_command_line_sizes():
                                                        "-n", "3", "-w", "0", "-c", "0"]))
     assert options == harness.SweepOptions(sizes=(1024, 2048, 3072), iters=3, warmup=0,
                                            check=False)
+    assert harness.sweep_options(parser.parse_args(["--repeat", "3"])).repeat == 3
     defaults = parser.parse_args([])
     assert harness.sweep_options(defaults).sizes[0] == 8
     assert harness.sweep_options(defaults).sizes[-1] == 256 << 20
-    assert (defaults.np, defaults.algorithms, defaults.dtype, defaults.op) == (
-        2, "ring,native", "float32", "sum")
+    assert (defaults.np, defaults.algorithms, defaults.dtype, defaults.op, defaults.collective,
+            defaults.columns) == (2, None, "float32", "sum", "allreduce", None)
     assert parser.parse_args(["-d", "half"]).dtype == "float16"
+    assert parser.parse_args(["--columns", "time,wrong"]).columns == "time,wrong"
 
 
 # ---------------------------------------------------------------------------- bandwidth
-
-@pytest.mark.parametrize("nranks, factor", [(1, 0.0), (2, 1.0), (4, 1.5), (8, 1.75), (16, 1.875)])
-def test_allreduce_bus_factor(nranks, factor):
-    op = AllReduce(None, dtype=DTYPES["float32"], redop="sum", algorithms=["ring"])
-    assert op.bus_factor(nranks) == pytest.approx(factor)
-    assert op.bus_factor(nranks) == pytest.approx(2 * (nranks - 1) / nranks)
-
 
 def test_bandwidth():
     # 1 GB in 0.5 s is 2 GB/s; on 4 ranks an all-reduce's links carry 1.5 times that.
     assert harness.bandwidth(10**9, 0.5, 1.5) == pytest.approx((2.0, 3.0))
     assert harness.bandwidth(64 << 20, 0.01, 1.0) == pytest.approx((6.7108864, 6.7108864))
     assert harness.bandwidth(8, 0.0, 1.0) == (0.0, 0.0)
-
-
-def test_allreduce_counts():
-    op = AllReduce(None, dtype=DTYPES["float64"], redop="sum", algorithms=["ring"])
-    assert [op.count(n) for n in (4, 8, 12, 1024)] == [0, 1, 1, 128]
-    assert op.fields() == {"type": "float64", "redop": "sum"}
-
-
-# ---------------------------------------------------------------------------- the all-reduce check
-
-RING = AlgorithmVariant("ring")
-
-
-class _ReferenceComm:
-    """One rank of a pretend world: its all-reduce writes ``answer(x)`` into ``out``."""
-
-    def __init__(self, rank, size, answer):
-        self.rank, self.size, self._answer = rank, size, answer
-
-    def allreduce(self, x, op, algorithm, out):
-        out[...] = self._answer(x)
-
-
-def _sample(rank, nranks, answer, *, dtype, redop="sum", count=1000):
-    return AllReduce(_ReferenceComm(rank, nranks, answer), dtype=dtype, redop=redop,
-                     algorithms=["ring"]).setup(count)
-
-
-def _inputs(count, *, nranks, dtype):
-    """Every rank's input vector as the samples hand it to the library, in float64."""
-    inputs = []
-    for rank in range(nranks):
-        _sample(rank, nranks, lambda x: inputs.append(x.copy()) or x, dtype=dtype,
-                count=count).run(RING)
-    return np.stack(inputs).astype(np.float64)
-
-
-def _numpy_allreduce(count, *, nranks, dtype, redop):
-    """The true all-reduce of the bench's data, computed from every rank's input."""
-    inputs = _inputs(count, nranks=nranks, dtype=dtype)
-    if redop == "max":
-        return inputs.max(axis=0)
-    if redop == "min":
-        return inputs.min(axis=0)
-    total = inputs.sum(axis=0)
-    if redop == "avg":
-        return total // nranks if dtype.kind == "i" else total / nranks
-    return total
-
-
-@pytest.mark.parametrize("dtype", list(DTYPES))
-@pytest.mark.parametrize("redop", REDOPS)
-@pytest.mark.parametrize("nranks", [1, 3, 8])
-def test_allreduce_check_accepts_the_true_result(dtype, redop, nranks):
-    dtype = DTYPES[dtype]
-    truth = _numpy_allreduce(1000, nranks=nranks, dtype=dtype, redop=redop).astype(dtype)
-    for rank in range(nranks):
-        sample = _sample(rank, nranks, lambda x: truth, dtype=dtype, redop=redop)
-        sample.run(RING)
-        assert sample.wrong(RING) == 0
-        assert sample.nbytes == 1000 * dtype.itemsize
-
-
-@pytest.mark.parametrize("dtype", list(DTYPES))
-def test_allreduce_check_counts_corruption(dtype):
-    dtype = DTYPES[dtype]
-    truth = _numpy_allreduce(5000, nranks=4, dtype=dtype, redop="sum")
-    bad = truth.copy()
-    bad[100:110] += 1       # a wrong value
-    bad[4000:4100] = truth[3000:3100]  # a segment landed at the wrong offset
-    if dtype.kind == "f":
-        bad[7] = np.nan
-    sample = _sample(0, 4, lambda x: bad.astype(dtype), dtype=dtype, count=5000)
-    sample.run(RING)
-    expected = 10 + int(np.count_nonzero(truth[4000:4100] != truth[3000:3100]))
-    expected += dtype.kind == "f"
-    assert sample.wrong(RING) == expected
-    assert expected > 50  # the data does not repeat at that offset
-
-
-def test_ranks_contribute_different_data():
-    inputs = _inputs(256, nranks=4, dtype=DTYPES["int32"])
-    assert all(not np.array_equal(inputs[0], other) for other in inputs[1:])
-    assert np.abs(inputs).max() <= 8
 
 
 # ---------------------------------------------------------------------------- harness, generically
@@ -204,6 +118,7 @@ class _CountingOp:
     """A toy op that records its calls: checks the harness uses only the op contract."""
 
     name = "toy"
+    replicated = True
 
     def __init__(self):
         self.log = []
@@ -220,6 +135,12 @@ class _CountingOp:
     def bus_factor(self, nranks):
         return 1.5
 
+    def link_factor(self, ranks_per_node):
+        return 2.0 * len(ranks_per_node)
+
+    def predict(self, variant, nbytes):
+        return None if variant.label == "a" else nbytes * 1e-6
+
     def setup(self, count):
         log = self.log
         log.append(("setup", count))
@@ -231,6 +152,7 @@ class _CountingOp:
                 log.append(("run", count, variant.label))
 
             def wrong(self, variant):
+                log.append(("check", count, variant.label))
                 return 1 if variant.label == "b" else 0
 
             def result(self):
@@ -259,7 +181,21 @@ def test_sweep_interleaves_variants_per_size():
     assert row.wrong == 1 and row.busbw == pytest.approx(1.5 * row.algbw)
     assert row.as_json() == {"size": 4, "count": 1, "type": "toy", "kind": "b",
                              "time_us": row.time_us, "algbw": row.algbw, "busbw": row.busbw,
-                             "wrong": 1}
+                             "wrong": 1, "time_us_runs": [row.time_us],
+                             "predicted_time_us": None, "inter_node_busbw": None}
+
+
+def test_repeats_take_turns_and_keep_the_median():
+    op = _CountingOp()
+    options = harness.SweepOptions(sizes=(4,), iters=1, warmup=0, repeat=3)
+    steps = []
+    (line,) = harness.sweep(_SoloComm(), op, options=options,
+                            progress=lambda done, total, what: steps.append(what))
+    assert [entry[2] for entry in op.log if entry[0] in ("run", "check")] == [
+        "a", "a", "b", "b"] * 3  # one call and its check per turn, variants alternating
+    assert steps[:3] == ["4 B a (turn 1/3)", "4 B b (turn 1/3)", "4 B a (turn 2/3)"]
+    for row in line:
+        assert len(row.runs_us) == 3 and row.time_us == sorted(row.runs_us)[1]
 
 
 def test_sweep_without_check():
@@ -268,14 +204,43 @@ def test_sweep_without_check():
     assert [row.wrong for row in line] == [None, None]
 
 
-def _row(size, label, busbw, wrong=0):
-    return harness.Row(size=size, count=size // 4, label=label, fields={}, time_us=1234.5678,
-                       algbw=busbw / 2, busbw=busbw, wrong=wrong)
+def test_rows_are_held_against_the_model_and_the_nodes():
+    op = _CountingOp()
+    rows = [_row(1000, "a", 1.0), _row(1000, "b", 1.0)]
+    one = harness.held_against(rows, op, ranks_per_node=(4,))
+    assert [(row.predicted_us, row.inter_node_busbw) for row in one] == [(None, None),
+                                                                        (1000.0, None)]
+    two = harness.held_against(rows, op, ranks_per_node=(2, 2))
+    assert [row.inter_node_busbw for row in two] == [2.0, 2.0]  # algbw 0.5 x link factor 4
+
+
+def _row(size, label, busbw, wrong=0, time_us=1234.5678):
+    return harness.Row(size=size, count=size // 4, label=label, fields={}, time_us=time_us,
+                       algbw=busbw / 2, busbw=busbw, wrong=wrong, predicted_us=1000.0)
+
+
+def _layout(columns=None, sizes=(8, 1 << 20), multi_node=False, link=None):
+    return table.layout(columns, sizes=sizes, baseline="mpi", multi_node=multi_node, link=link)
+
+
+def test_layouts_by_size_and_by_name():
+    names = lambda layout: [cell.key for cell in layout.cells]  # noqa: E731
+    assert names(_layout(sizes=(8, 64 << 10))) == ["time", "pred", "ratio", "wrong"]
+    assert names(_layout()) == ["time", "pred", "busbw", "wrong"]
+    assert names(_layout(multi_node=True)) == ["time", "pred", "busbw", "node", "wrong"]
+    assert names(_layout("wide")) == ["time", "pred", "ratio", "algbw", "busbw", "wrong"]
+    assert names(_layout("time,algbw,busbw,wrong")) == ["time", "algbw", "busbw", "wrong"]
+    assert names(table.layout("latency", sizes=(8,), baseline=None, multi_node=False,
+                              link=None)) == ["time", "pred", "wrong"]
+    for bad in ("", "time,speed", "narrow"):
+        with pytest.raises(ValueError, match="unknown columns"):
+            table.parse_columns(bad)
 
 
 def test_table_is_aligned():
-    header = harness.table_header(["ring", "native"])
-    lines = [harness.table_line([_row(size, "ring", 1.5), _row(size, "native", 12.25, None)])
+    layout = _layout("time,algbw,busbw,wrong")
+    header = layout.header(["ring", "native"])
+    lines = [layout.line([_row(size, "ring", 1.5), _row(size, "native", 12.25, None)])
              for size in (8, 1 << 20, 256 << 20)]
     assert len(header) == 3
     assert "ring" in header[0] and "native" in header[0]
@@ -289,24 +254,43 @@ def test_table_is_aligned():
                                 "1234.6", "6.12", "12.25", "N/A"]
 
 
+def test_latency_line_gives_time_against_the_baseline():
+    layout = _layout(sizes=(8, 64))  # sizes below 1 MiB: the latency layout
+    line = layout.line([_row(64, "mpi", 1.0, time_us=10.0), _row(64, "ring", 1.0, time_us=25.0)])
+    assert line.split() == ["64", "16", "|", "10.0", "1000.0", "1.00", "0", "|", "25.0",
+                            "1000.0", "2.50", "0"]
+    assert layout.header(["mpi", "ring"])[2].split()[4:7] == ["(us)", "(us)", "(xbase)"]
+
+
+def test_link_bound_column_and_node_bw():
+    bound = table.LinkBound(125e6, 1.0)  # 1gbit, 2 nodes
+    layout = _layout(multi_node=True, link=bound)
+    row = harness.Row(size=1 << 20, count=1 << 18, label="ring", fields={}, time_us=9000.0,
+                      algbw=0.1165, busbw=0.1748, wrong=0, inter_node_busbw=0.1165)
+    assert layout.line([row]).split() == ["1048576", "262144", "8388.6", "|", "9000.0", "-",
+                                          "0.17", "0.117", "0"]
+    assert layout.header(["ring"])[1].split()[:4] == ["#", "size", "count", "bound"]
+    assert bound.as_json()["inter_node_busbw"] == 0.125
+
+
 def test_summary_ratios_against_baseline():
     rows = []
     for size, ring, native in ((1 << 20, 1.0, 2.0), (4 << 20, 3.0, 3.0), (16 << 20, 4.0, 2.0)):
         rows += [_row(size, "ring", ring), _row(size, "native", native)]
-    lines = harness.summary_lines(rows, labels=["ring", "native"], baseline="native")
+    lines = table.summary_lines(rows, labels=["ring", "native"], baseline="native")
     assert lines[0].split() == ["#", "ring", "avg", "busbw", "2.67", "GB/s", "ring/native",
                                 "busbw", "at", "1", "MiB", "0.50x,", "16", "MiB", "2.00x"]
     assert lines[1].split() == ["#", "native", "avg", "busbw", "2.33", "GB/s"]
     assert lines[2] == "# #wrong total: 0 OK"
 
 
-def test_summary_uses_largest_size_without_probe_sizes_and_flags_wrong():
-    rows = [_row(64, "ring", 1.0, wrong=3), _row(64, "native", 4.0), _row(512, "ring", 1.0),
-            _row(512, "native", 0.5)]
-    lines = harness.summary_lines(rows, labels=["ring", "native"], baseline="native")
-    assert lines[0].endswith("ring/native busbw at 512 B 2.00x")
+def test_summary_without_probe_sizes_uses_the_ends_and_flags_wrong():
+    rows = [_row(64, "ring", 1.0, wrong=3), _row(64, "mpi", 4.0), _row(512, "ring", 1.0),
+            _row(512, "mpi", 0.5)]
+    lines = table.summary_lines(rows, labels=["ring", "mpi"], baseline="mpi")
+    assert lines[0].endswith("ring/mpi busbw at 64 B 0.25x, 512 B 2.00x")
     assert lines[-1] == "# #wrong total: 3 FAILED"
-    assert len(harness.summary_lines(rows, labels=["ring", "native"])) == 3
+    assert len(table.summary_lines(rows, labels=["ring", "mpi"])) == 3
 
 
 def test_progress_lines_and_redraw():
@@ -319,7 +303,7 @@ def test_progress_lines_and_redraw():
 
     plain, tty = Stream(), Stream()
     for stream, redraw in ((plain, False), (tty, True)):
-        progress = harness.Progress(stream=stream, redraw=redraw)
+        progress = table.Progress(stream=stream, redraw=redraw)
         progress(1, 1, "alone")
         progress(12, 24, "4 MiB ring")
         progress.close()
@@ -327,9 +311,27 @@ def test_progress_lines_and_redraw():
     assert tty == ["\r\033[K[12/24] 4 MiB ring\r", "\r\033[K"]
 
 
+def test_progress_writes_a_step_per_interval_and_the_last():
+    class Stream(list):
+        def write(self, text):
+            self.append(text)
+
+        def flush(self):
+            pass
+
+    now = [0.0]
+    stream = Stream()
+    progress = table.Progress(stream=stream, redraw=False, interval=1.0, clock=lambda: now[0])
+    for step in range(1, 11):
+        progress(step, 10, f"step {step}")
+        now[0] += 0.3
+    assert stream == ["[1/10] step 1\n", "[5/10] step 5\n", "[9/10] step 9\n",
+                      "[10/10] step 10\n"]
+
+
 def test_write_json_is_atomic(tmp_path):
     path = tmp_path / "out.json"
-    harness.write_json(str(path), {"rows": [1, 2]})
+    environment.write_json(str(path), {"rows": [1, 2]})
     assert json.loads(path.read_text()) == {"rows": [1, 2]}
     assert list(tmp_path.iterdir()) == [path]
 
@@ -392,24 +394,41 @@ def _bench(args, *, cwd, env):
 def test_end_to_end_two_ranks(tmp_path):
     out = tmp_path / "bench.json"
     proc = _bench(["--np", "2", "-b", "8", "-e", "64K", "-f", "8", "-n", "2", "-w", "1",
-                   "--algorithms", "ring,native", "--json", str(out)],
+                   "--repeat", "2", "--algorithms", "ring,native", "--json", str(out)],
                   cwd=ROOT, env=_self_launch_env(PYTHONPATH=str(ROOT)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     document = json.loads(out.read_text())
     rows = document["rows"]
     sizes = [8, 64, 512, 4096, 32768]
     assert [(row["size"], row["algorithm"]) for row in rows] == [
-        (size, algorithm) for size in sizes for algorithm in ("ring", "native")]
+        (size, algorithm) for size in sizes for algorithm in ("mpi", "ring", "native")]
     for row in rows:
         assert row["count"] == row["size"] // 4
         assert (row["type"], row["redop"], row["wrong"]) == ("float32", "sum", 0)
         assert row["time_us"] > 0 and row["busbw"] == pytest.approx(row["algbw"])
+        assert len(row["time_us_runs"]) == 2 and row["inter_node_busbw"] is None
+        assert (row["predicted_time_us"] is None) == (row["algorithm"] == "mpi")
+    assert document["baseline"] == "mpi" and document["ranks_per_node"] == [2]
     assert document["environment"]["nranks"] == 2
-    assert document["config"]["dtype"] == "float32"
-    table = [line for line in proc.stdout.splitlines() if not line.startswith("#")]
-    assert [int(line.split()[0]) for line in table] == sizes
-    assert "# #wrong total: 0 OK" in proc.stdout
-    assert "[10/10] 32 KiB native" in proc.stderr
+    assert document["config"]["dtype"] == "float32" and document["config"]["repeat"] == 2
+    table_lines = [line for line in proc.stdout.splitlines() if not line.startswith("#")]
+    assert [int(line.split()[0]) for line in table_lines] == sizes
+    assert "pred   ratio #wrong |" in proc.stdout  # the latency layout below 1 MiB
+    assert "ring/mpi busbw at 8 B " in proc.stdout and "# #wrong total: 0 OK" in proc.stdout
+    assert "[30/30] 32 KiB native (turn 2/2)" in proc.stderr
+
+
+def test_end_to_end_another_collective_against_mpi_alone(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = _bench(["--np", "3", "--collective", "broadcast", "--root", "2", "--algorithms", "mpi",
+                   "-b", "1K", "-e", "16K", "-f", "4", "-n", "2", "-w", "1", "-d", "int32",
+                   "--json", str(out)], cwd=ROOT, env=_self_launch_env(PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    document = json.loads(out.read_text())
+    assert document["config"]["collective"] == "broadcast" and "op" not in document["config"]
+    assert [(row["size"], row["algorithm"], row["root"], row["wrong"]) for row in document["rows"]
+            ] == [(size, "mpi", 2, 0) for size in (1024, 4096, 16384)]
+    assert all(row["busbw"] == row["algbw"] for row in document["rows"])  # bus factor 1
 
 
 _BROKEN_LIBRARY = textwrap.dedent('''
@@ -419,9 +438,22 @@ _BROKEN_LIBRARY = textwrap.dedent('''
     ALGORITHMS = ("ring", "native")
 
 
-    class _Comm:
+    class _Tuner:
+        def choose(self, nbytes):
+            return "native"
+
+        def predict(self, nbytes):
+            return {}
+
+
+    class Communicator:
         def __init__(self, comm):
             self._comm, self.rank, self.size = comm, comm.rank, comm.size
+            self.tuner = _Tuner()
+
+        @property
+        def topology(self):
+            return type("Topology", (), {"nodes": (tuple(range(self.size)),)})
 
         def allreduce(self, x, op="sum", algorithm="auto", compression=None, out=None):
             self._comm.Allreduce(x, out, op=MPI.SUM)
@@ -431,7 +463,7 @@ _BROKEN_LIBRARY = textwrap.dedent('''
 
 
     def init(mpi_comm=None):
-        return _Comm(mpi_comm)
+        return Communicator(mpi_comm)
 ''')
 
 
@@ -443,7 +475,7 @@ def test_end_to_end_counts_wrong_elements(tmp_path):
                   cwd=tmp_path, env=_self_launch_env(PYTHONPATH=str(ROOT)))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     wrong = {row["algorithm"]: row["wrong"] for row in json.loads(out.read_text())["rows"]}
-    assert wrong == {"ring": 3, "native": 0}
+    assert wrong == {"mpi": 0, "ring": 3, "native": 0}
     assert "# #wrong total: 3 FAILED" in proc.stdout
 
 
@@ -451,4 +483,16 @@ def test_unknown_algorithm_is_refused(tmp_path):
     proc = _bench(["--np", "2", "-b", "8", "-e", "8", "--algorithms", "ring,bogus"],
                   cwd=ROOT, env=_self_launch_env(PYTHONPATH=str(ROOT)))
     assert proc.returncode == 2
-    assert "unknown algorithms: bogus; choose from" in proc.stderr
+    assert "unknown algorithms for allreduce: bogus; choose from mpi, auto" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--repeat", "0"], "repeat >= 1, got 20, 5, 0"),
+    (["--collective", "reduce", "--compression", "fp16"], "go with --collective allreduce"),
+    (["--columns", "time,speed"], "unknown columns speed"),
+])
+def test_bad_options_are_refused_before_launch(args, message):
+    proc = subprocess.run([sys.executable, "-m", "bench.allreduce_perf", *args], cwd=ROOT,
+                          env=_self_launch_env(PYTHONPATH=str(ROOT)), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr

@@ -36,7 +36,15 @@ def test_bench_runs_across_uneven_nodes_and_removes_its_lab(tmp_path):
     assert "2 nodes, ranks per node 3,2, link 5gbit" in proc.stderr
     document = json.loads(out.read_text())
     assert (document["environment"]["nranks"], document["environment"]["hosts"]) == (5, 2)
-    assert [row["wrong"] for row in document["rows"]] == [0, 0]
+    rows = document["rows"]
+    assert [(row["algorithm"], row["wrong"]) for row in rows] == [
+        ("mpi", 0), ("hierarchical", 0), ("native", 0)]
+    # 2 nodes: each node's link carries the vector once each way at the optimum (2(q-1)/q = 1)
+    assert all(row["inter_node_busbw"] == pytest.approx(row["algbw"]) for row in rows)
+    assert document["ranks_per_node"] == [3, 2]
+    assert document["link_bound"] == {"bytes_per_s": 625e6, "link_factor": 1.0,
+                                      "inter_node_busbw": 0.625}
+    assert "node bw" in proc.stdout and "link 0.625 GB/s each way" in proc.stdout
     lab = next(line.split()[2].rstrip(":") for line in proc.stderr.splitlines()
                if line.startswith("# lab clab-"))
     assert lab not in labs_before

@@ -43,7 +43,7 @@ def test_fusion_bytes_from_environment():
 
 
 def test_tensor_bounds_cover_the_vector_with_uneven_nonempty_pieces():
-    from bench.allreduce_perf import tensor_bounds
+    from bench.ops.allreduce import tensor_bounds
 
     bounds = tensor_bounds(2_097_152, 1000)
     sizes = np.diff(bounds)

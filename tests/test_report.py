@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,11 +72,15 @@ def test_quick_report_end_to_end(tmp_path):
     assert all((out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in pngs)
     document = json.loads((out / "results.json").read_text())
     rows = document["rows"]
-    assert {row["algorithm"] for row in rows} >= {"native", "ring", "hierarchical", "torus2d",
-                                                   "halving_doubling", "auto"}
+    assert {row["algorithm"] for row in rows} >= {"mpi", "native", "ring", "hierarchical",
+                                                   "torus2d", "halving_doubling", "auto"}
     assert {row["size"] for row in rows} == {8, 64, 512, 4096, 32768, 65536}  # x8, then the top
     assert all(row["wrong"] == 0 and row["time_us"] > 0 for row in rows)
-    assert all(row["predicted_time_us"] > 0 for row in rows if row["compression"] == "none")
+    assert all(row["predicted_time_us"] > 0 for row in rows
+               if row["compression"] is None and row["algorithm"] != "mpi")
+    assert all(row["predicted_time_us"] is None for row in rows if row["algorithm"] == "mpi")
+    assert document["baseline"] == "mpi"
+    assert "mpi" not in {winner["measured"] for winner in document["winners"]}
     accuracy = document["accuracy"]
     assert sorted(point["algorithm"] for point in accuracy) == sorted(ACCURACY_ALGORITHMS)
     assert all(point["size"] == 65536 and point["time_us"] > 0 and point["predicted_time_us"] > 0
@@ -87,9 +92,11 @@ def test_quick_report_end_to_end(tmp_path):
     report = (out / "report.md").read_text()
     for heading in ("## Measured", "## Winner per size", "## Model vs measurement",
                     "## At scale (simulated)", "### 4 nodes x 2", "### 2x4 torus", "**Worst case: ",
-                    "| timed again |", "The same calls timed twice differed by up to "):
+                    "| timed again |", "The same calls timed twice differed by up to ",
+                    "Against MPI's own all-reduce (`mpi`", "ring/mpi busbw at 8 B "):
         assert heading in report
-    assert "[8/" in proc.stderr  # the progress bar
+    # the progress bar, a step per half second and always the last
+    assert re.search(r"\[(\d+)/\1\] 64 KiB halving_doubling\+fp16\n", proc.stderr), proc.stderr
 
 
 def test_accuracy_only_report(tmp_path):

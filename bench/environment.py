@@ -1,0 +1,73 @@
+"""What a benchmark's numbers depend on, its JSON file, and failing on every rank at once.
+
+Example::
+
+    env = environment(mpi_comm, collectives=collectives.__version__)
+    with abort_on_error(mpi_comm):
+        ...
+    write_json("out.json", {"environment": env, "rows": rows})
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import platform
+import socket
+import sys
+import traceback
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
+__all__ = ["abort_on_error", "environment", "write_json"]
+
+
+def environment(mpi_comm: MPI.Comm, **extra: object) -> dict[str, object]:
+    """Ranks, hosts, MPI library, Python and package versions, date, COLLECTIVES_* settings."""
+    import mpi4py
+    from mpi4py import MPI
+
+    hostnames = mpi_comm.allgather(socket.gethostname())
+    return {
+        "nranks": mpi_comm.size,
+        "hosts": len(set(hostnames)),
+        "hostname": hostnames[0],
+        "mpi_library": " ".join(MPI.Get_library_version().split("\n")[0].split()),
+        "mpi_standard": "%d.%d" % MPI.Get_version(),
+        "mpi4py": mpi4py.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "collectives_env": {key: value for key, value in os.environ.items()
+                            if key.startswith("COLLECTIVES_")
+                            and not key.startswith("COLLECTIVES_BENCH_")},
+        **extra,
+    }
+
+
+def write_json(path: str, document: Mapping[str, object]) -> None:
+    """Write ``document`` to ``path`` atomically (through ``path.tmp``)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as stream:
+        json.dump(document, stream, indent=1)
+        stream.write("\n")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def abort_on_error(mpi_comm: MPI.Comm) -> Iterator[None]:
+    """Abort every rank when one raises, so the others do not wait for it forever."""
+    try:
+        yield
+    except Exception:
+        traceback.print_exc()
+        sys.stderr.flush()
+        mpi_comm.Abort(1)
