@@ -77,7 +77,7 @@ def cpu_backend() -> str:
 
 def _impl(x: Any) -> ModuleType:
     """The kernel twin for x: `kernels._cpu` (or `_numpy`), or `kernels._cupy` for a CuPy array."""
-    if not type(x).__module__.startswith("cupy"):
+    if type(x) is np.ndarray or not type(x).__module__.startswith("cupy"):
         return _HOST
     from kernels import _cupy
 
