@@ -11,6 +11,8 @@ bit patterns, and wide-exponent data; sizes around the vector widths and unalign
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 
 import ml_dtypes
 import numpy as np
@@ -37,6 +39,39 @@ def test_the_codec_is_built():
         pytest.skip("no C++ compiler: the install leaves the codec out and NumPy runs")
     assert _codec is not None, "kernels._codec is missing: re-run `pip install -e .`"
     assert kernels.cpu_backend() == _codec.isas()[-1]  # the best this CPU runs
+
+
+def test_without_the_codec_the_numpy_twin_runs_every_kernel():
+    """An install without a compiler: `kernels` imports, says so, and computes the same bits."""
+    code = (
+        "import sys\n"
+        "sys.modules['kernels._codec'] = None  # as if the install had built no codec\n"
+        "import numpy as np, kernels\n"
+        "assert kernels.cpu_backend() == 'numpy'\n"
+        "work, wire = np.array([1 / 3, 7e4, -0.0], np.float32), np.zeros(3, np.float16)\n"
+        "kernels.encode_into(wire, work)\n"
+        "assert wire.view(np.uint16).tolist() == [0x3555, 0x7C00, 0x8000], wire\n"
+        "assert work.view(np.uint32).tolist() == [0x3EAAA000, 0x7F800000, 0x80000000], work\n"
+        "assert kernels.absmax(work) == np.inf\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_codec_offers_every_16_bit_kernel():
+    """Every kernel kind on every dtype it is documented for (a stale build would lack some)."""
+    if _codec is None:
+        pytest.skip("the codec is not built (see test_the_codec_is_built)")
+    from kernels._cpu import _KERNELS
+
+    expected = [("scale", None, d, s, None, None) for d in FLOATS for s in FLOATS if HALVES.count(d) + HALVES.count(s)]
+    expected += [("absmax", None, None, d, None, None) for d in FLOATS]
+    for h in HALVES:
+        expected += [("combine", op, h, h, h, None) for op in OPS] + [("divide", None, h, None, None, None)]
+        for w in WIDES:
+            expected += [("decompress_reduce", op, w, h, None, None) for op in OPS]
+            expected += [("encode", None, h, w, None, None), ("quantize_residual", None, w, w, None, h)]
+            expected += [("quantize", None, d, w, None, h) for d in FLOATS]
+    assert sorted(map(str, _KERNELS)) == sorted(map(str, expected))
 
 
 @pytest.fixture(params=ISAS)
@@ -339,3 +374,7 @@ def test_what_the_codec_cannot_run_is_numpys_to_run_or_refuse(isa):
     got = np.zeros(4, F32)
     kernels.decompress_reduce_into(got, np.ones(1, BF16), "sum")  # NumPy broadcasts
     np.testing.assert_array_equal(got, [1, 1, 1, 1])
+    got, want = both(values(F16, 1000, 3))  # overlapping operands: NumPy copies first
+    kernels.combine_into(got[1:], got[:-1], got[1:], "max")
+    reference.combine_into(want[1:], want[:-1], want[1:], "max")
+    assert_same_bits(got, want)

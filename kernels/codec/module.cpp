@@ -37,6 +37,8 @@ struct Signature {
   Dtype out = Dtype::none, in = Dtype::none, in2 = Dtype::none, wire = Dtype::none;
 };
 
+constexpr bool is_half(Dtype d) { return d == Dtype::float16 || d == Dtype::bfloat16; }
+
 // Every kernel the codec offers, in table order (the rest of kernels' work stays NumPy's).
 template <class Emit> constexpr void each_signature(Emit emit) {
   constexpr Dtype halves[] = {Dtype::float16, Dtype::bfloat16};
@@ -45,9 +47,7 @@ template <class Emit> constexpr void each_signature(Emit emit) {
   constexpr Op ops[] = {Op::sum, Op::max, Op::min};
   for (Dtype out : floats) {
     for (Dtype in : floats) {
-      if (out == Dtype::float16 || out == Dtype::bfloat16 || in == Dtype::float16 || in == Dtype::bfloat16) {
-        emit(Signature{Kind::scale, Op::none, out, in});
-      }
+      if (is_half(out) || is_half(in)) emit(Signature{Kind::scale, Op::none, out, in});
     }
     emit(Signature{Kind::absmax, Op::none, Dtype::none, out});
   }
@@ -181,9 +181,17 @@ struct Buffer {
 
 constexpr Py_ssize_t kReleaseGilFrom = 1 << 14;  // elements: below, the GIL round trip costs more
 
+// Whether two arrays share memory without being the same array (which a kernel may not
+// take: it reads and writes element by element, where NumPy would copy first).
+bool overlap_apart(const Py_buffer &a, const Py_buffer &b) {
+  const char *a0 = (const char *)a.buf, *b0 = (const char *)b.buf;
+  return a0 != b0 && a0 < b0 + b.len && b0 < a0 + a.len;
+}
+
 // run(index, out, in, in2, scalar): kernel `index` on the arrays' bytes. Returns
 // NotImplemented, touching nothing, where an array is not a C-contiguous buffer (writable
-// where written) or the lengths differ: NumPy's twin then decides what that means.
+// where written), the lengths differ, or arrays overlap without being the same: NumPy's
+// twin then decides what that means.
 PyObject *run(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
   if (nargs != 5) {
     PyErr_SetString(PyExc_TypeError, "run(index, out, in, in2, scalar) takes 5 arguments");
@@ -207,6 +215,9 @@ PyObject *run(PyObject *, PyObject *const *args, Py_ssize_t nargs) {
     const Py_ssize_t size = (Py_ssize_t)itemsize(dtypes[j]), count = buffers[j].view.len / size;
     if (n < 0) n = count;
     if (count != n || buffers[j].view.len != count * size) Py_RETURN_NOTIMPLEMENTED;
+    for (int i = 0; i < j; ++i) {
+      if (buffers[i].held && overlap_apart(buffers[i].view, buffers[j].view)) Py_RETURN_NOTIMPLEMENTED;
+    }
   }
   Call call{buffers[0].view.buf, buffers[1].view.buf, buffers[2].view.buf, scalar, (size_t)n};
   Kernel kernel = active->kernels[index];

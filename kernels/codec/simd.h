@@ -46,7 +46,8 @@ template <class V, class M> CODEC_INLINE V select(M mask, V a, V b) {
   return (V)((mask & (M)a) | (~mask & (M)b));
 }
 
-template <class V> CODEC_INLINE V splat(decltype(V{}[0]) x) { return V{} + x; }
+template <class V> using lane_t = std::remove_reference_t<decltype(V{}[0])>;
+template <class V> CODEC_INLINE V splat(lane_t<V> x) { return V{} + x; }
 
 // x * 1.0 as the NumPy twin computes it where it scales by 1: a signaling NaN becomes quiet,
 // every other value stays as it is.
@@ -180,7 +181,7 @@ struct Float64 {
 template <class T> constexpr bool is_half = std::is_same_v<typename T::storage, uint16_t>;
 template <class T> using storage_t = typename T::storage;
 template <class T> using compute_t = typename T::compute;
-template <class T> using scalar_t = std::remove_reference_t<decltype(compute_t<T>{}[0])>;
+template <class T> using scalar_t = lane_t<compute_t<T>>;
 
 // k elements of type T, widened exactly to T's compute vector
 template <class T> CODEC_INLINE compute_t<T> get(const storage_t<T> *p, size_t k) {
