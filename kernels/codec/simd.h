@@ -41,6 +41,22 @@ template <class Body> CODEC_INLINE void each_vector(size_t n, Body body) {
   if (i < n) body(i, n - i);
 }
 
+// 16-bit lanes <-> 32-bit lanes (zero-extended; truncated)
+CODEC_INLINE u32v to_u32_lanes(u16v h) {
+#if CODEC_LANES == 16
+  return (u32v)_mm512_cvtepu16_epi32((__m256i)h);
+#else
+  return __builtin_convertvector(h, u32v);
+#endif
+}
+CODEC_INLINE u16v to_u16_lanes(u32v v) {
+#if CODEC_LANES == 16
+  return (u16v)_mm512_cvtepi32_epi16((__m512i)v);
+#else
+  return __builtin_convertvector(v, u16v);
+#endif
+}
+
 // mask ? a : b, lane by lane (mask lanes are all ones or all zeros)
 template <class V, class M> CODEC_INLINE V select(M mask, V a, V b) {
   return (V)((mask & (M)a) | (~mask & (M)b));
@@ -58,7 +74,7 @@ CODEC_INLINE f64v quiet(f64v x) { return select(x != x, (f64v)((i64v)x | 0x80000
 
 // Exact. A NaN keeps its sign and payload, and stays signaling if it was.
 CODEC_INLINE f32v float16_to_float32_bits(u16v h16) {
-  u32v h = __builtin_convertvector(h16, u32v);
+  u32v h = to_u32_lanes(h16);
   u32v sign = (h & 0x8000u) << 16, shifted = (h & 0x7fffu) << 13;
   f32v finite = (f32v)shifted * 0x1p112f;  // rebias 15 -> 127, exact for subnormals too
   u32v special = shifted | 0x7f800000u;     // inf, NaN
@@ -77,7 +93,7 @@ CODEC_INLINE u16v float32_to_float16_bits(f32v f) {
   u32v r = select(mag < 0x38800000, subnormal, normal);
   r = select(mag >= 0x477ff000, splat<u32v>(0x7c00u), r);
   r = select(mag > 0x7f800000, nan, r);
-  return __builtin_convertvector(r | sign, u16v);
+  return to_u16_lanes(r | sign);
 }
 
 #if CODEC_F16C
@@ -116,7 +132,7 @@ CODEC_INLINE u16v float32_to_float16(f32v f) { return float32_to_float16_bits(f)
 // ---- bfloat16 <-> float32: ml_dtypes' conversions ----
 
 CODEC_INLINE f32v bfloat16_to_float32(u16v h) {
-  return (f32v)(__builtin_convertvector(h, u32v) << 16);
+  return (f32v)(to_u32_lanes(h) << 16);
 }
 
 // To nearest even (the largest floats become inf); any NaN becomes 0x7fc0 with its sign.
@@ -125,7 +141,7 @@ CODEC_INLINE u16v float32_to_bfloat16(f32v f) {
   u32v rounded = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
   u32v nan = ((b >> 16) & 0x8000u) | 0x7fc0u;
   u32v r = select(((i32v)b & 0x7fffffff) > 0x7f800000, nan, rounded);
-  return __builtin_convertvector(r, u16v);
+  return to_u16_lanes(r);
 }
 
 // ---- float64 ----
