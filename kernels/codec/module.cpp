@@ -45,11 +45,11 @@ template <class Emit> constexpr void each_signature(Emit emit) {
   constexpr Dtype wides[] = {Dtype::float32, Dtype::float64};
   constexpr Dtype floats[] = {Dtype::float16, Dtype::bfloat16, Dtype::float32, Dtype::float64};
   constexpr Op ops[] = {Op::sum, Op::max, Op::min};
-  for (Dtype out : floats) {
-    for (Dtype in : floats) {
-      if (is_half(out) || is_half(in)) emit(Signature{Kind::scale, Op::none, out, in});
+  for (Dtype x : floats) emit(Signature{Kind::absmax, Op::none, Dtype::none, x});
+  for (Dtype dst : floats) {
+    for (Dtype src : floats) {
+      if (is_half(dst) || is_half(src)) emit(Signature{Kind::scale, Op::none, dst, src});
     }
-    emit(Signature{Kind::absmax, Op::none, Dtype::none, out});
   }
   for (Dtype h : halves) {
     for (Op op : ops) emit(Signature{Kind::combine, op, h, h, h});
@@ -102,7 +102,7 @@ namespace portable {
 
 #if CODEC_X86
 namespace avx2 {
-#define CODEC_TARGET __attribute__((target("avx2,fma,f16c")))
+#define CODEC_TARGET __attribute__((target("avx2,f16c")))
 #define CODEC_LANES 8
 #define CODEC_F16C 1
 #include "simd.h"
@@ -114,7 +114,7 @@ namespace avx2 {
 }  // namespace avx2
 
 namespace avx512 {
-#define CODEC_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")))
+#define CODEC_TARGET __attribute__((target("avx2,f16c,avx512f,avx512bw,avx512vl,avx512dq")))
 #define CODEC_LANES 16
 #define CODEC_F16C 1
 #include "simd.h"

@@ -2,7 +2,8 @@
 //
 // module.cpp includes this file once per ISA, inside that ISA's namespace, after defining
 //   CODEC_TARGET  the function attribute naming the ISA (empty for the portable build)
-//   CODEC_LANES   float32 lanes per vector: 4, 8 or 16
+//   CODEC_LANES   float32 lanes per vector: 4, 8 or 16 (16: AVX-512, whose intrinsics some
+//                 lane conversions use)
 //   CODEC_F16C    1: float16 conversions by the F16C / AVX-512 instructions; 0: bit arithmetic
 // Everything is written on GCC/Clang vector extensions, so this one text is every ISA's code.
 //
