@@ -137,12 +137,12 @@ CODEC_INLINE f32v bfloat16_to_float32(u16v h) {
 }
 
 // To nearest even (the largest floats become inf); any NaN becomes 0x7fc0 with its sign.
-CODEC_INLINE u16v float32_to_bfloat16(f32v f) {
+// The 16 bits in 32-bit lanes.
+CODEC_INLINE u32v float32_to_bfloat16_lanes(f32v f) {
   u32v b = (u32v)f;
   u32v rounded = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
   u32v nan = ((b >> 16) & 0x8000u) | 0x7fc0u;
-  u32v r = select(((i32v)b & 0x7fffffff) > 0x7f800000, nan, rounded);
-  return to_u16_lanes(r);
+  return select(((i32v)b & 0x7fffffff) > 0x7f800000, nan, rounded);
 }
 
 // ---- float64 ----
@@ -171,18 +171,30 @@ CODEC_INLINE f64v float32_to_float64_exact(f32v f) {
 
 // ---- element types: how each is stored, and the vector its arithmetic runs in ----
 
+// The 16-bit types: widen, narrow, and narrow_keeping(f, kept), which also sets kept to the
+// narrowed value widened back as decompress_into gives it (a NaN quieted).
 struct Float16 {
   using storage = uint16_t;
   using compute = f32v;
   static CODEC_INLINE f32v widen(u16v h) { return float16_to_float32(h); }
   static CODEC_INLINE u16v narrow(f32v f) { return float32_to_float16(f); }
+  static CODEC_INLINE u16v narrow_keeping(f32v f, f32v &kept) {
+    u16v h = narrow(f);
+    kept = quiet(widen(h));
+    return h;
+  }
 };
 
 struct BFloat16 {
   using storage = uint16_t;
   using compute = f32v;
   static CODEC_INLINE f32v widen(u16v h) { return bfloat16_to_float32(h); }
-  static CODEC_INLINE u16v narrow(f32v f) { return float32_to_bfloat16(f); }
+  static CODEC_INLINE u16v narrow(f32v f) { return to_u16_lanes(float32_to_bfloat16_lanes(f)); }
+  static CODEC_INLINE u16v narrow_keeping(f32v f, f32v &kept) {  // its NaN is quiet already
+    u32v r = float32_to_bfloat16_lanes(f);
+    kept = (f32v)(r << 16);
+    return to_u16_lanes(r);
+  }
 };
 
 struct Float32 {
@@ -209,19 +221,20 @@ template <class T> CODEC_INLINE compute_t<T> get(const storage_t<T> *p, size_t k
   }
 }
 
-// v rounded once to the 16-bit type H (a float64 v through float32 rounded to odd)
-template <class H, class V> CODEC_INLINE u16v to_half(V v) {
+// What a 16-bit type is narrowed from: v itself, or a float64 v rounded to odd in float32
+// (so that the narrowing rounds once)
+template <class V> CODEC_INLINE f32v float32_to_narrow(V v) {
   if constexpr (std::is_same_v<V, f64v>) {
-    return H::narrow(float64_to_float32_odd(v));
+    return float64_to_float32_odd(v);
   } else {
-    return H::narrow(v);
+    return v;
   }
 }
 
 // v (f32v or f64v) rounded once to T, k elements stored
 template <class T, class V> CODEC_INLINE void put(storage_t<T> *p, V v, size_t k) {
   if constexpr (is_half<T>) {
-    store_lanes(p, to_half<T>(v), k);
+    store_lanes(p, T::narrow(float32_to_narrow(v)), k);
   } else {
     static_assert(sizeof(scalar_t<T>) >= sizeof(v[0]), "only widening stores are exact");
     store_lanes(p, __builtin_convertvector(v, compute_t<T>), k);
@@ -298,9 +311,9 @@ template <class H, class W> CODEC_TARGET double encode(const Call &c) {
   auto *wire = (uint16_t *)c.out;
   auto *work = (storage_t<W> *)c.in;
   each_vector(c.n, [&](size_t i, size_t k) CODEC_LAMBDA {
-    u16v h = to_half<H>(quiet(get<W>(work + i, k)));
-    store_lanes(wire + i, h, k);
-    put<W>(work + i, quiet(H::widen(h)), k);
+    f32v kept;
+    store_lanes(wire + i, H::narrow_keeping(float32_to_narrow(quiet(get<W>(work + i, k))), kept), k);
+    put<W>(work + i, kept, k);
   });
   return 0;
 }
@@ -311,7 +324,9 @@ template <class D, class W, class H> CODEC_TARGET double quantize(const Call &c)
   auto *src = (const storage_t<W> *)c.in;
   const float s = (float)c.scalar;
   each_vector(c.n, [&](size_t i, size_t k) CODEC_LAMBDA {
-    put<D>(dst + i, H::widen(to_half<H>(quiet(get<W>(src + i, k)))) * s, k);
+    f32v kept;
+    H::narrow_keeping(float32_to_narrow(quiet(get<W>(src + i, k))), kept);
+    put<D>(dst + i, kept * s, k);
   });
   return 0;
 }
@@ -323,7 +338,9 @@ template <class W, class H> CODEC_TARGET double quantize_residual(const Call &c)
   const auto s = (scalar_t<W>)c.scalar, inverse = (scalar_t<W>)(1.0 / c.scalar);
   each_vector(c.n, [&](size_t i, size_t k) CODEC_LAMBDA {
     compute_t<W> t = get<W>(work + i, k) * s;
-    compute_t<W> q = __builtin_convertvector(quiet(H::widen(to_half<H>(quiet(t)))), compute_t<W>);
+    f32v kept;
+    H::narrow_keeping(float32_to_narrow(quiet(t)), kept);
+    compute_t<W> q = __builtin_convertvector(kept, compute_t<W>);
     store_lanes(work + i, q, k);
     store_lanes(residual + i, (t - q) * inverse, k);
   });
