@@ -69,7 +69,6 @@ template <class V> CODEC_INLINE V splat(lane_t<V> x) { return V{} + x; }
 // x * 1.0 as the NumPy twin computes it where it scales by 1: a signaling NaN becomes quiet,
 // every other value stays as it is.
 CODEC_INLINE f32v quiet(f32v x) { return select(x != x, (f32v)((i32v)x | 0x400000), x); }
-CODEC_INLINE f64v quiet(f64v x) { return select(x != x, (f64v)((i64v)x | 0x8000000000000), x); }
 
 // ---- float16 <-> float32 by bit arithmetic: NumPy's conversions, lane by lane ----
 
@@ -98,8 +97,6 @@ CODEC_INLINE u16v float32_to_float16_bits(f32v f) {
 }
 
 #if CODEC_F16C
-// The conversion instructions round exactly like NumPy but quiet a signaling NaN, so a
-// vector that holds a NaN goes the bit-arithmetic way instead.
 CODEC_INLINE bool any_nan(f32v f) {
 #if CODEC_LANES == 16
   return _mm512_cmp_ps_mask((__m512)f, (__m512)f, _CMP_UNORD_Q) != 0;
@@ -108,22 +105,31 @@ CODEC_INLINE bool any_nan(f32v f) {
 #endif
 }
 
-CODEC_INLINE f32v float16_to_float32(u16v h) {
+// The conversion instructions: they round exactly like NumPy but quiet a signaling NaN ...
+CODEC_INLINE f32v float16_to_float32_f16c(u16v h) {
 #if CODEC_LANES == 16
-  f32v f = (f32v)_mm512_cvtph_ps((__m256i)h);
+  return (f32v)_mm512_cvtph_ps((__m256i)h);
 #else
-  f32v f = (f32v)_mm256_cvtph_ps((__m128i)h);
+  return (f32v)_mm256_cvtph_ps((__m128i)h);
 #endif
-  return __builtin_expect(any_nan(f), 0) ? float16_to_float32_bits(h) : f;
 }
 
-CODEC_INLINE u16v float32_to_float16(f32v f) {
-  if (__builtin_expect(any_nan(f), 0)) return float32_to_float16_bits(f);
+CODEC_INLINE u16v float32_to_float16_f16c(f32v f) {
 #if CODEC_LANES == 16
   return (u16v)_mm512_cvtps_ph((__m512)f, _MM_FROUND_TO_NEAREST_INT);
 #else
   return (u16v)_mm256_cvtps_ph((__m256)f, _MM_FROUND_TO_NEAREST_INT);
 #endif
+}
+
+// ... so a vector that holds a NaN goes the bit-arithmetic way instead.
+CODEC_INLINE f32v float16_to_float32(u16v h) {
+  f32v f = float16_to_float32_f16c(h);
+  return __builtin_expect(any_nan(f), 0) ? float16_to_float32_bits(h) : f;
+}
+
+CODEC_INLINE u16v float32_to_float16(f32v f) {
+  return __builtin_expect(any_nan(f), 0) ? float32_to_float16_bits(f) : float32_to_float16_f16c(f);
 }
 #else
 CODEC_INLINE f32v float16_to_float32(u16v h) { return float16_to_float32_bits(h); }
@@ -171,16 +177,22 @@ CODEC_INLINE f64v float32_to_float64_exact(f32v f) {
 
 // ---- element types: how each is stored, and the vector its arithmetic runs in ----
 
-// The 16-bit types: widen, narrow, and narrow_keeping(f, kept), which also sets kept to the
-// narrowed value widened back as decompress_into gives it (a NaN quieted).
+// The 16-bit types: widen, narrow, and compress_keeping(f, kept): the bits compress_into(...,
+// 1.0) writes for f, and in `kept` what decompress_into makes of them (each product by 1
+// quiets a signaling NaN).
 struct Float16 {
   using storage = uint16_t;
   using compute = f32v;
   static CODEC_INLINE f32v widen(u16v h) { return float16_to_float32(h); }
   static CODEC_INLINE u16v narrow(f32v f) { return float32_to_float16(f); }
-  static CODEC_INLINE u16v narrow_keeping(f32v f, f32v &kept) {
-    u16v h = narrow(f);
-    kept = quiet(widen(h));
+  static CODEC_INLINE u16v compress_keeping(f32v f, f32v &kept) {
+#if CODEC_F16C  // exact with any input: the instructions quiet a NaN just as the products by 1 do
+    u16v h = float32_to_float16_f16c(f);
+    kept = float16_to_float32_f16c(h);
+#else
+    u16v h = float32_to_float16_bits(quiet(f));
+    kept = quiet(float16_to_float32_bits(h));
+#endif
     return h;
   }
 };
@@ -190,7 +202,7 @@ struct BFloat16 {
   using compute = f32v;
   static CODEC_INLINE f32v widen(u16v h) { return bfloat16_to_float32(h); }
   static CODEC_INLINE u16v narrow(f32v f) { return to_u16_lanes(float32_to_bfloat16_lanes(f)); }
-  static CODEC_INLINE u16v narrow_keeping(f32v f, f32v &kept) {  // its NaN is quiet already
+  static CODEC_INLINE u16v compress_keeping(f32v f, f32v &kept) {  // any NaN: 0x7fc0, quiet
     u32v r = float32_to_bfloat16_lanes(f);
     kept = (f32v)(r << 16);
     return to_u16_lanes(r);
@@ -222,7 +234,7 @@ template <class T> CODEC_INLINE compute_t<T> get(const storage_t<T> *p, size_t k
 }
 
 // What a 16-bit type is narrowed from: v itself, or a float64 v rounded to odd in float32
-// (so that the narrowing rounds once)
+// (so that the narrowing rounds once; the conversion quiets a NaN, as v * 1 would)
 template <class V> CODEC_INLINE f32v float32_to_narrow(V v) {
   if constexpr (std::is_same_v<V, f64v>) {
     return float64_to_float32_odd(v);
@@ -312,7 +324,7 @@ template <class H, class W> CODEC_TARGET double encode(const Call &c) {
   auto *work = (storage_t<W> *)c.in;
   each_vector(c.n, [&](size_t i, size_t k) CODEC_LAMBDA {
     f32v kept;
-    store_lanes(wire + i, H::narrow_keeping(float32_to_narrow(quiet(get<W>(work + i, k))), kept), k);
+    store_lanes(wire + i, H::compress_keeping(float32_to_narrow(get<W>(work + i, k)), kept), k);
     put<W>(work + i, kept, k);
   });
   return 0;
@@ -325,7 +337,7 @@ template <class D, class W, class H> CODEC_TARGET double quantize(const Call &c)
   const float s = (float)c.scalar;
   each_vector(c.n, [&](size_t i, size_t k) CODEC_LAMBDA {
     f32v kept;
-    H::narrow_keeping(float32_to_narrow(quiet(get<W>(src + i, k))), kept);
+    H::compress_keeping(float32_to_narrow(get<W>(src + i, k)), kept);
     put<D>(dst + i, kept * s, k);
   });
   return 0;
@@ -339,7 +351,7 @@ template <class W, class H> CODEC_TARGET double quantize_residual(const Call &c)
   each_vector(c.n, [&](size_t i, size_t k) CODEC_LAMBDA {
     compute_t<W> t = get<W>(work + i, k) * s;
     f32v kept;
-    H::narrow_keeping(float32_to_narrow(quiet(t)), kept);
+    H::compress_keeping(float32_to_narrow(t), kept);
     compute_t<W> q = __builtin_convertvector(kept, compute_t<W>);
     store_lanes(work + i, q, k);
     store_lanes(residual + i, (t - q) * inverse, k);
