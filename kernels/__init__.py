@@ -170,7 +170,8 @@ def quantize_residual_into(work: Any, residual: Any, wire: Any, scale: float) ->
 
 
 def absmax(x: Any) -> float:
-    """max |x| as a Python float in one read pass: 0.0 when x is empty, inf if x holds a NaN."""
+    """max |v| over the finite values v of x as a Python float, in one read pass (0.0 when
+    there are none): the bound a compressed all-reduce scales by, NaN and inf left out."""
     return _impl(x).absmax(x)
 
 

@@ -57,9 +57,9 @@ template <typename T> __device__ __forceinline__ T collectives_max(T a, T b) {
 template <typename T> __device__ __forceinline__ T collectives_min(T a, T b) {
   return (a < b || a != a) ? a : b;
 }
-// |v|, and inf for a NaN, so that the max over all elements reports it
+// |v| for a finite v, 0 for inf and NaN: absmax is the max over finite values
 __device__ __forceinline__ double collectives_absmax_term(double v) {
-  return v != v ? (double)__uint_as_float(0x7f800000u) : fabs(v);
+  return fabs(v) < (double)__uint_as_float(0x7f800000u) ? fabs(v) : 0.0;
 }
 template <typename T> __device__ __forceinline__ T collectives_floordiv(T a, T d) {
   T q = a / d;
@@ -207,7 +207,7 @@ def quantize_residual_spec(work: np.dtype, wire: np.dtype) -> ElementwiseSpec:
 
 @cache
 def absmax_spec(dtype: np.dtype) -> ReductionSpec:
-    """max |x| over x as float64: 0 for no elements, inf if any element is NaN."""
+    """max |v| over the finite values v of x as float64 (0 when there are none)."""
     return ReductionSpec(
         f"{_storage(dtype)} x", "float64 y", f"collectives_absmax_term({_load(dtype, 'x')})",
         "fmax(a, b)", "y = a", "0", f"collectives_absmax_{dtype.name}",

@@ -129,13 +129,14 @@ def quantize_residual_into(work: np.ndarray, residual: np.ndarray, wire: np.dtyp
 
 
 def absmax(x: np.ndarray) -> float:
-    """max |x| as a Python float: 0.0 for no elements, inf if x holds a NaN."""
+    """max |v| over the finite values v of x as a Python float (0.0 when there are none)."""
     if x.size == 0:
         return 0.0
     hi, lo = float(x.max()), float(x.min())
-    if math.isnan(hi) or math.isnan(lo):
-        return math.inf
-    return max(hi, -lo, 0.0)
+    if math.isfinite(hi) and math.isfinite(lo):
+        return max(hi, -lo, 0.0)
+    finite = np.isfinite(x)
+    return float(np.abs(x).max(where=finite, initial=0.0)) if finite.any() else 0.0
 
 
 def pack(arrays: Sequence[np.ndarray], flat: np.ndarray) -> int:
