@@ -5,14 +5,23 @@ the same element count). Every kernel's GB/s counts the bytes it reads plus the 
 writes, like the copy's, so a kernel at the copy's GB/s runs at memory speed. Runs on the
 GPU with CuPy (timed with CUDA events) when one is present, else on the CPU with NumPy.
 
+``--codec`` prints the fp16/bf16 codec table instead, on the CPU: each step a compressed
+all-reduce takes per hop (compress, the fused encode, decode, decode-sum) through the
+compiled codec (per instruction set), the old NumPy path and torch's casts (one thread),
+beside a float32 memcpy and add of the same bytes; GB/s of float32 bytes in (n * 4 / the
+median time of a call) and microseconds per call.
+
 Example::
 
     python -m bench.kernels_perf --min-bytes 1M --max-bytes 64M
+    python -m bench.kernels_perf --codec --sizes 1K,64K,1M,16M,64M --isas avx512,avx2,portable
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +33,7 @@ import numpy as np
 import kernels
 from bench.harness import format_size, parse_size, size_steps
 
-__all__ = ["CASES", "Case", "main", "measure"]
+__all__ = ["CASES", "CODEC_STEPS", "Case", "CodecRow", "codec_rows", "main", "measure", "median_seconds"]
 
 Setup = Callable[[ModuleType, int], Callable[[], None]]
 F16, BF16, F32 = np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32)
@@ -73,6 +82,14 @@ def _decompress_reduce(wire: np.dtype) -> Setup:
     return setup
 
 
+def _encode(wire: np.dtype) -> Setup:
+    def setup(xp, n):
+        dst, src = _ones(xp, n, wire), _ones(xp, n, F32)
+        return lambda: kernels.encode_into(dst, src)
+
+    return setup
+
+
 def _divide(xp, n):
     buf = _ones(xp, n, F32)
     return lambda: kernels.divide_into(buf, 3)
@@ -99,6 +116,8 @@ CASES = (
     Case("cmp f16", 6, _compress(F16)),
     Case("dred bf16", 10, _decompress_reduce(BF16)),
     Case("dred f16", 10, _decompress_reduce(F16)),
+    Case("enc bf16", 10, _encode(BF16)),
+    Case("enc f16", 10, _encode(F16)),
     Case("avg f32", 8, _divide),
     Case(f"pack {TENSORS}", 8, _multi("pack")),
     Case(f"unpack {TENSORS}", 8, _multi("unpack")),
@@ -133,6 +152,154 @@ def measure(xp: ModuleType, call: Callable[[], None], *, min_seconds: float = 0.
     return best
 
 
+def median_seconds(call: Callable[[], None], *, batches: int = 5, batch_seconds: float = 0.02) -> float:
+    """Median seconds per call (CPU wall clock) over batches of at least batch_seconds each."""
+    call()  # warm-up: faults pages in
+    reps = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            call()
+        if time.perf_counter() - t0 >= batch_seconds:
+            break
+        reps *= 2
+    samples = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            call()
+        samples.append((time.perf_counter() - t0) / reps)
+    return statistics.median(samples)
+
+
+# ---------------------------------------------------------------------------- the codec table
+
+CODEC_STEPS = ("compress", "encode", "decode", "decode-sum")
+WIRES = {"fp16": F16, "bf16": BF16}
+
+
+@dataclass(frozen=True)
+class CodecRow:
+    """One row of the codec table: one implementation of one step, set up for n elements."""
+
+    step: str
+    wire: str
+    impl: str
+    setup: Callable[[int], Callable[[], None]]
+    isa: str | None = None  # the codec's instruction set to run it with
+
+
+def _gradient(n: int) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal(n).astype(F32)
+
+
+def _kernels_step(module: ModuleType, step: str, wire: np.dtype) -> Callable[[int], Callable[[], None]]:
+    """A step through a kernels twin: `kernels` (the codec) or `kernels._numpy` (the old path)."""
+
+    def setup(n: int) -> Callable[[], None]:
+        x, half, acc = _gradient(n), np.empty(n, wire), np.ones(n, F32)
+        module.compress_into(half, x, 1.0)
+        return {
+            "compress": lambda: module.compress_into(half, x, 1.0),
+            "encode": lambda: module.encode_into(half, x),
+            "decode": lambda: module.decompress_into(acc, half),
+            "decode-sum": lambda: module.decompress_reduce_into(acc, half, "sum"),
+        }[step]
+
+    return setup
+
+
+def _torch_step(step: str, wire: str, *, allocate: bool = False) -> Callable[[int], Callable[[], None]]:
+    """A step with torch's casts on one thread: in place (copy_, add_), or `.to()` (allocates)."""
+
+    def setup(n: int) -> Callable[[], None]:
+        import torch
+
+        torch.set_num_threads(1)
+        half_type = torch.float16 if wire == "fp16" else torch.bfloat16
+        x, acc = torch.from_numpy(_gradient(n)), torch.ones(n)
+        half = x.to(half_type)
+        if allocate:
+            return {"compress": lambda: x.to(half_type), "decode": lambda: half.to(torch.float32)}[step]
+        return {
+            "compress": lambda: half.copy_(x),
+            "encode": lambda: (half.copy_(x), x.copy_(half)),
+            "decode": lambda: acc.copy_(half),
+            "decode-sum": lambda: acc.add_(half),
+        }[step]
+
+    return setup
+
+
+def _memcpy(n: int) -> Callable[[], None]:
+    src, dst = _gradient(n), np.empty(n, F32)
+    return lambda: np.copyto(dst, src)
+
+
+def _add(n: int) -> Callable[[], None]:
+    src, acc = _gradient(n), np.ones(n, F32)
+    return lambda: np.add(acc, src, out=acc)
+
+
+def _torch_present() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def codec_rows(isas: list[str], *, torch: bool = True) -> list[CodecRow]:
+    """The table's rows: the memory-speed references, then per wire and step each implementation."""
+    rows = [CodecRow("memcpy f32", "", "numpy", _memcpy), CodecRow("add f32", "", "numpy", _add)]
+    for wire, dtype in WIRES.items():
+        for step in CODEC_STEPS:
+            rows += [CodecRow(step, wire, f"codec {isa}", _kernels_step(kernels, step, dtype), isa) for isa in isas]
+            rows.append(CodecRow(step, wire, "numpy (old)", _kernels_step(kernels._numpy, step, dtype)))
+            if torch:
+                rows.append(CodecRow(step, wire, "torch", _torch_step(step, wire)))
+                if step in ("compress", "decode"):
+                    rows.append(CodecRow(step, wire, "torch .to()", _torch_step(step, wire, allocate=True)))
+    return rows
+
+
+def _codec_seconds(rows: list[CodecRow], sizes: list[int], runs: int) -> dict[tuple[int, int], float]:
+    """Median seconds per call of every (row, size): all rows at each size, runs times round-robin."""
+    from kernels import _codec
+
+    samples: dict[tuple[int, int], list[float]] = {}
+    for _ in range(runs):
+        for size in sizes:
+            for r, row in enumerate(rows):
+                previous = _codec.use(row.isa) if row.isa else None
+                try:
+                    samples.setdefault((r, size), []).append(median_seconds(row.setup(size // 4)))
+                finally:
+                    if previous:
+                        _codec.use(previous)
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def _print_codec_tables(rows: list[CodecRow], sizes: list[int], runs: int) -> None:
+    seconds = _codec_seconds(rows, sizes, runs)
+    versions = f"NumPy {np.__version__}, ml_dtypes {ml_dtypes.__version__}"
+    if any(row.impl.startswith("torch") for row in rows):
+        import torch
+
+        versions += f", torch {torch.__version__}"
+    print(f"# kernels_perf --codec on {platform.machine()} ({versions}), one thread, "
+          f"median of {runs} run(s) x 5 batches; codec backend now: {kernels.cpu_backend()}")
+    for title, cell in (
+        ("GB/s of float32 bytes in (n * 4 / time per call)", lambda size, t: f"{size / t / 1e9:>9.2f}"),
+        ("microseconds per call", lambda size, t: f"{t * 1e6:>9.1f}"),
+    ):
+        print(f"\n## {title}")
+        print(f"{'step':<11}{'wire':<6}{'impl':<16}" + "".join(f"{format_size(s):>9}" for s in sizes))
+        for r, row in enumerate(rows):
+            cells = "".join(cell(size, seconds[r, size]) for size in sizes)
+            print(f"{row.step:<11}{row.wire:<6}{row.impl:<16}{cells}", flush=True)
+
+
 def _gpu() -> ModuleType | None:
     try:
         import cupy
@@ -149,7 +316,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-f", "--factor", type=int, default=4, help="size step factor (4)")
     parser.add_argument("--cpu", action="store_true", help="NumPy on the CPU even when a GPU is present")
     parser.add_argument("--cases", default="", help="comma-separated column labels to run (all)")
+    parser.add_argument("--codec", action="store_true", help="the fp16/bf16 codec table (CPU) instead")
+    parser.add_argument("--sizes", default="1K,64K,1M,16M,64M", help="--codec: payload sizes (1K,64K,1M,16M,64M)")
+    parser.add_argument("--isas", default="", help="--codec: the codec's instruction sets to run (the active one)")
+    parser.add_argument("--runs", type=int, default=1, help="--codec: round-robin runs to take the median of (1)")
+    parser.add_argument("--no-torch", action="store_true", help="--codec: leave torch's rows out")
     args = parser.parse_args(argv)
+    if args.codec:
+        isas = args.isas.split(",") if args.isas else [kernels.cpu_backend()]
+        if isas == ["numpy"]:
+            isas = []  # no compiled codec: the table shows the NumPy path beside torch and memcpy
+        rows = codec_rows(isas, torch=not args.no_torch and _torch_present())
+        _print_codec_tables(rows, [parse_size(s) for s in args.sizes.split(",")], args.runs)
+        return
     xp = np if args.cpu else (_gpu() or np)
     cases = [c for c in CASES if not args.cases or c.label in args.cases.split(",")]
     device = "CPU, NumPy " + np.__version__ if xp is np else "GPU, CuPy " + xp.__version__

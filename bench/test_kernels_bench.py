@@ -78,6 +78,29 @@ def test_decompress_reduce_into(benchmark, xp, wire, n):
     timed(benchmark, xp, lambda: kernels.decompress_reduce_into(acc, src, "sum"))
 
 
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("wire", [BF16, F16], ids=str)
+def test_encode_into(benchmark, xp, wire, n):
+    """Quantize on send in one pass (the codec); the two-pass way it replaces is below."""
+    wire_buf, work = ones(xp, n, wire), ones(xp, n, F32)
+    timed(benchmark, xp, lambda: kernels.encode_into(wire_buf, work))
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("wire", [BF16, F16], ids=str)
+def test_encode_as_compress_then_decompress(benchmark, xp, wire, n):
+    wire_buf, work = ones(xp, n, wire), ones(xp, n, F32)
+    timed(benchmark, xp, lambda: (kernels.compress_into(wire_buf, work, 1.0), kernels.decompress_into(work, wire_buf)))
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("wire", [BF16, F16], ids=str)
+def test_compress_into_numpy_twin(benchmark, wire, n):
+    """The NumPy twin (the path without the compiled codec), for comparison on the CPU."""
+    dst, src = ones(np, n, wire), ones(np, n, F32)
+    benchmark(lambda: kernels._numpy.compress_into(dst, src, 0.5))
+
+
 @pytest.fixture(params=[16, 1024], ids=lambda k: f"{k}-per-tensor")
 def tensors(request, xp):
     """TENSORS small float32 tensors of request.param elements each, and a flat buffer."""

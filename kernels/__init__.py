@@ -2,9 +2,12 @@
 
 Arrays are 1-D and contiguous unless a function says otherwise, and all of one module; the
 kernel runs on the module of its first array argument. The NumPy twin (`kernels._numpy`)
-is the reference; the CuPy twin (`kernels._cupy`) is imported only when a CuPy array
-arrives. Ops are "sum", "max", "min" (NaN propagates, as in `np.maximum`). 16-bit floats
-(float16, bfloat16) are computed in float32 and rounded once.
+is the reference. NumPy arrays run `kernels._cpu`: the compiled codec (`kernels._codec`,
+same bits, memory speed) for every kernel that touches a 16-bit float, the NumPy twin for
+the rest; without the compiled codec (no compiler at install) the NumPy twin runs it all,
+and `cpu_backend()` says which. The CuPy twin (`kernels._cupy`) is imported only when a
+CuPy array arrives. Ops are "sum", "max", "min" (NaN propagates, as in `np.maximum`).
+16-bit floats (float16, bfloat16) are computed in float32 and rounded once.
 
 Example::
 
@@ -25,19 +28,32 @@ import numpy as np
 from kernels import _numpy
 from kernels._common import HALF_DTYPES, OPS, compute_dtype, packed_offsets
 
+try:
+    from kernels import _codec  # built by the install where a C++17 compiler works
+except ImportError:
+    _codec = None
+    _HOST = _numpy
+else:
+    from kernels import _cpu as _HOST
+
 __all__ = [
     "HALF_DTYPES",
     "OPS",
+    "absmax",
     "array_module",
     "combine_into",
     "compress_into",
     "compute_dtype",
     "copy_into",
+    "cpu_backend",
     "decompress_into",
     "decompress_reduce_into",
     "divide_into",
+    "encode_into",
     "pack",
     "packed_offsets",
+    "quantize_into",
+    "quantize_residual_into",
     "reduce_into",
     "scale_into",
     "unpack",
@@ -53,10 +69,16 @@ def array_module(x: Any) -> ModuleType:
     return np
 
 
+def cpu_backend() -> str:
+    """What runs the 16-bit kernels on NumPy arrays: the compiled codec's instruction set
+    ("avx512", "avx2" or "portable"), or "numpy" where the codec was not built."""
+    return "numpy" if _codec is None else _codec.isa()
+
+
 def _impl(x: Any) -> ModuleType:
-    """The kernel twin for x: `kernels._numpy`, or `kernels._cupy` for a CuPy array."""
-    if not type(x).__module__.startswith("cupy"):
-        return _numpy
+    """The kernel twin for x: `kernels._cpu` (or `_numpy`), or `kernels._cupy` for a CuPy array."""
+    if type(x) is np.ndarray or not type(x).__module__.startswith("cupy"):
+        return _HOST
     from kernels import _cupy
 
     return _cupy
@@ -108,6 +130,49 @@ def decompress_into(dst: Any, src16: Any) -> None:
 def decompress_reduce_into(acc: Any, src16: Any, op: str) -> None:
     """acc = acc (op) widen(src16) elementwise, in acc's dtype: the fp32-accumulate step."""
     _impl(acc).decompress_reduce_into(acc, src16, op)
+
+
+def encode_into(wire16: Any, work: Any) -> None:
+    """wire16 = round_to_16_bits(work), then work = widen(wire16), in one pass.
+
+    A send's payload, the sender keeping exactly the value it sent (quantize on send): the
+    bits of compress_into(wire16, work, 1.0) followed by decompress_into(work, wire16).
+    work is float32 or float64; wire16 float16 or bfloat16, apart from work.
+    """
+    _impl(wire16).encode_into(wire16, work)
+
+
+def quantize_into(dst: Any, src: Any, wire: Any, scale: float = 1.0) -> None:
+    """dst = round_dst(widen(round_to_wire(src)) * scale), in one pass; dst may be src.
+
+    src (float32 or float64) rounded to the 16-bit dtype `wire` and back, times scale (in
+    float32), rounded once to dst's dtype (any float): the bits of compress_into(tmp, src,
+    1.0) followed by scale_into(dst, tmp, scale). The last step of a compressed all-reduce
+    (round to the wire, unscale, cast to the input's dtype); with dst = src and scale 1, a
+    plain in-place quantize. Example::
+
+        >>> import numpy as np, kernels
+        >>> x = np.array([1 / 3], np.float32)
+        >>> kernels.quantize_into(x, x, np.dtype(np.float16), 2.0); x
+        array([0.6665039], dtype=float32)
+    """
+    _impl(dst).quantize_into(dst, src, wire, scale)
+
+
+def quantize_residual_into(work: Any, residual: Any, wire: Any, scale: float) -> None:
+    """Error feedback's scaling, in one pass over work (float32 or float64) and residual:
+
+    t = work * scale; work = widen(round_to_wire(t)); residual = (t - work) * (1 / scale),
+    the products in work's dtype: the bits of scaling work, copying it to residual,
+    quantizing work, subtracting and unscaling, one pass each.
+    """
+    _impl(work).quantize_residual_into(work, residual, wire, scale)
+
+
+def absmax(x: Any) -> float:
+    """max |v| over the finite values v of x as a Python float, in one read pass (0.0 when
+    there are none): the bound a compressed all-reduce scales by, NaN and inf left out."""
+    return _impl(x).absmax(x)
 
 
 def pack(arrays: Sequence[Any], flat: Any) -> int:

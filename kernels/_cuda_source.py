@@ -15,7 +15,8 @@ import numpy as np
 from kernels._common import HALF_DTYPES
 
 __all__ = [
-    "MULTI_COPY", "PREAMBLE", "ElementwiseSpec", "combine_spec", "divide_spec", "multi_copy_source",
+    "MULTI_COPY", "PREAMBLE", "ElementwiseSpec", "ReductionSpec", "absmax_spec", "combine_spec",
+    "divide_spec", "encode_spec", "multi_copy_source", "quantize_residual_spec", "quantize_spec",
     "reduce_spec", "scale_spec",
 ]
 
@@ -56,6 +57,10 @@ template <typename T> __device__ __forceinline__ T collectives_max(T a, T b) {
 template <typename T> __device__ __forceinline__ T collectives_min(T a, T b) {
   return (a < b || a != a) ? a : b;
 }
+// |v| for a finite v, 0 for inf and NaN: absmax is the max over finite values
+__device__ __forceinline__ double collectives_absmax_term(double v) {
+  return fabs(v) < (double)__uint_as_float(0x7f800000u) ? fabs(v) : 0.0;
+}
 template <typename T> __device__ __forceinline__ T collectives_floordiv(T a, T d) {
   T q = a / d;
   return (q * d != a && ((a < 0) != (d < 0))) ? q - 1 : q;
@@ -93,6 +98,19 @@ class ElementwiseSpec:
     in_params: str
     out_params: str
     operation: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ReductionSpec:
+    """The arguments of a `cupy.ReductionKernel` (its preamble is always `PREAMBLE`)."""
+
+    in_params: str
+    out_params: str
+    map_expr: str
+    reduce_expr: str
+    post_map_expr: str
+    identity: str
     name: str
 
 
@@ -151,6 +169,48 @@ def scale_spec(src: np.dtype, dst: np.dtype) -> ElementwiseSpec:
     return ElementwiseSpec(
         f"{_storage(src)} src, float64 scale", f"{_storage(dst)} dst",
         f"dst = {_store(dst, value, ct)}", f"collectives_scale_{src.name}_to_{dst.name}",
+    )
+
+
+@cache
+def encode_spec(wire: np.dtype, work: np.dtype) -> ElementwiseSpec:
+    """wire = round16(work), then work = widen(wire): a send's payload and what the sender keeps."""
+    ct = _compute(work)
+    return ElementwiseSpec(
+        "", f"{_storage(wire)} wire, {_storage(work)} work",
+        f"wire = {_store(wire, 'work', ct)}; work = ({ct}){_load(wire, 'wire')}",
+        f"collectives_encode_{work.name}_to_{wire.name}",
+    )
+
+
+@cache
+def quantize_spec(dst: np.dtype, src: np.dtype, wire: np.dtype) -> ElementwiseSpec:
+    """dst = round_dst(widen(round_wire(src)) * scale), the product in float32."""
+    value = f"{_load(wire, _store(wire, 'src', _compute(src)))} * (float)scale"
+    return ElementwiseSpec(
+        f"{_storage(src)} src, float64 scale", f"{_storage(dst)} dst", f"dst = {_store(dst, value, 'float')}",
+        f"collectives_quantize_{src.name}_via_{wire.name}_to_{dst.name}",
+    )
+
+
+@cache
+def quantize_residual_spec(work: np.dtype, wire: np.dtype) -> ElementwiseSpec:
+    """t = work * scale; work = widen(round_wire(t)); residual = (t - work) * (1 / scale)."""
+    ct, storage = _compute(work), _storage(work)
+    rounded = f"({ct}){_load(wire, _store(wire, 't', ct))}"
+    return ElementwiseSpec(
+        "float64 scale", f"{storage} work, {storage} residual",
+        f"{ct} t = work * ({ct})scale; {ct} q = {rounded}; work = q; residual = (t - q) * ({ct})(1.0 / scale)",
+        f"collectives_quantize_residual_{work.name}_via_{wire.name}",
+    )
+
+
+@cache
+def absmax_spec(dtype: np.dtype) -> ReductionSpec:
+    """max |v| over the finite values v of x as float64 (0 when there are none)."""
+    return ReductionSpec(
+        f"{_storage(dtype)} x", "float64 y", f"collectives_absmax_term({_load(dtype, 'x')})",
+        "fmax(a, b)", "y = a", "0", f"collectives_absmax_{dtype.name}",
     )
 
 

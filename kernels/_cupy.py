@@ -16,21 +16,30 @@ from kernels._common import HALF_DTYPES, op_name, packed_offsets
 from kernels._cuda_source import (
     PREAMBLE,
     ElementwiseSpec,
+    ReductionSpec,
+    absmax_spec,
     combine_spec,
     divide_spec,
+    encode_spec,
     multi_copy_source,
+    quantize_residual_spec,
+    quantize_spec,
     reduce_spec,
     scale_spec,
 )
 
 __all__ = [
+    "absmax",
     "combine_into",
     "compress_into",
     "copy_into",
     "decompress_into",
     "decompress_reduce_into",
     "divide_into",
+    "encode_into",
     "pack",
+    "quantize_into",
+    "quantize_residual_into",
     "reduce_into",
     "scale_into",
     "unpack",
@@ -44,6 +53,14 @@ _MAX_BLOCKS = 1 << 16
 def _elementwise(spec: ElementwiseSpec) -> cupy.ElementwiseKernel:
     return cupy.ElementwiseKernel(
         spec.in_params, spec.out_params, spec.operation, spec.name, preamble=PREAMBLE
+    )
+
+
+@cupy.memoize(for_each_device=True)
+def _reduction(spec: ReductionSpec) -> cupy.ReductionKernel:
+    return cupy.ReductionKernel(
+        spec.in_params, spec.out_params, spec.map_expr, spec.reduce_expr, spec.post_map_expr,
+        spec.identity, spec.name, preamble=PREAMBLE,
     )
 
 
@@ -94,6 +111,22 @@ def decompress_into(dst: cupy.ndarray, src16: cupy.ndarray) -> None:
 
 def decompress_reduce_into(acc: cupy.ndarray, src16: cupy.ndarray, op: str) -> None:
     _elementwise(reduce_spec(acc.dtype, src16.dtype, op_name(op)))(_raw(src16), _raw(acc))
+
+
+def encode_into(wire16: cupy.ndarray, work: cupy.ndarray) -> None:
+    _elementwise(encode_spec(wire16.dtype, work.dtype))(_raw(wire16), _raw(work))
+
+
+def quantize_into(dst: cupy.ndarray, src: cupy.ndarray, wire: np.dtype, scale: float) -> None:
+    _elementwise(quantize_spec(dst.dtype, src.dtype, np.dtype(wire)))(_raw(src), scale, _raw(dst))
+
+
+def quantize_residual_into(work: cupy.ndarray, residual: cupy.ndarray, wire: np.dtype, scale: float) -> None:
+    _elementwise(quantize_residual_spec(work.dtype, np.dtype(wire)))(scale, work, residual)
+
+
+def absmax(x: cupy.ndarray) -> float:
+    return float(_reduction(absmax_spec(x.dtype))(_raw(x)))  # waits for the GPU
 
 
 def _multi_copy(direction: str, tensors: Sequence[cupy.ndarray], flat: cupy.ndarray) -> int:

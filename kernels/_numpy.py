@@ -7,6 +7,7 @@ point events (inf - inf, overflow to inf, NaN compares) are data here, never war
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,13 +15,17 @@ import numpy as np
 from kernels._common import HALF_DTYPES, compute_dtype, op_name
 
 __all__ = [
+    "absmax",
     "combine_into",
     "compress_into",
     "copy_into",
     "decompress_into",
     "decompress_reduce_into",
     "divide_into",
+    "encode_into",
     "pack",
+    "quantize_into",
+    "quantize_residual_into",
     "reduce_into",
     "scale_into",
     "unpack",
@@ -96,6 +101,42 @@ def decompress_into(dst: np.ndarray, src16: np.ndarray) -> None:
 def decompress_reduce_into(acc: np.ndarray, src16: np.ndarray, op: str) -> None:
     """acc = acc (op) widen(src16) elementwise, in acc's dtype."""
     _UFUNCS[op_name(op)](acc, src16, out=acc, dtype=acc.dtype, casting="unsafe")
+
+
+def encode_into(wire16: np.ndarray, work: np.ndarray) -> None:
+    """wire16 = round16(work), then work = widen(wire16): the payload, and what the sender keeps."""
+    compress_into(wire16, work, 1.0)
+    decompress_into(work, wire16)
+
+
+def quantize_into(dst: np.ndarray, src: np.ndarray, wire: np.dtype, scale: float) -> None:
+    """dst = round_dst(widen(round_wire(src)) * scale), the product in float32; dst may be src."""
+    narrow = np.empty(min(src.size, _BLOCK), wire)
+    for lo in range(0, src.size, _BLOCK):
+        hi = min(lo + _BLOCK, src.size)
+        compress_into(narrow[: hi - lo], src[lo:hi], 1.0)
+        scale_into(dst[lo:hi], narrow[: hi - lo], scale)
+
+
+@_quiet
+def quantize_residual_into(work: np.ndarray, residual: np.ndarray, wire: np.dtype, scale: float) -> None:
+    """t = work * scale; work = widen(round_wire(t)); residual = (t - work) * (1 / scale)."""
+    scale_into(work, work, scale)
+    copy_into(residual, work)
+    quantize_into(work, work, wire, 1.0)
+    np.subtract(residual, work, out=residual)
+    scale_into(residual, residual, 1.0 / scale)
+
+
+def absmax(x: np.ndarray) -> float:
+    """max |v| over the finite values v of x as a Python float (0.0 when there are none)."""
+    if x.size == 0:
+        return 0.0
+    hi, lo = float(x.max()), float(x.min())
+    if math.isfinite(hi) and math.isfinite(lo):
+        return max(hi, -lo, 0.0)
+    finite = np.isfinite(x)
+    return float(np.abs(x).max(where=finite, initial=0.0)) if finite.any() else 0.0
 
 
 def pack(arrays: Sequence[np.ndarray], flat: np.ndarray) -> int:

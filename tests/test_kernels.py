@@ -268,6 +268,55 @@ def test_decompress_reduce_into_propagates_nan(xp, wire, op):
     assert np.isnan(got[:2]).all() and got[2] == {"sum": 5, "max": 3, "min": 2}[op]
 
 
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("work_dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("wire", HALVES, ids=str)
+def test_encode_into_sends_and_keeps_the_rounded_value(xp, wire, work_dtype, n):
+    work = random_array(n, work_dtype, 18) * work_dtype.type(64)
+    work[::97] = 1e6  # past float16's range: inf on the wire and in work
+    wire_buf, work_buf = xp.array(np.zeros(n, wire)), xp.array(work)
+    kernels.encode_into(wire_buf, work_buf)
+    sent = rounded(work.astype(F64), wire)
+    assert_same_bits(to_host(wire_buf), sent)
+    assert_same_bits(to_host(work_buf), sent.astype(work_dtype))
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0**-9, 1 / 3])
+@pytest.mark.parametrize("dst_dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("src_dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("wire", HALVES, ids=str)
+def test_quantize_into(xp, wire, src_dtype, dst_dtype, scale):
+    src = random_array(5000, src_dtype, 19) * src_dtype.type(64)
+    exact = rounded(src.astype(F64), wire).astype(F64) * F64.type(F32.type(scale))
+    want = rounded(exact.astype(F32).astype(F64), dst_dtype)  # the product rounds to float32 first
+    dst = xp.array(np.zeros(src.size, dst_dtype))
+    kernels.quantize_into(dst, xp.array(src), wire, scale)
+    assert_same_bits(to_host(dst), want)
+
+
+@pytest.mark.parametrize("work_dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("wire", HALVES, ids=str)
+def test_quantize_residual_into(xp, wire, work_dtype):
+    work, scale = random_array(5000, work_dtype, 20), 4096 / 3
+    scaled = work * work_dtype.type(scale)
+    sent = rounded(scaled.astype(F64), wire).astype(work_dtype)
+    work_buf, residual = xp.array(work), xp.array(np.zeros(work.size, work_dtype))
+    kernels.quantize_residual_into(work_buf, residual, wire, scale)
+    assert_same_bits(to_host(work_buf), sent)
+    assert_same_bits(to_host(residual), (scaled - sent) * work_dtype.type(1 / scale))
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_absmax_over_the_finite_values(xp, dtype, n):
+    x = random_array(n, dtype, 21)
+    x[n // 2 :: 7] = np.nan
+    x[n // 3 :: 11] = -np.inf
+    wide = x.astype(F64)
+    finite = wide[np.isfinite(wide)]
+    assert kernels.absmax(xp.array(x)) == (float(np.abs(finite).max()) if finite.size else 0.0)
+
+
 # multi-tensor pack / unpack
 
 LAYOUTS = {
@@ -367,7 +416,7 @@ SCALAR_PARAMS = {"scale", "divisor"}  # every other ElementwiseSpec parameter is
 
 def host_function(spec) -> str:
     """An ElementwiseSpec as a host C function (n, params...) looping over the elements."""
-    params = [p.split() for p in f"{spec.in_params}, {spec.out_params}".split(", ")]
+    params = [p.split() for p in f"{spec.in_params}, {spec.out_params}".split(", ") if p]
     args, binds = ["long long n"], []
     for dtype, name in params:
         ctype = C_TYPES[dtype]
@@ -387,7 +436,20 @@ def host_specs() -> list:
     specs += [cuda.combine_spec(d, op) for d in DTYPES for op in OPS]
     specs += [cuda.scale_spec(s, d) for s in FLOATS for d in FLOATS]
     specs += [cuda.divide_spec(d) for d in DTYPES]
+    specs += [cuda.encode_spec(h, w) for h in HALVES for w in (F32, F64)]
+    specs += [cuda.quantize_spec(d, w, h) for d in FLOATS for w in (F32, F64) for h in HALVES]
+    specs += [cuda.quantize_residual_spec(w, h) for w in (F32, F64) for h in HALVES]
     return specs
+
+
+def host_reduction(spec) -> str:
+    """A ReductionSpec as a host C function (n, x) -> the reduced value."""
+    ctype = C_TYPES[spec.in_params.split()[0]]
+    return (
+        f'extern "C" double {spec.name}(long long n, const {ctype}* x_p) {{ double a = {spec.identity}, y; '
+        f"for (long long i = 0; i < n; ++i) {{ {ctype} x = x_p[i]; double b = {spec.map_expr}; a = {spec.reduce_expr}; }} "
+        f"{spec.post_map_expr}; return y; }}\n"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -397,6 +459,7 @@ def host_cuda(tmp_path_factory) -> ctypes.CDLL:
     if compiler is None:
         pytest.skip("needs a C++ compiler to check the CUDA C on the host")
     code = HOST_SHIM + cuda.PREAMBLE + "".join(map(host_function, host_specs()))
+    code += "".join(host_reduction(cuda.absmax_spec(d)) for d in FLOATS)
     code += "".join(cuda.multi_copy_source(d, 4)[0] for d in ("pack", "unpack"))
     path = tmp_path_factory.mktemp("host_cuda")
     (path / "k.cpp").write_text(code)
@@ -497,6 +560,55 @@ def test_host_cuda_divide_matches_numpy(host_cuda, dtype, divisor):
     call_host(lib, cuda.divide_spec(dtype), divisor, got)
     kernels.divide_into(want, divisor)
     assert_same_bits_or_both_nan(got, want)
+
+
+@pytest.mark.parametrize("work_dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("wire", HALVES, ids=str)
+def test_host_cuda_encode_matches_numpy(host_cuda, wire, work_dtype):
+    with np.errstate(over="ignore"):
+        work = edge_values(work_dtype, 100_000, 14) * work_dtype.type(1 << 10)
+    got_work, want_work = work.copy(), work.copy()
+    got_wire, want_wire = np.zeros(work.size, wire), np.zeros(work.size, wire)
+    call_host(host_cuda, cuda.encode_spec(wire, work_dtype), got_wire, got_work)
+    kernels.encode_into(want_wire, want_work)
+    assert_same_bits_or_both_nan(got_wire, want_wire)
+    assert_same_bits_or_both_nan(got_work, want_work)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1 / 3])
+@pytest.mark.parametrize("dst_dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("src_dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("wire", HALVES, ids=str)
+def test_host_cuda_quantize_matches_numpy(host_cuda, wire, src_dtype, dst_dtype, scale):
+    with np.errstate(over="ignore"):
+        src = edge_values(src_dtype, 100_000, 15) * src_dtype.type(1 << 10)
+    got, want = np.zeros(src.size, dst_dtype), np.zeros(src.size, dst_dtype)
+    call_host(host_cuda, cuda.quantize_spec(dst_dtype, src_dtype, wire), src, scale, got)
+    kernels.quantize_into(want, src, wire, scale)
+    assert_same_bits_or_both_nan(got, want)
+
+
+@pytest.mark.parametrize("scale", [1.0, 4096 / 3])
+@pytest.mark.parametrize("work_dtype", [F32, F64], ids=str)
+@pytest.mark.parametrize("wire", HALVES, ids=str)
+def test_host_cuda_quantize_residual_matches_numpy(host_cuda, wire, work_dtype, scale):
+    work = edge_values(work_dtype, 100_000, 16)
+    got_work, want_work = work.copy(), work.copy()
+    got_residual, want_residual = np.zeros_like(work), np.zeros_like(work)
+    call_host(host_cuda, cuda.quantize_residual_spec(work_dtype, wire), scale, got_work, got_residual)
+    kernels.quantize_residual_into(want_work, want_residual, wire, scale)
+    assert_same_bits_or_both_nan(got_work, want_work)
+    assert_same_bits_or_both_nan(got_residual, want_residual)
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_host_cuda_absmax_matches_numpy(host_cuda, dtype):
+    x = edge_values(dtype, 20_000, 17)
+    absmax = getattr(host_cuda, cuda.absmax_spec(dtype).name)
+    absmax.restype = ctypes.c_double
+    for data in (x, x[np.isfinite(x.astype(F64))], x[~np.isfinite(x.astype(F64))], x[:0]):
+        got = absmax(ctypes.c_longlong(data.size), ctypes.c_void_p(data.ctypes.data))
+        assert got == kernels.absmax(data)
 
 
 def test_host_cuda_multi_copy_packs_and_unpacks(host_cuda):
