@@ -225,7 +225,6 @@ class _Bucket:
             residual = reducer.feedback.residual(feedback_key, work, work.size)
         reduce_compressed(
             work, dest, codec=codec, op=self.options.op, size=reducer.size,
-            wire=reducer.buffer("wire", work, codec.dtype, work.size),
             reduce=lambda w: self._reduce(w, self.options.op.elementwise, codec),
             agree_max=lambda v: reducer.agree_max(v, self.deadline), residual=residual)
         return dest

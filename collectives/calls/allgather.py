@@ -90,7 +90,6 @@ class Allgather(Collective):
         dest = ctx.reducer.buffer("gathered", x, x.dtype, ctx.size * m)
         reduce_compressed(
             work, dest, codec=codec, op=Op.MAX, size=ctx.size,
-            wire=ctx.reducer.buffer("wire", work, codec.dtype, work.size),
             reduce=lambda w: self.run_plan(ctx, algorithm, w, tag, deadline, codec=codec),
             agree_max=lambda v: ctx.reducer.agree_max(v, deadline))
         kernels.unpack(dest, [result])

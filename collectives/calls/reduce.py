@@ -95,7 +95,6 @@ class Reduce(Collective):
         dest = ctx.reducer.buffer("reduced", x, x.dtype, x.size)
         reduce_compressed(
             work, dest, codec=codec, op=self.options.op, size=ctx.size,
-            wire=ctx.reducer.buffer("wire", work, codec.dtype, work.size),
             reduce=lambda w: self.run_plan(ctx, algorithm, w, tag, deadline, op=op, codec=codec),
             agree_max=lambda v: ctx.reducer.agree_max(v, deadline))
         if result is not None:

@@ -97,7 +97,6 @@ class ReduceScatter(Collective):
         kernels.pack([x], work)
         reduce_compressed(
             work, result, codec=codec, op=self.options.op, size=ctx.size,
-            wire=ctx.reducer.buffer("wire", work, codec.dtype, work.size),
             reduce=lambda w: self.run_plan(ctx, algorithm, w, tag, deadline, op=op, codec=codec),
             agree_max=lambda v: ctx.reducer.agree_max(v, deadline), region=(lo, hi))
         return result

@@ -43,9 +43,9 @@ class HalfCodec:
         return self.dtype
 
     def encode(self, region, staging):
-        """Round `region` to 16 bits into `staging`; `region` keeps the rounded value."""
-        kernels.compress_into(staging, region, 1.0)
-        kernels.decompress_into(region, staging)
+        """Round `region` to 16 bits into `staging`; `region` keeps the rounded value (one
+        pass: kernels.encode_into)."""
+        kernels.encode_into(staging, region)
         return staging
 
     def decode_reduce(self, region, payload, op: str) -> None:
@@ -53,10 +53,6 @@ class HalfCodec:
 
     def decode_copy(self, region, payload) -> None:
         kernels.decompress_into(region, payload)
-
-    def quantize(self, work, wire) -> None:
-        """Round `work` in place to the 16-bit values `wire` (a scratch of the wire dtype) holds."""
-        self.encode(work, wire)
 
     def __repr__(self) -> str:
         return f"HalfCodec({self.name!r})"

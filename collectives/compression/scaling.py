@@ -26,15 +26,9 @@ _MIN_EXP = -126
 
 
 def absmax(work) -> float:
-    """max|v| over the finite values v of `work` as a Python float (0.0 when there are none)."""
-    if work.size == 0:
-        return 0.0
-    hi, lo = float(work.max()), float(work.min())
-    if math.isfinite(hi) and math.isfinite(lo):
-        return max(hi, -lo, 0.0)
-    xp = kernels.array_module(work)
-    finite = xp.isfinite(work)
-    return float(xp.abs(work).max(where=finite, initial=0.0)) if bool(finite.any()) else 0.0
+    """max|v| over the finite values v of `work` as a Python float (0.0 when there are
+    none), in one pass (kernels.absmax)."""
+    return kernels.absmax(work)
 
 
 def scale_for(codec, agreed_absmax: float, size: int, op: Op) -> float:
