@@ -85,34 +85,66 @@ def _spec(buf: np.ndarray, datatype: MPI.Datatype, as_bytes_: bool) -> list:
 
 
 class _Records:
-    """The agreement records: every peer's next record has a receive posted (double
-    buffered, so the rows of one exchange stay valid while the next receives are posted)."""
+    """The agreement records over persistent requests: every peer's next record has a
+    receive started (double buffered, so the rows of one exchange stay valid while the next
+    receives start), and a record's sends are persistent too, one set per record length
+    (a training loop's calls repeat a few lengths), sending from a buffer of ours."""
+
+    _SEND_SETS = 16  # record lengths with persistent sends kept
 
     def __init__(self, control: MPI.Comm, rank: int, size: int):
         self._control = control
         self._rank = rank
         self._peers = [p for p in range(size) if p != rank]
         self._rows = [np.zeros((size, RECORD_CAPACITY), np.uint8) for _ in range(2)]
+        self._recv_sets = [[control.Recv_init([rows[p], MPI.BYTE], p, _RECORD_TAG)
+                            for p in self._peers] for rows in self._rows]
+        self._outbox = np.zeros(RECORD_CAPACITY, np.uint8)
+        self._outbox_view = memoryview(self._outbox)
+        self._send_sets: dict[int, list[MPI.Prequest]] = {}
         self._turn = 0
-        self._recvs = self._post()
+        self._recvs = self._start(0)
 
-    def _post(self) -> list[MPI.Request]:
-        rows = self._rows[self._turn]
-        return [self._control.Irecv([rows[p], MPI.BYTE], p, _RECORD_TAG) for p in self._peers]
+    def _start(self, turn: int) -> list[MPI.Prequest]:
+        recvs = self._recv_sets[turn]
+        if recvs:
+            MPI.Prequest.Startall(recvs)
+        return recvs
+
+    def _sends(self, length: int) -> list[MPI.Prequest]:
+        sends = self._send_sets.get(length)
+        if sends is None:
+            if len(self._send_sets) >= self._SEND_SETS:
+                for request in self._send_sets.pop(next(iter(self._send_sets))):
+                    request.Free()
+            sends = self._send_sets[length] = [
+                self._control.Send_init([self._outbox[:length], MPI.BYTE], p, _RECORD_TAG)
+                for p in self._peers]
+        return sends
 
     def exchange(self, transport: "MPITransport", record: np.ndarray, deadline: float,
                  what: str) -> np.ndarray:
         rows = self._rows[self._turn]
-        rows[self._rank, : record.size] = record
-        recvs = self._recvs
-        sends = [self._control.Isend([record, MPI.BYTE], p, _RECORD_TAG) for p in self._peers]
+        length = record.size
+        source = memoryview(record)
+        memoryview(rows[self._rank])[:length] = source
+        self._outbox_view[:length] = source
+        recvs, sends = self._recvs, self._sends(length)
         requests = recvs + sends
+        if sends:
+            MPI.Prequest.Startall(sends)
+        if not MPI.Request.Testall(requests):
+            self._wait(transport, requests, recvs, sends, deadline, what)
+        self._turn ^= 1
+        self._recvs = self._start(self._turn)
+        return rows
+
+    def _wait(self, transport: "MPITransport", requests, recvs, sends, deadline: float,
+              what: str) -> None:
         try:
             transport.poll(lambda: MPI.Request.Testall(requests) or None, deadline, what)
         except (CollectiveTimeout, PeerError) as error:
-            silent = [p for p, request in zip(self._peers, recvs) if not request.Test()]
-            transport.abandon(sends, recvs)
-            self._recvs = []
+            silent = self._give_up(transport, sends, recvs)
             if isinstance(error, PeerError):
                 raise PeerError(f"{error}; nothing yet from rank(s) {silent} for {what}") from None
             raise CollectiveTimeout(
@@ -120,16 +152,30 @@ class _Records:
                 f"nothing from rank(s) {silent or 'none (our sends were not taken)'}"
             ) from None
         except BaseException:
-            transport.abandon(sends, recvs)
-            self._recvs = []
+            self._give_up(transport, sends, recvs)
             raise
-        self._turn ^= 1
-        self._recvs = self._post()
-        return rows
+
+    def _give_up(self, transport: "MPITransport", sends, recvs) -> list[int]:
+        """The records' requests are the transport's for good (no exchange follows; the
+        ones still pending cancelled: a completed persistent request cannot be); the
+        peers whose record never came."""
+        pending = [(p, request) for p, request in zip(self._peers, recvs) if not request.Test()]
+        transport.abandon([s for s in sends if not s.Test()], [r for _, r in pending])
+        self._recv_sets = [[], []]
+        self._send_sets = {}
+        self._recvs = []
+        return [p for p, _ in pending]
 
     def cancel(self, transport: "MPITransport") -> None:
         transport.abandon((), self._recvs)
         self._recvs = []
+
+    def free(self) -> None:
+        """Free the persistent requests, all inactive (after `cancel` has settled)."""
+        for request in (*self._recv_sets[0], *self._recv_sets[1],
+                        *(r for sends in self._send_sets.values() for r in sends)):
+            request.Free()
+        self._recv_sets, self._send_sets = [[], []], {}
 
 
 def _settle(requests: list, deadline: float) -> list:
@@ -372,6 +418,7 @@ class MPITransport:
         self._notices.cancel(self)
         self._abandoned = _settle(self._abandoned, time.monotonic() + 0.1)
         if not self._abandoned:
+            self._records.free()
             self._control.Free()
             self._p2p.Free()
             self.comm.Free()
