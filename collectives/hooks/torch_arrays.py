@@ -60,6 +60,8 @@ def flat(tensor: torch.Tensor):
 def byte_view(tensor: torch.Tensor) -> np.ndarray:
     """A contiguous tensor's memory as 1-D uint8 (any dtype)."""
     _check_contiguous(tensor)
+    if tensor.numel() == 0:  # no memory to view (and torch will not view a 0-stride tensor)
+        return np.zeros(0, np.uint8)
     return as_array(tensor.detach().reshape(-1).view(torch.uint8))
 
 
