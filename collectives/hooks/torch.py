@@ -145,11 +145,11 @@ class DistributedOptimizer:
 
 
 def init_process_group(comm: Communicator, *, backend: str = "gloo",
-                       timeout: float | None = None) -> None:
+                       timeout: float | None = None, pg_options=None) -> None:
     """Start torch.distributed over `comm`'s ranks (for DDP under mpiexec or srun).
 
     `backend="collectives"` makes our backend the default group (torch's ranks are then
-    MPI's, as that backend needs under mpiexec). Rank 0 picks a free port (or MASTER_PORT) and every rank learns it through `comm`; the
+    MPI's, as that backend needs under mpiexec), `pg_options` its BackendOptions. Rank 0 picks a free port (or MASTER_PORT) and every rank learns it through `comm`; the
     address is MASTER_ADDR, by default 127.0.0.1 (one machine). Does nothing if
     torch.distributed is already initialized (torchrun, or collectives.init() under it).
 
@@ -166,7 +166,7 @@ def init_process_group(comm: Communicator, *, backend: str = "gloo",
     limit = datetime.timedelta(seconds=comm.settings.timeout if timeout is None else timeout)
     dist.init_process_group(
         backend, init_method=f"tcp://{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{port[0]}",
-        rank=comm.rank, world_size=comm.size, timeout=limit)
+        rank=comm.rank, world_size=comm.size, timeout=limit, pg_options=pg_options)
 
 
 def _free_port() -> int:
