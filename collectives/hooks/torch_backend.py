@@ -127,10 +127,10 @@ class CollectivesProcessGroup(dist.ProcessGroup):
     allreduce_coalesced = allreduce
 
     def reduce(self, tensors: list[torch.Tensor], opts=ReduceOptions()) -> dist.Work:
-        op, root = reduce_op(opts.reduceOp), opts.rootRank
-        handles = [self.comm.reduce_async(view, root, op, self._algorithm["reduce"],
+        op, views = reduce_op(opts.reduceOp), [as_array(t) for t in tensors]
+        handles = [self.comm.reduce_async(view, opts.rootRank, op, self._algorithm["reduce"],
                                           self._compress([t]), out=view)
-                   for t, view in zip(tensors, (as_array(t) for t in tensors))]
+                   for t, view in zip(tensors, views)]
         return HandleWork(handles, lambda: tensors)
 
     def reduce_scatter_single(self, output: torch.Tensor, input: torch.Tensor,

@@ -64,7 +64,8 @@ class _FutureWork(dist.Work):
 
 
 class HandleWork(_FutureWork):
-    """Completed when the last of `handles` is; then `finish()` gives the result tensors.
+    """Completed when the last of `handles` is (at once without any); then `finish()` gives
+    the result tensors.
 
     The handles are one communicator's, so they complete in order: when the last is done,
     all are. The first error among them fails the Work.
@@ -74,9 +75,12 @@ class HandleWork(_FutureWork):
         super().__init__()
         self._handles = handles
         self._finish = finish
-        handles[-1].add_done_callback(self._complete)
+        if handles:
+            handles[-1].add_done_callback(self._complete)
+        else:
+            self._complete(None)
 
-    def _complete(self, _: Handle) -> None:
+    def _complete(self, _: Handle | None) -> None:
         try:
             for handle in self._handles:
                 handle.wait()  # done already: never blocks
