@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml setup.py kernels/codec/module.cpp kernels/cod
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0  # the CPU build; a bare `torch` would pull CUDA wheels
-	$(PY) -m pip install -q -e ".[mpi,test,report,torch]"
+	$(PY) -m pip install -q -e ".[mpi,test,report,torch,jax]"
 	touch $@
 
 bench: $(VENV)/.installed

@@ -1,13 +1,17 @@
-"""Training step time of DDP with our all-reduce hook beside DDP's own gloo all-reduce.
+"""Training step time on our collectives beside the same training on torch's gloo.
 
-Every variant trains its own copy of the same ~25M-parameter MLP (6 x Linear(2048, 2048)) on
-the same synthetic batches; the variants take turns, a few steps each, round after round, so
-drift in a shared machine hits them alike. Reported per variant: median step time, the ratio
-to DDP's default (`ddp-gloo`), and whether its replicas ended bit-identical on every rank.
+Variants: DDP with our all-reduce hook (`hook-ALGORITHM[+COMPRESSION]`), and per parallel API
+(`--apis`: DDP, FSDP2) the API on a gloo group (`ddp-gloo`, `fsdp-gloo`) and on a group of our
+torch.distributed backend (`ddp-collectives`, `fsdp-collectives`). Every variant trains its
+own copy of the same ~25M-parameter MLP (6 x Linear(2048, 2048)) on the same synthetic
+batches; the variants take turns, a few steps each, round after round, so drift in a shared
+machine hits them alike. Reported per variant: median step time (slowest rank), the ratio to
+its baseline on gloo (`ddp-gloo` for DDP and the hooks, `fsdp-gloo` for FSDP2), and whether
+its replicas ended bit-identical on every rank.
 
 Example::
 
-    python -m bench.train_step --np 2 --hooks ring,auto,ring+fp16 --rounds 5 --steps 4
+    python -m bench.train_step --np 2 --hooks ring --apis ddp,fsdp --rounds 5 --steps 4
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from bench import launch
 
 _MODULE = "bench.train_step"
 BASELINE = "ddp-gloo"
+APIS = ("ddp", "fsdp")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hooks", default="auto,ring,ring+fp16",
                         help="our hook's variants, ALGORITHM[+COMPRESSION] comma-separated "
                              "(default auto,ring,ring+fp16)")
+    parser.add_argument("--apis", default="ddp,fsdp",
+                        help="parallel APIs to run on gloo and on backend 'collectives', "
+                             "comma-separated from ddp, fsdp (default ddp,fsdp; '' for none)")
     parser.add_argument("--width", type=int, default=2048, help="layer width (default 2048)")
     parser.add_argument("--layers", type=int, default=6,
                         help="Linear layers (default 6: ~25M parameters)")
@@ -62,11 +70,24 @@ def parse_hooks(text: str) -> list[tuple[str, str | None]]:
     return variants
 
 
-class Variant:
-    """One way of training: a DDP replica, its optimizer, and its timed steps."""
+def parse_apis(text: str) -> list[str]:
+    """'ddp,fsdp' -> ['ddp', 'fsdp'], checked."""
+    apis = [part.strip() for part in text.split(",") if part.strip()]
+    for api in apis:
+        if api not in APIS:
+            raise ValueError(f"--apis: unknown API {api!r}; accepted: {', '.join(APIS)}")
+    return apis
 
-    def __init__(self, name: str, args: argparse.Namespace, comm, hook: tuple | None):
+
+class Variant:
+    """One way of training: a replica (DDP, optionally with our hook, or FSDP2) on a group,
+    its optimizer, and its timed steps."""
+
+    def __init__(self, name: str, args: argparse.Namespace, group, *, api: str = "ddp",
+                 hook: tuple | None = None, comm=None):
         import torch
+        from torch.distributed.device_mesh import DeviceMesh
+        from torch.distributed.fsdp import fully_shard
         from torch.nn.parallel import DistributedDataParallel
 
         from collectives.hooks.torch import HookState, allreduce_hook
@@ -75,21 +96,37 @@ class Variant:
         layers = [torch.nn.Linear(args.width, args.width) for _ in range(args.layers)]
         modules = [m for layer in layers for m in (layer, torch.nn.ReLU())][:-1]
         self.model = torch.nn.Sequential(*modules)
-        self.ddp = DistributedDataParallel(self.model, bucket_cap_mb=args.bucket_mb)
+        if api == "fsdp":
+            mesh = DeviceMesh.from_group(group, "cpu")
+            for layer in layers:
+                fully_shard(layer, mesh=mesh)
+            self.replica = fully_shard(self.model, mesh=mesh)
+        else:
+            self.replica = DistributedDataParallel(self.model, process_group=group,
+                                                   bucket_cap_mb=args.bucket_mb)
         if hook is not None:
             algorithm, compression = hook
             state = HookState(comm, algorithm=algorithm, compression=compression)
-            self.ddp.register_comm_hook(state, allreduce_hook)
+            self.replica.register_comm_hook(state, allreduce_hook)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-4)
         self.name = name
+        self.baseline = f"{api}-gloo"
         self.times: list[float] = []
 
     def step(self, x, y) -> None:
         import torch
 
         self.optimizer.zero_grad()
-        torch.nn.functional.mse_loss(self.ddp(x), y).backward()
+        torch.nn.functional.mse_loss(self.replica(x), y).backward()
         self.optimizer.step()
+
+    def flat_parameters(self):
+        """The whole model's parameters, flat (FSDP2's shards gathered)."""
+        import torch
+
+        whole = [p.full_tensor() if hasattr(p, "full_tensor") else p
+                 for p in self.model.parameters()]
+        return torch.cat([p.detach().reshape(-1) for p in whole]).numpy()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,21 +135,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         hooks = parse_hooks(args.hooks)
+        apis = parse_apis(args.apis)
     except ValueError as error:
         parser.error(str(error))
     launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np)
 
     import numpy as np
     import torch
+    import torch.distributed as dist
 
     import collectives
     from collectives.hooks.torch import init_process_group
 
     torch.set_num_threads(args.threads)
     comm = collectives.init()
-    init_process_group(comm)
-    variants = [Variant(BASELINE, args, comm, None)]
-    variants += [Variant(f"hook-{a}{'+' + c if c else ''}", args, comm, (a, c)) for a, c in hooks]
+    init_process_group(comm)  # gloo
+    gloo = dist.distributed_c10d._get_default_group()
+    ours = dist.new_group(backend="collectives") if apis else None
+    variants = [Variant(BASELINE, args, gloo)]
+    variants += [Variant(f"hook-{a}{'+' + c if c else ''}", args, gloo, hook=(a, c), comm=comm)
+                 for a, c in hooks]
+    for api in apis:
+        if api != "ddp":
+            variants.append(Variant(f"{api}-gloo", args, gloo, api=api))
+        variants.append(Variant(f"{api}-collectives", args, ours, api=api))
     data = torch.Generator().manual_seed(comm.rank)
     x = torch.randn(args.batch, args.width, generator=data)
     y = torch.randn(args.batch, args.width, generator=data)
@@ -128,25 +174,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 variant.times.append(time.perf_counter() - start)
     params = sum(p.numel() for p in variants[0].model.parameters())
     rows = []
-    base = None
+    medians = {}
     for variant in variants:
-        flat = torch.cat([p.detach().reshape(-1) for p in variant.model.parameters()]).numpy()
+        flat = variant.flat_parameters()
         same = bool(np.array_equal(comm.allreduce(flat, op="max"), flat)
                     and np.array_equal(comm.allreduce(flat, op="min"), flat))
         slowest = comm.allreduce(np.array(variant.times), op="max")  # a step ends on its last rank
-        median = statistics.median(slowest.tolist())
-        base = median if base is None else base
+        medians[variant.name] = median = statistics.median(slowest.tolist())
         rows.append({"variant": variant.name, "median_ms": median * 1e3,
-                     "ratio_to_ddp": median / base, "replicas_identical": same})
+                     "baseline": variant.baseline,
+                     "ratio_to_baseline": median / medians[variant.baseline],
+                     "replicas_identical": same})
     if comm.rank == 0:
         print(f"# train_step: {params / 1e6:.1f}M parameters, {comm.size} ranks, batch "
               f"{args.batch}/rank, DDP buckets {args.bucket_mb} MB, "
               f"{args.rounds}x{args.steps} timed steps per variant")
         print(f"# command: python -m {_MODULE} {' '.join(argv)}")
-        print(f"{'variant':<22}{'median step ms':>16}{'vs ddp-gloo':>13}{'replicas equal':>16}")
+        print(f"{'variant':<22}{'median step ms':>16}{'baseline':>12}{'ratio':>8}"
+              f"{'replicas equal':>16}")
         for row in rows:
-            print(f"{row['variant']:<22}{row['median_ms']:>16.1f}{row['ratio_to_ddp']:>13.2f}"
-                  f"{str(row['replicas_identical']):>16}")
+            print(f"{row['variant']:<22}{row['median_ms']:>16.1f}{row['baseline']:>12}"
+                  f"{row['ratio_to_baseline']:>8.2f}{str(row['replicas_identical']):>16}")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"parameters": params, "ranks": comm.size, "args": vars(args),

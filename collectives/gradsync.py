@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 import kernels
@@ -33,6 +34,8 @@ from .progress import Handle
 __all__ = ["GradSync", "broadcast_parameters", "as_array"]
 
 _DLPACK_CPU = 1
+_JAX = ("jax", "jaxlib")
+_JAX_ALIGNMENT = 64  # JAX adopts host memory through DLPack without a copy at this alignment
 _DLPACK_GPU = (2, 3, 10)  # CUDA, CUDA host, ROCm
 
 
@@ -40,7 +43,8 @@ def as_array(x) -> Any:
     """A NumPy or CuPy array over x's memory (zero-copy through DLPack).
 
     torch tensors are detached first (autograd refuses to export otherwise); bfloat16,
-    which NumPy's DLPack does not know, travels as int16 and is viewed back.
+    which NumPy's DLPack does not know, travels as int16 and is viewed back. JAX arrays give
+    read-only views (a bfloat16 one is a copy: XLA bitcasts into a new buffer).
 
     Example::
 
@@ -58,9 +62,9 @@ def as_array(x) -> Any:
 
         x = x.detach()
         if x.dtype == torch.bfloat16:
-            import ml_dtypes
-
             x, view_as = x.view(torch.int16), ml_dtypes.bfloat16
+    elif _module(x) in _JAX and x.dtype == ml_dtypes.bfloat16:
+        x, view_as = x.view(np.int16), ml_dtypes.bfloat16  # a bitcast: XLA makes a copy
     device, _ = x.__dlpack_device__()
     if device == _DLPACK_CPU:
         array = np.from_dlpack(x)
@@ -104,7 +108,7 @@ def broadcast_parameters(params: Iterable | Mapping, comm: Communicator, *, root
     items = list(params.values() if isinstance(params, Mapping) else params)
     views = [as_array(p) for p in items]
     inputs = views if comm.rank == root else [_module_of(v).full_like(v, -0.0) for v in views]
-    outs = [v if _writable(p, v) else _module_of(v).empty_like(v) for p, v in zip(items, views)]
+    outs = [_result_buffer(p, v) for p, v in zip(items, views)]
     comm.allreduce_many(inputs, op="sum", algorithm="auto", out=outs)
     return [_returned(p, v, o) for p, v, o in zip(items, views, outs)]
 
@@ -145,7 +149,7 @@ class GradSync:
         arrays (JAX) replaced by new ones."""
         items = list(grads)
         views = [as_array(g) for g in items]
-        outs = [v if _writable(g, v) else _module_of(v).empty_like(v) for g, v in zip(items, views)]
+        outs = [_result_buffer(g, v) for g, v in zip(items, views)]
         self.comm.allreduce_many(views, **self._options("sync"), out=outs)
         return [_returned(g, v, o) for g, v, o in zip(items, views, outs)]
 
@@ -240,17 +244,27 @@ def _module_of(array):
     return kernels.array_module(array)
 
 
-def _writable(original, view) -> bool:
-    """Whether results may be written into `view` (JAX arrays are immutable)."""
-    return _module(original) not in ("jax", "jaxlib") and getattr(view.flags, "writeable", True)
+def _result_buffer(original, view):
+    """Where the result of reducing `view` goes: `view` itself, or, for immutable arrays
+    (JAX, read-only NumPy), a new array (JAX's aligned, so that it becomes a JAX array
+    without a copy)."""
+    if _module(original) not in _JAX and getattr(view.flags, "writeable", True):
+        return view
+    if _module(original) not in _JAX or not isinstance(view, np.ndarray):
+        return _module_of(view).empty_like(view)
+    raw = np.empty(view.nbytes + _JAX_ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % _JAX_ALIGNMENT
+    return raw[start:start + view.nbytes].view(view.dtype).reshape(view.shape)
 
 
 def _returned(original, view, out):
     """What sync hands back: the original when reduced in place, else a new array."""
     if out is view:
         return original
-    if _module(original) in ("jax", "jaxlib"):
+    if _module(original) in _JAX:
         import jax.numpy as jnp
 
+        if out.dtype == ml_dtypes.bfloat16:
+            return jnp.from_dlpack(out.view(np.int16)).view(jnp.bfloat16)
         return jnp.from_dlpack(out)
     return out

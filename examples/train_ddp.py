@@ -1,7 +1,9 @@
 """A small CNN trained with DDP, its gradients averaged by our all-reduce hook (CPU).
 
 Synthetic data: 16x16 images whose class is the quadrant holding a bright square, so the
-loss visibly falls within a few dozen steps. Runs under either launcher:
+loss visibly falls within a few dozen steps. The learning rate, tuned for one rank's batch,
+is scaled to the global batch after a linear warmup (Goyal et al., `collectives.lr`). Runs
+under either launcher:
 
     .venv/bin/mpiexec -n 2 .venv/bin/python examples/train_ddp.py --algorithm ring
     .venv/bin/torchrun --nproc-per-node 2 examples/train_ddp.py --compression fp16
@@ -13,6 +15,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 import collectives
 from collectives.hooks.torch import HookState, allreduce_hook, init_process_group
+from collectives.lr import scaled_lr_scheduler
+
+BATCH = 32  # per rank
 
 
 def batch(generator: torch.Generator, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,15 +49,18 @@ def main() -> None:
     ddp = DistributedDataParallel(model)
     ddp.register_comm_hook(HookState(comm, algorithm=args.algorithm, compression=args.compression),
                            allreduce_hook)
-    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.01, momentum=0.9)  # tuned for BATCH
+    scheduler = scaled_lr_scheduler(optimizer, batch=BATCH * comm.size, base_batch=BATCH,
+                                    warmup_steps=10)
     data = torch.Generator().manual_seed(comm.rank)  # every rank its own shard
 
     for step in range(args.steps):
-        images, labels = batch(data, 32)
+        images, labels = batch(data, BATCH)
         optimizer.zero_grad()
         loss = torch.nn.functional.cross_entropy(ddp(images), labels)
         loss.backward()              # the hook all-reduces gradient buckets meanwhile
         optimizer.step()
+        scheduler.step()
         if comm.rank == 0 and step % 10 == 0:
             print(f"step {step:3d}  loss {loss.item():.4f}", flush=True)
     if comm.rank == 0:

@@ -2,8 +2,10 @@
 
 `allreduce_hook` replaces DDP's all-reduce with ours (any algorithm, fp16/bf16 on the wire);
 `DistributedOptimizer` gives data parallelism without DDP (GradSync hooks overlap the
-all-reduces with backward); `init_process_group` starts the gloo group DDP needs when the
-job was launched by mpiexec or srun rather than torchrun.
+all-reduces with backward); `init_process_group` starts torch.distributed (gloo, or our
+backend "collectives") when the job was launched by mpiexec or srun rather than torchrun.
+Importing this module registers the torch.distributed backend "collectives"
+(`collectives.hooks.torch_backend`).
 
 Example::
 
@@ -25,6 +27,7 @@ import torch.distributed as dist
 from ..communicator import Communicator
 from ..gradsync import GradSync, as_array, broadcast_parameters, check_options
 from ..progress import Handle
+from . import torch_backend  # noqa: F401  registers backend "collectives"
 
 __all__ = ["HookState", "allreduce_hook", "DistributedOptimizer", "init_process_group"]
 
@@ -142,17 +145,18 @@ class DistributedOptimizer:
 
 
 def init_process_group(comm: Communicator, *, backend: str = "gloo",
-                       timeout: float | None = None) -> None:
+                       timeout: float | None = None, pg_options=None) -> None:
     """Start torch.distributed over `comm`'s ranks (for DDP under mpiexec or srun).
 
-    Rank 0 picks a free port (or MASTER_PORT) and every rank learns it through `comm`; the
+    `backend="collectives"` makes our backend the default group (torch's ranks are then
+    MPI's, as that backend needs under mpiexec), `pg_options` its BackendOptions. Rank 0 picks a free port (or MASTER_PORT) and every rank learns it through `comm`; the
     address is MASTER_ADDR, by default 127.0.0.1 (one machine). Does nothing if
     torch.distributed is already initialized (torchrun, or collectives.init() under it).
 
     Example::
 
         comm = collectives.init()
-        init_process_group(comm)
+        init_process_group(comm, backend="collectives")
         ddp = DistributedDataParallel(model)
     """
     if dist.is_initialized():
@@ -162,7 +166,7 @@ def init_process_group(comm: Communicator, *, backend: str = "gloo",
     limit = datetime.timedelta(seconds=comm.settings.timeout if timeout is None else timeout)
     dist.init_process_group(
         backend, init_method=f"tcp://{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{port[0]}",
-        rank=comm.rank, world_size=comm.size, timeout=limit)
+        rank=comm.rank, world_size=comm.size, timeout=limit, pg_options=pg_options)
 
 
 def _free_port() -> int:

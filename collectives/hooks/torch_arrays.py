@@ -1,0 +1,108 @@
+"""torch's side of a collective as the library's: the one ReduceOp table and tensor -> array path.
+
+Reductions take tensors of the library's dtypes (float16, bfloat16, float32, float64, int32,
+int64), any layout, viewed without a copy (`gradsync.as_array`). Collectives that only move
+data (broadcast, all-gather, all-to-all, send and recv) take contiguous tensors of any dtype,
+seen as `rows`: a tensor of a library dtype is viewed as it is; any other dtype (uint8 of
+pickled objects, bool masks) travels as its bytes in 32-bit words: a view when a row's bytes
+are a multiple of 4, else a padded copy that `finish()` writes back.
+
+Example::
+
+    op = reduce_op(dist.ReduceOp.AVG)                   # Op.AVG
+    rows = Rows(output_tensor, world_size)              # rows.array: (world_size, n)
+    comm.allgather(as_array(input_tensor), out=rows.array.reshape(...)); rows.finish()
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..gradsync import as_array
+from ..options import DTYPES, Op
+
+__all__ = ["REDUCE_OPS", "reduce_op", "compressible", "flat", "byte_view", "Rows", "as_array"]
+
+REDUCE_OPS = {
+    dist.ReduceOp.SUM: Op.SUM,
+    dist.ReduceOp.AVG: Op.AVG,
+    dist.ReduceOp.MAX: Op.MAX,
+    dist.ReduceOp.MIN: Op.MIN,
+}
+_LIBRARY_DTYPES = frozenset(getattr(torch, str(d)) for d in DTYPES)  # same names in torch
+_WORD = np.dtype(np.int32)
+
+
+def reduce_op(op: dist.ReduceOp) -> Op:
+    """The library's Op for a torch ReduceOp; ValueError naming any other (PRODUCT, BAND, ...)."""
+    kind = op.op if isinstance(op, dist.ReduceOp) else op
+    try:
+        return REDUCE_OPS[kind]
+    except KeyError:
+        accepted = ", ".join(f"ReduceOp.{k.name}" for k in REDUCE_OPS)
+        raise ValueError(f"backend 'collectives' does not support ReduceOp.{kind.name}; "
+                         f"accepted: {accepted}") from None
+
+
+def compressible(tensor: torch.Tensor) -> bool:
+    """Whether 16-bit wire compression applies: float32 and float64 values (16-bit floats
+    already travel as 16 bits; integers are reduced exactly)."""
+    return tensor.dtype in (torch.float32, torch.float64)
+
+
+def flat(tensor: torch.Tensor):
+    """A contiguous tensor of a library dtype as a 1-D array over its memory."""
+    _check_contiguous(tensor)
+    return as_array(tensor).reshape(-1)
+
+
+def byte_view(tensor: torch.Tensor) -> np.ndarray:
+    """A contiguous tensor's memory as 1-D uint8 (any dtype)."""
+    _check_contiguous(tensor)
+    if tensor.numel() == 0:  # no memory to view (and torch will not view a 0-stride tensor)
+        return np.zeros(0, np.uint8)
+    return as_array(tensor.detach().reshape(-1).view(torch.uint8))
+
+
+def _check_contiguous(tensor: torch.Tensor) -> None:
+    if not tensor.is_contiguous():
+        raise ValueError(f"backend 'collectives' needs a contiguous tensor here; got shape "
+                         f"{tuple(tensor.shape)} with strides {tensor.stride()}: pass "
+                         ".contiguous()")
+
+
+class Rows:
+    """A contiguous tensor as `rows` rows of an array the library can move, written back by
+    `finish()` when it had to be a copy.
+
+    Example::
+
+        rows = Rows(torch.zeros(6, dtype=torch.uint8), 2)    # rows.array: (2, 1) int32, a copy
+        rows.array[:] = 0x01010101; rows.finish()            # the tensor holds 1s
+    """
+
+    __slots__ = ("array", "_bytes")
+
+    def __init__(self, tensor: torch.Tensor, rows: int = 1):
+        _check_contiguous(tensor)
+        if tensor.numel() % rows:
+            raise ValueError(f"a tensor of {tensor.numel()} elements does not split into "
+                             f"{rows} equal rows")
+        self._bytes = None
+        if tensor.dtype in _LIBRARY_DTYPES:
+            self.array = as_array(tensor).reshape(rows, -1)
+            return
+        raw = byte_view(tensor).reshape(rows, -1)
+        if raw.shape[1] % _WORD.itemsize == 0:
+            self.array = raw.view(_WORD)
+            return
+        words = -(-raw.shape[1] // _WORD.itemsize)
+        self.array = np.zeros((rows, words), _WORD)
+        self.array.view(np.uint8)[:, :raw.shape[1]] = raw
+        self._bytes = raw
+
+    def finish(self) -> None:
+        """Write a copy's contents back into the tensor (nothing to do for a view)."""
+        if self._bytes is not None:
+            self._bytes[...] = self.array.view(np.uint8)[:, :self._bytes.shape[1]]

@@ -1,0 +1,330 @@
+"""torch.distributed backend "collectives": every torch parallel API over our collectives.
+
+Importing this module (or `collectives.hooks.torch`) registers the backend; then
+`dist.init_process_group(backend="collectives")` is the whole change: DDP, FSDP2
+(`fully_shard`), ZeroRedundancyOptimizer and torch.distributed's functions run on our
+algorithms. Subgroups (`dist.new_group(ranks, backend="collectives")`) get a communicator over
+their own ranks (`torch_groups`). Collectives are issued asynchronously on the communicator's
+progress thread in the order torch calls them, and their Works complete from there
+(`torch_work`); tensors reach the library without copies (`torch_arrays`).
+
+Options (`pg_options=BackendOptions(...)`, else `COLLECTIVES_ALGORITHM` and
+`COLLECTIVES_COMPRESSION`): the algorithm, and 16-bit wire compression of float32/float64
+reductions. Ops: ReduceOp SUM, AVG, MAX, MIN (others refused by name).
+
+Example::
+
+    import collectives.hooks.torch_backend  # noqa: F401  registers "collectives"
+    dist.init_process_group(backend="collectives")          # under torchrun
+    model = DistributedDataParallel(model)                  # or fully_shard(model), ...
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch._C._distributed_c10d import (AllgatherOptions, AllreduceOptions, AllToAllOptions,
+                                        BarrierOptions, BroadcastOptions, ReduceOptions,
+                                        ReduceScatterOptions)
+
+from ..algorithms import PLANNERS
+from ..communicator import Communicator
+from ..errors import unknown_choice
+from ..options import check_compression
+from .torch_arrays import Rows, as_array, byte_view, compressible, flat, reduce_op
+from .torch_groups import group_communicator
+from .torch_work import DoneWork, HandleWork, MessageWork
+
+__all__ = ["BACKEND", "BackendOptions", "CollectivesProcessGroup"]
+
+BACKEND = "collectives"
+_COLLECTIVES = tuple(PLANNERS)  # allreduce, reduce_scatter, allgather, broadcast, reduce, alltoall
+_ALGORITHMS = tuple(dict.fromkeys(("auto", "native", *(a for c in _COLLECTIVES
+                                                       for a in PLANNERS[c]))))
+_COMPRESSIONS = ("none", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """A "collectives" group's options: `init_process_group(..., pg_options=...)` or
+    `new_group(..., pg_options=...)`.
+
+    `algorithm` applies to every collective that has it ("ring" to all-reduce, reduce-scatter,
+    all-gather and reduce; "tree" to broadcast and reduce; "auto" and "native" to all), the
+    others choose with "auto"; None: COLLECTIVES_ALGORITHM, else "auto". `compression`
+    ("fp16", "bf16") puts float32/float64 reductions on the wire as 16-bit values; None:
+    COLLECTIVES_COMPRESSION, else none; "none" turns it off whatever the environment says.
+
+    Example::
+
+        dist.init_process_group("collectives", pg_options=BackendOptions(algorithm="ring"))
+    """
+
+    algorithm: str | None = None
+    compression: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.algorithm is not None and self.algorithm not in _ALGORITHMS:
+            raise unknown_choice("algorithm", self.algorithm, _ALGORITHMS)
+        if self.compression is not None and self.compression not in _COMPRESSIONS:
+            raise unknown_choice("compression", self.compression, _COMPRESSIONS)
+
+
+class CollectivesProcessGroup(dist.ProcessGroup):
+    """A torch process group whose collectives are `comm`'s (see the module docstring).
+
+    Example::
+
+        group = dist.new_group([0, 1], backend="collectives")
+        dist.all_reduce(tensor, group=group)
+    """
+
+    def __init__(self, comm: Communicator, options: BackendOptions):
+        super().__init__(comm.rank, comm.size)
+        self.comm = comm
+        chosen = options.algorithm or comm.settings.algorithm
+        self._algorithm = {c: chosen if chosen in ("auto", "native", *PLANNERS[c]) else "auto"
+                           for c in _COLLECTIVES}
+        compression = options.compression or os.environ.get("COLLECTIVES_COMPRESSION") or "none"
+        if compression not in _COMPRESSIONS:
+            raise ValueError(f"COLLECTIVES_COMPRESSION: "
+                             f"{unknown_choice('compression', compression, _COMPRESSIONS)}")
+        self._compression = check_compression(None if compression == "none" else compression)
+        self._group_name = ""
+
+    # ------------------------------------------------------------------ identity
+
+    def getBackendName(self) -> str:
+        return BACKEND
+
+    @property
+    def group_name(self) -> str:
+        """The name torch registered the group under (FSDP2 looks groups up by it)."""
+        return self._group_name
+
+    def _set_group_name(self, name: str) -> None:
+        self._group_name = name
+
+    def shutdown(self) -> None:
+        """destroy_process_group: finish what is queued and close the communicator."""
+        self.comm.close()
+
+    # ------------------------------------------------------------------ reductions
+
+    def allreduce(self, tensors: list[torch.Tensor], opts=AllreduceOptions()) -> dist.Work:
+        views = [as_array(t) for t in tensors]
+        options = dict(op=reduce_op(opts.reduceOp), algorithm=self._algorithm["allreduce"],
+                       compression=self._compress(tensors))
+        if len(views) == 1:
+            handle = self.comm.allreduce_async(views[0], out=views[0], **options)
+        else:
+            handle = self.comm.allreduce_many_async(views, out=views, **options)
+        return HandleWork([handle], lambda: tensors)
+
+    allreduce_coalesced = allreduce
+
+    def reduce(self, tensors: list[torch.Tensor], opts=ReduceOptions()) -> dist.Work:
+        op, views = reduce_op(opts.reduceOp), [as_array(t) for t in tensors]
+        handles = [self.comm.reduce_async(view, opts.rootRank, op, self._algorithm["reduce"],
+                                          self._compress([t]), out=view)
+                   for t, view in zip(tensors, views)]
+        return HandleWork(handles, lambda: tensors)
+
+    def reduce_scatter_single(self, output: torch.Tensor, input: torch.Tensor,
+                              opts=ReduceScatterOptions()) -> dist.Work:
+        return self._reduce_scatter([(output, as_array(input))], opts)
+
+    _reduce_scatter_base = reduce_scatter_single
+
+    def reduce_scatter_single_coalesced(self, outputs: list[torch.Tensor],
+                                        inputs: list[torch.Tensor],
+                                        opts=ReduceScatterOptions()) -> dist.Work:
+        return self._reduce_scatter([(o, as_array(i)) for o, i in zip(outputs, inputs)], opts)
+
+    reduce_scatter_tensor_coalesced = reduce_scatter_single_coalesced
+
+    def reduce_scatter(self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]],
+                       opts=ReduceScatterOptions()) -> dist.Work:
+        """Each output gets its block of the reduced inputs (stacked into one copy first)."""
+        return self._reduce_scatter(
+            [(o, np.concatenate([as_array(t).reshape(-1) for t in inputs]))
+             for o, inputs in zip(outputs, input_lists)], opts)
+
+    def _reduce_scatter(self, pairs: list[tuple[torch.Tensor, np.ndarray]],
+                        opts) -> dist.Work:
+        op = reduce_op(opts.reduceOp)
+        for output, whole in pairs:
+            if whole.size != output.numel() * self.size():
+                raise ValueError(f"reduce_scatter: the input holds {whole.size} elements, "
+                                 f"expected {self.size()} x the output's {output.numel()}")
+        handles = [self.comm.reduce_scatter_async(whole, op, self._algorithm["reduce_scatter"],
+                                                  self._compress([output]), out=flat(output))
+                   for output, whole in pairs]
+        return HandleWork(handles, lambda: [output for output, _ in pairs])
+
+    def _compress(self, tensors: list[torch.Tensor]) -> str | None:
+        return self._compression if all(compressible(t) for t in tensors) else None
+
+    # ------------------------------------------------------------------ data movement
+
+    def broadcast(self, tensors: list[torch.Tensor], opts=BroadcastOptions()) -> dist.Work:
+        rows = [Rows(t) for t in tensors]
+        handles = [self.comm.broadcast_async(r.array, opts.rootRank,
+                                             self._algorithm["broadcast"], out=r.array)
+                   for r in rows]
+        return HandleWork(handles, _finishing(rows, tensors))
+
+    def all_gather_single(self, output: torch.Tensor, input: torch.Tensor,
+                          opts=AllgatherOptions()) -> dist.Work:
+        return self._all_gather([(output, input)])
+
+    _allgather_base = all_gather_single
+
+    def allgather_into_tensor_coalesced(self, outputs: list[torch.Tensor],
+                                        inputs: list[torch.Tensor],
+                                        opts=AllgatherOptions()) -> dist.Work:
+        return self._all_gather(list(zip(outputs, inputs)))
+
+    all_gather_single_coalesced = allgather_into_tensor_coalesced
+
+    def _all_gather(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dist.Work:
+        gathered = [Rows(output, self.size()) for output, _ in pairs]
+        handles = []
+        for rows, (output, input) in zip(gathered, pairs):
+            if output.numel() != input.numel() * self.size() or output.dtype != input.dtype:
+                raise ValueError(f"all_gather: output must hold {self.size()} x the input "
+                                 f"({input.numel()} {input.dtype}), got {output.numel()} "
+                                 f"{output.dtype}")
+            handles.append(self.comm.allgather_async(Rows(input).array[0],
+                                                     self._algorithm["allgather"],
+                                                     out=rows.array))
+        return HandleWork(handles, _finishing(gathered, [output for output, _ in pairs]))
+
+    def allgather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
+                  opts=AllgatherOptions()) -> dist.Work:
+        """Into a list of tensors per input: gathered whole, then copied out."""
+        handles = [self.comm.allgather_async(Rows(t).array[0], self._algorithm["allgather"])
+                   for t in inputs]
+        outs = [[Rows(t) for t in outputs] for outputs in output_lists]
+
+        def finish() -> list[list[torch.Tensor]]:
+            for handle, rows in zip(handles, outs):
+                whole = handle.wait()
+                for r, row in enumerate(rows):
+                    row.array[...] = whole[r].reshape(row.array.shape)
+                    row.finish()
+            return output_lists
+
+        return HandleWork(handles, finish)
+
+    allgather_coalesced = allgather
+
+    def all_to_all_single(self, output: torch.Tensor, input: torch.Tensor,
+                          output_split_sizes: list[int], input_split_sizes: list[int],
+                          opts=AllToAllOptions()) -> dist.Work:
+        """Equal splits (none given) in place; given splits as blocks of any size."""
+        if not output_split_sizes and not input_split_sizes:
+            received, sent = Rows(output, self.size()), Rows(input, self.size())
+            handle = self.comm.alltoall_async(sent.array, out=received.array,
+                                              algorithm=self._algorithm["alltoall"])
+            return HandleWork([handle], _finishing([received], [output]))
+        return self._alltoall_blocks(_split(input, input_split_sizes, self.size()),
+                                     _split(output, output_split_sizes, self.size()), [output])
+
+    alltoall_base = all_to_all_single
+
+    def alltoall(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
+                 opts=AllToAllOptions()) -> dist.Work:
+        return self._alltoall_blocks([byte_view(t) for t in inputs],
+                                     [byte_view(t) for t in outputs], outputs)
+
+    def _alltoall_blocks(self, sends: list[np.ndarray], receives: list[np.ndarray],
+                         result: list[torch.Tensor]) -> dist.Work:
+        """Blocks of bytes of any sizes: padded to the largest block of any rank (agreed by a
+        small all-reduce first), exchanged by one all-to-all, then unpadded."""
+        longest = np.array([max((b.size for b in (*sends, *receives)), default=0)], np.int64)
+        self.comm.allreduce(longest, op="max", out=longest)
+        words = -(-int(longest[0]) // 4)
+        padded = np.zeros((self.size(), words), np.int32)
+        for row, block in zip(padded.view(np.uint8), sends):
+            row[:block.size] = block
+        handle = self.comm.alltoall_async(padded, out=padded,
+                                          algorithm=self._algorithm["alltoall"])
+
+        def finish() -> list[torch.Tensor]:
+            for row, block in zip(padded.view(np.uint8), receives):
+                block[...] = row[:block.size]
+            return result
+
+        return HandleWork([handle], finish)
+
+    def barrier(self, opts=BarrierOptions()) -> dist.Work:
+        self.comm.barrier()
+        return DoneWork([])
+
+    # ------------------------------------------------------------------ point to point
+
+    def send(self, tensors: list[torch.Tensor], dstRank: int, tag: int) -> dist.Work:
+        (rows,) = [Rows(t) for t in tensors]
+        self._check_messages()
+        return MessageWork(self.comm.isend(rows.array, dstRank, tag), tensors, lambda: None)
+
+    def recv(self, tensors: list[torch.Tensor], srcRank: int, tag: int) -> dist.Work:
+        (rows,) = [Rows(t) for t in tensors]
+        self._check_messages()
+        return MessageWork(self.comm.irecv(rows.array, srcRank, tag), tensors, rows.finish)
+
+    def _check_messages(self) -> None:
+        """Refuse what would hang: the library's messages over gloo never see a message
+        complete (gloo's send/recv requests complete only through wait())."""
+        if self.comm.transport_name == "torch":
+            raise RuntimeError("backend 'collectives': send/recv are not available over the "
+                               "gloo transport (torchrun) yet; under mpiexec they are")
+
+    def recv_anysource(self, tensors: list[torch.Tensor], tag: int) -> dist.Work:
+        raise ValueError("backend 'collectives' receives from a named rank only: pass src")
+
+    def __repr__(self) -> str:
+        return f"CollectivesProcessGroup(rank={self.rank()}, size={self.size()}, {self.comm!r})"
+
+
+def _finishing(rows: list[Rows], tensors: list[torch.Tensor]):
+    """The finish of a Work whose results were written through `rows`."""
+    def finish() -> list[torch.Tensor]:
+        for r in rows:
+            r.finish()
+        return tensors
+
+    return finish
+
+
+def _split(tensor: torch.Tensor, sizes: list[int], parts: int) -> list[np.ndarray]:
+    """A tensor's bytes in `parts` blocks of `sizes` rows of dim 0 (equal if none given)."""
+    data = byte_view(tensor)
+    if not sizes:
+        return list(data.reshape(parts, -1))
+    if len(sizes) != parts or sum(sizes) != tensor.shape[0]:
+        raise ValueError(f"all_to_all_single: split sizes {sizes} must be {parts} row counts "
+                         f"adding up to dim 0 of the tensor ({tuple(tensor.shape)})")
+    row_bytes = data.size // max(tensor.shape[0], 1)
+    ends = np.cumsum([0, *sizes]) * row_bytes
+    return [data[lo:hi] for lo, hi in zip(ends[:-1], ends[1:])]
+
+
+def _create(backend: dist.distributed_c10d._DistributedBackendOptions,
+            options: BackendOptions | None) -> CollectivesProcessGroup:
+    """torch's creator of a "collectives" group (called on the group's members only)."""
+    if options is not None and not isinstance(options, BackendOptions):
+        raise TypeError(f"pg_options of backend 'collectives' must be a BackendOptions, "
+                        f"got {type(options).__module__}.{type(options).__qualname__}")
+    comm = group_communicator(backend.store, group_rank=backend.group_rank,
+                              group_size=backend.group_size,
+                              global_ranks=backend.global_ranks_in_group,
+                              timeout=backend.timeout.total_seconds())
+    return CollectivesProcessGroup(comm, options or BackendOptions())
+
+
+dist.Backend.register_backend(BACKEND, _create, extended_api=True, devices=["cpu"])

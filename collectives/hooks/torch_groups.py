@@ -1,0 +1,111 @@
+"""A Communicator for each torch.distributed group of backend "collectives".
+
+torch builds a group's backend on the group's members only, from the group's own store, while
+torch.distributed may not be initialized yet (the default group) or may be in the middle of
+`new_group`. So nothing here calls torch.distributed's group functions:
+
+- Under an MPI launcher (mpiexec, srun), the group is MPI_COMM_WORLD restricted to its ranks
+  (`MPI_Comm_create_group`, collective over the members only), and the Communicator is
+  `collectives.init(mpi_comm=...)` over it: shared memory, MPI's own collectives as `native`.
+  torch's ranks must be MPI's (`collectives.hooks.torch.init_process_group` makes them so).
+- Elsewhere (torchrun, or any launcher that gives torch a store), the Communicator runs over a
+  gloo group made from the group's store, the same gloo transport `collectives.init()` uses
+  under torchrun.
+
+Example::
+
+    comm = group_communicator(store, group_rank=1, group_size=2, global_ranks=[0, 3],
+                              timeout=60.0)
+"""
+from __future__ import annotations
+
+import atexit
+import datetime
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..bootstrap import MPI_LAUNCHER_ENV, init
+from ..communicator import Communicator
+from ..config import Settings
+from ..errors import CollectiveError
+from ..topology import Topology
+from ..transport.base import RECORD_CAPACITY
+from ..transport.torch_dist import TorchDistTransport
+
+__all__ = ["group_communicator"]
+
+
+def group_communicator(store: dist.Store, *, group_rank: int, group_size: int,
+                       global_ranks: Sequence[int], timeout: float) -> Communicator:
+    """The Communicator of one torch group; `global_ranks` is empty for the default group.
+
+    Collective over the group's members, in the order torch creates groups.
+    """
+    ranks = list(global_ranks) or list(range(group_size))
+    if any(key in os.environ for key in MPI_LAUNCHER_ENV):
+        return _over_mpi(ranks, group_rank, timeout)
+    return _over_gloo(store, group_rank, group_size, timeout)
+
+
+def _over_mpi(ranks: list[int], group_rank: int, timeout: float) -> Communicator:
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    if ranks[group_rank] != world.Get_rank() or max(ranks) >= world.Get_size():
+        raise CollectiveError(
+            f"backend 'collectives' under an MPI launcher needs torch's ranks to be MPI's: torch "
+            f"rank {ranks[group_rank]} is MPI rank {world.Get_rank()} of {world.Get_size()}; "
+            "start torch.distributed with collectives.hooks.torch.init_process_group(comm, "
+            "backend='collectives')")
+    if len(ranks) == world.Get_size():
+        return init(mpi_comm=world, timeout=timeout)
+    members = world.Get_group().Incl(ranks)
+    try:
+        return init(mpi_comm=world.Create_group(members), timeout=timeout)
+    finally:
+        members.Free()
+
+
+def _over_gloo(store: dist.Store, rank: int, size: int, timeout: float) -> Communicator:
+    """Our algorithms over gloo point-to-point, on a gloo group of the group's own store."""
+    limit = datetime.timedelta(seconds=timeout)
+    private = dist.PrefixStore("collectives/", store)
+    gloo = dist.ProcessGroupGloo(private, rank, size, limit)
+    # A ProcessGroup over the gloo backend, as torch's own group factory builds one, so that
+    # torch.distributed's functions (all of what the transport calls) accept it.
+    group = dist.ProcessGroup(private, rank, size)
+    group._set_default_backend(dist.ProcessGroup.BackendType.GLOO)
+    group._register_backend(torch.device("cpu"), dist.ProcessGroup.BackendType.GLOO, gloo)
+    transport = _UnregisteredGroupTransport(group)
+    atexit.register(transport.close)  # after the progress engine's drain (atexit is LIFO)
+    settings = Settings.resolve(timeout=timeout)
+    if settings.local_size is not None:
+        topology = Topology.from_local_size(size, settings.local_size, grid=settings.grid)
+    else:
+        topology = Topology.from_node_keys(transport.node_keys(), grid=settings.grid)
+    return Communicator(transport, topology, settings)
+
+
+class _UnregisteredGroupTransport(TorchDistTransport):
+    """TorchDistTransport over a group torch.distributed has not registered.
+
+    TorchDistTransport.__init__ asks `dist.get_rank(group)`, which knows registered groups
+    only; this sets the same state with the rank and size the group knows itself. To go once
+    TorchDistTransport.__init__ uses `group.rank()` and `group.size()` (asked of the library).
+    """
+
+    def __init__(self, group: dist.ProcessGroup):  # noqa: super().__init__ would ask dist
+        self.group = group
+        self.rank, self.size = group.rank(), group.size()
+        self._gather_buf = np.empty(0, np.uint8)
+        self._record = np.zeros(RECORD_CAPACITY, np.uint8)
+        self._abandoned: list = []
+
+    def close(self) -> None:
+        """Release the gloo group: its threads stop now, not in the interpreter's teardown
+        (where stopping them aborts the process)."""
+        self.group = None

@@ -1,0 +1,129 @@
+"""torch Works over the library's pending results.
+
+`HandleWork` is completed from the progress engine: the library's async collectives run on
+the progress thread in issue order, and the last handle's completion callback (which runs
+there) finishes the result (copies out of staging rows, if any) and completes the torch
+Future; it never blocks. `MessageWork` is a point-to-point message: it completes when waited
+or tested, and has no future (as gloo's send and recv). `DoneWork` is a result already there.
+
+A failed collective sets the Future's exception: `wait()`, `result()` and
+`get_future().wait()` raise the library's error (CollectiveError, CollectiveTimeout, ...).
+
+Example::
+
+    work = HandleWork([comm.allreduce_async(view, out=view)], lambda: [tensor])
+    work.wait()
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from ..p2p import Message
+from ..progress import Handle
+
+__all__ = ["HandleWork", "MessageWork", "DoneWork"]
+
+Tensors = list[torch.Tensor]
+
+
+class _FutureWork(dist.Work):
+    """A Work whose state is a torch Future."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._future: torch.futures.Future = torch.futures.Future()
+
+    def wait(self, timeout: timedelta | None = None) -> bool:
+        self._future.wait()
+        return True
+
+    def is_completed(self) -> bool:
+        return self._future.done()
+
+    def is_success(self) -> bool:
+        return self.exception() is None if self._future.done() else False
+
+    def exception(self) -> BaseException | None:
+        if not self._future.done():
+            return None
+        try:
+            self._future.value()
+        except BaseException as error:  # noqa: BLE001 - reported, not handled
+            return error
+        return None
+
+    def result(self) -> Tensors:
+        return self._future.wait()
+
+    def get_future(self) -> torch.futures.Future:
+        return self._future
+
+
+class HandleWork(_FutureWork):
+    """Completed when the last of `handles` is (at once without any); then `finish()` gives
+    the result tensors.
+
+    The handles are one communicator's, so they complete in order: when the last is done,
+    all are. The first error among them fails the Work.
+    """
+
+    def __init__(self, handles: Sequence[Handle], finish: Callable[[], Tensors]):
+        super().__init__()
+        self._handles = handles
+        self._finish = finish
+        if handles:
+            handles[-1].add_done_callback(self._complete)
+        else:
+            self._complete(None)
+
+    def _complete(self, _: Handle | None) -> None:
+        try:
+            for handle in self._handles:
+                handle.wait()  # done already: never blocks
+            value = self._finish()
+        except BaseException as error:  # noqa: BLE001 - handed to torch's future
+            self._future.set_exception(error)
+        else:
+            self._future.set_result(value)
+
+
+class DoneWork(_FutureWork):
+    """A Work whose result is already there."""
+
+    def __init__(self, value: Tensors):
+        super().__init__()
+        self._future.set_result(value)
+
+
+class MessageWork(dist.Work):
+    """A posted send or receive; `finish()` runs once it completed (a receive's copy-back)."""
+
+    def __init__(self, message: Message, tensors: Tensors, finish: Callable[[], None]):
+        super().__init__()
+        self._message = message
+        self._tensors = tensors
+        self._finish: Callable[[], None] | None = finish
+
+    def wait(self, timeout: timedelta | None = None) -> bool:
+        self._message.wait()
+        self._finished()
+        return True
+
+    def is_completed(self) -> bool:
+        if not self._message.test():
+            return False
+        self._finished()
+        return True
+
+    def result(self) -> Tensors:
+        self.wait()
+        return self._tensors
+
+    def _finished(self) -> None:
+        if self._finish is not None:
+            self._finish, finish = None, self._finish
+            finish()

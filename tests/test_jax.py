@@ -1,0 +1,69 @@
+"""JAX: zero-copy views of JAX arrays, pytree averaging, and data parallelism that equals
+one-process large-batch training (tests/workers/jax_training.py)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax", reason="the jax extra is not installed")
+
+import jax.numpy as jnp  # noqa: E402
+import ml_dtypes  # noqa: E402
+
+import collectives  # noqa: E402
+from collectives.gradsync import as_array  # noqa: E402
+from collectives.hooks.jax import tree_average, tree_broadcast  # noqa: E402
+from tests.mpirun import ROOT, mpiexec, run_workers  # noqa: E402
+from tests.test_hooks_torch import comm  # noqa: E402,F401  a one-rank communicator
+from tests.test_torchrun import torchrun  # noqa: E402
+
+
+def test_jax_arrays_are_read_in_place():
+    x = jnp.arange(12, dtype=jnp.float32).reshape(3, 4)
+    view = as_array(x)
+    assert isinstance(view, np.ndarray) and view.shape == (3, 4) and not view.flags.writeable
+    assert view.ctypes.data == x.unsafe_buffer_pointer()
+
+
+def test_bfloat16_jax_arrays_are_viewed_as_bfloat16():
+    view = as_array(jnp.full(5, 1.5, jnp.bfloat16))
+    assert view.dtype == ml_dtypes.bfloat16 and view.tolist() == [1.5] * 5
+
+
+def test_tree_average_gives_new_jax_arrays_of_the_same_structure(comm):  # noqa: F811
+    grads = {"w": jnp.ones((2, 3)), "layers": [jnp.full(4, 2.0, jnp.bfloat16), jnp.zeros(1)]}
+    averaged = tree_average(grads, collectives.GradSync(comm))
+    assert jax.tree_util.tree_structure(averaged) == jax.tree_util.tree_structure(grads)
+    for got, given in zip(jax.tree_util.tree_leaves(averaged), jax.tree_util.tree_leaves(grads)):
+        assert isinstance(got, jax.Array) and got is not given and got.dtype == given.dtype
+        assert bool(jnp.array_equal(got, given))  # one rank: the average is the input
+        assert got.unsafe_buffer_pointer() % 64 == 0
+
+
+def test_tree_broadcast_keeps_the_structure(comm):  # noqa: F811
+    params = {"b": jnp.arange(3.0), "a": (jnp.ones(2, jnp.int32),)}
+    got = tree_broadcast(params, comm)
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(params)
+    assert bool(jnp.array_equal(got["b"], params["b"])) and got["a"][0].dtype == jnp.int32
+
+
+@pytest.mark.parametrize("np_", [2, 4])
+def test_data_parallel_equals_large_batch_under_mpiexec(np_):
+    proc = run_workers(np_, "jax_training", env={"OMP_NUM_THREADS": "1"})
+    assert proc.stdout.count("4/4 checks passed") == np_
+
+
+def test_data_parallel_equals_large_batch_under_torchrun():
+    proc = torchrun(2, "jax_training")
+    assert proc.stdout.count("4/4 checks passed") == 2
+
+
+def test_example_trains_under_mpiexec():
+    command = [mpiexec(), "-n", "2", sys.executable, "examples/train_jax.py", "--steps", "3",
+               "--compression", "bf16"]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "final loss" in proc.stdout and "size=2" in proc.stdout

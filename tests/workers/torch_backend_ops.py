@@ -1,0 +1,189 @@
+"""torch.distributed's functions on backend "collectives", each against a closed form.
+
+Usage: torchrun --nproc-per-node P -m tests.workers.torch_backend_ops
+       mpiexec -n P python -m tests.workers.torch_backend_ops
+Runs on the default group, and with P >= 4 on subgroups too ([0, 2], [1, 3] and [1, 2, 3]).
+Every collective torch offers a backend, any dtype where it only moves data, the four ops
+where it reduces; errors surface as the Work's exception; send/recv under mpiexec.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import collectives
+from collectives import MismatchError
+from collectives.bootstrap import launched_by_torchrun
+from collectives.hooks.torch import init_process_group
+from tests.workers.common import Tally, rank_data, reference
+
+COUNT = 11  # not a multiple of any world size: blocks and padding are uneven
+OPS = {dist.ReduceOp.SUM: "sum", dist.ReduceOp.AVG: "avg", dist.ReduceOp.MAX: "max",
+       dist.ReduceOp.MIN: "min"}
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.int64)
+
+
+def tensor(count: int, dtype: torch.dtype, rank: int) -> torch.Tensor:
+    return torch.from_numpy(rank_data(count, np.float64, rank)).to(dtype)
+
+
+def expected(count: int, dtype: torch.dtype, size: int, op: str) -> torch.Tensor:
+    """The library's closed form (an integer average is floored)."""
+    exact = np.int64 if not dtype.is_floating_point else np.float64
+    return torch.from_numpy(reference(count, exact, size, op)).to(dtype)
+
+
+def same(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Equal; floats of 16 bits within their rounding of an average."""
+    if got.dtype != want.dtype or got.shape != want.shape:
+        return False
+    if got.dtype in (torch.float16, torch.bfloat16):
+        return bool(torch.allclose(got.float(), want.float(), rtol=1e-2, atol=1e-2))
+    return bool(torch.equal(got, want))
+
+
+def check_reductions(group, tally: Tally) -> None:
+    r, p = group.rank(), group.size()
+    for dtype in DTYPES:
+        for op, name in OPS.items():
+            got = tensor(COUNT, dtype, r)
+            dist.all_reduce(got, op, group=group)
+            tally.check(same(got, expected(COUNT, dtype, p, name)), f"all_reduce {dtype} {name}")
+    pair = [tensor(COUNT, torch.float32, r), tensor(3, torch.float32, r)]
+    dist.all_reduce_coalesced(pair, dist.ReduceOp.SUM, group=group)
+    tally.check(same(pair[0], expected(COUNT, torch.float32, p, "sum"))
+                and same(pair[1], expected(3, torch.float32, p, "sum")), "all_reduce_coalesced")
+    got = tensor(COUNT, torch.float64, r)
+    dist.reduce(got, dst=dist.get_global_rank(group, p - 1), op=dist.ReduceOp.MAX, group=group)
+    want = expected(COUNT, torch.float64, p, "max") if r == p - 1 else tensor(COUNT, torch.float64, r)
+    tally.check(same(got, want), f"reduce to the last rank: {got}")
+    for op, name in ((dist.ReduceOp.SUM, "sum"), (dist.ReduceOp.AVG, "avg")):
+        whole = expected(3 * p, torch.float32, p, name)
+        out = torch.empty(3)
+        dist.reduce_scatter_tensor(out, tensor(3 * p, torch.float32, r), op, group=group)
+        tally.check(same(out, whole[3 * r: 3 * r + 3]), f"reduce_scatter_tensor {name}: {out}")
+        out = torch.empty(3)
+        dist.reduce_scatter(out, list(tensor(3 * p, torch.float32, r).chunk(p)), op, group=group)
+        tally.check(same(out, whole[3 * r: 3 * r + 3]), f"reduce_scatter {name}: {out}")
+
+
+def check_movement(group, tally: Tally) -> None:
+    r, p = group.rank(), group.size()
+    last = dist.get_global_rank(group, p - 1)
+    for dtype in (torch.float32, torch.bfloat16, torch.uint8, torch.bool, torch.int16):
+        for count in (COUNT, 4, 0):  # 11 and 0 bytes of uint8/bool need padding, 4 do not
+            got = tensor(count, dtype, r)
+            dist.broadcast(got, src=last, group=group)
+            tally.check(same(got, tensor(count, dtype, p - 1)), f"broadcast {dtype} x{count}")
+            gathered = torch.empty(p * count, dtype=dtype)
+            dist.all_gather_into_tensor(gathered, tensor(count, dtype, r), group=group)
+            rows = torch.cat([tensor(count, dtype, q) for q in range(p)])
+            tally.check(same(gathered, rows), f"all_gather_into_tensor {dtype} x{count}")
+            listed = [torch.empty(count, dtype=dtype) for _ in range(p)]
+            dist.all_gather(listed, tensor(count, dtype, r), group=group)
+            tally.check(same(torch.cat(listed), rows), f"all_gather {dtype} x{count}")
+    sent = torch.arange(2 * p, dtype=torch.int16) + 100 * r  # rows 2q, 2q+1 go to rank q
+    got = torch.empty_like(sent)
+    dist.all_to_all_single(got, sent, group=group)
+    want = torch.cat([torch.arange(2 * r, 2 * r + 2, dtype=torch.int16) + 100 * q
+                      for q in range(p)])
+    tally.check(torch.equal(got, want), f"all_to_all_single: {got}")
+    # uneven: rank r sends q + 1 rows of 2 to rank q, each row (r, q)
+    ins = [torch.tensor([[r, q]] * (q + 1), dtype=torch.float32) for q in range(p)]
+    got = torch.empty(p * (r + 1), 2)
+    dist.all_to_all_single(got, torch.cat(ins), [r + 1] * p, [q + 1 for q in range(p)],
+                           group=group)
+    want = torch.cat([torch.tensor([[q, r]] * (r + 1), dtype=torch.float32) for q in range(p)])
+    tally.check(torch.equal(got, want), f"all_to_all_single uneven: {got}")
+    outs = [torch.empty(r + 1, 2) for _ in range(p)]
+    dist.all_to_all(outs, ins, group=group)
+    tally.check(torch.equal(torch.cat(outs), want), f"all_to_all: {outs}")
+    objects = [None] * p
+    dist.all_gather_object(objects, {"rank": r, "text": "x" * r}, group=group)
+    tally.check(objects == [{"rank": q, "text": "x" * q} for q in range(p)], f"objects {objects}")
+    shared = [f"from {r}", r]
+    dist.broadcast_object_list(shared, src=last, group=group)
+    tally.check(shared == [f"from {p - 1}", p - 1], f"broadcast_object_list: {shared}")
+    dist.barrier(group=group)
+
+
+def check_async_and_errors(group, tally: Tally) -> None:
+    r, p = group.rank(), group.size()
+    works = [dist.all_reduce(t, group=group, async_op=True)
+             for t in (torch.ones(5) * i for i in range(4))]
+    chained = works[-1].get_future().then(lambda fut: fut.value()[0] * 2)
+    tally.check(all(w.wait() for w in works) and all(w.is_completed() for w in works),
+                "async all_reduces")
+    tally.check(torch.equal(chained.wait(), torch.full((5,), 6.0 * p)), "future.then")
+    try:
+        dist.all_reduce(torch.ones(2), op=dist.ReduceOp.PRODUCT, group=group)
+        tally.check(False, "PRODUCT was accepted")
+    except ValueError as error:
+        tally.check("ReduceOp.PRODUCT" in str(error), f"PRODUCT refused: {error}")
+    work = dist.all_reduce(torch.ones(3 + r), group=group, async_op=True)  # shapes differ
+    try:
+        work.wait()
+        tally.check(False, "shapes that differ between ranks were all-reduced")
+    except MismatchError as error:
+        tally.check(isinstance(work.exception(), MismatchError) and not work.is_success(),
+                    f"Work.exception(): {work.exception()!r}")
+        tally.check("shape" in str(error), f"mismatch names the shapes: {error}")
+    try:
+        dist.all_reduce(torch.ones(2, dtype=torch.uint8), group=group)
+        tally.check(False, "uint8 was summed")
+    except TypeError as error:
+        tally.check("unsupported dtype uint8" in str(error), f"uint8 refused: {error}")
+    ok = torch.ones(2)
+    dist.all_reduce(ok, group=group)  # the group goes on after refused calls
+    tally.check(torch.equal(ok, torch.full((2,), float(p))), "all_reduce after errors")
+
+
+def check_point_to_point(group, tally: Tally) -> None:
+    """A ring of messages; refused by name under torchrun (docs/hooks.md says why)."""
+    r, p = group.rank(), group.size()
+    if launched_by_torchrun():
+        try:
+            dist.isend(torch.ones(1), dist.get_global_rank(group, (r + 1) % p), group=group)
+            tally.check(False, "send over the gloo transport did not refuse")
+        except RuntimeError as error:
+            tally.check("not available over the gloo transport" in str(error), str(error))
+        return
+    nxt, prev = (dist.get_global_rank(group, (r + d) % p) for d in (1, -1))
+    for dtype in (torch.float32, torch.uint8):
+        received = torch.zeros(3, dtype=dtype)
+        works = [dist.isend(torch.full((3,), r, dtype=dtype), nxt, group=group, tag=5),
+                 dist.irecv(received, prev, group=group, tag=5)]
+        for work in works:
+            work.wait()
+        tally.check(torch.equal(received, torch.full((3,), (r - 1) % p, dtype=dtype)),
+                    f"send/recv {dtype}: {received}")
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    if launched_by_torchrun():
+        dist.init_process_group(backend="collectives")
+    else:
+        init_process_group(collectives.init(), backend="collectives")
+    rank, size = dist.get_rank(), dist.get_world_size()
+    groups = [None]
+    if size >= 4:
+        pairs = [dist.new_group([0, 2], backend="collectives"),
+                 dist.new_group([1, 3], backend="collectives")]
+        triple = dist.new_group([1, 2, 3], backend="collectives")
+        groups += [pairs[rank % 2]] + ([triple] if rank in (1, 2, 3) else [])
+    tally = Tally(rank)
+    for group in groups:
+        group = group or dist.distributed_c10d._get_default_group()
+        check_reductions(group, tally)
+        check_movement(group, tally)
+        check_async_and_errors(group, tally)
+        check_point_to_point(group, tally)
+    print(f"rank {rank}: {len(groups)} groups", flush=True)
+    dist.destroy_process_group()
+    tally.finish()
+
+
+if __name__ == "__main__":
+    main()
