@@ -96,12 +96,18 @@ class Tuner:
             times[name] = self.cluster.call_time(nbytes) + plan_time
         return times
 
-    def choose(self, nbytes: int, collective: str = "allreduce") -> str:
-        """The candidate to run for a `collective` of `nbytes` (cached per size)."""
-        key = nbytes if collective == "allreduce" else (collective, nbytes)
+    def choose(self, nbytes: int, collective: str = "allreduce", *,
+               plans_only: bool = False) -> str:
+        """The candidate to run for a `collective` of `nbytes` (cached per size);
+        `plans_only`: the best plan, never `native` (a compressed call: MPI's own
+        collective has no codec)."""
+        key = nbytes if collective == "allreduce" and not plans_only else \
+            (collective, nbytes, plans_only)
         choice = self._choices.get(key)
         if choice is None:
             times = self.predict(nbytes, collective)
+            if plans_only:
+                del times["native"]
             if len(self._choices) >= CHOICE_CACHE_SIZE:  # sizes that vary forever stay bounded
                 del self._choices[next(iter(self._choices))]
             choice = self._choices[key] = _cheapest(times)
@@ -153,9 +159,11 @@ class Tuner:
 
 
 def _cheapest(times: dict[str, float]) -> str:
-    """The least predicted time; `native` unless a plan beats it by NATIVE_MARGIN."""
+    """The least predicted time; `native` (where priced) unless a plan beats it by
+    NATIVE_MARGIN."""
     best = min(times, key=lambda name: (times[name], name))
-    if best != "native" and times[best] * (1 + NATIVE_MARGIN) >= times["native"]:
+    if best != "native" and "native" in times and \
+            times[best] * (1 + NATIVE_MARGIN) >= times["native"]:
         return "native"
     return best
 

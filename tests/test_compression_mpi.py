@@ -113,3 +113,9 @@ def test_error_feedback_residuals_are_bounded_and_clearable():
     assert feedback.nbytes <= 1 << 20 and len(feedback) <= 3
     feedback.clear()
     assert len(feedback) == 0 and feedback.nbytes == 0
+
+
+@pytest.mark.parametrize("np_", [2, 3, 4])
+def test_compressed_reduce_scatter_allgather_reduce(np_):
+    """The FSDP case: every plan and auto within bounds, overflow-safe, never MPI's own."""
+    run_workers(np_, "compressed_collectives", env=ENV)

@@ -45,6 +45,10 @@ def collective_options(collective: str, *, op="sum", algorithm=None, compression
     if compression == "auto":
         raise ValueError(f"compression='auto' is for allreduce and allreduce_many; pass "
                          f"None, 'fp16' or 'bf16' to {collective}")
+    if compression is not None and algorithm == "native" and not deterministic:
+        raise ValueError(f"compression={compression!r} needs a plan algorithm for "
+                         f"{collective}: MPI's own {collective} has no codec; pass "
+                         f"algorithm='auto' or one of its plans")
     return CallOptions.parse(op, "auto" if algorithm is None else algorithm, compression,
                              collective=collective, deterministic=deterministic)
 
@@ -131,8 +135,8 @@ class Collective(Call):
             return self.reproducible(ctx, seq % TAG_LIMIT, deadline)
         if algorithm == "auto":
             nbytes = self.plan_count(ctx.size) * self.x.itemsize
-            algorithm = "native" if nbytes == 0 else \
-                ctx.reducer.tuner.choose(nbytes, self.collective)
+            algorithm = "native" if nbytes == 0 else ctx.reducer.tuner.choose(
+                nbytes, self.collective, plans_only=self.options.compression is not None)
         if algorithm == "native":
             result = self.native(ctx, seq % TAG_LIMIT, deadline)
             self._record(ctx, "native", start, self.x.nbytes)
