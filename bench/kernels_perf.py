@@ -300,15 +300,6 @@ def _print_codec_tables(rows: list[CodecRow], sizes: list[int], runs: int) -> No
             print(f"{row.step:<11}{row.wire:<6}{row.impl:<16}{cells}", flush=True)
 
 
-def _gpu() -> ModuleType | None:
-    try:
-        import cupy
-
-        return cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
-    except Exception:  # no cupy, no driver or no device: the CPU runs it
-        return None
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.kernels_perf", description=__doc__.split("\n")[0])
     parser.add_argument("-b", "--min-bytes", type=parse_size, default=1 << 20, help="smallest payload (1M)")
@@ -329,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = codec_rows(isas, torch=not args.no_torch and _torch_present())
         _print_codec_tables(rows, [parse_size(s) for s in args.sizes.split(",")], args.runs)
         return
-    xp = np if args.cpu else (_gpu() or np)
+    xp = np if args.cpu else (kernels.gpu_module() or np)
     cases = [c for c in CASES if not args.cases or c.label in args.cases.split(",")]
     device = "CPU, NumPy " + np.__version__ if xp is np else "GPU, CuPy " + xp.__version__
     print(f"# kernels_perf on {device}: GB/s of bytes read + written (best of batches)")

@@ -17,17 +17,8 @@ SIZES = [1 << 10, 1 << 18, 1 << 22]  # elements: 4 KiB, 1 MiB, 16 MiB of float32
 TENSORS = 1000
 
 
-def _gpu_present() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no cupy, no driver, no device
-        return False
-
-
 @pytest.fixture(
-    params=["numpy", pytest.param("cupy", marks=pytest.mark.skipif(not _gpu_present(), reason="needs a GPU"))]
+    params=["numpy", pytest.param("cupy", marks=pytest.mark.skipif(kernels.gpu_module() is None, reason="needs a GPU"))]
 )
 def xp(request):
     if request.param == "numpy":

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from kernels import _numpy
-from kernels._common import HALF_DTYPES, OPS, compute_dtype, packed_offsets
+from kernels._common import HALF_DTYPES, OPS, compute_dtype, gpu_module, packed_offsets
 
 try:
     from kernels import _codec  # built by the install where a C++17 compiler works
@@ -50,6 +50,7 @@ __all__ = [
     "decompress_reduce_into",
     "divide_into",
     "encode_into",
+    "gpu_module",
     "pack",
     "packed_offsets",
     "quantize_into",

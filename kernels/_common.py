@@ -8,7 +8,13 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-__all__ = ["HALF_DTYPES", "OPS", "compute_dtype", "packed_offsets", "op_name"]
+__all__ = ["HALF_DTYPES", "KERNELS", "OPS", "compute_dtype", "gpu_module", "packed_offsets",
+           "op_name"]
+
+# The kernels every twin (NumPy, compiled CPU, CuPy) defines with one signature.
+KERNELS = ("absmax", "combine_into", "compress_into", "copy_into", "decompress_into",
+           "decompress_reduce_into", "divide_into", "encode_into", "pack", "quantize_into",
+           "quantize_residual_into", "reduce_into", "scale_into", "unpack")
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 HALF_DTYPES = (np.dtype(np.float16), BFLOAT16)
@@ -31,3 +37,13 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
 def packed_offsets(arrays: Any) -> list[int]:
     """Start of each array in the packed buffer, then the total: [0, n0, n0+n1, ...]."""
     return list(accumulate((a.size for a in arrays), initial=0))
+
+
+def gpu_module() -> Any:
+    """CuPy when it imports and sees a CUDA device, else None."""
+    try:
+        import cupy
+
+        return cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
+    except Exception:  # no cupy, no driver, no device
+        return None

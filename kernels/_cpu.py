@@ -14,24 +14,9 @@ from collections.abc import Hashable
 import numpy as np
 
 from kernels import _codec, _numpy
-from kernels._common import BFLOAT16, op_name
+from kernels._common import BFLOAT16, KERNELS, op_name
 
-__all__ = [
-    "absmax",
-    "combine_into",
-    "compress_into",
-    "copy_into",
-    "decompress_into",
-    "decompress_reduce_into",
-    "divide_into",
-    "encode_into",
-    "pack",
-    "quantize_into",
-    "quantize_residual_into",
-    "reduce_into",
-    "scale_into",
-    "unpack",
-]
+__all__ = list(KERNELS)
 
 copy_into, pack, unpack = _numpy.copy_into, _numpy.pack, _numpy.unpack
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import cupy
 import numpy as np
 
-from kernels._common import HALF_DTYPES, op_name, packed_offsets
+from kernels._common import HALF_DTYPES, KERNELS, op_name, packed_offsets
 from kernels._cuda_source import (
     PREAMBLE,
     ElementwiseSpec,
@@ -28,22 +28,7 @@ from kernels._cuda_source import (
     scale_spec,
 )
 
-__all__ = [
-    "absmax",
-    "combine_into",
-    "compress_into",
-    "copy_into",
-    "decompress_into",
-    "decompress_reduce_into",
-    "divide_into",
-    "encode_into",
-    "pack",
-    "quantize_into",
-    "quantize_residual_into",
-    "reduce_into",
-    "scale_into",
-    "unpack",
-]
+__all__ = list(KERNELS)
 
 _THREADS = 256  # per block of the multi-tensor copy; its grid strides over the rest
 _MAX_BLOCKS = 1 << 16

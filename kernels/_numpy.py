@@ -12,24 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from kernels._common import HALF_DTYPES, compute_dtype, op_name
+from kernels._common import HALF_DTYPES, KERNELS, compute_dtype, op_name
 
-__all__ = [
-    "absmax",
-    "combine_into",
-    "compress_into",
-    "copy_into",
-    "decompress_into",
-    "decompress_reduce_into",
-    "divide_into",
-    "encode_into",
-    "pack",
-    "quantize_into",
-    "quantize_residual_into",
-    "reduce_into",
-    "scale_into",
-    "unpack",
-]
+__all__ = list(KERNELS)
 
 _UFUNCS = {"sum": np.add, "max": np.maximum, "min": np.minimum}
 _BLOCK = 1 << 14  # elements per block where a kernel needs scratch: 128 KiB of float64

@@ -30,20 +30,11 @@ SIZES = [0, 1, 7, 1000, (1 << 20) + 3]
 REF = {"sum": np.add, "max": np.maximum, "min": np.minimum}
 
 
-def _gpu_present() -> bool:
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no cupy, no driver, no device
-        return False
-
-
 @pytest.fixture(
     params=[
         "numpy",
         pytest.param(
-            "cupy", marks=pytest.mark.skipif(not _gpu_present(), reason="needs cupy and a CUDA GPU")
+            "cupy", marks=pytest.mark.skipif(kernels.gpu_module() is None, reason="needs cupy and a CUDA GPU")
         ),
     ]
 )

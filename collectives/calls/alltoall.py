@@ -55,14 +55,8 @@ class Alltoall(Collective):
         return result
 
     def native(self, ctx: Context, tag: int, deadline: float):
-        result = self._result()
-        dest, copy = self.landing(ctx, result)
-        written = self.host_out(dest)
-        ctx.reducer.host.native_alltoall(self.host(self.x).ravel(), written, deadline)
-        self.back(dest, written)
-        if copy:
-            kernels.unpack(dest, [result])
-        return result
+        return self.native_whole(
+            ctx, lambda src, dst: ctx.reducer.host.native_alltoall(src, dst, deadline))
 
     def planned(self, ctx: Context, algorithm: str, tag: int, deadline: float):
         x, result = self.x, self._result()

@@ -97,6 +97,10 @@ class Collective(Call):
         """The plans' count of elements (the whole buffer for allgather and alltoall)."""
         return self.x.size
 
+    def _result(self):
+        """The array this call returns (`out` when given), to be written."""
+        raise NotImplementedError
+
     def from_rows(self, ctx: Context, rows):
         raise NotImplementedError
 
@@ -163,6 +167,17 @@ class Collective(Call):
         if self.out is None and result.flags.c_contiguous:
             return result.reshape(-1), False
         return ctx.reducer.buffer("native", result, result.dtype, result.size), True
+
+    def native_whole(self, ctx: Context, native):
+        """The result of a native that writes all of it: `native(host x, host result)`."""
+        result = self._result()
+        dest, copy = self.landing(ctx, result)
+        written = self.host_out(dest)
+        native(self.host(self.x).ravel(), written)
+        self.back(dest, written)
+        if copy:
+            kernels.unpack(dest, [result])
+        return result
 
     @staticmethod
     def host(array):

@@ -51,6 +51,7 @@ from mpi4py import MPI
 import kernels
 
 from ..errors import CollectiveTimeout, MismatchError
+from .delegate import LeftToMPI
 from .mpi import MPITransport, as_bytes
 
 __all__ = ["SLOTS", "ShmTransport"]
@@ -86,7 +87,7 @@ class _Recv:
     unacked: bool = False  # the sender's bytes are still being read
 
 
-class ShmTransport:
+class ShmTransport(LeftToMPI):
     """MPITransport with zero-copy shared-memory exchange among the ranks of a node.
 
     Its `shared` capability (base.SharedWork) is itself; control traffic, off-node messages
@@ -375,60 +376,6 @@ class ShmTransport:
                          [s for s in sends if not isinstance(s, _Send)],
                          [r.mpi for r in receives if isinstance(r, _Recv) and r.mpi] +
                          [r for r in receives if not isinstance(r, _Recv)])
-
-    def native_allreduce(self, src: np.ndarray, dst: np.ndarray, op: str, deadline: float) -> None:
-        self.mpi.native_allreduce(src, dst, op, deadline)
-
-    def native_reduce_scatter(self, src, dst, counts, op: str, deadline: float) -> None:
-        self.mpi.native_reduce_scatter(src, dst, counts, op, deadline)
-
-    def native_allgather(self, src, dst, deadline: float) -> None:
-        self.mpi.native_allgather(src, dst, deadline)
-
-    def native_broadcast(self, buf, root: int, deadline: float) -> None:
-        self.mpi.native_broadcast(buf, root, deadline)
-
-    def native_reduce(self, src, dst, op: str, root: int, deadline: float) -> None:
-        self.mpi.native_reduce(src, dst, op, root, deadline)
-
-    def native_alltoall(self, src, dst, deadline: float) -> None:
-        self.mpi.native_alltoall(src, dst, deadline)
-
-    def p2p_send(self, buf, peer: int, tag: int):
-        return self.mpi.p2p_send(buf, peer, tag)
-
-    def p2p_recv(self, buf, peer: int, tag: int):
-        return self.mpi.p2p_recv(buf, peer, tag)
-
-    def p2p_test(self, request, nbytes: int, what: str) -> bool:
-        return self.mpi.p2p_test(request, nbytes, what)
-
-    def exchange_records(self, record: np.ndarray, deadline: float, what: str) -> np.ndarray:
-        return self.mpi.exchange_records(record, deadline, what)
-
-    def begin(self, seq: int) -> None:
-        self.mpi.begin(seq)
-
-    def check_peers(self) -> None:
-        self.mpi.check_peers()
-
-    def tell_peers(self, kind: str, seq: int) -> None:
-        self.mpi.tell_peers(kind, seq)
-
-    def node_keys(self) -> list[int]:
-        return self.mpi.node_keys()
-
-    def allgather_object(self, obj: object) -> list:
-        return self.mpi.allgather_object(obj)
-
-    def barrier(self, deadline: float) -> None:
-        self.mpi.barrier(deadline)
-
-    def abort(self, errorcode: int) -> None:
-        self.mpi.abort(errorcode)
-
-    def poll(self, test, deadline: float, what: str):
-        return self.mpi.poll(test, deadline, what)
 
     def close(self) -> None:
         """Free the windows once every rank of the node closes (or give up after a grace period).
