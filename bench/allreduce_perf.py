@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fusion mode: cut each size into N uneven arrays and compare "
                              "allreduce_many (many), one call per array (loop) and one "
                              "all-reduce of the same bytes (flat)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="beside each algorithm, the same with deterministic=True "
+                             "(label ALG+det): what reproducible bits cost")
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                         help="where the buffers live: NumPy (cpu) or CuPy (gpu, GPU = "
                              "node-local rank; no mpi column); default cpu")
@@ -118,8 +121,9 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     if args.tensors is not None and args.tensors < 1:
         return f"--tensors must be at least 1, got {args.tensors}"
     if args.collective != "allreduce" and (args.compression != (None,) or args.tensors
-                                           or args.device != "cpu"):
-        return "--compression, --tensors and --device gpu go with --collective allreduce"
+                                           or args.device != "cpu" or args.deterministic):
+        return ("--compression, --tensors, --deterministic and --device gpu go with "
+                "--collective allreduce")
     return None
 
 
@@ -157,7 +161,8 @@ def _make_op(args: argparse.Namespace, comm: Any, mpi_comm: Any,
         return op, MPI_BASELINE
     op = AllReduce(comm, mpi_comm, dtype=dtype, redop=args.op, algorithms=algorithms,
                    mpi_baseline=args.device == "cpu", device=args.device,
-                   compressions=args.compression, tensors=args.tensors)
+                   compressions=args.compression, tensors=args.tensors,
+                   deterministic=args.deterministic)
     if args.tensors is not None:
         baseline = f"flat {algorithms[0]}" if algorithms else None
     else:

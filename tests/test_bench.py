@@ -431,6 +431,25 @@ def test_end_to_end_another_collective_against_mpi_alone(tmp_path):
     assert all(row["busbw"] == row["algbw"] for row in document["rows"])  # bus factor 1
 
 
+def test_end_to_end_deterministic_twins(tmp_path):
+    """--deterministic puts ALG+det beside each algorithm, checked like the others."""
+    out = tmp_path / "bench.json"
+    proc = _bench(["--np", "3", "-b", "1K", "-e", "64K", "-f", "64", "-n", "2", "-w", "1",
+                   "--algorithms", "ring,native", "--deterministic", "-d", "float64",
+                   "--json", str(out)], cwd=ROOT, env=_self_launch_env(PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["size"], row["algorithm"], row.get("deterministic", False), row["wrong"])
+            for row in rows] == [
+        (size, algorithm, det, 0) for size in (1024, 65536)
+        for algorithm, det in (("mpi", False), ("ring", False), ("ring", True),
+                               ("native", False), ("native", True))]
+    assert all((row["predicted_time_us"] is None) == (row["algorithm"] == "mpi" or
+                                                      row.get("deterministic", False))
+               for row in rows)
+    assert "ring+det/mpi busbw" in proc.stdout
+
+
 _BROKEN_LIBRARY = textwrap.dedent('''
     """A stand-in whose ring gives rank 1 three wrong elements."""
     from mpi4py import MPI
@@ -489,6 +508,7 @@ def test_unknown_algorithm_is_refused(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--repeat", "0"], "repeat >= 1, got 20, 5, 0"),
     (["--collective", "reduce", "--compression", "fp16"], "go with --collective allreduce"),
+    (["--collective", "broadcast", "--deterministic"], "go with --collective allreduce"),
     (["--columns", "time,speed"], "unknown columns speed"),
 ])
 def test_bad_options_are_refused_before_launch(args, message):

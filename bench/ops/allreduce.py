@@ -45,17 +45,28 @@ class AllReduceVariant:
     algorithm: str
     compression: str | None = None
     mode: str | None = None  # None: one all-reduce of the vector; else one of TENSOR_MODES
+    deterministic: bool = False
 
     @property
     def label(self) -> str:
-        """``mpi``, ``ring``, ``ring+fp16``, ``many ring``."""
-        name = self.algorithm + (f"+{self.compression}" if self.compression else "")
+        """``mpi``, ``ring``, ``ring+fp16``, ``ring+det``, ``many ring``."""
+        name = self.algorithm + (f"+{self.compression}" if self.compression else "") + \
+            ("+det" if self.deterministic else "")
         return name if self.mode is None else f"{self.mode} {name}"
 
     def fields(self) -> Mapping[str, object]:
-        """``{"algorithm": name, "compression": ...}`` (and ``mode``) for the JSON rows."""
+        """``{"algorithm": name, "compression": ...}`` (``mode``, ``deterministic``) for
+        the JSON rows."""
         fields = {"algorithm": self.algorithm, "compression": self.compression}
+        if self.deterministic:
+            fields["deterministic"] = True
         return fields if self.mode is None else {**fields, "mode": self.mode}
+
+    def options(self) -> dict[str, object]:
+        """The library call's keyword arguments beside the op (deterministic only when
+        asked: COLLECTIVES_DETERMINISTIC still applies to the others)."""
+        return {"algorithm": self.algorithm, "compression": self.compression,
+                **({"deterministic": True} if self.deterministic else {})}
 
 
 class AllReduceSample:
@@ -84,9 +95,7 @@ class AllReduceSample:
         if variant.algorithm == MPI_BASELINE:
             self._mpi_allreduce(self._out)
             return
-        compressed = {} if variant.compression is None else {"compression": variant.compression}
-        self._comm.allreduce(self._x, op=self._redop, algorithm=variant.algorithm, out=self._out,
-                             **compressed)
+        self._comm.allreduce(self._x, op=self._redop, out=self._out, **variant.options())
 
     def _mpi_allreduce(self, out: np.ndarray) -> None:
         """MPI_Allreduce of the input into ``out``, through mpi4py alone."""
@@ -147,8 +156,7 @@ class TensorsSample(AllReduceSample):
             self._mpi_allreduce(self._out)
             self._results = [self._out]
             return
-        options = {"op": self._redop, "algorithm": variant.algorithm,
-                   "compression": variant.compression}
+        options = {"op": self._redop, **variant.options()}
         if variant.mode == "many":
             self._results = self._comm.allreduce_many(self._tensors, **options)
         elif variant.mode == "loop":
@@ -176,7 +184,7 @@ def tensor_bounds(count: int, tensors: int) -> list[int]:
 
 class AllReduce:
     """The all-reduce as a harness op: MPI's own (with ``mpi_baseline``), then one variant
-    per algorithm (x compression, x --tensors mode)."""
+    per algorithm (x compression, x deterministic, x --tensors mode)."""
 
     name = "allreduce"
     replicated = True
@@ -184,7 +192,7 @@ class AllReduce:
     def __init__(self, comm: Any, mpi_comm: Any, *, dtype: np.dtype, redop: str,
                  algorithms: Sequence[str], mpi_baseline: bool = True, device: str = "cpu",
                  compressions: Sequence[str | None] = (None,),
-                 tensors: int | None = None) -> None:
+                 tensors: int | None = None, deterministic: bool = False) -> None:
         if mpi_baseline and device != "cpu":
             raise ValueError("the mpi baseline reads host buffers: use it with device cpu")
         self._comm = comm
@@ -196,12 +204,15 @@ class AllReduce:
         self._prices = AllReducePrices(comm.tuner, itemsize=dtype.itemsize)
         modes = (None,) if tensors is None else TENSOR_MODES
         baseline = (AllReduceVariant(MPI_BASELINE),) if mpi_baseline else ()
+        kinds = (False, True) if deterministic else (False,)
         self._variants = baseline + tuple(
-            AllReduceVariant(name, compression, mode)
-            for name in algorithms for compression in compressions for mode in modes)
+            AllReduceVariant(name, compression, mode, kind)
+            for name in algorithms for compression in compressions for kind in kinds
+            for mode in modes)
 
     def variants(self) -> Sequence[AllReduceVariant]:
-        """mpi first, then one per algorithm x compression (x --tensors mode), in order."""
+        """mpi first, then one per algorithm x compression (x its deterministic twin, x
+        --tensors mode), in order."""
         return self._variants
 
     def fields(self) -> Mapping[str, object]:
@@ -232,6 +243,7 @@ class AllReduce:
     def predict(self, variant: AllReduceVariant, nbytes: int) -> float | None:
         """The cost model's seconds for one call of ``variant`` (bench.prediction); none for
         mpi and for the fused and per-tensor modes."""
-        if variant.algorithm == MPI_BASELINE or variant.mode not in (None, "flat"):
+        if (variant.algorithm == MPI_BASELINE or variant.mode not in (None, "flat")
+                or variant.deterministic):
             return None
         return self._prices.seconds(variant.algorithm, variant.compression, nbytes)
