@@ -36,7 +36,7 @@ from .compression import codec_for, scale_for
 from .compression.scaling import absmax
 from .options import Op
 
-__all__ = ["reference_reduce", "fold_rows", "padded_rows", "encode"]
+__all__ = ["reference_reduce", "fold_rows", "encode"]
 
 
 def reference_reduce(arrays: Sequence, op: str = "sum", *, compression: str | None = None):
@@ -78,29 +78,18 @@ def fold_rows(rows, op: Op, out) -> None:
             wide += part
         exact_mean.finish(wide, out, len(rows))
         return
-    acc = rows[0].astype(kernels.compute_dtype(dtype))
-    for row in rows[1:]:
+    compute = kernels.compute_dtype(dtype)
+    if compute != dtype:  # 16-bit floats: accumulated in float32, rounded once at the end
+        acc, rest = rows[0].astype(compute), rows[1:]
+    elif len(rows) > 1:  # the first two in one pass
+        acc, rest = out, rows[2:]
+        kernels.combine_into(acc, rows[0], rows[1], op.elementwise)
+    else:
+        acc, rest = out, ()
+        kernels.copy_into(acc, rows[0])
+    for row in rest:
         kernels.reduce_into(acc, row, op.elementwise)
     if op is Op.AVG:
         kernels.divide_into(acc, len(rows))
-    if acc.dtype == dtype:
-        kernels.copy_into(out, acc)
-    else:
+    if compute != dtype:
         kernels.scale_into(out, acc, 1.0)  # one rounding to 16 bits; overflow is data
-
-
-def padded_rows(flat, size: int, xp=np):
-    """(rows, bounds): `flat` cut into `size` blocks (np.array_split's cut), each in a row
-    of the longest block's length, zero-padded."""
-    n = flat.size
-    length = -(-n // size) if n else 0
-    rows = xp.zeros((size, length), flat.dtype)
-    bounds = []
-    start = 0
-    base, longer = divmod(n, size)
-    for r in range(size):
-        stop = start + base + (r < longer)
-        rows[r, : stop - start] = flat[start:stop]
-        bounds.append((start, stop))
-        start = stop
-    return rows, bounds

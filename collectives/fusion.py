@@ -196,11 +196,16 @@ class _Bucket:
     def _reproducible(self):
         """The bucket reduced as collectives.deterministic defines it (bits independent of
         the algorithm, the layout and the buckets)."""
-        bucket = self.bucket
-        flat = self.reducer.buffer("fusion", self.arrays[0], bucket.dtype, bucket.count)
-        kernels.pack(self.arrays, flat)
+        bucket, arrays = self.bucket, self.arrays
+        if len(arrays) == 1 and arrays[0].flags.c_contiguous:
+            flat = arrays[0].reshape(-1)  # read where it lies: the result is written last
+        else:
+            flat = self.reducer.buffer("fusion", arrays[0], bucket.dtype, bucket.count)
+            kernels.pack(arrays, flat)
+        out, _ = self._result_buffer(bucket.dtype, "fusion result")
         return reproducibly(self.reducer, flat, self.options.op, self.options.compression,
-                            self.options.algorithm, self.tag, self.deadline, keep="all")
+                            self.options.algorithm, self.tag, self.deadline, keep="all",
+                            out=out)
 
     def _integer_mean(self):
         """avg of integers, exact: the sum in wide integers, then a floor division."""

@@ -20,7 +20,7 @@ import kernels
 
 from .algorithms import PLANNERS, plan_for
 from .compression import absmax, codec_for, scale_for
-from .deterministic import encode, fold_rows, padded_rows
+from .deterministic import encode, fold_rows
 from .execution import IDENTITY
 from .options import Op
 from .stats import plan_traffic
@@ -29,36 +29,77 @@ __all__ = ["reproducibly"]
 
 
 def reproducibly(reducer, flat, op: Op, compression: str | None, algorithm: str,
-                 tag: int, deadline: float, *, keep: str):
-    """The deterministic reduction of every rank's `flat`: all of it (`keep="all"`), this
-    rank's block as np.array_split cuts it ("block"), or None where nothing is kept
-    ("none": a reduce off root)."""
+                 tag: int, deadline: float, *, keep: str, out=None):
+    """The deterministic reduction of every rank's `flat`: all of it (`keep="all"`, in `out`
+    when given, else a new array), this rank's block as np.array_split cuts it ("block", a
+    view of a reused buffer: copy it before the next call), or None where nothing is kept
+    ("none": a reduce off root). Buffers are the reducer's, reused from call to call."""
     p, me = reducer.size, reducer.rank
     xp = kernels.array_module(flat)
     if xp is not np and algorithm in ("native", "auto"):
         algorithm = "ring"  # MPI's own collectives move host arrays only
-    rows, bounds = padded_rows(flat, p, xp)
     codec = codec_for(compression, flat.dtype)
     scale = 1.0
     if codec is not None:
         scale = scale_for(codec, reducer.agree_max(absmax(flat), deadline), p, op)
-        encoded = xp.empty(rows.shape, codec.dtype)
-        encode(codec, rows.reshape(-1), encoded.reshape(-1), scale, op, p)
-        rows = encoded
-    theirs = _run(reducer, "alltoall", "pairwise" if algorithm != "native" else "native", rows,
-                  tag, deadline)
-    folded = xp.empty(rows.shape[1], rows.dtype)
+    rows, bounds = _rows(reducer, flat, codec, scale, op)
+    theirs = reducer.buffer("deterministic in", flat, rows.dtype, rows.size).reshape(rows.shape)
+    _run(reducer, "alltoall", "pairwise" if algorithm != "native" else "native", rows, theirs,
+         tag, deadline)
+    gather_with = _concrete(reducer, "allgather", algorithm, rows.nbytes)
+    if keep == "all" and out is None:
+        out = xp.empty(flat.size, flat.dtype)
+    # A plan may gather straight into out (its receives are cancelled on failure); MPI's
+    # own all-gather cannot be cancelled, so it never writes memory the caller holds.
+    direct = (keep == "all" and codec is None and gather_with != "native"
+              and rows.size == out.size)
+    gathered = out.reshape(rows.shape) if direct else reducer.buffer(
+        "deterministic out", flat, rows.dtype, rows.size).reshape(rows.shape)
+    folded = gathered[me]
     fold_rows(theirs, Op.SUM if codec is not None and op is Op.AVG else op, folded)
     if keep == "block":
         lo, hi = bounds[me]
         return _decoded(folded[: hi - lo], flat.dtype, scale, codec is not None)
-    gathered = xp.empty(rows.shape, rows.dtype)
-    gathered[me] = folded
-    gathered = _run(reducer, "allgather", algorithm, gathered, tag, deadline)
+    _run(reducer, "allgather", gather_with, gathered, gathered, tag, deadline)
     if keep == "none":
         return None
-    whole = xp.concatenate([gathered[r, : hi - lo] for r, (lo, hi) in enumerate(bounds)])
-    return _decoded(whole, flat.dtype, scale, codec is not None)
+    if direct:
+        return out
+    for r, (lo, hi) in enumerate(bounds):
+        if codec is None:
+            kernels.copy_into(out[lo:hi], gathered[r, : hi - lo])
+        else:
+            kernels.scale_into(out[lo:hi], gathered[r, : hi - lo], 1.0 / scale)
+    return out
+
+
+def _rows(reducer, flat, codec, scale: float, op: Op):
+    """(rows, bounds): what this rank sends, block r in row r (np.array_split's cut,
+    zero-padded to the longest block), encoded when a codec travels; `flat` itself
+    reshaped when the blocks are equal and travel raw."""
+    p, n = reducer.size, flat.size
+    length = -(-n // p) if n else 0
+    bounds = [(lo, hi) for lo, hi in _split(n, p)]
+    if codec is None and length * p == n:
+        return flat.reshape(p, length), bounds
+    dtype = flat.dtype if codec is None else codec.dtype
+    rows = reducer.buffer("deterministic rows", flat, dtype, p * length).reshape(p, length)
+    for r, (lo, hi) in enumerate(bounds):
+        if codec is None:
+            kernels.copy_into(rows[r, : hi - lo], flat[lo:hi])
+        else:
+            encode(codec, flat[lo:hi], rows[r, : hi - lo], scale, op, p)
+        rows[r, hi - lo:] = 0
+    return rows, bounds
+
+
+def _split(n: int, p: int):
+    base, longer = divmod(n, p)
+    start = 0
+    for r in range(p):
+        stop = start + base + (r < longer)
+        yield start, stop
+        start = stop
 
 
 def _decoded(values, dtype, scale: float, compressed: bool):
@@ -70,26 +111,31 @@ def _decoded(values, dtype, scale: float, compressed: bool):
     return out
 
 
-def _run(reducer, collective: str, algorithm: str, rows, tag: int, deadline: float):
-    """Rows after an alltoall (a new (p, m) array) or an all-gather (`rows` itself, this
-    rank's row already in place), by MPI's own or by a plan of `algorithm`."""
+def _run(reducer, collective: str, algorithm: str, rows, result, tag: int,
+         deadline: float) -> None:
+    """An all-to-all of `rows` into `result`, or an all-gather in place (`rows` is `result`,
+    this rank's row already in it), by MPI's own or by a plan of `algorithm`."""
     flat = rows.reshape(-1)
-    if algorithm == "auto":
-        algorithm = reducer.tuner.choose(flat.nbytes, collective) if flat.nbytes else "native"
-    if algorithm not in ("native", *PLANNERS[collective]):
-        algorithm = "ring" if collective == "allgather" else "pairwise"
+    algorithm = _concrete(reducer, collective, algorithm, flat.nbytes)
     if collective == "alltoall":
-        out = kernels.array_module(rows).empty_like(rows)
         if algorithm == "native":
-            reducer.host.native_alltoall(flat, out.reshape(-1), deadline)
+            reducer.host.native_alltoall(flat, result.reshape(-1), deadline)
         else:
-            _plan(reducer, collective, algorithm, out.reshape(-1), tag, deadline, src=flat)
-        return out
-    if algorithm == "native":
+            _plan(reducer, collective, algorithm, result.reshape(-1), tag, deadline, src=flat)
+    elif algorithm == "native":
         reducer.host.native_allgather(rows[reducer.rank].copy(), flat, deadline)
     else:
         _plan(reducer, collective, algorithm, flat, tag, deadline)
-    return rows
+
+
+def _concrete(reducer, collective: str, algorithm: str, nbytes: int) -> str:
+    """`algorithm` as `collective` runs it: auto's choice, or the collective's default plan
+    for an all-reduce algorithm it has no plan of."""
+    if algorithm == "auto":
+        algorithm = reducer.tuner.choose(nbytes, collective) if nbytes else "native"
+    if algorithm not in ("native", *PLANNERS[collective]):
+        algorithm = "ring" if collective == "allgather" else "pairwise"
+    return algorithm
 
 
 def _plan(reducer, collective: str, algorithm: str, work, tag: int, deadline: float, *,

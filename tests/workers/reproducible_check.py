@@ -15,7 +15,7 @@ from collectives.algorithms import PLANNERS
 from tests.workers.common import Tally
 
 ALGORITHMS = ("auto", "native", *PLANNERS["allreduce"])
-SIZES = (1, 7, 1001, 300_007)
+SIZES = (1, 7, 1001, 8400, 300_007)  # 8400: equal blocks at p = 2, 3, 4, 5, 8
 
 
 def inputs(p: int, n: int, dtype) -> list[np.ndarray]:
@@ -29,7 +29,7 @@ def main() -> None:
     tally = Tally(comm.rank)
     p, me = comm.size, comm.rank
     for dtype in (np.float32, np.float64, np.float16, collectives.DTYPES[1]):
-        for n in SIZES if np.dtype(dtype).itemsize >= 4 else SIZES[:3]:
+        for n in SIZES if np.dtype(dtype).itemsize >= 4 else SIZES[:4]:
             xs = inputs(p, n, dtype)
             for op in ("sum", "avg"):
                 want = collectives.reference_reduce(xs, op)
@@ -37,6 +37,12 @@ def main() -> None:
                 for algorithm in ALGORITHMS:
                     y = comm.allreduce(xs[me], op=op, algorithm=algorithm, deterministic=True)
                     tally.check(y.tobytes() == want.tobytes(), f"allreduce {algorithm} {case}")
+                    x = xs[me].copy()
+                    for out, into in ((np.empty_like(x), "out"), (x, "in place")):
+                        y = comm.allreduce(x, op=op, algorithm=algorithm, deterministic=True,
+                                           out=out)
+                        tally.check(y is out and y.tobytes() == want.tobytes(),
+                                    f"allreduce {algorithm} {case} {into}")
                     parts = comm.allreduce_many([xs[me][: n // 3], xs[me][n // 3:]], op=op,
                                                 algorithm=algorithm, deterministic=True,
                                                 fusion_bytes=1 + n // 2)
