@@ -12,6 +12,7 @@ Example::
 
     transport = TorchDistTransport.from_environment(timeout=300)   # under torchrun
     transport.wait_all([transport.isend(x, 1, tag=7)], deadline, "send")
+    transport = TorchDistTransport.over_store(store, rank, size, timeout=300)  # any store
 """
 from __future__ import annotations
 
@@ -62,16 +63,17 @@ class TorchDistTransport:
     name = "torch"
     shared = None
 
-    def __init__(self, group: dist.ProcessGroup):
-        self.group = group
-        self.rank = dist.get_rank(group)
-        self.size = dist.get_world_size(group)
+    def __init__(self, group: dist.ProcessGroup, *, owned: bool = False):
+        """Over `group`, registered with torch.distributed or not; `owned`: close() releases it."""
+        self.group: dist.ProcessGroup | None = group
+        self.rank, self.size = group.rank(), group.size()
+        self._owned = owned
         self._gather_buf = np.empty(0, np.uint8)
         self._record = np.zeros(RECORD_CAPACITY, np.uint8)
         self._abandoned: list = []
 
     @classmethod
-    def from_environment(cls, timeout: float) -> "TorchDistTransport":
+    def from_environment(cls, timeout: float) -> TorchDistTransport:
         """torch's default group from torchrun's environment (unless already initialized),
         and a private gloo group over the same ranks for our messages.
 
@@ -85,6 +87,23 @@ class TorchDistTransport:
         group = dist.new_group(backend="gloo", timeout=limit)
         atexit.register(_destroy, group)
         return cls(group)
+
+    @classmethod
+    def over_store(cls, store: dist.Store, rank: int, size: int,
+                   timeout: float) -> TorchDistTransport:
+        """Over a private gloo group made from `store` (torch.distributed need not be
+        initialized, and does not know the group); released by close(), at exit at the latest.
+        """
+        private = dist.PrefixStore("collectives/", store)
+        gloo = dist.ProcessGroupGloo(private, rank, size, datetime.timedelta(seconds=timeout))
+        # A ProcessGroup over the gloo backend, as torch's own group factory builds one, so
+        # that torch.distributed's functions (all of what the transport calls) accept it.
+        group = dist.ProcessGroup(private, rank, size)
+        group._set_default_backend(dist.ProcessGroup.BackendType.GLOO)
+        group._register_backend(torch.device("cpu"), dist.ProcessGroup.BackendType.GLOO, gloo)
+        transport = cls(group, owned=True)
+        atexit.register(transport.close)  # runs after what is registered later (LIFO)
+        return transport
 
     def isend(self, buf: np.ndarray, peer: int, tag: int):
         return dist.isend(_bytes(buf), group=self.group, group_dst=peer, tag=tag)
@@ -190,7 +209,11 @@ class TorchDistTransport:
         """Not supported over gloo (see the class docstring)."""
 
     def close(self) -> None:
-        """The groups are destroyed at exit (from_environment)."""
+        """Release an owned group (over_store): gloo's threads stop now, not in the
+        interpreter's teardown (where stopping them aborts the process). Groups of
+        from_environment are destroyed at exit."""
+        if self._owned:
+            self.group = None
 
     def allgather_record(self, record: np.ndarray, deadline: float, what: str) -> np.ndarray:
         """Every rank's `record` (1-D uint8, one length everywhere) as rows, row r from rank r."""
