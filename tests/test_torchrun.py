@@ -1,7 +1,7 @@
 """Under torchrun, with no MPI launcher: init() picks the torch transport and everything runs.
 
 The workers are the mpiexec ones, unchanged: every algorithm against the NumPy reference,
-and data-parallel training against DDP.
+point-to-point messages beside collectives, and data-parallel training against DDP.
 """
 import json
 import os
@@ -66,6 +66,13 @@ def test_training_matches_ddp_under_torchrun():
     proc = torchrun(2, "torch_training")
     assert proc.stdout.count("size=2, transport=torch") == 2
     assert proc.stdout.count("checks passed") == 2
+
+
+@pytest.mark.parametrize("np_", [2, 3])
+def test_messages_beside_collectives_under_torchrun(np_):
+    """comm.isend/irecv over the torch transport (tests/test_p2p_mpi.py under mpiexec)."""
+    proc = torchrun(np_, "p2p_check")
+    assert proc.stdout.count("checks passed") == np_
 
 
 @pytest.mark.parametrize("check, step", [("1", "timed out waiting for the agreement records"),

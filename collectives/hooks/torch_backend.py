@@ -269,20 +269,11 @@ class CollectivesProcessGroup(dist.ProcessGroup):
 
     def send(self, tensors: list[torch.Tensor], dstRank: int, tag: int) -> dist.Work:
         (rows,) = [Rows(t) for t in tensors]
-        self._check_messages()
         return MessageWork(self.comm.isend(rows.array, dstRank, tag), tensors, lambda: None)
 
     def recv(self, tensors: list[torch.Tensor], srcRank: int, tag: int) -> dist.Work:
         (rows,) = [Rows(t) for t in tensors]
-        self._check_messages()
         return MessageWork(self.comm.irecv(rows.array, srcRank, tag), tensors, rows.finish)
-
-    def _check_messages(self) -> None:
-        """Refuse what would hang: the library's messages over gloo never see a message
-        complete (gloo's send/recv requests complete only through wait())."""
-        if self.comm.transport_name == "torch":
-            raise RuntimeError("backend 'collectives': send/recv are not available over the "
-                               "gloo transport (torchrun) yet; under mpiexec they are")
 
     def recv_anysource(self, tensors: list[torch.Tensor], tag: int) -> dist.Work:
         raise ValueError("backend 'collectives' receives from a named rank only: pass src")

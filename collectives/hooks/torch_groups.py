@@ -19,13 +19,9 @@ Example::
 """
 from __future__ import annotations
 
-import atexit
-import datetime
 import os
 from collections.abc import Sequence
 
-import numpy as np
-import torch
 import torch.distributed as dist
 
 from ..bootstrap import MPI_LAUNCHER_ENV, init
@@ -33,7 +29,6 @@ from ..communicator import Communicator
 from ..config import Settings
 from ..errors import CollectiveError
 from ..topology import Topology
-from ..transport.base import RECORD_CAPACITY
 from ..transport.torch_dist import TorchDistTransport
 
 __all__ = ["group_communicator"]
@@ -72,40 +67,10 @@ def _over_mpi(ranks: list[int], group_rank: int, timeout: float) -> Communicator
 
 def _over_gloo(store: dist.Store, rank: int, size: int, timeout: float) -> Communicator:
     """Our algorithms over gloo point-to-point, on a gloo group of the group's own store."""
-    limit = datetime.timedelta(seconds=timeout)
-    private = dist.PrefixStore("collectives/", store)
-    gloo = dist.ProcessGroupGloo(private, rank, size, limit)
-    # A ProcessGroup over the gloo backend, as torch's own group factory builds one, so that
-    # torch.distributed's functions (all of what the transport calls) accept it.
-    group = dist.ProcessGroup(private, rank, size)
-    group._set_default_backend(dist.ProcessGroup.BackendType.GLOO)
-    group._register_backend(torch.device("cpu"), dist.ProcessGroup.BackendType.GLOO, gloo)
-    transport = _UnregisteredGroupTransport(group)
-    atexit.register(transport.close)  # after the progress engine's drain (atexit is LIFO)
+    transport = TorchDistTransport.over_store(store, rank, size, timeout)
     settings = Settings.resolve(timeout=timeout)
     if settings.local_size is not None:
         topology = Topology.from_local_size(size, settings.local_size, grid=settings.grid)
     else:
         topology = Topology.from_node_keys(transport.node_keys(), grid=settings.grid)
     return Communicator(transport, topology, settings)
-
-
-class _UnregisteredGroupTransport(TorchDistTransport):
-    """TorchDistTransport over a group torch.distributed has not registered.
-
-    TorchDistTransport.__init__ asks `dist.get_rank(group)`, which knows registered groups
-    only; this sets the same state with the rank and size the group knows itself. To go once
-    TorchDistTransport.__init__ uses `group.rank()` and `group.size()` (asked of the library).
-    """
-
-    def __init__(self, group: dist.ProcessGroup):  # noqa: super().__init__ would ask dist
-        self.group = group
-        self.rank, self.size = group.rank(), group.size()
-        self._gather_buf = np.empty(0, np.uint8)
-        self._record = np.zeros(RECORD_CAPACITY, np.uint8)
-        self._abandoned: list = []
-
-    def close(self) -> None:
-        """Release the gloo group: its threads stop now, not in the interpreter's teardown
-        (where stopping them aborts the process)."""
-        self.group = None

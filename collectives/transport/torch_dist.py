@@ -6,12 +6,14 @@ dtype (bfloat16 included) moves unchanged and nothing is copied on the way in or
 Gloo's point-to-point requests report completion only from `wait()` (no test, no future), so
 `wait_any` waits for the oldest request. Plans post receives in the order data arrives from
 each peer, so the oldest is the one to reduce first; only the overlap between different
-peers' segments is lost.
+peers' segments is lost. The messages of `comm.isend`/`irecv` are tested instead: a thread
+waits for each (`gloo_messages`).
 
 Example::
 
     transport = TorchDistTransport.from_environment(timeout=300)   # under torchrun
     transport.wait_all([transport.isend(x, 1, tag=7)], deadline, "send")
+    transport = TorchDistTransport.over_store(store, rank, size, timeout=300)  # any store
 """
 from __future__ import annotations
 
@@ -30,19 +32,11 @@ import kernels
 
 from ..errors import CollectiveError, CollectiveTimeout
 from .base import RECORD_CAPACITY
+from .gloo_messages import GlooMessages, byte_tensor
 
 __all__ = ["TorchDistTransport"]
 
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
-
-
-def _bytes(buf: np.ndarray) -> torch.Tensor:
-    """A uint8 tensor over the memory of the 1-D contiguous array `buf`."""
-    if not isinstance(buf, np.ndarray):
-        raise TypeError(f"the torch transport moves host (NumPy) arrays, got "
-                        f"{type(buf).__module__}.{type(buf).__name__}; for GPU arrays under "
-                        f"torchrun use collectives.init(transport='nccl')")
-    return torch.from_dlpack(buf.view(np.uint8))
 
 
 def _destroy(group: dist.ProcessGroup | None) -> None:
@@ -54,24 +48,27 @@ def _destroy(group: dist.ProcessGroup | None) -> None:
 class TorchDistTransport:
     """Point-to-point transport over a torch.distributed (gloo) process group.
 
-    Gloo has no cancel and no message probe: abandoned requests are kept alive, and notices
-    between ranks are not supported (`tell_peers` does nothing; a peer that gave up is
-    seen as a timeout).
+    Gloo has no cancel and no message probe: abandoned requests are kept alive and the
+    group's connections closed (see `abandon`), and notices between ranks are not supported
+    (`tell_peers` does nothing; a peer that gave up is seen as a timeout or a closed
+    connection).
     """
 
     name = "torch"
     shared = None
 
-    def __init__(self, group: dist.ProcessGroup):
-        self.group = group
-        self.rank = dist.get_rank(group)
-        self.size = dist.get_world_size(group)
+    def __init__(self, group: dist.ProcessGroup, *, owned: bool = False):
+        """Over `group`, registered with torch.distributed or not; `owned`: close() releases it."""
+        self.group: dist.ProcessGroup | None = group
+        self.rank, self.size = group.rank(), group.size()
+        self._owned = owned
+        self._messages = GlooMessages(group)
         self._gather_buf = np.empty(0, np.uint8)
         self._record = np.zeros(RECORD_CAPACITY, np.uint8)
         self._abandoned: list = []
 
     @classmethod
-    def from_environment(cls, timeout: float) -> "TorchDistTransport":
+    def from_environment(cls, timeout: float) -> TorchDistTransport:
         """torch's default group from torchrun's environment (unless already initialized),
         and a private gloo group over the same ranks for our messages.
 
@@ -84,13 +81,32 @@ class TorchDistTransport:
             atexit.register(_destroy, None)
         group = dist.new_group(backend="gloo", timeout=limit)
         atexit.register(_destroy, group)
-        return cls(group)
+        transport = cls(group)
+        atexit.register(transport.close)  # before the group is destroyed (atexit is LIFO)
+        return transport
+
+    @classmethod
+    def over_store(cls, store: dist.Store, rank: int, size: int,
+                   timeout: float) -> TorchDistTransport:
+        """Over a private gloo group made from `store` (torch.distributed need not be
+        initialized, and does not know the group); released by close(), at exit at the latest.
+        """
+        private = dist.PrefixStore("collectives/", store)
+        gloo = dist.ProcessGroupGloo(private, rank, size, datetime.timedelta(seconds=timeout))
+        # A ProcessGroup over the gloo backend, as torch's own group factory builds one, so
+        # that torch.distributed's functions (all of what the transport calls) accept it.
+        group = dist.ProcessGroup(private, rank, size)
+        group._set_default_backend(dist.ProcessGroup.BackendType.GLOO)
+        group._register_backend(torch.device("cpu"), dist.ProcessGroup.BackendType.GLOO, gloo)
+        transport = cls(group, owned=True)
+        atexit.register(transport.close)  # runs after what is registered later (LIFO)
+        return transport
 
     def isend(self, buf: np.ndarray, peer: int, tag: int):
-        return dist.isend(_bytes(buf), group=self.group, group_dst=peer, tag=tag)
+        return dist.isend(byte_tensor(buf), group=self.group, group_dst=peer, tag=tag)
 
     def irecv(self, buf: np.ndarray, peer: int, tag: int):
-        return dist.irecv(_bytes(buf), group=self.group, group_src=peer, tag=tag)
+        return dist.irecv(byte_tensor(buf), group=self.group, group_src=peer, tag=tag)
 
     def wait_all(self, requests: Sequence, deadline: float, what: str) -> None:
         for request in requests:
@@ -134,7 +150,7 @@ class TorchDistTransport:
 
     def native_broadcast(self, buf: np.ndarray, root: int, deadline: float) -> None:
         """gloo's broadcast of root's `buf`."""
-        work = dist.broadcast(_bytes(buf), group=self.group, group_src=root, async_op=True)
+        work = dist.broadcast(byte_tensor(buf), group=self.group, group_src=root, async_op=True)
         self._wait(work, deadline, "native gloo broadcast")
 
     def native_reduce(self, src: np.ndarray, dst: np.ndarray | None, op: str, root: int,
@@ -147,23 +163,28 @@ class TorchDistTransport:
 
     def native_alltoall(self, src: np.ndarray, dst: np.ndarray, deadline: float) -> None:
         """gloo's all-to-all of equal blocks."""
-        work = dist.all_to_all_single(_bytes(dst), _bytes(src), group=self.group, async_op=True)
+        work = dist.all_to_all_single(byte_tensor(dst), byte_tensor(src), group=self.group,
+                                      async_op=True)
         self._wait(work, deadline, "native gloo all-to-all")
 
     def p2p_send(self, buf: np.ndarray, peer: int, tag: int):
-        return dist.isend(_bytes(buf), group=self.group, group_dst=peer, tag=tag)
+        return self._messages.send(buf, peer, tag)
 
     def p2p_recv(self, buf: np.ndarray, peer: int, tag: int):
-        return dist.irecv(_bytes(buf), group=self.group, group_src=peer, tag=tag)
+        return self._messages.recv(buf, peer, tag)
 
-    def p2p_test(self, request, nbytes: int, what: str) -> bool:
-        try:
-            return request.is_completed()
-        except RuntimeError as error:
-            raise CollectiveError(f"{what} failed: {error}") from None
+    def p2p_test(self, request, nbytes: int | None, what: str) -> bool:
+        """Whether a p2p request completed; CollectiveError if it failed, or if a received
+        message was not `nbytes` long (the receive knows its length)."""
+        return request.test(what)
 
     def abandon(self, sends: Sequence, receives: Sequence) -> None:
-        self._abandoned.extend(r for r in (*sends, *receives) if r is not None)
+        """Keep the requests alive and close the group's connections, so that their waits end
+        (gloo cannot cancel a request; the group is unusable after a timeout anyway)."""
+        requests = [r for r in (*sends, *receives) if r is not None]
+        self._abandoned.extend(requests)
+        if requests:
+            self._messages.close_connections()
 
     def poll(self, test, deadline: float, what: str):
         while True:
@@ -190,7 +211,14 @@ class TorchDistTransport:
         """Not supported over gloo (see the class docstring)."""
 
     def close(self) -> None:
-        """The groups are destroyed at exit (from_environment)."""
+        """End the waits of messages still pending, and release an owned group (over_store):
+        gloo's threads stop now, not in the interpreter's teardown (where stopping them aborts
+        the process). Groups of from_environment are destroyed at exit."""
+        if self.group is None:
+            return
+        self._messages.close()
+        if self._owned:
+            self.group = self._messages = None
 
     def allgather_record(self, record: np.ndarray, deadline: float, what: str) -> np.ndarray:
         """Every rank's `record` (1-D uint8, one length everywhere) as rows, row r from rank r."""

@@ -1,9 +1,13 @@
 """Point-to-point messages beside the collectives: values, any dtype, a ring of sends,
-errors for bad peers and sizes, and no interference with collectives in flight.
+errors for bad peers and sizes, a receive that times out, and no interference with
+collectives in flight.
 
 Usage: mpiexec -n P python -m tests.workers.p2p_check   (P >= 2)
+       torchrun --nproc-per-node P -m tests.workers.p2p_check
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -33,12 +37,30 @@ def main() -> None:
             tally.check(text in str(error), f"dst={bad}: {error}")
     if me == 0:
         comm.send(np.ones(8, np.int64), dst=1, tag=9)
+        comm.send(np.ones(8, np.int64), dst=1, tag=10)
     elif me == 1:
         try:
             comm.recv(np.empty(4, np.int64), src=0, tag=9)
             tally.check(False, "a too-small receive raised nothing")
         except collectives.CollectiveError as error:
             tally.check("truncated" in str(error), f"unclear error: {error}")
+        try:
+            comm.recv(np.empty(16, np.int64), src=0, tag=10)
+            tally.check(False, "a too-large receive raised nothing")
+        except collectives.CollectiveError as error:
+            tally.check("the message has 64 bytes" in str(error), f"unclear error: {error}")
+    comm.barrier()
+    short = collectives.init(timeout=1)
+    if me == 0:  # rank 1 sends nothing: the receive gives up, naming it
+        start = time.monotonic()
+        try:
+            short.recv(np.empty(4), src=1, tag=11)
+            tally.check(False, "a receive from a silent rank returned")
+        except collectives.CollectiveTimeout as error:
+            tally.check("receive from rank 1 (tag 11" in str(error), f"unclear timeout: {error}")
+        tally.check(time.monotonic() - start < 3, "the timed-out receive took too long")
+    got = comm.allreduce(np.ones(2), op="sum")
+    tally.check(bool((got == p).all()), "a collective after the timed-out receive")
     comm.barrier()
     tally.finish()
 
