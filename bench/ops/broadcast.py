@@ -1,6 +1,6 @@
 """Broadcast (nccl-tests' ``broadcast.cu``): size = the buffer, busbw = algbw. Every rank
-gets root's buffer: ``comm.broadcast(x, root, algorithm, out)``, or ``MPI_Bcast`` (in
-place: root's input is the buffer it sends)."""
+gets root's buffer: ``comm.broadcast(x, root, algorithm, out)`` with MPI_Bcast's buffers
+(root: ``out=x``, in place; elsewhere a separate output), or ``MPI_Bcast`` itself."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -28,7 +28,9 @@ class BroadcastSample(CollectiveSample):
         return data
 
     def library(self, options: Mapping[str, object]) -> np.ndarray:
-        return self.op.comm.broadcast(self._x, root=self.op.root, out=self._out, **options)
+        """The buffers MPI_Bcast uses: root's input (in place) on root, the output elsewhere."""
+        out = self._x if self.rank == self.op.root else self._out
+        return self.op.comm.broadcast(self._x, root=self.op.root, out=out, **options)
 
     def wrong(self, variant) -> int:
         return gathered_wrong(self.table, self.result(), self.codes[None], [self.op.root])

@@ -54,9 +54,8 @@ class Broadcast(Collective):
 
     def _work(self, ctx: Context, result):
         """(flat buffer the broadcast runs on, whether to copy it into result after), root's
-        data already in it."""
-        if result.flags.c_contiguous and (self.out is None or result is self.x
-                                          or self.rank != self.root):
+        data already in it: result itself where it is contiguous."""
+        if result.flags.c_contiguous:
             work, copy = result.reshape(-1), False
         else:
             work, copy = ctx.reducer.buffer("collective", self.x, self.x.dtype, self.x.size), True
