@@ -45,13 +45,13 @@ def _dtype(text: str) -> str:
 
 
 def _compressions(text: str) -> tuple[str | None, ...]:
-    """``none,fp16`` as (None, "fp16")."""
+    """``none,fp16,auto`` as (None, "fp16", "auto")."""
     names = tuple(None if name == "none" else name for name in text.split(",") if name)
-    unknown = [name for name in names if name not in (None, *WIRE_EPS)]
+    unknown = [name for name in names if name not in (None, *WIRE_EPS, "auto")]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
             f"unknown compression {', '.join(map(str, unknown)) or repr(text)}; "
-            f"choose from none, {', '.join(WIRE_EPS)}")
+            f"choose from none, {', '.join(WIRE_EPS)}, auto")
     return names
 
 
@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "else bandwidth)")
     parser.add_argument("--compression", type=_compressions, default=(None,), metavar="C,C",
                         help="wire compressions to measure, each a column group per "
-                             "algorithm: none, fp16, bf16 (default none)")
+                             "algorithm: none, fp16, bf16, auto (the library decides per size; "
+                             "default none)")
     parser.add_argument("--tensors", type=int, default=None, metavar="N",
                         help="fusion mode: cut each size into N uneven arrays and compare "
                              "allreduce_many (many), one call per array (loop) and one "

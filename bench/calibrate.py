@@ -17,7 +17,8 @@ them as in a real all-reduce:
    counterparts on the neighbouring nodes) when the topology has several, else inter = intra.
    Between processes of one host the ranks' own cores move the bytes (`cpu_copy`);
 2. a copy of N bytes on every rank at once: `copy_beta` per N (copies between input, work
-   buffer and output);
+   buffer and output); and one fp16 codec pass over N bytes of float32 (`codec_beta`, at
+   the largest N: what `compression="auto"` prices a codec pass at);
 3. per-call cost: a plan-based call with nothing to move (``allreduce`` of an empty array):
    validation, the agreement round trip, fusion and plan lookup, at this world size; and
    per N, a ring all-reduce of N bytes less its plan run by the executor alone on the same
@@ -261,7 +262,9 @@ def calibrate_alongside(mpi_comm, comm, alongside: Mapping[int, Sequence[Callabl
         if n != sizes[0]:
             a = np.ones(n // 4, np.float32)
             b = np.empty_like(a)
+            half = np.empty(a.size, np.float16)
             schedule += [(("copy", n), functools.partial(kernels.copy_into, b, a)),
+                         (("codec", n), functools.partial(kernels.compress_into, half, a, 1.0)),
                          *(((kind, n), call) for kind, call in _call_and_plan(comm, n).items())]
         schedule += [(("alongside", n, i), call) for i, call in enumerate(alongside.get(n, ()))]
     progress(f"exchanges, copies and per-call cost, {format_size(sizes[0])} .. "
@@ -285,6 +288,7 @@ def calibrate_alongside(mpi_comm, comm, alongside: Mapping[int, Sequence[Callabl
     calibration = Calibration(
         size=comm.size, intra=intra_link, inter=inter_link, gamma=gamma[-1],
         call_overhead=call_overhead, copy_beta=copy_beta[-1],
+        codec_beta=round(seconds["codec", sizes[-1]] / sizes[-1], 18),
         native=_native_table(mpi_comm, comm, NATIVE_SIZES[::2] if quick else NATIVE_SIZES, progress),
         by_size=rows,
         measured={"intra_exchange": intra, "inter_exchange": inter,
@@ -362,6 +366,7 @@ def describe(calibration: Calibration) -> str:
         f"# inter-node link: {link(calibration.inter)}",
         f"# reduction: {_rate(calibration.gamma)} GB/s (gamma {calibration.gamma:.3e} s/B)",
         f"# per call: {calibration.call_overhead * 1e6:.1f} us; copies in/out of the work buffer: {_rate(calibration.copy_beta)} GB/s",
+        f"# a 16-bit codec pass (float32 in): {_rate(calibration.codec_beta)} GB/s",
     ]
     if calibration.by_size:
         lines.append("# per call size (GB/s; per call): " + "; ".join(

@@ -4,7 +4,8 @@ Prices come from the communicator's tuner (the tuning file of ``collectives-benc
 --calibrate``, else the default model): ``native`` from its calibrated times, a plan-based
 algorithm as its plans' simulated time plus the per-call cost (``Tuner.predict``), ``auto``
 as the algorithm the tuner picks. A compressed call is simulated with 2-byte elements on
-the wire (its encode and decode work is not modelled). MPI's own all-reduce outside the
+the wire, plus the codec's passes and the scale's agreement (``Tuner.predict_compressed``);
+``compression="auto"`` as what the tuner decides for it. MPI's own all-reduce outside the
 library has no price.
 
 Example::
@@ -33,6 +34,8 @@ class AllReducePrices:
         """The model's time of one call; None for what it does not price."""
         from collectives.algorithms import PLANNERS
 
+        if compression == "auto":  # the library decides the algorithm and the wire
+            algorithm, compression = self._tuner.compression(nbytes, algorithm)
         if algorithm == "auto":
             algorithm = self._tuner.choose(nbytes)  # what auto runs: the library decides
         if compression is None:

@@ -93,9 +93,10 @@ def reference(table: np.ndarray, redop: str, *, eps: float) -> tuple[np.ndarray,
 def rounding_eps(dtype: np.dtype, compression: str | None) -> float:
     """The eps a reduction in ``dtype`` may round by: the dtype's (0 for integers); with a
     16-bit wire format, twice the larger of it and the wire's (rounded at every hop, and
-    once more at the end)."""
+    once more at the end); ``"auto"`` may put fp16 on the wire."""
     eps = float(ml_dtypes.finfo(dtype).eps) if dtype.kind != "i" else 0.0
-    return eps if compression is None else 2 * max(eps, WIRE_EPS[compression])
+    wire = "fp16" if compression == "auto" else compression
+    return eps if wire is None else 2 * max(eps, WIRE_EPS[wire])
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ class AllReduceSample:
         self._out = np.empty_like(self._x)
         self._expected = {compression: Expected.reduction(
             table, redop, eps=rounding_eps(dtype, compression))
-            for compression in ((None, "fp16", "bf16") if dtype.kind != "i" else (None,))}
+            for compression in ((None, "fp16", "bf16", "auto") if dtype.kind != "i" else (None,))}
 
     @property
     def nbytes(self) -> int:
