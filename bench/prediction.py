@@ -35,7 +35,10 @@ class AllReducePrices:
         from collectives.algorithms import PLANNERS
 
         if compression == "auto":  # the library decides the algorithm and the wire
-            algorithm, compression = self._tuner.compression(nbytes, algorithm)
+            wire = self._tuner.compression(nbytes, algorithm)
+            if wire.between_nodes:
+                return self._tuner.predict_between_nodes(nbytes, wire.algorithm)
+            algorithm, compression = wire.algorithm, wire.compression
         if algorithm == "auto":
             algorithm = self._tuner.choose(nbytes)  # what auto runs: the library decides
         if compression is None:

@@ -12,6 +12,7 @@ its replicas ended bit-identical on every rank.
 Example::
 
     python -m bench.train_step --np 2 --hooks ring --apis ddp,fsdp --rounds 5 --steps 4
+    python -m bench.train_step --nodes 2 --ppn 1 --link 1gbit --hooks ring,ring+fp16 --apis ddp
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.train_step",
                                      description=__doc__.split("\n\n")[0])
     launch.add_launch_argument(parser)
+    launch.add_lab_arguments(parser)
     parser.add_argument("--hooks", default="auto,ring,ring+fp16",
                         help="our hook's variants, ALGORITHM[+COMPRESSION] comma-separated "
                              "(default auto,ring,ring+fp16)")
@@ -138,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         apis = parse_apis(args.apis)
     except ValueError as error:
         parser.error(str(error))
-    launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np)
+    launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np,
+                           lab=launch.lab_request(parser, args))
 
     import numpy as np
     import torch

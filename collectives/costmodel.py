@@ -270,12 +270,16 @@ class ClusterModel:
         return (self.call_overhead + nbytes * self.copy_beta
                 + NativeModel.modelled(nbytes, self.size, slowest, self.gamma, collective))
 
-    def codec_time(self, nbytes: int) -> float:
+    def codec_time(self, nbytes: int, *, between_nodes: bool = False) -> float:
         """Seconds a compressed all-reduce of `nbytes` (float32) spends in its codec on each
         rank, beside its plan: the scale and the last rounding (a pass each over the
-        buffer), and every byte sent encoded and received decoded (2 (p-1)/p n each way)."""
-        p = self.size
-        hops = 2 * (p - 1) / p if p > 1 else 0.0
+        buffer), and every byte sent encoded and received decoded (2 (p-1)/p n each way;
+        `between_nodes`: only hierarchical's inter-node stage, 2 (N-1)/p n for N nodes)."""
+        p, nodes = self.size, len(self.topology.nodes)
+        if between_nodes:
+            hops = 2 * (nodes - 1) / p if p > 1 else 0.0
+        else:
+            hops = 2 * (p - 1) / p if p > 1 else 0.0
         return (2 + 2 * hops) * nbytes * self.codec_beta
 
     def call_time(self, nbytes: int) -> float:

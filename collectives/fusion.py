@@ -136,21 +136,21 @@ class _Bucket:
         self.options, self.bucket, self.reducer = options, bucket, reducer
         self.tag, self.deadline = tag, deadline
         self.algorithm = options.algorithm
+        self.between_nodes = False  # the codec on messages between nodes only
         self.codec = codec_for(self._compression(), bucket.dtype)
         self.xp = kernels.array_module(self.arrays[0])
 
     def _compression(self) -> str | None:
         """The bucket's compression: "auto" asks the tuner (floats only), and may change
-        the algorithm it runs with."""
+        the algorithm it runs with and keep the codec between nodes."""
         options, bucket = self.options, self.bucket
         if options.compression != "auto":
             return options.compression
         if bucket.dtype.kind != "f" and bucket.dtype not in kernels.HALF_DTYPES:
             return None
-        algorithm, compression = self.reducer.tuner.compression(bucket.count * 4,
-                                                                options.algorithm)
-        self.algorithm = algorithm
-        return compression
+        wire = self.reducer.tuner.compression(bucket.count * 4, options.algorithm)
+        self.algorithm, self.between_nodes = wire.algorithm, wire.between_nodes
+        return wire.compression
 
     def reduce(self, results: list, feedback_key) -> None:
         if self.options.deterministic:
@@ -237,7 +237,8 @@ class _Bucket:
     def _reduce(self, work, op: str, codec, src=None, exposed: bool = False) -> None:
         itemsize = work.dtype.itemsize if codec is None else codec.dtype.itemsize
         algorithm = self.reducer.resolve(self.algorithm, work.size * itemsize)
-        self.reducer.reduce(work, op, algorithm, codec, src, self.tag, self.deadline, exposed)
+        self.reducer.reduce(work, op, algorithm, codec, src, self.tag, self.deadline, exposed,
+                            between_nodes=self.between_nodes)
 
     def _hand_back(self, result, results: list) -> None:
         members, offsets = self.bucket.members, self.bucket.offsets

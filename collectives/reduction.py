@@ -23,6 +23,7 @@ import numpy as np
 import kernels
 
 from .algorithms import plan_for
+from .algorithms.levels import by_level
 from .compression import ErrorFeedback
 from .execution import IDENTITY, PlanRunner
 from .stats import StatsRecorder, plan_traffic
@@ -72,10 +73,12 @@ class FlatReducer:
         return name
 
     def reduce(self, work, op: str, algorithm: str, codec, src, tag: int, deadline: float,
-               exposed: bool = False) -> None:
+               exposed: bool = False, between_nodes: bool = False) -> None:
         """All-reduce the flat `work` in place (`op`: sum, max, min) with `algorithm`
         (concrete) and `codec` (None: uncompressed); `src`: read the input there instead
-        (None: work holds it). `exposed`: work is memory the caller sees."""
+        (None: work holds it). `exposed`: work is memory the caller sees. `between_nodes`:
+        the codec travels on the plan's messages between nodes only, where its rounds keep
+        to one level each (algorithms.levels), else on all."""
         runner = self.host_runner if self.device_runner is None else self.runner(work)
         start = time.perf_counter()
         if algorithm == "native":
@@ -94,10 +97,19 @@ class FlatReducer:
         label = algorithm if codec is None else f"{algorithm}+{codec.name}"
         plan = plan_for("allreduce", algorithm, self.rank, self.size, work.size, wire.itemsize,
                         self.topology)
-        runner.run(plan, work, op, tag, deadline, codec or IDENTITY, src=src)
-        sent, received = plan_traffic(plan)
-        self.stats.record(label, time.perf_counter() - start, sent * wire.itemsize,
-                          received * wire.itemsize)
+        parts = by_level(plan, self.topology.node_of) if codec and between_nodes else None
+        if parts is None:
+            parts = [(True, plan)]
+        else:
+            label += " between nodes"
+        sent = received = 0
+        for i, (across, part) in enumerate(parts):
+            part_codec, part_wire = (codec or IDENTITY, wire) if across else (IDENTITY, work.dtype)
+            runner.run(part, work, op, tag, deadline, part_codec, src=src if i == 0 else None)
+            part_sent, part_received = plan_traffic(part)
+            sent += part_sent * part_wire.itemsize
+            received += part_received * part_wire.itemsize
+        self.stats.record(label, time.perf_counter() - start, sent, received)
 
     def _native(self, runner: PlanRunner, work, op: str, codec, src, deadline: float,
                 exposed: bool) -> None:

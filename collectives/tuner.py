@@ -21,6 +21,7 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 from .algorithms import PLANNERS
 from .costmodel import DEFAULT_CALIBRATION, ClusterModel, load_calibration
@@ -35,8 +36,11 @@ NATIVE_MARGIN = 0.25
 # compression="auto" compresses only when predicted this much faster: never slower by more
 # than the model's error where it does not pay (one node's shared memory, small messages).
 COMPRESSION_MARGIN = 0.10
+# The plan whose rounds keep to one level each (inside nodes, then across, then inside):
+# compression="auto" may compress its messages between nodes only.
+BY_LEVEL = "hierarchical"
 
-__all__ = ["CANDIDATES", "Tuner"]
+__all__ = ["CANDIDATES", "Tuner", "Wire"]
 
 CANDIDATES: tuple[str, ...] = ("native", *PLANNERS["allreduce"])
 
@@ -127,11 +131,24 @@ class Tuner:
         return (self.cluster.call_time(nbytes) + self.cluster.codec_time(nbytes)
                 + self.cluster.native_time(8) + plan.time)
 
-    def compression(self, nbytes: int, algorithm: str) -> tuple[str, str | None]:
-        """(algorithm, "fp16" or None) for `compression="auto"` on an all-reduce of `nbytes`
-        of float32: 16 bits on the wire only where the plan's predicted time with the codec's
-        passes (ClusterModel.codec_time) and the scale's agreement (a native all-reduce of
-        one float) beats the uncompressed best by COMPRESSION_MARGIN.
+    def predict_between_nodes(self, nbytes: int, algorithm: str) -> float:
+        """Predicted seconds of a plan's all-reduce of `nbytes` (float32) with 16 bits on
+        its messages between nodes only: the uncompressed plan less half the time its
+        critical path spends on inter-node messages, queued or moving (half the bytes), plus
+        the codec's passes over the inter-node stage's bytes and the scale's agreement."""
+        plan = simulate(algorithm, self.cluster, nbytes // self.itemsize, itemsize=self.itemsize)
+        across = sum(hop.seconds for hop in plan.critical_path.hops
+                     if hop.kind in ("message", "queued") and hop.link == "inter")
+        return (self.cluster.call_time(nbytes)
+                + self.cluster.codec_time(nbytes, between_nodes=True)
+                + self.cluster.native_time(8) + plan.time - across / 2)
+
+    def compression(self, nbytes: int, algorithm: str) -> Wire:
+        """What `compression="auto"` runs for an all-reduce of `nbytes` of float32: 16 bits
+        on the wire only where the predicted time with the codec's passes
+        (ClusterModel.codec_time) and the scale's agreement (a native all-reduce of one
+        float) beats the uncompressed best by COMPRESSION_MARGIN; on several nodes also
+        hierarchical with 16 bits between nodes only (its nodes' stages stay 32-bit).
         `algorithm` "auto" may change with compression; MPI's own all-reduce is never
         compressed (it reduces 16-bit values through a Python user op)."""
         key = ("compression", algorithm, nbytes)
@@ -141,21 +158,40 @@ class Tuner:
             best = _cheapest(plain) if algorithm == "auto" else algorithm
             plans = list(PLANNERS["allreduce"]) if algorithm == "auto" else \
                 [algorithm] if algorithm in PLANNERS["allreduce"] else []
-            packed = {name: self.predict_compressed(nbytes, name) for name in plans}
-            choice = (best, None)
+            packed = {Wire(name, "fp16"): self.predict_compressed(nbytes, name)
+                      for name in plans}
+            if len(self.cluster.topology.nodes) > 1 and BY_LEVEL in plans:
+                packed[Wire(BY_LEVEL, "fp16", True)] = \
+                    self.predict_between_nodes(nbytes, BY_LEVEL)
+            choice = Wire(best)
             if packed:
-                fastest = min(packed, key=lambda name: (packed[name], name))
+                fastest = min(packed, key=lambda wire: (packed[wire], wire))
                 if packed[fastest] * (1 + COMPRESSION_MARGIN) < plain[best]:
-                    choice = (fastest, "fp16")
+                    choice = fastest
             if len(self._choices) >= CHOICE_CACHE_SIZE:
                 del self._choices[next(iter(self._choices))]
             self._choices[key] = choice
             if self._debug:
-                said = ", ".join(f"{name}+fp16 {t * 1e6:.1f} us" for name, t in packed.items())
-                log.debug("auto compression: %d bytes -> %s%s; uncompressed %s %.1f us; %s (%s)",
-                          nbytes, choice[0], f"+{choice[1]}" if choice[1] else "", best,
-                          plain[best] * 1e6, said or "no plan to compress", self.source)
+                said = ", ".join(f"{wire} {t * 1e6:.1f} us" for wire, t in packed.items())
+                log.debug("auto compression: %d bytes -> %s; uncompressed %s %.1f us; %s (%s)",
+                          nbytes, choice, best, plain[best] * 1e6,
+                          said or "no plan to compress", self.source)
         return choice
+
+
+class Wire(NamedTuple):
+    """What compression="auto" runs: the algorithm, its compression (None: uncompressed),
+    and whether the codec travels between nodes only."""
+
+    algorithm: str
+    compression: str | None = None
+    between_nodes: bool = False
+
+    def __str__(self) -> str:
+        if self.compression is None:
+            return self.algorithm
+        return f"{self.algorithm}+{self.compression}" + \
+            (" between nodes" if self.between_nodes else "")
 
 
 def _cheapest(times: dict[str, float]) -> str:

@@ -14,7 +14,8 @@ import math
 
 import pytest
 
-from collectives.algorithms import PLANNERS, halving_doubling, hierarchical
+from collectives.algorithms import PLANNERS, halving_doubling, hierarchical, plan_for
+from collectives.algorithms.levels import by_level
 from collectives.algorithms.plan import Plan, Send
 from collectives.algorithms.ring import SEGMENT_BYTES
 from collectives.topology import Topology
@@ -195,3 +196,24 @@ def test_degenerate_shapes_give_empty_or_ring_plans(algorithm):
     for topology in (Topology.from_local_size(5, 1), Topology.from_local_size(5, 5), None):
         if algorithm != "halving_doubling":
             assert [p.rounds for p in plans(algorithm, 5, 23, 4, topology)] == [p.rounds for p in ring]
+
+
+@pytest.mark.parametrize("size, local_size", [(4, 2), (6, 4), (5, 2), (8, 4)])
+def test_hierarchical_cuts_into_levels_that_rebuild_the_plan(size, local_size):
+    """Inside the node, across, inside again: every step in its order, every message's
+    level the same seen from both ends; a ring across nodes mixes levels in a round."""
+    topology = Topology.from_local_size(size, local_size)
+    for rank in range(size):
+        plan = plan_for("allreduce", "hierarchical", rank, size, 1009, 4, topology)
+        parts = by_level(plan, topology.node_of)
+        assert parts is not None
+        assert [step for _, part in parts for _, step in part.steps()] == \
+            [step for _, step in plan.steps()]
+        home = topology.node_of[rank]
+        for across, part in parts:
+            assert all((topology.node_of[step.peer] != home) == across
+                       for _, step in part.steps())
+        levels = [across for across, _ in parts]
+        assert levels == ([True] if len(topology.peers(rank)) == 1 else [False, True, False])
+    ring = plan_for("allreduce", "ring", 1, 4, 1009, 4, Topology.from_local_size(4, 2))
+    assert by_level(ring, Topology.from_local_size(4, 2).node_of) is None

@@ -17,7 +17,7 @@ from collectives.costmodel import (DEFAULT_CALIBRATION, Calibration, ClusterMode
 from collectives.simulator import simulate
 from collectives.topology import Topology
 from collectives import tuner as tuner_module
-from collectives.tuner import CANDIDATES, Tuner
+from collectives.tuner import CANDIDATES, Tuner, Wire
 from tests.mpirun import run_workers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -251,9 +251,26 @@ def test_auto_compression_pays_only_on_slow_links():
                                      gamma=1 / 3e9))
     one_node = Tuner(ClusterModel.uniform(nodes=1, ranks_per_node=4, intra=shm, inter=shm,
                                           gamma=1 / 3e9))
-    assert lab.compression(16 << 20, "auto")[1] == "fp16"
-    assert lab.compression(16 << 20, "ring") == ("ring", "fp16")
-    assert lab.compression(16 << 20, "native") == ("native", None)
-    assert lab.compression(1 << 10, "auto")[1] is None
+    assert lab.compression(16 << 20, "auto").compression == "fp16"
+    assert lab.compression(16 << 20, "ring") == Wire("ring", "fp16")
+    assert lab.compression(16 << 20, "native") == Wire("native")
+    assert lab.compression(1 << 10, "auto").compression is None
     for size in (8, 1 << 10, 1 << 20, 64 << 20):
-        assert one_node.compression(size, "auto")[1] is None
+        assert one_node.compression(size, "auto").compression is None
+
+
+def test_compression_between_nodes_is_priced_on_several_nodes():
+    """hierarchical with fp16 between nodes only: its nodes' stages keep 32 bits, so it
+    saves the inter-node half and pays no codec on fast links; priced below hierarchical
+    uncompressed on slow links between nodes, offered only where there are nodes."""
+    shm = LinkModel.from_bandwidth(alpha_us=5, gbytes_per_s=10, cpu_copy=True)
+    slow = LinkModel.from_bandwidth(alpha_us=60, gbytes_per_s=0.117, per_node=True)
+    lab = Tuner(ClusterModel.uniform(nodes=2, ranks_per_node=4, intra=shm, inter=slow,
+                                     gamma=1 / 3e9))
+    n = 64 << 20
+    between = lab.predict_between_nodes(n, "hierarchical")
+    assert between < 0.75 * lab.predict(n)["hierarchical"]
+    assert lab.compression(n, "hierarchical").compression == "fp16"
+    one_node = Tuner(ClusterModel.uniform(nodes=1, ranks_per_node=4, intra=shm, inter=shm,
+                                          gamma=1 / 3e9))
+    assert not one_node.compression(n, "hierarchical").between_nodes

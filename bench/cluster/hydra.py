@@ -33,7 +33,7 @@ from .layout import IFACE, Layout
 __all__ = ["RANK_ENVIRONMENT", "find_hydra", "launcher_path", "mpiexec_command",
            "rank_environment", "write_launcher"]
 
-RANK_ENVIRONMENT = {"UCX_TLS": "self,tcp", "UCX_NET_DEVICES": IFACE}
+RANK_ENVIRONMENT = {"UCX_TLS": "self,tcp", "UCX_NET_DEVICES": IFACE, "GLOO_SOCKET_IFNAME": IFACE}
 
 
 @functools.cache

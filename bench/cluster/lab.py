@@ -190,7 +190,9 @@ class Lab:
         if capture:
             popen.setdefault("stdout", subprocess.PIPE)
             popen.setdefault("stderr", subprocess.PIPE)
-        process = subprocess.Popen(argv, env=hydra.rank_environment(dict(env or {})), text=True,
+        # torch.distributed's rendezvous (MASTER_ADDR) is rank 0's node, as on a cluster
+        extra = {"MASTER_ADDR": self.layout.address(0), **(env or {})}
+        process = subprocess.Popen(argv, env=hydra.rank_environment(extra), text=True,
                                    start_new_session=True, **popen)
         return Job(self, argv, process)
 
