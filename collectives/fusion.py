@@ -236,7 +236,8 @@ class _Bucket:
 
     def _reduce(self, work, op: str, codec, src=None, exposed: bool = False) -> None:
         itemsize = work.dtype.itemsize if codec is None else codec.dtype.itemsize
-        algorithm = self.reducer.resolve(self.algorithm, work.size * itemsize)
+        algorithm = self.reducer.resolve(self.algorithm, work.size * itemsize,
+                                         compressed=codec is not None)
         self.reducer.reduce(work, op, algorithm, codec, src, self.tag, self.deadline, exposed,
                             between_nodes=self.between_nodes)
 

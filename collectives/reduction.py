@@ -61,13 +61,15 @@ class FlatReducer:
         """A reusable flat buffer on like's array module (see PlanRunner.buffer)."""
         return self.runner(like).buffer(purpose, like, dtype, elements)
 
-    def resolve(self, algorithm: str, nbytes: int) -> str:
-        """`auto` made concrete for a message of `nbytes` (the tuner's choice)."""
+    def resolve(self, algorithm: str, nbytes: int, *, compressed: bool = False) -> str:
+        """`auto` made concrete for a message of `nbytes` (the tuner's choice; `compressed`:
+        among the plans, whose codec runs per message, never MPI's own all-reduce, which
+        reduces 16-bit values through a Python user op)."""
         if algorithm != "auto":
             return algorithm
         if nbytes == 0:
             return "native"  # nothing to move: the cheapest call, no pricing needed
-        name = self.tuner.choose(nbytes)
+        name = self.tuner.choose(nbytes, plans_only=compressed)
         if self._debug:
             log.debug("rank %d: auto chose %s for %d bytes", self.rank, name, nbytes)
         return name
