@@ -95,8 +95,7 @@ class _Reduction(Call):
             return None  # nothing to exchange: the data moves next
         x = self.arrays[0] if self.arrays else None
         if (checked and self.single and options.algorithm == "auto"
-                and options.compression is None and type(x) is np.ndarray
-                and rides(x.nbytes, ctx.size)):
+                and type(x) is np.ndarray and rides(x.nbytes, ctx.size) and self._raw(ctx)):
             self.payload = as_payload(x)
         finite = not options.check_finite or all(map(_finite, self.arrays))
         return ctx.agreement.agree(self.signature, seq, deadline, finite, self.payload,
@@ -105,7 +104,7 @@ class _Reduction(Call):
     def move(self, ctx: Context, seq: int, deadline: float, rows):
         if self.payload is not None:
             return self._direct(ctx, rows)
-        if self.single and not self.options.deterministic and self._contiguous():
+        if self.single and not self.options.deterministic and self._contiguous(ctx):
             return self._single(ctx, seq, deadline)
         layout = Layout.of(self.shapes, self.options.fusion_bytes)
         results = reduce_arrays(self.arrays, self.outs, self.options, layout, ctx.reducer,
@@ -113,14 +112,23 @@ class _Reduction(Call):
                                 feedback_key=self._feedback_key())
         return results[0] if self.single else results
 
-    def _contiguous(self) -> bool:
+    def _contiguous(self, ctx: Context) -> bool:
         """One array, read where it lies and reduced straight into its result: contiguous,
         uncompressed, and not an integer avg (which sums in wider integers)."""
         options, x = self.options, self.arrays[0]
         out = self.outs[0] if self.outs is not None else None
-        return (options.compression is None and x.flags.c_contiguous
-                and (out is None or out.flags.c_contiguous)
-                and not (options.op is Op.AVG and x.dtype.kind == "i"))
+        return (x.flags.c_contiguous and (out is None or out.flags.c_contiguous)
+                and not (options.op is Op.AVG and x.dtype.kind == "i") and self._raw(ctx))
+
+    def _raw(self, ctx: Context) -> bool:
+        """The single array travels uncompressed: no compression, or compression="auto"
+        deciding none for its size (then it takes the uncompressed call's fast paths)."""
+        compression, x = self.options.compression, self.arrays[0]
+        if compression != "auto":
+            return compression is None
+        if x.dtype.kind != "f" and x.dtype not in kernels.HALF_DTYPES:
+            return True
+        return ctx.reducer.tuner.compression(x.size * 4, self.options.algorithm).compression is None
 
     def _single(self, ctx: Context, seq: int, deadline: float):
         """The fast path of one contiguous array: no packing, no fusion bookkeeping."""
