@@ -246,7 +246,9 @@ def sweep(mpi_comm: MPI.Comm, op: Op, *, options: SweepOptions,
     """Measure every variant at every size; yields one table line (a list of rows) per size.
 
     At each size the variants take ``options.repeat`` turns: warm-up, timed calls and
-    the check each turn. ``progress(done, total, what)`` is called before each turn.
+    the check each turn; turn k starts k places further down the list, so no variant is
+    always measured first or right after the same one. ``progress(done, total, what)`` is
+    called before each turn.
     """
     variants = op.variants()
     counts = _counts(op, options.sizes)
@@ -257,7 +259,9 @@ def sweep(mpi_comm: MPI.Comm, op: Op, *, options: SweepOptions,
         sample = op.setup(count)
         turns = [_Turns() for _ in variants]
         for turn in range(options.repeat):
-            for variant, measured in zip(variants, turns):
+            start = turn % len(variants)
+            order = list(zip(variants, turns))
+            for variant, measured in order[start:] + order[:start]:
                 step += 1
                 if progress is not None:
                     again = f" (turn {turn + 1}/{options.repeat})" if options.repeat > 1 else ""

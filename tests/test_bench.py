@@ -191,9 +191,11 @@ def test_repeats_take_turns_and_keep_the_median():
     steps = []
     (line,) = harness.sweep(_SoloComm(), op, options=options,
                             progress=lambda done, total, what: steps.append(what))
+    # one call and its check per turn; each turn starts one place further down the list
     assert [entry[2] for entry in op.log if entry[0] in ("run", "check")] == [
-        "a", "a", "b", "b"] * 3  # one call and its check per turn, variants alternating
-    assert steps[:3] == ["4 B a (turn 1/3)", "4 B b (turn 1/3)", "4 B a (turn 2/3)"]
+        "a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
+    assert steps[:4] == ["4 B a (turn 1/3)", "4 B b (turn 1/3)", "4 B b (turn 2/3)",
+                         "4 B a (turn 2/3)"]
     for row in line:
         assert len(row.runs_us) == 3 and row.time_us == sorted(row.runs_us)[1]
 
@@ -415,7 +417,7 @@ def test_end_to_end_two_ranks(tmp_path):
     assert [int(line.split()[0]) for line in table_lines] == sizes
     assert "pred   ratio #wrong |" in proc.stdout  # the latency layout below 1 MiB
     assert "ring/mpi busbw at 8 B " in proc.stdout and "# #wrong total: 0 OK" in proc.stdout
-    assert "[30/30] 32 KiB native (turn 2/2)" in proc.stderr
+    assert "[30/30] 32 KiB mpi (turn 2/2)" in proc.stderr  # turn 2 starts at ring
 
 
 def test_end_to_end_another_collective_against_mpi_alone(tmp_path):
