@@ -19,7 +19,10 @@ from bench.cluster.lab import pids_of
 from tests.mpirun import ROOT
 
 CREATOR = textwrap.dedent("""
+    import signal
     from bench.cluster import Lab
+    # Ctrl-C as at a terminal, even when started from a background job (which ignores it)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with Lab(nodes=2, link="1gbit") as lab:
         job = lab.start(["sleep", "120"], ppn=1)
         print(lab.name, flush=True)
