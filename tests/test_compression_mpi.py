@@ -121,10 +121,11 @@ def test_compressed_reduce_scatter_allgather_reduce(np_):
     run_workers(np_, "compressed_collectives", env=ENV)
 
 
-@pytest.mark.parametrize("np_, local_size", [(4, 2), (6, 4)])
-def test_auto_compresses_between_nodes_only_on_slow_links(np_, local_size, tmp_path):
+@pytest.mark.parametrize("np_, local_size, shm", [(4, 2, "0"), (6, 4, "0"), (4, 2, "1")])
+def test_auto_compresses_between_nodes_only_on_slow_links(np_, local_size, shm, tmp_path):
     """Nodes of 2 + 2 and of 4 + 2 ranks joined by 1 Gbit links, as the tuning file says
-    (where the model prices fp16 between nodes below fp16 everywhere)."""
+    (where the model prices fp16 between nodes below fp16 everywhere); inside the nodes
+    over MPI and over the shared-memory transport."""
     from collectives.costmodel import Calibration, LinkModel, write_calibration
 
     tuning = tmp_path / "slow-links.json"
@@ -133,4 +134,5 @@ def test_auto_compresses_between_nodes_only_on_slow_links(np_, local_size, tmp_p
         inter=LinkModel.from_bandwidth(alpha_us=60, gbytes_per_s=0.117, per_node=True),
         gamma=1 / 3e9, call_overhead=20e-6, copy_beta=1 / 8e9), tuning)
     run_workers(np_, "between_nodes", env={**ENV, "COLLECTIVES_LOCAL_SIZE": str(local_size),
-                                           "COLLECTIVES_TUNING_FILE": str(tuning)})
+                                           "COLLECTIVES_TUNING_FILE": str(tuning),
+                                           "COLLECTIVES_SHM": shm})
