@@ -68,8 +68,8 @@ def encode(codec, values, wire, scale: float, op: Op, size: int) -> None:
 
 def fold_rows(rows, op: Op, out) -> None:
     """out = rows[0] op rows[1] op ... in rank order (16-bit in float32, rounded once;
-    integer avg exact), out in rows' dtype."""
-    dtype = rows.dtype
+    integer avg exact), out in the rows' dtype; `rows` a 2-D array or a list of rows."""
+    dtype = rows[0].dtype
     if op is Op.AVG and dtype.kind == "i":
         wide = np.zeros(exact_mean.wide_length(dtype, out.size), np.int64)
         part = np.empty_like(wide)

@@ -56,7 +56,12 @@ def reproducibly(reducer, flat, op: Op, compression: str | None, algorithm: str,
     gathered = out.reshape(rows.shape) if direct else reducer.buffer(
         "deterministic out", flat, rows.dtype, rows.size).reshape(rows.shape)
     folded = gathered[me]
-    fold_rows(theirs, Op.SUM if codec is not None and op is Op.AVG else op, folded)
+    own = rows[me]  # read where it lies, unless the fold writes there (in place)
+    if xp.may_share_memory(own, folded):
+        kernels.copy_into(theirs[me], own)
+        own = theirs[me]
+    mine = [theirs[r] if r != me else own for r in range(p)]
+    fold_rows(mine, Op.SUM if codec is not None and op is Op.AVG else op, folded)
     if keep == "block":
         lo, hi = bounds[me]
         return _decoded(folded[: hi - lo], flat.dtype, scale, codec is not None)
@@ -113,15 +118,17 @@ def _decoded(values, dtype, scale: float, compressed: bool):
 
 def _run(reducer, collective: str, algorithm: str, rows, result, tag: int,
          deadline: float) -> None:
-    """An all-to-all of `rows` into `result`, or an all-gather in place (`rows` is `result`,
-    this rank's row already in it), by MPI's own or by a plan of `algorithm`."""
+    """An all-to-all of `rows` into `result` (a plan leaves this rank's own row of result
+    unwritten), or an all-gather in place (`rows` is `result`, this rank's row already in
+    it), by MPI's own or by a plan of `algorithm`."""
     flat = rows.reshape(-1)
     algorithm = _concrete(reducer, collective, algorithm, flat.nbytes)
     if collective == "alltoall":
         if algorithm == "native":
             reducer.host.native_alltoall(flat, result.reshape(-1), deadline)
         else:
-            _plan(reducer, collective, algorithm, result.reshape(-1), tag, deadline, src=flat)
+            _plan(reducer, collective, algorithm, result.reshape(-1), tag, deadline, src=flat,
+                  copy_untouched=False)  # this rank's own row is read where it lies
     elif algorithm == "native":
         reducer.host.native_allgather(rows[reducer.rank].copy(), flat, deadline)
     else:
@@ -139,11 +146,12 @@ def _concrete(reducer, collective: str, algorithm: str, nbytes: int) -> str:
 
 
 def _plan(reducer, collective: str, algorithm: str, work, tag: int, deadline: float, *,
-          src=None) -> None:
+          src=None, copy_untouched: bool = True) -> None:
     start = time.perf_counter()
     plan = plan_for(collective, algorithm, reducer.rank, reducer.size, work.size,
                     work.itemsize, reducer.topology)
-    reducer.runner(work).run(plan, work, "sum", tag, deadline, IDENTITY, src=src)
+    reducer.runner(work).run(plan, work, "sum", tag, deadline, IDENTITY, src=src,
+                             copy_untouched=copy_untouched)
     sent, received = plan_traffic(plan)
     reducer.stats.record(f"deterministic:{collective}:{algorithm}", time.perf_counter() - start,
                          sent * work.itemsize, received * work.itemsize)

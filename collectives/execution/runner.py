@@ -69,9 +69,10 @@ class PlanRunner:
         return buf[:elements]
 
     def run(self, plan: Plan, work, op: str, tag: int, deadline: float, codec=IDENTITY, *,
-            src=None) -> None:
+            src=None, copy_untouched: bool = True) -> None:
         """Run `plan` on the flat `work` (the result lands there); `src`: read the input
-        from there instead of work (required by a `sends_input` plan)."""
+        from there instead of work (required by a `sends_input` plan); `copy_untouched`
+        False leaves the regions no receive writes as they are in work (see run_plan)."""
         wire = codec.wire_dtype(work.dtype)
         scratch_len, staging_len = buffer_sizes(plan, codec)
         scratch = self.buffer("scratch", work, wire, scratch_len)
@@ -84,14 +85,15 @@ class PlanRunner:
             window = shared.work_buffer(work.size, work.dtype, deadline=deadline)
         if window is None:
             run_plan(plan, work, scratch, self.transport, op, tag, deadline, codec, staging,
-                     src=src)
+                     src=src, copy_untouched=copy_untouched)
         else:  # on-node peers read our data from the shared window
             run_plan(plan, window, scratch, self.transport, op, tag, deadline, codec, staging,
                      src=work if src is None else src, out=work, shared=True)
 
 
 def run_plan(plan: Plan, work, scratch, transport, op: str, tag: int, deadline: float,
-             codec=IDENTITY, staging=None, *, src=None, out=None, shared: bool = False) -> None:
+             codec=IDENTITY, staging=None, *, src=None, out=None, shared: bool = False,
+             copy_untouched: bool = True) -> None:
     """Execute `plan` on the flat array `work`.
 
     `scratch` and `staging` are flat arrays of the codec's wire dtype sized by buffer_sizes;
@@ -101,22 +103,24 @@ def run_plan(plan: Plan, work, scratch, transport, op: str, tag: int, deadline: 
     on-node peers read `work` in place, so every send goes from work.
 
     A `plan.sends_input` plan (alltoall) needs `src`: every send reads src, receives land in
-    work (or out), and the regions no receive writes are copied from src. It takes neither
+    work (or out), and the regions no receive writes are copied from src (unless
+    `copy_untouched` is False: a caller that reads its own row from src). It takes neither
     `shared` nor a staged codec, which would send from work or round src in place.
     """
     if plan.sends_input and (src is None or shared or codec.staged):
         raise ValueError(f"{plan.algorithm} {plan.collective} plan sends its input: it needs "
                          "src, and neither a shared work buffer nor a compressing codec")
     _Run(plan, work, scratch, transport, op, tag, deadline, codec, staging, src, out,
-         shared).execute()
+         shared, copy_untouched).execute()
 
 
 class _Run:
     """One execution of a plan: its posted requests and free slots."""
 
     def __init__(self, plan: Plan, work, scratch, transport, op: str, tag: int, deadline: float,
-                 codec, staging, src, out, shared: bool):
+                 codec, staging, src, out, shared: bool, copy_untouched: bool = True):
         self.plan, self.work, self.transport = plan, work, transport
+        self.copy_untouched = copy_untouched
         self.op, self.tag, self.deadline = op, tag, deadline
         self.codec, self.staging, self.src, self.out = codec, staging, src, out
         self.io = None
@@ -235,7 +239,7 @@ class _Run:
 
     def _finish(self) -> None:
         io = self.io
-        if io is not None:
+        if io is not None and self.copy_untouched:
             if self.out is None:
                 self._move(io.tail, self.work, self.src)
             else:
