@@ -40,7 +40,7 @@ def allreduce_call(settings, x, out, op, algorithm, compression, check_finite,
             check_array(x)
         if out is not None:
             check_out(out, x)
-        if compression is not None:
+        if compression is not None and compression != "auto":  # auto: decided per buffer
             codec_for(options.compression, x.dtype)
     except (TypeError, ValueError) as error:
         return Refused("allreduce", issued, error)
