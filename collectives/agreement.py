@@ -18,7 +18,7 @@ A rank that times out tells the others (a Notice), so they stop waiting for it a
 Example::
 
     agreement = Agreement(transport, check=True)
-    agreement.enter(seq)
+    seq = agreement.enter("allreduce")
     rows = agreement.agree(signature, seq, deadline)     # MismatchError on every rank
 """
 from __future__ import annotations
@@ -92,14 +92,16 @@ class Agreement:
     def __init__(self, transport, *, check: bool):
         self._transport = transport
         self.check = check
+        self.seq = 0  # the number of the collective running or last run
         self.broken: str | None = None
         self._record = np.zeros(HEADER_BYTES + RIDE_BYTES, np.uint8)
         self._record_view = memoryview(self._record)
-        self._compared = self._record_view[:24]  # status, sequence number, digest
+        self._heads: dict[int, tuple] = {}  # id(rows) -> (rows, int64 view of the headers)
 
-    def enter(self, name: str, seq: int) -> None:
-        """Collective `seq` starts: refused once the communicator is broken, or when a peer
-        already said it will not take part."""
+    def enter(self, name: str) -> int:
+        """The next collective starts: its sequence number; refused once the communicator is
+        broken, or when a peer already said it will not take part."""
+        self.seq = seq = self.seq + 1
         if self.broken is not None:
             raise CollectiveError(f"{name} #{seq}: this communicator is unusable since "
                                   f"{self.broken}; call comm.abort()")
@@ -108,6 +110,7 @@ class Agreement:
         except PeerError as error:
             self.broken = str(error).split(": ", 1)[-1]
             raise PeerError(f"{name} #{seq}: {error}") from None
+        return seq
 
     def agree(self, signature: Signature, seq: int, deadline: float, finite: bool = True,
               payload=None, check_finite: bool = False):
@@ -127,11 +130,15 @@ class Agreement:
         return rows
 
     def _all_same(self, rows) -> bool:
-        """Whether every rank's header equals this rank's (status, sequence number, digest)."""
-        flat = memoryview(rows).cast("B")
-        width = rows.shape[1]
-        compared = self._compared
-        return all(flat[r * width: r * width + 24] == compared for r in range(rows.shape[0]))
+        """Whether every rank's (status, sequence number, digest) is the same (this rank's
+        is among them: row `rank` is its own record)."""
+        heads = self._heads.get(id(rows))
+        if heads is None or heads[0] is not rows:  # transports reuse a few rows arrays
+            if len(self._heads) >= 4:
+                self._heads.clear()
+            heads = self._heads[id(rows)] = (rows, rows.view(np.int64)[:, :3])
+        values = heads[1].tolist()
+        return values.count(values[0]) == len(values)
 
     def share_failure(self, signature: Signature, seq: int, deadline: float,
                       error: Exception) -> None:
@@ -147,9 +154,10 @@ class Agreement:
 
     def failed(self, signature: Signature, seq: int, error: BaseException,
                moving: bool) -> BaseException:
-        """What to raise for `error` from inside collective `seq`. A timeout, a peer's
-        notice, or any error once data moves (`moving`: messages may be in flight) breaks
-        the communicator, and the peers are told that this rank gave up."""
+        """What to raise for `error` escaping collective `seq`: the error itself, or for a
+        timeout the error labelled with the call. A timeout, a peer's notice, or any error
+        once data moves (`moving`: messages may be in flight) breaks the communicator, and
+        the peers are told that this rank gave up."""
         timeout = isinstance(error, (CollectiveTimeout, PeerError))
         if not (timeout or moving):
             return error

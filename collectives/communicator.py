@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from .agreement import Agreement
 from .calls import Call, Context
 from .calls.allgather import allgather_call
@@ -24,6 +26,7 @@ from .calls.base import issuer
 from .calls.broadcast import broadcast_call
 from .calls.reduce import reduce_call
 from .calls.reduce_scatter import reduce_scatter_call
+from .calls.small import SmallLane
 from .config import Settings
 from .execution import PlanRunner
 from .failure import end_job
@@ -53,13 +56,13 @@ class Communicator:
         self._transport = transport
         self.topology = topology
         self.settings = settings
-        self._seq = 0
         agreement = Agreement(transport, check=settings.check)
         tuner = tuner or Tuner.agreed(transport, topology, debug=settings.debug)
         reducer = FlatReducer(transport, device_transport, topology, tuner,
                               debug=settings.debug)
         self._ctx = Context(transport, agreement, reducer, settings, topology)
         self._progress = ProgressEngine()
+        self._lane = SmallLane(transport, agreement, reducer, settings, self._progress)
         self._timeout = settings.timeout
         self._closed = False
 
@@ -111,6 +114,11 @@ class Communicator:
         `collectives.reference_reduce` whatever the algorithm, layout or fusion
         (docs/reproducible.md). Runs after every async collective issued before it.
         """
+        if (type(x) is np.ndarray and compression is None and check_finite is False
+                and error_feedback is False and not self._closed):
+            result = self._lane.allreduce(x, out, op, algorithm, deterministic)
+            if result is not None:
+                return result
         return self._run(allreduce_call(self.settings, x, out, op, algorithm, compression,
                                         check_finite, error_feedback, deterministic, "sync"))
 
@@ -374,8 +382,7 @@ class Communicator:
             raise CollectiveError(f"{call.name}: this communicator is closed")
         ctx = self._ctx
         agreement = ctx.agreement
-        self._seq = seq = self._seq + 1
-        agreement.enter(call.name, seq)
+        seq = agreement.enter(call.name)
         deadline = time.monotonic() + self._timeout
         moving = False
         try:
@@ -387,16 +394,8 @@ class Communicator:
             result = call.move(ctx, seq, deadline, rows)
             self._transport.check_peers()
             return result
-        except (MismatchError, NonFiniteError) as error:
-            if not moving:
-                raise
-            raise agreement.failed(call.signature, seq, error, moving) from None
-        except (CollectiveTimeout, PeerError) as error:
-            raise agreement.failed(call.signature, seq, error, moving) from None
         except BaseException as error:
-            if moving:
-                agreement.failed(call.signature, seq, error, moving)
-            raise
+            raise agreement.failed(call.signature, seq, error, moving) from None
 
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size}, transport={self._transport.name})"

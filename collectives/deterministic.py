@@ -25,7 +25,8 @@ Example::
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -69,6 +70,32 @@ def encode(codec, values, wire, scale: float, op: Op, size: int) -> None:
 def fold_rows(rows, op: Op, out) -> None:
     """out = rows[0] op rows[1] op ... in rank order (16-bit in float32, rounded once;
     integer avg exact), out in the rows' dtype; `rows` a 2-D array or a list of rows."""
+    if type(out) is np.ndarray:
+        host_fold(rows[0].dtype, op)(rows, out)
+    else:
+        _fold(rows, out, op)
+
+
+@functools.cache
+def host_fold(dtype: np.dtype, op: Op) -> Callable[[Sequence, np.ndarray], None]:
+    """`fold_rows` for NumPy rows of `dtype`, as a function `(rows, out)` with its choices
+    made once (the small-call lane keeps it): the same bits, the same ufuncs as kernels."""
+    if kernels.compute_dtype(dtype) != dtype or (op is Op.AVG and dtype.kind == "i"):
+        return functools.partial(_fold, op=op)
+    ufunc = _UFUNCS[op]
+    in_order = _fold_floats if dtype.kind == "f" else _fold_in_order
+    if op is not Op.AVG:
+        return functools.partial(in_order, ufunc)
+
+    def average(rows, out) -> None:
+        in_order(ufunc, rows, out)
+        kernels.divide_into(out, len(rows))
+
+    return average
+
+
+def _fold(rows, out, op: Op) -> None:
+    """fold_rows for any array module and dtype."""
     dtype = rows[0].dtype
     if op is Op.AVG and dtype.kind == "i":
         wide = np.zeros(exact_mean.wide_length(dtype, out.size), np.int64)
@@ -93,3 +120,21 @@ def fold_rows(rows, op: Op, out) -> None:
         kernels.divide_into(acc, len(rows))
     if compute != dtype:
         kernels.scale_into(out, acc, 1.0)  # one rounding to 16 bits; overflow is data
+
+
+_UFUNCS = {Op.SUM: np.add, Op.AVG: np.add, Op.MAX: np.maximum, Op.MIN: np.minimum}
+
+
+def _fold_in_order(ufunc, rows, out) -> None:
+    """out = rows[0] ufunc rows[1] ufunc ... in the rows' dtype (NumPy rows)."""
+    if len(rows) == 1:
+        np.copyto(out, rows[0])
+        return
+    ufunc(rows[0], rows[1], out=out)
+    for i in range(2, len(rows)):
+        ufunc(out, rows[i], out=out)
+
+
+@np.errstate(all="ignore")  # inf - inf, overflow, NaN compares are data (as in kernels)
+def _fold_floats(ufunc, rows, out) -> None:
+    _fold_in_order(ufunc, rows, out)

@@ -93,10 +93,9 @@ class ProgressEngine:
     """Runs one communicator's collectives in issue order; see the module docstring."""
 
     def __init__(self) -> None:
-        self._cv = threading.Condition(threading.Lock())
+        self._cv = threading.Condition(threading.Lock())  # guards the queue
         self._queue: collections.deque[tuple[Callable[[], Any], Future, str]] = collections.deque()
-        self._busy = False  # a collective is running, on either thread
-        self._waiting = 0  # sync callers waiting for their turn
+        self._running = threading.Lock()  # held while a collective runs, on either thread
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -121,43 +120,42 @@ class ProgressEngine:
                 f"{what}: a blocking collective was issued from a completion callback (the "
                 "progress thread), where it would wait for itself; issue the _async variant "
                 "there")
-        cv = self._cv
-        with cv:
-            while self._queue or self._busy:
-                self._waiting += 1
-                cv.wait()
-                self._waiting -= 1
-            self._busy = True
-        try:
+        with self._cv:
+            while self._queue:  # the progress thread pops them in order, then runs each
+                self._cv.wait()
+        with self._running:
             return fn()
-        finally:
-            with cv:
-                self._busy = False
-                if self._waiting or self._queue:
-                    cv.notify_all()
+
+    def try_begin(self) -> bool:
+        """Begin a collective on the calling thread at once if none is queued or running
+        (never waits; the small-call lane's entry, `end()` after it); False: use `run`."""
+        return not self._queue and self._running.acquire(False)
+
+    def end(self) -> None:
+        """The collective begun by `try_begin` finished."""
+        self._running.release()
 
     def pending(self) -> int:
         """Collectives issued and not finished yet."""
         with self._cv:
-            return len(self._queue) + self._busy
+            return len(self._queue) + self._running.locked()
 
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._queue or self._busy:
-                    if self._closed and not self._queue:
+                while not self._queue:
+                    if self._closed:
                         return
                     self._cv.wait()
-                fn, future, what = self._queue.popleft()
-                self._busy = True
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except BaseException as error:  # noqa: BLE001 - handed to the waiter
-                    future.set_exception(error)
-            with self._cv:
-                self._busy = False
-                self._cv.notify_all()
+            with self._running:  # taken before the head is popped: no sync call slips in
+                with self._cv:
+                    fn, future, what = self._queue.popleft()
+                    self._cv.notify_all()  # sync callers wait for the queue to drain
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as error:  # noqa: BLE001 - handed to the waiter
+                        future.set_exception(error)
 
     def close(self, timeout: float | None = None) -> None:
         """Let queued collectives finish (up to `timeout`), then stop the thread."""

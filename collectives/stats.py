@@ -101,14 +101,24 @@ class StatsRecorder:
             totals[2] += sent
             totals[3] += received
 
+    def totals(self, label: str, *, modelled: bool = False) -> list:
+        """The running [calls, seconds, sent, received, modelled] of `label`, for a caller
+        that adds to them itself (the small-call lane: one collective runs at a time)."""
+        with self._lock:
+            totals = self._totals.get(label)
+            if totals is None:
+                totals = self._totals[label] = [0, 0.0, 0, 0, modelled]
+            return totals
+
     def snapshot(self) -> Stats:
         with self._lock:
             return Stats({label: AlgorithmStats(*totals)
-                          for label, totals in self._totals.items()})
+                          for label, totals in self._totals.items() if totals[0]})
 
     def reset(self) -> None:
         with self._lock:
-            self._totals.clear()
+            for totals in self._totals.values():  # in place: the lane holds some of them
+                totals[:4] = [0, 0.0, 0, 0]
 
 
 _TRAFFIC: dict[int, tuple[Plan, int, int]] = {}

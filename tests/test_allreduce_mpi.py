@@ -28,3 +28,9 @@ def test_order_sensitive_values_give_identical_bits(np_):
 def test_integer_avg_is_exact_where_the_sum_overflows(np_):
     run_workers(np_, "integer_mean", "ring,hierarchical,torus2d,halving_doubling,native,auto",
                 env={"COLLECTIVES_LOCAL_SIZE": "2"})
+
+
+@pytest.mark.parametrize("np_", [1, 2, 3, 5])
+def test_small_call_lane_matches_the_general_path(np_):
+    """The small-call lane: values, routes, mixed paths, mismatch, ordering, threads, stats."""
+    run_workers(np_, "small_lane")

@@ -23,7 +23,7 @@ from ..validation import check_array, check_out, check_outs
 from .base import TAG_LIMIT, Call, Context, Refused, issuer
 from .riding import as_payload, reduce_rows, rides
 
-__all__ = ["allreduce_call", "allreduce_many_call"]
+__all__ = ["allreduce_call", "allreduce_many_call", "describe"]
 
 
 def allreduce_call(settings, x, out, op, algorithm, compression, check_finite,
@@ -46,7 +46,7 @@ def allreduce_call(settings, x, out, op, algorithm, compression, check_finite,
         return Refused("allreduce", issued, error)
     shapes = ((x.dtype, x.shape),)
     signature = Signature.of("allreduce", (options, shapes, issued),
-                             lambda: _fields(options, shapes, issued, single=True))
+                             lambda: describe(options, shapes, issued, single=True))
     return _Reduction(signature, (x,), None if out is None else (out,), options, shapes,
                       single=True)
 
@@ -72,7 +72,7 @@ def allreduce_many_call(settings, arrays, outs, *, op, algorithm, compression, f
         return Refused("allreduce_many", issued, error)
     shapes = tuple((a.dtype, a.shape) for a in arrays)
     signature = Signature.of("allreduce_many", (options, shapes, issued),
-                             lambda: _fields(options, shapes, issued, single=False))
+                             lambda: describe(options, shapes, issued, single=False))
     return _Reduction(signature, arrays, outs, options, shapes, single=False)
 
 
@@ -164,7 +164,8 @@ class _Reduction(Call):
         return ("named", feedback, options)
 
 
-def _fields(options: CallOptions, shapes: tuple, issued: tuple, *, single: bool) -> dict:
+def describe(options: CallOptions, shapes: tuple, issued: tuple, *, single: bool) -> dict:
+    """An all-reduce's signature fields, as text for messages."""
     dtypes = [str(d) for d, _ in shapes]
     dims = [str(s) for _, s in shapes]
     return {

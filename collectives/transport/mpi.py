@@ -28,7 +28,7 @@ import kernels
 
 from ..errors import CollectiveError, CollectiveTimeout, PeerError
 from .base import RECORD_CAPACITY, Notice
-from .polling import poll
+from .polling import BUSY_POLLS, poll
 
 __all__ = ["MPITransport", "as_bytes"]
 
@@ -283,9 +283,8 @@ class MPITransport:
         else:
             send = MPI.IN_PLACE if src is dst else [src, datatype]
             recv = [dst, datatype]
-        request = self.comm.Iallreduce(send, recv, mpi_op)
-        if not request.Test():
-            self._complete(request, deadline, "native MPI all-reduce")
+        self._complete(self.comm.Iallreduce(send, recv, mpi_op), deadline,
+                       "native MPI all-reduce")
 
     def native_reduce_scatter(self, src: np.ndarray, dst: np.ndarray, counts: Sequence[int],
                               op: str, deadline: float) -> None:
@@ -319,11 +318,14 @@ class MPITransport:
                        "native MPI all-to-all")
 
     def _complete(self, request: MPI.Request, deadline: float, what: str) -> None:
-        """Wait for a nonblocking collective; on failure keep it alive (none can be cancelled)."""
-        if request.Test():
-            return
+        """Wait for a nonblocking collective; on failure keep it alive (none can be cancelled).
+        The first polls spin right here: a small collective completes within them."""
+        test = request.Test
+        for _ in range(BUSY_POLLS):
+            if test():
+                return
         try:
-            self.poll(lambda: request.Test() or None, deadline, what)
+            self.poll(lambda: test() or None, deadline, what)
         except BaseException:
             self.abandon([request], ())
             raise

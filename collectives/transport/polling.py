@@ -5,7 +5,7 @@ import os
 import time
 from typing import Callable, TypeVar
 
-__all__ = ["SPIN_SECONDS", "poll"]
+__all__ = ["BUSY_POLLS", "SPIN_SECONDS", "poll"]
 
 T = TypeVar("T")
 

@@ -1,0 +1,202 @@
+"""The small-call lane: a repeated all-reduce of one NumPy array, decided once, run lean.
+
+The general path (`allreduce_call`, `Communicator._execute`) parses the options, validates
+the arrays, builds the signature, asks the tuner and walks the reducer on every call: about
+15 us of Python where MPI's own all-reduce takes 2-4 us. A training loop repeats a few
+calls, so the lane keeps one `Route` per (shape, dtype, op, algorithm, deterministic,
+issuing thread) with everything those decide: the signature, whether the data rides with
+the agreement record (check on, `auto`, small enough: the call is that one exchange) or
+goes through the transport's own all-reduce (`native`, or `auto` choosing it), a staging
+buffer. What stays per call is what the guarantees need, inline: the issue order (the
+progress engine's `try_begin`), the sequence number and the peers' notices
+(`Agreement.enter`), the deadline, the agreement exchange, the data, the statistics; an
+error ends the collective as on the general path (`Agreement.failed`).
+
+Calls the lane does not take go the general path, which gives the same bits and raises
+the errors: compression, check_finite, error feedback, CuPy arrays, non-contiguous x, an
+`out` that does not fit, a plan algorithm, a call while others are queued or running.
+
+Example::
+
+    lane = SmallLane(transport, agreement, reducer, settings, engine)
+    y = lane.allreduce(x, out, "sum", None, None)      # None: take the general path
+"""
+from __future__ import annotations
+
+import time
+from threading import current_thread
+
+import numpy as np
+
+import kernels
+
+from ..agreement import HEADER_BYTES, Signature
+from ..deterministic import host_fold
+from ..options import SUPPORTED, CallOptions, Op
+from ..progress import THREAD_NAME
+from ..stats import native_traffic
+from .allreduce import describe
+from .riding import rides
+
+__all__ = ["SmallLane", "Route"]
+
+ROUTES_LIMIT = 256  # routes kept per communicator (a training loop repeats a few calls)
+
+
+class Route:
+    """What one repeated call decided: its signature, how the data moves, its buffers."""
+
+    __slots__ = ("signature", "shape", "dtype", "op", "elementwise", "rides", "nbytes",
+                 "flat", "count", "stage", "fold", "traffic", "totals",
+                 "_values")
+
+    def __init__(self, signature: Signature, shape: tuple, dtype: np.dtype, op: Op,
+                 rides_: bool, size: int, stats):
+        self.signature = signature
+        self.shape, self.dtype, self.op = shape, dtype, op
+        self.flat = len(shape) == 1
+        self.elementwise = op.elementwise
+        self.count = count = int(np.prod(shape, dtype=np.int64))
+        self.rides = rides_
+        self.nbytes = nbytes = count * dtype.itemsize
+        self.stage = None if rides_ else np.empty(count, dtype)  # native's result, then out
+        self.fold = host_fold(dtype, op)
+        self.traffic = (size - 1) * nbytes if rides_ else native_traffic(nbytes, size)
+        self._values: dict[int, tuple] = {}  # id(records) -> (records, the data's view)
+        self.totals = stats.totals("direct" if rides_ else "native", modelled=not rides_)
+
+    def tally(self, seconds: float) -> None:
+        """One more call in comm.stats() (the engine runs one collective at a time)."""
+        totals = self.totals
+        totals[0] += 1
+        totals[1] += seconds
+        totals[2] += self.traffic
+        totals[3] += self.traffic
+
+    def fits(self, out, x) -> bool:
+        """Whether `out` can take the result of x as it is (else the general path takes the
+        call, and raises where out is wrong)."""
+        return (type(out) is np.ndarray and out.shape == self.shape and out.dtype == self.dtype
+                and out.flags.c_contiguous and out.flags.writeable
+                and (out is x or not np.may_share_memory(out, x)))
+
+    def values(self, rows: np.ndarray) -> np.ndarray:
+        """Every rank's data in the agreement records: a (size, count) view of `rows` (the
+        transport's, reused: the view is kept per records array)."""
+        cached = self._values.get(id(rows))
+        if cached is None or cached[0] is not rows:
+            view = rows[:, HEADER_BYTES: HEADER_BYTES + self.nbytes].view(self.dtype)
+            cached = self._values[id(rows)] = (rows, view)
+        return cached[1]
+
+
+class SmallLane:
+    """A communicator's small-call lane (see the module doc)."""
+
+    def __init__(self, transport, agreement, reducer, settings, engine):
+        self._transport = transport
+        self._agreement = agreement
+        self._reducer = reducer
+        self._settings = settings
+        self._engine = engine
+        self._timeout = settings.timeout
+        self._routes: dict[tuple, Route | None] = {}
+
+    def allreduce(self, x: np.ndarray, out, op, algorithm, deterministic):
+        """`allreduce(x, op, algorithm, out=out, deterministic=...)` of a NumPy array with
+        no compression, finite check or error feedback; None where the general path runs."""
+        key = (x.shape, x.dtype, op, algorithm, deterministic, current_thread().name)
+        route = self._routes.get(key, False)
+        if route is False:
+            route = self._route(key)
+        if route is None or not x.flags.c_contiguous or (out is not None
+                                                         and not route.fits(out, x)):
+            return None
+        engine = self._engine
+        if not engine.try_begin():
+            return None
+        try:
+            return self._ride(route, x, out) if route.rides else self._native(route, x, out)
+        finally:
+            engine.end()
+
+    def _ride(self, route: Route, x: np.ndarray, out):
+        """Check on, auto, small: every rank's data comes with the records; each rank folds
+        them in rank order (the same bits everywhere, those of reference_reduce)."""
+        agreement = self._agreement
+        seq = agreement.enter("allreduce")
+        start = time.monotonic()
+        moving = False
+        try:
+            rows = agreement.agree(route.signature, seq, start + self._timeout, True,
+                                   x.view(np.uint8) if route.flat else
+                                   x.reshape(-1).view(np.uint8))
+            moving = True
+            result = np.empty(route.shape, route.dtype) if out is None else out
+            route.fold(route.values(rows), result if route.flat else result.reshape(-1))
+        except BaseException as error:
+            raise agreement.failed(route.signature, seq, error, moving) from None
+        route.tally(time.monotonic() - start)
+        return result
+
+    def _native(self, route: Route, x: np.ndarray, out):
+        """The transport's own all-reduce, after the records' check when it is on. It
+        cannot be cancelled, so memory the caller sees is written once it completed."""
+        agreement = self._agreement
+        seq = agreement.enter("allreduce")
+        start = time.monotonic()
+        deadline = start + self._timeout
+        moving = False
+        try:
+            if agreement.check:
+                agreement.agree(route.signature, seq, deadline)
+            moving = True
+            target = np.empty(route.count, route.dtype) if out is None else route.stage
+            self._transport.native_allreduce(x if route.flat else x.reshape(-1), target,
+                                             route.elementwise, deadline)
+            if route.op is Op.AVG:
+                kernels.divide_into(target, self._transport.size)
+            shaped = target if route.flat else target.reshape(route.shape)
+            if out is None:
+                result = shaped
+            else:
+                result = out
+                np.copyto(out, shaped)
+        except BaseException as error:
+            raise agreement.failed(route.signature, seq, error, moving) from None
+        route.tally(time.monotonic() - start)
+        return result
+
+    def _route(self, key: tuple) -> Route | None:
+        """The route of a call first seen, or None (the general path takes it)."""
+        shape, dtype, op, algorithm, deterministic, thread = key
+        route = None
+        settings = self._settings
+        try:
+            options = CallOptions.parse(
+                op, settings.algorithm if algorithm is None else algorithm, None,
+                settings.fusion_bytes, False, False, "allreduce",
+                settings.deterministic if deterministic is None else deterministic)
+        except (TypeError, ValueError):
+            options = None  # the general path raises it
+        if options is not None and dtype in SUPPORTED and thread != THREAD_NAME:
+            route = self._decide(options, shape, dtype, ("sync", thread))
+        if len(self._routes) >= ROUTES_LIMIT:
+            del self._routes[next(iter(self._routes))]
+        self._routes[key] = route
+        return route
+
+    def _decide(self, options: CallOptions, shape: tuple, dtype: np.dtype,
+                issued: tuple) -> Route | None:
+        size = self._transport.size
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        shapes = ((dtype, shape),)
+        signature = Signature.of("allreduce", (options, shapes, issued),
+                                 lambda: describe(options, shapes, issued, single=True))
+        if self._agreement.check and options.algorithm == "auto" and rides(nbytes, size):
+            return Route(signature, shape, dtype, options.op, True, size, self._reducer.stats)
+        native = self._reducer.resolve(options.algorithm, nbytes) == "native"
+        if (native and nbytes > 0 and not options.deterministic
+                and not (options.op is Op.AVG and dtype.kind == "i")):
+            return Route(signature, shape, dtype, options.op, False, size, self._reducer.stats)
+        return None

@@ -1,0 +1,151 @@
+"""The small-call lane (collectives.calls.small): the calls it takes give the general path's
+results, the ones it must not take go the general path, and its guarantees hold.
+
+Usage: mpiexec -n P python -m tests.workers.small_lane
+Checks, with the agreement check on and off: every dtype and op, 0-d to 2-D shapes, out
+None / separate / in place, `auto` and `native`, against the NumPy reference and with
+identical bits on every rank; which route each call took; ranks on different paths in one
+call (one passes a strided x); a shape mismatch raising MismatchError on every rank with
+the lane's routes cached; a sync call behind an async one; calls from a named thread;
+comm.stats() counting the lane's calls, and reset.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+import collectives
+from collectives.options import DTYPES
+from tests.workers.common import OPS, Tally, digest, everyone, rank_data, reference
+
+
+def route_of(comm, x, op, algorithm) -> str:
+    """Which way the lane sends this call: "ride", "native", or "general"."""
+    key = (x.shape, x.dtype, op, algorithm, None, threading.current_thread().name)
+    route = comm._lane._routes.get(key)
+    return "general" if route is None else "ride" if route.rides else "native"
+
+
+def expected_route(check: bool, algorithm: str, dtype, op: str, nbytes: int, p: int) -> str:
+    if nbytes == 0:
+        return "general"
+    if check and algorithm == "auto" and p > 1 and (p - 1) * nbytes <= 4096:
+        return "ride"
+    if op == "avg" and np.dtype(dtype).kind == "i":
+        return "general"
+    return "native" if algorithm == "native" else "depends"  # auto: the tuner decides
+
+
+def values(comm, tally: Tally, check: bool) -> None:
+    p, rank = comm.size, comm.rank
+    for dtype in DTYPES:
+        for shape in [(), (0,), (1,), (3,), (2, 5), (1024 // dtype.itemsize,)]:
+            count = int(np.prod(shape))
+            for op in OPS:
+                want = reference(count, dtype, p, op).reshape(shape)
+                for algorithm in ("auto", "native"):
+                    for mode in ("new", "out", "inplace"):
+                        x = rank_data(count, dtype, rank).reshape(shape)
+                        kept = x.copy()
+                        label = (f"check={check} {dtype} {shape} {op} {algorithm} {mode}")
+                        if mode == "new":
+                            y = comm.allreduce(x, op=op, algorithm=algorithm)
+                        elif mode == "out":
+                            out = np.full(shape, 99, dtype)
+                            y = comm.allreduce(x, op=op, algorithm=algorithm, out=out)
+                            tally.check(y is out, f"{label}: result is not out")
+                        else:
+                            y = comm.allreduce(x, op=op, algorithm=algorithm, out=x)
+                            tally.check(y is x, f"{label}: result is not x")
+                        tally.check(y.shape == shape and y.dtype == dtype,
+                                    f"{label}: got {y.shape} {y.dtype}")
+                        tally.check(np.array_equal(y.astype(np.float64), want.astype(np.float64)),
+                                    f"{label}: {y.ravel()[:4]} != {want.ravel()[:4]}")
+                        if mode != "inplace":
+                            tally.check(np.array_equal(x, kept), f"{label}: x was written")
+                        digests = everyone(digest(y))
+                        tally.check(len(set(digests)) == 1, f"{label}: bits differ across ranks")
+                        taken = route_of(comm, x, op, algorithm)
+                        expect = expected_route(check, algorithm, dtype, op, x.nbytes, p)
+                        tally.check(expect in (taken, "depends"),
+                                    f"{label}: route {taken}, expected {expect}")
+
+
+def mixed_paths(comm, tally: Tally) -> None:
+    """Rank 0 passes a strided x (general path), the others a contiguous one (the lane)."""
+    flat = rank_data(5, np.float32, comm.rank)
+    if comm.rank == 0:
+        spaced = np.zeros(10, np.float32)
+        spaced[::2] = flat
+        x = spaced[::2]
+    else:
+        x = flat
+    for algorithm in ("auto", "native"):
+        y = comm.allreduce(x, algorithm=algorithm)
+        tally.check(np.array_equal(y, reference(5, np.float32, comm.size, "sum")),
+                    f"mixed paths {algorithm}: {y}")
+
+
+def mismatch(comm, tally: Tally) -> None:
+    """Shapes that differ after the lane cached the call: MismatchError on every rank."""
+    x = np.ones(4, np.float32)
+    comm.allreduce(x)
+    wrong = np.ones(5 if comm.rank == comm.size - 1 else 4, np.float32)
+    try:
+        comm.allreduce(wrong)
+        tally.check(comm.size == 1, "a shape mismatch went through")
+    except collectives.MismatchError as error:
+        tally.check("shape" in str(error), f"mismatch names no shape: {error}")
+    y = comm.allreduce(x)
+    tally.check(np.array_equal(y, np.full(4, comm.size, np.float32)), "after the mismatch")
+
+
+def behind_async(comm, tally: Tally) -> None:
+    """A lane call issued behind a pending async one runs after it, right."""
+    big = np.ones(1 << 18, np.float32)
+    small = np.full(3, comm.rank, np.float32)
+    for _ in range(5):
+        handle = comm.allreduce_async(big)
+        y = comm.allreduce(small)
+        tally.check(handle.done(), "the sync call ran before the async one finished")
+        tally.check(np.array_equal(handle.wait(), big * comm.size), "async result")
+        tally.check(np.array_equal(y, np.full(3, sum(range(comm.size)), np.float32)), "sync")
+
+
+def from_thread(comm, tally: Tally) -> None:
+    results = []
+    worker = threading.Thread(target=lambda: results.append(comm.allreduce(np.ones(2))),
+                              name="lane-worker")
+    worker.start()
+    worker.join()
+    tally.check(len(results) == 1 and np.array_equal(results[0], np.full(2, comm.size * 1.0)),
+                f"from a named thread: {results}")
+
+
+def stats(comm, tally: Tally, check: bool) -> None:
+    x = np.ones(2, np.float32)
+    comm.allreduce(x, algorithm="native")
+    comm.reset_stats()
+    for _ in range(7):
+        comm.allreduce(x, algorithm="native")
+    got = comm.stats()
+    tally.check(comm.size == 1 or got["native"].calls == 7, f"check={check}: stats {got}")
+    tally.check(list(got) == ["native"] or comm.size == 1, f"check={check}: labels {list(got)}")
+
+
+def main() -> None:
+    with collectives.init(check=True) as on, collectives.init(check=False) as off:
+        tally = Tally(on.rank)
+        for comm, check in ((on, True), (off, False)):
+            values(comm, tally, check)
+            mixed_paths(comm, tally)
+            behind_async(comm, tally)
+            from_thread(comm, tally)
+            stats(comm, tally, check)
+        mismatch(on, tally)
+    tally.finish()
+
+
+if __name__ == "__main__":
+    main()
