@@ -1,12 +1,15 @@
-"""The agreement check's cost: the same all-reduce with the check on and off, side by side.
+"""The cost of a call: MPI's own all-reduce, and the library's with the check on and off.
 
-Two communicators over the same ranks, one with `check=True`, one with `check=False`,
-run the same calls in alternating rounds (so drift in a loaded machine hits both alike);
-each cell is the median over rounds of the slowest rank's mean time per call.
+Three cells per size and algorithm, all on the same preallocated buffers (`out=`): `mpi`,
+MPI_Allreduce called straight through mpi4py outside the library (what users have today);
+`on`, `comm.allreduce` with the agreement check (the default); `off`, with `check=False`.
+They run in alternating rounds, so drift on a loaded machine hits all three alike; a cell
+is the median over rounds of the slowest rank's mean time per call. `--runs K` repeats the
+whole measurement K times and reports the median of the runs' ratios beside each run's.
 
 Example::
 
-    python -m bench.agreement_cost --np 2                     # starts 2 ranks itself
+    python -m bench.agreement_cost --np 2 --sizes 8,4K --runs 3   # starts 2 ranks itself
     mpiexec -n 2 python -m bench.agreement_cost --sizes 4K,64M --algorithms native,ring
 """
 from __future__ import annotations
@@ -24,18 +27,43 @@ from bench.sizes import format_size, parse_size
 __all__ = ["main"]
 
 _MODULE = "bench.agreement_cost"
+STATES = ("mpi", "on", "off")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.agreement_cost",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="4K,64M", help="message sizes (default 4K,64M)")
+    parser.add_argument("--sizes", default="8,4K,64K,64M",
+                        help="message sizes (default 8,4K,64K,64M)")
     parser.add_argument("--algorithms", default="auto", help="comma-separated (default auto)")
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds (default 7)")
-    parser.add_argument("--budget", type=float, default=0.5,
-                        help="seconds per cell and round, which sets the iterations (default 0.5)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="whole measurements; the table gives their median (default 1)")
+    parser.add_argument("--budget", type=float, default=0.3,
+                        help="seconds per cell and round, which sets the iterations (default 0.3)")
     launch.add_launch_argument(parser, default=2)
     return parser
+
+
+def measure(mpi, comms: dict, algorithm: str, nbytes: int, rounds: int,
+            budget: float) -> dict[str, float]:
+    """Seconds per call of each state: the median over alternating rounds."""
+    from mpi4py import MPI
+
+    x = np.ones(max(1, nbytes // 4), np.float32)
+    out = np.empty_like(x)
+    raw = comms["mpi"]
+    calls = {"mpi": lambda: raw.Allreduce(x, out, MPI.SUM),
+             **{state: (lambda c=comms[state]: c.allreduce(x, algorithm=algorithm, out=out))
+                for state in ("on", "off")}}
+    probe = harness.time_per_iteration(mpi, calls["on"], iters=3, warmup=2)
+    iters = max(3, min(50000, int(budget / max(probe, 1e-7))))
+    times: dict[str, list[float]] = {state: [] for state in STATES}
+    for _ in range(rounds):
+        for state in STATES:
+            times[state].append(harness.time_per_iteration(
+                mpi, calls[state], iters=iters, warmup=max(1, iters // 10)))
+    return {state: statistics.median(times[state]) for state in STATES}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,31 +76,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     import collectives
 
     mpi = MPI.COMM_WORLD
-    comms = {"on": collectives.init(check=True), "off": collectives.init(check=False)}
-    rows = []
-    for algorithm in args.algorithms.split(","):
-        for nbytes in sizes:
-            x = np.ones(nbytes // 4, np.float32)
-            out = np.empty_like(x)
-            calls = {state: (lambda c=c: c.allreduce(x, algorithm=algorithm, out=out))
-                     for state, c in comms.items()}
-            probe = harness.time_per_iteration(mpi, calls["on"], iters=3, warmup=2)
-            iters = max(3, min(20000, int(args.budget / max(probe, 1e-7))))
-            times: dict[str, list[float]] = {"on": [], "off": []}
-            for _ in range(args.rounds):
-                for state in ("on", "off"):
-                    times[state].append(harness.time_per_iteration(
-                        mpi, calls[state], iters=iters, warmup=max(1, iters // 10)))
-            on, off = (statistics.median(times[s]) for s in ("on", "off"))
-            rows.append((nbytes, algorithm, iters, on, off))
+    comms = {"mpi": mpi.Dup(), "on": collectives.init(check=True),
+             "off": collectives.init(check=False)}
+    cells = [(algorithm, nbytes) for algorithm in args.algorithms.split(",") for nbytes in sizes]
+    runs: dict[tuple, list[dict[str, float]]] = {cell: [] for cell in cells}
+    for run in range(args.runs):
+        for algorithm, nbytes in cells:
+            runs[algorithm, nbytes].append(
+                measure(mpi, comms, algorithm, nbytes, args.rounds, args.budget))
+            if mpi.rank == 0:
+                print(f"# [run {run + 1}/{args.runs}] {format_size(nbytes)} {algorithm}",
+                      file=sys.stderr, flush=True)
     if mpi.rank == 0:
-        print(f"# agreement check cost: {mpi.size} ranks, float32 sum, {args.rounds} rounds, "
-              "median of the slowest rank's mean")
-        print(f"# {'size':>9}  {'algorithm':>16}  {'iters':>6}  {'check on us':>12}  "
-              f"{'check off us':>12}  {'on/off':>6}  {'cost us':>8}")
-        for nbytes, algorithm, iters, on, off in rows:
-            print(f"  {format_size(nbytes):>9}  {algorithm:>16}  {iters:>6}  "
-                  f"{on * 1e6:12.1f}  {off * 1e6:12.1f}  {on / off:6.3f}  {(on - off) * 1e6:8.1f}")
+        print(f"# cost of a call: {mpi.size} ranks, float32 sum, out= given, {args.rounds} "
+              f"alternating rounds x {args.runs} run(s); times: median of the runs' medians")
+        print(f"# {'size':>9}  {'algorithm':>10}  {'mpi us':>8}  {'on us':>8}  {'off us':>8}  "
+              f"{'on/mpi':>7}  {'off/mpi':>7}  {'on/mpi per run':>22}  {'off/mpi per run':>22}")
+        for cell in cells:
+            results = runs[cell]
+            t = {s: statistics.median(r[s] for r in results) for s in STATES}
+            ratios = {s: [r[s] / r["mpi"] for r in results] for s in ("on", "off")}
+            per_run = {s: " ".join(f"{v:.2f}" for v in ratios[s]) for s in ratios}
+            print(f"  {format_size(cell[1]):>9}  {cell[0]:>10}  {t['mpi'] * 1e6:8.2f}  "
+                  f"{t['on'] * 1e6:8.2f}  {t['off'] * 1e6:8.2f}  "
+                  f"{statistics.median(ratios['on']):7.2f}  "
+                  f"{statistics.median(ratios['off']):7.2f}  {per_run['on']:>22}  "
+                  f"{per_run['off']:>22}")
     return 0
 
 

@@ -78,7 +78,8 @@ class Route:
         call, and raises where out is wrong)."""
         return (type(out) is np.ndarray and out.shape == self.shape and out.dtype == self.dtype
                 and out.flags.c_contiguous and out.flags.writeable
-                and (out is x or not np.may_share_memory(out, x)))
+                and (out is x or (out.base is None and x.base is None)  # own memory each
+                     or not np.may_share_memory(out, x)))
 
     def values(self, rows: np.ndarray) -> np.ndarray:
         """Every rank's data in the agreement records: a (size, count) view of `rows` (the

@@ -88,9 +88,10 @@ class _Records:
     """The agreement records over persistent requests: every peer's next record has a
     receive started (double buffered, so the rows of one exchange stay valid while the next
     receives start), and a record's sends are persistent too, one set per record length
-    (a training loop's calls repeat a few lengths), sending from a buffer of ours."""
+    and rows buffer (a training loop's calls repeat a few lengths), sending this rank's
+    own row: the record is copied once, into it."""
 
-    _SEND_SETS = 16  # record lengths with persistent sends kept
+    _SEND_SETS = 32  # (rows buffer, record length) pairs with persistent sends kept
 
     def __init__(self, control: MPI.Comm, rank: int, size: int):
         self._control = control
@@ -99,9 +100,8 @@ class _Records:
         self._rows = [np.zeros((size, RECORD_CAPACITY), np.uint8) for _ in range(2)]
         self._recv_sets = [[control.Recv_init([rows[p], MPI.BYTE], p, _RECORD_TAG)
                             for p in self._peers] for rows in self._rows]
-        self._outbox = np.zeros(RECORD_CAPACITY, np.uint8)
-        self._outbox_view = memoryview(self._outbox)
-        self._send_sets: dict[int, list[MPI.Prequest]] = {}
+        self._own = [memoryview(rows[rank]) for rows in self._rows]
+        self._send_sets: dict[tuple[int, int], list[MPI.Prequest]] = {}
         self._turn = 0
         self._recvs = self._start(0)
 
@@ -111,32 +111,31 @@ class _Records:
             MPI.Prequest.Startall(recvs)
         return recvs
 
-    def _sends(self, length: int) -> list[MPI.Prequest]:
-        sends = self._send_sets.get(length)
+    def _sends(self, turn: int, length: int) -> list[MPI.Prequest]:
+        sends = self._send_sets.get((turn, length))
         if sends is None:
             if len(self._send_sets) >= self._SEND_SETS:
                 for request in self._send_sets.pop(next(iter(self._send_sets))):
                     request.Free()
-            sends = self._send_sets[length] = [
-                self._control.Send_init([self._outbox[:length], MPI.BYTE], p, _RECORD_TAG)
-                for p in self._peers]
+            own = self._rows[turn][self._rank, :length]
+            sends = self._send_sets[turn, length] = [
+                self._control.Send_init([own, MPI.BYTE], p, _RECORD_TAG) for p in self._peers]
         return sends
 
     def exchange(self, transport: "MPITransport", record: np.ndarray, deadline: float,
                  what: str) -> np.ndarray:
-        rows = self._rows[self._turn]
+        turn = self._turn
+        rows = self._rows[turn]
         length = record.size
-        source = memoryview(record)
-        memoryview(rows[self._rank])[:length] = source
-        self._outbox_view[:length] = source
-        recvs, sends = self._recvs, self._sends(length)
+        self._own[turn][:length] = memoryview(record)
+        recvs, sends = self._recvs, self._sends(turn, length)
         requests = recvs + sends
         if sends:
             MPI.Prequest.Startall(sends)
         if not MPI.Request.Testall(requests):
             self._wait(transport, requests, recvs, sends, deadline, what)
-        self._turn ^= 1
-        self._recvs = self._start(self._turn)
+        self._turn = turn ^ 1
+        self._recvs = self._start(turn ^ 1)
         return rows
 
     def _wait(self, transport: "MPITransport", requests, recvs, sends, deadline: float,
