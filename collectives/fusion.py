@@ -46,6 +46,7 @@ class Bucket:
     members: tuple[int, ...]
     dtype: np.dtype
     offsets: tuple[int, ...]
+    pieces: tuple[tuple[int, int, int, tuple | None], ...] = ()  # (member, lo, hi, shape)
 
     @property
     def count(self) -> int:
@@ -92,12 +93,19 @@ def _buckets(shapes: tuple, fusion_bytes: int) -> list[Bucket]:
         for i in members:
             n = int(np.prod(shapes[i][1], dtype=np.int64))
             if current and offsets[-1] + n > limit:
-                result.append(Bucket(tuple(current), dtype, tuple(offsets)))
+                result.append(_bucket(current, dtype, offsets, shapes))
                 current, offsets = [], [0]
             current.append(i)
             offsets.append(offsets[-1] + n)
-        result.append(Bucket(tuple(current), dtype, tuple(offsets)))
+        result.append(_bucket(current, dtype, offsets, shapes))
     return result
+
+
+def _bucket(members: list[int], dtype: np.dtype, offsets: list[int], shapes: tuple) -> Bucket:
+    """The bucket, with each member's slice of it and its shape (None: 1-D, the slice as is)."""
+    pieces = tuple((i, lo, hi, None if len(shapes[i][1]) == 1 else shapes[i][1])
+                   for i, lo, hi in zip(members, offsets, offsets[1:]))
+    return Bucket(tuple(members), dtype, tuple(offsets), pieces)
 
 
 def reduce_contiguous(reducer, work, src, options: CallOptions, tag: int, deadline: float,
@@ -242,10 +250,8 @@ class _Bucket:
                             between_nodes=self.between_nodes)
 
     def _hand_back(self, result, results: list) -> None:
-        members, offsets = self.bucket.members, self.bucket.offsets
         if self.outs is None:
-            for n, (i, a) in enumerate(zip(members, self.arrays)):
-                view = result[offsets[n]: offsets[n + 1]]
-                results[i] = view if a.ndim == 1 else view.reshape(a.shape)
+            for i, lo, hi, shape in self.bucket.pieces:
+                results[i] = result[lo:hi] if shape is None else result[lo:hi].reshape(shape)
         elif not self.xp.shares_memory(result, self.outs[0]):
             kernels.unpack(result, self.outs)

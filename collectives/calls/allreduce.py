@@ -183,6 +183,12 @@ def _check_arrays(arrays, compression: str | None) -> tuple:
     if not isinstance(arrays, (list, tuple)):
         raise TypeError(f"arrays must be a list or tuple of arrays, got {type(arrays).__name__}")
     arrays = tuple(arrays)
+    if set(map(type, arrays)) == {np.ndarray}:  # the common case, in whole-list passes
+        dtypes = dict.fromkeys(a.dtype for a in arrays)  # first appearance first
+        if SUPPORTED.issuperset(dtypes):
+            for dtype in dtypes:
+                codec_for(compression, dtype)
+            return arrays
     seen: dict[tuple, int] = {}
     for i, a in enumerate(arrays):
         key = (type(a), getattr(a, "dtype", None))
