@@ -5,7 +5,7 @@ topology (collectives.simulator) with the constants from the tuning file that
 `collectives-bench --calibrate` writes, plus the per-call cost every plan run pays. The
 transport's own all-reduce (`native`) is a black box, priced from its calibrated times.
 Without a tuning file, DEFAULT_CALIBRATION's constants are used. A plan is chosen over
-`native` only when predicted NATIVE_MARGIN (25%) faster. Choices are cached per message
+`native` only when predicted NATIVE_MARGIN (25%) faster, LARGE_NATIVE_MARGIN (5%) from 1 MiB. Choices are cached per message
 size, so the simulator runs once per distinct size. With COLLECTIVES_DEBUG=1 each new
 choice is logged with every candidate's predicted time.
 
@@ -29,10 +29,15 @@ from .simulator import simulate
 from .topology import Topology
 
 CHOICE_CACHE_SIZE = 4096  # message sizes whose choice is remembered (oldest dropped first)
-# A plan replaces the transport's own all-reduce only when predicted this much faster (the
-# cost model's accuracy target): native is the baseline users already have, and it runs in
-# C where plans pay Python per message.
+# A plan replaces the transport's own all-reduce only when predicted this much faster:
+# native is the baseline users already have, and it runs in C where plans pay Python per
+# message, which the model prices least well below LARGE_MESSAGE (the accuracy target).
+# From LARGE_MESSAGE up the calls are bandwidth-bound and the model held plans within +-12%
+# of measured on the lab's nodes (docs/cluster.md), where the wide margin kept MPI's own
+# all-reduce though the plans ran 17% faster.
 NATIVE_MARGIN = 0.25
+LARGE_NATIVE_MARGIN = 0.05
+LARGE_MESSAGE = 1 << 20
 # compression="auto" compresses only when predicted this much faster: never slower by more
 # than the model's error where it does not pay (one node's shared memory, small messages).
 COMPRESSION_MARGIN = 0.10
@@ -114,7 +119,7 @@ class Tuner:
                 del times["native"]
             if len(self._choices) >= CHOICE_CACHE_SIZE:  # sizes that vary forever stay bounded
                 del self._choices[next(iter(self._choices))]
-            choice = self._choices[key] = _cheapest(times)
+            choice = self._choices[key] = _cheapest(times, nbytes)
             if self._debug:
                 ranked = ", ".join(f"{name} {times[name] * 1e6:.1f} us"
                                    for name in sorted(times, key=times.get))
@@ -155,7 +160,7 @@ class Tuner:
         choice = self._choices.get(key)
         if choice is None:
             plain = self.predict(nbytes)
-            best = _cheapest(plain) if algorithm == "auto" else algorithm
+            best = _cheapest(plain, nbytes) if algorithm == "auto" else algorithm
             plans = list(PLANNERS["allreduce"]) if algorithm == "auto" else \
                 [algorithm] if algorithm in PLANNERS["allreduce"] else []
             packed = {Wire(name, "fp16"): self.predict_compressed(nbytes, name)
@@ -194,12 +199,12 @@ class Wire(NamedTuple):
             (" between nodes" if self.between_nodes else "")
 
 
-def _cheapest(times: dict[str, float]) -> str:
+def _cheapest(times: dict[str, float], nbytes: int) -> str:
     """The least predicted time; `native` (where priced) unless a plan beats it by
-    NATIVE_MARGIN."""
+    NATIVE_MARGIN (LARGE_NATIVE_MARGIN for messages of LARGE_MESSAGE and more)."""
     best = min(times, key=lambda name: (times[name], name))
-    if best != "native" and "native" in times and \
-            times[best] * (1 + NATIVE_MARGIN) >= times["native"]:
+    margin = LARGE_NATIVE_MARGIN if nbytes >= LARGE_MESSAGE else NATIVE_MARGIN
+    if best != "native" and "native" in times and times[best] * (1 + margin) >= times["native"]:
         return "native"
     return best
 
