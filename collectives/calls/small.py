@@ -14,7 +14,8 @@ error ends the collective as on the general path (`Agreement.failed`).
 
 Calls the lane does not take go the general path, which gives the same bits and raises
 the errors: compression, check_finite, error feedback, CuPy arrays, non-contiguous x, an
-`out` that does not fit, a plan algorithm, a call while others are queued or running.
+`out` that does not fit, a plan algorithm, more than LANE_BYTES, a call while others are
+queued or running.
 
 Example::
 
@@ -23,6 +24,7 @@ Example::
 """
 from __future__ import annotations
 
+import threading
 import time
 from threading import current_thread
 
@@ -41,6 +43,7 @@ from .riding import rides
 __all__ = ["SmallLane", "Route"]
 
 ROUTES_LIMIT = 256  # routes kept per communicator (a training loop repeats a few calls)
+LANE_BYTES = 64 << 10  # larger calls take the general path: its Python is lost in the transfer
 
 
 class Route:
@@ -86,6 +89,8 @@ class Route:
         transport's, reused: the view is kept per records array)."""
         cached = self._values.get(id(rows))
         if cached is None or cached[0] is not rows:
+            if len(self._values) >= 4:  # transports reuse a few records arrays
+                self._values.clear()
             view = rows[:, HEADER_BYTES: HEADER_BYTES + self.nbytes].view(self.dtype)
             cached = self._values[id(rows)] = (rows, view)
         return cached[1]
@@ -102,6 +107,7 @@ class SmallLane:
         self._engine = engine
         self._timeout = settings.timeout
         self._routes: dict[tuple, Route | None] = {}
+        self._adding = threading.Lock()
 
     def allreduce(self, x: np.ndarray, out, op, algorithm, deterministic):
         """`allreduce(x, op, algorithm, out=out, deterministic=...)` of a NumPy array with
@@ -182,15 +188,18 @@ class SmallLane:
             options = None  # the general path raises it
         if options is not None and dtype in SUPPORTED and thread != THREAD_NAME:
             route = self._decide(options, shape, dtype, ("sync", thread))
-        if len(self._routes) >= ROUTES_LIMIT:
-            del self._routes[next(iter(self._routes))]
-        self._routes[key] = route
+        with self._adding:  # threads may meet here; the lookups need no lock
+            if len(self._routes) >= ROUTES_LIMIT:
+                del self._routes[next(iter(self._routes))]
+            self._routes[key] = route
         return route
 
     def _decide(self, options: CallOptions, shape: tuple, dtype: np.dtype,
                 issued: tuple) -> Route | None:
         size = self._transport.size
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if nbytes > LANE_BYTES:
+            return None
         shapes = ((dtype, shape),)
         signature = Signature.of("allreduce", (options, shapes, issued),
                                  lambda: describe(options, shapes, issued, single=True))

@@ -16,6 +16,7 @@ import threading
 import numpy as np
 
 import collectives
+from collectives.calls.small import LANE_BYTES
 from collectives.options import DTYPES
 from tests.workers.common import OPS, Tally, digest, everyone, rank_data, reference
 
@@ -28,7 +29,7 @@ def route_of(comm, x, op, algorithm) -> str:
 
 
 def expected_route(check: bool, algorithm: str, dtype, op: str, nbytes: int, p: int) -> str:
-    if nbytes == 0:
+    if nbytes == 0 or nbytes > LANE_BYTES:
         return "general"
     if check and algorithm == "auto" and p > 1 and (p - 1) * nbytes <= 4096:
         return "ride"
@@ -40,7 +41,7 @@ def expected_route(check: bool, algorithm: str, dtype, op: str, nbytes: int, p: 
 def values(comm, tally: Tally, check: bool) -> None:
     p, rank = comm.size, comm.rank
     for dtype in DTYPES:
-        for shape in [(), (0,), (1,), (3,), (2, 5), (1024 // dtype.itemsize,)]:
+        for shape in [(), (0,), (1,), (3,), (2, 5), (1024 // dtype.itemsize,), (40000,)]:
             count = int(np.prod(shape))
             for op in OPS:
                 want = reference(count, dtype, p, op).reshape(shape)
