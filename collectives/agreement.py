@@ -27,6 +27,7 @@ import hashlib
 import struct
 import zlib
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,6 +174,14 @@ class Agreement:
         self._transport.tell_peers("gave up", seq)
         return type(error)(f"{signature.label(seq)}: {error}") if timeout else error
 
+    def raise_failed(self, signature: Signature, seq: int, error: BaseException,
+                     moving: bool) -> NoReturn:
+        """Raise what `failed` says for `error` (the error itself keeps its cause)."""
+        raised = self.failed(signature, seq, error, moving)
+        if raised is error:
+            raise error
+        raise raised from None
+
     def _exchange(self, status: int, seq: int, digest: int, payload, deadline: float):
         length = 0 if payload is None else payload.size
         _HEADER.pack_into(self._record, 0, status, seq, digest, length)
@@ -191,7 +200,7 @@ class Agreement:
                 for row in texts]
 
     def _refuse(self, signature: Signature, seq: int, rows, deadline: float) -> None:
-        statuses = rows[:, 0]
+        statuses = rows[:, 0].copy()  # the next exchange's receives may reuse rows' buffer
         same = (rows[:, 8:24] == rows[0, 8:24]).all()
         if same and not (statuses == INVALID).any():
             bad = np.flatnonzero(statuses == NONFINITE).tolist()

@@ -115,7 +115,9 @@ class Communicator:
         (docs/reproducible.md). Runs after every async collective issued before it.
         """
         if (type(x) is np.ndarray and compression is None and check_finite is False
-                and error_feedback is False and not self._closed):
+                and error_feedback is False and not self._closed
+                and (deterministic is None or deterministic is True or deterministic is False)):
+            # (exactly: 1, 1.0 or np.True_ hash like True and would share the lane's route)
             result = self._lane.allreduce(x, out, op, algorithm, deterministic)
             if result is not None:
                 return result
@@ -395,7 +397,7 @@ class Communicator:
             self._transport.check_peers()
             return result
         except BaseException as error:
-            raise agreement.failed(call.signature, seq, error, moving) from None
+            agreement.raise_failed(call.signature, seq, error, moving)
 
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size}, transport={self._transport.name})"

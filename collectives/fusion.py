@@ -46,7 +46,7 @@ class Bucket:
     members: tuple[int, ...]
     dtype: np.dtype
     offsets: tuple[int, ...]
-    pieces: tuple[tuple[int, int, int, tuple | None], ...] = ()  # (member, lo, hi, shape)
+    pieces: tuple[tuple[int, int, int, tuple | None], ...]  # (member, lo, hi, shape)
 
     @property
     def count(self) -> int:

@@ -92,23 +92,24 @@ class StatsRecorder:
 
     def record(self, label: str, seconds: float, sent: int, received: int, *,
                modelled: bool = False) -> None:
-        with self._lock:
-            totals = self._totals.get(label)
-            if totals is None:
-                totals = self._totals[label] = [0, 0.0, 0, 0, modelled]
-            totals[0] += 1
-            totals[1] += seconds
-            totals[2] += sent
-            totals[3] += received
+        self.add(self.totals(label, modelled=modelled), seconds, sent, received)
 
     def totals(self, label: str, *, modelled: bool = False) -> list:
-        """The running [calls, seconds, sent, received, modelled] of `label`, for a caller
-        that adds to them itself (the small-call lane: one collective runs at a time)."""
+        """The running [calls, seconds, sent, received, modelled] of `label`, to `add` to
+        (a caller that records one label often keeps it: the small-call lane)."""
         with self._lock:
             totals = self._totals.get(label)
             if totals is None:
                 totals = self._totals[label] = [0, 0.0, 0, 0, modelled]
             return totals
+
+    def add(self, totals: list, seconds: float, sent: int, received: int) -> None:
+        """One more call in `totals` (from `totals()`)."""
+        with self._lock:
+            totals[0] += 1
+            totals[1] += seconds
+            totals[2] += sent
+            totals[3] += received
 
     def snapshot(self) -> Stats:
         with self._lock:

@@ -10,7 +10,11 @@ goes through the transport's own all-reduce (`native`, or `auto` choosing it), a
 buffer. What stays per call is what the guarantees need, inline: the issue order (the
 progress engine's `try_begin`), the sequence number and the peers' notices
 (`Agreement.enter`), the deadline, the agreement exchange, the data, the statistics; an
-error ends the collective as on the general path (`Agreement.failed`).
+error ends the collective as on the general path (`Agreement.failed`). The general path
+looks for peers' notices once more after the data moved; the lane does not: its one
+exchange (or MPI's all-reduce) completed, so every peer took part, and a notice sent
+after that is raised by the next collective's `enter`, as on the general path when it
+arrives a moment later.
 
 Calls the lane does not take go the general path, which gives the same bits and raises
 the errors: compression, check_finite, error feedback, CuPy arrays, non-contiguous x, an
@@ -50,8 +54,8 @@ class Route:
     """What one repeated call decided: its signature, how the data moves, its buffers."""
 
     __slots__ = ("signature", "shape", "dtype", "op", "elementwise", "rides", "nbytes",
-                 "flat", "count", "stage", "fold", "traffic", "totals",
-                 "_values")
+                 "flat", "count", "stage", "fold", "traffic", "_stats",
+                 "_totals", "_values")
 
     def __init__(self, signature: Signature, shape: tuple, dtype: np.dtype, op: Op,
                  rides_: bool, size: int, stats):
@@ -66,22 +70,21 @@ class Route:
         self.fold = host_fold(dtype, op)
         self.traffic = (size - 1) * nbytes if rides_ else native_traffic(nbytes, size)
         self._values: dict[int, tuple] = {}  # id(records) -> (records, the data's view)
-        self.totals = stats.totals("direct" if rides_ else "native", modelled=not rides_)
+        self._stats = stats
+        self._totals = stats.totals("direct" if rides_ else "native", modelled=not rides_)
 
     def tally(self, seconds: float) -> None:
-        """One more call in comm.stats() (the engine runs one collective at a time)."""
-        totals = self.totals
-        totals[0] += 1
-        totals[1] += seconds
-        totals[2] += self.traffic
-        totals[3] += self.traffic
+        """One more call in comm.stats()."""
+        self._stats.add(self._totals, seconds, self.traffic, self.traffic)
 
     def fits(self, out, x) -> bool:
         """Whether `out` can take the result of x as it is (else the general path takes the
         call, and raises where out is wrong)."""
-        return (type(out) is np.ndarray and out.shape == self.shape and out.dtype == self.dtype
-                and out.flags.c_contiguous and out.flags.writeable
-                and (out is x or (out.base is None and x.base is None)  # own memory each
+        if type(out) is not np.ndarray or out.shape != self.shape or out.dtype != self.dtype:
+            return False
+        flags = out.flags
+        return (flags.c_contiguous and flags.writeable
+                and (out is x or (flags.owndata and x.flags.owndata)  # separate memory
                      or not np.may_share_memory(out, x)))
 
     def values(self, rows: np.ndarray) -> np.ndarray:
@@ -113,7 +116,10 @@ class SmallLane:
         """`allreduce(x, op, algorithm, out=out, deterministic=...)` of a NumPy array with
         no compression, finite check or error feedback; None where the general path runs."""
         key = (x.shape, x.dtype, op, algorithm, deterministic, current_thread().name)
-        route = self._routes.get(key, False)
+        try:
+            route = self._routes.get(key, False)
+        except TypeError:  # an unhashable op or algorithm: the general path refuses it
+            return None
         if route is False:
             route = self._route(key)
         if route is None or not x.flags.c_contiguous or (out is not None
@@ -132,18 +138,18 @@ class SmallLane:
         them in rank order (the same bits everywhere, those of reference_reduce)."""
         agreement = self._agreement
         seq = agreement.enter("allreduce")
-        start = time.monotonic()
         moving = False
         try:
-            rows = agreement.agree(route.signature, seq, start + self._timeout, True,
-                                   x.view(np.uint8) if route.flat else
+            rows = agreement.agree(route.signature, seq, time.monotonic() + self._timeout,
+                                   True, x.view(np.uint8) if route.flat else
                                    x.reshape(-1).view(np.uint8))
             moving = True
+            start = time.perf_counter()  # what the general path's "direct" times: the fold
             result = np.empty(route.shape, route.dtype) if out is None else out
             route.fold(route.values(rows), result if route.flat else result.reshape(-1))
+            route.tally(time.perf_counter() - start)
         except BaseException as error:
-            raise agreement.failed(route.signature, seq, error, moving) from None
-        route.tally(time.monotonic() - start)
+            agreement.raise_failed(route.signature, seq, error, moving)
         return result
 
     def _native(self, route: Route, x: np.ndarray, out):
@@ -151,16 +157,17 @@ class SmallLane:
         cannot be cancelled, so memory the caller sees is written once it completed."""
         agreement = self._agreement
         seq = agreement.enter("allreduce")
-        start = time.monotonic()
-        deadline = start + self._timeout
+        deadline = time.monotonic() + self._timeout
         moving = False
         try:
             if agreement.check:
                 agreement.agree(route.signature, seq, deadline)
             moving = True
             target = np.empty(route.count, route.dtype) if out is None else route.stage
+            start = time.perf_counter()  # what the general path's "native" times: the call
             self._transport.native_allreduce(x if route.flat else x.reshape(-1), target,
                                              route.elementwise, deadline)
+            route.tally(time.perf_counter() - start)
             if route.op is Op.AVG:
                 kernels.divide_into(target, self._transport.size)
             shaped = target if route.flat else target.reshape(route.shape)
@@ -170,8 +177,7 @@ class SmallLane:
                 result = out
                 np.copyto(out, shaped)
         except BaseException as error:
-            raise agreement.failed(route.signature, seq, error, moving) from None
-        route.tally(time.monotonic() - start)
+            agreement.raise_failed(route.signature, seq, error, moving)
         return result
 
     def _route(self, key: tuple) -> Route | None:

@@ -7,7 +7,7 @@ None / separate / in place, `auto` and `native`, against the NumPy reference and
 identical bits on every rank; which route each call took; ranks on different paths in one
 call (one passes a strided x); a shape mismatch raising MismatchError on every rank with
 the lane's routes cached; a sync call behind an async one; calls from a named thread;
-comm.stats() counting the lane's calls, and reset.
+comm.stats() counting the lane's calls, and reset; arguments the general path refuses.
 """
 from __future__ import annotations
 
@@ -135,6 +135,23 @@ def stats(comm, tally: Tally, check: bool) -> None:
     tally.check(list(got) == ["native"] or comm.size == 1, f"check={check}: labels {list(got)}")
 
 
+def bad_arguments(comm, tally: Tally) -> None:
+    """Arguments the general path refuses stay refused once the lane knows the call: values
+    that hash like valid ones (np.True_ like True), unhashable ones. Every rank raises (none
+    hangs), and the next call works."""
+    x = np.ones(3, np.float32)
+    comm.allreduce(x, deterministic=True)
+    for label, kwargs in (("np.True_", {"deterministic": np.True_}),
+                          ("1.0", {"deterministic": 1.0}), ("op list", {"op": ["sum"]})):
+        try:
+            comm.allreduce(x, **kwargs)
+            tally.check(False, f"{label}: accepted")
+        except (TypeError, ValueError, collectives.MismatchError):
+            pass
+        y = comm.allreduce(x, deterministic=True)
+        tally.check(np.array_equal(y, np.full(3, comm.size, np.float32)), f"after {label}")
+
+
 def main() -> None:
     with collectives.init(check=True) as on, collectives.init(check=False) as off:
         tally = Tally(on.rank)
@@ -145,6 +162,7 @@ def main() -> None:
             from_thread(comm, tally)
             stats(comm, tally, check)
         mismatch(on, tally)
+        bad_arguments(on, tally)
     tally.finish()
 
 
