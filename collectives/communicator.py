@@ -30,7 +30,7 @@ from .calls.small import SmallLane
 from .config import Settings
 from .execution import PlanRunner
 from .failure import end_job
-from .errors import CollectiveError, CollectiveTimeout, MismatchError, NonFiniteError, PeerError
+from .errors import CollectiveError
 from .options import Op
 from .p2p import Message, check_peer, check_tag
 from .progress import Handle, ProgressEngine
