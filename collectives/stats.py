@@ -122,21 +122,14 @@ class StatsRecorder:
                 totals[:4] = [0, 0.0, 0, 0]
 
 
-_TRAFFIC: dict[int, tuple[Plan, int, int]] = {}
-_TRAFFIC_LIMIT = 1024
-
-
 def plan_traffic(plan: Plan) -> tuple[int, int]:
-    """(elements sent, elements received) by one rank running `plan`; cached per plan."""
-    cached = _TRAFFIC.get(id(plan))
-    if cached is not None and cached[0] is plan:
-        return cached[1], cached[2]
-    sent = sum(s.hi - s.lo for rnd in plan.rounds for s in rnd.sends)
-    received = sum(r.hi - r.lo for rnd in plan.rounds for r in rnd.recvs)
-    if len(_TRAFFIC) >= _TRAFFIC_LIMIT:
-        _TRAFFIC.clear()
-    _TRAFFIC[id(plan)] = (plan, sent, received)  # holding the plan keeps its id unique
-    return sent, received
+    """(elements sent, elements received) by one rank running `plan`; kept with the plan."""
+    return plan.derived("traffic", _traffic)
+
+
+def _traffic(plan: Plan) -> tuple[int, int]:
+    return (sum(s.hi - s.lo for rnd in plan.rounds for s in rnd.sends),
+            sum(r.hi - r.lo for rnd in plan.rounds for r in rnd.recvs))
 
 
 def native_traffic(nbytes: int, size: int) -> int:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import KW_ONLY, dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Hashable, Iterable, Iterator, Sequence, TypeVar
 
 __all__ = ["Send", "Recv", "Round", "Plan", "Region", "make_plan", "chunk_bounds", "split_bounds",
            "segments", "send_steps", "recv_steps", "union", "merge_rounds", "reverse"]
 
 Region = tuple[tuple[int, int], ...]  # element ranges [lo, hi), ascending and disjoint
+T = TypeVar("T")
+_MISSING = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,8 @@ class Plan:
     `reduce_after_send[k]` is True when a reduce-receive of round k overlaps one of its sends
     (recursive doubling): the executor then waits for the sends before reducing.
     `max_segment` is the longest reduce-receive, which sizes the executor's scratch slots.
-    Building one is O(steps log steps).
+    Building one is O(steps log steps). What executors and statistics derive from a plan
+    is kept with it (`derived`), so a repeated call derives nothing again.
     """
 
     algorithm: str
@@ -119,6 +122,14 @@ class Plan:
         object.__setattr__(self, "reduce_after_send", guard)
         object.__setattr__(self, "prefetch", tuple(prefetch[: len(self.rounds)]))
         object.__setattr__(self, "max_segment", max(segments, default=0))
+
+    def derived(self, key: Hashable, build: Callable[["Plan"], T]) -> T:
+        """`build(self)`, computed once per plan and `key` (plans are cached: plan_for)."""
+        memo = self.__dict__.setdefault("_derived", {})
+        value = memo.get(key, _MISSING)
+        if value is _MISSING:
+            value = memo[key] = build(self)
+        return value
 
     def steps(self) -> Iterator[tuple[int, Send | Recv]]:
         """Every (round index, step) in issue order: a round's sends, then its receives."""

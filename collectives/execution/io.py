@@ -46,16 +46,8 @@ class IoSchedule:
 
     @classmethod
     def of(cls, plan: Plan, *, from_src: bool = False) -> "IoSchedule":
-        """The schedule of `plan` (cached per plan object and `from_src`)."""
-        key = (id(plan), from_src)
-        cached = _CACHE.get(key)
-        if cached is not None and cached[0] is plan:
-            return cached[1]
-        schedule = _Builder(plan, from_src).build()
-        if len(_CACHE) >= _CACHE_SIZE:
-            del _CACHE[next(iter(_CACHE))]
-        _CACHE[key] = (plan, schedule)
-        return schedule
+        """The schedule of `plan` (kept with the plan, per `from_src`)."""
+        return plan.derived(("io", from_src), lambda p: _Builder(p, from_src).build())
 
 
 class _Builder:
@@ -152,7 +144,3 @@ class _Builder:
             direct=direct,
             tail=self.ranges(i for i, j in enumerate(last_recv) if j < 0),
         )
-
-
-_CACHE: dict[tuple[int, bool], tuple[Plan, IoSchedule]] = {}
-_CACHE_SIZE = 512

@@ -10,13 +10,13 @@ after them.
 Example::
 
     posting = Posting.of(plan, staged=False)
-    posting.opens[i], posting.needs_slot[i]
+    posting.recvs[i], posting.opens[i], posting.needs_slot[i]
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..algorithms.plan import Plan
+from ..algorithms.plan import Plan, Recv
 
 __all__ = ["SCRATCH_SLOTS", "Posting"]
 
@@ -25,16 +25,23 @@ SCRATCH_SLOTS = 4
 
 @dataclass(frozen=True)
 class Posting:
-    """Per receive of one plan (plan order): its round, the round it opens at, its slot need."""
+    """Per receive of one plan (plan order): the receive, its round, the round it opens at,
+    its slot need."""
 
+    recvs: tuple[Recv, ...]
     rounds: tuple[int, ...]
     opens: tuple[int, ...]
     needs_slot: tuple[bool, ...]
 
     @classmethod
     def of(cls, plan: Plan, *, staged: bool) -> "Posting":
-        """The posting of `plan`'s receives; `staged`: every receive lands in scratch."""
+        """The posting of `plan`'s receives (kept with the plan); `staged`: every receive
+        lands in scratch."""
+        return plan.derived(("posting", staged), lambda p: cls._build(p, staged))
+
+    @classmethod
+    def _build(cls, plan: Plan, staged: bool) -> "Posting":
+        recvs = tuple(r for rnd in plan.rounds for r in rnd.recvs)
         rounds = tuple(k for k, rnd in enumerate(plan.rounds) for _ in rnd.recvs)
         opens = tuple(k - 1 if k > 0 and plan.prefetch[k] else k for k in rounds)
-        needs = tuple(staged or r.reduce for rnd in plan.rounds for r in rnd.recvs)
-        return cls(rounds, opens, needs)
+        return cls(recvs, rounds, opens, tuple(staged or r.reduce for r in recvs))

@@ -43,6 +43,10 @@ def buffer_sizes(plan: Plan, codec=IDENTITY) -> tuple[int, int]:
     """(scratch, staging) element counts, in the wire dtype, that run_plan needs for `plan`."""
     if not codec.staged:
         return SCRATCH_SLOTS * plan.max_segment, 0
+    return plan.derived("staged buffers", _staged_sizes)
+
+
+def _staged_sizes(plan: Plan) -> tuple[int, int]:
     longest_recv = max((r.hi - r.lo for rnd in plan.rounds for r in rnd.recvs), default=0)
     round_sends = max((sum(s.hi - s.lo for s in rnd.sends) for rnd in plan.rounds), default=0)
     return SCRATCH_SLOTS * longest_recv, round_sends
@@ -127,11 +131,11 @@ class _Run:
         if src is not None or out is not None:
             self.io = IoSchedule.of(plan, from_src=src is not None and not codec.staged
                                     and not shared)
-        slot_len = buffer_sizes(plan, codec)[0] // SCRATCH_SLOTS
+        slot_len = len(scratch) // SCRATCH_SLOTS
         self.slots = [scratch[i * slot_len: (i + 1) * slot_len] for i in range(SCRATCH_SLOTS)]
         self.free_slots = list(range(SCRATCH_SLOTS))
-        self.posting = Posting.of(plan, staged=codec.staged)
-        self.recvs = [r for rnd in plan.rounds for r in rnd.recvs]
+        self.posting = posting = Posting.of(plan, staged=codec.staged)
+        self.recvs = posting.recvs
         self.views = transport.shared
         self.next_recv = 0
         self.landed = [0] * len(plan.rounds)  # receives applied, per round
