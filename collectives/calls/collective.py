@@ -2,8 +2,9 @@
 
 A `Collective` call holds its checked input (`x`, `out`, options, root). Running it:
 
-1. the agreement check; when the check is on and the data is small, the data rides with
-   the records (calls.riding) and the call is answered from them (`from_rows`);
+1. the agreement check; when the check is on, the algorithm `auto` and the data small, the
+   data rides with the records (calls.riding) and the call is answered from them
+   (`from_rows`); a named algorithm runs as named;
 2. otherwise `auto` is made concrete by the tuner (per collective, per size), then the
    transport's own collective runs (`native`) or the algorithm's plan (`planned`).
 
@@ -119,8 +120,9 @@ class Collective(Call):
         if not ctx.agreement.check:
             return None
         x = self.x
-        if (self.options.compression is None and type(x) is np.ndarray
-                and rides(max(x.nbytes, 1), ctx.size)):
+        options = self.options
+        if (options.algorithm == "auto" and options.compression is None
+                and type(x) is np.ndarray and rides(max(x.nbytes, 1), ctx.size)):
             self.payload = self.riding_payload(ctx)
         return ctx.agreement.agree(self.signature, seq, deadline, True, self.payload)
 
