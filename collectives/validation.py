@@ -52,9 +52,11 @@ def check_out(out, x, name: str = "out") -> None:
             raise ValueError(f"{name} is x but x is read-only; in-place all-reduce needs a "
                              "writable array")
         return
-    if type(out) is not type(x):
+    module = kernels.array_module(x)  # a subclass (np.memmap) is as good as its base
+    if (not is_array(out) or kernels.array_module(out) is not module
+            or isinstance(out, np.ma.MaskedArray)):
         raise TypeError(
-            f"{name} must be a {type(x).__module__}.{type(x).__qualname__} like x, "
+            f"{name} must be a {module.__name__} array like x, "
             f"got {type(out).__module__}.{type(out).__qualname__}"
         )
     if out.shape != x.shape or out.dtype != x.dtype:

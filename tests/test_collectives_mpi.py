@@ -31,6 +31,13 @@ def test_over_shared_memory():
 
 
 @pytest.mark.parametrize("np_", [2, 3])
+def test_small_calls_ride_whatever_ndarray_each_rank_passes(np_, tmp_path):
+    """A memmap on one rank, plain arrays on the others, strided outs: every collective's
+    small auto call rides on every rank and gives the reference."""
+    run_workers(np_, "riding_inputs", str(tmp_path))
+
+
+@pytest.mark.parametrize("np_", [2, 3])
 def test_disagreement_and_bad_input_raise_on_every_rank(np_):
     run_workers(np_, "collective_agreement")
 

@@ -58,16 +58,20 @@ def test_rank_that_dies_ends_the_job(how):
         assert "rank 1 ends the job (MPI_Abort) on the uncaught exception above" in proc.stderr
 
 
-@pytest.mark.parametrize("algorithm, check", [("ring", "1"), ("native", "1"), ("ring", "0"),
-                                              ("native", "0")])
-def test_late_rank_touches_no_memory_and_never_succeeds(tmp_path, algorithm, check):
+@pytest.mark.parametrize("algorithm, check, call", [
+    ("ring", "1", ()), ("native", "1", ()), ("ring", "0", ()), ("native", "0", ()),
+    ("auto", "1", ("allreduce", "4")),  # the small-call lane: the data rides
+    ("auto", "1", ("broadcast", "4")),  # a riding broadcast on the general path
+])
+def test_late_rank_touches_no_memory_and_never_succeeds(tmp_path, algorithm, check, call):
     """After rank 0 timed out, rank 1 arrives: rank 0's fresh arrays and its out=x stay as
     they were while MPI progresses, and rank 1 is told rank 0 gave up (it must not return a
-    result rank 0 never agreed to)."""
+    result rank 0 never agreed to). A riding call has every rank's data at hand on the late
+    rank too: it must raise without writing its out=x."""
     from tests.workers import late_rank
 
-    proc = run_workers(2, "late_rank", algorithm, check, str(tmp_path), expect_ok=False,
-                       timeout=120)
+    proc = run_workers(2, "late_rank", algorithm, check, str(tmp_path), *call,
+                       expect_ok=False, timeout=120)
     output = f"--- stdout ---\n{proc.stdout[-5000:]}\n--- stderr ---\n{proc.stderr[-5000:]}"
     assert "MPI_Abort(comm=" in proc.stderr and f", {late_rank.ABORT}) - process 0" in proc.stderr, output
     first = json.loads((tmp_path / "rank0.json").read_text())
@@ -77,6 +81,8 @@ def test_late_rank_touches_no_memory_and_never_succeeds(tmp_path, algorithm, che
     assert late["error"] in ("PeerError", "CollectiveTimeout"), late
     if late["error"] == "PeerError":
         assert "rank 0 gave up on collective #2" in late["message"], late
+    if call:
+        assert not late["x_changed"], late
 
 
 def test_rank_that_exits_cleanly_is_named_at_once(tmp_path):

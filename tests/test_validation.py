@@ -50,10 +50,15 @@ def test_unknown_choice_without_a_close_match_lists_the_choices():
     assert str(error) == "unknown compression 'zstd'; accepted: None, 'fp16', 'bf16'"
 
 
-def test_out_must_match_type_shape_and_dtype():
+def test_out_must_match_type_shape_and_dtype(tmp_path):
     x = np.zeros(4, np.float32)
-    with pytest.raises(TypeError, match="out must be a numpy.ndarray like x, got builtins.list"):
+    with pytest.raises(TypeError, match="out must be a numpy array like x, got builtins.list"):
         check_out([0.0] * 4, x)
+    with pytest.raises(TypeError, match="got numpy.ma.MaskedArray"):
+        check_out(np.ma.zeros(4, np.float32), x)
+    mapped = np.memmap(tmp_path / "x", np.float32, "w+", shape=(4,))
+    check_out(np.zeros(4, np.float32), mapped)  # a subclass is a NumPy array like any
+    check_out(mapped, x)
     with pytest.raises(ValueError, match=r"expected shape \(4,\) dtype float32, got shape \(5,\)"):
         check_out(np.zeros(5, np.float32), x)
     with pytest.raises(ValueError, match="got shape \\(4,\\) dtype float64"):
@@ -97,15 +102,16 @@ def test_check_setting_from_the_environment(monkeypatch, raw, expected):
     assert Settings.resolve(check=not expected).check is (not expected)
 
 
-@pytest.mark.parametrize("raw", ["soon", "nan", "NaN", "inf", "-inf", "0", "-1", ""])
+@pytest.mark.parametrize("raw", ["soon", "nan", "NaN", "inf", "-inf", "0", "-1", "1e10", ""])
 def test_timeout_must_be_finite_and_positive(monkeypatch, raw):
-    """nan or inf would disable every deadline: refused by name, as argument and variable."""
+    """nan or inf would disable every deadline, 1e10 s broke close() (thread joins refuse
+    it) and, as COLLECTIVES_ABORT_GRACE, abort(): refused by name, as argument and variable."""
     monkeypatch.setenv("COLLECTIVES_TIMEOUT", raw)
     if raw == "":  # unset: the default
         assert Settings.resolve().timeout == 300.0
         return
     with pytest.raises(ValueError, match=rf"COLLECTIVES_TIMEOUT={raw!r} is not a valid number "
-                                         r"of seconds \(finite, > 0\)"):
+                                         r"of seconds \(> 0, at most 1e\+07\)"):
         Settings.resolve()
     monkeypatch.delenv("COLLECTIVES_TIMEOUT")
     with pytest.raises(ValueError, match=r"timeout=.* is not a valid number of seconds"):

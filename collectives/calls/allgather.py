@@ -11,6 +11,8 @@ Example::
 """
 from __future__ import annotations
 
+import numpy as np
+
 import kernels
 
 from ..compression import codec_for, work_dtype
@@ -56,9 +58,8 @@ class Allgather(Collective):
 
     def from_rows(self, ctx: Context, rows):
         result = self._result()
-        flat = result.reshape(ctx.size, -1)
-        for r, payload in enumerate(payloads(rows, ctx.size, self.x.dtype)):
-            kernels.copy_into(flat[r], payload)
+        # (result may be a strided out, which reshape would copy)
+        kernels.unpack(np.concatenate(payloads(rows, ctx.size, self.x.dtype)), [result])
         return result
 
     def native(self, ctx: Context, tag: int, deadline: float):

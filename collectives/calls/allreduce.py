@@ -45,8 +45,9 @@ def allreduce_call(settings, x, out, op, algorithm, compression, check_finite,
     except (TypeError, ValueError) as error:
         return Refused("allreduce", issued, error)
     shapes = ((x.dtype, x.shape),)
-    signature = Signature.of("allreduce", (options, shapes, issued),
-                             lambda: describe(options, shapes, issued, single=True))
+    array = kernels.array_module(x).__name__  # NumPy arrays ride, CuPy arrays do not
+    signature = Signature.of("allreduce", (options, shapes, issued, array),
+                             lambda: describe(options, shapes, issued, array=array))
     return _Reduction(signature, (x,), None if out is None else (out,), options, shapes,
                       single=True)
 
@@ -72,7 +73,7 @@ def allreduce_many_call(settings, arrays, outs, *, op, algorithm, compression, f
         return Refused("allreduce_many", issued, error)
     shapes = tuple((a.dtype, a.shape) for a in arrays)
     signature = Signature.of("allreduce_many", (options, shapes, issued),
-                             lambda: describe(options, shapes, issued, single=False))
+                             lambda: describe(options, shapes, issued))
     return _Reduction(signature, arrays, outs, options, shapes, single=False)
 
 
@@ -95,7 +96,7 @@ class _Reduction(Call):
             return None  # nothing to exchange: the data moves next
         x = self.arrays[0] if self.arrays else None
         if (checked and self.single and options.algorithm == "auto"
-                and type(x) is np.ndarray and rides(x.nbytes, ctx.size) and self._raw(ctx)):
+                and isinstance(x, np.ndarray) and rides(x.nbytes, ctx.size) and self._raw(ctx)):
             self.payload = as_payload(x)
         finite = not options.check_finite or all(map(_finite, self.arrays))
         return ctx.agreement.agree(self.signature, seq, deadline, finite, self.payload,
@@ -164,15 +165,19 @@ class _Reduction(Call):
         return ("named", feedback, options)
 
 
-def describe(options: CallOptions, shapes: tuple, issued: tuple, *, single: bool) -> dict:
-    """An all-reduce's signature fields, as text for messages."""
+def describe(options: CallOptions, shapes: tuple, issued: tuple,
+             array: str | None = None) -> dict:
+    """An all-reduce's signature fields, as text for messages; `array` ("numpy", "cupy"):
+    the kind of a single array (a list's arrays never ride, whatever their kind)."""
     dtypes = [str(d) for d, _ in shapes]
     dims = [str(s) for _, s in shapes]
+    single = array is not None
     return {
         "op": options.op, "algorithm": options.algorithm, "compression": options.compression,
         "fusion_bytes": options.fusion_bytes,
         "dtype": dtypes[0] if single else f"[{', '.join(dtypes)}]",
         "shape": dims[0] if single else f"[{', '.join(dims)}]",
+        **({"array": array} if single else {}),
         "check_finite": options.check_finite, "error_feedback": options.error_feedback,
         "deterministic": options.deterministic, "issued": issued[0], "thread": issued[1],
     }

@@ -79,12 +79,12 @@ class Collective(Call):
         self.x, self.out, self.options, self.root = x, out, options, root
         self.payload = None
         self.check_shapes()
-        shapes = (x.dtype, x.shape)
+        array = kernels.array_module(x).__name__  # NumPy arrays ride, CuPy arrays do not
         super().__init__(self.collective, Signature.of(
-            self.collective, (options, shapes, root, issued),
+            self.collective, (options, x.dtype, x.shape, array, root, issued),
             lambda: {"op": options.op if self.reduces else None, "algorithm": options.algorithm,
                      "compression": options.compression, "root": root, "dtype": x.dtype,
-                     "shape": x.shape, "deterministic": options.deterministic,
+                     "shape": x.shape, "array": array, "deterministic": options.deterministic,
                      "issued": issued[0], "thread": issued[1]}))
 
     reduces = False
@@ -122,7 +122,7 @@ class Collective(Call):
         x = self.x
         options = self.options
         if (options.algorithm == "auto" and options.compression is None
-                and type(x) is np.ndarray and rides(max(x.nbytes, 1), ctx.size)):
+                and isinstance(x, np.ndarray) and rides(max(x.nbytes, 1), ctx.size)):
             self.payload = self.riding_payload(ctx)
         return ctx.agreement.agree(self.signature, seq, deadline, True, self.payload)
 

@@ -10,11 +10,11 @@ goes through the transport's own all-reduce (`native`, or `auto` choosing it), a
 buffer. What stays per call is what the guarantees need, inline: the issue order (the
 progress engine's `try_begin`), the sequence number and the peers' notices
 (`Agreement.enter`), the deadline, the agreement exchange, the data, the statistics; an
-error ends the collective as on the general path (`Agreement.failed`). The general path
-looks for peers' notices once more after the data moved; the lane does not: its one
-exchange (or MPI's all-reduce) completed, so every peer took part, and a notice sent
-after that is raised by the next collective's `enter`, as on the general path when it
-arrives a moment later.
+error ends the collective as on the general path (`Agreement.failed`). A riding call
+looks for peers' notices after the exchange, before it writes anything: a record sent
+before its rank gave up still arrives. MPI's own all-reduce completes only with every
+peer in it (a wait polls the notices); a notice sent after that is raised by the next
+collective's `enter`, as on the general path when it arrives a moment later.
 
 Calls the lane does not take go the general path, which gives the same bits and raises
 the errors: compression, check_finite, error feedback, CuPy arrays, non-contiguous x, an
@@ -143,6 +143,7 @@ class SmallLane:
             rows = agreement.agree(route.signature, seq, time.monotonic() + self._timeout,
                                    True, x.view(np.uint8) if route.flat else
                                    x.reshape(-1).view(np.uint8))
+            self._transport.check_peers()  # records sent before a peer gave up still arrive
             moving = True
             start = time.perf_counter()  # what the general path's "direct" times: the fold
             result = np.empty(route.shape, route.dtype) if out is None else out
@@ -207,8 +208,8 @@ class SmallLane:
         if nbytes > LANE_BYTES:
             return None
         shapes = ((dtype, shape),)
-        signature = Signature.of("allreduce", (options, shapes, issued),
-                                 lambda: describe(options, shapes, issued, single=True))
+        signature = Signature.of("allreduce", (options, shapes, issued, "numpy"),
+                                 lambda: describe(options, shapes, issued, array="numpy"))
         if self._agreement.check and options.algorithm == "auto" and rides(nbytes, size):
             return Route(signature, shape, dtype, options.op, True, size, self._reducer.stats)
         native = self._reducer.resolve(options.algorithm, nbytes) == "native"

@@ -37,7 +37,7 @@ def bad_inputs(rank: int):
            f"expected shape ({COUNT},) dtype float32, got shape ({COUNT + 1},) dtype float32")
     yield ("out dtype", dict(x=x, out=np.empty(COUNT, np.float64)), ValueError,
            "dtype float32, got shape")
-    yield "out type", dict(x=x, out=[0.0] * COUNT), TypeError, "out must be a numpy.ndarray like x"
+    yield "out type", dict(x=x, out=[0.0] * COUNT), TypeError, "out must be a numpy array like x"
     out = np.empty(COUNT, np.float32)
     out.flags.writeable = False
     yield "out read-only", dict(x=x, out=out), ValueError, "out is read-only"

@@ -1,15 +1,18 @@
 """A rank that arrives after the others timed out: no memory touched after the error, and
 the late rank never reports success.
 
-Usage: mpiexec -n 2 python -m tests.workers.late_rank ALGORITHM CHECK OUTDIR
+Usage: mpiexec -n 2 python -m tests.workers.late_rank ALGORITHM CHECK OUTDIR [COLLECTIVE COUNT]
 
-Collective #2 is in place (out=x). Rank 1 calls it LATE seconds after rank 0, whose
-timeout is shorter. Rank 0 must raise CollectiveTimeout; then, while rank 1 arrives and
-runs, rank 0 fills fresh arrays with a pattern and watches them and x for WATCH seconds:
-nothing may change them (before the fix a late rank's bytes landed in freed memory: new
-arrays held agreement records, `out=x` changed 2.5 s after the error, `native` crashed).
-Rank 1 must raise (CollectiveTimeout or PeerError), never return a result. Each rank
-writes what it saw to OUTDIR/rank<r>.json; rank 0 then ends the job with comm.abort(ABORT).
+Collective #2 (allreduce, or broadcast from rank 0; COUNT float32, default 64 Ki) is in
+place (out=x). Rank 1 calls it LATE seconds after rank 0, whose timeout is shorter. Rank 0
+must raise CollectiveTimeout; then, while rank 1 arrives and runs, rank 0 fills fresh
+arrays with a pattern and watches them and x for WATCH seconds: nothing may change them
+(before the fix a late rank's bytes landed in freed memory: new arrays held agreement
+records, `out=x` changed 2.5 s after the error, `native` crashed). Rank 1 must raise
+(CollectiveTimeout or PeerError), never return a result; it reports whether its x changed
+(a small `auto` call rides with rank 0's record, sent before rank 0 gave up: it must not
+write x and then raise). Each rank writes what it saw to OUTDIR/rank<r>.json; rank 0 then
+ends the job with comm.abort(ABORT).
 """
 from __future__ import annotations
 
@@ -60,19 +63,23 @@ def watch_memory(x: np.ndarray, seconds: float) -> list[str]:
 
 def main() -> None:
     algorithm, check, outdir = sys.argv[1], sys.argv[2] == "1", Path(sys.argv[3])
+    collective, count = (sys.argv[4], int(sys.argv[5])) if len(sys.argv) > 4 else ("allreduce", COUNT)
     comm = collectives.init(timeout=TIMEOUT, check=check)
-    x = np.full(COUNT, comm.rank + 1.0, np.float32)
-    comm.allreduce(x, algorithm=algorithm)  # everyone is here
+    x = np.full(count, comm.rank + 1.0, np.float32)
+    call = getattr(comm, collective)
+    call(x, algorithm=algorithm)  # everyone is here
     seen: dict[str, object] = {"rank": comm.rank}
     if comm.rank == 1:
         time.sleep(LATE)
+    before = x.copy()
     start = time.monotonic()
     try:
-        comm.allreduce(x, algorithm=algorithm, out=x)
+        call(x, algorithm=algorithm, out=x)
         seen["error"] = None
     except collectives.CollectiveError as error:
         seen["error"], seen["message"] = type(error).__name__, str(error)
     seen["elapsed"] = time.monotonic() - start
+    seen["x_changed"] = not np.array_equal(x, before)
     if comm.rank == 0:
         seen["changed"] = watch_memory(x, WATCH)
     (outdir / f"rank{comm.rank}.json").write_text(json.dumps(seen))
