@@ -33,7 +33,7 @@ import numpy as np
 import kernels
 
 from . import exact_mean
-from .compression import codec_for, scale_for
+from .compression import codec_for, scale_for, unscale_into
 from .compression.scaling import absmax
 from .options import Op
 
@@ -51,14 +51,14 @@ def reference_reduce(arrays: Sequence, op: str = "sum", *, compression: str | No
         out = np.empty(rows.shape[1], dtype)
         fold_rows(rows, op, out)
         return out.reshape(np.shape(arrays[0]))
-    scale = scale_for(codec, max(absmax(r) for r in rows), len(rows), op)
+    scale = scale_for(codec, max(absmax(r) for r in rows), len(rows), op, dtype)
     wire = np.empty(rows.shape, codec.dtype)
     for row, encoded in zip(rows, wire):
         encode(codec, row, encoded, scale, op, len(rows))
     folded = np.empty(rows.shape[1], codec.dtype)
     fold_rows(wire, Op.SUM if op is Op.AVG else op, folded)
     out = np.empty(rows.shape[1], dtype)
-    kernels.scale_into(out, folded, 1.0 / scale)
+    unscale_into(out, folded, scale)
     return out.reshape(np.shape(arrays[0]))
 
 

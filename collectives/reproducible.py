@@ -19,7 +19,7 @@ import numpy as np
 import kernels
 
 from .algorithms import PLANNERS, plan_for
-from .compression import absmax, codec_for, scale_for
+from .compression import absmax, codec_for, scale_for, unscale_into
 from .deterministic import encode, fold_rows
 from .execution import IDENTITY
 from .options import Op
@@ -41,7 +41,8 @@ def reproducibly(reducer, flat, op: Op, compression: str | None, algorithm: str,
     codec = codec_for(compression, flat.dtype)
     scale = 1.0
     if codec is not None:
-        scale = scale_for(codec, reducer.agree_max(absmax(flat), deadline), p, op)
+        scale = scale_for(codec, reducer.agree_max(absmax(flat), deadline), p, op,
+                          flat.dtype)
     rows, bounds = _rows(reducer, flat, codec, scale, op)
     theirs = reducer.buffer("deterministic in", flat, rows.dtype, rows.size).reshape(rows.shape)
     _run(reducer, "alltoall", "pairwise" if algorithm != "native" else "native", rows, theirs,
@@ -74,7 +75,7 @@ def reproducibly(reducer, flat, op: Op, compression: str | None, algorithm: str,
         if codec is None:
             kernels.copy_into(out[lo:hi], gathered[r, : hi - lo])
         else:
-            kernels.scale_into(out[lo:hi], gathered[r, : hi - lo], 1.0 / scale)
+            unscale_into(out[lo:hi], gathered[r, : hi - lo], scale)
     return out
 
 
@@ -112,7 +113,7 @@ def _decoded(values, dtype, scale: float, compressed: bool):
     if not compressed:
         return values
     out = kernels.array_module(values).empty(values.size, dtype)
-    kernels.scale_into(out, values, 1.0 / scale)
+    unscale_into(out, values, scale)
     return out
 
 

@@ -9,6 +9,7 @@ docs/compression.md walks through a compressed all-reduce.
 """
 from .codec import HalfCodec, codec_for, work_dtype
 from .feedback import ErrorFeedback
-from .scaling import absmax, scale_for
+from .scaling import absmax, scale_for, unscale_into
 
-__all__ = ["HalfCodec", "codec_for", "work_dtype", "ErrorFeedback", "absmax", "scale_for"]
+__all__ = ["HalfCodec", "codec_for", "work_dtype", "ErrorFeedback", "absmax", "scale_for",
+           "unscale_into"]

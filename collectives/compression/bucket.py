@@ -17,7 +17,7 @@ import kernels
 
 from ..options import Op
 from .codec import HalfCodec
-from .scaling import absmax, scale_for
+from .scaling import absmax, scale_for, unscale_into
 
 __all__ = ["reduce_compressed"]
 
@@ -34,7 +34,7 @@ def reduce_compressed(work, dest, *, codec: HalfCodec, op: Op, size: int,
     """
     if residual is not None:
         kernels.reduce_into(work, residual, "sum")
-    scale = scale_for(codec, agree_max(absmax(work)), size, op)
+    scale = scale_for(codec, agree_max(absmax(work)), size, op, work.dtype)
     factor = scale / size if op is Op.AVG else scale
     if residual is None:
         kernels.scale_into(work, work, factor)
@@ -42,4 +42,4 @@ def reduce_compressed(work, dest, *, codec: HalfCodec, op: Op, size: int,
         kernels.quantize_residual_into(work, residual, codec.dtype, factor)
     reduce(work)
     lo, hi = (0, work.size) if region is None else region
-    kernels.quantize_into(dest, work[lo:hi], codec.dtype, 1.0 / scale)
+    unscale_into(dest, work[lo:hi], scale, codec.dtype)

@@ -5,6 +5,8 @@ Every rank agrees on the max of max|x| over ranks (one all-reduce of one float);
 partial sum any algorithm forms) and max|x| for avg, max and min (avg divides by p before
 the cast, as in PyTorch's fp16 hook). Only finite values count: a NaN or Inf somewhere
 stays NaN or Inf where it is, and the other values are scaled as if it were absent.
+Scales of float64 data reach down to float64's normal range (1e300 compresses); the
+others stay in float32's, where the kernels multiply. `unscale_into` undoes a scale.
 
 Example::
 
@@ -15,14 +17,18 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import kernels
 
 from ..options import Op
 
-__all__ = ["absmax", "scale_for"]
+__all__ = ["absmax", "scale_for", "unscale_into"]
 
-# Scales stay inside float32's normal range, so x * s and its inverse are exact.
-_MIN_EXP = -126
+# Scales stay inside the normal range of the dtype the kernels multiply in (float32, or
+# float64 for float64 data), so x * s and its inverse are exact.
+_MIN_EXP = {np.dtype(np.float64): -1022}
+_FLOAT32_MIN_EXP = -126
 
 
 def absmax(work) -> float:
@@ -31,10 +37,29 @@ def absmax(work) -> float:
     return kernels.absmax(work)
 
 
-def scale_for(codec, agreed_absmax: float, size: int, op: Op) -> float:
-    """The power of two s with s * bound <= max16 / 2 (1.0 when there is nothing to scale)."""
-    bound = agreed_absmax * (size if op is Op.SUM else 1)
-    if bound == 0.0 or not math.isfinite(bound):
+def scale_for(codec, agreed_absmax: float, size: int, op: Op, dtype=np.float32) -> float:
+    """The power of two s with s * bound <= max16 / 2 (1.0 when there is nothing to scale),
+    for data of `dtype`."""
+    if agreed_absmax == 0.0 or not math.isfinite(agreed_absmax):
         return 1.0
-    exponent = math.frexp(codec.max_value / 2 / bound)[1] - 1  # floor(log2(limit / bound))
-    return math.ldexp(1.0, min(max(exponent, _MIN_EXP), codec.max_exp))
+    limit = codec.max_value / 2 / agreed_absmax / (size if op is Op.SUM else 1)
+    exponent = math.frexp(limit)[1] - 1  # floor(log2(limit)); bound * size may overflow
+    lowest = _MIN_EXP.get(np.dtype(dtype), _FLOAT32_MIN_EXP)
+    return math.ldexp(1.0, min(max(exponent, lowest), codec.max_exp))
+
+
+def unscale_into(dst, src, scale: float, wire=None) -> None:
+    """dst = src / scale, src rounded to the 16-bit `wire` dtype first when given. The
+    kernels multiply in float32, in one pass; a float64 dst is unscaled in float64 (its
+    values may lie beyond float32's range: the same bits where they do not)."""
+    if dst.dtype != np.float64:
+        if wire is None:
+            kernels.scale_into(dst, src, 1.0 / scale)
+        else:
+            kernels.quantize_into(dst, src, wire, 1.0 / scale)
+        return
+    if wire is None:
+        kernels.copy_into(dst, src)
+    else:
+        kernels.quantize_into(dst, src, wire, 1.0)
+    kernels.scale_into(dst, dst, 1.0 / scale)

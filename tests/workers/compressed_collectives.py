@@ -2,7 +2,9 @@
 
 Usage: mpiexec -n P python -m tests.workers.compressed_collectives
 Relative error (2-norm) vs float64 within 2e-3 (fp16) and 2e-2 (bf16); 60000.0 on every rank
-stays finite; results keep the input's dtype; allgather rows hold the same bits on every rank;
+stays finite, and so do float64 values far beyond 16 bits' and float32's range (1e50,
+1e300 / p: the scale reaches float64's range); results keep the input's dtype; allgather
+rows hold the same bits on every rank;
 `algorithm="auto"` with a compression runs a compressed plan (never MPI's own, which has no
 codec), and naming "native" with a compression is refused on every rank.
 """
@@ -70,6 +72,36 @@ def check_overflow(comm, tally, algorithm, compression) -> None:
                 f"reduce_scatter {algorithm} {compression} 60000: {y[:3]}")
 
 
+def check_float64_range(comm, tally, compression) -> None:
+    """float64 data of magnitude 1e50 and 1e300 / p: every collective with a compression,
+    deterministic and with error feedback too, finite and within the bound."""
+    p, rank = comm.size, comm.rank
+    for magnitude in (1e50, 1e300 / p):
+        x = normal(rank, COUNT, seed=3) * magnitude
+        want = sum(normal(r, COUNT, seed=3) * magnitude for r in range(p))
+        lo, hi = blocks(p)[rank]
+        results = {
+            "allreduce": (comm.allreduce(x, compression=compression), want),
+            "allreduce feedback": (comm.allreduce(x, compression=compression,
+                                                  error_feedback="range"), want),
+            "allreduce deterministic": (comm.allreduce(x, compression=compression,
+                                                       deterministic=True), want),
+            "reduce_scatter": (comm.reduce_scatter(x, compression=compression), want[lo:hi]),
+            "reduce_scatter deterministic": (comm.reduce_scatter(
+                x, compression=compression, deterministic=True), want[lo:hi]),
+            "allgather": (comm.allgather(x, compression=compression)[rank], x),
+        }
+        y = comm.reduce(x, root=0, op="avg", compression=compression)
+        if rank == 0:
+            results["reduce avg"] = (y, want / p)
+        for name, (got, expected) in results.items():
+            case = f"{name} {compression} float64 x {magnitude:.0e}"
+            error = relative_error(got / magnitude, expected / magnitude)  # norms overflow
+            tally.check(bool(np.isfinite(got).all()) and error <= BOUND[compression],
+                        f"{case}: relative error {error:.2e}: {got[:2]} vs {expected[:2]}")
+    comm.clear_error_feedback()
+
+
 def check_auto_compresses(comm, tally, compression) -> None:
     """auto with a compression prices the plans only: the call is a compressed plan."""
     for name, call in (("reduce_scatter", lambda x: comm.reduce_scatter(
@@ -107,6 +139,7 @@ def main() -> None:
         for algorithm in ("auto", *PLANNERS["reduce"]):
             check_reduce(comm, tally, algorithm, compression, root=comm.size - 1)
         check_auto_compresses(comm, tally, compression)
+        check_float64_range(comm, tally, compression)
     check_native_refused(comm, tally)
     tally.finish()
 
