@@ -299,11 +299,13 @@ class Communicator:
         Point to point runs beside the collectives (its own channel, no issue order, no
         agreement check); waits are bounded by the timeout. Leave x alone until done.
         """
+        self._check_open("isend")
         return Message(self._transport, x, check_peer(dst, self.size, "dst"), check_tag(tag),
                        send=True, timeout=self._timeout)
 
     def irecv(self, out, src: int, tag: int = 0) -> Message:
         """Receive into `out` (contiguous, exactly the message's size) from rank `src`."""
+        self._check_open("irecv")
         return Message(self._transport, out, check_peer(src, self.size, "src"), check_tag(tag),
                        send=False, timeout=self._timeout)
 
@@ -360,8 +362,11 @@ class Communicator:
         transport closes at exit anyway."""
         if self._closed:
             return
+        finished = self._progress.close(timeout=self.settings.timeout)  # refuses new async ones
         self._closed = True
-        self._progress.close(timeout=self.settings.timeout)
+        if not finished:  # the transport closes at exit, once nothing uses it
+            raise CollectiveError(f"close: queued collectives still ran after "
+                                  f"{self.settings.timeout:g} s; the transport stays open")
         self._transport.close()
 
     def __enter__(self) -> "Communicator":
@@ -378,10 +383,13 @@ class Communicator:
     def _submit(self, call: Call) -> Handle:
         return self._progress.submit(lambda: self._execute(call), f"{call.name}_async")
 
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise CollectiveError(f"{what}: this communicator is closed")
+
     def _execute(self, call: Call):
         """Run one call: agree, move data, make sure no peer gave up meanwhile."""
-        if self._closed:
-            raise CollectiveError(f"{call.name}: this communicator is closed")
+        self._check_open(call.name)
         ctx = self._ctx
         agreement = ctx.agreement
         seq = agreement.enter(call.name)
@@ -392,6 +400,8 @@ class Communicator:
                 agreement.share_failure(call.signature, seq, deadline, call.error)
                 raise call.error
             rows = call.agree(ctx, seq, deadline)
+            if rows is not None:  # a peer's record still arrives after the peer gave up
+                self._transport.check_peers()
             moving = True
             result = call.move(ctx, seq, deadline, rows)
             self._transport.check_peers()

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from .errors import CollectiveTimeout
+from .errors import CollectiveError, CollectiveTimeout
 from .validation import check_array
 
 __all__ = ["Message", "check_peer", "check_tag", "TAG_UB"]
@@ -40,9 +40,15 @@ def check_tag(tag) -> int:
 
 
 class Message:
-    """A posted send or receive: `test()` without blocking, `wait()` bounded by the timeout."""
+    """A posted send or receive: `test()` without blocking, `wait()` bounded by the timeout
+    (counted from the wait: a receive posted early may wait out a long computation).
 
-    __slots__ = ("_transport", "_request", "_buffer", "_what", "_deadline", "_done", "_send")
+    A message dropped before it completed is abandoned as a timed-out one is: a receive is
+    cancelled, and the request, with the buffer it holds, is kept alive for the life of the
+    process, so a late message never lands in memory that was freed or reused.
+    """
+
+    __slots__ = ("_transport", "_request", "_buffer", "_what", "_timeout", "_state", "_send")
 
     def __init__(self, transport, buffer, peer: int, tag: int, *, send: bool, timeout: float):
         check_array(buffer, "x" if send else "out")
@@ -54,28 +60,44 @@ class Message:
         flat = buffer.reshape(-1)
         post = transport.p2p_send if send else transport.p2p_recv
         self._transport = transport
-        self._request = post(flat, peer, tag)
         self._buffer = buffer
         self._what = (f"rank {transport.rank}: {'send to' if send else 'receive from'} "
                       f"rank {peer} (tag {tag}, {flat.nbytes} bytes)")
-        self._deadline = time.monotonic() + timeout
-        self._done = False
+        self._timeout = timeout
+        self._state: BaseException | bool = False  # True: done; an error: it failed
         self._send = send
+        self._request = post(flat, peer, tag)
 
     def test(self) -> bool:
         """Whether the message completed (raises if it failed)."""
-        if not self._done:
-            self._done = self._transport.p2p_test(
-                self._request, None if self._send else self._buffer.nbytes, self._what)
-        return self._done
+        state = self._state
+        if isinstance(state, BaseException):
+            raise CollectiveError(f"{self._what} failed before: {state}")
+        if not state:
+            try:
+                self._state = self._transport.p2p_test(
+                    self._request, None if self._send else self._buffer.nbytes, self._what)
+            except CollectiveError as error:
+                self._state = error
+                raise
+        return self._state
 
     def wait(self):
         """The buffer, once the message completed; CollectiveTimeout past the timeout."""
-        if not self._done:
+        if self._state is not True:
             try:
-                self._transport.poll(lambda: self.test() or None, self._deadline, self._what)
-            except CollectiveTimeout:
-                sent = [self._request] if self._send else []
-                self._transport.abandon(sent, [] if self._send else [self._request])
+                self._transport.poll(lambda: self.test() or None,
+                                     time.monotonic() + self._timeout, self._what)
+            except CollectiveTimeout as error:
+                self._abandon()
+                self._state = error
                 raise
         return self._buffer
+
+    def _abandon(self) -> None:
+        sent = [self._request] if self._send else []
+        self._transport.abandon(sent, [] if self._send else [self._request])
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", True) is False and hasattr(self, "_request"):
+            self._abandon()  # dropped before it completed

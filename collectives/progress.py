@@ -157,13 +157,19 @@ class ProgressEngine:
                     except BaseException as error:  # noqa: BLE001 - handed to the waiter
                         future.set_exception(error)
 
-    def close(self, timeout: float | None = None) -> None:
-        """Let queued collectives finish (up to `timeout`), then stop the thread."""
+    def close(self, timeout: float | None = None) -> bool:
+        """Let queued collectives finish (up to `timeout`), then stop the thread; whether
+        every one finished. Refused from a completion callback (it would wait for itself)."""
+        if self._thread is not None and threading.current_thread() is self._thread:
+            raise CollectiveError("close() from a completion callback (the progress thread) "
+                                  "would wait for itself; close from the issuing thread")
         with self._cv:
             self._closed = True
             self._cv.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
 
 
 def _drain_at_exit(ref: "weakref.ref[ProgressEngine]") -> None:

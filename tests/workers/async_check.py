@@ -123,7 +123,37 @@ def main() -> None:
     ordering(comm, tally)
     staggered(comm, tally)
     failures(comm, tally)
+    close_with_pending(comm, tally)
     tally.finish()
+
+
+def close_with_pending(comm, tally: Tally) -> None:
+    """close() right after async calls finishes them first (they all failed with "this
+    communicator is closed"); then a callback's close() and later calls are refused."""
+    p = comm.size
+    handles = [comm.allreduce_async(np.full(1 << 16, float(i), np.float32)) for i in range(6)]
+    refused = []
+    handles[-1].add_done_callback(lambda h: refused.append(_close_refused(comm)))
+    comm.close()
+    for i, handle in enumerate(handles):
+        try:
+            tally.check(bool((handle.wait() == i * p).all()), f"queued call {i} before close")
+        except collectives.CollectiveError as error:
+            tally.check(False, f"queued call {i} failed at close: {error}")
+    tally.check(refused == [True], f"close() from a callback: {refused}")
+    try:
+        comm.allreduce(np.ones(2))
+        tally.check(False, "a call after close ran")
+    except collectives.CollectiveError as error:
+        tally.check("closed" in str(error), f"after close: {error}")
+
+
+def _close_refused(comm) -> bool | str:
+    try:
+        comm.close()
+    except collectives.CollectiveError as error:
+        return "would wait for itself" in str(error) or str(error)
+    return "close() from a callback returned"
 
 
 if __name__ == "__main__":

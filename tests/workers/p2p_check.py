@@ -7,6 +7,7 @@ Usage: mpiexec -n P python -m tests.workers.p2p_check   (P >= 2)
 """
 from __future__ import annotations
 
+import gc
 import time
 
 import numpy as np
@@ -62,7 +63,60 @@ def main() -> None:
     got = comm.allreduce(np.ones(2), op="sum")
     tally.check(bool((got == p).all()), "a collective after the timed-out receive")
     comm.barrier()
+    check_posted_early(short, tally)
+    check_dropped(comm, tally)
+    short.close()
+    try:
+        short.isend(np.ones(2), dst=0)
+        tally.check(False, "isend on a closed communicator was posted")
+    except collectives.CollectiveError as error:
+        tally.check("isend: this communicator is closed" in str(error), f"after close: {error}")
     tally.finish()
+
+
+def check_posted_early(comm, tally) -> None:
+    """A receive posted long before its wait: the timeout (1 s) counts from the wait (it
+    counted from the post: the wait timed out at once)."""
+    comm.barrier()
+    if comm.rank == 1:
+        message = comm.irecv(np.empty(3), src=0, tag=12)
+        time.sleep(1.5)  # longer than the timeout
+        try:
+            tally.check(bool((message.wait() == 4.0).all()), "the early receive's values")
+        except collectives.CollectiveTimeout as error:
+            tally.check(False, f"a receive posted early timed out at its wait: {error}")
+    elif comm.rank == 0:
+        time.sleep(1.7)
+        comm.send(np.full(3, 4.0), dst=1, tag=12)
+
+
+def check_dropped(comm, tally) -> None:
+    """Messages dropped before they completed: a dropped receive is cancelled (no late
+    byte lands in memory freed and reused: it did), a dropped send still delivers its data
+    (its buffer was freed under MPI: the receiver read freed memory)."""
+    if comm.rank == 1:
+        comm.irecv(np.zeros(100), src=0, tag=13)  # dropped at once
+        gc.collect()
+    if comm.rank == 0:
+        comm.isend(np.arange(100_000, dtype=np.float64), dst=1, tag=14)  # dropped at once
+        gc.collect()
+    comm.barrier()
+    if comm.rank == 0:
+        comm.send(np.full(100, 7.0), dst=1, tag=13)
+        comm.send(np.full(100, 8.0), dst=1, tag=13)
+    elif comm.rank == 1:
+        fresh = [np.full(100, -1.0) for _ in range(64)]  # where the dropped one's memory went
+        comm.barrier()
+        first = comm.recv(np.empty(100), src=0, tag=13)
+        second = comm.recv(np.empty(100), src=0, tag=13)
+        tally.check(all(bool((f == -1.0).all()) for f in fresh), "a dropped receive wrote")
+        tally.check(bool((first == 7.0).all()) and bool((second == 8.0).all()),
+                    f"after a dropped receive: {first[:2]}, {second[:2]}")
+        got = comm.recv(np.empty(100_000), src=0, tag=14)
+        tally.check(np.array_equal(got, np.arange(100_000, dtype=np.float64)),
+                    "a dropped send delivered other bytes")
+    if comm.rank != 1:
+        comm.barrier()
 
 
 if __name__ == "__main__":
