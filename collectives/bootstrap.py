@@ -103,8 +103,8 @@ def launched_by_torchrun() -> bool:
 
 def _hello(settings: Settings | None, transport: str, error: Exception | None) -> dict:
     """What a rank tells the others at init: its shared settings, or what was wrong."""
-    if error is not None:
-        return {"error": f"{type(error).__name__}: {error}"}
+    if error is not None:  # cut to fit the hello (a value of any length may be named)
+        return {"error": f"{type(error).__name__}: {error}"[: _HELLO_BYTES // 2]}
     agreed = {key: str(value) for key, value in settings.agreed().items()}
     return {"version": _VERSION, "transport": transport, **agreed}
 

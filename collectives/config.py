@@ -28,14 +28,17 @@ def _env(name: str, convert, default):
         raise ValueError(f"COLLECTIVES_{name}={raw!r} is not a valid {convert.__name__}") from None
 
 
+MAX_SECONDS = 1e7  # about 116 days; threads and interval timers refuse much longer waits
+
+
 def _seconds(raw: str) -> float:
     value = float(raw)
-    if not (math.isfinite(value) and value > 0):
+    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
         raise ValueError(raw)
     return value
 
 
-_seconds.__name__ = "number of seconds (finite, > 0)"
+_seconds.__name__ = f"number of seconds (> 0, at most {MAX_SECONDS:g})"
 
 
 def _positive(raw: str) -> int:

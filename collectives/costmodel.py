@@ -372,8 +372,9 @@ def _document(path: Path) -> dict:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as error:
-        raise ValueError(f"tuning file {path} is unreadable ({error}); delete it or recalibrate") from None
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested too deep
+        raise ValueError(f"tuning file {path} is unreadable ({type(error).__name__}: {error}); "
+                         "delete it or recalibrate") from None
     if not isinstance(data, dict):
         raise ValueError(f"tuning file {path} holds a {type(data).__name__}, not an object; "
                          "delete it or recalibrate")
@@ -399,7 +400,8 @@ def read_tuning(path: Path | None = None) -> dict[int, Calibration]:
     for size, entry in entries.items():
         try:
             calibrations[int(size)] = Calibration.from_json(entry)
-        except (TypeError, KeyError, AttributeError, ValueError) as error:
+        except (TypeError, KeyError, AttributeError, ValueError, OverflowError,
+                RecursionError) as error:  # OverflowError: a 400-digit number
             raise ValueError(f"tuning file {path}: the entry for np={size!r} is malformed "
                              f"({type(error).__name__}: {error}); delete it or recalibrate"
                              ) from None

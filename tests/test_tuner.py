@@ -202,6 +202,7 @@ def test_bad_tuning_file_falls_back_to_defaults(tmp_path, monkeypatch, caplog):
     ('{"version": 1, "calibrations": {"2": {"size": 2}}}', "malformed (KeyError"),
     ('{"version": 1, "calibrations": {"2": {"size": "two"}}}', "malformed"),
     ('{"version": 1, "calibrations": {"2": {"size": 2, "extra": 1}}}', "unknown keys ['extra']"),
+    ("[" * 100_000 + "]" * 100_000, "RecursionError"),  # escaped as RecursionError
 ])
 def test_malformed_tuning_file_is_a_value_error_naming_the_file(tmp_path, content, said):
     """Valid JSON of the wrong shape used to escape as AttributeError/TypeError/KeyError
@@ -211,6 +212,16 @@ def test_malformed_tuning_file_is_a_value_error_naming_the_file(tmp_path, conten
     with pytest.raises(ValueError, match=str(path)) as info:
         read_tuning(path)
     assert said in str(info.value)
+
+
+def test_a_number_beyond_float_is_malformed(tmp_path):
+    """A 400-digit integer for a constant escaped as OverflowError (and init hung on the
+    other ranks)."""
+    entry = {**DEFAULT_CALIBRATION.as_json(), "gamma": 10 ** 400}
+    path = tmp_path / "tuning.json"
+    path.write_text(json.dumps({"version": 1, "calibrations": {"2": entry}}))
+    with pytest.raises(ValueError, match="malformed .OverflowError"):
+        read_tuning(path)
 
 
 def test_malformed_constants_are_refused():

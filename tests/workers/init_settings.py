@@ -28,6 +28,7 @@ CASES = {
     "invalid_timeout": ("COLLECTIVES_TIMEOUT", "nan", TIMEOUT),
     "invalid_algorithm": ("COLLECTIVES_ALGORITHM", "rign", None),
     "invalid_flag": ("COLLECTIVES_SHM", "maybe", None),
+    "invalid_long": ("COLLECTIVES_ALGORITHM", "x" * 3000, None),  # beyond the hello's size
 }
 
 
