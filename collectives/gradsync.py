@@ -18,6 +18,8 @@ Example::
 """
 from __future__ import annotations
 
+import itertools
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -127,7 +129,7 @@ class GradSync:
     """
 
     __slots__ = ("comm", "algorithm", "compression", "fusion_bytes", "error_feedback",
-                 "_buckets", "_ready", "_launched", "_handles", "_hooks")
+                 "_name", "_buckets", "_ready", "_launched", "_handles", "_hooks")
 
     def __init__(self, comm: Communicator, *, algorithm: str = "auto",
                  compression: str | None = None, fusion_bytes: int | None = None,
@@ -138,6 +140,8 @@ class GradSync:
         self.compression = options.compression
         self.fusion_bytes = options.fusion_bytes
         self.error_feedback = error_feedback
+        # Names its residuals: the same on every rank, as ranks make their GradSyncs in order.
+        self._name = f"gradsync{next(_created.setdefault(comm, itertools.count()))}"
         self._buckets: list[list] = []  # attach: parameters per bucket, in launch order
         self._ready: list[int] = []  # per bucket, gradients ready this step
         self._launched = 0  # buckets launched this step (always a prefix)
@@ -231,9 +235,12 @@ class GradSync:
         self._launched = max(self._launched, up_to)
 
     def _options(self, part: str) -> dict:
-        feedback = f"gradsync-{id(self):x}-{part}" if self.error_feedback else False
+        feedback = f"{self._name}-{part}" if self.error_feedback else False
         return dict(op="avg", algorithm=self.algorithm, compression=self.compression,
                     fusion_bytes=self.fusion_bytes, error_feedback=feedback)
+
+
+_created: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # comm -> GradSyncs made
 
 
 def _module(x) -> str:

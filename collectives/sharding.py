@@ -29,6 +29,7 @@ import kernels
 
 from .algorithms.plan import split_bounds
 from .communicator import Communicator
+from .validation import check_array
 
 __all__ = ["ShardedSync"]
 
@@ -48,6 +49,8 @@ class ShardedSync:
         params = list(params)
         if not params:
             raise ValueError("params must hold at least one array")
+        for i, p in enumerate(params):  # (torch tensors: pass as_array(t), a zero-copy view)
+            check_array(p, f"params[{i}]")
         dtypes = {p.dtype for p in params}
         if len(dtypes) != 1:
             raise TypeError(f"params must share one dtype, got {sorted(map(str, dtypes))}")
@@ -71,10 +74,16 @@ class ShardedSync:
     def reduce(self, grads: Sequence):
         """This rank's shard of the average of every rank's gradients (one reduce-scatter)."""
         grads = list(grads)
+        for i, g in enumerate(grads):
+            check_array(g, f"grads[{i}]")
         if [g.shape for g in grads] != [p.shape for p in self.params]:
             raise ValueError("grads must have the parameters' shapes, in their order: "
                              f"expected {[p.shape for p in self.params]}, "
                              f"got {[g.shape for g in grads]}")
+        wrong = sorted({str(g.dtype) for g in grads} - {str(self._flat.dtype)})
+        if wrong:  # packing would cast them (float64 to float16 overflows, silently)
+            raise TypeError(f"grads must have the parameters' dtype {self._flat.dtype}, "
+                            f"got {wrong}")
         kernels.pack(grads, self._flat)
         return self.comm.reduce_scatter(self._flat, op="avg", algorithm=self.algorithm,
                                         compression=self.compression)
@@ -82,8 +91,12 @@ class ShardedSync:
     def gather(self, shard) -> None:
         """Write every rank's updated shard into the parameters (one all-gather)."""
         lo, hi = self._bounds
+        check_array(shard, "shard")
         if shard.shape != (hi - lo,):
             raise ValueError(f"shard must have this rank's {hi - lo} elements, got {shard.shape}")
+        if shard.dtype != self._flat.dtype:
+            raise TypeError(f"shard must have the parameters' dtype {self._flat.dtype}, "
+                            f"got {shard.dtype}")
         pieces = self.comm.allgather(_padded(shard, self._longest()), algorithm=self.algorithm,
                                      compression=self.compression)
         for r, (a, b) in enumerate(split_bounds(0, self._flat.size, self.comm.size)):

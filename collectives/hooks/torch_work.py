@@ -16,6 +16,7 @@ Example::
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
@@ -38,6 +39,7 @@ class _FutureWork(dist.Work):
         self._future: torch.futures.Future = torch.futures.Future()
 
     def wait(self, timeout: timedelta | None = None) -> bool:
+        _wait_until(self._future.done, timeout, "the collective")
         self._future.wait()
         return True
 
@@ -109,6 +111,7 @@ class MessageWork(dist.Work):
         self._finish: Callable[[], None] | None = finish
 
     def wait(self, timeout: timedelta | None = None) -> bool:
+        _wait_until(self._message.test, timeout, "the message")
         self._message.wait()
         self._finished()
         return True
@@ -127,3 +130,16 @@ class MessageWork(dist.Work):
         if self._finish is not None:
             self._finish, finish = None, self._finish
             finish()
+
+
+def _wait_until(done: Callable[[], bool], timeout: timedelta | float | None, what: str) -> None:
+    """Return once `done()`; TimeoutError after `timeout` (None or <= 0: torch's "no
+    timeout"; then the communicator's own bounds the wait). What runs keeps running."""
+    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+    if seconds is None or seconds <= 0:
+        return
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} still running after {seconds:g} s (Work.wait timeout)")
+        time.sleep(1e-4)

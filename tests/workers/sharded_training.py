@@ -51,7 +51,26 @@ def main() -> None:
                 "the sharded weights differ between ranks")
     loss = float(np.mean((batch(0, STEPS)[0] @ sharded[0] + sharded[1] - batch(0, STEPS)[1]) ** 2))
     tally.check(loss < 1.0, f"the model did not learn: loss {loss:.3f}")
+    check_refusals(comm, sync, tally)
     tally.finish()
+
+
+def check_refusals(comm, sync, tally) -> None:
+    """Gradients or a shard of another dtype were cast silently (float64 into float16
+    overflows); a non-array gave an unrelated TypeError. Refused by name, on every rank."""
+    lo, hi = sync.bounds
+    for what, call, said in (
+            ("float32 grads", lambda: sync.reduce([g.astype(np.float32) for g in sync.params]),
+             "grads must have the parameters' dtype float64, got ['float32']"),
+            ("float32 shard", lambda: sync.gather(np.zeros(hi - lo, np.float32)),
+             "shard must have the parameters' dtype float64, got float32"),
+            ("list params", lambda: ShardedSync(comm, [[1.0, 2.0]]),
+             "params[0] must be a NumPy or CuPy array")):
+        try:
+            call()
+            tally.check(False, f"{what}: accepted")
+        except TypeError as error:
+            tally.check(said in str(error), f"{what}: {error}")
 
 
 if __name__ == "__main__":

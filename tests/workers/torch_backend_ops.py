@@ -8,6 +8,9 @@ where it reduces; errors surface as the Work's exception; send/recv.
 """
 from __future__ import annotations
 
+import time
+from datetime import timedelta
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -116,6 +119,18 @@ def check_async_and_errors(group, tally: Tally) -> None:
     tally.check(all(w.wait() for w in works) and all(w.is_completed() for w in works),
                 "async all_reduces")
     tally.check(torch.equal(chained.wait(), torch.full((5,), 6.0 * p)), "future.then")
+    late = torch.ones(3)  # Work.wait(timeout) bounds the wait (it was ignored)
+    if r == p - 1:
+        time.sleep(1.0)
+    work = dist.all_reduce(late, group=group, async_op=True)
+    if r == 0 and p > 1:
+        try:
+            work.wait(timeout=timedelta(seconds=0.2))
+            tally.check(False, "wait(timeout=0.2 s) returned before the last rank came")
+        except TimeoutError:
+            pass
+    tally.check(work.wait() and torch.equal(late, torch.full((3,), float(p))),
+                f"wait after a wait timeout: {late}")
     try:
         dist.all_reduce(torch.ones(2), op=dist.ReduceOp.PRODUCT, group=group)
         tally.check(False, "PRODUCT was accepted")

@@ -117,6 +117,16 @@ def check_sync(comm, tally: Tally) -> None:
     tally.check(out[2] is npa and bool((npa == mean).all()), f"sync numpy: {npa}")
     tally.check(out[3] is not frozen and bool((out[3] == mean).all()) and bool((frozen == r).all()),
                 f"sync read-only: returned {out[3]}, input now {frozen}")
+    # error feedback names its residuals alike on every rank (it once used id(self): every
+    # call raised MismatchError); two GradSyncs keep residuals of their own
+    for sync in (collectives.GradSync(comm, compression="fp16", error_feedback=True),
+                 collectives.GradSync(comm, compression="bf16", error_feedback=True)):
+        for step in range(2):
+            grads = [torch.full((6,), r + 0.1 * step), np.full(3, float(r), np.float32)]
+            done = sync.sync(grads)
+            tally.check(all(bool(np.allclose(np.asarray(g), mean + 0.1 * step * (i == 0),
+                                             rtol=1e-2)) for i, g in enumerate(done)),
+                        f"sync with error feedback, step {step}: {done}")
     view = collectives.gradsync.as_array(t16)
     shared = np.shares_memory(view, t16.view(torch.int16).numpy())
     tally.check(view.dtype == ml_dtypes.bfloat16 and shared,
