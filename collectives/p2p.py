@@ -43,9 +43,10 @@ class Message:
     """A posted send or receive: `test()` without blocking, `wait()` bounded by the timeout
     (counted from the wait: a receive posted early may wait out a long computation).
 
-    A message dropped before it completed is abandoned as a timed-out one is: a receive is
-    cancelled, and the request, with the buffer it holds, is kept alive for the life of the
-    process, so a late message never lands in memory that was freed or reused.
+    A message dropped before it completed is kept alive, with its buffer, for the life of
+    the process, so a late message never lands in memory that was freed or reused; over
+    MPI a dropped receive is also cancelled (gloo cannot: it still takes the next message
+    of its tag).
     """
 
     __slots__ = ("_transport", "_request", "_buffer", "_what", "_timeout", "_state", "_send")
@@ -89,15 +90,12 @@ class Message:
                 self._transport.poll(lambda: self.test() or None,
                                      time.monotonic() + self._timeout, self._what)
             except CollectiveTimeout as error:
-                self._abandon()
+                sent = [self._request] if self._send else []
+                self._transport.abandon(sent, [] if self._send else [self._request])
                 self._state = error
                 raise
         return self._buffer
 
-    def _abandon(self) -> None:
-        sent = [self._request] if self._send else []
-        self._transport.abandon(sent, [] if self._send else [self._request])
-
     def __del__(self) -> None:
         if getattr(self, "_state", True) is False and hasattr(self, "_request"):
-            self._abandon()  # dropped before it completed
+            self._transport.p2p_drop(self._request, self._send)  # dropped before it completed

@@ -39,6 +39,9 @@ class LeftToMPI:
     def p2p_recv(self, buf, peer: int, tag: int):
         return self.mpi.p2p_recv(buf, peer, tag)
 
+    def p2p_drop(self, request, send: bool) -> None:
+        self.mpi.p2p_drop(request, send)
+
     def p2p_test(self, request, nbytes: int, what: str) -> bool:
         return self.mpi.p2p_test(request, nbytes, what)
 

@@ -337,6 +337,11 @@ class MPITransport:
     def p2p_recv(self, buf: np.ndarray, peer: int, tag: int) -> MPI.Request:
         return self._p2p.Irecv(as_bytes(buf), peer, tag)
 
+    def p2p_drop(self, request: MPI.Request, send: bool) -> None:
+        """A message nobody will wait for: abandoned (a receive cancelled, the request and
+        its buffer kept alive)."""
+        self.abandon([request] if send else [], [] if send else [request])
+
     def p2p_test(self, request: MPI.Request, nbytes: int | None, what: str) -> bool:
         """Whether a p2p request completed; CollectiveError if it failed, or if a received
         message (`nbytes` expected; None for a send) was shorter (a longer one fails)."""

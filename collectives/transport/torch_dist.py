@@ -173,6 +173,12 @@ class TorchDistTransport:
     def p2p_recv(self, buf: np.ndarray, peer: int, tag: int):
         return self._messages.recv(buf, peer, tag)
 
+    def p2p_drop(self, request, send: bool) -> None:
+        """A message nobody will wait for: kept alive with its buffer. gloo cannot cancel a
+        receive, so a dropped one still takes the next message of its tag; the group stays
+        usable (closing its connections is for timeouts)."""
+        self._abandoned.append(request)
+
     def p2p_test(self, request, nbytes: int | None, what: str) -> bool:
         """Whether a p2p request completed; CollectiveError if it failed, or if a received
         message was not `nbytes` long (the receive knows its length)."""
