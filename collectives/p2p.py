@@ -98,4 +98,7 @@ class Message:
 
     def __del__(self) -> None:
         if getattr(self, "_state", True) is False and hasattr(self, "_request"):
-            self._transport.p2p_drop(self._request, self._send)  # dropped before it completed
+            try:  # dropped before it completed
+                self._transport.p2p_drop(self._request, self._send)
+            except Exception:  # noqa: BLE001 - the transport closed (at exit): nothing to keep
+                pass
