@@ -62,12 +62,25 @@ def write_json(path: str, document: Mapping[str, object]) -> None:
     os.replace(tmp, path)
 
 
+def check_writable(path: str) -> None:
+    """ValueError now, rather than after the measurements, when ``path`` cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or os.path.isdir(path):
+        raise ValueError(f"cannot write {path}: {folder} is not a writable folder"
+                         if not os.path.isdir(path) else f"cannot write {path}: a folder")
+
+
 @contextlib.contextmanager
 def abort_on_error(mpi_comm: MPI.Comm) -> Iterator[None]:
     """Abort every rank when one raises, so the others do not wait for it forever."""
     try:
         yield
+    except ValueError as error:  # a problem with what was asked: one line is enough
+        print(f"rank {mpi_comm.rank}: error: {error}", file=sys.stderr, flush=True)
+        mpi_comm.Abort(2)
+        os._exit(2)  # Abort may return before the launcher ends this rank
     except Exception:
         traceback.print_exc()
         sys.stderr.flush()
         mpi_comm.Abort(1)
+        os._exit(1)

@@ -307,6 +307,11 @@ def run(mpi_comm: MPI.Comm, op: Op, *, options: SweepOptions, command: str,
     env = dict(env or environment.environment(mpi_comm))
     nodes = tuple(ranks_per_node or (mpi_comm.size,))
     leader = mpi_comm.rank == 0
+    if not any(op.count(nbytes) for nbytes in options.sizes):
+        raise ValueError(f"nothing to measure: no size from {options.sizes[0]} to "
+                         f"{options.sizes[-1]} bytes holds a whole {op.name} message")
+    if leader and json_path is not None:
+        environment.check_writable(json_path)
     link = None
     if link_bytes_per_s is not None and len(nodes) > 1:
         link = table.LinkBound(link_bytes_per_s, op.link_factor(nodes))

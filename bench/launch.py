@@ -92,6 +92,8 @@ def add_lab_arguments(parser: Any) -> None:
 
 def lab_request(parser: Any, args: Any) -> LabRequest | None:
     """The lab that ``add_lab_arguments``' options ask for; None without --nodes."""
+    if getattr(args, "np", 1) < 1:
+        parser.error(f"--np must be at least 1, got {args.np}")
     if args.nodes is None:
         if isinstance(args.ppn, tuple):
             return LabRequest(nodes=len(args.ppn), ppn=args.ppn, link=args.link or "none")

@@ -22,7 +22,7 @@ from .calls.allgather import allgather_call
 from .calls.allreduce import allreduce_call, allreduce_many_call
 from .calls.alltoall import alltoall_call
 from .calls.barrier import Barrier
-from .calls.base import issuer
+from .calls.base import Refused, issuer
 from .calls.broadcast import broadcast_call
 from .calls.reduce import reduce_call
 from .calls.reduce_scatter import reduce_scatter_call
@@ -382,6 +382,21 @@ class Communicator:
 
     def _submit(self, call: Call) -> Handle:
         return self._progress.submit(lambda: self._execute(call), f"{call.name}_async")
+
+    def refuse(self, collective: str, error: Exception) -> None:
+        """Take part in `collective` by refusing it: raise `error` here, MismatchError ("rank
+        1 rejected its arguments (...)") on the ranks that make the call. For a layer above
+        that checks its own arguments (e.g. converts a framework's tensors) before the call:
+        its peers then never wait out the timeout.
+
+        Example::
+
+            try:
+                views = [as_array(t) for t in tensors]
+            except TypeError as error:
+                comm.refuse("allreduce_many", error)
+        """
+        self._run(Refused(collective, issuer("sync"), error))
 
     def _check_open(self, what: str) -> None:
         if self._closed:

@@ -108,9 +108,8 @@ def broadcast_parameters(params: Iterable | Mapping, comm: Communicator, *, root
     if isinstance(root, bool) or not isinstance(root, int) or not 0 <= root < comm.size:
         raise ValueError(f"root must be a rank in [0, {comm.size}), got {root!r}")
     items = list(params.values() if isinstance(params, Mapping) else params)
-    views = [as_array(p) for p in items]
+    views, outs = _views_or_refuse(comm, items)
     inputs = views if comm.rank == root else [_module_of(v).full_like(v, -0.0) for v in views]
-    outs = [_result_buffer(p, v) for p, v in zip(items, views)]
     comm.allreduce_many(inputs, op="sum", algorithm="auto", out=outs)
     return [_returned(p, v, o) for p, v, o in zip(items, views, outs)]
 
@@ -152,8 +151,7 @@ class GradSync:
         """Average `grads` over the ranks; returns them (averaged in place), with immutable
         arrays (JAX) replaced by new ones."""
         items = list(grads)
-        views = [as_array(g) for g in items]
-        outs = [_result_buffer(g, v) for g, v in zip(items, views)]
+        views, outs = _views_or_refuse(self.comm, items)
         self.comm.allreduce_many(views, **self._options("sync"), out=outs)
         return [_returned(g, v, o) for g, v, o in zip(items, views, outs)]
 
@@ -241,6 +239,18 @@ class GradSync:
 
 
 _created: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # comm -> GradSyncs made
+
+
+def _views_or_refuse(comm: Communicator, items: list) -> tuple[list, list]:
+    """(array views of `items`, the buffers their results go to); an item that is no array
+    (a float, a JAX tracer) refuses the all-reduce on every rank, so the others do not
+    wait out the timeout."""
+    try:
+        views = [as_array(item) for item in items]
+        return views, [_result_buffer(item, v) for item, v in zip(items, views)]
+    except (TypeError, ValueError) as error:
+        comm.refuse("allreduce_many", error)
+        raise  # (refuse raised it)
 
 
 def _module(x) -> str:

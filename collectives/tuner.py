@@ -23,12 +23,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from .algorithms import PLANNERS
 from .costmodel import DEFAULT_CALIBRATION, ClusterModel, load_calibration
+from .errors import unknown_choice
 from .simulator import simulate
 from .topology import Topology
 
 CHOICE_CACHE_SIZE = 4096  # message sizes whose choice is remembered (oldest dropped first)
+# Larger messages are priced as one of this size, scaled: they are bandwidth-bound, and
+# simulating every segment of many GiB takes seconds (2**62 bytes never returned).
+PRICED_BYTES = 1 << 30
 # A plan replaces the transport's own all-reduce only when predicted this much faster:
 # native is the baseline users already have, and it runs in C where plans pay Python per
 # message, which the model prices least well below LARGE_MESSAGE (the accuracy target).
@@ -92,9 +98,13 @@ class Tuner:
 
     def predict(self, nbytes: int, collective: str = "allreduce") -> dict[str, float]:
         """Predicted seconds of one `collective` of `nbytes` (the plans' count of bytes: the
-        whole buffer for allgather and alltoall) per candidate."""
-        if nbytes < 0:
-            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+        whole buffer for allgather and alltoall) per candidate; beyond PRICED_BYTES the
+        times of PRICED_BYTES, scaled."""
+        nbytes = _message_bytes(nbytes)
+        _known(collective)
+        if nbytes > PRICED_BYTES:
+            scale = nbytes / PRICED_BYTES
+            return {name: t * scale for name, t in self.predict(PRICED_BYTES, collective).items()}
         count = nbytes // self.itemsize
         if collective in ("allgather", "alltoall"):  # whole rows, one per rank
             count -= count % self.cluster.size
@@ -110,6 +120,8 @@ class Tuner:
         """The candidate to run for a `collective` of `nbytes` (cached per size);
         `plans_only`: the best plan, never `native` (a compressed call: MPI's own
         collective has no codec)."""
+        nbytes = min(_message_bytes(nbytes), PRICED_BYTES)  # larger: the same choice
+        _known(collective)
         key = nbytes if collective == "allreduce" and not plans_only else \
             (collective, nbytes, plans_only)
         choice = self._choices.get(key)
@@ -156,6 +168,9 @@ class Tuner:
         hierarchical with 16 bits between nodes only (its nodes' stages stay 32-bit).
         `algorithm` "auto" may change with compression; MPI's own all-reduce is never
         compressed (it reduces 16-bit values through a Python user op)."""
+        nbytes = min(_message_bytes(nbytes), PRICED_BYTES)
+        if algorithm not in ("auto", "native", *PLANNERS["allreduce"]):
+            raise unknown_choice("algorithm", algorithm, ("auto", "native", *PLANNERS["allreduce"]))
         key = ("compression", algorithm, nbytes)
         choice = self._choices.get(key)
         if choice is None:
@@ -197,6 +212,17 @@ class Wire(NamedTuple):
             return self.algorithm
         return f"{self.algorithm}+{self.compression}" + \
             (" between nodes" if self.between_nodes else "")
+
+
+def _message_bytes(nbytes) -> int:
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
+        raise ValueError(f"nbytes must be an int >= 0, got {nbytes!r}")
+    return int(nbytes)
+
+
+def _known(collective: str) -> None:
+    if collective not in PLANNERS:
+        raise unknown_choice("collective", collective, PLANNERS)
 
 
 def _cheapest(times: dict[str, float], nbytes: int) -> str:

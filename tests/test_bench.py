@@ -500,6 +500,20 @@ def test_end_to_end_counts_wrong_elements(tmp_path):
     assert "# #wrong total: 3 FAILED" in proc.stdout
 
 
+@pytest.mark.parametrize("args, message", [
+    (["-b", "3", "-e", "3", "-d", "float64"], "nothing to measure: no size from 3 to 3 bytes"),
+    (["-b", "8", "-e", "64", "--tensors", "100"], "nothing to measure"),
+    (["-b", "8", "-e", "8", "--json", "/nonexistent/dir/x.json"], "cannot write"),
+])
+def test_a_sweep_that_cannot_run_says_why_in_one_line(args, message):
+    """No size to measure gave an IndexError, an MPI_Abort and an UnboundLocalError; an
+    unwritable --json failed after the whole sweep."""
+    proc = _bench(["--np", "2", "-n", "1", "-w", "0", *args], cwd=ROOT,
+                  env=_self_launch_env(PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
 def test_unknown_algorithm_is_refused(tmp_path):
     proc = _bench(["--np", "2", "-b", "8", "-e", "8", "--algorithms", "ring,bogus"],
                   cwd=ROOT, env=_self_launch_env(PYTHONPATH=str(ROOT)))
@@ -512,6 +526,7 @@ def test_unknown_algorithm_is_refused(tmp_path):
     (["--collective", "reduce", "--compression", "fp16"], "go with --collective allreduce"),
     (["--collective", "broadcast", "--deterministic"], "go with --collective allreduce"),
     (["--columns", "time,speed"], "unknown columns speed"),
+    (["--np", "0"], "--np must be at least 1, got 0"),  # was a traceback
 ])
 def test_bad_options_are_refused_before_launch(args, message):
     proc = subprocess.run([sys.executable, "-m", "bench.allreduce_perf", *args], cwd=ROOT,

@@ -149,13 +149,17 @@ def test_cli_bounds_a_launcher_that_does_not_end():
     assert leftovers(name, []) == []
 
 
-def test_without_root_the_lab_says_what_is_missing():
+@pytest.mark.parametrize("command, said", [
+    (["up", "--nodes", "2"], "the lab needs root"),
+    (["down", "--all"], "removing a lab needs root"),  # said "removed" and removed nothing
+])
+def test_without_root_the_lab_says_what_is_missing(command, said):
     nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    proc = subprocess.run([*nobody, sys.executable, "-m", "bench.cluster.cli", "up", "--nodes",
-                           "2"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+    proc = subprocess.run([*nobody, sys.executable, "-m", "bench.cluster.cli", *command],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1, proc
-    assert "the lab needs root" in proc.stderr and "run it as root" in proc.stderr, proc.stderr
+    assert said in proc.stderr and "run it as root" in proc.stderr, proc.stderr
 
 
 def test_a_bad_placement_is_refused_before_anything_starts():

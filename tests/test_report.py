@@ -37,6 +37,34 @@ def test_cluster_file_errors():
                                      "reduce_gbytes_per_s": 1}]})
     with pytest.raises(ValueError, match="lists no clusters"):
         load_clusters({})
+    good = {"name": "x", "nodes": 2, "ranks_per_node": 2, "reduce_gbytes_per_s": 1,
+            "intra": {"alpha_us": 1, "gbytes_per_s": 1}, "inter": {"alpha_us": 1, "gbytes_per_s": 1}}
+    for document, said in (  # each was a traceback, or accepted
+            ([good], "a cluster file is an object"),
+            ({"clusters": [1]}, "a cluster is an object, got 1"),
+            ({"clusters": [{**good, "reduce_gbytes_per_s": 0}]}, "must be a number > 0, got 0"),
+            ({"clusters": [{**good, "reduce_gbytes_per_s": -1}]}, "must be a number > 0"),
+            ({"clusters": [{**good, "nodes": 2.7}]}, "nodes must be a whole number"),
+            ({"clusters": [{**good, "grid": 5}]}, "TypeError")):
+        with pytest.raises(ValueError, match=re.escape(said)):
+            load_clusters(document)
+    assert load_clusters({"clusters": [good]})[0].cluster.size == 4
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--max-bytes", "0"], "--max-bytes must be at least 1 byte"),  # meant the default
+    (["--np", "-1"], "--np must be at least 1"),
+])
+def test_bad_report_options_are_refused_before_launch(tmp_path, args, said):
+    proc = _report(tmp_path / "tuning.json", "--out", str(tmp_path / "r"), *args)
+    assert proc.returncode == 2 and said in proc.stderr, proc.stderr
+
+
+def test_report_out_must_be_a_folder(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    proc = _report(tmp_path / "tuning.json", "--out", str(afile))
+    assert proc.returncode == 2 and "is a file: name a folder" in proc.stderr, proc.stderr
 
 
 def test_crossovers_name_the_sizes_where_the_ranking_changes():

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,11 +78,6 @@ def test_debug_logs_choice_and_predicted_times(caplog):
     assert all(name in message for name in CANDIDATES) and "(test model)" in message
 
 
-def test_bad_size():
-    with pytest.raises(ValueError, match="nbytes must be >= 0, got -1"):
-        Tuner(machine([])).predict(-1)
-
-
 def test_native_model_interpolates_measurements_and_models_other_sizes():
     native = NativeModel(2, ((8, 1e-5), (1024, 1e-4), (1 << 20, 1e-2)))
     assert native.measured(32, 2) == pytest.approx(1e-5 * (1e-4 / 1e-5) ** (2 / 7))  # log-log
@@ -89,6 +86,34 @@ def test_native_model_interpolates_measurements_and_models_other_sizes():
     assert native.measured(32, 4) is None
     slow = LinkModel(alpha=1e-5, beta=1e-9)
     assert NativeModel.modelled(8, 8, slow, 0.0) == pytest.approx(3 * (1e-5 + 8e-9))  # doubling
+
+
+@pytest.mark.parametrize("call, said", [
+    (lambda t: t.predict(float("nan")), "nbytes must be an int >= 0, got nan"),
+    (lambda t: t.choose(12345.0), "nbytes must be an int >= 0, got 12345.0"),
+    (lambda t: t.choose(-1), "nbytes must be an int >= 0, got -1"),
+    (lambda t: t.choose(True), "nbytes must be an int >= 0, got True"),
+    (lambda t: t.choose(1024, "bogus"), "unknown collective 'bogus'; accepted: 'allreduce'"),
+    (lambda t: t.compression(4096, "bogus"), "unknown algorithm 'bogus'; accepted: 'auto'"),
+])
+def test_hostile_sizes_and_names_are_refused(call, said):
+    """nan gave an AssertionError deep in the model, 'bogus' a 'no native model', a cached
+    choose(0) accepted 0.0 that predict refused."""
+    tuner = Tuner(machine([]))
+    tuner.choose(0)
+    with pytest.raises(ValueError, match=re.escape(said)):
+        call(tuner)
+
+
+def test_huge_messages_are_priced_at_once_as_a_scaled_gibibyte():
+    """The simulator walks every segment: choose(2**62) never returned."""
+    tuner = Tuner(machine([]))
+    start = time.monotonic()
+    assert tuner.choose(2 ** 62) == tuner.choose(tuner_module.PRICED_BYTES)
+    times = tuner.predict(4 * tuner_module.PRICED_BYTES)
+    assert time.monotonic() - start < 5
+    base = tuner.predict(tuner_module.PRICED_BYTES)
+    assert times == pytest.approx({name: 4 * t for name, t in base.items()})
 
 
 def test_tuning_file_round_trip(tmp_path):

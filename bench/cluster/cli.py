@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -129,6 +130,9 @@ def _run(args) -> int:
 
 
 def _down(args) -> int:
+    if os.geteuid() != 0:  # (as any other user the removal failed silently: "removed")
+        raise LabError("removing a lab needs root, as making it did: run it as root, e.g. "
+                       "sudo .venv/bin/collectives-cluster down ...")
     records = registry.records()
     if args.all:
         names = [record.name for record in records]

@@ -85,6 +85,14 @@ def _tuning_entry(size: int):
     return (entry, f"tuning file, np={size}") if entry else (None, None)
 
 
+def _existing_parent(path: Path) -> Path:
+    """The nearest folder above `path` that exists."""
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the report; 0 when every result was right, 1 when any was wrong."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -95,6 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                   else default_clusters())
     except (OSError, ValueError) as error:
         parser.error(f"--cluster {args.cluster}: {error}")
+    if args.max_bytes is not None and args.max_bytes < 1:
+        parser.error(f"--max-bytes must be at least 1 byte, got {args.max_bytes}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {args.out} is a file: name a folder (made if missing)")
+    if not out.exists() and not os.access(_existing_parent(out), os.W_OK):
+        parser.error(f"--out {args.out}: cannot make it in {_existing_parent(out)}")
     launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np,
                            lab=launch.lab_request(parser, args))
 

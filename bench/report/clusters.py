@@ -7,6 +7,7 @@ Example::
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,24 +42,51 @@ def load_clusters(document: Mapping[str, Any]) -> list[Scale]:
     """Cluster shapes from a --cluster document (see docs/report.md for the format)."""
     from collectives.costmodel import ClusterModel, LinkModel
 
+    listed = document.get("clusters", ()) if isinstance(document, Mapping) else None
+    if not isinstance(listed, (list, tuple)):
+        raise ValueError('a cluster file is an object {"clusters": [{...}, ...]}')
     shapes = []
-    for entry in document.get("clusters", ()):
+    for entry in listed:
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"a cluster is an object, got {entry!r}")
         try:
-            links = {key: LinkModel.from_bandwidth(alpha_us=float(entry[key]["alpha_us"]),
-                                                   gbytes_per_s=float(entry[key]["gbytes_per_s"]),
-                                                   zero_copy=bool(entry[key].get("zero_copy", False)))
+            links = {key: LinkModel.from_bandwidth(
+                         alpha_us=_number(entry[key], "alpha_us", low=0.0),
+                         gbytes_per_s=_number(entry[key], "gbytes_per_s"),
+                         zero_copy=bool(entry[key].get("zero_copy", False)))
                      for key in ("intra", "inter")}
             grid = tuple(entry["grid"]) if entry.get("grid") else None
             cluster = ClusterModel.uniform(
-                nodes=int(entry["nodes"]), ranks_per_node=int(entry["ranks_per_node"]), grid=grid,
-                gamma=1 / (float(entry["reduce_gbytes_per_s"]) * 1e9), name=str(entry["name"]),
-                torus_links=bool(entry.get("torus_links", False)), **links)
+                nodes=_whole(entry, "nodes"), ranks_per_node=_whole(entry, "ranks_per_node"),
+                grid=grid, gamma=1 / (_number(entry, "reduce_gbytes_per_s") * 1e9),
+                name=str(entry["name"]), torus_links=bool(entry.get("torus_links", False)),
+                **links)
         except KeyError as missing:
             raise ValueError(f"cluster {entry.get('name', entry)!r} lacks {missing}; needs name, "
                              "nodes, ranks_per_node, intra/inter {alpha_us, gbytes_per_s}, "
                              "reduce_gbytes_per_s (grid, torus_links optional)") from None
+        except (TypeError, AttributeError, ZeroDivisionError) as error:  # a value of another kind, or 0
+            raise ValueError(f"cluster {entry.get('name', entry)!r}: {type(error).__name__}: "
+                             f"{error}") from None
         shapes.append(Scale(cluster.name, cluster))
     if not shapes:
         raise ValueError("the cluster file lists no clusters: {\"clusters\": [{...}, ...]}")
     return shapes
 
+
+def _number(entry: Mapping[str, Any], key: str, *, low: float | None = None) -> float:
+    """entry[key] as a finite number, > 0 (or >= low)."""
+    value = entry[key]
+    number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else math.nan
+    if not math.isfinite(number) or (number < low if low is not None else number <= 0):
+        raise ValueError(f"{key} must be a number {'>= ' + str(low) if low is not None else '> 0'}, "
+                         f"got {value!r}")
+    return number
+
+
+def _whole(entry: Mapping[str, Any], key: str) -> int:
+    value = entry[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key} must be a whole number >= 1, got {value!r}")
+    return value

@@ -67,9 +67,10 @@ def simulate(algorithm: str, cluster: ClusterModel, count: int, *, itemsize: int
     builders = PLANNERS[collective]
     if algorithm not in builders:
         raise unknown_choice("algorithm to simulate", algorithm, builders)
-    if count < 0 or itemsize < 1:
-        raise ValueError(f"need count >= 0 and itemsize >= 1, got {count}, {itemsize}")
     wire = itemsize if wire_itemsize is None else wire_itemsize
+    if count < 0 or itemsize < 1 or wire < 1:
+        raise ValueError(f"need count >= 0, itemsize >= 1 and wire_itemsize >= 1, got "
+                         f"{count}, {itemsize}, {wire_itemsize}")
     cluster = cluster.at_message(count * itemsize)
     size = cluster.size
     traces: dict[int, Trace] = {}

@@ -127,6 +127,16 @@ def check_sync(comm, tally: Tally) -> None:
             tally.check(all(bool(np.allclose(np.asarray(g), mean + 0.1 * step * (i == 0),
                                              rtol=1e-2)) for i, g in enumerate(done)),
                         f"sync with error feedback, step {step}: {done}")
+    # a leaf that is no array on one rank: refused there, MismatchError on the others (they
+    # waited out the timeout), the communicator still usable
+    leaf = 1.5 if r == p - 1 else torch.ones(3)
+    try:
+        collectives.GradSync(comm).sync([leaf])
+        tally.check(p == 1 and False, "a float leaf was averaged")
+    except (TypeError, collectives.MismatchError) as error:
+        expected = TypeError if r == p - 1 else collectives.MismatchError
+        tally.check(type(error) is expected and "DLPack" in str(error), f"float leaf: {error!r}")
+    tally.check(bool((comm.allreduce(np.ones(2)) == p).all()), "a call after the refusal")
     view = collectives.gradsync.as_array(t16)
     shared = np.shares_memory(view, t16.view(torch.int16).numpy())
     tally.check(view.dtype == ml_dtypes.bfloat16 and shared,
