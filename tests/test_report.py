@@ -37,8 +37,9 @@ def test_cluster_file_errors():
                                      "reduce_gbytes_per_s": 1}]})
     with pytest.raises(ValueError, match="lists no clusters"):
         load_clusters({})
+    link = {"alpha_us": 1, "gbytes_per_s": 1}
     good = {"name": "x", "nodes": 2, "ranks_per_node": 2, "reduce_gbytes_per_s": 1,
-            "intra": {"alpha_us": 1, "gbytes_per_s": 1}, "inter": {"alpha_us": 1, "gbytes_per_s": 1}}
+            "intra": link, "inter": link}
     for document, said in (  # each was a traceback, or accepted
             ([good], "a cluster file is an object"),
             ({"clusters": [1]}, "a cluster is an object, got 1"),

@@ -65,7 +65,7 @@ def load_clusters(document: Mapping[str, Any]) -> list[Scale]:
             raise ValueError(f"cluster {entry.get('name', entry)!r} lacks {missing}; needs name, "
                              "nodes, ranks_per_node, intra/inter {alpha_us, gbytes_per_s}, "
                              "reduce_gbytes_per_s (grid, torus_links optional)") from None
-        except (TypeError, AttributeError, ZeroDivisionError) as error:  # a value of another kind, or 0
+        except (TypeError, AttributeError, ZeroDivisionError) as error:  # another kind, or 0
             raise ValueError(f"cluster {entry.get('name', entry)!r}: {type(error).__name__}: "
                              f"{error}") from None
         shapes.append(Scale(cluster.name, cluster))
@@ -80,8 +80,8 @@ def _number(entry: Mapping[str, Any], key: str, *, low: float | None = None) -> 
     number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
         else math.nan
     if not math.isfinite(number) or (number < low if low is not None else number <= 0):
-        raise ValueError(f"{key} must be a number {'>= ' + str(low) if low is not None else '> 0'}, "
-                         f"got {value!r}")
+        bound = f">= {low}" if low is not None else "> 0"
+        raise ValueError(f"{key} must be a number {bound}, got {value!r}")
     return number
 
 

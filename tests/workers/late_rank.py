@@ -63,7 +63,8 @@ def watch_memory(x: np.ndarray, seconds: float) -> list[str]:
 
 def main() -> None:
     algorithm, check, outdir = sys.argv[1], sys.argv[2] == "1", Path(sys.argv[3])
-    collective, count = (sys.argv[4], int(sys.argv[5])) if len(sys.argv) > 4 else ("allreduce", COUNT)
+    collective, count = ("allreduce", COUNT) if len(sys.argv) < 5 else (sys.argv[4],
+                                                                        int(sys.argv[5]))
     comm = collectives.init(timeout=TIMEOUT, check=check)
     x = np.full(count, comm.rank + 1.0, np.float32)
     call = getattr(comm, collective)
