@@ -16,6 +16,7 @@ import os
 import platform
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from mpi4py import MPI
 
 __all__ = ["abort_on_error", "environment", "write_json"]
+
+ABORT_PAUSE_S = 0.5  # time for the launcher to forward a failing rank's last lines
 
 
 def environment(mpi_comm: MPI.Comm, **extra: object) -> dict[str, object]:
@@ -77,10 +80,16 @@ def abort_on_error(mpi_comm: MPI.Comm) -> Iterator[None]:
         yield
     except ValueError as error:  # a problem with what was asked: one line is enough
         print(f"rank {mpi_comm.rank}: error: {error}", file=sys.stderr, flush=True)
-        mpi_comm.Abort(2)
-        os._exit(2)  # Abort may return before the launcher ends this rank
+        _abort(mpi_comm, 2)
     except Exception:
         traceback.print_exc()
         sys.stderr.flush()
-        mpi_comm.Abort(1)
-        os._exit(1)
+        _abort(mpi_comm, 1)
+
+
+def _abort(mpi_comm: MPI.Comm, status: int) -> None:
+    """MPI_Abort after a pause: the launcher kills every rank at once and drops the output
+    it has not forwarded yet, which lost the error just printed (seen under CI)."""
+    time.sleep(ABORT_PAUSE_S)
+    mpi_comm.Abort(status)
+    os._exit(status)  # Abort may return before the launcher ends this rank

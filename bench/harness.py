@@ -310,8 +310,6 @@ def run(mpi_comm: MPI.Comm, op: Op, *, options: SweepOptions, command: str,
     if not any(op.count(nbytes) for nbytes in options.sizes):
         raise ValueError(f"nothing to measure: no size from {options.sizes[0]} to "
                          f"{options.sizes[-1]} bytes holds a whole {op.name} message")
-    if leader and json_path is not None:
-        environment.check_writable(json_path)
     link = None
     if link_bytes_per_s is not None and len(nodes) > 1:
         link = table.LinkBound(link_bytes_per_s, op.link_factor(nodes))
@@ -372,7 +370,11 @@ def add_sweep_arguments(parser: Any) -> None:
 
 
 def sweep_options(args: Any) -> SweepOptions:
-    """SweepOptions from arguments parsed with :func:`add_sweep_arguments`."""
+    """SweepOptions from arguments parsed with :func:`add_sweep_arguments`; ValueError for
+    sizes that cannot be swept or a --json that cannot be written (before any rank starts:
+    a message printed just before an MPI abort can be lost with the rank)."""
+    if args.json is not None:
+        environment.check_writable(args.json)
     factor = None
     if args.stepbytes is None:
         factor = 2 if args.stepfactor is None else args.stepfactor
