@@ -5,9 +5,10 @@ the arrays, builds the signature, asks the tuner and walks the reducer on every 
 15 us of Python where MPI's own all-reduce takes 2-4 us. A training loop repeats a few
 calls, so the lane keeps one `Route` per (shape, dtype, op, algorithm, deterministic,
 issuing thread) with everything those decide: the signature, whether the data rides with
-the agreement record (check on, `auto`, small enough: the call is that one exchange) or
-goes through the transport's own all-reduce (`native`, or `auto` choosing it), a staging
-buffer. What stays per call is what the guarantees need, inline: the issue order (the
+the agreement record (check on, `auto`, small enough: the call is that one exchange),
+goes through the transport's own all-reduce (`native`, or `auto` choosing it) with a
+staging buffer, or runs a plan (ring, halving_doubling, ...: named, or `auto` choosing it)
+on the reducer's runner. What stays per call is what the guarantees need, inline: the issue order (the
 progress engine's `try_begin`), the sequence number and the peers' notices
 (`Agreement.enter`), the deadline, the agreement exchange, the data, the statistics; an
 error ends the collective as on the general path (`Agreement.failed`). A riding call
@@ -17,9 +18,9 @@ peer in it (a wait polls the notices); a notice sent after that is raised by the
 collective's `enter`, as on the general path when it arrives a moment later.
 
 Calls the lane does not take go the general path, which gives the same bits and raises
-the errors: compression, check_finite, error feedback, CuPy arrays, non-contiguous x, an
-`out` that does not fit, a plan algorithm, more than LANE_BYTES, a call while others are
-queued or running.
+the errors: compression, check_finite, error feedback, deterministic, CuPy arrays,
+non-contiguous x, an `out` that does not fit, no elements, an integer avg, MPI's own
+all-reduce of more than LANE_BYTES, a call while others are queued or running.
 
 Example::
 
@@ -37,45 +38,54 @@ import numpy as np
 import kernels
 
 from ..agreement import HEADER_BYTES, Signature
+from ..algorithms import plan_for
 from ..deterministic import host_fold
 from ..options import SUPPORTED, CallOptions, Op
 from ..progress import THREAD_NAME
-from ..stats import native_traffic
+from ..stats import native_traffic, plan_traffic
 from .allreduce import describe
+from .base import TAG_LIMIT
 from .riding import rides
 
 __all__ = ["SmallLane", "Route"]
 
 ROUTES_LIMIT = 256  # routes kept per communicator (a training loop repeats a few calls)
-LANE_BYTES = 64 << 10  # larger calls take the general path: its Python is lost in the transfer
+LANE_BYTES = 64 << 10  # MPI's own all-reduce above this takes the general path (no stage)
+RIDE, NATIVE, PLAN = "ride", "native", "plan"  # how a route moves the data
 
 
 class Route:
     """What one repeated call decided: its signature, how the data moves, its buffers."""
 
-    __slots__ = ("signature", "shape", "dtype", "op", "elementwise", "rides", "nbytes",
-                 "flat", "count", "stage", "fold", "traffic", "_stats",
+    __slots__ = ("signature", "shape", "dtype", "op", "elementwise", "kind", "plan", "nbytes",
+                 "flat", "count", "stage", "fold", "sent", "received", "_stats",
                  "_totals", "_values")
 
     def __init__(self, signature: Signature, shape: tuple, dtype: np.dtype, op: Op,
-                 rides_: bool, size: int, stats):
+                 kind: str, size: int, stats, plan=None):
         self.signature = signature
         self.shape, self.dtype, self.op = shape, dtype, op
         self.flat = len(shape) == 1
         self.elementwise = op.elementwise
         self.count = count = int(np.prod(shape, dtype=np.int64))
-        self.rides = rides_
+        self.kind, self.plan = kind, plan
         self.nbytes = nbytes = count * dtype.itemsize
-        self.stage = None if rides_ else np.empty(count, dtype)  # native's result, then out
-        self.fold = host_fold(dtype, op)
-        self.traffic = (size - 1) * nbytes if rides_ else native_traffic(nbytes, size)
+        self.stage = np.empty(count, dtype) if kind == NATIVE else None  # its result, then out
+        self.fold = host_fold(dtype, op) if kind == RIDE else None
+        if kind == PLAN:
+            self.sent, self.received = (n * dtype.itemsize for n in plan_traffic(plan))
+            label = plan.algorithm
+        else:
+            self.sent = self.received = ((size - 1) * nbytes if kind == RIDE
+                                         else native_traffic(nbytes, size))
+            label = "direct" if kind == RIDE else "native"
         self._values: dict[int, tuple] = {}  # id(records) -> (records, the data's view)
         self._stats = stats
-        self._totals = stats.totals("direct" if rides_ else "native", modelled=not rides_)
+        self._totals = stats.totals(label, modelled=kind == NATIVE)
 
     def tally(self, seconds: float) -> None:
         """One more call in comm.stats()."""
-        self._stats.add(self._totals, seconds, self.traffic, self.traffic)
+        self._stats.add(self._totals, seconds, self.sent, self.received)
 
     def fits(self, out, x) -> bool:
         """Whether `out` can take the result of x as it is (else the general path takes the
@@ -129,7 +139,10 @@ class SmallLane:
         if not engine.try_begin():
             return None
         try:
-            return self._ride(route, x, out) if route.rides else self._native(route, x, out)
+            kind = route.kind
+            if kind == RIDE:
+                return self._ride(route, x, out)
+            return self._native(route, x, out) if kind == NATIVE else self._plan(route, x, out)
         finally:
             engine.end()
 
@@ -181,6 +194,31 @@ class SmallLane:
             agreement.raise_failed(route.signature, seq, error, moving)
         return result
 
+    def _plan(self, route: Route, x: np.ndarray, out):
+        """A plan on the reducer's runner, after the records' check when it is on; the
+        general path's `_single` without its per-call decisions."""
+        agreement = self._agreement
+        seq = agreement.enter("allreduce")
+        deadline = time.monotonic() + self._timeout
+        moving = False
+        try:
+            if agreement.check:
+                agreement.agree(route.signature, seq, deadline)
+            moving = True
+            result = np.empty(route.shape, route.dtype) if out is None else out
+            work = result if route.flat else result.reshape(-1)
+            src = None if out is x else (x if route.flat else x.reshape(-1))
+            start = time.perf_counter()
+            self._reducer.host_runner.run(route.plan, work, route.elementwise,
+                                          seq % TAG_LIMIT, deadline, src=src)
+            route.tally(time.perf_counter() - start)
+            if route.op is Op.AVG:
+                kernels.divide_into(work, self._transport.size)
+            self._transport.check_peers()
+        except BaseException as error:
+            agreement.raise_failed(route.signature, seq, error, moving)
+        return result
+
     def _route(self, key: tuple) -> Route | None:
         """The route of a call first seen, or None (the general path takes it)."""
         shape, dtype, op, algorithm, deterministic, thread = key
@@ -204,16 +242,21 @@ class SmallLane:
     def _decide(self, options: CallOptions, shape: tuple, dtype: np.dtype,
                 issued: tuple) -> Route | None:
         size = self._transport.size
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if nbytes > LANE_BYTES:
-            return None
+        count = int(np.prod(shape, dtype=np.int64))
+        nbytes = count * dtype.itemsize
         shapes = ((dtype, shape),)
         signature = Signature.of("allreduce", (options, shapes, issued, "numpy"),
                                  lambda: describe(options, shapes, issued, array="numpy"))
+        reducer = self._reducer
         if self._agreement.check and options.algorithm == "auto" and rides(nbytes, size):
-            return Route(signature, shape, dtype, options.op, True, size, self._reducer.stats)
-        native = self._reducer.resolve(options.algorithm, nbytes) == "native"
-        if (native and nbytes > 0 and not options.deterministic
-                and not (options.op is Op.AVG and dtype.kind == "i")):
-            return Route(signature, shape, dtype, options.op, False, size, self._reducer.stats)
-        return None
+            return Route(signature, shape, dtype, options.op, RIDE, size, reducer.stats)
+        if (nbytes == 0 or options.deterministic
+                or (options.op is Op.AVG and dtype.kind == "i")):
+            return None
+        algorithm = reducer.resolve(options.algorithm, nbytes)
+        if algorithm == "native":
+            return (Route(signature, shape, dtype, options.op, NATIVE, size, reducer.stats)
+                    if nbytes <= LANE_BYTES else None)
+        plan = plan_for("allreduce", algorithm, reducer.rank, size, count, dtype.itemsize,
+                        reducer.topology)
+        return Route(signature, shape, dtype, options.op, PLAN, size, reducer.stats, plan)

@@ -136,6 +136,7 @@ class _Run:
         self.free_slots = list(range(SCRATCH_SLOTS))
         self.posting = posting = Posting.of(plan, staged=codec.staged)
         self.recvs = posting.recvs
+        self.labels = _labels(plan)
         self.views = transport.shared
         self.next_recv = 0
         self.landed = [0] * len(plan.rounds)  # receives applied, per round
@@ -188,32 +189,38 @@ class _Run:
             self.next_recv += 1
 
     def _round(self, k: int, rnd) -> None:
-        io, codec, staging = self.io, self.codec, self.staging
-        if io is not None:
+        io, codec, staging, transport = self.io, self.codec, self.staging, self.transport
+        if io is not None and io.load_round[k]:
             self._move(io.load_round[k], self.work, self.src)
-        self._post(k, self.posting.rounds)
+        posting, recvs = self.posting, self.recvs
+        if self.next_recv < len(recvs) and posting.rounds[self.next_recv] <= k:
+            self._post(k, posting.rounds)
         offset = 0
+        sends, tag = self.sends, self.tag
         for i, s in enumerate(rnd.sends):
             n = s.hi - s.lo
             origin = self.src if io is not None and io.send_src[k][i] else self.work
             payload = codec.encode(origin[s.lo: s.hi],
                                    None if staging is None else staging[offset: offset + n])
-            self.sends.append(self.transport.isend(payload, s.peer, self.tag))
+            sends.append(transport.isend(payload, s.peer, tag))
             offset += n
-        self._post(k, self.posting.opens)
+        if self.next_recv < len(recvs) and posting.opens[self.next_recv] <= k:
+            self._post(k, posting.opens)
         if self.plan.reduce_after_send[k]:
             self._wait_sends(k)
-        while self.landed[k] < len(rnd.recvs):
+        landed, expected = self.landed, len(rnd.recvs)
+        requests, waiting = self.requests, self.labels[k][0]
+        while landed[k] < expected:
             try:
-                i = self.transport.wait_any(self.requests, self.deadline,
-                                            f"{self.plan.algorithm} round {k}")
+                i = transport.wait_any(requests, self.deadline, waiting)
             except CollectiveTimeout:
                 raise self._stalled(k) from None
             except PeerError as error:
                 raise PeerError(f"{error}; {self._stalled(k).args[0].split(': ', 1)[1]}") from None
-            request = self.requests.pop(i)
+            request = requests.pop(i)
             self._apply(self.posted.pop(i), request)
-            self._post(k, self.posting.opens)
+            if self.next_recv < len(recvs):
+                self._post(k, posting.opens)
         self._wait_sends(k)
 
     def _apply(self, posted, request) -> None:
@@ -223,7 +230,7 @@ class _Run:
             payload = self.views.view(request) if view else self.slots[slot][: recv.hi - recv.lo]
             region = self._target(j)[recv.lo: recv.hi]
             if recv.reduce:
-                if io is not None:
+                if io is not None and io.load_recv[j]:
                     self._move(io.load_recv[j], self.work, self.src)
                 if self.codec.staged:
                     self.codec.decode_reduce(region, payload, self.op)
@@ -237,7 +244,7 @@ class _Run:
             if view:
                 self.views.release(request)
             self.free_slots.append(slot)
-        if io is not None:
+        if io is not None and io.store_recv[j]:
             self._move(io.store_recv[j], self.out, self.work)
         self.landed[done_round] += 1
 
@@ -250,9 +257,11 @@ class _Run:
                 self._move(io.tail, self.out, self.work if self.src is None else self.src)
 
     def _wait_sends(self, k: int) -> None:
+        if not self.sends:
+            return
         plan = self.plan
         try:
-            self.transport.wait_all(self.sends, self.deadline, f"{plan.algorithm} round {k} sends")
+            self.transport.wait_all(self.sends, self.deadline, self.labels[k][1])
         except CollectiveTimeout:
             peers = sorted({s.peer for s in plan.rounds[k].sends})
             raise CollectiveTimeout(
@@ -268,6 +277,13 @@ class _Run:
             f"rank {self.transport.rank}: {plan.algorithm} round {k + 1}/{len(plan.rounds)}: "
             f"no data from rank(s) {waiting} in time"
         )
+
+
+def _labels(plan: Plan) -> tuple[tuple[str, str], ...]:
+    """Per round, what a wait names: (its receives, its sends); kept with the plan."""
+    return plan.derived("wait labels", lambda p: tuple(
+        (f"{p.algorithm} round {k}", f"{p.algorithm} round {k} sends")
+        for k in range(len(p.rounds))))
 
 
 def _reduce_pair(region, mine, payload, op: str, paired: bool, peer_lower: bool) -> None:

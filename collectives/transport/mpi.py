@@ -257,7 +257,7 @@ class MPITransport:
 
     def wait_all(self, requests: Sequence[MPI.Request], deadline: float, what: str) -> None:
         requests = list(requests)
-        if requests:
+        if requests and not MPI.Request.Testall(requests):  # (done at once: no poll to set up)
             self.poll(lambda: MPI.Request.Testall(requests) or None, deadline, what)
 
     def wait_any(self, requests: list[MPI.Request], deadline: float, what: str) -> int:
@@ -265,7 +265,8 @@ class MPITransport:
             index, done = MPI.Request.Testany(requests)
             return index if done and index != MPI.UNDEFINED else None
 
-        return self.poll(test, deadline, what)
+        index = test()  # (done at once: no poll to set up)
+        return self.poll(test, deadline, what) if index is None else index
 
     def abandon(self, sends: Sequence[MPI.Request], receives: Sequence[MPI.Request]) -> None:
         for request in receives:

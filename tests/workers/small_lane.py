@@ -3,7 +3,7 @@ results, the ones it must not take go the general path, and its guarantees hold.
 
 Usage: mpiexec -n P python -m tests.workers.small_lane
 Checks, with the agreement check on and off: every dtype and op, 0-d to 2-D shapes, out
-None / separate / in place, `auto` and `native`, against the NumPy reference and with
+None / separate / in place, `auto`, `native` and a plan (`ring`), against the NumPy reference and with
 identical bits on every rank; which route each call took; ranks on different paths in one
 call (one passes a strided x); a shape mismatch raising MismatchError on every rank with
 the lane's routes cached; a sync call behind an async one; calls from a named thread;
@@ -22,20 +22,20 @@ from tests.workers.common import OPS, Tally, digest, everyone, rank_data, refere
 
 
 def route_of(comm, x, op, algorithm) -> str:
-    """Which way the lane sends this call: "ride", "native", or "general"."""
+    """Which way the lane sends this call: "ride", "native", "plan", or "general"."""
     key = (x.shape, x.dtype, op, algorithm, None, threading.current_thread().name)
     route = comm._lane._routes.get(key)
-    return "general" if route is None else "ride" if route.rides else "native"
+    return "general" if route is None else route.kind
 
 
 def expected_route(check: bool, algorithm: str, dtype, op: str, nbytes: int, p: int) -> str:
-    if nbytes == 0 or nbytes > LANE_BYTES:
-        return "general"
-    if check and algorithm == "auto" and p > 1 and (p - 1) * nbytes <= 4096:
+    if check and algorithm == "auto" and p > 1 and 0 < (p - 1) * nbytes <= 4096:
         return "ride"
-    if op == "avg" and np.dtype(dtype).kind == "i":
+    if nbytes == 0 or (op == "avg" and np.dtype(dtype).kind == "i"):
         return "general"
-    return "native" if algorithm == "native" else "depends"  # auto: the tuner decides
+    if algorithm == "native":
+        return "native" if nbytes <= LANE_BYTES else "general"
+    return "plan" if algorithm == "ring" else "depends"  # auto: the tuner decides
 
 
 def values(comm, tally: Tally, check: bool) -> None:
@@ -45,7 +45,7 @@ def values(comm, tally: Tally, check: bool) -> None:
             count = int(np.prod(shape))
             for op in OPS:
                 want = reference(count, dtype, p, op).reshape(shape)
-                for algorithm in ("auto", "native"):
+                for algorithm in ("auto", "native", "ring"):
                     for mode in ("new", "out", "inplace"):
                         x = rank_data(count, dtype, rank).reshape(shape)
                         kept = x.copy()
@@ -133,6 +133,15 @@ def stats(comm, tally: Tally, check: bool) -> None:
     got = comm.stats()
     tally.check(comm.size == 1 or got["native"].calls == 7, f"check={check}: stats {got}")
     tally.check(list(got) == ["native"] or comm.size == 1, f"check={check}: labels {list(got)}")
+    comm.reset_stats()
+    y = np.ones(1020, np.float32)
+    for _ in range(3):
+        comm.allreduce(y, algorithm="ring")
+    got = comm.stats()
+    moved = 2 * (comm.size - 1) * y.nbytes // comm.size  # each way (p in 2, 3, 5 divides 1020)
+    tally.check(comm.size == 1 or (got["ring"].calls == 3 and got["ring"].bytes_sent == 3 * moved
+                                   and got["ring"].bytes_received == 3 * moved),
+                f"check={check}: ring stats {got}")
 
 
 def bad_arguments(comm, tally: Tally) -> None:
