@@ -49,9 +49,11 @@ def reduce_into(dst: np.ndarray, src: np.ndarray, op: str) -> None:
 
 
 def combine_into(dst: np.ndarray, a: np.ndarray, b: np.ndarray, op: str) -> None:
-    op = op_name(op)
-    if not _ran(("combine", op, dst.dtype, a.dtype, b.dtype, None), dst, a, b):
-        _numpy.combine_into(dst, a, b, op)
+    # (one lookup with the op as given: on the executor's path per segment received)
+    index = _KERNELS.get(("combine", op, dst.dtype, a.dtype, b.dtype, None)) \
+        if isinstance(op, str) else None
+    if index is None or _codec.run(index, dst, a, b, 0.0) is NotImplemented:
+        _numpy.combiner(op, dst.dtype, a.dtype, b.dtype)(dst, a, b)
 
 
 def divide_into(buf: np.ndarray, divisor: int) -> None:

@@ -8,7 +8,7 @@ point events (inf - inf, overflow to inf, NaN compares) are data here, never war
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -27,10 +27,33 @@ def reduce_into(dst: np.ndarray, src: np.ndarray, op: str) -> None:
     _UFUNCS[op_name(op)](dst, src, out=dst, dtype=compute_dtype(dst.dtype), casting="unsafe")
 
 
-@_quiet
 def combine_into(dst: np.ndarray, a: np.ndarray, b: np.ndarray, op: str) -> None:
     """dst = a (op) b elementwise; dst may be a or b."""
-    _UFUNCS[op_name(op)](a, b, out=dst, dtype=compute_dtype(dst.dtype), casting="unsafe")
+    combiner(op, dst.dtype, a.dtype, b.dtype)(dst, a, b)
+
+
+_COMBINERS: dict[tuple, Callable[[np.ndarray, np.ndarray, np.ndarray], None]] = {}
+
+
+def combiner(op: str, dst_dtype: np.dtype, a_dtype: np.dtype,
+             b_dtype: np.dtype) -> Callable[[np.ndarray, np.ndarray, np.ndarray], None]:
+    """`combine_into` for one op and dtypes, decided once and kept: on the executor's path
+    per segment received, where the lookups cost as much as a small ufunc call."""
+    key = (op, dst_dtype, a_dtype, b_dtype)
+    try:
+        found = _COMBINERS.get(key)
+    except TypeError:  # an unhashable op
+        found = None
+    if found is None:
+        ufunc, dtype = _UFUNCS[op_name(op)], compute_dtype(dst_dtype)
+
+        def found(dst: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+            ufunc(a, b, out=dst, dtype=dtype, casting="unsafe")
+
+        if not all(d.kind in "iub" for d in key[1:]):  # integers raise no float warnings
+            found = _quiet(found)
+        _COMBINERS[key] = found
+    return found
 
 
 def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
