@@ -196,8 +196,9 @@ class Agreement:
         record = np.zeros(HEADER_BYTES + TEXT_BYTES, np.uint8)
         record[HEADER_BYTES: HEADER_BYTES + len(body)] = np.frombuffer(body, np.uint8)
         texts = self._transport.exchange_records(record, deadline, "the agreement details")
-        return [row[HEADER_BYTES:].tobytes().rstrip(b"\0").decode(errors="replace")
-                for row in texts]
+        # (rows are the transport's reused buffers: past the text lie earlier records' bytes)
+        return [row[HEADER_BYTES: HEADER_BYTES + TEXT_BYTES].tobytes().rstrip(b"\0")
+                .decode(errors="replace") for row in texts]
 
     def _refuse(self, signature: Signature, seq: int, rows, deadline: float) -> None:
         statuses = rows[:, 0].copy()  # the next exchange's receives may reuse rows' buffer

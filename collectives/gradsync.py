@@ -28,6 +28,7 @@ import numpy as np
 
 import kernels
 
+from .calls.collective import check_root
 from .communicator import Communicator
 from .errors import CollectiveError
 from .options import CallOptions
@@ -105,8 +106,11 @@ def broadcast_parameters(params: Iterable | Mapping, comm: Communicator, *, root
 
         collectives.broadcast_parameters(model.state_dict(), comm)
     """
-    if isinstance(root, bool) or not isinstance(root, int) or not 0 <= root < comm.size:
-        raise ValueError(f"root must be a rank in [0, {comm.size}), got {root!r}")
+    try:
+        root = check_root(root, comm.size)
+    except ValueError as error:  # the others are in the all-reduce: refuse it there too
+        comm.refuse("allreduce_many", error)
+        raise  # (refuse raised it)
     items = list(params.values() if isinstance(params, Mapping) else params)
     views, outs = _views_or_refuse(comm, items)
     inputs = views if comm.rank == root else [_module_of(v).full_like(v, -0.0) for v in views]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import logging
 import threading
 import weakref
 from concurrent.futures import Future
@@ -37,6 +38,8 @@ from .errors import CollectiveError
 __all__ = ["Handle", "ProgressEngine", "THREAD_NAME"]
 
 THREAD_NAME = "collectives-progress"  # one name on every rank: it is part of each signature
+
+log = logging.getLogger("collectives")
 
 
 class Handle:
@@ -50,11 +53,12 @@ class Handle:
         y = h.wait()
     """
 
-    __slots__ = ("_future", "what")
+    __slots__ = ("_future", "what", "_engine")
 
-    def __init__(self, future: Future, what: str):
+    def __init__(self, future: Future, what: str, engine: "ProgressEngine"):
         self._future = future
         self.what = what
+        self._engine = engine
 
     def done(self) -> bool:
         """True once the collective finished (successfully or not); never blocks."""
@@ -66,15 +70,15 @@ class Handle:
         `timeout` (seconds) bounds this wait only: TimeoutError if the collective is still
         running then (it keeps running; wait again later).
         """
-        if not self._future.done() and threading.current_thread().name == THREAD_NAME:
+        if not self._future.done() and self._engine.on_thread():
             raise CollectiveError(
                 f"{self.what}: wait() on a pending handle from a completion callback (the "
                 "progress thread) would wait forever; chain another callback instead")
         try:
             return self._future.result(timeout)
         except TimeoutError:
-            if self._future.done():
-                raise  # the collective itself raised a TimeoutError
+            if self._future.done():  # finished meanwhile, or raised a TimeoutError itself
+                return self._future.result()
             raise TimeoutError(f"{self.what} still running after {timeout} s") from None
 
     def add_done_callback(self, fn: Callable[["Handle"], Any]) -> None:
@@ -111,11 +115,15 @@ class ProgressEngine:
                 self._thread.start()
                 atexit.register(_drain_at_exit, weakref.ref(self))
             self._cv.notify_all()
-        return Handle(future, what)
+        return Handle(future, what, self)
+
+    def on_thread(self) -> bool:
+        """Whether the caller is this engine's progress thread (a completion callback)."""
+        return self._thread is not None and threading.current_thread() is self._thread
 
     def run(self, fn: Callable[[], Any], what: str = "collective") -> Any:
         """Run `fn` on the calling thread once every earlier collective has finished."""
-        if self._thread is not None and threading.current_thread() is self._thread:
+        if self.on_thread():
             raise CollectiveError(
                 f"{what}: a blocking collective was issued from a completion callback (the "
                 "progress thread), where it would wait for itself; issue the _async variant "
@@ -152,10 +160,7 @@ class ProgressEngine:
                     fn, future, what = self._queue.popleft()
                     self._cv.notify_all()  # sync callers wait for the queue to drain
                 if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(fn())
-                    except BaseException as error:  # noqa: BLE001 - handed to the waiter
-                        future.set_exception(error)
+                    _complete(future, fn)
 
     def close(self, timeout: float | None = None) -> bool:
         """Let queued collectives finish (up to `timeout`), then stop the thread; whether
@@ -170,6 +175,23 @@ class ProgressEngine:
             self._thread.join(timeout)
             return not self._thread.is_alive()
         return True
+
+
+def _complete(future: Future, fn: Callable[[], Any]) -> None:
+    """Run `fn` into `future`. Setting the outcome runs the done callbacks, whose Exceptions
+    `concurrent.futures` logs; a BaseException (SystemExit, KeyboardInterrupt) would end
+    the progress thread and leave every queued collective waiting forever: logged too."""
+    try:
+        result = fn()
+    except BaseException as error:  # noqa: BLE001 - handed to the waiter
+        settle, outcome = future.set_exception, error
+    else:
+        settle, outcome = future.set_result, result
+    try:
+        settle(outcome)
+    except BaseException:  # noqa: BLE001 - a callback's, with nobody to catch it
+        log.exception("collectives: a completion callback of %r raised; the progress thread "
+                      "goes on", future)
 
 
 def _drain_at_exit(ref: "weakref.ref[ProgressEngine]") -> None:

@@ -37,6 +37,9 @@ def check_array(x, name: str = "x") -> None:
     if isinstance(x, np.ma.MaskedArray):
         raise TypeError(f"{name} is a masked array: its mask would be ignored; pass "
                         f"{name}.filled(value) (the value masked elements should count as)")
+    if isinstance(x, np.matrix):
+        raise TypeError(f"{name} is an np.matrix, which stays 2-D when flattened; pass "
+                        f"np.asarray({name})")
     check_dtype(x.dtype)
 
 
@@ -49,12 +52,12 @@ def check_out(out, x, name: str = "out") -> None:
     writable = getattr(out.flags, "writeable", True) if is_array(out) else True
     if out is x:
         if not writable:
-            raise ValueError(f"{name} is x but x is read-only; in-place all-reduce needs a "
+            raise ValueError(f"{name} is x but x is read-only; a call in place needs a "
                              "writable array")
         return
     module = kernels.array_module(x)  # a subclass (np.memmap) is as good as its base
     if (not is_array(out) or kernels.array_module(out) is not module
-            or isinstance(out, np.ma.MaskedArray)):
+            or isinstance(out, (np.ma.MaskedArray, np.matrix))):
         raise TypeError(
             f"{name} must be a {module.__name__} array like x, "
             f"got {type(out).__module__}.{type(out).__qualname__}"

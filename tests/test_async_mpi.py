@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from collectives.errors import CollectiveError
 from collectives.progress import ProgressEngine
 from tests.mpirun import run_workers
 
@@ -63,6 +64,50 @@ def test_done_flips_without_waiting():
         time.sleep(0.01)
     assert handle.done()
     engine.close(timeout=10)
+
+
+@pytest.mark.parametrize("raised", [SystemExit, KeyboardInterrupt, ValueError])
+def test_a_callback_that_raises_leaves_the_engine_running(raised, caplog):
+    """A BaseException from a done callback ended the progress thread (set_exception on a
+    finished future): later async calls never ran and sync ones waited forever."""
+    engine = ProgressEngine()
+    first = engine.submit(lambda: 1, "first")
+
+    def callback(_):
+        raise raised("from a callback")
+
+    first.add_done_callback(callback)
+    assert first.wait(timeout=10) == 1
+    assert engine.submit(lambda: 2, "second").wait(timeout=10) == 2
+    assert engine.run(lambda: 3, "sync") == 3
+    assert engine.close(timeout=10)
+
+
+def test_waiting_on_another_engines_handle_from_a_callback_is_allowed():
+    """wait() from a callback was refused by the thread's name, which every communicator's
+    progress thread shares: only waiting on its own engine's handle would wait forever."""
+    first, second = ProgressEngine(), ProgressEngine()
+    gate = threading.Event()
+    other = second.submit(lambda: gate.wait(10) and "other", "other")
+    seen = []
+    mine = first.submit(lambda: 1, "mine")
+    mine.add_done_callback(lambda h: seen.append(other.wait(timeout=10)))
+    own = first.submit(lambda: 2, "own")
+    refused = []
+    own_pending = first.submit(lambda: gate.wait(10) and 3, "own pending")
+
+    def wait_own(_):
+        try:
+            own_pending.wait()
+        except CollectiveError as error:
+            refused.append(str(error))
+
+    own.add_done_callback(wait_own)
+    threading.Timer(0.2, gate.set).start()
+    assert own_pending.wait(timeout=10) == 3
+    assert seen == ["other"]
+    assert refused and "would wait forever" in refused[0]
+    assert first.close(timeout=10) and second.close(timeout=10)
 
 
 @pytest.mark.parametrize("np_", [2, 3, 5])

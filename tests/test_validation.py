@@ -129,6 +129,23 @@ def test_masked_arrays_are_refused_not_unmasked():
         check_array(np.ma.masked_array(np.zeros(3, np.float32), mask=[1, 0, 0]))
 
 
+def test_np_matrix_is_refused_as_x_and_as_out():
+    """np.matrix stays 2-D through reshape(-1): plans sliced the wrong axis and the ranks'
+    messages differed in size (a truncation error, a broken communicator)."""
+    row = np.zeros((1, 3), np.float32)
+    with pytest.raises(TypeError, match=r"x is an np.matrix, which stays 2-D when flattened"):
+        check_array(np.asmatrix(row))
+    with pytest.raises(TypeError, match="out must be a numpy array like x, got numpy.matrix"):
+        check_out(np.asmatrix(np.empty((1, 3), np.float32)), row)
+
+
+def test_a_read_only_x_in_place_names_no_collective():
+    frozen = np.zeros(3, np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="x is read-only; a call in place needs a writable"):
+        check_out(frozen, frozen)
+
+
 def test_outs_that_cross_or_overlap_other_arrays_are_refused():
     a, b = np.zeros(8, np.float32), np.ones(8, np.float32)
     with pytest.raises(ValueError, match=r"arrays\[1\] and out\[0\] share memory"):

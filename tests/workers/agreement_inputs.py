@@ -46,6 +46,7 @@ def bad_inputs(rank: int):
            "out overlaps x partially")
     masked = np.ma.masked_array(x, mask=np.arange(COUNT) % 2 == 0)
     yield "masked array", dict(x=masked), TypeError, "x is a masked array: its mask would be ignored"
+    yield "np.matrix", dict(x=np.asmatrix(x)), TypeError, "x is an np.matrix"
 
 
 def bad_many(rank: int):

@@ -148,6 +148,18 @@ def check_sync(comm, tally: Tally) -> None:
                                np.array([-0.0, 1.5, np.inf], np.float32).view(np.uint32)),
                 f"broadcast floats: {values}")
     tally.check(bool((ints == torch.arange(4) * 10).all()), f"broadcast ints: {ints}")
+    # a NumPy integer root, as comm.broadcast takes; a root out of range on one rank only:
+    # refused there, MismatchError on the others, the communicator still usable
+    last = torch.full((2,), float(r))
+    collectives.broadcast_parameters([last], comm, root=np.int64(p - 1))
+    tally.check(bool((last == p - 1).all()), f"np.int64 root: {last}")
+    try:
+        collectives.broadcast_parameters([last], comm, root=p if r == p - 1 else 0)
+        tally.check(False, "a root out of range was taken")
+    except (ValueError, collectives.MismatchError) as error:
+        expected = ValueError if r == p - 1 else collectives.MismatchError
+        tally.check(type(error) is expected and "root" in str(error), f"bad root: {error!r}")
+    tally.check(bool((comm.allreduce(np.ones(2)) == p).all()), "a call after the bad root")
 
 
 def main() -> None:
