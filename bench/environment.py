@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from collectives.failure import FORWARD_PAUSE_S
+
 if TYPE_CHECKING:
     from mpi4py import MPI
 
 __all__ = ["abort_on_error", "environment", "write_json"]
-
-ABORT_PAUSE_S = 0.5  # time for the launcher to forward a failing rank's last lines
 
 
 def environment(mpi_comm: MPI.Comm, **extra: object) -> dict[str, object]:
@@ -88,8 +88,7 @@ def abort_on_error(mpi_comm: MPI.Comm) -> Iterator[None]:
 
 
 def _abort(mpi_comm: MPI.Comm, status: int) -> None:
-    """MPI_Abort after a pause: the launcher kills every rank at once and drops the output
-    it has not forwarded yet, which lost the error just printed (seen under CI)."""
-    time.sleep(ABORT_PAUSE_S)
+    """MPI_Abort after a pause that lets the launcher forward the error just printed."""
+    time.sleep(FORWARD_PAUSE_S)
     mpi_comm.Abort(status)
     os._exit(status)  # Abort may return before the launcher ends this rank

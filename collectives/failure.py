@@ -21,10 +21,14 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 
-__all__ = ["ABORT_CODE", "abort_on_uncaught", "end_job"]
+__all__ = ["ABORT_CODE", "FORWARD_PAUSE_S", "abort_on_uncaught", "end_job"]
 
 ABORT_CODE = 1
+# Before MPI_Abort after printing: the launcher kills every rank at once and drops the output
+# it has not forwarded yet, which lost a failing rank's last lines (seen under CI).
+FORWARD_PAUSE_S = 0.5
 
 
 def end_job(transport, errorcode: int, *, grace: float) -> None:
@@ -53,6 +57,7 @@ def abort_on_uncaught(transport, *, grace: float) -> None:
             print(f"collectives: rank {transport.rank} ends the job (MPI_Abort) on the "
                   "uncaught exception above", file=sys.stderr)
             sys.stderr.flush()
+            time.sleep(FORWARD_PAUSE_S)
         finally:
             end_job(transport, ABORT_CODE, grace=grace)
 
