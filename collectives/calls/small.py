@@ -8,8 +8,8 @@ issuing thread) with everything those decide: the signature, whether the data ri
 the agreement record (check on, `auto`, small enough: the call is that one exchange),
 goes through the transport's own all-reduce (`native`, or `auto` choosing it) with a
 staging buffer, or runs a plan (ring, halving_doubling, ...: named, or `auto` choosing it)
-on the reducer's runner. What stays per call is what the guarantees need, inline: the issue order (the
-progress engine's `try_begin`), the sequence number and the peers' notices
+on the reducer's runner. What stays per call is what the guarantees need, inline: the
+issue order (the progress engine's `try_begin`), the sequence number and the peers' notices
 (`Agreement.enter`), the deadline, the agreement exchange, the data, the statistics; an
 error ends the collective as on the general path (`Agreement.failed`). A riding call
 looks for peers' notices after the exchange, before it writes anything: a record sent
