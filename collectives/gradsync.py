@@ -113,9 +113,25 @@ def broadcast_parameters(params: Iterable | Mapping, comm: Communicator, *, root
         raise  # (refuse raised it)
     items = list(params.values() if isinstance(params, Mapping) else params)
     views, outs = _views_or_refuse(comm, items)
-    inputs = views if comm.rank == root else [_module_of(v).full_like(v, -0.0) for v in views]
-    comm.allreduce_many(inputs, op="sum", algorithm="auto", out=outs)
-    return [_returned(p, v, o) for p, v, o in zip(items, views, outs)]
+    twins = _first_twins(views)  # tied weights: one array under several state_dict keys
+    distinct = [i for i, t in enumerate(twins) if t == i]
+    inputs = [views[i] if comm.rank == root else _module_of(views[i]).full_like(views[i], -0.0)
+              for i in distinct]
+    comm.allreduce_many(inputs, op="sum", algorithm="auto", out=[outs[i] for i in distinct])
+    return [_returned(item, views[t], outs[t]) for item, t in zip(items, twins)]
+
+
+def _first_twins(views: list) -> list[int]:
+    """Per view, the index of the first view of the very same memory (itself if none)."""
+    first: dict[tuple, int] = {}
+    return [first.setdefault(_memory(v), i) for i, v in enumerate(views)]
+
+
+def _memory(view) -> tuple:
+    """What identifies the memory a view covers: module, address, shape, strides, dtype."""
+    address = (view.__array_interface__["data"][0] if isinstance(view, np.ndarray)
+               else view.data.ptr)
+    return _module(view), address, view.shape, view.strides, str(view.dtype)
 
 
 class GradSync:

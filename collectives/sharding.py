@@ -72,8 +72,19 @@ class ShardedSync:
         return self._flat[lo:hi].copy()
 
     def reduce(self, grads: Sequence):
-        """This rank's shard of the average of every rank's gradients (one reduce-scatter)."""
+        """This rank's shard of the average of every rank's gradients (one reduce-scatter).
+        Gradients that do not fit refuse it on every rank (MismatchError on the others)."""
         grads = list(grads)
+        try:
+            self._check_grads(grads)
+        except (TypeError, ValueError) as error:
+            self.comm.refuse("reduce_scatter", error)
+            raise  # (refuse raised it)
+        kernels.pack(grads, self._flat)
+        return self.comm.reduce_scatter(self._flat, op="avg", algorithm=self.algorithm,
+                                        compression=self.compression)
+
+    def _check_grads(self, grads: list) -> None:
         for i, g in enumerate(grads):
             check_array(g, f"grads[{i}]")
         if [g.shape for g in grads] != [p.shape for p in self.params]:
@@ -84,12 +95,22 @@ class ShardedSync:
         if wrong:  # packing would cast them (float64 to float16 overflows, silently)
             raise TypeError(f"grads must have the parameters' dtype {self._flat.dtype}, "
                             f"got {wrong}")
-        kernels.pack(grads, self._flat)
-        return self.comm.reduce_scatter(self._flat, op="avg", algorithm=self.algorithm,
-                                        compression=self.compression)
 
     def gather(self, shard) -> None:
-        """Write every rank's updated shard into the parameters (one all-gather)."""
+        """Write every rank's updated shard into the parameters (one all-gather). A shard
+        that does not fit refuses it on every rank (MismatchError on the others)."""
+        try:
+            self._check_shard(shard)
+        except (TypeError, ValueError) as error:
+            self.comm.refuse("allgather", error)
+            raise  # (refuse raised it)
+        pieces = self.comm.allgather(_padded(shard, self._longest()), algorithm=self.algorithm,
+                                     compression=self.compression)
+        for r, (a, b) in enumerate(split_bounds(0, self._flat.size, self.comm.size)):
+            kernels.copy_into(self._flat[a:b], pieces[r, : b - a])
+        kernels.unpack(self._flat, self.params)
+
+    def _check_shard(self, shard) -> None:
         lo, hi = self._bounds
         check_array(shard, "shard")
         if shard.shape != (hi - lo,):
@@ -97,11 +118,6 @@ class ShardedSync:
         if shard.dtype != self._flat.dtype:
             raise TypeError(f"shard must have the parameters' dtype {self._flat.dtype}, "
                             f"got {shard.dtype}")
-        pieces = self.comm.allgather(_padded(shard, self._longest()), algorithm=self.algorithm,
-                                     compression=self.compression)
-        for r, (a, b) in enumerate(split_bounds(0, self._flat.size, self.comm.size)):
-            kernels.copy_into(self._flat[a:b], pieces[r, : b - a])
-        kernels.unpack(self._flat, self.params)
 
     def _longest(self) -> int:
         """Rows of an all-gather are of one length: the first (longest) shard's."""

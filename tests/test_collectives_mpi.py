@@ -45,4 +45,4 @@ def test_disagreement_and_bad_input_raise_on_every_rank(np_):
 @pytest.mark.parametrize("np_", [2, 3, 5])
 def test_sharded_training_equals_plain_data_parallel(np_):
     """30 SGD steps: reduce-scatter, update the shard, all-gather == all-reduce (1e-5)."""
-    run_workers(np_, "sharded_training")
+    run_workers(np_, "sharded_training", env={"COLLECTIVES_TIMEOUT": "60"})

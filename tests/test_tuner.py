@@ -14,8 +14,9 @@ import pytest
 
 from bench.calibrate import fit_alpha_beta
 from collectives.algorithms import PLANNERS
-from collectives.costmodel import (DEFAULT_CALIBRATION, Calibration, ClusterModel, LinkModel,
-                                   NativeModel, load_calibration, read_tuning, write_calibration)
+from collectives.costmodel import (DEFAULT_CALIBRATION, TUNING_MAX_BYTES, Calibration,
+                                   ClusterModel, LinkModel, NativeModel, load_calibration,
+                                   read_tuning, write_calibration)
 from collectives.simulator import simulate
 from collectives.topology import Topology
 from collectives import tuner as tuner_module
@@ -140,6 +141,21 @@ def test_tuning_file_errors(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="unreadable"):
         read_tuning(path)
+
+
+def test_a_tuning_file_that_is_no_regular_file_or_too_large_is_refused(tmp_path):
+    """A FIFO blocked init on rank 0 forever (the others in an unbounded all-gather), and
+    /dev/zero filled its memory: refused by name, as a malformed file is (defaults used)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero"), tmp_path):
+        with pytest.raises(ValueError, match=f"tuning file {path} is unreadable .*not a "
+                                             "regular file"):
+            read_tuning(path)
+    big = tmp_path / "big.json"
+    big.write_bytes(b" " * (TUNING_MAX_BYTES + 1))
+    with pytest.raises(ValueError, match=f"larger than {TUNING_MAX_BYTES} bytes"):
+        read_tuning(big)
 
 
 def test_default_calibration_makes_a_usable_model():

@@ -6,7 +6,9 @@ partial sum any algorithm forms) and max|x| for avg, max and min (avg divides by
 the cast, as in PyTorch's fp16 hook). Only finite values count: a NaN or Inf somewhere
 stays NaN or Inf where it is, and the other values are scaled as if it were absent.
 Scales of float64 data reach down to float64's normal range (1e300 compresses); the
-others stay in float32's, where the kernels multiply. `unscale_into` undoes a scale.
+others stay in float32's, where the kernels multiply. `unscale_into` undoes a scale; a
+value the 16-bit rounding pushed just past the largest finite value of x's dtype (65504
+in bfloat16 is 65536) becomes that value, not inf: the exact result did not overflow.
 
 Example::
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import ml_dtypes
 import numpy as np
 
 import kernels
@@ -49,17 +52,36 @@ def scale_for(codec, agreed_absmax: float, size: int, op: Op, dtype=np.float32) 
 
 
 def unscale_into(dst, src, scale: float, wire=None) -> None:
-    """dst = src / scale, src rounded to the 16-bit `wire` dtype first when given. The
-    kernels multiply in float32, in one pass; a float64 dst is unscaled in float64 (its
-    values may lie beyond float32's range: the same bits where they do not)."""
+    """dst = src / scale, src rounded to the 16-bit `wire` dtype first when given (src may
+    be dst). The kernels multiply in float32, in one pass; a float64 dst is unscaled in
+    float64 (its values may lie beyond float32's range: the same bits where they do not)."""
+    near = _near_top(dst.dtype, src, scale, wire)
     if dst.dtype != np.float64:
         if wire is None:
             kernels.scale_into(dst, src, 1.0 / scale)
         else:
             kernels.quantize_into(dst, src, wire, 1.0 / scale)
-        return
-    if wire is None:
-        kernels.copy_into(dst, src)
     else:
-        kernels.quantize_into(dst, src, wire, 1.0)
-    kernels.scale_into(dst, dst, 1.0 / scale)
+        if wire is None:
+            kernels.copy_into(dst, src)
+        else:
+            kernels.quantize_into(dst, src, wire, 1.0)
+        kernels.scale_into(dst, dst, 1.0 / scale)
+    if near is not None:
+        xp = kernels.array_module(dst)
+        over = near & xp.isinf(dst)
+        if over.any():
+            top = float(ml_dtypes.finfo(dst.dtype).max)
+            dst[over] = xp.copysign(top, dst[over].astype(np.float64)).astype(dst.dtype)
+
+
+def _near_top(dtype, src, scale: float, wire):
+    """Where a finite src lies within the 16-bit rounding of dtype's largest finite value
+    once unscaled (an inf there is the rounding's, not a true overflow); None when no
+    value can get there, which a look at the scale tells in the common case."""
+    sixteen = ml_dtypes.finfo(src.dtype if wire is None else wire)
+    top = float(ml_dtypes.finfo(dtype).max)
+    if float(sixteen.max) <= top * scale:
+        return None
+    reach = top * scale * (1 + 2.0 ** -sixteen.nmant)
+    return kernels.array_module(src).abs(src.astype(np.float64)) <= reach

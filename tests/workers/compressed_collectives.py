@@ -102,6 +102,38 @@ def check_float64_range(comm, tally, compression) -> None:
     comm.clear_error_feedback()
 
 
+def check_dtype_top(comm, tally, compression) -> None:
+    """x at the largest finite value of its dtype: the 16-bit rounding pushed results a few
+    ulps past it, to inf (bfloat16(65504) is 65536), in every collective. They stay finite,
+    within the wire's rounding; a sum that truly overflows the dtype stays inf."""
+    p, rank = comm.size, comm.rank
+    for dtype in (np.float16, np.float32):
+        top = float(np.finfo(dtype).max)
+        for sign in (1.0, -1.0):
+            x = np.full(5, sign * top, dtype)
+            results = {
+                "allreduce avg": comm.allreduce(x, op="avg", compression=compression),
+                "allreduce avg ring": comm.allreduce(x, op="avg", compression=compression,
+                                                     algorithm="ring"),
+                "allreduce max": comm.allreduce(x, op="max", compression=compression),
+                "allreduce avg deterministic": comm.allreduce(
+                    x, op="avg", compression=compression, deterministic=True),
+                "reduce_scatter avg": comm.reduce_scatter(x, op="avg", compression=compression),
+                "allgather": comm.allgather(x, compression=compression)[rank],
+            }
+            y = comm.reduce(x, root=0, op="min", compression=compression)
+            if rank == 0:
+                results["reduce min"] = y
+            for name, got in results.items():
+                case = f"{name} {compression} {np.dtype(dtype)} at {sign * top:.4g}"
+                close = np.abs(got.astype(np.float64) - sign * top) <= top * 2.0 ** -7
+                tally.check(bool(np.isfinite(got).all() and close.all()), f"{case}: {got}")
+    if p > 1:  # 0.75 of float16's top on every rank: the sum truly overflows
+        x = np.full(3, 0.75 * float(np.finfo(np.float16).max), np.float16)
+        got = comm.allreduce(x, compression=compression)
+        tally.check(bool(np.isposinf(got).all()), f"{compression} float16 sum overflow: {got}")
+
+
 def check_auto_compresses(comm, tally, compression) -> None:
     """auto with a compression prices the plans only: the call is a compressed plan."""
     for name, call in (("reduce_scatter", lambda x: comm.reduce_scatter(
@@ -140,6 +172,7 @@ def main() -> None:
             check_reduce(comm, tally, algorithm, compression, root=comm.size - 1)
         check_auto_compresses(comm, tally, compression)
         check_float64_range(comm, tally, compression)
+        check_dtype_top(comm, tally, compression)
     check_native_refused(comm, tally)
     tally.finish()
 

@@ -71,6 +71,22 @@ def check_refusals(comm, sync, tally) -> None:
             tally.check(False, f"{what}: accepted")
         except TypeError as error:
             tally.check(said in str(error), f"{what}: {error}")
+    # Wrong on one rank only: refused there, MismatchError at once on the others (they
+    # waited out the timeout, and the communicator broke), which stay usable.
+    last = comm.rank == comm.size - 1
+    for what, call in (
+            ("float32 grads on one rank", lambda: sync.reduce(
+                [g.astype(np.float32 if last else g.dtype) for g in sync.params])),
+            ("short shard on one rank", lambda: sync.gather(
+                np.zeros(hi - lo - last, np.float64)))):
+        try:
+            call()
+            tally.check(False, f"{what}: accepted")
+        except (TypeError, ValueError, collectives.MismatchError) as error:
+            expected = (TypeError, ValueError) if last else collectives.MismatchError
+            tally.check(isinstance(error, expected), f"{what}: {error!r}")
+    shard = sync.reduce(sync.params)
+    tally.check(shard.shape == (hi - lo,), f"a reduce after the refusals: {shard.shape}")
 
 
 if __name__ == "__main__":

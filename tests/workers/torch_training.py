@@ -160,6 +160,12 @@ def check_sync(comm, tally: Tally) -> None:
         expected = ValueError if r == p - 1 else collectives.MismatchError
         tally.check(type(error) is expected and "root" in str(error), f"bad root: {error!r}")
     tally.check(bool((comm.allreduce(np.ones(2)) == p).all()), "a call after the bad root")
+    # tied weights (GPT-2's embedding and head): one tensor under two state_dict keys was
+    # refused as two outs sharing memory; it is broadcast once
+    tied = torch.full((2, 3), float(r + 1))
+    both = collectives.broadcast_parameters({"emb.weight": tied, "head.weight": tied}, comm)
+    tally.check(bool((tied == 1).all()) and both[0] is tied and both[1] is tied,
+                f"tied weights: {tied}")
 
 
 def main() -> None:
