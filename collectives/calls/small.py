@@ -142,7 +142,7 @@ class SmallLane:
             kind = route.kind
             if kind == RIDE:
                 return self._ride(route, x, out)
-            return self._native(route, x, out) if kind == NATIVE else self._plan(route, x, out)
+            return self._checked(route, self._native if kind == NATIVE else self._plan, x, out)
         finally:
             engine.end()
 
@@ -166,9 +166,10 @@ class SmallLane:
             agreement.raise_failed(route.signature, seq, error, moving)
         return result
 
-    def _native(self, route: Route, x: np.ndarray, out):
-        """The transport's own all-reduce, after the records' check when it is on. It
-        cannot be cancelled, so memory the caller sees is written once it completed."""
+    def _checked(self, route: Route, move, x: np.ndarray, out):
+        """`move(route, x, out, seq, deadline)` as one collective: sequence number and
+        notices, deadline, the records' check when it is on; an error ends it as on the
+        general path."""
         agreement = self._agreement
         seq = agreement.enter("allreduce")
         deadline = time.monotonic() + self._timeout
@@ -177,46 +178,39 @@ class SmallLane:
             if agreement.check:
                 agreement.agree(route.signature, seq, deadline)
             moving = True
-            target = np.empty(route.count, route.dtype) if out is None else route.stage
-            start = time.perf_counter()  # what the general path's "native" times: the call
-            self._transport.native_allreduce(x if route.flat else x.reshape(-1), target,
-                                             route.elementwise, deadline)
-            route.tally(time.perf_counter() - start)
-            if route.op is Op.AVG:
-                kernels.divide_into(target, self._transport.size)
-            shaped = target if route.flat else target.reshape(route.shape)
-            if out is None:
-                result = shaped
-            else:
-                result = out
-                np.copyto(out, shaped)
+            return move(route, x, out, seq, deadline)
         except BaseException as error:
             agreement.raise_failed(route.signature, seq, error, moving)
-        return result
 
-    def _plan(self, route: Route, x: np.ndarray, out):
-        """A plan on the reducer's runner, after the records' check when it is on; the
-        general path's `_single` without its per-call decisions."""
-        agreement = self._agreement
-        seq = agreement.enter("allreduce")
-        deadline = time.monotonic() + self._timeout
-        moving = False
-        try:
-            if agreement.check:
-                agreement.agree(route.signature, seq, deadline)
-            moving = True
-            result = np.empty(route.shape, route.dtype) if out is None else out
-            work = result if route.flat else result.reshape(-1)
-            src = None if out is x else (x if route.flat else x.reshape(-1))
-            start = time.perf_counter()
-            self._reducer.host_runner.run(route.plan, work, route.elementwise,
-                                          seq % TAG_LIMIT, deadline, src=src)
-            route.tally(time.perf_counter() - start)
-            if route.op is Op.AVG:
-                kernels.divide_into(work, self._transport.size)
-            self._transport.check_peers()
-        except BaseException as error:
-            agreement.raise_failed(route.signature, seq, error, moving)
+    def _native(self, route: Route, x: np.ndarray, out, seq: int, deadline: float):
+        """The transport's own all-reduce. It cannot be cancelled, so memory the caller
+        sees is written once it completed."""
+        target = np.empty(route.count, route.dtype) if out is None else route.stage
+        start = time.perf_counter()  # what the general path's "native" times: the call
+        self._transport.native_allreduce(x if route.flat else x.reshape(-1), target,
+                                         route.elementwise, deadline)
+        route.tally(time.perf_counter() - start)
+        if route.op is Op.AVG:
+            kernels.divide_into(target, self._transport.size)
+        shaped = target if route.flat else target.reshape(route.shape)
+        if out is None:
+            return shaped
+        np.copyto(out, shaped)
+        return out
+
+    def _plan(self, route: Route, x: np.ndarray, out, seq: int, deadline: float):
+        """A plan on the reducer's runner: the general path's `_single` without its
+        per-call decisions."""
+        result = np.empty(route.shape, route.dtype) if out is None else out
+        work = result if route.flat else result.reshape(-1)
+        src = None if out is x else (x if route.flat else x.reshape(-1))
+        start = time.perf_counter()
+        self._reducer.host_runner.run(route.plan, work, route.elementwise, seq % TAG_LIMIT,
+                                      deadline, src=src)
+        route.tally(time.perf_counter() - start)
+        if route.op is Op.AVG:
+            kernels.divide_into(work, self._transport.size)
+        self._transport.check_peers()
         return result
 
     def _route(self, key: tuple) -> Route | None:
