@@ -268,7 +268,7 @@ def _views_or_refuse(comm: Communicator, items: list) -> tuple[list, list]:
     try:
         views = [as_array(item) for item in items]
         return views, [_result_buffer(item, v) for item, v in zip(items, views)]
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, BufferError) as error:  # BufferError: no DLPack export
         comm.refuse("allreduce_many", error)
         raise  # (refuse raised it)
 

@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import os
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,23 @@ _COLLECTIVES = tuple(PLANNERS)  # allreduce, reduce_scatter, allgather, broadcas
 _ALGORITHMS = tuple(dict.fromkeys(("auto", "native", *(a for c in _COLLECTIVES
                                                        for a in PLANNERS[c]))))
 _COMPRESSIONS = ("none", "fp16", "bf16")
+
+
+def _refusing(collective: str):
+    """A backend op whose own checks (contiguity, sizes, splits, a tensor that cannot be
+    viewed) refuse `collective` on every rank: MismatchError on the others at once, where
+    they would otherwise pair their call with this rank's next one, out of step for good.
+    The checks run before the op issues anything."""
+    def wrap(method):
+        @functools.wraps(method)
+        def op(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except (TypeError, ValueError, BufferError) as error:
+                self.comm.refuse(collective, error)
+                raise  # (refuse raised it)
+        return op
+    return wrap
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,7 @@ class CollectivesProcessGroup(dist.ProcessGroup):
 
     # ------------------------------------------------------------------ reductions
 
+    @_refusing("allreduce")
     def allreduce(self, tensors: list[torch.Tensor], opts=AllreduceOptions()) -> dist.Work:
         views = [as_array(t) for t in tensors]
         options = dict(op=reduce_op(opts.reduceOp), algorithm=self._algorithm["allreduce"],
@@ -126,6 +145,7 @@ class CollectivesProcessGroup(dist.ProcessGroup):
 
     allreduce_coalesced = allreduce
 
+    @_refusing("reduce")
     def reduce(self, tensors: list[torch.Tensor], opts=ReduceOptions()) -> dist.Work:
         op, views = reduce_op(opts.reduceOp), [as_array(t) for t in tensors]
         handles = [self.comm.reduce_async(view, opts.rootRank, op, self._algorithm["reduce"],
@@ -133,12 +153,14 @@ class CollectivesProcessGroup(dist.ProcessGroup):
                    for t, view in zip(tensors, views)]
         return HandleWork(handles, lambda: tensors)
 
+    @_refusing("reduce_scatter")
     def reduce_scatter_single(self, output: torch.Tensor, input: torch.Tensor,
                               opts=ReduceScatterOptions()) -> dist.Work:
         return self._reduce_scatter([(output, as_array(input))], opts)
 
     _reduce_scatter_base = reduce_scatter_single
 
+    @_refusing("reduce_scatter")
     def reduce_scatter_single_coalesced(self, outputs: list[torch.Tensor],
                                         inputs: list[torch.Tensor],
                                         opts=ReduceScatterOptions()) -> dist.Work:
@@ -146,9 +168,15 @@ class CollectivesProcessGroup(dist.ProcessGroup):
 
     reduce_scatter_tensor_coalesced = reduce_scatter_single_coalesced
 
+    @_refusing("reduce_scatter")
     def reduce_scatter(self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]],
                        opts=ReduceScatterOptions()) -> dist.Work:
         """Each output gets its block of the reduced inputs (stacked into one copy first)."""
+        for output, inputs in zip(outputs, input_lists):
+            if any(t.numel() != output.numel() for t in inputs):
+                raise ValueError(f"reduce_scatter: every input must hold the output's "
+                                 f"{output.numel()} elements, got "
+                                 f"{[t.numel() for t in inputs]}")
         return self._reduce_scatter(
             [(o, np.concatenate([as_array(t).reshape(-1) for t in inputs]))
              for o, inputs in zip(outputs, input_lists)], opts)
@@ -170,6 +198,7 @@ class CollectivesProcessGroup(dist.ProcessGroup):
 
     # ------------------------------------------------------------------ data movement
 
+    @_refusing("broadcast")
     def broadcast(self, tensors: list[torch.Tensor], opts=BroadcastOptions()) -> dist.Work:
         rows = [Rows(t) for t in tensors]
         handles = [self.comm.broadcast_async(r.array, opts.rootRank,
@@ -177,12 +206,14 @@ class CollectivesProcessGroup(dist.ProcessGroup):
                    for r in rows]
         return HandleWork(handles, _finishing(rows, tensors))
 
+    @_refusing("allgather")
     def all_gather_single(self, output: torch.Tensor, input: torch.Tensor,
                           opts=AllgatherOptions()) -> dist.Work:
         return self._all_gather([(output, input)])
 
     _allgather_base = all_gather_single
 
+    @_refusing("allgather")
     def allgather_into_tensor_coalesced(self, outputs: list[torch.Tensor],
                                         inputs: list[torch.Tensor],
                                         opts=AllgatherOptions()) -> dist.Work:
@@ -191,24 +222,24 @@ class CollectivesProcessGroup(dist.ProcessGroup):
     all_gather_single_coalesced = allgather_into_tensor_coalesced
 
     def _all_gather(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> dist.Work:
-        gathered = [Rows(output, self.size()) for output, _ in pairs]
-        handles = []
-        for rows, (output, input) in zip(gathered, pairs):
+        for output, input in pairs:
             if output.numel() != input.numel() * self.size() or output.dtype != input.dtype:
                 raise ValueError(f"all_gather: output must hold {self.size()} x the input "
                                  f"({input.numel()} {input.dtype}), got {output.numel()} "
                                  f"{output.dtype}")
-            handles.append(self.comm.allgather_async(Rows(input).array[0],
-                                                     self._algorithm["allgather"],
-                                                     out=rows.array))
+        gathered = [Rows(output, self.size()) for output, _ in pairs]
+        sent = [Rows(input).array[0] for _, input in pairs]
+        handles = [self.comm.allgather_async(row, self._algorithm["allgather"], out=rows.array)
+                   for row, rows in zip(sent, gathered)]
         return HandleWork(handles, _finishing(gathered, [output for output, _ in pairs]))
 
+    @_refusing("allgather")
     def allgather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
                   opts=AllgatherOptions()) -> dist.Work:
         """Into a list of tensors per input: gathered whole, then copied out."""
-        handles = [self.comm.allgather_async(Rows(t).array[0], self._algorithm["allgather"])
-                   for t in inputs]
+        sent = [Rows(t).array[0] for t in inputs]
         outs = [[Rows(t) for t in outputs] for outputs in output_lists]
+        handles = [self.comm.allgather_async(row, self._algorithm["allgather"]) for row in sent]
 
         def finish() -> list[list[torch.Tensor]]:
             for handle, rows in zip(handles, outs):
@@ -222,12 +253,16 @@ class CollectivesProcessGroup(dist.ProcessGroup):
 
     allgather_coalesced = allgather
 
+    @_refusing("alltoall")
     def all_to_all_single(self, output: torch.Tensor, input: torch.Tensor,
                           output_split_sizes: list[int], input_split_sizes: list[int],
                           opts=AllToAllOptions()) -> dist.Work:
         """Equal splits (none given) in place; given splits as blocks of any size."""
         if not output_split_sizes and not input_split_sizes:
-            received, sent = Rows(output, self.size()), Rows(input, self.size())
+            sent = Rows(input, self.size())
+            in_place = (output.data_ptr() == input.data_ptr() and output.shape == input.shape
+                        and output.dtype == input.dtype)  # the library's out=x
+            received = sent if in_place else Rows(output, self.size())
             handle = self.comm.alltoall_async(sent.array, out=received.array,
                                               algorithm=self._algorithm["alltoall"])
             return HandleWork([handle], _finishing([received], [output]))
@@ -236,6 +271,7 @@ class CollectivesProcessGroup(dist.ProcessGroup):
 
     alltoall_base = all_to_all_single
 
+    @_refusing("alltoall")
     def alltoall(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
                  opts=AllToAllOptions()) -> dist.Work:
         return self._alltoall_blocks([byte_view(t) for t in inputs],
@@ -243,11 +279,18 @@ class CollectivesProcessGroup(dist.ProcessGroup):
 
     def _alltoall_blocks(self, sends: list[np.ndarray], receives: list[np.ndarray],
                          result: list[torch.Tensor]) -> dist.Work:
-        """Blocks of bytes of any sizes: padded to the largest block of any rank (agreed by a
-        small all-reduce first), exchanged by one all-to-all, then unpadded."""
-        longest = np.array([max((b.size for b in (*sends, *receives)), default=0)], np.int64)
-        self.comm.allreduce(longest, op="max", out=longest)
-        words = -(-int(longest[0]) // 4)
+        """Blocks of bytes of any sizes: every rank's block sizes gathered first (each
+        block must be the size its receiver expects: ValueError on every rank otherwise),
+        padded to the largest, exchanged by one all-to-all, then unpadded."""
+        p = self.size()
+        mine = np.array([b.size for b in (*sends, *receives)], np.int64)
+        sizes = self.comm.allgather(mine)  # row r: rank r's p sends, then its p receives
+        sent, expected = sizes[:, :p], sizes[:, p:].T  # [r, q]: from rank r to rank q
+        if not np.array_equal(sent, expected):
+            r, q = (int(i) for i in np.argwhere(sent != expected)[0])
+            raise ValueError(f"all_to_all: rank {r} sends {sent[r, q]} bytes to rank {q}, "
+                             f"which expects {expected[r, q]}")
+        words = -(-int(sizes.max(initial=0)) // 4)
         padded = np.zeros((self.size(), words), np.int32)
         for row, block in zip(padded.view(np.uint8), sends):
             row[:block.size] = block

@@ -154,6 +154,45 @@ def check_async_and_errors(group, tally: Tally) -> None:
     tally.check(torch.equal(ok, torch.full((2,), float(p))), "all_reduce after errors")
 
 
+def check_one_rank_refusals(group, tally: Tally) -> None:
+    """The backend's own checks on one rank only (a non-contiguous tensor, a bad split, an
+    input of the wrong size) raised there before any collective: the others paired their
+    call with that rank's next one, and broadcasts were silently a step behind. Now they
+    refuse on every rank (MismatchError on the others) and the next call is right."""
+    r, p = group.rank(), group.size()
+    odd = r == p - 1
+    root = dist.get_global_rank(group, 0)
+    cases = (
+        ("non-contiguous broadcast", lambda: dist.broadcast(
+            torch.ones(8)[::2] if odd else torch.ones(4), root, group=group)),
+        ("bad all_to_all_single split", lambda: dist.all_to_all_single(
+            torch.zeros(2 * p), torch.ones(2 * p), group=group,
+            input_split_sizes=[2] * (p - 1) + [2 + odd], output_split_sizes=[2] * p)),
+        ("reduce_scatter_tensor of the wrong size", lambda: dist.reduce_scatter_tensor(
+            torch.zeros(2), torch.ones(2 * p + odd), group=group)))
+    for what, call in cases:
+        try:
+            call()
+            tally.check(p == 1, f"{what}: accepted")
+        except (ValueError, MismatchError) as error:
+            tally.check(isinstance(error, ValueError if odd else MismatchError),
+                        f"{what}: {error!r}")
+        step = torch.full((3,), 7.0) if r == 0 else torch.zeros(3)
+        dist.broadcast(step, root, group=group)
+        tally.check(torch.equal(step, torch.full((3,), 7.0)), f"broadcast after {what}: {step}")
+    if p > 1:  # sizes every rank gives but that do not meet: refused on every rank
+        try:
+            dist.all_to_all_single(torch.zeros(2 * p), torch.ones(p), group=group,
+                                   input_split_sizes=[1] * p, output_split_sizes=[2] * p)
+            tally.check(False, "all_to_all blocks of 1 row into 2 rows accepted")
+        except ValueError as error:
+            tally.check("expects" in str(error), f"all_to_all sizes that differ: {error}")
+    both = torch.arange(2.0 * p) + 10 * r  # in place with equal splits (was "overlaps")
+    dist.all_to_all_single(both, both, group=group)
+    want = torch.tensor([10.0 * q + 2 * r + i for q in range(p) for i in range(2)])
+    tally.check(torch.equal(both, want), f"all_to_all_single in place: {both} != {want}")
+
+
 def check_point_to_point(group, tally: Tally) -> None:
     """A ring of messages, twice in flight at once, against the NumPy reference."""
     r, p = group.rank(), group.size()
@@ -191,6 +230,7 @@ def main() -> None:
         check_reductions(group, tally)
         check_movement(group, tally)
         check_async_and_errors(group, tally)
+        check_one_rank_refusals(group, tally)
         check_point_to_point(group, tally)
     print(f"rank {rank}: {len(groups)} groups", flush=True)
     dist.destroy_process_group()

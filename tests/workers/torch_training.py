@@ -137,6 +137,15 @@ def check_sync(comm, tally: Tally) -> None:
         expected = TypeError if r == p - 1 else collectives.MismatchError
         tally.check(type(error) is expected and "DLPack" in str(error), f"float leaf: {error!r}")
     tally.check(bool((comm.allreduce(np.ones(2)) == p).all()), "a call after the refusal")
+    # a sparse tensor on one rank (no DLPack export: BufferError) is refused the same way
+    leaf = torch.ones(3).to_sparse() if r == p - 1 else torch.ones(3)
+    try:
+        collectives.GradSync(comm).sync([leaf])
+        tally.check(p == 1 and False, "a sparse leaf was averaged")
+    except (BufferError, collectives.MismatchError) as error:
+        expected = BufferError if r == p - 1 else collectives.MismatchError
+        tally.check(type(error) is expected, f"sparse leaf: {error!r}")
+    tally.check(bool((comm.allreduce(np.ones(2)) == p).all()), "a call after the sparse leaf")
     view = collectives.gradsync.as_array(t16)
     shared = np.shares_memory(view, t16.view(torch.int16).numpy())
     tally.check(view.dtype == ml_dtypes.bfloat16 and shared,
