@@ -160,7 +160,7 @@ class GradSync:
         self.fusion_bytes = options.fusion_bytes
         self.error_feedback = error_feedback
         # Names its residuals: the same on every rank, as ranks make their GradSyncs in order.
-        self._name = f"gradsync{next(_created.setdefault(comm, itertools.count()))}"
+        self._name = instance_name(comm, "gradsync")
         self._buckets: list[list] = []  # attach: parameters per bucket, in launch order
         self._ready: list[int] = []  # per bucket, gradients ready this step
         self._launched = 0  # buckets launched this step (always a prefix)
@@ -258,7 +258,14 @@ class GradSync:
                     fusion_bytes=self.fusion_bytes, error_feedback=feedback)
 
 
-_created: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # comm -> GradSyncs made
+_created: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # comm -> helpers made
+
+
+def instance_name(comm: Communicator, kind: str) -> str:
+    """A name for a helper's error-feedback residuals, the same on every rank (helpers are
+    made in the same order there) and its own among the communicator's helpers (an id()
+    differs between processes; a fixed name mixes two models' residuals)."""
+    return f"{kind}{next(_created.setdefault(comm, itertools.count()))}"
 
 
 def _views_or_refuse(comm: Communicator, items: list) -> tuple[list, list]:

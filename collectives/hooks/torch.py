@@ -25,7 +25,8 @@ import torch
 import torch.distributed as dist
 
 from ..communicator import Communicator
-from ..gradsync import GradSync, as_array, broadcast_parameters, check_options
+from ..gradsync import (GradSync, as_array, broadcast_parameters, check_options,
+                        instance_name)
 from ..progress import Handle
 from . import torch_backend  # noqa: F401  registers backend "collectives"
 
@@ -43,7 +44,7 @@ class HookState:
         ddp.register_comm_hook(HookState(comm, compression="fp16"), allreduce_hook)
     """
 
-    __slots__ = ("comm", "algorithm", "compression", "error_feedback")
+    __slots__ = ("comm", "algorithm", "compression", "error_feedback", "name")
 
     def __init__(self, comm: Communicator, algorithm: str = "auto",
                  compression: str | None = None, error_feedback: bool = False):
@@ -52,6 +53,7 @@ class HookState:
         self.algorithm = algorithm
         self.compression = compression
         self.error_feedback = error_feedback
+        self.name = instance_name(comm, "ddp")  # its buckets' residuals, apart from others'
 
 
 def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -68,7 +70,7 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
     """
     tensor = bucket.buffer()
     view = as_array(tensor)
-    feedback = f"ddp-bucket-{bucket.index()}" if state.error_feedback else False
+    feedback = f"{state.name}-bucket-{bucket.index()}" if state.error_feedback else False
     handle = state.comm.allreduce_async(view, op="avg", algorithm=state.algorithm,
                                         compression=state.compression, out=view,
                                         error_feedback=feedback)

@@ -177,6 +177,26 @@ def check_sync(comm, tally: Tally) -> None:
                 f"tied weights: {tied}")
 
 
+def check_two_hooks(comm, tally: Tally) -> None:
+    """Two DDP models, each with its HookState(error_feedback=True): both named their
+    residuals "ddp-bucket-0", so model A's fp16 rounding error went into model B's
+    gradients (exact zeros came back as 9.3e-06)."""
+    torch.manual_seed(0)
+    a, b = (DistributedDataParallel(torch.nn.Linear(8, 1, bias=False)) for _ in range(2))
+    for model in (a, b):
+        model.register_comm_hook(HookState(comm, compression="fp16", error_feedback=True),
+                                 allreduce_hook)
+    x = torch.ones(1, 8)
+    for step in range(2):
+        for q in (*a.parameters(), *b.parameters()):
+            q.grad = None
+        (a(x).sum() * (1.0 / 3.0 + 1e-4 * comm.rank)).backward()  # not exact in fp16
+        (b(x).sum() * 0.0).backward()
+        grad = b.module.weight.grad
+        tally.check(bool((grad == 0).all()), f"step {step}: model B's zero gradients: {grad}")
+    comm.clear_error_feedback()
+
+
 def main() -> None:
     torch.set_num_threads(1)
     comm = collectives.init()
@@ -185,6 +205,7 @@ def main() -> None:
     tally = Tally(comm.rank)
     check_sync(comm, tally)
     check_training(comm, tally)
+    check_two_hooks(comm, tally)
     tally.finish()
 
 
