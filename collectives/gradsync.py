@@ -98,9 +98,9 @@ def check_options(comm, algorithm: str, compression: str | None, error_feedback:
 def broadcast_parameters(params: Iterable | Mapping, comm: Communicator, *, root: int = 0) -> list:
     """Copy rank `root`'s arrays to every rank, bit for bit; returns them (see GradSync.sync).
 
-    `params`: DLPack-capable arrays, or a mapping such as `module.state_dict()` (its
-    values). One fused sum in which the other ranks contribute -0.0, the identity of float
-    addition that keeps even the sign of a zero.
+    `params`: DLPack-capable arrays of any dtype (bool masks and uint8 buffers too), or a
+    mapping such as `module.state_dict()` (its values). Their bytes travel in one
+    broadcast; an array under several keys (tied weights) once.
 
     Example::
 
@@ -108,17 +108,34 @@ def broadcast_parameters(params: Iterable | Mapping, comm: Communicator, *, root
     """
     try:
         root = check_root(root, comm.size)
-    except ValueError as error:  # the others are in the all-reduce: refuse it there too
-        comm.refuse("allreduce_many", error)
+    except ValueError as error:  # the others are in the broadcast: refuse it there too
+        comm.refuse("broadcast", error)
         raise  # (refuse raised it)
     items = list(params.values() if isinstance(params, Mapping) else params)
-    views, outs = _views_or_refuse(comm, items)
+    views, outs = _views_or_refuse(comm, items, "broadcast")
     twins = _first_twins(views)  # tied weights: one array under several state_dict keys
     distinct = [i for i, t in enumerate(twins) if t == i]
-    inputs = [views[i] if comm.rank == root else _module_of(views[i]).full_like(views[i], -0.0)
-              for i in distinct]
-    comm.allreduce_many(inputs, op="sum", algorithm="auto", out=[outs[i] for i in distinct])
+    modules = dict.fromkeys(_module(views[i]) for i in distinct)  # one broadcast per module
+    for module in modules:
+        chosen = [i for i in distinct if _module(views[i]) == module]
+        _broadcast_bytes(comm, [views[i] for i in chosen], [outs[i] for i in chosen], root)
     return [_returned(item, views[t], outs[t]) for item, t in zip(items, twins)]
+
+
+def _broadcast_bytes(comm: Communicator, views: list, outs: list, root: int) -> None:
+    """Rank root's `views` into every rank's `outs` (the root's only where an out is not
+    its view), as one broadcast of their bytes in 32-bit words."""
+    xp = _module_of(views[0])
+    ends = list(itertools.accumulate((v.nbytes for v in views), initial=0))
+    words = xp.zeros(-(-ends[-1] // 4), np.int32)
+    raw = words.view(np.uint8)
+    if comm.rank == root:
+        for view, lo, hi in zip(views, ends, ends[1:]):
+            raw[lo:hi] = xp.ascontiguousarray(view).reshape(-1).view(np.uint8)
+    comm.broadcast(words, root, out=words)
+    for view, out, lo, hi in zip(views, outs, ends, ends[1:]):
+        if comm.rank != root or out is not view:
+            out[...] = raw[lo:hi].view(out.dtype).reshape(out.shape)
 
 
 def _first_twins(views: list) -> list[int]:
@@ -268,15 +285,16 @@ def instance_name(comm: Communicator, kind: str) -> str:
     return f"{kind}{next(_created.setdefault(comm, itertools.count()))}"
 
 
-def _views_or_refuse(comm: Communicator, items: list) -> tuple[list, list]:
+def _views_or_refuse(comm: Communicator, items: list,
+                     collective: str = "allreduce_many") -> tuple[list, list]:
     """(array views of `items`, the buffers their results go to); an item that is no array
-    (a float, a JAX tracer) refuses the all-reduce on every rank, so the others do not
-    wait out the timeout."""
+    (a float, a JAX tracer) refuses `collective` on every rank, so the others do not wait
+    out the timeout."""
     try:
         views = [as_array(item) for item in items]
         return views, [_result_buffer(item, v) for item, v in zip(items, views)]
     except (TypeError, ValueError, BufferError) as error:  # BufferError: no DLPack export
-        comm.refuse("allreduce_many", error)
+        comm.refuse(collective, error)
         raise  # (refuse raised it)
 
 

@@ -169,6 +169,15 @@ def check_sync(comm, tally: Tally) -> None:
         expected = ValueError if r == p - 1 else collectives.MismatchError
         tally.check(type(error) is expected and "root" in str(error), f"bad root: {error!r}")
     tally.check(bool((comm.allreduce(np.ones(2)) == p).all()), "a call after the bad root")
+    # any dtype, bit for bit (a fused sum refused bool masks and quieted signalling NaNs,
+    # the root's too)
+    mask = torch.tensor([True, False, True]) if r == 0 else torch.zeros(3, dtype=torch.bool)
+    bits = np.array([0x7F800001, 0x7FA00000, 0x80000000], np.uint32)
+    snan = torch.from_numpy(bits.view(np.float32).copy()) if r == 0 else torch.zeros(3)
+    collectives.broadcast_parameters({"mask": mask, "snan": snan}, comm)
+    tally.check(mask.tolist() == [True, False, True], f"bool buffer: {mask}")
+    tally.check(np.array_equal(snan.numpy().view(np.uint32), bits),
+                f"signalling NaN bits: {[hex(b) for b in snan.numpy().view(np.uint32)]}")
     # tied weights (GPT-2's embedding and head): one tensor under two state_dict keys was
     # refused as two outs sharing memory; it is broadcast once
     tied = torch.full((2, 3), float(r + 1))
