@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
+import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -179,7 +180,7 @@ class GradSync:
         # Names its residuals: the same on every rank, as ranks make their GradSyncs in order.
         self._name = instance_name(comm, "gradsync")
         self._buckets: list[list] = []  # attach: parameters per bucket, in launch order
-        self._ready: list[int] = []  # per bucket, gradients ready this step
+        self._ready: list[set[int]] = []  # per bucket, ids of the parameters ready this step
         self._launched = 0  # buckets launched this step (always a prefix)
         self._handles: list[Handle] = []
         self._hooks: list = []
@@ -199,7 +200,9 @@ class GradSync:
         Parameters go into buckets of about `fusion_bytes` in reverse order of registration
         (roughly the order backward produces them, as DDP does); a bucket's all-reduce starts
         when all of its gradients are accumulated and every earlier bucket has started, so
-        every rank issues the same collectives in the same order.
+        every rank issues the same collectives in the same order. The ranks compare their
+        buckets here (one all-gather): ValueError on every rank where they differ (a layer
+        frozen on one rank only would pair other parameters' gradients).
         """
         if self._hooks:
             raise RuntimeError("this GradSync is already attached; make one GradSync per module")
@@ -216,10 +219,11 @@ class GradSync:
             bucket.append(p)
             size += nbytes
         self._buckets.append(bucket)
-        self._ready = [0] * len(self._buckets)
+        self._agree_on_buckets()
+        self._ready = [set() for _ in self._buckets]
         index = {id(p): b for b, members in enumerate(self._buckets) for p in members}
         self._hooks = [p.register_post_accumulate_grad_hook(
-            lambda param, b=index[id(p)]: self._grad_ready(b)) for p in params]
+            lambda param, b=index[id(p)]: self._grad_ready(param, b)) for p in params]
         return self
 
     def wait(self) -> None:
@@ -238,7 +242,7 @@ class GradSync:
                 handle.wait()
         finally:
             self._handles.clear()
-            self._ready = [0] * len(self._buckets)
+            self._ready = [set() for _ in self._buckets]
             self._launched = 0
 
     def detach(self) -> None:
@@ -248,18 +252,34 @@ class GradSync:
         self._hooks = []
         self._buckets = []
 
-    def _grad_ready(self, bucket: int) -> None:
+    def _grad_ready(self, param, bucket: int) -> None:
         if bucket < self._launched:
             raise CollectiveError(
                 f"a gradient of bucket {bucket} arrived after its all-reduce started: call "
                 "GradSync.wait() after every backward (gradient accumulation over several "
-                "backwards needs a detach() meanwhile)")
-        self._ready[bucket] += 1
+                "backwards needs a detach() meanwhile); a model that accumulates a "
+                "parameter's gradient twice within one backward (reentrant checkpointing "
+                "runs a backward inside it) needs sync() after backward instead")
+        self._ready[bucket].add(id(param))  # (counted once: a bucket waits for them all)
         complete = self._launched
         buckets = self._buckets
-        while complete < len(buckets) and self._ready[complete] >= len(buckets[complete]):
+        while complete < len(buckets) and len(self._ready[complete]) == len(buckets[complete]):
             complete += 1
         self._launch(complete)
+
+    def _agree_on_buckets(self) -> None:
+        """ValueError on every rank when the ranks' buckets differ (count, shapes, dtypes)."""
+        layout = repr([[(tuple(p.shape), str(p.dtype)) for p in b] for b in self._buckets])
+        mine = np.array([zlib.crc32(layout.encode()), sum(map(len, self._buckets)),
+                         len(self._buckets)], np.int64)
+        rows = self.comm.allgather(mine)
+        if not (rows == rows[0]).all():
+            said = ", ".join(f"rank {r}: {n} parameters in {b} buckets"
+                             for r, (_, n, b) in enumerate(rows.tolist()))
+            self._buckets = []
+            raise ValueError(f"GradSync.attach: the ranks' parameters that require grad differ "
+                             f"({said}; or their shapes or dtypes): make every rank freeze the "
+                             f"same ones")
 
     def _launch(self, up_to: int) -> None:
         """Start the all-reduces of buckets [launched, up_to)."""

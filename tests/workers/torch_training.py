@@ -13,6 +13,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 import collectives
+from collectives import CollectiveError
 from collectives.hooks.torch import (DistributedOptimizer, HookState, allreduce_hook,
                                      init_process_group)
 from tests.workers.common import Tally
@@ -206,6 +207,54 @@ def check_two_hooks(comm, tally: Tally) -> None:
     comm.clear_error_feedback()
 
 
+def check_attach_refusals(comm, tally: Tally) -> None:
+    """A layer frozen on one rank only: attach bucketed each rank's own parameters, so a
+    rank averaged its gradients with another parameter's (or waited for buckets no one
+    sent). And a gradient accumulated twice in one backward launched its bucket at the
+    first, then blamed a missing wait()."""
+    r, p = comm.rank, comm.size
+    model = torch.nn.Sequential(*(torch.nn.Linear(3, 3) for _ in range(3)))
+    if r == p - 1:
+        model[1].requires_grad_(False)
+    try:
+        collectives.GradSync(comm, fusion_bytes=64).attach(model)
+        tally.check(p == 1, "attach with a layer frozen on one rank only went through")
+    except ValueError as error:
+        tally.check("parameters that require grad differ" in str(error), f"attach: {error}")
+    layer = torch.nn.Linear(3, 3)
+    sync = collectives.GradSync(comm, fusion_bytes=1 << 20).attach(layer)
+    x = torch.ones(2, 3)
+    try:  # a second backward before wait()
+        layer(x).sum().backward()
+        layer(x).sum().backward()
+        tally.check(False, "a second backward into a launched bucket went unnoticed")
+    except CollectiveError as error:
+        tally.check("call GradSync.wait() after every backward" in str(error),
+                    f"second backward: {error}")
+    sync.wait()
+    for q in layer.parameters():
+        q.grad = None
+
+    class Twice(torch.autograd.Function):  # a backward that accumulates into w twice
+        @staticmethod
+        def forward(ctx, w):
+            return w * 1.0
+
+        @staticmethod
+        def backward(ctx, grad):
+            with torch.enable_grad():  # a backward inside, as reentrant checkpointing runs
+                (layer.weight * 2.0).sum().backward()
+            return grad
+
+    try:
+        (Twice.apply(layer.weight) + layer.bias.sum()).sum().backward()
+        tally.check(False, "a gradient accumulated twice in one backward went unnoticed")
+    except CollectiveError as error:
+        tally.check("twice within one backward" in str(error), f"twice: {error}")
+    sync.wait()
+    sync.detach()
+
+
 def main() -> None:
     torch.set_num_threads(1)
     comm = collectives.init()
@@ -215,6 +264,7 @@ def main() -> None:
     check_sync(comm, tally)
     check_training(comm, tally)
     check_two_hooks(comm, tally)
+    check_attach_refusals(comm, tally)
     tally.finish()
 
 
