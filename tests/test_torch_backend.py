@@ -59,11 +59,23 @@ def test_rows_view_library_dtypes_and_word_multiples():
 
 def test_rows_pad_other_sizes_and_write_back_on_finish():
     raw = torch.zeros(6, dtype=torch.uint8)
-    rows = Rows(raw, 2)  # 3 bytes a row: padded to a word, a copy
-    rows.array[:] = 0x7F050403
+    rows = Rows(raw, 2)  # 3 bytes a row: padded to a word, a copy, then the byte count
+    assert rows.array.shape == (2, 2) and rows.array[:, 1].tolist() == [3, 3]
+    rows.array[:, 0] = 0x7F050403
     assert not raw.any()
     rows.finish()
     assert raw.tolist() == [3, 4, 5, 3, 4, 5]
+
+
+def test_rows_of_another_byte_count_are_refused_on_finish():
+    """Rows of 2 and 3 bytes pad to one word alike: a row that arrives with another byte
+    count was written into the tensor, padding included."""
+    raw = torch.full((3,), 9, dtype=torch.uint8)
+    rows = Rows(raw)
+    rows.array[0] = [0x01020304, 2]  # a row of 2 bytes from a peer
+    with pytest.raises(ValueError, match="a row of 2 bytes arrived for a tensor row of 3"):
+        rows.finish()
+    assert raw.tolist() == [9, 9, 9]
 
 
 def test_rows_refuse_strided_tensors_and_uneven_rows():

@@ -5,7 +5,8 @@ int64), any layout, viewed without a copy (`gradsync.as_array`). Collectives tha
 data (broadcast, all-gather, all-to-all, send and recv) take contiguous tensors of any dtype,
 seen as `rows`: a tensor of a library dtype is viewed as it is; any other dtype (uint8 of
 pickled objects, bool masks) travels as its bytes in 32-bit words: a view when a row's bytes
-are a multiple of 4, else a padded copy that `finish()` writes back.
+are a multiple of 4, else a padded copy with one more word, the row's byte count, that
+`finish()` checks (ranks with rows of 2 and 3 bytes would pad alike) and writes back.
 
 Example::
 
@@ -98,11 +99,20 @@ class Rows:
             self.array = raw.view(_WORD)
             return
         words = -(-raw.shape[1] // _WORD.itemsize)
-        self.array = np.zeros((rows, words), _WORD)
+        self.array = np.zeros((rows, words + 1), _WORD)  # the last word: the row's bytes
         self.array.view(np.uint8)[:, :raw.shape[1]] = raw
+        self.array[:, -1] = raw.shape[1]
         self._bytes = raw
 
     def finish(self) -> None:
-        """Write a copy's contents back into the tensor (nothing to do for a view)."""
-        if self._bytes is not None:
-            self._bytes[...] = self.array.view(np.uint8)[:, :self._bytes.shape[1]]
+        """Write a copy's contents back into the tensor (nothing to do for a view);
+        ValueError, the tensor untouched, where a row of another byte count arrived."""
+        if self._bytes is None:
+            return
+        length = self._bytes.shape[1]
+        arrived = self.array[:, -1]
+        if (arrived != length).any():
+            raise ValueError(f"backend 'collectives': a row of {int(arrived[arrived != length][0])}"
+                             f" bytes arrived for a tensor row of {length} bytes (the ranks' "
+                             "tensors differ in size); the tensor is left as it was")
+        self._bytes[...] = self.array.view(np.uint8)[:, :length]

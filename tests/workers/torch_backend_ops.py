@@ -187,6 +187,14 @@ def check_one_rank_refusals(group, tally: Tally) -> None:
             tally.check(False, "all_to_all blocks of 1 row into 2 rows accepted")
         except ValueError as error:
             tally.check("expects" in str(error), f"all_to_all sizes that differ: {error}")
+    # bytes of 3 and 2 elements pad to one word alike: the rows carry their byte counts
+    odd_bytes = torch.full((3 if r == 0 else 2,), 9, dtype=torch.uint8)
+    try:
+        dist.broadcast(odd_bytes, root, group=group)
+        tally.check(r == 0, f"uint8 of 3 bytes broadcast into 2: {odd_bytes}")
+    except ValueError as error:
+        tally.check(r != 0 and "a row of 3 bytes arrived for a tensor row of 2" in str(error)
+                    and odd_bytes.tolist() == [9, 9], f"uint8 sizes that differ: {error}")
     both = torch.arange(2.0 * p) + 10 * r  # in place with equal splits (was "overlaps")
     dist.all_to_all_single(both, both, group=group)
     want = torch.tensor([10.0 * q + 2 * r + i for q in range(p) for i in range(2)])
