@@ -55,6 +55,10 @@ def as_array(x) -> Any:
         >>> t = torch.zeros(3); a = as_array(t); a += 1; t
         tensor([1., 1., 1.])
     """
+    if getattr(getattr(x, "dtype", None), "names", None):  # records, such as JAX's float0
+        raise TypeError(f"unsupported dtype {x.dtype}: a leaf with no values "
+                        "(jax.grad(..., allow_int=True) gives float0 for integer inputs); "
+                        "leave such leaves out")
     if isinstance(x, np.ndarray) or _module(x) == "cupy":
         return x
     if not hasattr(x, "__dlpack_device__"):

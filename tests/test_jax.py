@@ -20,6 +20,17 @@ from tests.test_hooks_torch import comm  # noqa: E402,F401  a one-rank communica
 from tests.test_torchrun import torchrun  # noqa: E402
 
 
+def test_float0_leaves_are_refused_by_name(comm):  # noqa: F811
+    """jax.grad(..., allow_int=True) gives float0 leaves for integer inputs: a NumPy error
+    about changing to a smaller dtype named neither the leaf nor its dtype."""
+    grads = jax.grad(lambda x, i: (x * i).sum(), argnums=(0, 1), allow_int=True)(
+        jnp.ones(3), jnp.arange(3))
+    with pytest.raises(TypeError, match=r"unsupported dtype \[\('float0', 'V'\)\]: a leaf "
+                                        "with no values"):
+        tree_average(grads, collectives.GradSync(comm))
+    assert as_array(grads[0]).dtype == np.float32 and as_array(jnp.ones(2, jnp.bfloat16)).size == 2
+
+
 def test_jax_arrays_are_read_in_place():
     x = jnp.arange(12, dtype=jnp.float32).reshape(3, 4)
     view = as_array(x)
