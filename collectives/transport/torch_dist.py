@@ -168,10 +168,20 @@ class TorchDistTransport:
         self._wait(work, deadline, "native gloo all-to-all")
 
     def p2p_send(self, buf: np.ndarray, peer: int, tag: int):
+        self._not_to_self(peer, "send")
         return self._messages.send(buf, peer, tag)
 
     def p2p_recv(self, buf: np.ndarray, peer: int, tag: int):
+        self._not_to_self(peer, "recv")
         return self._messages.recv(buf, peer, tag)
+
+    def _not_to_self(self, peer: int, what: str) -> None:
+        """gloo connects a rank to the others only: a message to itself failed with gloo's
+        "Pair is not connected" (under mpiexec the MPI transport takes it)."""
+        if peer == self.rank:
+            raise CollectiveError(f"rank {self.rank}: {what} with itself is not supported by "
+                                  "the torch transport (gloo pairs connect distinct ranks); "
+                                  "copy the array instead")
 
     def p2p_drop(self, request, send: bool) -> None:
         """A message nobody will wait for: kept alive with its buffer. gloo cannot cancel a

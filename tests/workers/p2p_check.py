@@ -30,6 +30,16 @@ def main() -> None:
         sent.wait()
         tally.check(np.array_equal(got, rank_data(COUNT, dtype, prev)), f"{np.dtype(dtype)} ring")
         tally.check(bool((handle.wait() == p).all()), "the collective beside the messages")
+    try:  # to itself: MPI delivers it; gloo's pairs connect distinct ranks only (it failed
+        # with gloo's "Pair is not connected")
+        back = comm.isend(np.arange(3.0), dst=me, tag=7)
+        got = comm.recv(np.empty(3), src=me, tag=7)
+        back.wait()
+        tally.check(comm.transport_name != "torch" and np.array_equal(got, np.arange(3.0)),
+                    f"to itself over {comm.transport_name}: {got}")
+    except collectives.CollectiveError as error:
+        tally.check(comm.transport_name == "torch" and "with itself" in str(error),
+                    f"to itself over {comm.transport_name}: {error}")
     for bad, text in ((p, f"dst must be a rank in [0, {p})"), (-1, "dst must be a rank")):
         try:
             comm.send(np.ones(2), dst=bad)
