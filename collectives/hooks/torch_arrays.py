@@ -111,8 +111,9 @@ class Rows:
             return
         length = self._bytes.shape[1]
         arrived = self.array[:, -1]
-        if (arrived != length).any():
-            raise ValueError(f"backend 'collectives': a row of {int(arrived[arrived != length][0])}"
-                             f" bytes arrived for a tensor row of {length} bytes (the ranks' "
-                             "tensors differ in size); the tensor is left as it was")
+        other = arrived[arrived != length]
+        if other.size:
+            raise ValueError(f"backend 'collectives': a row of {int(other[0])} bytes arrived "
+                             f"for a tensor row of {length} bytes (the ranks' tensors differ "
+                             "in size); the tensor is left as it was")
         self._bytes[...] = self.array.view(np.uint8)[:, :length]

@@ -20,8 +20,8 @@ Example::
 """
 from __future__ import annotations
 
-import os
 import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
