@@ -226,8 +226,12 @@ class GradSync:
         self._agree_on_buckets()
         self._ready = [set() for _ in self._buckets]
         index = {id(p): b for b, members in enumerate(self._buckets) for p in members}
-        self._hooks = [p.register_post_accumulate_grad_hook(
-            lambda param, b=index[id(p)]: self._grad_ready(param, b)) for p in params]
+        # Before autograd adds a gradient into p.grad: refuse one for a bucket on the wire
+        # (the all-reduce reads and writes p.grad). After: count it in.
+        self._hooks = [hook for p in params for hook in (
+            p.register_hook(lambda grad, b=index[id(p)]: self._check_open(b) or grad),
+            p.register_post_accumulate_grad_hook(
+                lambda param, b=index[id(p)]: self._grad_ready(param, b)))]
         return self
 
     def wait(self) -> None:
@@ -256,7 +260,8 @@ class GradSync:
         self._hooks = []
         self._buckets = []
 
-    def _grad_ready(self, param, bucket: int) -> None:
+    def _check_open(self, bucket: int) -> None:
+        """CollectiveError, before autograd writes, for a gradient of a launched bucket."""
         if bucket < self._launched:
             raise CollectiveError(
                 f"a gradient of bucket {bucket} arrived after its all-reduce started: call "
@@ -264,6 +269,8 @@ class GradSync:
                 "backwards needs a detach() meanwhile); a model that accumulates a "
                 "parameter's gradient twice within one backward (reentrant checkpointing "
                 "runs a backward inside it) needs sync() after backward instead")
+
+    def _grad_ready(self, param, bucket: int) -> None:
         self._ready[bucket].add(id(param))  # (counted once: a bucket waits for them all)
         complete = self._launched
         buckets = self._buckets

@@ -231,7 +231,10 @@ def check_attach_refusals(comm, tally: Tally) -> None:
     except CollectiveError as error:
         tally.check("call GradSync.wait() after every backward" in str(error),
                     f"second backward: {error}")
-    sync.wait()
+    sync.wait()  # refused before autograd wrote: the first backward's average, every rank
+    first = [torch.full((3, 3), 2.0), torch.full((3,), 2.0)]  # d sum(Wx + b) over 2 rows
+    tally.check(all(torch.equal(q.grad, want) for q, want in zip(layer.parameters(), first)),
+                f"gradients after a refused second backward: {[q.grad for q in layer.parameters()]}")
     for q in layer.parameters():
         q.grad = None
 
