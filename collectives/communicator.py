@@ -12,7 +12,9 @@ ranks (collectives.agreement); `abort()` ends the job.
 """
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -397,6 +399,21 @@ class Communicator:
                 comm.refuse("allreduce_many", error)
         """
         self._run(Refused(collective, issuer("sync"), error))
+
+    @contextlib.contextmanager
+    def refusing(self, collective: str) -> Iterator[None]:
+        """`refuse(collective, error)` for a TypeError, ValueError or BufferError (no DLPack
+        export) that the checks inside raise: the error here, MismatchError on the peers.
+
+        Example::
+
+            with comm.refusing("allreduce_many"):
+                views = [as_array(t) for t in tensors]
+        """
+        try:
+            yield
+        except (TypeError, ValueError, BufferError) as error:
+            self.refuse(collective, error)
 
     def _check_open(self, what: str) -> None:
         if self._closed:

@@ -111,11 +111,8 @@ def broadcast_parameters(params: Iterable | Mapping, comm: Communicator, *, root
 
         collectives.broadcast_parameters(model.state_dict(), comm)
     """
-    try:
+    with comm.refusing("broadcast"):  # the others are in the broadcast: refused there too
         root = check_root(root, comm.size)
-    except ValueError as error:  # the others are in the broadcast: refuse it there too
-        comm.refuse("broadcast", error)
-        raise  # (refuse raised it)
     items = list(params.values() if isinstance(params, Mapping) else params)
     views, outs = _views_or_refuse(comm, items, "broadcast")
     twins = _first_twins(views)  # tied weights: one array under several state_dict keys
@@ -321,12 +318,9 @@ def _views_or_refuse(comm: Communicator, items: list,
     """(array views of `items`, the buffers their results go to); an item that is no array
     (a float, a JAX tracer) refuses `collective` on every rank, so the others do not wait
     out the timeout."""
-    try:
+    with comm.refusing(collective):
         views = [as_array(item) for item in items]
         return views, [_result_buffer(item, v) for item, v in zip(items, views)]
-    except (TypeError, ValueError, BufferError) as error:  # BufferError: no DLPack export
-        comm.refuse(collective, error)
-        raise  # (refuse raised it)
 
 
 def _module(x) -> str:

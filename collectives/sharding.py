@@ -75,11 +75,8 @@ class ShardedSync:
         """This rank's shard of the average of every rank's gradients (one reduce-scatter).
         Gradients that do not fit refuse it on every rank (MismatchError on the others)."""
         grads = list(grads)
-        try:
+        with self.comm.refusing("reduce_scatter"):
             self._check_grads(grads)
-        except (TypeError, ValueError) as error:
-            self.comm.refuse("reduce_scatter", error)
-            raise  # (refuse raised it)
         kernels.pack(grads, self._flat)
         return self.comm.reduce_scatter(self._flat, op="avg", algorithm=self.algorithm,
                                         compression=self.compression)
@@ -99,11 +96,8 @@ class ShardedSync:
     def gather(self, shard) -> None:
         """Write every rank's updated shard into the parameters (one all-gather). A shard
         that does not fit refuses it on every rank (MismatchError on the others)."""
-        try:
+        with self.comm.refusing("allgather"):
             self._check_shard(shard)
-        except (TypeError, ValueError) as error:
-            self.comm.refuse("allgather", error)
-            raise  # (refuse raised it)
         pieces = self.comm.allgather(_padded(shard, self._longest()), algorithm=self.algorithm,
                                      compression=self.compression)
         for r, (a, b) in enumerate(split_bounds(0, self._flat.size, self.comm.size)):

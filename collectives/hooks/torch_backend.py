@@ -56,11 +56,8 @@ def _refusing(collective: str):
     def wrap(method):
         @functools.wraps(method)
         def op(self, *args, **kwargs):
-            try:
+            with self.comm.refusing(collective):
                 return method(self, *args, **kwargs)
-            except (TypeError, ValueError, BufferError) as error:
-                self.comm.refuse(collective, error)
-                raise  # (refuse raised it)
         return op
     return wrap
 
