@@ -4,7 +4,7 @@ Sends and receives travel on a channel of their own (the transport's `p2p_*` met
 private communicator), so they never match a collective's messages, and they are not part
 of the collectives' issue order: no agreement check, any thread may post them. Their
 waits are bounded by the communicator's timeout and name the peer; a receive of the wrong
-size is refused by name.
+size is refused by name, its buffer untouched.
 
 Example::
 
@@ -76,8 +76,7 @@ class Message:
             raise CollectiveError(f"{self._what} failed before: {state}")
         if not state:
             try:
-                self._state = self._transport.p2p_test(
-                    self._request, None if self._send else self._buffer.nbytes, self._what)
+                self._state = self._transport.p2p_test(self._request, self._what)
             except CollectiveError as error:
                 self._state = error
                 raise

@@ -42,8 +42,8 @@ class LeftToMPI:
     def p2p_drop(self, request, send: bool) -> None:
         self.mpi.p2p_drop(request, send)
 
-    def p2p_test(self, request, nbytes: int, what: str) -> bool:
-        return self.mpi.p2p_test(request, nbytes, what)
+    def p2p_test(self, request, what: str) -> bool:
+        return self.mpi.p2p_test(request, what)
 
     def exchange_records(self, record: np.ndarray, deadline: float, what: str) -> np.ndarray:
         return self.mpi.exchange_records(record, deadline, what)

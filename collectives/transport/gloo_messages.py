@@ -8,10 +8,10 @@ receive shorter than its message aborts the process. So:
   above every collective's (which are below 2**15), so they never match a plan's messages;
 - a thread per message waits for it with no time limit and sets a flag that `test()` reads;
   the caller polls, and its deadline bounds the wait;
-- a receive posts the receive of the bytes once the header says how many, into its buffer
-  when they fit (a shorter message is then reported), into scratch when not (reported as
-  truncated); in the order its receives were posted from that peer with that tag, the
-  order gloo matches them in;
+- a receive posts the receive of the bytes once the header says how many: into its buffer
+  when the sizes agree, into scratch when not (reported, the buffer untouched); in the
+  order its receives were posted from that peer with that tag, the order gloo matches
+  them in;
 - `close_connections()` makes every pending request of the group fail at once, so that
   their threads end: after a timeout (the group is unusable then, as after a collective's)
   and before the group is destroyed (a pending wait there aborts the process).
@@ -172,7 +172,7 @@ class _Receive(_Message):
             if self.before is not None:
                 self.before.posted.wait()
                 self.before = None
-            into = self.buf[:nbytes] if nbytes <= room else torch.empty(nbytes, dtype=torch.uint8)
+            into = self.buf if nbytes == room else torch.empty(nbytes, dtype=torch.uint8)
             work = None if not nbytes else dist.irecv(
                 into, group=self.messages.group, group_src=self.key[0],
                 tag=_TAGS + 2 * self.key[1] + 1)
@@ -180,7 +180,8 @@ class _Receive(_Message):
             self.messages._posted(self)
         if work is not None:
             work.wait(_NO_LIMIT)
-        if nbytes > room:
-            self.problem = f": message truncated: it has {nbytes} bytes, the buffer {room}"
-        elif nbytes < room:
-            self.problem = f": the message has {nbytes} bytes, the buffer {room}"
+        if nbytes != room:
+            self.problem = (f": message truncated: it has {nbytes} bytes, the buffer {room}"
+                            if nbytes > room else
+                            f": the message has {nbytes} bytes, the buffer {room}"
+                            ) + "; the buffer was not written"

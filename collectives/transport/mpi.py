@@ -28,6 +28,7 @@ import kernels
 
 from ..errors import CollectiveError, CollectiveTimeout, PeerError
 from .base import RECORD_CAPACITY, Notice
+from .mpi_receives import ProbedReceive, ProbedReceives
 from .polling import BUSY_POLLS, poll
 
 __all__ = ["MPITransport", "as_bytes"]
@@ -240,6 +241,7 @@ class MPITransport:
         self.size = comm.Get_size()
         self._control = comm.Dup()
         self._p2p = comm.Dup()  # point-to-point messages, apart from every collective's
+        self._receives = ProbedReceives(self._p2p)
         self._records = _Records(self._control, self.rank, self.size)
         self._notices = _Notices(self._control)
         self._seq = 0
@@ -335,26 +337,25 @@ class MPITransport:
     def p2p_send(self, buf: np.ndarray, peer: int, tag: int) -> MPI.Request:
         return self._p2p.Isend(as_bytes(buf), peer, tag)
 
-    def p2p_recv(self, buf: np.ndarray, peer: int, tag: int) -> MPI.Request:
-        return self._p2p.Irecv(as_bytes(buf), peer, tag)
+    def p2p_recv(self, buf: np.ndarray, peer: int, tag: int) -> ProbedReceive:
+        """A receive that takes its message only if it has buf's size (mpi_receives)."""
+        return self._receives.post(buf.view(np.uint8), peer, tag)
 
-    def p2p_drop(self, request: MPI.Request, send: bool) -> None:
+    def p2p_drop(self, request, send: bool) -> None:
         """A message nobody will wait for: abandoned (a receive cancelled, the request and
         its buffer kept alive)."""
         self.abandon([request] if send else [], [] if send else [request])
 
-    def p2p_test(self, request: MPI.Request, nbytes: int | None, what: str) -> bool:
-        """Whether a p2p request completed; CollectiveError if it failed, or if a received
-        message (`nbytes` expected; None for a send) was shorter (a longer one fails)."""
-        status = MPI.Status()
+    def p2p_test(self, request, what: str) -> bool:
+        """Whether a p2p send or receive completed; CollectiveError if it failed (a received
+        message of another size than the buffer fails, the buffer untouched)."""
+        if isinstance(request, ProbedReceive):
+            return self._receives.test(request, what)
         try:
-            done = request.Test(status)
+            return request.Test()
         except MPI.Exception as error:
             reason = error.Get_error_string().splitlines()[-1].strip()
             raise CollectiveError(f"{what} failed: {reason}") from None
-        if done and nbytes is not None and status.Get_count(MPI.BYTE) != nbytes:
-            raise CollectiveError(f"{what}: the message has {status.Get_count(MPI.BYTE)} bytes")
-        return done
 
     # ------------------------------------------------------------------ control
 

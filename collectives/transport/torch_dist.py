@@ -189,9 +189,9 @@ class TorchDistTransport:
         usable (closing its connections is for timeouts)."""
         self._abandoned.append(request)
 
-    def p2p_test(self, request, nbytes: int | None, what: str) -> bool:
+    def p2p_test(self, request, what: str) -> bool:
         """Whether a p2p request completed; CollectiveError if it failed, or if a received
-        message was not `nbytes` long (the receive knows its length)."""
+        message had another size than its buffer (then not written)."""
         return request.test(what)
 
     def abandon(self, sends: Sequence, receives: Sequence) -> None:

@@ -46,20 +46,8 @@ def main() -> None:
             tally.check(False, f"dst={bad}: no error")
         except ValueError as error:
             tally.check(text in str(error), f"dst={bad}: {error}")
-    if me == 0:
-        comm.send(np.ones(8, np.int64), dst=1, tag=9)
-        comm.send(np.ones(8, np.int64), dst=1, tag=10)
-    elif me == 1:
-        try:
-            comm.recv(np.empty(4, np.int64), src=0, tag=9)
-            tally.check(False, "a too-small receive raised nothing")
-        except collectives.CollectiveError as error:
-            tally.check("truncated" in str(error), f"unclear error: {error}")
-        try:
-            comm.recv(np.empty(16, np.int64), src=0, tag=10)
-            tally.check(False, "a too-large receive raised nothing")
-        except collectives.CollectiveError as error:
-            tally.check("the message has 64 bytes" in str(error), f"unclear error: {error}")
+    check_wrong_sizes(comm, tally)
+    check_posting_order(comm, tally)
     comm.barrier()
     short = collectives.init(timeout=1)
     early = collectives.init(timeout=1)  # (over gloo a timeout leaves short unusable)
@@ -83,6 +71,44 @@ def main() -> None:
     except collectives.CollectiveError as error:
         tally.check("isend: this communicator is closed" in str(error), f"after close: {error}")
     tally.finish()
+
+
+def check_wrong_sizes(comm, tally) -> None:
+    """A receive whose message is longer or shorter than its buffer raises, naming both
+    sizes, and leaves the buffer as it was (the message landed in it first); the next
+    message of that tag arrives whole."""
+    if comm.rank == 0:
+        for tag in (9, 10):
+            comm.send(np.arange(8, dtype=np.int64), dst=1, tag=tag)
+            comm.send(np.full(4, 5, np.int64), dst=1, tag=tag)
+    elif comm.rank == 1:
+        for tag, count, text in ((9, 4, "message truncated: it has 64 bytes, the buffer 32"),
+                                 (10, 16, "the message has 64 bytes, the buffer 128")):
+            buffer = np.full(count, -1, np.int64)
+            try:
+                comm.recv(buffer, src=0, tag=tag)
+                tally.check(False, f"a receive of {count} for 8 elements raised nothing")
+            except collectives.CollectiveError as error:
+                tally.check(text in str(error) and "not written" in str(error),
+                            f"unclear error: {error}")
+            tally.check(bool((buffer == -1).all()), f"the refused receive wrote {buffer}")
+            got = comm.recv(np.empty(4, np.int64), src=0, tag=tag)
+            tally.check(bool((got == 5).all()), f"the message after a refused one: {got}")
+    comm.barrier()
+
+
+def check_posting_order(comm, tally) -> None:
+    """Receives of one peer and tag take its messages in the order they were posted, also
+    when the later one is waited for first."""
+    if comm.rank == 0:
+        for value in (1.0, 2.0, 3.0):
+            comm.send(np.full(3, value), dst=1, tag=15)
+    elif comm.rank == 1:
+        first, second = (comm.irecv(np.empty(3), src=0, tag=15) for _ in range(2))
+        third = comm.irecv(np.empty(3), src=0, tag=15)
+        got = [third.wait()[0], second.wait()[0], first.wait()[0]]
+        tally.check(got == [3.0, 2.0, 1.0], f"receives waited in reverse order got {got}")
+    comm.barrier()
 
 
 def check_posted_early(comm, tally) -> None:
