@@ -37,14 +37,15 @@ class HookState:
     """What `allreduce_hook` needs: the communicator and the all-reduce's options.
 
     `error_feedback=True` (with a compression) carries each bucket's rounding error into
-    its next step.
+    its next step. A bucket's residual belongs to its parameters: when DDP rebuilds its
+    buckets (after the first step), a bucket index holding other parameters starts afresh.
 
     Example::
 
         ddp.register_comm_hook(HookState(comm, compression="fp16"), allreduce_hook)
     """
 
-    __slots__ = ("comm", "algorithm", "compression", "error_feedback", "name")
+    __slots__ = ("comm", "algorithm", "compression", "error_feedback", "name", "_buckets")
 
     def __init__(self, comm: Communicator, algorithm: str = "auto",
                  compression: str | None = None, error_feedback: bool = False):
@@ -54,6 +55,18 @@ class HookState:
         self.compression = compression
         self.error_feedback = error_feedback
         self.name = instance_name(comm, "ddp")  # its buckets' residuals, apart from others'
+        self._buckets: dict[int, tuple[tuple, int]] = {}  # index -> (its parameters, layout #)
+
+    def residual_name(self, bucket: dist.GradBucket) -> str:
+        """The name of `bucket`'s residual: its index and which of the parameter sets that
+        index held (counted alike on every rank: DDP rebuilds every rank's buckets alike)."""
+        index = bucket.index()
+        params = tuple(map(id, bucket.parameters()))
+        held, layout = self._buckets.get(index, (None, -1))
+        if params != held:
+            layout += 1
+            self._buckets[index] = (params, layout)
+        return f"{self.name}-bucket-{index}.{layout}"
 
 
 def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
@@ -70,7 +83,7 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
     """
     tensor = bucket.buffer()
     view = as_array(tensor)
-    feedback = f"{state.name}-bucket-{bucket.index()}" if state.error_feedback else False
+    feedback = state.residual_name(bucket) if state.error_feedback else False
     handle = state.comm.allreduce_async(view, op="avg", algorithm=state.algorithm,
                                         compression=state.compression, out=view,
                                         error_feedback=feedback)

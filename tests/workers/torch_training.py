@@ -207,6 +207,39 @@ def check_two_hooks(comm, tally: Tally) -> None:
     comm.clear_error_feedback()
 
 
+class _Chain(torch.nn.Module):
+    """b(a(x)): a registered first, b's gradient ready first."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = (torch.nn.Linear(64, 64, bias=False) for _ in range(2))
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def check_rebuilt_buckets(comm, tally: Tally) -> None:
+    """DDP rebuilds its buckets after the first step: bucket 0 held [a, b], then [b, a] (the
+    order gradients came in), the same size. The residual named by the bucket's index
+    alone carried a's rounding error into b's gradient, which is exactly zero here."""
+    torch.manual_seed(0)
+    chain = _Chain()
+    a, b = chain.a, chain.b
+    with torch.no_grad():
+        a.weight.zero_()  # b's gradient, d/dW_b of sum(W_b a(x)), is then exactly zero
+    model = DistributedDataParallel(chain, bucket_cap_mb=0.02)
+    model.register_comm_hook(HookState(comm, compression="fp16", error_feedback=True),
+                             allreduce_hook)
+    x = torch.ones(1, 64)
+    for step in range(3):
+        for q in (a.weight, b.weight):
+            q.grad = None
+        (model(x).sum() * (1.0 / 3.0 + 1e-4 * comm.rank)).backward()  # a's: not exact in fp16
+        tally.check(bool((b.weight.grad == 0).all()),
+                    f"step {step}: b's zero gradient got {b.weight.grad.abs().max()}")
+    comm.clear_error_feedback()
+
+
 def check_attach_refusals(comm, tally: Tally) -> None:
     """A layer frozen on one rank only: attach bucketed each rank's own parameters, so a
     rank averaged its gradients with another parameter's (or waited for buckets no one
@@ -267,6 +300,7 @@ def main() -> None:
     check_sync(comm, tally)
     check_training(comm, tally)
     check_two_hooks(comm, tally)
+    check_rebuilt_buckets(comm, tally)
     check_attach_refusals(comm, tally)
     tally.finish()
 
