@@ -13,7 +13,6 @@ ranks (collectives.agreement); `abort()` ends the job.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -24,11 +23,11 @@ from .calls.allgather import allgather_call
 from .calls.allreduce import allreduce_call, allreduce_many_call
 from .calls.alltoall import alltoall_call
 from .calls.barrier import Barrier
-from .calls.base import Refused, issuer
+from .calls.base import Refused, execute, issuer
 from .calls.broadcast import broadcast_call
 from .calls.reduce import reduce_call
 from .calls.reduce_scatter import reduce_scatter_call
-from .calls.small import SmallLane
+from .calls.small import GENERAL, SmallLane
 from .config import Settings
 from .execution import PlanRunner
 from .failure import end_job
@@ -64,7 +63,7 @@ class Communicator:
                               debug=settings.debug)
         self._ctx = Context(transport, agreement, reducer, settings, topology)
         self._progress = ProgressEngine()
-        self._lane = SmallLane(transport, agreement, reducer, settings, self._progress)
+        self._lane = SmallLane(self._ctx, self._progress)
         self._timeout = settings.timeout
         self._closed = False
 
@@ -189,8 +188,9 @@ class Communicator:
 
             shard = comm.reduce_scatter(grad, op="avg")      # FSDP: the gradient shard
         """
-        return self._run(self._reduce_scatter(x, out, op, algorithm, compression,
-                                              deterministic, "sync"))
+        return self._sync(("reduce_scatter", op, algorithm, compression, deterministic), x, out,
+                          lambda: self._reduce_scatter(x, out, op, algorithm, compression,
+                                                       deterministic, "sync"))
 
     def reduce_scatter_async(self, x, op: str | Op = "sum", algorithm: str | None = None,
                              compression: str | None = None, out=None, *,
@@ -208,7 +208,8 @@ class Communicator:
 
             params = comm.allgather(shard)            # params[r] is rank r's shard
         """
-        return self._run(self._allgather(x, out, algorithm, compression, "sync"))
+        return self._sync(("allgather", algorithm, compression), x, out,
+                          lambda: self._allgather(x, out, algorithm, compression, "sync"))
 
     def allgather_async(self, x, algorithm: str | None = None, out=None, *,
                         compression: str | None = None) -> Handle:
@@ -223,7 +224,8 @@ class Communicator:
 
             weights = comm.broadcast(weights, root=0, out=weights)
         """
-        return self._run(self._broadcast(x, out, root, algorithm, "sync"))
+        return self._sync(("broadcast", root, algorithm), x, out,
+                          lambda: self._broadcast(x, out, root, algorithm, "sync"))
 
     def broadcast_async(self, x, root: int = 0, algorithm: str | None = None,
                         out=None) -> Handle:
@@ -238,8 +240,9 @@ class Communicator:
 
             total = comm.reduce(loss, root=0)
         """
-        return self._run(self._reduce(x, out, root, op, algorithm, compression, deterministic,
-                                      "sync"))
+        return self._sync(("reduce", root, op, algorithm, compression, deterministic), x, out,
+                          lambda: self._reduce(x, out, root, op, algorithm, compression,
+                                               deterministic, "sync"))
 
     def reduce_async(self, x, root: int = 0, op: str | Op = "sum",
                      algorithm: str | None = None, compression: str | None = None,
@@ -256,7 +259,8 @@ class Communicator:
 
             received = comm.alltoall(by_destination)
         """
-        return self._run(self._alltoall(x, out, algorithm, "sync"))
+        return self._sync(("alltoall", algorithm), x, out,
+                          lambda: self._alltoall(x, out, algorithm, "sync"))
 
     def alltoall_async(self, x, out=None, *, algorithm: str | None = None) -> Handle:
         """`alltoall` on the progress thread."""
@@ -379,6 +383,15 @@ class Communicator:
 
     # ------------------------------------------------------------------ issuing
 
+    def _sync(self, arguments: tuple, x, out, build):
+        """A sync collective besides all-reduce: through the small-call lane when it takes
+        it (a repeated call), else `build()` on the general path."""
+        if not self._closed:
+            result = self._lane.collective(arguments, x, out, build)
+            if result is not GENERAL:
+                return result
+        return self._run(build())
+
     def _run(self, call: Call):
         return self._progress.run(lambda: self._execute(call), call.name)
 
@@ -420,26 +433,8 @@ class Communicator:
             raise CollectiveError(f"{what}: this communicator is closed")
 
     def _execute(self, call: Call):
-        """Run one call: agree, move data, make sure no peer gave up meanwhile."""
         self._check_open(call.name)
-        ctx = self._ctx
-        agreement = ctx.agreement
-        seq = agreement.enter(call.name)
-        deadline = time.monotonic() + self._timeout
-        moving = False
-        try:
-            if call.error is not None:
-                agreement.share_failure(call.signature, seq, deadline, call.error)
-                raise call.error
-            rows = call.agree(ctx, seq, deadline)
-            if rows is not None:  # a peer's record still arrives after the peer gave up
-                self._transport.check_peers()
-            moving = True
-            result = call.move(ctx, seq, deadline, rows)
-            self._transport.check_peers()
-            return result
-        except BaseException as error:
-            agreement.raise_failed(call.signature, seq, error, moving)
+        return execute(self._ctx, call)
 
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size}, transport={self._transport.name})"

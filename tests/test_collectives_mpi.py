@@ -37,6 +37,11 @@ def test_small_calls_ride_whatever_ndarray_each_rank_passes(np_, tmp_path):
     run_workers(np_, "riding_inputs", str(tmp_path))
 
 
+@pytest.mark.parametrize("np_", [1, 2, 3])
+def test_repeated_calls_take_the_lane_with_the_general_paths_bits(np_):
+    run_workers(np_, "collective_lane")
+
+
 @pytest.mark.parametrize("np_", [2, 3])
 def test_disagreement_and_bad_input_raise_on_every_rank(np_):
     run_workers(np_, "collective_agreement")

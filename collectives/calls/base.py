@@ -13,6 +13,7 @@ the flat reducer, the settings and the topology.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from ..config import Settings
 from ..reduction import FlatReducer
 from ..topology import Topology
 
-__all__ = ["Call", "Refused", "Context", "TAG_LIMIT", "issuer"]
+__all__ = ["Call", "Refused", "Context", "TAG_LIMIT", "execute", "issuer"]
 
 TAG_LIMIT = 32768  # MPI guarantees tags up to 32767
 
@@ -69,6 +70,28 @@ class Refused(Call):
         super().__init__(name, Signature.of(name, ("refused", issued),
                                             lambda: {"issued": issued[0]}))
         self.error = error
+
+
+def execute(ctx: Context, call: Call):
+    """Run one call: agree, move data, make sure no peer gave up meanwhile; an error ends
+    the collective (collectives.agreement)."""
+    agreement = ctx.agreement
+    seq = agreement.enter(call.name)
+    deadline = time.monotonic() + ctx.settings.timeout
+    moving = False
+    try:
+        if call.error is not None:
+            agreement.share_failure(call.signature, seq, deadline, call.error)
+            raise call.error
+        rows = call.agree(ctx, seq, deadline)
+        if rows is not None:  # a peer's record still arrives after the peer gave up
+            ctx.transport.check_peers()
+        moving = True
+        result = call.move(ctx, seq, deadline, rows)
+        ctx.transport.check_peers()
+        return result
+    except BaseException as error:
+        agreement.raise_failed(call.signature, seq, error, moving)
 
 
 def issuer(mode: str) -> tuple[str, str]:

@@ -22,10 +22,18 @@ the errors: compression, check_finite, error feedback, deterministic, CuPy array
 non-contiguous x, an `out` that does not fit, no elements, an integer avg, MPI's own
 all-reduce of more than LANE_BYTES, a call while others are queued or running.
 
+The other collectives (reduce_scatter, allgather, broadcast, reduce, alltoall) take the
+lane too, more simply: a `CallRoute` keeps the call as first built, its checks passed and
+its signature made, and runs it again with the next x and out of the same kind (the same
+arguments, shape and dtype; `out` None, x itself, or a separate array of the same shape and
+dtype), through the same flow as the general path (`calls.base.execute`) without building
+and checking it anew.
+
 Example::
 
-    lane = SmallLane(transport, agreement, reducer, settings, engine)
+    lane = SmallLane(comm._ctx, engine)
     y = lane.allreduce(x, out, "sum", None, None)      # None: take the general path
+    rows = lane.collective(("allgather", ...), x, out, build)  # GENERAL: the general path
 """
 from __future__ import annotations
 
@@ -44,14 +52,15 @@ from ..options import SUPPORTED, CallOptions, Op
 from ..progress import THREAD_NAME
 from ..stats import native_traffic, plan_traffic
 from .allreduce import describe
-from .base import TAG_LIMIT
+from .base import TAG_LIMIT, Context, execute
 from .riding import rides
 
-__all__ = ["SmallLane", "Route"]
+__all__ = ["GENERAL", "SmallLane", "Route", "CallRoute"]
 
 ROUTES_LIMIT = 256  # routes kept per communicator (a training loop repeats a few calls)
 LANE_BYTES = 64 << 10  # MPI's own all-reduce above this takes the general path (no stage)
 RIDE, NATIVE, PLAN = "ride", "native", "plan"  # how a route moves the data
+GENERAL = object()  # what `SmallLane.collective` returns for a call it does not take
 
 
 class Route:
@@ -109,10 +118,35 @@ class Route:
         return cached[1]
 
 
+class CallRoute:
+    """A repeated call of a collective besides all-reduce: the call as first built, run
+    again with another x and out of the same kind (`fits`)."""
+
+    __slots__ = ("call", "out_shape", "out_dtype")
+
+    def __init__(self, call):
+        self.call = call
+        out = call.out
+        self.out_shape, self.out_dtype = (None, None) if out is None else (out.shape, out.dtype)
+        call.x = call.out = None  # the caller's arrays are not kept between calls
+
+    def fits(self, x: np.ndarray, out) -> bool:
+        """Whether a separate `out` passes the checks the first call's passed (x's shape and
+        dtype, and whether out is None or x, are in the route's key)."""
+        if out is None or out is x:
+            return True
+        return (type(out) is np.ndarray and out.shape == self.out_shape
+                and out.dtype == self.out_dtype and out.flags.writeable
+                and not np.may_share_memory(out, x))
+
+
 class SmallLane:
     """A communicator's small-call lane (see the module doc)."""
 
-    def __init__(self, transport, agreement, reducer, settings, engine):
+    def __init__(self, ctx: Context, engine):
+        transport, agreement, reducer, settings = (ctx.transport, ctx.agreement, ctx.reducer,
+                                                    ctx.settings)
+        self._ctx = ctx
         self._transport = transport
         self._agreement = agreement
         self._reducer = reducer
@@ -120,6 +154,7 @@ class SmallLane:
         self._engine = engine
         self._timeout = settings.timeout
         self._routes: dict[tuple, Route | None] = {}
+        self._calls: dict[tuple, CallRoute | None] = {}
         self._adding = threading.Lock()
 
     def allreduce(self, x: np.ndarray, out, op, algorithm, deterministic):
@@ -145,6 +180,45 @@ class SmallLane:
             return self._checked(route, self._native if kind == NATIVE else self._plan, x, out)
         finally:
             engine.end()
+
+    def collective(self, arguments: tuple, x, out, build):
+        """A sync call of a collective besides all-reduce: its result, or GENERAL where the
+        general path must run it. `arguments`: the collective's name and its arguments
+        besides x and out; `build()` makes the call (its checks run once per route)."""
+        if type(x) is not np.ndarray:
+            return GENERAL
+        kind = None if out is None else "x" if out is x else "out"
+        try:  # each argument's type too: 1, True and 1.0 are one key but not one call
+            key = (tuple((type(a), a) for a in arguments), x.shape, x.dtype, kind,
+                   current_thread().name)
+            route = self._calls.get(key, False)
+        except TypeError:  # an unhashable argument: the general path refuses it
+            return GENERAL
+        if route is False:
+            route = self._call_route(key, build)
+        if route is None or (kind == "out" and not route.fits(x, out)):
+            return GENERAL
+        engine = self._engine
+        if not engine.try_begin():
+            return GENERAL
+        call = route.call
+        try:
+            call.x, call.out, call.payload = x, out, None
+            return execute(self._ctx, call)
+        finally:
+            call.x = call.out = call.payload = None
+            engine.end()
+
+    def _call_route(self, key: tuple, build) -> CallRoute | None:
+        """The route of a call first seen, or None (a call refused: the general path raises
+        its error every time)."""
+        call = build()
+        route = None if call.error is not None or key[-1] == THREAD_NAME else CallRoute(call)
+        with self._adding:
+            if len(self._calls) >= ROUTES_LIMIT:
+                del self._calls[next(iter(self._calls))]
+            self._calls[key] = route
+        return route
 
     def _ride(self, route: Route, x: np.ndarray, out):
         """Check on, auto, small: every rank's data comes with the records; each rank folds
