@@ -131,10 +131,13 @@ class CallRoute:
         call.x = call.out = None  # the caller's arrays are not kept between calls
 
     def fits(self, x: np.ndarray, out) -> bool:
-        """Whether a separate `out` passes the checks the first call's passed (x's shape and
-        dtype, and whether out is None or x, are in the route's key)."""
-        if out is None or out is x:
+        """Whether `out` passes the checks the first call's passed (x's shape and dtype, and
+        whether out is None or x, are in the route's key): writable, and a separate out of
+        the same shape and dtype apart from x."""
+        if out is None:
             return True
+        if out is x:
+            return x.flags.writeable
         return (type(out) is np.ndarray and out.shape == self.out_shape
                 and out.dtype == self.out_dtype and out.flags.writeable
                 and not np.may_share_memory(out, x))
@@ -196,7 +199,7 @@ class SmallLane:
             return GENERAL
         if route is False:
             route = self._call_route(key, build)
-        if route is None or (kind == "out" and not route.fits(x, out)):
+        if route is None or not route.fits(x, out):
             return GENERAL
         engine = self._engine
         if not engine.try_begin():

@@ -8,8 +8,9 @@ plan, out None / separate / in place, called twice (the second call takes the ro
 against the async twin (the general path) bit for bit and the same bits on every rank;
 routes made; x not kept between calls; arguments whose value hashes alike but whose
 type differs (root True after root 1); a refused first call refused again; an out that
-overlaps x after a route with a separate out; shapes that differ between ranks after the
-routes are cached; comm.stats() counting the lane's calls.
+overlaps x after a route with a separate out; a read-only x in place after a writable one;
+shapes that differ between ranks after the routes are cached; comm.stats() counting the
+lane's calls.
 """
 from __future__ import annotations
 
@@ -134,6 +135,21 @@ def overlapping_out(comm, tally: Tally) -> None:
     tally.check(np.array_equal(got[:, 0], np.arange(p, dtype=np.float64)), f"after: {got}")
 
 
+def read_only_in_place(comm, tally: Tally) -> None:
+    """A route made in place, then a read-only x in place: refused as on the general path
+    (MPI would have failed to receive into it mid-collective)."""
+    x = np.ones(5)
+    comm.broadcast(x, root=0, out=x)
+    x.flags.writeable = False
+    try:
+        comm.broadcast(x, root=0, out=x)
+        tally.check(False, "a read-only x in place went through")
+    except ValueError as error:
+        tally.check("read-only" in str(error), f"read-only in place: {error}")
+    y = comm.broadcast(np.full(5, comm.rank, np.float64), root=0, out=np.empty(5))
+    tally.check(bool((y == 0).all()), f"after: {y}")
+
+
 def mismatch(comm, tally: Tally) -> None:
     """A shape that differs on one rank after the routes are cached: MismatchError on every
     rank, and the next call is fine."""
@@ -177,6 +193,7 @@ def main() -> None:
         values(comm, tally, check)
         argument_types(comm, tally)
         overlapping_out(comm, tally)
+        read_only_in_place(comm, tally)
         if check:
             mismatch(comm, tally)
         statistics_and_threads(comm, tally)
