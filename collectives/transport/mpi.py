@@ -46,14 +46,17 @@ def as_bytes(buf: np.ndarray):
 
 @functools.cache
 def _user_op(dtype: np.dtype, op: str) -> MPI.Op:
-    """An MPI op reducing `dtype` elements with our kernels (for types MPI lacks: fp16, bf16)."""
+    """An MPI op reducing `dtype` elements with our kernels (for types MPI lacks: fp16, bf16;
+    float max/min). Declared non-commutative, so MPI combines the ranks' operands in rank
+    order and every rank gets the same bits: max(+0.0, -0.0) and NaN payloads depend on
+    the operands' order (declared commutative, MPICH's order differed between ranks)."""
 
     def reduce(inbuf, inoutbuf, datatype):
         src = np.frombuffer(inbuf, dtype=dtype)
         dst = np.frombuffer(inoutbuf, dtype=dtype)
         kernels.reduce_into(dst, src, op)
 
-    return MPI.Op.Create(reduce, commute=True)
+    return MPI.Op.Create(reduce, commute=False)
 
 
 @functools.cache
