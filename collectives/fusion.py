@@ -115,9 +115,13 @@ def reduce_contiguous(reducer, work, src, options: CallOptions, tag: int, deadli
     memory the caller sees. The whole call for a single contiguous array."""
     op = options.op
     algorithm = reducer.resolve(options.algorithm, work.nbytes)
+    before, after = op.averaging(work.dtype, reducer.size)
+    if before is not None:
+        kernels.scale_into(work, work if src is None else src, before)
+        src = None
     reducer.reduce(work, _ELEMENTWISE[op], algorithm, None, src, tag, deadline, exposed)
-    if op is Op.AVG:
-        kernels.divide_into(work, reducer.size)
+    if after is not None:
+        kernels.divide_into(work, after)
 
 
 _ELEMENTWISE = {op: op.elementwise for op in Op}

@@ -21,7 +21,8 @@ __all__ = ["Op", "DTYPES", "ALGORITHMS", "COMPRESSIONS", "CallOptions", "check_d
 
 
 class Op(str, enum.Enum):
-    """A reduction. `AVG` is a sum followed by a division by the world size."""
+    """A reduction. `AVG` is a sum followed by a division by the world size (for float16
+    with a scaling first: `averaging`)."""
 
     SUM = "sum"
     AVG = "avg"
@@ -42,12 +43,31 @@ class Op(str, enum.Enum):
         """The kernel op applied at each reduction step."""
         return "sum" if self is Op.AVG else self.value
 
+    def averaging(self, dtype: np.dtype, size: int) -> tuple[float | None, float | None]:
+        """(scale of the input before the sum, divisor after it) of this op over `size`
+        ranks; None: no such step.
+
+        An avg divides the sum by size. A float16 sum overflows where the mean fits (60000
+        on two ranks), so its inputs are first scaled by 2^-k, 2^k the smallest power of two
+        >= size, and the sum divided by size / 2^k: a power-of-two scale is exact, so the
+        bits are those of sum / size (outside float16's subnormal range, where the scaled
+        inputs round), and no partial sum exceeds the largest input. (Paths that fold in
+        float32, riding and deterministic, divide once at the end; bfloat16 has float32's
+        range.)"""
+        if self is not Op.AVG:
+            return None, None
+        if dtype != _FLOAT16:
+            return None, size
+        first = 1 << (size - 1).bit_length()
+        return (None if first == 1 else 1.0 / first), (None if first == size else size / first)
+
 
 DTYPES: tuple[np.dtype, ...] = tuple(
     np.dtype(t)
     for t in (np.float16, ml_dtypes.bfloat16, np.float32, np.float64, np.int32, np.int64)
 )
 SUPPORTED = frozenset(DTYPES)
+_FLOAT16 = np.dtype(np.float16)
 ALGORITHMS: tuple[str, ...] = ("auto", "native", *PLANNERS["allreduce"])
 COMPRESSIONS = (None, "fp16", "bf16", "auto")
 

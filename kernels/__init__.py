@@ -100,8 +100,9 @@ def copy_into(dst: Any, src: Any) -> None:
     _impl(dst).copy_into(dst, src)
 
 
-def divide_into(buf: Any, divisor: int) -> None:
-    """The avg finish: buf /= divisor for floats (one rounding), buf //= divisor (floor) for ints."""
+def divide_into(buf: Any, divisor: float) -> None:
+    """The avg finish: buf /= divisor for floats (one rounding; any divisor), buf //= divisor
+    (floor; an int divisor) for ints."""
     _impl(buf).divide_into(buf, divisor)
 
 

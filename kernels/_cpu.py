@@ -56,7 +56,7 @@ def combine_into(dst: np.ndarray, a: np.ndarray, b: np.ndarray, op: str) -> None
         _numpy.combiner(op, dst.dtype, a.dtype, b.dtype)(dst, a, b)
 
 
-def divide_into(buf: np.ndarray, divisor: int) -> None:
+def divide_into(buf: np.ndarray, divisor: float) -> None:
     if not _ran(("divide", None, buf.dtype, None, None, None), buf, scalar=divisor):
         _numpy.divide_into(buf, divisor)
 

@@ -219,11 +219,11 @@ def divide_spec(dtype: np.dtype) -> ElementwiseSpec:
     """buf = buf / divisor (floats, one rounding) or floor(buf / divisor) (ints)."""
     ct = _compute(dtype)
     if dtype.kind == "i":
-        quotient = f"collectives_floordiv<{ct}>(buf, ({ct})divisor)"
-    else:
-        quotient = f"{_load(dtype, 'buf')} / ({ct})divisor"
+        divisor, quotient = "int64 divisor", f"collectives_floordiv<{ct}>(buf, ({ct})divisor)"
+    else:  # (any divisor: a float16 avg divides by size / 2^k, Op.averaging)
+        divisor, quotient = "float64 divisor", f"{_load(dtype, 'buf')} / ({ct})divisor"
     return ElementwiseSpec(
-        "int64 divisor", f"{_storage(dtype)} buf", f"buf = {_store(dtype, quotient, ct)}",
+        divisor, f"{_storage(dtype)} buf", f"buf = {_store(dtype, quotient, ct)}",
         f"collectives_divide_{dtype.name}",
     )
 

@@ -74,7 +74,7 @@ def copy_into(dst: cupy.ndarray, src: cupy.ndarray) -> None:
         dst.data.copy_from_device_async(src.data, src.nbytes)  # on the current stream
 
 
-def divide_into(buf: cupy.ndarray, divisor: int) -> None:
+def divide_into(buf: cupy.ndarray, divisor: float) -> None:
     _elementwise(divide_spec(buf.dtype))(divisor, _raw(buf))
 
 

@@ -62,7 +62,7 @@ def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
 
 
 @_quiet
-def divide_into(buf: np.ndarray, divisor: int) -> None:
+def divide_into(buf: np.ndarray, divisor: float) -> None:
     """buf /= divisor for floats (16-bit in float32, one rounding); buf //= divisor for ints."""
     if buf.dtype.kind in "iu":
         np.floor_divide(buf, divisor, out=buf)

@@ -30,6 +30,11 @@ def test_integer_avg_is_exact_where_the_sum_overflows(np_):
                 env={"COLLECTIVES_LOCAL_SIZE": "2"})
 
 
+@pytest.mark.parametrize("np_", [2, 3])
+def test_float16_avg_is_finite_where_the_sum_overflows(np_):
+    run_workers(np_, "half_mean", env={"COLLECTIVES_LOCAL_SIZE": "2"})
+
+
 @pytest.mark.parametrize("np_", [1, 2, 3, 5])
 def test_small_call_lane_matches_the_general_path(np_):
     """The small-call lane: values, routes, mixed paths, mismatch, ordering, threads, stats."""

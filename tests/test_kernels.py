@@ -541,14 +541,18 @@ def test_host_cuda_decompress_matches_numpy_for_every_16_bit_pattern(host_cuda, 
     assert_same_bits_or_both_nan(got, want)
 
 
-@pytest.mark.parametrize("divisor", [1, 3, 257, 4099])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype,divisor", [
+    (d, v) for d in DTYPES
+    for v in (1, 3, 257, 4099) + (() if d.kind == "i" else (0.75, 0.625))], ids=str)
 def test_host_cuda_divide_matches_numpy(host_cuda, dtype, divisor):
+    """Ints divide by the world size; floats by any divisor (a float16 avg over 3 ranks
+    divides by 3/4 after scaling by 1/4)."""
     lib = host_cuda
     a = edge_values(dtype, 20_000, 12)
     a[:4] = np.array([-7, 7, -8, 1], dtype) if dtype.kind == "i" else a[:4]
     got, want = a.copy(), a.copy()
-    call_host(lib, cuda.divide_spec(dtype), divisor, got)
+    call_host(lib, cuda.divide_spec(dtype), divisor if dtype.kind == "i" else float(divisor),
+              got)
     kernels.divide_into(want, divisor)
     assert_same_bits_or_both_nan(got, want)
 

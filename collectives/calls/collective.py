@@ -212,9 +212,30 @@ class Collective(Call):
         return reduce_arrays((x,), None, options, layout, ctx.reducer, tag=tag,
                              deadline=deadline)[0].reshape(-1)
 
+    def scaled_input(self, ctx: Context, work, src):
+        """The input of a plan on `work`: `src` as is (None: work holds it), or, where the
+        op scales it first (a float16 avg: Op.averaging), work = the scaled input and None."""
+        before, _ = self.options.op.averaging(work.dtype, ctx.size)
+        if before is None:
+            return src
+        kernels.scale_into(work, work if src is None else src, before)
+        return None
+
+    def native_input(self, ctx: Context):
+        """x flat on the host for a native reduction, scaled in a buffer where the op
+        scales it first."""
+        x = self.host(self.x).ravel()
+        before, _ = self.options.op.averaging(x.dtype, ctx.size)
+        if before is None:
+            return x
+        scaled = ctx.reducer.buffer("scaled", x, x.dtype, x.size)
+        kernels.scale_into(scaled, x, before)
+        return scaled
+
     def finish_avg(self, ctx: Context, result) -> None:
-        if self.options.op is Op.AVG:
-            kernels.divide_into(result, ctx.size)
+        _, after = self.options.op.averaging(result.dtype, ctx.size)
+        if after is not None:
+            kernels.divide_into(result, after)
 
     def _record(self, ctx: Context, algorithm: str, start: float, moved: int) -> None:
         ctx.reducer.stats.record(f"{self.collective}:{algorithm}", time.perf_counter() - start,

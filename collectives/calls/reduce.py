@@ -65,7 +65,7 @@ class Reduce(Collective):
         result = self._result()
         dest, copy = (None, False) if result is None else self.landing(ctx, result)
         written = None if dest is None else self.host_out(dest)
-        ctx.reducer.host.native_reduce(self.host(self.x).ravel(), written,
+        ctx.reducer.host.native_reduce(self.native_input(ctx), written,
                                        self.options.op.elementwise, self.root, deadline)
         if dest is not None:
             self.back(dest, written)
@@ -85,6 +85,7 @@ class Reduce(Collective):
             src = x.reshape(-1) if x.flags.c_contiguous and work is not x else None
             if src is None:
                 kernels.pack([x], work)
+            src = self.scaled_input(ctx, work, src)
             self.run_plan(ctx, algorithm, work, tag, deadline, op=op, src=src)
             if result is not None:
                 self.finish_avg(ctx, work)

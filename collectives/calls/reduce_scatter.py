@@ -66,7 +66,7 @@ class ReduceScatter(Collective):
     def native(self, ctx: Context, tag: int, deadline: float):
         if self.exact_mean():
             return self._block(self.exact_mean_of_all(ctx, tag, deadline))
-        x, result = self.host(self.x).ravel(), self._result()
+        x, result = self.native_input(ctx), self._result()
         dest, copy = self.landing(ctx, result)
         counts = [hi - lo for lo, hi in split_bounds(0, x.size, ctx.size)]
         written = self.host_out(dest)
@@ -89,6 +89,7 @@ class ReduceScatter(Collective):
             src = x.reshape(-1) if x.flags.c_contiguous else None
             if src is None:
                 kernels.pack([x], work)
+            src = self.scaled_input(ctx, work, src)
             self.run_plan(ctx, algorithm, work, tag, deadline, op=op, src=src)
             kernels.copy_into(result, work[lo:hi])
             self.finish_avg(ctx, result)

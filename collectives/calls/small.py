@@ -67,8 +67,8 @@ class Route:
     """What one repeated call decided: its signature, how the data moves, its buffers."""
 
     __slots__ = ("signature", "shape", "dtype", "op", "elementwise", "kind", "plan", "nbytes",
-                 "flat", "count", "stage", "fold", "sent", "received", "_stats",
-                 "_totals", "_values")
+                 "flat", "count", "stage", "fold", "sent", "received", "scale_before",
+                 "divide_after", "_stats", "_totals", "_values")
 
     def __init__(self, signature: Signature, shape: tuple, dtype: np.dtype, op: Op,
                  kind: str, size: int, stats, plan=None):
@@ -76,6 +76,7 @@ class Route:
         self.shape, self.dtype, self.op = shape, dtype, op
         self.flat = len(shape) == 1
         self.elementwise = op.elementwise
+        self.scale_before, self.divide_after = op.averaging(dtype, size)
         self.count = count = int(np.prod(shape, dtype=np.int64))
         self.kind, self.plan = kind, plan
         self.nbytes = nbytes = count * dtype.itemsize
@@ -263,12 +264,15 @@ class SmallLane:
         """The transport's own all-reduce. It cannot be cancelled, so memory the caller
         sees is written once it completed."""
         target = np.empty(route.count, route.dtype) if out is None else route.stage
+        source = x if route.flat else x.reshape(-1)
+        if route.scale_before is not None:
+            kernels.scale_into(target, source, route.scale_before)
+            source = target
         start = time.perf_counter()  # what the general path's "native" times: the call
-        self._transport.native_allreduce(x if route.flat else x.reshape(-1), target,
-                                         route.elementwise, deadline)
+        self._transport.native_allreduce(source, target, route.elementwise, deadline)
         route.tally(time.perf_counter() - start)
-        if route.op is Op.AVG:
-            kernels.divide_into(target, self._transport.size)
+        if route.divide_after is not None:
+            kernels.divide_into(target, route.divide_after)
         shaped = target if route.flat else target.reshape(route.shape)
         if out is None:
             return shaped
@@ -281,12 +285,15 @@ class SmallLane:
         result = np.empty(route.shape, route.dtype) if out is None else out
         work = result if route.flat else result.reshape(-1)
         src = None if out is x else (x if route.flat else x.reshape(-1))
+        if route.scale_before is not None:
+            kernels.scale_into(work, work if src is None else src, route.scale_before)
+            src = None
         start = time.perf_counter()
         self._reducer.host_runner.run(route.plan, work, route.elementwise, seq % TAG_LIMIT,
                                       deadline, src=src)
         route.tally(time.perf_counter() - start)
-        if route.op is Op.AVG:
-            kernels.divide_into(work, self._transport.size)
+        if route.divide_after is not None:
+            kernels.divide_into(work, route.divide_after)
         self._transport.check_peers()
         return result
 
