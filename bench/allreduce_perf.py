@@ -115,12 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _usage_problem(args: argparse.Namespace) -> str | None:
+def _usage_problem(args: argparse.Namespace, options: harness.SweepOptions) -> str | None:
     """What in the arguments cannot work together, before any rank starts."""
     if args.dtype.startswith("int") and args.compression != (None,):
         return f"--compression needs a floating-point --dtype, got {args.dtype}"
+    if args.quick and not args.calibrate:
+        return "--quick goes with --calibrate (fewer sizes to calibrate on)"
     if args.tensors is not None and args.tensors < 1:
         return f"--tensors must be at least 1, got {args.tensors}"
+    if args.tensors is not None and options.sizes[-1] // DTYPES[args.dtype].itemsize < args.tensors:
+        return (f"nothing to measure: --tensors {args.tensors} needs messages of at least "
+                f"{args.tensors} {args.dtype} elements, and the largest size is "
+                f"{options.sizes[-1]} bytes")
     if args.collective != "allreduce" and (args.compression != (None,) or args.tensors
                                            or args.device != "cpu" or args.deterministic):
         return ("--compression, --tensors, --deterministic and --device gpu go with "
@@ -193,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = harness.sweep_options(args)
     except ValueError as error:
         parser.error(str(error))
-    problem = _usage_problem(args)
+    problem = _usage_problem(args, options)
     if problem is not None:
         parser.error(problem)
     lab = launch.lab_request(parser, args)

@@ -42,6 +42,7 @@ _LAUNCHED = "COLLECTIVES_BENCH_LAUNCHED"
 # Set to "1" on the ranks when the terminal that started them shows a tty on stderr, so
 # progress can redraw one line although the ranks' own stderr is a pipe.
 PROGRESS_TTY = "COLLECTIVES_BENCH_TTY"
+LAB_TIMEOUT_S = 3600.0  # a tool's run on a lab: ranks that cannot start leave mpiexec waiting
 
 
 def add_launch_argument(parser: Any, *, default: int = 2) -> None:
@@ -58,10 +59,12 @@ class LabRequest:
     nodes: int
     ppn: int | tuple[int, ...]
     link: str
+    timeout: float = LAB_TIMEOUT_S
 
 
 def add_lab_arguments(parser: Any) -> None:
     """``--nodes N --ppn K|K,K --link RATE``: run the ranks on a lab of emulated nodes."""
+    from bench.cluster.cli import positive_seconds
     from bench.cluster.lab import parse_ppn
     from bench.cluster.rate import LinkRate
 
@@ -88,6 +91,11 @@ def add_lab_arguments(parser: Any) -> None:
     parser.add_argument("--link", type=link, default=None, metavar="RATE",
                         help="with --nodes: each node's link rate each way, e.g. 1gbit "
                              "(default none: unshaped)")
+    parser.add_argument("--lab-timeout", type=positive_seconds, default=LAB_TIMEOUT_S,
+                        metavar="S",
+                        help="with --nodes: end the run and every process on the nodes after "
+                             f"S seconds (default {LAB_TIMEOUT_S:.0f}): mpiexec never ends by "
+                             "itself when some ranks cannot start")
 
 
 def lab_request(parser: Any, args: Any) -> LabRequest | None:
@@ -96,7 +104,8 @@ def lab_request(parser: Any, args: Any) -> LabRequest | None:
         parser.error(f"--np must be at least 1, got {args.np}")
     if args.nodes is None:
         if isinstance(args.ppn, tuple):
-            return LabRequest(nodes=len(args.ppn), ppn=args.ppn, link=args.link or "none")
+            return LabRequest(nodes=len(args.ppn), ppn=args.ppn, link=args.link or "none",
+                              timeout=args.lab_timeout)
         if args.ppn is not None or args.link is not None:
             parser.error("--ppn and --link need --nodes N (or a --ppn list such as 3,2)")
         return None
@@ -105,7 +114,8 @@ def lab_request(parser: Any, args: Any) -> LabRequest | None:
     if isinstance(args.ppn, tuple) and len(args.ppn) != args.nodes:
         parser.error(f"--ppn {','.join(map(str, args.ppn))} gives {len(args.ppn)} counts "
                      f"for --nodes {args.nodes}: give one count, or one per node")
-    return LabRequest(nodes=args.nodes, ppn=args.ppn or 1, link=args.link or "none")
+    return LabRequest(nodes=args.nodes, ppn=args.ppn or 1, link=args.link or "none",
+                      timeout=args.lab_timeout)
 
 
 def link_bytes_per_s(lab: LabRequest | None) -> float | None:
@@ -195,7 +205,11 @@ def _run_on_lab(*, module: str, argv: Sequence[str], lab: LabRequest) -> int:
               file=sys.stderr, flush=True)
         env = {**_rank_marks(), **lab_tuning_environment(counts, str(cluster.rate or "none"))}
         outcome = cluster.mpiexec([sys.executable, "-m", module, *argv], ppn=counts, env=env,
-                                  capture=False)
+                                  capture=False, timeout=lab.timeout)
+    if outcome.timed_out:
+        print(f"error: the run on lab {cluster.name} had not ended after {lab.timeout:.0f} s "
+              "(--lab-timeout); every process on its nodes was ended", file=sys.stderr)
+        return 1
     return outcome.returncode
 
 

@@ -26,12 +26,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import stat
 import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .files import read_regular
 from .topology import Topology
 
 __all__ = [
@@ -370,26 +370,10 @@ def tuning_path() -> Path:
 TUNING_MAX_BYTES = 16 << 20  # a calibration per world size is a few hundred bytes
 
 
-def _read(path: Path) -> str:
-    """The tuning file's text; ValueError for what is no regular file or is too large (a
-    FIFO would block init on rank 0 and /dev/zero fill its memory, the others waiting)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # (opening a FIFO must not block)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("not a regular file")
-        with os.fdopen(fd, "rb", closefd=False) as stream:
-            text = stream.read(TUNING_MAX_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(text) > TUNING_MAX_BYTES:
-        raise ValueError(f"larger than {TUNING_MAX_BYTES} bytes")
-    return text.decode()
-
-
 def _document(path: Path) -> dict:
     """The tuning file's JSON, {} when there is none."""
     try:
-        data = json.loads(_read(path))
+        data = json.loads(read_regular(path, TUNING_MAX_BYTES))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested too deep

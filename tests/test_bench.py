@@ -527,6 +527,9 @@ def test_unknown_algorithm_is_refused(tmp_path):
     (["--collective", "broadcast", "--deterministic"], "go with --collective allreduce"),
     (["--columns", "time,speed"], "unknown columns speed"),
     (["--np", "0"], "--np must be at least 1, got 0"),  # was a traceback
+    (["--quick"], "--quick goes with --calibrate"),  # was ignored: the full sweep ran
+    (["-b", "8", "-e", "64", "--tensors", "100"], "--tensors 100 needs messages of at least"),
+    (["--nodes", "2", "--lab-timeout", "nan"], "need a number of seconds above 0"),
 ])
 def test_bad_options_are_refused_before_launch(args, message):
     proc = subprocess.run([sys.executable, "-m", "bench.allreduce_perf", *args], cwd=ROOT,

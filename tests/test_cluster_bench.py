@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -50,6 +51,22 @@ def test_bench_runs_across_uneven_nodes_and_removes_its_lab(tmp_path):
     assert lab not in labs_before
     assert [ns for ns in netns.namespaces() if ns.startswith(lab)] == []
     assert not registry.directory(lab).exists()
+
+
+def test_a_run_that_does_not_end_is_bounded_and_removes_its_lab():
+    """Ranks that cannot start (MPI_Init failing on 63 of 64 nodes) left mpiexec and the
+    tool waiting for good: --lab-timeout ends the run, its processes and its lab."""
+    labs_before = {record.name for record in registry.records()}
+    started = time.monotonic()
+    proc = _bench("--nodes", "2", "--link", "8kbit", "--lab-timeout", "5", "-b", "64M",
+                  "-e", "64M", "-n", "50", "--algorithms", "ring")
+    assert time.monotonic() - started < 60, proc.stderr
+    assert proc.returncode == 1 and "had not ended after 5 s (--lab-timeout)" in proc.stderr, \
+        proc.stderr
+    lab = next(line.split()[2].rstrip(":") for line in proc.stderr.splitlines()
+               if line.startswith("# lab clab-"))
+    assert lab not in labs_before
+    assert [ns for ns in netns.namespaces() if ns.startswith(lab)] == []
 
 
 @pytest.mark.parametrize("args, message", [

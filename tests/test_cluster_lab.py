@@ -149,6 +149,19 @@ def test_cli_bounds_a_launcher_that_does_not_end():
     assert leftovers(name, []) == []
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-5", "soon"])
+def test_run_refuses_a_timeout_that_bounds_nothing(value):
+    """nan and inf were taken and bounded nothing; 0 and -5 killed the job at once."""
+    run = cli("run", "--timeout", value, "--", "true")
+    assert run.returncode == 2 and "need a number of seconds above 0" in run.stderr, run
+
+
+def test_a_rate_too_high_for_tbf_is_refused_by_what_it_is():
+    """10tbit told the user to load sch_tbf; its bucket is what tbf refuses."""
+    up = cli("up", "--nodes", "2", "--link", "10tbit")
+    assert up.returncode == 2 and "too high for tc's tbf" in up.stderr, up
+
+
 @pytest.mark.parametrize("command, said", [
     (["up", "--nodes", "2"], "the lab needs root"),
     (["down", "--all"], "removing a lab needs root"),  # said "removed" and removed nothing

@@ -53,12 +53,30 @@ def test_cluster_file_errors():
 
 
 @pytest.mark.parametrize("args, said", [
-    (["--max-bytes", "0"], "--max-bytes must be at least 1 byte"),  # meant the default
+    (["--max-bytes", "0"], "--max-bytes must be at least 8 bytes"),  # meant the default
+    (["--max-bytes", "4"], "--max-bytes must be at least 8 bytes"),  # failed after 17 s
     (["--np", "-1"], "--np must be at least 1"),
+    (["--lab-timeout", "-5"], "need a number of seconds above 0"),
 ])
 def test_bad_report_options_are_refused_before_launch(tmp_path, args, said):
     proc = _report(tmp_path / "tuning.json", "--out", str(tmp_path / "r"), *args)
     assert proc.returncode == 2 and said in proc.stderr, proc.stderr
+
+
+def test_a_cluster_file_that_is_no_regular_file_is_refused(tmp_path):
+    """A FIFO blocked the report forever before it did anything."""
+    fifo = tmp_path / "clusters.json"
+    os.mkfifo(fifo)
+    proc = _report(tmp_path / "tuning.json", "--out", str(tmp_path / "r"), "--cluster", str(fifo))
+    assert proc.returncode == 2 and "not a regular file" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("out", ["/proc/collectives-report", "/dev/null/report"])
+def test_an_out_folder_that_cannot_be_made_is_refused_before_launch(tmp_path, out):
+    """root passed the access check: a traceback and MPI_Abort after the ranks started."""
+    proc = _report(tmp_path / "tuning.json", "--out", out)
+    assert proc.returncode == 2 and f"--out {out}: cannot write there" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
 
 
 def test_report_out_must_be_a_folder(tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,17 @@ def _link(text: str) -> LinkRate | None:
         return LinkRate.parse(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def positive_seconds(text: str) -> float:
+    """A time limit from the command line: a finite number of seconds above 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"need a number of seconds above 0, got {text!r}")
+    return seconds
 
 
 def _ppn(text: str) -> int | list[int]:
@@ -73,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ppn", type=_ppn, default=1, metavar="K|K,K,...",
                      help="ranks per node: one count for every node, or one per node such "
                           "as 3,2 (default 1)")
-    run.add_argument("--timeout", type=float, default=None, metavar="S",
+    run.add_argument("--timeout", type=positive_seconds, default=None, metavar="S",
                      help="end mpiexec and every process on the nodes after S seconds "
                           f"(exit status {TIMEOUT_STATUS}); mpiexec may never end by itself "
                           "when a node is cut off")

@@ -40,6 +40,10 @@ class LinkRate:
         if rate.bits_per_second < 8000:
             raise ValueError(f"link rate {text!r} is below 8kbit, too slow for the lab's "
                              "control traffic")
+        if rate.burst_bytes >= 1 << 32:
+            raise ValueError(f"link rate {text!r} is too high for tc's tbf, whose bucket "
+                             f"({rate.burst_bytes} bytes: 4 ms at the rate) must stay under "
+                             "4 GiB; give at most 8tbit, or 'none' (unshaped)")
         return rate
 
     @property

@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,10 +26,13 @@ from bench.report.model import accuracy, at_scale, winners
 from bench.report.plots import plot_accuracy, plot_busbw, plot_scale, plot_winners
 from bench.report.results import write_results
 from bench.sizes import parse_size, size_steps
+from collectives.files import read_regular
 
 __all__ = ["build_parser", "main"]
 
 _MODULE = "bench.report"
+MIN_BYTES = 8  # the sweep's smallest message
+CLUSTER_MAX_BYTES = 1 << 20  # a --cluster file: a few cluster shapes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +65,7 @@ def _accuracy_sizes(args: argparse.Namespace) -> tuple[int, ...]:
 def _sizes(args: argparse.Namespace) -> tuple[tuple[int, ...], harness.SweepOptions]:
     """(at-scale sizes, the sweep's options) for the mode."""
     top = args.max_bytes or ((16 << 20) if args.quick else (256 << 20))
-    measured = size_steps(min_bytes=8, max_bytes=top, factor=8 if args.quick else 4)
+    measured = size_steps(min_bytes=MIN_BYTES, max_bytes=top, factor=8 if args.quick else 4)
     measured += (top,) if measured[-1] != top else ()
     scale = size_steps(min_bytes=64 << 10, max_bytes=256 << 20, factor=64 if args.quick else 4)
     options = harness.SweepOptions(sizes=measured, iters=5 if args.quick else 10,
@@ -85,31 +89,27 @@ def _tuning_entry(size: int):
     return (entry, f"tuning file, np={size}") if entry else (None, None)
 
 
-def _existing_parent(path: Path) -> Path:
-    """The nearest folder above `path` that exists."""
-    path = path.absolute()
-    while not path.exists():
-        path = path.parent
-    return path
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the report; 0 when every result was right, 1 when any was wrong."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        shapes = (load_clusters(json.loads(Path(args.cluster).read_text())) if args.cluster
-                  else default_clusters())
-    except (OSError, ValueError) as error:
+        shapes = (load_clusters(json.loads(read_regular(Path(args.cluster), CLUSTER_MAX_BYTES)))
+                  if args.cluster else default_clusters())
+    except (OSError, ValueError, RecursionError) as error:
         parser.error(f"--cluster {args.cluster}: {error}")
-    if args.max_bytes is not None and args.max_bytes < 1:
-        parser.error(f"--max-bytes must be at least 1 byte, got {args.max_bytes}")
+    if args.max_bytes is not None and args.max_bytes < MIN_BYTES:
+        parser.error(f"--max-bytes must be at least {MIN_BYTES} bytes (the smallest size "
+                     f"measured), got {args.max_bytes}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {args.out} is a file: name a folder (made if missing)")
-    if not out.exists() and not os.access(_existing_parent(out), os.W_OK):
-        parser.error(f"--out {args.out}: cannot make it in {_existing_parent(out)}")
+    try:  # made here: a folder that cannot be made is refused before any rank starts
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as error:
+        parser.error(f"--out {args.out}: cannot write there ({error.strerror or error})")
     launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np,
                            lab=launch.lab_request(parser, args))
 
