@@ -43,7 +43,7 @@ def check_array(x, name: str = "x") -> None:
     check_dtype(x.dtype)
 
 
-def check_out(out, x, name: str = "out") -> None:
+def check_out(out, x, name: str = "out", x_name: str = "x") -> None:
     """`out` must be able to hold the result of reducing `x`: same type, shape and dtype.
 
     `out is x` reduces in place (x must be writable); any other `out` must not share memory
@@ -70,8 +70,19 @@ def check_out(out, x, name: str = "out") -> None:
     if not writable:
         raise ValueError(f"{name} is read-only; pass a writable array")
     if kernels.array_module(x).shares_memory(out, x):
-        raise ValueError(f"{name} overlaps x partially; pass out=x for in place, or a separate "
-                         "array")
+        if _same_view(out, x):
+            raise ValueError(
+                f"{name} is another view of exactly {x_name}'s memory, not {x_name} itself: "
+                f"for in place pass the same object (v = b[0]; then {x_name}=v, {name}=v)")
+        raise ValueError(f"{name} overlaps {x_name} partially; pass {name}={x_name} (the same "
+                         "object) for in place, or a separate array")
+
+
+def _same_view(a, b) -> bool:
+    """Whether a and b are views of the same elements in the same layout."""
+    start = (lambda v: v.__array_interface__["data"][0]) if isinstance(a, np.ndarray) else \
+        (lambda v: v.data.ptr)
+    return start(a) == start(b) and a.shape == b.shape and a.strides == b.strides
 
 
 def _extent(array) -> tuple[int, int]:
@@ -97,7 +108,7 @@ def check_outs(outs: Sequence, arrays: Sequence) -> None:
     then asked whether they really share memory. The clash named is the one of the lowest out.
     """
     for i, (o, a) in enumerate(zip(outs, arrays)):
-        check_out(o, a, name=f"out[{i}]")
+        check_out(o, a, name=f"out[{i}]", x_name=f"arrays[{i}]")
     spans = [(*_extent(o), i, True) for i, o in enumerate(outs)]
     spans += [(*_extent(a), i, False) for i, a in enumerate(arrays) if outs[i] is not a]
     spans.sort()

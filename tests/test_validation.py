@@ -1,4 +1,6 @@
 """Argument checks, option typos and settings, in one process (no MPI needed)."""
+import re
+
 import numpy as np
 import pytest
 
@@ -77,11 +79,23 @@ def test_out_read_only_and_in_place_on_read_only_x():
         check_out(x, x)
 
 
-@pytest.mark.parametrize("window", [slice(2, 10), slice(0, 8, 1)])
-def test_out_sharing_memory_with_x_is_rejected(window):
+@pytest.mark.parametrize("window, message", [
+    (slice(2, 10), "out overlaps x partially; pass out=x"),
+    (slice(1, 9), "out overlaps x partially; pass out=x"),
+    # the same elements through another view object: was "overlaps x partially"
+    (slice(0, 8, 1), "out is another view of exactly x's memory, not x itself"),
+])
+def test_out_sharing_memory_with_x_is_rejected(window, message):
     buffer = np.zeros(12, np.float32)
-    with pytest.raises(ValueError, match="out overlaps x partially; pass out=x"):
+    with pytest.raises(ValueError, match=re.escape(message)):
         check_out(buffer[window], buffer[:8])
+
+
+def test_an_equal_view_in_a_list_names_the_array():
+    a = np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match=re.escape("out[1] is another view of exactly "
+                                                   "arrays[1]'s memory")):
+        check_outs([np.zeros(2, np.float32), a[::2]], [np.zeros(2, np.float32), a[::2]])
 
 
 def test_out_is_x_is_in_place():
