@@ -57,7 +57,7 @@ class Allgather(Collective):
                 if self.out is None else self.out)
 
     def from_rows(self, ctx: Context, rows):
-        result = self._result()
+        result = self.result()
         # (result may be a strided out, which reshape would copy)
         kernels.unpack(np.concatenate(payloads(rows, ctx.size, self.x.dtype)), [result])
         return result
@@ -67,7 +67,7 @@ class Allgather(Collective):
             ctx, lambda src, dst: ctx.reducer.host.native_allgather(src, dst, deadline))
 
     def planned(self, ctx: Context, algorithm: str, tag: int, deadline: float):
-        x, result = self.x, self._result()
+        x, result = self.x, self.result()
         codec = codec_for(self.options.compression, x.dtype)
         rank, m = ctx.rank, x.size
         if codec is None:

@@ -47,7 +47,7 @@ class Alltoall(Collective):
         return kernels.array_module(self.x).empty_like(self.x) if self.out is None else self.out
 
     def from_rows(self, ctx: Context, rows):
-        result = self._result()
+        result = self.result()
         rows_out = [payload.reshape(self.size, -1)[ctx.rank]
                     for payload in payloads(rows, ctx.size, self.x.dtype)]
         flat = kernels.array_module(self.x).concatenate(rows_out)
@@ -59,7 +59,7 @@ class Alltoall(Collective):
             ctx, lambda src, dst: ctx.reducer.host.native_alltoall(src, dst, deadline))
 
     def planned(self, ctx: Context, algorithm: str, tag: int, deadline: float):
-        x, result = self.x, self._result()
+        x, result = self.x, self.result()
         src = kernels.array_module(x).ascontiguousarray(x).reshape(-1)  # rows are sent from x
         direct = result.flags.c_contiguous and result is not x  # in place: receive apart
         work = result.reshape(-1) if direct else \

@@ -54,6 +54,10 @@ class Call:
         self.name = name
         self.signature = signature
 
+    def prepare(self, ctx: Context) -> None:
+        """Allocate what the call returns, before anything is agreed: a MemoryError then
+        refuses the call (MismatchError on the others) and the communicator stays usable."""
+
     def agree(self, ctx: Context, seq: int, deadline: float):
         raise NotImplementedError
 
@@ -80,9 +84,15 @@ def execute(ctx: Context, call: Call):
     deadline = time.monotonic() + ctx.settings.timeout
     moving = False
     try:
-        if call.error is not None:
-            agreement.share_failure(call.signature, seq, deadline, call.error)
-            raise call.error
+        refusal = call.error
+        if refusal is None:
+            try:
+                call.prepare(ctx)
+            except MemoryError as error:
+                refusal = error
+        if refusal is not None:
+            agreement.share_failure(call.signature, seq, deadline, refusal)
+            raise refusal
         rows = call.agree(ctx, seq, deadline)
         if rows is not None:  # a peer's record still arrives after the peer gave up
             ctx.transport.check_peers()

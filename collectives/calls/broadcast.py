@@ -47,7 +47,7 @@ class Broadcast(Collective):
         return kernels.array_module(self.x).empty_like(self.x) if self.out is None else self.out
 
     def from_rows(self, ctx: Context, rows):
-        result = self._result()
+        result = self.result()
         if not (ctx.rank == self.root and result is self.x):
             kernels.unpack(payloads(rows, ctx.size, self.x.dtype)[self.root], [result])
         return result
@@ -64,7 +64,7 @@ class Broadcast(Collective):
         return work, copy
 
     def native(self, ctx: Context, tag: int, deadline: float):
-        result = self._result()
+        result = self.result()
         if self.out is not None and self.rank != self.root:
             work, copy = ctx.reducer.buffer("native", self.x, self.x.dtype, self.x.size), True
         else:
@@ -77,7 +77,7 @@ class Broadcast(Collective):
         return result
 
     def planned(self, ctx: Context, algorithm: str, tag: int, deadline: float):
-        result = self._result()
+        result = self.result()
         work, copy = self._work(ctx, result)
         self.run_plan(ctx, algorithm, work, tag, deadline)
         if copy:

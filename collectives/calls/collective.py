@@ -72,12 +72,12 @@ class Collective(Call):
     """A checked call of one of the collectives besides all-reduce (see the module doc)."""
 
     collective = ""
-    __slots__ = ("x", "out", "options", "root", "payload")
+    __slots__ = ("x", "out", "options", "root", "payload", "prepared")
 
     def __init__(self, x, out, options: CallOptions, root: int | None, issued: tuple):
         check_array(x)
         self.x, self.out, self.options, self.root = x, out, options, root
-        self.payload = None
+        self.payload = self.prepared = None
         self.check_shapes()
         array = kernels.array_module(x).__name__  # NumPy arrays ride, CuPy arrays do not
         super().__init__(self.collective, Signature.of(
@@ -99,8 +99,16 @@ class Collective(Call):
         return self.x.size
 
     def _result(self):
-        """The array this call returns (`out` when given), to be written."""
+        """The array this call returns (`out` when given, None where this rank gets none),
+        to be written."""
         raise NotImplementedError
+
+    def prepare(self, ctx: Context) -> None:
+        self.prepared = (self._result(),)
+
+    def result(self):
+        """The array this call returns, as `prepare` allocated it."""
+        return self.prepared[0]
 
     def from_rows(self, ctx: Context, rows):
         raise NotImplementedError
@@ -172,7 +180,7 @@ class Collective(Call):
 
     def native_whole(self, ctx: Context, native):
         """The result of a native that writes all of it: `native(host x, host result)`."""
-        result = self._result()
+        result = self.result()
         dest, copy = self.landing(ctx, result)
         written = self.host_out(dest)
         native(self.host(self.x).ravel(), written)

@@ -52,7 +52,7 @@ class Reduce(Collective):
         return kernels.array_module(self.x).empty_like(self.x) if self.out is None else self.out
 
     def from_rows(self, ctx: Context, rows):
-        result = self._result()
+        result = self.result()
         if result is not None:
             flat = kernels.array_module(self.x).empty(self.x.size, self.x.dtype)
             reduce_rows(rows, ctx.size, self.x.dtype, self.options.op, flat)
@@ -62,7 +62,7 @@ class Reduce(Collective):
     def native(self, ctx: Context, tag: int, deadline: float):
         if self.exact_mean():
             return self._on_root(self.exact_mean_of_all(ctx, tag, deadline))
-        result = self._result()
+        result = self.result()
         dest, copy = (None, False) if result is None else self.landing(ctx, result)
         written = None if dest is None else self.host_out(dest)
         ctx.reducer.host.native_reduce(self.native_input(ctx), written,
@@ -77,7 +77,7 @@ class Reduce(Collective):
     def planned(self, ctx: Context, algorithm: str, tag: int, deadline: float):
         if self.exact_mean():
             return self._on_root(self.exact_mean_of_all(ctx, tag, deadline))
-        x, result = self.x, self._result()
+        x, result = self.x, self.result()
         codec = codec_for(self.options.compression, x.dtype)
         op = self.options.op.elementwise
         if codec is None:
@@ -103,7 +103,7 @@ class Reduce(Collective):
         return result
 
     def _on_root(self, whole):
-        result = self._result()
+        result = self.result()
         if result is not None:
             kernels.unpack(whole, [result])
         return result

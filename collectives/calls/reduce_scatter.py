@@ -59,14 +59,14 @@ class ReduceScatter(Collective):
                 else self.out)
 
     def from_rows(self, ctx: Context, rows):
-        result = self._result()
+        result = self.result()
         reduce_rows(rows, ctx.size, self.x.dtype, self.options.op, result, self.block[0])
         return result
 
     def native(self, ctx: Context, tag: int, deadline: float):
         if self.exact_mean():
             return self._block(self.exact_mean_of_all(ctx, tag, deadline))
-        x, result = self.native_input(ctx), self._result()
+        x, result = self.native_input(ctx), self.result()
         dest, copy = self.landing(ctx, result)
         counts = [hi - lo for lo, hi in split_bounds(0, x.size, ctx.size)]
         written = self.host_out(dest)
@@ -81,7 +81,7 @@ class ReduceScatter(Collective):
     def planned(self, ctx: Context, algorithm: str, tag: int, deadline: float):
         if self.exact_mean():
             return self._block(self.exact_mean_of_all(ctx, tag, deadline))
-        x, result, (lo, hi) = self.x, self._result(), self.block
+        x, result, (lo, hi) = self.x, self.result(), self.block
         codec = codec_for(self.options.compression, x.dtype)
         op = self.options.op.elementwise
         if codec is None:
@@ -103,13 +103,13 @@ class ReduceScatter(Collective):
         return result
 
     def _block(self, whole):
-        result = self._result()
+        result = self.result()
         lo, hi = self.block
         kernels.copy_into(result, whole[lo:hi])
         return result
 
     def reproducible(self, ctx: Context, tag: int, deadline: float):
-        result = self._result()
+        result = self.result()
         block = reproducibly(ctx.reducer, self.x.ravel(), self.options.op,
                              self.options.compression, self.options.algorithm, tag, deadline,
                              keep="block")

@@ -207,10 +207,10 @@ class SmallLane:
             return GENERAL
         call = route.call
         try:
-            call.x, call.out, call.payload = x, out, None
+            call.x, call.out = x, out
             return execute(self._ctx, call)
         finally:
-            call.x = call.out = call.payload = None
+            call.x = call.out = call.payload = call.prepared = None
             engine.end()
 
     def _call_route(self, key: tuple, build) -> CallRoute | None:
