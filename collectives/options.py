@@ -49,11 +49,12 @@ class Op(str, enum.Enum):
 
         An avg divides the sum by size. A float16 sum overflows where the mean fits (60000
         on two ranks), so its inputs are first scaled by 2^-k, 2^k the smallest power of two
-        >= size, and the sum divided by size / 2^k: a power-of-two scale is exact, so the
-        bits are those of sum / size (outside float16's subnormal range, where the scaled
-        inputs round), and no partial sum exceeds the largest input. (Paths that fold in
-        float32, riding and deterministic, divide once at the end; bfloat16 has float32's
-        range.)"""
+        >= size, and the sum divided by size / 2^k, as NCCL's ncclAvg and PyTorch DDP divide
+        first: no partial sum exceeds the largest input. The scale is exact for inputs of
+        magnitude >= 2^(k-14), where the bits are those of sum / size; smaller inputs fall
+        into float16's subnormal range and round (mean(x, x) of x = 6.11e-05 gives 6.10e-05
+        at size 2): the price of the range. (Paths that fold in float32, riding and
+        deterministic, divide once at the end; bfloat16 has float32's range.)"""
         if self is not Op.AVG:
             return None, None
         if dtype != _FLOAT16:

@@ -49,7 +49,8 @@ class Message:
     of its tag).
     """
 
-    __slots__ = ("_transport", "_request", "_buffer", "_what", "_timeout", "_state", "_send")
+    __slots__ = ("_transport", "_request", "_buffer", "_what", "_waiting", "_timeout",
+                 "_state", "_send")
 
     def __init__(self, transport, buffer, peer: int, tag: int, *, send: bool, timeout: float):
         check_array(buffer, "x" if send else "out")
@@ -62,8 +63,9 @@ class Message:
         post = transport.p2p_send if send else transport.p2p_recv
         self._transport = transport
         self._buffer = buffer
-        self._what = (f"rank {transport.rank}: {'send to' if send else 'receive from'} "
-                      f"rank {peer} (tag {tag}, {flat.nbytes} bytes)")
+        self._waiting = (f"{'send to' if send else 'receive from'} rank {peer} (tag {tag}, "
+                         f"{flat.nbytes} bytes)")
+        self._what = f"rank {transport.rank}: {self._waiting}"
         self._timeout = timeout
         self._state: BaseException | bool = False  # True: done; an error: it failed
         self._send = send
@@ -87,7 +89,7 @@ class Message:
         if self._state is not True:
             try:
                 self._transport.poll(lambda: self.test() or None,
-                                     time.monotonic() + self._timeout, self._what)
+                                     time.monotonic() + self._timeout, self._waiting)
             except CollectiveTimeout as error:
                 sent = [self._request] if self._send else []
                 self._transport.abandon(sent, [] if self._send else [self._request])

@@ -62,6 +62,8 @@ def test_rank_that_dies_ends_the_job(how):
     ("ring", "1", ()), ("native", "1", ()), ("ring", "0", ()), ("native", "0", ()),
     ("auto", "1", ("allreduce", "4")),  # the small-call lane: the data rides
     ("auto", "1", ("broadcast", "4")),  # a riding broadcast on the general path
+    # a float16 avg in place scaled x before MPI's own all-reduce, which then timed out
+    ("native", "0", ("allreduce", str(1 << 16), "float16")),
 ])
 def test_late_rank_touches_no_memory_and_never_succeeds(tmp_path, algorithm, check, call):
     """After rank 0 timed out, rank 1 arrives: rank 0's fresh arrays and its out=x stay as
@@ -83,6 +85,8 @@ def test_late_rank_touches_no_memory_and_never_succeeds(tmp_path, algorithm, che
         assert "rank 0 gave up on collective #2" in late["message"], late
     if call:
         assert not late["x_changed"], late
+    if algorithm == "native":  # MPI's own cannot be cancelled: it never writes x
+        assert not first["x_changed"], first
 
 
 def test_rank_that_exits_cleanly_is_named_at_once(tmp_path):

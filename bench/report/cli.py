@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_bytes is not None and args.max_bytes < MIN_BYTES:
         parser.error(f"--max-bytes must be at least {MIN_BYTES} bytes (the smallest size "
                      f"measured), got {args.max_bytes}")
+    lab = launch.lab_request(parser, args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {args.out} is a file: name a folder (made if missing)")
@@ -110,8 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tempfile.TemporaryFile(dir=out).close()
     except OSError as error:
         parser.error(f"--out {args.out}: cannot write there ({error.strerror or error})")
-    launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np,
-                           lab=launch.lab_request(parser, args))
+    launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np, lab=lab)
 
     from mpi4py import MPI
 

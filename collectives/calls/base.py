@@ -55,8 +55,9 @@ class Call:
         self.signature = signature
 
     def prepare(self, ctx: Context) -> None:
-        """Allocate what the call returns, before anything is agreed: a MemoryError then
-        refuses the call (MismatchError on the others) and the communicator stays usable."""
+        """Allocate what the call returns, before anything is agreed: an error then (a
+        MemoryError) refuses the call (MismatchError on the others), the communicator
+        usable."""
 
     def agree(self, ctx: Context, seq: int, deadline: float):
         raise NotImplementedError
@@ -88,8 +89,8 @@ def execute(ctx: Context, call: Call):
         if refusal is None:
             try:
                 call.prepare(ctx)
-            except MemoryError as error:
-                refusal = error
+            except Exception as error:  # noqa: BLE001 - MemoryError, NumPy's "array is too
+                refusal = error  # big": the rank cannot take part; the others are told
         if refusal is not None:
             agreement.share_failure(call.signature, seq, deadline, refusal)
             raise refusal

@@ -285,9 +285,10 @@ class SmallLane:
         result = np.empty(route.shape, route.dtype) if out is None else out
         work = result if route.flat else result.reshape(-1)
         src = None if out is x else (x if route.flat else x.reshape(-1))
-        if route.scale_before is not None:
-            kernels.scale_into(work, work if src is None else src, route.scale_before)
-            src = None
+        if route.scale_before is not None:  # into a buffer of ours, not the caller's work
+            scaled = self._reducer.buffer("scaled", work, work.dtype, work.size)
+            kernels.scale_into(scaled, work if src is None else src, route.scale_before)
+            src = scaled
         start = time.perf_counter()
         self._reducer.host_runner.run(route.plan, work, route.elementwise, seq % TAG_LIMIT,
                                       deadline, src=src)

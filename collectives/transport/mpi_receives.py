@@ -43,10 +43,16 @@ class ProbedReceive:
         self.problem: str | None = None  # why the message did not fit the buffer
         self.dropped = False
 
-    def Cancel(self) -> None:  # noqa: N802 - MPI.Request's name: abandon() cancels either
-        """Given up on: an unmatched receive never takes a message; a matched one cannot be
-        cancelled and completes into its buffer (kept alive by the caller)."""
+    # MPI.Request's names: the transport cancels what it abandons and tests it at close.
+    def Cancel(self) -> None:  # noqa: N802
+        """Given up on: an unmatched receive never takes a message (the receives after it
+        skip it); a matched one cannot be cancelled and completes into its buffer."""
         self.dropped = True
+
+    def Test(self) -> bool:  # noqa: N802
+        """Whether nothing of it is pending: given up on before its message came, or
+        received."""
+        return self.dropped if self.request is None else self.request.Test()
 
 
 class ProbedReceives:
@@ -85,8 +91,9 @@ class ProbedReceives:
         """Match `receive`'s message, and first those of the receives posted before it that
         have none yet; whether `receive` is matched (lock held)."""
         waiting = []  # receive and the unmatched ones before it, newest first
-        while receive is not None and receive.request is None and not receive.dropped:
-            waiting.append(receive)
+        while receive is not None and receive.request is None:
+            if not receive.dropped:  # (a dropped one never takes a message: skipped)
+                waiting.append(receive)
             receive = receive.before
         for receive in reversed(waiting):
             receive.before = None  # every receive before it is matched or dropped

@@ -46,6 +46,12 @@ def cases(p: int, rank: int):
     yield ("result too large on one rank", lambda c: c.allgather(huge if last else x),
            MemoryError if last else collectives.MismatchError,
            "Unable to allocate" if last else f"rank {p - 1} rejected its arguments")
+    # past 2**63 bytes NumPy raises ValueError, not MemoryError: that rank ran a sequence
+    # number ahead of the others for good
+    vast = np.broadcast_to(np.float32(1), (1 << 60,))
+    yield ("result past 2**63 bytes on one rank", lambda c: c.allgather(vast if last else x),
+           ValueError if last else collectives.MismatchError,
+           "array is too big" if last else f"rank {p - 1} rejected its arguments")
 
 
 def main() -> None:

@@ -1,9 +1,11 @@
 """A rank that arrives after the others timed out: no memory touched after the error, and
 the late rank never reports success.
 
-Usage: mpiexec -n 2 python -m tests.workers.late_rank ALGORITHM CHECK OUTDIR [COLLECTIVE COUNT]
+Usage: mpiexec -n 2 python -m tests.workers.late_rank ALGORITHM CHECK OUTDIR
+           [COLLECTIVE COUNT [DTYPE]]
 
-Collective #2 (allreduce, or broadcast from rank 0; COUNT float32, default 64 Ki) is in
+Collective #2 (allreduce, or broadcast from rank 0; COUNT of DTYPE, default 64 Ki float32;
+a float16 avg scales its input first, into a buffer of the library's) is in
 place (out=x). Rank 1 calls it LATE seconds after rank 0, whose timeout is shorter. Rank 0
 must raise CollectiveTimeout; then, while rank 1 arrives and runs, rank 0 fills fresh
 arrays with a pattern and watches them and x for WATCH seconds: nothing may change them
@@ -65,17 +67,19 @@ def main() -> None:
     algorithm, check, outdir = sys.argv[1], sys.argv[2] == "1", Path(sys.argv[3])
     collective, count = ("allreduce", COUNT) if len(sys.argv) < 5 else (sys.argv[4],
                                                                         int(sys.argv[5]))
+    dtype = np.dtype(sys.argv[6] if len(sys.argv) > 6 else np.float32)
     comm = collectives.init(timeout=TIMEOUT, check=check)
-    x = np.full(count, comm.rank + 1.0, np.float32)
+    x = np.full(count, comm.rank + 1.0, dtype)
+    options = {"op": "avg"} if dtype == np.float16 else {}
     call = getattr(comm, collective)
-    call(x, algorithm=algorithm)  # everyone is here
+    call(x, algorithm=algorithm, **options)  # everyone is here
     seen: dict[str, object] = {"rank": comm.rank}
     if comm.rank == 1:
         time.sleep(LATE)
     before = x.copy()
     start = time.monotonic()
     try:
-        call(x, algorithm=algorithm, out=x)
+        call(x, algorithm=algorithm, out=x, **options)
         seen["error"] = None
     except collectives.CollectiveError as error:
         seen["error"], seen["message"] = type(error).__name__, str(error)
