@@ -536,3 +536,19 @@ def test_bad_options_are_refused_before_launch(args, message):
                           env=_self_launch_env(PYTHONPATH=str(ROOT)), capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_lane_cost_times_every_collective_three_ways():
+    """bench.lane_cost: a row per collective and size, mpi / lane / general all measured."""
+    proc = subprocess.run([sys.executable, "-m", "bench.lane_cost", "--np", "2", "--sizes",
+                           "8K", "--rounds", "1", "--budget", "0.01"], cwd=ROOT,
+                          env=_self_launch_env(PYTHONPATH=str(ROOT)), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if not line.startswith("#")]
+    assert [row[0] for row in rows] == ["allgather", "reduce_scatter", "broadcast"], proc.stdout
+    assert all(float(value) > 0 for row in rows for value in row[4:8]), proc.stdout
+    refused = subprocess.run([sys.executable, "-m", "bench.lane_cost", "--collectives", "gather"],
+                             cwd=ROOT, env=_self_launch_env(PYTHONPATH=str(ROOT)),
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "unknown collectives gather" in refused.stderr
