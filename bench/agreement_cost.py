@@ -56,14 +56,7 @@ def measure(mpi, comms: dict, algorithm: str, nbytes: int, rounds: int,
     calls = {"mpi": lambda: raw.Allreduce(x, out, MPI.SUM),
              **{state: (lambda c=comms[state]: c.allreduce(x, algorithm=algorithm, out=out))
                 for state in ("on", "off")}}
-    probe = harness.time_per_iteration(mpi, calls["on"], iters=3, warmup=2)
-    iters = max(3, min(50000, int(budget / max(probe, 1e-7))))
-    times: dict[str, list[float]] = {state: [] for state in STATES}
-    for _ in range(rounds):
-        for state in STATES:
-            times[state].append(harness.time_per_iteration(
-                mpi, calls[state], iters=iters, warmup=max(1, iters // 10)))
-    return {state: statistics.median(times[state]) for state in STATES}
+    return harness.alternating_medians(mpi, calls, rounds=rounds, budget=budget, probe="on")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -188,6 +188,21 @@ def time_per_iteration(mpi_comm: MPI.Comm, call: Callable[[], None], *, iters: i
     return max(mpi_comm.allgather(mean))
 
 
+def alternating_medians(mpi_comm: MPI.Comm, calls: Mapping[str, Callable[[], object]], *,
+                        rounds: int, budget: float, probe: str) -> dict[str, float]:
+    """Seconds per call of each of ``calls``, timed in alternating rounds (drift on a loaded
+    machine hits them alike): the median over rounds of time_per_iteration. The iterations
+    are set so that one call of ``probe`` takes about ``budget`` seconds per round."""
+    once = time_per_iteration(mpi_comm, calls[probe], iters=3, warmup=2)
+    iters = max(3, min(50000, int(budget / max(once, 1e-7))))
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            times[name].append(time_per_iteration(mpi_comm, call, iters=iters,
+                                                  warmup=max(1, iters // 10)))
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
 def count_wrong(mpi_comm: MPI.Comm, sample: Sample, variant: Variant, *, replicated: bool) -> int:
     """#wrong: the most elements any rank got wrong, against the reference or against rank 0.
 

@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from collections.abc import Callable, Sequence
 
@@ -72,18 +71,6 @@ def calls(comm, raw, collective: str, nbytes: int) -> dict[str, Callable[[], obj
     return {"mpi": mpi, "lane": lambda: library(x), "general": lambda: library(general)}
 
 
-def measure(mpi, cells: dict[str, Callable[[], object]], rounds: int,
-            budget: float) -> dict[str, float]:
-    probe = harness.time_per_iteration(mpi, cells["general"], iters=3, warmup=2)
-    iters = max(3, min(20000, int(budget / max(probe, 1e-7))))
-    times: dict[str, list[float]] = {state: [] for state in STATES}
-    for _ in range(rounds):
-        for state in STATES:
-            times[state].append(harness.time_per_iteration(
-                mpi, cells[state], iters=iters, warmup=max(1, iters // 10)))
-    return {state: statistics.median(times[state]) for state in STATES}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -106,8 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     for name in names:
         for nbytes in sizes:
-            rows.append((name, nbytes, measure(mpi, calls(comm, raw, name, nbytes), args.rounds,
-                                               args.budget)))
+            rows.append((name, nbytes, harness.alternating_medians(
+                mpi, calls(comm, raw, name, nbytes), rounds=args.rounds, budget=args.budget,
+                probe="general")))
             if mpi.rank == 0:
                 print(f"# {name} {format_size(nbytes)} done", file=sys.stderr, flush=True)
     if mpi.rank == 0:

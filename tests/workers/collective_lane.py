@@ -19,7 +19,7 @@ import threading
 import numpy as np
 
 import collectives
-from tests.workers.common import Tally, digest, everyone, rank_data
+from tests.workers.common import Tally, check_shape_mismatch, digest, everyone, rank_data
 
 SHAPES = ((), (1,), (7,), (3, 5), (40000,))
 
@@ -150,21 +150,6 @@ def read_only_in_place(comm, tally: Tally) -> None:
     tally.check(bool((y == 0).all()), f"after: {y}")
 
 
-def mismatch(comm, tally: Tally) -> None:
-    """A shape that differs on one rank after the routes are cached: MismatchError on every
-    rank, and the next call is fine."""
-    x = np.ones(6, np.float32)
-    comm.allgather(x)
-    wrong = np.ones(7 if comm.rank == comm.size - 1 else 6, np.float32)
-    try:
-        comm.allgather(wrong)
-        tally.check(comm.size == 1, "a shape mismatch went through")
-    except collectives.MismatchError as error:
-        tally.check("shape" in str(error), f"mismatch names no shape: {error}")
-    rows = comm.allgather(x)
-    tally.check(rows.shape == (comm.size, 6) and bool((rows == 1).all()), "after the mismatch")
-
-
 def statistics_and_threads(comm, tally: Tally) -> None:
     comm.reset_stats()
     x = np.ones(1000, np.float32)
@@ -195,7 +180,8 @@ def main() -> None:
         overlapping_out(comm, tally)
         read_only_in_place(comm, tally)
         if check:
-            mismatch(comm, tally)
+            check_shape_mismatch(comm, tally, comm.allgather,
+                                 np.ones((comm.size, 4), np.float32))
         statistics_and_threads(comm, tally)
         comm.close()
     tally.finish()

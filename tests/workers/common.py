@@ -67,3 +67,20 @@ def everyone(obj) -> list:
     from mpi4py import MPI
 
     return MPI.COMM_WORLD.allgather(obj)
+
+
+def check_shape_mismatch(comm, tally: Tally, call, expected: np.ndarray) -> None:
+    """`call(x)` of 4 ones (a route cached), then of 5 on the last rank only: MismatchError
+    naming the shape on every rank; then `call(x)` again gives `expected`."""
+    import collectives
+
+    x = np.ones(4, np.float32)
+    call(x)
+    try:
+        call(np.ones(5 if comm.rank == comm.size - 1 else 4, np.float32))
+        tally.check(comm.size == 1, "a shape mismatch went through")
+    except collectives.MismatchError as error:
+        tally.check("shape" in str(error), f"mismatch names no shape: {error}")
+    got = call(x)
+    tally.check(got.shape == expected.shape and np.array_equal(got, expected),
+                f"after the mismatch: {got}")

@@ -18,7 +18,8 @@ import numpy as np
 import collectives
 from collectives.calls.small import LANE_BYTES
 from collectives.options import DTYPES
-from tests.workers.common import OPS, Tally, digest, everyone, rank_data, reference
+from tests.workers.common import (OPS, Tally, check_shape_mismatch, digest, everyone,
+                                  rank_data, reference)
 
 
 def route_of(comm, x, op, algorithm) -> str:
@@ -86,20 +87,6 @@ def mixed_paths(comm, tally: Tally) -> None:
         y = comm.allreduce(x, algorithm=algorithm)
         tally.check(np.array_equal(y, reference(5, np.float32, comm.size, "sum")),
                     f"mixed paths {algorithm}: {y}")
-
-
-def mismatch(comm, tally: Tally) -> None:
-    """Shapes that differ after the lane cached the call: MismatchError on every rank."""
-    x = np.ones(4, np.float32)
-    comm.allreduce(x)
-    wrong = np.ones(5 if comm.rank == comm.size - 1 else 4, np.float32)
-    try:
-        comm.allreduce(wrong)
-        tally.check(comm.size == 1, "a shape mismatch went through")
-    except collectives.MismatchError as error:
-        tally.check("shape" in str(error), f"mismatch names no shape: {error}")
-    y = comm.allreduce(x)
-    tally.check(np.array_equal(y, np.full(4, comm.size, np.float32)), "after the mismatch")
 
 
 def behind_async(comm, tally: Tally) -> None:
@@ -170,7 +157,7 @@ def main() -> None:
             behind_async(comm, tally)
             from_thread(comm, tally)
             stats(comm, tally, check)
-        mismatch(on, tally)
+        check_shape_mismatch(on, tally, on.allreduce, np.full(4, on.size, np.float32))
         bad_arguments(on, tally)
     tally.finish()
 
