@@ -80,14 +80,21 @@ def allreduce_many_call(settings, arrays, outs, *, op, algorithm, compression, f
 class _Reduction(Call):
     """A checked all-reduce of one or more arrays."""
 
-    __slots__ = ("arrays", "outs", "options", "shapes", "single", "payload")
+    __slots__ = ("arrays", "outs", "options", "shapes", "single", "payload", "fresh")
 
     def __init__(self, signature: Signature, arrays: tuple, outs, options: CallOptions,
                  shapes: tuple, *, single: bool):
         self.name, self.signature = signature.name, signature
         self.arrays, self.outs = arrays, outs
         self.options, self.shapes, self.single = options, shapes, single
-        self.payload = None
+        self.payload = self.fresh = None
+
+    def prepare(self, ctx: Context) -> None:
+        """A single array without `out`: its result, flat (the lists' results are made per
+        fusion bucket, in the data phase)."""
+        if self.single and self.outs is None:
+            x = self.arrays[0]
+            self.fresh = kernels.array_module(x).empty(x.size, x.dtype)
 
     def agree(self, ctx: Context, seq: int, deadline: float):
         options = self.options
@@ -135,7 +142,7 @@ class _Reduction(Call):
         """The fast path of one contiguous array: no packing, no fusion bookkeeping."""
         x = self.arrays[0]
         out = self.outs[0] if self.outs is not None else None
-        result = kernels.array_module(x).empty(x.size, x.dtype) if out is None else out.reshape(-1)
+        result = self.fresh if out is None else out.reshape(-1)
         reduce_contiguous(ctx.reducer, result, None if out is x else x.reshape(-1), self.options,
                           seq % TAG_LIMIT, deadline, out is not None)
         return result.reshape(x.shape) if out is None else out
@@ -145,8 +152,8 @@ class _Reduction(Call):
         start = time.perf_counter()
         x = self.arrays[0]
         out = self.outs[0] if self.outs is not None else None
-        result = out.reshape(-1) if out is not None and out.flags.c_contiguous else \
-            kernels.array_module(x).empty(x.size, x.dtype)
+        result = self.fresh if out is None else out.reshape(-1) if out.flags.c_contiguous \
+            else kernels.array_module(x).empty(x.size, x.dtype)
         reduce_rows(rows, ctx.size, x.dtype, self.options.op, result)
         moved = (ctx.size - 1) * x.nbytes
         ctx.reducer.stats.record("direct", time.perf_counter() - start, moved, moved)

@@ -174,14 +174,19 @@ class SmallLane:
         if route is None or not x.flags.c_contiguous or (out is not None
                                                          and not route.fits(out, x)):
             return None
+        try:  # before anything is agreed (the general path refuses it on every rank)
+            result = np.empty(route.shape, route.dtype) if out is None else out
+        except MemoryError:
+            return None
         engine = self._engine
         if not engine.try_begin():
             return None
         try:
             kind = route.kind
             if kind == RIDE:
-                return self._ride(route, x, out)
-            return self._checked(route, self._native if kind == NATIVE else self._plan, x, out)
+                return self._ride(route, x, result)
+            return self._checked(route, self._native if kind == NATIVE else self._plan, x, out,
+                                 result)
         finally:
             engine.end()
 
@@ -224,7 +229,7 @@ class SmallLane:
             self._calls[key] = route
         return route
 
-    def _ride(self, route: Route, x: np.ndarray, out):
+    def _ride(self, route: Route, x: np.ndarray, result: np.ndarray):
         """Check on, auto, small: every rank's data comes with the records; each rank folds
         them in rank order (the same bits everywhere, those of reference_reduce)."""
         agreement = self._agreement
@@ -237,15 +242,14 @@ class SmallLane:
             self._transport.check_peers()  # records sent before a peer gave up still arrive
             moving = True
             start = time.perf_counter()  # what the general path's "direct" times: the fold
-            result = np.empty(route.shape, route.dtype) if out is None else out
             route.fold(route.values(rows), result if route.flat else result.reshape(-1))
             route.tally(time.perf_counter() - start)
         except BaseException as error:
             agreement.raise_failed(route.signature, seq, error, moving)
         return result
 
-    def _checked(self, route: Route, move, x: np.ndarray, out):
-        """`move(route, x, out, seq, deadline)` as one collective: sequence number and
+    def _checked(self, route: Route, move, x: np.ndarray, out, result: np.ndarray):
+        """`move(route, x, out, result, seq, deadline)` as one collective: sequence number and
         notices, deadline, the records' check when it is on; an error ends it as on the
         general path."""
         agreement = self._agreement
@@ -256,14 +260,16 @@ class SmallLane:
             if agreement.check:
                 agreement.agree(route.signature, seq, deadline)
             moving = True
-            return move(route, x, out, seq, deadline)
+            return move(route, x, out, result, seq, deadline)
         except BaseException as error:
             agreement.raise_failed(route.signature, seq, error, moving)
 
-    def _native(self, route: Route, x: np.ndarray, out, seq: int, deadline: float):
+    def _native(self, route: Route, x: np.ndarray, out, result: np.ndarray, seq: int,
+                deadline: float):
         """The transport's own all-reduce. It cannot be cancelled, so memory the caller
         sees is written once it completed."""
-        target = np.empty(route.count, route.dtype) if out is None else route.stage
+        target = route.stage if out is not None else result if route.flat else \
+            result.reshape(-1)
         source = x if route.flat else x.reshape(-1)
         if route.scale_before is not None:
             kernels.scale_into(target, source, route.scale_before)
@@ -273,16 +279,15 @@ class SmallLane:
         route.tally(time.perf_counter() - start)
         if route.divide_after is not None:
             kernels.divide_into(target, route.divide_after)
-        shaped = target if route.flat else target.reshape(route.shape)
         if out is None:
-            return shaped
-        np.copyto(out, shaped)
+            return result
+        np.copyto(out, target if route.flat else target.reshape(route.shape))
         return out
 
-    def _plan(self, route: Route, x: np.ndarray, out, seq: int, deadline: float):
+    def _plan(self, route: Route, x: np.ndarray, out, result: np.ndarray, seq: int,
+              deadline: float):
         """A plan on the reducer's runner: the general path's `_single` without its
         per-call decisions."""
-        result = np.empty(route.shape, route.dtype) if out is None else out
         work = result if route.flat else result.reshape(-1)
         src = None if out is x else (x if route.flat else x.reshape(-1))
         if route.scale_before is not None:  # into a buffer of ours, not the caller's work
