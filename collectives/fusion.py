@@ -115,12 +115,11 @@ def reduce_contiguous(reducer, work, src, options: CallOptions, tag: int, deadli
     memory the caller sees. The whole call for a single contiguous array."""
     op = options.op
     algorithm = reducer.resolve(options.algorithm, work.nbytes)
-    before, after = op.averaging(work.dtype, reducer.size)
-    if before is not None:  # into a buffer of ours: work may be the caller's (exposed, in
-        scaled = reducer.buffer("scaled", work, work.dtype, work.size)  # place), which a
-        kernels.scale_into(scaled, work if src is None else src, before)  # failed call
-        src = scaled  # must leave as it was
+    scaled = reducer.scaled_first(op, work if src is None else src)
+    if scaled is not None:
+        src = scaled
     reducer.reduce(work, _ELEMENTWISE[op], algorithm, None, src, tag, deadline, exposed)
+    _, after = op.averaging(work.dtype, reducer.size)
     if after is not None:
         kernels.divide_into(work, after)
 

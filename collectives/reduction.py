@@ -61,6 +61,17 @@ class FlatReducer:
         """A reusable flat buffer on like's array module (see PlanRunner.buffer)."""
         return self.runner(like).buffer(purpose, like, dtype, elements)
 
+    def scaled_first(self, op, source):
+        """The flat `source` scaled in a buffer of ours where `op` scales its input before
+        the sum (a float16 avg: Op.averaging); None where it does not. Never the caller's
+        memory: a failed call leaves that as it was."""
+        before, _ = op.averaging(source.dtype, self.size)
+        if before is None:
+            return None
+        scaled = self.buffer("scaled", source, source.dtype, source.size)
+        kernels.scale_into(scaled, source, before)
+        return scaled
+
     def resolve(self, algorithm: str, nbytes: int, *, compressed: bool = False) -> str:
         """`auto` made concrete for a message of `nbytes` (the tuner's choice; `compressed`:
         among the plans, whose codec runs per message, never MPI's own all-reduce, which

@@ -90,8 +90,9 @@ class _Reduction(Call):
         self.payload = self.fresh = None
 
     def prepare(self, ctx: Context) -> None:
-        """A single array without `out`: its result, flat (the lists' results are made per
-        fusion bucket, in the data phase)."""
+        """A single array without `out`: its result, flat, for the paths that reduce into
+        it (`_single`, `_direct`); on the fused path it only proves the result can be
+        allocated (the lists' results are made per fusion bucket, in the data phase)."""
         if self.single and self.outs is None:
             x = self.arrays[0]
             self.fresh = kernels.array_module(x).empty(x.size, x.dtype)

@@ -221,24 +221,17 @@ class Collective(Call):
                              deadline=deadline)[0].reshape(-1)
 
     def scaled_input(self, ctx: Context, work, src):
-        """The input of a plan on `work`: `src` as is (None: work holds it), or, where the
-        op scales it first (a float16 avg: Op.averaging), work = the scaled input and None."""
-        before, _ = self.options.op.averaging(work.dtype, ctx.size)
-        if before is None:
-            return src
-        kernels.scale_into(work, work if src is None else src, before)
-        return None
+        """The input of a plan on `work`: `src` as is (None: work holds it), or its scaled
+        copy where the op scales it first (a float16 avg: FlatReducer.scaled_first)."""
+        scaled = ctx.reducer.scaled_first(self.options.op, work if src is None else src)
+        return src if scaled is None else scaled
 
     def native_input(self, ctx: Context):
-        """x flat on the host for a native reduction, scaled in a buffer where the op
-        scales it first."""
+        """x flat on the host for a native reduction (its scaled copy where the op scales
+        it first)."""
         x = self.host(self.x).ravel()
-        before, _ = self.options.op.averaging(x.dtype, ctx.size)
-        if before is None:
-            return x
-        scaled = ctx.reducer.buffer("scaled", x, x.dtype, x.size)
-        kernels.scale_into(scaled, x, before)
-        return scaled
+        scaled = ctx.reducer.scaled_first(self.options.op, x)
+        return x if scaled is None else scaled
 
     def finish_avg(self, ctx: Context, result) -> None:
         _, after = self.options.op.averaging(result.dtype, ctx.size)

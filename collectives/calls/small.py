@@ -290,10 +290,8 @@ class SmallLane:
         per-call decisions."""
         work = result if route.flat else result.reshape(-1)
         src = None if out is x else (x if route.flat else x.reshape(-1))
-        if route.scale_before is not None:  # into a buffer of ours, not the caller's work
-            scaled = self._reducer.buffer("scaled", work, work.dtype, work.size)
-            kernels.scale_into(scaled, work if src is None else src, route.scale_before)
-            src = scaled
+        if route.scale_before is not None:
+            src = self._reducer.scaled_first(route.op, work if src is None else src)
         start = time.perf_counter()
         self._reducer.host_runner.run(route.plan, work, route.elementwise, seq % TAG_LIMIT,
                                       deadline, src=src)
