@@ -135,6 +135,4 @@ def _fold_in_order(ufunc, rows, out) -> None:
         ufunc(out, rows[i], out=out)
 
 
-@np.errstate(all="ignore")  # inf - inf, overflow, NaN compares are data (as in kernels)
-def _fold_floats(ufunc, rows, out) -> None:
-    _fold_in_order(ufunc, rows, out)
+_fold_floats = kernels.quiet(_fold_in_order)  # inf - inf, overflow, NaN compares are data

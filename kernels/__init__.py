@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from kernels import _numpy
-from kernels._common import HALF_DTYPES, OPS, compute_dtype, gpu_module, packed_offsets
+from kernels._common import HALF_DTYPES, OPS, compute_dtype, gpu_module, packed_offsets, quiet
 
 try:
     from kernels import _codec  # built by the install where a C++17 compiler works
@@ -55,6 +55,7 @@ __all__ = [
     "packed_offsets",
     "quantize_into",
     "quantize_residual_into",
+    "quiet",
     "reduce_into",
     "scale_into",
     "unpack",

@@ -12,16 +12,15 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from kernels._common import HALF_DTYPES, KERNELS, compute_dtype, op_name
+from kernels._common import HALF_DTYPES, KERNELS, compute_dtype, op_name, quiet
 
 __all__ = list(KERNELS)
 
 _UFUNCS = {"sum": np.add, "max": np.maximum, "min": np.minimum}
 _BLOCK = 1 << 14  # elements per block where a kernel needs scratch: 128 KiB of float64
-_quiet = np.errstate(all="ignore")
 
 
-@_quiet
+@quiet
 def reduce_into(dst: np.ndarray, src: np.ndarray, op: str) -> None:
     """dst = dst (op) src elementwise, in place."""
     _UFUNCS[op_name(op)](dst, src, out=dst, dtype=compute_dtype(dst.dtype), casting="unsafe")
@@ -51,7 +50,7 @@ def combiner(op: str, dst_dtype: np.dtype, a_dtype: np.dtype,
             ufunc(a, b, out=dst, dtype=dtype, casting="unsafe")
 
         if not all(d.kind in "iub" for d in key[1:]):  # integers raise no float warnings
-            found = _quiet(found)
+            found = quiet(found)
         _COMBINERS[key] = found
     return found
 
@@ -61,7 +60,7 @@ def copy_into(dst: np.ndarray, src: np.ndarray) -> None:
     np.copyto(dst, src)
 
 
-@_quiet
+@quiet
 def divide_into(buf: np.ndarray, divisor: float) -> None:
     """buf /= divisor for floats (16-bit in float32, one rounding); buf //= divisor for ints."""
     if buf.dtype.kind in "iu":
@@ -70,7 +69,7 @@ def divide_into(buf: np.ndarray, divisor: float) -> None:
         np.divide(buf, divisor, out=buf, dtype=compute_dtype(buf.dtype), casting="unsafe")
 
 
-@_quiet
+@quiet
 def scale_into(dst: np.ndarray, src: np.ndarray, scale: float) -> None:
     """dst = src * scale, the product in src's compute dtype, rounded once to dst's dtype."""
     if src.dtype != np.float64 or dst.dtype not in HALF_DTYPES:
@@ -105,7 +104,7 @@ def decompress_into(dst: np.ndarray, src16: np.ndarray) -> None:
     scale_into(dst, src16, 1.0)
 
 
-@_quiet
+@quiet
 def decompress_reduce_into(acc: np.ndarray, src16: np.ndarray, op: str) -> None:
     """acc = acc (op) widen(src16) elementwise, in acc's dtype."""
     _UFUNCS[op_name(op)](acc, src16, out=acc, dtype=acc.dtype, casting="unsafe")
@@ -126,7 +125,7 @@ def quantize_into(dst: np.ndarray, src: np.ndarray, wire: np.dtype, scale: float
         scale_into(dst[lo:hi], narrow[: hi - lo], scale)
 
 
-@_quiet
+@quiet
 def quantize_residual_into(work: np.ndarray, residual: np.ndarray, wire: np.dtype, scale: float) -> None:
     """t = work * scale; work = widen(round_wire(t)); residual = (t - work) * (1 / scale)."""
     scale_into(work, work, scale)

@@ -134,6 +134,24 @@ def test_reduce_into_propagates_nan(xp, dtype, op):
     np.testing.assert_array_equal(to_host(dst).astype(F64), want)
 
 
+def test_float_events_are_data_even_where_the_caller_raises_on_them():
+    """Overflow, inf - inf and NaN compares neither raise nor warn inside a kernel, and
+    the caller's error state is back in force after it (also after an error inside)."""
+    a = np.array([3e38, np.inf, np.nan], F32)
+    b = np.array([3e38, -np.inf, 1], F32)
+    with np.errstate(all="raise"):
+        for op in OPS:
+            dst = a.copy()
+            kernels.reduce_into(dst, b, op)
+        np.testing.assert_array_equal(dst, np.array([3e38, -np.inf, np.nan], F32))
+        assert np.isnan(kernels.quiet(np.subtract)(a[1:2], a[1:2]))[0]
+        with pytest.raises(ZeroDivisionError):
+            kernels.quiet(lambda: 1 / 0)()
+        with pytest.raises(FloatingPointError):
+            np.add(a[:1], a[:1])
+    assert np.geterr()["over"] == "warn"
+
+
 def test_reduce_into_takes_a_str_enum_and_rejects_unknown_ops():
     class Op(str, enum.Enum):
         SUM = "sum"

@@ -105,42 +105,49 @@ class _Records:
         self._recv_sets = [[control.Recv_init([rows[p], MPI.BYTE], p, _RECORD_TAG)
                             for p in self._peers] for rows in self._rows]
         self._own = [memoryview(rows[rank]) for rows in self._rows]
-        self._send_sets: dict[tuple[int, int], list[MPI.Prequest]] = {}
+        self._send_sets: dict[tuple[int, int], tuple[list[MPI.Prequest], list]] = {}
         self._turn = 0
         self._recvs = self._start(0)
 
     def _start(self, turn: int) -> list[MPI.Prequest]:
+        """Start the receives of `turn`'s rows; they are the next exchange's."""
         recvs = self._recv_sets[turn]
         if recvs:
             MPI.Prequest.Startall(recvs)
         return recvs
 
-    def _sends(self, turn: int, length: int) -> list[MPI.Prequest]:
-        sends = self._send_sets.get((turn, length))
-        if sends is None:
+    def _sends(self, turn: int, length: int) -> tuple[list[MPI.Prequest], list]:
+        """The persistent sends of this rank's row for a record of `length` bytes, and
+        them with the turn's receives (what an exchange waits for)."""
+        found = self._send_sets.get((turn, length))
+        if found is None:
             if len(self._send_sets) >= self._SEND_SETS:
-                for request in self._send_sets.pop(next(iter(self._send_sets))):
+                for request in self._send_sets.pop(next(iter(self._send_sets)))[0]:
                     request.Free()
             own = self._rows[turn][self._rank, :length]
-            sends = self._send_sets[turn, length] = [
-                self._control.Send_init([own, MPI.BYTE], p, _RECORD_TAG) for p in self._peers]
-        return sends
+            sends = [self._control.Send_init([own, MPI.BYTE], p, _RECORD_TAG)
+                     for p in self._peers]
+            found = self._send_sets[turn, length] = (sends, self._recv_sets[turn] + sends)
+        return found
 
     def exchange(self, transport: "MPITransport", record: np.ndarray, deadline: float,
                  what: str) -> np.ndarray:
         turn = self._turn
-        rows = self._rows[turn]
         length = record.size
         self._own[turn][:length] = memoryview(record)
-        recvs, sends = self._recvs, self._sends(turn, length)
-        requests = recvs + sends
+        recvs = self._recvs
+        sends, requests = self._sends(turn, length)
         if sends:
             MPI.Prequest.Startall(sends)
-        if not MPI.Request.Testall(requests):
+        testall = MPI.Request.Testall
+        for _ in range(BUSY_POLLS):  # a small exchange completes within these
+            if testall(requests):
+                break
+        else:
             self._wait(transport, requests, recvs, sends, deadline, what)
         self._turn = turn ^ 1
         self._recvs = self._start(turn ^ 1)
-        return rows
+        return self._rows[turn]
 
     def _wait(self, transport: "MPITransport", requests, recvs, sends, deadline: float,
               what: str) -> None:
@@ -176,7 +183,7 @@ class _Records:
     def free(self) -> None:
         """Free the persistent requests, all inactive (after `cancel` has settled)."""
         for request in (*self._recv_sets[0], *self._recv_sets[1],
-                        *(r for sends in self._send_sets.values() for r in sends)):
+                        *(r for sends, _ in self._send_sets.values() for r in sends)):
             request.Free()
         self._recv_sets, self._send_sets = [[], []], {}
 
