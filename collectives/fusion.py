@@ -7,7 +7,8 @@ cached: a training loop's calls reuse it. Per bucket the arrays are packed into 
 work buffer with a single kernel call, reduced once, and handed back. The work buffer is
 
 - the new results' own storage when the call returns new arrays of the work dtype: the
-  results are then views into one new flat array per bucket, so nothing is copied twice;
+  results are then views into one new flat array per bucket (`new_results`, made before
+  the ranks agree), so nothing is copied twice;
 - the caller's `out` array itself for a single contiguous `out` (the in-place path);
 - otherwise a fusion buffer the reducer keeps per (purpose, array module, dtype), which
   grows to the largest bucket and is reused by every later call.
@@ -35,7 +36,7 @@ from .compression.bucket import reduce_compressed
 from .reproducible import reproducibly
 from .options import CallOptions, Op
 
-__all__ = ["Bucket", "Layout", "reduce_arrays", "reduce_contiguous"]
+__all__ = ["Bucket", "Layout", "new_results", "reduce_arrays", "reduce_contiguous"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +128,25 @@ def reduce_contiguous(reducer, work, src, options: CallOptions, tag: int, deadli
 _ELEMENTWISE = {op: op.elementwise for op in Op}
 
 
+def new_results(layout: Layout, like) -> list:
+    """The storage of new results, one flat array per bucket of `layout`, on like's array
+    module (made before the ranks agree: a MemoryError then refuses the call on every rank
+    instead of breaking the communicator mid-way)."""
+    xp = kernels.array_module(like)
+    return [xp.empty(bucket.count, bucket.dtype) for bucket in layout.buckets]
+
+
 def reduce_arrays(arrays: tuple, outs: tuple | None, options: CallOptions, layout: Layout,
-                  reducer, *, tag: int, deadline: float,
+                  reducer, *, tag: int, deadline: float, fresh: list | None = None,
                   feedback_key: Hashable | None = None) -> list:
-    """Reduce every bucket of `layout`; the results in the order of `arrays`."""
+    """Reduce every bucket of `layout`; the results in the order of `arrays`. Without
+    `outs` the results are views of `fresh` (`new_results`; made here when None)."""
     results: list = list(outs) if outs is not None else [None] * len(arrays)
+    if outs is None and fresh is None:
+        fresh = new_results(layout, arrays[0]) if arrays else []
     for index, bucket in enumerate(layout.buckets):
-        _Bucket(arrays, outs, options, bucket, reducer, tag, deadline).reduce(
+        _Bucket(arrays, outs, options, bucket, reducer, tag, deadline,
+                None if fresh is None else fresh[index]).reduce(
             results, None if feedback_key is None else (feedback_key, index))
     return results
 
@@ -142,9 +155,10 @@ class _Bucket:
     """One bucket of a call: its work buffer, input and result."""
 
     def __init__(self, arrays, outs, options: CallOptions, bucket: Bucket, reducer, tag: int,
-                 deadline: float):
+                 deadline: float, fresh):
         self.arrays = [arrays[i] for i in bucket.members]
         self.outs = None if outs is None else [outs[i] for i in bucket.members]
+        self.fresh = fresh  # the new results' storage (outs None)
         self.options, self.bucket, self.reducer = options, bucket, reducer
         self.tag, self.deadline = tag, deadline
         self.algorithm = options.algorithm
@@ -180,7 +194,7 @@ class _Bucket:
         dtype itself (exposed: the caller sees it), else a reusable buffer."""
         bucket = self.bucket
         if self.outs is None:
-            return (self.xp.empty(bucket.count, bucket.dtype) if dtype == bucket.dtype
+            return (self.fresh if dtype == bucket.dtype
                     else self.reducer.buffer(purpose, self.arrays[0], dtype, bucket.count)), False
         out0 = self.outs[0]
         if len(self.outs) == 1 and out0.flags.c_contiguous and out0.dtype == dtype:
@@ -235,8 +249,7 @@ class _Bucket:
         wdtype = work_dtype(bucket.dtype)
         work, _ = self._result_buffer(wdtype, "fusion")
         self._load(work)
-        dest = work if wdtype == bucket.dtype or self.outs is not None else \
-            self.xp.empty(bucket.count, bucket.dtype)
+        dest = work if wdtype == bucket.dtype or self.outs is not None else self.fresh
         residual = None
         if feedback_key is not None:
             residual = reducer.feedback.residual(feedback_key, work, work.size)

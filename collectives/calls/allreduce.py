@@ -17,7 +17,7 @@ import kernels
 
 from ..agreement import Signature
 from ..compression import codec_for
-from ..fusion import Layout, reduce_arrays, reduce_contiguous
+from ..fusion import Layout, new_results, reduce_arrays, reduce_contiguous
 from ..options import SUPPORTED, CallOptions, Op
 from ..validation import check_array, check_out, check_outs
 from .base import TAG_LIMIT, Call, Context, Refused, issuer
@@ -90,12 +90,13 @@ class _Reduction(Call):
         self.payload = self.fresh = None
 
     def prepare(self, ctx: Context) -> None:
-        """A single array without `out`: its result, flat, for the paths that reduce into
-        it (`_single`, `_direct`); on the fused path it only proves the result can be
-        allocated (the lists' results are made per fusion bucket, in the data phase)."""
-        if self.single and self.outs is None:
-            x = self.arrays[0]
-            self.fresh = kernels.array_module(x).empty(x.size, x.dtype)
+        """Without `out`: the results' storage, one flat array per fusion bucket
+        (`new_results`); a single array's is its flat result (`_single`, `_direct`)."""
+        if self.outs is None and self.arrays:
+            self.fresh = new_results(self._layout(), self.arrays[0])
+
+    def _layout(self) -> Layout:
+        return Layout.of(self.shapes, self.options.fusion_bytes)
 
     def agree(self, ctx: Context, seq: int, deadline: float):
         options = self.options
@@ -115,10 +116,9 @@ class _Reduction(Call):
             return self._direct(ctx, rows)
         if self.single and not self.options.deterministic and self._contiguous(ctx):
             return self._single(ctx, seq, deadline)
-        layout = Layout.of(self.shapes, self.options.fusion_bytes)
-        results = reduce_arrays(self.arrays, self.outs, self.options, layout, ctx.reducer,
-                                tag=seq % TAG_LIMIT, deadline=deadline,
-                                feedback_key=self._feedback_key())
+        results = reduce_arrays(self.arrays, self.outs, self.options, self._layout(),
+                                ctx.reducer, tag=seq % TAG_LIMIT, deadline=deadline,
+                                fresh=self.fresh, feedback_key=self._feedback_key())
         return results[0] if self.single else results
 
     def _contiguous(self, ctx: Context) -> bool:
@@ -143,7 +143,7 @@ class _Reduction(Call):
         """The fast path of one contiguous array: no packing, no fusion bookkeeping."""
         x = self.arrays[0]
         out = self.outs[0] if self.outs is not None else None
-        result = self.fresh if out is None else out.reshape(-1)
+        result = self.fresh[0] if out is None else out.reshape(-1)
         reduce_contiguous(ctx.reducer, result, None if out is x else x.reshape(-1), self.options,
                           seq % TAG_LIMIT, deadline, out is not None)
         return result.reshape(x.shape) if out is None else out
@@ -153,8 +153,8 @@ class _Reduction(Call):
         start = time.perf_counter()
         x = self.arrays[0]
         out = self.outs[0] if self.outs is not None else None
-        result = self.fresh if out is None else out.reshape(-1) if out.flags.c_contiguous \
-            else kernels.array_module(x).empty(x.size, x.dtype)
+        result = self.fresh[0] if out is None else out.reshape(-1) \
+            if out.flags.c_contiguous else kernels.array_module(x).empty(x.size, x.dtype)
         reduce_rows(rows, ctx.size, x.dtype, self.options.op, result)
         moved = (ctx.size - 1) * x.nbytes
         ctx.reducer.stats.record("direct", time.perf_counter() - start, moved, moved)
