@@ -205,15 +205,33 @@ class Agreement:
     def _exchange(self, status: int, seq: int, digest: int, length: int, deadline: float):
         """Send the record (header, then `length` bytes of payload already in place)."""
         _HEADER.pack_into(self._record, 0, status, seq, digest, length)
-        return self._transport.exchange_records(self._record[: HEADER_BYTES + length], deadline,
-                                                "the agreement records")
+        return self._records(self._record[: HEADER_BYTES + length], deadline,
+                             "the agreement records")
+
+    def _records(self, record: np.ndarray, deadline: float, what: str):
+        """The transport's records exchange. A timeout or a peer's notice ends the collective
+        through `failed`; any other error escaping it (an interrupt: a signal handler that
+        raises, KeyboardInterrupt) leaves records in flight and the exchange given up, so
+        the communicator is unusable from then on and the peers are told, as after a
+        timeout (the ninth review: each later call raised a MismatchError, and a peer
+        completed the call this rank had abandoned)."""
+        try:
+            return self._transport.exchange_records(record, deadline, what)
+        except (CollectiveTimeout, PeerError):
+            raise
+        except BaseException as error:
+            if self.broken is None:
+                self.broken = (f"collective #{self.seq} was interrupted while the ranks "
+                               f"exchanged {what} ({type(error).__name__})")
+            self._transport.tell_peers("gave up", self.seq)
+            raise
 
     def _texts(self, rows, text: str, deadline: float) -> list[str]:
         """Second exchange: every rank's text (signature or error), row r from rank r."""
         body = _fit(text, TEXT_BYTES - 1)
         record = np.zeros(HEADER_BYTES + TEXT_BYTES, np.uint8)
         record[HEADER_BYTES: HEADER_BYTES + len(body)] = np.frombuffer(body, np.uint8)
-        texts = self._transport.exchange_records(record, deadline, "the agreement details")
+        texts = self._records(record, deadline, "the agreement details")
         # (rows are the transport's reused buffers: past the text lie earlier records' bytes)
         return [row[HEADER_BYTES: HEADER_BYTES + TEXT_BYTES].tobytes().rstrip(b"\0")
                 .decode(errors="replace") for row in texts]
