@@ -84,6 +84,23 @@ def _reduction(dtype: np.dtype, op: str) -> tuple[MPI.Datatype, MPI.Op, bool]:
 _REDUCTIONS: dict[tuple[np.dtype, str], tuple[MPI.Datatype, MPI.Op, bool]] = {}
 
 
+def _same_nans(buf: np.ndarray) -> None:
+    """Every NaN of a float sum made the default quiet NaN, the same bits on every rank.
+
+    MPI's SUM is commutative, so MPICH adds two ranks' values in either order on either
+    rank (recursive doubling), and x86 keeps the first NaN operand's sign and payload: two
+    NaNs of different payloads gave each rank its own NaN (found by the ninth review).
+    Without a NaN this costs a sum of a few elements, or one pass of `isnan`.
+    """
+    if buf.size <= 32:
+        total = sum(buf.reshape(-1).tolist())  # NaN if an element is (or +inf meets -inf)
+        if total == total:
+            return
+    nans = np.isnan(buf)
+    if nans.any():
+        buf[nans] = np.nan
+
+
 def _spec(buf: np.ndarray, datatype: MPI.Datatype, as_bytes_: bool) -> list:
     return [buf.view(np.uint8) if as_bytes_ else buf, datatype]
 
@@ -297,6 +314,8 @@ class MPITransport:
             recv = [dst, datatype]
         self._complete(self.comm.Iallreduce(send, recv, mpi_op), deadline,
                        "native MPI all-reduce")
+        if not raw and dst.dtype.kind == "f":
+            _same_nans(dst)
 
     def native_reduce_scatter(self, src: np.ndarray, dst: np.ndarray, counts: Sequence[int],
                               op: str, deadline: float) -> None:
