@@ -17,7 +17,7 @@ import kernels
 
 from .options import check_dtype
 
-__all__ = ["check_array", "check_out", "check_outs", "is_array"]
+__all__ = ["check_array", "check_out", "check_outs", "is_array", "overlaps_itself"]
 
 
 def is_array(x) -> bool:
@@ -54,6 +54,7 @@ def check_out(out, x, name: str = "out", x_name: str = "x") -> None:
         if not writable:
             raise ValueError(f"{name} is x but x is read-only; a call in place needs a "
                              "writable array")
+        _check_own_memory(out, x_name)
         return
     module = kernels.array_module(x)  # a subclass (np.memmap) is as good as its base
     if (not is_array(out) or kernels.array_module(out) is not module
@@ -69,6 +70,7 @@ def check_out(out, x, name: str = "out", x_name: str = "x") -> None:
         )
     if not writable:
         raise ValueError(f"{name} is read-only; pass a writable array")
+    _check_own_memory(out, name)
     if kernels.array_module(x).shares_memory(out, x):
         if _same_view(out, x):
             raise ValueError(
@@ -76,6 +78,29 @@ def check_out(out, x, name: str = "out", x_name: str = "x") -> None:
                 f"for in place pass the same object (v = b[0]; then {x_name}=v, {name}=v)")
         raise ValueError(f"{name} overlaps {x_name} partially; pass {name}={x_name} (the same "
                          "object) for in place, or a separate array")
+
+
+def overlaps_itself(array) -> bool:
+    """Whether two elements of `array` may share memory (a stride of 0, as np.broadcast_to
+    and as_strided make, or strides that make elements meet): each stride, smallest
+    first, must step past everything the smaller ones span. A C-contiguous array never
+    does (the caller's fast test)."""
+    span = array.itemsize
+    for stride, extent in sorted((abs(st), n) for st, n in zip(array.strides, array.shape)
+                                 if n > 1):
+        if stride < span:
+            return True
+        span = stride * (extent - 1) + span
+    return False
+
+
+def _check_own_memory(out, name: str) -> None:
+    """A result written to `out` must not overwrite itself (found by the ninth review: a
+    stride-0 out got every element the last one's sum)."""
+    if not out.flags.c_contiguous and overlaps_itself(out):
+        raise ValueError(f"{name} has elements that share memory (strides {out.strides} for "
+                         f"shape {out.shape}); results written there would overwrite each "
+                         "other: pass an array with memory of its own per element")
 
 
 def _same_view(a, b) -> bool:

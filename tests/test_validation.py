@@ -7,7 +7,7 @@ import pytest
 from collectives.config import Settings
 from collectives.errors import rank_list, unknown_choice
 from collectives.options import Op, check_algorithm
-from collectives.validation import check_array, check_out, check_outs
+from collectives.validation import check_array, check_out, check_outs, overlaps_itself
 
 
 @pytest.mark.parametrize("bad", [[1.0, 2.0], 3, "x", None, memoryview(b"ab")])
@@ -171,3 +171,28 @@ def test_outs_that_cross_or_overlap_other_arrays_are_refused():
     interleaved = np.zeros(16, np.float32)  # extents meet, memory does not
     check_outs((interleaved[::2], interleaved[1::2]), (a, b))
     check_outs((np.empty(8, np.float32), np.empty(8, np.float32)), (a, a))  # inputs may alias
+
+
+def test_arrays_whose_elements_meet_are_told_apart_from_strided_views():
+    base = np.zeros(24, np.float32)
+    own = [base, base[::3], base[::-2], base.reshape(4, 6).T, base.reshape(2, 3, 4)[:, ::2, 1:],
+           np.asfortranarray(base.reshape(4, 6)), base[:1], base[:0],
+           np.lib.stride_tricks.as_strided(base, shape=(2, 2), strides=(16, 8))]
+    shared = [np.lib.stride_tricks.as_strided(base, shape=(4,), strides=(0,)),
+              np.lib.stride_tricks.as_strided(base, shape=(3, 4), strides=(4, 4)),
+              np.lib.stride_tricks.sliding_window_view(base, 5)]
+    assert [overlaps_itself(a) for a in own] == [False] * len(own)
+    assert [overlaps_itself(a) for a in shared] == [True] * len(shared)
+
+
+def test_an_out_whose_elements_share_memory_is_refused():
+    """Found by the ninth review: every element held the last one's sum."""
+    x = np.arange(4, dtype=np.float32)
+    stride0 = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=(4,), strides=(0,))
+    with pytest.raises(ValueError, match=r"out has elements that share memory \(strides \(0,\)"):
+        check_out(stride0, x)
+    with pytest.raises(ValueError, match="x has elements that share memory"):
+        check_out(stride0, stride0)  # in place
+    with pytest.raises(ValueError, match=r"out\[1\] has elements that share memory"):
+        check_outs([np.empty(4, np.float32), stride0], [x, x.copy()])
+    check_out(np.empty(8, np.float32)[::2], x)  # strided, each element its own

@@ -51,6 +51,7 @@ from ..deterministic import host_fold
 from ..options import SUPPORTED, CallOptions, Op
 from ..progress import THREAD_NAME
 from ..stats import native_traffic, plan_traffic
+from ..validation import overlaps_itself
 from .allreduce import describe
 from .base import TAG_LIMIT, Context, execute
 from .riding import rides
@@ -134,15 +135,16 @@ class CallRoute:
 
     def fits(self, x: np.ndarray, out) -> bool:
         """Whether `out` passes the checks the first call's passed (x's shape and dtype, and
-        whether out is None or x, are in the route's key): writable, and a separate out of
-        the same shape and dtype apart from x."""
+        whether out is None or x, are in the route's key): writable, no two elements in one
+        place, and a separate out of the same shape and dtype apart from x."""
         if out is None:
             return True
-        if out is x:
-            return x.flags.writeable
-        return (type(out) is np.ndarray and out.shape == self.out_shape
-                and out.dtype == self.out_dtype and out.flags.writeable
-                and not np.may_share_memory(out, x))
+        if out is not x and not (type(out) is np.ndarray and out.shape == self.out_shape
+                                 and out.dtype == self.out_dtype
+                                 and not np.may_share_memory(out, x)):
+            return False
+        flags = out.flags
+        return flags.writeable and (flags.c_contiguous or not overlaps_itself(out))
 
 
 class SmallLane:

@@ -9,6 +9,7 @@ against the async twin (the general path) bit for bit and the same bits on every
 routes made; x not kept between calls; arguments whose value hashes alike but whose
 type differs (root True after root 1); a refused first call refused again; an out that
 overlaps x after a route with a separate out; a read-only x in place after a writable one;
+an out whose elements share memory after a route;
 shapes that differ between ranks after the routes are cached; comm.stats() counting the
 lane's calls.
 """
@@ -150,6 +151,23 @@ def read_only_in_place(comm, tally: Tally) -> None:
     tally.check(bool((y == 0).all()), f"after: {y}")
 
 
+def out_over_itself(comm, tally: Tally) -> None:
+    """Routes made in place and with a separate out, then a writable out whose elements
+    share memory (stride 0): refused as on the general path (found by the ninth review:
+    every element would have held the last one's result)."""
+    for separate in (False, True):
+        x = np.arange(4.0)
+        comm.broadcast(x, root=0, out=np.empty(4) if separate else x)
+        shared = np.lib.stride_tricks.as_strided(np.zeros(1), shape=(4,), strides=(0,))
+        try:
+            comm.broadcast(x if separate else shared, root=0, out=shared)
+            tally.check(False, f"a stride-0 out went through (separate out: {separate})")
+        except ValueError as error:
+            tally.check("elements that share memory" in str(error), f"stride-0 out: {error}")
+    y = comm.broadcast(np.full(5, comm.rank, np.float64), root=0, out=np.empty(5))
+    tally.check(bool((y == 0).all()), f"after: {y}")
+
+
 def statistics_and_threads(comm, tally: Tally) -> None:
     comm.reset_stats()
     x = np.ones(1000, np.float32)
@@ -179,6 +197,7 @@ def main() -> None:
         argument_types(comm, tally)
         overlapping_out(comm, tally)
         read_only_in_place(comm, tally)
+        out_over_itself(comm, tally)
         if check:
             check_shape_mismatch(comm, tally, comm.allgather,
                                  np.ones((comm.size, 4), np.float32))
