@@ -98,6 +98,8 @@ class Agreement:
         self._record = np.zeros(HEADER_BYTES + RIDE_BYTES, np.uint8)
         self._record_view = memoryview(self._record)
         self._heads: dict[int, tuple] = {}  # id(rows) -> (rows, int64 view of the headers)
+        self._exchanging = self._exchanged = 0  # the collective whose records (last) began
+        # to be exchanged, and came back (0: an exchange is under way)
 
     def enter(self, name: str) -> int:
         """The next collective starts: its sequence number; refused once the communicator is
@@ -168,7 +170,7 @@ class Agreement:
             return
         try:
             rows = self._exchange(INVALID, seq, 0, 0, deadline)
-            self._texts(rows, f"{type(error).__name__}: {error}", deadline)
+            self._texts(rows, f"{type(error).__name__}: {error}", seq, deadline)
         except CollectiveTimeout as timeout:
             self.broken = f"{signature.name} #{seq} timed out"
             error.add_note(f"the other ranks could not be told: {timeout}")
@@ -176,17 +178,26 @@ class Agreement:
     def failed(self, signature: Signature, seq: int, error: BaseException,
                moving: bool) -> BaseException:
         """What to raise for `error` escaping collective `seq`: the error itself, or for a
-        timeout the error labelled with the call. A timeout, a peer's notice, or any error
-        once data moves (`moving`: messages may be in flight) breaks the communicator, and
-        the peers are told that this rank gave up."""
+        timeout the error labelled with the call. A timeout, a peer's notice, any error
+        once data moves (`moving`: messages may be in flight), or any error before the
+        records exchanges this call began came back (an interrupt: a signal handler that
+        raises, KeyboardInterrupt; the peers wait for a record that will not come, or the
+        exchange was given up) breaks the communicator, and the peers are told that this
+        rank gave up (the ninth review: each later call raised a MismatchError, and a peer
+        completed the call this rank had abandoned). A refusal the ranks shared
+        (`share_failure`) and a MismatchError leave it usable."""
         timeout = isinstance(error, (CollectiveTimeout, PeerError))
-        if not (timeout or moving):
+        unheard = self._exchanged != seq and (self.check or self._exchanging == seq)
+        if not (timeout or moving or unheard):
             return error
         if self.broken is None:
             if isinstance(error, CollectiveTimeout):
                 self.broken = f"{signature.name} #{seq} timed out"
             elif isinstance(error, PeerError):
                 self.broken = f"{signature.name} #{seq} was abandoned ({str(error).split(': ', 1)[-1]})"
+            elif not moving:
+                self.broken = (f"{signature.name} #{seq} ended before the ranks had exchanged "
+                               f"its records ({type(error).__name__})")
             elif isinstance(error, MismatchError):
                 self.broken = f"{signature.name} #{seq} found the ranks' messages out of step"
             else:
@@ -205,33 +216,24 @@ class Agreement:
     def _exchange(self, status: int, seq: int, digest: int, length: int, deadline: float):
         """Send the record (header, then `length` bytes of payload already in place)."""
         _HEADER.pack_into(self._record, 0, status, seq, digest, length)
-        return self._records(self._record[: HEADER_BYTES + length], deadline,
+        return self._records(self._record[: HEADER_BYTES + length], seq, deadline,
                              "the agreement records")
 
-    def _records(self, record: np.ndarray, deadline: float, what: str):
-        """The transport's records exchange. A timeout or a peer's notice ends the collective
-        through `failed`; any other error escaping it (an interrupt: a signal handler that
-        raises, KeyboardInterrupt) leaves records in flight and the exchange given up, so
-        the communicator is unusable from then on and the peers are told, as after a
-        timeout (the ninth review: each later call raised a MismatchError, and a peer
-        completed the call this rank had abandoned)."""
-        try:
-            return self._transport.exchange_records(record, deadline, what)
-        except (CollectiveTimeout, PeerError):
-            raise
-        except BaseException as error:
-            if self.broken is None:
-                self.broken = (f"collective #{self.seq} was interrupted while the ranks "
-                               f"exchanged {what} ({type(error).__name__})")
-            self._transport.tell_peers("gave up", self.seq)
-            raise
+    def _records(self, record: np.ndarray, seq: int, deadline: float, what: str):
+        """The transport's records exchange for collective `seq`, noted for `failed`: an
+        error that escapes the collective before every exchange it began has come back
+        leaves the peers waiting for this rank's record, or the exchange given up."""
+        self._exchanging, self._exchanged = seq, 0
+        rows = self._transport.exchange_records(record, deadline, what)
+        self._exchanged = seq
+        return rows
 
-    def _texts(self, rows, text: str, deadline: float) -> list[str]:
+    def _texts(self, rows, text: str, seq: int, deadline: float) -> list[str]:
         """Second exchange: every rank's text (signature or error), row r from rank r."""
         body = _fit(text, TEXT_BYTES - 1)
         record = np.zeros(HEADER_BYTES + TEXT_BYTES, np.uint8)
         record[HEADER_BYTES: HEADER_BYTES + len(body)] = np.frombuffer(body, np.uint8)
-        texts = self._records(record, deadline, "the agreement details")
+        texts = self._records(record, seq, deadline, "the agreement details")
         # (rows are the transport's reused buffers: past the text lie earlier records' bytes)
         return [row[HEADER_BYTES: HEADER_BYTES + TEXT_BYTES].tobytes().rstrip(b"\0")
                 .decode(errors="replace") for row in texts]
@@ -245,7 +247,7 @@ class Agreement:
                 f"{signature.label(seq)}: check_finite: {rank_list(bad)} "
                 f"{'has' if len(bad) == 1 else 'have'} NaN or Inf in the input; nothing was "
                 "reduced")
-        texts = self._texts(rows, signature.text(seq), deadline)
+        texts = self._texts(rows, signature.text(seq), seq, deadline)
         invalid = np.flatnonzero(statuses == INVALID).tolist()
         if invalid:
             reasons = "; ".join(f"rank {r}: {texts[r]}" for r in invalid)
