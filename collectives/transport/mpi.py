@@ -85,7 +85,8 @@ _REDUCTIONS: dict[tuple[np.dtype, str], tuple[MPI.Datatype, MPI.Op, bool]] = {}
 
 
 def _same_nans(buf: np.ndarray) -> None:
-    """Every NaN of a float sum made the default quiet NaN, the same bits on every rank.
+    """Every NaN of a float sum (`buf`, 1-D) made the default quiet NaN, the same bits on
+    every rank.
 
     MPI's SUM is commutative, so MPICH adds two ranks' values in either order on either
     rank (recursive doubling), and x86 keeps the first NaN operand's sign and payload: two
@@ -93,11 +94,10 @@ def _same_nans(buf: np.ndarray) -> None:
     Without a NaN this costs a sum of a few elements, or one dot product (0.3 us at
     4 KiB, 1 us at 64 KiB: a third of `isnan(buf).any()`).
     """
-    flat = buf.reshape(-1)
-    probe = sum(flat.tolist()) if flat.size <= 8 else flat.dot(flat)  # NaN if an element
-    if probe == probe:  # is (the sum also where +inf meets -inf: then nothing changes)
+    probe = sum(buf.tolist()) if buf.size <= 8 else buf.dot(buf)  # NaN if an element is
+    if probe == probe:  # (the sum also where +inf meets -inf: then nothing changes)
         return
-    flat[np.isnan(flat)] = np.nan
+    buf[np.isnan(buf)] = np.nan
 
 
 def _spec(buf: np.ndarray, datatype: MPI.Datatype, as_bytes_: bool) -> list:
