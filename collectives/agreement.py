@@ -179,16 +179,17 @@ class Agreement:
                moving: bool) -> BaseException:
         """What to raise for `error` escaping collective `seq`: the error itself, or for a
         timeout the error labelled with the call. A timeout, a peer's notice, any error
-        once data moves (`moving`: messages may be in flight), or any error before the
-        records exchanges this call began came back (an interrupt: a signal handler that
-        raises, KeyboardInterrupt; the peers wait for a record that will not come, or the
-        exchange was given up) breaks the communicator, and the peers are told that this
-        rank gave up (the ninth review: each later call raised a MismatchError, and a peer
-        completed the call this rank had abandoned). A refusal the ranks shared
-        (`share_failure`) and a MismatchError leave it usable."""
+        once data moves (`moving`: messages may be in flight), any error before the
+        records exchanges this call began came back (the peers wait for a record that will
+        not come, or the exchange was given up), and an interrupt anywhere
+        (KeyboardInterrupt, SystemExit: not an Exception) break the communicator, and the
+        peers are told that this rank gave up (the ninth review: a raising signal handler
+        left each later call a MismatchError, and a peer completed the call this rank had
+        abandoned). A refusal the ranks shared (`share_failure`), a MismatchError and a
+        NonFiniteError leave it usable."""
         timeout = isinstance(error, (CollectiveTimeout, PeerError))
         unheard = self._exchanged != seq and (self.check or self._exchanging == seq)
-        if not (timeout or moving or unheard):
+        if not (timeout or moving or unheard or not isinstance(error, Exception)):
             return error
         if self.broken is None:
             if isinstance(error, CollectiveTimeout):
@@ -196,8 +197,9 @@ class Agreement:
             elif isinstance(error, PeerError):
                 self.broken = f"{signature.name} #{seq} was abandoned ({str(error).split(': ', 1)[-1]})"
             elif not moving:
-                self.broken = (f"{signature.name} #{seq} ended before the ranks had exchanged "
-                               f"its records ({type(error).__name__})")
+                self.broken = (f"{signature.name} #{seq} ended ({type(error).__name__}) before "
+                               + ("the ranks had exchanged its records" if unheard else
+                                  "its data moved"))
             elif isinstance(error, MismatchError):
                 self.broken = f"{signature.name} #{seq} found the ranks' messages out of step"
             else:

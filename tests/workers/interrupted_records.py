@@ -8,7 +8,8 @@ Usage: mpiexec -n 2 python -m tests.workers.interrupted_records ride|large|befor
           data rides with the records
   large   the same for a call whose data moves after the records (a plan)
   before  rank 0 is interrupted before it sends its record: KeyboardInterrupt raised by the
-          finite check of `check_finite=True` (a fault injected where a signal may land)
+          finite check of `check_finite=True` (a fault injected where a signal may land);
+          with COLLECTIVES_CHECK=0 too, where only that check exchanges records
 """
 from __future__ import annotations
 
