@@ -98,8 +98,8 @@ class Agreement:
         self._record = np.zeros(HEADER_BYTES + RIDE_BYTES, np.uint8)
         self._record_view = memoryview(self._record)
         self._heads: dict[int, tuple] = {}  # id(rows) -> (rows, int64 view of the headers)
-        self._exchanging = self._exchanged = 0  # the collective whose records (last) began
-        # to be exchanged, and came back (0: an exchange is under way)
+        self._settled = 0  # the last collective whose outcome every rank knows without
+        # data: a refusal it shared, or the agreement's MismatchError / NonFiniteError
 
     def enter(self, name: str) -> int:
         """The next collective starts: its sequence number; refused once the communicator is
@@ -113,6 +113,9 @@ class Agreement:
         except PeerError as error:
             self.broken = str(error).split(": ", 1)[-1]
             raise PeerError(f"{name} #{seq}: {error}") from None
+        except BaseException as error:  # an interrupt: this rank is a collective ahead
+            self._give_up(f"{name} #{seq} ended ({type(error).__name__}) as it began", seq)
+            raise
         return seq
 
     def agree(self, signature: Signature, seq: int, deadline: float, finite: bool = True,
@@ -165,47 +168,52 @@ class Agreement:
 
     def share_failure(self, signature: Signature, seq: int, deadline: float,
                       error: Exception) -> None:
-        """This rank rejected its arguments: tell the others (they raise MismatchError)."""
-        if not self.check:
-            return
-        try:
-            rows = self._exchange(INVALID, seq, 0, 0, deadline)
-            self._texts(rows, f"{type(error).__name__}: {error}", seq, deadline)
-        except CollectiveTimeout as timeout:
-            self.broken = f"{signature.name} #{seq} timed out"
-            error.add_note(f"the other ranks could not be told: {timeout}")
+        """This rank rejected its arguments: tell the others (they raise MismatchError; with
+        the check off they are not told)."""
+        if self.check:
+            try:
+                rows = self._exchange(INVALID, seq, 0, 0, deadline)
+                self._texts(rows, f"{type(error).__name__}: {error}", deadline)
+            except CollectiveTimeout as timeout:
+                self.broken = f"{signature.name} #{seq} timed out"
+                error.add_note(f"the other ranks could not be told: {timeout}")
+                return
+        self._settled = seq
 
     def failed(self, signature: Signature, seq: int, error: BaseException,
                moving: bool) -> BaseException:
         """What to raise for `error` escaping collective `seq`: the error itself, or for a
-        timeout the error labelled with the call. A timeout, a peer's notice, any error
-        once data moves (`moving`: messages may be in flight), any error before the
-        records exchanges this call began came back (the peers wait for a record that will
-        not come, or the exchange was given up), and an interrupt anywhere
-        (KeyboardInterrupt, SystemExit: not an Exception) break the communicator, and the
-        peers are told that this rank gave up (the ninth review: a raising signal handler
-        left each later call a MismatchError, and a peer completed the call this rank had
-        abandoned). A refusal the ranks shared (`share_failure`), a MismatchError and a
-        NonFiniteError leave it usable."""
+        timeout the error labelled with the call. The communicator stays usable only where
+        every rank knows the call's outcome without data: a refusal of its arguments
+        (`share_failure`) or the agreement's MismatchError or NonFiniteError. Anything
+        else that escapes a collective breaks it, and the peers are told that this rank
+        gave up: a timeout, a peer's notice, any error once data moves (`moving`: messages
+        may be in flight), and any other error or interrupt between `enter` and the data
+        (a signal handler that raises, KeyboardInterrupt: the peers wait for a record or
+        data that will not come; the ninth and tenth reviews found such ranks left a
+        collective ahead, every later call a MismatchError)."""
         timeout = isinstance(error, (CollectiveTimeout, PeerError))
-        unheard = self._exchanged != seq and (self.check or self._exchanging == seq)
-        if not (timeout or moving or unheard or not isinstance(error, Exception)):
+        if self._settled == seq and not (timeout or moving) and isinstance(error, Exception):
             return error
-        if self.broken is None:
-            if isinstance(error, CollectiveTimeout):
-                self.broken = f"{signature.name} #{seq} timed out"
-            elif isinstance(error, PeerError):
-                self.broken = f"{signature.name} #{seq} was abandoned ({str(error).split(': ', 1)[-1]})"
-            elif not moving:
-                self.broken = (f"{signature.name} #{seq} ended ({type(error).__name__}) before "
-                               + ("the ranks had exchanged its records" if unheard else
-                                  "its data moved"))
-            elif isinstance(error, MismatchError):
-                self.broken = f"{signature.name} #{seq} found the ranks' messages out of step"
-            else:
-                self.broken = f"{signature.name} #{seq} failed while data moved ({type(error).__name__})"
-        self._transport.tell_peers("gave up", seq)
+        if isinstance(error, CollectiveTimeout):
+            reason = f"{signature.name} #{seq} timed out"
+        elif isinstance(error, PeerError):
+            reason = f"{signature.name} #{seq} was abandoned ({str(error).split(': ', 1)[-1]})"
+        elif not moving:
+            reason = f"{signature.name} #{seq} ended ({type(error).__name__}) before its data moved"
+        elif isinstance(error, MismatchError):
+            reason = f"{signature.name} #{seq} found the ranks' messages out of step"
+        else:
+            reason = f"{signature.name} #{seq} failed while data moved ({type(error).__name__})"
+        self._give_up(reason, seq)
         return type(error)(f"{signature.label(seq)}: {error}") if timeout else error
+
+    def _give_up(self, reason: str, seq: int) -> None:
+        """The communicator is unusable from now on (the first reason stays), and the peers
+        are told that this rank gave up on collective `seq`."""
+        if self.broken is None:
+            self.broken = reason
+        self._transport.tell_peers("gave up", seq)
 
     def raise_failed(self, signature: Signature, seq: int, error: BaseException,
                      moving: bool) -> NoReturn:
@@ -218,24 +226,16 @@ class Agreement:
     def _exchange(self, status: int, seq: int, digest: int, length: int, deadline: float):
         """Send the record (header, then `length` bytes of payload already in place)."""
         _HEADER.pack_into(self._record, 0, status, seq, digest, length)
-        return self._records(self._record[: HEADER_BYTES + length], seq, deadline,
-                             "the agreement records")
+        return self._transport.exchange_records(self._record[: HEADER_BYTES + length], deadline,
+                                                "the agreement records")
 
-    def _records(self, record: np.ndarray, seq: int, deadline: float, what: str):
-        """The transport's records exchange for collective `seq`, noted for `failed`: an
-        error that escapes the collective before every exchange it began has come back
-        leaves the peers waiting for this rank's record, or the exchange given up."""
-        self._exchanging, self._exchanged = seq, 0
-        rows = self._transport.exchange_records(record, deadline, what)
-        self._exchanged = seq
-        return rows
 
-    def _texts(self, rows, text: str, seq: int, deadline: float) -> list[str]:
+    def _texts(self, rows, text: str, deadline: float) -> list[str]:
         """Second exchange: every rank's text (signature or error), row r from rank r."""
         body = _fit(text, TEXT_BYTES - 1)
         record = np.zeros(HEADER_BYTES + TEXT_BYTES, np.uint8)
         record[HEADER_BYTES: HEADER_BYTES + len(body)] = np.frombuffer(body, np.uint8)
-        texts = self._records(record, seq, deadline, "the agreement details")
+        texts = self._transport.exchange_records(record, deadline, "the agreement details")
         # (rows are the transport's reused buffers: past the text lie earlier records' bytes)
         return [row[HEADER_BYTES: HEADER_BYTES + TEXT_BYTES].tobytes().rstrip(b"\0")
                 .decode(errors="replace") for row in texts]
@@ -245,11 +245,13 @@ class Agreement:
         same = (rows[:, 8:24] == rows[0, 8:24]).all()
         if same and not (statuses == INVALID).any():
             bad = np.flatnonzero(statuses == NONFINITE).tolist()
+            self._settled = seq  # every rank saw the same records: every rank raises
             raise NonFiniteError(
                 f"{signature.label(seq)}: check_finite: {rank_list(bad)} "
                 f"{'has' if len(bad) == 1 else 'have'} NaN or Inf in the input; nothing was "
                 "reduced")
-        texts = self._texts(rows, signature.text(seq), seq, deadline)
+        texts = self._texts(rows, signature.text(seq), deadline)
+        self._settled = seq
         invalid = np.flatnonzero(statuses == INVALID).tolist()
         if invalid:
             reasons = "; ".join(f"rank {r}: {texts[r]}" for r in invalid)

@@ -83,8 +83,9 @@ def check_out(out, x, name: str = "out", x_name: str = "x") -> None:
 def overlaps_itself(array) -> bool:
     """Whether two elements of `array` may share memory (a stride of 0, as np.broadcast_to
     and as_strided make, or strides that make elements meet): each stride, smallest
-    first, must step past everything the smaller ones span. A C-contiguous array never
-    does (the caller's fast test)."""
+    first, must step past everything the smaller ones span. Sufficient, not exact: a
+    layout that interleaves its rows without overlap (only as_strided makes one) counts
+    as overlapping too. A C-contiguous array never does (the caller's fast test)."""
     span = array.itemsize
     for stride, extent in sorted((abs(st), n) for st, n in zip(array.strides, array.shape)
                                  if n > 1):
@@ -98,8 +99,8 @@ def _check_own_memory(out, name: str) -> None:
     """A result written to `out` must not overwrite itself (found by the ninth review: a
     stride-0 out got every element the last one's sum)."""
     if not out.flags.c_contiguous and overlaps_itself(out):
-        raise ValueError(f"{name} has elements that share memory (strides {out.strides} for "
-                         f"shape {out.shape}); results written there would overwrite each "
+        raise ValueError(f"{name} has elements that may share memory (strides {out.strides} "
+                         f"for shape {out.shape}); results written there could overwrite each "
                          "other: pass an array with memory of its own per element")
 
 

@@ -104,13 +104,13 @@ def test_rank_that_exits_cleanly_is_named_at_once(tmp_path):
         assert seen["elapsed"] < 10, seen
 
 
-@pytest.mark.parametrize("kind, check", [("ride", "1"), ("large", "1"), ("before", "1"),
-                                         ("before", "0")])
-def test_an_interrupted_agreement_leaves_the_communicator_unusable_everywhere(kind, check):
-    """A signal handler raises in rank 0's wait for the records, or an interrupt before it
-    sent its record, while rank 1 is late: rank 0 raises that error, rank 1 a PeerError
-    naming rank 0, and every later call on either rank a CollectiveError (the ninth review:
-    MismatchErrors for ever, and rank 1 completed the call rank 0 had abandoned). With the
-    check off the interrupt lands before any record went out: it breaks the communicator
-    as an interrupt, whatever the check."""
+@pytest.mark.parametrize("kind, check", [("ride", "1"), ("large", "1"), ("begin", "1"),
+                                         ("before", "1"), ("before", "0"), ("after", "1")])
+def test_an_interrupted_collective_leaves_the_communicator_unusable_everywhere(kind, check):
+    """An interrupt between the start of rank 0's collective and its data, while rank 1 is
+    late (a signal in the wait for the records; as the collective begins; before rank 0's
+    record went out, the check on or off; after the records came back): rank 0 raises it,
+    rank 1 a PeerError naming rank 0, every later call on either rank a CollectiveError
+    (the ninth and tenth reviews: MismatchErrors for ever, rank 1 completed the call rank 0
+    had abandoned, or waited out its timeout)."""
     run_workers(2, "interrupted_records", kind, timeout=120, env={"COLLECTIVES_CHECK": check})

@@ -81,10 +81,10 @@ def execute(ctx: Context, call: Call):
     """Run one call: agree, move data, make sure no peer gave up meanwhile; an error ends
     the collective (collectives.agreement)."""
     agreement = ctx.agreement
-    seq = agreement.enter(call.name)
-    deadline = time.monotonic() + ctx.settings.timeout
     moving = False
-    try:
+    seq = agreement.enter(call.name)
+    try:  # (right after enter: an interrupt between the two would leave this rank ahead)
+        deadline = time.monotonic() + ctx.settings.timeout
         refusal = call.error
         if refusal is None:
             try:

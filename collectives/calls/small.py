@@ -236,9 +236,9 @@ class SmallLane:
         """Check on, auto, small: every rank's data comes with the records; each rank folds
         them in rank order (the same bits everywhere, those of reference_reduce)."""
         agreement = self._agreement
-        seq = agreement.enter("allreduce")
         moving = False
-        try:
+        seq = agreement.enter("allreduce")
+        try:  # (right after enter, as in calls.base.execute)
             route.slot[...] = x
             rows = agreement.ride(route.signature, seq, time.monotonic() + self._timeout,
                                   route.nbytes)
@@ -256,10 +256,10 @@ class SmallLane:
         notices, deadline, the records' check when it is on; an error ends it as on the
         general path."""
         agreement = self._agreement
-        seq = agreement.enter("allreduce")
-        deadline = time.monotonic() + self._timeout
         moving = False
-        try:
+        seq = agreement.enter("allreduce")
+        try:  # (right after enter, as in calls.base.execute)
+            deadline = time.monotonic() + self._timeout
             if agreement.check:
                 agreement.agree(route.signature, seq, deadline)
             moving = True

@@ -47,8 +47,8 @@ class Notice:
 
     def __str__(self) -> str:
         if self.kind == "gave up":
-            return (f"rank {self.rank} gave up on collective #{self.seq} (it timed out or "
-                    "failed while data moved)")
+            return (f"rank {self.rank} gave up on collective #{self.seq} (it timed out, "
+                    "failed or was interrupted)")
         return (f"rank {self.rank} left after collective #{self.seq} (its communicator was "
                 "closed or its program ended)")
 

@@ -1,15 +1,19 @@
-"""A rank whose collective is interrupted before the ranks exchanged their agreement records
-(a signal handler that raises, as a user's `with timeout(...)` helper does) while its peer
-is late: the communicator is unusable on every rank from then on, and no rank completes
-the interrupted call.
+"""A rank whose collective is interrupted between its start and its data (a signal handler
+that raises, as a user's `with timeout(...)` helper does) while its peer is late: the
+communicator is unusable on every rank from then on, and no rank completes the call.
 
-Usage: mpiexec -n 2 python -m tests.workers.interrupted_records ride|large|before
-  ride    rank 0's wait for the records is interrupted; the call is small enough that its
-          data rides with the records
+Usage: mpiexec -n 2 python -m tests.workers.interrupted_records MODE
+  ride    a real SIGALRM lands in rank 0's wait for the records of a call small enough that
+          its data rides with them
   large   the same for a call whose data moves after the records (a plan)
-  before  rank 0 is interrupted before it sends its record: KeyboardInterrupt raised by the
-          finite check of `check_finite=True` (a fault injected where a signal may land);
-          with COLLECTIVES_CHECK=0 too, where only that check exchanges records
+  begin   rank 0 is interrupted as the collective begins, before the call's own error
+          handling starts (in `transport.begin`; the tenth review)
+  before  rank 0 is interrupted before it sends its record: in the finite scan of
+          `check_finite=True`; with COLLECTIVES_CHECK=0 too, where only that scan's call
+          exchanges records (the tenth review)
+  after   rank 0 is interrupted after the records came back, before the data moved (the
+          tenth review: the peers then waited out their timeout)
+The faults of begin, before and after are injected where a signal may land.
 """
 from __future__ import annotations
 
@@ -28,42 +32,52 @@ ALARM_SECONDS = 0.5
 
 
 class Interrupted(Exception):
-    """What the signal handler raises."""
+    """What the interrupt raises (an Exception, as a user's timeout helper raises)."""
+
+
+def interrupt(*args) -> None:
+    raise Interrupted("the user's alarm")
+
+
+def inject(comm, mode: str) -> None:
+    """Rank 0's interrupt for `mode`, on the first collective."""
+    if mode in ("ride", "large"):
+        signal.signal(signal.SIGALRM, interrupt)
+        signal.setitimer(signal.ITIMER_REAL, ALARM_SECONDS)
+    elif mode == "begin":
+        comm._ctx.transport.begin = interrupt
+    elif mode == "before":
+        allreduce_module._finite = interrupt
+    else:
+        agreement = comm._ctx.agreement
+        agreement._all_same = interrupt
 
 
 def main() -> None:
     mode = sys.argv[1]
-    count = 100_000 if mode == "large" else 4
+    count = 100_000 if mode in ("large", "after") else 4
     comm = collectives.init(timeout=30)
     rank = comm.rank
     tally = Tally(rank)
     x = rank_data(count, np.float64, rank)
-    if rank == 0 and mode == "before":
-        def interrupted_check(array):
-            raise KeyboardInterrupt
-
-        finite_check, allreduce_module._finite = allreduce_module._finite, interrupted_check
-        expected: type = KeyboardInterrupt
-    elif rank == 0:
-        def interrupt(signum, frame):
-            raise Interrupted("the user's alarm")
-
-        signal.signal(signal.SIGALRM, interrupt)
-        signal.setitimer(signal.ITIMER_REAL, ALARM_SECONDS)
-        expected = Interrupted
+    if rank == 0:
+        saved = (comm._ctx.transport.begin, allreduce_module._finite)
+        inject(comm, mode)
+        expected: type = Interrupted
     else:
         time.sleep(LATE_SECONDS)
         expected = collectives.PeerError
     try:
         comm.allreduce(x, check_finite=mode == "before")
         tally.check(False, f"call 1 completed; expected {expected.__name__}")
-    except BaseException as error:  # noqa: BLE001 - the type is what is checked
+    except Exception as error:  # noqa: BLE001 - the type is what is checked
         tally.check(type(error) is expected, f"call 1 raised {type(error).__name__}: {error}")
         if rank == 1:
             tally.check("rank 0 gave up on collective #1" in str(error),
                         f"call 1's PeerError does not name rank 0: {error}")
-    if rank == 0 and mode == "before":
-        allreduce_module._finite = finite_check
+    if rank == 0:
+        comm._ctx.transport.begin, allreduce_module._finite = saved
+        comm._ctx.agreement.__dict__.pop("_all_same", None)
     for call in (2, 3):
         try:
             comm.allreduce(x)
