@@ -99,7 +99,9 @@ class ProgressEngine:
     def __init__(self) -> None:
         self._cv = threading.Condition(threading.Lock())  # guards the queue
         self._queue: collections.deque[tuple[Callable[[], Any], Future, str]] = collections.deque()
-        self._running = threading.Lock()  # held while a collective runs, on either thread
+        # held while a collective runs, on either thread; an RLock, so that `end` can tell
+        # whether the calling thread holds it
+        self._running = threading.RLock()
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -136,17 +138,28 @@ class ProgressEngine:
 
     def try_begin(self) -> bool:
         """Begin a collective on the calling thread at once if none is queued or running
-        (never waits; the small-call lane's entry, `end()` after it); False: use `run`."""
+        (never waits; the small-call lane's entry); False: use `run`. Call `end()` after
+        it in a `finally`, whatever it returned or raised."""
         return not self._queue and self._running.acquire(False)
 
     def end(self) -> None:
-        """The collective begun by `try_begin` finished."""
-        self._running.release()
+        """After `try_begin`: the collective it began on the calling thread finished. An
+        interrupt (a signal handler that raises, KeyboardInterrupt) can land right after
+        try_begin took the lock, before its caller learned that it did: so the lock is
+        released wherever this thread holds it (the eleventh review: a lock left held
+        blocked the rank's next collective for ever)."""
+        try:
+            self._running.release()
+        except RuntimeError:  # this thread does not hold it: try_begin did not take it
+            pass
 
     def pending(self) -> int:
         """Collectives issued and not finished yet."""
         with self._cv:
-            return len(self._queue) + self._running.locked()
+            running = not self._running.acquire(False)
+            if not running:
+                self._running.release()
+            return len(self._queue) + running
 
     def _loop(self) -> None:
         while True:

@@ -113,3 +113,8 @@ def test_waiting_on_another_engines_handle_from_a_callback_is_allowed():
 @pytest.mark.parametrize("np_", [2, 3, 5])
 def test_async_equals_sync_while_the_caller_computes(np_):
     run_workers(np_, "async_check", env=ENV)
+
+
+def test_an_interrupt_as_the_lane_takes_the_engine_leaves_the_rank_in_step():
+    """The eleventh review: the engine's lock stayed held, the next collective blocked."""
+    run_workers(2, "interrupted_lane", timeout=120)

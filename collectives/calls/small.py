@@ -182,9 +182,9 @@ class SmallLane:
         except MemoryError:
             return None
         engine = self._engine
-        if not engine.try_begin():
-            return None
-        try:
+        try:  # (end() also where an interrupt lands as try_begin takes the lock)
+            if not engine.try_begin():
+                return None
             kind = route.kind
             if kind == RIDE:
                 return self._ride(route, x, result)
@@ -211,10 +211,10 @@ class SmallLane:
         if route is None or not route.fits(x, out):
             return GENERAL
         engine = self._engine
-        if not engine.try_begin():
-            return GENERAL
         call = route.call
-        try:
+        try:  # (end() also where an interrupt lands as try_begin takes the lock)
+            if not engine.try_begin():
+                return GENERAL
             call.x, call.out = x, out
             return execute(self._ctx, call)
         finally:
