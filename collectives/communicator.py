@@ -363,16 +363,20 @@ class Communicator:
         end_job(self._transport, errorcode, grace=self.settings.abort_grace)
 
     def close(self) -> None:
-        """Finish the queued collectives and close the transport (the other ranks learn that
-        this one left if they do not close too). Collective; safe to call twice; the
-        transport closes at exit anyway."""
+        """Finish the queued collectives (and one running on another thread) and close the
+        transport (the other ranks learn that this one left if they do not close too).
+        Collective; safe to call twice; the transport closes at exit anyway."""
         if self._closed:
             return
-        finished = self._progress.close(timeout=self.settings.timeout)  # refuses new async ones
+        finished = self._progress.close(self.settings.timeout, then=self._leave)
         self._closed = True
         if not finished:  # the transport closes at exit, once nothing uses it
-            raise CollectiveError(f"close: queued collectives still ran after "
+            raise CollectiveError(f"close: queued or running collectives still ran after "
                                   f"{self.settings.timeout:g} s; the transport stays open")
+
+    def _leave(self) -> None:
+        """Refuse every later call, then close the transport (no collective runs)."""
+        self._closed = True
         self._transport.close()
 
     def __enter__(self) -> "Communicator":

@@ -36,6 +36,7 @@ from . import exact_mean
 from .compression import codec_for, scale_for, unscale_into
 from .compression.scaling import absmax
 from .options import Op
+from .validation import check_array
 
 __all__ = ["reference_reduce", "fold_rows", "encode"]
 
@@ -44,7 +45,8 @@ def reference_reduce(arrays: Sequence, op: str = "sum", *, compression: str | No
     """The deterministic reduction of `arrays` (one per rank, in rank order): the bits that
     `deterministic=True` collectives produce (see the module doc)."""
     op = Op.parse(op)
-    rows = np.stack([np.asarray(a).reshape(-1) for a in arrays])
+    _check_same_arrays(arrays)
+    rows = np.stack([a.reshape(-1) for a in arrays])
     dtype = rows.dtype
     codec = codec_for(compression, dtype)
     if codec is None:
@@ -60,6 +62,22 @@ def reference_reduce(arrays: Sequence, op: str = "sum", *, compression: str | No
     out = np.empty(rows.shape[1], dtype)
     unscale_into(out, folded, scale)
     return out.reshape(np.shape(arrays[0]))
+
+
+def _check_same_arrays(arrays: Sequence) -> None:
+    """What the collectives would refuse: no arrays, a non-array, an unsupported dtype, ranks
+    that differ in shape or dtype (NumPy would upcast or broadcast them)."""
+    if len(arrays) == 0:
+        raise ValueError("reference_reduce needs one array per rank, got none")
+    first = arrays[0]
+    for r, a in enumerate(arrays):
+        check_array(a, f"arrays[{r}]")
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"arrays[{r}] must be a NumPy array, got {type(a).__qualname__}")
+        if (a.shape, a.dtype) != (first.shape, first.dtype):
+            raise ValueError(f"arrays[{r}] is {a.dtype} {a.shape} but arrays[0] is "
+                             f"{first.dtype} {first.shape}: every rank passes the same shape "
+                             "and dtype")
 
 
 def encode(codec, values, wire, scale: float, op: Op, size: int) -> None:

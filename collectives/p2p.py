@@ -46,7 +46,9 @@ class Message:
     A message dropped before it completed is kept alive, with its buffer, for the life of
     the process, so a late message never lands in memory that was freed or reused; over
     MPI a dropped receive is also cancelled (gloo cannot: it still takes the next message
-    of its tag).
+    of its tag). A send cannot be withdrawn: one that timed out may still be delivered,
+    reading x as it is then. Only sizes are checked: a message received into another dtype
+    of the same byte count is reinterpreted, as MPI's bytes are.
     """
 
     __slots__ = ("_transport", "_request", "_buffer", "_what", "_waiting", "_timeout",
@@ -93,8 +95,13 @@ class Message:
             except CollectiveTimeout as error:
                 sent = [self._request] if self._send else []
                 self._transport.abandon(sent, [] if self._send else [self._request])
+                if self._send:  # (the sixteenth review: a resend arrived twice, both new)
+                    error = CollectiveTimeout(
+                        f"{error}; the message may still be delivered, from x as it is "
+                        "then (a send cannot be withdrawn): leave x unchanged and do not "
+                        "send it again")
                 self._state = error
-                raise
+                raise error from None
         return self._buffer
 
     def __del__(self) -> None:

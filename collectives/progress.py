@@ -29,6 +29,7 @@ import atexit
 import collections
 import logging
 import threading
+import time
 import weakref
 from concurrent.futures import Future
 from typing import Any, Callable
@@ -70,7 +71,7 @@ class Handle:
         `timeout` (seconds) bounds this wait only: TimeoutError if the collective is still
         running then (it keeps running; wait again later).
         """
-        if not self._future.done() and self._engine.on_thread():
+        if self.waits_for_itself():
             raise CollectiveError(
                 f"{self.what}: wait() on a pending handle from a completion callback (the "
                 "progress thread) would wait forever; chain another callback instead")
@@ -80,6 +81,11 @@ class Handle:
             if self._future.done():  # finished meanwhile, or raised a TimeoutError itself
                 return self._future.result()
             raise TimeoutError(f"{self.what} still running after {timeout} s") from None
+
+    def waits_for_itself(self) -> bool:
+        """Whether a blocking wait here would never end: the collective is pending and the
+        caller is the progress thread that must run it (a completion callback)."""
+        return not self._future.done() and self._engine.on_thread()
 
     def add_done_callback(self, fn: Callable[["Handle"], Any]) -> None:
         """Call `fn(handle)` once the collective finished (at once if it already has).
@@ -97,7 +103,8 @@ class ProgressEngine:
     """Runs one communicator's collectives in issue order; see the module docstring."""
 
     def __init__(self) -> None:
-        self._cv = threading.Condition(threading.Lock())  # guards the queue
+        # guards the queue; reentrant, so that close() can tell this thread holds it
+        self._cv = threading.Condition(threading.RLock())
         self._queue: collections.deque[tuple[Callable[[], Any], Future, str]] = collections.deque()
         # held while a collective runs, on either thread; an RLock, so that `end` can tell
         # whether the calling thread holds it
@@ -138,9 +145,9 @@ class ProgressEngine:
 
     def try_begin(self) -> bool:
         """Begin a collective on the calling thread at once if none is queued or running
-        (never waits; the small-call lane's entry); False: use `run`. Call `end()` after
-        it in a `finally`, whatever it returned or raised."""
-        return not self._queue and self._running.acquire(False)
+        and the engine is open (never waits; the small-call lane's entry); False: use
+        `run`. Call `end()` after it in a `finally`, whatever it returned or raised."""
+        return not self._closed and not self._queue and self._running.acquire(False)
 
     def end(self) -> None:
         """After `try_begin`: the collective it began on the calling thread finished. An
@@ -175,18 +182,34 @@ class ProgressEngine:
                 if future.set_running_or_notify_cancel():
                     _complete(future, fn)
 
-    def close(self, timeout: float | None = None) -> bool:
-        """Let queued collectives finish (up to `timeout`), then stop the thread; whether
-        every one finished. Refused from a completion callback (it would wait for itself)."""
+    def close(self, timeout: float | None = None, then: Callable[[], Any] | None = None) -> bool:
+        """Let queued collectives and a sync one running on another thread finish (up to
+        `timeout`), then stop the thread and run `then()` (closing the transport) while no
+        collective can run; whether every one finished (else `then` does not run). Refused
+        from a completion callback (it would wait for itself)."""
         if self._thread is not None and threading.current_thread() is self._thread:
             raise CollectiveError("close() from a completion callback (the progress thread) "
                                   "would wait for itself; close from the issuing thread")
+        if self._running._is_owned() or self._cv._is_owned():  # (RLocks: they let us in)
+            raise CollectiveError("close() inside a collective running or being issued on "
+                                  "this thread (from a signal handler?) would close the "
+                                  "transport under it; close after it returned")
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cv:
             self._closed = True
             self._cv.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
-            return not self._thread.is_alive()
+            if self._thread.is_alive():
+                return False
+        left = -1 if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if not self._running.acquire(timeout=left):  # a sync collective on another thread
+            return False
+        try:
+            if then is not None:
+                then()
+        finally:
+            self._running.release()
         return True
 
 

@@ -167,7 +167,8 @@ def quantize_residual_into(work: Any, residual: Any, wire: Any, scale: float) ->
 
     t = work * scale; work = widen(round_to_wire(t)); residual = (t - work) * (1 / scale),
     the products in work's dtype: the bits of scaling work, copying it to residual,
-    quantizing work, subtracting and unscaling, one pass each.
+    quantizing work, subtracting and unscaling, one pass each. The residual is 0 where it
+    is not finite: a NaN or inf input carries nothing into the next call.
     """
     _impl(work).quantize_residual_into(work, residual, wire, scale)
 

@@ -195,12 +195,14 @@ def quantize_spec(dst: np.dtype, src: np.dtype, wire: np.dtype) -> ElementwiseSp
 
 @cache
 def quantize_residual_spec(work: np.dtype, wire: np.dtype) -> ElementwiseSpec:
-    """t = work * scale; work = widen(round_wire(t)); residual = (t - work) * (1 / scale)."""
+    """t = work * scale; work = widen(round_wire(t)); residual = (t - work) * (1 / scale),
+    0 where that is not finite."""
     ct, storage = _compute(work), _storage(work)
     rounded = f"({ct}){_load(wire, _store(wire, 't', ct))}"
     return ElementwiseSpec(
         "float64 scale", f"{storage} work, {storage} residual",
-        f"{ct} t = work * ({ct})scale; {ct} q = {rounded}; work = q; residual = (t - q) * ({ct})(1.0 / scale)",
+        f"{ct} t = work * ({ct})scale; {ct} q = {rounded}; work = q; "
+        f"{ct} r = (t - q) * ({ct})(1.0 / scale); residual = isfinite(r) ? r : ({ct})0",
         f"collectives_quantize_residual_{work.name}_via_{wire.name}",
     )
 

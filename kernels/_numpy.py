@@ -127,12 +127,14 @@ def quantize_into(dst: np.ndarray, src: np.ndarray, wire: np.dtype, scale: float
 
 @quiet
 def quantize_residual_into(work: np.ndarray, residual: np.ndarray, wire: np.dtype, scale: float) -> None:
-    """t = work * scale; work = widen(round_wire(t)); residual = (t - work) * (1 / scale)."""
+    """t = work * scale; work = widen(round_wire(t)); residual = (t - work) * (1 / scale),
+    0 where that is not finite."""
     scale_into(work, work, scale)
     copy_into(residual, work)
     quantize_into(work, work, wire, 1.0)
     np.subtract(residual, work, out=residual)
     scale_into(residual, residual, 1.0 / scale)
+    np.copyto(residual, 0, where=~np.isfinite(residual))
 
 
 def absmax(x: np.ndarray) -> float:

@@ -110,6 +110,18 @@ def test_waiting_on_another_engines_handle_from_a_callback_is_allowed():
     assert first.close(timeout=10) and second.close(timeout=10)
 
 
+def test_close_inside_the_engine_on_its_own_thread_is_refused():
+    """A signal handler's close() while its thread runs or issues a collective (holding
+    the engine's locks, which let it in again: the fourteenth review saw it hang in submit)
+    raises; the engine closes later."""
+    engine = ProgressEngine()
+    for lock in (engine._cv, engine._running):
+        with lock:
+            with pytest.raises(CollectiveError, match="inside a collective running or being"):
+                engine.close(timeout=1)
+    assert engine.close(timeout=1)
+
+
 @pytest.mark.parametrize("np_", [2, 3, 5])
 def test_async_equals_sync_while_the_caller_computes(np_):
     run_workers(np_, "async_check", env=ENV)

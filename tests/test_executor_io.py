@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from collectives.algorithms import PLANNERS, plan_for
+from collectives.algorithms.plan import split_bounds
 from collectives.algorithms.ring import SEGMENT_BYTES
-from collectives.execution import IoSchedule
+from collectives.execution import IoSchedule, Placed
 from collectives.topology import Topology
 from tests.inprocess import run_plans
 
@@ -129,3 +130,83 @@ def test_sends_input_needs_src_and_no_shared_work():
     for kwargs in ({}, {"srcs": [w.copy() for w in works], "shared": True}):
         for result in run_plans(plans, works, "sum", **kwargs):
             assert isinstance(result, ValueError) and "sends its input" in str(result)
+
+
+# --- inputs placed in part of the buffer (allgather), results the plan receives -----------
+
+@pytest.mark.parametrize("algorithm", sorted(PLANNERS["allgather"]))
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8])
+def test_allgather_reads_its_row_from_a_placed_input(algorithm, size):
+    """Each rank's input covers only its own row (`Placed`): the plan sends it from there
+    and copies it into work while its messages are in flight."""
+    topology = Topology.from_local_size(size, 2)
+    for m in (0, 1, 2 * SEG + 1, 97):
+        rows = [np.arange(m, dtype=np.float32) + 1000 * rank for rank in range(size)]
+        plans = [plan_for("allgather", algorithm, rank, size, size * m, SEGMENT_BYTES // SEG,
+                          topology) for rank in range(size)]
+        works = [np.full(size * m, 7, np.float32) for _ in range(size)]
+        srcs = [Placed(row, rank * m) for rank, row in enumerate(rows)]
+        for rank, got in enumerate(run_plans(plans, works, "sum", srcs=srcs)):
+            assert not isinstance(got, BaseException), f"{algorithm} p={size} m={m}: {got!r}"
+            np.testing.assert_array_equal(got, np.concatenate(rows),
+                                          err_msg=f"{algorithm} p={size} m={m} rank {rank}")
+
+
+def test_a_placed_input_refuses_elements_outside_it():
+    placed = Placed(np.arange(4.0), 8)
+    np.testing.assert_array_equal(placed[9:11], [1.0, 2.0])
+    for lo, hi in ((7, 9), (10, 13)):
+        with pytest.raises(IndexError, match=r"outside the input placed at \[8, 12\)"):
+            placed[lo:hi]
+
+
+@pytest.mark.parametrize("collective", ["reduce_scatter", "reduce"])
+@pytest.mark.parametrize("size", [2, 3, 4, 5, 8])
+def test_result_received_plans_receive_every_element_of_the_result(collective, size):
+    """`Plan.result_received`: the executor leaves the input's other regions out of work,
+    so the block (reduce_scatter) or root's buffer (reduce) must be written by receives."""
+    topology = Topology.from_local_size(size, 2)
+    for algorithm in sorted(PLANNERS[collective]):
+        for count in (0, 1, size - 1, 7, 97, 10**6 + 3):
+            for rank in range(size):
+                plan = plan_for(collective, algorithm, rank, size, count, 4, topology)
+                assert plan.result_received
+                lo, hi = split_bounds(0, count, size)[rank] if collective == "reduce_scatter" \
+                    else (0, count if rank == 0 else 0)
+                tail = IoSchedule.of(plan, from_src=True).tail
+                assert not [(a, b) for a, b in tail if a < hi and lo < b], \
+                    f"{algorithm} p={size} n={count} rank {rank}: {tail} not received"
+
+
+@pytest.mark.parametrize("algorithm", sorted(PLANNERS["reduce_scatter"]))
+@pytest.mark.parametrize("size", [2, 3, 5, 8])
+@pytest.mark.parametrize("mode", ["src", "in-place"])
+def test_reduce_scatter_reduces_its_block_straight_into_a_placed_out(algorithm, size, mode):
+    """out holds only this rank's block (`Placed`, `region`): reading src, the block's last
+    reduces write it (`direct`); either way nothing lands outside it (Placed would raise),
+    and every rank's block is the NumPy reduction's, with the bits of a run without out
+    (NaN payloads aside: an out-of-place sum may keep the other one, docs/reproducible.md)."""
+    topology = Topology.from_local_size(size, 2)
+    for count in sorted({1, size - 1, 7, 2 * SEG * size + 3, 97}):
+        inputs = _inputs(size, count, np.float32)
+        plans = [plan_for("reduce_scatter", algorithm, rank, size, count, SEGMENT_BYTES // SEG,
+                          topology) for rank in range(size)]
+        blocks = split_bounds(0, count, size)
+        outs = [np.full(hi - lo, 9, np.float32) for lo, hi in blocks]
+        srcs = inputs if mode == "src" else None
+        works = [np.full_like(x, 7) if srcs else x.copy() for x in inputs]
+        placed = [Placed(out, lo) for out, (lo, hi) in zip(outs, blocks)]
+        results = run_plans(plans, works, "sum", srcs=srcs, outs=placed)
+        plain = run_plans(plans, [np.full_like(x, 7) if srcs else x.copy() for x in inputs],
+                          "sum", srcs=srcs)
+        case = f"{algorithm} p={size} n={count} {mode}"
+        for rank, ((lo, hi), out) in enumerate(zip(blocks, outs)):
+            assert not isinstance(results[rank], BaseException), f"{case}: {results[rank]!r}"
+            want = np.add.reduce(np.stack(inputs), axis=0)[lo:hi]
+            np.testing.assert_array_equal(out, want, err_msg=f"{case} rank {rank}")
+            numbers = ~np.isnan(out)
+            assert out[numbers].tobytes() == plain[rank][lo:hi][numbers].tobytes(), \
+                f"{case} rank {rank} bits"
+            io = IoSchedule.of(plans[rank], from_src=srcs is not None, region=(lo, hi))
+            if srcs is not None and hi > lo and algorithm == "ring":  # (others may resend it)
+                assert any(io.direct), f"{case} rank {rank}: no reduce lands in out"

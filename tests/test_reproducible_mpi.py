@@ -1,6 +1,8 @@
 """deterministic=True under a real mpiexec: every algorithm's result equals
 collectives.reference_reduce bit for bit, on several world sizes, node layouts and grids;
 and the reference itself (single process)."""
+import re
+
 import numpy as np
 import pytest
 
@@ -33,3 +35,19 @@ def test_reference_folds_in_rank_order_and_rounds_16_bits_once():
     assert collectives.reference_reduce(halves, "sum").tolist() == [2050.0]  # not 2048
     ints = [np.int32([2**31 - 1]), np.int32([2**31 - 1])]
     assert collectives.reference_reduce(ints, "avg").tolist() == [2**31 - 1]
+
+
+@pytest.mark.parametrize("arrays, error, text", [
+    ([np.float32([1, 2]), np.float64([1, 2])], ValueError, "arrays[1] is float64 (2,)"),
+    ([np.float32([1, 2]), np.float32([1, 2, 3])], ValueError, "arrays[1] is float32 (3,)"),
+    ([[1.0, 2.0], [1.0, 2.0]], TypeError, "arrays[0] must be a NumPy or CuPy array"),
+    ([np.uint8([200]), np.uint8([100])], TypeError, "unsupported dtype uint8"),
+    ([np.ma.array(np.float32([1, 2]), mask=[0, 1])] * 2, TypeError, "masked array"),
+    ([np.matrix([[1.0]])] * 2, TypeError, "np.matrix"),
+    ([], ValueError, "one array per rank, got none"),
+], ids=["dtypes", "shapes", "lists", "uint8", "masked", "matrix", "none"])
+def test_reference_refuses_what_the_collectives_refuse(arrays, error, text):
+    """The sixteenth review: NumPy upcast mixed dtypes, broadcast shapes and wrapped uint8
+    (200 + 100 gave 44), and ignored a mask, where the collectives refuse."""
+    with pytest.raises(error, match=re.escape(text)):
+        collectives.reference_reduce(arrays, "sum")

@@ -82,6 +82,9 @@ class Plan:
     `reduce_after_send[k]` is True when a reduce-receive of round k overlaps one of its sends
     (recursive doubling): the executor then waits for the sends before reducing.
     `max_segment` is the longest reduce-receive, which sizes the executor's scratch slots.
+    `result_received`: the collective's result is what the plan receives (reduce_scatter's
+    block, reduce's whole buffer on root, nothing elsewhere), so the executor need not copy
+    the input's other regions into place.
     Building one is O(steps log steps). What executors and statistics derive from a plan
     is kept with it (`derived`), so a repeated call derives nothing again.
     """
@@ -122,6 +125,12 @@ class Plan:
         object.__setattr__(self, "reduce_after_send", guard)
         object.__setattr__(self, "prefetch", tuple(prefetch[: len(self.rounds)]))
         object.__setattr__(self, "max_segment", max(segments, default=0))
+
+    @property
+    def result_received(self) -> bool:
+        """See the class doc: from 2 ranks on, every element of these results combines
+        other ranks' data, so a receive writes it."""
+        return self.size > 1 and self.collective in ("reduce_scatter", "reduce")
 
     def derived(self, key: Hashable, build: Callable[["Plan"], T]) -> T:
         """`build(self)`, computed once per plan and `key` (plans are cached: plan_for)."""

@@ -1,9 +1,9 @@
 """allgather: every rank's x, stacked in rank order: shape (size, *x.shape).
 
-Plans run on the result buffer itself, this rank's x copied into its row first; the native
-path is MPI_Allgather. With fp16/bf16 compression the rows travel as 16-bit values under
-one agreed power-of-two scale (the FSDP parameter gather): the result holds those values,
-identical on every rank.
+Plans run on the result buffer itself: they send this rank's x where it lies and copy it
+into its row while the first messages are in flight; the native path is MPI_Allgather.
+With fp16/bf16 compression the rows travel as 16-bit values under one agreed power-of-two
+scale (the FSDP parameter gather): the result holds those values, identical on every rank.
 
 Example::
 
@@ -17,6 +17,7 @@ import kernels
 
 from ..compression import codec_for, work_dtype
 from ..compression.bucket import reduce_compressed
+from ..execution import Placed
 from ..options import Op
 from ..validation import check_out
 from .base import Context
@@ -74,8 +75,15 @@ class Allgather(Collective):
             direct = result.flags.c_contiguous  # receives into out may be cancelled: fine
             work = result.reshape(-1) if direct else \
                 ctx.reducer.buffer("collective", x, x.dtype, ctx.size * m)
-            kernels.pack([x], work[rank * m: (rank + 1) * m])
-            self.run_plan(ctx, algorithm, work, tag, deadline)
+            # The plan sends x where it lies and copies it in flight, unless x lies in the
+            # result, which receives overwrite (a view of another row: read it first).
+            xp = kernels.array_module(x)
+            if x.flags.c_contiguous and not xp.may_share_memory(x, result):
+                src = Placed(x.reshape(-1), rank * m)
+            else:
+                src = None
+                kernels.pack([x], work[rank * m: (rank + 1) * m])
+            self.run_plan(ctx, algorithm, work, tag, deadline, src=src)
             if not direct:
                 kernels.unpack(work, [result])
             return result

@@ -158,13 +158,17 @@ class Collective(Call):
         return self.planned(ctx, algorithm, seq % TAG_LIMIT, deadline)
 
     def run_plan(self, ctx: Context, algorithm: str, work, tag: int, deadline: float, *,
-                 op: str = "sum", codec=None, src=None) -> None:
-        """Run `algorithm`'s plan of this collective on the flat `work`."""
+                 op: str = "sum", codec=None, src=None, out=None) -> None:
+        """Run `algorithm`'s plan of this collective on the flat `work` (with src, where
+        the collective reads only what the plan receives, the rest of work is left as it
+        was: `Plan.result_received`); `out`: where the result lands instead (a `Placed`
+        part of it)."""
         start = time.perf_counter()
         wire = work.dtype if codec is None else codec.dtype
         plan = plan_for(self.collective, algorithm, ctx.rank, ctx.size, work.size,
                         wire.itemsize, ctx.topology, self.root or 0)
-        ctx.reducer.runner(work).run(plan, work, op, tag, deadline, codec or IDENTITY, src=src)
+        ctx.reducer.runner(work).run(plan, work, op, tag, deadline, codec or IDENTITY, src=src,
+                                     out=out, copy_untouched=not plan.result_received)
         sent, received = plan_traffic(plan)
         label = algorithm if codec is None else f"{algorithm}+{codec.name}"
         ctx.reducer.stats.record(f"{self.collective}:{label}", time.perf_counter() - start,

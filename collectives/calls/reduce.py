@@ -1,7 +1,8 @@
 """reduce: the reduction of every rank's x, on root; None on the other ranks.
 
-Plans run on a buffer of the library's (the input read where it lies); the native path is
-MPI_Reduce. fp16/bf16 compression as for all-reduce; an integer avg is summed exactly.
+Plans run on root's result (on other ranks on a buffer of the library's), the input read
+where it lies; the native path is MPI_Reduce. fp16/bf16 compression as for all-reduce; an
+integer avg is summed exactly.
 
 Example::
 
@@ -81,15 +82,20 @@ class Reduce(Collective):
         codec = codec_for(self.options.compression, x.dtype)
         op = self.options.op.elementwise
         if codec is None:
-            work = ctx.reducer.buffer("collective", x, x.dtype, x.size)
-            src = x.reshape(-1) if x.flags.c_contiguous and work is not x else None
-            if src is None:
+            # Root's plan runs on its result (receives into out may be cancelled: fine).
+            direct = result is not None and result.flags.c_contiguous
+            work = result.reshape(-1) if direct else \
+                ctx.reducer.buffer("collective", x, x.dtype, x.size)
+            in_place = direct and self.out is x  # work is x itself
+            src = x.reshape(-1) if x.flags.c_contiguous and not in_place else None
+            if src is None and not in_place:
                 kernels.pack([x], work)
             src = self.scaled_input(ctx, work, src)
             self.run_plan(ctx, algorithm, work, tag, deadline, op=op, src=src)
             if result is not None:
                 self.finish_avg(ctx, work)
-                kernels.unpack(work, [result])
+                if not direct:
+                    kernels.unpack(work, [result])
             return result
         work = ctx.reducer.buffer("collective", x, work_dtype(x.dtype), x.size)
         kernels.pack([x], work)

@@ -1,7 +1,8 @@
 """reduce_scatter: this rank's block of the reduced, flattened input.
 
 The block is `np.array_split(reduced.ravel(), size)[rank]` (larger blocks first). Plans
-leave rank r's block of the work buffer reduced (collectives.algorithms conventions); the
+leave rank r's block of the work buffer reduced (collectives.algorithms conventions), here
+written straight into the result by the block's last reduces (`execution.Placed`); the
 native path is MPI_Reduce_scatter with those block counts. fp16/bf16 compression works as
 for all-reduce (an agreed power-of-two scale, 16-bit wire, float32 accumulation); an
 integer avg is summed exactly (as all-reduce does) and its block kept.
@@ -19,6 +20,7 @@ import kernels
 from ..algorithms.plan import split_bounds
 from ..compression import codec_for, work_dtype
 from ..compression.bucket import reduce_compressed
+from ..execution import Placed
 from ..validation import check_out
 from .base import Context
 from .collective import Collective, collective_options, issue
@@ -90,8 +92,15 @@ class ReduceScatter(Collective):
             if src is None:
                 kernels.pack([x], work)
             src = self.scaled_input(ctx, work, src)
-            self.run_plan(ctx, algorithm, work, tag, deadline, op=op, src=src)
-            kernels.copy_into(result, work[lo:hi])
+            # The block's last reduces land in the result (receives into out may be
+            # cancelled: fine); from 2 ranks on every element of it is received. Not where
+            # the result lies in x (NCCL's in-place idiom): x is read until the plan ends.
+            direct = (ctx.size > 1 and result.flags.c_contiguous
+                      and not kernels.array_module(x).may_share_memory(result, x))
+            self.run_plan(ctx, algorithm, work, tag, deadline, op=op, src=src,
+                          out=Placed(result.reshape(-1), lo) if direct else None)
+            if not direct:
+                kernels.copy_into(result, work[lo:hi])
             self.finish_avg(ctx, result)
             return result
         work = ctx.reducer.buffer("collective", x, work_dtype(x.dtype), x.size)

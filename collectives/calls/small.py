@@ -13,9 +13,9 @@ issue order (the progress engine's `try_begin`), the sequence number and the pee
 (`Agreement.enter`), the deadline, the agreement exchange, the data, the statistics; an
 error ends the collective as on the general path (`Agreement.failed`). A riding call
 looks for peers' notices after the exchange, before it writes anything: a record sent
-before its rank gave up still arrives. MPI's own all-reduce completes only with every
-peer in it (a wait polls the notices); a notice sent after that is raised by the next
-collective's `enter`, as on the general path when it arrives a moment later.
+before its rank gave up still arrives. MPI's own all-reduce also completes with a peer
+that gave up on it (its request lives on): the transport checks the notices as it
+completes, before the result is written anywhere.
 
 Calls the lane does not take go the general path, which gives the same bits and raises
 the errors: compression, check_finite, error feedback, deterministic, CuPy arrays,

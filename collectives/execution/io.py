@@ -1,7 +1,9 @@
 """When the executor moves data between the input, the work buffer and the output.
 
 See `IoSchedule`: it lets a plan read the input where it lies and write the result where it
-belongs, so a contiguous input is never copied into the work buffer as such.
+belongs, so a contiguous input is never copied into the work buffer as such. `Placed` is
+an input or output that holds only part of the plan's elements (an all-gather's own row, a
+reduce-scatter's block).
 """
 from __future__ import annotations
 
@@ -11,9 +13,32 @@ from typing import Iterable
 
 from ..algorithms.plan import Plan, Recv
 
-__all__ = ["IoSchedule", "Ranges"]
+__all__ = ["IoSchedule", "Placed", "Ranges"]
 
 Ranges = tuple[tuple[int, int], ...]
+
+
+class Placed:
+    """A flat array standing for elements [at, at + its length) of a plan's buffer: a `src`
+    for run_plan when the plan reads no input elsewhere, or an `out` that takes only those
+    elements (`region`). Sliced in the plan's numbering; a slice outside raises IndexError
+    (an IoSchedule that reads or writes elsewhere)."""
+
+    __slots__ = ("array", "at")
+
+    def __init__(self, array, at: int):
+        self.array, self.at = array, at
+
+    @property
+    def region(self) -> tuple[int, int]:
+        return self.at, self.at + len(self.array)
+
+    def __getitem__(self, where: slice):
+        lo, hi = where.start - self.at, where.stop - self.at
+        if lo < 0 or hi > len(self.array):
+            raise IndexError(f"elements [{where.start}, {where.stop}) are outside the input "
+                             f"placed at [{self.at}, {self.at + len(self.array)})")
+        return self.array[lo:hi]
 
 
 @dataclass(frozen=True)
@@ -25,9 +50,12 @@ class IoSchedule:
     send) and its first reduce-receive writes ``src (op) payload`` (`fresh`). Where that
     cannot be, the untouched part is loaded src -> work first: before the round's sends
     (`load_round`) or before the reduce (`load_recv`). A region is final after its last
-    receive: a copy-receive lands straight in out when this rank never sends the region
-    afterwards (`direct`), otherwise the region is copied work -> out right after that
-    receive (`store_recv`). Regions no receive writes keep src's values (`tail`).
+    receive: a copy-receive (with `from_src`, a reduce-receive too) lands straight in out
+    when this rank never sends the region afterwards (`direct`), otherwise the region is
+    copied work -> out right after that receive (`store_recv`). Regions no receive writes
+    keep src's values (`tail`); of them, `work_tail` is what work never loads, all a run
+    without out copies src -> work. `region` (lo, hi): out holds only those elements of
+    the plan's (a `Placed` out: reduce_scatter's block); nothing else is written to it.
 
     `from_src=False` (a compressing codec, which rounds what it sends in place, or a work
     buffer peers read in place) loads every region before its first send or reduce.
@@ -43,21 +71,26 @@ class IoSchedule:
     store_recv: tuple[Ranges, ...]
     direct: tuple[bool, ...]
     tail: Ranges
+    work_tail: Ranges
 
     @classmethod
-    def of(cls, plan: Plan, *, from_src: bool = False) -> "IoSchedule":
-        """The schedule of `plan` (kept with the plan, per `from_src`)."""
-        return plan.derived(("io", from_src), lambda p: _Builder(p, from_src).build())
+    def of(cls, plan: Plan, *, from_src: bool = False,
+           region: tuple[int, int] | None = None) -> "IoSchedule":
+        """The schedule of `plan` (kept with the plan, per `from_src` and `region`)."""
+        return plan.derived(("io", from_src, region),
+                            lambda p: _Builder(p, from_src, region).build())
 
 
 class _Builder:
     """Walks a plan once over the pieces between its steps' boundaries."""
 
-    def __init__(self, plan: Plan, from_src: bool):
+    def __init__(self, plan: Plan, from_src: bool, region: tuple[int, int] | None = None):
         self.plan = plan
         self.from_src = from_src
+        self.region = region or (0, plan.count)
         steps = [s for rnd in plan.rounds for s in rnd.sends + rnd.recvs]
-        self.bounds = sorted({0, plan.count, *(s.lo for s in steps), *(s.hi for s in steps)})
+        self.bounds = sorted({0, plan.count, *self.region, *(s.lo for s in steps),
+                              *(s.hi for s in steps)})
         pieces = len(self.bounds) - 1
         self.in_work = [False] * pieces  # work holds the piece's current value
         self.last_recv = [-1] * pieces
@@ -125,14 +158,16 @@ class _Builder:
         send_src.append(tuple(round_src))
 
     def _finish(self, recvs, load_round, send_src, load_recv, fresh) -> IoSchedule:
-        last_recv = self.last_recv
+        last_recv, bounds, (lo, hi) = self.last_recv, self.bounds, self.region
         resent = [s > r for s, r in zip(self.last_send_round, self.last_recv_round)]
+        inside = [lo <= bounds[i] and bounds[i + 1] <= hi for i in range(len(bounds) - 1)]
 
         def owned(j: int, span: range) -> list[int]:
-            return [i for i in span if last_recv[i] == j]
+            return [i for i in span if last_recv[i] == j and inside[i]]
 
         spans = [self.span(r) for r in recvs]
-        direct = tuple(not r.reduce and all(last_recv[i] == j and not resent[i] for i in span)
+        direct = tuple((not r.reduce or self.from_src)
+                       and all(last_recv[i] == j and not resent[i] and inside[i] for i in span)
                        for j, (r, span) in enumerate(zip(recvs, spans)))
         return IoSchedule(
             load_round=tuple(load_round),
@@ -142,5 +177,7 @@ class _Builder:
             store_recv=tuple(() if direct[j] else self.ranges(owned(j, span))
                              for j, span in enumerate(spans)),
             direct=direct,
-            tail=self.ranges(i for i, j in enumerate(last_recv) if j < 0),
+            tail=self.ranges(i for i, j in enumerate(last_recv) if j < 0 and inside[i]),
+            work_tail=self.ranges(i for i, j in enumerate(last_recv)
+                                  if j < 0 and not self.in_work[i]),
         )

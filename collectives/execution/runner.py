@@ -33,7 +33,7 @@ import kernels
 from ..algorithms.plan import Plan
 from ..errors import CollectiveTimeout, PeerError
 from .codec import IDENTITY
-from .io import IoSchedule, Ranges
+from .io import IoSchedule, Placed, Ranges
 from .posting import SCRATCH_SLOTS, Posting
 
 __all__ = ["PlanRunner", "buffer_sizes", "run_plan"]
@@ -73,13 +73,15 @@ class PlanRunner:
         return buf[:elements]
 
     def run(self, plan: Plan, work, op: str, tag: int, deadline: float, codec=IDENTITY, *,
-            src=None, copy_untouched: bool = True) -> None:
-        """Run `plan` on the flat `work` (the result lands there); `src`: read the input
-        from there instead of work (required by a `sends_input` plan); `copy_untouched`
-        False leaves the regions no receive writes as they are in work (see run_plan)."""
+            src=None, out=None, copy_untouched: bool = True) -> None:
+        """Run `plan` on the flat `work` (the result lands there, or in `out`: see run_plan);
+        `src`: read the input from there instead of work (required by a `sends_input`
+        plan); `copy_untouched` False leaves the regions no receive writes as they are in
+        work (see run_plan)."""
         wire = codec.wire_dtype(work.dtype)
         scratch_len, staging_len = buffer_sizes(plan, codec)
-        scratch = self.buffer("scratch", work, wire, scratch_len)
+        # (no reduce-receives, as in a gather: no scratch to look up)
+        scratch = self.buffer("scratch", work, wire, scratch_len) if scratch_len else work[:0]
         staging = self.buffer("staging", work, wire, staging_len) if codec.staged else None
         shared = self.transport.shared
         window = None
@@ -89,10 +91,11 @@ class PlanRunner:
             window = shared.work_buffer(work.size, work.dtype, deadline=deadline)
         if window is None:
             run_plan(plan, work, scratch, self.transport, op, tag, deadline, codec, staging,
-                     src=src, copy_untouched=copy_untouched)
+                     src=src, out=out, copy_untouched=copy_untouched)
         else:  # on-node peers read our data from the shared window
             run_plan(plan, window, scratch, self.transport, op, tag, deadline, codec, staging,
-                     src=work if src is None else src, out=work, shared=True)
+                     src=work if src is None else src, out=work if out is None else out,
+                     shared=True, copy_untouched=copy_untouched)
 
 
 def run_plan(plan: Plan, work, scratch, transport, op: str, tag: int, deadline: float,
@@ -102,8 +105,9 @@ def run_plan(plan: Plan, work, scratch, transport, op: str, tag: int, deadline: 
 
     `scratch` and `staging` are flat arrays of the codec's wire dtype sized by buffer_sizes;
     `op` is the elementwise kernel op (sum, max, min). Without `src`, work holds the input;
-    without `out`, work receives the result. With them (flat, work's length and dtype), the
-    input is read from src and the result written to out, as IoSchedule says. `shared`:
+    without `out`, work receives the result. With them (flat, work's length and dtype; src
+    may be a `Placed` part where the plan reads no input elsewhere), the input is read from
+    src and the result written to out, as IoSchedule says. `shared`:
     on-node peers read `work` in place, so every send goes from work.
 
     A `plan.sends_input` plan (alltoall) needs `src`: every send reads src, receives land in
@@ -130,9 +134,11 @@ class _Run:
         self.io = None
         if src is not None or out is not None:
             self.io = IoSchedule.of(plan, from_src=src is not None and not codec.staged
-                                    and not shared)
+                                    and not shared,
+                                    region=out.region if isinstance(out, Placed) else None)
         slot_len = len(scratch) // SCRATCH_SLOTS
-        self.slots = [scratch[i * slot_len: (i + 1) * slot_len] for i in range(SCRATCH_SLOTS)]
+        self.slots = [scratch[i * slot_len: (i + 1) * slot_len]
+                      for i in range(SCRATCH_SLOTS)] if slot_len else []
         self.free_slots = list(range(SCRATCH_SLOTS))
         self.posting = posting = Posting.of(plan, staged=codec.staged)
         self.recvs = posting.recvs
@@ -149,7 +155,8 @@ class _Run:
         try:
             for k, rnd in enumerate(self.plan.rounds):
                 self._round(k, rnd)
-            self._finish()
+            if not self.plan.rounds:
+                self._copy_tail()
         except BaseException:
             self.transport.abandon(self.sends, self.requests)
             raise
@@ -206,6 +213,8 @@ class _Run:
             offset += n
         if self.next_recv < len(recvs) and posting.opens[self.next_recv] <= k:
             self._post(k, posting.opens)
+        if k == 0:  # while the first messages are in flight
+            self._copy_tail()
         if self.plan.reduce_after_send[k]:
             self._wait_sends(k)
         landed, expected = self.landed, len(rnd.recvs)
@@ -228,7 +237,8 @@ class _Run:
         recv, io = self.recvs[j], self.io
         if slot is not None:
             payload = self.views.view(request) if view else self.slots[slot][: recv.hi - recv.lo]
-            region = self._target(j)[recv.lo: recv.hi]
+            target = self._target(j)
+            region = target[recv.lo: recv.hi]
             if recv.reduce:
                 if io is not None and io.load_recv[j]:
                     self._move(io.load_recv[j], self.work, self.src)
@@ -236,8 +246,10 @@ class _Run:
                     self.codec.decode_reduce(region, payload, self.op)
                 else:
                     fresh = io is not None and io.fresh[j]
-                    _reduce_pair(region, self.src[recv.lo: recv.hi] if fresh else region,
-                                 payload, self.op, self.plan.reduce_after_send[done_round],
+                    mine = (self.src[recv.lo: recv.hi] if fresh else region
+                            if target is self.work else self.work[recv.lo: recv.hi])
+                    _reduce_pair(region, mine, payload, self.op,
+                                 self.plan.reduce_after_send[done_round],
                                  recv.peer < self.transport.rank)
             else:
                 self.codec.decode_copy(region, payload)
@@ -248,11 +260,14 @@ class _Run:
             self._move(io.store_recv[j], self.out, self.work)
         self.landed[done_round] += 1
 
-    def _finish(self) -> None:
+    def _copy_tail(self) -> None:
+        """The regions no receive writes keep src's values. No step writes them, and no
+        send reads them from out or from what work never loads: the copy runs while the
+        first round's messages are in flight."""
         io = self.io
         if io is not None and self.copy_untouched:
             if self.out is None:
-                self._move(io.tail, self.work, self.src)
+                self._move(io.work_tail, self.work, self.src)
             else:
                 self._move(io.tail, self.out, self.work if self.src is None else self.src)
 
@@ -287,7 +302,8 @@ def _labels(plan: Plan) -> tuple[tuple[str, str], ...]:
 
 
 def _reduce_pair(region, mine, payload, op: str, paired: bool, peer_lower: bool) -> None:
-    """region = mine (op) payload; `mine` is region itself or, on a first reduce, the input.
+    """region = mine (op) payload; `mine` is region itself, the input (on a first reduce) or
+    work's region (a reduce straight into out).
 
     `paired`: the partner reduces the same pair this round (a reduce after sending). Then
     both sides put the lower rank's operand first and make the same call, in place on the

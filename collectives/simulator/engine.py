@@ -182,7 +182,8 @@ class Engine:
         return moved
 
     def _begin_round(self, st: _RankState) -> None:
-        """Round k starts: load what its sends read first, then post them; or finish."""
+        """Round k starts: load what its sends read first, then post them (round 0 then
+        copies the regions no receive writes, as the executor does); or finish."""
         k = len(st.start) - 1
         start = st.start[k]
         tr = st.trace
@@ -193,11 +194,12 @@ class Engine:
                 start = st.compute = Event(begin.time + tr.load_round[k] * copy_beta, begin,
                                            "copy-in", begin.rank, k, tr.load_round[k], "")
             st.send_post.append(start)
-        elif tr.tail:
-            st.end = Event(start.time + tr.tail * copy_beta, start, "copy-in", start.rank, k,
-                           tr.tail, "")
+            if k == 0 and tr.tail:
+                begin = max(start, st.compute, key=_TIME)
+                st.compute = Event(begin.time + tr.tail * copy_beta, begin, "copy-in",
+                                   begin.rank, k, tr.tail, "")
         else:
-            st.end = start
+            st.end = max(start, st.compute, key=_TIME) if tr.tail else start
 
     def _end_round(self, st: _RankState, tr: Trace) -> bool:
         """End the current round once its receives are done and its sends complete."""

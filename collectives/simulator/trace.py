@@ -76,7 +76,8 @@ class Trace:
 
     def _copies(self, plan: Plan, copies: str, itemsize: int) -> None:
         """Bytes copied src -> work before each round's sends and each reduce, work -> out
-        after each receive, and at the end (executor.IoSchedule; none without copies)."""
+        after each receive, and of the regions no receive writes in round 0
+        (executor.IoSchedule; none without copies)."""
         nrecv = len(self.recv_round)
         self.load_round, self.load_recv, self.store_recv = [0] * self.rounds, [0] * nrecv, [0] * nrecv
         self.tail = 0
@@ -91,7 +92,8 @@ class Trace:
         self.load_recv = [nbytes(r) for r in io.load_recv]
         if copies == "in+out":
             self.store_recv = [nbytes(r) for r in io.store_recv]
-        self.tail = nbytes(io.tail)
+        if not plan.result_received:
+            self.tail = nbytes(io.tail if copies == "in+out" else io.work_tail)
 
     def consumed(self) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int, bool]]]:
         """(sends, receives) as the engine reads them: (round, peer, bytes[, reduce]) each."""

@@ -42,8 +42,10 @@ class Notice:
     seq: int
 
     def stops(self, seq: int) -> bool:
-        """Whether a rank in collective `seq` can no longer complete it with this rank."""
-        return self.kind == "gave up" or seq > self.seq
+        """Whether a rank in collective `seq` can no longer complete it with this rank: it
+        gave up on `seq` or an earlier one, or left before `seq`. A rank that gave up on a
+        later collective finished this one (a slow rank's collective still succeeds)."""
+        return seq >= self.seq if self.kind == "gave up" else seq > self.seq
 
     def __str__(self) -> str:
         if self.kind == "gave up":

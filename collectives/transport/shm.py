@@ -58,7 +58,9 @@ __all__ = ["SLOTS", "ShmTransport"]
 
 SLOTS = 64  # descriptors in flight per ordered pair of ranks on a node
 _SEQ, _OFFSET, _NBYTES, _TAG = range(4)
-_FAULT_PEER, _FAULT_SEQ = range(2)  # local rank + 1 of a stream found out of step, its message
+# Per rank in the control window: local rank + 1 of a stream found out of step and its
+# message; the node barriers the rank entered (a timed-out one names who did not come).
+_FAULT_PEER, _FAULT_SEQ, _BARRIERS = range(3)
 _GROW_QUANTUM = 1 << 20  # data windows grow in whole MiB, by at least 1/8 of their size
 CLOSE_GRACE = 30.0  # seconds close() waits for the node's other ranks before freeing
 
@@ -111,7 +113,7 @@ class ShmTransport(LeftToMPI):
         self._wire_tags = int(self._wire.Get_attr(MPI.TAG_UB)) + 1
         assert self._wire_tags > SLOTS
         descriptors, acks = n * SLOTS * 4, n * SLOTS
-        self._ctrl_win, segments = _allocate(self.node, 8 * (descriptors + acks + 2))
+        self._ctrl_win, segments = _allocate(self.node, 8 * (descriptors + acks + 3))
         ctrl = [s.view(np.int64) for s in segments]
         ctrl[self.me][:] = 0
         self._ctrl_win.Sync()
@@ -119,7 +121,7 @@ class ShmTransport(LeftToMPI):
         ack_end = descriptors + acks
         self._outbox = [c[:descriptors].reshape(n, SLOTS, 4) for c in ctrl]  # [owner][to][slot]
         self._acks = [c[descriptors:ack_end].reshape(n, SLOTS) for c in ctrl]  # [owner][from][slot]
-        self._faults = [c[ack_end:] for c in ctrl]  # [owner]: _FAULT_PEER, _FAULT_SEQ
+        self._faults = [c[ack_end:] for c in ctrl]  # [owner]: _FAULT_PEER, _FAULT_SEQ, _BARRIERS
         self._data_win: MPI.Win | None = None
         self._data: list[np.ndarray] = []
         self._sent = [0] * n  # messages posted to each local peer
@@ -407,8 +409,18 @@ class ShmTransport(LeftToMPI):
         self.mpi.close()
 
     def _node_barrier(self, deadline: float, what: str, *, notices: bool = True) -> None:
+        """Every rank of the node, bounded by `deadline`; a timeout names the ranks that
+        had entered fewer node barriers (each counts its own in the control window)."""
+        entered = self._faults[self.me]
+        entered[_BARRIERS] += 1
         request = self.node.Ibarrier()
-        self.mpi.poll(lambda: request.Test() or None, deadline, what, notices=notices)
+        try:
+            self.mpi.poll(lambda: request.Test() or None, deadline, what, notices=notices)
+        except CollectiveTimeout as error:
+            late = [self.node_ranks[i] for i, faults in enumerate(self._faults)
+                    if faults[_BARRIERS] < entered[_BARRIERS]]
+            raise CollectiveTimeout(f"{error}: rank(s) {late} did not come" if late
+                                    else str(error)) from None
 
     def __repr__(self) -> str:
         return f"ShmTransport(rank={self.rank}, size={self.size}, node_ranks={len(self.local)})"

@@ -343,7 +343,8 @@ template <class D, class W, class H> CODEC_TARGET double quantize(const Call &c)
   return 0;
 }
 
-// t = out * scale; out = widen(round16(t)); in = (t - out) * (1 / scale): error feedback
+// t = out * scale; out = widen(round16(t)); in = (t - out) * (1 / scale), 0 where that is
+// not finite (a NaN or inf input carries nothing into the next call): error feedback
 template <class W, class H> CODEC_TARGET double quantize_residual(const Call &c) {
   auto *work = (storage_t<W> *)c.out;
   auto *residual = (storage_t<W> *)c.in;
@@ -354,7 +355,8 @@ template <class W, class H> CODEC_TARGET double quantize_residual(const Call &c)
     H::compress_keeping(float32_to_narrow(t), kept);
     compute_t<W> q = __builtin_convertvector(kept, compute_t<W>);
     store_lanes(work + i, q, k);
-    store_lanes(residual + i, (t - q) * inverse, k);
+    compute_t<W> r = (t - q) * inverse;
+    store_lanes(residual + i, select(r - r == 0, r, compute_t<W>{}), k);  // r - r: NaN unless finite
   });
   return 0;
 }

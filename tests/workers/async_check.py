@@ -8,11 +8,14 @@ ranks that issue different n-th collectives get MismatchError.
 """
 from __future__ import annotations
 
+import signal
+import threading
 import time
 
 import numpy as np
 
 import collectives
+from collectives.transport.mpi import LEAVE_GRACE
 from tests.workers.common import Tally, digest, everyone
 
 
@@ -123,8 +126,79 @@ def main() -> None:
     ordering(comm, tally)
     staggered(comm, tally)
     failures(comm, tally)
+    for count, algorithm in ((3, "auto"), (100_000, "ring")):  # riding, then a plan
+        close_from_another_thread(count, algorithm, tally)
+    close_from_a_signal_handler(tally)
     close_with_pending(comm, tally)
     tally.finish()
+
+
+LATE = LEAVE_GRACE + 0.5  # after a closing rank's barrier gave up on the others
+
+
+def close_from_another_thread(count: int, algorithm: str, tally: Tally) -> None:
+    """close() from a thread while this thread's collective waits for a late peer waits for
+    the collective (the twelfth review: it closed the transport under it, a false
+    MismatchError here, success or a full timeout on the peer)."""
+    comm = collectives.init(timeout=30)
+    p, last = comm.size, comm.rank == comm.size - 1
+    closed, start = [], time.monotonic()
+    if comm.rank == 0 and p > 1:
+        threading.Timer(0.2, lambda: closed.append((comm.close(), time.monotonic()))).start()
+    if last:
+        time.sleep(LATE)
+    try:
+        got = comm.allreduce(np.ones(count), algorithm=algorithm)
+        tally.check(bool((got == p).all()), f"{algorithm}: {got[:3]} while closing")
+    except collectives.CollectiveError as error:
+        tally.check(False, f"{algorithm} while another thread closes: {error}")
+    if comm.rank != 0 or p == 1:
+        comm.close()
+        return
+    deadline = time.monotonic() + 30
+    while not closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    tally.check(bool(closed) and closed[0][1] - start >= LATE,
+                f"close() did not wait for the late rank's call: {closed}, started {start}")
+
+
+def close_from_a_signal_handler(tally: Tally) -> None:
+    """close() from a signal handler on the thread whose collective waits for a late peer:
+    the engine's lock is an RLock and let it in, closing the transport under the call (a
+    false MismatchError here, a full timeout on the peer; the thirteenth review). Now it
+    raises there, as an interrupt: the call breaks and tells the peer at once."""
+    comm = collectives.init(timeout=30)
+    if comm.size == 1:
+        comm.close()
+        return
+    refused = []
+
+    def handler(signum, frame):
+        try:
+            comm.close()
+        except collectives.CollectiveError as error:
+            refused.append(str(error))
+            raise
+    if comm.rank == 0:
+        before = signal.signal(signal.SIGALRM, handler)
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+    else:
+        time.sleep(1.0)
+    start = time.monotonic()
+    try:
+        comm.allreduce(np.ones(3))
+        tally.check(False, "an allreduce with close() called inside it returned")
+    except collectives.CollectiveError as error:
+        took = time.monotonic() - start
+        tally.check((comm.rank == 0 and bool(refused) and "inside a collective" in refused[0])
+                    or (comm.rank > 0 and isinstance(error, collectives.PeerError) and took < 10),
+                    f"close() in a signal handler: {type(error).__name__} after {took:.1f} s: "
+                    f"{error} ({refused})")
+    finally:
+        if comm.rank == 0:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, before)
+    comm.close()
 
 
 def close_with_pending(comm, tally: Tally) -> None:

@@ -36,14 +36,21 @@ def present(x: np.ndarray, layout: str) -> np.ndarray:
 
 
 def check_reduce_scatter(comm, tally, algorithm, dtype, count, op, layout) -> str:
+    """Layouts "own-block" and "last-block": out is a view of x's block of this rank
+    (NCCL's in-place reduce-scatter) or of its last block, read while the block is
+    written (a result written during the plan was wrong there)."""
     x = present(rank_data(count, dtype, comm.rank), layout)
-    before = digest(x)
     want = np.array_split(reference(count, dtype, comm.size, op), comm.size)[comm.rank]
     out = np.full(want.shape, 99, dtype) if layout == "out" else None
+    if layout in ("own-block", "last-block"):
+        lo = sum(b.size for b in np.array_split(x, comm.size)[:comm.rank])
+        at = lo if layout == "own-block" else x.size - want.size
+        out = x[at: at + want.size]
+    before = digest(x)
     y = comm.reduce_scatter(x, op=op, algorithm=algorithm, out=out)
     case = f"reduce_scatter {algorithm} {np.dtype(dtype)} count={count} op={op} {layout}"
     tally.check(out is None or y is out, f"{case}: result is not out")
-    tally.check(digest(x) == before, f"{case}: input modified")
+    tally.check(layout.endswith("block") or digest(x) == before, f"{case}: input modified")
     tally.check(y.shape == want.shape and y.dtype == want.dtype and np.array_equal(y, want),
                 f"{case}: got {y[:4]} ({y.shape}) expected {want[:4]} ({want.shape})")
     whole = np.concatenate(everyone(y))  # every rank's block, in rank order
@@ -53,14 +60,21 @@ def check_reduce_scatter(comm, tally, algorithm, dtype, count, op, layout) -> st
 
 
 def check_allgather(comm, tally, algorithm, dtype, count, op, layout) -> str:
+    """Layouts "own-row" and "other-row": x is a view of out's row of this rank (FSDP's
+    in-place gather) or of the next rank's, which the gather overwrites (x must be read
+    before: sent from where it lay, it was overwritten in flight)."""
     x = present(rank_data(count, dtype, comm.rank), layout)
-    before = digest(x)
     want = np.stack([rank_data(count, dtype, r) for r in range(comm.size)])
-    out = np.full(want.shape, 99, dtype) if layout == "out" else None
+    out = np.full(want.shape, 99, dtype) if layout in ("out", "own-row", "other-row") else None
+    if layout in ("own-row", "other-row"):
+        row = comm.rank if layout == "own-row" else (comm.rank + 1) % comm.size
+        out[row] = x
+        x = out[row]
+    before = digest(x)
     y = comm.allgather(x, algorithm=algorithm, out=out)
     case = f"allgather {algorithm} {np.dtype(dtype)} count={count} {layout}"
     tally.check(out is None or y is out, f"{case}: result is not out")
-    tally.check(digest(x) == before, f"{case}: input modified")
+    tally.check(layout == "other-row" or digest(x) == before, f"{case}: input modified")
     tally.check(y.shape == want.shape and y.dtype == want.dtype and np.array_equal(y, want),
                 f"{case}: rows differ")
     tally.check(len(set(everyone(digest(y)))) == 1, f"{case}: ranks differ in bits")
@@ -139,9 +153,14 @@ def main() -> None:
                     for layout in layouts:
                         if name == "reduce_scatter":
                             for op in OPS:
-                                check_reduce_scatter(comm, tally, algorithm, dtype, count, op, layout)
+                                for lay in ((layout, "own-block", "last-block")
+                                            if layout == "out" else (layout,)):
+                                    check_reduce_scatter(comm, tally, algorithm, dtype, count,
+                                                         op, lay)
                         elif name == "allgather":
-                            check_allgather(comm, tally, algorithm, dtype, count, None, layout)
+                            for lay in ((layout, "own-row", "other-row") if layout == "out"
+                                        else (layout,)):
+                                check_allgather(comm, tally, algorithm, dtype, count, None, lay)
                         elif name == "broadcast":
                             for root in roots:
                                 for lay in (layout, "inplace") if layout == "out" else (layout,):
@@ -154,6 +173,10 @@ def main() -> None:
                         elif name == "alltoall" and layout != "strided":
                             for lay in (layout, "inplace") if layout == "out" else (layout,):
                                 check_alltoall(comm, tally, algorithm, dtype, count, lay)
+    if args.large and "reduce_scatter" in args.collectives:  # blocks of several segments
+        for layout in ("own-block", "last-block"):
+            check_reduce_scatter(comm, tally, "ring", np.float64, p * (1 << 18) + 5, "sum",
+                                 layout)
     tally.finish()
 
 

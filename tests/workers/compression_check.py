@@ -128,6 +128,25 @@ def feedback(comm, tally, compression: str) -> None:
     tally.check(fed < plain / 2, f"{compression} error feedback: {fed:.2e} vs {plain:.2e} without")
 
 
+def feedback_after_non_finite(comm, tally, compression: str) -> None:
+    """An overflowing step (NaN and inf on rank 0, as an fp16 step GradScaler skips) carries
+    nothing into the residual: the next steps, finite everywhere, come out finite and right."""
+    for name, bad in (("NaN", np.nan), ("inf", np.inf)):
+        x = np.full(8, 0.25 * (comm.rank + 1), np.float32)
+        if comm.rank == 0:
+            x[2] = bad
+        comm.allreduce_many([x], op="avg", algorithm="ring", compression=compression,
+                            error_feedback=f"poison-{name}")
+        want = 0.25 * (comm.size + 1) / 2
+        for step in (1, 2):
+            x = np.full(8, 0.25 * (comm.rank + 1), np.float32)
+            (y,) = comm.allreduce_many([x], op="avg", algorithm="ring",
+                                       compression=compression,
+                                       error_feedback=f"poison-{name}")
+            tally.check(bool(np.isfinite(y).all()) and abs(float(y[2]) - want) <= want * 1e-2,
+                        f"{compression} error feedback, step {step} after a {name}: {y}")
+
+
 def errors(comm, tally) -> None:
     for bad, error in ((np.arange(5, dtype=np.int32), TypeError), (np.ones(3), ValueError)):
         compression = "fp16" if error is TypeError else "zstd"
@@ -157,6 +176,7 @@ def main() -> None:
             non_finite_isolated(comm, tally, algorithm, compression)
     for compression in ("fp16", "bf16"):
         feedback(comm, tally, compression)
+        feedback_after_non_finite(comm, tally, compression)
     errors(comm, tally)
     tally.finish()
 

@@ -13,12 +13,16 @@ arrays with a pattern and watches them and x for WATCH seconds: nothing may chan
 records, `out=x` changed 2.5 s after the error, `native` crashed). Rank 1 must raise
 (CollectiveTimeout or PeerError), never return a result; it reports whether its x changed
 (a small `auto` call rides with rank 0's record, sent before rank 0 gave up: it must not
-write x and then raise). Each rank writes what it saw to OUTDIR/rank<r>.json; rank 0 then
+write x and then raise). With LATE_RANK_MISSES_NOTICE=1 rank 1 does not see rank 0's notice
+as its call starts (as under load, when it waits behind the orphaned collective's messages):
+MPI's own collective then completes with rank 0's orphaned request, and rank 1 must still
+raise before it writes x. LATE_RANK_OUT=none: rank 1 calls without out. Each rank writes what it saw to OUTDIR/rank<r>.json; rank 0 then
 ends the job with comm.abort(ABORT).
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -63,6 +67,15 @@ def watch_memory(x: np.ndarray, seconds: float) -> list[str]:
     return changed
 
 
+def miss_notices_as_calls_begin(transport) -> None:
+    """The transport's `begin` without its look at the notices (as when one waits behind
+    other messages)."""
+    def begin(seq: int) -> None:
+        transport._seq = seq
+
+    transport.begin = begin
+
+
 def main() -> None:
     algorithm, check, outdir = sys.argv[1], sys.argv[2] == "1", Path(sys.argv[3])
     collective, count = ("allreduce", COUNT) if len(sys.argv) < 5 else (sys.argv[4],
@@ -74,12 +87,17 @@ def main() -> None:
     call = getattr(comm, collective)
     call(x, algorithm=algorithm, **options)  # everyone is here
     seen: dict[str, object] = {"rank": comm.rank}
+    out = x
     if comm.rank == 1:
+        if os.environ.get("LATE_RANK_MISSES_NOTICE") == "1":
+            miss_notices_as_calls_begin(comm._transport)
+        if os.environ.get("LATE_RANK_OUT") == "none":
+            out = None
         time.sleep(LATE)
     before = x.copy()
     start = time.monotonic()
     try:
-        call(x, algorithm=algorithm, out=x, **options)
+        call(x, algorithm=algorithm, out=out, **options)
         seen["error"] = None
     except collectives.CollectiveError as error:
         seen["error"], seen["message"] = type(error).__name__, str(error)

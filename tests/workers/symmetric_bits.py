@@ -39,7 +39,26 @@ def main() -> None:
     for i, (algorithm, op, count) in enumerate(cases):
         tally.check(len({d[i] for d in gathered}) == 1,
                     f"{algorithm} {op} count={count}: ranks hold different bits")
+    large_finite_sums_under_seterr_raise(comm, tally)
     tally.finish()
+
+
+def large_finite_sums_under_seterr_raise(comm, tally) -> None:
+    """The NaN probe after MPI's sum raises nothing of its own: under np.seterr(all="raise")
+    a finite sum of large values (whose squares overflow) is returned (the sixteenth
+    review: a FloatingPointError broke the communicator)."""
+    with np.errstate(all="raise"):
+        for dtype, value in ((np.float32, 1e20), (np.float64, 1e200), (np.float16, 100.0)):
+            for count in (3, 1024):
+                x = np.full(count, value, dtype)
+                try:
+                    y = comm.allreduce(x, algorithm="native")
+                except Exception as error:  # noqa: BLE001 - what failed is the finding
+                    tally.check(False, f"native {dtype.__name__} sum of {value:g} under "
+                                       f"seterr(raise): {type(error).__name__}: {error}")
+                    return
+                tally.check(bool((y == dtype(value * comm.size)).all()),
+                            f"native {dtype.__name__} sum of {value:g}: {y[:3]}")
 
 
 if __name__ == "__main__":

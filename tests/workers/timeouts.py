@@ -4,6 +4,7 @@ Usage: mpiexec -n P python -m tests.workers.timeouts MODE ALGORITHM OUTDIR
   absent  the last rank never calls the second collective; the others must raise
           CollectiveTimeout within the timeout (init(timeout=TIMEOUT)) and write what they
           saw to OUTDIR/rank<r>.json; then rank 0 ends the job with comm.abort(ABORT_CODE).
+  absent-grow  the same with a second collective large enough to grow the shared windows.
   exit    rank 1 calls os._exit(3) in the middle of a run of collectives.
   kill    rank 1 sends itself SIGKILL in the middle of a run of collectives.
   raise   rank 1 raises an uncaught exception in the middle of a run of collectives.
@@ -27,9 +28,11 @@ ABORT_CODE = 7
 COUNT = 1 << 12
 
 
-def absent(comm, algorithm: str, outdir: Path) -> None:
+def absent(comm, algorithm: str, outdir: Path, grow: bool = False) -> None:
     x = rank_data(COUNT, np.float32, comm.rank)
     comm.allreduce(x, algorithm=algorithm)  # all ranks arrive here
+    if grow:  # the next calls need larger shared windows (COLLECTIVES_SHM=1)
+        x = rank_data(1 << 20, np.float32, comm.rank)
     if comm.rank == comm.size - 1:
         time.sleep(TIMEOUT + 60)  # never arrives; ended by rank 0's abort
         return
@@ -70,8 +73,9 @@ def dies(comm, algorithm: str, how: str) -> None:
 
 def main() -> None:
     mode, algorithm = sys.argv[1], sys.argv[2]
-    if mode == "absent":
-        absent(collectives.init(timeout=TIMEOUT), algorithm, Path(sys.argv[3]))
+    if mode in ("absent", "absent-grow"):
+        absent(collectives.init(timeout=TIMEOUT), algorithm, Path(sys.argv[3]),
+               grow=mode == "absent-grow")
     else:
         dies(collectives.init(), algorithm, mode)
 
