@@ -35,3 +35,10 @@ def run_workers(np_: int, worker: str, *args: str, env: dict | None = None,
             f"--- stdout ---\n{proc.stdout[-20000:]}\n--- stderr ---\n{proc.stderr[-20000:]}"
         )
     return proc
+
+
+def ended_by_abort(proc: subprocess.CompletedProcess, code: int) -> bool:
+    """Whether rank 0's MPI_Abort(code) ended the job: MPICH's line names the code, or
+    mpiexec exits with it (or 9, when it reports the ranks it killed); hydra sometimes drops
+    the line under load (a CI failure)."""
+    return proc.returncode in (code, 9) or f", {code}) - process 0" in proc.stderr
