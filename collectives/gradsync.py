@@ -207,6 +207,7 @@ class GradSync:
         """
         if self._hooks:
             raise RuntimeError("this GradSync is already attached; make one GradSync per module")
+        _refuse_undense(module)
         params = [p for p in module.parameters() if p.requires_grad]
         if not params:
             raise ValueError(f"{type(module).__name__} has no parameters that require grad")
@@ -301,6 +302,24 @@ class GradSync:
         feedback = f"{self._name}-{part}" if self.error_feedback else False
         return dict(op="avg", algorithm=self.algorithm, compression=self.compression,
                     fusion_bytes=self.fusion_bytes, error_feedback=feedback)
+
+
+def _refuse_undense(module) -> None:
+    """What attach cannot average, by name: a parameter of a dtype other than a float (a
+    complex one failed in wait() with "unsupported dtype"), a trainable embedding that
+    makes sparse gradients (a raw BufferError in backward; the eighteenth review)."""
+    for name, p in module.named_parameters():
+        if p.requires_grad and not p.is_floating_point():
+            raise TypeError(f"GradSync.attach: parameter {name} is {p.dtype}; gradients are "
+                            "averaged as float16, bfloat16, float32 or float64")
+    from torch import nn
+
+    for name, layer in module.named_modules():
+        if isinstance(layer, (nn.Embedding, nn.EmbeddingBag)) and layer.sparse \
+                and layer.weight.requires_grad:
+            raise ValueError(f"GradSync.attach: {name or type(layer).__name__} "
+                             f"({type(layer).__name__}) makes sparse gradients, which GradSync "
+                             "does not average; construct it with sparse=False")
 
 
 _created: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # comm -> helpers made

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
@@ -46,34 +45,38 @@ def test_other_reduce_ops_are_refused_by_name(op):
         reduce_op(dist.ReduceOp(getattr(dist.ReduceOp, op)))
 
 
-def test_rows_view_library_dtypes_and_word_multiples():
+def test_rows_view_library_dtypes():
     floats = torch.zeros(6)
     rows = Rows(floats, 2)
     rows.array[1] = 3
     assert rows.array.shape == (2, 3) and floats.tolist() == [0, 0, 0, 3, 3, 3]
-    masks = torch.zeros(8, dtype=torch.bool)
-    rows = Rows(masks, 2)  # 4 bytes a row: one int32 word, a view
-    rows.array[0] = 0x01000001
-    assert rows.array.dtype == np.int32 and masks.tolist() == [1, 0, 0, 1] + [0] * 4
 
 
-def test_rows_pad_other_sizes_and_write_back_on_finish():
+def test_rows_pad_other_dtypes_and_write_back_on_finish():
     raw = torch.zeros(6, dtype=torch.uint8)
-    rows = Rows(raw, 2)  # 3 bytes a row: padded to a word, a copy, then the byte count
-    assert rows.array.shape == (2, 2) and rows.array[:, 1].tolist() == [3, 3]
+    rows = Rows(raw, 2)  # 3 bytes a row: padded to a word, a copy, then bytes and dtype
+    masks = Rows(torch.zeros(8, dtype=torch.bool), 2)  # a word's worth: a copy all the same
+    assert rows.array.shape == (2, 3) and rows.array[:, 1].tolist() == [3, 3]
+    assert masks.array.shape == (2, 3) and masks.array[:, 1].tolist() == [4, 4]
+    assert rows.array[0, 2] != masks.array[0, 2]  # the dtypes differ
     rows.array[:, 0] = 0x7F050403
     assert not raw.any()
     rows.finish()
     assert raw.tolist() == [3, 4, 5, 3, 4, 5]
 
 
-def test_rows_of_another_byte_count_are_refused_on_finish():
-    """Rows of 2 and 3 bytes pad to one word alike: a row that arrives with another byte
-    count was written into the tensor, padding included."""
+def test_rows_of_another_byte_count_or_dtype_are_refused_on_finish():
+    """Rows of 2 and 3 bytes pad to one word alike, and bool and uint8 rows of one length
+    look alike to the agreement: a row that arrives with another byte count or dtype was
+    written into the tensor, padding included."""
     raw = torch.full((3,), 9, dtype=torch.uint8)
     rows = Rows(raw)
-    rows.array[0] = [0x01020304, 2]  # a row of 2 bytes from a peer
+    code = rows.array[0, 2]
+    rows.array[0] = [0x01020304, 2, code]  # a row of 2 bytes from a peer
     with pytest.raises(ValueError, match="a row of 2 bytes arrived for a tensor row of 3"):
+        rows.finish()
+    rows.array[0] = [0x01020304, 3, Rows(torch.zeros(3, dtype=torch.bool)).array[0, 2]]
+    with pytest.raises(ValueError, match="a row of torch.bool arrived for a torch.uint8 tensor"):
         rows.finish()
     assert raw.tolist() == [9, 9, 9]
 

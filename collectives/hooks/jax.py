@@ -18,9 +18,13 @@ Example::
 """
 from __future__ import annotations
 
+import hashlib
+
 import jax
+import numpy as np
 
 from ..communicator import Communicator
+from ..errors import MismatchError
 from ..gradsync import GradSync, broadcast_parameters
 
 __all__ = ["tree_average", "tree_broadcast"]
@@ -28,12 +32,34 @@ __all__ = ["tree_average", "tree_broadcast"]
 
 def tree_average(grads, sync: GradSync):
     """`grads` (a pytree of arrays) averaged over the ranks of `sync`'s communicator, with
-    its algorithm, compression and fusion; a pytree of new JAX arrays of the same structure."""
+    its algorithm, compression and fusion; a pytree of new JAX arrays of the same structure.
+    MismatchError on every rank where the ranks' pytrees differ in structure."""
     leaves, structure = jax.tree_util.tree_flatten(grads)
+    _agree_on_structure(grads, sync.comm, "tree_average")
     return jax.tree_util.tree_unflatten(structure, sync.sync(leaves))
 
 
 def tree_broadcast(tree, comm: Communicator, *, root: int = 0):
-    """Rank `root`'s pytree on every rank, bit for bit (`broadcast_parameters`)."""
+    """Rank `root`'s pytree on every rank, bit for bit (`broadcast_parameters`); the ranks'
+    pytrees must have one structure (MismatchError on every rank otherwise)."""
     leaves, structure = jax.tree_util.tree_flatten(tree)
+    _agree_on_structure(tree, comm, "tree_broadcast")
     return jax.tree_util.tree_unflatten(structure, broadcast_parameters(leaves, comm, root=root))
+
+
+def _agree_on_structure(tree, comm: Communicator, what: str) -> None:
+    """The agreement compares leaves' shapes and dtypes, not where they hang: leaves of the
+    same shapes under other keys would be combined. One small all-gather of a digest of
+    the leaves' count and key paths tells every rank (paths, not the treedef's text, which
+    holds addresses of functions in static fields; a tuple and a list of the same leaves
+    have the same paths and pass)."""
+    paths = [jax.tree_util.keystr(path)
+             for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    text = f"{len(paths)}\0" + "\0".join(paths)  # (a bare leaf's path is "": count them)
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    digests = comm.allgather(np.frombuffer(digest, np.int64))
+    differ = [r for r in range(comm.size) if digests[r, 0] != digests[0, 0]]
+    if differ:
+        shown = ", ".join(paths[:8]) + (", ..." if len(paths) > 8 else "")
+        raise MismatchError(f"{what}: the ranks' pytrees differ in structure: rank(s) "
+                            f"{differ} against rank 0 (rank {comm.rank} has leaves {shown})")

@@ -29,6 +29,7 @@ from ..gradsync import (GradSync, as_array, broadcast_parameters, check_options,
                         instance_name)
 from ..progress import Handle
 from . import torch_backend  # noqa: F401  registers backend "collectives"
+from .torch_work import raise_or_value
 
 __all__ = ["HookState", "allreduce_hook", "DistributedOptimizer", "init_process_group"]
 
@@ -98,7 +99,7 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
             future.set_result(tensor)
 
     handle.add_done_callback(finish)
-    return future
+    return future.then(raise_or_value)  # an error DDP's reducer sees as one
 
 
 class DistributedOptimizer:

@@ -4,9 +4,10 @@ Reductions take tensors of the library's dtypes (float16, bfloat16, float32, flo
 int64), any layout, viewed without a copy (`gradsync.as_array`). Collectives that only move
 data (broadcast, all-gather, all-to-all, send and recv) take contiguous tensors of any dtype,
 seen as `rows`: a tensor of a library dtype is viewed as it is; any other dtype (uint8 of
-pickled objects, bool masks) travels as its bytes in 32-bit words: a view when a row's bytes
-are a multiple of 4, else a padded copy with one more word, the row's byte count, that
-`finish()` checks (ranks with rows of 2 and 3 bytes would pad alike) and writes back.
+pickled objects, bool masks) travels as a copy of its bytes in 32-bit words with two more,
+the row's byte count and its dtype, that `finish()` checks (ranks with rows of 2 and 3
+bytes would pad alike; uint8 x 4 against int32 or bool against uint8 would look alike to
+the agreement) and writes back.
 
 Example::
 
@@ -33,6 +34,9 @@ REDUCE_OPS = {
 }
 _LIBRARY_DTYPES = frozenset(getattr(torch, str(d)) for d in DTYPES)  # same names in torch
 _WORD = np.dtype(np.int32)
+# Every torch dtype by name: a row's dtype travels as its index (the same on every rank).
+_TORCH_DTYPES = sorted({v for v in vars(torch).values() if isinstance(v, torch.dtype)}, key=str)
+_DTYPE_CODES = {dtype: code for code, dtype in enumerate(_TORCH_DTYPES)}
 
 
 def reduce_op(op: dist.ReduceOp) -> Op:
@@ -79,11 +83,11 @@ class Rows:
 
     Example::
 
-        rows = Rows(torch.zeros(6, dtype=torch.uint8), 2)    # rows.array: (2, 1) int32, a copy
-        rows.array[:] = 0x01010101; rows.finish()            # the tensor holds 1s
+        rows = Rows(torch.zeros(6, dtype=torch.uint8), 2)    # rows.array: (2, 3) int32, a copy
+        rows.array[:, 0] = 0x01010101; rows.finish()         # the tensor holds 1s
     """
 
-    __slots__ = ("array", "_bytes")
+    __slots__ = ("array", "_bytes", "_dtype")
 
     def __init__(self, tensor: torch.Tensor, rows: int = 1):
         _check_contiguous(tensor)
@@ -95,25 +99,30 @@ class Rows:
             self.array = as_array(tensor).reshape(rows, -1)
             return
         raw = byte_view(tensor).reshape(rows, -1)
-        if raw.shape[1] % _WORD.itemsize == 0:
-            self.array = raw.view(_WORD)
-            return
         words = -(-raw.shape[1] // _WORD.itemsize)
-        self.array = np.zeros((rows, words + 1), _WORD)  # the last word: the row's bytes
+        self.array = np.zeros((rows, words + 2), _WORD)  # then the row's bytes and dtype
         self.array.view(np.uint8)[:, :raw.shape[1]] = raw
-        self.array[:, -1] = raw.shape[1]
-        self._bytes = raw
+        self.array[:, -2] = raw.shape[1]
+        self.array[:, -1] = _DTYPE_CODES[tensor.dtype]
+        self._bytes, self._dtype = raw, tensor.dtype
 
     def finish(self) -> None:
         """Write a copy's contents back into the tensor (nothing to do for a view);
-        ValueError, the tensor untouched, where a row of another byte count arrived."""
+        ValueError, the tensor untouched, where a row of another byte count or dtype
+        arrived."""
         if self._bytes is None:
             return
-        length = self._bytes.shape[1]
-        arrived = self.array[:, -1]
-        other = arrived[arrived != length]
+        length, code = self._bytes.shape[1], _DTYPE_CODES[self._dtype]
+        lengths, codes = self.array[:, -2], self.array[:, -1]
+        other = lengths[lengths != length]
         if other.size:
             raise ValueError(f"backend 'collectives': a row of {int(other[0])} bytes arrived "
                              f"for a tensor row of {length} bytes (the ranks' tensors differ "
                              "in size); the tensor is left as it was")
+        other = codes[codes != code]
+        if other.size:
+            sent = _TORCH_DTYPES[other[0]] if 0 <= other[0] < len(_TORCH_DTYPES) else other[0]
+            raise ValueError(f"backend 'collectives': a row of {sent} arrived for a "
+                             f"{self._dtype} tensor (the ranks' tensors differ in dtype); the "
+                             "tensor is left as it was")
         self._bytes[...] = self.array.view(np.uint8)[:, :length]

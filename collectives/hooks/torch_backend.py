@@ -234,6 +234,15 @@ class CollectivesProcessGroup(dist.ProcessGroup):
     def allgather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
                   opts=AllgatherOptions()) -> dist.Work:
         """Into a list of tensors per input: gathered whole, then copied out."""
+        if len(output_lists) != len(inputs):
+            raise ValueError(f"all_gather: {len(output_lists)} output lists for "
+                             f"{len(inputs)} inputs")
+        for outputs, t in zip(output_lists, inputs):
+            if len(outputs) != self.size() or any(o.numel() != t.numel() or o.dtype != t.dtype
+                                                  for o in outputs):
+                got = ", ".join(f"{o.numel()} {o.dtype}" for o in outputs)
+                raise ValueError(f"all_gather: the output list must hold {self.size()} tensors "
+                                 f"of the input's {t.numel()} {t.dtype}, got [{got}]")
         sent = [Rows(t).array[0] for t in inputs]
         outs = [[Rows(t) for t in outputs] for outputs in output_lists]
         handles = [self.comm.allgather_async(row, self._algorithm["allgather"]) for row in sent]
@@ -271,6 +280,9 @@ class CollectivesProcessGroup(dist.ProcessGroup):
     @_refusing("alltoall")
     def alltoall(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
                  opts=AllToAllOptions()) -> dist.Work:
+        if len(inputs) != self.size() or len(outputs) != self.size():
+            raise ValueError(f"all_to_all: the input and output lists must hold "
+                             f"{self.size()} tensors each, got {len(inputs)} and {len(outputs)}")
         return self._alltoall_blocks([byte_view(t) for t in inputs],
                                      [byte_view(t) for t in outputs], outputs)
 

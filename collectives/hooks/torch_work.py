@@ -6,8 +6,12 @@ there) finishes the result (copies out of staging rows, if any) and completes th
 Future; it never blocks. `MessageWork` is a point-to-point message: it completes when waited
 or tested, and has no future (as gloo's send and recv). `DoneWork` is a result already there.
 
-A failed collective sets the Future's exception: `wait()`, `result()` and
-`get_future().wait()` raise the library's error (CollectiveError, CollectiveTimeout, ...).
+A failed collective sets the Future's exception: `wait()` and `result()` raise the
+library's error (CollectiveError, CollectiveTimeout, ...). `get_future()` fails as torch's
+own backends' futures do, with a RuntimeError that names it ("CollectiveTimeout: ..."):
+C++ consumers (DDP's reducer) take an exception set from Python for a value ("Unable to
+cast ... to Tensor", the eighteenth review), so the future they get is chained through
+`raise_or_value`, whose raise torch records as the future's error.
 
 Example::
 
@@ -16,6 +20,7 @@ Example::
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -23,12 +28,19 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ..errors import CollectiveError
 from ..p2p import Message
 from ..progress import Handle
 
-__all__ = ["HandleWork", "MessageWork", "DoneWork"]
+__all__ = ["HandleWork", "MessageWork", "DoneWork", "raise_or_value"]
 
 Tensors = list[torch.Tensor]
+
+
+def raise_or_value(future: torch.futures.Future):
+    """`future`'s value, or its exception raised: as a `Future.then` callback, it makes the
+    exception the chained future's error, which C++ consumers see as one."""
+    return future.wait()
 
 
 class _FutureWork(dist.Work):
@@ -37,11 +49,31 @@ class _FutureWork(dist.Work):
     def __init__(self) -> None:
         super().__init__()
         self._future: torch.futures.Future = torch.futures.Future()
+        self._chained: torch.futures.Future | None = None
 
     def wait(self, timeout: timedelta | None = None) -> bool:
-        _wait_until(self._future.done, timeout, "the collective")
+        self._until_done(timeout)
         self._future.wait()
         return True
+
+    def _until_done(self, timeout: timedelta | None) -> None:
+        """Return once the future is done; TimeoutError after `timeout` (None or <= 0:
+        torch's "no timeout"; then the communicator's own bounds the wait). The wait is
+        Python's, so an interrupt (a signal handler that raises, Ctrl-C) ends it at once;
+        the collective keeps running."""
+        if self._future.done():
+            return
+        self._refuse_waiting_for_itself()
+        done = threading.Event()
+        self._future.add_done_callback(lambda _: done.set())
+        seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        bounded = seconds is not None and seconds > 0
+        if not done.wait(seconds if bounded else None):
+            raise TimeoutError(f"the collective still running after {seconds:g} s "
+                               "(Work.wait timeout)")
+
+    def _refuse_waiting_for_itself(self) -> None:
+        """Raise where a blocking wait could never end (nothing to check by default)."""
 
     def is_completed(self) -> bool:
         return self._future.done()
@@ -59,10 +91,13 @@ class _FutureWork(dist.Work):
         return None
 
     def result(self) -> Tensors:
+        self._until_done(None)
         return self._future.wait()
 
     def get_future(self) -> torch.futures.Future:
-        return self._future
+        if self._chained is None:
+            self._chained = self._future.then(raise_or_value)
+        return self._chained
 
 
 class HandleWork(_FutureWork):
@@ -81,6 +116,16 @@ class HandleWork(_FutureWork):
             handles[-1].add_done_callback(self._complete)
         else:
             self._complete(None)
+
+    def _refuse_waiting_for_itself(self) -> None:
+        """A blocking wait in a completion callback (a torch `Future.then` callback runs on
+        the progress thread) for a collective that thread must run: CollectiveError at once,
+        as `Handle.wait` there."""
+        if self._handles and self._handles[-1].waits_for_itself():
+            raise CollectiveError(
+                f"{self._handles[-1].what}: a blocking torch collective, or Work.wait() on a "
+                "pending one, in a completion callback (the progress thread, where "
+                "Future.then callbacks run) would wait forever; chain another callback")
 
     def _complete(self, _: Handle | None) -> None:
         try:

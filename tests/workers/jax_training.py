@@ -78,8 +78,37 @@ def main() -> None:
     tally.check(diff <= TOLERANCE, f"data-parallel differs from large-batch by {diff:.3g}")
     tally.check(np.array_equal(comm.allreduce(ours, op="max"), ours)
                 and np.array_equal(comm.allreduce(ours, op="min"), ours), "replicas differ")
+    check_other_structures(comm, sync, tally)
     print(f"rank {comm.rank}: size={comm.size}, max difference {diff:.3g}", flush=True)
     tally.finish()
+
+
+def _apply(a, b):
+    return a + b
+
+
+def check_other_structures(comm, sync, tally: Tally) -> None:
+    """Leaves of one shape under other keys were averaged together (the twelfth review):
+    rank 0's "weight" with rank 1's "zeta". Now MismatchError on every rank."""
+    same = {"weight": jnp.ones(2), "apply": jax.tree_util.Partial(_apply, jnp.ones(3))}
+    try:  # a function in static data: its repr (an address) differs between processes
+        got = tree_average(same, sync)
+        tally.check(bool(jnp.array_equal(got["weight"], same["weight"])),
+                    f"tree_average of a tree with a Partial: {got}")
+    except collectives.MismatchError as error:
+        tally.check(False, f"identical trees with a Partial refused: {error}")
+    last = comm.rank == comm.size - 1
+    tree = {"weight": jnp.ones(2), ("zeta" if last else "bias"): jnp.ones(2)}
+    bare = None if last else jnp.ones(2)  # a bare leaf's key path is "": counted too
+    for what, call in (("tree_average", lambda: tree_average(tree, sync)),
+                       ("tree_broadcast", lambda: tree_broadcast(tree, comm)),
+                       ("tree_broadcast", lambda: tree_broadcast(bare, comm))):
+        try:
+            call()
+            tally.check(comm.size == 1, f"{what} of trees with other keys: no error")
+        except collectives.MismatchError as error:
+            tally.check(f"rank(s) [{comm.size - 1}] against rank 0" in str(error),
+                        f"{what}: {error}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ where it reduces; errors surface as the Work's exception; send/recv.
 """
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from datetime import timedelta
 
@@ -16,8 +18,9 @@ import torch
 import torch.distributed as dist
 
 import collectives
-from collectives import MismatchError
+from collectives import CollectiveError, MismatchError
 from collectives.bootstrap import launched_by_torchrun
+from collectives.progress import THREAD_NAME
 from collectives.hooks.torch import init_process_group
 from tests.workers.common import Tally, rank_data, reference
 
@@ -149,9 +152,78 @@ def check_async_and_errors(group, tally: Tally) -> None:
         tally.check(False, "uint8 was summed")
     except TypeError as error:
         tally.check("unsupported dtype uint8" in str(error), f"uint8 refused: {error}")
+    check_wait_in_callback(group, tally)
     ok = torch.ones(2)
     dist.all_reduce(ok, group=group)  # the group goes on after refused calls
     tally.check(torch.equal(ok, torch.full((2,), float(p))), "all_reduce after errors")
+    check_interrupted_wait(group, tally)
+
+
+def check_wait_in_callback(group, tally: Tally) -> None:
+    """A then() callback runs on the progress thread (unless its future was done already):
+    waiting there for a Work queued behind it hung for ever (the twelfth review); now
+    CollectiveError at once."""
+    r, p = group.rank(), group.size()
+    if r == p - 1:
+        time.sleep(0.2)  # the others' first Work is pending when they chain the callback
+    first = dist.all_reduce(torch.ones(1), group=group, async_op=True)
+    second = dist.all_reduce(torch.ones(1), group=group, async_op=True)
+    seen = []
+
+    def waiting(fut):
+        on_progress = threading.current_thread().name == THREAD_NAME
+        start = time.monotonic()
+        try:
+            second.wait()
+            seen.append((on_progress, "returned"))
+        except CollectiveError as error:
+            seen.append((on_progress, time.monotonic() - start, str(error)))
+        return fut.value()
+
+    first.get_future().then(waiting).wait()
+    second.wait()
+    on_progress, *outcome = seen[0]
+    tally.check(outcome[0] != "returned" and outcome[0] < 1.0 and "completion callback"
+                in outcome[1] if on_progress else outcome == ["returned"],
+                f"Work.wait() in then(): {seen}")
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _interrupt(signum, frame):
+    raise Interrupted()
+
+
+def check_interrupted_wait(group, tally: Tally) -> None:
+    """An interrupt ends a sync collective's wait at once, not when the late rank comes
+    (the twelfth review: held in torch's Future.wait); the collective goes on, in order."""
+    r, p = group.rank(), group.size()
+    if p == 1:
+        return
+    late = torch.ones(2)
+    if r == p - 1:
+        time.sleep(1.5)
+    else:
+        before = signal.signal(signal.SIGALRM, _interrupt)
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+    start = time.monotonic()
+    try:
+        dist.all_reduce(late, group=group)
+        tally.check(r == p - 1, "all_reduce waited out the interrupt")
+    except Interrupted:
+        tally.check(time.monotonic() - start < 1.0,
+                    f"the interrupt surfaced after {time.monotonic() - start:.2f} s")
+    finally:
+        if r != p - 1:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, before)
+    after = torch.ones(2)
+    dist.all_reduce(after, group=group)
+    want = torch.full((2,), float(p))
+    tally.check(torch.equal(late, want) and torch.equal(after, want),
+                f"after an interrupted wait: {late}, {after}")
 
 
 def check_one_rank_refusals(group, tally: Tally) -> None:
@@ -169,7 +241,14 @@ def check_one_rank_refusals(group, tally: Tally) -> None:
             torch.zeros(2 * p), torch.ones(2 * p), group=group,
             input_split_sizes=[2] * (p - 1) + [2 + odd], output_split_sizes=[2] * p)),
         ("reduce_scatter_tensor of the wrong size", lambda: dist.reduce_scatter_tensor(
-            torch.zeros(2), torch.ones(2 * p + odd), group=group)))
+            torch.zeros(2), torch.ones(2 * p + odd), group=group)),
+        ("all_gather into a list one short", lambda: dist.all_gather(
+            [torch.zeros(3) for _ in range(p - odd)], torch.ones(3), group=group)),
+        ("all_gather into a tensor of another size", lambda: dist.all_gather(
+            [torch.zeros(3 + odd * (q == 0)) for q in range(p)], torch.ones(3), group=group)),
+        ("all_to_all of lists one short", lambda: dist.all_to_all(
+            [torch.zeros(2) for _ in range(p - odd)], [torch.ones(2) for _ in range(p - odd)],
+            group=group)))
     for what, call in cases:
         try:
             call()
@@ -195,6 +274,21 @@ def check_one_rank_refusals(group, tally: Tally) -> None:
     except ValueError as error:
         tally.check(r != 0 and "a row of 3 bytes arrived for a tensor row of 2" in str(error)
                     and odd_bytes.tolist() == [9, 9], f"uint8 sizes that differ: {error}")
+    # dtypes of one byte size looked alike (uint8 x 4 and int32 x 1 in one int32 word; bool
+    # and uint8): now mismatched rows (every rank), or rows that name their dtype (receivers)
+    for ours, refused in ((torch.ones(4, dtype=torch.uint8) if r == 0 else
+                           torch.zeros(1, dtype=torch.int32), MismatchError),
+                          (torch.ones(2, dtype=torch.bool) if r == 0 else
+                           torch.zeros(2, dtype=torch.uint8), ValueError)):
+        kept = ours.clone()
+        try:
+            dist.broadcast(ours, root, group=group)
+            tally.check(p == 1 or (refused is ValueError and r == 0),
+                        f"{kept.dtype} broadcast accepted: {ours}")
+        except (ValueError, MismatchError) as error:
+            tally.check(type(error) is refused and torch.equal(ours, kept)
+                        and (refused is MismatchError or "a row of torch.bool arrived for a "
+                             "torch.uint8 tensor" in str(error)), f"{kept.dtype}: {error!r}")
     both = torch.arange(2.0 * p) + 10 * r  # in place with equal splits (was "overlaps")
     dist.all_to_all_single(both, both, group=group)
     want = torch.tensor([10.0 * q + 2 * r + i for q in range(p) for i in range(2)])

@@ -207,6 +207,24 @@ def check_two_hooks(comm, tally: Tally) -> None:
     comm.clear_error_feedback()
 
 
+def check_hook_failure(comm, tally: Tally) -> None:
+    """A failed all-reduce in the DDP hook reaches backward() as an error naming it (the
+    ranks disagree on compression: MismatchError everywhere, the communicator usable). It
+    came as "Unable to cast <the message> to Tensor": DDP's reducer took the exception set
+    on the hook's future for a value (the eighteenth review)."""
+    model = DistributedDataParallel(torch.nn.Linear(4, 2))
+    state = HookState(comm, compression="fp16" if comm.rank == 0 else None)
+    model.register_comm_hook(state, allreduce_hook)
+    try:
+        model(torch.ones(2, 4)).sum().backward()
+        tally.check(False, "backward returned although the ranks' hooks disagree")
+    except RuntimeError as error:
+        tally.check("MismatchError" in str(error) and "Unable to cast" not in str(error),
+                    f"the hook's failure reached backward as {str(error)[:300]}")
+    y = comm.allreduce(np.ones(2, np.float32))
+    tally.check(bool((y == comm.size).all()), "a collective after the hook's failure")
+
+
 class _Chain(torch.nn.Module):
     """b(a(x)): a registered first, b's gradient ready first."""
 
@@ -254,6 +272,23 @@ def check_attach_refusals(comm, tally: Tally) -> None:
         tally.check(p == 1, "attach with a layer frozen on one rank only went through")
     except ValueError as error:
         tally.check("parameters that require grad differ" in str(error), f"attach: {error}")
+    # the eighteenth review: a raw BufferError in backward; "unsupported dtype" at wait()
+    for refused, said in ((torch.nn.Embedding(5, 3, sparse=True), "makes sparse gradients"),
+                          (torch.nn.Linear(3, 3, dtype=torch.complex64),
+                           "parameter weight is torch.complex64")):
+        try:
+            collectives.GradSync(comm).attach(refused)
+            tally.check(False, f"attach took {refused}")
+        except (TypeError, ValueError) as error:
+            tally.check(said in str(error), f"attach({refused}): {error}")
+    frozen = torch.nn.Embedding(5, 3, sparse=True).requires_grad_(False)
+    flagged = torch.nn.Linear(3, 3)
+    flagged.sparse = True  # an attribute of another meaning: no sparse gradients
+    for accepted in (torch.nn.Sequential(frozen, torch.nn.Linear(3, 3)), flagged):
+        try:
+            collectives.GradSync(comm).attach(accepted).detach()
+        except (TypeError, ValueError) as error:
+            tally.check(False, f"attach refused {accepted}: {error}")
     layer = torch.nn.Linear(3, 3)
     sync = collectives.GradSync(comm, fusion_bytes=1 << 20).attach(layer)
     x = torch.ones(2, 3)
@@ -302,6 +337,7 @@ def main() -> None:
     check_two_hooks(comm, tally)
     check_rebuilt_buckets(comm, tally)
     check_attach_refusals(comm, tally)
+    check_hook_failure(comm, tally)
     tally.finish()
 
 
