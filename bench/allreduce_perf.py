@@ -138,7 +138,8 @@ def _library_algorithms(args: argparse.Namespace, library: Any, *, nranks: int) 
     """The library's algorithms to measure beside mpi; ValueError for what this build of
     the library, or these ranks, cannot run."""
     default = "ring,native" if args.collective == "allreduce" else ops.DEFAULT
-    algorithms = ops.algorithms_for(args.collective, args.algorithms or default,
+    algorithms = ops.algorithms_for(args.collective,
+                                    default if args.algorithms is None else args.algorithms,
                                     ops.library_algorithms(args.collective))
     if args.device != "cpu" and MPI_BASELINE in (args.algorithms or "").split(","):
         raise ValueError("the mpi column reads host buffers: leave it out with --device gpu")
@@ -203,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         parser.error(problem)
     lab = launch.lab_request(parser, args)
+    try:
+        environment.check_memory(args.maxbytes, launch.ranks_here(args.np, lab))
+    except ValueError as error:
+        parser.error(str(error))
     launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np, lab=lab)
 
     from mpi4py import MPI

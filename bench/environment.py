@@ -16,6 +16,7 @@ import os
 import platform
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Iterator, Mapping
@@ -66,11 +67,38 @@ def write_json(path: str, document: Mapping[str, object]) -> None:
 
 
 def check_writable(path: str) -> None:
-    """ValueError now, rather than after the measurements, when ``path`` cannot be written."""
+    """ValueError now, rather than after the measurements, when ``path`` cannot be written:
+    a file is created in its folder (and removed), as the results are written (/proc
+    passed the folder's access check, then failed after the sweep)."""
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK) or os.path.isdir(path):
-        raise ValueError(f"cannot write {path}: {folder} is not a writable folder"
-                         if not os.path.isdir(path) else f"cannot write {path}: a folder")
+    if os.path.isdir(path):
+        raise ValueError(f"cannot write {path}: a folder")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ValueError(f"cannot write {path}: {folder} is not a writable folder")
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".probe-")
+    except OSError as error:
+        raise ValueError(f"cannot write {path}: {error.strerror}") from None
+    try:
+        os.close(handle)
+    finally:
+        os.unlink(probe)
+
+
+# Per rank the largest message is held about this many times over (x, out, the library's
+# staging and scratch), all ranks on this machine.
+BUFFERS_PER_RANK = 4
+
+
+def check_memory(max_bytes: int, nranks: int) -> None:
+    """ValueError when `nranks` ranks sweeping up to `max_bytes` would need more memory than
+    this machine has (1T asked for 256 GiB per array: a traceback, or the OOM killer)."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    need = BUFFERS_PER_RANK * max_bytes * nranks
+    if need > physical:
+        raise ValueError(f"{nranks} rank(s) sweeping up to {max_bytes} bytes need about "
+                         f"{need / 2**30:.1f} GiB ({BUFFERS_PER_RANK} buffers of the largest "
+                         f"size each); this machine has {physical / 2**30:.1f} GiB: lower -e")
 
 
 @contextlib.contextmanager

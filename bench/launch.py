@@ -126,6 +126,21 @@ def link_bytes_per_s(lab: LabRequest | None) -> float | None:
     return None if rate is None else rate.bytes_per_second
 
 
+def ranks_here(np_: int, lab: LabRequest | None,
+               environ: Mapping[str, str] = os.environ) -> int:
+    """How many ranks run on this machine: all of a lab's; under a launcher its local count
+    (MPICH's MPI_LOCALNRANKS, Open MPI's OMPI_COMM_WORLD_LOCAL_SIZE; 1 where none is set);
+    else `np_` (--np, which a launcher's ranks ignore)."""
+    if lab is not None:
+        return sum(lab.ppn) if isinstance(lab.ppn, tuple) else lab.nodes * lab.ppn
+    if under_launcher(environ):
+        for name in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+            if environ.get(name, "").isdigit():
+                return max(1, int(environ[name]))
+        return 1
+    return np_
+
+
 def under_launcher(environ: Mapping[str, str] = os.environ) -> bool:
     """True when this process is a rank started by an MPI launcher (or by us)."""
     return _LAUNCHED in environ or any(name in environ for name in LAUNCHER_VARIABLES)

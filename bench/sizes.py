@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["format_size", "parse_size", "size_steps"]
+__all__ = ["MAX_STEPS", "format_size", "parse_size", "size_steps"]
+
+MAX_STEPS = 1000  # sizes in one sweep (-i 1 up to 1T built a tuple of 10^12 and used up memory)
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"\s*(\d+)\s*([KMGT]?)(I?B)?\s*", re.IGNORECASE)
@@ -42,6 +44,10 @@ def size_steps(*, min_bytes: int, max_bytes: int, factor: int | None = None,
         raise ValueError(f"the step factor must be at least 2, got {factor}")
     if increment is not None and increment < 1:
         raise ValueError(f"the step increment must be at least 1 byte, got {increment}")
+    if increment is not None and (max_bytes - min_bytes) // increment >= MAX_STEPS:
+        raise ValueError(f"{min_bytes} to {max_bytes} bytes in steps of {increment} bytes is "
+                         f"{(max_bytes - min_bytes) // increment + 1} sizes; at most "
+                         f"{MAX_STEPS} (a larger -i, or -f)")
     sizes = []
     size = min_bytes
     while size <= max_bytes:

@@ -530,6 +530,14 @@ def test_unknown_algorithm_is_refused(tmp_path):
     (["--quick"], "--quick goes with --calibrate"),  # was ignored: the full sweep ran
     (["-b", "8", "-e", "64", "--tensors", "100"], "--tensors 100 needs messages of at least"),
     (["--nodes", "2", "--lab-timeout", "nan"], "need a number of seconds above 0"),
+    # the eighteenth review: the first used up the machine's memory (the OOM killer), the
+    # second allocated 256 GiB arrays after launch, /proc passed the folder's access check
+    # and failed after the sweep, a name twice made two columns summarised alike
+    (["-b", "8", "-e", "1G", "-i", "1"], "1073741817 sizes; at most 1000"),
+    (["-b", "1T", "-e", "1T"], "need about 8192.0 GiB"),
+    (["-b", "8", "-e", "8", "--json", "/proc/x.json"], "cannot write /proc/x.json"),
+    (["--algorithms", "ring,,ring"], "ring given twice"),
+    (["--algorithms", ""], "an empty name"),
 ])
 def test_bad_options_are_refused_before_launch(args, message):
     proc = subprocess.run([sys.executable, "-m", "bench.allreduce_perf", *args], cwd=ROOT,
@@ -552,3 +560,32 @@ def test_lane_cost_times_every_collective_three_ways():
                              cwd=ROOT, env=_self_launch_env(PYTHONPATH=str(ROOT)),
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "unknown collectives gather" in refused.stderr
+
+
+def test_ranks_here_counts_what_runs_on_this_machine():
+    """The memory check's rank count (the nineteenth review: under mpiexec -n 1 it counted
+    the ignored --np 2)."""
+    from bench.launch import LabRequest, ranks_here
+
+    assert ranks_here(2, None, {}) == 2
+    assert ranks_here(2, None, {"PMI_RANK": "0", "MPI_LOCALNRANKS": "1"}) == 1
+    assert ranks_here(2, None, {"OMPI_COMM_WORLD_SIZE": "16",
+                                "OMPI_COMM_WORLD_LOCAL_SIZE": "8"}) == 8
+    assert ranks_here(2, None, {"SLURM_PROCID": "3"}) == 1
+    assert ranks_here(2, LabRequest(nodes=2, ppn=(3, 2), link="none", timeout=60), {}) == 5
+    assert ranks_here(2, LabRequest(nodes=4, ppn=2, link="none", timeout=60), {}) == 8
+
+
+def test_check_writable_leaves_nothing_and_takes_the_longest_name(tmp_path):
+    """The probe is a short name in the folder, always removed (the nineteenth review:
+    `<path>.probe-<pid>` was too long for a 251-character name, and stayed behind after
+    an interrupt, refusing the next check)."""
+    from bench.environment import check_writable
+
+    longest = tmp_path / ("r" * 246 + ".json")
+    check_writable(str(longest))
+    (tmp_path / "x.json").write_text("{}")
+    check_writable(str(tmp_path / "x.json"))  # an existing file is overwritten
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
+    with pytest.raises(ValueError, match="a folder"):
+        check_writable(str(tmp_path))

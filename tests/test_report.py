@@ -43,10 +43,17 @@ def test_cluster_file_errors():
     for document, said in (  # each was a traceback, or accepted
             ([good], "a cluster file is an object"),
             ({"clusters": [1]}, "a cluster is an object, got 1"),
-            ({"clusters": [{**good, "reduce_gbytes_per_s": 0}]}, "must be a number > 0, got 0"),
+            ({"clusters": [{**good, "reduce_gbytes_per_s": 0}]},
+             "must be a number > 0 and <= 1e+06, got 0"),
             ({"clusters": [{**good, "reduce_gbytes_per_s": -1}]}, "must be a number > 0"),
             ({"clusters": [{**good, "nodes": 2.7}]}, "nodes must be a whole number"),
-            ({"clusters": [{**good, "grid": 5}]}, "TypeError")):
+            ({"clusters": [{**good, "grid": 5}]}, "TypeError"),
+            # the eighteenth review: a MemoryError traceback, a simulation that never ended,
+            # inf in the table
+            ({"clusters": [{**good, "nodes": 10**9}]}, "at most 16384 are simulated"),
+            ({"clusters": [{**good, "nodes": 100000, "ranks_per_node": 8}]}, "800000 ranks"),
+            ({"clusters": [{**good, "inter": {"alpha_us": 1e308, "gbytes_per_s": 1}}]},
+             "alpha_us must be a number >= 0.0 and <= 1e+06")):
         with pytest.raises(ValueError, match=re.escape(said)):
             load_clusters(document)
     assert load_clusters({"clusters": [good]})[0].cluster.size == 4

@@ -40,11 +40,15 @@ def algorithms_for(collective: str, text: str, known: Sequence[str]) -> tuple[st
     ('ring',)
     """
     accepted = tuple(known) + ((DEFAULT,) if collective != "allreduce" else ())
-    names = accepted if text == "all" else tuple(name for name in text.split(",") if name)
-    unknown = [name for name in names if name not in (*accepted, MPI_BASELINE)]
+    names = accepted if text == "all" else tuple(text.split(","))
+    unknown = [name for name in names if name and name not in (*accepted, MPI_BASELINE)]
     if unknown or not names:
         raise ValueError(f"unknown algorithms for {collective}: {', '.join(unknown) or repr(text)}"
                          f"; choose from {', '.join((MPI_BASELINE, *accepted))} or 'all'")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice or "" in names:  # (a name twice made two columns, both summarised as the last)
+        raise ValueError(f"--algorithms {text!r}: "
+                         + (f"{', '.join(twice)} given twice" if twice else "an empty name"))
     return tuple(name for name in names if name != MPI_BASELINE)
 
 

@@ -12,7 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Scale", "default_clusters", "load_clusters"]
+__all__ = ["MAX_RANKS", "Scale", "default_clusters", "load_clusters"]
+
+MAX_RANKS = 16384  # simulated at every size: 100,000 x 8 had not priced one size in 60 s
+LIMIT = 1e6  # alpha_us and rates above this are typos (1e308 us gave inf in the table)
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,12 @@ def load_clusters(document: Mapping[str, Any]) -> list[Scale]:
                          zero_copy=bool(entry[key].get("zero_copy", False)))
                      for key in ("intra", "inter")}
             grid = tuple(entry["grid"]) if entry.get("grid") else None
+            nodes, per_node = _whole(entry, "nodes"), _whole(entry, "ranks_per_node")
+            if nodes * per_node > MAX_RANKS:
+                raise ValueError(f"cluster {entry['name']!r} has {nodes} x {per_node} = "
+                                 f"{nodes * per_node} ranks; at most {MAX_RANKS} are simulated")
             cluster = ClusterModel.uniform(
-                nodes=_whole(entry, "nodes"), ranks_per_node=_whole(entry, "ranks_per_node"),
+                nodes=nodes, ranks_per_node=per_node,
                 grid=grid, gamma=1 / (_number(entry, "reduce_gbytes_per_s") * 1e9),
                 name=str(entry["name"]), torus_links=bool(entry.get("torus_links", False)),
                 **links)
@@ -75,13 +82,14 @@ def load_clusters(document: Mapping[str, Any]) -> list[Scale]:
 
 
 def _number(entry: Mapping[str, Any], key: str, *, low: float | None = None) -> float:
-    """entry[key] as a finite number, > 0 (or >= low)."""
+    """entry[key] as a finite number, > 0 (or >= low), at most LIMIT."""
     value = entry[key]
     number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
         else math.nan
-    if not math.isfinite(number) or (number < low if low is not None else number <= 0):
+    if not math.isfinite(number) or number > LIMIT or (number < low if low is not None
+                                                       else number <= 0):
         bound = f">= {low}" if low is not None else "> 0"
-        raise ValueError(f"{key} must be a number {bound}, got {value!r}")
+        raise ValueError(f"{key} must be a number {bound} and <= {LIMIT:g}, got {value!r}")
     return number
 
 
