@@ -86,19 +86,25 @@ def check_writable(path: str) -> None:
 
 
 # Per rank the largest message is held about this many times over (x, out, the library's
-# staging and scratch), all ranks on this machine.
+# staging and scratch), all ranks on this machine; and each rank is a Python process with
+# NumPy and MPI loaded (about 80 MB resident measured).
 BUFFERS_PER_RANK = 4
+RANK_PROCESS_BYTES = 128 << 20
 
 
 def check_memory(max_bytes: int, nranks: int) -> None:
     """ValueError when `nranks` ranks sweeping up to `max_bytes` would need more memory than
-    this machine has (1T asked for 256 GiB per array: a traceback, or the OOM killer)."""
+    this machine has (1T asked for 256 GiB per array: a traceback, or the OOM killer;
+    --ppn 100000 on a lab began forking 200,000 ranks)."""
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    need = BUFFERS_PER_RANK * max_bytes * nranks
+    need = (BUFFERS_PER_RANK * max_bytes + RANK_PROCESS_BYTES) * nranks
     if need > physical:
-        raise ValueError(f"{nranks} rank(s) sweeping up to {max_bytes} bytes need about "
-                         f"{need / 2**30:.1f} GiB ({BUFFERS_PER_RANK} buffers of the largest "
-                         f"size each); this machine has {physical / 2**30:.1f} GiB: lower -e")
+        buffers = (f" and {BUFFERS_PER_RANK} buffers of the largest size, {max_bytes} "
+                   "bytes" if max_bytes else "")
+        raise ValueError(f"{nranks} rank(s) on this machine need about {need / 2**30:.1f} "
+                         f"GiB ({RANK_PROCESS_BYTES >> 20} MiB a process{buffers}, each); it "
+                         f"has {physical / 2**30:.1f} GiB: lower "
+                         f"{'-e or ' if max_bytes else ''}the ranks")
 
 
 @contextlib.contextmanager

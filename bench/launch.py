@@ -37,8 +37,10 @@ LAUNCHER_VARIABLES = (
     "PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
     "MV2_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "SLURM_PROCID",
 )
-# Set on the ranks we start; a second launch from inside them would never end.
+# Set on the ranks we start; a second launch from inside them would never end. Its value
+# is "lab" on the ranks of a lab we made for --nodes.
 _LAUNCHED = "COLLECTIVES_BENCH_LAUNCHED"
+_ON_LAB = "lab"
 # Set to "1" on the ranks when the terminal that started them shows a tty on stderr, so
 # progress can redraw one line although the ranks' own stderr is a pipe.
 PROGRESS_TTY = "COLLECTIVES_BENCH_TTY"
@@ -99,23 +101,31 @@ def add_lab_arguments(parser: Any) -> None:
 
 
 def lab_request(parser: Any, args: Any) -> LabRequest | None:
-    """The lab that ``add_lab_arguments``' options ask for; None without --nodes."""
+    """The lab that ``add_lab_arguments``' options ask for; None without --nodes (or a
+    --ppn list). Refused by ``parser.error``: a lab the lab cannot make, or whose ranks
+    (all on this machine) would not fit in its memory."""
+    from bench.cluster.layout import MAX_NODES
+    from bench.environment import check_memory
+
     if getattr(args, "np", 1) < 1:
         parser.error(f"--np must be at least 1, got {args.np}")
-    if args.nodes is None:
-        if isinstance(args.ppn, tuple):
-            return LabRequest(nodes=len(args.ppn), ppn=args.ppn, link=args.link or "none",
-                              timeout=args.lab_timeout)
+    if args.nodes is None and not isinstance(args.ppn, tuple):
         if args.ppn is not None or args.link is not None:
             parser.error("--ppn and --link need --nodes N (or a --ppn list such as 3,2)")
         return None
-    if args.nodes < 1:
-        parser.error(f"--nodes must be at least 1, got {args.nodes}")
-    if isinstance(args.ppn, tuple) and len(args.ppn) != args.nodes:
+    nodes = len(args.ppn) if args.nodes is None else args.nodes
+    if not 1 <= nodes <= MAX_NODES:
+        parser.error(f"--nodes must be 1..{MAX_NODES}, got {nodes}")
+    if isinstance(args.ppn, tuple) and len(args.ppn) != nodes:
         parser.error(f"--ppn {','.join(map(str, args.ppn))} gives {len(args.ppn)} counts "
-                     f"for --nodes {args.nodes}: give one count, or one per node")
-    return LabRequest(nodes=args.nodes, ppn=args.ppn or 1, link=args.link or "none",
-                      timeout=args.lab_timeout)
+                     f"for --nodes {nodes}: give one count, or one per node")
+    lab = LabRequest(nodes=nodes, ppn=args.ppn or 1, link=args.link or "none",
+                     timeout=args.lab_timeout)
+    try:  # (a lab's ranks all run here: --ppn 100000 began forking 200,000 of them)
+        check_memory(0, ranks_here(1, lab))
+    except ValueError as error:
+        parser.error(str(error))
+    return lab
 
 
 def link_bytes_per_s(lab: LabRequest | None) -> float | None:
@@ -143,7 +153,11 @@ def ranks_here(np_: int, lab: LabRequest | None,
 
 def under_launcher(environ: Mapping[str, str] = os.environ) -> bool:
     """True when this process is a rank started by an MPI launcher (or by us)."""
-    return _LAUNCHED in environ or any(name in environ for name in LAUNCHER_VARIABLES)
+    return bool(_launcher_marks(environ))
+
+
+def _launcher_marks(environ: Mapping[str, str] = os.environ) -> list[str]:
+    return [name for name in (_LAUNCHED, *LAUNCHER_VARIABLES) if name in environ]
 
 
 def find_mpiexec() -> str:
@@ -184,9 +198,10 @@ def launch_command(*, module: str, argv: Sequence[str], nranks: int,
     return command, environ
 
 
-def _rank_marks() -> dict[str, str]:
-    """What the ranks we start are told: that they were launched, and whether stderr is a tty."""
-    return {_LAUNCHED: "1", **({PROGRESS_TTY: "1"} if sys.stderr.isatty() else {})}
+def _rank_marks(mark: str = "1") -> dict[str, str]:
+    """What the ranks we start are told: that they were launched (`mark`), and whether
+    stderr is a tty."""
+    return {_LAUNCHED: mark, **({PROGRESS_TTY: "1"} if sys.stderr.isatty() else {})}
 
 
 def lab_tuning_environment(counts: Sequence[int], link: str) -> dict[str, str]:
@@ -210,7 +225,7 @@ def _run_on_lab(*, module: str, argv: Sequence[str], lab: LabRequest) -> int:
 
     try:
         cluster = Lab(nodes=lab.nodes, link=lab.link)
-    except LabError as error:
+    except (LabError, ValueError) as error:
         print(f"error: no lab for --nodes {lab.nodes}: {error}", file=sys.stderr)
         return 1
     with cluster:
@@ -218,7 +233,8 @@ def _run_on_lab(*, module: str, argv: Sequence[str], lab: LabRequest) -> int:
         print(f"# lab {cluster.name}: {lab.nodes} nodes, ranks per node "
               f"{','.join(map(str, counts))}, link {cluster.rate or 'unshaped'}",
               file=sys.stderr, flush=True)
-        env = {**_rank_marks(), **lab_tuning_environment(counts, str(cluster.rate or "none"))}
+        env = {**_rank_marks(_ON_LAB),
+               **lab_tuning_environment(counts, str(cluster.rate or "none"))}
         outcome = cluster.mpiexec([sys.executable, "-m", module, *argv], ppn=counts, env=env,
                                   capture=False, timeout=lab.timeout)
     if outcome.timed_out:
@@ -238,6 +254,10 @@ def ensure_launched(*, module: str, argv: Sequence[str], nranks: int,
     tool runs on a lab made for it, and the process exits with the tool's status.
     """
     if under_launcher():
+        if lab is not None and os.environ.get(_LAUNCHED) != _ON_LAB:
+            sys.exit("error: --nodes makes a lab and starts the ranks on it, but this process "
+                     f"already runs under a launcher ({', '.join(_launcher_marks())} set): "
+                     "run it outside mpiexec and `collectives-cluster run`, or drop --nodes")
         return
     if lab is not None:
         sys.exit(_run_on_lab(module=module, argv=argv, lab=lab))

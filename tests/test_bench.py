@@ -534,7 +534,7 @@ def test_unknown_algorithm_is_refused(tmp_path):
     # second allocated 256 GiB arrays after launch, /proc passed the folder's access check
     # and failed after the sweep, a name twice made two columns summarised alike
     (["-b", "8", "-e", "1G", "-i", "1"], "1073741817 sizes; at most 1000"),
-    (["-b", "1T", "-e", "1T"], "need about 8192.0 GiB"),
+    (["-b", "1T", "-e", "1T"], "need about 8192.2 GiB"),
     (["-b", "8", "-e", "8", "--json", "/proc/x.json"], "cannot write /proc/x.json"),
     (["--algorithms", "ring,,ring"], "ring given twice"),
     (["--algorithms", ""], "an empty name"),

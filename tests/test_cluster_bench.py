@@ -74,10 +74,26 @@ def test_a_run_that_does_not_end_is_bounded_and_removes_its_lab():
     (["--nodes", "2", "--ppn", "3,2,1"], "--ppn 3,2,1 gives 3 counts for --nodes 2"),
     (["--nodes", "2", "--ppn", "0"], "ranks per node '0' is neither"),
     (["--nodes", "2", "--link", "fast"], "link rate 'fast' is not a rate such as 1gbit"),
+    (["--nodes", "251"], "--nodes must be 1..250, got 251"),  # was a traceback
+    (["--nodes", "2", "--link", "1" + "0" * 320 + "bit"], "too high for tc's tbf"),  # same
+    (["--nodes", "2", "--ppn", "100000"], "200000 rank(s) on this machine need"),  # forked them
 ])
 def test_bad_lab_options_are_refused(args, message):
     proc = _bench(*args)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_nodes_under_a_launcher_is_refused_not_ignored():
+    """A leaked COLLECTIVES_BENCH_LAUNCHED (or running under `collectives-cluster run`)
+    made --nodes 2 --ppn 2 a one-rank run on this host, exit 0, no word."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLLECTIVES_BENCH_LAUNCHED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "bench.allreduce_perf", "--nodes", "2",
+                           "--ppn", "2", "-b", "1K", "-e", "1K"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc
+    assert "already runs under a launcher (COLLECTIVES_BENCH_LAUNCHED set)" in proc.stderr, \
+        proc.stderr
 
 
 def test_a_lab_keeps_its_calibration_apart(monkeypatch, tmp_path):

@@ -9,8 +9,9 @@ Example::
     collectives-cluster down clab-1a2b3c                     # or --stale, or --all
     collectives-cluster run --nodes 2 --link 1gbit --ppn 2 -- collectives-bench -b 16M -e 64M
 
-``run`` and ``check`` use the lab named by ``--lab``, else the only lab there is; with
-``--nodes`` they make a lab just for the command and remove it afterwards.
+``run`` and ``check`` use the lab named by ``--lab``, else the only lab made by ``up``;
+with ``--nodes`` they make a lab just for the command and remove it afterwards. SIGTERM,
+SIGHUP or Ctrl-C end the command and every process on the lab's nodes.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from collections.abc import Iterator, Sequence
 
 from . import linkcheck, registry
 from .errors import LabError
-from .lab import Lab, parse_ppn, pids_of, remove_lab
+from .lab import Lab, exiting_on_signals, parse_ppn, pids_of, remove_lab
 from .rate import LinkRate
 
 __all__ = ["main"]
@@ -49,6 +50,17 @@ def positive_seconds(text: str) -> float:
     return seconds
 
 
+def positive_int(text: str) -> int:
+    """A count from the command line: an integer above 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"need an integer above 0, got {text!r}")
+    return value
+
+
 def _ppn(text: str) -> int | list[int]:
     try:
         return parse_ppn(text)
@@ -58,7 +70,8 @@ def _ppn(text: str) -> int | list[int]:
 
 def _add_lab_choice(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--lab", metavar="NAME", help="the lab to use (default: the only one)")
+    which.add_argument("--lab", metavar="NAME",
+                       help="the lab to use (default: the only one made by `up`)")
     which.add_argument("--nodes", type=int, metavar="N",
                        help="instead, make a lab of N nodes for this command only")
     parser.add_argument("--link", type=_link, default=None, metavar="RATE",
@@ -94,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="measure the links: one way, both ways, "
                                               "into and out of a node, inside a node")
     _add_lab_choice(check)
-    check.add_argument("--bytes", type=int, default=None, metavar="N",
+    check.add_argument("--bytes", type=positive_int, default=None, metavar="N",
                        help="message size (default: ~0.3 s worth at the link rate)")
-    check.add_argument("--repeat", type=int, default=3, metavar="R")
+    check.add_argument("--repeat", type=positive_int, default=3, metavar="R")
 
     commands.add_parser("status", help="list the labs on this machine")
 
@@ -110,7 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def _chosen_lab(args) -> Iterator[Lab]:
-    """The lab for ``run``/``check``: made for the command (--nodes), named, or the only one."""
+    """The lab for ``run``/``check``: made for the command (--nodes), named, or the only
+    one made by ``up`` (a lab another process made for itself is not offered)."""
+    if args.link is not None and args.nodes is None:
+        raise LabError("--link shapes a lab made for this command (--nodes N); a lab made "
+                       "by `up` keeps the rate it was made with")
     if args.nodes is not None:
         with Lab(nodes=args.nodes, link=args.link) as lab:
             print(f"collectives-cluster: lab {lab.name}: {lab.nodes} nodes, link "
@@ -120,11 +137,12 @@ def _chosen_lab(args) -> Iterator[Lab]:
     if args.lab is not None:
         yield Lab.existing(args.lab)
         return
-    names = [record.name for record in registry.records() if not record.stale]
+    names = [record.name for record in registry.records()
+             if record.recorded and record.owner is None]
     if len(names) != 1:
-        raise LabError(f"{'no lab' if not names else f'{len(names)} labs'} to choose from "
-                       f"({', '.join(names) or 'none'}): name one with --lab, make one with "
-                       "`collectives-cluster up`, or give --nodes")
+        raise LabError(f"{'no lab' if not names else f'{len(names)} labs'} made by `up` to "
+                       f"choose from ({', '.join(names) or 'none'}): name one with --lab, "
+                       "make one with `collectives-cluster up`, or give --nodes")
     yield Lab.existing(names[0])
 
 
@@ -138,6 +156,10 @@ def _run(args) -> int:
         print(f"collectives-cluster: mpiexec had not ended after {args.timeout:g} s; every "
               f"process of lab {lab.name} was killed", file=sys.stderr)
         return TIMEOUT_STATUS
+    if outcome.returncode < 0:  # (killed from outside, e.g. by `down`)
+        signum = -outcome.returncode
+        print(f"collectives-cluster: mpiexec was killed by signal {signum}", file=sys.stderr)
+        return 128 + signum
     return outcome.returncode
 
 
@@ -178,22 +200,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "up":
-            lab = Lab(nodes=args.nodes, link=args.link, keep=True)
-            print(lab.name)
-            return 0
-        if args.command == "run":
-            return _run(args)
-        if args.command == "check":
-            with _chosen_lab(args) as lab:
-                linkcheck.check(lab, nbytes=args.bytes, repeat=args.repeat, capture=False)
-            return 0
-        if args.command == "status":
-            return _status()
-        return _down(args)
+        with exiting_on_signals():
+            return _command(args)
     except (LabError, ValueError) as error:
         print(f"collectives-cluster: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # (the lab's processes were ended on the way out)
+        return 130
+
+
+def _command(args) -> int:
+    if args.command == "up":
+        lab = Lab(nodes=args.nodes, link=args.link, keep=True)
+        print(lab.name)
+        return 0
+    if args.command == "run":
+        return _run(args)
+    if args.command == "check":
+        with _chosen_lab(args) as lab:
+            linkcheck.check(lab, nbytes=args.bytes, repeat=args.repeat, capture=False)
+        return 0
+    if args.command == "status":
+        return _status()
+    return _down(args)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ and a tbf on the switch port's egress bounds everything entering it (so two node
 to a third share its one link). mpiexec runs in a head namespace on the switch, unshaped.
 
 The lab lives as long as its ``with`` block, and is torn down however the block ends: an
-exception, Ctrl-C, or SIGTERM (turned into SystemExit while the lab lives). A lab whose
-creator was killed outright is torn down by ``collectives-cluster down`` (or by the next
-lab made on the machine, which removes stale labs first).
+exception, Ctrl-C, SIGTERM or SIGHUP (turned into SystemExit while the lab lives). A lab
+whose creator was killed outright, even while building it, is torn down by
+``collectives-cluster down`` (or by the next lab made on the machine, which removes stale
+labs first).
 
 Example::
 
@@ -21,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -37,9 +39,11 @@ from .errors import LabError
 from .layout import BRIDGE, IFACE, MAX_NODES, PREFIX_LENGTH, Layout
 from .rate import LinkRate
 
-__all__ = ["Job", "Lab", "Outcome", "parse_ppn", "pids_of", "remove_lab"]
+__all__ = ["ENDING_SIGNALS", "Job", "Lab", "Outcome", "exiting_on_signals", "parse_ppn",
+           "pids_of", "remove_lab"]
 
 _LAUNCHER_EXIT_WAIT = 5.0  # seconds mpiexec gets to end once its ranks are killed
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # `kill`, `timeout`; a closed terminal
 
 
 @dataclass(frozen=True)
@@ -120,12 +124,16 @@ class Lab:
             print(f"collectives-cluster: removed stale lab {record.describe()}", file=sys.stderr)
         rate = LinkRate.parse(link) if isinstance(link, str) else link
         self._attach(_unused_layout(), nodes, rate)
-        registry.save(registry.Record(  # before the first namespace: a crash leaves a findable lab
-            name=self.name, nodes=nodes, link=str(self.rate or "none"),
-            owner=None if keep else registry.Owner.current(), created=time.time()))
-        with _handling((signal.SIGTERM,), _exit_on_signal):
+        # Recorded before the first namespace, so a crash leaves a findable lab; owned by
+        # this process until it is built, so a build killed outright leaves a stale one.
+        record = registry.Record(name=self.name, nodes=nodes, link=str(self.rate or "none"),
+                                 owner=registry.Owner.current(), created=time.time())
+        registry.save(record)
+        with exiting_on_signals():
             try:
                 self._build()
+                if keep:
+                    registry.save(dataclasses.replace(record, owner=None))
             except BaseException:
                 remove_lab(self.name)
                 raise
@@ -133,6 +141,7 @@ class Lab:
     @classmethod
     def existing(cls, name: str) -> "Lab":
         """The lab ``name`` made earlier (e.g. by ``collectives-cluster up``)."""
+        require_root_and_tools()
         record = registry.load(Layout(name).name)
         if record is None:
             raise LabError(f"there is no lab {name}: `collectives-cluster status` lists the labs")
@@ -164,20 +173,20 @@ class Lab:
         hydra.write_launcher(registry.directory(layout.name), layout.name)
 
     def __enter__(self) -> "Lab":
-        self._sigterm = _handling((signal.SIGTERM,), _exit_on_signal)
-        self._sigterm.__enter__()
+        self._signals = exiting_on_signals()
+        self._signals.__enter__()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self._sigterm.__exit__(*exc_info)
+        self._signals.__exit__(*exc_info)
         self.down()
 
     def down(self) -> None:
         """Tear the lab down: its processes, namespaces (the bridge and links with them), record.
 
-        Ctrl-C and SIGTERM wait until it is done.
+        Ctrl-C, SIGTERM and SIGHUP wait until it is done.
         """
-        with _handling((signal.SIGINT, signal.SIGTERM), signal.SIG_IGN):
+        with _handling((signal.SIGINT, *ENDING_SIGNALS), signal.SIG_IGN):
             remove_lab(self.name)
 
     def start(self, command: Sequence[str], *, ppn: int | Sequence[int],
@@ -296,8 +305,14 @@ def _unused_layout() -> Layout:
     return layout
 
 
+def exiting_on_signals() -> contextlib.AbstractContextManager:
+    """Inside, SIGTERM and SIGHUP raise SystemExit(128 + signal), as Ctrl-C raises
+    KeyboardInterrupt: ``with`` blocks and ``finally`` (a Job's wait, which ends the lab's
+    processes) run instead of the process dying at once."""
+    return _handling(ENDING_SIGNALS, _exit_on_signal)
+
+
 def _exit_on_signal(signum: int, frame) -> None:
-    """SIGTERM as SystemExit(143): ``with`` blocks and ``finally`` then tear the lab down."""
     raise SystemExit(128 + signum)
 
 

@@ -19,6 +19,7 @@ _FORM = re.compile(r"(\d+(?:\.\d+)?)\s*(bit|kbit|mbit|gbit|tbit)", re.IGNORECASE
 # Bytes a host can send per byte on the wire through a tbf that counts Ethernet frames:
 # TCP payload 1448 (MTU 1500 less IP, TCP and timestamp headers) per 1514-byte frame.
 TCP_GOODPUT = 1448 / 1514
+_MAX_BITS_PER_SECOND = 8e12  # tbf's bucket (4 ms at the rate) must stay under 4 GiB
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,10 @@ class LinkRate:
         if rate.bits_per_second < 8000:
             raise ValueError(f"link rate {text!r} is below 8kbit, too slow for the lab's "
                              "control traffic")
-        if rate.burst_bytes >= 1 << 32:
-            raise ValueError(f"link rate {text!r} is too high for tc's tbf, whose bucket "
-                             f"({rate.burst_bytes} bytes: 4 ms at the rate) must stay under "
-                             "4 GiB; give at most 8tbit, or 'none' (unshaped)")
+        if rate.bits_per_second > _MAX_BITS_PER_SECOND:  # (and inf, from 309 digits)
+            raise ValueError(f"link rate {text!r} is too high for tc's tbf, whose bucket (4 "
+                             "ms at the rate) must stay under 4 GiB; give at most 8tbit, or "
+                             "'none' (unshaped)")
         return rate
 
     @property

@@ -18,12 +18,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import netns
-from .layout import PREFIX, is_lab_name, lab_of
+from .errors import LabError
+from .layout import MAX_NODES, PREFIX, is_lab_name, lab_of
 
 __all__ = ["ROOT", "Owner", "Record", "directory", "load", "records", "remove", "save"]
 
@@ -60,8 +62,8 @@ class Owner:
 class Record:
     """What is known about a lab: size, link and owner (None: kept until `down`).
 
-    A lab found only by its namespaces (``recorded=False``) lost its record while being
-    torn down, and counts as stale.
+    A lab without a readable record (``recorded=False``: found by its namespaces or folder,
+    whose record was lost while being torn down, or is not a record) counts as stale.
     """
 
     name: str
@@ -73,7 +75,7 @@ class Record:
 
     @classmethod
     def leftover(cls, name: str) -> "Record":
-        """The stand-in for namespaces of lab ``name`` without a record."""
+        """The stand-in for lab ``name`` without a readable record."""
         return cls(name=name, nodes=0, link="unknown", owner=None, recorded=False)
 
     @property
@@ -83,7 +85,7 @@ class Record:
 
     def describe(self) -> str:
         if not self.recorded:
-            return f"{self.name}: namespaces without a record: stale"
+            return f"{self.name}: no readable record: stale"
         who = ("kept until `collectives-cluster down`" if self.owner is None
                else f"owner pid {self.owner.pid} " + ("gone: stale" if self.stale else "alive"))
         made = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.created))
@@ -96,22 +98,49 @@ def directory(name: str) -> Path:
 
 
 def save(record: Record) -> None:
-    """Write ``record`` (atomically: a reader sees the old file or the new one)."""
+    """Write ``record`` atomically: a reader sees the old file or the new one, and a new
+    lab's folder appears with its record in it (a folder without one reads as stale)."""
     folder = directory(record.name)
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f".{_RECORD}.{os.getpid()}"
-    partial.write_text(json.dumps(asdict(record)))
-    partial.replace(folder / _RECORD)
+    text = json.dumps(asdict(record))
+    if folder.is_dir():
+        partial = folder / f".{_RECORD}.{os.getpid()}"
+        partial.write_text(text)
+        partial.replace(folder / _RECORD)
+        return
+    ROOT.mkdir(parents=True, exist_ok=True)
+    partial_folder = Path(tempfile.mkdtemp(prefix=f".{record.name}.", dir=ROOT))
+    (partial_folder / _RECORD).write_text(text)
+    os.chmod(partial_folder, 0o755)
+    partial_folder.rename(folder)
 
 
 def load(name: str) -> Record | None:
-    """The record of lab ``name``, None when there is none."""
+    """The record of lab ``name``; None when there is none or it cannot be read (not JSON,
+    or not a record: a lab without a readable record counts as stale)."""
     try:
-        data = json.loads((directory(name) / _RECORD).read_text())
-    except (OSError, ValueError):
+        return _record(name, json.loads((directory(name) / _RECORD).read_text()))
+    except (OSError, ValueError, TypeError, KeyError):
         return None
-    owner = data.pop("owner")
-    return Record(**data, owner=None if owner is None else Owner(**owner))
+
+
+def _record(name: str, data) -> Record:
+    """Lab ``name``'s Record in its lab.json's JSON; TypeError or KeyError when it is not
+    one (fields other than a record's are ignored)."""
+    owner = data["owner"]
+    if owner is not None:
+        owner = Owner(pid=_int(owner["pid"]), start=_int(owner["start"]))
+    nodes, created = _int(data["nodes"]), data.get("created", 0.0)
+    if data["name"] != name or not isinstance(data["link"], str) or not 1 <= nodes <= MAX_NODES \
+            or isinstance(created, bool) or not isinstance(created, (int, float)) \
+            or not 0 <= created < 1e11:  # (seconds since 1970: strftime takes them)
+        raise TypeError(f"not a record of lab {name}")
+    return Record(name=name, nodes=nodes, link=data["link"], owner=owner, created=float(created))
+
+
+def _int(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r} is not an integer")
+    return value
 
 
 def records() -> list[Record]:
@@ -122,5 +151,16 @@ def records() -> list[Record]:
 
 
 def remove(name: str) -> None:
-    """Forget lab ``name`` (its record and launcher script)."""
-    shutil.rmtree(directory(name), ignore_errors=True)
+    """Forget lab ``name`` (its record and launcher script); LabError naming the entry
+    where it cannot be removed."""
+    entry = directory(name)
+    try:
+        if entry.is_symlink() or (entry.exists() and not entry.is_dir()):
+            entry.unlink()
+        else:
+            shutil.rmtree(entry)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        raise LabError(f"cannot remove {entry}: {error.strerror or error}; remove it by "
+                       "hand") from None
