@@ -71,8 +71,12 @@ def as_array(x) -> Any:
         x = x.detach()
         if x.dtype == torch.bfloat16:
             x, view_as = x.view(torch.int16), ml_dtypes.bfloat16
-    elif _module(x) in _JAX and x.dtype == ml_dtypes.bfloat16:
-        x, view_as = x.view(np.int16), ml_dtypes.bfloat16  # a bitcast: XLA makes a copy
+    elif _module(x) in _JAX:
+        if getattr(x, "is_deleted", bool)():  # (JAX said "'NoneType' has no len()")
+            raise TypeError("a JAX array that was deleted or donated (jit(donate_argnums=...), "
+                            ".delete()) has no values to reduce")
+        if x.dtype == ml_dtypes.bfloat16:
+            x, view_as = x.view(np.int16), ml_dtypes.bfloat16  # a bitcast: XLA makes a copy
     device, _ = x.__dlpack_device__()
     if device == _DLPACK_CPU:
         array = np.from_dlpack(x)
@@ -188,10 +192,12 @@ class GradSync:
 
     def sync(self, grads: Iterable) -> list:
         """Average `grads` over the ranks; returns them (averaged in place), with immutable
-        arrays (JAX) replaced by new ones."""
+        arrays (JAX) replaced by new ones. With error feedback, calls with the same shapes
+        and dtypes share one residual: use one GradSync per set of gradients (per model)."""
         items = list(grads)
         views, outs = _views_or_refuse(self.comm, items)
-        self.comm.allreduce_many(views, **self._options("sync"), out=outs)
+        self.comm.allreduce_many(views, **self._options(f"sync-{_layout_digest(views)}"),
+                                 out=outs)
         return [_returned(g, v, o) for g, v, o in zip(items, views, outs)]
 
     def attach(self, module) -> "GradSync":
@@ -203,14 +209,17 @@ class GradSync:
         when all of its gradients are accumulated and every earlier bucket has started, so
         every rank issues the same collectives in the same order. The ranks compare their
         buckets here (one all-gather): ValueError on every rank where they differ (a layer
-        frozen on one rank only would pair other parameters' gradients).
+        frozen on one rank only would pair other parameters' gradients); a module refused
+        on one rank (nothing to average, a sparse or non-float parameter) raises there and
+        MismatchError on the others.
         """
         if self._hooks:
             raise RuntimeError("this GradSync is already attached; make one GradSync per module")
-        _refuse_undense(module)
-        params = [p for p in module.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError(f"{type(module).__name__} has no parameters that require grad")
+        with self.comm.refusing("allgather"):  # (the others are in _agree_on_buckets)
+            _refuse_undense(module)
+            params = [p for p in module.parameters() if p.requires_grad]
+            if not params:
+                raise ValueError(f"{type(module).__name__} has no parameters that require grad")
         bucket: list = []
         size = 0
         for p in reversed(params):
@@ -236,16 +245,28 @@ class GradSync:
         """Finish this step's all-reduces: gradients are averaged when it returns.
 
         Buckets that did not fill (parameters unused this step) are launched with zeros for
-        the missing gradients, so every rank ends with the same gradients.
+        the missing gradients, so every rank ends with the same gradients. Where a bucket's
+        all-reduce fails, the error is raised once every launched bucket has ended: none
+        writes a gradient after this returns or raises (an interrupt, such as Ctrl-C, is
+        raised at once).
         """
+        failure = None
         try:
             for members in self._buckets[self._launched:]:
                 for p in members:
                     if p.grad is None:
                         p.grad = p.detach().new_zeros(p.shape)
             self._launch(len(self._buckets))
+        except Exception as error:  # (the buckets launched before it still run)
+            failure = error
+        try:
             for handle in self._handles:
-                handle.wait()
+                try:
+                    handle.wait()
+                except Exception as error:  # (a MismatchError leaves later ones running)
+                    failure = failure or error
+            if failure is not None:
+                raise failure
         finally:
             self._handles.clear()
             self._ready = [set() for _ in self._buckets]
@@ -278,8 +299,8 @@ class GradSync:
 
     def _agree_on_buckets(self) -> None:
         """ValueError on every rank when the ranks' buckets differ (count, shapes, dtypes)."""
-        layout = repr([[(tuple(p.shape), str(p.dtype)) for p in b] for b in self._buckets])
-        mine = np.array([zlib.crc32(layout.encode()), sum(map(len, self._buckets)),
+        mine = np.array([_layout_digest(p for b in self._buckets for p in b + [None]),
+                         sum(map(len, self._buckets)),
                          len(self._buckets)], np.int64)
         rows = self.comm.allgather(mine)
         if not (rows == rows[0]).all():
@@ -302,6 +323,12 @@ class GradSync:
         feedback = f"{self._name}-{part}" if self.error_feedback else False
         return dict(op="avg", algorithm=self.algorithm, compression=self.compression,
                     fusion_bytes=self.fusion_bytes, error_feedback=feedback)
+
+
+def _layout_digest(arrays) -> int:
+    """A digest of the arrays' shapes and dtypes, in order (None: a separator)."""
+    layout = repr([None if a is None else (tuple(a.shape), str(a.dtype)) for a in arrays])
+    return zlib.crc32(layout.encode())
 
 
 def _refuse_undense(module) -> None:

@@ -23,12 +23,16 @@ Example::
 """
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
+
+import numpy as np
 
 import kernels
 
 from .algorithms.plan import split_bounds
 from .communicator import Communicator
+from .errors import MismatchError
 from .validation import check_array
 
 __all__ = ["ShardedSync"]
@@ -37,7 +41,11 @@ __all__ = ["ShardedSync"]
 class ShardedSync:
     """Shards of a list of parameter arrays over `comm`'s ranks (see the module doc).
 
-    `algorithm` and `compression` are those of reduce_scatter and allgather.
+    `algorithm` is that of reduce_scatter and allgather; `compression` (fp16, bf16) that
+    of the gradients' reduce_scatter only: the parameters are gathered exactly (rounded
+    to 16 bits, an update smaller than their rounding step would vanish). Made on every
+    rank at once: the ranks compare their parameters' shapes and dtype (one small
+    all-gather), and where they differ, or one rank's are refused, every rank raises.
     """
 
     __slots__ = ("comm", "params", "algorithm", "compression", "_bounds", "_flat")
@@ -46,14 +54,9 @@ class ShardedSync:
                  compression: str | None = None):
         if not isinstance(comm, Communicator):
             raise TypeError(f"comm must be a collectives.Communicator, got {type(comm).__name__}")
-        params = list(params)
-        if not params:
-            raise ValueError("params must hold at least one array")
-        for i, p in enumerate(params):  # (torch tensors: pass as_array(t), a zero-copy view)
-            check_array(p, f"params[{i}]")
-        dtypes = {p.dtype for p in params}
-        if len(dtypes) != 1:
-            raise TypeError(f"params must share one dtype, got {sorted(map(str, dtypes))}")
+        with comm.refusing("allgather"):  # (the others compare layouts in _agree)
+            params = _checked_params(list(params))
+        _agree(comm, params)
         self.comm, self.params = comm, params
         self.algorithm, self.compression = algorithm, compression
         count = sum(p.size for p in params)
@@ -98,8 +101,7 @@ class ShardedSync:
         that does not fit refuses it on every rank (MismatchError on the others)."""
         with self.comm.refusing("allgather"):
             self._check_shard(shard)
-        pieces = self.comm.allgather(_padded(shard, self._longest()), algorithm=self.algorithm,
-                                     compression=self.compression)
+        pieces = self.comm.allgather(_padded(shard, self._longest()), algorithm=self.algorithm)
         for r, (a, b) in enumerate(split_bounds(0, self._flat.size, self.comm.size)):
             kernels.copy_into(self._flat[a:b], pieces[r, : b - a])
         kernels.unpack(self._flat, self.params)
@@ -117,6 +119,37 @@ class ShardedSync:
         """Rows of an all-gather are of one length: the first (longest) shard's."""
         lo, hi = split_bounds(0, self._flat.size, self.comm.size)[0]
         return hi - lo
+
+
+def _checked_params(params: list) -> list:
+    """`params`, refused where they cannot be sharded: none, not arrays (torch tensors:
+    pass as_array(t), a zero-copy view), read-only (`gather` writes them; np.asarray of a
+    JAX array is read-only), of several dtypes."""
+    if not params:
+        raise ValueError("params must hold at least one array")
+    for i, p in enumerate(params):
+        check_array(p, f"params[{i}]")
+        if not getattr(p.flags, "writeable", True):
+            raise ValueError(f"params[{i}] is read-only, and gather writes the parameters: "
+                             "pass writable arrays (np.array(x) copies one)")
+    dtypes = {p.dtype for p in params}
+    if len(dtypes) != 1:
+        raise TypeError(f"params must share one dtype, got {sorted(map(str, dtypes))}")
+    return params
+
+
+def _agree(comm: Communicator, params: list) -> None:
+    """MismatchError on every rank where the ranks' parameters differ in shapes, order or
+    dtype (the same total size in another layout mixed one rank's weights with another's
+    biases, silently; the twenty-first review)."""
+    layout = repr([(tuple(p.shape), str(p.dtype)) for p in params])
+    mine = np.array([zlib.crc32(layout.encode()), sum(p.size for p in params)], np.int64)
+    rows = comm.allgather(mine)
+    differ = [r for r in range(comm.size) if (rows[r] != rows[0]).any()]
+    if differ:
+        raise MismatchError(f"ShardedSync: the ranks' parameters differ in shapes, order or "
+                            f"dtype: rank(s) {differ} against rank 0 (rank {comm.rank} has "
+                            f"{layout[:200]})")
 
 
 def _padded(shard, length: int):

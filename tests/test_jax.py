@@ -31,6 +31,14 @@ def test_float0_leaves_are_refused_by_name(comm):  # noqa: F811
     assert as_array(grads[0]).dtype == np.float32 and as_array(jnp.ones(2, jnp.bfloat16)).size == 2
 
 
+def test_a_deleted_or_donated_leaf_is_refused_by_name(comm):  # noqa: F811
+    """JAX's own error was "object of type 'NoneType' has no len()" (twenty-first review)."""
+    gone = jnp.ones(3)
+    gone.delete()
+    with pytest.raises(TypeError, match="a JAX array that was deleted or donated"):
+        tree_average({"w": gone}, collectives.GradSync(comm))
+
+
 def test_jax_arrays_are_read_in_place():
     x = jnp.arange(12, dtype=jnp.float32).reshape(3, 4)
     view = as_array(x)

@@ -52,7 +52,41 @@ def main() -> None:
     loss = float(np.mean((batch(0, STEPS)[0] @ sharded[0] + sharded[1] - batch(0, STEPS)[1]) ** 2))
     tally.check(loss < 1.0, f"the model did not learn: loss {loss:.3f}")
     check_refusals(comm, sync, tally)
+    check_review_21(comm, tally)
     tally.finish()
+
+
+def check_review_21(comm, tally) -> None:
+    """The twenty-first review: compression rounded the parameters themselves to 16 bits
+    at every gather (1e-4 steps on 1.0 never moved it); ranks whose parameters had one
+    total size in other shapes or order mixed them silently; a read-only parameter failed
+    in gather with NumPy's message, half of the update written."""
+    for compression in ("fp16", "bf16"):
+        w = np.ones(10, np.float32)
+        sync = ShardedSync(comm, [w], compression=compression)
+        shard = sync.shard()
+        shard -= 1e-4
+        sync.gather(shard)
+        tally.check(bool((w == np.float32(1) - np.float32(1e-4)).all()),
+                    f"{compression}: a gather rounded the parameters: {w[:3]}")
+    last = comm.rank == comm.size - 1
+    weight, bias = np.zeros(6), np.zeros(4)
+    try:
+        ShardedSync(comm, [bias, weight] if last else [weight, bias])
+        tally.check(comm.size == 1, "parameters in another order on one rank were taken")
+    except collectives.MismatchError as error:
+        tally.check("differ in shapes, order or dtype" in str(error), f"order: {error}")
+    frozen = np.zeros(4)
+    frozen.flags.writeable = not last
+    try:
+        ShardedSync(comm, [np.zeros(6), frozen])
+        tally.check(not last, "a read-only parameter was taken")
+    except (ValueError, collectives.MismatchError) as error:
+        expected = ValueError if last else collectives.MismatchError
+        tally.check(isinstance(error, expected) and "params[1] is read-only" in str(error),
+                    f"read-only: {error!r}")
+    y = comm.allreduce(np.ones(2))
+    tally.check(bool((y == comm.size).all()), "a collective after the refusals")
 
 
 def check_refusals(comm, sync, tally) -> None:

@@ -7,6 +7,8 @@ parameters must match DDP's within TOLERANCE and be bit-identical on every rank.
 """
 from __future__ import annotations
 
+import time
+
 import ml_dtypes
 import numpy as np
 import torch
@@ -207,6 +209,51 @@ def check_two_hooks(comm, tally: Tally) -> None:
     comm.clear_error_feedback()
 
 
+def check_sync_feedback_per_layout(comm, tally: Tally) -> None:
+    """GradSync.sync kept one residual for all its calls: a call of another size between
+    two calls of one tree dropped that tree's residual (the twenty-first review, D5).
+    Each layout now has its own: the interrupted sequence gives the uninterrupted's bits."""
+    # contributions of about +-500 round by up to 0.125 in fp16, their mean is 0.05
+    a = np.full(1000, 1000.3 * (-1) ** comm.rank + 0.1 * comm.rank, np.float32)
+    alone = collectives.GradSync(comm, compression="fp16", error_feedback=True)
+    mixed = collectives.GradSync(comm, compression="fp16", error_feedback=True)
+    want = [alone.sync([a.copy()])[0] for _ in range(2)]
+    first = mixed.sync([a.copy()])[0]
+    mixed.sync([np.ones(10, np.float32)])
+    second = mixed.sync([a.copy()])[0]
+    tally.check(np.array_equal(first, want[0]) and np.array_equal(second, want[1]),
+                f"another layout between two syncs: {second[:2]} against {want[1][:2]}")
+    tally.check(not np.array_equal(want[0], want[1]), "error feedback changed nothing")
+    comm.clear_error_feedback()
+
+
+def check_wait_settles_every_bucket(comm, tally: Tally) -> None:
+    """GradSync.wait raised the first bucket's MismatchError and left the later buckets'
+    all-reduces running: they wrote p.grad after it raised (the twenty-first review, D1)."""
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(1000, 1000) for _ in range(4)]
+    head = torch.nn.Linear(1000, 4)
+    sync = collectives.GradSync(comm, fusion_bytes=4 << 20).attach(
+        torch.nn.Sequential(*layers, head))
+    if comm.rank == comm.size - 1:
+        head.double()  # after attach: its bucket, the first launched, disagrees
+    body = torch.nn.Sequential(*layers)(torch.randn(8, 1000))
+    head(body.to(head.weight.dtype)).sum().backward()
+    try:
+        sync.wait()
+        tally.check(comm.size == 1, "wait returned although the ranks' buckets disagree")
+    except collectives.MismatchError:
+        pass
+    for layer in layers:
+        layer.weight.grad.fill_(100.0 + comm.rank)
+    time.sleep(0.5)
+    touched = [float((layer.weight.grad != 100.0 + comm.rank).sum()) for layer in layers]
+    tally.check(touched == [0.0] * len(layers), f"written after wait raised: {touched}")
+    sync.detach()
+    y = comm.allreduce(np.ones(2, np.float32))
+    tally.check(bool((y == comm.size).all()), "a collective after wait raised")
+
+
 def check_hook_failure(comm, tally: Tally) -> None:
     """A failed all-reduce in the DDP hook reaches backward() as an error naming it (the
     ranks disagree on compression: MismatchError everywhere, the communicator usable). It
@@ -272,6 +319,18 @@ def check_attach_refusals(comm, tally: Tally) -> None:
         tally.check(p == 1, "attach with a layer frozen on one rank only went through")
     except ValueError as error:
         tally.check("parameters that require grad differ" in str(error), f"attach: {error}")
+    # Refused on one rank only: the others waited out the timeout in attach's all-gather,
+    # and the communicator broke (the twenty-first review, D4)
+    refused_here = comm.rank == p - 1
+    one = torch.nn.Embedding(5, 3, sparse=refused_here)
+    try:
+        collectives.GradSync(comm).attach(one).detach()
+        tally.check(p == 1, "attach with a module refused on one rank went through")
+    except (ValueError, collectives.MismatchError) as error:
+        expected = ValueError if refused_here else collectives.MismatchError
+        tally.check(type(error) is expected, f"refused on one rank: {error!r}")
+    y = comm.allreduce(np.ones(2, np.float32))
+    tally.check(bool((y == p).all()), "a collective after attach was refused on one rank")
     # the eighteenth review: a raw BufferError in backward; "unsupported dtype" at wait()
     for refused, said in ((torch.nn.Embedding(5, 3, sparse=True), "makes sparse gradients"),
                           (torch.nn.Linear(3, 3, dtype=torch.complex64),
@@ -337,6 +396,8 @@ def main() -> None:
     check_two_hooks(comm, tally)
     check_rebuilt_buckets(comm, tally)
     check_attach_refusals(comm, tally)
+    check_sync_feedback_per_layout(comm, tally)
+    check_wait_settles_every_bucket(comm, tally)
     check_hook_failure(comm, tally)
     tally.finish()
 
