@@ -241,7 +241,10 @@ def _run_on_lab(*, module: str, argv: Sequence[str], lab: LabRequest) -> int:
         print(f"error: the run on lab {cluster.name} had not ended after {lab.timeout:.0f} s "
               "(--lab-timeout); every process on its nodes was ended", file=sys.stderr)
         return 1
-    return outcome.returncode
+    if outcome.signal is not None:  # (exit 247, without a word, was sys.exit(-9))
+        print(f"error: mpiexec on lab {cluster.name} was killed by signal {outcome.signal}",
+              file=sys.stderr)
+    return outcome.exit_status
 
 
 def ensure_launched(*, module: str, argv: Sequence[str], nranks: int,

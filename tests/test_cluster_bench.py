@@ -6,6 +6,7 @@ with the tool's status; the options are checked before anything starts. The summ
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,10 +14,12 @@ import time
 import pytest
 
 from bench.cluster import LinkRate, netns, registry
+from bench.cluster.lab import pids_of
 from bench.cluster.summary import Run, bound_busbw, markdown
 from bench.launch import LAUNCHER_VARIABLES, lab_tuning_environment
 from collectives.costmodel import TUNING_ENV
 from tests.mpirun import ROOT
+from tests.test_cluster_lab import _command
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
@@ -66,6 +69,28 @@ def test_a_run_that_does_not_end_is_bounded_and_removes_its_lab():
     lab = next(line.split()[2].rstrip(":") for line in proc.stderr.splitlines()
                if line.startswith("# lab clab-"))
     assert lab not in labs_before
+    assert [ns for ns in netns.namespaces() if ns.startswith(lab)] == []
+
+
+def test_a_run_killed_from_outside_is_said_and_gives_128_plus_the_signal():
+    """mpiexec killed as `down` kills: the bench exited 247 (sys.exit(-9)), without a word
+    (the twenty-second review)."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in LAUNCHER_VARIABLES and not key.startswith("COLLECTIVES_BENCH_")}
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "bench.allreduce_perf", "--nodes", "2", "-b", "8", "-e", "8",
+         "-n", "100000000", "-c", "0", "--algorithms", "ring"], cwd=ROOT, text=True,
+        env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lab = next(line.split()[2].rstrip(":") for line in bench.stderr
+               if line.startswith("# lab clab-"))
+    limit = time.monotonic() + 60
+    while len([p for p in pids_of(lab) if "allreduce_perf" in _command(p)]) < 2:
+        assert time.monotonic() < limit, "the ranks did not start in 60 s"
+        time.sleep(0.1)
+    launcher = next(p for p in pids_of(lab) if "mpiexec" in _command(p).split()[0])
+    os.kill(launcher, signal.SIGKILL)
+    _, stderr = bench.communicate(timeout=60)
+    assert bench.returncode == 137 and "was killed by signal 9" in stderr, stderr
     assert [ns for ns in netns.namespaces() if ns.startswith(lab)] == []
 
 

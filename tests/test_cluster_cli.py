@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -41,6 +42,8 @@ def test_a_signal_to_run_on_a_kept_lab_ends_the_command_on_its_nodes(kept_lab, s
     run = _popen_cli("run", "--lab", kept_lab, "--", "sleep", "100")
     pids = _wait_for_sleepers(kept_lab, 2)
     run.send_signal(signum)
+    time.sleep(0.005)
+    run.send_signal(signum)  # (a second one aborted the cleanup of the first: review 22)
     assert run.wait(timeout=30) == 128 + signum, run.stderr.read()
     assert pids_of(kept_lab) == [] and [pid for pid in pids if _running(pid)] == []
 
@@ -120,7 +123,7 @@ def test_without_root_run_says_what_is_missing():
 
 
 @pytest.mark.parametrize("text", [
-    "{}", "[]", '"x"', "null", "not json",
+    "{}", "[]", '"x"', "null", "not json", "[" * 100000 + "]" * 100000,  # RecursionError
     '{"name": "clab-abcdef", "nodes": 2, "link": "1gbit", "owner": null, "created": "x"}',
     '{"name": "clab-abcdef", "nodes": 2, "link": "1gbit", "owner": {"pid": 1}}',
     '{"name": "clab-abcdef", "nodes": -3, "link": "1gbit", "owner": null}',
@@ -177,3 +180,17 @@ def test_a_new_lab_folder_appears_with_its_record(monkeypatch, tmp_path):
     registry.save(registry.Record(name="clab-abcdef", nodes=2, link="1gbit", owner=None))
     assert seen == [[]] and [r.name for r in registry.records()] == ["clab-abcdef"]
     assert [p.name for p in tmp_path.iterdir()] == ["clab-abcdef"]
+
+
+def test_a_signal_as_a_record_is_saved_leaves_no_hidden_folder(monkeypatch, tmp_path):
+    """SIGTERM between the folder's making and its rename left a `.clab-*` folder that
+    nothing lists or removes (the twenty-second review)."""
+    monkeypatch.setattr(registry, "ROOT", tmp_path)
+
+    def interrupted(self, target):
+        raise SystemExit(143)  # what exiting_on_signals makes of SIGTERM
+
+    monkeypatch.setattr(type(tmp_path), "rename", interrupted)
+    with pytest.raises(SystemExit):
+        registry.save(registry.Record(name="clab-abcdef", nodes=2, link="1gbit", owner=None))
+    assert list(tmp_path.iterdir()) == []

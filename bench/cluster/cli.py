@@ -156,11 +156,10 @@ def _run(args) -> int:
         print(f"collectives-cluster: mpiexec had not ended after {args.timeout:g} s; every "
               f"process of lab {lab.name} was killed", file=sys.stderr)
         return TIMEOUT_STATUS
-    if outcome.returncode < 0:  # (killed from outside, e.g. by `down`)
-        signum = -outcome.returncode
-        print(f"collectives-cluster: mpiexec was killed by signal {signum}", file=sys.stderr)
-        return 128 + signum
-    return outcome.returncode
+    if outcome.signal is not None:  # (killed from outside, e.g. by `down`)
+        print(f"collectives-cluster: mpiexec was killed by signal {outcome.signal}",
+              file=sys.stderr)
+    return outcome.exit_status
 
 
 def _down(args) -> int:

@@ -61,6 +61,16 @@ class Outcome:
     timed_out: bool
     elapsed: float
 
+    @property
+    def signal(self) -> int | None:
+        """The signal that killed mpiexec (from outside: ``down``, ``kill -9``), if one did."""
+        return -self.returncode if self.returncode < 0 else None
+
+    @property
+    def exit_status(self) -> int:
+        """mpiexec's exit status as a shell gives it: 128 + the signal that killed it."""
+        return self.returncode if self.signal is None else 128 + self.signal
+
     def check(self) -> "Outcome":
         """Self if mpiexec exited 0; else LabError with the command and the tail of its output."""
         if self.returncode == 0:
@@ -97,11 +107,13 @@ class Job:
             stdout, stderr = self.process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-            self._lab.kill_processes()
+            with _uninterrupted():
+                self._lab.kill_processes()
             stdout, stderr = self.process.communicate(timeout=_LAUNCHER_EXIT_WAIT)
         except BaseException:  # Ctrl-C, SIGTERM: end the job, reap mpiexec, go on unwinding
-            self._lab.kill_processes()
-            self.process.wait(timeout=_LAUNCHER_EXIT_WAIT)
+            with _uninterrupted():  # (a second signal aborted the kill: processes lived on)
+                self._lab.kill_processes()
+                self.process.wait(timeout=_LAUNCHER_EXIT_WAIT)
             raise
         return Outcome(command=self.command, returncode=self.process.returncode,
                        stdout=stdout or "", stderr=stderr or "", timed_out=timed_out,
@@ -186,7 +198,7 @@ class Lab:
 
         Ctrl-C, SIGTERM and SIGHUP wait until it is done.
         """
-        with _handling((signal.SIGINT, *ENDING_SIGNALS), signal.SIG_IGN):
+        with _uninterrupted():
             remove_lab(self.name)
 
     def start(self, command: Sequence[str], *, ppn: int | Sequence[int],
@@ -310,6 +322,11 @@ def exiting_on_signals() -> contextlib.AbstractContextManager:
     KeyboardInterrupt: ``with`` blocks and ``finally`` (a Job's wait, which ends the lab's
     processes) run instead of the process dying at once."""
     return _handling(ENDING_SIGNALS, _exit_on_signal)
+
+
+def _uninterrupted() -> contextlib.AbstractContextManager:
+    """Inside, Ctrl-C, SIGTERM and SIGHUP are ignored: for a teardown that must finish."""
+    return _handling((signal.SIGINT, *ENDING_SIGNALS), signal.SIG_IGN)
 
 
 def _exit_on_signal(signum: int, frame) -> None:

@@ -109,9 +109,13 @@ def save(record: Record) -> None:
         return
     ROOT.mkdir(parents=True, exist_ok=True)
     partial_folder = Path(tempfile.mkdtemp(prefix=f".{record.name}.", dir=ROOT))
-    (partial_folder / _RECORD).write_text(text)
-    os.chmod(partial_folder, 0o755)
-    partial_folder.rename(folder)
+    try:
+        (partial_folder / _RECORD).write_text(text)
+        os.chmod(partial_folder, 0o755)
+        partial_folder.rename(folder)
+    except BaseException:  # (a signal here left a hidden folder nothing lists)
+        shutil.rmtree(partial_folder, ignore_errors=True)
+        raise
 
 
 def load(name: str) -> Record | None:
@@ -119,7 +123,7 @@ def load(name: str) -> Record | None:
     or not a record: a lab without a readable record counts as stale)."""
     try:
         return _record(name, json.loads((directory(name) / _RECORD).read_text()))
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
         return None
 
 
