@@ -78,8 +78,9 @@ def init(mpi_comm=None, *, transport: str = "mpi", timeout: float | None = None,
     from .transport.mpi import MPITransport
 
     deadline = time.monotonic() + (settings.timeout if settings else DEFAULT_TIMEOUT)
+    base = MPI.COMM_WORLD if mpi_comm is None else _intra_communicator(mpi_comm, MPI)
     # A private duplicate keeps our messages apart from the application's own.
-    comm = _duplicate(mpi_comm if mpi_comm is not None else MPI.COMM_WORLD, deadline)
+    comm = _duplicate(base, deadline)
     _handshake(comm, _hello(settings, transport, error), deadline)
     if error is not None:
         raise error
@@ -93,6 +94,23 @@ def init(mpi_comm=None, *, transport: str = "mpi", timeout: float | None = None,
 
         return Communicator(ShmTransport(mpi), topology, settings, device_transport=device)
     return Communicator(mpi, topology, settings, device_transport=device)
+
+
+def _intra_communicator(mpi_comm, MPI):
+    """`mpi_comm` if it is a usable intra-communicator; TypeError or ValueError naming what
+    it is otherwise. An inter-communicator was taken: its all-reduce is MPI's inter-group
+    one (each rank got the other group's value) while the plans reduced within a group,
+    and unequal groups hung init (the twenty-third review). Every rank of an
+    inter-communicator, or of COMM_NULL, refuses alike."""
+    if isinstance(mpi_comm, MPI.Comm) and mpi_comm == MPI.COMM_NULL:
+        raise ValueError("mpi_comm is MPI.COMM_NULL (freed, or this rank is not in it): "
+                         "call init() only on the ranks of a communicator")
+    if not isinstance(mpi_comm, MPI.Intracomm):
+        kind = ("an inter-communicator" if isinstance(mpi_comm, MPI.Intercomm) else
+                f"{type(mpi_comm).__module__}.{type(mpi_comm).__qualname__}")
+        raise TypeError(f"mpi_comm must be an mpi4py intra-communicator (MPI.COMM_WORLD, or "
+                        f"one made by Split, Create_group, ...), got {kind}")
+    return mpi_comm
 
 
 def launched_by_torchrun() -> bool:

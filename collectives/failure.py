@@ -46,12 +46,26 @@ def end_job(transport, errorcode: int, *, grace: float) -> None:
     transport.abort(errorcode)
 
 
-def abort_on_uncaught(transport, *, grace: float) -> None:
-    """Chain a `sys.excepthook` that ends every rank (`end_job`, `grace` seconds) after
-    reporting."""
-    previous = sys.excepthook
+# What the hook ends the job through: the newest communicator's transport, and its grace.
+_ending: tuple | None = None
 
+
+def abort_on_uncaught(transport, *, grace: float) -> None:
+    """Make an uncaught exception end every rank (`end_job` through `transport`, `grace`
+    seconds) after reporting. One `sys.excepthook` per process, chained at the first call;
+    later calls (more communicators) only make it end the job through their transport. A
+    hook per call stacked up over init/close cycles: after about 1,000, the report of the
+    exception was lost, and each hook kept its closed transport (the twenty-third review)."""
+    global _ending
+    first = _ending is None
+    _ending = (transport, grace)
+    if first:
+        sys.excepthook = _hook(sys.excepthook)
+
+
+def _hook(previous):
     def hook(kind, value, traceback) -> None:
+        transport, grace = _ending
         try:
             previous(kind, value, traceback)
             print(f"collectives: rank {transport.rank} ends the job (MPI_Abort) on the "
@@ -61,4 +75,4 @@ def abort_on_uncaught(transport, *, grace: float) -> None:
         finally:
             end_job(transport, ABORT_CODE, grace=grace)
 
-    sys.excepthook = hook
+    return hook

@@ -28,6 +28,28 @@ def most_square(size: int) -> tuple[int, int]:
     return x, size // x
 
 
+def _index(name: str, value) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r}") from None
+
+
+def _node_numbers(node_of) -> tuple[int, ...]:
+    """`node_of` as a tuple of ints numbering the nodes 0, 1, ... in order of their lowest
+    rank; ValueError otherwise (gaps gave a bare IndexError in the plans; the twenty-third
+    review)."""
+    numbers = tuple(_index("node_of's items", n) for n in node_of)
+    seen = -1
+    for rank, node in enumerate(numbers):
+        if node > seen + 1 or node < 0:
+            raise ValueError(f"node_of must number the nodes 0, 1, ... in order of their "
+                             f"lowest rank (Topology.from_node_keys makes such numbers), "
+                             f"got node {node} at rank {rank} in {numbers[:16]}")
+        seen = max(seen, node)
+    return numbers
+
+
 @dataclass(frozen=True)
 class Topology:
     """Node membership of every rank (nodes numbered in order of their lowest rank), and an
@@ -48,6 +70,7 @@ class Topology:
     grid: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "node_of", _node_numbers(self.node_of))
         if self.grid is None:
             return
         try:
@@ -74,6 +97,7 @@ class Topology:
     def from_local_size(cls, size: int, local_size: int, *,
                         grid: tuple[int, int] | None = None) -> "Topology":
         """Consecutive ranks grouped into emulated nodes of `local_size` (the last may be smaller)."""
+        size, local_size = _index("size", size), _index("local_size", local_size)
         if local_size < 1:
             raise ValueError(f"local_size must be >= 1, got {local_size}")
         return cls(tuple(rank // local_size for rank in range(size)), grid)

@@ -53,3 +53,24 @@ def test_rank_that_never_calls_init_is_named_within_the_timeout(tmp_path):
         assert seen["error"] == "CollectiveTimeout", seen
         assert seen["elapsed"] < 3 + 2, seen
         assert "init" in seen["message"], seen
+
+
+def test_communicators_init_cannot_use_are_refused_on_every_rank():
+    """An inter-communicator was taken (native all-reduce gave each rank the other group's
+    value; unequal groups hung init), COMM_NULL gave a raw mpi4py error (twenty-third
+    review)."""
+    for np_ in (2, 3):
+        run_workers(np_, "init_comms", "refuse", timeout=120)
+
+
+def test_init_close_cycles_keep_one_excepthook_and_the_report_of_an_uncaught_error():
+    """Every init chained another excepthook: after about 1,000 cycles the report of an
+    uncaught exception was lost, and each hook kept its closed transport (twenty-third
+    review)."""
+    from tests.workers.init_comms import CAUSE, CYCLES
+
+    proc = run_workers(2, "init_comms", "cycles", expect_ok=False, timeout=180)
+    output = f"--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-3000:]}"
+    assert proc.stdout.count(f"{CYCLES} cycles kept one hook") == 2, output
+    assert proc.returncode != 0 and CAUSE in proc.stderr, output
+    assert proc.stderr.count("rank 1 ends the job (MPI_Abort)") <= 1, output

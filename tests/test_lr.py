@@ -1,4 +1,5 @@
 """Linear learning-rate scaling with gradual warmup (Goyal et al. 2017), and its torch scheduler."""
+import numpy as np
 import pytest
 
 from collectives.lr import scaled_learning_rate, scaled_lr_scheduler
@@ -15,16 +16,34 @@ def test_without_warmup_the_rate_is_scaled_at_once():
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (dict(step=-1), "step must be an int >= 0, got -1"),
-    (dict(base_lr=0.0), "base_lr must be > 0"),
-    (dict(batch=0), "batch must be an int >= 1, got 0"),
-    (dict(base_batch=2.5), "base_batch must be an int >= 1, got 2.5"),
-    (dict(warmup_steps=-3), "warmup_steps must be an int >= 0, got -3"),
+    (dict(step=-1), r"step must be an int in \[0, 2\*\*63\), got -1"),
+    (dict(base_lr=0.0), "base_lr must be a finite number > 0"),
+    (dict(batch=0), r"batch must be an int in \[1, 2\*\*63\), got 0"),
+    (dict(base_batch=2.5), r"base_batch must be an int in \[1, 2\*\*63\), got 2.5"),
+    (dict(warmup_steps=-3), r"warmup_steps must be an int in \[0, 2\*\*63\), got -3"),
+    # the twenty-third review: inf came back, True was 2.0, 1e308 scaled to inf, 0.0 came
+    # back, bare OverflowError and TypeError, an array's "truth value is ambiguous"
+    (dict(base_lr=float("inf")), "base_lr must be a finite number > 0, got inf"),
+    (dict(base_lr=float("nan")), "base_lr must be a finite number > 0, got nan"),
+    (dict(base_lr=True), "base_lr must be a finite number > 0, got True"),
+    (dict(base_lr="0.1"), "base_lr must be a finite number > 0, got '0.1'"),
+    (dict(base_lr=np.ones(2)), "base_lr must be a finite number > 0"),
+    (dict(base_lr=10**400), "base_lr must be a finite number > 0"),
+    (dict(base_lr=1e308, warmup_steps=0), "gives inf: not a finite rate > 0"),
+    (dict(base_batch=10**400), r"base_batch must be an int in \[1, 2\*\*63\)"),
+    (dict(batch=10**400), r"batch must be an int in \[1, 2\*\*63\)"),
+    (dict(warmup_steps=10**400), r"warmup_steps must be an int in \[0, 2\*\*63\)"),
 ])
 def test_arguments_are_checked(arguments, message):
     given = dict(step=0, base_lr=0.1, batch=512, base_batch=256, warmup_steps=2) | arguments
     with pytest.raises(ValueError, match=message):
         scaled_learning_rate(given.pop("step"), **given)
+
+
+def test_numpy_counts_are_counts():
+    """np.int64 steps and batches were refused ("must be an int"), unlike elsewhere."""
+    assert scaled_learning_rate(np.int64(3), base_lr=np.float32(0.25), batch=np.int64(512),
+                                base_batch=256, warmup_steps=np.int64(2)) == 0.5
 
 
 def test_torch_scheduler_follows_the_function_per_parameter_group():

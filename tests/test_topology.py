@@ -1,4 +1,5 @@
 """Topology: node membership, the automatic and the given 2-D grid, settings plumbing."""
+import numpy as np
 import pytest
 
 from collectives.algorithms import plan_for
@@ -77,3 +78,23 @@ def test_grid_from_argument_or_environment(monkeypatch):
         Settings.resolve()
     monkeypatch.delenv("COLLECTIVES_GRID")
     assert Settings.resolve().grid is None
+
+
+@pytest.mark.parametrize("make, error, said", [
+    # the twenty-third review: gaps gave a bare IndexError in peers() and the plans, a float
+    # local_size floats for node numbers (TypeError in hierarchical), a list no hash
+    (lambda: Topology((0, 2, 2, 0)), ValueError, "got node 2 at rank 1"),
+    (lambda: Topology((1, 0)), ValueError, "got node 1 at rank 0"),
+    (lambda: Topology((0, -1)), ValueError, "got node -1 at rank 1"),
+    (lambda: Topology(("a", "b")), TypeError, "node_of's items must be an int"),
+    (lambda: Topology.from_local_size(4, 2.5), TypeError, "local_size must be an int"),
+])
+def test_node_numbers_that_plans_cannot_use_are_refused(make, error, said):
+    with pytest.raises(error, match=said):
+        make()
+
+
+def test_node_numbers_are_kept_as_a_tuple_of_ints():
+    topology = Topology([0, 1, 0, np.int64(1)])
+    assert topology.node_of == (0, 1, 0, 1) and hash(topology) == hash(Topology((0, 1, 0, 1)))
+    assert topology.nodes == ((0, 2), (1, 3))
