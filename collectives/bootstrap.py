@@ -102,14 +102,16 @@ def _intra_communicator(mpi_comm, MPI):
     one (each rank got the other group's value) while the plans reduced within a group,
     and unequal groups hung init (the twenty-third review). Every rank of an
     inter-communicator, or of COMM_NULL, refuses alike."""
-    if isinstance(mpi_comm, MPI.Comm) and mpi_comm == MPI.COMM_NULL:
+    if not isinstance(mpi_comm, MPI.Comm):
+        raise TypeError(f"mpi_comm must be an mpi4py communicator (MPI.COMM_WORLD, or one "
+                        f"made by Split, Create_group, ...), got "
+                        f"{type(mpi_comm).__module__}.{type(mpi_comm).__qualname__}")
+    if mpi_comm == MPI.COMM_NULL:
         raise ValueError("mpi_comm is MPI.COMM_NULL (freed, or this rank is not in it): "
                          "call init() only on the ranks of a communicator")
-    if not isinstance(mpi_comm, MPI.Intracomm):
-        kind = ("an inter-communicator" if isinstance(mpi_comm, MPI.Intercomm) else
-                f"{type(mpi_comm).__module__}.{type(mpi_comm).__qualname__}")
-        raise TypeError(f"mpi_comm must be an mpi4py intra-communicator (MPI.COMM_WORLD, or "
-                        f"one made by Split, Create_group, ...), got {kind}")
+    if mpi_comm.Is_inter():  # (the object's own kind: MPI.Comm(intracomm) is one too)
+        raise TypeError("mpi_comm must be an intra-communicator, got an inter-communicator: "
+                        "pass one group's communicator, or Merge() the two groups")
     return mpi_comm
 
 

@@ -46,21 +46,23 @@ def end_job(transport, errorcode: int, *, grace: float) -> None:
     transport.abort(errorcode)
 
 
-# What the hook ends the job through: the newest communicator's transport, and its grace.
+# What the hook ends the job through: the newest communicator's transport, and its grace;
+# and the hook, while it is sys.excepthook.
 _ending: tuple | None = None
+_installed = None
 
 
 def abort_on_uncaught(transport, *, grace: float) -> None:
     """Make an uncaught exception end every rank (`end_job` through `transport`, `grace`
-    seconds) after reporting. One `sys.excepthook` per process, chained at the first call;
-    later calls (more communicators) only make it end the job through their transport. A
-    hook per call stacked up over init/close cycles: after about 1,000, the report of the
-    exception was lost, and each hook kept its closed transport (the twenty-third review)."""
-    global _ending
-    first = _ending is None
+    seconds) after reporting. One `sys.excepthook` of ours, chained in front of whatever
+    is there unless it is ours already; later calls (more communicators) make it end the
+    job through their transport. A hook per call stacked up over init/close cycles: after
+    about 1,000, the report of the exception was lost, and each hook kept its closed
+    transport (the twenty-third review). A hook the program set since is chained in turn."""
+    global _ending, _installed
     _ending = (transport, grace)
-    if first:
-        sys.excepthook = _hook(sys.excepthook)
+    if sys.excepthook is not _installed:
+        sys.excepthook = _installed = _hook(sys.excepthook)
 
 
 def _hook(previous):

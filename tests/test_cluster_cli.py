@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from bench.cluster import Lab, registry
-from bench.cluster.lab import pids_of
+from bench.cluster import Lab, LabError, registry
+from bench.cluster.lab import Outcome, pids_of
 from tests.mpirun import ROOT
 from tests.test_cluster_lab import _command, _running, _wait_for_sleepers, cli, leftovers
 
@@ -194,3 +194,12 @@ def test_a_signal_as_a_record_is_saved_leaves_no_hidden_folder(monkeypatch, tmp_
     with pytest.raises(SystemExit):
         registry.save(registry.Record(name="clab-abcdef", nodes=2, link="1gbit", owner=None))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_mpiexec_is_said_by_check_too():
+    """Outcome.check() said "exited -9" for mpiexec killed by SIGKILL (twenty-fourth review)."""
+    killed = Outcome(command=("mpiexec", "x"), returncode=-9, stdout="", stderr="",
+                     timed_out=False, elapsed=1.0)
+    assert (killed.signal, killed.exit_status) == (9, 137)
+    with pytest.raises(LabError, match="mpiexec x was killed by signal 9"):
+        killed.check()

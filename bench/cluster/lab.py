@@ -76,6 +76,7 @@ class Outcome:
         if self.returncode == 0:
             return self
         what = (f"did not end within its timeout ({self.elapsed:.0f} s)" if self.timed_out
+                else f"was killed by signal {self.signal}" if self.signal is not None
                 else f"exited {self.returncode}")
         raise LabError(f"{' '.join(self.command)} {what}\n--- stdout ---\n"
                        f"{self.stdout[-20000:]}\n--- stderr ---\n{self.stderr[-20000:]}")
