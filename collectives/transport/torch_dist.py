@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import atexit
+import gc
 import datetime
 import os
 import socket
@@ -40,8 +41,12 @@ _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.R
 
 
 def _destroy(group: dist.ProcessGroup | None) -> None:
-    """Destroy `group` (None: every group) unless the application already did."""
+    """Destroy `group` (None: every group) unless the application already did; first
+    collect garbage, so that objects in reference cycles that hold gloo work (a DDP model,
+    its futures) go while the groups live, not as the interpreter finalizes, which aborted
+    the process ("terminate called without an active exception")."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group(group)
 
 
