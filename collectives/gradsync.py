@@ -35,7 +35,7 @@ from .errors import CollectiveError
 from .options import CallOptions
 from .progress import Handle
 
-__all__ = ["GradSync", "broadcast_parameters", "as_array"]
+__all__ = ["GradSync", "broadcast_parameters", "as_array", "layout_digest"]
 
 _DLPACK_CPU = 1
 _JAX = ("jax", "jaxlib")
@@ -196,7 +196,7 @@ class GradSync:
         and dtypes share one residual: use one GradSync per set of gradients (per model)."""
         items = list(grads)
         views, outs = _views_or_refuse(self.comm, items)
-        self.comm.allreduce_many(views, **self._options(f"sync-{_layout_digest(views)}"),
+        self.comm.allreduce_many(views, **self._options(f"sync-{layout_digest(views)}"),
                                  out=outs)
         return [_returned(g, v, o) for g, v, o in zip(items, views, outs)]
 
@@ -299,7 +299,7 @@ class GradSync:
 
     def _agree_on_buckets(self) -> None:
         """ValueError on every rank when the ranks' buckets differ (count, shapes, dtypes)."""
-        mine = np.array([_layout_digest(p for b in self._buckets for p in b + [None]),
+        mine = np.array([layout_digest(p for b in self._buckets for p in b + [None]),
                          sum(map(len, self._buckets)),
                          len(self._buckets)], np.int64)
         rows = self.comm.allgather(mine)
@@ -325,8 +325,9 @@ class GradSync:
                     fusion_bytes=self.fusion_bytes, error_feedback=feedback)
 
 
-def _layout_digest(arrays) -> int:
-    """A digest of the arrays' shapes and dtypes, in order (None: a separator)."""
+def layout_digest(arrays) -> int:
+    """A digest of the arrays' shapes and dtypes, in order (None: a separator), for ranks
+    to compare what they pass."""
     layout = repr([None if a is None else (tuple(a.shape), str(a.dtype)) for a in arrays])
     return zlib.crc32(layout.encode())
 

@@ -23,7 +23,6 @@ Example::
 """
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,6 +32,7 @@ import kernels
 from .algorithms.plan import split_bounds
 from .communicator import Communicator
 from .errors import MismatchError
+from .gradsync import layout_digest
 from .validation import check_array
 
 __all__ = ["ShardedSync"]
@@ -142,14 +142,14 @@ def _agree(comm: Communicator, params: list) -> None:
     """MismatchError on every rank where the ranks' parameters differ in shapes, order or
     dtype (the same total size in another layout mixed one rank's weights with another's
     biases, silently; the twenty-first review)."""
-    layout = repr([(tuple(p.shape), str(p.dtype)) for p in params])
-    mine = np.array([zlib.crc32(layout.encode()), sum(p.size for p in params)], np.int64)
+    mine = np.array([layout_digest(params), sum(p.size for p in params)], np.int64)
     rows = comm.allgather(mine)
     differ = [r for r in range(comm.size) if (rows[r] != rows[0]).any()]
     if differ:
+        shapes = [tuple(p.shape) for p in params]
         raise MismatchError(f"ShardedSync: the ranks' parameters differ in shapes, order or "
                             f"dtype: rank(s) {differ} against rank 0 (rank {comm.rank} has "
-                            f"{layout[:200]})")
+                            f"{params[0].dtype} {str(shapes)[:200]})")
 
 
 def _padded(shard, length: int):
