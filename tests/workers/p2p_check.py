@@ -106,9 +106,11 @@ def check_pending_at_close(tally) -> None:
     if comm.rank == 0:  # nobody sends it
         pending = comm.irecv(np.empty(4), src=1, tag=3)
         comm.recv(np.empty(2), src=1, tag=5)
+        comm.send(np.ones(1), dst=1, tag=6)  # rank 1 closes only once tag 5 arrived here
     elif comm.rank == 1:  # nobody receives it (2 MiB: not sent eagerly)
         pending = comm.isend(np.ones(1 << 18), dst=0, tag=4)
         delivered = comm.isend(np.ones(2), dst=0, tag=5)  # received before close
+        comm.recv(np.empty(1), src=0, tag=6)
     over_mpi = comm.transport_name == "mpi"
     comm.close()
     if delivered is not None:  # it was reported failed (the thirteenth review)
