@@ -12,6 +12,7 @@ ranks (collectives.agreement); `abort()` ends the job.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 from collections.abc import Iterator
 
@@ -66,6 +67,9 @@ class Communicator:
         self._lane = SmallLane(self._ctx, self._progress)
         self._timeout = settings.timeout
         self._closed = False
+        # runs before the transport closes at exit (handlers run last-registered first):
+        # an exit handler registered before init then finds the communicator closed
+        atexit.register(self._closed_at_exit)
 
     @property
     def rank(self) -> int:
@@ -368,11 +372,17 @@ class Communicator:
         Collective; safe to call twice; the transport closes at exit anyway."""
         if self._closed:
             return
+        atexit.unregister(self._closed_at_exit)
         finished = self._progress.close(self.settings.timeout, then=self._leave)
         self._closed = True
         if not finished:  # the transport closes at exit, once nothing uses it
             raise CollectiveError(f"close: queued or running collectives still ran after "
                                   f"{self.settings.timeout:g} s; the transport stays open")
+
+    def _closed_at_exit(self) -> None:
+        """The program ends: calls from exit handlers that run after this one (those
+        registered before init) are refused, as after close()."""
+        self._closed = True
 
     def _leave(self) -> None:
         """Refuse every later call, then close the transport (no collective runs)."""

@@ -1,9 +1,12 @@
-"""Ending the job: MPI_Abort, bounded by a watchdog, and the hook for uncaught exceptions.
+"""Ending the job: MPI_Abort, bounded by a watchdog, and the hooks for uncaught exceptions.
 
 An exception that escapes the program would otherwise run the exit handlers (MPI_Finalize,
 freeing shared windows), which wait for the other ranks while they wait, inside their next
 collective, for this one. `abort_on_uncaught` makes such an exception print its traceback
-and then end the job, as `python -m mpi4py` does; the launcher then ends every rank.
+and then end the job, as `python -m mpi4py` does; the launcher then ends every rank. So
+does one that ends a thread which issued collectives: its peers would wait, inside the
+collective it no longer issues, until they time out. A forked child's exceptions end only
+the child (it is not a rank).
 
 MPI_Abort itself may never return nor end the process: when the launcher cannot be reached
 (a node whose link is down) MPICH spins inside it, in C, holding the GIL. So `end_job` first
@@ -18,10 +21,13 @@ Example::
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 import time
+
+from .progress import ISSUERS
 
 __all__ = ["ABORT_CODE", "FORWARD_PAUSE_S", "abort_on_uncaught", "end_job"]
 
@@ -46,10 +52,11 @@ def end_job(transport, errorcode: int, *, grace: float) -> None:
     transport.abort(errorcode)
 
 
-# What the hook ends the job through: the newest communicator's transport, and its grace;
-# and the hook, while it is sys.excepthook.
+# What the hooks end the job through: the newest communicator's transport, its grace, and
+# the process that is the rank; and the hooks, while they are sys's and threading's.
 _ending: tuple | None = None
 _installed = None
+_installed_for_threads = None
 
 
 def abort_on_uncaught(transport, *, grace: float) -> None:
@@ -59,22 +66,44 @@ def abort_on_uncaught(transport, *, grace: float) -> None:
     job through their transport. A hook per call stacked up over init/close cycles: after
     about 1,000, the report of the exception was lost, and each hook kept its closed
     transport (the twenty-third review). A hook the program set since is chained in turn."""
-    global _ending, _installed
-    _ending = (transport, grace)
+    global _ending, _installed, _installed_for_threads
+    _ending = (transport, grace, os.getpid())
     if sys.excepthook is not _installed:
         sys.excepthook = _installed = _hook(sys.excepthook)
+    if threading.excepthook is not _installed_for_threads:
+        threading.excepthook = _installed_for_threads = _thread_hook(threading.excepthook)
 
 
 def _hook(previous):
     def hook(kind, value, traceback) -> None:
-        transport, grace = _ending
-        try:
+        if _ending[2] != os.getpid():  # a forked child
             previous(kind, value, traceback)
-            print(f"collectives: rank {transport.rank} ends the job (MPI_Abort) on the "
-                  "uncaught exception above", file=sys.stderr)
-            sys.stderr.flush()
-            time.sleep(FORWARD_PAUSE_S)
-        finally:
-            end_job(transport, ABORT_CODE, grace=grace)
+            return
+        _end_after(lambda: previous(kind, value, traceback), "")
 
     return hook
+
+
+def _thread_hook(previous):
+    def hook(args) -> None:
+        if (args.exc_type is SystemExit or args.thread not in ISSUERS
+                or _ending[2] != os.getpid()):
+            previous(args)
+            return
+        _end_after(lambda: previous(args),
+                   f" in thread {args.thread.name!r}, which issued collectives")
+
+    return hook
+
+
+def _end_after(report, where: str) -> None:
+    """`report()` an uncaught exception, say that this rank ends the job, and end it."""
+    transport, grace, _ = _ending
+    try:
+        report()
+        print(f"collectives: rank {transport.rank} ends the job (MPI_Abort) on the "
+              f"uncaught exception above{where}", file=sys.stderr)
+        sys.stderr.flush()
+        time.sleep(FORWARD_PAUSE_S)
+    finally:
+        end_job(transport, ABORT_CODE, grace=grace)

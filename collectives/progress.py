@@ -9,7 +9,14 @@ collective (`collectives.agreement`) catches ranks whose n-th collectives differ
 Blocking work on the progress thread would wait for itself: a blocking collective, or
 `wait()` on a pending handle, issued from a completion callback (`add_done_callback`; torch
 `Future.then` callbacks run there too) raises CollectiveError at once; async collectives
-may be issued there (they queue).
+may be issued there (they queue). The callbacks run once the engine's lock is released, so
+a callback may issue a blocking collective on another communicator.
+
+A collective issued on a thread that is already inside one of this communicator's (from a
+signal handler) would run nested in it and share its buffers: refused, as is a wait there on
+a pending handle (its collective could never run). Ranks pair the calls of their threads by
+the threads' names (part of every signature): two live threads of one name issuing on one
+communicator are refused, since their calls could pair with the wrong thread's elsewhere.
 
 The background thread waits through the transport, which releases the GIL while it polls
 (MPI calls and `sched_yield` run without it), so the caller's NumPy work overlaps the
@@ -36,9 +43,11 @@ from typing import Any, Callable
 
 from .errors import CollectiveError
 
-__all__ = ["Handle", "ProgressEngine", "THREAD_NAME"]
+__all__ = ["Handle", "ISSUERS", "ProgressEngine", "THREAD_NAME"]
 
 THREAD_NAME = "collectives-progress"  # one name on every rank: it is part of each signature
+ISSUERS: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()  # threads that issued any
+ISSUERS_KEPT = 256  # names an engine remembers before it forgets those of ended threads
 
 log = logging.getLogger("collectives")
 
@@ -74,7 +83,8 @@ class Handle:
         if self.waits_for_itself():
             raise CollectiveError(
                 f"{self.what}: wait() on a pending handle from a completion callback (the "
-                "progress thread) would wait forever; chain another callback instead")
+                "progress thread), or inside a collective running on this thread (from a "
+                "signal handler?), would wait forever; chain a callback instead")
         try:
             return self._future.result(timeout)
         except TimeoutError:
@@ -84,8 +94,10 @@ class Handle:
 
     def waits_for_itself(self) -> bool:
         """Whether a blocking wait here would never end: the collective is pending and the
-        caller is the progress thread that must run it (a completion callback)."""
-        return not self._future.done() and self._engine.on_thread()
+        caller is the progress thread that must run it (a completion callback), or holds
+        the engine's locks that the progress thread needs (a signal handler)."""
+        engine = self._engine
+        return not self._future.done() and (engine.on_thread() or engine.inside())
 
     def add_done_callback(self, fn: Callable[["Handle"], Any]) -> None:
         """Call `fn(handle)` once the collective finished (at once if it already has).
@@ -111,9 +123,43 @@ class ProgressEngine:
         self._running = threading.RLock()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._issuers: dict[str, threading.Thread] = {}  # thread name -> the thread that issues
+        self._claiming = threading.Lock()
+
+    def admit(self, what: str, thread: threading.Thread, *, queued: bool = False) -> None:
+        """Refuse a collective that `thread`, the calling one, must not issue: one inside a
+        collective of this engine on the same thread (an async one, `queued`, only inside
+        one being issued), or one from a second live thread of the same name (see the
+        module docstring). Before any lock of the engine is taken."""
+        if (not queued and self._running._is_owned()) or self._cv._is_owned():
+            raise CollectiveError(
+                f"{what}: issued inside another collective of this communicator running or "
+                "being issued on this thread (from a signal handler?), which it would "
+                "corrupt; issue it after that one returned")
+        if self._issuers.get(thread.name) is not thread:
+            self._claim(what, thread)
+
+    def _claim(self, what: str, thread: threading.Thread) -> None:
+        with self._claiming:
+            owner = self._issuers.get(thread.name)
+            if owner is not None and owner is not thread and owner.is_alive():
+                raise CollectiveError(
+                    f"{what}: two live threads named {thread.name!r} issue collectives on "
+                    "this communicator; ranks pair the calls of their threads by name, so "
+                    "these could pair with the wrong thread's calls: give each thread its "
+                    "own name (threading.Thread(name=...))")
+            if len(self._issuers) >= ISSUERS_KEPT:
+                self._issuers = {name: t for name, t in self._issuers.items() if t.is_alive()}
+            self._issuers[thread.name] = thread
+            ISSUERS.add(thread)
+
+    def inside(self) -> bool:
+        """Whether the calling thread is inside a collective of this engine (or issuing one)."""
+        return self._running._is_owned() or self._cv._is_owned()
 
     def submit(self, fn: Callable[[], Any], what: str) -> Handle:
         """Queue `fn` behind every collective issued before; return at once."""
+        self.admit(what, threading.current_thread(), queued=True)
         future: Future = Future()
         with self._cv:
             if self._closed:
@@ -137,6 +183,7 @@ class ProgressEngine:
                 f"{what}: a blocking collective was issued from a completion callback (the "
                 "progress thread), where it would wait for itself; issue the _async variant "
                 "there")
+        self.admit(what, threading.current_thread())
         with self._cv:
             while self._queue:  # the progress thread pops them in order, then runs each
                 self._cv.wait()
@@ -146,7 +193,8 @@ class ProgressEngine:
     def try_begin(self) -> bool:
         """Begin a collective on the calling thread at once if none is queued or running
         and the engine is open (never waits; the small-call lane's entry); False: use
-        `run`. Call `end()` after it in a `finally`, whatever it returned or raised."""
+        `run`. `admit` before it; call `end()` after it in a `finally`, whatever it returned
+        or raised."""
         return not self._closed and not self._queue and self._running.acquire(False)
 
     def end(self) -> None:
@@ -179,8 +227,10 @@ class ProgressEngine:
                 with self._cv:
                     fn, future, what = self._queue.popleft()
                     self._cv.notify_all()  # sync callers wait for the queue to drain
-                if future.set_running_or_notify_cancel():
-                    _complete(future, fn)
+                if not future.set_running_or_notify_cancel():
+                    continue
+                outcome = _outcome(fn)
+            _settle(future, *outcome)  # the callbacks run with the lock released
 
     def close(self, timeout: float | None = None, then: Callable[[], Any] | None = None) -> bool:
         """Let queued collectives and a sync one running on another thread finish (up to
@@ -190,7 +240,7 @@ class ProgressEngine:
         if self._thread is not None and threading.current_thread() is self._thread:
             raise CollectiveError("close() from a completion callback (the progress thread) "
                                   "would wait for itself; close from the issuing thread")
-        if self._running._is_owned() or self._cv._is_owned():  # (RLocks: they let us in)
+        if self.inside():  # (RLocks: they would let us in)
             raise CollectiveError("close() inside a collective running or being issued on "
                                   "this thread (from a signal handler?) would close the "
                                   "transport under it; close after it returned")
@@ -213,18 +263,20 @@ class ProgressEngine:
         return True
 
 
-def _complete(future: Future, fn: Callable[[], Any]) -> None:
-    """Run `fn` into `future`. Setting the outcome runs the done callbacks, whose Exceptions
+def _outcome(fn: Callable[[], Any]) -> tuple[bool, Any]:
+    """(True, fn's result) or (False, what it raised)."""
+    try:
+        return True, fn()
+    except BaseException as error:  # noqa: BLE001 - handed to the waiter
+        return False, error
+
+
+def _settle(future: Future, ok: bool, outcome: Any) -> None:
+    """Set `future`'s outcome. That runs the done callbacks, whose Exceptions
     `concurrent.futures` logs; a BaseException (SystemExit, KeyboardInterrupt) would end
     the progress thread and leave every queued collective waiting forever: logged too."""
     try:
-        result = fn()
-    except BaseException as error:  # noqa: BLE001 - handed to the waiter
-        settle, outcome = future.set_exception, error
-    else:
-        settle, outcome = future.set_result, result
-    try:
-        settle(outcome)
+        (future.set_result if ok else future.set_exception)(outcome)
     except BaseException:  # noqa: BLE001 - a callback's, with nobody to catch it
         log.exception("collectives: a completion callback of %r raised; the progress thread "
                       "goes on", future)

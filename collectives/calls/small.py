@@ -167,7 +167,8 @@ class SmallLane:
     def allreduce(self, x: np.ndarray, out, op, algorithm, deterministic):
         """`allreduce(x, op, algorithm, out=out, deterministic=...)` of a NumPy array with
         no compression, finite check or error feedback; None where the general path runs."""
-        key = (x.shape, x.dtype, op, algorithm, deterministic, current_thread().name)
+        thread = current_thread()
+        key = (x.shape, x.dtype, op, algorithm, deterministic, thread.name)
         try:
             route = self._routes.get(key, False)
         except TypeError:  # an unhashable op or algorithm: the general path refuses it
@@ -182,6 +183,7 @@ class SmallLane:
         except MemoryError:
             return None
         engine = self._engine
+        engine.admit("allreduce", thread)
         try:  # (end() also where an interrupt lands as try_begin takes the lock)
             if not engine.try_begin():
                 return None
@@ -200,9 +202,9 @@ class SmallLane:
         if type(x) is not np.ndarray:
             return GENERAL
         kind = None if out is None else "x" if out is x else "out"
+        thread = current_thread()
         try:  # each argument's type too: 1, True and 1.0 are one key but not one call
-            key = (tuple((type(a), a) for a in arguments), x.shape, x.dtype, kind,
-                   current_thread().name)
+            key = (tuple((type(a), a) for a in arguments), x.shape, x.dtype, kind, thread.name)
             route = self._calls.get(key, False)
         except TypeError:  # an unhashable argument: the general path refuses it
             return GENERAL
@@ -211,14 +213,17 @@ class SmallLane:
         if route is None or not route.fits(x, out):
             return GENERAL
         engine = self._engine
+        engine.admit(arguments[0], thread)
         call = route.call
         try:  # (end() also where an interrupt lands as try_begin takes the lock)
             if not engine.try_begin():
                 return GENERAL
-            call.x, call.out = x, out
-            return execute(self._ctx, call)
+            try:  # the route's call is this thread's now, until it returns
+                call.x, call.out = x, out
+                return execute(self._ctx, call)
+            finally:
+                call.x = call.out = call.payload = call.prepared = None
         finally:
-            call.x = call.out = call.payload = call.prepared = None
             engine.end()
 
     def _call_route(self, key: tuple, build) -> CallRoute | None:

@@ -277,6 +277,7 @@ class MPITransport:
         self._seq = 0
         self._abandoned: list = []  # requests given up on, kept alive with their buffers
         self._closed = False
+        self._pid = os.getpid()  # a forked child's exit does not close the rank's transport
         atexit.register(self.close)
 
     # ------------------------------------------------------------------ data
@@ -463,15 +464,25 @@ class MPITransport:
         close together nothing more is needed; otherwise this rank tells the others it
         left (they are still running: a collective that waits for it raises PeerError).
         A request that cannot be completed keeps its communicator, left to MPI_Finalize.
+        An interrupt (Ctrl-C) in the barrier still tells the others, then is raised. In a
+        forked child, which is not the rank, nothing is done.
         """
-        if self._closed or MPI.Is_finalized():
+        if self._closed or MPI.Is_finalized() or os.getpid() != self._pid:
             return
         self._closed = True
         atexit.unregister(self.close)
-        barrier = self._control.Ibarrier()
-        if _settle([barrier], time.monotonic() + LEAVE_GRACE):
-            self._notices.tell(self.rank, self.size, "left", self._seq)
-            self._abandoned.append(barrier)
+        barrier = [self._control.Ibarrier()]
+        try:
+            barrier = _settle(barrier, time.monotonic() + LEAVE_GRACE)
+        finally:
+            if barrier:
+                self._notices.tell(self.rank, self.size, "left", self._seq)
+                self._abandoned += barrier
+            self._release()
+
+    def _release(self) -> None:
+        """Withdraw the posted receives and free the communicators (MPI_Finalize frees
+        those whose requests cannot be completed)."""
         self._records.cancel(self)
         self._notices.cancel(self)
         self._abandoned = _settle(self._abandoned, time.monotonic() + 0.1)

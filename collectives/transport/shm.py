@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import os
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -131,6 +132,7 @@ class ShmTransport(LeftToMPI):
         self._unmatched: list[_Recv] = []
         self._failed: str | None = None  # why the exchange cannot continue
         self._closed = False
+        self._pid = os.getpid()  # a forked child's exit does not close the rank's transport
         atexit.register(self.close)
 
     # ------------------------------------------------------------------ buffers
@@ -382,12 +384,12 @@ class ShmTransport(LeftToMPI):
     def close(self) -> None:
         """Free the windows once every rank of the node closes (or give up after a grace period).
 
-        Safe to call twice and at exit. MPI_Win_free is collective, so the ranks first meet
-        twice without blocking: a rank that gave up on the first meeting never joins the
-        second, so a late rank gives up too instead of hanging; their windows are left to
-        MPI_Finalize.
+        Safe to call twice and at exit (in a forked child: nothing). MPI_Win_free is
+        collective, so the ranks first meet twice without blocking: a rank that gave up on
+        the first meeting never joins the second, so a late rank gives up too instead of
+        hanging; their windows are left to MPI_Finalize.
         """
-        if self._closed:
+        if self._closed or os.getpid() != self._pid:
             return
         self._closed = True
         atexit.unregister(self.close)

@@ -36,6 +36,9 @@ class InterruptedAfterTaking:
     def release(self) -> None:
         self.lock.release()
 
+    def _is_owned(self) -> bool:
+        return self.lock._is_owned()
+
     def __enter__(self):
         return self.lock.__enter__()
 

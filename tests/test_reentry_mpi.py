@@ -1,0 +1,24 @@
+"""Collectives from signal handlers, same-named threads, callbacks across communicators,
+dying threads, interrupted closes, exit handlers and forked children (tests/workers/reentry.py)."""
+import time
+
+import pytest
+
+from tests.mpirun import run_workers
+
+
+@pytest.mark.parametrize("case", ["signal", "names", "callbacks", "interrupted", "exit", "fork"])
+def test_collectives_where_they_must_not_nest_or_mix(case):
+    proc = run_workers(2, "reentry", case, timeout=120)
+    assert "FAIL" not in proc.stdout, proc.stdout
+
+
+def test_a_thread_that_issued_collectives_and_died_ends_the_job():
+    start = time.monotonic()
+    proc = run_workers(2, "reentry", "raises", expect_ok=False, timeout=120)
+    elapsed = time.monotonic() - start
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert elapsed < 15, f"the job took {elapsed:.1f} s to end (the timeout is 20 s)\n{output}"
+    assert ("rank 1 ends the job (MPI_Abort) on the uncaught exception above in thread "
+            "'trainer', which issued collectives") in proc.stderr, output
