@@ -90,7 +90,8 @@ def test_waiting_on_another_engines_handle_from_a_callback_is_allowed():
     gate = threading.Event()
     other = second.submit(lambda: gate.wait(10) and "other", "other")
     seen = []
-    mine = first.submit(lambda: 1, "mine")
+    mine = first.submit(lambda: gate.wait(10) and 1, "mine")  # pending: its callback is
+    # attached before it completes (else it would run inline, here)
     mine.add_done_callback(lambda h: seen.append(other.wait(timeout=10)))
     own = first.submit(lambda: 2, "own")
     refused = []

@@ -31,7 +31,7 @@ def test_rank_that_never_arrives_gives_collective_timeout(tmp_path, algorithm, c
     # The first rank to time out tells the others, which may then stop at once (PeerError).
     assert any(seen["error"] == "CollectiveTimeout" for seen in seen_by), seen_by
     for rank, seen in enumerate(seen_by):
-        assert seen["elapsed"] <= TIMEOUT + 2, seen
+        assert seen["elapsed"] <= TIMEOUT + 5, seen  # (a hang would take far longer)
         message = seen["message"]
         assert message.startswith(f"allreduce #2 (op=sum, algorithm={algorithm}, "), message
         if seen["error"] == "PeerError":

@@ -112,7 +112,7 @@ def test_huge_messages_are_priced_at_once_as_a_scaled_gibibyte():
     start = time.monotonic()
     assert tuner.choose(2 ** 62) == tuner.choose(tuner_module.PRICED_BYTES)
     times = tuner.predict(4 * tuner_module.PRICED_BYTES)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 20  # (it never returned: a bound, not a timing)
     base = tuner.predict(tuner_module.PRICED_BYTES)
     assert times == pytest.approx({name: 4 * t for name, t in base.items()})
 

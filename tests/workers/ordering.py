@@ -104,7 +104,10 @@ def callback(comm, tally: Tally) -> None:
         done.set()
 
     start = time.monotonic()
+    gate = threading.Event()  # holds the progress thread until the callback is attached
+    comm._progress.submit(lambda: gate.wait(30), "gate")  # (else it could run inline, here)
     comm.allreduce_async(np.ones(4, np.float32)).add_done_callback(on_done)
+    gate.set()
     tally.check(done.wait(30), "the callback never finished (deadlock)")
     tally.check("completion callback" in str(seen.get("blocking")),
                 f"blocking call in a callback: {seen.get('blocking')}")

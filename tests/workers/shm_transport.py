@@ -32,7 +32,7 @@ def pattern(n: int, sender: int, receiver: int, k: int = 0) -> np.ndarray:
 
 
 def main() -> None:
-    t = ShmTransport(MPITransport(MPI.COMM_WORLD.Dup()), close_grace=2.0)
+    t = ShmTransport(MPITransport(MPI.COMM_WORLD.Dup()), close_grace=10.0)  # (ranks reach close() apart)
     tally = Tally(t.rank)
     p, me = t.size, t.rank
     peers = [r for r in range(p) if r != me]
