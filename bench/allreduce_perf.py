@@ -123,6 +123,9 @@ def _usage_problem(args: argparse.Namespace, options: harness.SweepOptions) -> s
         return "--quick goes with --calibrate (fewer sizes to calibrate on)"
     if args.tensors is not None and args.tensors < 1:
         return f"--tensors must be at least 1, got {args.tensors}"
+    if options.sizes[-1] < DTYPES[args.dtype].itemsize:
+        return (f"nothing to measure: no size from {options.sizes[0]} to {options.sizes[-1]} "
+                f"bytes holds one {args.dtype} element")
     if args.tensors is not None and options.sizes[-1] // DTYPES[args.dtype].itemsize < args.tensors:
         return (f"nothing to measure: --tensors {args.tensors} needs messages of at least "
                 f"{args.tensors} {args.dtype} elements, and the largest size is "
