@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
+import weakref
 from collections.abc import Iterator
 
 import numpy as np
@@ -69,7 +71,8 @@ class Communicator:
         self._closed = False
         # runs before the transport closes at exit (handlers run last-registered first):
         # an exit handler registered before init then finds the communicator closed
-        atexit.register(self._closed_at_exit)
+        self._at_exit = functools.partial(_closed_at_exit, weakref.ref(self))
+        atexit.register(self._at_exit)
 
     @property
     def rank(self) -> int:
@@ -372,17 +375,12 @@ class Communicator:
         Collective; safe to call twice; the transport closes at exit anyway."""
         if self._closed:
             return
-        atexit.unregister(self._closed_at_exit)
+        atexit.unregister(self._at_exit)
         finished = self._progress.close(self.settings.timeout, then=self._leave)
         self._closed = True
         if not finished:  # the transport closes at exit, once nothing uses it
             raise CollectiveError(f"close: queued or running collectives still ran after "
                                   f"{self.settings.timeout:g} s; the transport stays open")
-
-    def _closed_at_exit(self) -> None:
-        """The program ends: calls from exit handlers that run after this one (those
-        registered before init) are refused, as after close()."""
-        self._closed = True
 
     def _leave(self) -> None:
         """Refuse every later call, then close the transport (no collective runs)."""
@@ -452,3 +450,11 @@ class Communicator:
 
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size}, transport={self._transport.name})"
+
+
+def _closed_at_exit(ref: "weakref.ref[Communicator]") -> None:
+    """The program ends: calls from exit handlers that run after this one (those registered
+    before init) are refused, as after close()."""
+    comm = ref()
+    if comm is not None:
+        comm._closed = True

@@ -4,8 +4,8 @@ An exception that escapes the program would otherwise run the exit handlers (MPI
 freeing shared windows), which wait for the other ranks while they wait, inside their next
 collective, for this one. `abort_on_uncaught` makes such an exception print its traceback
 and then end the job, as `python -m mpi4py` does; the launcher then ends every rank. So
-does one that ends a thread which issued collectives: its peers would wait, inside the
-collective it no longer issues, until they time out. A forked child's exceptions end only
+does one that ends a thread which issued collectives on a communicator still open: its
+peers would wait, inside the collective it no longer issues, until they time out. A forked child's exceptions end only
 the child (it is not a rank).
 
 MPI_Abort itself may never return nor end the process: when the launcher cannot be reached
@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 
-from .progress import ISSUERS
+from .progress import issued_collectives
 
 __all__ = ["ABORT_CODE", "FORWARD_PAUSE_S", "abort_on_uncaught", "end_job"]
 
@@ -86,12 +86,12 @@ def _hook(previous):
 
 def _thread_hook(previous):
     def hook(args) -> None:
-        if (args.exc_type is SystemExit or args.thread not in ISSUERS
-                or _ending[2] != os.getpid()):
+        if (args.exc_type is SystemExit or args.thread is None
+                or not issued_collectives(args.thread) or _ending[2] != os.getpid()):
             previous(args)
             return
-        _end_after(lambda: previous(args),
-                   f" in thread {args.thread.name!r}, which issued collectives")
+        _end_after(lambda: previous(args), f" in thread {args.thread.name!r}, which issued "
+                   "collectives on a communicator still open")
 
     return hook
 

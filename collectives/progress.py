@@ -13,10 +13,10 @@ may be issued there (they queue). The callbacks run once the engine's lock is re
 a callback may issue a blocking collective on another communicator.
 
 A collective issued on a thread that is already inside one of this communicator's (from a
-signal handler) would run nested in it and share its buffers: refused, as is a wait there on
-a pending handle (its collective could never run). Ranks pair the calls of their threads by
-the threads' names (part of every signature): two live threads of one name issuing on one
-communicator are refused, since their calls could pair with the wrong thread's elsewhere.
+signal handler) would run nested in it and share its buffers: refused on that rank, as is a
+wait there on a pending handle (its collective could never run). Ranks pair the calls of
+their threads by the threads' names (part of every signature); threads of one name are not
+told apart, so threads that issue at once need names of their own.
 
 The background thread waits through the transport, which releases the GIL while it polls
 (MPI calls and `sched_yield` run without it), so the caller's NumPy work overlaps the
@@ -35,6 +35,7 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import os
 import threading
 import time
 import weakref
@@ -43,11 +44,15 @@ from typing import Any, Callable
 
 from .errors import CollectiveError
 
-__all__ = ["Handle", "ISSUERS", "ProgressEngine", "THREAD_NAME"]
+__all__ = ["Handle", "ProgressEngine", "THREAD_NAME", "issued_collectives"]
 
 THREAD_NAME = "collectives-progress"  # one name on every rank: it is part of each signature
-ISSUERS: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()  # threads that issued any
-ISSUERS_KEPT = 256  # names an engine remembers before it forgets those of ended threads
+_ENGINES: "weakref.WeakSet[ProgressEngine]" = weakref.WeakSet()
+
+
+def issued_collectives(thread: threading.Thread) -> bool:
+    """Whether `thread` issued collectives on a communicator that is still open."""
+    return any(engine.issued_by(thread) for engine in list(_ENGINES))
 
 log = logging.getLogger("collectives")
 
@@ -123,35 +128,27 @@ class ProgressEngine:
         self._running = threading.RLock()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._issuers: dict[str, threading.Thread] = {}  # thread name -> the thread that issues
-        self._claiming = threading.Lock()
+        self._issuers: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+        self._last_issuer: threading.Thread | None = None
+        self._pid = os.getpid()  # a forked child's exit does not drain the rank's engine
+        _ENGINES.add(self)
 
     def admit(self, what: str, thread: threading.Thread, *, queued: bool = False) -> None:
-        """Refuse a collective that `thread`, the calling one, must not issue: one inside a
-        collective of this engine on the same thread (an async one, `queued`, only inside
-        one being issued), or one from a second live thread of the same name (see the
-        module docstring). Before any lock of the engine is taken."""
+        """Refuse a collective that `thread`, the calling one, issues inside a collective
+        of this engine (an async one, `queued`, only inside one being issued): see the
+        module docstring. Before any lock of the engine is taken."""
         if (not queued and self._running._is_owned()) or self._cv._is_owned():
             raise CollectiveError(
                 f"{what}: issued inside another collective of this communicator running or "
                 "being issued on this thread (from a signal handler?), which it would "
                 "corrupt; issue it after that one returned")
-        if self._issuers.get(thread.name) is not thread:
-            self._claim(what, thread)
+        if thread is not self._last_issuer:
+            self._issuers.add(thread)
+            self._last_issuer = thread
 
-    def _claim(self, what: str, thread: threading.Thread) -> None:
-        with self._claiming:
-            owner = self._issuers.get(thread.name)
-            if owner is not None and owner is not thread and owner.is_alive():
-                raise CollectiveError(
-                    f"{what}: two live threads named {thread.name!r} issue collectives on "
-                    "this communicator; ranks pair the calls of their threads by name, so "
-                    "these could pair with the wrong thread's calls: give each thread its "
-                    "own name (threading.Thread(name=...))")
-            if len(self._issuers) >= ISSUERS_KEPT:
-                self._issuers = {name: t for name, t in self._issuers.items() if t.is_alive()}
-            self._issuers[thread.name] = thread
-            ISSUERS.add(thread)
+    def issued_by(self, thread: threading.Thread) -> bool:
+        """Whether `thread` issued collectives here and the engine is still open."""
+        return not self._closed and thread in self._issuers
 
     def inside(self) -> bool:
         """Whether the calling thread is inside a collective of this engine (or issuing one)."""
@@ -285,5 +282,5 @@ def _settle(future: Future, ok: bool, outcome: Any) -> None:
 def _drain_at_exit(ref: "weakref.ref[ProgressEngine]") -> None:
     """Before MPI finalizes at exit, let the queued collectives finish (bounded)."""
     engine = ref()
-    if engine is not None:
+    if engine is not None and engine._pid == os.getpid():
         engine.close(timeout=10.0)

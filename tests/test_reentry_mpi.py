@@ -7,7 +7,8 @@ import pytest
 from tests.mpirun import run_workers
 
 
-@pytest.mark.parametrize("case", ["signal", "names", "callbacks", "interrupted", "exit", "fork"])
+@pytest.mark.parametrize("case", ["signal", "names", "callbacks", "interrupted", "exit", "fork",
+                                  "unclosed"])
 def test_collectives_where_they_must_not_nest_or_mix(case):
     proc = run_workers(2, "reentry", case, timeout=120)
     assert "FAIL" not in proc.stdout, proc.stdout
@@ -21,4 +22,12 @@ def test_a_thread_that_issued_collectives_and_died_ends_the_job():
     assert proc.returncode != 0, output
     assert elapsed < 15, f"the job took {elapsed:.1f} s to end (the timeout is 20 s)\n{output}"
     assert ("rank 1 ends the job (MPI_Abort) on the uncaught exception above in thread "
-            "'trainer', which issued collectives") in proc.stderr, output
+            "'trainer', which issued collectives on a communicator still open") in proc.stderr, \
+        output
+
+
+def test_a_thread_that_dies_after_its_communicator_closed_ends_nothing():
+    proc = run_workers(2, "reentry", "closed", timeout=120)
+    assert proc.stdout.count("went on") == 2 and "ValueError" in proc.stderr, \
+        proc.stdout + proc.stderr
+    assert "ends the job" not in proc.stderr, proc.stderr

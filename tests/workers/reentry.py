@@ -5,12 +5,18 @@ Usage: mpiexec -n 2 python -m tests.workers.reentry CASE
               (rank 1 is late): each is refused at once, the outer one returns the right
               result, and the ranks stay in step. Nested, they shared the route's buffers
               (a silent wrong answer with the check off) or hung.
-  names       a second live thread of one name issuing on the communicator is refused;
-              the name is free again once the first thread ended.
-  callbacks   completion callbacks of two communicators issue blocking collectives on
-              each other (they deadlocked: the callbacks ran holding the engine's lock).
+  names       a thread issues a repeated call while another of the same name is inside
+              it (its failed start cleared the call under the first: AttributeError);
+              threads of one name one after the other, each ending a little after its
+              call, all pair right.
+  callbacks   completion callbacks of two communicators issue blocking and async
+              collectives on each other, after each chained an async call on its own (they
+              deadlocked: the callbacks ran holding the engine's lock).
   raises      rank 1's thread that issued collectives dies of an uncaught exception: the
               job ends (rank 0 waited out its timeout, mpiexec exited 0).
+  closed      a thread that issued collectives on a communicator closed since dies of an
+              uncaught exception: the job goes on.
+  unclosed    communicators dropped without close() are freed.
   interrupted Ctrl-C lands in rank 0's close() while it waits for late rank 1: rank 1 is
               still told that rank 0 left.
   exit        a collective from an exit handler registered before init: "closed", not
@@ -84,39 +90,43 @@ def nested_in_signal_handler(tally: Tally) -> None:
 
 
 def same_named_threads(comm, tally: Tally) -> None:
-    first_issued, second_done = threading.Event(), threading.Event()
+    x = np.full(4, float(comm.rank))
+    want = np.stack([np.full(4, 0.0), np.full(4, 1.0)])
     seen: dict[str, object] = {}
 
-    def first():
-        seen["first"] = comm.allgather(np.full(2, float(comm.rank)))[:, 0].tolist()
-        first_issued.set()
-        second_done.wait(30)
-        seen["first again"] = comm.allreduce(np.ones(2))[0]
-
-    def second():
+    def gather(label):
         try:
-            comm.allreduce(np.ones(2))
-            seen["second"] = "ran"
+            seen[label] = np.array_equal(comm.allgather(x), want)
         except collectives.CollectiveError as error:
-            seen["second"] = str(error)
-        second_done.set()
+            seen[label] = f"{type(error).__name__}: {error}"
 
-    one = threading.Thread(target=first, name="worker")
-    one.start()
-    first_issued.wait(30)
-    two = threading.Thread(target=second, name="worker")
-    two.start()
-    two.join(30)
-    one.join(30)
-    tally.check(seen.get("first") == [0.0, 1.0] and seen.get("first again") == 2.0,
-                f"the first thread: {seen}")
-    tally.check("two live threads named 'worker'" in str(seen.get("second")),
-                f"the second thread of that name: {seen.get('second')}")
-    later = threading.Thread(target=lambda: seen.update(later=comm.allreduce(np.ones(2))[0]),
-                             name="worker")
-    later.start()
-    later.join(30)
-    tally.check(seen.get("later") == 2.0, f"a thread of that name after the first ended: {seen}")
+    def in_thread(target, *args):
+        thread = threading.Thread(target=target, args=args, name="worker")
+        thread.start()
+        return thread
+
+    in_thread(gather, "warm").join(30)  # the repeated call's route is made
+    if comm.rank == 0:  # A inside the call (rank 1 is late), B issues it meanwhile
+        a = in_thread(gather, "A")
+        time.sleep(0.5)
+        b = in_thread(gather, "B")
+        a.join(30)
+        b.join(30)
+    else:
+        time.sleep(1.5)
+        in_thread(lambda: (gather("A"), gather("B"))).join(30)
+    tally.check(all(seen.get(k) is True for k in ("warm", "A", "B")), f"one name: {seen}")
+    results: list = []
+
+    def step(i):  # hands its result on, then tidies up a little before it ends
+        results.append(float(comm.allreduce(np.full(2, float(i)))[0]))
+        time.sleep(0.01)
+
+    for i in range(20):  # the next thread of the name starts before the last one ended
+        in_thread(step, i)
+        while len(results) <= i:
+            time.sleep(0.001)
+    tally.check(results == [2.0 * i for i in range(20)], f"threads one after another: {results}")
 
 
 def callbacks_across_communicators(comm, tally: Tally) -> None:
@@ -131,14 +141,20 @@ def callbacks_across_communicators(comm, tally: Tally) -> None:
                 got[name] = str(error)
         return callback
 
+    chained = []
     first = comm.allreduce_async(np.ones(1 << 14))
     second = other.allreduce_async(np.ones(1 << 14))
+    for handle, own in ((first, comm), (second, other)):  # each progress thread issues on
+        handle.add_done_callback(lambda h, own=own: chained.append(own.allreduce_async(
+            np.ones(2))))  # its own communicator first
     first.add_done_callback(on("other's from comm's callback", other))
     second.add_done_callback(on("comm's from other's callback", comm))
     deadline = time.monotonic() + 30
     while len(got) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     tally.check(sorted(got.values()) == [2.0, 2.0], f"blocking calls from callbacks: {got}")
+    tally.check(len(chained) == 2 and all((h.wait() == 2).all() for h in chained),
+                f"async calls chained in callbacks: {chained}")
     after = comm.allreduce(np.ones(2), algorithm="ring")
     tally.check(bool((after == 2).all()), f"the main thread's next call: {after}")
     other.close()
@@ -155,6 +171,38 @@ def thread_raises(comm) -> None:
     worker.start()
     worker.join()
     print(f"rank {comm.rank}: finished all collectives", flush=True)
+
+
+def thread_raises_after_close(comm) -> None:
+    closed = threading.Event()
+
+    def work():
+        comm.allreduce(np.ones(2))
+        closed.wait(30)
+        raise ValueError("an error after the communicator was closed")
+
+    worker = threading.Thread(target=work, name="helper")
+    worker.start()
+    time.sleep(0.5)  # (its collective is done: every rank took part)
+    comm.close()
+    closed.set()
+    worker.join()
+    print(f"rank {comm.rank}: went on", flush=True)
+
+
+def unclosed_are_freed(tally: Tally) -> None:
+    import gc
+    import weakref
+
+    refs = []
+    for _ in range(5):
+        comm = collectives.init(MPI.COMM_WORLD.Dup(), timeout=20)
+        comm.allreduce(np.ones(1 << 16), algorithm="ring")
+        refs.append(weakref.ref(comm))
+        del comm
+    gc.collect()
+    alive = sum(ref() is not None for ref in refs)
+    tally.check(alive == 0, f"{alive} of 5 communicators dropped without close() kept alive")
 
 
 def close_interrupted(comm, tally: Tally) -> None:
@@ -199,12 +247,22 @@ def from_exit_handler() -> None:
 
 
 def forked_child_exits(comm, tally: Tally) -> None:
+    """Forked while an async call runs (rank 1 is late): the child's exit handlers neither
+    tell rank 1 that rank 0 left nor wait for the parent's progress thread."""
+    if comm.rank == 1:
+        time.sleep(1.0)
+    pending = comm.allreduce_async(np.ones(2))
     if comm.rank == 0:
+        time.sleep(0.3)  # the progress thread is inside the call, waiting for rank 1
         pid = os.fork()
         if pid == 0:  # the child's exit handlers, then out (MPI_Finalize would hang here)
+            start = time.monotonic()
             atexit._run_exitfuncs()
-            os._exit(0)
-        os.waitpid(pid, 0)
+            os._exit(0 if time.monotonic() - start < 5 else 7)
+        _, status = os.waitpid(pid, 0)
+        tally.check(os.waitstatus_to_exitcode(status) == 0,
+                    f"the child's exit handlers took 5 s or more (status {status})")
+    tally.check(bool((pending.wait() == 2).all()), "the call in flight at the fork")
     comm.barrier()
     try:
         got = comm.allreduce(np.ones(2))
@@ -222,9 +280,12 @@ def main() -> None:
     if case == "signal":
         nested_in_signal_handler(tally)
         tally.finish()
+    if case == "unclosed":
+        unclosed_are_freed(tally)
+        tally.finish()
     comm = collectives.init(timeout=20)
-    if case == "raises":
-        thread_raises(comm)
+    if case in ("raises", "closed"):
+        (thread_raises if case == "raises" else thread_raises_after_close)(comm)
         return
     {"names": same_named_threads, "callbacks": callbacks_across_communicators,
      "interrupted": close_interrupted, "fork": forked_child_exits}[case](comm, tally)
