@@ -21,6 +21,7 @@ Example::
 """
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
@@ -101,9 +102,22 @@ def _end_after(report, where: str) -> None:
     transport, grace, _ = _ending
     try:
         report()
+        stream = _unbuffered_stderr()
         print(f"collectives: rank {transport.rank} ends the job (MPI_Abort) on the "
-              f"uncaught exception above{where}", file=sys.stderr)
-        sys.stderr.flush()
+              f"uncaught exception above{where}", file=stream)
+        stream.flush()
         time.sleep(FORWARD_PAUSE_S)
     finally:
         end_job(transport, ABORT_CODE, grace=grace)
+
+
+def _unbuffered_stderr():
+    """sys.stderr; or, where a hook in front of ours buffers it in memory to print once ours
+    returns (torch.distributed's does, and ours never returns), the process's own stderr,
+    with the buffered report written there first."""
+    if not isinstance(sys.stderr, io.StringIO) or sys.__stderr__ is None:
+        return sys.stderr
+    sys.__stderr__.write(sys.stderr.getvalue())
+    sys.stderr.seek(0)
+    sys.stderr.truncate()
+    return sys.__stderr__

@@ -31,3 +31,12 @@ def test_a_thread_that_dies_after_its_communicator_closed_ends_nothing():
     assert proc.stdout.count("went on") == 2 and "ValueError" in proc.stderr, \
         proc.stdout + proc.stderr
     assert "ends the job" not in proc.stderr, proc.stderr
+
+
+def test_an_uncaught_exception_is_reported_after_torch_distributed_started():
+    """torch's excepthook buffers the report until ours returns; ours ends the job first."""
+    pytest.importorskip("torch", reason="the torch extra is not installed")
+    proc = run_workers(2, "reentry", "torch", expect_ok=False, timeout=120)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "RuntimeError: boom on rank" in proc.stderr and "ends the job" in proc.stderr, \
+        proc.stderr

@@ -16,6 +16,8 @@ Usage: mpiexec -n 2 python -m tests.workers.reentry CASE
               job ends (rank 0 waited out its timeout, mpiexec exited 0).
   closed      a thread that issued collectives on a communicator closed since dies of an
               uncaught exception: the job goes on.
+  torch       an uncaught exception after torch.distributed started over the communicator
+              (its excepthook buffers the report, to print it once ours returns: it was lost).
   unclosed    communicators dropped without close() are freed.
   interrupted Ctrl-C lands in rank 0's close() while it waits for late rank 1: rank 1 is
               still told that rank 0 left.
@@ -284,6 +286,11 @@ def main() -> None:
         unclosed_are_freed(tally)
         tally.finish()
     comm = collectives.init(timeout=20)
+    if case == "torch":
+        from collectives.hooks.torch import init_process_group
+
+        init_process_group(comm)
+        raise RuntimeError(f"boom on rank {comm.rank}")
     if case in ("raises", "closed"):
         (thread_raises if case == "raises" else thread_raises_after_close)(comm)
         return
