@@ -100,6 +100,9 @@ def _keys(text: str) -> tuple[str, ...]:
     if unknown or not keys:
         raise ValueError(f"unknown columns {', '.join(unknown) or repr(text)}; give "
                          f"{', '.join(PRESETS)} or a list of {', '.join(CELLS)}")
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"columns named twice: {', '.join(repeated)}")
     return keys
 
 

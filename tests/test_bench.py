@@ -527,6 +527,7 @@ def test_unknown_algorithm_is_refused(tmp_path):
     (["--collective", "reduce", "--compression", "fp16"], "go with --collective allreduce"),
     (["--collective", "broadcast", "--deterministic"], "go with --collective allreduce"),
     (["--columns", "time,speed"], "unknown columns speed"),
+    (["--columns", "time,time"], "columns named twice: time"),  # printed twice
     (["--np", "0"], "--np must be at least 1, got 0"),  # was a traceback
     (["--quick"], "--quick goes with --calibrate"),  # was ignored: the full sweep ran
     (["-b", "8", "-e", "64", "--tensors", "100"], "--tensors 100 needs messages of at least"),
