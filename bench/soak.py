@@ -1,21 +1,26 @@
 """Soak: thousands of mixed collectives, every answer checked, memory watched.
 
-Every rank draws the same sequence of collectives from one seed: sync, out=, in place,
-async batches, fused lists (`allreduce_many`, sync and async), over every algorithm,
+Every rank draws the same sequence of collectives from one seed: sync, out= (a new
+array, every other element of a buffer twice as long, or column-major), in place, async
+batches, fused lists (`allreduce_many`, sync and async), over every algorithm,
 compression, dtype, op, size and layout, plus a few deliberate mismatches that must raise
 MismatchError on every rank and leave the communicator working. Each result is compared
 with a closed-form reference on its rank; a running digest of all results is compared
 across ranks at every checkpoint (identical bits everywhere). Memory: resident set and
-peak after a warm-up that runs every configuration once at the largest size, then at
-every checkpoint; growth is (peak at the end - peak after warm-up) / peak after warm-up.
+peak (VmHWM) after a warm-up that runs every configuration once at the largest size, then
+at every checkpoint. Caches still fill early in the mix, so growth is judged over its
+second half: (peak at the end - peak at the checkpoint halfway through the mix) / peak
+halfway (with one checkpoint, halfway is the end of the warm-up), on each rank. Rank 0
+prints progress to stderr at every checkpoint.
 
 Example::
 
     mpiexec -n 3 python -m bench.soak --collectives 10000 --json soak.json
     python -m bench.soak --np 3 --collectives 500          # starts the ranks itself
 
-Exit status 0 when every answer was right, every expected error came, and memory growth
-stayed under --max-growth.
+Exit status 0 when every answer was right, every expected error came, every rank's bits
+were identical and no rank's growth exceeded --max-growth; else 1, with the reasons.
+Arguments that cannot work exit 2 before any rank starts.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bench import launch
+from bench import environment, launch
 from bench.reference import CODES, Expected, element_codes, rounding_eps, value_table
 
 __all__ = ["Case", "Data", "draw", "main"]
@@ -41,6 +46,9 @@ KINDS = ("sync", "out", "inplace", "async", "many", "many_async", "mismatch")
 # How often each kind is drawn (mismatch only when the agreement check is on).
 WEIGHTS = (30, 12, 12, 16, 14, 6, 1)
 FUSION_BYTES = (4 << 10, 64 << 10, 1 << 20, None)
+OUT_LAYOUTS = ("new", "strided", "column-major")  # what out= is, for the kind "out"
+MAX_COUNT = (1 << 32) - 2  # element codes hash uint32 indices 0..max count
+WRONG_LINES = 20  # failure lines kept per rank in the summary (the count is the total)
 
 
 @dataclass(frozen=True)
@@ -56,11 +64,13 @@ class Case:
     layout: str  # "flat", "2d", "strided"
     fusion_bytes: int | None = None
     salt: int = 0
+    out: str = ""  # one of OUT_LAYOUTS for the kind "out"
 
     def label(self) -> str:
         dtypes = ",".join(sorted({str(d) for d in self.dtypes}))
         return (f"{self.kind} {self.algorithm}{'+' + self.compression if self.compression else ''} "
-                f"{self.op} {dtypes} counts={list(self.counts)} {self.layout}")
+                f"{self.op} {dtypes} counts={list(self.counts)} {self.layout}"
+                f"{' out=' + self.out if self.out else ''}")
 
 
 @dataclass
@@ -71,12 +81,14 @@ class Totals:
     checked: int = 0
     wrong: list[str] = field(default_factory=list)
     kinds: Counter = field(default_factory=Counter)
+    outs: Counter = field(default_factory=Counter)  # out= layouts of the kind "out"
     memory: list[tuple[int, int, int]] = field(default_factory=list)  # (done, rss, peak) bytes
 
 
 def _count(rng: np.random.Generator, p: int, max_count: int) -> int:
+    """Log-uniform in [0, max_count], sometimes a count near p (never above max_count)."""
     if rng.random() < 0.1:
-        return int(rng.choice([0, 1, max(p - 1, 1), p, p + 1]))
+        return min(int(rng.choice([0, 1, max(p - 1, 1), p, p + 1])), max_count)
     return int(math.exp(rng.uniform(0, math.log(max_count + 1)))) - 1
 
 
@@ -98,7 +110,8 @@ def draw(rng: np.random.Generator, *, p: int, algorithms: Sequence[str], dtypes:
                 op=str(rng.choice(["sum", "avg", "max", "min"])), dtypes=chosen,
                 counts=tuple(_count(rng, p, max_count) for _ in range(n)),
                 layout=str(rng.choice(["flat", "flat", "2d", "strided"])),
-                fusion_bytes=FUSION_BYTES[rng.integers(len(FUSION_BYTES))], salt=salt)
+                fusion_bytes=FUSION_BYTES[rng.integers(len(FUSION_BYTES))], salt=salt,
+                out=str(rng.choice(OUT_LAYOUTS)) if kind == "out" else "")
 
 
 def _shaped(values: np.ndarray, layout: str) -> np.ndarray:
@@ -110,6 +123,14 @@ def _shaped(values: np.ndarray, layout: str) -> np.ndarray:
         spaced[::2] = values
         return spaced[::2]
     return values
+
+
+def out_like(x: np.ndarray, layout: str) -> np.ndarray:
+    """A buffer for x's result, filled with 99: a new array, every other element of one
+    twice as long (shaped like x), or column-major (not C-contiguous when x is 2-D)."""
+    if layout == "strided":
+        return np.full(2 * x.size, 99, x.dtype)[::2].reshape(x.shape)
+    return np.full(x.shape, 99, x.dtype, order="F" if layout == "column-major" else "C")
 
 
 class Data:
@@ -158,6 +179,8 @@ class Soak:
 
     def _run(self, case: Case) -> None:
         self.totals.kinds[case.kind] += 1
+        if case.out:
+            self.totals.outs[case.out] += 1
         inputs = [self.data.input(n, d, case.salt + i, case.layout)
                   for i, (n, d) in enumerate(zip(case.counts, case.dtypes))]
         kwargs = dict(op=case.op, algorithm=case.algorithm, compression=case.compression)
@@ -171,7 +194,7 @@ class Soak:
                 results = [self.comm.allreduce(x, **kwargs)]
                 self._check(np.array_equal(x, before), case, "input modified")
             else:
-                out = x if case.kind == "inplace" else np.full_like(x, 99)
+                out = x if case.kind == "inplace" else out_like(x, case.out)
                 results = [self.comm.allreduce(x, out=out, **kwargs)]
                 self._check(results[0] is out, case, "result is not out")
         elif case.kind == "async":
@@ -261,84 +284,196 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest element count of one array (default 262144)")
     parser.add_argument("--checkpoint", type=int, default=500, help="collectives between checkpoints")
     parser.add_argument("--max-growth", type=float, default=0.10,
-                        help="fail when peak memory grows more than this after warm-up (default 0.10)")
-    parser.add_argument("--algorithms", default=None, help="comma-separated (default: all)")
+                        help="fail when a rank's peak memory grows more than this over the "
+                             "second half of the mix (default 0.10)")
+    parser.add_argument("--algorithms", default=None,
+                        help="comma-separated collectives.ALGORITHMS, or all (default: all)")
     parser.add_argument("--json", default=None, help="write the summary here (rank 0)")
     launch.add_launch_argument(parser, default=3)
+    launch.add_lab_arguments(parser)
     return parser
+
+
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    """What in the arguments cannot work, before any rank starts."""
+    for name, value in (("--collectives", args.collectives), ("--checkpoint", args.checkpoint)):
+        if value < 1:
+            return f"{name} must be at least 1, got {value}"
+    if not 1 <= args.max_count <= MAX_COUNT:
+        return f"--max-count must be 1..{MAX_COUNT}, got {args.max_count}"
+    if args.seed < 0:
+        return f"--seed must be at least 0, got {args.seed}"
+    if not (math.isfinite(args.max_growth) and args.max_growth >= 0):
+        return f"--max-growth must be a fraction of at least 0, got {args.max_growth}"
+    return None
+
+
+def _algorithms(text: str | None, known: Sequence[str]) -> tuple[str, ...]:
+    """The algorithms --algorithms names (all of `known` by default); ValueError for names
+    the library does not know, a name twice, an empty name, or none (mpi alone)."""
+    if text is None:
+        return tuple(known)
+    from bench import ops  # (imports mpi4py.MPI: only when there is something to check)
+
+    algorithms = ops.algorithms_for("allreduce", text, known)
+    if not algorithms:
+        raise ValueError(f"--algorithms {text!r}: the soak runs the library's algorithms, "
+                         f"not MPI's own; choose from {', '.join(known)} or 'all'")
+    return algorithms
+
+
+def _checked_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, tuple[str, ...],
+                                                     launch.LabRequest | None]:
+    """(arguments, algorithms, lab); what cannot work ends the process here with one line
+    and exit status 2 (parser.error), before any rank starts."""
+    import collectives
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = _usage_problem(args)
+    if problem is not None:
+        parser.error(problem)
+    try:
+        algorithms = _algorithms(args.algorithms, collectives.ALGORITHMS)
+        if args.json is not None:
+            environment.check_writable(args.json)
+    except ValueError as error:
+        parser.error(str(error))
+    return args, algorithms, launch.lab_request(parser, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np)
+    args, algorithms, lab = _checked_arguments(argv)
+    launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np, lab=lab)
     from mpi4py import MPI
 
     import collectives
 
     mpi = MPI.COMM_WORLD
     comm = collectives.init()
-    algorithms = args.algorithms.split(",") if args.algorithms else list(collectives.ALGORITHMS)
     dtypes = list(collectives.DTYPES)
     soak = Soak(comm, mpi, args.max_count)
     start = time.perf_counter()
     for case in warm_up_cases(p=comm.size, algorithms=algorithms, dtypes=dtypes,
                               max_count=args.max_count):
         soak.run(case)
-    warm = (soak.totals.collectives, _rss(), _peak())
     same_bits = soak.checkpoint()
-    soak.totals = Totals(checked=soak.totals.checked, wrong=soak.totals.wrong)  # count the mix
-    rng = np.random.default_rng(args.seed)
+    warm = soak.totals  # the mix is counted from here; its memory starts from the warm-up's
+    soak.totals = Totals(checked=warm.checked, wrong=warm.wrong, memory=[(0, *warm.memory[-1][1:])])
     mixed_start = time.perf_counter()
-    salt, next_checkpoint = 0, args.checkpoint
+    _progress(soak, f"warm-up: {warm.collectives} collectives in {mixed_start - start:.1f} s")
+    same_bits &= mix(soak, args, algorithms=algorithms, dtypes=dtypes)
+    summary = _summary(soak.totals, rank=comm.rank, warm_up=warm.collectives,
+                       seconds=time.perf_counter() - mixed_start,
+                       warm_up_seconds=mixed_start - start)
+    everyone = mpi.gather(summary, root=0)
+    ok = True
+    if comm.rank == 0:
+        reasons = _failures(everyone, same_bits=same_bits, max_growth=args.max_growth)
+        _report(everyone, args, same_bits=same_bits, reasons=reasons, algorithms=algorithms)
+        ok = not reasons
+    return 0 if mpi.bcast(ok, root=0) else 1
+
+
+def mix(soak: Soak, args: argparse.Namespace, *, algorithms: Sequence[str],
+        dtypes: Sequence[np.dtype]) -> bool:
+    """The drawn collectives, a checkpoint (and a progress line) every --checkpoint; True when
+    every checkpoint found identical bits on every rank."""
+    rng = np.random.default_rng(args.seed)
+    same_bits, salt, next_checkpoint = True, 0, args.checkpoint
+    start = time.perf_counter()
     while soak.totals.collectives < args.collectives:
-        soak.run(draw(rng, p=comm.size, algorithms=algorithms, dtypes=dtypes,
-                      max_count=args.max_count, check=comm.settings.check, salt=salt))
+        soak.run(draw(rng, p=soak.p, algorithms=algorithms, dtypes=dtypes,
+                      max_count=args.max_count, check=soak.comm.settings.check, salt=salt))
         salt += 1
         done = soak.totals.collectives
         if done >= next_checkpoint or done >= args.collectives:
             same_bits &= soak.checkpoint()
             next_checkpoint = (done // args.checkpoint + 1) * args.checkpoint
-    seconds = time.perf_counter() - mixed_start
-    end_peak = soak.totals.memory[-1][2]
-    summary = {
-        "rank": comm.rank, "collectives": soak.totals.collectives, "warm_up": warm[0],
-        "checked": soak.totals.checked, "wrong": soak.totals.wrong[:20],
-        "kinds": dict(soak.totals.kinds), "seconds": seconds, "warm_up_seconds": mixed_start - start,
-        "rss_after_warm_up": warm[1], "peak_after_warm_up": warm[2], "peak_at_end": end_peak,
-        "rss_at_end": soak.totals.memory[-1][1], "growth": (end_peak - warm[2]) / warm[2],
-        "memory": soak.totals.memory,
+            _progress(soak, f"{done}/{args.collectives} collectives in "
+                            f"{time.perf_counter() - start:.1f} s")
+    return same_bits
+
+
+def _progress(soak: Soak, what: str) -> None:
+    """On rank 0, one line to stderr: how far, this rank's memory, wrong answers so far."""
+    if soak.rank == 0:
+        _, rss, peak = soak.totals.memory[-1]
+        print(f"# soak: {what}; rank 0: rss {rss / (1 << 20):.1f} MiB, peak "
+              f"{peak / (1 << 20):.1f} MiB, {len(soak.totals.wrong)} wrong",
+              file=sys.stderr, flush=True)
+
+
+def growth(memory: Sequence[tuple[int, int, int]]) -> tuple[float, int, int]:
+    """(growth, index halfway, index at the end) of `memory`'s (done, rss, peak) records,
+    the first taken after the warm-up: the peak's growth from the checkpoint halfway through
+    the mix to the end (early growth is caches filling, not a leak)."""
+    half, end = (len(memory) - 1) // 2, len(memory) - 1
+    return (memory[end][2] - memory[half][2]) / memory[half][2], half, end
+
+
+def _summary(totals: Totals, **fields) -> dict:
+    """One rank's results as JSON; the failure lines capped at WRONG_LINES, not the count."""
+    rise, half, end = growth(totals.memory)
+    first = totals.memory[0]
+    return {
+        **fields, "collectives": totals.collectives, "checked": totals.checked,
+        "wrong_count": len(totals.wrong), "wrong": totals.wrong[:WRONG_LINES],
+        "kinds": dict(totals.kinds), "outs": dict(totals.outs),
+        "rss_after_warm_up": first[1], "peak_after_warm_up": first[2],
+        "halfway": totals.memory[half][0], "peak_halfway": totals.memory[half][2],
+        "peak_at_end": totals.memory[end][2], "rss_at_end": totals.memory[end][1],
+        "growth": rise, "memory": totals.memory,
     }
-    everyone = mpi.gather(summary, root=0)
-    ok = mpi.allreduce(int(not soak.totals.wrong and same_bits
-                           and summary["growth"] < args.max_growth), op=MPI.MIN)
-    if comm.rank == 0:
-        _report(everyone, args, same_bits=same_bits, ok=bool(ok), algorithms=algorithms)
-    return 0 if ok else 1
 
 
-def _report(everyone: list[dict], args, *, same_bits: bool, ok: bool, algorithms) -> None:
+def _failures(everyone: list[dict], *, same_bits: bool, max_growth: float) -> list[str]:
+    """Why the run failed, one phrase a reason; empty when it passed."""
+    mib = 1 << 20
+    reasons = []
+    wrong = sum(s["wrong_count"] for s in everyone)
+    if wrong:
+        reasons.append(f"{wrong} wrong answers or missing errors")
+    if not same_bits:
+        reasons.append("results differ in their bits between ranks")
+    for s in everyone:
+        if s["growth"] > max_growth:
+            reasons.append(
+                f"rank {s['rank']}'s peak memory grew {s['growth']:+.2%} over the second half "
+                f"({s['peak_halfway'] / mib:.1f} MiB after {s['halfway']} collectives, "
+                f"{s['peak_at_end'] / mib:.1f} MiB after {s['collectives']}), more than "
+                f"--max-growth {max_growth:.0%}")
+    return reasons
+
+
+def _report(everyone: list[dict], args, *, same_bits: bool, reasons: list[str],
+            algorithms) -> None:
     mib = 1 << 20
     first = everyone[0]
     print(f"# soak: {len(everyone)} ranks, seed {args.seed}, max count {args.max_count}, "
           f"algorithms {','.join(algorithms)}")
     print(f"# warm-up: {first['warm_up']} collectives in {first['warm_up_seconds']:.1f} s; "
           f"mixed: {first['collectives']} collectives in {first['seconds']:.1f} s")
-    print(f"# kinds: {first['kinds']}")
-    print("# rank  checked  wrong  rss_warm_MiB  peak_warm_MiB  peak_end_MiB  rss_end_MiB  growth")
+    print(f"# kinds: {first['kinds']}; out= layouts: {first['outs']}")
+    print("# rank  checked  wrong  rss_warm_MiB  peak_warm_MiB  peak_half_MiB  peak_end_MiB  "
+          "rss_end_MiB  growth_2nd_half")
     for s in everyone:
-        print(f"  {s['rank']:4d}  {s['checked']:7d}  {len(s['wrong']):5d}  "
+        print(f"  {s['rank']:4d}  {s['checked']:7d}  {s['wrong_count']:5d}  "
               f"{s['rss_after_warm_up'] / mib:12.1f}  {s['peak_after_warm_up'] / mib:13.1f}  "
-              f"{s['peak_at_end'] / mib:12.1f}  {s['rss_at_end'] / mib:11.1f}  {s['growth']:+7.2%}")
+              f"{s['peak_halfway'] / mib:13.1f}  {s['peak_at_end'] / mib:12.1f}  "
+              f"{s['rss_at_end'] / mib:11.1f}  {s['growth']:+15.2%}")
     for s in everyone:
         for line in s["wrong"]:
             print(f"WRONG {line}")
+        if s["wrong_count"] > len(s["wrong"]):
+            print(f"WRONG rank {s['rank']}: ... {s['wrong_count'] - len(s['wrong'])} more")
     print(f"# identical bits on every rank: {'yes' if same_bits else 'NO'}")
-    print(f"# {'PASS' if ok else 'FAIL'}: all correct, growth < {args.max_growth:.0%}"
-          if ok else "# FAIL")
+    print(f"# FAIL: {'; '.join(reasons)}" if reasons else
+          f"# PASS: all correct, growth over the second half <= {args.max_growth:.0%}")
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump({"args": vars(args), "ranks": everyone, "ok": ok}, out, indent=1)
+        environment.write_json(args.json, {"args": vars(args), "ranks": everyone,
+                                           "ok": not reasons})
 
 
 if __name__ == "__main__":
