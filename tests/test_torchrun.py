@@ -85,7 +85,7 @@ def test_rank_that_never_arrives_gives_collective_timeout(tmp_path, check, step)
     for rank in range(2):
         seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert seen["error"] == "CollectiveTimeout", seen
-        assert seen["elapsed"] <= TIMEOUT + 2, seen
+        assert seen["elapsed"] <= TIMEOUT + 5, seen  # (a hang would take far longer)
         assert f"rank {rank}: " in seen["message"] and step in seen["message"], seen
         assert check == "1" or "[2]" in seen["message"], seen  # plans name the silent peer
         assert "this communicator is unusable since allreduce #2 timed out" in seen["after"], seen

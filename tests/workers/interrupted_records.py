@@ -27,8 +27,8 @@ import collectives
 from collectives.calls import allreduce as allreduce_module
 from tests.workers.common import Tally, rank_data
 
-LATE_SECONDS = 2.0
 ALARM_SECONDS = 0.5
+GAVE_UP_TAG = 77  # rank 0 to rank 1 over COMM_WORLD, outside the library: call 1 raised
 
 
 class Interrupted(Exception):
@@ -53,6 +53,17 @@ def inject(comm, mode: str) -> None:
         agreement._all_same = interrupt
 
 
+def wait_for_rank_0(seconds: float = 10.0) -> None:
+    """Until rank 0's call 1 raised, or `seconds` passed (a rank 0 that waits for rank 1
+    then fails its check instead of hanging)."""
+    from mpi4py import MPI
+
+    request = MPI.COMM_WORLD.irecv(source=0, tag=GAVE_UP_TAG)
+    deadline = time.monotonic() + seconds
+    while not request.test()[0] and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def main() -> None:
     mode = sys.argv[1]
     count = 100_000 if mode in ("large", "after") else 4
@@ -65,7 +76,8 @@ def main() -> None:
         inject(comm, mode)
         expected: type = Interrupted
     else:
-        time.sleep(LATE_SECONDS)
+        if mode != "after":  # (after: rank 0 is interrupted only once rank 1's record came)
+            wait_for_rank_0()
         expected = collectives.PeerError
     try:
         comm.allreduce(x, check_finite=mode == "before")
@@ -76,6 +88,10 @@ def main() -> None:
             tally.check("rank 0 gave up on collective #1" in str(error),
                         f"call 1's PeerError does not name rank 0: {error}")
     if rank == 0:
+        if mode != "after":
+            from mpi4py import MPI
+
+            MPI.COMM_WORLD.send(None, dest=1, tag=GAVE_UP_TAG)
         comm._ctx.transport.begin, allreduce_module._finite = saved
         comm._ctx.agreement.__dict__.pop("_all_same", None)
     for call in (2, 3):

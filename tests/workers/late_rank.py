@@ -6,7 +6,7 @@ Usage: mpiexec -n 2 python -m tests.workers.late_rank ALGORITHM CHECK OUTDIR
 
 Collective #2 (allreduce, or broadcast from rank 0; COUNT of DTYPE, default 64 Ki float32;
 a float16 avg scales its input first, into a buffer of the library's) is in
-place (out=x). Rank 1 calls it LATE seconds after rank 0, whose timeout is shorter. Rank 0
+place (out=x). Rank 1 calls it once rank 0 gave up on it (OUTDIR/gave_up). Rank 0
 must raise CollectiveTimeout; then, while rank 1 arrives and runs, rank 0 fills fresh
 arrays with a pattern and watches them and x for WATCH seconds: nothing may change them
 (before the fix a late rank's bytes landed in freed memory: new arrays held agreement
@@ -32,7 +32,6 @@ import numpy as np
 import collectives
 
 TIMEOUT = 2.0
-LATE = 3.0
 WATCH = 4.0
 ABORT = 5
 COUNT = 1 << 16  # 256 KiB of float32: large enough for MPI's rendezvous protocol
@@ -77,10 +76,13 @@ def miss_notices_as_calls_begin(transport) -> None:
 
 
 def main() -> None:
+    from mpi4py import MPI
+
     algorithm, check, outdir = sys.argv[1], sys.argv[2] == "1", Path(sys.argv[3])
     collective, count = ("allreduce", COUNT) if len(sys.argv) < 5 else (sys.argv[4],
                                                                         int(sys.argv[5]))
     dtype = np.dtype(sys.argv[6] if len(sys.argv) > 6 else np.float32)
+    MPI.COMM_WORLD.Barrier()  # init must meet within TIMEOUT (MPI_Init need not sync ranks)
     comm = collectives.init(timeout=TIMEOUT, check=check)
     x = np.full(count, comm.rank + 1.0, dtype)
     options = {"op": "avg"} if dtype == np.float16 else {}
@@ -93,7 +95,10 @@ def main() -> None:
             miss_notices_as_calls_begin(comm._transport)
         if os.environ.get("LATE_RANK_OUT") == "none":
             out = None
-        time.sleep(LATE)
+        gave_up = outdir / "gave_up"
+        deadline = time.monotonic() + 30
+        while not gave_up.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
     before = x.copy()
     start = time.monotonic()
     try:
@@ -104,6 +109,7 @@ def main() -> None:
     seen["elapsed"] = time.monotonic() - start
     seen["x_changed"] = not np.array_equal(x, before)
     if comm.rank == 0:
+        (outdir / "gave_up").touch()
         seen["changed"] = watch_memory(x, WATCH)
     (outdir / f"rank{comm.rank}.json").write_text(json.dumps(seen))
     if comm.rank == 0:

@@ -16,6 +16,7 @@ import collectives
 from tests.workers.common import Tally, rank_data
 
 COUNT = 1001
+SHORT = 3.0  # the short timeouts: over gloo, init's group must connect within it
 
 
 def main() -> None:
@@ -49,8 +50,8 @@ def main() -> None:
     check_wrong_sizes(comm, tally)
     check_posting_order(comm, tally)
     comm.barrier()
-    short = collectives.init(timeout=1)
-    early = collectives.init(timeout=1)  # (over gloo a timeout leaves short unusable)
+    short = collectives.init(timeout=SHORT)
+    early = collectives.init(timeout=SHORT)  # (over gloo a timeout leaves short unusable)
     if me == 0:  # rank 1 sends nothing: the receive gives up, naming it
         start = time.monotonic()
         try:
@@ -58,13 +59,13 @@ def main() -> None:
             tally.check(False, "a receive from a silent rank returned")
         except collectives.CollectiveTimeout as error:
             tally.check("receive from rank 1 (tag 11" in str(error), f"unclear timeout: {error}")
-        tally.check(time.monotonic() - start < 3, "the timed-out receive took too long")
+        tally.check(time.monotonic() - start < SHORT + 2, "the timed-out receive took too long")
     got = comm.allreduce(np.ones(2), op="sum")
     tally.check(bool((got == p).all()), "a collective after the timed-out receive")
     comm.barrier()
     if comm.transport_name != "torch":  # (over gloo a timeout leaves short unusable)
         check_send_timeout(comm, short, tally)
-    check_posted_early(early, tally)
+    check_posted_early(comm, early, tally)
     check_dropped(comm, tally)
     check_dropped_in_a_chain(comm, tally)
     try:  # a communicator whose receive timed out (over MPI: given up on) closes cleanly
@@ -167,20 +168,21 @@ def check_posting_order(comm, tally) -> None:
     comm.barrier()
 
 
-def check_posted_early(comm, tally) -> None:
-    """A receive posted long before its wait: the timeout (1 s) counts from the wait (it
-    counted from the post: the wait timed out at once)."""
-    comm.barrier()
+def check_posted_early(comm, early, tally) -> None:
+    """A receive on `early` posted long before its wait: the timeout (SHORT) counts from the
+    wait (it counted from the post: the wait timed out at once). Rank 0 sends only once
+    rank 1 says (on `comm`) that it is about to wait."""
     if comm.rank == 1:
-        message = comm.irecv(np.empty(3), src=0, tag=12)
-        time.sleep(1.5)  # longer than the timeout
+        message = early.irecv(np.empty(3), src=0, tag=12)
+        time.sleep(SHORT + 0.5)
+        comm.send(np.ones(1), dst=0, tag=17)
         try:
             tally.check(bool((message.wait() == 4.0).all()), "the early receive's values")
         except collectives.CollectiveTimeout as error:
             tally.check(False, f"a receive posted early timed out at its wait: {error}")
     elif comm.rank == 0:
-        time.sleep(1.7)
-        comm.send(np.full(3, 4.0), dst=1, tag=12)
+        comm.recv(np.empty(1), src=1, tag=17)
+        early.send(np.full(3, 4.0), dst=1, tag=12)
 
 
 def check_dropped_in_a_chain(comm, tally) -> None:

@@ -11,6 +11,7 @@ Usage: mpiexec -n P python -m tests.workers.timeouts MODE ALGORITHM OUTDIR
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 import collectives
+from collectives.bootstrap import launched_by_torchrun
 from tests.workers.common import rank_data
 
 TIMEOUT = 2.0
@@ -71,9 +73,27 @@ def dies(comm, algorithm: str, how: str) -> None:
     print(f"rank {comm.rank}: finished all collectives without rank 1", flush=True)
 
 
+def meet() -> None:
+    """The ranks meet before init(timeout=TIMEOUT), which must then finish within TIMEOUT:
+    they may come seconds apart (torch's import under torchrun; MPI_Init need not sync
+    them). Under torchrun init then reuses this default group and connects only its own."""
+    if launched_by_torchrun():
+        import datetime
+
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+        atexit.register(dist.destroy_process_group)  # after init's own group (LIFO)
+    else:
+        from mpi4py import MPI
+
+        MPI.COMM_WORLD.Barrier()
+
+
 def main() -> None:
     mode, algorithm = sys.argv[1], sys.argv[2]
     if mode in ("absent", "absent-grow"):
+        meet()
         absent(collectives.init(timeout=TIMEOUT), algorithm, Path(sys.argv[3]),
                grow=mode == "absent-grow")
     else:

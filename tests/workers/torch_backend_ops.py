@@ -49,6 +49,23 @@ def same(got: torch.Tensor, want: torch.Tensor) -> bool:
     return bool(torch.equal(got, want))
 
 
+def tell(group, what: str) -> None:
+    """Say `what` happened on this rank, through torch's store (outside the group under
+    test)."""
+    key = f"{dist.get_process_group_ranks(group)} {what} {group.rank()}"
+    dist.distributed_c10d._get_default_store().set(key, "1")
+
+
+def wait_told(group, what: str, ranks, seconds: float = 10.0) -> None:
+    """Until `ranks` of `group` said `what`, or `seconds` passed (a rank held until this
+    one comes, the bug looked for, then fails its check instead of hanging)."""
+    keys = [f"{dist.get_process_group_ranks(group)} {what} {q}" for q in ranks]
+    store = dist.distributed_c10d._get_default_store()
+    deadline = time.monotonic() + seconds
+    while not store.check(keys) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def check_reductions(group, tally: Tally) -> None:
     r, p = group.rank(), group.size()
     for dtype in DTYPES:
@@ -123,8 +140,8 @@ def check_async_and_errors(group, tally: Tally) -> None:
                 "async all_reduces")
     tally.check(torch.equal(chained.wait(), torch.full((5,), 6.0 * p)), "future.then")
     late = torch.ones(3)  # Work.wait(timeout) bounds the wait (it was ignored)
-    if r == p - 1:
-        time.sleep(1.0)
+    if r == p - 1 and p > 1:
+        wait_told(group, "wait timed out", [0])
     work = dist.all_reduce(late, group=group, async_op=True)
     if r == 0 and p > 1:
         try:
@@ -132,6 +149,7 @@ def check_async_and_errors(group, tally: Tally) -> None:
             tally.check(False, "wait(timeout=0.2 s) returned before the last rank came")
         except TimeoutError:
             pass
+        tell(group, "wait timed out")
     tally.check(work.wait() and torch.equal(late, torch.full((3,), float(p))),
                 f"wait after a wait timeout: {late}")
     try:
@@ -204,7 +222,7 @@ def check_interrupted_wait(group, tally: Tally) -> None:
         return
     late = torch.ones(2)
     if r == p - 1:
-        time.sleep(1.5)
+        wait_told(group, "interrupted", range(p - 1))
     else:
         before = signal.signal(signal.SIGALRM, _interrupt)
         signal.setitimer(signal.ITIMER_REAL, 0.3)
@@ -213,12 +231,13 @@ def check_interrupted_wait(group, tally: Tally) -> None:
         dist.all_reduce(late, group=group)
         tally.check(r == p - 1, "all_reduce waited out the interrupt")
     except Interrupted:
-        tally.check(time.monotonic() - start < 1.0,
+        tally.check(time.monotonic() - start < 2.0,
                     f"the interrupt surfaced after {time.monotonic() - start:.2f} s")
     finally:
         if r != p - 1:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, before)
+            tell(group, "interrupted")
     after = torch.ones(2)
     dist.all_reduce(after, group=group)
     want = torch.full((2,), float(p))
@@ -335,6 +354,7 @@ def main() -> None:
         check_one_rank_refusals(group, tally)
         check_point_to_point(group, tally)
     print(f"rank {rank}: {len(groups)} groups", flush=True)
+    dist.barrier()  # under mpiexec rank 0 hosts the store, which wait_told may still poll
     dist.destroy_process_group()
     tally.finish()
 
