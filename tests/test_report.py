@@ -7,11 +7,15 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from bench.calibrate import RUNS
+from bench.harness import Row
 from bench.report import ACCURACY_ALGORITHMS, crossovers, default_clusters, load_clusters
+from bench.report.markdown import _accuracy_section, _measured_sections
+from bench.report.model import Point, auto_runs, winners
 from collectives.costmodel import Calibration, LinkModel, read_tuning, write_calibration
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,8 +48,8 @@ def test_cluster_file_errors():
             ([good], "a cluster file is an object"),
             ({"clusters": [1]}, "a cluster is an object, got 1"),
             ({"clusters": [{**good, "reduce_gbytes_per_s": 0}]},
-             "must be a number > 0 and <= 1e+06, got 0"),
-            ({"clusters": [{**good, "reduce_gbytes_per_s": -1}]}, "must be a number > 0"),
+             "reduce_gbytes_per_s must be a number >= 1e-06 and <= 1e+06, got 0"),
+            ({"clusters": [{**good, "reduce_gbytes_per_s": -1}]}, "must be a number >= 1e-06"),
             ({"clusters": [{**good, "nodes": 2.7}]}, "nodes must be a whole number"),
             ({"clusters": [{**good, "grid": 5}]}, "TypeError"),
             # the eighteenth review: a MemoryError traceback, a simulation that never ended,
@@ -53,10 +57,114 @@ def test_cluster_file_errors():
             ({"clusters": [{**good, "nodes": 10**9}]}, "at most 16384 are simulated"),
             ({"clusters": [{**good, "nodes": 100000, "ranks_per_node": 8}]}, "800000 ranks"),
             ({"clusters": [{**good, "inter": {"alpha_us": 1e308, "gbytes_per_s": 1}}]},
-             "alpha_us must be a number >= 0.0 and <= 1e+06")):
+             "alpha_us must be a number >= 0 and <= 1e+06")):
         with pytest.raises(ValueError, match=re.escape(said)):
             load_clusters(document)
     assert load_clusters({"clusters": [good]})[0].cluster.size == 4
+
+
+_LINK = {"alpha_us": 1, "gbytes_per_s": 1}
+_GOOD = {"name": "x", "nodes": 2, "ranks_per_node": 2, "reduce_gbytes_per_s": 1,
+         "intra": _LINK, "inter": _LINK}
+
+
+@pytest.mark.parametrize("clusters, said", [  # each was accepted (the hostile review)
+    ([{**_GOOD, "nodes": 1, "ranks_per_node": 1}],
+     "1 x 1 = 1 ranks; an all-reduce needs at least 2"),
+    ([{**_GOOD, "inter": {**_LINK, "gbytes_per_s": 1e-300}}],
+     "gbytes_per_s must be a number >= 1e-06 and <= 1e+06, got 1e-300"),
+    ([{**_GOOD, "reduce_gbytes_per_s": 1e-300}], "reduce_gbytes_per_s must be a number >= 1e-06"),
+    ([{**_GOOD, "torus_links": "false"}], "torus_links must be true or false, got 'false'"),
+    ([{**_GOOD, "intra": {**_LINK, "zero_copy": "no"}}],
+     "zero_copy must be true or false, got 'no'"),
+    ([_GOOD, {**_GOOD, "nodes": 4}], "name 'x' names two clusters"),
+    ([{**_GOOD, "name": "x\n# injected heading"}], "name must be a non-empty string of printable"),
+    ([{**_GOOD, "name": ""}], "name must be a non-empty string"),
+    ([{**_GOOD, "name": 7}], "name must be a non-empty string"),
+])
+def test_cluster_files_of_nonsense_shapes_are_refused(clusters, said):
+    with pytest.raises(ValueError, match=re.escape(said)):
+        load_clusters({"clusters": clusters})
+
+
+def test_cluster_flags_take_json_booleans():
+    (shape,) = load_clusters({"clusters": [{**_GOOD, "torus_links": True,
+                                            "intra": {**_LINK, "zero_copy": True}}]})
+    assert shape.cluster.torus_links and shape.cluster.intra.zero_copy
+    assert not shape.cluster.inter.zero_copy
+
+
+def test_a_nonsense_cluster_file_is_refused_in_one_line_before_launch(tmp_path):
+    clusters = tmp_path / "clusters.json"
+    clusters.write_text(json.dumps({"clusters": [{**_GOOD, "torus_links": "false"}]}))
+    proc = _report(tmp_path / "tuning.json", "--out", str(tmp_path / "r"), "--quick",
+                   "--max-bytes", "64K", "--cluster", str(clusters))  # short, were it launched
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "error: --cluster " + str(clusters) + ": torus_links must be true or false, got 'false'")
+
+
+def _row(label: str, size: int, time_us: float) -> Row:
+    """A measured row of the sweep (2 ranks, float32)."""
+    algorithm, _, compression = label.partition("+")
+    return Row(size=size, count=size // 4, label=label, wrong=0, time_us=time_us, algbw=0.0,
+               busbw=size / time_us / 1e3,
+               fields={"algorithm": algorithm, "compression": compression or None})
+
+
+def _comm(*, check: bool) -> SimpleNamespace:
+    """What auto_runs reads of a communicator: 2 ranks whose tuner picks native below 32 KiB."""
+    tuner = SimpleNamespace(choose=lambda n: "native" if n < 32 << 10 else "halving_doubling")
+    return SimpleNamespace(size=2, settings=SimpleNamespace(check=check), tuner=tuner)
+
+
+def test_winner_table_shows_what_auto_ran_and_its_own_time():
+    """The review's 4 KiB: auto fastest at 225.5 us in the measured table, while the winner
+    table gave native's 2,858.0 us as auto's (a small auto call rides with the records)."""
+    rows = [_row(label, size, time_us) for size, times in (
+                (4096, {"mpi": 150.0, "auto": 225.5, "auto+fp16": 200.0, "native": 2858.0,
+                        "halving_doubling": 1173.5, "ring": 1500.0}),
+                (65536, {"mpi": 150.0, "auto": 900.0, "auto+fp16": 100.0, "native": 2000.0,
+                         "halving_doubling": 950.0, "ring": 800.0}))
+            for label, time_us in times.items()]
+    best = winners(rows, auto_runs(_comm(check=True)))
+    assert best == [(4096, "halving_doubling", "direct"), (65536, "ring", "halving_doubling")]
+    report = "\n".join(_measured_sections(rows, best))
+    assert ("| 4 KiB | halving_doubling | 1,173.5 | direct (rides with the records) | 225.5 |"
+            in report)
+    assert "| 64 KiB | ring | 800.0 | halving_doubling | 900.0 |" in report
+    assert winners(rows, auto_runs(_comm(check=False)))[0] == (4096, "halving_doubling", "native")
+
+
+def _calibration() -> Calibration:
+    link = LinkModel(alpha=20e-6, beta=1 / 4e9, cpu_copy=True)
+    return Calibration(size=2, intra=link, inter=link, gamma=1 / 4e9, call_overhead=5e-5,
+                       copy_beta=1 / 8e9, native=((8, 2e-5), (128 << 20, 0.2)),
+                       by_size=((64 << 10, 1 / 4e9, 1 / 4e9, 1 / 3e9, 1 / 8e9, 5e-5),
+                                (64 << 20, 1 / 8e9, 1 / 8e9, 1 / 6e9, 1 / 9e9, 6e-5)))
+
+
+def test_accuracy_text_names_the_sizes_measured_and_what_the_calibration_covers():
+    """--max-bytes 64K measured 64 KiB only; the text said "from 64 KiB to 64 MiB"."""
+    points = {name: [Point(64 << 10, 1e-3, 1.1e-3, 1.05e-3)] for name in ACCURACY_ALGORITHMS}
+    text = "\n".join(_accuracy_section(points, _calibration(), None, None))
+    assert "halving_doubling at 64 KiB. Timed again" in text and "to 64 MiB." not in text
+    assert ("a whole calibration, the kind the tuning file keeps, so its micro-benchmarks go to "
+            "64 MiB and native's table to 128 MiB whatever `--max-bytes`") in text
+
+
+@pytest.mark.parametrize("name, accuracy_only", [
+    ("report.md", False), ("results.json", False), ("results.json.tmp", False),
+    ("winners.png", False), ("accuracy.png", True)])
+def test_an_output_that_is_no_plain_file_is_refused_before_launch(tmp_path, name, accuracy_only):
+    """A folder named report.md: 73 s of measuring, then IsADirectoryError and MPI_Abort."""
+    out = tmp_path / "out"
+    (out / name).mkdir(parents=True)
+    proc = _report(tmp_path / "tuning.json", "--out", str(out), "--quick", "--max-bytes", "64K",
+                   *(["--accuracy-only"] if accuracy_only else []))  # short, were it launched
+    assert proc.returncode == 2, proc.stderr
+    assert f"--out {out}: {name} there is not a plain file" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("args, said", [
@@ -135,6 +243,7 @@ def test_quick_report_end_to_end(tmp_path):
     assert all(row["predicted_time_us"] is None for row in rows if row["algorithm"] == "mpi")
     assert document["baseline"] == "mpi"
     assert "mpi" not in {winner["measured"] for winner in document["winners"]}
+    assert [w["auto_pick"] for w in document["winners"]][:4] == ["direct"] * 4  # 8 B .. 4 KiB
     accuracy = document["accuracy"]
     assert sorted(point["algorithm"] for point in accuracy) == sorted(ACCURACY_ALGORITHMS)
     assert all(point["size"] == 65536 and point["time_us"] > 0 and point["predicted_time_us"] > 0
@@ -147,7 +256,8 @@ def test_quick_report_end_to_end(tmp_path):
     for heading in ("## Measured", "## Winner per size", "## Model vs measurement",
                     "## At scale (simulated)", "### 4 nodes x 2", "### 2x4 torus", "**Worst case: ",
                     "| timed again |", "The same calls timed twice differed by up to ",
-                    "Against MPI's own all-reduce (`mpi`", "ring/mpi busbw at 8 B "):
+                    "Against MPI's own all-reduce (`mpi`", "ring/mpi busbw at 8 B ",
+                    "halving_doubling at 64 KiB. Timed again", "| direct (rides with the records) |"):
         assert heading in report
     # the progress bar, a step per half second and always the last
     assert re.search(r"\[(\d+)/\1\] 64 KiB halving_doubling\+fp16\n", proc.stderr), proc.stderr

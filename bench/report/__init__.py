@@ -1,11 +1,12 @@
 """collectives-report: measure every algorithm beside MPI's own, hold the cost model against
 it, predict at scale.
 
-1. Measures ring, hierarchical, torus2d and halving_doubling from 64 KiB to 64 MiB, each
-   point the median of nine timed runs, in one round-robin with the calibration's
-   micro-benchmarks (bench/calibrate.py): the simulator's predictions on that calibration
-   are held against calls timed at the same moments, and, when the tuning file has an
-   entry for this np, on the tuning file's too. Each call is timed twice in every run, so
+1. Measures ring, hierarchical, torus2d and halving_doubling from 64 KiB to 64 MiB (or
+   --max-bytes), each point the median of nine timed runs, in one round-robin with the
+   calibration's micro-benchmarks (bench/calibrate.py; a whole calibration, to 64 MiB
+   whatever --max-bytes): the simulator's predictions on that calibration are held against
+   calls timed at the same moments, and, when the tuning file has an entry for this np, on
+   the tuning file's too. Each call is timed twice in every run, so
    the report also shows how far two measurements of one call differ on this host. Without
    an entry, this calibration is written to the tuning file.
 2. Measures MPI's own all-reduce (mpi) and all algorithms x message sizes x compression

@@ -22,7 +22,7 @@ from bench import environment, harness, launch, table
 from bench.report.clusters import default_clusters, load_clusters
 from bench.report.markdown import write_markdown
 from bench.report.measure import ACCURACY_SIZES, measure_accuracy, measure_sweep, sweep_op
-from bench.report.model import accuracy, at_scale, winners
+from bench.report.model import accuracy, at_scale, auto_runs, winners
 from bench.report.plots import plot_accuracy, plot_busbw, plot_scale, plot_winners
 from bench.report.results import write_results
 from bench.sizes import parse_size, size_steps
@@ -33,6 +33,8 @@ __all__ = ["build_parser", "main"]
 _MODULE = "bench.report"
 MIN_BYTES = 8  # the sweep's smallest message
 CLUSTER_MAX_BYTES = 1 << 20  # a --cluster file: a few cluster shapes
+PLOTS = ("busbw.png", "winners.png", "accuracy.png", "at_scale.png")
+ACCURACY_PLOTS = ("accuracy.png",)  # --accuracy-only
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="JSON with the cluster shapes to predict (default: built-in shapes)")
     parser.add_argument("--max-bytes", type=parse_size, default=None, metavar="SIZE",
                         help="largest measured message (default 256M, 16M with --quick; the "
-                             "model-vs-measurement points go to 64M unless this is smaller)")
+                             "model-vs-measurement points go to 64M unless this is smaller); "
+                             "the calibration taken with those points is a whole one, as the "
+                             "tuning file keeps it: 64 B .. 64M, native's table to 128M")
     parser.add_argument("--accuracy-only", action="store_true",
                         help="only the model-vs-measurement section (no sweep, no at-scale)")
     launch.add_launch_argument(parser)
@@ -71,6 +75,21 @@ def _sizes(args: argparse.Namespace) -> tuple[tuple[int, ...], harness.SweepOpti
     options = harness.SweepOptions(sizes=measured, iters=5 if args.quick else 10,
                                    warmup=1 if args.quick else 3)
     return scale, options
+
+
+def _plots(args: argparse.Namespace) -> tuple[str, ...]:
+    """The PNGs the report writes."""
+    return ACCURACY_PLOTS if args.accuracy_only else PLOTS
+
+
+def _outputs(args: argparse.Namespace) -> tuple[str, ...]:
+    """The files the report writes into --out (results.json through results.json.tmp)."""
+    return ("report.md", "results.json", "results.json.tmp", *_plots(args))
+
+
+def _blocked(path: Path) -> bool:
+    """Whether something other than a plain file (or a link to one) is at ``path``."""
+    return os.path.lexists(path) and not path.is_file()
 
 
 def _steps(stage: str) -> Callable[[str], None]:
@@ -106,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {args.out} is a file: name a folder (made if missing)")
+    blocked = next((name for name in _outputs(args) if _blocked(out / name)), None)
+    if blocked:
+        parser.error(f"--out {args.out}: {blocked} there is not a plain file (the report "
+                     "writes it): move it away or name another folder")
     try:  # made here: a folder that cannot be made is refused before any rank starts
         out.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out).close()
@@ -167,10 +190,10 @@ def _write(out_dir: Path, *, args, argv, env, calibration, source, accuracy_cali
            rows, measured, options, scale, elapsed: float) -> None:
     """The plots, results.json and report.md (rank 0)."""
     model = calibration.cluster(comm.topology, name="this machine")
-    best = winners(rows, comm.tuner)
+    best = winners(rows, auto_runs(comm))
     points = accuracy(measured, accuracy_calibration.cluster(comm.topology, name="this machine"))
     file_points = None if calibration is accuracy_calibration else accuracy(measured, model)
-    plots = ["busbw.png", "winners.png", "accuracy.png", "at_scale.png"] if rows else ["accuracy.png"]
+    plots = list(_plots(args))
     plot_accuracy(points, out_dir / "accuracy.png", np_=comm.size)
     if rows:
         plot_busbw(rows, out_dir / "busbw.png", np_=comm.size)

@@ -16,6 +16,7 @@ __all__ = ["MAX_RANKS", "Scale", "default_clusters", "load_clusters"]
 
 MAX_RANKS = 16384  # simulated at every size: 100,000 x 8 had not priced one size in 60 s
 LIMIT = 1e6  # alpha_us and rates above this are typos (1e308 us gave inf in the table)
+RATE_MIN = 1e-6  # GB/s (1 kB/s): rates below this are typos (1e-300 GB/s gave 0.0 everywhere)
 
 
 @dataclass(frozen=True)
@@ -43,57 +44,81 @@ def default_clusters() -> list[Scale]:
 
 def load_clusters(document: Mapping[str, Any]) -> list[Scale]:
     """Cluster shapes from a --cluster document (see docs/report.md for the format)."""
-    from collectives.costmodel import ClusterModel, LinkModel
-
     listed = document.get("clusters", ()) if isinstance(document, Mapping) else None
     if not isinstance(listed, (list, tuple)):
         raise ValueError('a cluster file is an object {"clusters": [{...}, ...]}')
-    shapes = []
-    for entry in listed:
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"a cluster is an object, got {entry!r}")
-        try:
-            links = {key: LinkModel.from_bandwidth(
-                         alpha_us=_number(entry[key], "alpha_us", low=0.0),
-                         gbytes_per_s=_number(entry[key], "gbytes_per_s"),
-                         zero_copy=bool(entry[key].get("zero_copy", False)))
-                     for key in ("intra", "inter")}
-            grid = tuple(entry["grid"]) if entry.get("grid") else None
-            nodes, per_node = _whole(entry, "nodes"), _whole(entry, "ranks_per_node")
-            if nodes * per_node > MAX_RANKS:
-                raise ValueError(f"cluster {entry['name']!r} has {nodes} x {per_node} = "
-                                 f"{nodes * per_node} ranks; at most {MAX_RANKS} are simulated")
-            cluster = ClusterModel.uniform(
-                nodes=nodes, ranks_per_node=per_node,
-                grid=grid, gamma=1 / (_number(entry, "reduce_gbytes_per_s") * 1e9),
-                name=str(entry["name"]), torus_links=bool(entry.get("torus_links", False)),
-                **links)
-        except KeyError as missing:
-            raise ValueError(f"cluster {entry.get('name', entry)!r} lacks {missing}; needs name, "
-                             "nodes, ranks_per_node, intra/inter {alpha_us, gbytes_per_s}, "
-                             "reduce_gbytes_per_s (grid, torus_links optional)") from None
-        except (TypeError, AttributeError, ZeroDivisionError) as error:  # another kind, or 0
-            raise ValueError(f"cluster {entry.get('name', entry)!r}: {type(error).__name__}: "
-                             f"{error}") from None
-        shapes.append(Scale(cluster.name, cluster))
+    shapes = [_shape(entry) for entry in listed]
     if not shapes:
         raise ValueError("the cluster file lists no clusters: {\"clusters\": [{...}, ...]}")
+    names = [shape.name for shape in shapes]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        raise ValueError(f"name {twice!r} names two clusters: each needs its own")
     return shapes
 
 
-def _number(entry: Mapping[str, Any], key: str, *, low: float | None = None) -> float:
-    """entry[key] as a finite number, > 0 (or >= low), at most LIMIT."""
+def _shape(entry: Any) -> Scale:
+    """One cluster of the file, every field checked."""
+    from collectives.costmodel import ClusterModel, LinkModel
+
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"a cluster is an object, got {entry!r}")
+    try:
+        name = _name(entry)
+        links = {key: LinkModel.from_bandwidth(
+                     alpha_us=_number(entry[key], "alpha_us", low=0.0),
+                     gbytes_per_s=_number(entry[key], "gbytes_per_s", low=RATE_MIN),
+                     zero_copy=_flag(entry[key], "zero_copy"))
+                 for key in ("intra", "inter")}
+        grid = tuple(entry["grid"]) if entry.get("grid") else None
+        nodes, per_node = _whole(entry, "nodes"), _whole(entry, "ranks_per_node")
+        if not 2 <= nodes * per_node <= MAX_RANKS:
+            raise ValueError(f"cluster {name!r} has {nodes} x {per_node} = {nodes * per_node} "
+                             f"ranks; an all-reduce needs at least 2, and at most {MAX_RANKS} "
+                             "are simulated")
+        cluster = ClusterModel.uniform(
+            nodes=nodes, ranks_per_node=per_node, grid=grid,
+            gamma=1 / (_number(entry, "reduce_gbytes_per_s", low=RATE_MIN) * 1e9),
+            name=name, torus_links=_flag(entry, "torus_links"), **links)
+    except KeyError as missing:
+        raise ValueError(f"cluster {entry.get('name', entry)!r} lacks {missing}; needs name, "
+                         "nodes, ranks_per_node, intra/inter {alpha_us, gbytes_per_s}, "
+                         "reduce_gbytes_per_s (grid, torus_links optional)") from None
+    except (TypeError, AttributeError) as error:  # a field of another kind
+        raise ValueError(f"cluster {entry.get('name', entry)!r}: {type(error).__name__}: "
+                         f"{error}") from None
+    return Scale(cluster.name, cluster)
+
+
+def _name(entry: Mapping[str, Any]) -> str:
+    """entry["name"]: a non-empty string on one line (it becomes a heading of report.md)."""
+    value = entry["name"]
+    if not isinstance(value, str) or not value.strip() or not value.isprintable():
+        raise ValueError(f"name must be a non-empty string of printable characters (no line "
+                         f"breaks), got {value!r}")
+    return value
+
+
+def _flag(entry: Mapping[str, Any], key: str) -> bool:
+    """entry[key] as JSON's true or false (False when absent)."""
+    value = entry.get(key, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
+def _number(entry: Mapping[str, Any], key: str, *, low: float) -> float:
+    """entry[key] as a finite number from low to LIMIT."""
     value = entry[key]
     number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
         else math.nan
-    if not math.isfinite(number) or number > LIMIT or (number < low if low is not None
-                                                       else number <= 0):
-        bound = f">= {low}" if low is not None else "> 0"
-        raise ValueError(f"{key} must be a number {bound} and <= {LIMIT:g}, got {value!r}")
+    if not (math.isfinite(number) and low <= number <= LIMIT):
+        raise ValueError(f"{key} must be a number >= {low:g} and <= {LIMIT:g}, got {value!r}")
     return number
 
 
 def _whole(entry: Mapping[str, Any], key: str) -> int:
+    """entry[key] as a whole number >= 1."""
     value = entry[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{key} must be a whole number >= 1, got {value!r}")

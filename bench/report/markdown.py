@@ -13,8 +13,8 @@ from pathlib import Path
 
 from bench import table
 from bench.ops.baseline import MPI_BASELINE
-from bench.report.measure import ACCURACY_ALGORITHMS, ACCURACY_RANGE
-from bench.report.model import Point, guesses, ranking
+from bench.report.measure import ACCURACY_ALGORITHMS
+from bench.report.model import DIRECT, Point, guesses, ranking
 from bench.sizes import format_size
 
 __all__ = ["write_markdown"]
@@ -65,16 +65,29 @@ def _measured_sections(rows, winners) -> list[str]:
                 "the same buffers, outside the library): average busbw, and busbw over mpi's "
                 "at chosen sizes.", "", "```",
                 *table.ratio_lines(rows, labels=labels, baseline=MPI_BASELINE), "```"]
-    out += ["", "![busbw vs size](busbw.png)", "", "## Winner per size", "",
-            "| size | measured best | time (us) | model's pick (auto) | its measured time (us) |",
-            "|---:|---|---:|---|---:|"]
-    for size, measured, pick in winners:
-        best = cell[(measured, size)]
-        picked = cell.get((pick, size)) if pick else None
-        out.append(f"| {format_size(size)} | {measured} | {best.time_us:,.1f} | {pick} | "
-                   f"{'' if picked is None else f'{picked.time_us:,.1f}'} |")
-    out += ["", "![winner per size](winners.png)", ""]
-    return out
+    out += ["", "![busbw vs size](busbw.png)", ""]
+    return out + _winner_section(winners, cell)
+
+
+def _winner_section(winners, cell) -> list[str]:
+    """Per size the fastest measured variant beside what auto ran and auto's own time."""
+    out = ["## Winner per size", "",
+           "Measured best: the fastest variant but `auto`, `auto+fp16` and `mpi`. Auto ran: "
+           "the tuner's pick, or `direct` where the data rode with the agreement check's "
+           "records (one exchange, no algorithm run); its time is the `auto` column's above.",
+           "",
+           "| size | measured best | time (us) | auto ran | auto's measured time (us) |",
+           "|---:|---|---:|---|---:|"]
+    for size, measured, ran in winners:
+        auto = cell.get(("auto", size))
+        out.append(f"| {format_size(size)} | {measured} | {cell[(measured, size)].time_us:,.1f} | "
+                   f"{_ran(ran)} | {'' if auto is None else f'{auto.time_us:,.1f}'} |")
+    return out + ["", "![winner per size](winners.png)", ""]
+
+
+def _ran(algorithm: str) -> str:
+    """What auto ran, in words."""
+    return f"{DIRECT} (rides with the records)" if algorithm == DIRECT else algorithm
 
 
 def _accuracy_section(points, calibration, file_points, file_source: str | None) -> list[str]:
@@ -87,9 +100,9 @@ def _accuracy_section(points, calibration, file_points, file_source: str | None)
            "size: the model's constants and the calls it predicts come from the same minutes "
            "of this machine. Predicted: the plan's simulated time on that calibration plus its "
            "per-call cost. Error = (predicted - measured) / measured, for "
-           f"{', '.join(ACCURACY_ALGORITHMS)} from {format_size(ACCURACY_RANGE[0])} to "
-           f"{format_size(ACCURACY_RANGE[1])}. Timed again: the same call, timed a second "
-           "time in each of those runs, moments after the first, (again - measured) / measured: "
+           f"{', '.join(ACCURACY_ALGORITHMS)} at {_sizes(points)}. Timed again: the same call, "
+           "timed a second time in each of those runs, moments after the first, "
+           "(again - measured) / measured: "
            "no model can be held closer than two measurements of one call agree."]
     header = "| algorithm | size | measured (us) | predicted (us) | error | timed again |"
     if file_points:
@@ -112,9 +125,24 @@ def _accuracy_section(points, calibration, file_points, file_source: str | None)
         out += ["", f"**{_summary(points)}** {_repeatability(points)}"]
     if file_points:
         out += ["", f"From the tuning file: {_summary(file_points)}"]
-    out += ["", "![measured vs predicted](accuracy.png)", "", "Calibration (taken with the points):",
+    out += ["", "![measured vs predicted](accuracy.png)", "", _calibration_range(calibration),
             "", "```", describe(calibration), "```", ""]
     return out
+
+
+def _sizes(points) -> str:
+    """The sizes the points were measured at, in words."""
+    sizes = sorted({point.size for series in points.values() for point in series})
+    return ", ".join(map(format_size, sizes))
+
+
+def _calibration_range(calibration) -> str:
+    """The line above the calibration: what it covers, --max-bytes or not."""
+    exchanges = [row[0] for row in calibration.by_size]
+    return (f"Calibration (taken with the points; a whole calibration, the kind the "
+            f"tuning file keeps, so its micro-benchmarks go to {format_size(max(exchanges))} and "
+            f"native's table to {format_size(calibration.native[-1][0])} whatever "
+            "`--max-bytes`):")
 
 
 def _worst(points, value) -> tuple[str, Point]:

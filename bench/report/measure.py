@@ -20,11 +20,10 @@ import numpy as np
 from bench import harness
 from bench.ops.allreduce import AllReduce, AllReduceVariant
 
-__all__ = ["ACCURACY_ALGORITHMS", "ACCURACY_RANGE", "ACCURACY_SIZES", "Measured",
+__all__ = ["ACCURACY_ALGORITHMS", "ACCURACY_SIZES", "Measured",
            "measure_accuracy", "measure_sweep", "sweep_op"]
 
 ACCURACY_ALGORITHMS = ("ring", "hierarchical", "torus2d", "halving_doubling")
-ACCURACY_RANGE = (64 << 10, 64 << 20)
 ACCURACY_SIZES = tuple(64 << (10 + 2 * i) for i in range(6))  # 64 KiB .. 64 MiB by x4
 _DTYPE = np.dtype(np.float32)
 

@@ -2,7 +2,8 @@
 
 - :func:`accuracy`: each measured point (bench.report.measure) predicted as its plan's
   simulated time plus the calibrated per-call cost;
-- :func:`winners`: the fastest measured algorithm per size beside auto's pick;
+- :func:`winners`: the fastest measured algorithm per size beside what auto ran there
+  (:func:`auto_runs`);
 - :func:`at_scale`: every plan simulated on cluster shapes, and the sizes where the
   ranking of the algorithms changes (:func:`crossovers`).
 
@@ -22,7 +23,10 @@ from bench.report.clusters import Scale
 from bench.report.measure import Measured
 from bench.sizes import format_size
 
-__all__ = ["Point", "accuracy", "at_scale", "crossovers", "guesses", "ranking", "winners"]
+__all__ = ["DIRECT", "Point", "accuracy", "at_scale", "auto_runs", "crossovers", "guesses",
+           "ranking", "winners"]
+
+DIRECT = "direct"  # what auto runs when its data rides with the agreement records
 
 
 class Point(NamedTuple):
@@ -43,8 +47,6 @@ class Point(NamedTuple):
         return (self.again - self.measured) / self.measured
 
 
-
-
 def accuracy(measured: Sequence[Measured], model: Any) -> dict[str, list[Point]]:
     """The points per algorithm: each call predicted as its plan's simulated time on `model`
     plus the calibrated per-call cost."""
@@ -63,14 +65,27 @@ def guesses(points) -> dict[tuple[str, int], float]:
             for point in series}
 
 
-def winners(rows: Sequence[Any], tuner: Any) -> list[tuple[int, str, str]]:
-    """Per size: (size, the fastest measured variant, auto's pick); MPI's own all-reduce
-    and auto itself are not candidates."""
+def auto_runs(comm: Any) -> Callable[[int], str]:
+    """What ``algorithm="auto"`` runs for an uncompressed all-reduce of n bytes on ``comm``:
+    DIRECT where its data rides with the agreement check's records, else the tuner's pick."""
+    from collectives.calls.riding import rides
+
+    def runs(nbytes: int) -> str:
+        return DIRECT if comm.settings.check and rides(nbytes, comm.size) else \
+            comm.tuner.choose(nbytes)
+
+    return runs
+
+
+def winners(rows: Sequence[Any], auto: Callable[[int], str]) -> list[tuple[int, str, str]]:
+    """Per size: (size, the fastest measured variant, what auto ran: ``auto(size)``);
+    MPI's own all-reduce and auto itself (+fp16 too) are not candidates."""
     result = []
     for size in sorted({row.size for row in rows}):
-        here = [row for row in rows if row.size == size and row.label not in ("auto", MPI_BASELINE)]
+        here = [row for row in rows if row.size == size
+                and row.fields["algorithm"] not in ("auto", MPI_BASELINE)]
         best = min(here, key=lambda row: row.time_us)
-        result.append((size, best.label, tuner.choose(size)))
+        result.append((size, best.label, auto(size)))
     return result
 
 

@@ -17,7 +17,8 @@ from bench.sizes import format_size
 __all__ = ["plot_accuracy", "plot_busbw", "plot_scale", "plot_winners"]
 
 _STYLE = {"mpi": "tab:brown", "native": "k", "ring": "tab:blue", "hierarchical": "tab:orange",
-          "torus2d": "tab:green", "halving_doubling": "tab:red", "auto": "tab:purple"}
+          "torus2d": "tab:green", "halving_doubling": "tab:red", "auto": "tab:purple",
+          "direct": "tab:pink"}
 
 
 def _pyplot():
@@ -62,7 +63,7 @@ def plot_busbw(rows, path: Path, *, np_: int) -> None:
 
 
 def plot_winners(winners: Sequence[tuple[int, str, str | None]], path: Path, *, np_: int) -> None:
-    """Per size: the measured winner (top strip) and the model's pick (bottom strip)."""
+    """Per size: the measured winner (top strip) and what auto ran (bottom strip)."""
     from matplotlib.patches import Patch
 
     plt = _pyplot()
@@ -77,7 +78,7 @@ def plot_winners(winners: Sequence[tuple[int, str, str | None]], path: Path, *, 
     ax.set_xlim(0, len(winners))
     ax.set_ylim(0, 2)
     ax.set_yticks([0.5, 1.5])
-    ax.set_yticklabels(["model's pick", "measured best"])
+    ax.set_yticklabels(["auto ran", "measured best"])
     ax.set_xticks([i + 0.5 for i in range(len(winners))])
     ax.set_xticklabels([format_size(s).replace(" ", "") for s, _, _ in winners],
                        rotation=45, fontsize=7)
