@@ -8,10 +8,11 @@ MismatchError on every rank and leave the communicator working. Each result is c
 with a closed-form reference on its rank; a running digest of all results is compared
 across ranks at every checkpoint (identical bits everywhere). Memory: resident set and
 peak (VmHWM) after a warm-up that runs every configuration once at the largest size, then
-at every checkpoint. Caches still fill early in the mix, so growth is judged over its
-second half: (peak at the end - peak at the checkpoint halfway through the mix) / peak
-halfway (with one checkpoint, halfway is the end of the warm-up), on each rank. Rank 0
-prints progress to stderr at every checkpoint.
+at every checkpoint and halfway through the mix. Caches still fill early in the mix, so
+growth is judged over its second half: (peak at the end - peak halfway) / peak halfway, on
+each rank. A leak that grows the peak by less than --max-growth over the second half passes
+(run a longer mix to see a slow one). Rank 0 prints progress to stderr at every
+checkpoint.
 
 Example::
 
@@ -313,6 +314,9 @@ def _algorithms(text: str | None, known: Sequence[str]) -> tuple[str, ...]:
     the library does not know, a name twice, an empty name, or none (mpi alone)."""
     if text is None:
         return tuple(known)
+    if "mpi" in (name.strip() for name in text.split(",")):
+        raise ValueError(f"--algorithms {text!r}: the soak runs the library's algorithms, "
+                         f"not MPI's own (mpi); choose from {', '.join(known)} or 'all'")
     from bench import ops  # (imports mpi4py.MPI: only when there is something to check)
 
     algorithms = ops.algorithms_for("allreduce", text, known)
@@ -382,13 +386,16 @@ def mix(soak: Soak, args: argparse.Namespace, *, algorithms: Sequence[str],
     every checkpoint found identical bits on every rank."""
     rng = np.random.default_rng(args.seed)
     same_bits, salt, next_checkpoint = True, 0, args.checkpoint
+    halfway = max(args.collectives // 2, 1)  # a memory record there, whatever --checkpoint
     start = time.perf_counter()
     while soak.totals.collectives < args.collectives:
         soak.run(draw(rng, p=soak.p, algorithms=algorithms, dtypes=dtypes,
                       max_count=args.max_count, check=soak.comm.settings.check, salt=salt))
         salt += 1
         done = soak.totals.collectives
-        if done >= next_checkpoint or done >= args.collectives:
+        if done >= min(next_checkpoint, halfway) or done >= args.collectives:
+            if done >= halfway:
+                halfway = args.collectives + 1
             same_bits &= soak.checkpoint()
             next_checkpoint = (done // args.checkpoint + 1) * args.checkpoint
             _progress(soak, f"{done}/{args.collectives} collectives in "
@@ -407,9 +414,10 @@ def _progress(soak: Soak, what: str) -> None:
 
 def growth(memory: Sequence[tuple[int, int, int]]) -> tuple[float, int, int]:
     """(growth, index halfway, index at the end) of `memory`'s (done, rss, peak) records,
-    the first taken after the warm-up: the peak's growth from the checkpoint halfway through
-    the mix to the end (early growth is caches filling, not a leak)."""
-    half, end = (len(memory) - 1) // 2, len(memory) - 1
+    the first taken after the warm-up: the peak's growth from the record halfway through the
+    mix (the last at or before it) to the end (early growth is caches filling, not a leak)."""
+    end = len(memory) - 1
+    half = max(i for i, (done, _, _) in enumerate(memory) if done <= memory[end][0] // 2)
     return (memory[end][2] - memory[half][2]) / memory[half][2], half, end
 
 

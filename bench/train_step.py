@@ -35,7 +35,7 @@ _MODULE = "bench.train_step"
 BASELINE = "ddp-gloo"
 APIS = ("ddp", "fsdp")
 SUM_ORDER_DISTANCE = 1e-3
-COMPRESSED_DISTANCE = 1e-1
+COMPRESSED_DISTANCE = 3e-2  # fp16/bf16 hooks measured up to 0.014 off
 
 
 def _megabytes(text: str) -> float:

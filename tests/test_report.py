@@ -81,6 +81,10 @@ _GOOD = {"name": "x", "nodes": 2, "ranks_per_node": 2, "reduce_gbytes_per_s": 1,
     ([{**_GOOD, "name": "x\n# injected heading"}], "name must be a non-empty string of printable"),
     ([{**_GOOD, "name": ""}], "name must be a non-empty string"),
     ([{**_GOOD, "name": 7}], "name must be a non-empty string"),
+    # misspelled options were ignored silently, a grid of 0 read as none (twenty-ninth review)
+    ([{**_GOOD, "torus_link": True}], "cluster 'x': unknown field 'torus_link'"),
+    ([{**_GOOD, "intra": {**_LINK, "zerocopy": True}}], "cluster 'x' intra: unknown field 'zerocopy'"),
+    ([{**_GOOD, "grid": 0}], "cluster 'x': TypeError"),
 ])
 def test_cluster_files_of_nonsense_shapes_are_refused(clusters, said):
     with pytest.raises(ValueError, match=re.escape(said)):
@@ -112,10 +116,11 @@ def _row(label: str, size: int, time_us: float) -> Row:
                fields={"algorithm": algorithm, "compression": compression or None})
 
 
-def _comm(*, check: bool) -> SimpleNamespace:
+def _comm(*, check: bool, deterministic: bool = False) -> SimpleNamespace:
     """What auto_runs reads of a communicator: 2 ranks whose tuner picks native below 32 KiB."""
     tuner = SimpleNamespace(choose=lambda n: "native" if n < 32 << 10 else "halving_doubling")
-    return SimpleNamespace(size=2, settings=SimpleNamespace(check=check), tuner=tuner)
+    return SimpleNamespace(size=2, tuner=tuner, settings=SimpleNamespace(
+        check=check, deterministic=deterministic))
 
 
 def test_winner_table_shows_what_auto_ran_and_its_own_time():
@@ -134,6 +139,8 @@ def test_winner_table_shows_what_auto_ran_and_its_own_time():
             in report)
     assert "| 64 KiB | ring | 800.0 | halving_doubling | 900.0 |" in report
     assert winners(rows, auto_runs(_comm(check=False)))[0] == (4096, "halving_doubling", "native")
+    runs = auto_runs(_comm(check=True, deterministic=True))  # (COLLECTIVES_DETERMINISTIC=1)
+    assert {runs(n) for n in (8, 4096, 65536)} == {"deterministic"}
 
 
 def _calibration() -> Calibration:

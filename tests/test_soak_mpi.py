@@ -103,6 +103,14 @@ def test_soak_memory_levelled_off_passes():
     assert "# PASS" in proc.stdout
 
 
+def test_soak_judges_the_second_half_with_one_checkpoint():
+    """With --checkpoint beyond --collectives, "halfway" was the end of the warm-up: the whole
+    mix was judged, caches filling included (the twenty-ninth review)."""
+    proc = _soak("--max-count", "64", "--collectives", "40", "--checkpoint", "1000",
+                 "--max-growth", "0.05", patch=_peaks([100.0, 110.0, 111.0]))
+    assert proc.returncode == 0 and "# PASS" in proc.stdout, proc.stdout + proc.stderr
+
+
 def test_soak_says_why_memory_failed():
     """Growth over the second half fails the run, and the FAIL line gives the numbers."""
     proc = _soak(*SMALL, "--max-growth", "0.01",
@@ -116,7 +124,7 @@ BAD_ARGUMENTS = [
     ["--collectives", "0"], ["--collectives", "-5"], ["--checkpoint", "0"],
     ["--checkpoint", "-1"], ["--max-count", "-1"], ["--max-count", "10000000000"],
     ["--seed", "-1"], ["--algorithms", "bogus"], ["--algorithms", "ring,,ring"],
-    ["--algorithms", "mpi"], ["--np", "0"], ["--np", "-1"], ["--max-growth", "nan"],
+    ["--algorithms", "mpi"], ["--algorithms", "auto,mpi"], ["--np", "0"], ["--np", "-1"], ["--max-growth", "nan"],
     ["--max-growth", "-0.1"],
 ]
 

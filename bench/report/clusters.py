@@ -57,6 +57,11 @@ def load_clusters(document: Mapping[str, Any]) -> list[Scale]:
     return shapes
 
 
+FIELDS = frozenset({"name", "nodes", "ranks_per_node", "intra", "inter",
+                    "reduce_gbytes_per_s", "grid", "torus_links"})
+LINK_FIELDS = frozenset({"alpha_us", "gbytes_per_s", "zero_copy"})
+
+
 def _shape(entry: Any) -> Scale:
     """One cluster of the file, every field checked."""
     from collectives.costmodel import ClusterModel, LinkModel
@@ -65,12 +70,16 @@ def _shape(entry: Any) -> Scale:
         raise ValueError(f"a cluster is an object, got {entry!r}")
     try:
         name = _name(entry)
+        _known(entry, FIELDS, f"cluster {name!r}")
+        for key in ("intra", "inter"):
+            if isinstance(entry[key], Mapping):
+                _known(entry[key], LINK_FIELDS, f"cluster {name!r} {key}")
         links = {key: LinkModel.from_bandwidth(
                      alpha_us=_number(entry[key], "alpha_us", low=0.0),
                      gbytes_per_s=_number(entry[key], "gbytes_per_s", low=RATE_MIN),
                      zero_copy=_flag(entry[key], "zero_copy"))
                  for key in ("intra", "inter")}
-        grid = tuple(entry["grid"]) if entry.get("grid") else None
+        grid = tuple(entry["grid"]) if entry.get("grid") is not None else None
         nodes, per_node = _whole(entry, "nodes"), _whole(entry, "ranks_per_node")
         if not 2 <= nodes * per_node <= MAX_RANKS:
             raise ValueError(f"cluster {name!r} has {nodes} x {per_node} = {nodes * per_node} "
@@ -88,6 +97,15 @@ def _shape(entry: Any) -> Scale:
         raise ValueError(f"cluster {entry.get('name', entry)!r}: {type(error).__name__}: "
                          f"{error}") from None
     return Scale(cluster.name, cluster)
+
+
+def _known(entry: Mapping[str, Any], fields: frozenset, where: str) -> None:
+    """ValueError naming a key of `entry` outside `fields` (a misspelled option is ignored
+    silently otherwise)."""
+    unknown = sorted(str(key) for key in entry if key not in fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown field {', '.join(map(repr, unknown))}; the fields "
+                         f"are {', '.join(sorted(fields))}")
 
 
 def _name(entry: Mapping[str, Any]) -> str:

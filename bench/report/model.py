@@ -67,10 +67,14 @@ def guesses(points) -> dict[tuple[str, int], float]:
 
 def auto_runs(comm: Any) -> Callable[[int], str]:
     """What ``algorithm="auto"`` runs for an uncompressed all-reduce of n bytes on ``comm``:
-    DIRECT where its data rides with the agreement check's records, else the tuner's pick."""
+    the reproducible path where reductions are deterministic by default
+    (COLLECTIVES_DETERMINISTIC), DIRECT where its data rides with the agreement check's
+    records, else the tuner's pick."""
     from collectives.calls.riding import rides
 
     def runs(nbytes: int) -> str:
+        if comm.settings.deterministic:
+            return "deterministic"
         return DIRECT if comm.settings.check and rides(nbytes, comm.size) else \
             comm.tuner.choose(nbytes)
 
