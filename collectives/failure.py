@@ -5,8 +5,8 @@ freeing shared windows), which wait for the other ranks while they wait, inside 
 collective, for this one. `abort_on_uncaught` makes such an exception print its traceback
 and then end the job, as `python -m mpi4py` does; the launcher then ends every rank. So
 does one that ends a thread which issued collectives on a communicator still open: its
-peers would wait, inside the collective it no longer issues, until they time out. A forked child's exceptions end only
-the child (it is not a rank).
+peers would wait, inside the collective it no longer issues, until they time out. A forked
+child's exceptions end only the child (it is not a rank).
 
 MPI_Abort itself may never return nor end the process: when the launcher cannot be reached
 (a node whose link is down) MPICH spins inside it, in C, holding the GIL. So `end_job` first
