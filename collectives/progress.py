@@ -10,7 +10,10 @@ Blocking work on the progress thread would wait for itself: a blocking collectiv
 `wait()` on a pending handle, issued from a completion callback (`add_done_callback`; torch
 `Future.then` callbacks run there too) raises CollectiveError at once; async collectives
 may be issued there (they queue). The callbacks run once the engine's lock is released, so
-a callback may issue a blocking collective on another communicator.
+a callback may issue a blocking collective on another communicator. That call runs the
+other communicator's queued async collectives itself, in order, before its own: the other
+progress thread may be in a callback waiting for this one's queue (each would wait for the
+other for ever), and their callbacks then run on this thread.
 
 A collective issued on a thread that is already inside one of this communicator's (from a
 signal handler) would run nested in it and share its buffers: refused on that rank, as is a
@@ -48,6 +51,7 @@ __all__ = ["Handle", "ProgressEngine", "THREAD_NAME", "issued_collectives"]
 
 THREAD_NAME = "collectives-progress"  # one name on every rank: it is part of each signature
 _ENGINES: "weakref.WeakSet[ProgressEngine]" = weakref.WeakSet()
+_THIS_THREAD = threading.local()  # .progress: the thread is some engine's progress thread
 
 
 def issued_collectives(thread: threading.Thread) -> bool:
@@ -107,8 +111,10 @@ class Handle:
     def add_done_callback(self, fn: Callable[["Handle"], Any]) -> None:
         """Call `fn(handle)` once the collective finished (at once if it already has).
 
-        It runs on the progress thread; `fn` should only hand the result on (e.g. complete
-        a framework future), calling `wait()` on this handle never blocks there.
+        It runs on the progress thread (or on another communicator's, which ran the
+        collective from a callback: see the module docstring); `fn` should only hand the
+        result on (e.g. complete a framework future), calling `wait()` on this handle never
+        blocks there.
         """
         self._future.add_done_callback(lambda _: fn(self))
 
@@ -181,9 +187,14 @@ class ProgressEngine:
                 "progress thread), where it would wait for itself; issue the _async variant "
                 "there")
         self.admit(what, threading.current_thread())
-        with self._cv:
-            while self._queue:  # the progress thread pops them in order, then runs each
-                self._cv.wait()
+        if getattr(_THIS_THREAD, "progress", False):  # a callback: it runs them itself
+            while self._queue:
+                if not self._step(block=False):
+                    self._queued_changed(0.01)
+        else:
+            with self._cv:
+                while self._queue:  # the progress thread pops them in order, then runs each
+                    self._cv.wait()
         with self._running:
             return fn()
 
@@ -214,20 +225,39 @@ class ProgressEngine:
             return len(self._queue) + running
 
     def _loop(self) -> None:
+        _THIS_THREAD.progress = True
         while True:
             with self._cv:
                 while not self._queue:
                     if self._closed:
                         return
                     self._cv.wait()
-            with self._running:  # taken before the head is popped: no sync call slips in
-                with self._cv:
-                    fn, future, what = self._queue.popleft()
-                    self._cv.notify_all()  # sync callers wait for the queue to drain
-                if not future.set_running_or_notify_cancel():
-                    continue
-                outcome = _outcome(fn)
-            _settle(future, *outcome)  # the callbacks run with the lock released
+            self._step(block=True)
+
+    def _step(self, block: bool) -> bool:
+        """Run the queue's head, if any, once no collective runs (at once or not at all
+        unless `block`); whether it ran one."""
+        if not self._running.acquire(block):
+            return False
+        try:  # taken before the head is popped: no sync call slips in
+            with self._cv:
+                if not self._queue:  # another thread ran it meanwhile
+                    return False
+                fn, future, _ = self._queue.popleft()
+                self._cv.notify_all()  # sync callers wait for the queue to drain
+            if not future.set_running_or_notify_cancel():
+                return True
+            outcome = _outcome(fn)
+        finally:
+            self._running.release()
+        _settle(future, *outcome)  # the callbacks run with the lock released
+        return True
+
+    def _queued_changed(self, timeout: float) -> None:
+        """Wait until the queue's head is popped, at most `timeout` s."""
+        with self._cv:
+            if self._queue:
+                self._cv.wait(timeout)
 
     def close(self, timeout: float | None = None, then: Callable[[], Any] | None = None) -> bool:
         """Let queued collectives and a sync one running on another thread finish (up to

@@ -10,7 +10,9 @@ Usage: mpiexec -n 2 python -m tests.workers.reentry CASE
               threads of one name one after the other, each ending a little after its
               call, all pair right.
   callbacks   completion callbacks of two communicators issue blocking collectives on
-              each other (they deadlocked: the callbacks ran holding the engine's lock).
+              each other (they deadlocked: the callbacks ran holding the engine's lock),
+              each after queueing an async call on its own (each waited for the other's
+              queue, for ever).
   raises      rank 1's thread that issued collectives dies of an uncaught exception: the
               job ends (rank 0 waited out its timeout, mpiexec exited 0).
   closed      a thread that issued collectives on a communicator closed since dies of an
@@ -133,23 +135,33 @@ def same_named_threads(comm, tally: Tally) -> None:
 def callbacks_across_communicators(comm, tally: Tally) -> None:
     other = collectives.init(MPI.COMM_WORLD.Dup(), timeout=20)
     got: dict[str, object] = {}
+    both_queued = threading.Barrier(2, timeout=10)
+    chained = []
 
-    def on(name, target):
+    def on(name, own, target):
         def callback(_):
             try:
+                chained.append(own.allreduce_async(np.ones(2)))  # queued behind this callback
+                both_queued.wait()  # each progress thread's queue holds a call now
                 got[name] = float(target.allreduce(np.ones(4))[0])
-            except collectives.CollectiveError as error:
-                got[name] = str(error)
+            except (collectives.CollectiveError, threading.BrokenBarrierError) as error:
+                got[name] = repr(error)
         return callback
 
+    gate = threading.Event()  # holds both progress threads: the callbacks attach first
+    for engine in (comm._progress, other._progress):
+        engine.submit(lambda: gate.wait(30), "gate")
     first = comm.allreduce_async(np.ones(1 << 14))
     second = other.allreduce_async(np.ones(1 << 14))
-    first.add_done_callback(on("other's from comm's callback", other))
-    second.add_done_callback(on("comm's from other's callback", comm))
+    first.add_done_callback(on("other's from comm's callback", comm, other))
+    second.add_done_callback(on("comm's from other's callback", other, comm))
+    gate.set()
     deadline = time.monotonic() + 30
     while len(got) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     tally.check(sorted(got.values()) == [2.0, 2.0], f"blocking calls from callbacks: {got}")
+    tally.check(len(chained) == 2 and all((h.wait(30) == 2).all() for h in chained),
+                f"async calls queued in the callbacks: {chained}")
     after = comm.allreduce(np.ones(2), algorithm="ring")
     tally.check(bool((after == 2).all()), f"the main thread's next call: {after}")
     other.close()
