@@ -13,7 +13,8 @@ may be issued there (they queue). The callbacks run once the engine's lock is re
 a callback may issue a blocking collective on another communicator. That call runs the
 other communicator's queued async collectives itself, in order, before its own: the other
 progress thread may be in a callback waiting for this one's queue (each would wait for the
-other for ever), and their callbacks then run on this thread.
+other for ever). Their outcomes are still set by their own progress thread, in issue order,
+so a communicator's callbacks always run on its progress thread, one at a time, in order.
 
 A collective issued on a thread that is already inside one of this communicator's (from a
 signal handler) would run nested in it and share its buffers: refused on that rank, as is a
@@ -111,10 +112,9 @@ class Handle:
     def add_done_callback(self, fn: Callable[["Handle"], Any]) -> None:
         """Call `fn(handle)` once the collective finished (at once if it already has).
 
-        It runs on the progress thread (or on another communicator's, which ran the
-        collective from a callback: see the module docstring); `fn` should only hand the
-        result on (e.g. complete a framework future), calling `wait()` on this handle never
-        blocks there.
+        It runs on the progress thread, after the callbacks of the collectives issued
+        before; `fn` should only hand the result on (e.g. complete a framework future),
+        calling `wait()` on this handle never blocks there.
         """
         self._future.add_done_callback(lambda _: fn(self))
 
@@ -129,6 +129,8 @@ class ProgressEngine:
         # guards the queue; reentrant, so that close() can tell this thread holds it
         self._cv = threading.Condition(threading.RLock())
         self._queue: collections.deque[tuple[Callable[[], Any], Future, str]] = collections.deque()
+        # outcomes of the collectives run, for the progress thread to set in order
+        self._finished: collections.deque[tuple[Future, tuple[bool, Any]]] = collections.deque()
         # held while a collective runs, on either thread; an RLock, so that `end` can tell
         # whether the calling thread holds it
         self._running = threading.RLock()
@@ -222,21 +224,25 @@ class ProgressEngine:
             running = not self._running.acquire(False)
             if not running:
                 self._running.release()
-            return len(self._queue) + running
+            return len(self._queue) + running + len(self._finished)
 
     def _loop(self) -> None:
         _THIS_THREAD.progress = True
         while True:
             with self._cv:
-                while not self._queue:
+                while not self._queue and not self._finished:
                     if self._closed:
                         return
                     self._cv.wait()
-            self._step(block=True)
+            self._hand_over()
+            with self._cv:
+                queued = bool(self._queue)
+            if queued:
+                self._step(block=True)
 
     def _step(self, block: bool) -> bool:
         """Run the queue's head, if any, once no collective runs (at once or not at all
-        unless `block`); whether it ran one."""
+        unless `block`), and leave its outcome to `_hand_over`; whether it ran one."""
         if not self._running.acquire(block):
             return False
         try:  # taken before the head is popped: no sync call slips in
@@ -245,13 +251,25 @@ class ProgressEngine:
                     return False
                 fn, future, _ = self._queue.popleft()
                 self._cv.notify_all()  # sync callers wait for the queue to drain
-            if not future.set_running_or_notify_cancel():
-                return True
-            outcome = _outcome(fn)
+            if future.set_running_or_notify_cancel():
+                outcome = _outcome(fn)
+                with self._cv:  # in the order the collectives ran: appended under the lock
+                    self._finished.append((future, outcome))
+                    self._cv.notify_all()  # the progress thread hands it over
         finally:
             self._running.release()
-        _settle(future, *outcome)  # the callbacks run with the lock released
         return True
+
+    def _hand_over(self) -> None:
+        """On the progress thread: set the outcomes of the collectives that finished, in
+        order, wherever they ran; their callbacks run here, one at a time, with no lock
+        held."""
+        while True:
+            with self._cv:
+                if not self._finished:
+                    return
+                future, outcome = self._finished.popleft()
+            _settle(future, *outcome)
 
     def _queued_changed(self, timeout: float) -> None:
         """Wait until the queue's head is popped, at most `timeout` s."""
