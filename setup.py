@@ -1,8 +1,9 @@
-"""Builds the optional compiled codec, `kernels._codec`: the fp16/bf16 CPU kernels.
+"""Builds the optional compiled parts of `kernels`: the codec (`kernels._codec`, the fp16/bf16
+CPU kernels) and `kernels._extents` (where many arrays lie in memory, for the checks of outs).
 
-Everything else is declared in pyproject.toml. The extension is optional: where no C++17
-compiler works the install goes on without it, and `kernels` runs its NumPy twin instead
-(`kernels.cpu_backend()` says which is active).
+Everything else is declared in pyproject.toml. Both are optional: where no compiler works the
+install goes on without them, and `kernels` runs its NumPy twin instead
+(`kernels.cpu_backend()` says which codec is active).
 """
 
 from setuptools import Extension, setup
@@ -21,4 +22,11 @@ CODEC = Extension(
     optional=True,
 )
 
-setup(ext_modules=[CODEC])
+EXTENTS = Extension(
+    "kernels._extents",
+    sources=["kernels/extents/module.c"],
+    extra_compile_args=["-O2", "-fvisibility=hidden"],
+    optional=True,
+)
+
+setup(ext_modules=[CODEC, EXTENTS])

@@ -111,32 +111,22 @@ def _same_view(a, b) -> bool:
     return start(a) == start(b) and a.shape == b.shape and a.strides == b.strides
 
 
-def _extent(array) -> tuple[int, int]:
-    """[first byte, last byte + 1) of the memory `array` may touch (NumPy or CuPy)."""
-    if array.size == 0:
-        return 0, 0
-    start = (array.__array_interface__["data"][0] if isinstance(array, np.ndarray)
-             else array.data.ptr)
-    low = high = start
-    for extent, stride in zip(array.shape, array.strides):
-        if stride < 0:
-            low += (extent - 1) * stride
-        else:
-            high += (extent - 1) * stride
-    return low, high + array.itemsize
-
-
 def check_outs(outs: Sequence, arrays: Sequence) -> None:
     """Each out fits its array (check_out), and no out overlaps another out or another array
     (`out=[b, a]` for `[a, b]` would read one result while writing another).
 
-    Sorts the extents once, so thousands of arrays cost little; arrays whose extents meet are
-    then asked whether they really share memory. The clash named is the one of the lowest out.
+    Sorts the extents once, so thousands of arrays cost little: when none meet (the common
+    case, told by whole-array operations) that is all; else arrays whose extents meet are
+    asked whether they really share memory. The clash named is the one of the lowest out.
     """
     for i, (o, a) in enumerate(zip(outs, arrays)):
         check_out(o, a, name=f"out[{i}]", x_name=f"arrays[{i}]")
-    spans = [(*_extent(o), i, True) for i, o in enumerate(outs)]
-    spans += [(*_extent(a), i, False) for i, a in enumerate(arrays) if outs[i] is not a]
+    others = [i for i, a in enumerate(arrays) if outs[i] is not a]
+    extents = kernels.byte_extents(outs) + kernels.byte_extents([arrays[i] for i in others])
+    if not _some_meet(extents):
+        return
+    spans = [(*extent, i, True) for i, extent in enumerate(extents[:len(outs)])]
+    spans += [(*extent, i, False) for i, extent in zip(others, extents[len(outs):])]
     spans.sort()
     clashes = []
     open_spans: list[tuple[int, int, int, bool]] = []
@@ -156,6 +146,16 @@ def check_outs(outs: Sequence, arrays: Sequence) -> None:
         raise ValueError(f"{_name(first)} and {_name(second)} share memory: every out must be "
                          "its own array's memory (in place) or memory no other array or out "
                          "uses")
+
+
+def _some_meet(extents: list[tuple[int, int]]) -> bool:
+    """Whether two of the non-empty [low, high) byte ranges intersect."""
+    bounds = np.array(extents, dtype=np.uint64).reshape(-1, 2)
+    bounds = bounds[bounds[:, 1] > bounds[:, 0]]
+    if len(bounds) < 2:
+        return False
+    bounds = bounds[np.argsort(bounds[:, 0], kind="stable")]
+    return bool((bounds[1:, 0] < np.maximum.accumulate(bounds[:-1, 1])).any())
 
 
 def _name(span) -> str:

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from kernels import _numpy
-from kernels._common import HALF_DTYPES, OPS, compute_dtype, gpu_module, packed_offsets, quiet
+from kernels._common import (HALF_DTYPES, OPS, byte_extent, compute_dtype, gpu_module,
+                             packed_offsets, quiet)
 
 try:
     from kernels import _codec  # built by the install where a C++17 compiler works
@@ -36,11 +37,17 @@ except ImportError:
 else:
     from kernels import _cpu as _HOST
 
+try:
+    from kernels import _extents  # built with the codec, where a C compiler works
+except ImportError:
+    _extents = None
+
 __all__ = [
     "HALF_DTYPES",
     "OPS",
     "absmax",
     "array_module",
+    "byte_extents",
     "combine_into",
     "compress_into",
     "compute_dtype",
@@ -177,6 +184,15 @@ def absmax(x: Any) -> float:
     """max |v| over the finite values v of x as a Python float, in one read pass (0.0 when
     there are none): the bound a compressed all-reduce scales by, NaN and inf left out."""
     return _impl(x).absmax(x)
+
+
+def byte_extents(arrays: Sequence[Any]) -> list[tuple[int, int]]:
+    """[first byte, last byte + 1) of the memory each array (any shape and layout) may touch;
+    (0, 0) for an empty one. NumPy arrays go through the compiled `kernels._extents` where it
+    was built (about 0.1 us an array against 1.7 us), others through `byte_extent`."""
+    if _extents is not None and all(type(a) is np.ndarray for a in arrays):
+        return _extents.byte_extents(arrays)
+    return [byte_extent(a) for a in arrays]
 
 
 def pack(arrays: Sequence[Any], flat: Any) -> int:

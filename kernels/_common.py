@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 import ml_dtypes
 import numpy as np
 
-__all__ = ["HALF_DTYPES", "KERNELS", "OPS", "compute_dtype", "gpu_module", "packed_offsets",
-           "op_name", "quiet"]
+__all__ = ["HALF_DTYPES", "KERNELS", "OPS", "byte_extent", "compute_dtype", "gpu_module",
+           "packed_offsets", "op_name", "quiet"]
 
 # The kernels every twin (NumPy, compiled CPU, CuPy) defines with one signature.
 KERNELS = ("absmax", "combine_into", "compress_into", "copy_into", "decompress_into",
@@ -67,6 +67,22 @@ def compute_dtype(dtype: np.dtype) -> np.dtype:
 def packed_offsets(arrays: Any) -> list[int]:
     """Start of each array in the packed buffer, then the total: [0, n0, n0+n1, ...]."""
     return list(accumulate((a.size for a in arrays), initial=0))
+
+
+def byte_extent(array: Any) -> tuple[int, int]:
+    """[first byte, last byte + 1) of the memory `array` (NumPy or CuPy, any layout) may
+    touch; (0, 0) when it is empty. The reference of kernels._extents."""
+    if array.size == 0:
+        return 0, 0
+    start = (array.__array_interface__["data"][0] if isinstance(array, np.ndarray)
+             else array.data.ptr)
+    low = high = start
+    for extent, stride in zip(array.shape, array.strides):
+        if stride < 0:
+            low += (extent - 1) * stride
+        else:
+            high += (extent - 1) * stride
+    return low, high + array.itemsize
 
 
 def gpu_module() -> Any:

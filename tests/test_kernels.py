@@ -394,6 +394,65 @@ def test_array_module(xp):
     assert kernels.array_module(xp.ones(1)) is xp
 
 
+def _layouts() -> list[np.ndarray]:
+    base = np.arange(120, dtype=np.float64)
+    cube = base.reshape(4, 5, 6)
+    frozen = cube.copy()
+    frozen.flags.writeable = False
+    return [base, cube[::-1], cube[:, ::-2, 1:], cube.T, cube[1:1], cube[2, 3, 4:5],
+            np.asfortranarray(cube)[::2], np.broadcast_to(base[7], (3, 4)), np.ones(()),
+            cube.astype(BF16)[::-1, 2], cube.astype(np.int32)[:, :, ::-3], frozen, np.zeros(0),
+            np.lib.stride_tricks.sliding_window_view(base, 5)[::7]]
+
+
+def _touched_bytes(array: np.ndarray) -> tuple[int, int]:
+    """From every element's own address: [lowest, highest + itemsize), or (0, 0)."""
+    start = array.__array_interface__["data"][0]
+    addresses = [start + sum(i * s for i, s in zip(index, array.strides))
+                 for index in np.ndindex(*array.shape)]
+    return (min(addresses), max(addresses) + array.itemsize) if addresses else (0, 0)
+
+
+def test_byte_extents_are_where_the_elements_lie(tmp_path):
+    arrays = _layouts()
+    want = [_touched_bytes(a) for a in arrays]
+    assert [kernels.byte_extent(a) for a in arrays] == want  # the reference twin
+    assert kernels.byte_extents(arrays) == want  # compiled where built
+    (tmp_path / "m").write_bytes(bytes(8))
+    memmap = np.memmap(tmp_path / "m", dtype=np.uint8, mode="r")[::-2]
+    assert kernels.byte_extents([memmap, arrays[1]]) == [_touched_bytes(memmap), want[1]]
+
+
+def test_compiled_byte_extents_are_built_and_refuse_what_is_no_array():
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler: the install leaves kernels._extents out, the twin runs")
+    assert kernels._extents is not None, "kernels._extents is missing: re-run `pip install -e .`"
+    arrays = _layouts()
+    assert kernels._extents.byte_extents(arrays) == [_touched_bytes(a) for a in arrays]
+    with pytest.raises(TypeError):
+        kernels._extents.byte_extents([[1.0, 2.0]])
+    with pytest.raises(TypeError, match="sequence of arrays"):
+        kernels._extents.byte_extents(5)
+
+
+def test_without_compiled_extents_the_twin_finds_the_clash():
+    code = (
+        "import sys\n"
+        "sys.modules['kernels._extents'] = None  # as if the install had not built it\n"
+        "import numpy as np, kernels\n"
+        "from collectives.validation import check_outs\n"
+        "assert kernels._extents is None\n"
+        "a, b = np.zeros(8), np.ones(8)\n"
+        "try:\n"
+        "    check_outs((b, a), (a, b))\n"
+        "except ValueError as error:\n"
+        "    assert 'arrays[1] and out[0] share memory' in str(error), error\n"
+        "else:\n"
+        "    raise AssertionError('no clash found')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_numpy_work_never_imports_cupy():
     code = (
         "import sys, numpy as np, kernels\n"

@@ -173,6 +173,21 @@ def test_outs_that_cross_or_overlap_other_arrays_are_refused():
     check_outs((np.empty(8, np.float32), np.empty(8, np.float32)), (a, a))  # inputs may alias
 
 
+def test_one_clash_among_thousands_of_arrays_is_found():
+    """The sorted extents tell at once that none meet; one that does is still named."""
+    grads = np.zeros(4000, np.float32)
+    arrays = [grads[i * 4:(i + 1) * 4] for i in range(1000)]
+    check_outs(arrays, arrays)  # in place, side by side: fine
+    outs = [np.empty(4, np.float32) for _ in arrays]
+    check_outs(outs, arrays)
+    outs[700] = grads[22:26]  # half of arrays[5], half of arrays[6]
+    with pytest.raises(ValueError, match=r"arrays\[5\] and out\[700\] share memory"):
+        check_outs(outs, arrays)
+    outs[700] = outs[3][::-1]  # another out's memory, backwards
+    with pytest.raises(ValueError, match=r"out\[3\] and out\[700\] share memory"):
+        check_outs(outs, arrays)
+
+
 def test_arrays_whose_elements_meet_are_told_apart_from_strided_views():
     base = np.zeros(24, np.float32)
     own = [base, base[::3], base[::-2], base.reshape(4, 6).T, base.reshape(2, 3, 4)[:, ::2, 1:],
