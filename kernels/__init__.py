@@ -190,6 +190,7 @@ def byte_extents(arrays: Sequence[Any]) -> list[tuple[int, int]]:
     """[first byte, last byte + 1) of the memory each array (any shape and layout) may touch;
     (0, 0) for an empty one. NumPy arrays go through the compiled `kernels._extents` where it
     was built (about 0.1 us an array against 1.7 us), others through `byte_extent`."""
+    arrays = tuple(arrays)  # (an iterator is read once)
     if _extents is not None and all(type(a) is np.ndarray for a in arrays):
         return _extents.byte_extents(arrays)
     return [byte_extent(a) for a in arrays]

@@ -433,6 +433,31 @@ def test_compiled_byte_extents_are_built_and_refuse_what_is_no_array():
         kernels._extents.byte_extents([[1.0, 2.0]])
     with pytest.raises(TypeError, match="sequence of arrays"):
         kernels._extents.byte_extents(5)
+    assert kernels.byte_extents(iter(arrays)) == kernels.byte_extents(arrays)  # read once
+
+
+def test_compiled_byte_extents_survive_a_list_emptied_meanwhile():
+    """Found by the thirty-second review: a finalizer run by the garbage collector while the
+    extension built its answer emptied the list it read: a segfault."""
+    code = (
+        "import gc, numpy as np, kernels\n"
+        "if kernels._extents is None: raise SystemExit(0)\n"
+        "arrays = [np.zeros(4) for _ in range(20000)]\n"
+        "runs = 0\n"
+        "class Bomb:\n"
+        "    def __del__(self):\n"
+        "        global runs\n"
+        "        runs += 1\n"
+        "        if runs == 50:\n"
+        "            arrays.clear(); arrays.extend(object() for _ in range(100))\n"
+        "        else:\n"
+        "            arm()\n"
+        "def arm():\n"
+        "    bomb = Bomb(); bomb.cycle = bomb  # freed by the collector only\n"
+        "arm(); gc.set_threshold(1)\n"
+        "assert len(kernels._extents.byte_extents(arrays)) == 20000\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_without_compiled_extents_the_twin_finds_the_clash():

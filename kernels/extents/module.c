@@ -6,6 +6,7 @@
    of Python per array when a call checks thousands of outs (collectives.validation). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 
 static PyObject *extent_of(PyObject *array) {
     Py_buffer view;
@@ -14,30 +15,36 @@ static PyObject *extent_of(PyObject *array) {
     Py_ssize_t count = 1;
     for (int d = 0; d < view.ndim; d++)
         count *= view.shape[d];
-    Py_ssize_t low = 0, high = 0;
+    uintptr_t low = 0, high = 0; /* addresses are unsigned, as __array_interface__ gives them */
     if (count > 0) {
-        low = high = (Py_ssize_t)view.buf;
+        low = high = (uintptr_t)view.buf;
         for (int d = 0; d < view.ndim; d++) {
             Py_ssize_t step = view.strides[d] * (view.shape[d] - 1);
             if (step < 0)
-                low += step;
+                low -= (uintptr_t)(-step);
             else
-                high += step;
+                high += (uintptr_t)step;
         }
-        high += view.itemsize;
+        high += (uintptr_t)view.itemsize;
     }
     PyBuffer_Release(&view);
-    return Py_BuildValue("(nn)", low, high);
+    return Py_BuildValue("(KK)", (unsigned long long)low, (unsigned long long)high);
 }
 
 static PyObject *byte_extents(PyObject *self, PyObject *arrays) {
-    PyObject *seq = PySequence_Fast(arrays, "byte_extents needs a sequence of arrays");
+    (void)self;
+    if (!PySequence_Check(arrays))
+        return PyErr_Format(PyExc_TypeError, "byte_extents needs a sequence of arrays, got %s",
+                            Py_TYPE(arrays)->tp_name);
+    /* A tuple of its own: a list the caller's objects change meanwhile (a finalizer run by
+       the allocations below) cannot pull items from under the loop. */
+    PyObject *seq = PySequence_Tuple(arrays);
     if (seq == NULL)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
     PyObject *result = PyList_New(n);
     for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
-        PyObject *extent = extent_of(PySequence_Fast_GET_ITEM(seq, i));
+        PyObject *extent = extent_of(PyTuple_GET_ITEM(seq, i));
         if (extent == NULL)
             Py_CLEAR(result);
         else
