@@ -6,15 +6,13 @@ a time on one background thread; a sync collective issued while async ones are p
 waits for them, then runs on the caller's thread. The agreement check that starts every
 collective (`collectives.agreement`) catches ranks whose n-th collectives differ.
 
-Blocking work on the progress thread would wait for itself: a blocking collective, or
-`wait()` on a pending handle, issued from a completion callback (`add_done_callback`; torch
-`Future.then` callbacks run there too) raises CollectiveError at once; async collectives
-may be issued there (they queue). The callbacks run once the engine's lock is released, so
-a callback may issue a blocking collective on another communicator. That call runs the
-other communicator's queued async collectives itself, in order, before its own: the other
-progress thread may be in a callback waiting for this one's queue (each would wait for the
-other for ever). Their outcomes are still set by their own progress thread, in issue order,
-so a communicator's callbacks always run on its progress thread, one at a time, in order.
+Completion callbacks (`add_done_callback`; torch `Future.then` callbacks run there too) run
+on the progress thread, once the engine's lock is released. A blocking collective issued
+there, on any communicator, raises CollectiveError at once, on every rank alike: on this one
+it would wait for itself, and on another it waits for that one's queue, which its progress
+thread may never run (its own callback waiting for this queue: both wait for ever). Async
+collectives may be issued there (they queue); `wait()` there on a pending handle of this
+communicator is refused too (it would wait for itself).
 
 A collective issued on a thread that is already inside one of this communicator's (from a
 signal handler) would run nested in it and share its buffers: refused on that rank, as is a
@@ -112,9 +110,8 @@ class Handle:
     def add_done_callback(self, fn: Callable[["Handle"], Any]) -> None:
         """Call `fn(handle)` once the collective finished (at once if it already has).
 
-        It runs on the progress thread, after the callbacks of the collectives issued
-        before; `fn` should only hand the result on (e.g. complete a framework future),
-        calling `wait()` on this handle never blocks there.
+        It runs on the progress thread; `fn` should only hand the result on (e.g. complete
+        a framework future), calling `wait()` on this handle never blocks there.
         """
         self._future.add_done_callback(lambda _: fn(self))
 
@@ -129,8 +126,6 @@ class ProgressEngine:
         # guards the queue; reentrant, so that close() can tell this thread holds it
         self._cv = threading.Condition(threading.RLock())
         self._queue: collections.deque[tuple[Callable[[], Any], Future, str]] = collections.deque()
-        # outcomes of the collectives run, for the progress thread to set in order
-        self._finished: collections.deque[tuple[Future, tuple[bool, Any]]] = collections.deque()
         # held while a collective runs, on either thread; an RLock, so that `end` can tell
         # whether the calling thread holds it
         self._running = threading.RLock()
@@ -183,20 +178,15 @@ class ProgressEngine:
 
     def run(self, fn: Callable[[], Any], what: str = "collective") -> Any:
         """Run `fn` on the calling thread once every earlier collective has finished."""
-        if self.on_thread():
+        if getattr(_THIS_THREAD, "progress", False):
             raise CollectiveError(
-                f"{what}: a blocking collective was issued from a completion callback (the "
-                "progress thread), where it would wait for itself; issue the _async variant "
-                "there")
+                f"{what}: a blocking collective was issued from a completion callback (a "
+                "progress thread), where it would wait for itself, or for ever on another "
+                "communicator's queue; issue the _async variant there")
         self.admit(what, threading.current_thread())
-        if getattr(_THIS_THREAD, "progress", False):  # a callback: it runs them itself
-            while self._queue:
-                if not self._step(block=False):
-                    self._queued_changed(0.01)
-        else:
-            with self._cv:
-                while self._queue:  # the progress thread pops them in order, then runs each
-                    self._cv.wait()
+        with self._cv:
+            while self._queue:  # the progress thread pops them in order, then runs each
+                self._cv.wait()
         with self._running:
             return fn()
 
@@ -224,58 +214,24 @@ class ProgressEngine:
             running = not self._running.acquire(False)
             if not running:
                 self._running.release()
-            return len(self._queue) + running + len(self._finished)
+            return len(self._queue) + running
 
     def _loop(self) -> None:
         _THIS_THREAD.progress = True
         while True:
             with self._cv:
-                while not self._queue and not self._finished:
+                while not self._queue:
                     if self._closed:
                         return
                     self._cv.wait()
-            self._hand_over()
-            with self._cv:
-                queued = bool(self._queue)
-            if queued:
-                self._step(block=True)
-
-    def _step(self, block: bool) -> bool:
-        """Run the queue's head, if any, once no collective runs (at once or not at all
-        unless `block`), and leave its outcome to `_hand_over`; whether it ran one."""
-        if not self._running.acquire(block):
-            return False
-        try:  # taken before the head is popped: no sync call slips in
-            with self._cv:
-                if not self._queue:  # another thread ran it meanwhile
-                    return False
-                fn, future, _ = self._queue.popleft()
-                self._cv.notify_all()  # sync callers wait for the queue to drain
-            if future.set_running_or_notify_cancel():
+            with self._running:  # taken before the head is popped: no sync call slips in
+                with self._cv:
+                    fn, future, what = self._queue.popleft()
+                    self._cv.notify_all()  # sync callers wait for the queue to drain
+                if not future.set_running_or_notify_cancel():
+                    continue
                 outcome = _outcome(fn)
-                with self._cv:  # in the order the collectives ran: appended under the lock
-                    self._finished.append((future, outcome))
-                    self._cv.notify_all()  # the progress thread hands it over
-        finally:
-            self._running.release()
-        return True
-
-    def _hand_over(self) -> None:
-        """On the progress thread: set the outcomes of the collectives that finished, in
-        order, wherever they ran; their callbacks run here, one at a time, with no lock
-        held."""
-        while True:
-            with self._cv:
-                if not self._finished:
-                    return
-                future, outcome = self._finished.popleft()
-            _settle(future, *outcome)
-
-    def _queued_changed(self, timeout: float) -> None:
-        """Wait until the queue's head is popped, at most `timeout` s."""
-        with self._cv:
-            if self._queue:
-                self._cv.wait(timeout)
+            _settle(future, *outcome)  # the callbacks run with the lock released
 
     def close(self, timeout: float | None = None, then: Callable[[], Any] | None = None) -> bool:
         """Let queued collectives and a sync one running on another thread finish (up to

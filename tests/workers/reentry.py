@@ -9,16 +9,11 @@ Usage: mpiexec -n 2 python -m tests.workers.reentry CASE
               it (its failed start cleared the call under the first: AttributeError);
               threads of one name one after the other, each ending a little after its
               call, all pair right.
-  callbacks   completion callbacks of two communicators issue blocking collectives on
-              each other (they deadlocked: the callbacks ran holding the engine's lock),
-              each after queueing an async call on its own (each waited for the other's
-              queue, for ever).
-  helped      while the other communicator's progress thread runs this one's queued calls
-              (a blocking call from its callback), this one's callbacks still run on its
-              own progress thread, in order: follow-ups they issue pair right on every
-              rank (run on two threads, they were issued in a per-rank order: wrong sums,
-              no error), and their blocking calls on the other communicator are not
-              refused as calls from that one's progress thread.
+  callbacks   completion callbacks of two communicators, each having queued an async call
+              on its own, issue blocking collectives on each other: refused at once on
+              every rank (they deadlocked: first holding the engine's lock, then each
+              waiting for the other's queue, which only the other progress thread runs);
+              the queued calls and the communicators go on.
   raises      rank 1's thread that issued collectives dies of an uncaught exception: the
               job ends (rank 0 waited out its timeout, mpiexec exited 0).
   closed      a thread that issued collectives on a communicator closed since dies of an
@@ -151,7 +146,7 @@ def callbacks_across_communicators(comm, tally: Tally) -> None:
                 both_queued.wait()  # each progress thread's queue holds a call now
                 got[name] = float(target.allreduce(np.ones(4))[0])
             except (collectives.CollectiveError, threading.BrokenBarrierError) as error:
-                got[name] = repr(error)
+                got[name] = str(error)
         return callback
 
     gate = threading.Event()  # holds both progress threads: the callbacks attach first
@@ -165,55 +160,13 @@ def callbacks_across_communicators(comm, tally: Tally) -> None:
     deadline = time.monotonic() + 30
     while len(got) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    tally.check(sorted(got.values()) == [2.0, 2.0], f"blocking calls from callbacks: {got}")
+    tally.check(len(got) == 2 and all("from a completion callback" in str(v) for v in got.values()),
+                f"blocking calls from callbacks refused: {got}")
     tally.check(len(chained) == 2 and all((h.wait(30) == 2).all() for h in chained),
                 f"async calls queued in the callbacks: {chained}")
     after = comm.allreduce(np.ones(2), algorithm="ring")
     tally.check(bool((after == 2).all()), f"the main thread's next call: {after}")
-    other.close()
-
-
-def callbacks_of_helped_calls(comm, tally: Tally) -> None:
-    other = collectives.init(MPI.COMM_WORLD.Dup(), timeout=20)
-    third = collectives.init(MPI.COMM_WORLD.Dup(), timeout=20)
-    count, issued, got, follow_ups = 8, [], {}, {}
-
-    def on_own(i):
-        def callback(_):
-            if i % 2 == 0 and comm.rank == 1:  # a slower callback on one rank
-                time.sleep(0.02)
-            issued.append((i, comm._progress.on_thread()))
-            follow_ups[i] = third.allreduce_async(np.full(2, float(i)))
-            try:
-                got[i] = float(other.allreduce(np.full(1, float(i)))[0])
-            except collectives.CollectiveError as error:
-                got[i] = repr(error)
-        return callback
-
-    def on_other(_):
-        try:
-            got["other"] = float(comm.allreduce(np.ones(4))[0])  # runs comm's queue first
-        except collectives.CollectiveError as error:
-            got["other"] = repr(error)
-
-    gate = threading.Event()  # comm's calls queue up behind it, the callbacks attach first
-    comm._progress.submit(lambda: gate.wait(30), "gate")
-    for i in range(count):
-        comm.allreduce_async(np.ones(1 << 12)).add_done_callback(on_own(i))
-    other.allreduce_async(np.ones(8)).add_done_callback(on_other)
-    time.sleep(0.2)  # (other's callback is waiting for comm's queue by then, or soon after)
-    gate.set()
-    deadline = time.monotonic() + 40
-    while len(got) < count + 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    p = comm.size
-    tally.check(issued == [(i, True) for i in range(count)],
-                f"callbacks (index, on comm's progress thread) in order: {issued}")
-    tally.check(got == {**{i: float(p * i) for i in range(count)}, "other": float(p)},
-                f"blocking calls from the callbacks: {got}")
-    sums = {i: float(h.wait(30)[0]) for i, h in sorted(follow_ups.items())}
-    tally.check(sums == {i: float(p * i) for i in range(count)}, f"follow-ups' sums: {sums}")
-    third.close()
+    tally.check(float(other.allreduce(np.ones(2))[0]) == 2.0, "the other communicator's next call")
     other.close()
 
 
@@ -350,7 +303,6 @@ def main() -> None:
         (thread_raises if case == "raises" else thread_raises_after_close)(comm)
         return
     {"names": same_named_threads, "callbacks": callbacks_across_communicators,
-     "helped": callbacks_of_helped_calls,
      "interrupted": close_interrupted, "fork": forked_child_exits}[case](comm, tally)
     tally.finish()
 
