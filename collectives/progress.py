@@ -6,13 +6,11 @@ a time on one background thread; a sync collective issued while async ones are p
 waits for them, then runs on the caller's thread. The agreement check that starts every
 collective (`collectives.agreement`) catches ranks whose n-th collectives differ.
 
-Completion callbacks (`add_done_callback`; torch `Future.then` callbacks run there too) run
-on the progress thread, once the engine's lock is released. A blocking collective issued
-there, on any communicator, raises CollectiveError at once, on every rank alike: on this one
-it would wait for itself, and on another it waits for that one's queue, which its progress
-thread may never run (its own callback waiting for this queue: both wait for ever). Async
-collectives may be issued there (they queue); `wait()` there on a pending handle of this
-communicator is refused too (it would wait for itself).
+Blocking work on the progress thread would wait for itself: a blocking collective, or
+`wait()` on a pending handle, issued from a completion callback (`add_done_callback`; torch
+`Future.then` callbacks run there too) raises CollectiveError at once; async collectives
+may be issued there (they queue). The callbacks run once the engine's lock is released, so
+a callback may issue a blocking collective on another communicator.
 
 A collective issued on a thread that is already inside one of this communicator's (from a
 signal handler) would run nested in it and share its buffers: refused on that rank, as is a
@@ -50,7 +48,6 @@ __all__ = ["Handle", "ProgressEngine", "THREAD_NAME", "issued_collectives"]
 
 THREAD_NAME = "collectives-progress"  # one name on every rank: it is part of each signature
 _ENGINES: "weakref.WeakSet[ProgressEngine]" = weakref.WeakSet()
-_THIS_THREAD = threading.local()  # .progress: the thread is some engine's progress thread
 
 
 def issued_collectives(thread: threading.Thread) -> bool:
@@ -108,12 +105,23 @@ class Handle:
         return not self._future.done() and (engine.on_thread() or engine.inside())
 
     def add_done_callback(self, fn: Callable[["Handle"], Any]) -> None:
-        """Call `fn(handle)` once the collective finished (at once if it already has).
+        """Call `fn(handle)` once the collective finished (soon if it already has).
 
-        It runs on the progress thread; `fn` should only hand the result on (e.g. complete
-        a framework future), calling `wait()` on this handle never blocks there.
+        It runs on the progress thread, also when the collective had already finished (the
+        attaching thread never runs it: what a callback may do must not depend on timing,
+        which differs between ranks); `fn` should only hand the result on (e.g. complete a
+        framework future), calling `wait()` on this handle never blocks there.
         """
-        self._future.add_done_callback(lambda _: fn(self))
+        engine, attaching = self._engine, [True]
+
+        def dispatch(_: Future) -> None:
+            if attaching[0] or not engine.on_thread():  # finished before it was attached:
+                engine.call_soon(lambda: fn(self))  # concurrent.futures would run it here
+            else:
+                fn(self)
+
+        self._future.add_done_callback(dispatch)
+        attaching[0] = False
 
     def __repr__(self) -> str:
         return f"<Handle {self.what} {'done' if self.done() else 'pending'}>"
@@ -126,6 +134,8 @@ class ProgressEngine:
         # guards the queue; reentrant, so that close() can tell this thread holds it
         self._cv = threading.Condition(threading.RLock())
         self._queue: collections.deque[tuple[Callable[[], Any], Future, str]] = collections.deque()
+        self._soon: collections.deque[Callable[[], Any]] = collections.deque()  # callbacks
+        self._stopped = False  # the progress thread has ended
         # held while a collective runs, on either thread; an RLock, so that `end` can tell
         # whether the calling thread holds it
         self._running = threading.RLock()
@@ -178,11 +188,11 @@ class ProgressEngine:
 
     def run(self, fn: Callable[[], Any], what: str = "collective") -> Any:
         """Run `fn` on the calling thread once every earlier collective has finished."""
-        if getattr(_THIS_THREAD, "progress", False):
+        if self.on_thread():
             raise CollectiveError(
-                f"{what}: a blocking collective was issued from a completion callback (a "
-                "progress thread), where it would wait for itself, or for ever on another "
-                "communicator's queue; issue the _async variant there")
+                f"{what}: a blocking collective was issued from a completion callback (the "
+                "progress thread), where it would wait for itself; issue the _async variant "
+                "there")
         self.admit(what, threading.current_thread())
         with self._cv:
             while self._queue:  # the progress thread pops them in order, then runs each
@@ -216,22 +226,41 @@ class ProgressEngine:
                 self._running.release()
             return len(self._queue) + running
 
+    def call_soon(self, callback: Callable[[], Any]) -> None:
+        """Run `callback` on the progress thread, with no lock held (on the calling thread
+        once that thread has ended: the engine is closed)."""
+        with self._cv:
+            if not self._stopped:
+                self._soon.append(callback)
+                self._cv.notify_all()
+                return
+        _call_back(callback)
+
     def _loop(self) -> None:
-        _THIS_THREAD.progress = True
         while True:
             with self._cv:
-                while not self._queue:
+                while not self._queue and not self._soon:
                     if self._closed:
+                        self._stopped = True
                         return
                     self._cv.wait()
-            with self._running:  # taken before the head is popped: no sync call slips in
-                with self._cv:
-                    fn, future, what = self._queue.popleft()
-                    self._cv.notify_all()  # sync callers wait for the queue to drain
-                if not future.set_running_or_notify_cancel():
-                    continue
-                outcome = _outcome(fn)
-            _settle(future, *outcome)  # the callbacks run with the lock released
+                soon = list(self._soon)
+                self._soon.clear()
+            for callback in soon:
+                _call_back(callback)
+            if self._queue:  # (only this thread pops it)
+                self._run_next()
+
+    def _run_next(self) -> None:
+        """Pop the queue's head and run it; its callbacks run once the lock is released."""
+        with self._running:  # taken before the head is popped: no sync call slips in
+            with self._cv:
+                fn, future, _ = self._queue.popleft()
+                self._cv.notify_all()  # sync callers wait for the queue to drain
+            if not future.set_running_or_notify_cancel():
+                return
+            outcome = _outcome(fn)
+        _settle(future, *outcome)  # the callbacks run with the lock released
 
     def close(self, timeout: float | None = None, then: Callable[[], Any] | None = None) -> bool:
         """Let queued collectives and a sync one running on another thread finish (up to
@@ -270,6 +299,14 @@ def _outcome(fn: Callable[[], Any]) -> tuple[bool, Any]:
         return True, fn()
     except BaseException as error:  # noqa: BLE001 - handed to the waiter
         return False, error
+
+
+def _call_back(callback: Callable[[], Any]) -> None:
+    """Run a completion callback; what it raises is logged, as concurrent.futures does."""
+    try:
+        callback()
+    except BaseException:  # noqa: BLE001 - a callback's, with nobody to catch it
+        log.exception("collectives: a completion callback raised; the progress thread goes on")
 
 
 def _settle(future: Future, ok: bool, outcome: Any) -> None:

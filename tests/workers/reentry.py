@@ -9,11 +9,13 @@ Usage: mpiexec -n 2 python -m tests.workers.reentry CASE
               it (its failed start cleared the call under the first: AttributeError);
               threads of one name one after the other, each ending a little after its
               call, all pair right.
-  callbacks   completion callbacks of two communicators, each having queued an async call
-              on its own, issue blocking collectives on each other: refused at once on
-              every rank (they deadlocked: first holding the engine's lock, then each
-              waiting for the other's queue, which only the other progress thread runs);
-              the queued calls and the communicators go on.
+  callbacks   completion callbacks of two communicators issue blocking collectives on
+              each other (they deadlocked: the callbacks ran holding the engine's lock).
+  late        rank 0 attaches a completion callback after its collective finished, rank
+              1 before: the callback runs on the progress thread on both, so its blocking
+              call is refused on both (it ran on rank 0's main thread and was refused on
+              rank 1's progress thread: rank 0's call paired with rank 1's next one, a
+              wrong sum with no error).
   raises      rank 1's thread that issued collectives dies of an uncaught exception: the
               job ends (rank 0 waited out its timeout, mpiexec exited 0).
   closed      a thread that issued collectives on a communicator closed since dies of an
@@ -136,38 +138,56 @@ def same_named_threads(comm, tally: Tally) -> None:
 def callbacks_across_communicators(comm, tally: Tally) -> None:
     other = collectives.init(MPI.COMM_WORLD.Dup(), timeout=20)
     got: dict[str, object] = {}
-    both_queued = threading.Barrier(2, timeout=10)
-    chained = []
 
-    def on(name, own, target):
+    def on(name, target):
         def callback(_):
             try:
-                chained.append(own.allreduce_async(np.ones(2)))  # queued behind this callback
-                both_queued.wait()  # each progress thread's queue holds a call now
                 got[name] = float(target.allreduce(np.ones(4))[0])
-            except (collectives.CollectiveError, threading.BrokenBarrierError) as error:
+            except collectives.CollectiveError as error:
                 got[name] = str(error)
         return callback
 
-    gate = threading.Event()  # holds both progress threads: the callbacks attach first
-    for engine in (comm._progress, other._progress):
-        engine.submit(lambda: gate.wait(30), "gate")
     first = comm.allreduce_async(np.ones(1 << 14))
     second = other.allreduce_async(np.ones(1 << 14))
-    first.add_done_callback(on("other's from comm's callback", comm, other))
-    second.add_done_callback(on("comm's from other's callback", other, comm))
-    gate.set()
+    first.add_done_callback(on("other's from comm's callback", other))
+    second.add_done_callback(on("comm's from other's callback", comm))
     deadline = time.monotonic() + 30
     while len(got) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    tally.check(len(got) == 2 and all("from a completion callback" in str(v) for v in got.values()),
-                f"blocking calls from callbacks refused: {got}")
-    tally.check(len(chained) == 2 and all((h.wait(30) == 2).all() for h in chained),
-                f"async calls queued in the callbacks: {chained}")
+    tally.check(sorted(got.values()) == [2.0, 2.0], f"blocking calls from callbacks: {got}")
     after = comm.allreduce(np.ones(2), algorithm="ring")
     tally.check(bool((after == 2).all()), f"the main thread's next call: {after}")
-    tally.check(float(other.allreduce(np.ones(2))[0]) == 2.0, "the other communicator's next call")
     other.close()
+
+
+def callback_attached_late(comm, tally: Tally) -> None:
+    outcome: dict[str, object] = {}
+
+    def callback(_):
+        outcome["on the progress thread"] = comm._progress.on_thread()
+        try:
+            outcome["blocking call"] = float(comm.allreduce(np.ones(4))[0])
+        except collectives.CollectiveError as error:
+            outcome["blocking call"] = str(error)
+
+    handle = comm.allreduce_async(np.ones(1 << 14))
+    if comm.rank == 0:
+        handle.wait()  # finished: the callback is attached late
+        handle.add_done_callback(callback)
+    else:
+        gate = threading.Event()  # pending: the callback is attached first
+        comm._progress.submit(lambda: gate.wait(30), "gate")
+        handle.add_done_callback(callback)
+        gate.set()
+        handle.wait()
+    deadline = time.monotonic() + 30
+    while len(outcome) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    tally.check(outcome.get("on the progress thread") is True
+                and "from a completion callback" in str(outcome.get("blocking call")),
+                f"the callback, attached {'late' if comm.rank == 0 else 'early'}: {outcome}")
+    after = comm.allreduce(np.full(4, 10.0))
+    tally.check(bool((after == 10.0 * comm.size).all()), f"the next call: {after}")
 
 
 def thread_raises(comm) -> None:
@@ -303,7 +323,8 @@ def main() -> None:
         (thread_raises if case == "raises" else thread_raises_after_close)(comm)
         return
     {"names": same_named_threads, "callbacks": callbacks_across_communicators,
-     "interrupted": close_interrupted, "fork": forked_child_exits}[case](comm, tally)
+     "late": callback_attached_late, "interrupted": close_interrupted,
+     "fork": forked_child_exits}[case](comm, tally)
     tally.finish()
 
 
