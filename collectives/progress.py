@@ -105,23 +105,12 @@ class Handle:
         return not self._future.done() and (engine.on_thread() or engine.inside())
 
     def add_done_callback(self, fn: Callable[["Handle"], Any]) -> None:
-        """Call `fn(handle)` once the collective finished (soon if it already has).
+        """Call `fn(handle)` once the collective finished (at once if it already has).
 
-        It runs on the progress thread, also when the collective had already finished (the
-        attaching thread never runs it: what a callback may do must not depend on timing,
-        which differs between ranks); `fn` should only hand the result on (e.g. complete a
-        framework future), calling `wait()` on this handle never blocks there.
+        It runs on the progress thread; `fn` should only hand the result on (e.g. complete
+        a framework future), calling `wait()` on this handle never blocks there.
         """
-        engine, attaching = self._engine, [True]
-
-        def dispatch(_: Future) -> None:
-            if attaching[0] or not engine.on_thread():  # finished before it was attached:
-                engine.call_soon(lambda: fn(self))  # concurrent.futures would run it here
-            else:
-                fn(self)
-
-        self._future.add_done_callback(dispatch)
-        attaching[0] = False
+        self._future.add_done_callback(lambda _: fn(self))
 
     def __repr__(self) -> str:
         return f"<Handle {self.what} {'done' if self.done() else 'pending'}>"
@@ -134,8 +123,6 @@ class ProgressEngine:
         # guards the queue; reentrant, so that close() can tell this thread holds it
         self._cv = threading.Condition(threading.RLock())
         self._queue: collections.deque[tuple[Callable[[], Any], Future, str]] = collections.deque()
-        self._soon: collections.deque[Callable[[], Any]] = collections.deque()  # callbacks
-        self._stopped = False  # the progress thread has ended
         # held while a collective runs, on either thread; an RLock, so that `end` can tell
         # whether the calling thread holds it
         self._running = threading.RLock()
@@ -226,41 +213,21 @@ class ProgressEngine:
                 self._running.release()
             return len(self._queue) + running
 
-    def call_soon(self, callback: Callable[[], Any]) -> None:
-        """Run `callback` on the progress thread, with no lock held (on the calling thread
-        once that thread has ended: the engine is closed)."""
-        with self._cv:
-            if not self._stopped:
-                self._soon.append(callback)
-                self._cv.notify_all()
-                return
-        _call_back(callback)
-
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._queue and not self._soon:
+                while not self._queue:
                     if self._closed:
-                        self._stopped = True
                         return
                     self._cv.wait()
-                soon = list(self._soon)
-                self._soon.clear()
-            for callback in soon:
-                _call_back(callback)
-            if self._queue:  # (only this thread pops it)
-                self._run_next()
-
-    def _run_next(self) -> None:
-        """Pop the queue's head and run it; its callbacks run once the lock is released."""
-        with self._running:  # taken before the head is popped: no sync call slips in
-            with self._cv:
-                fn, future, _ = self._queue.popleft()
-                self._cv.notify_all()  # sync callers wait for the queue to drain
-            if not future.set_running_or_notify_cancel():
-                return
-            outcome = _outcome(fn)
-        _settle(future, *outcome)  # the callbacks run with the lock released
+            with self._running:  # taken before the head is popped: no sync call slips in
+                with self._cv:
+                    fn, future, what = self._queue.popleft()
+                    self._cv.notify_all()  # sync callers wait for the queue to drain
+                if not future.set_running_or_notify_cancel():
+                    continue
+                outcome = _outcome(fn)
+            _settle(future, *outcome)  # the callbacks run with the lock released
 
     def close(self, timeout: float | None = None, then: Callable[[], Any] | None = None) -> bool:
         """Let queued collectives and a sync one running on another thread finish (up to
@@ -299,14 +266,6 @@ def _outcome(fn: Callable[[], Any]) -> tuple[bool, Any]:
         return True, fn()
     except BaseException as error:  # noqa: BLE001 - handed to the waiter
         return False, error
-
-
-def _call_back(callback: Callable[[], Any]) -> None:
-    """Run a completion callback; what it raises is logged, as concurrent.futures does."""
-    try:
-        callback()
-    except BaseException:  # noqa: BLE001 - a callback's, with nobody to catch it
-        log.exception("collectives: a completion callback raised; the progress thread goes on")
 
 
 def _settle(future: Future, ok: bool, outcome: Any) -> None:

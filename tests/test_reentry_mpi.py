@@ -7,8 +7,8 @@ import pytest
 from tests.mpirun import run_workers
 
 
-@pytest.mark.parametrize("case", ["signal", "names", "callbacks", "late", "interrupted", "exit",
-                                  "fork", "unclosed"])
+@pytest.mark.parametrize("case", ["signal", "names", "callbacks", "interrupted", "exit", "fork",
+                                  "unclosed"])
 def test_collectives_where_they_must_not_nest_or_mix(case):
     proc = run_workers(2, "reentry", case, timeout=120)
     assert "FAIL" not in proc.stdout, proc.stdout

@@ -11,11 +11,6 @@ Usage: mpiexec -n 2 python -m tests.workers.reentry CASE
               call, all pair right.
   callbacks   completion callbacks of two communicators issue blocking collectives on
               each other (they deadlocked: the callbacks ran holding the engine's lock).
-  late        rank 0 attaches a completion callback after its collective finished, rank
-              1 before: the callback runs on the progress thread on both, so its blocking
-              call is refused on both (it ran on rank 0's main thread and was refused on
-              rank 1's progress thread: rank 0's call paired with rank 1's next one, a
-              wrong sum with no error).
   raises      rank 1's thread that issued collectives dies of an uncaught exception: the
               job ends (rank 0 waited out its timeout, mpiexec exited 0).
   closed      a thread that issued collectives on a communicator closed since dies of an
@@ -160,36 +155,6 @@ def callbacks_across_communicators(comm, tally: Tally) -> None:
     other.close()
 
 
-def callback_attached_late(comm, tally: Tally) -> None:
-    outcome: dict[str, object] = {}
-
-    def callback(_):
-        outcome["on the progress thread"] = comm._progress.on_thread()
-        try:
-            outcome["blocking call"] = float(comm.allreduce(np.ones(4))[0])
-        except collectives.CollectiveError as error:
-            outcome["blocking call"] = str(error)
-
-    handle = comm.allreduce_async(np.ones(1 << 14))
-    if comm.rank == 0:
-        handle.wait()  # finished: the callback is attached late
-        handle.add_done_callback(callback)
-    else:
-        gate = threading.Event()  # pending: the callback is attached first
-        comm._progress.submit(lambda: gate.wait(30), "gate")
-        handle.add_done_callback(callback)
-        gate.set()
-        handle.wait()
-    deadline = time.monotonic() + 30
-    while len(outcome) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    tally.check(outcome.get("on the progress thread") is True
-                and "from a completion callback" in str(outcome.get("blocking call")),
-                f"the callback, attached {'late' if comm.rank == 0 else 'early'}: {outcome}")
-    after = comm.allreduce(np.full(4, 10.0))
-    tally.check(bool((after == 10.0 * comm.size).all()), f"the next call: {after}")
-
-
 def thread_raises(comm) -> None:
     def train():
         comm.allreduce(np.ones(2))
@@ -323,8 +288,7 @@ def main() -> None:
         (thread_raises if case == "raises" else thread_raises_after_close)(comm)
         return
     {"names": same_named_threads, "callbacks": callbacks_across_communicators,
-     "late": callback_attached_late, "interrupted": close_interrupted,
-     "fork": forked_child_exits}[case](comm, tally)
+     "interrupted": close_interrupted, "fork": forked_child_exits}[case](comm, tally)
     tally.finish()
 
 
