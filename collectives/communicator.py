@@ -422,13 +422,7 @@ class Communicator:
                 views = [as_array(t) for t in tensors]
             except TypeError as error:
                 comm.refuse("allreduce_many", error)
-
-        From a completion callback (where a blocking call is refused) the refusal is queued
-        as an async call in the callback's place, and `error` raised at once.
         """
-        if self._progress.on_thread():
-            self._submit(Refused(collective, issuer("async"), error))
-            raise error
         self._run(Refused(collective, issuer("sync"), error))
 
     @contextlib.contextmanager

@@ -278,8 +278,6 @@ def check_one_rank_refusals(group, tally: Tally) -> None:
         step = torch.full((3,), 7.0) if r == 0 else torch.zeros(3)
         dist.broadcast(step, root, group=group)
         tally.check(torch.equal(step, torch.full((3,), 7.0)), f"broadcast after {what}: {step}")
-    if p > 1:
-        refusal_in_a_callback(group, odd, tally)
     if p > 1:  # sizes every rank gives but that do not meet: refused on every rank
         try:
             dist.all_to_all_single(torch.zeros(2 * p), torch.ones(p), group=group,
@@ -314,42 +312,6 @@ def check_one_rank_refusals(group, tally: Tally) -> None:
     dist.all_to_all_single(both, both, group=group)
     want = torch.tensor([10.0 * q + 2 * r + i for q in range(p) for i in range(2)])
     tally.check(torch.equal(both, want), f"all_to_all_single in place: {both} != {want}")
-
-
-def refusal_in_a_callback(group, odd: bool, tally: Tally) -> None:
-    """A `Future.then` callback (the progress thread) issues an all_gather whose output is
-    one short on one rank: that rank's refusal, a blocking call, was refused in turn, and
-    the others' all_gather paired with its next call. Now the refusal is queued in the
-    callback's place: ValueError there, MismatchError on the others."""
-    p, seen = group.size(), {}
-    comm = getattr(group, "comm", None)  # (under mpiexec: the gate holds the work pending)
-    gate = threading.Event()
-    if comm is not None:
-        comm._progress.submit(lambda: gate.wait(30), "gate")
-    work = dist.all_reduce(torch.ones(4), group=group, async_op=True)
-
-    def then(_):
-        out = torch.zeros(3 * p - odd)
-        try:
-            seen["issued"] = (out, dist.all_gather_into_tensor(out, torch.ones(3), group=group,
-                                                               async_op=True))
-        except ValueError as error:
-            seen["refused"] = error
-
-    work.get_future().then(then)
-    gate.set()
-    work.wait()
-    deadline = time.monotonic() + 20
-    while not seen and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if odd:
-        tally.check("output must hold" in str(seen.get("refused")), f"refused in then: {seen}")
-    else:
-        try:
-            seen["issued"][1].wait()
-            tally.check(False, f"all_gather beside a refusal in a callback: {seen}")
-        except (MismatchError, KeyError) as error:
-            tally.check("rejected its arguments" in str(error), f"all_gather: {error!r}")
 
 
 def check_point_to_point(group, tally: Tally) -> None:
