@@ -1,4 +1,5 @@
-"""Dtype and op facts shared by the NumPy and CuPy kernels (no array work here)."""
+"""Dtype and op facts shared by the NumPy and CuPy kernels, and where an array lies in
+memory (`byte_extent`); no array work here."""
 
 from __future__ import annotations
 

@@ -17,6 +17,9 @@ __all__ = ["MAX_RANKS", "Scale", "default_clusters", "load_clusters"]
 MAX_RANKS = 16384  # simulated at every size: 100,000 x 8 had not priced one size in 60 s
 LIMIT = 1e6  # alpha_us and rates above this are typos (1e308 us gave inf in the table)
 RATE_MIN = 1e-6  # GB/s (1 kB/s): rates below this are typos (1e-300 GB/s gave 0.0 everywhere)
+FIELDS = frozenset({"name", "nodes", "ranks_per_node", "intra", "inter",
+                    "reduce_gbytes_per_s", "grid", "torus_links"})
+LINK_FIELDS = frozenset({"alpha_us", "gbytes_per_s", "zero_copy"})
 
 
 @dataclass(frozen=True)
@@ -55,11 +58,6 @@ def load_clusters(document: Mapping[str, Any]) -> list[Scale]:
     if twice is not None:
         raise ValueError(f"name {twice!r} names two clusters: each needs its own")
     return shapes
-
-
-FIELDS = frozenset({"name", "nodes", "ranks_per_node", "intra", "inter",
-                    "reduce_gbytes_per_s", "grid", "torus_links"})
-LINK_FIELDS = frozenset({"alpha_us", "gbytes_per_s", "zero_copy"})
 
 
 def _shape(entry: Any) -> Scale:
