@@ -10,7 +10,7 @@ BENCH_ARGS ?= -b 8 -e 64M -f 2 -n 10 -w 3 --algorithms all
 .PHONY: bench test bench-kernels clean
 
 $(VENV)/.installed: pyproject.toml setup.py kernels/codec/module.cpp kernels/codec/simd.h \
-                    kernels/extents/module.c
+                    kernels/extents/module.c kernels/gather/module.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0  # the CPU build; a bare `torch` would pull CUDA wheels

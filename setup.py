@@ -1,7 +1,8 @@
 """Builds the optional compiled parts of `kernels`: the codec (`kernels._codec`, the fp16/bf16
-CPU kernels) and `kernels._extents` (where many arrays lie in memory, for the checks of outs).
+CPU kernels), `kernels._extents` (where many arrays lie in memory, for the checks of outs)
+and `kernels._gather` (many arrays copied into and out of one flat buffer, for fusion).
 
-Everything else is declared in pyproject.toml. Both are optional: where no compiler works the
+Everything else is declared in pyproject.toml. All three are optional: where no compiler works the
 install goes on without them, and `kernels` runs its NumPy twin instead
 (`kernels.cpu_backend()` says which codec is active).
 """
@@ -29,4 +30,11 @@ EXTENTS = Extension(
     optional=True,
 )
 
-setup(ext_modules=[CODEC, EXTENTS])
+GATHER = Extension(
+    "kernels._gather",
+    sources=["kernels/gather/module.c"],
+    extra_compile_args=["-O2", "-fvisibility=hidden"],
+    optional=True,
+)
+
+setup(ext_modules=[CODEC, EXTENTS, GATHER])

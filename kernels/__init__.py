@@ -42,6 +42,11 @@ try:
 except ImportError:
     _extents = None
 
+try:
+    from kernels import _gather  # likewise
+except ImportError:
+    _gather = None
+
 __all__ = [
     "HALF_DTYPES",
     "OPS",
@@ -207,6 +212,10 @@ def pack(arrays: Sequence[Any], flat: Any) -> int:
         >>> kernels.pack([np.ones((2, 2)), np.zeros(1)], flat)
         5
     """
+    if _copies_bytes(flat):
+        count = _gather.gather(arrays, flat)
+        if count is not NotImplemented:
+            return count
     return _impl(flat).pack(arrays, flat)
 
 
@@ -215,4 +224,16 @@ def unpack(flat: Any, outs: Sequence[Any]) -> int:
 
     Returns the number of elements read.
     """
+    if _copies_bytes(flat):
+        count = _gather.scatter(flat, outs)
+        if count is not NotImplemented:
+            return count
     return _impl(flat).unpack(flat, outs)
+
+
+def _copies_bytes(flat: Any) -> bool:
+    """Whether pack/unpack may try the compiled byte copies (`kernels._gather`: one call for
+    all the arrays where each is a C-contiguous ndarray of flat's dtype, about 0.1 us an
+    array against 0.5-2 us): not for object arrays, whose bytes are references."""
+    return (_gather is not None and type(flat) is np.ndarray and flat.ndim == 1
+            and not flat.dtype.hasobject)
