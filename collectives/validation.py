@@ -119,9 +119,9 @@ def check_outs(outs: Sequence, arrays: Sequence) -> None:
     case, told by whole-array operations) that is all; else arrays whose extents meet are
     asked whether they really share memory. The clash named is the one of the lowest out.
     """
-    for i, (o, a) in enumerate(zip(outs, arrays)):
-        check_out(o, a, name=f"out[{i}]", x_name=f"arrays[{i}]")
     others = [i for i, a in enumerate(arrays) if outs[i] is not a]
+    for i in others if _plainly_in_place(outs, arrays) else range(len(outs)):
+        check_out(outs[i], arrays[i], name=f"out[{i}]", x_name=f"arrays[{i}]")
     extents = kernels.byte_extents(outs) + kernels.byte_extents([arrays[i] for i in others])
     if not _some_meet(extents):
         return
@@ -146,6 +146,14 @@ def check_outs(outs: Sequence, arrays: Sequence) -> None:
         raise ValueError(f"{_name(first)} and {_name(second)} share memory: every out must be "
                          "its own array's memory (in place) or memory no other array or out "
                          "uses")
+
+
+def _plainly_in_place(outs: Sequence, arrays: Sequence) -> bool:
+    """Whether every out given in place is a writable C-contiguous NumPy array, which
+    check_out passes: then only the separate outs need it (a pass over the list instead
+    of a call per array, about 1 ms for 1000 gradients in place)."""
+    return all(type(a) is np.ndarray and a.flags.writeable and a.flags.c_contiguous
+               for o, a in zip(outs, arrays) if o is a)
 
 
 def _some_meet(extents: list[tuple[int, int]]) -> bool:

@@ -211,3 +211,21 @@ def test_an_out_whose_elements_share_memory_is_refused():
     with pytest.raises(ValueError, match=r"out\[1\] has elements that may share memory"):
         check_outs([np.empty(4, np.float32), stride0], [x, x.copy()])
     check_out(np.empty(8, np.float32)[::2], x)  # strided, each element its own
+
+
+def test_mixed_in_place_and_separate_outs_name_the_lowest_bad_out():
+    """In place outs that are writable and C-contiguous skip their per-array check; any
+    other in place out is still checked, in index order with the separate ones."""
+    a, b, c = (np.zeros(4, np.float32) for _ in range(3))
+    frozen = np.zeros(4, np.float32)
+    frozen.flags.writeable = False
+    stride0 = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=(4,), strides=(0,))
+    wrong = np.zeros(5, np.float32)
+    with pytest.raises(ValueError, match=r"out\[2\] must match x"):
+        check_outs([a, b, wrong], [a, b, c])
+    with pytest.raises(ValueError, match=r"out\[0\] is x but x is read-only"):
+        check_outs([frozen, b, wrong], [frozen, b, c])
+    with pytest.raises(ValueError, match=r"arrays\[1\] has elements that may share memory"):
+        check_outs([a, stride0, wrong], [a, stride0, c])
+    strided = np.zeros(8, np.float32)[::2]  # in place, not contiguous, each element its own
+    check_outs([a, strided, np.zeros(4, np.float32)], [a, strided, c])
