@@ -4,11 +4,12 @@
    flat (kernels.pack); scatter(flat, outs) -> elements read: the inverse (kernels.unpack).
    Both are byte copies, so they take only what a byte copy gets right: arrays of exactly
    NumPy's ndarray type (flat's), of flat's dtype, C-contiguous, writable where written,
-   and no array meeting the part of flat that is copied. Anything else returns
-   NotImplemented before a byte moves, and the caller runs the NumPy twin
-   (kernels._numpy.pack / unpack), which casts, follows strides and raises the errors.
-   This saves NumPy's ~1-2 us per array when a fused call packs thousands of gradients.
-   The caller keeps object dtypes away (their bytes are references). */
+   flat 1-D and long enough, no array meeting the part of flat that is copied, and no
+   dtype that holds references (object) or has no bytes (V0: the count would be lost).
+   Anything else returns NotImplemented before a byte moves, and the caller runs the
+   NumPy twin (kernels._numpy.pack / unpack), which casts, follows strides and raises the
+   errors. This saves NumPy's ~1-2 us per array when a fused call packs thousands of
+   gradients. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -16,7 +17,7 @@
 
 #define RELEASE_GIL_FROM (64 << 10) /* bytes: below this the copies take less than the swap */
 
-static PyObject *dtype_name; /* "dtype", interned at import */
+static PyObject *dtype_name, *hasobject_name; /* interned at import */
 
 static int meet(const Py_buffer *a, const char *lo, Py_ssize_t len) {
     const char *start = (const char *)a->buf;
@@ -66,6 +67,14 @@ static PyObject *copy_many(PyObject *items_arg, PyObject *flat, int to_flat) {
     dtype = PyObject_GetAttr(flat, dtype_name);
     if (dtype == NULL)
         goto done;
+    PyObject *references = PyObject_GetAttr(dtype, hasobject_name);
+    int holds_references = references == NULL || PyObject_IsTrue(references) != 0;
+    Py_XDECREF(references);
+    if (holds_references) { /* object dtypes: bytes copied would be references not counted */
+        PyErr_Clear();
+        result = Py_NewRef(Py_NotImplemented);
+        goto done;
+    }
     have_flat = PyObject_GetBuffer(flat, &flat_view,
                                    PyBUF_C_CONTIGUOUS | (to_flat ? PyBUF_WRITABLE : 0)) == 0;
     have_views = have_flat && take_views(items, flat, dtype, !to_flat, views, n);
@@ -74,9 +83,11 @@ static PyObject *copy_many(PyObject *items_arg, PyObject *flat, int to_flat) {
         result = Py_NewRef(Py_NotImplemented);
         goto done;
     }
-    for (Py_ssize_t i = 0; i < n; i++)
-        total += views[i].len;
-    int fits = total <= flat_view.len;
+    int fits = flat_view.ndim == 1 && flat_view.itemsize > 0;
+    for (Py_ssize_t i = 0; fits && i < n; i++) {
+        fits = views[i].len <= flat_view.len - total; /* (no sum that could wrap) */
+        total += fits ? views[i].len : 0;
+    }
     for (Py_ssize_t i = 0; fits && i < n; i++)
         fits = !meet(&views[i], (const char *)flat_view.buf, total);
     if (!fits) {
@@ -137,5 +148,6 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__gather(void) {
     dtype_name = PyUnicode_InternFromString("dtype");
-    return dtype_name == NULL ? NULL : PyModule_Create(&module);
+    hasobject_name = PyUnicode_InternFromString("hasobject");
+    return dtype_name == NULL || hasobject_name == NULL ? NULL : PyModule_Create(&module);
 }
