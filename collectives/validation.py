@@ -119,9 +119,11 @@ def check_outs(outs: Sequence, arrays: Sequence) -> None:
     case, told by whole-array operations) that is all; else arrays whose extents meet are
     asked whether they really share memory. The clash named is the one of the lowest out.
     """
+    plain = _plainly_in_place(outs, arrays)
+    for i, (o, a) in enumerate(zip(outs, arrays)):
+        if not (plain and o is a):
+            check_out(o, a, name=f"out[{i}]", x_name=f"arrays[{i}]")
     others = [i for i, a in enumerate(arrays) if outs[i] is not a]
-    for i in others if _plainly_in_place(outs, arrays) else range(len(outs)):
-        check_out(outs[i], arrays[i], name=f"out[{i}]", x_name=f"arrays[{i}]")
     extents = kernels.byte_extents(outs) + kernels.byte_extents([arrays[i] for i in others])
     if not _some_meet(extents):
         return

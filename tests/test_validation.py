@@ -229,3 +229,11 @@ def test_mixed_in_place_and_separate_outs_name_the_lowest_bad_out():
         check_outs([a, stride0, wrong], [a, stride0, c])
     strided = np.zeros(8, np.float32)[::2]  # in place, not contiguous, each element its own
     check_outs([a, strided, np.zeros(4, np.float32)], [a, strided, c])
+
+
+def test_outs_checked_in_order_before_their_count_is():
+    """check_outs checks each out it pairs before anything else (the caller compares the
+    counts first): the thirty-seventh review found an IndexError raised first."""
+    a, b = np.zeros(4, np.float32), np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match=r"out\[0\] must match x"):
+        check_outs([np.zeros(5, np.float32)], [a, b])

@@ -5,7 +5,8 @@
    Both are byte copies, so they take only what a byte copy gets right: arrays of exactly
    NumPy's ndarray type (flat's), of flat's dtype, C-contiguous, writable where written,
    flat 1-D and long enough, no array meeting the part of flat that is copied, and no
-   dtype that holds references (object) or has no bytes (V0: the count would be lost).
+   dtype that holds references (object), has fields (NumPy leaves their padding alone) or
+   has no bytes (V0: the count would be lost).
    Anything else returns NotImplemented before a byte moves, and the caller runs the
    NumPy twin (kernels._numpy.pack / unpack), which casts, follows strides and raises the
    errors. This saves NumPy's ~1-2 us per array when a fused call packs thousands of
@@ -17,18 +18,43 @@
 
 #define RELEASE_GIL_FROM (64 << 10) /* bytes: below this the copies take less than the swap */
 
-static PyObject *dtype_name, *hasobject_name; /* interned at import */
+static PyObject *dtype_name, *hasobject_name, *names_name; /* interned at import */
 
 static int meet(const Py_buffer *a, const char *lo, Py_ssize_t len) {
     const char *start = (const char *)a->buf;
     return a->len > 0 && len > 0 && start < lo + len && lo < start + a->len;
 }
 
-/* Every item's buffer (C-contiguous; writable when `writable`) in views[0..n), or 0 with no
+/* Whether an element is its bytes, all of them: not for references (object dtypes), and
+   not for structured dtypes, whose padding NumPy's copies leave alone (they copy field by
+   field). Any error on the way counts as no. */
+static int plain_bytes(PyObject *dtype) {
+    PyObject *references = PyObject_GetAttr(dtype, hasobject_name);
+    PyObject *names = references == NULL ? NULL : PyObject_GetAttr(dtype, names_name);
+    int plain = names == Py_None && PyObject_IsTrue(references) == 0;
+    Py_XDECREF(references);
+    Py_XDECREF(names);
+    PyErr_Clear();
+    return plain;
+}
+
+/* Whether flat takes writes, asked only when bytes will be written, as the twin writes:
+   NumPy warns on the request where an array warns on write (np.broadcast_arrays). */
+static int writable(PyObject *flat) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(flat, &view, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyBuffer_Release(&view);
+    return 1;
+}
+
+/* Every item's buffer (C-contiguous; writable when `for_writing`) in views[0..n), or 0 with no
    buffer held where an item is not of flat's type and dtype or exports no such buffer. */
-static int take_views(PyObject *items, PyObject *flat, PyObject *dtype, int writable,
+static int take_views(PyObject *items, PyObject *flat, PyObject *dtype, int for_writing,
                       Py_buffer *views, Py_ssize_t n) {
-    int flags = PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
+    int flags = PyBUF_C_CONTIGUOUS | (for_writing ? PyBUF_WRITABLE : 0);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyTuple_GET_ITEM(items, i);
         int same = Py_TYPE(item) == Py_TYPE(flat);
@@ -67,16 +93,11 @@ static PyObject *copy_many(PyObject *items_arg, PyObject *flat, int to_flat) {
     dtype = PyObject_GetAttr(flat, dtype_name);
     if (dtype == NULL)
         goto done;
-    PyObject *references = PyObject_GetAttr(dtype, hasobject_name);
-    int holds_references = references == NULL || PyObject_IsTrue(references) != 0;
-    Py_XDECREF(references);
-    if (holds_references) { /* object dtypes: bytes copied would be references not counted */
-        PyErr_Clear();
+    if (!plain_bytes(dtype)) {
         result = Py_NewRef(Py_NotImplemented);
         goto done;
     }
-    have_flat = PyObject_GetBuffer(flat, &flat_view,
-                                   PyBUF_C_CONTIGUOUS | (to_flat ? PyBUF_WRITABLE : 0)) == 0;
+    have_flat = PyObject_GetBuffer(flat, &flat_view, PyBUF_C_CONTIGUOUS) == 0;
     have_views = have_flat && take_views(items, flat, dtype, !to_flat, views, n);
     if (!have_views) {
         PyErr_Clear();
@@ -90,7 +111,7 @@ static PyObject *copy_many(PyObject *items_arg, PyObject *flat, int to_flat) {
     }
     for (Py_ssize_t i = 0; fits && i < n; i++)
         fits = !meet(&views[i], (const char *)flat_view.buf, total);
-    if (!fits) {
+    if (!fits || (to_flat && total > 0 && !writable(flat))) {
         result = Py_NewRef(Py_NotImplemented);
         goto done;
     }
@@ -149,5 +170,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__gather(void) {
     dtype_name = PyUnicode_InternFromString("dtype");
     hasobject_name = PyUnicode_InternFromString("hasobject");
-    return dtype_name == NULL || hasobject_name == NULL ? NULL : PyModule_Create(&module);
+    names_name = PyUnicode_InternFromString("names");
+    return dtype_name == NULL || hasobject_name == NULL || names_name == NULL
+               ? NULL
+               : PyModule_Create(&module);
 }
