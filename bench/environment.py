@@ -20,11 +20,13 @@ import tempfile
 import time
 import traceback
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from collectives.failure import FORWARD_PAUSE_S
+from collectives.files import write_atomically
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -58,12 +60,10 @@ def environment(mpi_comm: MPI.Comm, **extra: object) -> dict[str, object]:
 
 
 def write_json(path: str, document: Mapping[str, object]) -> None:
-    """Write ``document`` to ``path`` atomically (through ``path.tmp``)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as stream:
-        json.dump(document, stream, indent=1)
-        stream.write("\n")
-    os.replace(tmp, path)
+    """Write ``document`` to ``path`` atomically (``collectives.files.write_atomically``:
+    through a new file of its own, so concurrent writers and a planted ``.tmp`` do not
+    tear it or send it elsewhere)."""
+    write_atomically(Path(path), json.dumps(document, indent=1) + "\n")
 
 
 def check_writable(path: str) -> None:

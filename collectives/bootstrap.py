@@ -88,7 +88,7 @@ def init(mpi_comm=None, *, transport: str = "mpi", timeout: float | None = None,
     if mpi.size > 1:
         abort_on_uncaught(mpi, grace=settings.abort_grace)  # ends the job, not hangs it
     topology = _topology(mpi, settings)
-    device = _device_transport(transport, mpi)
+    device = _device_transport(transport, mpi, settings.cuda_aware_mpi)
     if settings.shm:  # COLLECTIVES_SHM=1: on-node peers exchange through shared windows
         from .transport.shm import ShmTransport
 
@@ -192,12 +192,13 @@ def _topology(transport, settings: Settings) -> Topology:
     return Topology.from_node_keys(transport.node_keys(), grid=settings.grid)
 
 
-def _device_transport(name: str, mpi):
-    """The transport for CuPy arrays; collective, so every rank reaches the same choice."""
+def _device_transport(name: str, mpi, cuda_aware: bool | None):
+    """The transport for CuPy arrays; collective, so every rank reaches the same choice.
+    `cuda_aware`: COLLECTIVES_CUDA_AWARE_MPI (compared at init), None to ask MPI."""
     from .transport.staging import StagedMPI
 
-    if name == "mpi":
-        return StagedMPI(mpi)  # loads CuPy only when a CuPy array arrives
+    if name == "mpi":  # (loads CuPy only when a CuPy array arrives)
+        return StagedMPI(mpi, cuda_aware=cuda_aware)
     keys = mpi.node_keys()
     try:
         from .transport import nccl
@@ -209,7 +210,7 @@ def _device_transport(name: str, mpi):
     if not reasons:
         return nccl.NCCLTransport.for_local_rank(mpi, keys)
     if name == "auto":
-        return StagedMPI(mpi) if mpi.name == "mpi" else None
+        return StagedMPI(mpi, cuda_aware=cuda_aware) if mpi.name == "mpi" else None
     rank, why = next(iter(reasons.items()))
     raise CollectiveError(f"transport 'nccl' is unusable on rank(s) {sorted(reasons)}: "
                           f"rank {rank}: {why}")

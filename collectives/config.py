@@ -96,6 +96,7 @@ class Settings:
     shm: bool = False  # on-node peers exchange through shared windows (COLLECTIVES_SHM=1: on)
     abort_grace: float = DEFAULT_ABORT_GRACE  # seconds MPI_Abort gets before the watchdog
     deterministic: bool = False  # reductions' default (COLLECTIVES_DETERMINISTIC=1: on)
+    cuda_aware_mpi: bool | None = None  # COLLECTIVES_CUDA_AWARE_MPI; None: MPI's own word
 
     @classmethod
     def resolve(cls, *, timeout: float | None = None, local_size: int | None = None,
@@ -124,9 +125,10 @@ class Settings:
             shm=_env("SHM", _flag, False),
             abort_grace=_env("ABORT_GRACE", _seconds, DEFAULT_ABORT_GRACE),
             deterministic=_env("DETERMINISTIC", _flag, False),
+            cuda_aware_mpi=_env("CUDA_AWARE_MPI", _flag, None),
         )
 
     def agreed(self) -> dict[str, object]:
         """The settings every rank must share: they decide what the ranks exchange."""
         return {"check": self.check, "shm": self.shm, "local_size": self.local_size,
-                "grid": self.grid}
+                "grid": self.grid, "cuda_aware_mpi": self.cuda_aware_mpi}

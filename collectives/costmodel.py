@@ -26,12 +26,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .files import read_regular
+from .files import folder_locked, read_regular, write_atomically
 from .topology import Topology
 
 __all__ = [
@@ -74,6 +73,11 @@ class LinkModel:
     def __post_init__(self) -> None:
         if not (self.alpha >= 0 and self.beta >= 0 and math.isfinite(self.alpha + self.beta)):
             raise ValueError(f"link alpha and beta must be finite and >= 0, got {self.alpha}, {self.beta}")
+        flags = {"zero_copy": self.zero_copy, "cpu_copy": self.cpu_copy,
+                 "per_node": self.per_node}
+        wrong = {name: value for name, value in flags.items() if not isinstance(value, bool)}
+        if wrong:  # ("false", a non-empty string, would count as true)
+            raise ValueError(f"link flags must be true or false, got {wrong}")
 
     @classmethod
     def from_bandwidth(cls, *, alpha_us: float, gbytes_per_s: float, zero_copy: bool = False,
@@ -309,8 +313,11 @@ class Calibration:
         if not all(0 <= v < math.inf for v in constants) or self.size < 0:
             raise ValueError(f"gamma, call_overhead, copy_beta and codec_beta must be finite "
                              f"and >= 0 and size >= 0, got {constants}, size {self.size}")
-        if not all(b > 0 and 0 <= t < math.inf for b, t in self.native):
-            raise ValueError(f"native points must be (bytes > 0, seconds >= 0), got {self.native}")
+        native = self.native
+        if not all(b > 0 and 0 <= t < math.inf for b, t in native) or any(
+                a[0] >= b[0] for a, b in zip(native, native[1:])):
+            raise ValueError(f"native points must be (bytes > 0, seconds >= 0) with increasing "
+                             f"bytes, got {native}")
         _check_by_size(self.by_size)
 
     def cluster(self, topology: Topology, *, name: str = "") -> ClusterModel:
@@ -418,21 +425,14 @@ def write_calibration(calibration: Calibration, path: Path | None = None, **abou
     `about` (host, date, transport, ...) is stored beside the calibrations.
     """
     path = tuning_path() if path is None else Path(path)
-    document = _document(path)
-    entries = document.setdefault("calibrations", {})
-    entries[str(calibration.size)] = calibration.as_json()
-    document.update(about, version=TUNING_VERSION)
-    document["calibrations"] = {size: entries[size] for size in sorted(entries, key=int)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A new file of our own (O_EXCL, a random name): a planted <file>.tmp symlink is not followed.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(document, indent=1) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with folder_locked(path.parent):  # calibrations written at once all stay
+        document = _document(path)
+        entries = document.setdefault("calibrations", {})
+        entries[str(calibration.size)] = calibration.as_json()
+        document.update(about, version=TUNING_VERSION)
+        document["calibrations"] = {size: entries[size] for size in sorted(entries, key=int)}
+        write_atomically(path, json.dumps(document, indent=1) + "\n")
     return path
 
 

@@ -1,16 +1,22 @@
-"""Reading a file a user or the environment names, without trusting what it is.
+"""Reading and writing a file a user or the environment names, without trusting what it is.
 
 Example::
 
     text = read_regular(Path("tuning.json"), limit=16 << 20)
+    with folder_locked(path.parent):        # a read-modify-write no other writer interleaves
+        write_atomically(path, text)
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["read_regular"]
+__all__ = ["folder_locked", "read_regular", "write_atomically"]
 
 
 def read_regular(path: Path, limit: int) -> str:
@@ -28,3 +34,38 @@ def read_regular(path: Path, limit: int) -> str:
     if len(text) > limit:
         raise ValueError(f"larger than {limit} bytes")
     return text.decode()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace the file at `path` by `text` at once: readers see the old file or the new
+    one, never a part. Written through a new file of its own beside it (O_EXCL, a random
+    name: a planted symlink is not followed, and concurrent writers do not share it), with
+    the permissions a plain open would give it (0666 less the umask)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def folder_locked(folder: Path) -> Iterator[None]:
+    """`folder` locked against the other writers that lock it (flock), e.g. for a
+    read-modify-write of a file in it; released when the block ends."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)
+
+
+def _umask() -> int:
+    mask = os.umask(0o077)  # (read by setting it: for an instant at most as strict)
+    os.umask(mask)
+    return mask

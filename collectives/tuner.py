@@ -83,13 +83,13 @@ class Tuner:
         calibration, so all ranks choose alike (other ranks' files are never read).
 
         An unreadable or malformed tuning file is reported (a warning) and the defaults
-        are used.
+        are used, whatever went wrong on rank 0 (the others wait for its answer).
         """
         mine = None
         if transport.rank == 0:
             try:
                 mine = load_calibration(topology.size)
-            except ValueError as error:
+            except Exception as error:  # (e.g. Path.home()'s RuntimeError without a HOME)
                 log.warning("%s; auto uses the default cost model", error)
                 mine = (replace(DEFAULT_CALIBRATION, size=topology.size),
                         "defaults (bad tuning file)")

@@ -142,6 +142,17 @@ def test_a_record_that_is_not_one_reads_as_a_stale_lab(monkeypatch, tmp_path, te
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_record_that_is_a_fifo_reads_as_a_stale_lab_at_once(monkeypatch, tmp_path):
+    """A FIFO as lab.json blocked `status`, `down` and `run` for good (the thirty-eighth
+    review)."""
+    monkeypatch.setattr(registry, "ROOT", tmp_path)
+    (tmp_path / "clab-abcdef").mkdir()
+    os.mkfifo(tmp_path / "clab-abcdef" / "lab.json")
+    start = time.monotonic()
+    assert registry.load("clab-abcdef") is None
+    assert time.monotonic() - start < 5
+
+
 def test_a_newer_record_with_more_fields_is_read(monkeypatch, tmp_path):
     monkeypatch.setattr(registry, "ROOT", tmp_path)
     record = registry.Record(name="clab-abcdef", nodes=2, link="1gbit", owner=None,

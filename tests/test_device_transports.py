@@ -1,7 +1,7 @@
 """The device-transport choices that need no GPU: init(transport=...) and CUDA-aware detection."""
 import pytest
 
-from collectives.transport.staging import ENV_CUDA_AWARE, cuda_aware_mpi
+from collectives.config import Settings
 from tests.mpirun import run_workers
 
 
@@ -16,13 +16,16 @@ def test_staged_lanes_with_late_copies(np_):
     run_workers(np_, "staging_lanes", "host")
 
 
-@pytest.mark.parametrize("raw,expected", [("1", True), ("yes", True), ("0", False), ("off", False)])
+@pytest.mark.parametrize("raw,expected", [("1", True), ("yes", True), ("0", False), ("off", False),
+                                          ("", None)])
 def test_cuda_aware_from_environment(monkeypatch, raw, expected):
-    monkeypatch.setenv(ENV_CUDA_AWARE, raw)
-    assert cuda_aware_mpi() is expected
+    monkeypatch.setenv("COLLECTIVES_CUDA_AWARE_MPI", raw)
+    settings = Settings.resolve()
+    assert settings.cuda_aware_mpi is expected  # None: MPI's own word
+    assert settings.agreed()["cuda_aware_mpi"] is expected  # compared at init
 
 
 def test_cuda_aware_rejects_junk(monkeypatch):
-    monkeypatch.setenv(ENV_CUDA_AWARE, "maybe")
+    monkeypatch.setenv("COLLECTIVES_CUDA_AWARE_MPI", "maybe")
     with pytest.raises(ValueError, match="COLLECTIVES_CUDA_AWARE_MPI='maybe'"):
-        cuda_aware_mpi()
+        Settings.resolve()

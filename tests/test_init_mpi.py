@@ -15,7 +15,8 @@ def _seen(tmp_path, np_=NP) -> list[dict]:
 
 
 @pytest.mark.parametrize("case, field", [("local_size", "local_size"), ("shm", "shm"),
-                                         ("check", "check"), ("grid", "grid")])
+                                         ("check", "check"), ("grid", "grid"),
+                                         ("cuda_aware_mpi", "cuda_aware_mpi")])
 def test_settings_that_differ_raise_mismatch_on_every_rank(tmp_path, case, field):
     np_ = 2 if case == "grid" else NP
     run_workers(np_, "init_settings", case, str(tmp_path), timeout=120)

@@ -331,3 +331,76 @@ def test_compression_between_nodes_is_priced_on_several_nodes():
     one_node = Tuner(ClusterModel.uniform(nodes=1, ranks_per_node=4, intra=shm, inter=shm,
                                           gamma=1 / 3e9))
     assert not one_node.compression(n, "hierarchical").between_nodes
+
+
+def test_rank_0_answers_whatever_its_read_raised(monkeypatch, caplog):
+    """The other ranks wait for rank 0's calibration: an error other than a malformed
+    file (Path.home() raises RuntimeError without a HOME or a passwd entry) must still
+    give them an answer (the thirty-eighth review)."""
+    monkeypatch.delenv("COLLECTIVES_TUNING_FILE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+
+    class OneRank:
+        rank = 0
+
+        def allgather_object(self, obj):
+            return [obj]
+
+    with caplog.at_level(logging.WARNING, logger="collectives.tuner"):
+        tuner = Tuner.agreed(OneRank(), Topology.from_local_size(2, 2))
+    assert tuner.source == "defaults (bad tuning file)"
+    assert "Could not determine home directory" in caplog.text
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"native": [[8, 1e-5], [8, 2e-5]]}, "increasing bytes"),  # a division by zero in auto
+    ({"native": [[64, 1e-5], [8, 2e-5]]}, "increasing bytes"),  # priced wrong, silently
+    ({"intra": {**DEFAULT_CALIBRATION.as_json()["intra"], "zero_copy": "false"}},
+     "link flags must be true or false"),  # a non-empty string counted as true
+])
+def test_tables_out_of_order_and_flags_not_booleans_are_malformed(tmp_path, change, said):
+    """Found by the thirty-eighth review."""
+    path = tmp_path / "tuning.json"
+    entry = {**DEFAULT_CALIBRATION.as_json(), "size": 2, **change}
+    path.write_text(json.dumps({"version": 1, "calibrations": {"2": entry}}))
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))}.*{said}"):
+        read_tuning(path)
+
+
+_WRITER = """
+import sys, time
+from dataclasses import replace
+from collectives.costmodel import DEFAULT_CALIBRATION, write_calibration
+path, size, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+while time.time() < start:
+    pass
+write_calibration(replace(DEFAULT_CALIBRATION, size=size), path)
+"""
+
+
+def test_calibrations_written_at_once_all_stay(tmp_path):
+    """Each writer read, changed and replaced the file: writers at the same instant lost
+    one another's entries (7 of 10 trials, the thirty-eighth review)."""
+    for trial in range(4):
+        path = tmp_path / f"tuning{trial}.json"
+        start = time.time() + 1.0
+        writers = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(size),
+                                     str(start)]) for size in (2, 3, 4, 5)]
+        assert [w.wait(timeout=60) for w in writers] == [0, 0, 0, 0]
+        assert sorted(read_tuning(path)) == [2, 3, 4, 5], trial
+
+
+def test_the_tuning_file_gets_the_umask_s_permissions(tmp_path):
+    """It was 0600 whatever the umask (the temporary file's mode)."""
+    path = tmp_path / "tuning.json"
+    old = os.umask(0o022)
+    try:
+        write_calibration(DEFAULT_CALIBRATION, path)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -23,6 +23,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from collectives.files import read_regular
+
 from . import netns
 from .errors import LabError
 from .layout import MAX_NODES, PREFIX, is_lab_name, lab_of
@@ -31,6 +33,7 @@ __all__ = ["ROOT", "Owner", "Record", "directory", "load", "records", "remove", 
 
 ROOT = Path("/run/collectives-cluster")
 _RECORD = "lab.json"
+_RECORD_LIMIT = 1 << 20  # bytes: a record is a few hundred (no FIFO, no /dev/zero)
 
 
 def _start_time(pid: int) -> int | None:
@@ -122,7 +125,7 @@ def load(name: str) -> Record | None:
     """The record of lab ``name``; None when there is none or it cannot be read (not JSON,
     or not a record: a lab without a readable record counts as stale)."""
     try:
-        return _record(name, json.loads((directory(name) / _RECORD).read_text()))
+        return _record(name, json.loads(read_regular(directory(name) / _RECORD, _RECORD_LIMIT)))
     except (OSError, ValueError, TypeError, KeyError, RecursionError):
         return None
 

@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import ctypes
-import os
 from collections import deque
 from typing import TYPE_CHECKING, Sequence
 
@@ -33,20 +32,15 @@ if TYPE_CHECKING:  # imported when the first CuPy buffer arrives, so CPU jobs ne
 __all__ = ["CHUNK_BYTES", "CudaCopies", "StagedMPI", "cuda_aware_mpi"]
 
 CHUNK_BYTES = 1 << 20  # the ring's segment size: one chunk per segment, lanes pipeline them
-ENV_CUDA_AWARE = "COLLECTIVES_CUDA_AWARE_MPI"
 
 
 def cuda_aware_mpi() -> bool:
-    """Whether the MPI library moves device memory: COLLECTIVES_CUDA_AWARE_MPI, else its own word.
+    """Whether the MPI library moves device memory, in its own word (init passes
+    COLLECTIVES_CUDA_AWARE_MPI instead where it is set).
 
     MPICH and Open MPI answer through MPIX_Query_cuda_support; an MPI without it counts as
     not CUDA-aware.
     """
-    raw = os.environ.get(ENV_CUDA_AWARE, "").strip().lower()
-    if raw:
-        if raw not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
-            raise ValueError(f"{ENV_CUDA_AWARE}={raw!r}: expected 1 or 0")
-        return raw in ("1", "true", "yes", "on")
     from mpi4py import MPI
 
     query = getattr(ctypes.CDLL(MPI.__file__), "MPIX_Query_cuda_support", None)
@@ -191,7 +185,7 @@ class StagedMPI:
     shared = None
 
     def __init__(self, mpi, *, cuda_aware: bool | None = None, copies=None):
-        """`cuda_aware` None: ask cuda_aware_mpi() when the first buffer arrives; `copies`
+        """`cuda_aware` None: ask MPI (cuda_aware_mpi()) when the first buffer arrives; `copies`
         None: CudaCopies, made then too (so a CPU-only job never loads CuPy).
 
         Every rank must come to the same answer (one MPI library, one environment): a staged

@@ -25,6 +25,7 @@ CASES = {
     "grid": ("COLLECTIVES_GRID", "1x2", "2x1"),
     "shm": ("COLLECTIVES_SHM", "1", "0"),
     "check": ("COLLECTIVES_CHECK", "0", "1"),
+    "cuda_aware_mpi": ("COLLECTIVES_CUDA_AWARE_MPI", "0", "1"),  # (the thirty-eighth review)
     "invalid_timeout": ("COLLECTIVES_TIMEOUT", "nan", TIMEOUT),
     "invalid_algorithm": ("COLLECTIVES_ALGORITHM", "rign", None),
     "invalid_flag": ("COLLECTIVES_SHM", "maybe", None),
