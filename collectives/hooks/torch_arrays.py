@@ -24,7 +24,8 @@ import torch.distributed as dist
 from ..gradsync import as_array
 from ..options import DTYPES, Op
 
-__all__ = ["REDUCE_OPS", "reduce_op", "compressible", "flat", "byte_view", "Rows", "as_array"]
+__all__ = ["REDUCE_OPS", "reduce_op", "compressible", "flat", "byte_view", "Rows", "as_array",
+           "dtype_code", "dtype_named"]
 
 REDUCE_OPS = {
     dist.ReduceOp.SUM: Op.SUM,
@@ -37,6 +38,16 @@ _WORD = np.dtype(np.int32)
 # Every torch dtype by name: a row's dtype travels as its index (the same on every rank).
 _TORCH_DTYPES = sorted({v for v in vars(torch).values() if isinstance(v, torch.dtype)}, key=str)
 _DTYPE_CODES = {dtype: code for code, dtype in enumerate(_TORCH_DTYPES)}
+
+
+def dtype_code(dtype: torch.dtype) -> int:
+    """A torch dtype as a number, the same on every rank (to compare what ranks send)."""
+    return _DTYPE_CODES[dtype]
+
+
+def dtype_named(code: int) -> object:
+    """The torch dtype of a code another rank sent (the code itself if unknown here)."""
+    return _TORCH_DTYPES[code] if 0 <= code < len(_TORCH_DTYPES) else code
 
 
 def reduce_op(op: dist.ReduceOp) -> Op:
@@ -121,7 +132,7 @@ class Rows:
                              "in size); the tensor is left as it was")
         other = codes[codes != code]
         if other.size:
-            sent = _TORCH_DTYPES[other[0]] if 0 <= other[0] < len(_TORCH_DTYPES) else other[0]
+            sent = dtype_named(int(other[0]))
             raise ValueError(f"backend 'collectives': a row of {sent} arrived for a "
                              f"{self._dtype} tensor (the ranks' tensors differ in dtype); the "
                              "tensor is left as it was")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -35,7 +36,8 @@ from ..algorithms import PLANNERS
 from ..communicator import Communicator
 from ..errors import unknown_choice
 from ..options import check_compression
-from .torch_arrays import Rows, as_array, byte_view, compressible, flat, reduce_op
+from .torch_arrays import (Rows, as_array, byte_view, compressible, dtype_code, dtype_named,
+                           flat, reduce_op)
 from .torch_groups import group_communicator
 from .torch_work import DoneWork, HandleWork, MessageWork
 
@@ -190,18 +192,46 @@ class CollectivesProcessGroup(dist.ProcessGroup):
                    for output, whole in pairs]
         return HandleWork(handles, lambda: [output for output, _ in pairs])
 
+    def _refuse(self, collectives: list[str], error: Exception) -> NoReturn:
+        """Refuse each collective the op would have issued, in order (each of the peers'
+        calls pairs with one: MismatchError there), then raise `error` here."""
+        for name in collectives:
+            try:
+                self.comm.refuse(name, error)
+            except BaseException as raised:  # (refuse raises `error` itself)
+                if raised is not error:
+                    raise
+        raise error
+
     def _compress(self, tensors: list[torch.Tensor]) -> str | None:
         return self._compression if all(compressible(t) for t in tensors) else None
 
     # ------------------------------------------------------------------ data movement
 
-    @_refusing("broadcast")
     def broadcast(self, tensors: list[torch.Tensor], opts=BroadcastOptions()) -> dist.Work:
-        rows = [Rows(t) for t in tensors]
-        handles = [self.comm.broadcast_async(r.array, opts.rootRank,
-                                             self._algorithm["broadcast"], out=r.array)
-                   for r in rows]
-        return HandleWork(handles, _finishing(rows, tensors))
+        """Every rank's byte counts and dtypes go with it (an all-gather queued just before),
+        and the Work fails on every rank where one differs from the root's: rows of 5 and 6
+        bytes, or of int16 and uint8, pad alike, and only the receivers whose row differs
+        would see it (the thirty-ninth review). A tensor this rank cannot send refuses
+        both, as the peers issue them."""
+        try:
+            rows = [Rows(t) for t in tensors]
+        except (TypeError, ValueError, BufferError) as error:
+            self._refuse(["allgather", *["broadcast"] * len(tensors)], error)
+        root = opts.rootRank
+        kinds = np.array([[t.numel() * t.element_size(), dtype_code(t.dtype)]
+                          for t in tensors], np.int64).reshape(len(tensors), 2)
+        every = np.empty((self.size(), *kinds.shape), np.int64)
+        handles = [self.comm.allgather_async(kinds, out=every)]
+        handles += [self.comm.broadcast_async(r.array, root, self._algorithm["broadcast"],
+                                              out=r.array) for r in rows]
+        finish_rows = _finishing(rows, tensors)
+
+        def finish() -> list[torch.Tensor]:
+            _check_like_root(every, root)
+            return finish_rows()
+
+        return HandleWork(handles, finish)
 
     @_refusing("allgather")
     def all_gather_single(self, output: torch.Tensor, input: torch.Tensor,
@@ -272,8 +302,10 @@ class CollectivesProcessGroup(dist.ProcessGroup):
             handle = self.comm.alltoall_async(sent.array, out=received.array,
                                               algorithm=self._algorithm["alltoall"])
             return HandleWork([handle], _finishing([received], [output]))
-        return self._alltoall_blocks(_split(input, input_split_sizes, self.size()),
-                                     _split(output, output_split_sizes, self.size()), [output])
+        p = self.size()
+        return self._alltoall_blocks(_split(input, input_split_sizes, p),
+                                     _split(output, output_split_sizes, p), [output],
+                                     [input.dtype] * p, [output.dtype] * p)
 
     alltoall_base = all_to_all_single
 
@@ -284,21 +316,30 @@ class CollectivesProcessGroup(dist.ProcessGroup):
             raise ValueError(f"all_to_all: the input and output lists must hold "
                              f"{self.size()} tensors each, got {len(inputs)} and {len(outputs)}")
         return self._alltoall_blocks([byte_view(t) for t in inputs],
-                                     [byte_view(t) for t in outputs], outputs)
+                                     [byte_view(t) for t in outputs], outputs,
+                                     [t.dtype for t in inputs], [t.dtype for t in outputs])
 
     def _alltoall_blocks(self, sends: list[np.ndarray], receives: list[np.ndarray],
-                         result: list[torch.Tensor]) -> dist.Work:
-        """Blocks of bytes of any sizes: every rank's block sizes gathered first (each
-        block must be the size its receiver expects: ValueError on every rank otherwise),
-        padded to the largest, exchanged by one all-to-all, then unpadded."""
+                         result: list[torch.Tensor], send_dtypes: list[torch.dtype],
+                         receive_dtypes: list[torch.dtype]) -> dist.Work:
+        """Blocks of bytes of any sizes: every rank's block sizes and dtypes gathered first
+        (each block must be the size and dtype its receiver expects: ValueError on every
+        rank otherwise; the dtypes since the thirty-ninth review, which found bytes of
+        another dtype landing unchecked), padded to the largest, exchanged by one
+        all-to-all, then unpadded."""
         p = self.size()
-        mine = np.array([b.size for b in (*sends, *receives)], np.int64)
-        sizes = self.comm.allgather(mine)  # row r: rank r's p sends, then its p receives
-        sent, expected = sizes[:, :p], sizes[:, p:].T  # [r, q]: from rank r to rank q
-        if not np.array_equal(sent, expected):
-            r, q = (int(i) for i in np.argwhere(sent != expected)[0])
-            raise ValueError(f"all_to_all: rank {r} sends {sent[r, q]} bytes to rank {q}, "
-                             f"which expects {expected[r, q]}")
+        mine = np.array([[b.size for b in (*sends, *receives)],
+                         [dtype_code(d) for d in (*send_dtypes, *receive_dtypes)]], np.int64)
+        every = self.comm.allgather(mine)  # [r, 0]: rank r's p sends, then its p receives
+        for what, (sent, expected) in (("bytes", (every[:, 0, :p], every[:, 0, p:].T)),
+                                       ("dtype", (every[:, 1, :p], every[:, 1, p:].T))):
+            if not np.array_equal(sent, expected):  # [r, q]: from rank r to rank q
+                r, q = (int(i) for i in np.argwhere(sent != expected)[0])
+                got, want = ((f"{sent[r, q]} bytes", expected[r, q]) if what == "bytes" else
+                             (dtype_named(int(sent[r, q])), dtype_named(int(expected[r, q]))))
+                raise ValueError(f"all_to_all: rank {r} sends {got} to rank {q}, "
+                                 f"which expects {want}")
+        sizes = every[:, 0]
         words = -(-int(sizes.max(initial=0)) // 4)
         padded = np.zeros((self.size(), words), np.int32)
         for row, block in zip(padded.view(np.uint8), sends):
@@ -332,6 +373,17 @@ class CollectivesProcessGroup(dist.ProcessGroup):
 
     def __repr__(self) -> str:
         return f"CollectivesProcessGroup(rank={self.rank()}, size={self.size()}, {self.comm!r})"
+
+
+def _check_like_root(kinds: np.ndarray, root: int) -> None:
+    """ValueError naming the first rank whose (bytes, dtype code) of a tensor differ from
+    the root's; `kinds[r, i]` is rank r's tensor i."""
+    for r in np.flatnonzero((kinds != kinds[root]).any(axis=(1, 2))):
+        i = int(np.flatnonzero((kinds[r] != kinds[root]).any(axis=1))[0])
+        (got, code), (want, root_code) = kinds[r, i], kinds[root, i]
+        raise ValueError(f"broadcast: rank {r}'s tensor {i} holds {got} bytes of "
+                         f"{dtype_named(int(code))}, the root's (rank {root}) {want} bytes "
+                         f"of {dtype_named(int(root_code))}; the tensors are left as they were")
 
 
 def _finishing(rows: list[Rows], tensors: list[torch.Tensor]):

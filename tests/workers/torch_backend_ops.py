@@ -285,16 +285,19 @@ def check_one_rank_refusals(group, tally: Tally) -> None:
             tally.check(False, "all_to_all blocks of 1 row into 2 rows accepted")
         except ValueError as error:
             tally.check("expects" in str(error), f"all_to_all sizes that differ: {error}")
-    # bytes of 3 and 2 elements pad to one word alike: the rows carry their byte counts
+    # bytes of 3 and 2 elements pad to one word alike, and only the receivers whose row
+    # differed raised, the root and the others returned (the thirty-ninth review): every
+    # rank's byte count and dtype go with the broadcast, and every rank raises
     odd_bytes = torch.full((3 if r == 0 else 2,), 9, dtype=torch.uint8)
     try:
         dist.broadcast(odd_bytes, root, group=group)
-        tally.check(r == 0, f"uint8 of 3 bytes broadcast into 2: {odd_bytes}")
+        tally.check(p == 1, f"uint8 of 3 bytes broadcast into 2: {odd_bytes}")
     except ValueError as error:
-        tally.check(r != 0 and "a row of 3 bytes arrived for a tensor row of 2" in str(error)
-                    and odd_bytes.tolist() == [9, 9], f"uint8 sizes that differ: {error}")
+        tally.check("holds 2 bytes of torch.uint8, the root's (rank 0) 3 bytes" in str(error)
+                    and odd_bytes.tolist() == [9] * (3 if r == 0 else 2),
+                    f"uint8 sizes that differ: {error}")
     # dtypes of one byte size looked alike (uint8 x 4 and int32 x 1 in one int32 word; bool
-    # and uint8): now mismatched rows (every rank), or rows that name their dtype (receivers)
+    # and uint8): now mismatched rows, or the byte counts and dtypes compared (every rank)
     for ours, refused in ((torch.ones(4, dtype=torch.uint8) if r == 0 else
                            torch.zeros(1, dtype=torch.int32), MismatchError),
                           (torch.ones(2, dtype=torch.bool) if r == 0 else
@@ -302,12 +305,28 @@ def check_one_rank_refusals(group, tally: Tally) -> None:
         kept = ours.clone()
         try:
             dist.broadcast(ours, root, group=group)
-            tally.check(p == 1 or (refused is ValueError and r == 0),
-                        f"{kept.dtype} broadcast accepted: {ours}")
+            tally.check(p == 1, f"{kept.dtype} broadcast accepted: {ours}")
         except (ValueError, MismatchError) as error:
             tally.check(type(error) is refused and torch.equal(ours, kept)
-                        and (refused is MismatchError or "a row of torch.bool arrived for a "
-                             "torch.uint8 tensor" in str(error)), f"{kept.dtype}: {error!r}")
+                        and (refused is MismatchError or "bytes of torch.uint8, the root's "
+                             "(rank 0) 2 bytes of torch.bool" in str(error)),
+                        f"{kept.dtype}: {error!r}")
+    if p > 1:  # blocks of another dtype landed unchecked (the thirty-ninth review)
+        mine = torch.bool if odd else torch.uint8
+        for what, call in (
+                ("all_to_all of bool blocks into uint8", lambda: dist.all_to_all(
+                    [torch.zeros(2, dtype=mine) for _ in range(p)],
+                    [torch.ones(2, dtype=mine) for _ in range(p)], group=group)),
+                ("all_to_all_single of int32 splits into float32", lambda: dist.all_to_all_single(
+                    torch.zeros(p, dtype=torch.int32 if odd else torch.float32),
+                    torch.ones(p, dtype=torch.int32 if odd else torch.float32), group=group,
+                    input_split_sizes=[1] * p, output_split_sizes=[1] * p))):
+            try:
+                call()
+                tally.check(False, f"{what}: accepted")
+            except ValueError as error:
+                tally.check(" sends torch." in str(error) and "which expects torch." in str(error),
+                            f"{what}: {error}")
     both = torch.arange(2.0 * p) + 10 * r  # in place with equal splits (was "overlaps")
     dist.all_to_all_single(both, both, group=group)
     want = torch.tensor([10.0 * q + 2 * r + i for q in range(p) for i in range(2)])
