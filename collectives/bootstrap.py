@@ -182,7 +182,8 @@ def _init_torch(transport: str, settings: Settings) -> Communicator:
     from .transport.torch_dist import TorchDistTransport
 
     host = TorchDistTransport.from_environment(settings.timeout)
-    device = None if transport == "mpi" else _device_transport(transport, host)
+    device = (None if transport == "mpi"
+              else _device_transport(transport, host, settings.cuda_aware_mpi))
     return Communicator(host, _topology(host, settings), settings, device_transport=device)
 
 

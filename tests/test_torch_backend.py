@@ -56,9 +56,12 @@ def test_rows_pad_other_dtypes_and_write_back_on_finish():
     raw = torch.zeros(6, dtype=torch.uint8)
     rows = Rows(raw, 2)  # 3 bytes a row: padded to a word, a copy, then bytes and dtype
     masks = Rows(torch.zeros(8, dtype=torch.bool), 2)  # a word's worth: a copy all the same
-    assert rows.array.shape == (2, 3) and rows.array[:, 1].tolist() == [3, 3]
-    assert masks.array.shape == (2, 3) and masks.array[:, 1].tolist() == [4, 4]
-    assert rows.array[0, 2] != masks.array[0, 2]  # the dtypes differ
+    # (a third axis that no row of a library dtype has: 16 uint8 and 6 int32 made one shape)
+    assert rows.array.shape == (2, 3, 1) and rows.array[:, 1, 0].tolist() == [3, 3]
+    assert masks.array.shape == (2, 3, 1) and masks.array[:, 1, 0].tolist() == [4, 4]
+    assert rows.array[0, 2, 0] != masks.array[0, 2, 0]  # the dtypes differ
+    assert Rows(torch.zeros(16, dtype=torch.uint8)).array.shape != \
+        Rows(torch.zeros(6, dtype=torch.int32)).array.shape
     rows.array[:, 0] = 0x7F050403
     assert not raw.any()
     rows.finish()
@@ -71,11 +74,11 @@ def test_rows_of_another_byte_count_or_dtype_are_refused_on_finish():
     written into the tensor, padding included."""
     raw = torch.full((3,), 9, dtype=torch.uint8)
     rows = Rows(raw)
-    code = rows.array[0, 2]
-    rows.array[0] = [0x01020304, 2, code]  # a row of 2 bytes from a peer
+    code = rows.array[0, 2, 0]
+    rows.array[0, :, 0] = [0x01020304, 2, code]  # a row of 2 bytes from a peer
     with pytest.raises(ValueError, match="a row of 2 bytes arrived for a tensor row of 3"):
         rows.finish()
-    rows.array[0] = [0x01020304, 3, Rows(torch.zeros(3, dtype=torch.bool)).array[0, 2]]
+    rows.array[0, :, 0] = [0x01020304, 3, Rows(torch.zeros(3, dtype=torch.bool)).array[0, 2, 0]]
     with pytest.raises(ValueError, match="a row of torch.bool arrived for a torch.uint8 tensor"):
         rows.finish()
     assert raw.tolist() == [9, 9, 9]

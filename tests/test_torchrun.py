@@ -89,3 +89,22 @@ def test_rank_that_never_arrives_gives_collective_timeout(tmp_path, check, step)
         assert f"rank {rank}: " in seen["message"] and step in seen["message"], seen
         assert check == "1" or "[2]" in seen["message"], seen  # plans name the silent peer
         assert "this communicator is unusable since allreduce #2 timed out" in seen["after"], seen
+
+
+@pytest.mark.parametrize("transport", ["mpi", "auto"])
+def test_init_under_torchrun_takes_each_transport(transport):
+    """One process in torchrun's environment: transport "auto" (no NCCL here: none for CuPy
+    arrays) broke with a TypeError once (the fortieth review)."""
+    pytest.importorskip("torch", reason="the torch extra is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in MPI_LAUNCHER_ENV}
+    env.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port), "PYTHONPATH": str(ROOT)})
+    code = (f"import collectives; comm = collectives.init(transport={transport!r}); "
+            "print(comm.transport_name, comm.size)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split() == ["torch", "1"]

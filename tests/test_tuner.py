@@ -17,6 +17,7 @@ from collectives.algorithms import PLANNERS
 from collectives.costmodel import (DEFAULT_CALIBRATION, TUNING_MAX_BYTES, Calibration,
                                    ClusterModel, LinkModel, NativeModel, load_calibration,
                                    read_tuning, write_calibration)
+from collectives.files import write_atomically
 from collectives.simulator import simulate
 from collectives.topology import Topology
 from collectives import tuner as tuner_module
@@ -404,3 +405,27 @@ def test_the_tuning_file_gets_the_umask_s_permissions(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_writing_never_sets_the_umask(tmp_path, monkeypatch):
+    """Reading the umask by setting it, even for an instant, raced with other threads'
+    writes: files of 0600 and the process's umask left at 077 (the fortieth review)."""
+    set_to = []
+    monkeypatch.setattr(os, "umask", lambda mask: set_to.append(mask) or 0o022)
+    write_atomically(tmp_path / "f", "x")
+    assert set_to == [] and (tmp_path / "f").read_text() == "x"
+
+
+def test_a_folder_that_cannot_be_opened_is_written_unlocked(tmp_path, monkeypatch):
+    """A folder of mode 0300 (writable, not readable) cannot be opened to lock it; the
+    calibration was then not written at all (the fortieth review)."""
+    real_open = os.open
+
+    def refuse_folders(path, flags, *args):
+        if flags & os.O_DIRECTORY:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refuse_folders)
+    path = write_calibration(DEFAULT_CALIBRATION, tmp_path / "tuning.json")
+    assert read_tuning(path)[0] == DEFAULT_CALIBRATION

@@ -94,11 +94,11 @@ class Rows:
 
     Example::
 
-        rows = Rows(torch.zeros(6, dtype=torch.uint8), 2)    # rows.array: (2, 3) int32, a copy
+        rows = Rows(torch.zeros(6, dtype=torch.uint8), 2)    # rows.array: (2, 3, 1) int32, a copy
         rows.array[:, 0] = 0x01010101; rows.finish()         # the tensor holds 1s
     """
 
-    __slots__ = ("array", "_bytes", "_dtype")
+    __slots__ = ("array", "_words", "_bytes", "_dtype")
 
     def __init__(self, tensor: torch.Tensor, rows: int = 1):
         _check_contiguous(tensor)
@@ -111,10 +111,14 @@ class Rows:
             return
         raw = byte_view(tensor).reshape(rows, -1)
         words = -(-raw.shape[1] // _WORD.itemsize)
-        self.array = np.zeros((rows, words + 2), _WORD)  # then the row's bytes and dtype
-        self.array.view(np.uint8)[:, :raw.shape[1]] = raw
-        self.array[:, -2] = raw.shape[1]
-        self.array[:, -1] = _DTYPE_CODES[tensor.dtype]
+        self._words = np.zeros((rows, words + 2), _WORD)  # then the row's bytes and dtype
+        self._words.view(np.uint8)[:, :raw.shape[1]] = raw
+        self._words[:, -2] = raw.shape[1]
+        self._words[:, -1] = _DTYPE_CODES[tensor.dtype]
+        # one more axis: no tensor of a library dtype (rows of 2 axes, views the library
+        # writes in place) has this shape, so the agreement refuses the pair before a byte
+        # moves; 16 uint8 and 6 int32 made one shape (the fortieth review)
+        self.array = self._words[:, :, np.newaxis]
         self._bytes, self._dtype = raw, tensor.dtype
 
     def finish(self) -> None:
@@ -124,7 +128,7 @@ class Rows:
         if self._bytes is None:
             return
         length, code = self._bytes.shape[1], _DTYPE_CODES[self._dtype]
-        lengths, codes = self.array[:, -2], self.array[:, -1]
+        lengths, codes = self._words[:, -2], self._words[:, -1]
         other = lengths[lengths != length]
         if other.size:
             raise ValueError(f"backend 'collectives': a row of {int(other[0])} bytes arrived "
@@ -136,4 +140,4 @@ class Rows:
             raise ValueError(f"backend 'collectives': a row of {sent} arrived for a "
                              f"{self._dtype} tensor (the ranks' tensors differ in dtype); the "
                              "tensor is left as it was")
-        self._bytes[...] = self.array.view(np.uint8)[:, :length]
+        self._bytes[...] = self._words.view(np.uint8)[:, :length]

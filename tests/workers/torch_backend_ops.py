@@ -300,6 +300,10 @@ def check_one_rank_refusals(group, tally: Tally) -> None:
     # and uint8): now mismatched rows, or the byte counts and dtypes compared (every rank)
     for ours, refused in ((torch.ones(4, dtype=torch.uint8) if r == 0 else
                            torch.zeros(1, dtype=torch.int32), MismatchError),
+                          # 16 uint8 padded and 6 int32 (a view, written in place) made one
+                          # shape: the receivers' int32 were overwritten (the fortieth review)
+                          (torch.ones(16, dtype=torch.uint8) if r == 0 else
+                           torch.zeros(6, dtype=torch.int32), MismatchError),
                           (torch.ones(2, dtype=torch.bool) if r == 0 else
                            torch.zeros(2, dtype=torch.uint8), ValueError)):
         kept = ours.clone()
