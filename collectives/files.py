@@ -62,6 +62,8 @@ def folder_locked(folder: Path) -> Iterator[None]:
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except PermissionError:
+        fd = None  # (the block runs outside this handler: its errors chain to nothing)
+    if fd is None:
         yield
         return
     try:
@@ -74,7 +76,8 @@ def folder_locked(folder: Path) -> Iterator[None]:
 def _umask() -> int:
     """The process's umask, read without setting it (setting it, even for an instant, races
     with other threads creating files: the fortieth review saw 0600 files and the umask
-    left at 077); where the kernel does not say it (before Linux 4.7), 022."""
+    left at 077); where the kernel does not say it (before Linux 4.7), 077, the
+    strictest."""
     try:
         with open("/proc/self/status", encoding="ascii") as status:
             for line in status:
@@ -82,4 +85,4 @@ def _umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    return 0o022
+    return 0o077

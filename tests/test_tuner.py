@@ -17,7 +17,8 @@ from collectives.algorithms import PLANNERS
 from collectives.costmodel import (DEFAULT_CALIBRATION, TUNING_MAX_BYTES, Calibration,
                                    ClusterModel, LinkModel, NativeModel, load_calibration,
                                    read_tuning, write_calibration)
-from collectives.files import write_atomically
+from collectives import files
+from collectives.files import folder_locked, write_atomically
 from collectives.simulator import simulate
 from collectives.topology import Topology
 from collectives import tuner as tuner_module
@@ -429,3 +430,19 @@ def test_a_folder_that_cannot_be_opened_is_written_unlocked(tmp_path, monkeypatc
     monkeypatch.setattr(os, "open", refuse_folders)
     path = write_calibration(DEFAULT_CALIBRATION, tmp_path / "tuning.json")
     assert read_tuning(path)[0] == DEFAULT_CALIBRATION
+    with pytest.raises(KeyError) as raised:  # the block's own error, chained to nothing
+        with folder_locked(tmp_path):  # (it ran inside the PermissionError's handler)
+            raise KeyError("the block")
+    assert raised.value.__context__ is None
+
+
+def test_an_unknown_umask_counts_as_the_strictest(monkeypatch):
+    real_open = open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc/"):
+            raise OSError(2, "No such file or directory", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    assert files._umask() == 0o077

@@ -383,7 +383,7 @@ def _check_like_root(kinds: np.ndarray, root: int) -> None:
         (got, code), (want, root_code) = kinds[r, i], kinds[root, i]
         raise ValueError(f"broadcast: rank {r}'s tensor {i} holds {got} bytes of "
                          f"{dtype_named(int(code))}, the root's (rank {root}) {want} bytes "
-                         f"of {dtype_named(int(root_code))}; the tensors are left as they were")
+                         f"of {dtype_named(int(root_code))}")
 
 
 def _finishing(rows: list[Rows], tensors: list[torch.Tensor]):

@@ -394,6 +394,8 @@ class MPITransport:
                 done = self._receives.test(request, what)
             else:
                 done = request.Test()
+            if not done and not self._closed:  # a peer's large send to one of our other
+                self._receives.progress()  # receives waits for it (may be what we wait on)
         except MPI.Exception as error:  # (a receive unmatched at close probes a freed comm)
             reason = error.Get_error_string().splitlines()[-1].strip()
             done = None

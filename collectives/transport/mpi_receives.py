@@ -87,6 +87,14 @@ class ProbedReceives:
             raise CollectiveError(f"{what}: {receive.problem}; the buffer was not written")
         return done
 
+    def progress(self) -> None:
+        """Match every posted receive whose message arrived. A rank that waits for its send
+        before its receive (torch's batch_isend_irecv) must still take the peer's message:
+        a large send completes only when its receiver takes it (the forty-first review)."""
+        with self._lock:
+            for receive in list(self._last.values()):
+                self._match(receive)
+
     def _match(self, receive: ProbedReceive) -> bool:
         """Match `receive`'s message, and first those of the receives posted before it that
         have none yet; whether `receive` is matched (lock held)."""
