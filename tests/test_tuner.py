@@ -218,20 +218,23 @@ def test_calibrate_end_to_end(tmp_path):
     assert "# calibration at np 2" in proc.stdout and "written to" in proc.stdout
 
 
+class _OneRank:
+    """A world of one: rank 0's transport, as Tuner.agreed asks it."""
+
+    rank = 0
+
+    def allgather_object(self, obj):
+        return [obj]
+
+
 def test_bad_tuning_file_falls_back_to_defaults(tmp_path, monkeypatch, caplog):
     """A corrupt cache file must not break init: auto warns and uses the defaults."""
     path = tmp_path / "tuning.json"
     path.write_text("{not json")
     monkeypatch.setenv("COLLECTIVES_TUNING_FILE", str(path))
 
-    class OneRank:
-        rank = 0
-
-        def allgather_object(self, obj):
-            return [obj]
-
     with caplog.at_level(logging.WARNING, logger="collectives.tuner"):
-        tuner = Tuner.agreed(OneRank(), Topology.from_local_size(2, 2))
+        tuner = Tuner.agreed(_OneRank(), Topology.from_local_size(2, 2))
     assert tuner.source == "defaults (bad tuning file)"
     assert "unreadable" in caplog.text
     assert tuner.choose(8) in CANDIDATES
@@ -347,14 +350,8 @@ def test_rank_0_answers_whatever_its_read_raised(monkeypatch, caplog):
 
     monkeypatch.setattr(Path, "home", staticmethod(no_home))
 
-    class OneRank:
-        rank = 0
-
-        def allgather_object(self, obj):
-            return [obj]
-
     with caplog.at_level(logging.WARNING, logger="collectives.tuner"):
-        tuner = Tuner.agreed(OneRank(), Topology.from_local_size(2, 2))
+        tuner = Tuner.agreed(_OneRank(), Topology.from_local_size(2, 2))
     assert tuner.source == "defaults (bad tuning file)"
     assert "Could not determine home directory" in caplog.text
 
