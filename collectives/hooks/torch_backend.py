@@ -36,8 +36,8 @@ from ..algorithms import PLANNERS
 from ..communicator import Communicator
 from ..errors import unknown_choice
 from ..options import check_compression
-from .torch_arrays import (Rows, as_array, byte_view, compressible, dtype_code, dtype_named,
-                           flat, reduce_op)
+from .torch_arrays import (Packed, Rows, as_array, byte_view, compressible, dtype_code,
+                           dtype_named, flat, reduce_op)
 from .torch_groups import group_communicator
 from .torch_work import DoneWork, HandleWork, MessageWork
 
@@ -212,24 +212,27 @@ class CollectivesProcessGroup(dist.ProcessGroup):
         """Every rank's byte counts and dtypes go with it (an all-gather queued just before),
         and the Work fails on every rank where one differs from the root's: rows of 5 and 6
         bytes, or of int16 and uint8, pad alike, and only the receivers whose row differs
-        would see it (the thirty-ninth review). A tensor this rank cannot send refuses
-        both, as the peers issue them."""
-        try:
-            rows = [Rows(t) for t in tensors]
-        except (TypeError, ValueError, BufferError) as error:
-            self._refuse(["allgather", *["broadcast"] * len(tensors)], error)
+        would see it (the thirty-ninth review). One broadcast whatever the number of
+        tensors (torch's legacy list form packs them): ranks with lists of different
+        lengths then issue the same calls. A tensor this rank cannot send refuses both, as
+        the peers issue them."""
         root = opts.rootRank
+        try:
+            sent = (Rows(tensors[0]) if len(tensors) == 1 else
+                    Packed(tensors, sending=self.rank() == root))
+        except (TypeError, ValueError, BufferError) as error:
+            self._refuse(["allgather", "broadcast"], error)
         kinds = np.array([[t.numel() * t.element_size(), dtype_code(t.dtype)]
                           for t in tensors], np.int64).reshape(len(tensors), 2)
         every = np.empty((self.size(), *kinds.shape), np.int64)
-        handles = [self.comm.allgather_async(kinds, out=every)]
-        handles += [self.comm.broadcast_async(r.array, root, self._algorithm["broadcast"],
-                                              out=r.array) for r in rows]
-        finish_rows = _finishing(rows, tensors)
+        handles = [self.comm.allgather_async(kinds, out=every),
+                   self.comm.broadcast_async(sent.array, root, self._algorithm["broadcast"],
+                                             out=sent.array)]
 
         def finish() -> list[torch.Tensor]:
             _check_like_root(every, root)
-            return finish_rows()
+            sent.finish()
+            return tensors
 
         return HandleWork(handles, finish)
 

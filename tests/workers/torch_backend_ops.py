@@ -128,7 +128,22 @@ def check_movement(group, tally: Tally) -> None:
     shared = [f"from {r}", r]
     dist.broadcast_object_list(shared, src=last, group=group)
     tally.check(shared == [f"from {p - 1}", p - 1], f"broadcast_object_list: {shared}")
+    # torch's legacy multi-tensor broadcast: tensors of any dtypes, one call
+    root = dist.get_global_rank(group, 0)  # the list form takes the group's own rank
+    listed = [tensor(COUNT, torch.float32, r), tensor(5, torch.uint8, r),
+              tensor(0, torch.int64, r), tensor(3, torch.bool, r)]
+    group.broadcast(listed, _root_option(0)).wait()
+    want = [tensor(COUNT, torch.float32, 0), tensor(5, torch.uint8, 0),
+            tensor(0, torch.int64, 0), tensor(3, torch.bool, 0)]
+    tally.check(all(torch.equal(got, w) for got, w in zip(listed, want)),
+                f"broadcast of a list from {root}: {listed}")
     dist.barrier(group=group)
+
+
+def _root_option(root: int) -> dist.BroadcastOptions:
+    options = dist.BroadcastOptions()
+    options.rootRank = root
+    return options
 
 
 def check_async_and_errors(group, tally: Tally) -> None:
@@ -278,6 +293,19 @@ def check_one_rank_refusals(group, tally: Tally) -> None:
         step = torch.full((3,), 7.0) if r == 0 else torch.zeros(3)
         dist.broadcast(step, root, group=group)
         tally.check(torch.equal(step, torch.full((3,), 7.0)), f"broadcast after {what}: {step}")
+    if p > 1:  # lists of different lengths in torch's multi-tensor broadcast: each rank
+        # queued one broadcast per tensor, the extra one paired with that rank's next call
+        ours = [torch.full((3,), float(r == 0)) for _ in range(2 + odd)]
+        try:
+            group.broadcast(ours, _root_option(0)).wait()
+            tally.check(False, "broadcast of lists of different lengths accepted")
+        except (ValueError, MismatchError) as error:
+            tally.check(all(torch.equal(t, torch.full((3,), float(r == 0))) for t in ours),
+                        f"lists of different lengths: {error!r}, {ours}")
+        step = torch.full((3,), 7.0) if r == 0 else torch.zeros(3)
+        dist.broadcast(step, root, group=group)
+        tally.check(torch.equal(step, torch.full((3,), 7.0)),
+                    f"broadcast after lists of different lengths: {step}")
     if p > 1:  # sizes every rank gives but that do not meet: refused on every rank
         try:
             dist.all_to_all_single(torch.zeros(2 * p), torch.ones(p), group=group,
