@@ -221,7 +221,8 @@ class _Bucket:
 
     def _reproducible(self):
         """The bucket reduced as collectives.deterministic defines it (bits independent of
-        the algorithm, the layout and the buckets)."""
+        the algorithm, the layout and the buckets: each array compressed with its own
+        scale)."""
         bucket, arrays = self.bucket, self.arrays
         if len(arrays) == 1 and arrays[0].flags.c_contiguous:
             flat = arrays[0].reshape(-1)  # read where it lies: the result is written last
@@ -231,7 +232,7 @@ class _Bucket:
         out, _ = self._result_buffer(bucket.dtype, "fusion result")
         return reproducibly(self.reducer, flat, self.options.op, self.options.compression,
                             self.options.algorithm, self.tag, self.deadline, keep="all",
-                            out=out)
+                            out=out, sizes=[a.size for a in arrays])
 
     def _integer_mean(self):
         """avg of integers, exact: the sum in wide integers, then a floor division."""

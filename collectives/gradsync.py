@@ -101,7 +101,8 @@ def check_options(comm, algorithm: str, compression: str | None, error_feedback:
         raise TypeError(f"error_feedback must be a bool, got {error_feedback!r}")
     return CallOptions.parse(
         op="avg", algorithm=algorithm, compression=compression, error_feedback=error_feedback,
-        fusion_bytes=comm.settings.fusion_bytes if fusion_bytes is None else fusion_bytes)
+        fusion_bytes=comm.settings.fusion_bytes if fusion_bytes is None else fusion_bytes,
+        deterministic=comm.settings.deterministic)  # what its calls will run with
 
 
 def broadcast_parameters(params: Iterable | Mapping, comm: Communicator, *, root: int = 0) -> list:

@@ -171,8 +171,10 @@ class CallOptions:
         if not isinstance(deterministic, bool):
             raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
         if deterministic and error_feedback is not False:
-            raise ValueError("deterministic=True defines the result by the inputs alone; "
-                             "error_feedback carries state between calls: pass one of them")
+            raise ValueError("deterministic reductions (deterministic=True, the default "
+                             "under COLLECTIVES_DETERMINISTIC=1) define the result by the "
+                             "inputs alone; error_feedback carries state between calls: turn "
+                             "one of them off")
         return cls(op, algorithm, compression, fusion_bytes, check_finite, error_feedback,
                    deterministic)
 

@@ -141,12 +141,16 @@ class FlatReducer:
 
     def agree_max(self, value: float, deadline: float) -> float:
         """max of `value` over ranks: one all-reduce of one float (compression's scale)."""
-        if self.size == 1:
-            return value
-        start = time.perf_counter()
         self._scalar[0] = value
-        self.host.native_allreduce(self._scalar, self._scalar, "max", deadline)
-        moved = 2 * (self.size - 1) * self._scalar.nbytes // self.size
+        return float(self.agree_maxes(self._scalar, deadline)[0])
+
+    def agree_maxes(self, values: np.ndarray, deadline: float) -> np.ndarray:
+        """Each of the float64 `values` maxed over ranks, in place: one all-reduce."""
+        if self.size == 1:
+            return values
+        start = time.perf_counter()
+        self.host.native_allreduce(values, values, "max", deadline)
+        moved = 2 * (self.size - 1) * values.nbytes // self.size
         self.stats.record("scale-agreement", time.perf_counter() - start, moved, moved,
                           modelled=True)
-        return float(self._scalar[0])
+        return values

@@ -29,24 +29,26 @@ __all__ = ["reproducibly"]
 
 
 def reproducibly(reducer, flat, op: Op, compression: str | None, algorithm: str,
-                 tag: int, deadline: float, *, keep: str, out=None):
+                 tag: int, deadline: float, *, keep: str, out=None, sizes=None):
     """The deterministic reduction of every rank's `flat`: all of it (`keep="all"`, in `out`
     when given, else a new array), this rank's block as np.array_split cuts it ("block", a
     view of a reused buffer: copy it before the next call), or None where nothing is kept
-    ("none": a reduce off root). Buffers are the reducer's, reused from call to call."""
+    ("none": a reduce off root). Buffers are the reducer's, reused from call to call.
+    `sizes`: the lengths of the arrays packed one after another in flat (fusion); each
+    has a compression scale of its own, so its bits do not depend on its neighbours."""
     p, me = reducer.size, reducer.rank
     xp = kernels.array_module(flat)
     if xp is not np and algorithm in ("native", "auto"):
         algorithm = "ring"  # MPI's own collectives move host arrays only
     codec = codec_for(compression, flat.dtype)
-    scale = 1.0
+    scales = [(0, flat.size, 1.0)]
     if codec is not None:
-        scale = scale_for(codec, reducer.agree_max(absmax(flat), deadline), p, op,
-                          flat.dtype)
-    rows, bounds = _rows(reducer, flat, codec, scale, op)
+        scales = _scales(reducer, flat, codec, op, sizes or [flat.size], deadline)
+    rows, bounds = _rows(reducer, flat, codec, scales, op)
     theirs = reducer.buffer("deterministic in", flat, rows.dtype, rows.size).reshape(rows.shape)
+    wire = None if codec is None else codec.name
     _run(reducer, "alltoall", "pairwise" if algorithm != "native" else "native", rows, theirs,
-         tag, deadline)
+         tag, deadline, wire)
     gather_with = _concrete(reducer, "allgather", algorithm, rows.nbytes)
     if keep == "all" and out is None:
         out = xp.empty(flat.size, flat.dtype)
@@ -65,8 +67,12 @@ def reproducibly(reducer, flat, op: Op, compression: str | None, algorithm: str,
     fold_rows(mine, Op.SUM if codec is not None and op is Op.AVG else op, folded)
     if keep == "block":
         lo, hi = bounds[me]
-        return _decoded(folded[: hi - lo], flat.dtype, scale, codec is not None)
-    _run(reducer, "allgather", gather_with, gathered, gathered, tag, deadline)
+        if codec is None:
+            return folded[: hi - lo]
+        block = xp.empty(hi - lo, flat.dtype)
+        _unscale(block, folded, lo, hi, scales)
+        return block
+    _run(reducer, "allgather", gather_with, gathered, gathered, tag, deadline, wire)
     if keep == "none":
         return None
     if direct:
@@ -75,11 +81,28 @@ def reproducibly(reducer, flat, op: Op, compression: str | None, algorithm: str,
         if codec is None:
             kernels.copy_into(out[lo:hi], gathered[r, : hi - lo])
         else:
-            unscale_into(out[lo:hi], gathered[r, : hi - lo], scale)
+            _unscale(out[lo:hi], gathered[r], lo, hi, scales)
     return out
 
 
-def _rows(reducer, flat, codec, scale: float, op: Op):
+def _scales(reducer, flat, codec, op: Op, sizes, deadline: float):
+    """[(start, stop, scale)] over flat: each array's agreed power-of-two scale, its max|x|
+    agreed with every rank's in one all-reduce."""
+    starts = np.cumsum([0, *sizes])
+    maxes = np.array([absmax(flat[a:b]) for a, b in zip(starts[:-1], starts[1:])], np.float64)
+    maxes = reducer.agree_maxes(maxes, deadline)
+    return [(int(a), int(b), scale_for(codec, float(m), reducer.size, op, flat.dtype))
+            for a, b, m in zip(starts[:-1], starts[1:], maxes)]
+
+
+def _pieces(lo: int, hi: int, scales):
+    """(start, stop, scale) of the scaled ranges that meet [lo, hi), cut to it."""
+    for a, b, scale in scales:
+        if a < hi and b > lo:
+            yield max(a, lo), min(b, hi), scale
+
+
+def _rows(reducer, flat, codec, scales, op: Op):
     """(rows, bounds): what this rank sends, block r in row r (np.array_split's cut,
     zero-padded to the longest block), encoded when a codec travels; `flat` itself
     reshaped when the blocks are equal and travel raw."""
@@ -94,9 +117,17 @@ def _rows(reducer, flat, codec, scale: float, op: Op):
         if codec is None:
             kernels.copy_into(rows[r, : hi - lo], flat[lo:hi])
         else:
-            encode(codec, flat[lo:hi], rows[r, : hi - lo], scale, op, p)
+            for a, b, scale in _pieces(lo, hi, scales):
+                encode(codec, flat[a:b], rows[r, a - lo:b - lo], scale, op, p)
         rows[r, hi - lo:] = 0
     return rows, bounds
+
+
+def _unscale(dst, row, lo: int, hi: int, scales) -> None:
+    """dst = the block [lo, hi) of flat, from its folded 16-bit `row`, each array's scale
+    divided out."""
+    for a, b, scale in _pieces(lo, hi, scales):
+        unscale_into(dst[a - lo:b - lo], row[a - lo:b - lo], scale)
 
 
 def _split(n: int, p: int):
@@ -108,32 +139,33 @@ def _split(n: int, p: int):
         start = stop
 
 
-def _decoded(values, dtype, scale: float, compressed: bool):
-    """The result in the input's dtype (unscaled, when it travelled compressed)."""
-    if not compressed:
-        return values
-    out = kernels.array_module(values).empty(values.size, dtype)
-    unscale_into(out, values, scale)
-    return out
-
-
 def _run(reducer, collective: str, algorithm: str, rows, result, tag: int,
-         deadline: float) -> None:
+         deadline: float, wire: str | None) -> None:
     """An all-to-all of `rows` into `result` (a plan leaves this rank's own row of result
     unwritten), or an all-gather in place (`rows` is `result`, this rank's row already in
-    it), by MPI's own or by a plan of `algorithm`."""
+    it), by MPI's own or by a plan of `algorithm`; recorded in the stats, with the codec
+    name `wire` when the rows are 16-bit codes."""
     flat = rows.reshape(-1)
     algorithm = _concrete(reducer, collective, algorithm, flat.nbytes)
-    if collective == "alltoall":
-        if algorithm == "native":
+    start = time.perf_counter()
+    if algorithm == "native":
+        if collective == "alltoall":
             reducer.host.native_alltoall(flat, result.reshape(-1), deadline)
         else:
-            _plan(reducer, collective, algorithm, result.reshape(-1), tag, deadline, src=flat,
-                  copy_untouched=False)  # this rank's own row is read where it lies
-    elif algorithm == "native":
-        reducer.host.native_allgather(rows[reducer.rank].copy(), flat, deadline)
+            reducer.host.native_allgather(rows[reducer.rank].copy(), flat, deadline)
+        sent = received = (reducer.size - 1) * flat.nbytes // reducer.size  # MPI's, modelled
     else:
-        _plan(reducer, collective, algorithm, flat, tag, deadline)
+        work = result.reshape(-1)
+        plan = plan_for(collective, algorithm, reducer.rank, reducer.size, work.size,
+                        work.itemsize, reducer.topology)
+        reducer.runner(work).run(  # an all-to-all reads this rank's own row where it lies
+            plan, work, "sum", tag, deadline, IDENTITY,
+            src=flat if collective == "alltoall" else None,
+            copy_untouched=collective != "alltoall")
+        sent, received = (count * work.itemsize for count in plan_traffic(plan))
+    label = f"deterministic:{collective}:{algorithm}" + (f"+{wire}" if wire else "")
+    reducer.stats.record(label, time.perf_counter() - start, sent, received,
+                         modelled=algorithm == "native")
 
 
 def _concrete(reducer, collective: str, algorithm: str, nbytes: int) -> str:
@@ -144,15 +176,3 @@ def _concrete(reducer, collective: str, algorithm: str, nbytes: int) -> str:
     if algorithm not in ("native", *PLANNERS[collective]):
         algorithm = "ring" if collective == "allgather" else "pairwise"
     return algorithm
-
-
-def _plan(reducer, collective: str, algorithm: str, work, tag: int, deadline: float, *,
-          src=None, copy_untouched: bool = True) -> None:
-    start = time.perf_counter()
-    plan = plan_for(collective, algorithm, reducer.rank, reducer.size, work.size,
-                    work.itemsize, reducer.topology)
-    reducer.runner(work).run(plan, work, "sum", tag, deadline, IDENTITY, src=src,
-                             copy_untouched=copy_untouched)
-    sent, received = plan_traffic(plan)
-    reducer.stats.record(f"deterministic:{collective}:{algorithm}", time.perf_counter() - start,
-                         sent * work.itemsize, received * work.itemsize)

@@ -62,7 +62,68 @@ def main() -> None:
                     y = comm.allreduce(xs[me], op=op, algorithm="ring", compression=compression,
                                        deterministic=True)
                     tally.check(y.tobytes() == want16.tobytes(), f"{compression} {case}")
+    check_fused_compression(comm, tally)
+    check_stats(comm, tally)
+    check_with_error_feedback(comm, tally)
     tally.finish()
+
+
+def check_with_error_feedback(comm, tally: Tally) -> None:
+    """Error feedback under COLLECTIVES_DETERMINISTIC=1: GradSync took it, then every sync
+    raised "pass one of them", naming neither the setting nor what GradSync can take (the
+    forty-third review). Now it is refused where it is given, naming the setting."""
+    default = comm.settings.deterministic
+    for what, make in (("GradSync", lambda: collectives.GradSync(
+                            comm, compression="fp16", error_feedback=True)),
+                       ("allreduce", lambda: comm.allreduce(
+                            np.ones(3, np.float32), compression="fp16",
+                            error_feedback=True))):
+        try:
+            make()
+            tally.check(not default, f"{what} with error feedback accepted under the setting")
+        except ValueError as error:
+            tally.check(default and "COLLECTIVES_DETERMINISTIC=1" in str(error),
+                        f"{what} with error feedback: {error}")
+
+
+def check_fused_compression(comm, tally: Tally) -> None:
+    """Arrays of far apart magnitudes fused into one bucket: each keeps its own scale, so
+    its bits are reference_reduce's of it alone whatever the buckets (one scale per
+    bucket flushed the small one to 300% off: the forty-third review)."""
+    p, me = comm.size, comm.rank
+    rng = np.random.default_rng(43)
+    arrays = [[(rng.standard_normal(n) * magnitude).astype(np.float32) for _ in range(p)]
+              for n, magnitude in ((1000, 1e-6), (0, 1.0), (333, 1e4), (5, 0.0))]
+    for compression in ("fp16", "bf16"):
+        for op in ("sum", "avg"):
+            wants = [collectives.reference_reduce(xs, op, compression=compression)
+                     for xs in arrays]
+            for algorithm in ("ring", "native"):
+                for fusion_bytes in (64 << 20, 4000, 1):
+                    got = comm.allreduce_many([xs[me] for xs in arrays], op=op,
+                                              algorithm=algorithm, compression=compression,
+                                              deterministic=True, fusion_bytes=fusion_bytes)
+                    tally.check(all(g.tobytes() == w.tobytes() for g, w in zip(got, wants)),
+                                f"fused {compression} {op} {algorithm} buckets of "
+                                f"{fusion_bytes} B: {[g[:2] for g in got]}")
+
+
+def check_stats(comm, tally: Tally) -> None:
+    """A deterministic call is in comm.stats() whatever moves it: MPI's own collectives
+    were left out (the forty-third review), a codec is named."""
+    p = comm.size
+    x = np.ones(1 << 12, np.float32)
+    for algorithm, compression, label in (("native", None, "native"),
+                                          ("ring", "fp16", "pairwise+fp16"),
+                                          ("native", "bf16", "native+bf16")):
+        comm.reset_stats()
+        comm.allreduce(x, algorithm=algorithm, compression=compression, deterministic=True)
+        stats = comm.stats()
+        entry = stats.by_algorithm.get(f"deterministic:alltoall:{label}")
+        row = -(-x.size // p) * (4 if compression is None else 2)  # a block, padded
+        tally.check(p == 1 or (entry is not None and entry.calls == 1
+                               and entry.bytes_sent == (p - 1) * row),
+                    f"stats of a deterministic {algorithm} {compression}: {dict(stats)}")
 
 
 if __name__ == "__main__":
