@@ -36,8 +36,8 @@ from ..algorithms import PLANNERS
 from ..communicator import Communicator
 from ..errors import unknown_choice
 from ..options import check_compression
-from .torch_arrays import (Packed, Rows, as_array, byte_view, compressible, dtype_code,
-                           dtype_named, flat, reduce_op)
+from .torch_arrays import (Rows, as_array, byte_view, compressible, dtype_code, dtype_named,
+                           flat, reduce_op)
 from .torch_groups import group_communicator
 from .torch_work import DoneWork, HandleWork, MessageWork
 
@@ -209,29 +209,33 @@ class CollectivesProcessGroup(dist.ProcessGroup):
     # ------------------------------------------------------------------ data movement
 
     def broadcast(self, tensors: list[torch.Tensor], opts=BroadcastOptions()) -> dist.Work:
-        """Every rank's byte counts and dtypes go with it (an all-gather queued just before),
-        and the Work fails on every rank where one differs from the root's: rows of 5 and 6
-        bytes, or of int16 and uint8, pad alike, and only the receivers whose row differs
-        would see it (the thirty-ninth review). One broadcast whatever the number of
-        tensors (torch's legacy list form packs them): ranks with lists of different
-        lengths then issue the same calls. A tensor this rank cannot send refuses both, as
-        the peers issue them."""
+        """The root's `tensors[opts.rootTensor]` into every tensor of every rank's list
+        (torch's list form, as gloo: copies of one tensor, one dtype and size).
+
+        Every rank's byte count and dtype go with it (an all-gather queued just before),
+        and the Work fails on every rank where they differ from the root's: rows of 5 and
+        6 bytes, or of int16 and uint8, pad alike, and only the receivers whose row differs
+        would see it (the thirty-ninth review). Any error in what this rank sends refuses
+        both calls, as the peers issue them."""
         root = opts.rootRank
         try:
-            sent = (Rows(tensors[0]) if len(tensors) == 1 else
-                    Packed(tensors, sending=self.rank() == root))
-        except (TypeError, ValueError, BufferError) as error:
+            tensor = _root_tensor(tensors, opts.rootTensor)
+            sent = Rows(tensor)
+        except Exception as error:  # noqa: BLE001 - e.g. torch's RuntimeError of a conj view
             self._refuse(["allgather", "broadcast"], error)
-        kinds = np.array([[t.numel() * t.element_size(), dtype_code(t.dtype)]
-                          for t in tensors], np.int64).reshape(len(tensors), 2)
-        every = np.empty((self.size(), *kinds.shape), np.int64)
-        handles = [self.comm.allgather_async(kinds, out=every),
+        kind = np.array([tensor.numel() * tensor.element_size(), dtype_code(tensor.dtype)],
+                        np.int64)
+        every = np.empty((self.size(), 2), np.int64)
+        handles = [self.comm.allgather_async(kind, out=every),
                    self.comm.broadcast_async(sent.array, root, self._algorithm["broadcast"],
                                              out=sent.array)]
 
         def finish() -> list[torch.Tensor]:
             _check_like_root(every, root)
             sent.finish()
+            for other in tensors:
+                if other is not tensor:
+                    other.copy_(tensor)
             return tensors
 
         return HandleWork(handles, finish)
@@ -378,13 +382,27 @@ class CollectivesProcessGroup(dist.ProcessGroup):
         return f"CollectivesProcessGroup(rank={self.rank()}, size={self.size()}, {self.comm!r})"
 
 
+def _root_tensor(tensors: list[torch.Tensor], index: int) -> torch.Tensor:
+    """`tensors[index]`, the one a list broadcast sends; ValueError (as gloo) for an index
+    out of range or a list whose tensors differ in dtype or shape."""
+    if not 0 <= index < len(tensors):
+        raise ValueError(f"broadcast: invalid root tensor {index} of a list of "
+                         f"{len(tensors)} tensors")
+    chosen = tensors[index]
+    for i, other in enumerate(tensors):
+        if other.dtype != chosen.dtype or other.shape != chosen.shape:
+            raise ValueError(f"broadcast: the tensors of a list must have one dtype and "
+                             f"shape: tensor {i} is {other.dtype} {tuple(other.shape)}, "
+                             f"tensor {index} {chosen.dtype} {tuple(chosen.shape)}")
+    return chosen
+
+
 def _check_like_root(kinds: np.ndarray, root: int) -> None:
-    """ValueError naming the first rank whose (bytes, dtype code) of a tensor differ from
-    the root's; `kinds[r, i]` is rank r's tensor i."""
-    for r in np.flatnonzero((kinds != kinds[root]).any(axis=(1, 2))):
-        i = int(np.flatnonzero((kinds[r] != kinds[root]).any(axis=1))[0])
-        (got, code), (want, root_code) = kinds[r, i], kinds[root, i]
-        raise ValueError(f"broadcast: rank {r}'s tensor {i} holds {got} bytes of "
+    """ValueError naming the first rank whose (bytes, dtype code) `kinds[r]` differ from
+    the root's."""
+    for r in np.flatnonzero((kinds != kinds[root]).any(axis=1)):
+        (got, code), (want, root_code) = kinds[r], kinds[root]
+        raise ValueError(f"broadcast: rank {r}'s tensor holds {got} bytes of "
                          f"{dtype_named(int(code))}, the root's (rank {root}) {want} bytes "
                          f"of {dtype_named(int(root_code))}")
 
