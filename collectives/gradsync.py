@@ -31,7 +31,7 @@ import kernels
 
 from .calls.collective import check_root
 from .communicator import Communicator
-from .errors import CollectiveError
+from .errors import CollectiveError, MismatchError
 from .options import CallOptions
 from .progress import Handle
 
@@ -61,6 +61,10 @@ def as_array(x) -> Any:
                         "leave such leaves out")
     if isinstance(x, np.ndarray) or _module(x) == "cupy":
         return x
+    if _module(x) in _JAX and "Tracer" in type(x).__name__:
+        raise TypeError(f"a traced JAX value (inside jax.jit, grad or vmap: "
+                        f"{type(x).__name__}) has no values to move yet: call the "
+                        "collectives outside traced functions, on concrete arrays")
     if not hasattr(x, "__dlpack_device__"):
         raise TypeError(f"expected an array that supports DLPack (torch, CuPy, NumPy, JAX), "
                         f"got {type(x).__module__}.{type(x).__qualname__}")
@@ -116,17 +120,41 @@ def broadcast_parameters(params: Iterable | Mapping, comm: Communicator, *, root
 
         collectives.broadcast_parameters(model.state_dict(), comm)
     """
-    with comm.refusing("broadcast"):  # the others are in the broadcast: refused there too
+    with comm.refusing("allgather"):  # the others compare layouts: refused there too
         root = check_root(root, comm.size)
+    keys = list(params) if isinstance(params, Mapping) else None
     items = list(params.values() if isinstance(params, Mapping) else params)
-    views, outs = _views_or_refuse(comm, items, "broadcast")
+    views, outs = _views_or_refuse(comm, items, "allgather")
     twins = _first_twins(views)  # tied weights: one array under several state_dict keys
+    _agree_with_root(comm, views, keys, twins, root)
     distinct = [i for i, t in enumerate(twins) if t == i]
     modules = dict.fromkeys(_module(views[i]) for i in distinct)  # one broadcast per module
     for module in modules:
         chosen = [i for i in distinct if _module(views[i]) == module]
         _broadcast_bytes(comm, [views[i] for i in chosen], [outs[i] for i in chosen], root)
     return [_returned(item, views[t], outs[t]) for item, t in zip(items, twins)]
+
+
+def _agree_with_root(comm: Communicator, views: list, keys: list | None, twins: list[int],
+                     root: int) -> None:
+    """MismatchError on every rank where a rank's arrays differ from the root's in number,
+    keys, order, shapes, dtypes or ties (one small all-gather first): the broadcast
+    compares byte counts only, and float32 bits landed in int32 arrays, one mapping's "b"
+    in another's "a" (the forty-fourth review)."""
+    names = [None] * len(views) if keys is None else [
+        k if isinstance(k, (str, int)) else type(k).__qualname__ for k in keys]
+    layout = [(name, tuple(v.shape), str(v.dtype), tie)
+              for name, v, tie in zip(names, views, twins)]
+    mine = np.array([zlib.crc32(repr(layout).encode()), len(layout)], np.int64)
+    rows = comm.allgather(mine)
+    differ = [r for r in range(comm.size) if (rows[r] != rows[root]).any()]
+    if differ:
+        shown = ", ".join(f"{'' if n is None else f'{n}: '}{d} {shape}"
+                          for n, shape, d, _ in layout[:6]) + (", ..." if len(layout) > 6 else "")
+        raise MismatchError(f"broadcast_parameters: the ranks' arrays differ from the root's "
+                            f"(rank {root}) in number, keys, order, shapes, dtypes or tied "
+                            f"arrays: rank(s) {differ} (rank {comm.rank} has {len(layout)}: "
+                            f"{shown})")
 
 
 def _broadcast_bytes(comm: Communicator, views: list, outs: list, root: int) -> None:

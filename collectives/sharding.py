@@ -30,10 +30,11 @@ import numpy as np
 import kernels
 
 from .algorithms.plan import split_bounds
+from .calls.collective import collective_options
 from .communicator import Communicator
 from .errors import MismatchError
 from .gradsync import layout_digest
-from .validation import check_array
+from .validation import check_array, sharing_pair
 
 __all__ = ["ShardedSync"]
 
@@ -45,7 +46,9 @@ class ShardedSync:
     of the gradients' reduce_scatter only: the parameters are gathered exactly (rounded
     to 16 bits, an update smaller than their rounding step would vanish). Made on every
     rank at once: the ranks compare their parameters' shapes and dtype (one small
-    all-gather), and where they differ, or one rank's are refused, every rank raises.
+    all-gather), and where they differ, or one rank's parameters or options are refused,
+    every rank raises (options were checked only at the first reduce, after a step's
+    forward and backward: the forty-fourth review).
     """
 
     __slots__ = ("comm", "params", "algorithm", "compression", "_bounds", "_flat")
@@ -56,6 +59,10 @@ class ShardedSync:
             raise TypeError(f"comm must be a collectives.Communicator, got {type(comm).__name__}")
         with comm.refusing("allgather"):  # (the others compare layouts in _agree)
             params = _checked_params(list(params))
+            collective_options("reduce_scatter", op="avg", algorithm=algorithm,
+                               compression=compression,
+                               deterministic=comm.settings.deterministic)
+            collective_options("allgather", algorithm=algorithm)
         _agree(comm, params)
         self.comm, self.params = comm, params
         self.algorithm, self.compression = algorithm, compression
@@ -76,7 +83,8 @@ class ShardedSync:
 
     def reduce(self, grads: Sequence):
         """This rank's shard of the average of every rank's gradients (one reduce-scatter).
-        Gradients that do not fit refuse it on every rank (MismatchError on the others)."""
+        Gradients that do not fit refuse it on every rank (MismatchError on the others;
+        with the check off a refusal is this rank's only, as everywhere)."""
         grads = list(grads)
         with self.comm.refusing("reduce_scatter"):
             self._check_grads(grads)
@@ -124,7 +132,8 @@ class ShardedSync:
 def _checked_params(params: list) -> list:
     """`params`, refused where they cannot be sharded: none, not arrays (torch tensors:
     pass as_array(t), a zero-copy view), read-only (`gather` writes them; np.asarray of a
-    JAX array is read-only), of several dtypes."""
+    JAX array is read-only), of several dtypes, sharing memory (tied weights: the update
+    of one use was lost; the forty-fourth review)."""
     if not params:
         raise ValueError("params must hold at least one array")
     for i, p in enumerate(params):
@@ -135,6 +144,11 @@ def _checked_params(params: list) -> list:
     dtypes = {p.dtype for p in params}
     if len(dtypes) != 1:
         raise TypeError(f"params must share one dtype, got {sorted(map(str, dtypes))}")
+    shared = sharing_pair(params)
+    if shared is not None:  # gather unpacks each in turn: the last write wins, silently
+        i, j = shared
+        raise ValueError(f"params[{i}] and params[{j}] share memory (a tied weight?): each "
+                         "parameter must be its own memory; pass a tied weight once")
     return params
 
 

@@ -17,7 +17,7 @@ import kernels
 
 from .options import check_dtype
 
-__all__ = ["check_array", "check_out", "check_outs", "is_array", "overlaps_itself"]
+__all__ = ["check_array", "check_out", "check_outs", "is_array", "overlaps_itself", "sharing_pair"]
 
 
 def is_array(x) -> bool:
@@ -125,29 +125,42 @@ def check_outs(outs: Sequence, arrays: Sequence) -> None:
             check_out(o, a, name=f"out[{i}]", x_name=f"arrays[{i}]")
     others = [i for i, a in enumerate(arrays) if outs[i] is not a]
     extents = kernels.byte_extents(outs) + kernels.byte_extents([arrays[i] for i in others])
-    if not _some_meet(extents):
-        return
-    spans = [(*extent, i, True) for i, extent in enumerate(extents[:len(outs)])]
-    spans += [(*extent, i, False) for i, extent in zip(others, extents[len(outs):])]
-    spans.sort()
+    spans = [(i, True) for i in range(len(outs))] + [(i, False) for i in others]
     clashes = []
-    open_spans: list[tuple[int, int, int, bool]] = []
-    for span in spans:
-        if span[1] == span[0]:
-            continue
-        open_spans = [s for s in open_spans if s[1] > span[0]]
-        for other in open_spans:
-            pair = sorted((span, other), key=lambda s: (not s[3], s[2]))  # the out first
-            if pair[0][3] and not (span[2] == other[2] and span[3] != other[3]) \
-                    and _share(pair, outs, arrays):
-                clashes.append(pair)
-        open_spans.append(span)
+    for a, b in _meeting(extents):
+        pair = sorted((spans[a], spans[b]), key=lambda s: (not s[1], s[0]))  # the out first
+        if pair[0][1] and not (pair[0][0] == pair[1][0] and pair[0][1] != pair[1][1]) \
+                and _share(pair, outs, arrays):
+            clashes.append(pair)
     if clashes:
-        pair = min(clashes, key=lambda pair: (pair[0][2], not pair[1][3], pair[1][2]))
-        first, second = sorted(pair, key=lambda s: (s[3], s[2]))  # arrays before outs
+        pair = min(clashes, key=lambda pair: (pair[0][0], not pair[1][1], pair[1][0]))
+        first, second = sorted(pair, key=lambda s: (s[1], s[0]))  # arrays before outs
         raise ValueError(f"{_name(first)} and {_name(second)} share memory: every out must be "
                          "its own array's memory (in place) or memory no other array or out "
                          "uses")
+
+
+def sharing_pair(arrays: Sequence) -> tuple[int, int] | None:
+    """The first (i, j), i < j, of `arrays` that share memory, or None (extents sorted
+    once; asked exactly only where they meet)."""
+    pairs = [tuple(sorted(pair)) for pair in _meeting(kernels.byte_extents(arrays))
+             if kernels.array_module(arrays[pair[0]]).shares_memory(arrays[pair[0]],
+                                                                    arrays[pair[1]])]
+    return min(pairs, default=None)
+
+
+def _meeting(extents: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The pairs of indices of non-empty [low, high) byte ranges that intersect: none at
+    the cost of one sort in the common case (whole-array operations)."""
+    if not _some_meet(extents):
+        return []
+    pairs, open_spans = [], []
+    for low, high, i in sorted((low, high, i) for i, (low, high) in enumerate(extents)
+                               if high > low):
+        open_spans = [s for s in open_spans if s[1] > low]
+        pairs += [(i, other) for _, _, other in open_spans]
+        open_spans.append((low, high, i))
+    return pairs
 
 
 def _plainly_in_place(outs: Sequence, arrays: Sequence) -> bool:
@@ -169,9 +182,9 @@ def _some_meet(extents: list[tuple[int, int]]) -> bool:
 
 
 def _name(span) -> str:
-    return f"{'out' if span[3] else 'arrays'}[{span[2]}]"
+    return f"{'out' if span[1] else 'arrays'}[{span[0]}]"
 
 
 def _share(pair, outs, arrays) -> bool:
-    a, b = ((outs if s[3] else arrays)[s[2]] for s in pair)
+    a, b = ((outs if s[1] else arrays)[s[0]] for s in pair)
     return bool(kernels.array_module(a).shares_memory(a, b))

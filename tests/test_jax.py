@@ -39,6 +39,14 @@ def test_a_deleted_or_donated_leaf_is_refused_by_name(comm):  # noqa: F811
         tree_average({"w": gone}, collectives.GradSync(comm))
 
 
+def test_a_traced_leaf_is_refused_by_name(comm):  # noqa: F811
+    """Inside jax.jit the leaves are tracers: the error was DLPack's generic "expected an
+    array that supports DLPack ... got DynamicJaxprTracer" (the forty-fourth review)."""
+    sync = collectives.GradSync(comm)
+    with pytest.raises(TypeError, match=r"a traced JAX value \(inside jax.jit, grad or vmap"):
+        jax.jit(lambda g: tree_average(g, sync))({"w": jnp.ones(3)})
+
+
 def test_jax_arrays_are_read_in_place():
     x = jnp.arange(12, dtype=jnp.float32).reshape(3, 4)
     view = as_array(x)

@@ -32,8 +32,10 @@ __all__ = ["tree_average", "tree_broadcast"]
 
 def tree_average(grads, sync: GradSync):
     """`grads` (a pytree of arrays) averaged over the ranks of `sync`'s communicator, with
-    its algorithm, compression and fusion; a pytree of new JAX arrays of the same structure.
-    MismatchError on every rank where the ranks' pytrees differ in structure."""
+    its algorithm, compression and fusion; a pytree of the same structure, its JAX leaves
+    new JAX arrays (NumPy leaves are averaged in place and returned, as by GradSync.sync).
+    MismatchError on every rank where the ranks' pytrees differ in structure. Not inside
+    jax.jit: traced leaves are refused by name."""
     leaves, structure = jax.tree_util.tree_flatten(grads)
     _agree_on_structure(grads, sync.comm, "tree_average")
     return jax.tree_util.tree_unflatten(structure, sync.sync(leaves))

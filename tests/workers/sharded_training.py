@@ -85,6 +85,21 @@ def check_review_21(comm, tally) -> None:
         expected = ValueError if last else collectives.MismatchError
         tally.check(isinstance(error, expected) and "params[1] is read-only" in str(error),
                     f"read-only: {error!r}")
+    for options, said in ((dict(algorithm="bogus" if last else "ring"), "unknown algorithm"),
+                          (dict(algorithm="native", compression="fp16"), "needs a plan")):
+        try:  # were taken, and refused at the first reduce, after a step's work
+            ShardedSync(comm, [np.zeros(4)], **options)
+            tally.check(not last and options["algorithm"] == "ring", f"{options} taken")
+        except (ValueError, collectives.MismatchError) as error:
+            tally.check(said in str(error), f"{options}: {error!r}")
+    tied = np.ones((2, 2))  # an embedding and its head: the first use's update was lost
+    try:
+        ShardedSync(comm, [tied, tied.T if last else np.ones((2, 2))])
+        tally.check(not last, "tied parameters were taken")
+    except (ValueError, collectives.MismatchError) as error:
+        expected = ValueError if last else collectives.MismatchError
+        tally.check(isinstance(error, expected) and "params[0] and params[1] share memory"
+                    in str(error), f"tied: {error!r}")
     y = comm.allreduce(np.ones(2))
     tally.check(bool((y == comm.size).all()), "a collective after the refusals")
 

@@ -187,6 +187,24 @@ def check_sync(comm, tally: Tally) -> None:
     both = collectives.broadcast_parameters({"emb.weight": tied, "head.weight": tied}, comm)
     tally.check(bool((tied == 1).all()) and both[0] is tied and both[1] is tied,
                 f"tied weights: {tied}")
+    # layouts of the root's byte count in other dtypes, keys or ties: float32 bits landed
+    # in int32, one mapping's "b" in the other's "a" (the forty-fourth review)
+    for what, mine in (
+            ("dtype", [np.ones(2, np.float32) if r == 0 else np.zeros(2, np.int32)]),
+            ("key order", {"a": np.ones(2), "b": np.ones(2)} if r == 0 else
+             {"b": np.zeros(2), "a": np.zeros(2)}),
+            ("bytes of one word", [np.full(5 if r == 0 else 6, 7, np.uint8)]),
+            ("ties", [tied, tied] if r == 0 else [tied, tied.clone()])):
+        before = [np.array(a, copy=True) for a in (mine.values() if isinstance(mine, dict)
+                                                    else mine)]
+        try:
+            collectives.broadcast_parameters(mine, comm)
+            tally.check(p == 1, f"broadcast_parameters of another {what} accepted")
+        except collectives.MismatchError as error:
+            after = mine.values() if isinstance(mine, dict) else mine
+            tally.check("differ from the root's (rank 0)" in str(error)
+                        and all(np.array_equal(b, np.asarray(a)) for b, a in zip(before, after)),
+                        f"broadcast_parameters of another {what}: {error}")
 
 
 def check_two_hooks(comm, tally: Tally) -> None:
