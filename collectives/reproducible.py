@@ -12,6 +12,9 @@ Example::
 """
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
 import time
 
 import numpy as np
@@ -19,7 +22,7 @@ import numpy as np
 import kernels
 
 from .algorithms import PLANNERS, plan_for
-from .compression import absmax, codec_for, scale_for, unscale_into
+from .compression import absmax, absmaxes, codec_for, scales_for, unscale_into
 from .deterministic import encode, fold_rows
 from .execution import IDENTITY
 from .options import Op
@@ -86,19 +89,33 @@ def reproducibly(reducer, flat, op: Op, compression: str | None, algorithm: str,
 
 
 def _scales(reducer, flat, codec, op: Op, sizes, deadline: float):
-    """[(start, stop, scale)] over flat: each array's agreed power-of-two scale, its max|x|
-    agreed with every rank's in one all-reduce."""
-    starts = np.cumsum([0, *sizes])
-    maxes = np.array([absmax(flat[a:b]) for a, b in zip(starts[:-1], starts[1:])], np.float64)
-    maxes = reducer.agree_maxes(maxes, deadline)
-    return [(int(a), int(b), scale_for(codec, float(m), reducer.size, op, flat.dtype))
-            for a, b, m in zip(starts[:-1], starts[1:], maxes)]
+    """[(start, stop, scale)] over flat: each array's agreed power-of-two scale (its max|x|
+    agreed with every rank's in one all-reduce), neighbours of one scale in one run."""
+    ends = np.cumsum(sizes)
+    starts = ends - np.asarray(sizes)
+    filled = starts < ends  # (an empty array has no scale: nothing of it travels)
+    starts, ends = starts[filled], ends[filled]
+    if not starts.size:
+        return [(0, flat.size, 1.0)]
+    if kernels.array_module(flat) is np and starts.size > 1 and flat.size < 4096 * starts.size:
+        maxes = absmaxes(flat, starts)  # many small arrays (else absmax's one fast pass each)
+    else:
+        maxes = np.array([absmax(flat[a:b]) for a, b in zip(starts, ends)], np.float64)
+    scales = scales_for(codec, reducer.agree_maxes(maxes, deadline), reducer.size, op,
+                        flat.dtype)
+    cuts = np.flatnonzero(scales[1:] != scales[:-1]) + 1
+    firsts, lasts = np.r_[0, cuts], np.r_[cuts, scales.size] - 1
+    return [(int(starts[f]), int(ends[last]), float(scales[f]))
+            for f, last in zip(firsts, lasts)]
 
 
 def _pieces(lo: int, hi: int, scales):
-    """(start, stop, scale) of the scaled ranges that meet [lo, hi), cut to it."""
-    for a, b, scale in scales:
-        if a < hi and b > lo:
+    """(start, stop, scale) of the runs of `scales` that meet [lo, hi), cut to it."""
+    first = max(bisect.bisect_right(scales, (lo, math.inf)) - 1, 0)
+    for a, b, scale in itertools.islice(scales, first, None):
+        if a >= hi:
+            return
+        if b > lo:
             yield max(a, lo), min(b, hi), scale
 
 

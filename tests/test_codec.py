@@ -381,3 +381,31 @@ def test_what_the_codec_cannot_run_is_numpys_to_run_or_refuse(isa):
     kernels.combine_into(got[1:], got[:-1], got[1:], "max")
     reference.combine_into(want[1:], want[:-1], want[1:], "max")
     assert_same_bits(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16, np.float32, np.float64])
+def test_many_arrays_scales_are_each_arrays_own(dtype):
+    """The fused deterministic path computes every array's max|x| and scale at once
+    (absmaxes, scales_for): the same values as absmax and scale_for array by array."""
+    from collectives.compression import absmax, absmaxes, codec_for, scale_for, scales_for
+    from collectives.options import Op
+
+    rng = np.random.default_rng(7)
+    sizes = rng.integers(1, 40, 300)
+    n = int(sizes.sum())
+    with np.errstate(over="ignore"):  # (16-bit dtypes: some overflow to inf, kept)
+        flat = (rng.standard_normal(n) * np.exp2(rng.integers(-30, 30, n))).astype(dtype)
+    flat[rng.integers(0, flat.size, 20)] = np.array([np.nan, np.inf, -np.inf, 0.0] * 5, dtype)
+    starts = np.cumsum(sizes) - sizes
+    maxes = absmaxes(flat, starts)
+    assert maxes.tolist() == [absmax(flat[a:a + n]) for a, n in zip(starts, sizes)]
+    edges = np.array([0.0, np.inf, np.nan, 5e-324, 1e-310, 1e-45, 1e-30, 1.0, 65504.0, 3e38,
+                      1e300, 1.7e308], np.float64)
+    for codec_name in ("fp16", "bf16"):
+        codec = codec_for(codec_name, np.dtype(np.float32))
+        for op in (Op.SUM, Op.AVG, Op.MAX):
+            for size in (1, 2, 3, 8):
+                values = np.concatenate([maxes, edges])
+                got = scales_for(codec, values, size, op, flat.dtype)
+                assert got.tolist() == [scale_for(codec, float(v), size, op, flat.dtype)
+                                        for v in values]

@@ -9,7 +9,7 @@ docs/compression.md walks through a compressed all-reduce.
 """
 from .codec import HalfCodec, codec_for, work_dtype
 from .feedback import ErrorFeedback
-from .scaling import absmax, scale_for, unscale_into
+from .scaling import absmax, absmaxes, scale_for, scales_for, unscale_into
 
-__all__ = ["HalfCodec", "codec_for", "work_dtype", "ErrorFeedback", "absmax", "scale_for",
-           "unscale_into"]
+__all__ = ["HalfCodec", "codec_for", "work_dtype", "ErrorFeedback", "absmax", "absmaxes",
+           "scale_for", "scales_for", "unscale_into"]

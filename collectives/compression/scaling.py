@@ -17,6 +17,7 @@ Example::
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import ml_dtypes
@@ -26,7 +27,7 @@ import kernels
 
 from ..options import Op
 
-__all__ = ["absmax", "scale_for", "unscale_into"]
+__all__ = ["absmax", "absmaxes", "scale_for", "scales_for", "unscale_into"]
 
 # Scales stay inside the normal range of the dtype the kernels multiply in (float32, or
 # float64 for float64 data), so x * s and its inverse are exact.
@@ -51,6 +52,31 @@ def scale_for(codec, agreed_absmax: float, size: int, op: Op, dtype=np.float32) 
     return math.ldexp(1.0, min(max(exponent, lowest), codec.max_exp))
 
 
+def absmaxes(flat: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """absmax of each run flat[starts[i]:starts[i + 1]] (the last to the end; starts
+    increasing, every run non-empty) as float64: two passes over flat, no copy of it (the
+    largest and smallest of each run, NaN passed over), then absmax itself for the runs
+    that hold an infinity or only NaN."""
+    ends = np.r_[starts[1:], flat.size]
+    maxes = np.maximum(np.abs(np.fmax.reduceat(flat, starts).astype(np.float64)),
+                       np.abs(np.fmin.reduceat(flat, starts).astype(np.float64)))
+    for i in np.flatnonzero(~np.isfinite(maxes)):
+        maxes[i] = absmax(flat[starts[i]:ends[i]])
+    return maxes
+
+
+def scales_for(codec, agreed: np.ndarray, size: int, op: Op, dtype=np.float32) -> np.ndarray:
+    """scale_for of each of the float64 `agreed`, in whole-array operations (many arrays'
+    scales at once; `tests/test_codec.py` holds the two to the same values)."""
+    with np.errstate(divide="ignore", over="ignore"):
+        limit = codec.max_value / 2 / agreed / (size if op is Op.SUM else 1)
+    exponent = np.frexp(limit)[1].astype(np.int64) - 1  # (of inf: -1, as math.frexp's)
+    lowest = _MIN_EXP.get(np.dtype(dtype), _FLOAT32_MIN_EXP)
+    scales = np.ldexp(1.0, np.clip(exponent, lowest, codec.max_exp))
+    scales[(agreed == 0) | ~np.isfinite(agreed)] = 1.0
+    return scales
+
+
 def unscale_into(dst, src, scale: float, wire=None) -> None:
     """dst = src / scale, src rounded to the 16-bit `wire` dtype first when given (src may
     be dst). The kernels multiply in float32, in one pass; a float64 dst is unscaled in
@@ -71,7 +97,7 @@ def unscale_into(dst, src, scale: float, wire=None) -> None:
         xp = kernels.array_module(dst)
         over = near & xp.isinf(dst)
         if over.any():
-            top = float(ml_dtypes.finfo(dst.dtype).max)
+            top, _ = _limits(dst.dtype)
             dst[over] = xp.copysign(top, dst[over].astype(np.float64)).astype(dst.dtype)
 
 
@@ -79,9 +105,17 @@ def _near_top(dtype, src, scale: float, wire):
     """Where a finite src lies within the 16-bit rounding of dtype's largest finite value
     once unscaled (an inf there is the rounding's, not a true overflow); None when no
     value can get there, which a look at the scale tells in the common case."""
-    sixteen = ml_dtypes.finfo(src.dtype if wire is None else wire)
-    top = float(ml_dtypes.finfo(dtype).max)
-    if float(sixteen.max) <= top * scale:
+    sixteen, sixteen_mantissa = _limits(src.dtype if wire is None else wire)
+    top, _ = _limits(dtype)
+    if sixteen <= top * scale:
         return None
-    reach = top * scale * (1 + 2.0 ** -sixteen.nmant)
+    reach = top * scale * (1 + 2.0 ** -sixteen_mantissa)
     return kernels.array_module(src).abs(src.astype(np.float64)) <= reach
+
+
+@functools.cache
+def _limits(dtype: np.dtype) -> tuple[float, int]:
+    """(largest finite value, mantissa bits) of a float dtype (ml_dtypes.finfo is slow to
+    build, and unscale_into runs per array of a fused deterministic bucket)."""
+    info = ml_dtypes.finfo(dtype)
+    return float(info.max), int(info.nmant)
