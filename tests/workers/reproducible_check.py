@@ -94,6 +94,12 @@ def check_fused_compression(comm, tally: Tally) -> None:
     rng = np.random.default_rng(43)
     arrays = [[(rng.standard_normal(n) * magnitude).astype(np.float32) for _ in range(p)]
               for n, magnitude in ((1000, 1e-6), (0, 1.0), (333, 1e4), (5, 0.0))]
+    # many small arrays of scattered magnitudes (one pass per distinct scale), and runs
+    # of alternating magnitudes too long for that (one call per run)
+    arrays += [[(rng.standard_normal(n) * 10.0 ** e).astype(np.float32) for _ in range(p)]
+               for n, e in zip(rng.integers(0, 8, 200), rng.integers(-8, 9, 200))]
+    arrays += [[(rng.standard_normal(3000) * 10.0 ** (3 * (i % 2))).astype(np.float32)
+                for _ in range(p)] for i in range(40)]
     for compression in ("fp16", "bf16"):
         for op in ("sum", "avg"):
             wants = [collectives.reference_reduce(xs, op, compression=compression)
@@ -103,9 +109,10 @@ def check_fused_compression(comm, tally: Tally) -> None:
                     got = comm.allreduce_many([xs[me] for xs in arrays], op=op,
                                               algorithm=algorithm, compression=compression,
                                               deterministic=True, fusion_bytes=fusion_bytes)
-                    tally.check(all(g.tobytes() == w.tobytes() for g, w in zip(got, wants)),
-                                f"fused {compression} {op} {algorithm} buckets of "
-                                f"{fusion_bytes} B: {[g[:2] for g in got]}")
+                    wrong = [i for i, (g, w) in enumerate(zip(got, wants))
+                             if g.tobytes() != w.tobytes()]
+                    tally.check(not wrong, f"fused {compression} {op} {algorithm} buckets of "
+                                f"{fusion_bytes} B: arrays {wrong[:5]} differ")
 
 
 def check_stats(comm, tally: Tally) -> None:
