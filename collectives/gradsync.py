@@ -34,6 +34,7 @@ from .communicator import Communicator
 from .errors import CollectiveError, MismatchError
 from .options import CallOptions
 from .progress import Handle
+from .validation import sharing_pair
 
 __all__ = ["GradSync", "broadcast_parameters", "as_array", "layout_digest"]
 
@@ -126,8 +127,10 @@ def broadcast_parameters(params: Iterable | Mapping, comm: Communicator, *, root
     items = list(params.values() if isinstance(params, Mapping) else params)
     views, outs = _views_or_refuse(comm, items, "allgather")
     twins = _first_twins(views)  # tied weights: one array under several state_dict keys
-    _agree_with_root(comm, views, keys, twins, root)
     distinct = [i for i, t in enumerate(twins) if t == i]
+    with comm.refusing("allgather"):
+        _refuse_overlaps([outs[i] for i in distinct], distinct, keys)
+    _agree_with_root(comm, views, keys, twins, root)
     modules = dict.fromkeys(_module(views[i]) for i in distinct)  # one broadcast per module
     for module in modules:
         chosen = [i for i in distinct if _module(views[i]) == module]
@@ -141,20 +144,41 @@ def _agree_with_root(comm: Communicator, views: list, keys: list | None, twins: 
     keys, order, shapes, dtypes or ties (one small all-gather first): the broadcast
     compares byte counts only, and float32 bits landed in int32 arrays, one mapping's "b"
     in another's "a" (the forty-fourth review)."""
-    names = [None] * len(views) if keys is None else [
-        k if isinstance(k, (str, int)) else type(k).__qualname__ for k in keys]
-    layout = [(name, tuple(v.shape), str(v.dtype), tie)
-              for name, v, tie in zip(names, views, twins)]
+    names = [None] * len(views) if keys is None else [_key_text(k) for k in keys]
+    layout = [(name, _module(v), tuple(v.shape), str(v.dtype), tie if v.size else i)
+              for i, (name, v, tie) in enumerate(zip(names, views, twins))]
     mine = np.array([zlib.crc32(repr(layout).encode()), len(layout)], np.int64)
     rows = comm.allgather(mine)
     differ = [r for r in range(comm.size) if (rows[r] != rows[root]).any()]
     if differ:
         shown = ", ".join(f"{'' if n is None else f'{n}: '}{d} {shape}"
-                          for n, shape, d, _ in layout[:6]) + (", ..." if len(layout) > 6 else "")
+                          for n, _, shape, d, _ in layout[:6]) + (
+                              ", ..." if len(layout) > 6 else "")
         raise MismatchError(f"broadcast_parameters: the ranks' arrays differ from the root's "
                             f"(rank {root}) in number, keys, order, shapes, dtypes or tied "
                             f"arrays: rank(s) {differ} (rank {comm.rank} has {len(layout)}: "
                             f"{shown})")
+
+
+def _key_text(key) -> str:
+    """A mapping key as the ranks compare it: its repr (NumPy scalars as Python's), or its
+    type's name where the repr holds an address (which differs from rank to rank)."""
+    if isinstance(key, np.generic):
+        key = key.item()
+    text = repr(key)
+    return type(key).__qualname__ if " at 0x" in text else text
+
+
+def _refuse_overlaps(outs: list, indices: list[int], keys: list | None) -> None:
+    """ValueError for two arrays that share memory without being the same one (w and w.T:
+    one's bytes would land over the other's; tied weights, the very same array, travel
+    once); `indices`: the outs' places among the params."""
+    shared = sharing_pair(outs)
+    if shared is not None:
+        a, b = (indices[i] for i in shared)
+        names = [f"[{k!r}]" for k in (keys[a], keys[b])] if keys else [f"[{a}]", f"[{b}]"]
+        raise ValueError(f"broadcast_parameters: params{names[0]} and params{names[1]} share "
+                         "memory without being the same array; pass each memory once")
 
 
 def _broadcast_bytes(comm: Communicator, views: list, outs: list, root: int) -> None:

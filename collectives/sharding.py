@@ -32,6 +32,7 @@ import kernels
 from .algorithms.plan import split_bounds
 from .calls.collective import collective_options
 from .communicator import Communicator
+from .compression import codec_for
 from .errors import MismatchError
 from .gradsync import layout_digest
 from .validation import check_array, sharing_pair
@@ -63,6 +64,7 @@ class ShardedSync:
                                compression=compression,
                                deterministic=comm.settings.deterministic)
             collective_options("allgather", algorithm=algorithm)
+            codec_for(compression, params[0].dtype)  # (integers take no compression)
         _agree(comm, params)
         self.comm, self.params = comm, params
         self.algorithm, self.compression = algorithm, compression

@@ -9,7 +9,7 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -143,24 +143,25 @@ def check_outs(outs: Sequence, arrays: Sequence) -> None:
 def sharing_pair(arrays: Sequence) -> tuple[int, int] | None:
     """The first (i, j), i < j, of `arrays` that share memory, or None (extents sorted
     once; asked exactly only where they meet)."""
-    pairs = [tuple(sorted(pair)) for pair in _meeting(kernels.byte_extents(arrays))
+    pairs = (tuple(sorted(pair)) for pair in _meeting(kernels.byte_extents(arrays))
              if kernels.array_module(arrays[pair[0]]).shares_memory(arrays[pair[0]],
-                                                                    arrays[pair[1]])]
+                                                                    arrays[pair[1]]))
     return min(pairs, default=None)
 
 
-def _meeting(extents: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The pairs of indices of non-empty [low, high) byte ranges that intersect: none at
-    the cost of one sort in the common case (whole-array operations)."""
+def _meeting(extents: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """The pairs of indices of non-empty [low, high) byte ranges that intersect, one at a
+    time (interleaved views all meet: a list of them grew as the square); none at the cost
+    of one sort in the common case (whole-array operations)."""
     if not _some_meet(extents):
-        return []
-    pairs, open_spans = [], []
+        return
+    open_spans: list[tuple[int, int, int]] = []
     for low, high, i in sorted((low, high, i) for i, (low, high) in enumerate(extents)
                                if high > low):
         open_spans = [s for s in open_spans if s[1] > low]
-        pairs += [(i, other) for _, _, other in open_spans]
+        for _, _, other in open_spans:
+            yield i, other
         open_spans.append((low, high, i))
-    return pairs
 
 
 def _plainly_in_place(outs: Sequence, arrays: Sequence) -> bool:

@@ -86,11 +86,14 @@ def check_review_21(comm, tally) -> None:
         tally.check(isinstance(error, expected) and "params[1] is read-only" in str(error),
                     f"read-only: {error!r}")
     for options, said in ((dict(algorithm="bogus" if last else "ring"), "unknown algorithm"),
-                          (dict(algorithm="native", compression="fp16"), "needs a plan")):
+                          (dict(algorithm="native", compression="fp16"), "needs a plan"),
+                          (dict(algorithm="ring", compression="fp16", dtype=np.int32),
+                           "needs floating-point arrays")):
+        dtype = options.pop("dtype", np.float64)
         try:  # were taken, and refused at the first reduce, after a step's work
-            ShardedSync(comm, [np.zeros(4)], **options)
-            tally.check(not last and options["algorithm"] == "ring", f"{options} taken")
-        except (ValueError, collectives.MismatchError) as error:
+            ShardedSync(comm, [np.zeros(4, dtype)], **options)
+            tally.check(not last and options == {"algorithm": "ring"}, f"{options} taken")
+        except (TypeError, ValueError, collectives.MismatchError) as error:
             tally.check(said in str(error), f"{options}: {error!r}")
     tied = np.ones((2, 2))  # an embedding and its head: the first use's update was lost
     try:

@@ -194,7 +194,13 @@ def check_sync(comm, tally: Tally) -> None:
             ("key order", {"a": np.ones(2), "b": np.ones(2)} if r == 0 else
              {"b": np.zeros(2), "a": np.zeros(2)}),
             ("bytes of one word", [np.full(5 if r == 0 else 6, 7, np.uint8)]),
-            ("ties", [tied, tied] if r == 0 else [tied, tied.clone()])):
+            ("ties", [tied, tied] if r == 0 else [tied, tied.clone()]),
+            # keys other than str and int were compared by type name (the forty-fifth
+            # review): flax's tuple keys in another order were swapped silently
+            ("tuple key order", {("enc", "w"): np.ones(2), ("dec", "w"): np.ones(2)}
+             if r == 0 else {("dec", "w"): np.zeros(2), ("enc", "w"): np.zeros(2)}),
+            ("np.int64 key order", {np.int64(0): np.ones(2), np.int64(1): np.ones(2)}
+             if r == 0 else {np.int64(1): np.zeros(2), np.int64(0): np.zeros(2)})):
         before = [np.array(a, copy=True) for a in (mine.values() if isinstance(mine, dict)
                                                     else mine)]
         try:
@@ -205,6 +211,18 @@ def check_sync(comm, tally: Tally) -> None:
             tally.check("differ from the root's (rank 0)" in str(error)
                         and all(np.array_equal(b, np.asarray(a)) for b, a in zip(before, after)),
                         f"broadcast_parameters of another {what}: {error}")
+    same = {0: np.full(2, float(r))} if r == 0 else {np.int64(0): np.full(2, float(r))}
+    collectives.broadcast_parameters(same, comm)  # one key as int and as np.int64
+    tally.check(all((v == 0).all() for v in same.values()), f"int and np.int64 keys: {same}")
+    w = np.zeros((2, 2))  # w and w.T on one rank: the root's second array landed over w
+    try:
+        collectives.broadcast_parameters([w, w.T] if r == p - 1 else [w, np.zeros((2, 2))],
+                                         comm)
+        tally.check(False, "arrays sharing memory accepted")
+    except (ValueError, collectives.MismatchError) as error:
+        expected = ValueError if r == p - 1 else collectives.MismatchError
+        tally.check(type(error) is expected and "share memory" in str(error),
+                    f"arrays sharing memory: {error!r}")
 
 
 def check_two_hooks(comm, tally: Tally) -> None:
