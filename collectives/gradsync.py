@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import itertools
+import re
 import weakref
 import zlib
 from collections.abc import Iterable, Mapping
@@ -124,13 +125,14 @@ def broadcast_parameters(params: Iterable | Mapping, comm: Communicator, *, root
     with comm.refusing("allgather"):  # the others compare layouts: refused there too
         root = check_root(root, comm.size)
     keys = list(params) if isinstance(params, Mapping) else None
-    items = list(params.values() if isinstance(params, Mapping) else params)
+    items = [params[k] for k in keys] if keys is not None else list(params)
     views, outs = _views_or_refuse(comm, items, "allgather")
     twins = _first_twins(views)  # tied weights: one array under several state_dict keys
     distinct = [i for i, t in enumerate(twins) if t == i]
     with comm.refusing("allgather"):
         _refuse_overlaps([outs[i] for i in distinct], distinct, keys)
-    _agree_with_root(comm, views, keys, twins, root)
+        names = [None] * len(views) if keys is None else [_key_text(k) for k in keys]
+    _agree_with_root(comm, views, names, twins, root)
     modules = dict.fromkeys(_module(views[i]) for i in distinct)  # one broadcast per module
     for module in modules:
         chosen = [i for i in distinct if _module(views[i]) == module]
@@ -138,13 +140,12 @@ def broadcast_parameters(params: Iterable | Mapping, comm: Communicator, *, root
     return [_returned(item, views[t], outs[t]) for item, t in zip(items, twins)]
 
 
-def _agree_with_root(comm: Communicator, views: list, keys: list | None, twins: list[int],
+def _agree_with_root(comm: Communicator, views: list, names: list, twins: list[int],
                      root: int) -> None:
     """MismatchError on every rank where a rank's arrays differ from the root's in number,
     keys, order, shapes, dtypes or ties (one small all-gather first): the broadcast
     compares byte counts only, and float32 bits landed in int32 arrays, one mapping's "b"
     in another's "a" (the forty-fourth review)."""
-    names = [None] * len(views) if keys is None else [_key_text(k) for k in keys]
     layout = [(name, _module(v), tuple(v.shape), str(v.dtype), tie if v.size else i)
               for i, (name, v, tie) in enumerate(zip(names, views, twins))]
     mine = np.array([zlib.crc32(repr(layout).encode()), len(layout)], np.int64)
@@ -161,12 +162,15 @@ def _agree_with_root(comm: Communicator, views: list, keys: list | None, twins: 
 
 
 def _key_text(key) -> str:
-    """A mapping key as the ranks compare it: its repr (NumPy scalars as Python's), or its
-    type's name where the repr holds an address (which differs from rank to rank)."""
+    """A mapping key as the ranks compare it: its repr, NumPy scalars as Python's and sets
+    sorted (at any depth), any address left out (it differs from rank to rank)."""
     if isinstance(key, np.generic):
         key = key.item()
-    text = repr(key)
-    return type(key).__qualname__ if " at 0x" in text else text
+    if isinstance(key, tuple):
+        return f"({', '.join(map(_key_text, key))},)"
+    if isinstance(key, (set, frozenset)):  # (their order follows the hash seed)
+        return f"{type(key).__name__}({sorted(map(_key_text, key))})"
+    return re.sub(r" at 0x[0-9a-fA-F]+", " at ?", repr(key))
 
 
 def _refuse_overlaps(outs: list, indices: list[int], keys: list | None) -> None:

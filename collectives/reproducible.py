@@ -46,7 +46,7 @@ def reproducibly(reducer, flat, op: Op, compression: str | None, algorithm: str,
     scales = None
     if codec is not None:
         scales = _Scaled(_scales(reducer, flat, codec, op, sizes or [flat.size], deadline),
-                         flat.size, p, xp)
+                         flat, p)
     rows, bounds = _rows(reducer, flat, codec, scales, op)
     theirs = reducer.buffer("deterministic in", flat, rows.dtype, rows.size).reshape(rows.shape)
     wire = None if codec is None else codec.name
@@ -115,17 +115,17 @@ class _Scaled:
     scale over the whole range, keeping each element's own result (the same bits: the
     operations are elementwise; a Python call per run cost 6 us, 3 ms for 1000 arrays)."""
 
-    def __init__(self, runs: list[tuple[int, int, float]], n: int, p: int, xp):
+    def __init__(self, runs: list[tuple[int, int, float]], flat, p: int):
         self.runs = runs
         starts, stops, scales = (np.array(column) for column in zip(*runs))
         self.starts = starts.tolist()
         self.distinct, which = np.unique(scales, return_inverse=True)
         self.ids = None
-        # one pass per distinct scale and block (a few us each, and each element once)
-        # against a call per run of about 6 us: float64 arrays with hundreds of distinct
-        # scales ran 1.7x slower grouped (the forty-sixth review)
-        grouped_cost = self.distinct.size * (n + 2048 * p)
-        if xp is np and len(runs) > 16 and grouped_cost < 2048 * len(runs):
+        # Estimated in us: a pass per distinct scale and block about 7, plus 2 per 4 KB
+        # of flat, against a call per run of about 3 (float64 arrays of hundreds of
+        # distinct scales ran 1.5-1.7x slower grouped: the 46th and 47th reviews)
+        grouped_us = self.distinct.size * (7 * p + flat.nbytes / 2000)
+        if kernels.array_module(flat) is np and len(runs) > 16 and grouped_us < 3 * len(runs):
             self.ids = np.repeat(which.astype(np.int16), stops - starts)
 
     def apply(self, operation, dst, src, lo: int, hi: int) -> None:
