@@ -71,6 +71,8 @@ class LinkModel:
         return self.zero_copy or self.cpu_copy
 
     def __post_init__(self) -> None:
+        for name in ("alpha", "beta"):
+            _real(getattr(self, name), f"link {name}")
         if not (self.alpha >= 0 and self.beta >= 0 and math.isfinite(self.alpha + self.beta)):
             raise ValueError(f"link alpha and beta must be finite and >= 0, got {self.alpha}, {self.beta}")
         flags = {"zero_copy": self.zero_copy, "cpu_copy": self.cpu_copy,
@@ -78,6 +80,9 @@ class LinkModel:
         wrong = {name: value for name, value in flags.items() if not isinstance(value, bool)}
         if wrong:  # ("false", a non-empty string, would count as true)
             raise ValueError(f"link flags must be true or false, got {wrong}")
+        if self.zero_copy and self.cpu_copy:
+            raise ValueError("a link is zero_copy (the receiver reads in place) or cpu_copy "
+                             "(a core copies), not both")
 
     @classmethod
     def from_bandwidth(cls, *, alpha_us: float, gbytes_per_s: float, zero_copy: bool = False,
@@ -346,14 +351,31 @@ class Calibration:
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise KeyError(f"unknown keys {sorted(unknown)}")
-        return cls(size=int(data["size"]), intra=LinkModel(**data["intra"]),
-                   inter=LinkModel(**data["inter"]), gamma=float(data["gamma"]),
-                   call_overhead=float(data["call_overhead"]), copy_beta=float(data["copy_beta"]),
-                   native=tuple((int(b), float(t)) for b, t in data.get("native", ())),
+        return cls(size=_whole(data["size"], "size"), intra=LinkModel(**data["intra"]),
+                   inter=LinkModel(**data["inter"]), gamma=_real(data["gamma"], "gamma"),
+                   call_overhead=_real(data["call_overhead"], "call_overhead"),
+                   copy_beta=_real(data["copy_beta"], "copy_beta"),
+                   native=tuple((_whole(b, "native bytes"), _real(t, "native seconds"))
+                                for b, t in data.get("native", ())),
                    measured=data.get("measured", {}),
-                   by_size=tuple((int(row[0]), *map(float, row[1:]))
+                   by_size=tuple((_whole(row[0], "by_size bytes"),
+                                  *(_real(v, "by_size seconds") for v in row[1:]))
                                  for row in data.get("by_size", ())),
-                   codec_beta=float(data.get("codec_beta", 0.0)))
+                   codec_beta=_real(data.get("codec_beta", 0.0), "codec_beta"))
+
+
+def _real(value, name: str) -> float:
+    """A JSON number as a float; TypeError for anything else (true, "1e-9")."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def _whole(value, name: str) -> int:
+    """A JSON integer; TypeError for anything else (true, 2.5, "2")."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    return value
 
 
 # Without a tuning file: MPI over shared memory inside a node (the default transport; the
@@ -369,7 +391,7 @@ def tuning_path() -> Path:
     """COLLECTIVES_TUNING_FILE, else $XDG_CACHE_HOME (~/.cache)/collectives/tuning.json."""
     explicit = os.environ.get(TUNING_ENV)
     if explicit:
-        return Path(explicit)
+        return Path(explicit).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "collectives" / "tuning.json"
 
@@ -389,7 +411,7 @@ def _document(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"tuning file {path} holds a {type(data).__name__}, not an object; "
                          "delete it or recalibrate")
-    if data.get("version") != TUNING_VERSION:
+    if type(data.get("version")) is not int or data["version"] != TUNING_VERSION:
         raise ValueError(f"tuning file {path} has version {data.get('version')!r}, "
                          f"expected {TUNING_VERSION}; recalibrate with collectives-bench --calibrate")
     return data
@@ -410,7 +432,11 @@ def read_tuning(path: Path | None = None) -> dict[int, Calibration]:
     calibrations = {}
     for size, entry in entries.items():
         try:
+            if not (size.isdigit() and size == str(int(size))):
+                raise ValueError("the key must be a world size such as \"2\"")
             calibrations[int(size)] = Calibration.from_json(entry)
+            if calibrations[int(size)].size != int(size):  # (its native table would not fit)
+                raise ValueError(f"it was measured at np={calibrations[int(size)].size}")
         except (TypeError, KeyError, AttributeError, ValueError, OverflowError,
                 RecursionError) as error:  # OverflowError: a 400-digit number
             raise ValueError(f"tuning file {path}: the entry for np={size!r} is malformed "

@@ -214,9 +214,13 @@ class Wire(NamedTuple):
             (" between nodes" if self.between_nodes else "")
 
 
+MAX_MESSAGE_BYTES = 1 << 62  # (2**1100 overflowed a float in predict)
+
+
 def _message_bytes(nbytes) -> int:
-    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 0:
-        raise ValueError(f"nbytes must be an int >= 0, got {nbytes!r}")
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) \
+            or not 0 <= nbytes <= MAX_MESSAGE_BYTES:
+        raise ValueError(f"nbytes must be an int in [0, 2**62], got {nbytes!r}")
     return int(nbytes)
 
 

@@ -16,7 +16,7 @@ from bench.calibrate import fit_alpha_beta
 from collectives.algorithms import PLANNERS
 from collectives.costmodel import (DEFAULT_CALIBRATION, TUNING_MAX_BYTES, Calibration,
                                    ClusterModel, LinkModel, NativeModel, load_calibration,
-                                   read_tuning, write_calibration)
+                                   read_tuning, tuning_path, write_calibration)
 from collectives import files
 from collectives.files import folder_locked, write_atomically
 from collectives.simulator import simulate
@@ -92,10 +92,11 @@ def test_native_model_interpolates_measurements_and_models_other_sizes():
 
 
 @pytest.mark.parametrize("call, said", [
-    (lambda t: t.predict(float("nan")), "nbytes must be an int >= 0, got nan"),
-    (lambda t: t.choose(12345.0), "nbytes must be an int >= 0, got 12345.0"),
-    (lambda t: t.choose(-1), "nbytes must be an int >= 0, got -1"),
-    (lambda t: t.choose(True), "nbytes must be an int >= 0, got True"),
+    (lambda t: t.predict(float("nan")), "nbytes must be an int in [0, 2**62], got nan"),
+    (lambda t: t.choose(12345.0), "nbytes must be an int in [0, 2**62], got 12345.0"),
+    (lambda t: t.choose(-1), "nbytes must be an int in [0, 2**62], got -1"),
+    (lambda t: t.choose(True), "nbytes must be an int in [0, 2**62], got True"),
+    (lambda t: t.predict(2**1100), "nbytes must be an int in [0, 2**62], got 1"),  # overflowed
     (lambda t: t.choose(1024, "bogus"), "unknown collective 'bogus'; accepted: 'allreduce'"),
     (lambda t: t.compression(4096, "bogus"), "unknown algorithm 'bogus'; accepted: 'auto'"),
 ])
@@ -361,6 +362,12 @@ def test_rank_0_answers_whatever_its_read_raised(monkeypatch, caplog):
     ({"native": [[64, 1e-5], [8, 2e-5]]}, "increasing bytes"),  # priced wrong, silently
     ({"intra": {**DEFAULT_CALIBRATION.as_json()["intra"], "zero_copy": "false"}},
      "link flags must be true or false"),  # a non-empty string counted as true
+    # the forty-eighth review: taken as 1 s, as a number, as both, as another size's
+    ({"intra": {**DEFAULT_CALIBRATION.as_json()["intra"], "alpha": True}},
+     "link alpha must be a number, got True"),
+    ({"gamma": "1e-9"}, "gamma must be a number, got '1e-9'"),
+    ({"intra": {**DEFAULT_CALIBRATION.as_json()["intra"], "zero_copy": True}}, "not both"),
+    ({"size": 4}, "measured at np=4"),  # its native table was dropped, silently
 ])
 def test_tables_out_of_order_and_flags_not_booleans_are_malformed(tmp_path, change, said):
     """Found by the thirty-eighth review."""
@@ -369,6 +376,31 @@ def test_tables_out_of_order_and_flags_not_booleans_are_malformed(tmp_path, chan
     path.write_text(json.dumps({"version": 1, "calibrations": {"2": entry}}))
     with pytest.raises(ValueError, match=f"{re.escape(str(path))}.*{said}"):
         read_tuning(path)
+
+
+@pytest.mark.parametrize("key", ["-2", " 2 ", "02", "2.0"])
+def test_keys_that_are_no_world_size_are_malformed(tmp_path, key):
+    """The forty-eighth review: "-2" was taken as np=-2, " 2 " as 2."""
+    path = tmp_path / "tuning.json"
+    entry = {**DEFAULT_CALIBRATION.as_json(), "size": 2}
+    path.write_text(json.dumps({"version": 1, "calibrations": {key: entry}}))
+    with pytest.raises(ValueError, match="the key must be a world size"):
+        read_tuning(path)
+
+
+@pytest.mark.parametrize("version", ["true", "1.0"])
+def test_a_version_that_is_no_integer_is_refused(tmp_path, version):
+    path = tmp_path / "tuning.json"
+    path.write_text(f'{{"version": {version}, "calibrations": {{}}}}')
+    with pytest.raises(ValueError, match="has version"):
+        read_tuning(path)
+
+
+def test_a_tuning_path_under_home_is_expanded(tmp_path, monkeypatch):
+    """COLLECTIVES_TUNING_FILE=~/x.json read a folder named "~" (the forty-eighth review)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("COLLECTIVES_TUNING_FILE", "~/mine.json")
+    assert tuning_path() == tmp_path / "mine.json"
 
 
 _WRITER = """
