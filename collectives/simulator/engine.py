@@ -153,6 +153,8 @@ class Engine:
         while st.i_proc < st.i_arr:
             i = st.i_proc
             k = tr.recv_round[i]
+            if k >= len(st.start):  # a receive posted ahead: its round loads first (in
+                break               # event order it took the engine before that load)
             arrival = st.arrival[i]
             link = st.links[i][0]
             nbytes = tr.recv_bytes[i]
