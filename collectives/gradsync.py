@@ -18,6 +18,7 @@ Example::
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import weakref
 import zlib
@@ -123,14 +124,12 @@ def broadcast_parameters(params: Iterable | Mapping, comm: Communicator, *, root
     """
     with comm.refusing("allgather"):  # the others compare layouts: refused there too
         root = check_root(root, comm.size)
-    keys = list(params) if isinstance(params, Mapping) else None
-    items = [params[k] for k in keys] if keys is not None else list(params)
+        keys, items, names = _entries(params)
     views, outs = _views_or_refuse(comm, items, "allgather")
     twins = _first_twins(views)  # tied weights: one array under several state_dict keys
     distinct = [i for i, t in enumerate(twins) if t == i]
     with comm.refusing("allgather"):
         _refuse_overlaps([outs[i] for i in distinct], distinct, keys)
-        names = [None] * len(views) if keys is None else [_key_text(k) for k in keys]
     _agree_with_root(comm, views, names, twins, root)
     modules = dict.fromkeys(_module(views[i]) for i in distinct)  # one broadcast per module
     for module in modules:
@@ -147,7 +146,8 @@ def _agree_with_root(comm: Communicator, views: list, names: list, twins: list[i
     in another's "a" (the forty-fourth review)."""
     layout = [(name, _module(v), tuple(v.shape), str(v.dtype), tie if v.size else i)
               for i, (name, v, tie) in enumerate(zip(names, views, twins))]
-    mine = np.array([zlib.crc32(repr(layout).encode()), len(layout)], np.int64)
+    digest = hashlib.blake2b(repr(layout).encode(), digest_size=16).digest()  # (a crc32
+    mine = np.array([*np.frombuffer(digest, np.int64), len(layout)], np.int64)  # collided)
     rows = comm.allgather(mine)
     differ = [r for r in range(comm.size) if (rows[r] != rows[root]).any()]
     if differ:
@@ -160,27 +160,49 @@ def _agree_with_root(comm: Communicator, views: list, names: list, twins: list[i
                             f"{shown})")
 
 
-_PLAIN_KEYS = (str, bytes, int, float, type(None))  # (bool is an int)
+def _entries(params) -> tuple[list | None, list, list]:
+    """(keys, arrays, the keys' texts) of a mapping, or (None, arrays, Nones) of a sequence;
+    any error reading them a ValueError, which the caller's refusal passes to the peers (a
+    KeyError or a raising repr left them waiting out the timeout)."""
+    try:
+        if not isinstance(params, Mapping):
+            items = list(params)
+            return None, items, [None] * len(items)
+        keys = list(params)
+        return keys, [params[k] for k in keys], [_key_text(k) for k in keys]
+    except (TypeError, ValueError):
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever the caller's mapping raises
+        raise ValueError(f"broadcast_parameters could not read params: "
+                         f"{type(error).__name__}: {error}") from error
 
 
-def _key_text(key) -> str:
-    """A mapping key as the ranks compare it: the repr of a str, bytes, number or None,
-    NumPy scalars as Python's, tuples and sets of them (sets sorted: their order follows
-    each process's hash seed). TypeError for any other key: its repr may hold an address
-    or an order of its own, which two ranks cannot compare (the forty-seventh and
-    forty-ninth reviews: keys that differed passed, and equal keys were refused)."""
-    if isinstance(key, np.generic):
+_PLAIN_KEYS = {str: repr, bytes: repr, bool: repr, int: hex, float: float.hex,
+               type(None): repr}
+_NUMPY_KEYS = (np.integer, np.floating, np.bool_, np.str_, np.bytes_)
+_KEY_DEPTH = 16
+
+
+def _key_text(key, depth: int = 0) -> str:
+    """A mapping key as the ranks compare it, exactly: a str, bytes, bool, int, float or
+    None (of these very types: a subclass's repr is its own), NumPy scalars of them as
+    Python's, tuples of them, and sets of str or bytes (sorted: their order follows each
+    process's hash seed). TypeError for any other key, whose text two ranks could not
+    compare (the forty-seventh, forty-ninth and fiftieth reviews: keys that differed
+    passed, equal keys were refused, a raising repr left the peers waiting)."""
+    if isinstance(key, _NUMPY_KEYS):
         key = key.item()
-    if isinstance(key, tuple):
-        return f"({', '.join(map(_key_text, key))},)"
-    if isinstance(key, (set, frozenset)):
-        return f"{type(key).__name__}({sorted(map(_key_text, key))})"
-    if isinstance(key, _PLAIN_KEYS):
-        return repr(key)
+    text = _PLAIN_KEYS.get(type(key))
+    if text is not None:
+        return f"{type(key).__name__}:{text(key)}"
+    if depth < _KEY_DEPTH and type(key) is tuple:
+        return f"({', '.join(_key_text(k, depth + 1) for k in key)},)"
+    if type(key) in (set, frozenset) and len({type(k) for k in key} - {str, bytes}) == 0:
+        return f"{type(key).__name__}({sorted(map(repr, key))})"
     raise TypeError(f"broadcast_parameters compares the ranks' mapping keys, and cannot "
                     f"compare a key of type {type(key).__qualname__}: use str, bytes, "
-                    "numbers, None or tuples of them, or pass list(params.values()) to "
-                    "broadcast by position")
+                    "numbers, None, tuples of them or sets of strings, or pass "
+                    "list(params.values()) to broadcast by position")
 
 
 def _refuse_overlaps(outs: list, indices: list[int], keys: list | None) -> None:

@@ -229,6 +229,25 @@ def check_sync(comm, tally: Tally) -> None:
     except TypeError as error:
         tally.check("cannot compare a key of type function" in str(error),
                     f"keys holding functions: {error}")
+    class Shown(str):  # its own repr: keys that differed passed as one (the fiftieth review)
+        def __repr__(self) -> str:
+            return "K"
+
+    class Missing(dict):  # a lookup that fails on one rank left the others waiting
+        def __getitem__(self, key):
+            raise KeyError(key)
+
+    for what, mine, refused in (
+            ("a str subclass's key", {Shown("a"): np.ones(2)}, TypeError),
+            ("a mapping whose lookup fails on one rank",
+             Missing(a=np.ones(2)) if r == p - 1 else {"a": np.ones(2)}, ValueError)):
+        try:
+            collectives.broadcast_parameters(mine, comm)
+            tally.check(False, f"{what}: accepted")
+        except (TypeError, ValueError, collectives.MismatchError) as error:
+            expected = refused if r == p - 1 or refused is TypeError else \
+                collectives.MismatchError
+            tally.check(type(error) is expected, f"{what}: {error!r}")
     w = np.zeros((2, 2))  # w and w.T on one rank: the root's second array landed over w
     try:
         collectives.broadcast_parameters([w, w.T] if r == p - 1 else [w, np.zeros((2, 2))],
