@@ -113,7 +113,8 @@ class _Scaled:
     (encode, unscale) applied with each element's own scale: run by run, or, where runs
     are many and short (many small arrays of a few distinct scales), once per distinct
     scale over the whole range, keeping each element's own result (the same bits: the
-    operations are elementwise; a Python call per run cost 6 us, 3 ms for 1000 arrays)."""
+    operations are elementwise; a Python call per run costs a few us, milliseconds for
+    1000 arrays)."""
 
     def __init__(self, runs: list[tuple[int, int, float]], flat, p: int):
         self.runs = runs

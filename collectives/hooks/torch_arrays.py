@@ -24,8 +24,8 @@ import torch.distributed as dist
 from ..gradsync import as_array
 from ..options import DTYPES, Op
 
-__all__ = ["REDUCE_OPS", "reduce_op", "compressible", "flat", "byte_view", "Rows", "Packed",
-           "as_array", "dtype_code", "dtype_named"]
+__all__ = ["REDUCE_OPS", "reduce_op", "compressible", "flat", "byte_view", "Rows", "as_array",
+           "dtype_code", "dtype_named"]
 
 REDUCE_OPS = {
     dist.ReduceOp.SUM: Op.SUM,
@@ -142,33 +142,3 @@ class Rows:
                              "tensor is left as it was")
         self._bytes[...] = self._words.view(np.uint8)[:, :length]
 
-
-class Packed:
-    """Contiguous tensors of any dtypes as one 1-D array of 32-bit words holding their bytes
-    one after another (the root's, packed when `sending`), written back by `finish()` where
-    not sending. A 1-D array: no Rows has that shape, so the agreement tells the two apart.
-
-    Example::
-
-        packed = Packed([torch.ones(3), torch.ones(2, dtype=torch.bool)], sending=True)
-        packed.array                                         # (4,) int32: 14 bytes, padded
-    """
-
-    __slots__ = ("array", "_views", "_sending")
-
-    def __init__(self, tensors: list[torch.Tensor], sending: bool):
-        self._views = [byte_view(t) for t in tensors]
-        total = sum(v.size for v in self._views)
-        self.array = np.zeros(-(-total // _WORD.itemsize), _WORD)
-        self._sending = sending
-        if sending:
-            np.concatenate(self._views, out=self.array.view(np.uint8)[:total])
-
-    def finish(self) -> None:
-        """Copy each tensor's bytes out of the array (the root's stay as they were)."""
-        if self._sending:
-            return
-        start, packed = 0, self.array.view(np.uint8)
-        for view in self._views:
-            view[...] = packed[start:start + view.size]
-            start += view.size
