@@ -6,7 +6,8 @@ The tuning file prices the links between nodes at 1 Gbit, so auto must choose hi
 with 16 bits on its inter-node stage only: the stats name it, its traffic lies between
 hierarchical's uncompressed and fully compressed, the result is within fp16's bound of the
 float64 reference (sum and avg; 60000.0 on every rank stays finite) and holds the same bits
-on every rank.
+on every rank. With deterministic=True, auto compresses nothing: the bits are
+reference_reduce's uncompressed ones (auto's choice follows the calibration).
 """
 from __future__ import annotations
 
@@ -46,6 +47,13 @@ def main() -> None:
                      lambda: comm.allreduce(x, algorithm="hierarchical", compression="fp16"))
     tally.check(packed < between < plain,
                 f"bytes sent: fp16 {packed}, between nodes {between}, uncompressed {plain}")
+    xs = [normal(r, COUNT).astype(np.float32) for r in range(comm.size)]
+    want = collectives.reference_reduce(xs, "sum").tobytes()
+    y = comm.allreduce(x, compression="auto", deterministic=True)
+    tally.check(y.tobytes() == want, "deterministic auto: not reference_reduce's bits")
+    ys = comm.allreduce_many([x[:5], x[5:]], op="sum", compression="auto", deterministic=True)
+    tally.check(np.concatenate(ys).tobytes() == want,
+                "deterministic auto allreduce_many: not reference_reduce's bits")
     big = np.full(COUNT, 60000.0, np.float32)
     z = comm.allreduce(big, compression="auto")
     tally.check(bool(np.isfinite(z).all()) and
