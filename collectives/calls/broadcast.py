@@ -59,7 +59,7 @@ class Broadcast(Collective):
             work, copy = result.reshape(-1), False
         else:
             work, copy = ctx.reducer.buffer("collective", self.x, self.x.dtype, self.x.size), True
-        if self.rank == self.root and result is not self.x:
+        if self.rank == self.root and (copy or result is not self.x):  # (x in a buffer too)
             kernels.pack([self.x], work)
         return work, copy
 

@@ -82,6 +82,17 @@ def check_allgather(comm, tally, algorithm, dtype, count, op, layout) -> str:
 
 
 def check_broadcast(comm, tally, algorithm, dtype, count, root, layout) -> str:
+    """Layout "inplace-strided": out is x, a strided view, twice with other data (root's x
+    went unread: the library's buffer was sent, whatever an earlier call left in it, and
+    written over root's x; the fifty-second review)."""
+    if layout == "inplace-strided":
+        for shift in (0, 1):
+            x = strided(rank_data(count, dtype, comm.rank + shift))
+            want = rank_data(count, dtype, root + shift)
+            y = comm.broadcast(x, root=root, algorithm=algorithm, out=x)
+            case = f"broadcast {algorithm} {np.dtype(dtype)} count={count} root={root} {layout}"
+            tally.check(y is x and np.array_equal(y, want), f"{case} #{shift}: got {y[:4]}")
+        return case
     x = present(rank_data(count, dtype, comm.rank), layout)
     before = digest(x)
     want = rank_data(count, dtype, root)
@@ -163,7 +174,9 @@ def main() -> None:
                                 check_allgather(comm, tally, algorithm, dtype, count, None, lay)
                         elif name == "broadcast":
                             for root in roots:
-                                for lay in (layout, "inplace") if layout == "out" else (layout,):
+                                for lay in ((layout, "inplace") if layout == "out" else
+                                            (layout, "inplace-strided") if layout == "strided"
+                                            else (layout,)):
                                     check_broadcast(comm, tally, algorithm, dtype, count, root, lay)
                         elif name == "reduce":
                             for op in OPS:
