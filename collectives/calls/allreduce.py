@@ -47,7 +47,7 @@ def allreduce_call(settings, x, out, op, algorithm, compression, check_finite,
     shapes = ((x.dtype, x.shape),)
     array = kernels.array_module(x).__name__  # NumPy arrays ride, CuPy arrays do not
     signature = Signature.of("allreduce", (options, shapes, issued, array),
-                             lambda: describe(options, shapes, issued, array=array))
+                             lambda: describe(options, shapes, issued, array))
     return _Reduction(signature, (x,), None if out is None else (out,), options, shapes,
                       single=True)
 
@@ -72,8 +72,9 @@ def allreduce_many_call(settings, arrays, outs, *, op, algorithm, compression, f
     except (TypeError, ValueError) as error:
         return Refused("allreduce_many", issued, error)
     shapes = tuple((a.dtype, a.shape) for a in arrays)
-    signature = Signature.of("allreduce_many", (options, shapes, issued),
-                             lambda: describe(options, shapes, issued))
+    array = kernels.array_module(arrays[0]).__name__ if arrays else "numpy"
+    signature = Signature.of("allreduce_many", (options, shapes, issued, array),
+                             lambda: describe(options, shapes, issued, array, single=False))
     return _Reduction(signature, arrays, outs, options, shapes, single=False)
 
 
@@ -173,19 +174,19 @@ class _Reduction(Call):
         return ("named", feedback, options)
 
 
-def describe(options: CallOptions, shapes: tuple, issued: tuple,
-             array: str | None = None) -> dict:
+def describe(options: CallOptions, shapes: tuple, issued: tuple, array: str, *,
+             single: bool = True) -> dict:
     """An all-reduce's signature fields, as text for messages; `array` ("numpy", "cupy"):
-    the kind of a single array (a list's arrays never ride, whatever their kind)."""
+    the arrays' kind (NumPy arrays ride; CuPy arrays may take NCCL where NumPy's take MPI),
+    `single`: one array, not a list."""
     dtypes = [str(d) for d, _ in shapes]
     dims = [str(s) for _, s in shapes]
-    single = array is not None
     return {
         "op": options.op, "algorithm": options.algorithm, "compression": options.compression,
         "fusion_bytes": options.fusion_bytes,
         "dtype": dtypes[0] if single else f"[{', '.join(dtypes)}]",
         "shape": dims[0] if single else f"[{', '.join(dims)}]",
-        **({"array": array} if single else {}),
+        "array": array,
         "check_finite": options.check_finite, "error_feedback": options.error_feedback,
         "deterministic": options.deterministic, "issued": issued[0], "thread": issued[1],
     }

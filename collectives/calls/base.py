@@ -57,7 +57,8 @@ class Call:
     def prepare(self, ctx: Context) -> None:
         """Allocate what the call returns, before anything is agreed: an error then (a
         MemoryError) refuses the call (MismatchError on the others), the communicator
-        usable."""
+        usable. Scratch buffers grow in `move`, where a MemoryError ends the communicator
+        (docs/failure-model.md, known gaps)."""
 
     def agree(self, ctx: Context, seq: int, deadline: float):
         raise NotImplementedError

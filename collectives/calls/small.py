@@ -336,7 +336,7 @@ class SmallLane:
         nbytes = count * dtype.itemsize
         shapes = ((dtype, shape),)
         signature = Signature.of("allreduce", (options, shapes, issued, "numpy"),
-                                 lambda: describe(options, shapes, issued, array="numpy"))
+                                 lambda: describe(options, shapes, issued, "numpy"))
         reducer = self._reducer
         if self._agreement.check and options.algorithm == "auto" and rides(nbytes, size):
             return Route(signature, shape, dtype, options.op, RIDE, size, reducer.stats,

@@ -62,6 +62,13 @@ def main() -> None:
                                       **kwargs)
             for i, (g, w) in enumerate(zip(got, want)):
                 same(tally, f"{algorithm} many {compression} #{i} {w.dtype}", g, w)
+        if cp is not np and comm.size > 1:  # CuPy on rank 0 only: refused on every rank
+            mixed = [cp.asarray(x) if comm.rank == 0 else x for x in xs[:2]]
+            try:
+                comm.allreduce_many(mixed, algorithm=algorithm)
+                tally.check(False, f"{algorithm} many: CuPy beside NumPy accepted")
+            except collectives.MismatchError as error:
+                tally.check("array" in str(error), f"{algorithm} many: {error}")
         x = data(comm.rank, 5000, np.float32)
         handle = comm.allreduce_async(cp.asarray(x), op="sum", algorithm=algorithm)
         same(tally, f"{algorithm} async", handle.wait(),
