@@ -277,6 +277,10 @@ class Communicator:
         """Return once every rank has called barrier (bounded by the timeout)."""
         self._run(Barrier(issuer("sync")))
 
+    def barrier_async(self) -> Handle:
+        """`barrier` on the progress thread: `h.wait()` returns once every rank called it."""
+        return self._submit(Barrier(issuer("async")))
+
     def _reduce_scatter(self, x, out, op, algorithm, compression, deterministic, mode):
         return reduce_scatter_call(self.size, self.rank, x, out, op=op, algorithm=algorithm,
                                    compression=compression,

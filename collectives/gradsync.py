@@ -75,6 +75,10 @@ def as_array(x) -> Any:
         import torch
 
         x = x.detach()
+        if x.layout != torch.strided:  # (DLPack's BufferError named neither)
+            raise TypeError(f"a sparse torch tensor ({x.layout}) has no dense values to "
+                            "reduce: make dense gradients (e.g. nn.Embedding(sparse=False)) "
+                            "or call .to_dense() first")
         if x.dtype == torch.bfloat16:
             x, view_as = x.view(torch.int16), ml_dtypes.bfloat16
     elif _module(x) in _JAX:
@@ -334,18 +338,26 @@ class GradSync:
         """Finish this step's all-reduces: gradients are averaged when it returns.
 
         Buckets that did not fill (parameters unused this step) are launched with zeros for
-        the missing gradients, so every rank ends with the same gradients. Where a bucket's
-        all-reduce fails, the error is raised once every launched bucket has ended: none
-        writes a gradient after this returns or raises (an interrupt, such as Ctrl-C, is
-        raised at once).
+        the missing gradients, so every rank ends with the same gradients; a gradient that
+        no rank made stays None, as under DDP (the optimizer skips it: zeros moved weights
+        through momentum, weight decay and Adam's state). Where a bucket's all-reduce
+        fails, the error is raised once every launched bucket has ended: none writes a
+        gradient after this returns or raises (an interrupt, such as Ctrl-C, is raised at
+        once).
         """
         failure = None
+        filled: list[tuple[int, Any]] = []  # (position among the parameters, parameter)
         try:
+            position = sum(map(len, self._buckets[:self._launched]))
             for members in self._buckets[self._launched:]:
                 for p in members:
                     if p.grad is None:
                         p.grad = p.detach().new_zeros(p.shape)
+                        filled.append((position, p))
+                    position += 1
             self._launch(len(self._buckets))
+            made = self.comm.allreduce_async(self._made_here(), op="max")
+            self._handles.append(made)
         except Exception as error:  # (the buckets launched before it still run)
             failure = error
         try:
@@ -356,6 +368,10 @@ class GradSync:
                     failure = failure or error
             if failure is not None:
                 raise failure
+            anywhere = made.wait()
+            for position, p in filled:
+                if not anywhere[position]:
+                    p.grad = None
         finally:
             self._handles.clear()
             self._ready = [set() for _ in self._buckets]
@@ -399,6 +415,11 @@ class GradSync:
             raise ValueError(f"GradSync.attach: the ranks' parameters that require grad differ "
                              f"({said}; or their shapes or dtypes): make every rank freeze the "
                              f"same ones")
+
+    def _made_here(self) -> np.ndarray:
+        """Per parameter (in bucket order), 1 where this rank made its gradient this step."""
+        return np.array([id(p) in ready for members, ready in zip(self._buckets, self._ready)
+                         for p in members], np.int32)
 
     def _launch(self, up_to: int) -> None:
         """Start the all-reduces of buckets [launched, up_to)."""

@@ -61,6 +61,13 @@ def test_as_array_rejects_non_arrays():
         as_array([1.0, 2.0])
 
 
+@pytest.mark.parametrize("layout", ["to_sparse", "to_sparse_csr"])
+def test_as_array_names_a_sparse_tensor(layout):
+    """DLPack's BufferError named neither the tensor nor sparseness (the fifty-fourth review)."""
+    with pytest.raises(TypeError, match=r"a sparse torch tensor \(torch\.sparse_c..\)"):
+        as_array(getattr(torch.ones(2, 3), layout)())
+
+
 def test_hook_state_checks_its_arguments(comm):
     with pytest.raises(TypeError, match="comm must be a collectives.Communicator"):
         HookState(object())

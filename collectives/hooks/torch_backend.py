@@ -39,7 +39,7 @@ from ..options import check_compression
 from .torch_arrays import (Rows, as_array, byte_view, compressible, dtype_code, dtype_named,
                            flat, reduce_op)
 from .torch_groups import group_communicator
-from .torch_work import DoneWork, HandleWork, MessageWork
+from .torch_work import HandleWork, MessageWork
 
 __all__ = ["BACKEND", "BackendOptions", "CollectivesProcessGroup"]
 
@@ -337,7 +337,10 @@ class CollectivesProcessGroup(dist.ProcessGroup):
         p = self.size()
         mine = np.array([[b.size for b in (*sends, *receives)],
                          [dtype_code(d) for d in (*send_dtypes, *receive_dtypes)]], np.int64)
-        every = self.comm.allgather(mine)  # [r, 0]: rank r's p sends, then its p receives
+        # [r, 0]: rank r's p sends, then its p receives. Queued, then waited: in a completion
+        # callback the wait raises, with the call counted on every rank (a blocking call was
+        # refused there without being issued: later calls paired with the wrong ones).
+        every = self.comm.allgather_async(mine).wait()
         for what, (sent, expected) in (("bytes", (every[:, 0, :p], every[:, 0, p:].T)),
                                        ("dtype", (every[:, 1, :p], every[:, 1, p:].T))):
             if not np.array_equal(sent, expected):  # [r, q]: from rank r to rank q
@@ -362,8 +365,7 @@ class CollectivesProcessGroup(dist.ProcessGroup):
         return HandleWork([handle], finish)
 
     def barrier(self, opts=BarrierOptions()) -> dist.Work:
-        self.comm.barrier()
-        return DoneWork([])
+        return HandleWork([self.comm.barrier_async()], lambda: [])
 
     # ------------------------------------------------------------------ point to point
 

@@ -4,7 +4,7 @@
 the progress thread in issue order, and the last handle's completion callback (which runs
 there) finishes the result (copies out of staging rows, if any) and completes the torch
 Future; it never blocks. `MessageWork` is a point-to-point message: it completes when waited
-or tested, and has no future (as gloo's send and recv). `DoneWork` is a result already there.
+or tested, and has no future (as gloo's send and recv).
 
 A failed collective sets the Future's exception: `wait()` and `result()` raise the
 library's error (CollectiveError, CollectiveTimeout, ...). `get_future()` fails as torch's
@@ -32,7 +32,7 @@ from ..errors import CollectiveError
 from ..p2p import Message
 from ..progress import Handle
 
-__all__ = ["HandleWork", "MessageWork", "DoneWork", "raise_or_value"]
+__all__ = ["HandleWork", "MessageWork", "raise_or_value"]
 
 Tensors = list[torch.Tensor]
 
@@ -136,14 +136,6 @@ class HandleWork(_FutureWork):
             self._future.set_exception(error)
         else:
             self._future.set_result(value)
-
-
-class DoneWork(_FutureWork):
-    """A Work whose result is already there."""
-
-    def __init__(self, value: Tensors):
-        super().__init__()
-        self._future.set_result(value)
 
 
 class MessageWork(dist.Work):

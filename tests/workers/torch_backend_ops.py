@@ -184,6 +184,7 @@ def check_async_and_errors(group, tally: Tally) -> None:
     except TypeError as error:
         tally.check("unsupported dtype uint8" in str(error), f"uint8 refused: {error}")
     check_wait_in_callback(group, tally)
+    check_blocking_ops_in_callback(group, tally)
     ok = torch.ones(2)
     dist.all_reduce(ok, group=group)  # the group goes on after refused calls
     tally.check(torch.equal(ok, torch.full((2,), float(p))), "all_reduce after errors")
@@ -217,6 +218,41 @@ def check_wait_in_callback(group, tally: Tally) -> None:
     tally.check(outcome[0] != "returned" and outcome[0] < 1.0 and "completion callback"
                 in outcome[1] if on_progress else outcome == ["returned"],
                 f"Work.wait() in then(): {seen}")
+
+
+def check_blocking_ops_in_callback(group, tally: Tally) -> None:
+    """barrier and all_to_all with given splits in a then() callback that runs on the
+    progress thread on some ranks and on the main thread on another: each rank raises,
+    and later calls still pair (they were blocking calls, refused on the progress thread
+    without being counted: later all-reduces paired with the wrong calls, 31 for 21; the
+    fifty-fourth review)."""
+    r, p = group.rank(), group.size()
+    if p == 1:
+        return
+    splits = [1] * p
+
+    def barrier():
+        dist.barrier(group=group)
+
+    def alltoall():
+        dist.all_to_all_single(torch.empty(p), torch.ones(p), splits, splits, group=group)
+
+    for name, op in (("barrier", barrier), ("all_to_all_single", alltoall)):
+        if r == p - 1:
+            time.sleep(0.3)  # the others chain the callback while their Work is pending
+        work = dist.all_reduce(torch.ones(1), group=group, async_op=True)
+        if r == p - 1:
+            work.wait()  # done: the callback runs here, on the main thread
+        try:
+            work.get_future().then(lambda fut: op()).wait()
+        except RuntimeError:
+            pass  # raised on every rank here; what counts is that later calls pair
+        for round in (1, 2):
+            z = torch.tensor([10.0 * round + r])
+            dist.all_reduce(z, group=group)
+            want = 10.0 * round * p + p * (p - 1) / 2
+            tally.check(z.item() == want, f"{name} in then(): all_reduce {round} gave "
+                        f"{z.item()}, expected {want}")
 
 
 class Interrupted(Exception):
