@@ -356,8 +356,9 @@ class GradSync:
                         filled.append((position, p))
                     position += 1
             self._launch(len(self._buckets))
-            made = self.comm.allreduce_async(self._made_here(), op="max")
-            self._handles.append(made)
+            if self._buckets:  # (not attached, or detached: nothing to tell)
+                made = self.comm.allreduce_async(self._made_here(), op="max")
+                self._handles.append(made)
         except Exception as error:  # (the buckets launched before it still run)
             failure = error
         try:
@@ -368,10 +369,11 @@ class GradSync:
                     failure = failure or error
             if failure is not None:
                 raise failure
-            anywhere = made.wait()
-            for position, p in filled:
-                if not anywhere[position]:
-                    p.grad = None
+            if filled:
+                anywhere = made.wait()
+                for position, p in filled:
+                    if not anywhere[position]:
+                        p.grad = None
         finally:
             self._handles.clear()
             self._ready = [set() for _ in self._buckets]
