@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from collectives.failure import FORWARD_PAUSE_S
-from collectives.files import write_atomically
+from collectives.files import special_file, write_atomically
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -62,17 +62,20 @@ def environment(mpi_comm: MPI.Comm, **extra: object) -> dict[str, object]:
 def write_json(path: str, document: Mapping[str, object]) -> None:
     """Write ``document`` to ``path`` atomically (``collectives.files.write_atomically``:
     through a new file of its own, so concurrent writers and a planted ``.tmp`` do not
-    tear it or send it elsewhere)."""
+    tear it or send it elsewhere; a symlink at ``path`` is replaced, never followed, and a
+    folder, FIFO, socket or device there is refused)."""
     write_atomically(Path(path), json.dumps(document, indent=1) + "\n")
 
 
 def check_writable(path: str) -> None:
     """ValueError now, rather than after the measurements, when ``path`` cannot be written:
-    a file is created in its folder (and removed), as the results are written (/proc
-    passed the folder's access check, then failed after the sweep)."""
+    a folder, FIFO, socket or device is there (a symlink is replaced by the file, as
+    ``write_json`` does), or a file cannot be created in its folder (one is, and removed:
+    /proc passed the folder's access check, then failed after the sweep)."""
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise ValueError(f"cannot write {path}: a folder")
+    kind = special_file(Path(path))
+    if kind is not None:
+        raise ValueError(f"cannot write {path}: {kind}, not a regular file")
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise ValueError(f"cannot write {path}: {folder} is not a writable folder")
     try:

@@ -5,6 +5,7 @@ Example::
     text = read_regular(Path("tuning.json"), limit=16 << 20)
     with folder_locked(path.parent):        # a read-modify-write no other writer interleaves
         write_atomically(path, text)
+    write_atomically(Path("plot.png"), lambda handle: figure.savefig(handle, format="png"))
 """
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ import fcntl
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["folder_locked", "read_regular", "write_atomically"]
+__all__ = ["folder_locked", "read_regular", "special_file", "write_atomically"]
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
 def read_regular(path: Path, limit: int) -> str:
@@ -36,17 +41,37 @@ def read_regular(path: Path, limit: int) -> str:
     return text.decode()
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace the file at `path` by `text` at once: readers see the old file or the new
-    one, never a part. Written through a new file of its own beside it (O_EXCL, a random
-    name: a planted symlink is not followed, and concurrent writers do not share it), with
-    the permissions a plain open would give it (0666 less the umask)."""
+def special_file(path: Path) -> str | None:
+    """What is at `path` ("a folder", "a FIFO", "a socket", "a character device", ...) when
+    it is none of: nothing, a regular file, a symbolic link (which a write replaces, its
+    target left alone); else None."""
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):  # nothing there
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), None)
+
+
+def write_atomically(path: Path, content: str | Callable[[BinaryIO], object]) -> None:
+    """Replace the file at `path` by `content` at once: readers see the old file or the new
+    one, never a part. `content` is text (UTF-8), or a function that writes the bytes into
+    the binary file it is given (``figure.savefig``). Written through a new file of its own
+    beside it (O_EXCL, a random name: a planted symlink is not followed, and concurrent
+    writers do not share it), with the permissions a plain open would give it (0666 less
+    the umask). A symlink at `path` is replaced, never followed; ValueError for a folder,
+    FIFO, socket or device there (os.replace would put a file in a device's place)."""
     path = Path(path)
+    kind = special_file(path)
+    if kind is not None:
+        raise ValueError(f"{path} is {kind}, not a regular file: not replaced")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), 0o666 & ~_umask())
-            handle.write(text)
+            if callable(content):
+                content(handle)
+            else:
+                handle.write(content.encode("utf-8"))
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

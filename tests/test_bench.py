@@ -586,6 +586,56 @@ def test_bad_options_are_refused_before_launch(args, message):
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
+def _special_files(tmp_path):
+    """A FIFO and a socket in tmp_path (a device node stands for neither a test may make)."""
+    import socket
+
+    fifo, sock = tmp_path / "fifo.json", tmp_path / "socket.json"
+    os.mkfifo(fifo)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock))
+    server.close()
+    return {"a FIFO": fifo, "a socket": sock}
+
+
+def test_a_json_path_that_is_no_regular_file_is_refused_and_left_alone(tmp_path):
+    """--json FIFO was replaced by a regular file after the sweep (the fifty-third review:
+    as root, --json /dev/null would replace the system's /dev/null)."""
+    import stat
+
+    for kind, path in _special_files(tmp_path).items():
+        mode = os.lstat(path).st_mode
+        with pytest.raises(ValueError, match=f"cannot write {path}: {kind}, not a regular file"):
+            environment.check_writable(str(path))
+        with pytest.raises(ValueError, match=f"{path} is {kind}, not a regular file"):
+            environment.write_json(str(path), {"rows": []})
+        assert stat.S_IFMT(os.lstat(path).st_mode) == stat.S_IFMT(mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.json", "socket.json"]
+
+
+def test_a_json_path_that_is_a_symlink_is_replaced_not_followed(tmp_path):
+    """A symlink at --json is replaced by the results' file; its target is left alone, as
+    the report's outputs are (the fifty-third review)."""
+    victim, link = tmp_path / "victim", tmp_path / "out.json"
+    victim.write_text("keep me")
+    link.symlink_to(victim)
+    environment.check_writable(str(link))
+    environment.write_json(str(link), {"rows": [1]})
+    assert victim.read_text() == "keep me" and not link.is_symlink()
+    assert json.loads(link.read_text()) == {"rows": [1]}
+
+
+def test_a_json_fifo_is_refused_before_launch(tmp_path):
+    fifo = _special_files(tmp_path)["a FIFO"]
+    proc = subprocess.run([sys.executable, "-m", "bench.allreduce_perf", "-b", "8", "-e", "8",
+                           "--json", str(fifo)], cwd=ROOT,
+                          env=_self_launch_env(PYTHONPATH=str(ROOT)), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot write {fifo}: a FIFO, not a regular file" in proc.stderr, proc.stderr
+    assert "Abort" not in proc.stderr and fifo.is_fifo()
+
+
 def test_lane_cost_times_every_collective_three_ways():
     """bench.lane_cost: a row per collective and size, mpi / lane / general all measured."""
     proc = subprocess.run([sys.executable, "-m", "bench.lane_cost", "--np", "2", "--sizes",

@@ -174,6 +174,48 @@ def test_an_output_that_is_no_plain_file_is_refused_before_launch(tmp_path, name
     assert "Traceback" not in proc.stderr, proc.stderr
 
 
+def _write_each_output(path: Path) -> None:
+    """Write the report's output named like `path` (report.md or a plot) at `path`."""
+    from bench.report import plots
+    from bench.report.markdown import write_markdown
+
+    points = {name: [Point(64 << 10, 1e-3, 1.1e-3, 1.05e-3)] for name in ACCURACY_ALGORITHMS}
+    rows = [_row("ring", 4096, 100.0), _row("ring", 8192, 150.0)]
+    scale = [{"name": "x", "sizes": [1024, 2048], "crossovers": [],
+              "algorithms": {"ring": {1024: {"busbw": 1.0}, 2048: {"busbw": 2.0}}}}]
+    env = {"nranks": 2, "hostname": "h", "date": "d", "mpi_library": "m", "cpus": 2}
+    writers = {
+        "report.md": lambda: write_markdown(
+            path, command="c", env=env, accuracy_calibration=_calibration(), source="s",
+            rows=[], winners=[], points=points, file_points=None, scale=[], plots=[],
+            elapsed=1.0),
+        "accuracy.png": lambda: plots.plot_accuracy(points, path, np_=2),
+        "busbw.png": lambda: plots.plot_busbw(rows, path, np_=2),
+        "winners.png": lambda: plots.plot_winners([(4096, "ring", "direct")], path, np_=2),
+        "at_scale.png": lambda: plots.plot_scale(scale, path)}
+    writers[path.name]()
+
+
+@pytest.mark.parametrize("name", ["report.md", "accuracy.png", "busbw.png", "winners.png",
+                                  "at_scale.png"])
+def test_every_report_output_is_written_atomically(tmp_path, name):
+    """report.md (write_text) and the plots (savefig) wrote through a symlink at their
+    name into its target, and in place: a reader (or an interrupt) saw a part; results.json
+    went through write_atomically (the fifty-third review). Now all do: the link is
+    replaced, its target left alone, and the old file stays whole for who holds it open."""
+    path, victim = tmp_path / name, tmp_path / "victim"
+    victim.write_text("keep me")
+    path.symlink_to(victim)
+    _write_each_output(path)
+    assert victim.read_text() == "keep me" and not path.is_symlink()
+    written = path.read_bytes()
+    assert written.startswith(b"# All-reduce report" if name == "report.md" else b"\x89PNG")
+    with open(path, "rb") as reader:
+        _write_each_output(path)
+        assert reader.read() == written  # the old file, whole: the new one replaced it
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "victim"])
+
+
 @pytest.mark.parametrize("args, said", [
     (["--max-bytes", "0"], "--max-bytes must be at least 8 bytes"),  # meant the default
     (["--max-bytes", "4"], "--max-bytes must be at least 8 bytes"),  # failed after 17 s

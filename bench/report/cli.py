@@ -26,7 +26,7 @@ from bench.report.model import accuracy, at_scale, auto_runs, winners
 from bench.report.plots import plot_accuracy, plot_busbw, plot_scale, plot_winners
 from bench.report.results import write_results
 from bench.sizes import parse_size, size_steps
-from collectives.files import read_regular
+from collectives.files import read_regular, special_file
 
 __all__ = ["build_parser", "main"]
 
@@ -87,11 +87,6 @@ def _outputs(args: argparse.Namespace) -> tuple[str, ...]:
     return ("report.md", "results.json", "results.json.tmp", *_plots(args))
 
 
-def _blocked(path: Path) -> bool:
-    """Whether something other than a plain file (or a link to one) is at ``path``."""
-    return os.path.lexists(path) and not path.is_file()
-
-
 def _steps(stage: str) -> Callable[[str], None]:
     """A progress callback writing each step of ``stage`` as a line on stderr."""
     def step(what: str) -> None:
@@ -125,10 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {args.out} is a file: name a folder (made if missing)")
-    blocked = next((name for name in _outputs(args) if _blocked(out / name)), None)
+    blocked = next(((name, kind) for name in _outputs(args)
+                    if (kind := special_file(out / name))), None)
     if blocked:
-        parser.error(f"--out {args.out}: {blocked} there is not a plain file (the report "
-                     "writes it): move it away or name another folder")
+        parser.error(f"--out {args.out}: {blocked[0]} there is not a plain file but "
+                     f"{blocked[1]} (the report writes it): move it away or name another folder")
     try:  # made here: a folder that cannot be made is refused before any rank starts
         out.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out).close()

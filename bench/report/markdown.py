@@ -16,6 +16,7 @@ from bench.ops.baseline import MPI_BASELINE
 from bench.report.measure import ACCURACY_ALGORITHMS
 from bench.report.model import DIRECT, Point, guesses, ranking
 from bench.sizes import format_size
+from collectives.files import write_atomically
 
 __all__ = ["write_markdown"]
 
@@ -27,7 +28,8 @@ def _us(seconds: float) -> str:
 def write_markdown(path: Path, *, command: str, env: Mapping, accuracy_calibration, source: str,
                    rows, winners, points, file_points, scale: Sequence[dict],
                    plots: Sequence[str], elapsed: float) -> None:
-    """The whole report; sections without data (--accuracy-only) are left out."""
+    """The whole report, written atomically; sections without data (--accuracy-only) are
+    left out."""
     out = [f"# All-reduce report: np={env['nranks']} on {env['hostname']}", "",
            f"`{command}` — {env['date']}, {env['mpi_library']}, {env['cpus']} CPUs, "
            f"{elapsed:.0f} s. How to read it: [docs/report.md](../report.md) "
@@ -38,7 +40,7 @@ def write_markdown(path: Path, *, command: str, env: Mapping, accuracy_calibrati
     if scale:
         out += _scale_section(scale)
     out += ["Files: " + ", ".join(["results.json", *plots]), ""]
-    path.write_text("\n".join(out))
+    write_atomically(path, "\n".join(out))
 
 
 def _measured_sections(rows, winners) -> list[str]:

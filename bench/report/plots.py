@@ -1,6 +1,7 @@
 """The report's PNGs: measured busbw, the winner per size, model vs measurement, at scale.
 
-matplotlib on the file-only Agg backend (the ranks have no display).
+matplotlib on the file-only Agg backend (the ranks have no display); each PNG is written
+atomically (``collectives.files.write_atomically``), as report.md and results.json are.
 
 Example::
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from bench.report.model import Point
 from bench.sizes import format_size
+from collectives.files import write_atomically
 
 __all__ = ["plot_accuracy", "plot_busbw", "plot_scale", "plot_winners"]
 
@@ -29,6 +31,14 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt, fig, path: Path) -> None:
+    """`fig` as a PNG at `path`, written atomically, then closed."""
+    try:
+        write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
+    finally:
+        plt.close(fig)
 
 
 def _color(label: str) -> str:
@@ -58,8 +68,7 @@ def plot_busbw(rows, path: Path, *, np_: int) -> None:
     ax.set_title(f"Measured bus bandwidth, np={np_} (dashed: fp16 on the wire)")
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_winners(winners: Sequence[tuple[int, str, str | None]], path: Path, *, np_: int) -> None:
@@ -87,8 +96,7 @@ def plot_winners(winners: Sequence[tuple[int, str, str | None]], path: Path, *, 
               loc="upper center", bbox_to_anchor=(0.5, 1.45))
     ax.set_title(f"Fastest algorithm per size, np={np_}", pad=38)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_accuracy(points: Mapping[str, list[Point]], path: Path, *, np_: int) -> None:
@@ -120,8 +128,7 @@ def plot_accuracy(points: Mapping[str, list[Point]], path: Path, *, np_: int) ->
         _size_axis(ax, sizes)
     bottom.set_xlabel("message size")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def plot_scale(results: Sequence[dict], path: Path) -> None:
@@ -144,5 +151,4 @@ def plot_scale(results: Sequence[dict], path: Path) -> None:
         ax.legend(fontsize=7)
     fig.suptitle("At scale (simulated; dotted lines: ranking changes)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path)
