@@ -355,13 +355,28 @@ class Calibration:
                    inter=LinkModel(**data["inter"]), gamma=_real(data["gamma"], "gamma"),
                    call_overhead=_real(data["call_overhead"], "call_overhead"),
                    copy_beta=_real(data["copy_beta"], "copy_beta"),
-                   native=tuple((_whole(b, "native bytes"), _real(t, "native seconds"))
-                                for b, t in data.get("native", ())),
+                   native=_rows(data.get("native", []), "native", numbers=1),
                    measured=data.get("measured", {}),
-                   by_size=tuple((_whole(row[0], "by_size bytes"),
-                                  *(_real(v, "by_size seconds") for v in row[1:]))
-                                 for row in data.get("by_size", ())),
+                   by_size=_rows(data.get("by_size", []), "by_size", numbers=5),
                    codec_beta=_real(data.get("codec_beta", 0.0), "codec_beta"))
+
+
+def _rows(table, name: str, *, numbers: int) -> tuple[tuple, ...]:
+    """A JSON table of rows [bytes, `numbers` numbers] as tuples; ValueError naming the row
+    of another shape (`"by_size": [[]]` was an IndexError), TypeError a value of another
+    type."""
+    if not isinstance(table, list):
+        raise ValueError(f"{name} must be a list of rows, got {table!r}")
+    rows = []
+    for i, row in enumerate(table):
+        if not isinstance(row, list) or len(row) != 1 + numbers:
+            raise ValueError(f"{name} row {i} must be [bytes, {numbers} "
+                             f"number{'s' * (numbers > 1)}], got {row!r}")
+        try:
+            rows.append((_whole(row[0], "bytes"), *(_real(v, "seconds") for v in row[1:])))
+        except TypeError as error:
+            raise TypeError(f"{name} row {i}: {error}") from None
+    return tuple(rows)
 
 
 def _real(value, name: str) -> float:

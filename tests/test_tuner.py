@@ -378,6 +378,35 @@ def test_tables_out_of_order_and_flags_not_booleans_are_malformed(tmp_path, chan
         read_tuning(path)
 
 
+@pytest.mark.parametrize("table, rows, said", [
+    ("by_size", [[]], "by_size row 0 must be [bytes, 5 numbers], got []"),  # an IndexError
+    ("by_size", [[64, 1e-9]], "by_size row 0 must be [bytes, 5 numbers], got [64, 1e-09]"),
+    ("by_size", [[64] + [1e-9] * 5, 7], "by_size row 1 must be [bytes, 5 numbers], got 7"),
+    ("by_size", {"64": 1}, "by_size must be a list of rows, got {'64': 1}"),
+    ("by_size", [[True] + [1e-9] * 5], "by_size row 0: bytes must be an integer, got True"),
+    ("by_size", [[64, "1e-9"] + [1e-9] * 4],
+     "by_size row 0: seconds must be a number, got '1e-9'"),
+    ("native", [[]], "native row 0 must be [bytes, 1 number], got []"),
+    ("native", ["ab"], "native row 0 must be [bytes, 1 number], got 'ab'"),
+])
+def test_a_table_row_of_another_shape_is_malformed_by_name(tmp_path, caplog, monkeypatch,
+                                                           table, rows, said):
+    """`"by_size": [[]]` raised IndexError, which escaped the malformed-entry refusal: the
+    library warned "list index out of range" naming no file, and collectives-report gave a
+    traceback (the fifty-third review)."""
+    path = tmp_path / "tuning.json"
+    entry = {**DEFAULT_CALIBRATION.as_json(), "size": 2, table: rows}
+    path.write_text(json.dumps({"version": 1, "calibrations": {"2": entry}}))
+    with pytest.raises(ValueError) as info:
+        read_tuning(path)
+    assert f"tuning file {path}: the entry for np='2' is malformed" in str(info.value)
+    assert said in str(info.value)
+    monkeypatch.setenv("COLLECTIVES_TUNING_FILE", str(path))
+    with caplog.at_level(logging.WARNING, logger="collectives.tuner"):
+        Tuner.agreed(_OneRank(), Topology.from_local_size(2, 2))
+    assert f"tuning file {path}" in caplog.text and said in caplog.text
+
+
 @pytest.mark.parametrize("key", ["-2", " 2 ", "02", "2.0"])
 def test_keys_that_are_no_world_size_are_malformed(tmp_path, key):
     """The forty-eighth review: "-2" was taken as np=-2, " 2 " as 2."""
