@@ -222,6 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.calibrate:
         from bench import calibrate
 
+        problem = mpi_comm.bcast(calibrate.tuning_file_problem() if leader else None)
+        if problem is not None:  # (rank 0 writes the file: said before minutes of measuring)
+            if leader:
+                parser.error(problem)
+            return 2
         with environment.abort_on_error(mpi_comm):
             calibrate.run(mpi_comm, quick=args.quick)
         return 0

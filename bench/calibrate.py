@@ -329,6 +329,17 @@ def _native_table(mpi_comm, comm, sizes: Sequence[int], progress) -> tuple[tuple
     return tuple(table)
 
 
+def tuning_file_problem() -> str | None:
+    """Why the tuning file could not take a calibration (``check_tuning_file``), or None."""
+    from collectives.costmodel import check_tuning_file
+
+    try:
+        check_tuning_file()
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def run(mpi_comm, *, quick: bool = False, out=None) -> Calibration:
     """Calibrate, write the tuning file (rank 0) and print what was fitted."""
     import sys

@@ -16,7 +16,6 @@ import os
 import platform
 import socket
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Iterator, Mapping
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from collectives.failure import FORWARD_PAUSE_S
-from collectives.files import special_file, write_atomically
+from collectives.files import check_writable, write_atomically  # noqa: F401 (the tools')
 
 if TYPE_CHECKING:
     from mpi4py import MPI
@@ -65,27 +64,6 @@ def write_json(path: str, document: Mapping[str, object]) -> None:
     tear it or send it elsewhere; a symlink at ``path`` is replaced, never followed, and a
     folder, FIFO, socket or device there is refused)."""
     write_atomically(Path(path), json.dumps(document, indent=1) + "\n")
-
-
-def check_writable(path: str) -> None:
-    """ValueError now, rather than after the measurements, when ``path`` cannot be written:
-    a folder, FIFO, socket or device is there (a symlink is replaced by the file, as
-    ``write_json`` does), or a file cannot be created in its folder (one is, and removed:
-    /proc passed the folder's access check, then failed after the sweep)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    kind = special_file(Path(path))
-    if kind is not None:
-        raise ValueError(f"cannot write {path}: {kind}, not a regular file")
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise ValueError(f"cannot write {path}: {folder} is not a writable folder")
-    try:
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".probe-")
-    except OSError as error:
-        raise ValueError(f"cannot write {path}: {error.strerror}") from None
-    try:
-        os.close(handle)
-    finally:
-        os.unlink(probe)
 
 
 # Per rank the largest message is held about this many times over (x, out, the library's

@@ -30,12 +30,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .files import folder_locked, read_regular, write_atomically
+from .files import check_writable, folder_locked, read_regular, write_atomically
 from .topology import Topology
 
 __all__ = [
     "LinkModel", "NativeModel", "ClusterModel", "Calibration", "DEFAULT_CALIBRATION",
-    "tuning_path", "read_tuning", "write_calibration", "load_calibration",
+    "tuning_path", "read_tuning", "check_tuning_file", "write_calibration", "load_calibration",
 ]
 
 TUNING_ENV = "COLLECTIVES_TUNING_FILE"
@@ -414,21 +414,28 @@ def tuning_path() -> Path:
 TUNING_MAX_BYTES = 16 << 20  # a calibration per world size is a few hundred bytes
 
 
-def _document(path: Path) -> dict:
-    """The tuning file's JSON, {} when there is none."""
+# What to do about a tuning file that cannot be used: when reading it, and when a
+# calibration is to be added to it (there "recalibrate" would send the user in a circle).
+_READ_ADVICE = "delete it or recalibrate (collectives-bench --calibrate)"
+_WRITE_ADVICE = (f"calibrating adds to this file: move what is in the way, or set {TUNING_ENV} "
+                 "to another file, then calibrate")
+
+
+def _document(path: Path, advice: str) -> dict:
+    """The tuning file's JSON, {} when there is none; each ValueError ends with `advice`."""
     try:
         data = json.loads(read_regular(path, TUNING_MAX_BYTES))
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested too deep
         raise ValueError(f"tuning file {path} is unreadable ({type(error).__name__}: {error}); "
-                         "delete it or recalibrate") from None
+                         f"{advice}") from None
     if not isinstance(data, dict):
         raise ValueError(f"tuning file {path} holds a {type(data).__name__}, not an object; "
-                         "delete it or recalibrate")
+                         f"{advice}")
     if type(data.get("version")) is not int or data["version"] != TUNING_VERSION:
         raise ValueError(f"tuning file {path} has version {data.get('version')!r}, "
-                         f"expected {TUNING_VERSION}; recalibrate with collectives-bench --calibrate")
+                         f"expected {TUNING_VERSION}; {advice}")
     return data
 
 
@@ -438,12 +445,16 @@ def read_tuning(path: Path | None = None) -> dict[int, Calibration]:
     Any malformed content (wrong types, missing or unknown keys) is a ValueError naming
     the file and the entry.
     """
-    path = tuning_path() if path is None else Path(path)
-    data = _document(path)
+    return _calibrations(tuning_path() if path is None else Path(path), _READ_ADVICE)
+
+
+def _calibrations(path: Path, advice: str) -> dict[int, Calibration]:
+    """read_tuning's work; each ValueError ends with `advice`."""
+    data = _document(path, advice)
     entries = data.get("calibrations", {})
     if not isinstance(entries, dict):
         raise ValueError(f"tuning file {path}: 'calibrations' must be an object, got "
-                         f"{type(entries).__name__}; delete it or recalibrate")
+                         f"{type(entries).__name__}; {advice}")
     calibrations = {}
     for size, entry in entries.items():
         try:
@@ -455,20 +466,45 @@ def read_tuning(path: Path | None = None) -> dict[int, Calibration]:
         except (TypeError, KeyError, AttributeError, ValueError, OverflowError,
                 RecursionError) as error:  # OverflowError: a 400-digit number
             raise ValueError(f"tuning file {path}: the entry for np={size!r} is malformed "
-                             f"({type(error).__name__}: {error}); delete it or recalibrate"
-                             ) from None
+                             f"({type(error).__name__}: {error}); {advice}") from None
     return calibrations
+
+
+def check_tuning_file(path: Path | None = None) -> Path:
+    """The tuning file's path, once its folder is made; ValueError naming the file and what
+    is wrong when a calibration could not be added to it: a folder on its path is no
+    folder, no file can be created beside it, something other than a regular file is
+    there, or it is a file read_tuning refuses. Calibrating calls it before measuring
+    (after, a corrupt file lost 48 s of measurements, a parent that is a file gave a
+    FileExistsError traceback).
+    """
+    path = tuning_path() if path is None else Path(path)
+    blocking = next((p for p in path.parents if os.path.lexists(p) and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"tuning file {path}: {blocking} is not a folder; {_WRITE_ADVICE}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"tuning file {path}: cannot make its folder ({error.strerror or error}); "
+                         f"{_WRITE_ADVICE}") from None
+    try:
+        check_writable(path)
+    except ValueError as error:
+        raise ValueError(f"tuning file: {error}; {_WRITE_ADVICE}") from None
+    _calibrations(path, _WRITE_ADVICE)
+    return path
 
 
 def write_calibration(calibration: Calibration, path: Path | None = None, **about: object) -> Path:
     """Add (or replace) `calibration` in the tuning file, atomically; returns the path.
 
-    `about` (host, date, transport, ...) is stored beside the calibrations.
+    `about` (host, date, transport, ...) is stored beside the calibrations. Check the file
+    with check_tuning_file before measuring what goes into it.
     """
     path = tuning_path() if path is None else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with folder_locked(path.parent):  # calibrations written at once all stay
-        document = _document(path)
+        document = _document(path, _WRITE_ADVICE)
         entries = document.setdefault("calibrations", {})
         entries[str(calibration.size)] = calibration.as_json()
         document.update(about, version=TUNING_VERSION)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["folder_locked", "read_regular", "special_file", "write_atomically"]
+__all__ = ["check_writable", "folder_locked", "read_regular", "special_file", "write_atomically"]
 
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
@@ -76,6 +76,27 @@ def write_atomically(path: Path, content: str | Callable[[BinaryIO], object]) ->
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def check_writable(path: str | Path) -> None:
+    """ValueError now, rather than after minutes of measuring, when `path` cannot be
+    written: a folder, FIFO, socket or device is there (a symlink is fine: write_atomically
+    replaces it), or a file cannot be created in its folder (one is, and removed: /proc
+    passed the folder's access check, then failed after the sweep)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    kind = special_file(Path(path))
+    if kind is not None:
+        raise ValueError(f"cannot write {path}: {kind}, not a regular file")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ValueError(f"cannot write {path}: {folder} is not a writable folder")
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".probe-")
+    except OSError as error:
+        raise ValueError(f"cannot write {path}: {error.strerror}") from None
+    try:
+        os.close(handle)
+    finally:
+        os.unlink(probe)
 
 
 @contextlib.contextmanager

@@ -205,18 +205,54 @@ def test_auto_under_mpiexec_agrees_and_logs(tmp_path):
     assert "(tuning file, np=2)" in proc.stderr
 
 
-def test_calibrate_end_to_end(tmp_path):
+def _calibrate(tuning: Path) -> subprocess.CompletedProcess:
+    """`python -m bench.allreduce_perf --calibrate --quick --np 2` writing `tuning`."""
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("PMI_", "OMPI_", "COLLECTIVES_BENCH_", "PMIX_"))}
-    env.update(PYTHONPATH=str(ROOT), COLLECTIVES_TUNING_FILE=str(tmp_path / "tuning.json"))
-    proc = subprocess.run([sys.executable, "-m", "bench.allreduce_perf", "--calibrate", "--quick",
+    env.update(PYTHONPATH=str(ROOT), COLLECTIVES_TUNING_FILE=str(tuning))
+    return subprocess.run([sys.executable, "-m", "bench.allreduce_perf", "--calibrate", "--quick",
                            "--np", "2"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
+
+
+def test_calibrate_end_to_end(tmp_path):
+    proc = _calibrate(tmp_path / "tuning.json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (calibration,) = read_tuning(tmp_path / "tuning.json").values()
     assert calibration.size == 2 and calibration.intra.alpha > 0 and calibration.intra.beta > 0
     assert calibration.gamma > 0 and len(calibration.native) >= 5
     assert "# calibration at np 2" in proc.stdout and "written to" in proc.stdout
+
+
+@pytest.mark.parametrize("case", ["corrupt", "version", "other entry", "parent a file", "fifo"])
+def test_calibrate_refuses_a_tuning_file_it_cannot_add_to_before_measuring(tmp_path, case):
+    """After 48 s of measuring, a corrupt tuning file gave "... is unreadable; delete it or
+    recalibrate" (while recalibrating) and the calibration was lost; a parent that is a
+    file gave a FileExistsError traceback after 56 s (the fifty-third review)."""
+    tuning = tmp_path / "tuning.json"
+    entry = {**DEFAULT_CALIBRATION.as_json(), "size": 4, "by_size": [[]]}
+    said = {"corrupt": f"tuning file {tuning} is unreadable",
+            "version": f"tuning file {tuning} has version 0, expected 1",
+            "other entry": f"tuning file {tuning}: the entry for np='4' is malformed",
+            "parent a file": f"tuning file {tmp_path / 'afile' / 'tuning.json'}: "
+                             f"{tmp_path / 'afile'} is not a folder",
+            "fifo": f"cannot write {tuning}: a FIFO, not a regular file"}[case]
+    if case == "corrupt":
+        tuning.write_text("{not json")
+    elif case == "version":
+        tuning.write_text('{"version": 0}')
+    elif case == "other entry":
+        tuning.write_text(json.dumps({"version": 1, "calibrations": {"4": entry}}))
+    elif case == "parent a file":
+        (tmp_path / "afile").write_text("")
+        tuning = tmp_path / "afile" / "tuning.json"
+    else:
+        os.mkfifo(tuning)
+    proc = _calibrate(tuning)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert said in proc.stderr and "calibrating adds to this file" in proc.stderr, proc.stderr
+    assert "recalibrate" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "calibrating:" not in proc.stderr, proc.stderr  # nothing measured
 
 
 class _OneRank:

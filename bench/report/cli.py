@@ -96,10 +96,13 @@ def _steps(stage: str) -> Callable[[str], None]:
 
 
 def _tuning_entry(size: int):
-    """(calibration, source) of this np from the tuning file, or (None, None)."""
-    from collectives.costmodel import read_tuning
+    """(calibration, source) of this np from the tuning file, or (None, None) once the file
+    is found able to take the calibration the report then writes (check_tuning_file)."""
+    from collectives.costmodel import check_tuning_file, read_tuning
 
     entry = read_tuning().get(size)
+    if entry is None:
+        check_tuning_file()
     return (entry, f"tuning file, np={size}") if entry else (None, None)
 
 
