@@ -51,7 +51,7 @@ def test_cluster_file_errors():
              "reduce_gbytes_per_s must be a number >= 1e-06 and <= 1e+06, got 0"),
             ({"clusters": [{**good, "reduce_gbytes_per_s": -1}]}, "must be a number >= 1e-06"),
             ({"clusters": [{**good, "nodes": 2.7}]}, "nodes must be a whole number"),
-            ({"clusters": [{**good, "grid": 5}]}, "TypeError"),
+            ({"clusters": [{**good, "grid": 5}]}, "grid must be [X, Y]"),
             # the eighteenth review: a MemoryError traceback, a simulation that never ended,
             # inf in the table
             ({"clusters": [{**good, "nodes": 10**9}]}, "at most 16384 are simulated"),
@@ -84,11 +84,32 @@ _GOOD = {"name": "x", "nodes": 2, "ranks_per_node": 2, "reduce_gbytes_per_s": 1,
     # misspelled options were ignored silently, a grid of 0 read as none (twenty-ninth review)
     ([{**_GOOD, "torus_link": True}], "cluster 'x': unknown field 'torus_link'"),
     ([{**_GOOD, "intra": {**_LINK, "zerocopy": True}}], "cluster 'x' intra: unknown field 'zerocopy'"),
-    ([{**_GOOD, "grid": 0}], "cluster 'x': TypeError"),
+    ([{**_GOOD, "grid": 0}], "grid must be [X, Y], two whole numbers >= 1, got 0"),
+    # the fifty-third review: an OverflowError traceback, a bool taken as 1
+    ([{**_GOOD, "inter": {**_LINK, "alpha_us": 10**400}}],
+     f"alpha_us must be a number >= 0 and <= 1e+06, got {10**400}"),
+    ([{**_GOOD, "reduce_gbytes_per_s": -10**400}],
+     "reduce_gbytes_per_s must be a number >= 1e-06 and <= 1e+06, got -1000"),
+    ([{**_GOOD, "grid": [True, 4]}], "grid must be [X, Y], two whole numbers >= 1, got [True, 4]"),
+    ([{**_GOOD, "grid": [2, 2.0]}], "grid must be [X, Y], two whole numbers >= 1, got [2, 2.0]"),
+    ([{**_GOOD, "grid": [4]}], "grid must be [X, Y], two whole numbers >= 1, got [4]"),
 ])
 def test_cluster_files_of_nonsense_shapes_are_refused(clusters, said):
     with pytest.raises(ValueError, match=re.escape(said)):
         load_clusters({"clusters": clusters})
+
+
+def test_a_cluster_file_key_other_than_clusters_is_refused():
+    """Unknown per-cluster fields were refused, an unknown top-level key ignored silently
+    (the fifty-third review)."""
+    with pytest.raises(ValueError, match=re.escape(
+            "the cluster file: unknown field 'cluster'; the fields are clusters")):
+        load_clusters({"clusters": [_GOOD], "cluster": [{**_GOOD, "nodes": 8}]})
+
+
+def test_a_cluster_grid_of_whole_numbers_is_taken():
+    (shape,) = load_clusters({"clusters": [{**_GOOD, "grid": [4, 1]}]})
+    assert shape.cluster.topology.grid_shape() == (4, 1)
 
 
 def test_cluster_flags_take_json_booleans():

@@ -50,6 +50,7 @@ def load_clusters(document: Mapping[str, Any]) -> list[Scale]:
     listed = document.get("clusters", ()) if isinstance(document, Mapping) else None
     if not isinstance(listed, (list, tuple)):
         raise ValueError('a cluster file is an object {"clusters": [{...}, ...]}')
+    _known(document, frozenset({"clusters"}), "the cluster file")
     shapes = [_shape(entry) for entry in listed]
     if not shapes:
         raise ValueError("the cluster file lists no clusters: {\"clusters\": [{...}, ...]}")
@@ -77,7 +78,7 @@ def _shape(entry: Any) -> Scale:
                      gbytes_per_s=_number(entry[key], "gbytes_per_s", low=RATE_MIN),
                      zero_copy=_flag(entry[key], "zero_copy"))
                  for key in ("intra", "inter")}
-        grid = tuple(entry["grid"]) if entry.get("grid") is not None else None
+        grid = _grid(entry)
         nodes, per_node = _whole(entry, "nodes"), _whole(entry, "ranks_per_node")
         if not 2 <= nodes * per_node <= MAX_RANKS:
             raise ValueError(f"cluster {name!r} has {nodes} x {per_node} = {nodes * per_node} "
@@ -124,13 +125,24 @@ def _flag(entry: Mapping[str, Any], key: str) -> bool:
 
 
 def _number(entry: Mapping[str, Any], key: str, *, low: float) -> float:
-    """entry[key] as a finite number from low to LIMIT."""
+    """entry[key] as a number from low to LIMIT (a float: NaN and inf fail the bounds)."""
     value = entry[key]
-    number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
-        else math.nan
-    if not (math.isfinite(number) and low <= number <= LIMIT):
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else math.nan  # (compared as it is: float() of a 400-digit int is an OverflowError)
+    if not (low <= number <= LIMIT):
         raise ValueError(f"{key} must be a number >= {low:g} and <= {LIMIT:g}, got {value!r}")
-    return number
+    return float(number)
+
+
+def _grid(entry: Mapping[str, Any]) -> tuple[int, int] | None:
+    """entry["grid"] as (X, Y) whole numbers >= 1; None when absent or null."""
+    value = entry.get("grid")
+    if value is None:
+        return None
+    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            type(side) is int and side >= 1 for side in value)):  # (true is no 1)
+        raise ValueError(f"grid must be [X, Y], two whole numbers >= 1, got {value!r}")
+    return tuple(value)
 
 
 def _whole(entry: Mapping[str, Any], key: str) -> int:
