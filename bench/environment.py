@@ -73,10 +73,11 @@ BUFFERS_PER_RANK = 4
 RANK_PROCESS_BYTES = 128 << 20
 
 
-def check_memory(max_bytes: int, nranks: int) -> None:
+def check_memory(max_bytes: int, nranks: int, *, flag: str = "-e") -> None:
     """ValueError when `nranks` ranks sweeping up to `max_bytes` would need more memory than
     this machine has (1T asked for 256 GiB per array: a traceback, or the OOM killer;
-    --ppn 100000 on a lab began forking 200,000 ranks)."""
+    --ppn 100000 on a lab began forking 200,000 ranks); the advice names `flag`, the
+    option that sets `max_bytes`."""
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     need = (BUFFERS_PER_RANK * max_bytes + RANK_PROCESS_BYTES) * nranks
     if need > physical:
@@ -85,7 +86,7 @@ def check_memory(max_bytes: int, nranks: int) -> None:
         raise ValueError(f"{nranks} rank(s) on this machine need about {need / 2**30:.1f} "
                          f"GiB ({RANK_PROCESS_BYTES >> 20} MiB a process{buffers}, each); it "
                          f"has {physical / 2**30:.1f} GiB: lower "
-                         f"{'-e or ' if max_bytes else ''}the ranks")
+                         f"{flag + ' or ' if max_bytes else ''}the ranks")
 
 
 @contextlib.contextmanager

@@ -30,7 +30,8 @@ from typing import Any
 
 __all__ = ["LAUNCHER_VARIABLES", "PROGRESS_TTY", "LabRequest", "add_lab_arguments",
            "add_launch_argument", "ensure_launched", "find_mpiexec", "lab_request",
-           "lab_tuning_environment", "launch_command", "link_bytes_per_s", "under_launcher"]
+           "lab_tuning_environment", "launch_command", "link_bytes_per_s", "under_launcher",
+           "world_size"]
 
 # Set by the process managers of MPICH/Intel MPI (PMI), Open MPI, PMIx, MVAPICH and Slurm.
 LAUNCHER_VARIABLES = (
@@ -149,6 +150,18 @@ def ranks_here(np_: int, lab: LabRequest | None,
                 return max(1, int(environ[name]))
         return 1
     return np_
+
+
+def world_size(np_: int, lab: LabRequest | None,
+               environ: Mapping[str, str] = os.environ) -> int | None:
+    """How many ranks the run has, known before MPI starts: a lab's, `np_` when this process
+    will start them, under a launcher the count it gives (MPICH's PMI_SIZE, Open MPI's
+    OMPI_COMM_WORLD_SIZE, MVAPICH's MV2_COMM_WORLD_SIZE); None where it gives none."""
+    if lab is not None or not under_launcher(environ):
+        return ranks_here(np_, lab, environ)
+    return next((int(environ[name]) for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
+                                                 "MV2_COMM_WORLD_SIZE")
+                 if environ.get(name, "").isdigit()), None)
 
 
 def under_launcher(environ: Mapping[str, str] = os.environ) -> bool:

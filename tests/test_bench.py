@@ -666,6 +666,17 @@ def test_ranks_here_counts_what_runs_on_this_machine():
     assert ranks_here(2, LabRequest(nodes=4, ppn=2, link="none", timeout=60), {}) == 8
 
 
+def test_world_size_is_known_before_mpi_where_it_can_be():
+    """What the report refuses --np 1 by, before any rank starts (the fifty-third review)."""
+    from bench.launch import LabRequest, world_size
+
+    assert world_size(1, None, {}) == 1
+    assert world_size(2, LabRequest(nodes=2, ppn=(3, 2), link="none", timeout=60), {}) == 5
+    assert world_size(2, None, {"PMI_RANK": "0", "PMI_SIZE": "1"}) == 1
+    assert world_size(2, None, {"OMPI_COMM_WORLD_SIZE": "16"}) == 16
+    assert world_size(2, None, {"SLURM_PROCID": "0"}) is None
+
+
 def test_check_writable_leaves_nothing_and_takes_the_longest_name(tmp_path):
     """The probe is a short name in the folder, always removed (the nineteenth review:
     `<path>.probe-<pid>` was too long for a 251-character name, and stayed behind after

@@ -242,10 +242,32 @@ def test_every_report_output_is_written_atomically(tmp_path, name):
     (["--max-bytes", "4"], "--max-bytes must be at least 8 bytes"),  # failed after 17 s
     (["--np", "-1"], "--np must be at least 1"),
     (["--lab-timeout", "-5"], "need a number of seconds above 0"),
+    # the fifty-third review: 1T was measured toward (1 TiB per rank); --np 1 was refused
+    # by the ranks, MPI_Abort, and left the --out folder made
+    (["--max-bytes", "1T"], "2 rank(s) on this machine need about 8192.2 GiB"),
+    (["--max-bytes", "1T"], "lower --max-bytes or the ranks"),
+    (["--np", "1"], "collectives-report needs at least 2 ranks (--np 2 or more), got 1"),
 ])
 def test_bad_report_options_are_refused_before_launch(tmp_path, args, said):
-    proc = _report(tmp_path / "tuning.json", "--out", str(tmp_path / "r"), *args)
+    proc = _report(tmp_path / "tuning.json", "--out", str(tmp_path / "r"), *args, timeout=60)
     assert proc.returncode == 2 and said in proc.stderr, proc.stderr
+    assert "Abort" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "r").exists()  # nothing made
+
+
+def test_one_rank_under_a_launcher_is_refused_before_the_out_folder_is_made(tmp_path):
+    """`mpiexec -n 1 python -m bench.report`: the rank said so after making --out."""
+    from bench.launch import find_mpiexec
+
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PMI_", "OMPI_", "COLLECTIVES_BENCH_", "PMIX_"))}
+    env.update(PYTHONPATH=str(ROOT), COLLECTIVES_TUNING_FILE=str(tmp_path / "tuning.json"))
+    proc = subprocess.run([find_mpiexec(), "-n", "1", sys.executable, "-m", "bench.report",
+                           "--out", str(tmp_path / "r")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "needs at least 2 ranks (--np 2 or more), got 1" in proc.stderr, proc.stderr
+    assert "Abort" not in proc.stderr and not (tmp_path / "r").exists()
 
 
 def test_a_cluster_file_that_is_no_regular_file_is_refused(tmp_path):
@@ -278,14 +300,14 @@ def test_crossovers_name_the_sizes_where_the_ranking_changes():
                                              "after": ["b", "a"]}]
 
 
-def _report(tuning, *args: str) -> subprocess.CompletedProcess:
+def _report(tuning, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m bench.report ARGS`, launching its own ranks (no launcher's variables), with
     `tuning` as the tuning file."""
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("PMI_", "OMPI_", "COLLECTIVES_BENCH_", "PMIX_"))}
     env.update(PYTHONPATH=str(ROOT), COLLECTIVES_TUNING_FILE=str(tuning))
     return subprocess.run([sys.executable, "-m", "bench.report", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_quick_report_end_to_end(tmp_path):

@@ -33,6 +33,7 @@ __all__ = ["build_parser", "main"]
 _MODULE = "bench.report"
 MIN_BYTES = 8  # the sweep's smallest message
 CLUSTER_MAX_BYTES = 1 << 20  # a --cluster file: a few cluster shapes
+_TWO_RANKS = "collectives-report needs at least 2 ranks (--np 2 or more)"
 PLOTS = ("busbw.png", "winners.png", "accuracy.png", "at_scale.png")
 ACCURACY_PLOTS = ("accuracy.png",)  # --accuracy-only
 
@@ -75,6 +76,15 @@ def _sizes(args: argparse.Namespace) -> tuple[tuple[int, ...], harness.SweepOpti
     options = harness.SweepOptions(sizes=measured, iters=5 if args.quick else 10,
                                    warmup=1 if args.quick else 3)
     return scale, options
+
+
+def _largest(args: argparse.Namespace) -> int:
+    """The largest message a rank holds: the sweep's (unless --accuracy-only), the points',
+    the calibration's native table (128 MiB whatever --max-bytes)."""
+    from bench.calibrate import NATIVE_SIZES
+
+    swept = () if args.accuracy_only else _sizes(args)[1].sizes
+    return max(NATIVE_SIZES[-1], *_accuracy_sizes(args), *swept)
 
 
 def _plots(args: argparse.Namespace) -> tuple[str, ...]:
@@ -120,6 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--max-bytes must be at least {MIN_BYTES} bytes (the smallest size "
                      f"measured), got {args.max_bytes}")
     lab = launch.lab_request(parser, args)
+    nranks = launch.world_size(args.np, lab)
+    if nranks is not None and nranks < 2:  # (else said by the ranks, below)
+        parser.error(f"{_TWO_RANKS}, got {nranks}")
+    try:
+        environment.check_memory(_largest(args), launch.ranks_here(args.np, lab),
+                                 flag="--max-bytes")
+    except ValueError as error:
+        parser.error(str(error))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {args.out} is a file: name a folder (made if missing)")
@@ -146,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[harness.Row] = []
     with environment.abort_on_error(mpi_comm):
         if mpi_comm.size < 2:
-            raise ValueError("collectives-report needs at least 2 ranks (--np 2 or more)")
+            raise ValueError(f"{_TWO_RANKS}, got {mpi_comm.size}")
         out_dir = Path(args.out)
         if leader:
             out_dir.mkdir(parents=True, exist_ok=True)
