@@ -75,10 +75,11 @@ def as_array(x) -> Any:
         import torch
 
         x = x.detach()
-        if x.layout != torch.strided:  # (DLPack's BufferError named neither)
-            raise TypeError(f"a sparse torch tensor ({x.layout}) has no dense values to "
-                            "reduce: make dense gradients (e.g. nn.Embedding(sparse=False)) "
-                            "or call .to_dense() first")
+        if x.layout != torch.strided or x.is_nested:  # (DLPack's errors named neither)
+            kind = "nested" if x.is_nested else str(x.layout)
+            raise TypeError(f"a torch tensor of layout {kind} (sparse, nested, MKL-DNN) has "
+                            "no dense values to reduce: make dense gradients (e.g. "
+                            "nn.Embedding(sparse=False)) or call .to_dense() first")
         if x.dtype == torch.bfloat16:
             x, view_as = x.view(torch.int16), ml_dtypes.bfloat16
     elif _module(x) in _JAX:
@@ -339,8 +340,9 @@ class GradSync:
 
         Buckets that did not fill (parameters unused this step) are launched with zeros for
         the missing gradients, so every rank ends with the same gradients; a gradient that
-        no rank made stays None, as under DDP (the optimizer skips it: zeros moved weights
-        through momentum, weight decay and Adam's state). Where a bucket's all-reduce
+        no rank holds stays None, as under DDP (the optimizer skips it: zeros moved weights
+        through momentum, weight decay and Adam's state). A gradient held anywhere (made by
+        backward, accumulated while detached, set by hand) is averaged on every rank. Where a bucket's all-reduce
         fails, the error is raised once every launched bucket has ended: none writes a
         gradient after this returns or raises (an interrupt, such as Ctrl-C, is raised at
         once).
@@ -357,7 +359,9 @@ class GradSync:
                     position += 1
             self._launch(len(self._buckets))
             if self._buckets:  # (not attached, or detached: nothing to tell)
-                made = self.comm.allreduce_async(self._made_here(), op="max")
+                held = np.ones(sum(map(len, self._buckets)), np.int32)  # a gradient here
+                held[[position for position, _ in filled]] = 0
+                made = self.comm.allreduce_async(held, op="max")
                 self._handles.append(made)
         except Exception as error:  # (the buckets launched before it still run)
             failure = error
@@ -417,11 +421,6 @@ class GradSync:
             raise ValueError(f"GradSync.attach: the ranks' parameters that require grad differ "
                              f"({said}; or their shapes or dtypes): make every rank freeze the "
                              f"same ones")
-
-    def _made_here(self) -> np.ndarray:
-        """Per parameter (in bucket order), 1 where this rank made its gradient this step."""
-        return np.array([id(p) in ready for members, ready in zip(self._buckets, self._ready)
-                         for p in members], np.int32)
 
     def _launch(self, up_to: int) -> None:
         """Start the all-reduces of buckets [launched, up_to)."""

@@ -61,11 +61,16 @@ def test_as_array_rejects_non_arrays():
         as_array([1.0, 2.0])
 
 
-@pytest.mark.parametrize("layout", ["to_sparse", "to_sparse_csr"])
-def test_as_array_names_a_sparse_tensor(layout):
-    """DLPack's BufferError named neither the tensor nor sparseness (the fifty-fourth review)."""
-    with pytest.raises(TypeError, match=r"a sparse torch tensor \(torch\.sparse_c..\)"):
-        as_array(getattr(torch.ones(2, 3), layout)())
+@pytest.mark.parametrize("make, layout", [
+    (lambda: torch.ones(2, 3).to_sparse(), "torch.sparse_coo"),
+    (lambda: torch.ones(2, 3).to_sparse_csr(), "torch.sparse_csr"),
+    (lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]), "nested")])
+def test_as_array_names_a_tensor_without_dense_values(make, layout):
+    """DLPack's BufferError named neither the tensor nor its layout (the fifty-fourth
+    review); a nested tensor raised torch's RuntimeError, which no refusal caught (the
+    fifty-sixth)."""
+    with pytest.raises(TypeError, match=f"a torch tensor of layout {layout} "):
+        as_array(make())
 
 
 def test_hook_state_checks_its_arguments(comm):

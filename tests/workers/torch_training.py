@@ -88,10 +88,12 @@ class Branches(torch.nn.Module):
         self.even, self.never = torch.nn.Linear(HIDDEN, HIDDEN), torch.nn.Linear(HIDDEN, HIDDEN)
         self.step = 0
 
-    def forward(self, x):
+    def forward(self, x, never: bool = False):
         h = torch.tanh(self.first(x))
         if self.step % 2 == 0:
             h = h + self.even(h)
+        if never:  # (then it is used after all)
+            h = h + self.never(h)
         self.step += 1
         return self.last(h)
 
@@ -123,6 +125,20 @@ def check_unused_everywhere(comm, tally: Tally) -> None:
     for way in ("gradsync", "optimizer"):
         diff = float(np.abs(results[way] - results["ddp"]).max())
         tally.check(diff <= TOLERANCE, f"{way}, unused layers: {diff:.3g} from DDP")
+    # Accumulated while detached, on rank 0 only: a gradient held anywhere is averaged on
+    # every rank (counting the hooks' gradients only, the others set theirs back to None:
+    # replicas 2.0 apart in 3 steps; the fifty-sixth review).
+    model, (x, y) = Branches(), next(batches(comm.rank))
+    sync = collectives.GradSync(comm)
+    torch.nn.functional.mse_loss(model(x, never=comm.rank == 0), y).backward()
+    sync.attach(model)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    sync.wait()
+    sync.detach()
+    grad = model.never.weight.grad
+    same = identical(comm, np.full(3, np.nan, np.float32) if grad is None else grad.numpy().ravel()[:3])
+    tally.check(grad is not None and same, f"a gradient accumulated on rank 0 only: "
+                f"{None if grad is None else 'differs between ranks'}")
 
 
 def identical(comm, array: np.ndarray) -> bool:
