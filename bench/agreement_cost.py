@@ -21,8 +21,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bench import harness, launch
-from bench.sizes import format_size, parse_size
+from bench import harness, launch, ops
+from bench.arguments import positive_int, positive_seconds, refuse_beyond_memory, size_list
+from bench.sizes import format_size
 
 __all__ = ["main"]
 
@@ -33,13 +34,16 @@ STATES = ("mpi", "on", "off")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.agreement_cost",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="8,4K,64K,64M",
+    parser.add_argument("--sizes", type=size_list, default="8,4K,64K,64M",
                         help="message sizes (default 8,4K,64K,64M)")
-    parser.add_argument("--algorithms", default="auto", help="comma-separated (default auto)")
-    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds (default 7)")
-    parser.add_argument("--runs", type=int, default=1,
+    parser.add_argument("--algorithms", default="auto",
+                        help="comma-separated collectives.ALGORITHMS of all-reduce, or 'all' "
+                             "(default auto)")
+    parser.add_argument("--rounds", type=positive_int, default=7,
+                        help="alternating rounds (default 7)")
+    parser.add_argument("--runs", type=positive_int, default=1,
                         help="whole measurements; the table gives their median (default 1)")
-    parser.add_argument("--budget", type=float, default=0.3,
+    parser.add_argument("--budget", type=positive_seconds, default=0.3,
                         help="seconds per cell and round, which sets the iterations (default 0.3)")
     launch.add_launch_argument(parser, default=2)
     return parser
@@ -61,8 +65,17 @@ def measure(mpi, comms: dict, algorithm: str, nbytes: int, rounds: int,
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        algorithms = ops.algorithms_for("allreduce", args.algorithms,
+                                        ops.library_algorithms("allreduce"))
+    except ValueError as error:
+        parser.error(str(error))
+    if not algorithms:
+        parser.error(f"--algorithms {args.algorithms!r}: mpi is always measured; name the "
+                     "library's algorithms to measure beside it")
+    refuse_beyond_memory(parser, max(args.sizes), launch.ranks_here(args.np, None))
     launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np)
     from mpi4py import MPI
 
@@ -71,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mpi = MPI.COMM_WORLD
     comms = {"mpi": mpi.Dup(), "on": collectives.init(check=True),
              "off": collectives.init(check=False)}
-    cells = [(algorithm, nbytes) for algorithm in args.algorithms.split(",") for nbytes in sizes]
+    cells = [(algorithm, nbytes) for algorithm in algorithms for nbytes in args.sizes]
     runs: dict[tuple, list[dict[str, float]]] = {cell: [] for cell in cells}
     for run in range(args.runs):
         for algorithm, nbytes in cells:

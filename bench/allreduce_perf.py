@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench import environment, harness, launch, ops, table
+from bench.arguments import refuse_beyond_memory
 from bench.ops.allreduce import AllReduce
 from bench.ops.baseline import MPI_BASELINE
 from bench.reference import DTYPE_ALIASES, DTYPES, REDOPS, WIRE_EPS
@@ -207,10 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem is not None:
         parser.error(problem)
     lab = launch.lab_request(parser, args)
-    try:
-        environment.check_memory(args.maxbytes, launch.ranks_here(args.np, lab))
-    except ValueError as error:
-        parser.error(str(error))
+    refuse_beyond_memory(parser, args.maxbytes, launch.ranks_here(args.np, lab))
     launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np, lab=lab)
 
     from mpi4py import MPI

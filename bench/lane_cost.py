@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from bench import harness, launch
-from bench.sizes import format_size, parse_size
+from bench.arguments import positive_int, positive_seconds, refuse_beyond_memory, size_list
+from bench.sizes import format_size
 
 __all__ = ["main"]
 
@@ -39,11 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--collectives", default=",".join(PLANS),
                         help=f"comma-separated, each run with its plan {PLANS}")
-    parser.add_argument("--sizes", default="8K,64K,1M",
-                        help="bytes of the whole buffer, as nccl-tests counts it")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
-    parser.add_argument("--budget", type=float, default=0.2,
-                        help="seconds per cell and round, which sets the iterations")
+    parser.add_argument("--sizes", type=size_list, default="8K,64K,1M",
+                        help="bytes of the whole buffer, as nccl-tests counts it "
+                             "(default 8K,64K,1M)")
+    parser.add_argument("--rounds", type=positive_int, default=5,
+                        help="alternating rounds (default 5)")
+    parser.add_argument("--budget", type=positive_seconds, default=0.2,
+                        help="seconds per cell and round, which sets the iterations "
+                             "(default 0.2)")
     launch.add_launch_argument(parser, default=2)
     return parser
 
@@ -79,10 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sorted(set(names) - set(PLANS))
     if unknown:
         parser.error(f"unknown collectives {', '.join(unknown)}; choose from {', '.join(PLANS)}")
-    try:
-        sizes = [parse_size(s) for s in args.sizes.split(",")]
-    except ValueError as error:
-        parser.error(str(error))
+    refuse_beyond_memory(parser, max(args.sizes), launch.ranks_here(args.np, None))
     launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np)
     from mpi4py import MPI
 
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     comm, raw = collectives.init(), mpi.Dup()
     rows = []
     for name in names:
-        for nbytes in sizes:
+        for nbytes in args.sizes:
             rows.append((name, nbytes, harness.alternating_medians(
                 mpi, calls(comm, raw, name, nbytes), rounds=args.rounds, budget=args.budget,
                 probe="general")))

@@ -50,7 +50,9 @@ LAB_TIMEOUT_S = 3600.0  # a tool's run on a lab: ranks that cannot start leave m
 
 def add_launch_argument(parser: Any, *, default: int = 2) -> None:
     """``--np N``: how many local ranks to start when not under an MPI launcher."""
-    parser.add_argument("--np", type=int, default=default, metavar="N",
+    from bench.arguments import positive_int
+
+    parser.add_argument("--np", type=positive_int, default=default, metavar="N",
                         help="ranks to start with mpiexec when not already under an MPI "
                              f"launcher (default {default}; ignored under mpiexec/srun)")
 
@@ -67,9 +69,8 @@ class LabRequest:
 
 def add_lab_arguments(parser: Any) -> None:
     """``--nodes N --ppn K|K,K --link RATE``: run the ranks on a lab of emulated nodes."""
-    from bench.cluster.cli import positive_seconds
+    from bench.arguments import link_rate, positive_seconds
     from bench.cluster.lab import parse_ppn
-    from bench.cluster.rate import LinkRate
 
     def ppn(text: str) -> int | tuple[int, ...]:
         try:
@@ -79,10 +80,7 @@ def add_lab_arguments(parser: Any) -> None:
         return counts if isinstance(counts, int) else tuple(counts)
 
     def link(text: str) -> str:
-        try:
-            LinkRate.parse(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
+        link_rate(text)
         return text
 
     parser.add_argument("--nodes", type=int, default=None, metavar="N",
@@ -105,11 +103,9 @@ def lab_request(parser: Any, args: Any) -> LabRequest | None:
     """The lab that ``add_lab_arguments``' options ask for; None without --nodes (or a
     --ppn list). Refused by ``parser.error``: a lab the lab cannot make, or whose ranks
     (all on this machine) would not fit in its memory."""
+    from bench.arguments import refuse_beyond_memory
     from bench.cluster.layout import MAX_NODES
-    from bench.environment import check_memory
 
-    if getattr(args, "np", 1) < 1:
-        parser.error(f"--np must be at least 1, got {args.np}")
     if args.nodes is None and not isinstance(args.ppn, tuple):
         if args.ppn is not None or args.link is not None:
             parser.error("--ppn and --link need --nodes N (or a --ppn list such as 3,2)")
@@ -122,10 +118,8 @@ def lab_request(parser: Any, args: Any) -> LabRequest | None:
                      f"for --nodes {nodes}: give one count, or one per node")
     lab = LabRequest(nodes=nodes, ppn=args.ppn or 1, link=args.link or "none",
                      timeout=args.lab_timeout)
-    try:  # (a lab's ranks all run here: --ppn 100000 began forking 200,000 of them)
-        check_memory(0, ranks_here(1, lab))
-    except ValueError as error:
-        parser.error(str(error))
+    # (a lab's ranks all run here: --ppn 100000 began forking 200,000 of them)
+    refuse_beyond_memory(parser, 0, ranks_here(1, lab))
     return lab
 
 
@@ -277,8 +271,7 @@ def ensure_launched(*, module: str, argv: Sequence[str], nranks: int,
         return
     if lab is not None:
         sys.exit(_run_on_lab(module=module, argv=argv, lab=lab))
-    if nranks < 1:
-        raise ValueError(f"--np must be at least 1, got {nranks}")
+    assert nranks >= 1, nranks  # (--np is a positive_int)
     command, environ = launch_command(module=module, argv=argv, nranks=nranks,
                                       mpiexec=find_mpiexec())
     sys.stdout.flush()

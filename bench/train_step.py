@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 
 from bench import launch
-from bench.cluster.cli import positive_int, positive_seconds
+from bench.arguments import positive_int, positive_seconds
 
 _MODULE = "bench.train_step"
 BASELINE = "ddp-gloo"

@@ -566,7 +566,7 @@ def test_unknown_algorithm_is_refused(tmp_path):
     (["--collective", "broadcast", "--deterministic"], "go with --collective allreduce"),
     (["--columns", "time,speed"], "unknown columns speed"),
     (["--columns", "time,time"], "columns named twice: time"),  # printed twice
-    (["--np", "0"], "--np must be at least 1, got 0"),  # was a traceback
+    (["--np", "0"], "argument --np: need an integer above 0, got '0'"),  # was a traceback
     (["--quick"], "--quick goes with --calibrate"),  # was ignored: the full sweep ran
     (["-b", "8", "-e", "64", "--tensors", "100"], "--tensors 100 needs messages of at least"),
     (["--nodes", "2", "--lab-timeout", "nan"], "need a number of seconds above 0"),
@@ -634,6 +634,45 @@ def test_a_json_fifo_is_refused_before_launch(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert f"cannot write {fifo}: a FIFO, not a regular file" in proc.stderr, proc.stderr
     assert "Abort" not in proc.stderr and fifo.is_fifo()
+
+
+_QUICK = ["--np", "1", "--sizes", "8", "--rounds", "1", "--budget", "0.01"]
+
+
+@pytest.mark.parametrize("tool", ["bench.lane_cost", "bench.agreement_cost"])
+@pytest.mark.parametrize("args, message", [
+    (["--np", "0"], "argument --np: need an integer above 0, got '0'"),
+    (["--rounds", "0"], "argument --rounds: need an integer above 0, got '0'"),
+    (["--budget", "nan"], "argument --budget: need a number of seconds above 0, got 'nan'"),
+    (["--budget", "-1"], "argument --budget: need a number of seconds above 0, got '-1'"),
+    (["--sizes", "1T"], "1 rank(s) on this machine need about 4096.1 GiB"),
+    (["--sizes", "8Q"], "argument --sizes: not a size: '8Q'"),
+    (["--sizes", "0"], "argument --sizes: a size of 0 bytes in '0': sizes start at 1 byte"),
+    (["--sizes", "8,"], "argument --sizes: not a size: ''"),
+])
+def test_the_cost_tools_refuse_bad_options_before_launch(tool, args, message):
+    """The fifty-third review: each was a traceback (before or after launch, on every
+    rank), a StatisticsError on every rank, NumPy's memory error, or a silent "0 B" row."""
+    _refused_before_launch(tool, [*_QUICK, *args], message)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--runs", "0"], "argument --runs: need an integer above 0, got '0'"),
+    (["--algorithms", "bogus"], "unknown algorithms for allreduce: bogus"),
+    (["--algorithms", "mpi"], "--algorithms 'mpi': mpi is always measured"),
+])
+def test_agreement_cost_refuses_bad_options_before_launch(args, message):
+    _refused_before_launch("bench.agreement_cost", [*_QUICK, *args], message)
+
+
+def _refused_before_launch(tool, args, message):
+    """`python -m tool args` exits 2 with one error line, the last, naming `message`."""
+    proc = subprocess.run([sys.executable, "-m", tool, *args], cwd=ROOT,
+                          env=_self_launch_env(PYTHONPATH=str(ROOT)), capture_output=True,
+                          text=True, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+    assert message in errors[0] and errors[0] == proc.stderr.splitlines()[-1], proc.stderr
 
 
 def test_lane_cost_times_every_collective_three_ways():

@@ -240,7 +240,7 @@ def test_every_report_output_is_written_atomically(tmp_path, name):
 @pytest.mark.parametrize("args, said", [
     (["--max-bytes", "0"], "--max-bytes must be at least 8 bytes"),  # meant the default
     (["--max-bytes", "4"], "--max-bytes must be at least 8 bytes"),  # failed after 17 s
-    (["--np", "-1"], "--np must be at least 1"),
+    (["--np", "-1"], "argument --np: need an integer above 0, got '-1'"),
     (["--lab-timeout", "-5"], "need a number of seconds above 0"),
     # the fifty-third review: 1T was measured toward (1 TiB per rank); --np 1 was refused
     # by the ranks, MPI_Abort, and left the --out folder made

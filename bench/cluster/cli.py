@@ -17,48 +17,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
 
+from bench.arguments import link_rate, positive_int, positive_seconds
+
 from . import linkcheck, registry
 from .errors import LabError
 from .lab import Lab, exiting_on_signals, parse_ppn, pids_of, remove_lab
-from .rate import LinkRate
 
 __all__ = ["main"]
 
 TIMEOUT_STATUS = 124  # as timeout(1)
-
-
-def _link(text: str) -> LinkRate | None:
-    try:
-        return LinkRate.parse(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def positive_seconds(text: str) -> float:
-    """A time limit from the command line: a finite number of seconds above 0."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise argparse.ArgumentTypeError(f"need a number of seconds above 0, got {text!r}")
-    return seconds
-
-
-def positive_int(text: str) -> int:
-    """A count from the command line: an integer above 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"need an integer above 0, got {text!r}")
-    return value
 
 
 def _ppn(text: str) -> int | list[int]:
@@ -74,7 +45,7 @@ def _add_lab_choice(parser: argparse.ArgumentParser) -> None:
                        help="the lab to use (default: the only one made by `up`)")
     which.add_argument("--nodes", type=int, metavar="N",
                        help="instead, make a lab of N nodes for this command only")
-    parser.add_argument("--link", type=_link, default=None, metavar="RATE",
+    parser.add_argument("--link", type=link_rate, default=None, metavar="RATE",
                         help="with --nodes: each link's rate each way, e.g. 1gbit "
                              "(default none: unshaped)")
 
@@ -89,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("up", help="make a lab that stays until `down`")
     up.add_argument("--nodes", type=int, required=True, metavar="N")
-    up.add_argument("--link", type=_link, default=None, metavar="RATE",
+    up.add_argument("--link", type=link_rate, default=None, metavar="RATE",
                     help="each link's rate each way, e.g. 1gbit or 500mbit (default none: "
                          "unshaped)")
 
