@@ -578,6 +578,7 @@ def test_unknown_algorithm_is_refused(tmp_path):
     (["-b", "8", "-e", "8", "--json", "/proc/x.json"], "cannot write /proc/x.json"),
     (["--algorithms", "ring,,ring"], "ring given twice"),
     (["--algorithms", ""], "an empty name"),
+    (["--algorithms", ","], "an empty name"),  # was "',':  given twice" (the 53rd review)
 ])
 def test_bad_options_are_refused_before_launch(args, message):
     proc = subprocess.run([sys.executable, "-m", "bench.allreduce_perf", *args], cwd=ROOT,

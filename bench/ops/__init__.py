@@ -45,10 +45,11 @@ def algorithms_for(collective: str, text: str, known: Sequence[str]) -> tuple[st
     if unknown or not names:
         raise ValueError(f"unknown algorithms for {collective}: {', '.join(unknown) or repr(text)}"
                          f"; choose from {', '.join((MPI_BASELINE, *accepted))} or 'all'")
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice or "" in names:  # (a name twice made two columns, both summarised as the last)
-        raise ValueError(f"--algorithms {text!r}: "
-                         + (f"{', '.join(twice)} given twice" if twice else "an empty name"))
+    # (a name twice made two columns, both summarised as the last; ',' was "'' given twice")
+    twice = sorted({name for name in names if name and names.count(name) > 1})
+    problems = [f"{', '.join(twice)} given twice"] * bool(twice) + ["an empty name"] * ("" in names)
+    if problems:
+        raise ValueError(f"--algorithms {text!r}: {'; '.join(problems)}")
     return tuple(name for name in names if name != MPI_BASELINE)
 
 
