@@ -39,9 +39,11 @@ LAUNCHER_VARIABLES = (
     "MV2_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "SLURM_PROCID",
 )
 # Set on the ranks we start; a second launch from inside them would never end. Its value
-# is "lab" on the ranks of a lab we made for --nodes.
+# is "KIND:PID": KIND "local", or "lab" on the ranks of a lab we made for --nodes; PID the
+# launching process, which counts only as an ancestor of the rank (a leftover
+# COLLECTIVES_BENCH_LAUNCHED=0 made --np 3 run as one rank: the fifty-third review).
 _LAUNCHED = "COLLECTIVES_BENCH_LAUNCHED"
-_ON_LAB = "lab"
+_LOCAL, _ON_LAB = "local", "lab"
 # Set to "1" on the ranks when the terminal that started them shows a tty on stderr, so
 # progress can redraw one line although the ranks' own stderr is a pipe.
 PROGRESS_TTY = "COLLECTIVES_BENCH_TTY"
@@ -164,7 +166,30 @@ def under_launcher(environ: Mapping[str, str] = os.environ) -> bool:
 
 
 def _launcher_marks(environ: Mapping[str, str] = os.environ) -> list[str]:
-    return [name for name in (_LAUNCHED, *LAUNCHER_VARIABLES) if name in environ]
+    marked = [_LAUNCHED] if _launched_by_us(environ) else []
+    return marked + [name for name in LAUNCHER_VARIABLES if name in environ]
+
+
+def _launched_by_us(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The KIND of our launch that started this process (``local`` or ``lab``); None
+    without the marker, or with one whose launching process is not an ancestor (stale)."""
+    kind, _, pid = environ.get(_LAUNCHED, "").partition(":")
+    if kind not in (_LOCAL, _ON_LAB) or not pid.isdigit() or int(pid) <= 1:
+        return None
+    return kind if int(pid) in _ancestors() else None
+
+
+def _ancestors() -> set[int]:
+    """This process and its parents up to init, from /proc (Linux)."""
+    found, pid = set(), os.getpid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rpartition(")")[2].split()[1])  # (the name may hold spaces and ")")
+    return found
 
 
 def find_mpiexec() -> str:
@@ -205,10 +230,11 @@ def launch_command(*, module: str, argv: Sequence[str], nranks: int,
     return command, environ
 
 
-def _rank_marks(mark: str = "1") -> dict[str, str]:
-    """What the ranks we start are told: that they were launched (`mark`), and whether
-    stderr is a tty."""
-    return {_LAUNCHED: mark, **({PROGRESS_TTY: "1"} if sys.stderr.isatty() else {})}
+def _rank_marks(kind: str = _LOCAL) -> dict[str, str]:
+    """What the ranks we start are told: that this process launched them (`kind`), and
+    whether stderr is a tty."""
+    return {_LAUNCHED: f"{kind}:{os.getpid()}",
+            **({PROGRESS_TTY: "1"} if sys.stderr.isatty() else {})}
 
 
 def lab_tuning_environment(counts: Sequence[int], link: str) -> dict[str, str]:
@@ -264,11 +290,14 @@ def ensure_launched(*, module: str, argv: Sequence[str], nranks: int,
     tool runs on a lab made for it, and the process exits with the tool's status.
     """
     if under_launcher():
-        if lab is not None and os.environ.get(_LAUNCHED) != _ON_LAB:
+        if lab is not None and _launched_by_us() != _ON_LAB:
             sys.exit("error: --nodes makes a lab and starts the ranks on it, but this process "
                      f"already runs under a launcher ({', '.join(_launcher_marks())} set): "
                      "run it outside mpiexec and `collectives-cluster run`, or drop --nodes")
         return
+    if _LAUNCHED in os.environ:
+        print(f"warning: ignoring {_LAUNCHED}={os.environ[_LAUNCHED]!r} left in the "
+              "environment: no process above this one set it", file=sys.stderr, flush=True)
     if lab is not None:
         sys.exit(_run_on_lab(module=module, argv=argv, lab=lab))
     assert nranks >= 1, nranks  # (--np is a positive_int)

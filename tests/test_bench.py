@@ -382,7 +382,17 @@ def test_under_launcher():
     assert not launch.under_launcher({"HOME": "/root"})
     for name in launch.LAUNCHER_VARIABLES:
         assert launch.under_launcher({name: "0"})
-    assert launch.under_launcher({"COLLECTIVES_BENCH_LAUNCHED": "1"})
+
+
+@pytest.mark.parametrize("value, launched", [
+    (f"local:{os.getppid()}", True), (f"lab:{os.getppid()}", True),
+    ("1", False), ("0", False), ("", False), ("lab", False), ("local:1", False),
+    (f"local:{os.getppid()}x", False),
+])
+def test_the_launch_marker_counts_only_from_an_ancestor(value, launched):
+    """The fifty-third review: a leftover COLLECTIVES_BENCH_LAUNCHED=0 made --np 3 run as one
+    rank. The marker names the launching process, which must be an ancestor of this one."""
+    assert launch.under_launcher({"COLLECTIVES_BENCH_LAUNCHED": value}) is launched
 
 
 def test_launch_command(tmp_path):
@@ -635,6 +645,17 @@ def test_a_json_fifo_is_refused_before_launch(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert f"cannot write {fifo}: a FIFO, not a regular file" in proc.stderr, proc.stderr
     assert "Abort" not in proc.stderr and fifo.is_fifo()
+
+
+def test_a_stale_launch_marker_is_ignored_aloud(tmp_path):
+    """The fifty-third review: COLLECTIVES_BENCH_LAUNCHED=0 left in the environment ran
+    --np 2 as one rank, and said nothing."""
+    proc = _bench(["--np", "2", "-b", "8", "-e", "8", "-n", "1", "-w", "0", "--algorithms",
+                   "native"], cwd=ROOT,
+                  env=_self_launch_env(PYTHONPATH=str(ROOT), COLLECTIVES_BENCH_LAUNCHED="0"))
+    assert proc.returncode == 0, proc.stderr
+    assert "# np 2 on 1 host" in proc.stdout, proc.stdout
+    assert proc.stderr.count("warning: ignoring COLLECTIVES_BENCH_LAUNCHED='0'") == 1, proc.stderr
 
 
 _QUICK = ["--np", "1", "--sizes", "8", "--rounds", "1", "--budget", "0.01"]
