@@ -17,11 +17,13 @@ import ml_dtypes
 import numpy as np
 
 import kernels
+from bench.arguments import positive_int
 from kernels import _codec, _numpy
 
 __all__ = ["main", "sweep"]
 
 CHUNK = 1 << 24  # patterns per chunk: 64 MiB of float32
+CHUNKS = (1 << 32) // CHUNK
 WIRES = {"fp16": np.dtype(np.float16), "bf16": np.dtype(ml_dtypes.bfloat16)}
 
 
@@ -46,8 +48,11 @@ def sweep(wire: np.dtype, isas: list[str], chunks: int) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.codec_sweep", description=__doc__.split("\n")[0])
-    parser.add_argument("--chunks", type=int, default=(1 << 32) // CHUNK, help="chunks of 2^24 patterns (all 256)")
+    parser.add_argument("--chunks", type=positive_int, default=CHUNKS,
+                        help=f"chunks of 2^24 patterns, 1..{CHUNKS} (all {CHUNKS})")
     args = parser.parse_args(argv)
+    if args.chunks > CHUNKS:  # (past the last pattern a chunk's start overflows uint32)
+        parser.error(f"--chunks must be at most {CHUNKS} (every pattern), got {args.chunks}")
     isas, active = _codec.isas(), _codec.isa()
     print(f"# {args.chunks * CHUNK} float32 patterns, encode_into vs kernels._numpy, ISAs {', '.join(isas)}")
     try:

@@ -31,6 +31,7 @@ import ml_dtypes
 import numpy as np
 
 import kernels
+from bench.arguments import positive_int, size_list
 from bench.harness import format_size, parse_size, size_steps
 
 __all__ = ["CASES", "CODEC_STEPS", "Case", "CodecRow", "codec_rows", "main", "measure", "median_seconds"]
@@ -308,24 +309,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpu", action="store_true", help="NumPy on the CPU even when a GPU is present")
     parser.add_argument("--cases", default="", help="comma-separated column labels to run (all)")
     parser.add_argument("--codec", action="store_true", help="the fp16/bf16 codec table (CPU) instead")
-    parser.add_argument("--sizes", default="1K,64K,1M,16M,64M", help="--codec: payload sizes (1K,64K,1M,16M,64M)")
+    parser.add_argument("--sizes", type=size_list, default="1K,64K,1M,16M,64M",
+                        help="--codec: payload sizes (1K,64K,1M,16M,64M)")
     parser.add_argument("--isas", default="", help="--codec: the codec's instruction sets to run (the active one)")
-    parser.add_argument("--runs", type=int, default=1, help="--codec: round-robin runs to take the median of (1)")
+    parser.add_argument("--runs", type=positive_int, default=1,
+                        help="--codec: round-robin runs to take the median of (1)")
     parser.add_argument("--no-torch", action="store_true", help="--codec: leave torch's rows out")
     args = parser.parse_args(argv)
+    try:
+        sizes = size_steps(min_bytes=args.min_bytes, max_bytes=args.max_bytes, factor=args.factor)
+    except ValueError as error:
+        parser.error(str(error))
     if args.codec:
         isas = args.isas.split(",") if args.isas else [kernels.cpu_backend()]
         if isas == ["numpy"]:
             isas = []  # no compiled codec: the table shows the NumPy path beside torch and memcpy
         rows = codec_rows(isas, torch=not args.no_torch and _torch_present())
-        _print_codec_tables(rows, [parse_size(s) for s in args.sizes.split(",")], args.runs)
+        _print_codec_tables(rows, list(args.sizes), args.runs)
         return
     xp = np if args.cpu else (kernels.gpu_module() or np)
     cases = [c for c in CASES if not args.cases or c.label in args.cases.split(",")]
     device = "CPU, NumPy " + np.__version__ if xp is np else "GPU, CuPy " + xp.__version__
     print(f"# kernels_perf on {device}: GB/s of bytes read + written (best of batches)")
     print(f"{'size':>9}" + "".join(f"{c.label:>12}" for c in cases), flush=True)
-    for size in size_steps(min_bytes=args.min_bytes, max_bytes=args.max_bytes, factor=args.factor):
+    for size in sizes:
         n = size // 4
         cells = []
         for case in cases:
