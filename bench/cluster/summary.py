@@ -18,15 +18,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from bench.arguments import link_rate
+from bench.environment import check_writable
 from bench.harness import format_size
+from collectives.files import read_regular
 
 from .rate import TCP_GOODPUT, LinkRate
 
 __all__ = ["Run", "bound_busbw", "main", "markdown", "plot"]
+
+RUN_MAX_BYTES = 64 << 20  # a collectives-bench JSON: a row per size and column group
 
 
 def bound_busbw(rate: LinkRate, *, nodes: int, ranks: int) -> float:
@@ -44,13 +51,36 @@ class Run:
 
     @classmethod
     def load(cls, path: Path) -> "Run":
-        document = json.loads(Path(path).read_text())
-        environment = document["environment"]
-        if environment["hosts"] < 2:
-            raise ValueError(f"{path} ran on one host; the link bound needs 2 nodes or more")
-        return cls(nodes=environment["hosts"], ranks=environment["nranks"],
-                   busbw={(row["size"], row["algorithm"]): row["busbw"]
-                          for row in document["rows"]})
+        """The run in the regular file at `path`; ValueError naming what it lacks (the keys
+        read here, of their types; a finite busbw), OSError as open raises it."""
+        try:
+            document = json.loads(read_regular(Path(path), RUN_MAX_BYTES))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not JSON ({error})") from None
+        environment = _get(document, "environment", dict, "", "an object")
+        hosts = _get(environment, "hosts", int, "'environment' has ", "an integer")
+        ranks = _get(environment, "nranks", int, "'environment' has ", "an integer")
+        if hosts < 2:
+            raise ValueError("ran on one host; the link bound needs 2 nodes or more")
+        if ranks < hosts:
+            raise ValueError(f"{ranks} ranks on {hosts} hosts")
+        rows = _get(document, "rows", list, "", "a list")
+        if not rows:
+            raise ValueError("no rows: the run measured nothing")
+        busbw: dict[tuple[int, str], float] = {}
+        for i, row in enumerate(rows):
+            size = _get(row, "size", int, f"row {i} has ", "an integer")
+            algorithm = _get(row, "algorithm", str, f"row {i} has ", "a string")
+            value = _get(row, "busbw", (int, float), f"row {i} has ", "a number")
+            if size < 1:
+                raise ValueError(f"row {i}: a size of {size} bytes")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"row {i}: busbw {value} GB/s is not a finite number >= 0")
+            if (size, algorithm) in busbw:  # (--compression, --tensors: one column each)
+                raise ValueError(f"row {i}: {algorithm} at {format_size(size)} again; the "
+                                 "summary takes runs of one column group per algorithm")
+            busbw[size, algorithm] = float(value)
+        return cls(nodes=hosts, ranks=ranks, busbw=busbw)
 
     @property
     def shape(self) -> str:
@@ -66,6 +96,14 @@ class Run:
     @property
     def algorithms(self) -> list[str]:
         return list(dict.fromkeys(algorithm for _, algorithm in self.busbw))
+
+
+def _get(document: Any, key: str, kind: type | tuple[type, ...], where: str, what: str) -> Any:
+    """``document[key]``; ValueError unless it is there and of `kind` (a bool is no number)."""
+    value = document.get(key) if isinstance(document, dict) else None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"{where}no {key!r} ({what})")
+    return value
 
 
 def _columns(runs: Sequence[Run]) -> list[tuple[Run, int]]:
@@ -121,21 +159,33 @@ def plot(runs: Sequence[Run], rate: LinkRate, path: Path) -> None:
     ax.set_title(f"All-reduce across lab nodes, links {rate} each way")
     ax.legend(fontsize=8, ncol=4, loc="upper center")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")  # (without a format, "x" was written as x.png)
     plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Print the table (and draw the plot); every problem is a parser error, exit 2."""
     parser = argparse.ArgumentParser(prog="python -m bench.cluster.summary",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN.json")
-    parser.add_argument("--link", required=True, help="the lab's link rate, e.g. 1gbit")
+    parser.add_argument("--link", type=link_rate, required=True,
+                        help="the lab's link rate, e.g. 1gbit")
     parser.add_argument("--png", type=Path, default=None, help="also draw the bars here")
     args = parser.parse_args(argv)
-    rate = LinkRate.parse(args.link)
+    rate = args.link
     if rate is None:
         parser.error("--link must be a rate: unshaped links have no bound")
-    runs = [Run.load(path) for path in args.runs]
+    if args.png is not None:
+        try:
+            check_writable(str(args.png))
+        except ValueError as error:
+            parser.error(f"--png: {error}")
+    runs = []
+    for path in args.runs:
+        try:
+            runs.append(Run.load(path))
+        except (OSError, ValueError, RecursionError) as error:
+            parser.error(f"{path}: {getattr(error, 'strerror', None) or error}")
     print(markdown(runs, rate))
     if args.png is not None:
         plot(runs, rate, args.png)
