@@ -316,10 +316,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="--codec: round-robin runs to take the median of (1)")
     parser.add_argument("--no-torch", action="store_true", help="--codec: leave torch's rows out")
     args = parser.parse_args(argv)
-    try:
-        sizes = size_steps(min_bytes=args.min_bytes, max_bytes=args.max_bytes, factor=args.factor)
-    except ValueError as error:
-        parser.error(str(error))
+    if not args.codec:  # (--codec takes --sizes: -b, -e and -f are not its own)
+        try:
+            sizes = size_steps(min_bytes=args.min_bytes, max_bytes=args.max_bytes,
+                               factor=args.factor)
+        except ValueError as error:
+            parser.error(str(error))
     if args.codec:
         isas = args.isas.split(",") if args.isas else [kernels.cpu_backend()]
         if isas == ["numpy"]:

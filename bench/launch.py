@@ -142,22 +142,30 @@ def ranks_here(np_: int, lab: LabRequest | None,
         return sum(lab.ppn) if isinstance(lab.ppn, tuple) else lab.nodes * lab.ppn
     if under_launcher(environ):
         for name in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE"):
-            if environ.get(name, "").isdigit():
-                return max(1, int(environ[name]))
+            count = _count(environ.get(name, ""))
+            if count is not None:
+                return max(1, count)
         return 1
     return np_
 
 
 def world_size(np_: int, lab: LabRequest | None,
                environ: Mapping[str, str] = os.environ) -> int | None:
-    """How many ranks the run has, known before MPI starts: a lab's, `np_` when this process
-    will start them, under a launcher the count it gives (MPICH's PMI_SIZE, Open MPI's
-    OMPI_COMM_WORLD_SIZE, MVAPICH's MV2_COMM_WORLD_SIZE); None where it gives none."""
+    """How many ranks the run has, from the arguments and the environment alone: a lab's,
+    `np_` when this process will start them, under a launcher the count it gives (MPICH's
+    PMI_SIZE, Open MPI's OMPI_COMM_WORLD_SIZE, MVAPICH's MV2_COMM_WORLD_SIZE); None where
+    it gives none."""
     if lab is not None or not under_launcher(environ):
         return ranks_here(np_, lab, environ)
-    return next((int(environ[name]) for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
-                                                 "MV2_COMM_WORLD_SIZE")
-                 if environ.get(name, "").isdigit()), None)
+    counts = (_count(environ.get(name, "")) for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
+                                                          "MV2_COMM_WORLD_SIZE"))
+    return next((count for count in counts if count is not None), None)
+
+
+def _count(text: str) -> int | None:
+    """A count or process id from the environment: ASCII digits, at most 9 ('²' passed
+    isdigit, then int() raised; so did 5000 digits); None otherwise."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else None
 
 
 def under_launcher(environ: Mapping[str, str] = os.environ) -> bool:
@@ -172,11 +180,15 @@ def _launcher_marks(environ: Mapping[str, str] = os.environ) -> list[str]:
 
 def _launched_by_us(environ: Mapping[str, str] = os.environ) -> str | None:
     """The KIND of our launch that started this process (``local`` or ``lab``); None
-    without the marker, or with one whose launching process is not an ancestor (stale)."""
+    without the marker, with one whose launching process is not an ancestor (stale), or
+    where no launcher started this process (the marker exported in a shell names the
+    shell, an ancestor: `--np 2` ran as one rank; the fifty-seventh review)."""
     kind, _, pid = environ.get(_LAUNCHED, "").partition(":")
-    if kind not in (_LOCAL, _ON_LAB) or not pid.isdigit() or int(pid) <= 1:
+    number = _count(pid)
+    if kind not in (_LOCAL, _ON_LAB) or number is None or number <= 1:
         return None
-    return kind if int(pid) in _ancestors() else None
+    launched = any(name in environ for name in LAUNCHER_VARIABLES)
+    return kind if launched and number in _ancestors() else None
 
 
 def _ancestors() -> set[int]:

@@ -64,7 +64,8 @@ def write_atomically(path: Path, content: str | Callable[[BinaryIO], object]) ->
     kind = special_file(path)
     if kind is not None:
         raise ValueError(f"{path} is {kind}, not a regular file: not replaced")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    # (a name of 255 bytes is a file's longest: its own would not fit beside ".x.tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name[:200] + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), 0o666 & ~_umask())

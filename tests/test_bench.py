@@ -384,15 +384,19 @@ def test_under_launcher():
         assert launch.under_launcher({name: "0"})
 
 
-@pytest.mark.parametrize("value, launched", [
-    (f"local:{os.getppid()}", True), (f"lab:{os.getppid()}", True),
-    ("1", False), ("0", False), ("", False), ("lab", False), ("local:1", False),
-    (f"local:{os.getppid()}x", False),
+@pytest.mark.parametrize("value, kind", [
+    (f"local:{os.getppid()}", "local"), (f"lab:{os.getppid()}", "lab"),
+    ("1", None), ("0", None), ("", None), ("lab", None), ("local:1", None),
+    (f"local:{os.getppid()}x", None), ("local:\u00b2", None), ("local:" + "9" * 5000, None),
 ])
-def test_the_launch_marker_counts_only_from_an_ancestor(value, launched):
+def test_the_launch_marker_counts_only_from_an_ancestor_under_a_launcher(value, kind):
     """The fifty-third review: a leftover COLLECTIVES_BENCH_LAUNCHED=0 made --np 3 run as one
-    rank. The marker names the launching process, which must be an ancestor of this one."""
-    assert launch.under_launcher({"COLLECTIVES_BENCH_LAUNCHED": value}) is launched
+    rank. The marker names the launching process, which must be an ancestor of this one,
+    and counts only where a launcher started this process: exported in a shell it named
+    the shell, an ancestor (the fifty-seventh review); '²' and 5000 digits raised."""
+    marker = {"COLLECTIVES_BENCH_LAUNCHED": value}
+    assert launch._launched_by_us({**marker, "PMI_RANK": "0"}) == kind
+    assert launch._launched_by_us(marker) is None and not launch.under_launcher(marker)
 
 
 def test_launch_command(tmp_path):
@@ -729,13 +733,16 @@ def test_ranks_here_counts_what_runs_on_this_machine():
 
 def test_world_size_is_known_before_mpi_where_it_can_be():
     """What the report refuses --np 1 by, before any rank starts (the fifty-third review)."""
-    from bench.launch import LabRequest, world_size
+    from bench.launch import LabRequest, ranks_here, world_size
 
     assert world_size(1, None, {}) == 1
     assert world_size(2, LabRequest(nodes=2, ppn=(3, 2), link="none", timeout=60), {}) == 5
     assert world_size(2, None, {"PMI_RANK": "0", "PMI_SIZE": "1"}) == 1
     assert world_size(2, None, {"OMPI_COMM_WORLD_SIZE": "16"}) == 16
     assert world_size(2, None, {"SLURM_PROCID": "0"}) is None
+    for hostile in ("\u00b2", "9" * 5000, "abc", "-1", ""):  # ('²' and 5000 digits raised)
+        assert world_size(2, None, {"PMI_RANK": "0", "PMI_SIZE": hostile}) is None
+        assert ranks_here(2, None, {"PMI_RANK": "0", "MPI_LOCALNRANKS": hostile}) == 1
 
 
 def test_check_writable_leaves_nothing_and_takes_the_longest_name(tmp_path):
@@ -744,8 +751,10 @@ def test_check_writable_leaves_nothing_and_takes_the_longest_name(tmp_path):
     an interrupt, refusing the next check)."""
     from bench.environment import check_writable
 
-    longest = tmp_path / ("r" * 246 + ".json")
+    longest = tmp_path / ("r" * 250 + ".json")
     check_writable(str(longest))
+    environment.write_json(str(longest), {"rows": []})  # (its temporary name was too long
+    longest.unlink()                                     # to create: the fifty-seventh review)
     (tmp_path / "x.json").write_text("{}")
     check_writable(str(tmp_path / "x.json"))  # an existing file is overwritten
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]

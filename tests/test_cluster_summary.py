@@ -41,7 +41,8 @@ def _row(**changes) -> str:
     (_row(algorithm=None), "run.json: row 0 has no 'algorithm' (a string)"),
     (_row(busbw=True), "run.json: row 0 has no 'busbw' (a number)"),
     (_row(busbw=float("nan")), "run.json: row 0: busbw nan GB/s is not a finite number >= 0"),
-    (_row(busbw=-1), "run.json: row 0: busbw -1 GB/s is not a finite number >= 0"),
+    (_row(busbw=-1), "run.json: row 0: busbw -1.0 GB/s is not a finite number >= 0"),
+    (_row(busbw=10 ** 400), "run.json: row 0: busbw inf GB/s is not a finite number >= 0"),
     (_row(size=0), "run.json: row 0: a size of 0 bytes"),
     (_with(rows=GOOD["rows"] * 2), "run.json: row 1: ring at 1 MiB again"),
     (b"\xff", "run.json: 'utf-8' codec can't decode"),
@@ -84,6 +85,11 @@ def test_the_plot_goes_where_png_says(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "bars").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bars", "run.json"]
+    victim, link = tmp_path / "victim.png", tmp_path / "link.png"  # (savefig followed it)
+    victim.write_text("keep me")
+    link.symlink_to(victim)
+    assert _summary(str(run), "--link", "1gbit", "--png", str(link)).returncode == 0
+    assert victim.read_text() == "keep me" and link.read_bytes()[:4] == b"\x89PNG"
 
 
 def _refused(proc: subprocess.CompletedProcess, message: str) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 from bench.arguments import link_rate
 from bench.environment import check_writable
 from bench.harness import format_size
-from collectives.files import read_regular
+from collectives.files import read_regular, write_atomically
 
 from .rate import TCP_GOODPUT, LinkRate
 
@@ -74,6 +74,10 @@ class Run:
             value = _get(row, "busbw", (int, float), f"row {i} has ", "a number")
             if size < 1:
                 raise ValueError(f"row {i}: a size of {size} bytes")
+            try:
+                value = float(value)
+            except OverflowError:  # (a JSON integer beyond float's range)
+                value = math.inf
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"row {i}: busbw {value} GB/s is not a finite number >= 0")
             if (size, algorithm) in busbw:  # (--compression, --tensors: one column each)
@@ -159,7 +163,8 @@ def plot(runs: Sequence[Run], rate: LinkRate, path: Path) -> None:
     ax.set_title(f"All-reduce across lab nodes, links {rate} each way")
     ax.legend(fontsize=8, ncol=4, loc="upper center")
     fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")  # (without a format, "x" was written as x.png)
+    # (without a format, "x" was written as x.png; through a symlink, into its target)
+    write_atomically(Path(path), lambda handle: fig.savefig(handle, dpi=110, format="png"))
     plt.close(fig)
 
 
