@@ -40,8 +40,8 @@ LAUNCHER_VARIABLES = (
 )
 # Set on the ranks we start; a second launch from inside them would never end. Its value
 # is "KIND:PID": KIND "local", or "lab" on the ranks of a lab we made for --nodes; PID the
-# launching process, which counts only as an ancestor of the rank (a leftover
-# COLLECTIVES_BENCH_LAUNCHED=0 made --np 3 run as one rank: the fifty-third review).
+# launching process, which counts only as an ancestor of a rank a launcher started (a
+# leftover COLLECTIVES_BENCH_LAUNCHED=0 made --np 3 run as one rank: the fifty-third review).
 _LAUNCHED = "COLLECTIVES_BENCH_LAUNCHED"
 _LOCAL, _ON_LAB = "local", "lab"
 # Set to "1" on the ranks when the terminal that started them shows a tty on stderr, so

@@ -408,7 +408,7 @@ def test_launch_command(tmp_path):
                                              mpiexec=str(fake))
     assert command == [str(fake), "-n", "3", sys.executable, "-m", "bench.allreduce_perf",
                        "-b", "8", "--np", "3"]
-    assert launch.under_launcher(environ)
+    assert launch._launched_by_us({**environ, "PMI_RANK": "0"}) == "local"  # (mpiexec's)
 
 
 def test_launch_command_open_mpi(tmp_path):

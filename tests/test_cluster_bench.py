@@ -18,7 +18,7 @@ from bench.cluster.lab import pids_of
 from bench.cluster.summary import Run, bound_busbw, markdown
 from bench.launch import LAUNCHER_VARIABLES, lab_tuning_environment
 from collectives.costmodel import TUNING_ENV
-from tests.mpirun import ROOT
+from tests.mpirun import ROOT, mpiexec
 from tests.test_cluster_lab import _command
 
 
@@ -111,16 +111,17 @@ def test_bad_lab_options_are_refused(args, message):
 
 def test_nodes_under_a_launcher_is_refused_not_ignored():
     """Running under our own launch (or `collectives-cluster run`) made --nodes 2 --ppn 2 a
-    one-rank run on this host, exit 0, no word. (The marker names this test's process,
-    an ancestor of the tool's; a stale one is ignored: tests/test_bench.py.)"""
+    one-rank run on this host, exit 0, no word. (A rank of a launch: started by mpiexec,
+    the marker naming this test's process, an ancestor; a stale one is ignored:
+    tests/test_bench.py.)"""
     env = {**os.environ, "PYTHONPATH": str(ROOT),
            "COLLECTIVES_BENCH_LAUNCHED": f"local:{os.getpid()}"}
-    proc = subprocess.run([sys.executable, "-m", "bench.allreduce_perf", "--nodes", "2",
-                           "--ppn", "2", "-b", "1K", "-e", "1K"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([mpiexec(), "-n", "1", sys.executable, "-m", "bench.allreduce_perf",
+                           "--nodes", "2", "--ppn", "2", "-b", "1K", "-e", "1K"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc
-    assert "already runs under a launcher (COLLECTIVES_BENCH_LAUNCHED set)" in proc.stderr, \
-        proc.stderr
+    assert "already runs under a launcher (COLLECTIVES_BENCH_LAUNCHED, PMI_RANK" in \
+        proc.stderr, proc.stderr
 
 
 def test_a_lab_keeps_its_calibration_apart(monkeypatch, tmp_path):
