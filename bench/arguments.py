@@ -67,12 +67,13 @@ def link_rate(text: str) -> LinkRate | None:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def refuse_beyond_memory(parser: Any, max_bytes: int, nranks: int) -> None:
+def refuse_beyond_memory(parser: Any, max_bytes: int, nranks: int, *, flag: str = "-e") -> None:
     """``parser.error`` when `nranks` ranks on this machine, each with buffers of
-    `max_bytes`, would not fit in its memory (bench.environment.check_memory)."""
+    `max_bytes`, would not fit in its memory (bench.environment.check_memory; its advice
+    names `flag`, the option that sets `max_bytes`)."""
     from bench.environment import check_memory
 
     try:
-        check_memory(max_bytes, nranks)
+        check_memory(max_bytes, nranks, flag=flag)
     except ValueError as error:
         parser.error(str(error))

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench import environment, harness, launch, table
+from bench.arguments import refuse_beyond_memory
 from bench.report.clusters import default_clusters, load_clusters
 from bench.report.markdown import write_markdown
 from bench.report.measure import ACCURACY_SIZES, measure_accuracy, measure_sweep, sweep_op
@@ -133,11 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     nranks = launch.world_size(args.np, lab)
     if nranks is not None and nranks < 2:  # (else said by the ranks, below)
         parser.error(f"{_TWO_RANKS}, got {nranks}")
-    try:
-        environment.check_memory(_largest(args), launch.ranks_here(args.np, lab),
-                                 flag="--max-bytes")
-    except ValueError as error:
-        parser.error(str(error))
+    refuse_beyond_memory(parser, _largest(args), launch.ranks_here(args.np, lab),
+                         flag="--max-bytes")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         parser.error(f"--out {args.out} is a file: name a folder (made if missing)")
