@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import weakref
-import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -61,6 +60,9 @@ def as_array(x) -> Any:
         raise TypeError(f"unsupported dtype {x.dtype}: a leaf with no values "
                         "(jax.grad(..., allow_int=True) gives float0 for integer inputs); "
                         "leave such leaves out")
+    if getattr(getattr(x, "dtype", None), "hasobject", False):  # (its bytes are addresses)
+        raise TypeError(f"unsupported dtype {x.dtype}: an array of Python objects holds "
+                        "references, not values to move")
     if isinstance(x, np.ndarray) or _module(x) == "cupy":
         return x
     if _module(x) in _JAX and "Tracer" in type(x).__name__:
@@ -410,13 +412,13 @@ class GradSync:
 
     def _agree_on_buckets(self) -> None:
         """ValueError on every rank when the ranks' buckets differ (count, shapes, dtypes)."""
-        mine = np.array([layout_digest(p for b in self._buckets for p in b + [None]),
+        mine = np.array([*layout_digest(p for b in self._buckets for p in b + [None]),
                          sum(map(len, self._buckets)),
                          len(self._buckets)], np.int64)
         rows = self.comm.allgather(mine)
         if not (rows == rows[0]).all():
             said = ", ".join(f"rank {r}: {n} parameters in {b} buckets"
-                             for r, (_, n, b) in enumerate(rows.tolist()))
+                             for r, (_, _, n, b) in enumerate(rows.tolist()))
             self._buckets = []
             raise ValueError(f"GradSync.attach: the ranks' parameters that require grad differ "
                              f"({said}; or their shapes or dtypes): make every rank freeze the "
@@ -436,11 +438,14 @@ class GradSync:
                     fusion_bytes=self.fusion_bytes, error_feedback=feedback)
 
 
-def layout_digest(arrays) -> int:
+def layout_digest(arrays) -> tuple[int, int]:
     """A digest of the arrays' shapes and dtypes, in order (None: a separator), for ranks
-    to compare what they pass."""
+    to compare what they pass: 128 bits, as two int64 (a crc32 let two layouts of one
+    checksum, found in a second, mix one rank's weights with another's biases in
+    ShardedSync; the fifty-eighth review)."""
     layout = repr([None if a is None else (tuple(a.shape), str(a.dtype)) for a in arrays])
-    return zlib.crc32(layout.encode())
+    digest = hashlib.blake2b(layout.encode(), digest_size=16).digest()
+    return tuple(int(word) for word in np.frombuffer(digest, np.int64))
 
 
 def _refuse_undense(module) -> None:

@@ -158,7 +158,7 @@ def _agree(comm: Communicator, params: list) -> None:
     """MismatchError on every rank where the ranks' parameters differ in shapes, order or
     dtype (the same total size in another layout mixed one rank's weights with another's
     biases, silently; the twenty-first review)."""
-    mine = np.array([layout_digest(params), sum(p.size for p in params)], np.int64)
+    mine = np.array([*layout_digest(params), sum(p.size for p in params)], np.int64)
     rows = comm.allgather(mine)
     differ = [r for r in range(comm.size) if (rows[r] != rows[0]).any()]
     if differ:

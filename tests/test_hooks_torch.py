@@ -73,6 +73,16 @@ def test_as_array_names_a_tensor_without_dense_values(make, layout):
         as_array(make())
 
 
+def test_an_array_of_objects_is_refused_by_name(comm):
+    """Its bytes are addresses: broadcast_parameters raised NumPy's "Cannot change data-type
+    for array of references" on the root only, after the ranks agreed, the others left
+    waiting (the fifty-eighth review)."""
+    with pytest.raises(TypeError, match="an array of Python objects holds references"):
+        as_array(np.array([object(), 1], dtype=object))
+    with pytest.raises(TypeError, match="Python objects"):
+        collectives.broadcast_parameters([np.zeros(2), np.array([1, None])], comm)
+
+
 def test_hook_state_checks_its_arguments(comm):
     with pytest.raises(TypeError, match="comm must be a collectives.Communicator"):
         HookState(object())

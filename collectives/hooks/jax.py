@@ -36,27 +36,30 @@ def tree_average(grads, sync: GradSync):
     new JAX arrays (NumPy leaves are averaged in place and returned, as by GradSync.sync).
     MismatchError on every rank where the ranks' pytrees differ in structure. Not inside
     jax.jit: traced leaves are refused by name."""
-    leaves, structure = jax.tree_util.tree_flatten(grads)
-    _agree_on_structure(grads, sync.comm, "tree_average")
+    leaves, structure = _flattened(grads, sync.comm, "tree_average")
     return jax.tree_util.tree_unflatten(structure, sync.sync(leaves))
 
 
 def tree_broadcast(tree, comm: Communicator, *, root: int = 0):
     """Rank `root`'s pytree on every rank, bit for bit (`broadcast_parameters`); the ranks'
     pytrees must have one structure (MismatchError on every rank otherwise)."""
-    leaves, structure = jax.tree_util.tree_flatten(tree)
-    _agree_on_structure(tree, comm, "tree_broadcast")
+    leaves, structure = _flattened(tree, comm, "tree_broadcast")
     return jax.tree_util.tree_unflatten(structure, broadcast_parameters(leaves, comm, root=root))
 
 
-def _agree_on_structure(tree, comm: Communicator, what: str) -> None:
-    """The agreement compares leaves' shapes and dtypes, not where they hang: leaves of the
-    same shapes under other keys would be combined. One small all-gather of a digest of
-    the leaves' count and key paths tells every rank (paths, not the treedef's text, which
-    holds addresses of functions in static fields; a tuple and a list of the same leaves
-    have the same paths and pass)."""
-    paths = [jax.tree_util.keystr(path)
-             for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+def _flattened(tree, comm: Communicator, what: str) -> tuple:
+    """(leaves, treedef) of `tree` once every rank's has one structure. The agreement
+    compares leaves' shapes and dtypes, not where they hang: leaves of the same shapes
+    under other keys would be combined. One small all-gather of a digest of the leaves'
+    count and key paths tells every rank (paths, not the treedef's text, which holds
+    addresses of functions in static fields; a tuple and a list of the same leaves have the
+    same paths and pass). A tree JAX cannot flatten on one rank (dict keys it cannot sort)
+    is refused there, MismatchError on the others (they waited out the timeout; the
+    fifty-eighth review)."""
+    with comm.refusing("allgather"):
+        leaves, structure = jax.tree_util.tree_flatten(tree)
+        paths = [jax.tree_util.keystr(path)
+                 for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
     text = f"{len(paths)}\0" + "\0".join(paths)  # (a bare leaf's path is "": count them)
     digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     digests = comm.allgather(np.frombuffer(digest, np.int64))
@@ -65,3 +68,4 @@ def _agree_on_structure(tree, comm: Communicator, what: str) -> None:
         shown = ", ".join(paths[:8]) + (", ..." if len(paths) > 8 else "")
         raise MismatchError(f"{what}: the ranks' pytrees differ in structure: rank(s) "
                             f"{differ} against rank 0 (rank {comm.rank} has leaves {shown})")
+    return leaves, structure

@@ -9,6 +9,8 @@ replicas are bit-identical.
 """
 from __future__ import annotations
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,6 +111,19 @@ def check_other_structures(comm, sync, tally: Tally) -> None:
         except collectives.MismatchError as error:
             tally.check(f"rank(s) [{comm.size - 1}] against rank 0" in str(error),
                         f"{what}: {error}")
+    # Keys JAX cannot sort on the last rank: its ValueError there, while the others waited
+    # out the timeout (the fifty-eighth review); now refused on every rank.
+    unsortable = {1: jnp.ones(2), ("2" if last else 2): jnp.ones(2)}
+    for what, call in (("tree_average", lambda: tree_average(unsortable, sync)),
+                       ("tree_broadcast", lambda: tree_broadcast(unsortable, comm))):
+        start = time.monotonic()
+        try:
+            call()
+            tally.check(comm.size == 1, f"{what} of unsortable keys: no error")
+        except (ValueError, collectives.MismatchError) as error:
+            expected = ValueError if last else collectives.MismatchError
+            tally.check(type(error) is expected and time.monotonic() - start < 10,
+                        f"{what} of unsortable keys: {error!r}")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,14 @@ def check_review_21(comm, tally) -> None:
         tally.check(comm.size == 1, "parameters in another order on one rank were taken")
     except collectives.MismatchError as error:
         tally.check("differ in shapes, order or dtype" in str(error), f"order: {error}")
+    # Two layouts of one crc32 (found by brute force; the fifty-eighth review): rank 0's
+    # bias took another rank's weights, both said OK.
+    sizes = (22492, 277508) if comm.rank == 0 else (206236, 93764)
+    try:
+        ShardedSync(comm, [np.zeros(n, np.float32) for n in sizes])
+        tally.check(comm.size == 1, "layouts of one crc32 were taken as one")
+    except collectives.MismatchError as error:
+        tally.check("differ in shapes, order or dtype" in str(error), f"crc32 twins: {error}")
     frozen = np.zeros(4)
     frozen.flags.writeable = not last
     try:
