@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from .errors import CollectiveError, CollectiveTimeout
+from .errors import CollectiveError, CollectiveTimeout, PeerError
 from .validation import check_array
 
 __all__ = ["Message", "check_peer", "check_tag", "TAG_UB"]
@@ -87,19 +87,25 @@ class Message:
         return self._state
 
     def wait(self):
-        """The buffer, once the message completed; CollectiveTimeout past the timeout."""
+        """The buffer, once the message completed; CollectiveTimeout past the timeout,
+        PeerError once a peer gave up on a collective (then the message is abandoned)."""
         if self._state is not True:
             try:
                 self._transport.poll(lambda: self.test() or None,
                                      time.monotonic() + self._timeout, self._waiting)
-            except CollectiveTimeout as error:
-                sent = [self._request] if self._send else []
+            except (CollectiveTimeout, PeerError) as error:  # (a PeerError left it live:
+                sent = [self._request] if self._send else []  # a later sweep filled out)
                 self._transport.abandon(sent, [] if self._send else [self._request])
                 if self._send:  # (the sixteenth review: a resend arrived twice, both new)
-                    error = CollectiveTimeout(
+                    error = type(error)(
                         f"{error}; the message may still be delivered, from x as it is "
                         "then (a send cannot be withdrawn): leave x unchanged and do not "
                         "send it again")
+                else:  # (the fifty-ninth review: 256 MiB landed after the timeout)
+                    error = type(error)(
+                        f"{error}; a message already arriving may still land in out (a "
+                        "transfer under way cannot be withdrawn): do not reuse out for "
+                        "another message")
                 self._state = error
                 raise error from None
         return self._buffer
