@@ -316,19 +316,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="--codec: round-robin runs to take the median of (1)")
     parser.add_argument("--no-torch", action="store_true", help="--codec: leave torch's rows out")
     args = parser.parse_args(argv)
-    if not args.codec:  # (--codec takes --sizes: -b, -e and -f are not its own)
-        try:
-            sizes = size_steps(min_bytes=args.min_bytes, max_bytes=args.max_bytes,
-                               factor=args.factor)
-        except ValueError as error:
-            parser.error(str(error))
-    if args.codec:
+    if args.codec:  # (it takes --sizes: -b, -e and -f are not its own)
         isas = args.isas.split(",") if args.isas else [kernels.cpu_backend()]
         if isas == ["numpy"]:
             isas = []  # no compiled codec: the table shows the NumPy path beside torch and memcpy
         rows = codec_rows(isas, torch=not args.no_torch and _torch_present())
         _print_codec_tables(rows, list(args.sizes), args.runs)
         return
+    try:
+        sizes = size_steps(min_bytes=args.min_bytes, max_bytes=args.max_bytes, factor=args.factor)
+    except ValueError as error:
+        parser.error(str(error))
     xp = np if args.cpu else (kernels.gpu_module() or np)
     cases = [c for c in CASES if not args.cases or c.label in args.cases.split(",")]
     device = "CPU, NumPy " + np.__version__ if xp is np else "GPU, CuPy " + xp.__version__

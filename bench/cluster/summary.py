@@ -83,7 +83,7 @@ class Run:
             if (size, algorithm) in busbw:  # (--compression, --tensors: one column each)
                 raise ValueError(f"row {i}: {algorithm} at {format_size(size)} again; the "
                                  "summary takes runs of one column group per algorithm")
-            busbw[size, algorithm] = float(value)
+            busbw[size, algorithm] = value
         return cls(nodes=hosts, ranks=ranks, busbw=busbw)
 
     @property
