@@ -142,8 +142,11 @@ def callbacks_across_communicators(comm, tally: Tally) -> None:
                 got[name] = str(error)
         return callback
 
-    first = comm.allreduce_async(np.ones(1 << 14))
-    second = other.allreduce_async(np.ones(1 << 14))
+    # Large enough to be pending when the callbacks are attached on every rank: one that
+    # finished first runs its callback on the attaching thread (a known gap), and the
+    # ranks' threads then differ (128 KiB finished first once, in a loaded fresh-clone run).
+    first = comm.allreduce_async(np.ones(1 << 20))
+    second = other.allreduce_async(np.ones(1 << 20))
     first.add_done_callback(on("other's from comm's callback", other))
     second.add_done_callback(on("comm's from other's callback", comm))
     deadline = time.monotonic() + 30
