@@ -103,17 +103,19 @@ def as_array(x) -> Any:
     return array if view_as is None else array.view(view_as)
 
 
-def check_options(comm, algorithm: str, compression: str | None, error_feedback: bool,
+def check_options(comm, algorithm: str | None, compression: str | None, error_feedback: bool,
                   fusion_bytes: int | None = None) -> CallOptions:
     """The checks shared by GradSync and the torch hooks: the communicator, then the options
-    of the averaging all-reduce (CallOptions.parse); each failure says what is accepted."""
+    of the averaging all-reduce (CallOptions.parse; algorithm None is the communicator's,
+    COLLECTIVES_ALGORITHM or auto); each failure says what is accepted."""
     if not isinstance(comm, Communicator):
         raise TypeError(f"comm must be a collectives.Communicator (collectives.init()), "
                         f"got {type(comm).__module__}.{type(comm).__qualname__}")
     if not isinstance(error_feedback, bool):
         raise TypeError(f"error_feedback must be a bool, got {error_feedback!r}")
     return CallOptions.parse(
-        op="avg", algorithm=algorithm, compression=compression, error_feedback=error_feedback,
+        op="avg", algorithm=comm.settings.algorithm if algorithm is None else algorithm,
+        compression=compression, error_feedback=error_feedback,
         fusion_bytes=comm.settings.fusion_bytes if fusion_bytes is None else fusion_bytes,
         deterministic=comm.settings.deterministic)  # what its calls will run with
 
@@ -269,7 +271,7 @@ class GradSync:
     __slots__ = ("comm", "algorithm", "compression", "fusion_bytes", "error_feedback",
                  "_name", "_buckets", "_ready", "_launched", "_handles", "_hooks")
 
-    def __init__(self, comm: Communicator, *, algorithm: str = "auto",
+    def __init__(self, comm: Communicator, *, algorithm: str | None = None,
                  compression: str | None = None, fusion_bytes: int | None = None,
                  error_feedback: bool = False):
         options = check_options(comm, algorithm, compression, error_feedback, fusion_bytes)

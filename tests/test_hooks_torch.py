@@ -3,6 +3,7 @@
 The one-process tests run on a single-rank communicator that collectives.init() builds from
 torchrun's environment variables, set here (a world of one needs no launcher).
 """
+import dataclasses
 import os
 import socket
 import subprocess
@@ -108,6 +109,18 @@ def test_gradsync_checks_its_arguments(comm):
     sync = collectives.GradSync(comm).attach(torch.nn.Linear(2, 2))
     with pytest.raises(RuntimeError, match="already attached"):
         sync.attach(torch.nn.Linear(2, 2))
+
+
+def test_sync_layers_take_the_communicators_algorithm_unless_named(comm, monkeypatch):
+    # COLLECTIVES_ALGORITHM is read into comm.settings at init; the layers must follow it
+    monkeypatch.setattr(comm, "settings", dataclasses.replace(comm.settings, algorithm="torus2d"))
+    model = torch.nn.Linear(2, 1)
+    assert HookState(comm).algorithm == "torus2d"
+    assert collectives.GradSync(comm).algorithm == "torus2d"
+    opt = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, comm)
+    assert opt.sync.algorithm == "torus2d"
+    assert HookState(comm, algorithm="ring").algorithm == "ring"
+    assert collectives.GradSync(comm, algorithm="ring").algorithm == "ring"
 
 
 def test_gradsync_attach_waits_and_detaches(comm):

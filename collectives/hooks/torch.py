@@ -48,11 +48,11 @@ class HookState:
 
     __slots__ = ("comm", "algorithm", "compression", "error_feedback", "name", "_buckets")
 
-    def __init__(self, comm: Communicator, algorithm: str = "auto",
+    def __init__(self, comm: Communicator, algorithm: str | None = None,
                  compression: str | None = None, error_feedback: bool = False):
-        check_options(comm, algorithm, compression, error_feedback)
+        options = check_options(comm, algorithm, compression, error_feedback)
         self.comm = comm
-        self.algorithm = algorithm
+        self.algorithm = options.algorithm
         self.compression = compression
         self.error_feedback = error_feedback
         self.name = instance_name(comm, "ddp")  # its buckets' residuals, apart from others'
@@ -120,8 +120,9 @@ class DistributedOptimizer:
     __slots__ = ("optimizer", "sync")
 
     def __init__(self, optimizer: torch.optim.Optimizer, module: torch.nn.Module,
-                 comm: Communicator, *, algorithm: str = "auto", compression: str | None = None,
-                 fusion_bytes: int | None = None, error_feedback: bool = False):
+                 comm: Communicator, *, algorithm: str | None = None,
+                 compression: str | None = None, fusion_bytes: int | None = None,
+                 error_feedback: bool = False):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, "
                             f"got {type(optimizer).__qualname__}")
