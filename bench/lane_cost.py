@@ -1,5 +1,7 @@
-"""The cost of a repeated call of the collectives besides all-reduce: the small-call lane,
-the general path, and MPI's own collective.
+"""The cost of repeating a call of the other collectives: the lane, the general path, MPI's.
+
+The collectives besides all-reduce, each repeated through the small-call lane, through the
+general path, and as MPI's own collective.
 
 Three cells per collective and size, on the same preallocated buffers (`out=`): `mpi`, MPI's
 own collective called through mpi4py outside the library; `lane`, the library's call

@@ -1,7 +1,7 @@
 """The Communicator: the public collectives, issued in order, checked, bounded, failing loudly.
 
 Collectives: allreduce and allreduce_many (fused), reduce_scatter, allgather, broadcast,
-reduce, alltoall, barrier; each has an _async twin returning a Handle (barrier excepted).
+reduce, alltoall, barrier; each has an _async twin returning a Handle.
 
 Each method builds a `Call` (collectives.calls) and issues it through the progress engine:
 sync calls run on the caller's thread, async ones on the progress thread, all in issue

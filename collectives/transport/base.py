@@ -113,8 +113,40 @@ class HostTransport(DataTransport, Protocol):
         """Collective `seq` starts: waits from now on raise PeerError on a notice that
         stops it (Notice.stops)."""
 
+    def check_peers(self) -> None:
+        """PeerError if a notice heard says a peer will not take part in the current
+        collective."""
+
     def tell_peers(self, kind: str, seq: int) -> None:
         """Send a Notice to every other rank (nonblocking, best effort)."""
+
+    def native_reduce_scatter(self, src, dst, counts: Sequence[int], op: str,
+                              deadline: float) -> None:
+        """dst (counts[rank] elements) = this rank's block of the reduction of src."""
+
+    def native_allgather(self, src, dst, deadline: float) -> None:
+        """dst (size * src.size elements) = every rank's src, in rank order."""
+
+    def native_broadcast(self, buf, root: int, deadline: float) -> None:
+        """root's `buf` into every rank's `buf`."""
+
+    def native_reduce(self, src, dst, op: str, root: int, deadline: float) -> None:
+        """The reduction of src onto root's `dst` (None on the other ranks)."""
+
+    def native_alltoall(self, src, dst, deadline: float) -> None:
+        """Block r of src goes to rank r; block q of dst comes from rank q."""
+
+    def p2p_send(self, buf, peer: int, tag: int):
+        """Point to point, on a channel apart from the collectives': a send request."""
+
+    def p2p_recv(self, buf, peer: int, tag: int):
+        """A receive request that takes a message of buf's size only."""
+
+    def p2p_drop(self, request, send: bool) -> None:
+        """A point-to-point request nobody will wait for: abandoned."""
+
+    def p2p_test(self, request, what: str) -> bool:
+        """Whether a point-to-point request completed; CollectiveError if it failed."""
 
     def allgather_object(self, obj: object) -> list: ...
 
