@@ -93,24 +93,30 @@ def test_late_rank_touches_no_memory_and_never_succeeds(tmp_path, algorithm, che
         assert not first["x_changed"], first
 
 
-@pytest.mark.parametrize("call, out", [
-    (("allreduce", "4"), "x"),  # the small-call lane's native, through its stage
-    (("allreduce", "4"), "none"),  # the lane's native into a new array
-    (("allreduce", str(1 << 16), "float16"), "x"),  # the general path's, scaled first
-    (("broadcast", str(1 << 16)), "x"),  # another collective's native
+@pytest.mark.parametrize("algorithm, check, call, out", [
+    ("native", "0", ("allreduce", "4"), "x"),  # the small-call lane's native, through its stage
+    ("native", "0", ("allreduce", "4"), "none"),  # the lane's native into a new array
+    ("native", "0", ("allreduce", str(1 << 16), "float16"), "x"),  # the general path's
+    ("native", "0", ("broadcast", str(1 << 16)), "x"),  # another collective's native
+    ("ring", "1", ("allreduce", "4"), "x"),  # the lane's plan, after the records' exchange
 ])
-def test_late_rank_that_misses_the_notice_at_first_still_never_succeeds(tmp_path, call, out):
-    """Rank 1 arrives late with the check off and does not see rank 0's notice as its call
-    starts (under load the notice waits behind the messages of rank 0's orphaned MPI
-    collective, found by CI): MPI's own collective completes with that orphaned request,
-    and rank 1 must still raise before it writes x or returns (the notices are checked when
-    a native collective completes)."""
-    proc = run_workers(2, "late_rank", "native", "0", str(tmp_path), *call, expect_ok=False,
-                       timeout=120, env={"LATE_RANK_MISSES_NOTICE": "1", "LATE_RANK_OUT": out})
+def test_late_rank_that_misses_the_notice_at_first_still_never_succeeds(tmp_path, algorithm,
+                                                                         check, call, out):
+    """Rank 1 arrives late and does not see rank 0's notice as its call starts (under load
+    the notice waits behind the messages of rank 0's orphaned MPI collective, found by CI).
+    With the check off, MPI's own collective completes with that orphaned request, and rank
+    1 must still raise before it writes x or returns (the notices are checked when a native
+    collective completes). With it on, rank 0's record (sent before it gave up) arrives:
+    rank 1 must look for notices before any data moves, as the general path does (the
+    lane's plan ran its first round first: the sixty-second review)."""
+    proc = run_workers(2, "late_rank", algorithm, check, str(tmp_path), *call,
+                       expect_ok=False, timeout=120,
+                       env={"LATE_RANK_MISSES_NOTICE": "1", "LATE_RANK_OUT": out})
     output = f"--- stdout ---\n{proc.stdout[-5000:]}\n--- stderr ---\n{proc.stderr[-5000:]}"
     late = json.loads((tmp_path / "rank1.json").read_text())
     assert late["error"] == "PeerError", (late, output)
     assert "rank 0 gave up on collective #2" in late["message"], late
+    assert "round" not in late["message"], late  # no plan step ran
     assert not late["x_changed"], late
 
 

@@ -11,9 +11,9 @@ staging buffer, or runs a plan (ring, halving_doubling, ...: named, or `auto` ch
 on the reducer's runner. What stays per call is what the guarantees need, inline: the
 issue order (the progress engine's `try_begin`), the sequence number and the peers' notices
 (`Agreement.enter`), the deadline, the agreement exchange, the data, the statistics; an
-error ends the collective as on the general path (`Agreement.failed`). A riding call
-looks for peers' notices after the exchange, before it writes anything: a record sent
-before its rank gave up still arrives. MPI's own all-reduce also completes with a peer
+error ends the collective as on the general path (`Agreement.failed`). Every call that
+exchanged records looks for peers' notices after the exchange, before any data moves or
+anything is written: a record sent before its rank gave up still arrives. MPI's own all-reduce also completes with a peer
 that gave up on it (its request lives on): the transport checks the notices as it
 completes, before the result is written anywhere.
 
@@ -171,8 +171,8 @@ class SmallLane:
         key = (x.shape, x.dtype, op, algorithm, deterministic, thread.name)
         try:
             route = self._routes.get(key, False)
-        except TypeError:  # an unhashable op or algorithm: the general path refuses it
-            return None
+        except (TypeError, ValueError):  # an op or algorithm that cannot hash: the general
+            return None  # path refuses it
         if route is False:
             route = self._route(key)
         if route is None or not x.flags.c_contiguous or (out is not None
@@ -206,8 +206,8 @@ class SmallLane:
         try:  # each argument's type too: 1, True and 1.0 are one key but not one call
             key = (tuple((type(a), a) for a in arguments), x.shape, x.dtype, kind, thread.name)
             route = self._calls.get(key, False)
-        except TypeError:  # an unhashable argument: the general path refuses it
-            return GENERAL
+        except (TypeError, ValueError):  # an argument that cannot hash: the general path
+            return GENERAL  # refuses it
         if route is False:
             route = self._call_route(key, build)
         if route is None or not route.fits(x, out):
@@ -267,6 +267,7 @@ class SmallLane:
             deadline = time.monotonic() + self._timeout
             if agreement.check:
                 agreement.agree(route.signature, seq, deadline)
+                self._transport.check_peers()  # as the riding call: records sent first
             moving = True
             return move(route, x, out, result, seq, deadline)
         except BaseException as error:

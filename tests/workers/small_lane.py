@@ -12,6 +12,7 @@ comm.stats() counting the lane's calls, and reset; arguments the general path re
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -148,6 +149,31 @@ def bad_arguments(comm, tally: Tally) -> None:
         tally.check(np.array_equal(y, np.full(3, comm.size, np.float32)), f"after {label}")
 
 
+class _HashRefused(str):
+    """An op whose hash raises ValueError, not TypeError (the lane caught only the latter:
+    the one rank passing it raised before the collective, its peers waited out the timeout)."""
+
+    def __hash__(self):
+        raise ValueError("this op has no hash")
+
+
+def refused_on_one_rank(tally: Tally) -> None:
+    """An argument that cannot hash on rank 0 only, once the lane knows the call: every rank
+    raises at once (rank 0 its error, the others MismatchError), and the next call works."""
+    with collectives.init(timeout=10.0) as comm:
+        x = np.ones(3, np.float32)
+        comm.allreduce(x, op="sum")
+        start = time.monotonic()
+        try:
+            comm.allreduce(x, op=_HashRefused("sum") if comm.rank == 0 else "sum")
+            tally.check(False, "an op that cannot hash: accepted")
+        except (ValueError, collectives.MismatchError):
+            pass
+        tally.check(time.monotonic() - start < 5.0, "an op that cannot hash: a peer waited")
+        y = comm.allreduce(x, op="sum")
+        tally.check(np.array_equal(y, np.full(3, comm.size, np.float32)), "after it")
+
+
 def main() -> None:
     with collectives.init(check=True) as on, collectives.init(check=False) as off:
         tally = Tally(on.rank)
@@ -159,6 +185,7 @@ def main() -> None:
             stats(comm, tally, check)
         check_shape_mismatch(on, tally, on.allreduce, np.full(4, on.size, np.float32))
         bad_arguments(on, tally)
+    refused_on_one_rank(tally)
     tally.finish()
 
 
