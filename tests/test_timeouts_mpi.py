@@ -16,7 +16,8 @@ NP = 3
     ("ring", "0", "ring round ", "absent"),
     ("halving_doubling", "0", "halving_doubling round ", "absent"),
     ("native", "0", "timed out waiting for native MPI all-reduce", "absent"),
-    # the node's shared windows grow for the larger call: the Ibarrier names the absent rank
+    # the node's shared windows grow for the larger call: the node's meeting names the
+    # absent rank
     ("ring", "0", "grow the shared windows: rank(s) [2] did not come", "absent-grow"),
 ])
 def test_rank_that_never_arrives_gives_collective_timeout(tmp_path, algorithm, check, step, mode):
@@ -34,8 +35,9 @@ def test_rank_that_never_arrives_gives_collective_timeout(tmp_path, algorithm, c
         assert seen["elapsed"] <= TIMEOUT + 5, seen  # (a hang would take far longer)
         message = seen["message"]
         assert message.startswith(f"allreduce #2 (op=sum, algorithm={algorithm}, "), message
-        if seen["error"] == "PeerError":
-            assert "gave up on collective #2" in message, message
+        if seen["error"] == "PeerError":  # told by a notice, or by the node's meeting
+            assert ("gave up on collective #2" in message
+                    or "gave up waiting for the node's ranks to grow" in message), message
             assert seen["after"].startswith("CollectiveError: allreduce #3: this communicator "
                                             "is unusable since allreduce #2 was abandoned"), seen
             continue
@@ -118,6 +120,26 @@ def test_late_rank_that_misses_the_notice_at_first_still_never_succeeds(tmp_path
     assert "rank 0 gave up on collective #2" in late["message"], late
     assert "round" not in late["message"], late  # no plan step ran
     assert not late["x_changed"], late
+
+
+@pytest.mark.parametrize("mode", ["late-grow", "grow-vs-close"])
+def test_shared_windows_that_cannot_grow_leave_no_rank_hanging(tmp_path, mode):
+    """With COLLECTIVES_SHM=1 a call that grows the node's shared windows meets the node's
+    ranks first: a rank coming after the others gave up there, or one closing while another
+    grows, raises, and the program ends normally on every rank (each closes at exit). Both
+    hung for good when the meeting was an MPI barrier (the sixty-first review)."""
+    start = time.monotonic()
+    proc = run_workers(2, "shm_meetings", mode, str(tmp_path), timeout=90,
+                       env={"COLLECTIVES_SHM": "1", "COLLECTIVES_CHECK": "0"})
+    assert time.monotonic() - start < 60, proc.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert all(s["error"] is not None for s in seen), seen
+    if mode == "late-grow":
+        assert seen[0]["error"] == "CollectiveTimeout", seen
+        assert "grow the shared windows: rank(s) [1] did not come" in seen[0]["message"], seen
+        assert seen[1]["elapsed"] < 1.0, seen  # told at once: rank 0 gave up there
+    else:
+        assert seen[1]["error"] == "CollectiveTimeout", seen
 
 
 def test_peer_that_gave_up_on_a_later_collective_does_not_fail_this_one():

@@ -51,7 +51,7 @@ from mpi4py import MPI
 
 import kernels
 
-from ..errors import CollectiveTimeout, MismatchError
+from ..errors import CollectiveError, CollectiveTimeout, MismatchError, PeerError
 from .delegate import LeftToMPI
 from .mpi import MPITransport, as_bytes
 
@@ -60,8 +60,11 @@ __all__ = ["SLOTS", "ShmTransport"]
 SLOTS = 64  # descriptors in flight per ordered pair of ranks on a node
 _SEQ, _OFFSET, _NBYTES, _TAG = range(4)
 # Per rank in the control window: local rank + 1 of a stream found out of step and its
-# message; the node barriers the rank entered (a timed-out one names who did not come).
-_FAULT_PEER, _FAULT_SEQ, _BARRIERS = range(3)
+# message; the node meetings the rank arrived at and was ready to pass (_node_barrier),
+# what it met for (_GROW, _CLOSE), 1 once it gave up on one (it meets no more).
+_FAULT_PEER, _FAULT_SEQ, _ARRIVED, _READY, _PURPOSE, _GAVE_UP, _WORDS = range(7)
+_GROW, _CLOSE = 1, 2
+_PURPOSES = {_GROW: "grow the shared windows", _CLOSE: "close"}
 _GROW_QUANTUM = 1 << 20  # data windows grow in whole MiB, by at least 1/8 of their size
 CLOSE_GRACE = 30.0  # seconds close() waits for the node's other ranks before freeing
 
@@ -114,7 +117,7 @@ class ShmTransport(LeftToMPI):
         self._wire_tags = int(self._wire.Get_attr(MPI.TAG_UB)) + 1
         assert self._wire_tags > SLOTS
         descriptors, acks = n * SLOTS * 4, n * SLOTS
-        self._ctrl_win, segments = _allocate(self.node, 8 * (descriptors + acks + 3))
+        self._ctrl_win, segments = _allocate(self.node, 8 * (descriptors + acks + _WORDS))
         ctrl = [s.view(np.int64) for s in segments]
         ctrl[self.me][:] = 0
         self._ctrl_win.Sync()
@@ -122,7 +125,7 @@ class ShmTransport(LeftToMPI):
         ack_end = descriptors + acks
         self._outbox = [c[:descriptors].reshape(n, SLOTS, 4) for c in ctrl]  # [owner][to][slot]
         self._acks = [c[descriptors:ack_end].reshape(n, SLOTS) for c in ctrl]  # [owner][from][slot]
-        self._faults = [c[ack_end:] for c in ctrl]  # [owner]: _FAULT_PEER, _FAULT_SEQ, _BARRIERS
+        self._faults = [c[ack_end:] for c in ctrl]  # [owner]: _FAULT_PEER, ... _GAVE_UP
         self._data_win: MPI.Win | None = None
         self._data: list[np.ndarray] = []
         self._sent = [0] * n  # messages posted to each local peer
@@ -130,7 +133,7 @@ class ShmTransport(LeftToMPI):
         self._unpublished = [collections.deque() for _ in range(n)]  # per peer, in order
         self._queued = 0  # sends waiting in _unpublished
         self._unmatched: list[_Recv] = []
-        self._failed: str | None = None  # why the exchange cannot continue
+        self._failed: CollectiveError | None = None  # why the exchange cannot continue
         self._closed = False
         self._pid = os.getpid()  # a forked child's exit does not close the rank's transport
         atexit.register(self.close)
@@ -155,7 +158,7 @@ class ShmTransport(LeftToMPI):
         assert not (self._queued or self._unmatched), "window grown with messages in flight"
         quantum = max(_GROW_QUANTUM, (self._data[self.me].size // 8) if self._data else 0)
         capacity = -(-max(nbytes, 1) // quantum) * quantum
-        self._node_barrier(deadline, "the node's ranks to grow the shared windows")
+        self._node_barrier(deadline, _GROW)
         if self._data_win is not None:
             self._data_win.Unlock_all()
             self._data_win.Free()
@@ -319,9 +322,10 @@ class ShmTransport(LeftToMPI):
         self._unmatched = still
 
     def _refuse_if_failed(self) -> None:
-        """MismatchError once some stream was found out of step: the exchange cannot go on."""
+        """Once some stream was found out of step (MismatchError), or a meeting of the node's
+        ranks failed, the exchange cannot go on: that error again."""
         if self._failed is not None:
-            raise MismatchError(self._failed)
+            raise type(self._failed)(str(self._failed))
 
     def _wire_tag(self, seq: int) -> int:
         """The MPI tag of a pair's message `seq` sent through MPI (unique among those in flight)."""
@@ -335,14 +339,14 @@ class ShmTransport(LeftToMPI):
             faults[_FAULT_SEQ] = recv.seq
             self._ctrl_win.Sync()
             faults[_FAULT_PEER] = recv.peer + 1
-        self._failed = (
+        self._failed = MismatchError(
             f"rank {self.rank}: message {recv.seq} from rank {source} has tag {tag} and "
             f"{nbytes} bytes, but rank {self.rank} expected tag {recv.tag} and "
             f"{recv.buf.nbytes} bytes: ranks {source} and {self.rank} are out of step (they "
             "disagree on the collectives' arguments or order); the shared-memory exchange "
             "cannot continue, call comm.abort()"
         )
-        return MismatchError(self._failed)
+        return self._failed
 
     def _check_faults(self, peers) -> None:
         """MismatchError if a peer we wait on found some stream out of step (it stopped)."""
@@ -351,13 +355,13 @@ class ShmTransport(LeftToMPI):
             if faults[_FAULT_PEER]:
                 self._ctrl_win.Sync()
                 source = self.node_ranks[int(faults[_FAULT_PEER]) - 1]
-                self._failed = (
+                self._failed = MismatchError(
                     f"rank {self.rank}: rank {self.node_ranks[peer]} found message "
                     f"{int(faults[_FAULT_SEQ])} from rank {source} out of step with its receives "
                     "(ranks disagree on the collectives' arguments or order); the shared-memory "
                     "exchange cannot continue, call comm.abort()"
                 )
-                raise MismatchError(self._failed)
+                raise self._failed
 
     def _ack(self, recv: _Recv) -> None:
         self._ctrl_win.Sync()  # reads of the peer's bytes before the acknowledgement
@@ -385,21 +389,19 @@ class ShmTransport(LeftToMPI):
         """Free the windows once every rank of the node closes (or give up after a grace period).
 
         Safe to call twice and at exit (in a forked child: nothing). MPI_Win_free is
-        collective, so the ranks first meet twice without blocking: a rank that gave up on
-        the first meeting never joins the second, so a late rank gives up too instead of
-        hanging; their windows are left to MPI_Finalize.
+        collective, so the ranks first meet (`_node_barrier`: every rank passes or none
+        does); where they do not, or a rank gave up on an earlier meeting, the windows are
+        left to MPI_Finalize instead of hanging.
         """
         if self._closed or os.getpid() != self._pid:
             return
         self._closed = True
         atexit.unregister(self.close)
-        if MPI.Is_finalized():
+        if MPI.Is_finalized() or self._faults[self.me][_GAVE_UP]:
             return
-        deadline = time.monotonic() + self._close_grace
         try:
-            for _ in range(2):
-                self._node_barrier(deadline, "the node's ranks to close", notices=False)
-        except CollectiveTimeout:
+            self._node_barrier(time.monotonic() + self._close_grace, _CLOSE, notices=False)
+        except CollectiveError:
             return
         for win in (self._data_win, self._ctrl_win):
             if win is not None:
@@ -410,19 +412,78 @@ class ShmTransport(LeftToMPI):
         self.node.Free()
         self.mpi.close()
 
-    def _node_barrier(self, deadline: float, what: str, *, notices: bool = True) -> None:
-        """Every rank of the node, bounded by `deadline`; a timeout names the ranks that
-        had entered fewer node barriers (each counts its own in the control window)."""
-        entered = self._faults[self.me]
-        entered[_BARRIERS] += 1
-        request = self.node.Ibarrier()
+    def _node_barrier(self, deadline: float, purpose: int, *, notices: bool = True) -> None:
+        """Every rank of the node meets, before a blocking collective call (the windows'
+        allocation, _GROW, or free, _CLOSE): either every rank passes, or none does and
+        each raises.
+
+        Two steps through the control window. A rank arrives and waits, bounded by
+        `deadline`, until every rank has arrived, for the same purpose (MismatchError
+        otherwise: one rank grows, another closes); then it is ready, and passes once every
+        rank is. A rank that gives up while arriving (timeout, a peer's notice, an
+        interrupt) says so (_GAVE_UP) and never becomes ready, so no rank passes that
+        meeting, and the ranks still in it raise at once. A timeout names the ranks that
+        had not arrived. A rank that gave up meets no more: its exchange refuses and its
+        close leaves the windows to MPI_Finalize (the communicator is unusable after the
+        error; comm.abort()). An MPI barrier could not do this: one abandoned stays posted
+        and meets a later rank's, which then went on into a collective call alone and hung.
+        """
+        what = f"the node's ranks to {_PURPOSES[purpose]}"
+        mine = self._faults[self.me]
+        mine[_PURPOSE] = purpose
+        self._ctrl_win.Sync()  # (the purpose is read once the arrival is seen)
+        mine[_ARRIVED] += 1
+        meeting = int(mine[_ARRIVED])
+        self._ctrl_win.Sync()
         try:
-            self.mpi.poll(lambda: request.Test() or None, deadline, what, notices=notices)
-        except CollectiveTimeout as error:
+            self.mpi.poll(lambda: self._everyone(_ARRIVED, meeting, what), deadline, what,
+                          notices=notices)
+            self._same_purpose(meeting, purpose)
+            mine[_READY] = meeting
+            self._ctrl_win.Sync()
+            # Ready: every rank passes now unless one gave up before it was ready. Only a
+            # rank that stopped (killed, stuck outside) makes this wait run out.
+            self.mpi.poll(lambda: self._everyone(_READY, meeting, what),
+                          max(deadline, time.monotonic()) + self._close_grace, what,
+                          notices=False)
+        except BaseException as error:
+            mine[_GAVE_UP] = 1
+            self._ctrl_win.Sync()
             late = [self.node_ranks[i] for i, faults in enumerate(self._faults)
-                    if faults[_BARRIERS] < entered[_BARRIERS]]
-            raise CollectiveTimeout(f"{error}: rank(s) {late} did not come" if late
-                                    else str(error)) from None
+                    if faults[_ARRIVED] < meeting]
+            if isinstance(error, CollectiveTimeout) and late:
+                error = CollectiveTimeout(f"{error}: rank(s) {late} did not come")
+            self._failed = CollectiveError(
+                f"rank {self.rank}: the node's ranks failed to meet ({type(error).__name__}: "
+                f"{error}); the shared-memory exchange cannot continue, call comm.abort()")
+            if isinstance(error, CollectiveTimeout) and late:
+                raise error from None
+            raise
+
+    def _same_purpose(self, meeting: int, purpose: int) -> None:
+        """MismatchError naming the ranks that arrived at this meeting for another purpose."""
+        others = [(self.node_ranks[i], _PURPOSES.get(int(f[_PURPOSE]), "?"))
+                  for i, f in enumerate(self._faults)
+                  if f[_ARRIVED] == meeting and f[_PURPOSE] != purpose]
+        if others:
+            raise MismatchError(
+                f"rank {self.rank} met the node's ranks to {_PURPOSES[purpose]}, but "
+                + ", ".join(f"rank {rank} to {why}" for rank, why in others)
+                + ": the ranks are out of step (they disagree on the collectives' arguments "
+                "or order)")
+
+    def _everyone(self, word: int, meeting: int, what: str) -> bool | None:
+        """True once every rank's `word` reached `meeting`; PeerError once, short of that, a
+        rank gave up on a meeting (it never comes); None meanwhile."""
+        self._ctrl_win.Sync()
+        faults = self._faults
+        if all(f[word] >= meeting for f in faults):
+            return True
+        quitters = [self.node_ranks[i] for i, f in enumerate(faults) if f[_GAVE_UP]]
+        if quitters:
+            raise PeerError(f"rank {self.rank}: rank(s) {quitters} gave up waiting for {what} "
+                            "(or an earlier meeting of the node's ranks)")
+        return None
 
     def __repr__(self) -> str:
         return f"ShmTransport(rank={self.rank}, size={self.size}, node_ranks={len(self.local)})"
