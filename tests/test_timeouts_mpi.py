@@ -122,12 +122,14 @@ def test_late_rank_that_misses_the_notice_at_first_still_never_succeeds(tmp_path
     assert not late["x_changed"], late
 
 
-@pytest.mark.parametrize("mode", ["late-grow", "grow-vs-close"])
+@pytest.mark.parametrize("mode", ["late-grow", "grow-vs-close", "held", "interrupted"])
 def test_shared_windows_that_cannot_grow_leave_no_rank_hanging(tmp_path, mode):
     """With COLLECTIVES_SHM=1 a call that grows the node's shared windows meets the node's
-    ranks first: a rank coming after the others gave up there, or one closing while another
-    grows, raises, and the program ends normally on every rank (each closes at exit). Both
-    hung for good when the meeting was an MPI barrier (the sixty-first review)."""
+    ranks first: a rank coming after the others gave up there, one closing while another
+    grows, one held in the meeting past the others' patience, one interrupted there: every
+    rank raises, and the program ends normally on every rank (each closes at exit). The
+    first two hung for good when the meeting was an MPI barrier (the sixty-first review),
+    the third in the first version of the meeting (the sixty-third)."""
     start = time.monotonic()
     proc = run_workers(2, "shm_meetings", mode, str(tmp_path), timeout=90,
                        env={"COLLECTIVES_SHM": "1", "COLLECTIVES_CHECK": "0"})
@@ -138,8 +140,14 @@ def test_shared_windows_that_cannot_grow_leave_no_rank_hanging(tmp_path, mode):
         assert seen[0]["error"] == "CollectiveTimeout", seen
         assert "grow the shared windows: rank(s) [1] did not come" in seen[0]["message"], seen
         assert seen[1]["elapsed"] < 1.0, seen  # told at once: rank 0 gave up there
-    else:
+    elif mode == "grow-vs-close":
         assert seen[1]["error"] == "CollectiveTimeout", seen
+    elif mode == "held":
+        assert seen[0]["error"] == "CollectiveTimeout", seen  # after its deadline and grace
+        assert seen[1]["error"] == "PeerError", seen  # it finds rank 0 gave up
+    else:
+        assert seen[1]["error"] == "KeyboardInterrupt", seen
+        assert seen[0]["error"] == "PeerError" and seen[0]["elapsed"] < 1.0, seen
 
 
 def test_peer_that_gave_up_on_a_later_collective_does_not_fail_this_one():

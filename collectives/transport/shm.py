@@ -430,19 +430,20 @@ class ShmTransport(LeftToMPI):
         """
         what = f"the node's ranks to {_PURPOSES[purpose]}"
         mine = self._faults[self.me]
-        mine[_PURPOSE] = purpose
-        self._ctrl_win.Sync()  # (the purpose is read once the arrival is seen)
-        mine[_ARRIVED] += 1
-        meeting = int(mine[_ARRIVED])
-        self._ctrl_win.Sync()
-        try:
+        meeting = int(mine[_ARRIVED]) + 1
+        try:  # (from the first write: an interrupt anywhere here is a rank giving up)
+            mine[_PURPOSE] = purpose
+            self._ctrl_win.Sync()  # (the purpose is read once the arrival is seen)
+            mine[_ARRIVED] = meeting
+            self._ctrl_win.Sync()
             self.mpi.poll(lambda: self._everyone(_ARRIVED, meeting, what), deadline, what,
                           notices=notices)
             self._same_purpose(meeting, purpose)
             mine[_READY] = meeting
             self._ctrl_win.Sync()
             # Ready: every rank passes now unless one gave up before it was ready. Only a
-            # rank that stopped (killed, stuck outside) makes this wait run out.
+            # rank that stopped (killed, stuck) makes this wait run out; one stuck between
+            # arriving and being ready for longer than that then finds this rank gave up.
             self.mpi.poll(lambda: self._everyone(_READY, meeting, what),
                           max(deadline, time.monotonic()) + self._close_grace, what,
                           notices=False)
@@ -462,6 +463,7 @@ class ShmTransport(LeftToMPI):
 
     def _same_purpose(self, meeting: int, purpose: int) -> None:
         """MismatchError naming the ranks that arrived at this meeting for another purpose."""
+        self._ctrl_win.Sync()  # (their arrivals were read: now their purposes)
         others = [(self.node_ranks[i], _PURPOSES.get(int(f[_PURPOSE]), "?"))
                   for i, f in enumerate(self._faults)
                   if f[_ARRIVED] == meeting and f[_PURPOSE] != purpose]
@@ -473,17 +475,17 @@ class ShmTransport(LeftToMPI):
                 "or order)")
 
     def _everyone(self, word: int, meeting: int, what: str) -> bool | None:
-        """True once every rank's `word` reached `meeting`; PeerError once, short of that, a
-        rank gave up on a meeting (it never comes); None meanwhile."""
+        """True once every rank's `word` reached `meeting`; PeerError first if a rank gave
+        up on a meeting (it never passes one again); None meanwhile. (No rank can pass
+        this meeting and then give up on another before every rank passed this one: after
+        it comes a blocking call over the node.)"""
         self._ctrl_win.Sync()
         faults = self._faults
-        if all(f[word] >= meeting for f in faults):
-            return True
         quitters = [self.node_ranks[i] for i, f in enumerate(faults) if f[_GAVE_UP]]
         if quitters:
             raise PeerError(f"rank {self.rank}: rank(s) {quitters} gave up waiting for {what} "
                             "(or an earlier meeting of the node's ranks)")
-        return None
+        return True if all(f[word] >= meeting for f in faults) else None
 
     def __repr__(self) -> str:
         return f"ShmTransport(rank={self.rank}, size={self.size}, node_ranks={len(self.local)})"

@@ -6,12 +6,17 @@ Usage: COLLECTIVES_SHM=1 mpiexec -n 2 python -m tests.workers.shm_meetings MODE 
   grow-vs-close the ranks disagree on the size (the check off): rank 0's call grows the
                 windows, rank 1's does not; rank 1 times out and closes while rank 0 waits
                 to grow
+  held          rank 1 is held between seeing every rank arrive and being ready (as by
+                SIGSTOP or swapping) for longer than rank 0's deadline and grace
+  interrupted   rank 1 is interrupted (KeyboardInterrupt) right after it arrived
 
 Each rank writes the error it got to OUTDIR/rank<r>.json, then the program ends normally
 (no abort), so each rank closes its transport at exit. Before the node met through the
 control window, rank 1 of late-grow went on into MPI_Win_allocate_shared alone (its MPI
 barrier met the one rank 0 had abandoned) and hung for good; in grow-vs-close one rank
-allocated while the other freed, and both hung.
+allocated while the other freed, and both hung. In the first control-window version, rank
+1 of `held` went on alone once it was ready (rank 0's ready word stayed), and rank 0 of
+`interrupted` waited 30 s (rank 1 did not say it gave up).
 """
 from __future__ import annotations
 
@@ -23,24 +28,69 @@ from pathlib import Path
 import numpy as np
 
 import collectives
+from collectives.transport.shm import _ARRIVED, _READY, ShmTransport
 
 TIMEOUT = 2.0
+GRACE = 2.0  # the transport's wait beyond the deadline for ranks that were ready
+
+
+def hold_before_ready(transport: ShmTransport) -> None:
+    """Rank 1 stops between arriving and being ready, past rank 0's deadline and grace."""
+    check = transport._same_purpose
+
+    def held(meeting: int, purpose: int) -> None:
+        time.sleep(TIMEOUT + GRACE + 1)
+        check(meeting, purpose)
+
+    transport._same_purpose = held
+
+
+class _InterruptAfterArriving:
+    """The control window, raising KeyboardInterrupt after the Sync that follows the
+    arrival (the second Sync of a meeting), as a signal handler may, once the other ranks
+    are ready (they then wait on this rank's ready word, no longer on notices)."""
+
+    def __init__(self, transport: ShmTransport):
+        self._transport, self._window, self._syncs = transport, transport._ctrl_win, 0
+
+    def Sync(self) -> None:  # noqa: N802 (MPI.Win's name)
+        self._window.Sync()
+        self._syncs += 1
+        if self._syncs == 2:
+            faults, me = self._transport._faults, self._transport.me
+            arrived = faults[me][_ARRIVED]
+            others = [f for i, f in enumerate(faults) if i != me]
+            limit = time.monotonic() + TIMEOUT
+            while not all(f[_READY] >= arrived for f in others) and time.monotonic() < limit:
+                self._window.Sync()
+            raise KeyboardInterrupt
+
+    def __getattr__(self, name):
+        return getattr(self._window, name)
 
 
 def main() -> None:
     mode, outdir = sys.argv[1], Path(sys.argv[2])
     comm = collectives.init(timeout=TIMEOUT)
+    transport = comm._transport
+    assert isinstance(transport, ShmTransport), transport
+    transport._close_grace = GRACE
     comm.allreduce(np.ones(1000, np.float32), algorithm="ring")  # the windows: 1 MiB
     count = 1 << 20  # 4 MiB: the windows grow
-    if mode == "late-grow" and comm.rank == 1:
-        time.sleep(TIMEOUT + 1)
-    elif mode == "grow-vs-close" and comm.rank == 1:
-        count = 1000
+    if comm.rank == 1:
+        if mode == "late-grow":
+            time.sleep(TIMEOUT + 1)
+        elif mode == "grow-vs-close":
+            count = 1000
+        elif mode == "held":
+            hold_before_ready(transport)
+        elif mode == "interrupted":
+            transport._ctrl_win = _InterruptAfterArriving(transport)
     seen: dict[str, object] = {"rank": comm.rank, "error": None}
     start = time.monotonic()
     try:
         comm.allreduce(np.ones(count, np.float32), algorithm="ring")
-    except collectives.CollectiveError as error:
+    except (collectives.CollectiveError, KeyboardInterrupt) as error:
         seen["error"], seen["message"] = type(error).__name__, str(error)
     seen["elapsed"] = time.monotonic() - start
     (outdir / f"rank{comm.rank}.json").write_text(json.dumps(seen))
