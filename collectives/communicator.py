@@ -245,7 +245,7 @@ class Communicator:
 
         Example::
 
-            total = comm.reduce(loss, root=0)
+            total = comm.reduce(np.asarray(loss), root=0)  # a 0-d array: scalars are refused
         """
         return self._sync(("reduce", root, op, algorithm, compression, deterministic), x, out,
                           lambda: self._reduce(x, out, root, op, algorithm, compression,

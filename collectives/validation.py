@@ -29,7 +29,8 @@ def is_array(x) -> bool:
 def check_array(x, name: str = "x") -> None:
     """`x` must be a NumPy or CuPy array of a supported dtype (no masked arrays)."""
     if not is_array(x):
-        hint = " (wrap it with np.asarray)" if isinstance(x, (list, tuple, int, float)) else ""
+        scalar_or_list = isinstance(x, (list, tuple, int, float, np.generic))
+        hint = " (wrap it with np.asarray)" if scalar_or_list else ""
         raise TypeError(
             f"{name} must be a NumPy or CuPy array, got {type(x).__module__}.{type(x).__qualname__}"
             + hint

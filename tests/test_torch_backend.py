@@ -36,13 +36,15 @@ def launch(launcher: str, np_: int, worker: str):
                                           (dist.ReduceOp.MAX, Op.MAX), (dist.ReduceOp.MIN, Op.MIN)])
 def test_reduce_ops_map_to_the_library(op, expected):
     assert reduce_op(dist.ReduceOp(op)) is expected
+    assert reduce_op(op) is expected  # the bare member, as torch_arrays' example passes it
 
 
 @pytest.mark.parametrize("op", ["PRODUCT", "BAND", "BOR", "BXOR"])
 def test_other_reduce_ops_are_refused_by_name(op):
-    with pytest.raises(ValueError, match=f"does not support ReduceOp.{op}; accepted: "
-                                         "ReduceOp.SUM, ReduceOp.AVG"):
-        reduce_op(dist.ReduceOp(getattr(dist.ReduceOp, op)))
+    for given in (dist.ReduceOp(getattr(dist.ReduceOp, op)), getattr(dist.ReduceOp, op)):
+        with pytest.raises(ValueError, match=f"does not support ReduceOp.{op}; accepted: "
+                                             "ReduceOp.SUM, ReduceOp.AVG"):
+            reduce_op(given)
 
 
 def test_rows_view_library_dtypes():

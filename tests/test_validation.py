@@ -16,6 +16,12 @@ def test_non_arrays_are_rejected_by_type(bad):
         check_array(bad)
 
 
+@pytest.mark.parametrize("scalar", [1.5, 2, np.float32(1.5), np.int64(2), (1.0,)])
+def test_scalars_and_sequences_are_told_how_to_pass(scalar):
+    with pytest.raises(TypeError, match=r"got .*\(wrap it with np.asarray\)$"):
+        check_array(scalar)
+
+
 @pytest.mark.parametrize("dtype", [np.complex64, np.complex128, np.bool_, np.object_, np.int8,
                                    np.uint32, np.float128 if hasattr(np, "float128") else np.int16])
 def test_unsupported_dtypes_name_themselves_and_the_supported_ones(dtype):

@@ -51,8 +51,9 @@ def dtype_named(code: int) -> object:
 
 
 def reduce_op(op: dist.ReduceOp) -> Op:
-    """The library's Op for a torch ReduceOp; ValueError naming any other (PRODUCT, BAND, ...)."""
-    kind = op.op if isinstance(op, dist.ReduceOp) else op
+    """The library's Op for a torch ReduceOp (or a bare member such as ReduceOp.AVG, which
+    passes isinstance but has no `op`); ValueError naming any other (PRODUCT, BAND, ...)."""
+    kind = getattr(op, "op", op)
     try:
         return REDUCE_OPS[kind]
     except KeyError:
