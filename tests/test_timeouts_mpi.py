@@ -150,6 +150,15 @@ def test_shared_windows_that_cannot_grow_leave_no_rank_hanging(tmp_path, mode):
         assert seen[0]["error"] == "PeerError" and seen[0]["elapsed"] < 1.0, seen
 
 
+def test_rank_held_in_the_data_while_the_others_end_gets_the_librarys_error(tmp_path):
+    """Rank 1 held past the timeout inside a large ring all-reduce; the others time out and
+    end. Its transfers with them then fail inside MPI: it raises a CollectiveError, not
+    mpi4py's exception, and ends (tests/workers/stalled_in_data.py)."""
+    run_workers(3, "stalled_in_data", "ring", str(tmp_path), timeout=90)
+    seen = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(3)]
+    assert all(s["raised"] and s["raised"].startswith("collectives.errors.") for s in seen), seen
+
+
 def test_peer_that_gave_up_on_a_later_collective_does_not_fail_this_one():
     """Rank 0 slow in #2 (MPI's own) while rank 1 finished #2 and gave up on #3: rank 0's #2
     returns its result, its #3 raises PeerError (tests/workers/gave_up_later.py)."""

@@ -212,11 +212,20 @@ class _Records:
 def _settle(requests: list, deadline: float) -> list:
     """Test `requests` until `deadline`; the ones still not complete."""
     while requests:
-        requests = [r for r in requests if not r.Test()]
+        requests = [r for r in requests if not _finished(r)]
         if not requests or time.monotonic() > deadline:
             break
         time.sleep(1e-4)
     return requests
+
+
+def _finished(request) -> bool:
+    """Whether MPI is done with `request`: completed, or failed (a transfer with a process
+    that ended)."""
+    try:
+        return request.Test()
+    except MPI.Exception:
+        return True
 
 
 class _Notices:
@@ -292,16 +301,37 @@ class MPITransport:
 
     def wait_all(self, requests: Sequence[MPI.Request], deadline: float, what: str) -> None:
         requests = list(requests)
-        if requests and not MPI.Request.Testall(requests):  # (done at once: no poll to set up)
-            self.poll(lambda: MPI.Request.Testall(requests) or None, deadline, what)
+        try:
+            if requests and not MPI.Request.Testall(requests):  # (done at once: no poll)
+                self.poll(lambda: MPI.Request.Testall(requests) or None, deadline, what)
+        except MPI.Exception as error:
+            raise self._failed(error, what) from None
 
     def wait_any(self, requests: list[MPI.Request], deadline: float, what: str) -> int:
         def test():
             index, done = MPI.Request.Testany(requests)
             return index if done and index != MPI.UNDEFINED else None
 
-        index = test()  # (done at once: no poll to set up)
-        return self.poll(test, deadline, what) if index is None else index
+        try:
+            index = test()  # (done at once: no poll to set up)
+            return self.poll(test, deadline, what) if index is None else index
+        except MPI.Exception as error:
+            raise self._failed(error, what) from None
+
+    def _failed(self, error: MPI.Exception, what: str) -> CollectiveError:
+        """The library's error for an MPI error while waiting for `what`: PeerError where a
+        notice names the rank that gave up or left (after which MPI may fail a transfer with
+        it, such as a single-copy read from a process that ended), else CollectiveError."""
+        lines = [line.strip() for line in error.Get_error_string().splitlines() if line.strip()]
+        cause = lines[0] if len(lines) < 2 else f"{lines[0]} ... {lines[-1]}"  # (its stack)
+        text = f"MPI failed waiting for {what}: {cause}"
+        try:
+            self.check_peers()
+        except PeerError as told:
+            return PeerError(f"{told}; {text}")
+        except MPI.Exception:
+            pass
+        return CollectiveError(f"rank {self.rank}: {text} (a peer may have ended)")
 
     def abandon(self, sends: Sequence[MPI.Request], receives: Sequence[MPI.Request]) -> None:
         for request in receives:
