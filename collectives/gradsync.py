@@ -103,14 +103,19 @@ def as_array(x) -> Any:
     return array if view_as is None else array.view(view_as)
 
 
+def check_communicator(comm) -> None:
+    """TypeError unless `comm` is a Communicator (there is no peer to tell otherwise)."""
+    if not isinstance(comm, Communicator):
+        raise TypeError(f"comm must be a collectives.Communicator (collectives.init()), "
+                        f"got {type(comm).__module__}.{type(comm).__qualname__}")
+
+
 def check_options(comm, algorithm: str | None, compression: str | None, error_feedback: bool,
                   fusion_bytes: int | None = None) -> CallOptions:
     """The checks shared by GradSync and the torch hooks: the communicator, then the options
     of the averaging all-reduce (CallOptions.parse; algorithm None is the communicator's,
     COLLECTIVES_ALGORITHM or auto); each failure says what is accepted."""
-    if not isinstance(comm, Communicator):
-        raise TypeError(f"comm must be a collectives.Communicator (collectives.init()), "
-                        f"got {type(comm).__module__}.{type(comm).__qualname__}")
+    check_communicator(comm)
     if not isinstance(error_feedback, bool):
         raise TypeError(f"error_feedback must be a bool, got {error_feedback!r}")
     return CallOptions.parse(
@@ -292,7 +297,8 @@ class GradSync:
         """Average `grads` over the ranks; returns them (averaged in place), with immutable
         arrays (JAX) replaced by new ones. With error feedback, calls with the same shapes
         and dtypes share one residual: use one GradSync per set of gradients (per model)."""
-        items = list(grads)
+        with self.comm.refusing("allreduce_many"):  # (None, a number: no sequence)
+            items = list(grads)
         views, outs = _views_or_refuse(self.comm, items)
         self.comm.allreduce_many(views, **self._options(f"sync-{layout_digest(views)}"),
                                  out=outs)
@@ -314,6 +320,9 @@ class GradSync:
         if self._hooks:
             raise RuntimeError("this GradSync is already attached; make one GradSync per module")
         with self.comm.refusing("allgather"):  # (the others are in _agree_on_buckets)
+            if not callable(getattr(module, "named_parameters", None)):
+                raise TypeError(f"GradSync.attach takes a torch.nn.Module, got "
+                                f"{type(module).__module__}.{type(module).__qualname__}")
             _refuse_undense(module)
             params = [p for p in module.parameters() if p.requires_grad]
             if not params:

@@ -87,8 +87,8 @@ class ShardedSync:
         """This rank's shard of the average of every rank's gradients (one reduce-scatter).
         Gradients that do not fit refuse it on every rank (MismatchError on the others;
         with the check off a refusal is this rank's only, as everywhere)."""
-        grads = list(grads)
         with self.comm.refusing("reduce_scatter"):
+            grads = list(grads)
             self._check_grads(grads)
         kernels.pack(grads, self._flat)
         return self.comm.reduce_scatter(self._flat, op="avg", algorithm=self.algorithm,

@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 
 from ..communicator import Communicator
-from ..gradsync import (GradSync, as_array, broadcast_parameters, check_options,
-                        instance_name)
+from ..gradsync import (GradSync, as_array, broadcast_parameters, check_communicator,
+                        check_options, instance_name)
 from ..progress import Handle
 from . import torch_backend  # noqa: F401  registers backend "collectives"
 from .torch_work import raise_or_value
@@ -123,15 +123,20 @@ class DistributedOptimizer:
                  comm: Communicator, *, algorithm: str | None = None,
                  compression: str | None = None, fusion_bytes: int | None = None,
                  error_feedback: bool = False):
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, "
-                            f"got {type(optimizer).__qualname__}")
-        if not isinstance(module, torch.nn.Module):
-            raise TypeError(f"module must be a torch.nn.Module, got {type(module).__qualname__}")
+        check_communicator(comm)
+        with comm.refusing("allgather"):  # (the others: broadcast_parameters' all-gather)
+            if not isinstance(optimizer, torch.optim.Optimizer):
+                raise TypeError(f"optimizer must be a torch.optim.Optimizer, "
+                                f"got {type(optimizer).__qualname__}")
+            if not isinstance(module, torch.nn.Module):
+                raise TypeError(f"module must be a torch.nn.Module, "
+                                f"got {type(module).__qualname__}")
+            check_options(comm, algorithm, compression, error_feedback, fusion_bytes)
+        broadcast_parameters(module.state_dict(), comm)  # (a refusal above: raised here)
         self.optimizer = optimizer
+        # Made once every rank passed the checks: each rank counts its GradSyncs alike.
         self.sync = GradSync(comm, algorithm=algorithm, compression=compression,
                              fusion_bytes=fusion_bytes, error_feedback=error_feedback)
-        broadcast_parameters(module.state_dict(), comm)
         self.sync.attach(module)
 
     def step(self, closure: Callable[[], torch.Tensor] | None = None):

@@ -138,7 +138,8 @@ def check_refusals(comm, sync, tally) -> None:
             ("float32 grads on one rank", lambda: sync.reduce(
                 [g.astype(np.float32 if last else g.dtype) for g in sync.params])),
             ("short shard on one rank", lambda: sync.gather(
-                np.zeros(hi - lo - last, np.float64)))):
+                np.zeros(hi - lo - last, np.float64))),
+            ("None on one rank", lambda: sync.reduce(None if last else sync.params))):
         try:
             call()
             tally.check(False, f"{what}: accepted")

@@ -466,6 +466,25 @@ def check_attach_refusals(comm, tally: Tally) -> None:
         tally.check(type(error) is expected, f"refused on one rank: {error!r}")
     y = comm.allreduce(np.ones(2, np.float32))
     tally.check(bool((y == p).all()), "a collective after attach was refused on one rank")
+    # The sixty-fifth review: these raised on one rank before the refusal, so the others
+    # waited out the timeout (a call the user never made, for DistributedOptimizer).
+    model = torch.nn.Linear(3, 2)
+    for what, call in (
+            ("sync(None)", lambda: collectives.GradSync(comm).sync(
+                None if refused_here else [np.ones(2, np.float32)])),
+            ("attach(None)", lambda: collectives.GradSync(comm).attach(
+                None if refused_here else model).detach()),
+            ("DistributedOptimizer(compression='fp61')", lambda: DistributedOptimizer(
+                torch.optim.SGD(model.parameters(), lr=0.1), model, comm,
+                compression="fp61" if refused_here else None).sync.detach())):
+        try:
+            call()
+            tally.check(False, f"{what} on one rank went through")
+        except (TypeError, ValueError, collectives.MismatchError) as error:
+            expected = (TypeError, ValueError) if refused_here else collectives.MismatchError
+            tally.check(isinstance(error, expected), f"{what} on one rank: {error!r}")
+    y = comm.allreduce(np.ones(2, np.float32))
+    tally.check(bool((y == p).all()), "a collective after the refusals on one rank")
     # the eighteenth review: a raw BufferError in backward; "unsupported dtype" at wait()
     for refused, said in ((torch.nn.Embedding(5, 3, sparse=True), "makes sparse gradients"),
                           (torch.nn.Linear(3, 3, dtype=torch.complex64),
