@@ -109,6 +109,9 @@ class Settings:
             check_algorithm(algorithm)
         except ValueError as error:
             raise ValueError(f"COLLECTIVES_ALGORITHM: {error}") from None
+        if check is not None and not isinstance(check, bool):
+            raise TypeError(f"check must be True, False or None (COLLECTIVES_CHECK), got "
+                            f"{check!r}")  # ("no" is truthy: the check stayed on)
         if grid is not None:
             grid = _argument("grid", "x".join(map(str, grid)) if isinstance(grid, (tuple, list))
                              else grid, _grid)

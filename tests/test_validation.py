@@ -122,6 +122,12 @@ def test_check_setting_from_the_environment(monkeypatch, raw, expected):
     assert Settings.resolve(check=not expected).check is (not expected)
 
 
+@pytest.mark.parametrize("bad", ["no", "0", 0, 1, "False"])
+def test_check_argument_must_be_a_bool(bad):
+    with pytest.raises(TypeError, match=f"check must be True, False or None .*got {bad!r}"):
+        Settings.resolve(check=bad)  # ("no" is truthy: the check stayed on, silently)
+
+
 @pytest.mark.parametrize("raw", ["soon", "nan", "NaN", "inf", "-inf", "0", "-1", "1e10", ""])
 def test_timeout_must_be_finite_and_positive(monkeypatch, raw):
     """nan or inf would disable every deadline, 1e10 s broke close() (thread joins refuse

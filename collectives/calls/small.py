@@ -167,6 +167,8 @@ class SmallLane:
     def allreduce(self, x: np.ndarray, out, op, algorithm, deterministic):
         """`allreduce(x, op, algorithm, out=out, deterministic=...)` of a NumPy array with
         no compression, finite check or error feedback; None where the general path runs."""
+        if not x.flags.c_contiguous:  # (before a route is built: a broadcast view of 1 TiB
+            return None  # took seconds to plan, the peers waiting on the records)
         thread = current_thread()
         key = (x.shape, x.dtype, op, algorithm, deterministic, thread.name)
         try:
@@ -175,8 +177,7 @@ class SmallLane:
             return None  # path refuses it
         if route is False:
             route = self._route(key)
-        if route is None or not x.flags.c_contiguous or (out is not None
-                                                         and not route.fits(out, x)):
+        if route is None or (out is not None and not route.fits(out, x)):
             return None
         try:  # before anything is agreed (the general path refuses it on every rank)
             result = np.empty(route.shape, route.dtype) if out is None else out
