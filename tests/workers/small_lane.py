@@ -172,6 +172,18 @@ def refused_on_one_rank(tally: Tally) -> None:
         tally.check(time.monotonic() - start < 5.0, "an op that cannot hash: a peer waited")
         y = comm.allreduce(x, op="sum")
         tally.check(np.array_equal(y, np.full(3, comm.size, np.float32)), "after it")
+        if comm.size == 1:  # (alone, the call would be made: 1 TiB)
+            return
+        # A 1 TiB view of one value on one rank: the lane planned it (seconds) before it saw
+        # the view is not contiguous, the peers waiting on its record (the 65th review).
+        huge = np.broadcast_to(np.float32(1), (1 << 38,))
+        start = time.monotonic()
+        try:
+            comm.allreduce(huge if comm.rank == 0 else x)  # (auto: priced for 1 TiB)
+            tally.check(False, "a 1 TiB view on one rank: accepted")
+        except (collectives.MismatchError, MemoryError):  # (its result: 1 TiB)
+            pass
+        tally.check(time.monotonic() - start < 5.0, "a 1 TiB view on one rank: slow")
 
 
 def main() -> None:
