@@ -10,7 +10,8 @@ What each one leaves behind (see docs/failure-model.md):
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections import Counter
+from typing import Iterable, Sequence
 
 __all__ = [
     "CollectiveError",
@@ -20,6 +21,7 @@ __all__ = [
     "PeerError",
     "unknown_choice",
     "rank_list",
+    "outliers",
 ]
 
 
@@ -87,3 +89,19 @@ def rank_list(ranks: Iterable[int]) -> str:
             runs.append([r])
     text = ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
     return f"{'rank' if len(ranks) == 1 else 'ranks'} {text}"
+
+
+def outliers(rows: Sequence) -> str:
+    """Which ranks differ, as text, from one row per rank (NumPy rows, compared whole): the
+    largest group of equal rows is the reference, rank 0's on a tie.
+
+    >>> import numpy as np
+    >>> outliers(np.array([[4], [5], [4]]))
+    'rank 1 against ranks 0, 2'
+    """
+    keys = [tuple(row.tolist()) for row in rows]
+    sizes = Counter(keys)
+    reference = max(sizes, key=lambda key: (sizes[key], key == keys[0]))
+    odd = [r for r, key in enumerate(keys) if key != reference]
+    same = [r for r, key in enumerate(keys) if key == reference]
+    return f"{rank_list(odd)} against {rank_list(same)}"

@@ -31,7 +31,7 @@ import kernels
 
 from .calls.collective import check_root
 from .communicator import Communicator
-from .errors import CollectiveError, MismatchError
+from .errors import CollectiveError, MismatchError, outliers
 from .options import CallOptions
 from .progress import Handle
 from .validation import sharing_pair
@@ -432,8 +432,9 @@ class GradSync:
                              for r, (_, _, n, b) in enumerate(rows.tolist()))
             self._buckets = []
             raise ValueError(f"GradSync.attach: the ranks' parameters that require grad differ "
-                             f"({said}; or their shapes or dtypes): make every rank freeze the "
-                             f"same ones")
+                             f"in number, order, shapes or dtypes: {outliers(rows)} ({said}): "
+                             f"every rank must build the same model and freeze the same "
+                             f"parameters")
 
     def _launch(self, up_to: int) -> None:
         """Start the all-reduces of buckets [launched, up_to)."""

@@ -33,7 +33,7 @@ from .algorithms.plan import split_bounds
 from .calls.collective import collective_options
 from .communicator import Communicator
 from .compression import codec_for
-from .errors import MismatchError
+from .errors import MismatchError, outliers
 from .gradsync import layout_digest
 from .validation import check_array, sharing_pair
 
@@ -160,11 +160,10 @@ def _agree(comm: Communicator, params: list) -> None:
     biases, silently; the twenty-first review)."""
     mine = np.array([*layout_digest(params), sum(p.size for p in params)], np.int64)
     rows = comm.allgather(mine)
-    differ = [r for r in range(comm.size) if (rows[r] != rows[0]).any()]
-    if differ:
+    if not (rows == rows[0]).all():
         shapes = [tuple(p.shape) for p in params]
         raise MismatchError(f"ShardedSync: the ranks' parameters differ in shapes, order or "
-                            f"dtype: rank(s) {differ} against rank 0 (rank {comm.rank} has "
+                            f"dtype: {outliers(rows)} (rank {comm.rank} has "
                             f"{params[0].dtype} {str(shapes)[:200]})")
 
 

@@ -79,12 +79,12 @@ def test_tree_broadcast_keeps_the_structure(comm):  # noqa: F811
 @pytest.mark.parametrize("np_", [2, 4])
 def test_data_parallel_equals_large_batch_under_mpiexec(np_):
     proc = run_workers(np_, "jax_training", env={"OMP_NUM_THREADS": "1"})
-    assert proc.stdout.count("10/10 checks passed") == np_
+    assert proc.stdout.count("11/11 checks passed") == np_
 
 
 def test_data_parallel_equals_large_batch_under_torchrun():
     proc = torchrun(2, "jax_training")
-    assert proc.stdout.count("10/10 checks passed") == 2
+    assert proc.stdout.count("11/11 checks passed") == 2
 
 
 def test_example_trains_under_mpiexec():

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from ..communicator import Communicator
-from ..errors import MismatchError
+from ..errors import MismatchError, outliers
 from ..gradsync import GradSync, broadcast_parameters
 
 __all__ = ["tree_average", "tree_broadcast"]
@@ -63,9 +63,8 @@ def _flattened(tree, comm: Communicator, what: str) -> tuple:
     text = f"{len(paths)}\0" + "\0".join(paths)  # (a bare leaf's path is "": count them)
     digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
     digests = comm.allgather(np.frombuffer(digest, np.int64))
-    differ = [r for r in range(comm.size) if digests[r, 0] != digests[0, 0]]
-    if differ:
+    if not (digests == digests[0]).all():
         shown = ", ".join(paths[:8]) + (", ..." if len(paths) > 8 else "")
-        raise MismatchError(f"{what}: the ranks' pytrees differ in structure: rank(s) "
-                            f"{differ} against rank 0 (rank {comm.rank} has leaves {shown})")
+        raise MismatchError(f"{what}: the ranks' pytrees differ in structure: "
+                            f"{outliers(digests)} (rank {comm.rank} has leaves {shown})")
     return leaves, structure
