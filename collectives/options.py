@@ -156,7 +156,8 @@ class CallOptions:
         if compression is not None and not isinstance(compression, str):
             raise TypeError(f"compression must be None or a str, got {type(compression).__name__}")
         check_compression(compression)
-        if isinstance(fusion_bytes, bool) or not isinstance(fusion_bytes, int) or fusion_bytes <= 0:
+        if (isinstance(fusion_bytes, bool) or not isinstance(fusion_bytes, (int, np.integer))
+                or fusion_bytes <= 0):  # (NumPy integers as root and counts are)
             raise ValueError(f"fusion_bytes must be a positive int, got {fusion_bytes!r}")
         if not isinstance(check_finite, bool):
             raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
@@ -175,7 +176,7 @@ class CallOptions:
                              "under COLLECTIVES_DETERMINISTIC=1) define the result by the "
                              "inputs alone; error_feedback carries state between calls: turn "
                              "one of them off")
-        return cls(op, algorithm, compression, fusion_bytes, check_finite, error_feedback,
+        return cls(op, algorithm, compression, int(fusion_bytes), check_finite, error_feedback,
                    deterministic)
 
 

@@ -66,8 +66,8 @@ def check_out(out, x, name: str = "out", x_name: str = "x") -> None:
         )
     if out.shape != x.shape or out.dtype != x.dtype:
         raise ValueError(
-            f"{name} must match x: expected shape {x.shape} dtype {x.dtype}, "
-            f"got shape {out.shape} dtype {out.dtype}"
+            f"{name} must have the result's shape and dtype: expected shape {x.shape} dtype "
+            f"{x.dtype}, got shape {out.shape} dtype {out.dtype}"
         )
     if not writable:
         raise ValueError(f"{name} is read-only; pass a writable array")

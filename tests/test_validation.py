@@ -6,7 +6,7 @@ import pytest
 
 from collectives.config import Settings
 from collectives.errors import rank_list, unknown_choice
-from collectives.options import Op, check_algorithm
+from collectives.options import CallOptions, Op, check_algorithm
 from collectives.validation import check_array, check_out, check_outs, overlaps_itself
 
 
@@ -233,7 +233,7 @@ def test_mixed_in_place_and_separate_outs_name_the_lowest_bad_out():
     frozen.flags.writeable = False
     stride0 = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=(4,), strides=(0,))
     wrong = np.zeros(5, np.float32)
-    with pytest.raises(ValueError, match=r"out\[2\] must match x"):
+    with pytest.raises(ValueError, match=r"out\[2\] must have the result's shape and dtype"):
         check_outs([a, b, wrong], [a, b, c])
     with pytest.raises(ValueError, match=r"out\[0\] is x but x is read-only"):
         check_outs([frozen, b, wrong], [frozen, b, c])
@@ -247,5 +247,17 @@ def test_outs_checked_in_order_before_their_count_is():
     """check_outs checks each out it pairs before anything else (the caller compares the
     counts first): the thirty-seventh review found an IndexError raised first."""
     a, b = np.zeros(4, np.float32), np.zeros(4, np.float32)
-    with pytest.raises(ValueError, match=r"out\[0\] must match x"):
+    with pytest.raises(ValueError, match=r"out\[0\] must have the result's shape and dtype"):
         check_outs([np.zeros(5, np.float32)], [a, b])
+
+
+@pytest.mark.parametrize("given", [1 << 20, np.int64(1 << 20), np.uint32(1 << 20)])
+def test_fusion_bytes_takes_numpy_integers_as_root_does(given):
+    options = CallOptions.parse(fusion_bytes=given)
+    assert options.fusion_bytes == 1 << 20 and type(options.fusion_bytes) is int
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, np.float64(8.0), "8"])
+def test_fusion_bytes_refuses_what_is_no_positive_integer(bad):
+    with pytest.raises(ValueError, match="fusion_bytes must be a positive int, got"):
+        CallOptions.parse(fusion_bytes=bad)
