@@ -11,6 +11,8 @@ import math
 import os
 from dataclasses import dataclass
 
+import numpy as np
+
 __all__ = ["Settings", "DEFAULT_TIMEOUT", "DEFAULT_FUSION_BYTES", "DEFAULT_ABORT_GRACE"]
 
 DEFAULT_TIMEOUT = 300.0
@@ -109,7 +111,7 @@ class Settings:
             check_algorithm(algorithm)
         except ValueError as error:
             raise ValueError(f"COLLECTIVES_ALGORITHM: {error}") from None
-        if check is not None and not isinstance(check, bool):
+        if check is not None and not isinstance(check, (bool, np.bool_)):
             raise TypeError(f"check must be True, False or None (COLLECTIVES_CHECK), got "
                             f"{check!r}")  # ("no" is truthy: the check stayed on)
         if grid is not None:
@@ -124,7 +126,7 @@ class Settings:
                         else _argument("local_size", local_size, _positive)),
             grid=grid if grid is not None else _env("GRID", _grid, None),
             debug=_env("DEBUG", _flag, False),
-            check=check if check is not None else _env("CHECK", _flag, True),
+            check=bool(check) if check is not None else _env("CHECK", _flag, True),
             shm=_env("SHM", _flag, False),
             abort_grace=_env("ABORT_GRACE", _seconds, DEFAULT_ABORT_GRACE),
             deterministic=_env("DETERMINISTIC", _flag, False),

@@ -297,7 +297,10 @@ class GradSync:
         """Average `grads` over the ranks; returns them (averaged in place), with immutable
         arrays (JAX) replaced by new ones. With error feedback, calls with the same shapes
         and dtypes share one residual: use one GradSync per set of gradients (per model)."""
-        with self.comm.refusing("allreduce_many"):  # (None, a number: no sequence)
+        with self.comm.refusing("allreduce_many"):
+            if not isinstance(grads, Iterable):
+                raise TypeError(f"GradSync.sync takes an iterable of arrays, got "
+                                f"{type(grads).__module__}.{type(grads).__qualname__}")
             items = list(grads)
         views, outs = _views_or_refuse(self.comm, items)
         self.comm.allreduce_many(views, **self._options(f"sync-{layout_digest(views)}"),

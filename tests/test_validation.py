@@ -120,6 +120,7 @@ def test_check_setting_from_the_environment(monkeypatch, raw, expected):
     monkeypatch.setenv("COLLECTIVES_CHECK", raw)
     assert Settings.resolve().check is expected
     assert Settings.resolve(check=not expected).check is (not expected)
+    assert Settings.resolve(check=np.bool_(not expected)).check is (not expected)
 
 
 @pytest.mark.parametrize("bad", ["no", "0", 0, 1, "False"])

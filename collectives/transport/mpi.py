@@ -390,15 +390,17 @@ class MPITransport:
         completes with a peer that gave up on it (that peer's request lives on): the notices
         are checked before anyone uses the result."""
         test = request.Test
-        for _ in range(BUSY_POLLS):
-            if test():
-                break
-        else:
-            try:
+        try:
+            for _ in range(BUSY_POLLS):
+                if test():
+                    break
+            else:
                 self.poll(lambda: test() or None, deadline, what)
-            except BaseException:
-                self.abandon([request], ())
-                raise
+        except BaseException as error:
+            self.abandon([request], ())
+            if isinstance(error, MPI.Exception):
+                raise self._failed(error, what) from None
+            raise
         if self._notices.arrived():  # (those heard before were checked as it began)
             self.check_peers()
 
@@ -542,10 +544,15 @@ class MPITransport:
     def poll(self, test, deadline: float, what: str, *, notices: bool = True):
         """`test()`'s first result other than None; CollectiveTimeout naming `what` past
         `deadline`; PeerError as soon as a peer's notice says it will not take part (unless
-        `notices` is False: waits outside any collective, such as closing)."""
-        return poll(test, deadline,
-                    lambda: CollectiveTimeout(f"rank {self.rank}: timed out waiting for {what}"),
-                    interrupt=self.check_peers if notices else None)
+        `notices` is False: waits outside any collective, such as closing). An MPI error
+        in `test` is the library's (`_failed`)."""
+        try:
+            return poll(test, deadline,
+                        lambda: CollectiveTimeout(f"rank {self.rank}: timed out waiting for "
+                                                  f"{what}"),
+                        interrupt=self.check_peers if notices else None)
+        except MPI.Exception as error:
+            raise self._failed(error, what) from None
 
     def __repr__(self) -> str:
         return f"MPITransport(rank={self.rank}, size={self.size})"
