@@ -415,7 +415,8 @@ class ShmTransport(LeftToMPI):
     def _node_barrier(self, deadline: float, purpose: int, *, notices: bool = True) -> None:
         """Every rank of the node meets, before a blocking collective call (the windows'
         allocation, _GROW, or free, _CLOSE): either every rank passes, or none does and
-        each raises.
+        each raises (short of what docs/shared-memory.md, "Meetings", leaves: a rank that
+        stops or is interrupted once it was ready).
 
         Two steps through the control window. A rank arrives and waits, bounded by
         `deadline`, until every rank has arrived, for the same purpose (MismatchError
