@@ -84,3 +84,16 @@ def check_shape_mismatch(comm, tally: Tally, call, expected: np.ndarray) -> None
     got = call(x)
     tally.check(got.shape == expected.shape and np.array_equal(got, expected),
                 f"after the mismatch: {got}")
+
+
+def check_refused_on_one_rank(tally: Tally, what: str, call, refused_here: bool) -> None:
+    """`call()` made with an argument wrong on some ranks only: TypeError or ValueError
+    there, MismatchError on the others (at once: the refusal is shared)."""
+    import collectives
+
+    try:
+        call()
+        tally.check(False, f"{what}: accepted")
+    except (TypeError, ValueError, collectives.MismatchError) as error:
+        expected = (TypeError, ValueError) if refused_here else collectives.MismatchError
+        tally.check(isinstance(error, expected), f"{what}: {error!r}")

@@ -12,7 +12,7 @@ import numpy as np
 
 import collectives
 from collectives import ShardedSync
-from tests.workers.common import Tally, digest, everyone
+from tests.workers.common import Tally, check_refused_on_one_rank, digest, everyone
 
 STEPS = 30
 LR = 0.05
@@ -140,12 +140,7 @@ def check_refusals(comm, sync, tally) -> None:
             ("short shard on one rank", lambda: sync.gather(
                 np.zeros(hi - lo - last, np.float64))),
             ("None on one rank", lambda: sync.reduce(None if last else sync.params))):
-        try:
-            call()
-            tally.check(False, f"{what}: accepted")
-        except (TypeError, ValueError, collectives.MismatchError) as error:
-            expected = (TypeError, ValueError) if last else collectives.MismatchError
-            tally.check(isinstance(error, expected), f"{what}: {error!r}")
+        check_refused_on_one_rank(tally, what, call, last)
     shard = sync.reduce(sync.params)
     tally.check(shard.shape == (hi - lo,), f"a reduce after the refusals: {shard.shape}")
 
