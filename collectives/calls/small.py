@@ -13,9 +13,9 @@ issue order (the progress engine's `try_begin`), the sequence number and the pee
 (`Agreement.enter`), the deadline, the agreement exchange, the data, the statistics; an
 error ends the collective as on the general path (`Agreement.failed`). Every call that
 exchanged records looks for peers' notices after the exchange, before any data moves or
-anything is written: a record sent before its rank gave up still arrives. MPI's own all-reduce also completes with a peer
-that gave up on it (its request lives on): the transport checks the notices as it
-completes, before the result is written anywhere.
+anything is written: a record sent before its rank gave up still arrives. MPI's own
+all-reduce also completes with a peer that gave up on it (its request lives on): the
+transport checks the notices as it completes, before the result is written anywhere.
 
 Calls the lane does not take go the general path, which gives the same bits and raises
 the errors: compression, check_finite, error feedback, deterministic, CuPy arrays,
