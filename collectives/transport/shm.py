@@ -453,13 +453,13 @@ class ShmTransport(LeftToMPI):
             self._ctrl_win.Sync()
             late = [self.node_ranks[i] for i, faults in enumerate(self._faults)
                     if faults[_ARRIVED] < meeting]
-            if isinstance(error, CollectiveTimeout) and late:
-                error = CollectiveTimeout(f"{error}: rank(s) {late} did not come")
+            named = (CollectiveTimeout(f"{error}: rank(s) {late} did not come")
+                     if isinstance(error, CollectiveTimeout) and late else error)
             self._failed = CollectiveError(
-                f"rank {self.rank}: the node's ranks failed to meet ({type(error).__name__}: "
-                f"{error}); the shared-memory exchange cannot continue, call comm.abort()")
-            if isinstance(error, CollectiveTimeout) and late:
-                raise error from None
+                f"rank {self.rank}: the node's ranks failed to meet ({type(named).__name__}: "
+                f"{named}); the shared-memory exchange cannot continue, call comm.abort()")
+            if named is not error:
+                raise named from None
             raise
 
     def _same_purpose(self, meeting: int, purpose: int) -> None:
