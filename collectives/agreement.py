@@ -183,15 +183,15 @@ class Agreement:
     def failed(self, signature: Signature, seq: int, error: BaseException,
                moving: bool) -> BaseException:
         """What to raise for `error` escaping collective `seq`: the error itself, or for a
-        timeout the error labelled with the call. The communicator stays usable only where
-        every rank knows the call's outcome without data: a refusal of its arguments
-        (`share_failure`) or the agreement's MismatchError or NonFiniteError. Anything
-        else that escapes a collective breaks it, and the peers are told that this rank
-        gave up: a timeout, a peer's notice, any error once data moves (`moving`: messages
-        may be in flight), and any other error or interrupt between `enter` and the data
-        (a signal handler that raises, KeyboardInterrupt: the peers wait for a record or
-        data that will not come; the ninth and tenth reviews found such ranks left a
-        collective ahead, every later call a MismatchError)."""
+        timeout or a peer's notice the error labelled with the call, advising abort(). The
+        communicator stays usable only where every rank knows the call's outcome without
+        data: a refusal of its arguments (`share_failure`) or the agreement's MismatchError
+        or NonFiniteError. Anything else that escapes a collective breaks it, and the peers
+        are told that this rank gave up: a timeout, a peer's notice, any error once data
+        moves (`moving`: messages may be in flight), and any other error or interrupt
+        between `enter` and the data (a signal handler that raises, KeyboardInterrupt: the
+        peers wait for a record or data that will not come; the ninth and tenth reviews
+        found such ranks left a collective ahead, every later call a MismatchError)."""
         timeout = isinstance(error, (CollectiveTimeout, PeerError))
         if self._settled == seq and not (timeout or moving) and isinstance(error, Exception):
             return error
@@ -206,7 +206,10 @@ class Agreement:
         else:
             reason = f"{signature.name} #{seq} failed while data moved ({type(error).__name__})"
         self._give_up(reason, seq)
-        return type(error)(f"{signature.label(seq)}: {error}") if timeout else error
+        if not timeout:
+            return error
+        return type(error)(f"{signature.label(seq)}: {error}; this communicator is unusable "
+                           "now: call comm.abort()")
 
     def _give_up(self, reason: str, seq: int) -> None:
         """The communicator is unusable from now on (the first reason stays), and the peers

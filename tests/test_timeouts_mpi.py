@@ -35,6 +35,8 @@ def test_rank_that_never_arrives_gives_collective_timeout(tmp_path, algorithm, c
         assert seen["elapsed"] <= TIMEOUT + 5, seen  # (a hang would take far longer)
         message = seen["message"]
         assert message.startswith(f"allreduce #2 (op=sum, algorithm={algorithm}, "), message
+        assert message.endswith("; this communicator is unusable now: call comm.abort()"), \
+            message
         if seen["error"] == "PeerError":  # told by a notice, or by the node's meeting
             assert ("gave up on collective #2" in message
                     or "gave up waiting for the node's ranks to grow" in message), message
