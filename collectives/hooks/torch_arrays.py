@@ -25,7 +25,7 @@ from ..gradsync import as_array
 from ..options import DTYPES, Op
 
 __all__ = ["REDUCE_OPS", "reduce_op", "compressible", "flat", "byte_view", "Rows", "as_array",
-           "dtype_code", "dtype_named"]
+           "dtype_code", "dtype_named", "tensors_named"]
 
 REDUCE_OPS = {
     dist.ReduceOp.SUM: Op.SUM,
@@ -48,6 +48,14 @@ def dtype_code(dtype: torch.dtype) -> int:
 def dtype_named(code: int) -> object:
     """The torch dtype of a code another rank sent (the code itself if unknown here)."""
     return _TORCH_DTYPES[code] if 0 <= code < len(_TORCH_DTYPES) else code
+
+
+def tensors_named(tensors) -> str:
+    """What a refusal of `Rows` adds: the agreement compares the arrays the library was
+    given, which for dtypes it lacks are the 32-bit word rows, not the tensors."""
+    named = ", ".join(f"{t.dtype} of shape {tuple(t.shape)}" for t in tensors)
+    return (f"this rank's tensor: {named} (tensors of dtypes the library lacks travel as "
+            "int32 rows of shape (rows, words, 1))")
 
 
 def reduce_op(op: dist.ReduceOp) -> Op:

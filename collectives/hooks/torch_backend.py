@@ -37,7 +37,7 @@ from ..communicator import Communicator
 from ..errors import unknown_choice
 from ..options import check_compression
 from .torch_arrays import (Rows, as_array, byte_view, compressible, dtype_code, dtype_named,
-                           flat, reduce_op)
+                           flat, reduce_op, tensors_named)
 from .torch_groups import group_communicator
 from .torch_work import HandleWork, MessageWork
 
@@ -225,7 +225,7 @@ class CollectivesProcessGroup(dist.ProcessGroup):
             self._refuse(["allgather", "broadcast"], error)
         kind = np.array([tensor.numel() * tensor.element_size(), dtype_code(tensor.dtype)],
                         np.int64)
-        every = np.empty((self.size(), 2), np.int64)
+        every = np.zeros((self.size(), 2), np.int64)  # alike until the all-gather fills it
         handles = [self.comm.allgather_async(kind, out=every),
                    self.comm.broadcast_async(sent.array, root, self._algorithm["broadcast"],
                                              out=sent.array)]
@@ -238,7 +238,10 @@ class CollectivesProcessGroup(dist.ProcessGroup):
                     other.copy_(tensor)
             return tensors
 
-        return HandleWork(handles, finish)
+        def explain() -> str:  # (the all-gather ran first: refused, it left `every` alike)
+            return _unlike_root(every, root) or tensors_named([tensor])
+
+        return HandleWork(handles, finish, explain)
 
     @_refusing("allgather")
     def all_gather_single(self, output: torch.Tensor, input: torch.Tensor,
@@ -265,7 +268,8 @@ class CollectivesProcessGroup(dist.ProcessGroup):
         sent = [Rows(input).array[0] for _, input in pairs]
         handles = [self.comm.allgather_async(row, self._algorithm["allgather"], out=rows.array)
                    for row, rows in zip(sent, gathered)]
-        return HandleWork(handles, _finishing(gathered, [output for output, _ in pairs]))
+        return HandleWork(handles, _finishing(gathered, [output for output, _ in pairs]),
+                          lambda: tensors_named([input for _, input in pairs]))
 
     @_refusing("allgather")
     def allgather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
@@ -292,7 +296,7 @@ class CollectivesProcessGroup(dist.ProcessGroup):
                     row.finish()
             return output_lists
 
-        return HandleWork(handles, finish)
+        return HandleWork(handles, finish, lambda: tensors_named(inputs))
 
     allgather_coalesced = allgather
 
@@ -308,7 +312,8 @@ class CollectivesProcessGroup(dist.ProcessGroup):
             received = sent if in_place else Rows(output, self.size())
             handle = self.comm.alltoall_async(sent.array, out=received.array,
                                               algorithm=self._algorithm["alltoall"])
-            return HandleWork([handle], _finishing([received], [output]))
+            return HandleWork([handle], _finishing([received], [output]),
+                              lambda: tensors_named([input]))
         p = self.size()
         return self._alltoall_blocks(_split(input, input_split_sizes, p),
                                      _split(output, output_split_sizes, p), [output],
@@ -402,11 +407,19 @@ def _root_tensor(tensors: list[torch.Tensor], index: int) -> torch.Tensor:
 def _check_like_root(kinds: np.ndarray, root: int) -> None:
     """ValueError naming the first rank whose (bytes, dtype code) `kinds[r]` differ from
     the root's."""
+    unlike = _unlike_root(kinds, root)
+    if unlike is not None:
+        raise ValueError(f"broadcast: {unlike}")
+
+
+def _unlike_root(kinds: np.ndarray, root: int) -> str | None:
+    """The first rank whose (bytes, dtype code) `kinds[r]` differ from the root's, and how;
+    None where none does."""
     for r in np.flatnonzero((kinds != kinds[root]).any(axis=1)):
         (got, code), (want, root_code) = kinds[r], kinds[root]
-        raise ValueError(f"broadcast: rank {r}'s tensor holds {got} bytes of "
-                         f"{dtype_named(int(code))}, the root's (rank {root}) {want} bytes "
-                         f"of {dtype_named(int(root_code))}")
+        return (f"rank {r}'s tensor holds {got} bytes of {dtype_named(int(code))}, the "
+                f"root's (rank {root}) {want} bytes of {dtype_named(int(root_code))}")
+    return None
 
 
 def _finishing(rows: list[Rows], tensors: list[torch.Tensor]):
@@ -424,9 +437,9 @@ def _split(tensor: torch.Tensor, sizes: list[int], parts: int) -> list[np.ndarra
     data = byte_view(tensor)
     if not sizes:
         return list(data.reshape(parts, -1))
-    if len(sizes) != parts or sum(sizes) != tensor.shape[0]:
+    if len(sizes) != parts or sum(sizes) != tensor.shape[0] or min(sizes) < 0:
         raise ValueError(f"all_to_all_single: split sizes {sizes} must be {parts} row counts "
-                         f"adding up to dim 0 of the tensor ({tuple(tensor.shape)})")
+                         f"(>= 0) adding up to dim 0 of the tensor ({tuple(tensor.shape)})")
     row_bytes = data.size // max(tensor.shape[0], 1)
     ends = np.cumsum([0, *sizes]) * row_bytes
     return [data[lo:hi] for lo, hi in zip(ends[:-1], ends[1:])]

@@ -28,7 +28,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ..errors import CollectiveError
+from ..errors import CollectiveError, MismatchError
 from ..p2p import Message
 from ..progress import Handle
 
@@ -105,13 +105,16 @@ class HandleWork(_FutureWork):
     the result tensors.
 
     The handles are one communicator's, so they complete in order: when the last is done,
-    all are. The first error among them fails the Work.
+    all are. The first error among them fails the Work; a MismatchError with `explain()`
+    added, where given (what the arrays the library compared stand for).
     """
 
-    def __init__(self, handles: Sequence[Handle], finish: Callable[[], Tensors]):
+    def __init__(self, handles: Sequence[Handle], finish: Callable[[], Tensors],
+                 explain: Callable[[], str] | None = None):
         super().__init__()
         self._handles = handles
         self._finish = finish
+        self._explain = explain
         if handles:
             handles[-1].add_done_callback(self._complete)
         else:
@@ -132,6 +135,9 @@ class HandleWork(_FutureWork):
             for handle in self._handles:
                 handle.wait()  # done already: never blocks
             value = self._finish()
+        except MismatchError as error:
+            self._future.set_exception(error if self._explain is None else
+                                       MismatchError(f"{error}; {self._explain()}"))
         except BaseException as error:  # noqa: BLE001 - handed to torch's future
             self._future.set_exception(error)
         else:

@@ -314,6 +314,12 @@ def check_one_rank_refusals(group, tally: Tally) -> None:
             [torch.zeros(3) for _ in range(p - odd)], torch.ones(3), group=group)),
         ("all_gather into a tensor of another size", lambda: dist.all_gather(
             [torch.zeros(3 + odd * (q == 0)) for q in range(p)], torch.ones(3), group=group)),
+        # splits adding up with a negative one wrapped around into blocks nobody asked for
+        # (the sixty-seventh review)
+        ("negative all_to_all_single split", lambda: dist.all_to_all_single(
+            torch.zeros(2 * p), torch.ones(2 * p), group=group,
+            input_split_sizes=[-1, 5] + [2] * (p - 2) if odd and p > 1 else [2] * p,
+            output_split_sizes=[2] * p)),
         ("all_to_all of lists one short", lambda: dist.all_to_all(
             [torch.zeros(2) for _ in range(p - odd)], [torch.ones(2) for _ in range(p - odd)],
             group=group)))
@@ -376,10 +382,23 @@ def check_one_rank_refusals(group, tally: Tally) -> None:
             dist.broadcast(ours, root, group=group)
             tally.check(p == 1, f"{kept.dtype} broadcast accepted: {ours}")
         except (ValueError, MismatchError) as error:
+            # the agreement compares the backend's int32 word rows: its message also names
+            # the tensors (it named rank 1's uint8 as int32 rows, the sixty-seventh review)
             tally.check(type(error) is refused and torch.equal(ours, kept)
                         and (refused is MismatchError or "bytes of torch.uint8, the root's "
-                             "(rank 0) 2 bytes of torch.bool" in str(error)),
+                             "(rank 0) 2 bytes of torch.bool" in str(error))
+                        and (refused is ValueError or "the root's (rank 0) 4 bytes of "
+                             "torch.uint8" in str(error) or "the root's (rank 0) 16 bytes of "
+                             "torch.uint8" in str(error)),
                         f"{kept.dtype}: {error!r}")
+    if p > 1:  # the same in an all-gather, which sends no byte counts: this rank's tensor
+        mine = torch.zeros(3, dtype=torch.uint8 if odd else torch.float32)
+        try:
+            dist.all_gather_into_tensor(torch.zeros(3 * p, dtype=mine.dtype), mine, group=group)
+            tally.check(False, "all_gather_into_tensor of uint8 and float32 accepted")
+        except MismatchError as error:
+            tally.check(f"this rank's tensor: {mine.dtype} of shape (3,)" in str(error),
+                        f"all_gather_into_tensor of uint8 and float32: {error}")
     if p > 1:  # blocks of another dtype landed unchecked (the thirty-ninth review)
         mine = torch.bool if odd else torch.uint8
         for what, call in (
