@@ -242,14 +242,19 @@ class _Run:
             if recv.reduce:
                 if io is not None and io.load_recv[j]:
                     self._move(io.load_recv[j], self.work, self.src)
-                if self.codec.staged:
+                paired = self.plan.reduce_after_send[done_round]
+                if self.codec.staged and paired:  # widened first: then as uncompressed
+                    wide = kernels.array_module(region).empty(region.shape, region.dtype)
+                    self.codec.decode_copy(wide, payload)
+                    _reduce_pair(region, region, wide, self.op, True,
+                                 recv.peer < self.transport.rank)
+                elif self.codec.staged:
                     self.codec.decode_reduce(region, payload, self.op)
                 else:
                     fresh = io is not None and io.fresh[j]
                     mine = (self.src[recv.lo: recv.hi] if fresh else region
                             if target is self.work else self.work[recv.lo: recv.hi])
-                    _reduce_pair(region, mine, payload, self.op,
-                                 self.plan.reduce_after_send[done_round],
+                    _reduce_pair(region, mine, payload, self.op, paired,
                                  recv.peer < self.transport.rank)
             else:
                 self.codec.decode_copy(region, payload)

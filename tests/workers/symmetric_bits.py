@@ -17,10 +17,13 @@ from tests.workers.common import Tally, digest, everyone
 
 
 def order_sensitive(count: int, rank: int) -> np.ndarray:
-    """-0.0 on even ranks, +0.0 on odd ones, and a rank-specific quiet NaN every 5th element."""
+    """-0.0 on even ranks, +0.0 on odd ones, a rank-specific quiet NaN every 5th element,
+    and a NaN whose sign differs between even and odd ranks every 5th from the 4th (16-bit
+    payloads drop the low bits, not the sign)."""
     x = np.full(count, -0.0 if rank % 2 == 0 else 0.0, np.float32)
     bits = x.view(np.uint32)
     bits[::5] = 0x7FC00001 + rank
+    bits[3::5] = 0xFFC00000 if rank % 2 else 0x7FC00000
     return x
 
 
@@ -29,16 +32,22 @@ def main() -> None:
     tally = Tally(comm.rank)
     names = [a for a in collectives.ALGORITHMS if a not in ("auto", "native")]
     cases = [(a, op, n) for a in names for op in ("sum", "max", "min") for n in (1, 10, 1001)]
-    cases += [(a, op, n) for a in ("native", "auto") for op in ("sum", "avg", "max", "min")
+    cases = [(a, op, n, None) for a, op, n in cases]
+    cases += [(a, op, n, None) for a in ("native", "auto") for op in ("sum", "avg", "max", "min")
               for n in (1, 10, 1001, 40000)]
+    # compressed, both partners of a pair reduce it too (halving_doubling): each put its
+    # own operand first, and ranks held different zeros and NaNs (the sixty-eighth review)
+    cases += [(a, op, n, c) for a in names for op in ("sum", "max", "min") for n in (10, 1001)
+              for c in ("fp16", "bf16")]
     digests = []
-    for algorithm, op, count in cases:
+    for algorithm, op, count, compression in cases:
         digests.append(digest(comm.allreduce(order_sensitive(count, comm.rank), op=op,
-                                             algorithm=algorithm)))
+                                             algorithm=algorithm, compression=compression)))
     gathered = everyone(digests)
-    for i, (algorithm, op, count) in enumerate(cases):
+    for i, (algorithm, op, count, compression) in enumerate(cases):
         tally.check(len({d[i] for d in gathered}) == 1,
-                    f"{algorithm} {op} count={count}: ranks hold different bits")
+                    f"{algorithm} {op} count={count} compression={compression}: ranks hold "
+                    "different bits")
     large_finite_sums_under_seterr_raise(comm, tally)
     tally.finish()
 
