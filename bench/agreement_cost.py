@@ -66,16 +66,18 @@ def measure(mpi, comms: dict, algorithm: str, nbytes: int, rounds: int,
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        algorithms = ops.algorithms_for("allreduce", args.algorithms,
-                                        ops.library_algorithms("allreduce"))
-    except ValueError as error:
-        parser.error(str(error))
-    if not algorithms:
-        parser.error(f"--algorithms {args.algorithms!r}: mpi is always measured; name the "
-                     "library's algorithms to measure beside it")
-    refuse_beyond_memory(parser, max(args.sizes), launch.ranks_here(args.np, None))
+    with launch.agreed_checks(parser):
+        args = parser.parse_args(argv)
+        try:
+            algorithms = ops.algorithms_for("allreduce", args.algorithms,
+                                            ops.library_algorithms("allreduce"))
+        except ValueError as error:
+            parser.error(str(error))
+        if not algorithms:
+            parser.error(f"--algorithms {args.algorithms!r}: mpi is always measured; name the "
+                         "library's algorithms to measure beside it")
+        refuse_beyond_memory(parser, max(args.sizes), launch.ranks_here(args.np, None),
+                             flag="--sizes")
     launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np)
     from mpi4py import MPI
 

@@ -34,6 +34,7 @@ from bench.reference import DTYPE_ALIASES, DTYPES, REDOPS, WIRE_EPS
 __all__ = ["build_parser", "main"]
 
 _MODULE = "bench.allreduce_perf"
+ROOTED = ("broadcast", "reduce")  # the collectives --root is for
 
 
 def _dtype(text: str) -> str:
@@ -147,7 +148,7 @@ def _library_algorithms(args: argparse.Namespace, library: Any, *, nranks: int) 
                                     ops.library_algorithms(args.collective))
     if args.device != "cpu" and MPI_BASELINE in (args.algorithms or "").split(","):
         raise ValueError("the mpi column reads host buffers: leave it out with --device gpu")
-    if not 0 <= args.root < nranks:
+    if args.collective in ROOTED and not 0 <= args.root < nranks:
         raise ValueError(f"--root {args.root} is not a rank of {nranks}")
     return algorithms
 
@@ -199,16 +200,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when every check passed, 1 when some element was wrong."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        options = harness.sweep_options(args)
-    except ValueError as error:
-        parser.error(str(error))
-    problem = _usage_problem(args, options)
-    if problem is not None:
-        parser.error(problem)
-    lab = launch.lab_request(parser, args)
-    refuse_beyond_memory(parser, args.maxbytes, launch.ranks_here(args.np, lab))
+    with launch.agreed_checks(parser):
+        args = parser.parse_args(argv)
+        try:
+            options = harness.sweep_options(args)
+        except ValueError as error:
+            parser.error(str(error))
+        problem = _usage_problem(args, options)
+        if problem is not None:
+            parser.error(problem)
+        lab = launch.lab_request(parser, args)
+        refuse_beyond_memory(parser, args.maxbytes, launch.ranks_here(args.np, lab))
     launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np, lab=lab)
 
     from mpi4py import MPI

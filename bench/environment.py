@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import os
 import platform
 import socket
@@ -62,8 +63,21 @@ def write_json(path: str, document: Mapping[str, object]) -> None:
     """Write ``document`` to ``path`` atomically (``collectives.files.write_atomically``:
     through a new file of its own, so concurrent writers and a planted ``.tmp`` do not
     tear it or send it elsewhere; a symlink at ``path`` is replaced, never followed, and a
-    folder, FIFO, socket or device there is refused)."""
-    write_atomically(Path(path), json.dumps(document, indent=1) + "\n")
+    folder, FIFO, socket or device there is refused). A non-finite number (a prediction
+    of a cost model whose finite figures overflowed) is written as null: JSON has no
+    Infinity or NaN, and readers refuse the file (the sixty-ninth review)."""
+    write_atomically(Path(path), json.dumps(_finite(document), indent=1, allow_nan=False) + "\n")
+
+
+def _finite(value):
+    """`value` with every float that is inf or NaN, at any depth, made None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 # Per rank the largest message is held about this many times over (x, out, the library's

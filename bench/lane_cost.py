@@ -80,12 +80,15 @@ def calls(comm, raw, collective: str, nbytes: int) -> dict[str, Callable[[], obj
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    names = args.collectives.split(",")
-    unknown = sorted(set(names) - set(PLANS))
-    if unknown:
-        parser.error(f"unknown collectives {', '.join(unknown)}; choose from {', '.join(PLANS)}")
-    refuse_beyond_memory(parser, max(args.sizes), launch.ranks_here(args.np, None))
+    with launch.agreed_checks(parser):
+        args = parser.parse_args(argv)
+        names = args.collectives.split(",")
+        unknown = sorted(set(names) - set(PLANS))
+        if unknown:
+            parser.error(f"unknown collectives {', '.join(unknown)}; choose from "
+                         f"{', '.join(PLANS)}")
+        refuse_beyond_memory(parser, max(args.sizes), launch.ranks_here(args.np, None),
+                             flag="--sizes")
     launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np)
     from mpi4py import MPI
 

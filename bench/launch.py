@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["LAUNCHER_VARIABLES", "PROGRESS_TTY", "LabRequest", "add_lab_arguments",
-           "add_launch_argument", "ensure_launched", "find_mpiexec", "lab_request",
+           "add_launch_argument", "agreed_checks", "ensure_launched", "find_mpiexec", "lab_request",
            "lab_tuning_environment", "launch_command", "link_bytes_per_s", "under_launcher",
            "world_size"]
 
@@ -290,6 +291,61 @@ def _run_on_lab(*, module: str, argv: Sequence[str], lab: LabRequest) -> int:
         print(f"error: mpiexec on lab {cluster.name} was killed by signal {outcome.signal}",
               file=sys.stderr)
     return outcome.exit_status
+
+
+class _Refused(Exception):
+    """A check's refusal held until the ranks compare theirs (`agreed_checks`)."""
+
+
+@contextlib.contextmanager
+def agreed_checks(parser: argparse.ArgumentParser):
+    """Checks whose `parser.error` every rank shares.
+
+    Under a launcher each rank checks for itself, and a check of the machine (a --json
+    folder present on one node only, its memory) may fail on one rank: that rank exited
+    alone and the others waited in MPI for good (the sixty-ninth review). Inside the block
+    `parser.error` is held; leaving it, the ranks compare their refusals, and where any
+    rank has one, rank 0 says it (naming the ranks unless all have it) and every rank
+    exits with status 2. Outside a launcher `parser.error` runs as it is.
+
+    Example::
+
+        with launch.agreed_checks(parser):
+            args = parser.parse_args(argv)
+            environment.check_writable(args.json)   # ValueError: parser.error it
+    """
+    refuse = parser.error
+
+    def hold(message: str):
+        raise _Refused(message)
+
+    parser.error = hold
+    problem = None
+    try:
+        yield
+    except _Refused as refused:
+        problem = str(refused)
+    finally:
+        del parser.error  # (the class's again)
+    if not under_launcher():
+        if problem is not None:
+            refuse(problem)
+        return
+    from mpi4py import MPI
+
+    problems = MPI.COMM_WORLD.allgather(problem)
+    first = next((p for p in problems if p is not None), None)
+    if first is None:
+        return
+    if MPI.COMM_WORLD.rank == 0:
+        ranks = [r for r, p in enumerate(problems) if p == first]
+        refuse(first if len(ranks) == len(problems) else
+               f"{_ranks_named(ranks)} (of {len(problems)}): {first}")
+    sys.exit(2)
+
+
+def _ranks_named(ranks: list[int]) -> str:
+    return f"rank {ranks[0]}" if len(ranks) == 1 else f"ranks {', '.join(map(str, ranks))}"
 
 
 def ensure_launched(*, module: str, argv: Sequence[str], nranks: int,

@@ -84,11 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     parser.prog = "python -m bench.shm_perf"
-    args = parser.parse_args(argv)
-    try:
-        options = harness.sweep_options(args)
-    except ValueError as error:
-        parser.error(str(error))
+    with launch.agreed_checks(parser):
+        args = parser.parse_args(argv)
+        try:
+            options = harness.sweep_options(args)
+        except ValueError as error:
+            parser.error(str(error))
     launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np)
 
     from mpi4py import MPI

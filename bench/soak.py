@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bench import environment, launch
+from bench.arguments import refuse_beyond_memory
 from bench.reference import CODES, Expected, element_codes, rounding_eps, value_table
 
 __all__ = ["Case", "Data", "draw", "main"]
@@ -333,17 +334,21 @@ def _checked_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, tuple[s
     import collectives
 
     parser = build_parser()
-    args = parser.parse_args(argv)
-    problem = _usage_problem(args)
-    if problem is not None:
-        parser.error(problem)
-    try:
-        algorithms = _algorithms(args.algorithms, collectives.ALGORITHMS)
-        if args.json is not None:
-            environment.check_writable(args.json)
-    except ValueError as error:
-        parser.error(str(error))
-    return args, algorithms, launch.lab_request(parser, args)
+    with launch.agreed_checks(parser):
+        args = parser.parse_args(argv)
+        problem = _usage_problem(args)
+        if problem is not None:
+            parser.error(problem)
+        try:
+            algorithms = _algorithms(args.algorithms, collectives.ALGORITHMS)
+            if args.json is not None:
+                environment.check_writable(args.json)
+        except ValueError as error:
+            parser.error(str(error))
+        lab = launch.lab_request(parser, args)
+        refuse_beyond_memory(parser, args.max_count * 8, launch.ranks_here(args.np, lab),
+                             flag="--max-count")
+    return args, algorithms, lab
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -66,6 +66,21 @@ def _number(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _fitted(text: str, width: int) -> str:
+    """`text` with a space before it in a cell of `width`: a decimal too wide in fewer
+    significant digits, anything else (a count) after a space, the line growing (cells ran
+    together: 81412.7 beside 1200000.0 read as one number, the sixty-ninth review)."""
+    if len(text) < width:
+        return text
+    if "." in text:
+        value = float(text)
+        for digits in range(width - 2, 0, -1):
+            short = f"{value:.{digits}g}"
+            if len(short) < width:
+                return short
+    return " " + text
+
+
 def _ratio(row: "Row", base: "Row | None") -> str:
     return "-" if base is None or base.time_us <= 0 else f"{row.time_us / base.time_us:.2f}"
 
@@ -150,8 +165,8 @@ class Layout:
         first = rows[0]
         bound = "" if self.link is None else f"{self.link.seconds(first.size) * 1e6:.1f}"
         base = next((row for row in rows if row.label == self.baseline), None)
-        groups = ["".join(f"{cell.text(row, base):>{cell.width}}" for cell in self.cells)
-                  for row in rows]
+        groups = ["".join(f"{_fitted(cell.text(row, base), cell.width):>{cell.width}}"
+                          for cell in self.cells) for row in rows]
         return " |".join([self._lead(str(first.size), str(first.count), bound), *groups])
 
 

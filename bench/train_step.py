@@ -295,9 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Train every variant; 0 when each matched its baseline (and its ranks agreed), else 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, hooks, apis = parse_arguments(parser, argv)
-    launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np,
-                           lab=launch.lab_request(parser, args))
+    with launch.agreed_checks(parser):
+        args, hooks, apis = parse_arguments(parser, argv)
+        lab = launch.lab_request(parser, args)
+    launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np, lab=lab)
 
     import torch
     import torch.distributed as dist

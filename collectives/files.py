@@ -57,18 +57,19 @@ def write_atomically(path: Path, content: str | Callable[[BinaryIO], object]) ->
     one, never a part. `content` is text (UTF-8), or a function that writes the bytes into
     the binary file it is given (``figure.savefig``). Written through a new file of its own
     beside it (O_EXCL, a random name: a planted symlink is not followed, and concurrent
-    writers do not share it), with the permissions a plain open would give it (0666 less
-    the umask). A symlink at `path` is replaced, never followed; ValueError for a folder,
+    writers do not share it), with the permissions a plain open would leave: a regular
+    file's own where one is there, else 0666 less the umask. A symlink at `path` is replaced, never followed; ValueError for a folder,
     FIFO, socket or device there (os.replace would put a file in a device's place)."""
     path = Path(path)
     kind = special_file(path)
     if kind is not None:
         raise ValueError(f"{path} is {kind}, not a regular file: not replaced")
+    mode = _own_mode(path)
     # (a name of 255 bytes is a file's longest: its own would not fit beside ".x.tmp")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name[:200] + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~_umask())
+            os.fchmod(handle.fileno(), mode)
             if callable(content):
                 content(handle)
             else:
@@ -77,6 +78,15 @@ def write_atomically(path: Path, content: str | Callable[[BinaryIO], object]) ->
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def _own_mode(path: Path) -> int:
+    """The permission bits of the regular file at `path`, else 0666 less the umask."""
+    try:
+        status = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0o666 & ~_umask()
+    return stat.S_IMODE(status.st_mode) if stat.S_ISREG(status.st_mode) else 0o666 & ~_umask()
 
 
 def check_writable(path: str | Path) -> None:

@@ -257,6 +257,25 @@ def test_table_is_aligned():
                                 "1234.6", "6.12", "12.25", "N/A"]
 
 
+def test_cells_too_wide_for_their_column_never_run_together():
+    """A time of 81412.7 us beside a prediction of 1200000.0 read as one number, and a
+    prediction of 1e300 printed 300 digits (the sixty-ninth review): a number too wide for
+    its cell takes a shorter form, and every cell keeps a space before it."""
+    layout = _layout("wide")
+    huge = harness.Row(size=1 << 27, count=1 << 25, label="native", fields={},
+                       time_us=81412.712, algbw=1.65, busbw=1.65, wrong=12345678,
+                       predicted_us=1.2e6)
+    cells = layout.line([huge, _row(1 << 27, "mpi", 1.0, time_us=0.5)]).split("|")[1].split()
+    assert len(cells) == 6, cells  # (no node column on one node)
+    time, pred, ratio, *_, wrong = cells
+    assert float(time) == pytest.approx(81412.7) and float(pred) == pytest.approx(1.2e6)
+    assert float(ratio) == pytest.approx(162825.4, rel=1e-3) and wrong == "12345678"
+    absurd = harness.Row(size=8, count=2, label="native", fields={}, time_us=1.0, algbw=0.0,
+                         busbw=0.0, wrong=0, predicted_us=1e300)
+    cells = layout.line([absurd]).split("|")[1].split()
+    assert cells[1] == "1e+300", cells
+
+
 def test_latency_line_gives_time_against_the_baseline():
     layout = _layout(sizes=(8, 64))  # sizes below 1 MiB: the latency layout
     line = layout.line([_row(64, "mpi", 1.0, time_us=10.0), _row(64, "ring", 1.0, time_us=25.0)])
@@ -330,6 +349,29 @@ def test_progress_writes_a_step_per_interval_and_the_last():
         now[0] += 0.3
     assert stream == ["[1/10] step 1\n", "[5/10] step 5\n", "[9/10] step 9\n",
                       "[10/10] step 10\n"]
+
+
+def test_root_is_checked_only_for_the_collectives_that_have_one():
+    """-r 5 on 2 ranks refused an all-reduce, which has no root (the sixty-ninth review)."""
+    from bench import allreduce_perf
+
+    allreduce = build_parser().parse_args(["-r", "5", "--algorithms", "ring"])
+    assert allreduce_perf._library_algorithms(allreduce, None, nranks=2) == ("ring",)
+    broadcast = build_parser().parse_args(["-r", "5", "--collective", "broadcast"])
+    with pytest.raises(ValueError, match="--root 5 is not a rank of 2"):
+        allreduce_perf._library_algorithms(broadcast, None, nranks=2)
+
+
+def test_write_json_writes_non_finite_numbers_as_null(tmp_path):
+    """A cost model's prediction that overflowed was written as Infinity, which is not JSON
+    (the sixty-ninth review)."""
+    path = tmp_path / "rows.json"
+    environment.write_json(str(path), {"rows": [{"predicted_time_us": float("inf"),
+                                                 "time_us": 1.5, "runs": (float("nan"), 2.0)}]})
+    text = path.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text) == {"rows": [{"predicted_time_us": None, "time_us": 1.5,
+                                          "runs": [None, 2.0]}]}
 
 
 def test_write_json_is_atomic(tmp_path):
@@ -760,3 +802,26 @@ def test_check_writable_leaves_nothing_and_takes_the_longest_name(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
     with pytest.raises(ValueError, match="a folder"):
         check_writable(str(tmp_path))
+
+
+@pytest.mark.parametrize("module, args", [
+    ("bench.allreduce_perf", ["-b", "8", "-e", "8", "-n", "1", "--json", "sub/x.json"]),
+    ("bench.report", ["--quick", "--out", "sub/report"]),
+])
+def test_a_check_failing_on_one_rank_ends_every_rank(tmp_path, module, args):
+    """A folder present on rank 0's node only (here: each rank's working folder): the rank
+    that refused exited alone and the other waited in MPI for good (the sixty-ninth review).
+    Now every rank exits with status 2 and rank 0 names the rank."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "a" / "sub").mkdir()
+    (tmp_path / "b" / "sub").write_text("a file where rank 1 needs a folder")
+    command = [launch.find_mpiexec()]
+    for name in ("a", "b"):
+        command += ["-n", "1", "-wdir", str(tmp_path / name), sys.executable, "-m", module,
+                    *args, *([":"] if name == "a" else [])]
+    proc = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "error: rank 1 (of 2): " in proc.stderr, proc.stderr
+    assert proc.stderr.count("error:") == 1, proc.stderr

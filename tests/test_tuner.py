@@ -502,6 +502,18 @@ def test_the_tuning_file_gets_the_umask_s_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644
 
 
+def test_a_rewritten_file_keeps_its_own_permissions(tmp_path):
+    """A private (0600) results or tuning file became 0644 when rewritten; a plain open
+    keeps an existing file's mode (the sixty-ninth review)."""
+    path = tmp_path / "tuning.json"
+    write_calibration(DEFAULT_CALIBRATION, path)
+    path.chmod(0o600)
+    write_calibration(DEFAULT_CALIBRATION, path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    write_atomically(path, "x")
+    assert path.stat().st_mode & 0o777 == 0o600 and path.read_text() == "x"
+
+
 def test_writing_never_sets_the_umask(tmp_path, monkeypatch):
     """Reading the umask by setting it, even for an instant, raced with other threads'
     writes: files of 0600 and the process's umask left at 077 (the fortieth review)."""

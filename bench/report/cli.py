@@ -121,34 +121,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Write the report; 0 when every result was right, 1 when any was wrong."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        shapes = (load_clusters(json.loads(read_regular(Path(args.cluster), CLUSTER_MAX_BYTES)))
-                  if args.cluster else default_clusters())
-    except (OSError, ValueError, RecursionError) as error:
-        parser.error(f"--cluster {args.cluster}: {error}")
-    if args.max_bytes is not None and args.max_bytes < MIN_BYTES:
-        parser.error(f"--max-bytes must be at least {MIN_BYTES} bytes (the smallest size "
-                     f"measured), got {args.max_bytes}")
-    lab = launch.lab_request(parser, args)
-    nranks = launch.world_size(args.np, lab)
-    if nranks is not None and nranks < 2:  # (else said by the ranks, below)
-        parser.error(f"{_TWO_RANKS}, got {nranks}")
-    refuse_beyond_memory(parser, _largest(args), launch.ranks_here(args.np, lab),
-                         flag="--max-bytes")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out {args.out} is a file: name a folder (made if missing)")
-    blocked = next(((name, kind) for name in _outputs(args)
-                    if (kind := special_file(out / name))), None)
-    if blocked:
-        parser.error(f"--out {args.out}: {blocked[0]} there is not a plain file but "
-                     f"{blocked[1]} (the report writes it): move it away or name another folder")
-    try:  # made here: a folder that cannot be made is refused before any rank starts
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
-    except OSError as error:
-        parser.error(f"--out {args.out}: cannot write there ({error.strerror or error})")
+    with launch.agreed_checks(parser):
+        args = parser.parse_args(argv)
+        try:
+            shapes = (load_clusters(json.loads(read_regular(Path(args.cluster),
+                                                            CLUSTER_MAX_BYTES)))
+                      if args.cluster else default_clusters())
+        except (OSError, ValueError, RecursionError) as error:
+            parser.error(f"--cluster {args.cluster}: {error}")
+        if args.max_bytes is not None and args.max_bytes < MIN_BYTES:
+            parser.error(f"--max-bytes must be at least {MIN_BYTES} bytes (the smallest size "
+                         f"measured), got {args.max_bytes}")
+        lab = launch.lab_request(parser, args)
+        nranks = launch.world_size(args.np, lab)
+        if nranks is not None and nranks < 2:  # (else said by the ranks, below)
+            parser.error(f"{_TWO_RANKS}, got {nranks}")
+        refuse_beyond_memory(parser, _largest(args), launch.ranks_here(args.np, lab),
+                             flag="--max-bytes")
+        out = Path(args.out)
+        if not args.out:  # (Path("") is the current folder, its report.md replaced)
+            parser.error("--out is empty: name a folder (made if missing)")
+        if out.exists() and not out.is_dir():
+            parser.error(f"--out {args.out} is a file: name a folder (made if missing)")
+        blocked = next(((name, kind) for name in _outputs(args)
+                        if (kind := special_file(out / name))), None)
+        if blocked:
+            parser.error(f"--out {args.out}: {blocked[0]} there is not a plain file but "
+                         f"{blocked[1]} (the report writes it): move it away or name another "
+                         "folder")
+        try:  # made here: a folder that cannot be made is refused before any rank starts
+            out.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=out).close()
+        except OSError as error:
+            parser.error(f"--out {args.out}: cannot write there ({error.strerror or error})")
     launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np, lab=lab)
 
     from mpi4py import MPI
