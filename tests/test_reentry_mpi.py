@@ -40,3 +40,10 @@ def test_an_uncaught_exception_is_reported_after_torch_distributed_started():
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert "RuntimeError: boom on rank" in proc.stderr and "ends the job" in proc.stderr, \
         proc.stderr
+
+
+def test_a_communicator_made_after_one_gave_up_takes_none_of_its_messages():
+    """Ranks interrupted in a ring all-reduce close; the next communicator got the freed
+    context id back and the abandoned call's messages with it: wrong sums (the seventieth
+    review). A communicator that gave up on a collective is no longer freed."""
+    run_workers(2, "stale_messages", timeout=120)

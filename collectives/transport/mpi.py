@@ -287,6 +287,7 @@ class MPITransport:
         self._notices = _Notices(self._control)
         self._seq = 0
         self._abandoned: list = []  # requests given up on, kept alive with their buffers
+        self._gave_up = False  # on some collective: the communicators are never freed
         self._closed = False
         self._pid = os.getpid()  # a forked child's exit does not close the rank's transport
         atexit.register(self.close)
@@ -338,6 +339,7 @@ class MPITransport:
             if request is not None and request != MPI.REQUEST_NULL:
                 request.Cancel()
         self._abandoned.extend(r for r in (*sends, *receives) if r is not None)
+        self._gave_up = True
 
     def native_allreduce(self, src: np.ndarray, dst: np.ndarray, op: str, deadline: float) -> None:
         """MPI's all-reduce of `src` into `dst`; `src is dst` reduces in place."""
@@ -530,12 +532,16 @@ class MPITransport:
             self._release()
 
     def _release(self) -> None:
-        """Withdraw the posted receives and free the communicators (MPI_Finalize frees
-        those whose requests cannot be completed)."""
+        """Withdraw the posted receives and free the communicators, unless a collective was
+        given up on: a peer's message for it (an eager send is not cancellable) may still
+        arrive, and a communicator made later got the freed one's context id back and took
+        it for one of its own: every later communicator's call of that number returned
+        wrong sums, and left its own message behind for the next (the seventieth review).
+        MPI_Finalize frees those kept."""
         self._records.cancel(self)
         self._notices.cancel(self)
         self._abandoned = _settle(self._abandoned, time.monotonic() + 0.1)
-        if not self._abandoned:
+        if not self._abandoned and not self._gave_up:
             self._records.free()
             self._control.Free()
             self._p2p.Free()
