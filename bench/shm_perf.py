@@ -4,7 +4,8 @@ The all-reduce benchmark of :mod:`bench.allreduce_perf`, with every algorithm me
 twice in the same run: ``ALG/shm`` (ranks on a node read each other's data from MPI-3
 shared windows, ``COLLECTIVES_SHM=1``) and ``ALG/mpi`` (``COLLECTIVES_SHM=0``: MPI send/recv), next
 to ``native`` (MPI_Allreduce), the baseline here: ``mpi`` names the exchange. Same flags,
-columns and checks as collectives-bench.
+columns and checks as collectives-bench, of its flags those of an all-reduce sweep on one
+machine (the others, such as --compression or --nodes, are refused).
 
 Example::
 
@@ -22,12 +23,17 @@ from typing import Any
 
 from bench import environment, harness, launch, ops, table
 from bench.allreduce_perf import build_parser
+from bench.arguments import refuse_beyond_memory
 from bench.ops.allreduce import AllReduce, AllReduceSample, AllReduceVariant
 from bench.reference import DTYPES
 
 __all__ = ["ExchangeVariant", "main"]
 
 _MODULE = "bench.shm_perf"
+# collectives-bench's flags this tool does not apply (they were accepted and ignored: the
+# sixty-ninth review)
+_NOT_TAKEN = ("collective", "root", "compression", "tensors", "deterministic", "device",
+              "transport", "calibrate", "quick", "nodes", "ppn", "link", "lab_timeout")
 
 
 @dataclass(frozen=True)
@@ -86,10 +92,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.prog = "python -m bench.shm_perf"
     with launch.agreed_checks(parser):
         args = parser.parse_args(argv)
+        defaults = parser.parse_args([])
+        given = [f"--{dest.replace('_', '-')}" for dest in _NOT_TAKEN
+                 if getattr(args, dest) != getattr(defaults, dest)]
+        if given:
+            parser.error(f"{', '.join(given)}: not taken here (an all-reduce sweep on one "
+                         "machine); use collectives-bench")
         try:
             options = harness.sweep_options(args)
         except ValueError as error:
             parser.error(str(error))
+        refuse_beyond_memory(parser, args.maxbytes, launch.ranks_here(args.np, None))
     launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np)
 
     from mpi4py import MPI

@@ -825,3 +825,17 @@ def test_a_check_failing_on_one_rank_ends_every_rank(tmp_path, module, args):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "error: rank 1 (of 2): " in proc.stderr, proc.stderr
     assert proc.stderr.count("error:") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("flags", [["--compression", "fp16"], ["--nodes", "2", "--ppn", "2"],
+                                   ["--collective", "alltoall"], ["-e", "1T"]])
+def test_shm_perf_refuses_what_it_would_not_apply(flags):
+    """Flags of collectives-bench that shm_perf accepted and ignored (a lab request ran on
+    one host, --calibrate wrote nothing), and sizes beyond memory refused only after the
+    ranks started (the sixty-ninth review): refused before any rank starts."""
+    proc = subprocess.run([sys.executable, "-m", "bench.shm_perf", "-b", "8", *flags],
+                          cwd=ROOT, env=_self_launch_env(PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert (flags[0] if flags[0] != "-e" else "lower -e") in proc.stderr.splitlines()[-1]
+    assert proc.stdout == "", proc.stdout
