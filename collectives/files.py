@@ -58,8 +58,9 @@ def write_atomically(path: Path, content: str | Callable[[BinaryIO], object]) ->
     the binary file it is given (``figure.savefig``). Written through a new file of its own
     beside it (O_EXCL, a random name: a planted symlink is not followed, and concurrent
     writers do not share it), with the permissions a plain open would leave: a regular
-    file's own where one is there, else 0666 less the umask. A symlink at `path` is replaced, never followed; ValueError for a folder,
-    FIFO, socket or device there (os.replace would put a file in a device's place)."""
+    file's own where one is there, else 0666 less the umask. A symlink at `path` is
+    replaced, never followed; ValueError for a folder, FIFO, socket or device there
+    (os.replace would put a file in a device's place)."""
     path = Path(path)
     kind = special_file(path)
     if kind is not None:
