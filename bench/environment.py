@@ -66,7 +66,8 @@ def write_json(path: str, document: Mapping[str, object]) -> None:
     folder, FIFO, socket or device there is refused). A non-finite number (a prediction
     of a cost model whose finite figures overflowed) is written as null: JSON has no
     Infinity or NaN, and readers refuse the file (the sixty-ninth review)."""
-    write_atomically(Path(path), json.dumps(_finite(document), indent=1, allow_nan=False) + "\n")
+    text = json.dumps(_finite(document), indent=1, allow_nan=False)
+    write_atomically(Path(path), text + "\n")
 
 
 def _finite(value):

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["LAUNCHER_VARIABLES", "PROGRESS_TTY", "LabRequest", "add_lab_arguments",
-           "add_launch_argument", "agreed_checks", "ensure_launched", "find_mpiexec", "lab_request",
-           "lab_tuning_environment", "launch_command", "link_bytes_per_s", "under_launcher",
-           "world_size"]
+           "add_launch_argument", "agreed_checks", "ensure_launched", "find_mpiexec",
+           "lab_request", "lab_tuning_environment", "launch_command", "link_bytes_per_s",
+           "under_launcher", "world_size"]
 
 # Set by the process managers of MPICH/Intel MPI (PMI), Open MPI, PMIx, MVAPICH and Slurm.
 LAUNCHER_VARIABLES = (
