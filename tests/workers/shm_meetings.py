@@ -9,6 +9,11 @@ Usage: COLLECTIVES_SHM=1 mpiexec -n 2 python -m tests.workers.shm_meetings MODE 
   held          rank 1 is held between seeing every rank arrive and being ready (as by
                 SIGSTOP or swapping) for longer than rank 0's deadline and grace
   interrupted   rank 1 is interrupted (KeyboardInterrupt) right after it arrived
+  interrupted-after-allocating
+                rank 1 is interrupted right after MPI_Win_allocate_shared returned, before
+                the transport kept the new window: the ranks then disagreed on which
+                windows exist, and every rank hung in MPI_Win_free at exit (the
+                seventy-first review)
 
 Each rank writes the error it got to OUTDIR/rank<r>.json, then the program ends normally
 (no abort), so each rank closes its transport at exit. Before the node met through the
@@ -28,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 import collectives
+from collectives.transport import shm
 from collectives.transport.shm import _ARRIVED, _READY, ShmTransport
 
 TIMEOUT = 2.0
@@ -69,6 +75,17 @@ class _InterruptAfterArriving:
         return getattr(self._window, name)
 
 
+def interrupt_after_allocating() -> None:
+    """The next window allocation returns, then a KeyboardInterrupt lands."""
+    allocate = shm._allocate
+
+    def allocated_then_interrupted(node, nbytes):
+        allocate(node, nbytes)
+        raise KeyboardInterrupt
+
+    shm._allocate = allocated_then_interrupted
+
+
 def main() -> None:
     mode, outdir = sys.argv[1], Path(sys.argv[2])
     comm = collectives.init(timeout=TIMEOUT)
@@ -86,6 +103,8 @@ def main() -> None:
             hold_before_ready(transport)
         elif mode == "interrupted":
             transport._ctrl_win = _InterruptAfterArriving(transport)
+        elif mode == "interrupted-after-allocating":
+            interrupt_after_allocating()
     seen: dict[str, object] = {"rank": comm.rank, "error": None}
     start = time.monotonic()
     try:
