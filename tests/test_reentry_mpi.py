@@ -47,3 +47,9 @@ def test_a_communicator_made_after_one_gave_up_takes_none_of_its_messages():
     context id back and the abandoned call's messages with it: wrong sums (the seventieth
     review). A communicator that gave up on a collective is no longer freed."""
     run_workers(2, "stale_messages", timeout=120)
+
+
+def test_close_after_an_interrupt_as_the_records_came_back():
+    """The records' completed persistent receives were cancelled at close: mpi4py's own
+    exception (the seventy-first review)."""
+    run_workers(2, "interrupted_close", timeout=60)
