@@ -262,3 +262,16 @@ def test_fusion_bytes_takes_numpy_integers_as_root_does(given):
 def test_fusion_bytes_refuses_what_is_no_positive_integer(bad):
     with pytest.raises(ValueError, match="fusion_bytes must be a positive int, got"):
         CallOptions.parse(fusion_bytes=bad)
+
+
+def test_a_disagreement_on_a_setting_names_its_environment_variable():
+    """Ranks whose COLLECTIVES_FUSION_BYTES differ were told only that they disagree on
+    the call's fusion_bytes, which no rank passed (the sixty-sixth review's note)."""
+    from collectives.agreement import differences
+
+    said = differences([{"fusion_bytes": "64", "shape": "(3,)"},
+                        {"fusion_bytes": "32", "shape": "(3,)"}])
+    assert said == ("rank 0 has fusion_bytes 64, rank 1 has 32 (the argument, or "
+                    "COLLECTIVES_FUSION_BYTES where it is not given)")
+    assert differences([{"shape": "(3,)"}, {"shape": "(4,)"}]) == \
+        "rank 0 has shape (3,), rank 1 has (4,)"
