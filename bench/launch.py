@@ -306,7 +306,8 @@ def agreed_checks(parser: argparse.ArgumentParser):
     alone and the others waited in MPI for good (the sixty-ninth review). Inside the block
     `parser.error` is held; leaving it, the ranks compare their refusals, and where any
     rank has one, rank 0 says it (naming the ranks unless all have it) and every rank
-    exits with status 2. Outside a launcher `parser.error` runs as it is.
+    exits with status 2. Outside a launcher, or without mpi4py, `parser.error` runs as it
+    is. Refusals only: a rank that raises anything else leaves the others waiting.
 
     Example::
 
@@ -327,21 +328,31 @@ def agreed_checks(parser: argparse.ArgumentParser):
         problem = str(refused)
     finally:
         del parser.error  # (the class's again)
-    if not under_launcher():
+    world = _launched_world()
+    if world is None:
         if problem is not None:
             refuse(problem)
         return
-    from mpi4py import MPI
-
-    problems = MPI.COMM_WORLD.allgather(problem)
+    problems = world.allgather(problem)
     first = next((p for p in problems if p is not None), None)
     if first is None:
         return
-    if MPI.COMM_WORLD.rank == 0:
+    if world.rank == 0:
         ranks = [r for r, p in enumerate(problems) if p == first]
         refuse(first if len(ranks) == len(problems) else
                f"{_ranks_named(ranks)} (of {len(problems)}): {first}")
     sys.exit(2)
+
+
+def _launched_world():
+    """MPI's world communicator under a launcher (None outside one, or without mpi4py)."""
+    if not under_launcher():
+        return None
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return None
+    return MPI.COMM_WORLD
 
 
 def _ranks_named(ranks: list[int]) -> str:

@@ -198,7 +198,7 @@ class _Records:
         return [p for p, _ in pending]
 
     def cancel(self, transport: "MPITransport") -> None:
-        transport.abandon((), self._recvs)
+        transport.withdraw((), self._recvs)
         self._recvs = []
 
     def free(self) -> None:
@@ -262,7 +262,7 @@ class _Notices:
 
     def cancel(self, transport: "MPITransport") -> None:
         if self._recv is not None:
-            transport.abandon(self._sent, [self._recv])
+            transport.withdraw(self._sent, [self._recv])
             self._recv = None
 
 
@@ -287,7 +287,7 @@ class MPITransport:
         self._notices = _Notices(self._control)
         self._seq = 0
         self._abandoned: list = []  # requests given up on, kept alive with their buffers
-        self._gave_up = False  # on some collective: the communicators are never freed
+        self._gave_up = False  # on a collective or message: communicators never freed
         self._closed = False
         self._pid = os.getpid()  # a forked child's exit does not close the rank's transport
         atexit.register(self.close)
@@ -334,7 +334,21 @@ class MPITransport:
             pass
         return CollectiveError(f"rank {self.rank}: {text} (a peer may have ended)")
 
+    @property
+    def gave_up(self) -> bool:
+        """Whether a collective or message was given up on (then no communicator of this
+        transport is freed: a peer's message for it may still arrive, and a communicator
+        made later would take it for its own)."""
+        return self._gave_up
+
     def abandon(self, sends: Sequence[MPI.Request], receives: Sequence[MPI.Request]) -> None:
+        """Requests of a collective or message given up on: withdrawn (`gave_up`)."""
+        self.withdraw(sends, receives)
+        self._gave_up = True
+
+    def withdraw(self, sends: Sequence[MPI.Request], receives: Sequence[MPI.Request]) -> None:
+        """Cancel `receives` and keep every request alive with its buffer (as leaving
+        withdraws the control receives it posted ahead)."""
         for request in receives:
             if request is not None and request != MPI.REQUEST_NULL:
                 try:
@@ -342,7 +356,6 @@ class MPITransport:
                 except MPI.Exception:  # a persistent receive that completed (inactive: an
                     pass  # interrupt after the records came; the seventy-first review)
         self._abandoned.extend(r for r in (*sends, *receives) if r is not None)
-        self._gave_up = True
 
     def native_allreduce(self, src: np.ndarray, dst: np.ndarray, op: str, deadline: float) -> None:
         """MPI's all-reduce of `src` into `dst`; `src is dst` reduces in place."""
@@ -481,6 +494,8 @@ class MPITransport:
                 raise PeerError(f"rank {self.rank}: {notice}")
 
     def tell_peers(self, kind: str, seq: int) -> None:
+        if kind == "gave up":  # (also where nothing was pending here: a peer's data may
+            self._gave_up = True  # be on its way, sent before it heard)
         if not self._closed:
             self._notices.tell(self.rank, self.size, kind, seq)
 

@@ -413,7 +413,8 @@ class ShmTransport(LeftToMPI):
                 win.Unlock_all()
                 win.Free()
         self._data_win = None
-        self._wire.Free()
+        if not self.mpi.gave_up:  # (the wire's messages, as the MPI transport's)
+            self._wire.Free()
         self.node.Free()
         self.mpi.close()
 
