@@ -52,4 +52,10 @@ def test_a_communicator_made_after_one_gave_up_takes_none_of_its_messages():
 def test_close_after_an_interrupt_as_the_records_came_back():
     """The records' completed persistent receives were cancelled at close: mpi4py's own
     exception (the seventy-first review)."""
-    run_workers(2, "interrupted_close", timeout=60)
+    run_workers(2, "interrupted_close", "records", timeout=60)
+
+
+def test_an_interrupted_close_leaves_the_next_communicator_none_of_its_messages():
+    """Its "left" notice, undelivered, reached the next communicator as a PeerError (the
+    seventy-fourth review)."""
+    run_workers(2, "interrupted_close", "leaving", timeout=60)

@@ -336,9 +336,9 @@ class MPITransport:
 
     @property
     def gave_up(self) -> bool:
-        """Whether a collective or message was given up on (then no communicator of this
-        transport is freed: a peer's message for it may still arrive, and a communicator
-        made later would take it for its own)."""
+        """Whether a collective or message was given up on, or this rank left without the
+        others (then no communicator of this transport is freed: a message for it may
+        still arrive, and a communicator made later would take it for its own)."""
         return self._gave_up
 
     def abandon(self, sends: Sequence[MPI.Request], receives: Sequence[MPI.Request]) -> None:
@@ -531,7 +531,9 @@ class MPITransport:
 
         The ranks first meet in a barrier bounded by LEAVE_GRACE seconds. When they all
         close together nothing more is needed; otherwise this rank tells the others it
-        left (they are still running: a collective that waits for it raises PeerError).
+        left (they are still running: a collective that waits for it raises PeerError),
+        and keeps its communicators (`gave_up`: that notice may reach nobody now, and a
+        later communicator with the freed context id took it; the seventy-fourth review).
         A request that cannot be completed keeps its communicator, left to MPI_Finalize.
         An interrupt (Ctrl-C) in the barrier still tells the others, then is raised. In a
         forked child, which is not the rank, nothing is done.
@@ -544,7 +546,8 @@ class MPITransport:
         try:
             barrier = _settle(barrier, time.monotonic() + LEAVE_GRACE)
         finally:
-            if barrier:
+            if barrier:  # (a notice the others may never take: kept, as `gave_up` says)
+                self._gave_up = True
                 self._notices.tell(self.rank, self.size, "left", self._seq)
                 self._abandoned += barrier
             self._release()
