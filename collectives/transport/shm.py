@@ -159,15 +159,18 @@ class ShmTransport(LeftToMPI):
         quantum = max(_GROW_QUANTUM, (self._data[self.me].size // 8) if self._data else 0)
         capacity = -(-max(nbytes, 1) // quantum) * quantum
         self._node_barrier(deadline, _GROW)
+        # An interrupt as these calls return leaves this rank without the window the others
+        # hold; a close freeing unlike windows hung every rank (the seventy-first review).
         try:
             if self._data_win is not None:
                 self._data_win.Unlock_all()
                 self._data_win.Free()
             self._data_win, self._data = _allocate(self.node, capacity)
-        except BaseException as error:  # an interrupt as the calls return: this rank may
-            self._give_up_meetings(  # not hold the window the others hold, and a close
+        except BaseException as error:
+            self._give_up_meetings()
+            self._failed = self._unusable(
                 f"growing the shared windows ended ({type(error).__name__})")
-            raise  # freeing unlike windows hung every rank (the seventy-first review)
+            raise
 
     # ------------------------------------------------------------------ point to point
 
@@ -455,23 +458,27 @@ class ShmTransport(LeftToMPI):
                           max(deadline, time.monotonic()) + self._close_grace, what,
                           notices=False)
         except BaseException as error:
+            self._give_up_meetings()
             late = [self.node_ranks[i] for i, faults in enumerate(self._faults)
                     if faults[_ARRIVED] < meeting]
             named = (CollectiveTimeout(f"{error}: rank(s) {late} did not come")
                      if isinstance(error, CollectiveTimeout) and late else error)
-            self._give_up_meetings(f"the node's ranks failed to meet "
-                                   f"({type(named).__name__}: {named})")
+            self._failed = self._unusable(f"the node's ranks failed to meet "
+                                          f"({type(named).__name__}: {named})")
             if named is not error:
                 raise named from None
             raise
 
-    def _give_up_meetings(self, reason: str) -> None:
-        """This rank meets no more (the others' meetings raise at once, and its close
-        leaves the windows to MPI_Finalize); the exchange is refused from now on."""
+    def _give_up_meetings(self) -> None:
+        """This rank meets no more: the others' meetings raise at once, and its close
+        leaves the windows to MPI_Finalize."""
         self._faults[self.me][_GAVE_UP] = 1
         self._ctrl_win.Sync()
-        self._failed = CollectiveError(f"rank {self.rank}: {reason}; the shared-memory "
-                                       "exchange cannot continue, call comm.abort()")
+
+    def _unusable(self, reason: str) -> CollectiveError:
+        """What the exchange raises from now on (`_failed`), for `reason`."""
+        return CollectiveError(f"rank {self.rank}: {reason}; the shared-memory exchange "
+                               "cannot continue, call comm.abort()")
 
     def _same_purpose(self, meeting: int, purpose: int) -> None:
         """MismatchError naming the ranks that arrived at this meeting for another purpose."""
