@@ -429,6 +429,12 @@ class Communicator:
         """
         self._run(Refused(collective, issuer("sync"), error))
 
+    def refuse_async(self, collective: str, error: Exception) -> Handle:
+        """`refuse` as an async call, in the progress thread's order: its Handle's `wait()`
+        raises `error`. For a layer that issues several async calls and must issue every one
+        of them where one's arguments fail (GradSync's buckets): its peers then stay in step."""
+        return self._submit(Refused(collective, issuer("async"), error))
+
     @contextlib.contextmanager
     def refusing(self, collective: str) -> Iterator[None]:
         """`refuse(collective, error)` for a TypeError, ValueError or BufferError (no DLPack

@@ -274,7 +274,8 @@ class GradSync:
     """
 
     __slots__ = ("comm", "algorithm", "compression", "fusion_bytes", "error_feedback",
-                 "_name", "_buckets", "_ready", "_launched", "_handles", "_hooks")
+                 "_name", "_buckets", "_ready", "_launched", "_handles", "_hooks", "_filled",
+                 "_held", "_refusal")
 
     def __init__(self, comm: Communicator, *, algorithm: str | None = None,
                  compression: str | None = None, fusion_bytes: int | None = None,
@@ -292,6 +293,9 @@ class GradSync:
         self._launched = 0  # buckets launched this step (always a prefix)
         self._handles: list[Handle] = []
         self._hooks: list = []
+        self._filled: list[tuple[int, Any]] = []  # (position among the parameters, parameter)
+        self._held: Handle | None = None  # which gradients a rank held: issued once a step
+        self._refusal: Exception | None = None  # why this rank refuses the rest of its step
 
     def sync(self, grads: Iterable) -> list:
         """Average `grads` over the ranks; returns them (averaged in place), with immutable
@@ -327,7 +331,8 @@ class GradSync:
                 raise TypeError(f"GradSync.attach takes a torch.nn.Module, got "
                                 f"{type(module).__module__}.{type(module).__qualname__}")
             _refuse_undense(module)
-            params = [p for p in module.parameters() if p.requires_grad]
+            named = {p: name for name, p in module.named_parameters() if p.requires_grad}
+            params = list(named)
             if not params:
                 raise ValueError(f"{type(module).__name__} has no parameters that require grad")
         bucket: list = []
@@ -340,7 +345,7 @@ class GradSync:
             bucket.append(p)
             size += nbytes
         self._buckets.append(bucket)
-        self._agree_on_buckets()
+        self._agree_on_buckets([named[p] for b in self._buckets for p in b])
         self._ready = [set() for _ in self._buckets]
         index = {id(p): b for b, members in enumerate(self._buckets) for p in members}
         # Before autograd adds a gradient into p.grad: refuse one for a bucket on the wire
@@ -358,27 +363,19 @@ class GradSync:
         the missing gradients, so every rank ends with the same gradients; a gradient that
         no rank holds stays None, as under DDP (the optimizer skips it: zeros moved weights
         through momentum, weight decay and Adam's state). A gradient held anywhere (made by
-        backward, accumulated while detached, set by hand) is averaged on every rank. Where a bucket's all-reduce
-        fails, the error is raised once every launched bucket has ended: none writes a
-        gradient after this returns or raises (an interrupt, such as Ctrl-C, is raised at
-        once).
+        backward, accumulated while detached, set by hand) is averaged on every rank. Where
+        a bucket's all-reduce fails, the error is raised once every launched bucket has
+        ended: none writes a gradient after this returns or raises. An interrupt (Ctrl-C)
+        is raised at once and leaves the step's all-reduces running: call wait() again to
+        finish them (it issues nothing twice); a backward before that is refused.
         """
         failure = None
-        filled: list[tuple[int, Any]] = []  # (position among the parameters, parameter)
         try:
-            position = sum(map(len, self._buckets[:self._launched]))
-            for members in self._buckets[self._launched:]:
-                for p in members:
-                    if p.grad is None:
-                        p.grad = p.detach().new_zeros(p.shape)
-                        filled.append((position, p))
-                    position += 1
+            self._fill_missing()
             self._launch(len(self._buckets))
-            if self._buckets:  # (not attached, or detached: nothing to tell)
-                held = np.ones(sum(map(len, self._buckets)), np.int32)  # a gradient here
-                held[[position for position, _ in filled]] = 0
-                made = self.comm.allreduce_async(held, op="max")
-                self._handles.append(made)
+            if self._buckets and self._held is None:  # (not attached, or detached: nothing)
+                self._held = self._issue_held()
+                self._handles.append(self._held)
         except Exception as error:  # (the buckets launched before it still run)
             failure = error
         try:
@@ -389,15 +386,41 @@ class GradSync:
                     failure = failure or error
             if failure is not None:
                 raise failure
-            if filled:
-                anywhere = made.wait()
-                for position, p in filled:
+            if self._filled:
+                anywhere = self._held.wait()
+                for position, p in self._filled:
                     if not anywhere[position]:
                         p.grad = None
-        finally:
-            self._handles.clear()
-            self._ready = [set() for _ in self._buckets]
-            self._launched = 0
+        except Exception:
+            self._end_step()
+            raise
+        self._end_step()  # (not after an interrupt: calling wait() again finishes this step)
+
+    def _fill_missing(self) -> None:
+        """Zeros for the gradients missing from the buckets not launched yet, noted."""
+        position = sum(map(len, self._buckets[:self._launched]))
+        for members in self._buckets[self._launched:]:
+            for p in members:
+                if p.grad is None:
+                    self._filled.append((position, p))  # (first: an interrupt between the
+                    p.grad = p.detach().new_zeros(p.shape)  # two notes it twice, harmlessly)
+                position += 1
+
+    def _issue_held(self) -> Handle:
+        """The all-reduce (max) of which gradients this rank held before `_fill_missing`."""
+        if self._refusal is not None:
+            return self.comm.refuse_async("allreduce", self._refusal)
+        held = np.ones(sum(map(len, self._buckets)), np.int32)
+        held[[position for position, _ in self._filled]] = 0
+        return self.comm.allreduce_async(held, op="max")
+
+    def _end_step(self) -> None:
+        self._handles.clear()
+        self._ready = [set() for _ in self._buckets]
+        self._launched = 0
+        self._filled = []
+        self._held = None
+        self._refusal = None
 
     def detach(self) -> None:
         """Remove the hooks that `attach` registered."""
@@ -409,9 +432,11 @@ class GradSync:
     def _check_open(self, bucket: int) -> None:
         """CollectiveError, before autograd writes, for a gradient of a launched bucket."""
         if bucket < self._launched:
+            interrupted = " (a wait() was interrupted: call it again to finish that step)" \
+                if self._held is not None else ""
             raise CollectiveError(
-                f"a gradient of bucket {bucket} arrived after its all-reduce started: call "
-                "GradSync.wait() after every backward (gradient accumulation over several "
+                f"a gradient of bucket {bucket} arrived after its all-reduce started{interrupted}"
+                ": call GradSync.wait() after every backward (gradient accumulation over several "
                 "backwards needs a detach() meanwhile); a model that accumulates a "
                 "parameter's gradient twice within one backward (reentrant checkpointing "
                 "runs a backward inside it) needs sync() after backward instead")
@@ -424,28 +449,49 @@ class GradSync:
             complete += 1
         self._launch(complete)
 
-    def _agree_on_buckets(self) -> None:
-        """ValueError on every rank when the ranks' buckets differ (count, shapes, dtypes)."""
+    def _agree_on_buckets(self, names: list[str]) -> None:
+        """ValueError on every rank when the ranks' buckets differ (count, names, shapes,
+        dtypes), naming the first parameter that differs."""
+        flat = [p for b in self._buckets for p in b]
         mine = np.array([*layout_digest(p for b in self._buckets for p in b + [None]),
-                         sum(map(len, self._buckets)),
-                         len(self._buckets)], np.int64)
+                         *_digest(repr(names)), len(flat), len(self._buckets)], np.int64)
         rows = self.comm.allgather(mine)
-        if not (rows == rows[0]).all():
-            said = ", ".join(f"rank {r}: {n} parameters in {b} buckets"
-                             for r, (_, _, n, b) in enumerate(rows.tolist()))
-            self._buckets = []
-            raise ValueError(f"GradSync.attach: the ranks' parameters that require grad differ "
-                             f"in number, order, shapes or dtypes: {outliers(rows)} ({said}): "
-                             f"every rank must build the same model and freeze the same "
-                             f"parameters")
+        if (rows == rows[0]).all():
+            return
+        # Every rank is here: a second all-gather finds the first parameter that differs.
+        described = [f"{name} {tuple(p.shape)} {p.dtype}" for name, p in zip(names, flat)]
+        longest = int(rows[:, 4].max())
+        each = np.zeros(longest, np.int64)
+        each[:len(flat)] = [_digest(text)[0] for text in described]
+        first = int(np.argmax((self.comm.allgather(each) != each).any(axis=0)))
+        here = described[first] if first < len(flat) else f"nothing (it has {len(flat)})"
+        said = ", ".join(f"rank {r}: {n} parameters in {b} buckets"
+                         for r, (*_, n, b) in enumerate(rows.tolist()))
+        self._buckets = []
+        raise ValueError(f"GradSync.attach: the ranks' parameters that require grad differ "
+                         f"in number, names, order, shapes or dtypes: {outliers(rows)} "
+                         f"({said}); the first that differs is parameter #{first} in bucket "
+                         f"order (the reverse of registration): on rank {self.comm.rank} "
+                         f"{here}. Every rank must build the same model and freeze the same "
+                         f"parameters")
 
     def _launch(self, up_to: int) -> None:
-        """Start the all-reduces of buckets [launched, up_to)."""
+        """Start the all-reduces of buckets [launched, up_to). A gradient that is no dense
+        array (set by hand) refuses its bucket and every later call of the step here, so
+        the other ranks' calls fail (MismatchError) and stay paired with this rank's."""
         for b in range(self._launched, up_to):
-            views = [as_array(p.grad) for p in self._buckets[b]]
-            self._handles.append(self.comm.allreduce_many_async(
-                views, **self._options(f"bucket{b}"), out=views))
-        self._launched = max(self._launched, up_to)
+            if self._refusal is None:
+                try:
+                    views = [as_array(p.grad) for p in self._buckets[b]]
+                except (TypeError, ValueError, BufferError) as error:
+                    self._refusal = error
+            if self._refusal is None:
+                made = self.comm.allreduce_many_async(views, **self._options(f"bucket{b}"),
+                                                      out=views)
+            else:
+                made = self.comm.refuse_async("allreduce_many", self._refusal)
+            self._handles.append(made)
+            self._launched = b + 1
 
     def _options(self, part: str) -> dict:
         feedback = f"{self._name}-{part}" if self.error_feedback else False
@@ -458,8 +504,13 @@ def layout_digest(arrays) -> tuple[int, int]:
     to compare what they pass: 128 bits, as two int64 (a crc32 let two layouts of one
     checksum, found in a second, mix one rank's weights with another's biases in
     ShardedSync; the fifty-eighth review)."""
-    layout = repr([None if a is None else (tuple(a.shape), str(a.dtype)) for a in arrays])
-    digest = hashlib.blake2b(layout.encode(), digest_size=16).digest()
+    return _digest(repr([None if a is None else (tuple(a.shape), str(a.dtype))
+                         for a in arrays]))
+
+
+def _digest(text: str) -> tuple[int, int]:
+    """128 bits of `text`, as two int64."""
+    digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
     return tuple(int(word) for word in np.frombuffer(digest, np.int64))
 
 

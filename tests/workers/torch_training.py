@@ -8,6 +8,7 @@ parameters must match DDP's within TOLERANCE and be bit-identical on every rank.
 from __future__ import annotations
 
 import itertools
+import signal
 import time
 
 import ml_dtypes
@@ -389,6 +390,91 @@ def check_wait_settles_every_bucket(comm, tally: Tally) -> None:
     tally.check(bool((y == comm.size).all()), "a collective after wait raised")
 
 
+def check_interrupted_wait(comm, tally: Tally) -> None:
+    """An interrupt in GradSync.wait() (the last rank late), then wait() again: the retry
+    issued the step's all-reduces a second time, and every later step paired one rank's
+    calls with the next step's of the others (wrong gradients on every rank; the
+    seventy-sixth review). The retry now finishes the interrupted step."""
+    r, p = comm.rank, comm.size
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    sync = collectives.GradSync(comm, fusion_bytes=64).attach(model)
+    for step in range(3):
+        want = _averaged_here(comm, sync, model, step)
+        _backward(model, r, step)
+        if step == 0 and r == p - 1 and p > 1:
+            time.sleep(1.0)
+        if step == 0 and r == 0 and p > 1:
+            previous = signal.signal(signal.SIGALRM, _raise_interrupt)
+            signal.setitimer(signal.ITIMER_REAL, 0.3)
+            try:
+                sync.wait()
+                tally.check(False, "wait() returned before the late rank came")
+            except KeyboardInterrupt:
+                pass
+            finally:
+                signal.signal(signal.SIGALRM, previous)
+            try:
+                model(torch.ones(1, 4)).sum().backward()
+                tally.check(False, "a backward after an interrupted wait() went through")
+            except CollectiveError as error:
+                tally.check("a wait() was interrupted" in str(error), f"backward: {error}")
+        sync.wait()
+        got = [q.grad for q in model.parameters()]
+        tally.check(all(torch.allclose(g, w) for g, w in zip(got, want)),
+                    f"step {step} after an interrupted wait(): {got} against {want}")
+    sync.detach()
+
+
+def _backward(model: torch.nn.Module, rank: int, step: int) -> None:
+    model.zero_grad(set_to_none=True)
+    model(torch.full((1, 4), 10.0 * step + rank + 1)).sum().backward()
+
+
+def _averaged_here(comm, sync, model: torch.nn.Module, step: int) -> list[torch.Tensor]:
+    """The gradients `sync` must give at `step`, the average of every rank's `_backward`,
+    made here with the hooks off (detach; attach again after)."""
+    sync.detach()
+    each = []
+    for rank in range(comm.size):
+        _backward(model, rank, step)
+        each.append([q.grad.clone() for q in model.parameters()])
+    sync.attach(model)
+    return [sum(grads) / comm.size for grads in zip(*each)]
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt("alarm")
+
+
+def check_refused_bucket(comm, tally: Tally) -> None:
+    """A gradient set by hand that no all-reduce takes (sparse), on one rank, in the second
+    of three buckets: that rank stopped launching, the others' surplus buckets paired with
+    its next step's (silently), and every later step raised MismatchError (the seventy-sixth
+    review). It now refuses the rest of its step: every rank raises, and stays in step."""
+    r, p = comm.rank, comm.size
+    model = torch.nn.Sequential(*(torch.nn.Linear(4, 4, bias=False) for _ in range(3)))
+    sync = collectives.GradSync(comm, fusion_bytes=64).attach(model)  # a bucket per layer
+    refused_here = r == p - 1
+    for step in range(2):
+        want = _averaged_here(comm, sync, model, step)
+        if step == 0 and refused_here:
+            model.zero_grad(set_to_none=True)
+            model[1].weight.grad = torch.eye(4).to_sparse()
+        else:
+            _backward(model, r, step)
+        try:
+            sync.wait()
+            tally.check(step == 1 or p == 1, f"step {step}: wait() took a sparse gradient")
+        except (TypeError, collectives.MismatchError) as error:
+            expected = TypeError if refused_here else collectives.MismatchError
+            tally.check(step == 0 and type(error) is expected, f"step {step}: {error!r}")
+    got = [q.grad for q in model.parameters()]
+    tally.check(all(torch.allclose(g, w) for g, w in zip(got, want)),
+                f"the step after a refused one: {got} against {want}")
+    sync.detach()
+
+
 def check_hook_failure(comm, tally: Tally) -> None:
     """A failed all-reduce in the DDP hook reaches backward() as an error naming it (the
     ranks disagree on compression: MismatchError everywhere, the communicator usable). It
@@ -454,6 +540,17 @@ def check_attach_refusals(comm, tally: Tally) -> None:
         tally.check(p == 1, "attach with a layer frozen on one rank only went through")
     except ValueError as error:
         tally.check("parameters that require grad differ" in str(error), f"attach: {error}")
+    # The seventy-sixth review: each rank froze another layer of the same shape; the layouts
+    # matched and the ranks averaged unrelated gradients. Names are compared too.
+    swapped = torch.nn.Sequential(*(torch.nn.Linear(4, 4, bias=False) for _ in range(2)))
+    swapped[r % 2].requires_grad_(False)
+    try:
+        collectives.GradSync(comm).attach(swapped).detach()
+        tally.check(p == 1, "attach with other layers frozen on other ranks went through")
+    except ValueError as error:
+        tally.check(f"parameter #0 in bucket order (the reverse of registration): on rank {r} "
+                    f"{1 - r % 2}.weight (4, 4) torch.float32" in str(error),
+                    f"attach, other layers frozen: {error}")
     # Refused on one rank only: the others waited out the timeout in attach's all-gather,
     # and the communicator broke (the twenty-first review, D4)
     refused_here = comm.rank == p - 1
@@ -548,6 +645,8 @@ def main() -> None:
     check_attach_refusals(comm, tally)
     check_sync_feedback_per_layout(comm, tally)
     check_wait_settles_every_bucket(comm, tally)
+    check_interrupted_wait(comm, tally)
+    check_refused_bucket(comm, tally)
     check_hook_failure(comm, tally)
     tally.finish()
 
