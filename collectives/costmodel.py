@@ -403,11 +403,18 @@ DEFAULT_CALIBRATION = Calibration(
 
 
 def tuning_path() -> Path:
-    """COLLECTIVES_TUNING_FILE, else $XDG_CACHE_HOME (~/.cache)/collectives/tuning.json."""
+    """COLLECTIVES_TUNING_FILE, else $XDG_CACHE_HOME (~/.cache)/collectives/tuning.json;
+    ValueError naming the variable where a home directory it needs is unknown."""
     explicit = os.environ.get(TUNING_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    try:
+        if explicit:
+            return Path(explicit).expanduser()
+        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except RuntimeError as error:  # ("Could not determine home directory")
+        where = (f"{TUNING_ENV}={explicit!r}" if explicit
+                 else "the default tuning file (~/.cache/collectives/tuning.json)")
+        raise ValueError(f"{where}: {str(error).rstrip('.')}: set {TUNING_ENV} to a path without '~'"
+                         + ("" if explicit else " or XDG_CACHE_HOME")) from None
     return Path(cache) / "collectives" / "tuning.json"
 
 

@@ -224,11 +224,14 @@ def test_calibrate_end_to_end(tmp_path):
     assert "# calibration at np 2" in proc.stdout and "written to" in proc.stdout
 
 
-@pytest.mark.parametrize("case", ["corrupt", "version", "other entry", "parent a file", "fifo"])
+@pytest.mark.parametrize("case", ["corrupt", "version", "other entry", "parent a file", "fifo",
+                                  "unknown home"])
 def test_calibrate_refuses_a_tuning_file_it_cannot_add_to_before_measuring(tmp_path, case):
     """After 48 s of measuring, a corrupt tuning file gave "... is unreadable; delete it or
     recalibrate" (while recalibrating) and the calibration was lost; a parent that is a
-    file gave a FileExistsError traceback after 56 s (the fifty-third review)."""
+    file gave a FileExistsError traceback after 56 s (the fifty-third review). A path
+    under an unknown user's home (~nobody-here/) hung: rank 0's RuntimeError escaped the
+    check, rank 1 waited for its answer (the seventy-seventh review)."""
     tuning = tmp_path / "tuning.json"
     entry = {**DEFAULT_CALIBRATION.as_json(), "size": 4, "by_size": [[]]}
     said = {"corrupt": f"tuning file {tuning} is unreadable",
@@ -236,7 +239,9 @@ def test_calibrate_refuses_a_tuning_file_it_cannot_add_to_before_measuring(tmp_p
             "other entry": f"tuning file {tuning}: the entry for np='4' is malformed",
             "parent a file": f"tuning file {tmp_path / 'afile' / 'tuning.json'}: "
                              f"{tmp_path / 'afile'} is not a folder",
-            "fifo": f"cannot write {tuning}: a FIFO, not a regular file"}[case]
+            "fifo": f"cannot write {tuning}: a FIFO, not a regular file",
+            "unknown home": "COLLECTIVES_TUNING_FILE='~nobody-here/tuning.json': Could not "
+                            "determine home directory: set COLLECTIVES_TUNING_FILE"}[case]
     if case == "corrupt":
         tuning.write_text("{not json")
     elif case == "version":
@@ -246,11 +251,14 @@ def test_calibrate_refuses_a_tuning_file_it_cannot_add_to_before_measuring(tmp_p
     elif case == "parent a file":
         (tmp_path / "afile").write_text("")
         tuning = tmp_path / "afile" / "tuning.json"
+    elif case == "unknown home":
+        tuning = Path("~nobody-here/tuning.json")
     else:
         os.mkfifo(tuning)
     proc = _calibrate(tuning)
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert said in proc.stderr and "calibrating adds to this file" in proc.stderr, proc.stderr
+    assert said in proc.stderr, proc.stderr
+    assert case == "unknown home" or "calibrating adds to this file" in proc.stderr, proc.stderr
     assert "recalibrate" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert "calibrating:" not in proc.stderr, proc.stderr  # nothing measured
 
@@ -466,6 +474,15 @@ def test_a_tuning_path_under_home_is_expanded(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("COLLECTIVES_TUNING_FILE", "~/mine.json")
     assert tuning_path() == tmp_path / "mine.json"
+    monkeypatch.delenv("COLLECTIVES_TUNING_FILE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("HOME")  # and root in no passwd entry: Path.home() fails
+    monkeypatch.setattr(Path, "home", lambda: (_ for _ in ()).throw(
+        RuntimeError("Could not determine home directory.")))
+    with pytest.raises(ValueError, match="the default tuning file .* set "
+                                         "COLLECTIVES_TUNING_FILE to a path without '~' or "
+                                         "XDG_CACHE_HOME"):
+        tuning_path()
 
 
 _WRITER = """
