@@ -11,6 +11,7 @@ CollectiveTimeout. Only then is the transport built.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -30,6 +31,7 @@ MPI_LAUNCHER_ENV = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK")  # Hydra, P
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR")
 _HELLO_BYTES = 2048
 _VERSION = "0.1.0"
+log = logging.getLogger(__name__)
 
 
 def init(mpi_comm=None, *, transport: str = "mpi", timeout: float | None = None,
@@ -70,9 +72,7 @@ def init(mpi_comm=None, *, transport: str = "mpi", timeout: float | None = None,
     except ValueError as bad:
         error = bad
     if mpi_comm is None and launched_by_torchrun():
-        if error is not None:
-            raise error
-        return _init_torch(transport, settings)
+        return _init_torch(transport, settings, error)
     from mpi4py import MPI
 
     from .transport.mpi import MPITransport
@@ -87,7 +87,7 @@ def init(mpi_comm=None, *, transport: str = "mpi", timeout: float | None = None,
     mpi = MPITransport(comm)
     if mpi.size > 1:
         abort_on_uncaught(mpi, grace=settings.abort_grace)  # ends the job, not hangs it
-    topology = _topology(mpi, settings)
+    topology = topology_of(mpi, settings)
     device = _device_transport(transport, mpi, settings.cuda_aware_mpi)
     if settings.shm:  # COLLECTIVES_SHM=1: on-node peers exchange through shared windows
         from .transport.shm import ShmTransport
@@ -155,11 +155,26 @@ def _handshake(comm, hello: dict, deadline: float) -> None:
 
     _wait(lambda: MPI.Request.Testall(recvs + sends), deadline, comm,
           "the other ranks' settings", silent)
-    hellos = [json.loads(row.tobytes().rstrip(b"\0").decode()) for row in rows]
+    _compare([json.loads(row.tobytes().rstrip(b"\0").decode()) for row in rows], hello)
+
+
+def agree_over(host, settings: Settings | None, transport: str,
+               error: Exception | None) -> None:
+    """The hellos' comparison over `host`'s all-gather (torch.distributed's gloo, where
+    there is no MPI): the same errors as under MPI; this rank's `error` raised here."""
+    hello = _hello(settings, transport, error)
+    _compare(host.allgather_object(hello), hello)
+    if error is not None:
+        raise error
+
+
+def _compare(hellos: list[dict], hello: dict) -> None:
+    """MismatchError where other ranks rejected their settings or the settings differ
+    (nothing where this rank rejected its own: it raises its error)."""
     failed = [r for r, h in enumerate(hellos) if "error" in h]
     if failed:
         if "error" in hello:
-            return  # this rank raises its own error
+            return
         reasons = "; ".join(f"rank {r}: {hellos[r]['error']}" for r in failed)
         raise MismatchError(f"init: {rank_list(failed)} rejected {'its' if len(failed) == 1 else 'their'} "
                             f"settings ({reasons})")
@@ -177,17 +192,30 @@ def _wait(test, deadline: float, comm, what: str, silent=None) -> None:
         time.sleep(1e-4)
 
 
-def _init_torch(transport: str, settings: Settings) -> Communicator:
-    """Over torch.distributed's gloo point-to-point; CuPy arrays over NCCL if asked for."""
+def _init_torch(transport: str, settings: Settings | None,
+                error: Exception | None) -> Communicator:
+    """Over torch.distributed's gloo point-to-point; CuPy arrays over NCCL if asked for.
+    The ranks compare their settings first, as under MPI."""
     from .transport.torch_dist import TorchDistTransport
 
-    host = TorchDistTransport.from_environment(settings.timeout)
+    timeout = settings.timeout if settings else DEFAULT_TIMEOUT
+    try:
+        host = TorchDistTransport.from_environment(timeout)
+    except RuntimeError as failure:  # torch's DistStoreError names a store key, no rank
+        kind = CollectiveTimeout if "timeout" in str(failure).lower() else CollectiveError
+        raise kind(f"init: rank {os.environ.get('RANK')} could not join the other ranks "
+                   f"within {timeout:g} s (a rank that never calls init(), or another "
+                   f"MASTER_ADDR/MASTER_PORT): torch.distributed said: {failure}") from None
+    agree_over(host, settings, transport, error)
+    if settings.shm:
+        log.warning("COLLECTIVES_SHM=1 is for the MPI transport: under torchrun messages "
+                    "go through gloo")
     device = (None if transport == "mpi"
               else _device_transport(transport, host, settings.cuda_aware_mpi))
-    return Communicator(host, _topology(host, settings), settings, device_transport=device)
+    return Communicator(host, topology_of(host, settings), settings, device_transport=device)
 
 
-def _topology(transport, settings: Settings) -> Topology:
+def topology_of(transport, settings: Settings) -> Topology:
     if settings.local_size is not None:
         return Topology.from_local_size(transport.size, settings.local_size, grid=settings.grid)
     return Topology.from_node_keys(transport.node_keys(), grid=settings.grid)

@@ -24,11 +24,10 @@ from collections.abc import Sequence
 
 import torch.distributed as dist
 
-from ..bootstrap import MPI_LAUNCHER_ENV, init
+from ..bootstrap import MPI_LAUNCHER_ENV, agree_over, init, topology_of
 from ..communicator import Communicator
 from ..config import Settings
 from ..errors import CollectiveError
-from ..topology import Topology
 from ..transport.torch_dist import TorchDistTransport
 
 __all__ = ["group_communicator"]
@@ -67,10 +66,11 @@ def _over_mpi(ranks: list[int], group_rank: int, timeout: float) -> Communicator
 
 def _over_gloo(store: dist.Store, rank: int, size: int, timeout: float) -> Communicator:
     """Our algorithms over gloo point-to-point, on a gloo group of the group's own store."""
+    settings, error = None, None
+    try:
+        settings = Settings.resolve(timeout=timeout)
+    except ValueError as bad:  # (told to the others first, as init() does)
+        error = bad
     transport = TorchDistTransport.over_store(store, rank, size, timeout)
-    settings = Settings.resolve(timeout=timeout)
-    if settings.local_size is not None:
-        topology = Topology.from_local_size(size, settings.local_size, grid=settings.grid)
-    else:
-        topology = Topology.from_node_keys(transport.node_keys(), grid=settings.grid)
-    return Communicator(transport, topology, settings)
+    agree_over(transport, settings, "mpi", error)
+    return Communicator(transport, topology_of(transport, settings), settings)

@@ -22,6 +22,7 @@ import gc
 import datetime
 import os
 import socket
+import threading
 import time
 from typing import Sequence
 
@@ -38,6 +39,9 @@ from .gloo_messages import GlooMessages, byte_tensor
 __all__ = ["TorchDistTransport"]
 
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+
+
+_KEPT: list = []  # requests of closed groups that gloo may still complete
 
 
 def _destroy(group: dist.ProcessGroup | None) -> None:
@@ -62,11 +66,12 @@ class TorchDistTransport:
     name = "torch"
     shared = None
 
-    def __init__(self, group: dist.ProcessGroup, *, owned: bool = False):
-        """Over `group`, registered with torch.distributed or not; `owned`: close() releases it."""
+    def __init__(self, group: dist.ProcessGroup, *, registered: bool):
+        """Over `group`, made for it: close() destroys it where `registered` (made by
+        torch.distributed's new_group), else releases it (unknown to torch)."""
         self.group: dist.ProcessGroup | None = group
         self.rank, self.size = group.rank(), group.size()
-        self._owned = owned
+        self._registered = registered
         self._messages = GlooMessages(group)
         self._gather_buf = np.empty(0, np.uint8)
         self._record = np.zeros(RECORD_CAPACITY, np.uint8)
@@ -84,10 +89,8 @@ class TorchDistTransport:
         if not dist.is_initialized():
             dist.init_process_group("gloo", timeout=limit)
             atexit.register(_destroy, None)
-        group = dist.new_group(backend="gloo", timeout=limit)
-        atexit.register(_destroy, group)
-        transport = cls(group)
-        atexit.register(transport.close)  # before the group is destroyed (atexit is LIFO)
+        transport = cls(dist.new_group(backend="gloo", timeout=limit), registered=True)
+        atexit.register(transport.close)  # before the default group (atexit is LIFO)
         return transport
 
     @classmethod
@@ -103,7 +106,7 @@ class TorchDistTransport:
         group = dist.ProcessGroup(private, rank, size)
         group._set_default_backend(dist.ProcessGroup.BackendType.GLOO)
         group._register_backend(torch.device("cpu"), dist.ProcessGroup.BackendType.GLOO, gloo)
-        transport = cls(group, owned=True)
+        transport = cls(group, registered=False)
         atexit.register(transport.close)  # runs after what is registered later (LIFO)
         return transport
 
@@ -232,14 +235,20 @@ class TorchDistTransport:
         """Not supported over gloo (see the class docstring)."""
 
     def close(self) -> None:
-        """End the waits of messages still pending, and release an owned group (over_store):
-        gloo's threads stop now, not in the interpreter's teardown (where stopping them aborts
-        the process). Groups of from_environment are destroyed at exit."""
+        """End the waits of messages still pending, and release the group we made: gloo's
+        threads stop now, not in the interpreter's teardown (where stopping them aborts the
+        process). Each init()/close() under torchrun had kept its group (5 descriptors, 3
+        threads, its buffers) until exit: 200 cycles ran out of descriptors (the
+        seventy-fifth review)."""
         if self.group is None:
             return
         self._messages.close()
-        if self._owned:
-            self.group = self._messages = None
+        _KEPT.extend(self._abandoned)  # (gloo cannot cancel: their buffers outlive us)
+        if self._registered:
+            _destroy(self.group)
+        atexit.unregister(self.close)
+        self.group = self._messages = self._abandoned = None
+        self._gather_buf = np.empty(0, np.uint8)
 
     def allgather_record(self, record: np.ndarray, deadline: float, what: str) -> np.ndarray:
         """Every rank's `record` (1-D uint8, one length everywhere) as rows, row r from rank r."""
@@ -270,10 +279,31 @@ class TorchDistTransport:
         os._exit(errorcode)
 
     def _wait(self, work, deadline: float, what: str) -> None:
-        left = max(deadline - time.monotonic(), 1e-3)
+        """Wait for gloo's `work` until `deadline`. A collective's work is waited for in
+        Python (an Event its future sets), so an interrupt (Ctrl-C, a signal handler that
+        raises) lands at once: gloo's own wait held it until the peer came or the timeout
+        (the seventy-fifth review). The interrupted work is then expired as a timed-out one
+        is (gloo closes the group's connections: nothing writes our buffers later) and kept.
+        gloo's point-to-point works have no future: their wait is gloo's."""
         try:
+            future = work.get_future()
+        except RuntimeError:
+            future = None
+        try:
+            if future is not None:
+                done = threading.Event()
+                future.add_done_callback(lambda _: done.set())
+                done.wait(max(deadline - time.monotonic(), 0.0))
+            left = max(deadline - time.monotonic(), 1e-3)
             work.wait(timeout=datetime.timedelta(seconds=left))
         except RuntimeError as error:
             if "timed out" in str(error).lower() or time.monotonic() >= deadline:
                 raise CollectiveTimeout(f"rank {self.rank}: timed out waiting for {what}") from None
             raise CollectiveError(f"rank {self.rank}: {what} failed: {error}") from error
+        except BaseException:
+            self._abandoned.append(work)
+            try:
+                work.wait(timeout=datetime.timedelta(milliseconds=1))
+            except RuntimeError:
+                pass  # (expired, or failed meanwhile: either way it writes no more)
+            raise

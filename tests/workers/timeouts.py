@@ -5,6 +5,9 @@ Usage: mpiexec -n P python -m tests.workers.timeouts MODE ALGORITHM OUTDIR
           CollectiveTimeout within the timeout (init(timeout=TIMEOUT)) and write what they
           saw to OUTDIR/rank<r>.json; then rank 0 ends the job with comm.abort(ABORT_CODE).
   absent-grow  the same with a second collective large enough to grow the shared windows.
+  interrupted  the last rank comes late to the second collective; a signal handler raises
+          KeyboardInterrupt in rank 0's after INTERRUPT_AFTER s: each rank writes what it
+          saw to OUTDIR/rank<r>.json.
   exit    rank 1 calls os._exit(3) in the middle of a run of collectives.
   kill    rank 1 sends itself SIGKILL in the middle of a run of collectives.
   raise   rank 1 raises an uncaught exception in the middle of a run of collectives.
@@ -26,6 +29,7 @@ from collectives.bootstrap import launched_by_torchrun
 from tests.workers.common import rank_data
 
 TIMEOUT = 2.0
+INTERRUPT_AFTER = 0.3
 ABORT_CODE = 7
 COUNT = 1 << 12
 
@@ -58,6 +62,29 @@ def absent(comm, algorithm: str, outdir: Path, grow: bool = False) -> None:
             time.sleep(0.05)
         comm.abort(ABORT_CODE)
     time.sleep(60)  # the abort ends this rank too
+
+
+def interrupted(comm, algorithm: str, outdir: Path) -> None:
+    x = rank_data(COUNT, np.float32, comm.rank)
+    comm.allreduce(x, algorithm=algorithm)  # all ranks arrive here
+    seen: dict[str, object] = {"rank": comm.rank}
+    if comm.rank == comm.size - 1:
+        time.sleep(TIMEOUT * 0.75)
+    elif comm.rank == 0:
+        signal.signal(signal.SIGALRM, _raise_interrupt)
+        signal.setitimer(signal.ITIMER_REAL, INTERRUPT_AFTER)
+    start = time.monotonic()
+    try:
+        comm.allreduce(x, algorithm=algorithm)
+        seen["error"] = None
+    except BaseException as error:  # noqa: BLE001 - what each rank saw is the result
+        seen["error"], seen["message"] = type(error).__name__, str(error)
+    seen["elapsed"] = time.monotonic() - start
+    (outdir / f"rank{comm.rank}.json").write_text(json.dumps(seen))
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt("the test's alarm")
 
 
 def dies(comm, algorithm: str, how: str) -> None:
@@ -96,6 +123,9 @@ def main() -> None:
         meet()
         absent(collectives.init(timeout=TIMEOUT), algorithm, Path(sys.argv[3]),
                grow=mode == "absent-grow")
+    elif mode == "interrupted":
+        meet()
+        interrupted(collectives.init(timeout=TIMEOUT), algorithm, Path(sys.argv[3]))
     else:
         dies(collectives.init(), algorithm, mode)
 
