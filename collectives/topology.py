@@ -82,7 +82,8 @@ class Topology:
         if grid[0] * grid[1] != self.size:
             raise ValueError(
                 f"grid {grid[0]}x{grid[1]} holds {grid[0] * grid[1]} ranks, but there are "
-                f"{self.size}; pass a grid whose X * Y is the world size, or none"
+                f"{self.size}; pass a grid (init's grid=, or COLLECTIVES_GRID) whose X * Y is "
+                f"the world size, or none"
             )
         object.__setattr__(self, "grid", grid)
 

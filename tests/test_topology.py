@@ -53,7 +53,8 @@ def test_rows_follow_the_nodes_when_the_grid_is_nodes_shaped():
 def test_given_grid_wins_and_is_validated():
     assert Topology.from_local_size(6, 3, grid=(6, 1)).grid_shape() == (6, 1)
     assert Topology.from_local_size(6, 3, grid=[2, 3]).grid == (2, 3)
-    with pytest.raises(ValueError, match="grid 4x2 holds 8 ranks, but there are 6"):
+    with pytest.raises(ValueError, match=r"grid 4x2 holds 8 ranks, but there are 6; pass a grid "
+                                         r"\(init.s grid=, or COLLECTIVES_GRID\)"):
         Topology.from_local_size(6, 3, grid=(4, 2))
     for bad in [(0, 6), (6,), (2, 3, 1), ("a", "b")]:
         with pytest.raises(ValueError, match="two positive integers"):

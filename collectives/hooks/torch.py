@@ -183,7 +183,9 @@ def init_process_group(comm: Communicator, *, backend: str = "gloo",
     """
     if dist.is_initialized():
         return
-    port = np.array([_free_port() if comm.rank == 0 else 0], np.int64)
+    port = np.zeros(1, np.int64)
+    with comm.refusing("allreduce"):  # (a bad MASTER_PORT: told to the others)
+        port[0] = _free_port() if comm.rank == 0 else 0
     comm.allreduce(port, op="max", algorithm="native", out=port)
     limit = datetime.timedelta(seconds=comm.settings.timeout if timeout is None else timeout)
     dist.init_process_group(
@@ -194,6 +196,9 @@ def init_process_group(comm: Communicator, *, backend: str = "gloo",
 def _free_port() -> int:
     port = os.environ.get("MASTER_PORT")
     if port:
+        if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"MASTER_PORT={port!r} is not a port number (1 to 65535); unset "
+                             "it to take a free port")
         return int(port)
     with socket.socket() as s:
         s.bind(("", 0))

@@ -34,7 +34,8 @@ from torch._C._distributed_c10d import (AllgatherOptions, AllreduceOptions, AllT
 
 from ..algorithms import PLANNERS
 from ..communicator import Communicator
-from ..errors import unknown_choice
+from ..agreement import differences
+from ..errors import MismatchError, unknown_choice
 from ..options import check_compression
 from .torch_arrays import (Rows, as_array, byte_view, compressible, dtype_code, dtype_named,
                            flat, reduce_op, tensors_named)
@@ -48,6 +49,7 @@ _COLLECTIVES = tuple(PLANNERS)  # allreduce, reduce_scatter, allgather, broadcas
 _ALGORITHMS = tuple(dict.fromkeys(("auto", "native", *(a for c in _COLLECTIVES
                                                        for a in PLANNERS[c]))))
 _COMPRESSIONS = ("none", "fp16", "bf16")
+_OPTION_BYTES = 64  # what ranks compare of a group's options: "<algorithm> <compression>"
 
 
 def _refusing(collective: str):
@@ -105,10 +107,13 @@ class CollectivesProcessGroup(dist.ProcessGroup):
         chosen = options.algorithm or comm.settings.algorithm
         self._algorithm = {c: chosen if chosen in ("auto", "native", *PLANNERS[c]) else "auto"
                            for c in _COLLECTIVES}
-        compression = options.compression or os.environ.get("COLLECTIVES_COMPRESSION") or "none"
-        if compression not in _COMPRESSIONS:
-            raise ValueError(f"COLLECTIVES_COMPRESSION: "
-                             f"{unknown_choice('compression', compression, _COMPRESSIONS)}")
+        with comm.refusing("allgather"):  # (the others are in _agree_on_options)
+            compression = (options.compression or os.environ.get("COLLECTIVES_COMPRESSION")
+                           or "none")
+            if compression not in _COMPRESSIONS:
+                raise ValueError(f"COLLECTIVES_COMPRESSION: "
+                                 f"{unknown_choice('compression', compression, _COMPRESSIONS)}")
+        _agree_on_options(comm, chosen, compression)
         self._compression = check_compression(None if compression == "none" else compression)
         self._group_name = ""
 
@@ -387,6 +392,21 @@ class CollectivesProcessGroup(dist.ProcessGroup):
 
     def __repr__(self) -> str:
         return f"CollectivesProcessGroup(rank={self.rank()}, size={self.size()}, {self.comm!r})"
+
+
+def _agree_on_options(comm: Communicator, algorithm: str, compression: str) -> None:
+    """MismatchError on every rank where the ranks' options for the group differ: each
+    call's mismatch had named a compression the user never passed (the seventy-seventh
+    review)."""
+    text = f"{algorithm} {compression}".encode()[:_OPTION_BYTES].ljust(_OPTION_BYTES, b"\0")
+    rows = comm.allgather(np.frombuffer(text, np.int64))  # (an all-gather takes no bytes)
+    if (rows == rows[0]).all():
+        return
+    said = [dict(zip(("algorithm", "compression"), row.tobytes().rstrip(b"\0").decode().split()))
+            for row in rows]
+    raise MismatchError(f"backend 'collectives': the ranks' options for this group differ: "
+                        f"{differences(said)}; they come from pg_options=BackendOptions(...), "
+                        f"else COLLECTIVES_ALGORITHM and COLLECTIVES_COMPRESSION")
 
 
 def _root_tensor(tensors: list[torch.Tensor], index: int) -> torch.Tensor:

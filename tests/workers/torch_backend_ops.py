@@ -8,6 +8,7 @@ where it reduces; errors surface as the Work's exception; send/recv.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -439,6 +440,33 @@ def check_point_to_point(group, tally: Tally) -> None:
                     f"send/recv {dtype}: {received}, expected {want}")
 
 
+def check_options_agreed(tally: Tally) -> None:
+    """A group whose ranks' options differ (COLLECTIVES_COMPRESSION on one rank only) is
+    refused when made, naming the option and where it comes from: each call's mismatch
+    had named a compression nobody passed (the seventy-seventh review)."""
+    rank, size = dist.get_rank(), dist.get_world_size()
+    for variable, value in (("COLLECTIVES_COMPRESSION", "fp16"), ("COLLECTIVES_COMPRESSION",
+                                                                   "fp61")):
+        if rank == size - 1:
+            os.environ[variable] = value
+        try:
+            dist.new_group(list(range(size)), backend="collectives")
+            tally.check(size == 1 and value == "fp16", f"{variable}={value} on one rank only: "
+                                                       "the group was made")
+        except (ValueError, MismatchError) as error:
+            if value == "fp16":
+                said = "has compression" in str(error) and "COLLECTIVES_COMPRESSION" in str(error)
+                tally.check(type(error) is MismatchError and said, f"{variable}: {error}")
+            else:
+                tally.check(type(error) is (ValueError if rank == size - 1 else MismatchError)
+                            and "fp61" in str(error), f"{variable}={value}: {error!r}")
+        finally:
+            os.environ.pop(variable, None)
+    reduced = torch.ones(3)
+    dist.all_reduce(reduced)
+    tally.check(bool((reduced == size).all()), "an all-reduce after the refused groups")
+
+
 def main() -> None:
     torch.set_num_threads(1)
     if launched_by_torchrun():
@@ -460,6 +488,7 @@ def main() -> None:
         check_async_and_errors(group, tally)
         check_one_rank_refusals(group, tally)
         check_point_to_point(group, tally)
+    check_options_agreed(tally)
     print(f"rank {rank}: {len(groups)} groups", flush=True)
     dist.barrier()  # under mpiexec rank 0 hosts the store, which wait_told may still poll
     dist.destroy_process_group()

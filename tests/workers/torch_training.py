@@ -8,6 +8,7 @@ parameters must match DDP's within TOLERANCE and be bit-identical on every rank.
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import time
 
@@ -631,12 +632,31 @@ def check_attach_refusals(comm, tally: Tally) -> None:
     sync.detach()
 
 
+def check_bad_master_port(comm, tally: Tally) -> None:
+    """MASTER_PORT=abc on rank 0: a bare int() ValueError there, PeerError on the others
+    (the seventy-seventh review). Now named, and refused on every rank."""
+    if torch.distributed.is_initialized():
+        return  # (torchrun: init_process_group does nothing)
+    if comm.rank == 0:
+        os.environ["MASTER_PORT"] = "abc"
+    try:
+        init_process_group(comm)
+        tally.check(False, "MASTER_PORT=abc on rank 0: accepted")
+    except (ValueError, collectives.MismatchError) as error:
+        said = "MASTER_PORT='abc' is not a port number" if comm.rank == 0 else \
+            "rank 0 rejected its arguments"
+        tally.check(said in str(error), f"MASTER_PORT=abc on rank 0: {error!r}")
+    finally:
+        os.environ.pop("MASTER_PORT", None)
+
+
 def main() -> None:
     torch.set_num_threads(1)
     comm = collectives.init()
+    tally = Tally(comm.rank)
+    check_bad_master_port(comm, tally)
     init_process_group(comm)  # no-op under torchrun: init() started torch.distributed
     print(f"rank {comm.rank}: {comm!r}", flush=True)
-    tally = Tally(comm.rank)
     check_sync(comm, tally)
     check_training(comm, tally)
     check_unused_everywhere(comm, tally)
