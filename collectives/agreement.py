@@ -290,15 +290,18 @@ def _decode(text: str) -> dict[str, str]:
     return dict(item.partition("=")[::2] for item in text.split(_SEP))
 
 
-# The fields a call takes from the environment where its argument is not given.
-_FROM_ENVIRONMENT = {"algorithm": "COLLECTIVES_ALGORITHM",
-                     "fusion_bytes": "COLLECTIVES_FUSION_BYTES",
-                     "deterministic": "COLLECTIVES_DETERMINISTIC"}
+# The fields a call takes from the environment where its argument is not given, and the
+# collectives that do (None: all).
+_ALL_REDUCES = ("allreduce", "allreduce_many")
+_FROM_ENVIRONMENT = {"algorithm": ("COLLECTIVES_ALGORITHM", _ALL_REDUCES),
+                     "fusion_bytes": ("COLLECTIVES_FUSION_BYTES", _ALL_REDUCES),
+                     "deterministic": ("COLLECTIVES_DETERMINISTIC", None)}
 
 
 def differences(signatures: Sequence[dict[str, str]]) -> str:
     """`rank 2 has shape (1001,), ranks 0-1 have (1000,)` for every field that differs;
-    one set by an environment variable where no argument is given names it."""
+    one set by an environment variable where no argument is given names it (for the
+    collectives that read it)."""
     keys = list(dict.fromkeys(k for s in signatures for k in s))
     parts = []
     for key in keys:
@@ -311,7 +314,10 @@ def differences(signatures: Sequence[dict[str, str]]) -> str:
         said = [f"{rank_list(ranks)} {'has' if len(ranks) == 1 else 'have'}"
                 + (f" {key}" if i == 0 else "") + f" {value}"
                 for i, (value, ranks) in enumerate(ordered)]
-        variable = _FROM_ENVIRONMENT.get(key)
+        variable, takers = _FROM_ENVIRONMENT.get(key, (None, None))
+        if takers is not None and not any(s.get("collective", takers[0]) in takers
+                                          for s in signatures):
+            variable = None  # (COLLECTIVES_ALGORITHM does not choose a reduce's algorithm)
         parts.append(", ".join(said) + (f" (the argument, or {variable} where it is not "
                                         "given)" if variable else ""))
     return "; ".join(parts)

@@ -159,7 +159,7 @@ class CallOptions:
         if (isinstance(fusion_bytes, bool) or not isinstance(fusion_bytes, (int, np.integer))
                 or fusion_bytes <= 0):  # (NumPy integers as root and counts are)
             raise ValueError(f"fusion_bytes must be a positive int, got {fusion_bytes!r}")
-        if not isinstance(check_finite, bool):
+        if not isinstance(check_finite, (bool, np.bool_)):  # (NumPy's as root is accepted)
             raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
         if error_feedback is None:
             error_feedback = False
@@ -169,15 +169,15 @@ class CallOptions:
         if error_feedback is not False and compression is None:
             raise ValueError("error_feedback needs compression='fp16' or 'bf16'; "
                              "got compression=None")
-        if not isinstance(deterministic, bool):
+        if not isinstance(deterministic, (bool, np.bool_)):
             raise TypeError(f"deterministic must be a bool, got {deterministic!r}")
         if deterministic and error_feedback is not False:
             raise ValueError("deterministic reductions (deterministic=True, the default "
                              "under COLLECTIVES_DETERMINISTIC=1) define the result by the "
                              "inputs alone; error_feedback carries state between calls: turn "
                              "one of them off")
-        return cls(op, algorithm, compression, int(fusion_bytes), check_finite, error_feedback,
-                   deterministic)
+        return cls(op, algorithm, compression, int(fusion_bytes), bool(check_finite),
+                   error_feedback, bool(deterministic))
 
 
 _PARSED: dict[tuple, CallOptions] = {}

@@ -275,3 +275,33 @@ def test_a_disagreement_on_a_setting_names_its_environment_variable():
                     "COLLECTIVES_FUSION_BYTES where it is not given)")
     assert differences([{"shape": "(3,)"}, {"shape": "(4,)"}]) == \
         "rank 0 has shape (3,), rank 1 has (4,)"
+    # only where the collective reads it: COLLECTIVES_ALGORITHM chooses no reduce's
+    # algorithm (the seventy-eighth review); COLLECTIVES_DETERMINISTIC applies to all
+    reduce = differences([{"collective": "reduce", "algorithm": "auto", "deterministic": "0"},
+                          {"collective": "reduce", "algorithm": "tree", "deterministic": "1"}])
+    assert reduce == ("rank 0 has algorithm auto, rank 1 has tree; rank 0 has deterministic "
+                      "0, rank 1 has 1 (the argument, or COLLECTIVES_DETERMINISTIC where it is "
+                      "not given)")
+    assert "COLLECTIVES_ALGORITHM" in differences([{"collective": "allreduce", "algorithm": "a"},
+                                                   {"collective": "allreduce", "algorithm": "b"}])
+
+
+@pytest.mark.parametrize("collective", ["reduce_scatter", "allgather", "reduce", "broadcast"])
+def test_a_compression_typo_with_native_is_named_as_a_typo(collective):
+    """It was "compression='fp17' needs a plan algorithm ...: MPI's own has no codec" (the
+    seventy-eighth review)."""
+    from collectives.calls.collective import collective_options
+
+    with pytest.raises(ValueError, match=re.escape("unknown compression 'fp17'")):
+        collective_options(collective, algorithm="native", compression="fp17")
+    with pytest.raises(ValueError, match="needs a plan algorithm"):
+        collective_options(collective, algorithm="native", compression="fp16")
+
+
+def test_numpy_bools_are_bools():
+    """deterministic=np.True_ was a TypeError while a NumPy integer root is accepted (the
+    seventy-eighth review); the options hold Python bools, so signatures agree."""
+    options = CallOptions.parse(check_finite=np.True_, deterministic=np.True_)
+    assert options.check_finite is True and options.deterministic is True
+    with pytest.raises(TypeError, match="deterministic must be a bool, got 1"):
+        CallOptions.parse(deterministic=1)

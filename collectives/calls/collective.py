@@ -31,7 +31,7 @@ from ..agreement import Signature
 from ..algorithms import plan_for
 from ..execution import IDENTITY
 from ..fusion import Layout, reduce_arrays
-from ..options import ALGORITHMS, CallOptions, Op
+from ..options import ALGORITHMS, CallOptions, Op, check_compression
 from ..stats import plan_traffic
 from ..validation import check_array
 from .base import TAG_LIMIT, Call, Context, Refused
@@ -46,6 +46,7 @@ def collective_options(collective: str, *, op="sum", algorithm=None, compression
     if compression == "auto":
         raise ValueError(f"compression='auto' is for allreduce and allreduce_many; pass "
                          f"None, 'fp16' or 'bf16' to {collective}")
+    check_compression(compression)  # (a typo is named as such, before what native lacks)
     if compression is not None and algorithm == "native" and not deterministic:
         raise ValueError(f"compression={compression!r} needs a plan algorithm for "
                          f"{collective}: MPI's own {collective} has no codec; pass "
