@@ -548,7 +548,12 @@ def _views_or_refuse(comm: Communicator, items: list,
     (a float, a JAX tracer) refuses `collective` on every rank, so the others do not wait
     out the timeout."""
     with comm.refusing(collective):
-        views = [as_array(item) for item in items]
+        views = []
+        for i, item in enumerate(items):
+            try:
+                views.append(as_array(item))
+            except (TypeError, ValueError, BufferError) as error:  # which one, of how many
+                raise type(error)(f"item {i} of {len(items)}: {error}") from None
         return views, [_result_buffer(item, v) for item, v in zip(items, views)]
 
 

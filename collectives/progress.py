@@ -160,7 +160,7 @@ class ProgressEngine:
         future: Future = Future()
         with self._cv:
             if self._closed:
-                raise CollectiveError(f"{what}: the progress engine is shut down")
+                raise CollectiveError(f"{what}: this communicator is closed")
             self._queue.append((fn, future, what))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name=THREAD_NAME, daemon=True)

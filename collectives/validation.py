@@ -41,7 +41,10 @@ def check_array(x, name: str = "x") -> None:
     if isinstance(x, np.matrix):
         raise TypeError(f"{name} is an np.matrix, which stays 2-D when flattened; pass "
                         f"np.asarray({name})")
-    check_dtype(x.dtype)
+    try:
+        check_dtype(x.dtype)
+    except TypeError as error:  # (which of a call's arrays: the seventy-sixth review)
+        raise TypeError(f"{name}: {error}") from None
 
 
 def check_out(out, x, name: str = "out", x_name: str = "x") -> None:

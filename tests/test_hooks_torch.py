@@ -109,6 +109,9 @@ def test_gradsync_checks_its_arguments(comm):
     sync = collectives.GradSync(comm).attach(torch.nn.Linear(2, 2))
     with pytest.raises(RuntimeError, match="already attached"):
         sync.attach(torch.nn.Linear(2, 2))
+    # which gradient is no array (a p.grad that is None; the seventy-sixth review)
+    with pytest.raises(TypeError, match="^item 1 of 3: "):
+        collectives.GradSync(comm).sync([torch.ones(2), None, torch.ones(2)])
 
 
 def test_sync_layers_take_the_communicators_algorithm_unless_named(comm, monkeypatch):

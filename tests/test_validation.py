@@ -25,9 +25,11 @@ def test_scalars_and_sequences_are_told_how_to_pass(scalar):
 @pytest.mark.parametrize("dtype", [np.complex64, np.complex128, np.bool_, np.object_, np.int8,
                                    np.uint32, np.float128 if hasattr(np, "float128") else np.int16])
 def test_unsupported_dtypes_name_themselves_and_the_supported_ones(dtype):
-    with pytest.raises(TypeError, match=rf"unsupported dtype {np.dtype(dtype)}; supported: "
+    with pytest.raises(TypeError, match=rf"^x: unsupported dtype {np.dtype(dtype)}; supported: "
                                         r"float16, bfloat16, float32, float64, int32, int64"):
         check_array(np.zeros(3, dtype))
+    with pytest.raises(TypeError, match=r"^arrays\[3\]: unsupported dtype"):  # (which one)
+        check_array(np.zeros(3, dtype), "arrays[3]")
 
 
 def test_supported_arrays_pass_in_any_layout():
