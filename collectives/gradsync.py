@@ -274,8 +274,8 @@ class GradSync:
     """
 
     __slots__ = ("comm", "algorithm", "compression", "fusion_bytes", "error_feedback",
-                 "_name", "_buckets", "_ready", "_launched", "_handles", "_hooks", "_filled",
-                 "_held", "_refusal")
+                 "_name", "_buckets", "_ready", "_handles", "_hooks", "_filled", "_held",
+                 "_refusal")
 
     def __init__(self, comm: Communicator, *, algorithm: str | None = None,
                  compression: str | None = None, fusion_bytes: int | None = None,
@@ -290,8 +290,7 @@ class GradSync:
         self._name = instance_name(comm, "gradsync")
         self._buckets: list[list] = []  # attach: parameters per bucket, in launch order
         self._ready: list[set[int]] = []  # per bucket, ids of the parameters ready this step
-        self._launched = 0  # buckets launched this step (always a prefix)
-        self._handles: list[Handle] = []
+        self._handles: list[Handle] = []  # the buckets launched this step (a prefix)
         self._hooks: list = []
         self._filled: list[tuple[int, Any]] = []  # (position among the parameters, parameter)
         self._held: Handle | None = None  # which gradients a rank held: issued once a step
@@ -375,11 +374,10 @@ class GradSync:
             self._launch(len(self._buckets))
             if self._buckets and self._held is None:  # (not attached, or detached: nothing)
                 self._held = self._issue_held()
-                self._handles.append(self._held)
         except Exception as error:  # (the buckets launched before it still run)
             failure = error
         try:
-            for handle in self._handles:
+            for handle in self._handles + ([self._held] if self._held else []):
                 try:
                     handle.wait()
                 except Exception as error:  # (a MismatchError leaves later ones running)
@@ -417,7 +415,6 @@ class GradSync:
     def _end_step(self) -> None:
         self._handles.clear()
         self._ready = [set() for _ in self._buckets]
-        self._launched = 0
         self._filled = []
         self._held = None
         self._refusal = None
@@ -491,7 +488,12 @@ class GradSync:
             else:
                 made = self.comm.refuse_async("allreduce_many", self._refusal)
             self._handles.append(made)
-            self._launched = b + 1
+
+    @property
+    def _launched(self) -> int:
+        """Buckets launched this step: their handles' count, so that no interrupt between
+        two statements can leave a launched bucket counted out (launched again)."""
+        return len(self._handles)
 
     def _options(self, part: str) -> dict:
         feedback = f"{self._name}-{part}" if self.error_feedback else False

@@ -122,11 +122,12 @@ class ProgressEngine:
     def __init__(self) -> None:
         # guards the queue; reentrant, so that close() can tell this thread holds it
         self._cv = threading.Condition(threading.RLock())
-        self._queue: collections.deque[tuple[Callable[[], Any], Future, str]] = collections.deque()
+        self._queue: collections.deque[_Queued] = collections.deque()
         # held while a collective runs, on either thread; an RLock, so that `end` can tell
         # whether the calling thread holds it
         self._running = threading.RLock()
         self._thread: threading.Thread | None = None
+        self._loop_ended = False  # the thread's loop returned (close() waits for it)
         self._closed = False
         self._issuers: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         self._last_issuer: threading.Thread | None = None
@@ -155,19 +156,50 @@ class ProgressEngine:
         return self._running._is_owned() or self._cv._is_owned()
 
     def submit(self, fn: Callable[[], Any], what: str) -> Handle:
-        """Queue `fn` behind every collective issued before; return at once."""
+        """Queue `fn` behind every collective issued before; return at once.
+
+        An interrupt (a signal handler that raises) anywhere in here leaves the call not
+        issued: it is queued uncommitted, the progress thread takes no uncommitted call, and
+        the commit is the last step before the return, with no point between where Python
+        runs a signal handler. An interrupt before it withdraws the call (and releases the
+        queue's lock if it landed while that was being taken or given back). It had been
+        queued with more to run after (starting the thread, notifying): the call ran while
+        the caller saw an interrupt, and a program that issued it again paired the peers'
+        next calls with it (silently wrong sums; the eightieth review)."""
         self.admit(what, threading.current_thread(), queued=True)
-        future: Future = Future()
+        queued = _Queued(fn, Future(), what)
+        handle = Handle(queued.future, what, self)
+        try:
+            self._start_thread()
+            with self._cv:
+                if self._closed:
+                    raise CollectiveError(f"{what}: this communicator is closed")
+                self._queue.append(queued)
+                self._cv.notify_all()
+            queued.committed = True
+        except BaseException:
+            self._withdraw(queued)
+            raise
+        return handle
+
+    def _start_thread(self) -> None:
+        """Start the progress thread unless it runs (one interrupted before it began is
+        replaced: it was kept, never ran, and every later call waited for it)."""
+        if self._thread is not None and (self._thread.ident is not None or self._loop_ended):
+            return
+        atexit.register(_drain_at_exit, weakref.ref(self))  # (twice if start is interrupted)
+        thread = threading.Thread(target=self._loop, name=THREAD_NAME, daemon=True)
+        self._thread = thread
+        thread.start()
+
+    def _withdraw(self, queued: "_Queued") -> None:
+        """After an interrupt in `submit`: the call leaves the queue, this thread lets go of
+        the queue's lock (admit made sure it held none before)."""
+        self._let_go()
         with self._cv:
-            if self._closed:
-                raise CollectiveError(f"{what}: this communicator is closed")
-            self._queue.append((fn, future, what))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=THREAD_NAME, daemon=True)
-                self._thread.start()
-                atexit.register(_drain_at_exit, weakref.ref(self))
+            if queued in self._queue:
+                self._queue.remove(queued)
             self._cv.notify_all()
-        return Handle(future, what, self)
 
     def on_thread(self) -> bool:
         """Whether the caller is this engine's progress thread (a completion callback)."""
@@ -181,11 +213,23 @@ class ProgressEngine:
                 "progress thread), where it would wait for itself; issue the _async variant "
                 "there")
         self.admit(what, threading.current_thread())
-        with self._cv:
-            while self._queue:  # the progress thread pops them in order, then runs each
-                self._cv.wait()
+        try:
+            with self._cv:
+                while self._queue:  # the progress thread pops them in order, then runs each
+                    self._cv.wait()
+        except BaseException:
+            self._let_go()
+            raise
         with self._running:
             return fn()
+
+    def _let_go(self) -> None:
+        """After an interrupt in a `with self._cv` that `admit` let in (this thread held the
+        lock before it): give the lock back if the interrupt landed while the Condition's
+        Python code took or returned it (held, every later call was refused as "inside
+        another collective" and close() for ever; the eightieth review)."""
+        while self._cv._is_owned():
+            self._cv.release()
 
     def try_begin(self) -> bool:
         """Begin a collective on the calling thread at once if none is queued or running
@@ -216,18 +260,21 @@ class ProgressEngine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._queue:
-                    if self._closed:
+                while not (self._queue and self._queue[0].committed):
+                    if self._closed and not self._queue:
+                        self._loop_ended = True
+                        self._cv.notify_all()
                         return
-                    self._cv.wait()
+                    # (a call is committed right after the lock is given back: look again soon)
+                    self._cv.wait(_UNCOMMITTED_POLL if self._queue else None)
             with self._running:  # taken before the head is popped: no sync call slips in
                 with self._cv:
-                    fn, future, what = self._queue.popleft()
+                    queued = self._queue.popleft()
                     self._cv.notify_all()  # sync callers wait for the queue to drain
-                if not future.set_running_or_notify_cancel():
+                if not queued.future.set_running_or_notify_cancel():
                     continue
-                outcome = _outcome(fn)
-            _settle(future, *outcome)  # the callbacks run with the lock released
+                outcome = _outcome(queued.fn)
+            _settle(queued.future, *outcome)  # the callbacks run with the lock released
 
     def close(self, timeout: float | None = None, then: Callable[[], Any] | None = None) -> bool:
         """Let queued collectives and a sync one running on another thread finish (up to
@@ -245,10 +292,15 @@ class ProgressEngine:
         with self._cv:
             self._closed = True
             self._cv.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                return False
+            # the loop's own word, not Thread.join: an interrupted join() marks a running
+            # thread stopped (CPython), and a second close() closed the transport under
+            # the collectives still queued (the eightieth review)
+            started = self._thread is not None and self._thread.ident is not None
+            while started and not self._loop_ended:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cv.wait(left)
         left = -1 if deadline is None else max(deadline - time.monotonic(), 0.0)
         if not self._running.acquire(timeout=left):  # a sync collective on another thread
             return False
@@ -258,6 +310,19 @@ class ProgressEngine:
         finally:
             self._running.release()
         return True
+
+
+_UNCOMMITTED_POLL = 1e-3  # seconds; only while a call's issue is being interrupted
+
+
+class _Queued:
+    """An async call in the queue; `committed` once `submit` is sure to return its handle."""
+
+    __slots__ = ("fn", "future", "what", "committed")
+
+    def __init__(self, fn: Callable[[], Any], future: Future, what: str):
+        self.fn, self.future, self.what = fn, future, what
+        self.committed = False
 
 
 def _outcome(fn: Callable[[], Any]) -> tuple[bool, Any]:

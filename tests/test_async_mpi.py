@@ -131,3 +131,11 @@ def test_async_equals_sync_while_the_caller_computes(np_):
 def test_an_interrupt_as_the_lane_takes_the_engine_leaves_the_rank_in_step():
     """The eleventh review: the engine's lock stayed held, the next collective blocked."""
     run_workers(2, "interrupted_lane", timeout=120)
+
+
+def test_an_interrupt_in_an_async_calls_issue_leaves_it_unissued():
+    """Injected where a signal lands: after the engine's lock is given back (the call was
+    queued and ran: issued again, the peers' sums were wrong), before it (the lock stayed
+    held), as the progress thread starts (it never ran), and in close() (a second close
+    closed the transport under queued calls): the eightieth review."""
+    run_workers(2, "interrupted_issue", timeout=120)
