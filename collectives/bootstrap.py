@@ -206,7 +206,11 @@ def _init_torch(transport: str, settings: Settings | None,
         raise kind(f"init: rank {os.environ.get('RANK')} could not join the other ranks "
                    f"within {timeout:g} s (a rank that never calls init(), or another "
                    f"MASTER_ADDR/MASTER_PORT): torch.distributed said: {failure}") from None
-    agree_over(host, settings, transport, error)
+    try:
+        agree_over(host, settings, transport, error)
+    except BaseException:
+        host.close()  # (its gloo group: each failed init kept one; the seventy-ninth review)
+        raise
     if settings.shm:
         log.warning("COLLECTIVES_SHM=1 is for the MPI transport: under torchrun messages "
                     "go through gloo")

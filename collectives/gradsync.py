@@ -29,6 +29,7 @@ import numpy as np
 
 import kernels
 
+from .agreement import differences
 from .calls.collective import check_root
 from .communicator import Communicator
 from .errors import CollectiveError, MismatchError, outliers
@@ -274,8 +275,7 @@ class GradSync:
     """
 
     __slots__ = ("comm", "algorithm", "compression", "fusion_bytes", "error_feedback",
-                 "_name", "_buckets", "_ready", "_handles", "_hooks", "_filled", "_held",
-                 "_refusal")
+                 "_name", "_buckets", "_step", "_hooks")
 
     def __init__(self, comm: Communicator, *, algorithm: str | None = None,
                  compression: str | None = None, fusion_bytes: int | None = None,
@@ -289,12 +289,8 @@ class GradSync:
         # Names its residuals: the same on every rank, as ranks make their GradSyncs in order.
         self._name = instance_name(comm, "gradsync")
         self._buckets: list[list] = []  # attach: parameters per bucket, in launch order
-        self._ready: list[set[int]] = []  # per bucket, ids of the parameters ready this step
-        self._handles: list[Handle] = []  # the buckets launched this step (a prefix)
+        self._step = _Step(0)
         self._hooks: list = []
-        self._filled: list[tuple[int, Any]] = []  # (position among the parameters, parameter)
-        self._held: Handle | None = None  # which gradients a rank held: issued once a step
-        self._refusal: Exception | None = None  # why this rank refuses the rest of its step
 
     def sync(self, grads: Iterable) -> list:
         """Average `grads` over the ranks; returns them (averaged in place), with immutable
@@ -345,7 +341,7 @@ class GradSync:
             size += nbytes
         self._buckets.append(bucket)
         self._agree_on_buckets([named[p] for b in self._buckets for p in b])
-        self._ready = [set() for _ in self._buckets]
+        self._step = _Step(len(self._buckets))
         index = {id(p): b for b, members in enumerate(self._buckets) for p in members}
         # Before autograd adds a gradient into p.grad: refuse one for a bucket on the wire
         # (the all-reduce reads and writes p.grad). After: count it in.
@@ -369,30 +365,34 @@ class GradSync:
         finish them (it issues nothing twice); a backward before that is refused.
         """
         failure = None
+        step = self._step
         try:
             self._fill_missing()
             self._launch(len(self._buckets))
-            if self._buckets and self._held is None:  # (not attached, or detached: nothing)
-                self._held = self._issue_held()
+            if self._buckets and step.held is None:  # (not attached, or detached: nothing)
+                step.held = self._issue_held()
         except Exception as error:  # (the buckets launched before it still run)
             failure = error
         try:
-            for handle in self._handles + ([self._held] if self._held else []):
+            for handle in step.handles + ([step.held] if step.held else []):
                 try:
                     handle.wait()
                 except Exception as error:  # (a MismatchError leaves later ones running)
                     failure = failure or error
             if failure is not None:
                 raise failure
-            if self._filled:
-                anywhere = self._held.wait()
-                for position, p in self._filled:
+            if step.filled and step.held is not None:  # (None: detached before it was issued)
+                anywhere = step.held.wait()
+                for position, p in step.filled:
                     if not anywhere[position]:
                         p.grad = None
         except Exception:
-            self._end_step()
+            self._step = _Step(len(self._buckets))
             raise
-        self._end_step()  # (not after an interrupt: calling wait() again finishes this step)
+        # One assignment ends the step: an interrupt lands before it (wait() again finishes
+        # this step) or after (the next step's); resetting its parts one by one, one landing
+        # between them made the retry launch every bucket again (the seventy-ninth review).
+        self._step = _Step(len(self._buckets))
 
     def _fill_missing(self) -> None:
         """Zeros for the gradients missing from the buckets not launched yet, noted."""
@@ -400,24 +400,17 @@ class GradSync:
         for members in self._buckets[self._launched:]:
             for p in members:
                 if p.grad is None:
-                    self._filled.append((position, p))  # (first: an interrupt between the
+                    self._step.filled.append((position, p))  # (first: an interrupt between the
                     p.grad = p.detach().new_zeros(p.shape)  # two notes it twice, harmlessly)
                 position += 1
 
     def _issue_held(self) -> Handle:
         """The all-reduce (max) of which gradients this rank held before `_fill_missing`."""
-        if self._refusal is not None:
-            return self.comm.refuse_async("allreduce", self._refusal)
+        if self._step.refusal is not None:
+            return self.comm.refuse_async("allreduce", self._step.refusal)
         held = np.ones(sum(map(len, self._buckets)), np.int32)
-        held[[position for position, _ in self._filled]] = 0
+        held[[position for position, _ in self._step.filled]] = 0
         return self.comm.allreduce_async(held, op="max")
-
-    def _end_step(self) -> None:
-        self._handles.clear()
-        self._ready = [set() for _ in self._buckets]
-        self._filled = []
-        self._held = None
-        self._refusal = None
 
     def detach(self) -> None:
         """Remove the hooks that `attach` registered."""
@@ -430,7 +423,7 @@ class GradSync:
         """CollectiveError, before autograd writes, for a gradient of a launched bucket."""
         if bucket < self._launched:
             interrupted = " (a wait() was interrupted: call it again to finish that step)" \
-                if self._held is not None else ""
+                if self._step.held is not None else ""
             raise CollectiveError(
                 f"a gradient of bucket {bucket} arrived after its all-reduce started{interrupted}"
                 ": call GradSync.wait() after every backward (gradient accumulation over several "
@@ -439,34 +432,36 @@ class GradSync:
                 "runs a backward inside it) needs sync() after backward instead")
 
     def _grad_ready(self, param, bucket: int) -> None:
-        self._ready[bucket].add(id(param))  # (counted once: a bucket waits for them all)
+        ready = self._step.ready
+        ready[bucket].add(id(param))  # (counted once: a bucket waits for them all)
         complete = self._launched
         buckets = self._buckets
-        while complete < len(buckets) and len(self._ready[complete]) == len(buckets[complete]):
+        while complete < len(buckets) and len(ready[complete]) == len(buckets[complete]):
             complete += 1
         self._launch(complete)
 
     def _agree_on_buckets(self, names: list[str]) -> None:
-        """ValueError on every rank when the ranks' buckets differ (count, names, shapes,
-        dtypes), naming the first parameter that differs."""
+        """ValueError on every rank when the ranks' parameters differ (count, names, shapes,
+        dtypes), naming the first that differs, or their buckets (fusion_bytes)."""
         flat = [p for b in self._buckets for p in b]
-        mine = np.array([*layout_digest(p for b in self._buckets for p in b + [None]),
-                         *_digest(repr(names)), len(flat), len(self._buckets)], np.int64)
+        mine = np.array([*layout_digest(flat), *_digest(repr(names)), len(flat),
+                         len(self._buckets), self.fusion_bytes], np.int64)
         rows = self.comm.allgather(mine)
         if (rows == rows[0]).all():
             return
+        self._buckets = []
+        if (rows[:, :5] == rows[0, :5]).all():  # the same parameters, bucketed otherwise
+            raise ValueError(f"GradSync.attach: the ranks bucket their parameters differently: "
+                             f"{differences([{'fusion_bytes': str(row[6])} for row in rows])}")
         # Every rank is here: a second all-gather finds the first parameter that differs.
         described = [f"{name} {tuple(p.shape)} {p.dtype}" for name, p in zip(names, flat)]
-        longest = int(rows[:, 4].max())
-        each = np.zeros(longest, np.int64)
+        each = np.zeros(int(rows[:, 4].max()), np.int64)
         each[:len(flat)] = [_digest(text)[0] for text in described]
         first = int(np.argmax((self.comm.allgather(each) != each).any(axis=0)))
         here = described[first] if first < len(flat) else f"nothing (it has {len(flat)})"
-        said = ", ".join(f"rank {r}: {n} parameters in {b} buckets"
-                         for r, (*_, n, b) in enumerate(rows.tolist()))
-        self._buckets = []
+        said = ", ".join(f"rank {r}: {n} parameters" for r, n in enumerate(rows[:, 4].tolist()))
         raise ValueError(f"GradSync.attach: the ranks' parameters that require grad differ "
-                         f"in number, names, order, shapes or dtypes: {outliers(rows)} "
+                         f"in number, names, order, shapes or dtypes: {outliers(rows[:, :5])} "
                          f"({said}); the first that differs is parameter #{first} in bucket "
                          f"order (the reverse of registration): on rank {self.comm.rank} "
                          f"{here}. Every rank must build the same model and freeze the same "
@@ -476,29 +471,43 @@ class GradSync:
         """Start the all-reduces of buckets [launched, up_to). A gradient that is no dense
         array (set by hand) refuses its bucket and every later call of the step here, so
         the other ranks' calls fail (MismatchError) and stay paired with this rank's."""
+        step = self._step
         for b in range(self._launched, up_to):
-            if self._refusal is None:
+            if step.refusal is None:
                 try:
                     views = [as_array(p.grad) for p in self._buckets[b]]
                 except (TypeError, ValueError, BufferError) as error:
-                    self._refusal = error
-            if self._refusal is None:
+                    step.refusal = error
+            if step.refusal is None:
                 made = self.comm.allreduce_many_async(views, **self._options(f"bucket{b}"),
                                                       out=views)
             else:
-                made = self.comm.refuse_async("allreduce_many", self._refusal)
-            self._handles.append(made)
+                made = self.comm.refuse_async("allreduce_many", step.refusal)
+            step.handles.append(made)
 
     @property
     def _launched(self) -> int:
         """Buckets launched this step: their handles' count, so that no interrupt between
         two statements can leave a launched bucket counted out (launched again)."""
-        return len(self._handles)
+        return len(self._step.handles)
 
     def _options(self, part: str) -> dict:
         feedback = f"{self._name}-{part}" if self.error_feedback else False
         return dict(op="avg", algorithm=self.algorithm, compression=self.compression,
                     fusion_bytes=self.fusion_bytes, error_feedback=feedback)
+
+
+class _Step:
+    """What GradSync.attach's current step has done: replaced whole when it ends."""
+
+    __slots__ = ("ready", "handles", "filled", "held", "refusal")
+
+    def __init__(self, buckets: int):
+        self.ready: list[set[int]] = [set() for _ in range(buckets)]  # ids of parameters ready
+        self.handles: list[Handle] = []  # the buckets launched (a prefix)
+        self.filled: list[tuple[int, Any]] = []  # (position among the parameters, parameter)
+        self.held: Handle | None = None  # which gradients a rank held: issued once a step
+        self.refusal: Exception | None = None  # why this rank refuses the rest of its step
 
 
 def layout_digest(arrays) -> tuple[int, int]:

@@ -91,10 +91,8 @@ def test_rank_that_never_arrives_gives_collective_timeout(tmp_path, check, step)
         assert "this communicator is unusable since allreduce #2 timed out" in seen["after"], seen
 
 
-@pytest.mark.parametrize("transport", ["mpi", "auto"])
-def test_init_under_torchrun_takes_each_transport(transport):
-    """One process in torchrun's environment: transport "auto" (no NCCL here: none for CuPy
-    arrays) broke with a TypeError once (the fortieth review)."""
+def _one_rank(code: str) -> subprocess.CompletedProcess:
+    """`python -c code` as the one rank of torchrun's environment."""
     pytest.importorskip("torch", reason="the torch extra is not installed")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -102,10 +100,28 @@ def test_init_under_torchrun_takes_each_transport(transport):
     env = {k: v for k, v in os.environ.items() if k not in MPI_LAUNCHER_ENV}
     env.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                 "MASTER_PORT": str(port), "PYTHONPATH": str(ROOT)})
-    code = (f"import collectives; comm = collectives.init(transport={transport!r}); "
-            "print(comm.transport_name, comm.size)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
+
+
+def test_close_after_the_application_started_torch_distributed_again():
+    """close() raised torch's ValueError "Invalid process group specified": the application's
+    destroy_process_group() had taken our group (the seventy-ninth review)."""
+    proc = _one_rank("import collectives, torch.distributed as dist\n"
+                     "comm = collectives.init()\n"
+                     "dist.destroy_process_group()\n"
+                     "dist.init_process_group('gloo')\n"
+                     "comm.close()\n"
+                     "print('closed')")
+    assert proc.returncode == 0 and proc.stdout.split() == ["closed"], proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("transport", ["mpi", "auto"])
+def test_init_under_torchrun_takes_each_transport(transport):
+    """One process in torchrun's environment: transport "auto" (no NCCL here: none for CuPy
+    arrays) broke with a TypeError once (the fortieth review)."""
+    proc = _one_rank(f"import collectives; comm = collectives.init(transport={transport!r}); "
+                     "print(comm.transport_name, comm.size)")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.split() == ["torch", "1"]
 
@@ -131,24 +147,29 @@ def test_init_under_torchrun_compares_the_ranks_settings(tmp_path, case):
 
 def test_init_close_cycles_under_torchrun_release_their_groups(tmp_path):
     """Each cycle kept its gloo group (5 descriptors, 3 threads and its buffers) until exit:
-    about 200 cycles ran out of descriptors (the seventy-fifth review)."""
+    about 200 cycles ran out of descriptors (the seventy-fifth review); so did each refused
+    init (the seventy-ninth)."""
     from tests.workers.init_settings import CYCLES
 
     torchrun(2, "init_settings", "cycles", str(tmp_path), timeout=180)
     for rank in range(2):
-        first, last = json.loads((tmp_path / f"rank{rank}.json").read_text())["descriptors"]
-        assert last - first < CYCLES, (rank, first, last)
+        seen = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        first, last = seen["descriptors"]
+        assert last - first < CYCLES // 4, (rank, first, last)
 
 
 def test_an_interrupt_lands_at_once_under_torchrun(tmp_path):
     """A signal handler that raised while a collective waited for a late rank was held in
     gloo's wait until the rank came or the timeout (the seventy-fifth review); now raised at
     once (the check on: the wait is for the records). The late rank finds the connections
-    closed: a CollectiveError."""
+    closed: a CollectiveError at once, while the interrupted rank lives (the seventy-ninth
+    review saw it wait out its timeout: the expired wait had closed nothing)."""
+    from tests.workers.timeouts import TIMEOUT
+
     from tests.workers.timeouts import INTERRUPT_AFTER
 
     torchrun(2, "timeouts", "interrupted", "ring", str(tmp_path), timeout=120)
     first, late = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert first["error"] == "KeyboardInterrupt", first
     assert first["elapsed"] < INTERRUPT_AFTER + 0.5, first  # (held: TIMEOUT or more)
-    assert late["error"] in ("CollectiveError", "CollectiveTimeout", "PeerError"), late
+    assert late["error"] == "CollectiveError" and late["elapsed"] < TIMEOUT / 2, late

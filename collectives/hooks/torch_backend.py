@@ -20,6 +20,7 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from torch._C._distributed_c10d import (AllgatherOptions, AllreduceOptions, AllT
 from ..algorithms import PLANNERS
 from ..communicator import Communicator
 from ..agreement import differences
-from ..errors import MismatchError, unknown_choice
+from ..errors import CollectiveError, MismatchError, unknown_choice
 from ..options import check_compression
 from .torch_arrays import (Rows, as_array, byte_view, compressible, dtype_code, dtype_named,
                            flat, reduce_op, tensors_named)
@@ -475,7 +476,12 @@ def _create(backend: dist.distributed_c10d._DistributedBackendOptions,
                               group_size=backend.group_size,
                               global_ranks=backend.global_ranks_in_group,
                               timeout=backend.timeout.total_seconds())
-    return CollectivesProcessGroup(comm, options or BackendOptions())
+    try:
+        return CollectivesProcessGroup(comm, options or BackendOptions())
+    except BaseException:  # (the ranks refused alike: each closes; a refused group kept its
+        with contextlib.suppress(CollectiveError):  # communicator; the seventy-ninth review)
+            comm.close()
+        raise
 
 
 dist.Backend.register_backend(BACKEND, _create, extended_api=True, devices=["cpu"])

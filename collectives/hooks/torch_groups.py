@@ -72,5 +72,9 @@ def _over_gloo(store: dist.Store, rank: int, size: int, timeout: float) -> Commu
     except ValueError as bad:  # (told to the others first, as init() does)
         error = bad
     transport = TorchDistTransport.over_store(store, rank, size, timeout)
-    agree_over(transport, settings, "mpi", error)
+    try:
+        agree_over(transport, settings, "mpi", error)
+    except BaseException:
+        transport.close()
+        raise
     return Communicator(transport, topology_of(transport, settings), settings)

@@ -51,7 +51,10 @@ def _destroy(group: dist.ProcessGroup | None) -> None:
     the process ("terminate called without an active exception")."""
     if dist.is_initialized():
         gc.collect()
-        dist.destroy_process_group(group)
+        try:
+            dist.destroy_process_group(group)
+        except ValueError:  # ("Invalid process group specified": the application's
+            pass  # destroy_process_group() took it, and it made a new default since)
 
 
 class TorchDistTransport:
@@ -282,9 +285,10 @@ class TorchDistTransport:
         """Wait for gloo's `work` until `deadline`. A collective's work is waited for in
         Python (an Event its future sets), so an interrupt (Ctrl-C, a signal handler that
         raises) lands at once: gloo's own wait held it until the peer came or the timeout
-        (the seventy-fifth review). The interrupted work is then expired as a timed-out one
-        is (gloo closes the group's connections: nothing writes our buffers later) and kept.
-        gloo's point-to-point works have no future: their wait is gloo's."""
+        (the seventy-fifth review). The interrupted work is kept and the group's connections
+        closed, as `abandon` does: its waits fail, nothing writes our buffers later, and the
+        late peers fail at once. gloo's point-to-point works have no future: their wait is
+        gloo's."""
         try:
             future = work.get_future()
         except RuntimeError:
@@ -302,8 +306,5 @@ class TorchDistTransport:
             raise CollectiveError(f"rank {self.rank}: {what} failed: {error}") from error
         except BaseException:
             self._abandoned.append(work)
-            try:
-                work.wait(timeout=datetime.timedelta(milliseconds=1))
-            except RuntimeError:
-                pass  # (expired, or failed meanwhile: either way it writes no more)
-            raise
+            self._messages.close_connections()  # its waits fail: nothing writes later, and
+            raise  # the late peers are told at once (an expired wait told nobody)

@@ -62,6 +62,13 @@ def main() -> None:
             comm = collectives.init()
             comm.allreduce(np.ones(1000, np.float32))
             comm.close()
+        for _ in range(CYCLES // 4):  # refused: a bad value on the last rank
+            os.environ["COLLECTIVES_TIMEOUT"] = "abc" if rank == size - 1 else TIMEOUT
+            try:
+                collectives.init()
+            except (ValueError, collectives.MismatchError):
+                pass
+        os.environ["COLLECTIVES_TIMEOUT"] = TIMEOUT
         seen["descriptors"].append(_descriptors())
     else:
         try:

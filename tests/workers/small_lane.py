@@ -134,12 +134,14 @@ def stats(comm, tally: Tally, check: bool) -> None:
 
 def bad_arguments(comm, tally: Tally) -> None:
     """Arguments the general path refuses stay refused once the lane knows the call: values
-    that hash like valid ones (np.True_ like True), unhashable ones. Every rank raises (none
-    hangs), and the next call works."""
+    that hash like valid ones (1.0 like True), unhashable ones. Every rank raises (none
+    hangs), and the next call works. NumPy's bool is a bool on both paths (the
+    seventy-eighth review)."""
     x = np.ones(3, np.float32)
     comm.allreduce(x, deterministic=True)
-    for label, kwargs in (("np.True_", {"deterministic": np.True_}),
-                          ("1.0", {"deterministic": 1.0}), ("op list", {"op": ["sum"]})):
+    y = comm.allreduce(x, deterministic=np.True_)
+    tally.check(np.array_equal(y, np.full(3, comm.size, np.float32)), f"np.True_: {y}")
+    for label, kwargs in (("1.0", {"deterministic": 1.0}), ("op list", {"op": ["sum"]})):
         try:
             comm.allreduce(x, **kwargs)
             tally.check(False, f"{label}: accepted")

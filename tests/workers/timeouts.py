@@ -81,6 +81,10 @@ def interrupted(comm, algorithm: str, outdir: Path) -> None:
         seen["error"], seen["message"] = type(error).__name__, str(error)
     seen["elapsed"] = time.monotonic() - start
     (outdir / f"rank{comm.rank}.json").write_text(json.dumps(seen))
+    limit = time.monotonic() + 30  # alive until every rank wrote: not told by an exit
+    while not all((outdir / f"rank{r}.json").exists() for r in range(comm.size)) \
+            and time.monotonic() < limit:
+        time.sleep(0.05)
 
 
 def _raise_interrupt(signum, frame):

@@ -445,8 +445,9 @@ def check_options_agreed(tally: Tally) -> None:
     refused when made, naming the option and where it comes from: each call's mismatch
     had named a compression nobody passed (the seventy-seventh review)."""
     rank, size = dist.get_rank(), dist.get_world_size()
+    descriptors = len(os.listdir("/proc/self/fd"))
     for variable, value in (("COLLECTIVES_COMPRESSION", "fp16"), ("COLLECTIVES_COMPRESSION",
-                                                                   "fp61")):
+                                                                   "fp61")) * 3:
         if rank == size - 1:
             os.environ[variable] = value
         try:
@@ -465,6 +466,8 @@ def check_options_agreed(tally: Tally) -> None:
     reduced = torch.ones(3)
     dist.all_reduce(reduced)
     tally.check(bool((reduced == size).all()), "an all-reduce after the refused groups")
+    kept = len(os.listdir("/proc/self/fd")) - descriptors  # (each refused group's gloo pairs
+    tally.check(kept < 6, f"6 refused groups kept {kept} descriptors")  # stayed open: the 79th)
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 import collectives
-from collectives import CollectiveError
+from collectives import CollectiveError, gradsync
 from collectives.hooks.torch import (DistributedOptimizer, HookState, allreduce_hook,
                                      init_process_group)
 from tests.workers.common import Tally, check_refused_on_one_rank
@@ -420,6 +420,20 @@ def check_interrupted_wait(comm, tally: Tally) -> None:
                 tally.check(False, "a backward after an interrupted wait() went through")
             except CollectiveError as error:
                 tally.check("a wait() was interrupted" in str(error), f"backward: {error}")
+        if step == 1 and r == 0:  # an interrupt as the finished step ends (the 79th review:
+            real = gradsync._Step  # the retry launched every bucket again)
+
+            class Interrupted(real):
+                def __init__(self, buckets: int):
+                    gradsync._Step = real
+                    raise KeyboardInterrupt("as the step ends")
+
+            gradsync._Step = Interrupted
+            try:
+                sync.wait()
+                tally.check(False, "the interrupt as the step ends did not land")
+            except KeyboardInterrupt:
+                pass
         sync.wait()
         got = [q.grad for q in model.parameters()]
         tally.check(all(torch.allclose(g, w) for g, w in zip(got, want)),
@@ -552,6 +566,15 @@ def check_attach_refusals(comm, tally: Tally) -> None:
         tally.check(f"parameter #0 in bucket order (the reverse of registration): on rank {r} "
                     f"{1 - r % 2}.weight (4, 4) torch.float32" in str(error),
                     f"attach, other layers frozen: {error}")
+    # the same parameters bucketed otherwise (fusion_bytes on one rank) were said to be
+    # parameters that differ, naming one that did not (the seventy-ninth review)
+    try:
+        collectives.GradSync(comm, fusion_bytes=64 if r == 0 else 1 << 20).attach(
+            torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(3)))).detach()
+        tally.check(p == 1, "attach with another fusion_bytes on rank 0 went through")
+    except ValueError as error:
+        tally.check("bucket their parameters differently: rank 0 has fusion_bytes 64"
+                    in str(error), f"attach, fusion_bytes: {error}")
     # Refused on one rank only: the others waited out the timeout in attach's all-gather,
     # and the communicator broke (the twenty-first review, D4)
     refused_here = comm.rank == p - 1
