@@ -450,8 +450,9 @@ class GradSync:
         if (rows == rows[0]).all():
             return
         self._buckets = []
-        if (rows[:, :5] == rows[0, :5]).all():  # the same parameters, bucketed otherwise
-            raise ValueError(f"GradSync.attach: the ranks bucket their parameters differently: "
+        if (rows[:, :5] == rows[0, :5]).all():  # the same parameters
+            raise ValueError(f"GradSync.attach: the ranks' fusion_bytes differ (it makes the "
+                             f"buckets, and every bucket's call carries it): "
                              f"{differences([{'fusion_bytes': str(row[6])} for row in rows])}")
         # Every rank is here: a second all-gather finds the first parameter that differs.
         described = [f"{name} {tuple(p.shape)} {p.dtype}" for name, p in zip(names, flat)]

@@ -170,11 +170,11 @@ class ProgressEngine:
         queued = _Queued(fn, Future(), what)
         handle = Handle(queued.future, what, self)
         try:
-            self._start_thread()
             with self._cv:
                 if self._closed:
                     raise CollectiveError(f"{what}: this communicator is closed")
-                self._queue.append(queued)
+                self._start_thread()  # (under the lock: threads issuing their first call at
+                self._queue.append(queued)  # once started one each; the 81st review)
                 self._cv.notify_all()
             queued.committed = True
         except BaseException:
@@ -184,7 +184,8 @@ class ProgressEngine:
 
     def _start_thread(self) -> None:
         """Start the progress thread unless it runs (one interrupted before it began is
-        replaced: it was kept, never ran, and every later call waited for it)."""
+        replaced: it was kept, never ran, and every later call waited for it). Under the
+        queue's lock."""
         if self._thread is not None and (self._thread.ident is not None or self._loop_ended):
             return
         atexit.register(_drain_at_exit, weakref.ref(self))  # (twice if start is interrupted)
@@ -257,6 +258,24 @@ class ProgressEngine:
                 self._running.release()
             return len(self._queue) + running
 
+    def _queue_drained(self, deadline: float | None) -> bool:
+        """For close(): mark the engine closed and wait (up to `deadline`) until the loop
+        ran every queued call and returned. By the loop's own word, not Thread.join: an
+        interrupted join() marks a running thread stopped (CPython), and a second close()
+        closed the transport under the collectives still queued (the eightieth review). A
+        forked child has no such thread to wait for."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+            started = (self._thread is not None and self._thread.ident is not None
+                       and self._pid == os.getpid())
+            while started and not self._loop_ended:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cv.wait(left)
+        return True
+
     def _loop(self) -> None:
         while True:
             with self._cv:
@@ -289,18 +308,12 @@ class ProgressEngine:
                                   "this thread (from a signal handler?) would close the "
                                   "transport under it; close after it returned")
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-            # the loop's own word, not Thread.join: an interrupted join() marks a running
-            # thread stopped (CPython), and a second close() closed the transport under
-            # the collectives still queued (the eightieth review)
-            started = self._thread is not None and self._thread.ident is not None
-            while started and not self._loop_ended:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cv.wait(left)
+        try:
+            if not self._queue_drained(deadline):
+                return False
+        except BaseException:
+            self._let_go()
+            raise
         left = -1 if deadline is None else max(deadline - time.monotonic(), 0.0)
         if not self._running.acquire(timeout=left):  # a sync collective on another thread
             return False

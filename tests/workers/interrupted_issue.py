@@ -2,12 +2,15 @@
 close(), injected where a signal may land (the eightieth review found each with real
 SIGALRMs): the call is not issued, so issuing it again pairs right; the engine's lock is
 not left held; a progress thread whose start was interrupted is replaced; a close() called
-again after an interrupted one finishes the queued calls first.
+again after an interrupted one finishes the queued calls first. And what the fix's review
+(the eighty-first) found: threads issuing their first async call at once started a
+progress thread each, a forked child's close() waited out the timeout.
 
 Usage: mpiexec -n 2 python -m tests.workers.interrupted_issue
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -15,18 +18,22 @@ import time
 import numpy as np
 
 import collectives
+from collectives.progress import THREAD_NAME
 from tests.workers.common import Tally
 
 CALLS = 3
+THREADS = 4
 
 
 class _Condition(threading.Condition):
-    """The engine's Condition, whose exit is interrupted once when armed: after the lock
-    was given back, or before."""
+    """The engine's Condition, whose exit on the main thread is interrupted once when armed
+    (signal handlers run there): after the lock was given back, or before."""
 
     armed: str | None = None
 
     def __exit__(self, *exc):
+        if threading.current_thread() is not threading.main_thread():
+            return super().__exit__(*exc)
         when, _Condition.armed = _Condition.armed, None
         if when == "before-release":
             raise KeyboardInterrupt(when)
@@ -88,6 +95,69 @@ def close_interrupted(tally: Tally) -> None:
     tally.check(right == len(handles), f"close again: {right} of {len(handles)} calls right")
 
 
+def first_calls_at_once(tally: Tally) -> None:
+    """THREADS threads (one name: the ranks pair their calls in any order) issue their first
+    async call at once, on fresh communicators: one progress thread each, right sums."""
+    for trial in range(10):
+        comm = collectives.init(timeout=10)
+        start = threading.Barrier(THREADS)
+        sums = []
+
+        def issue():
+            start.wait()
+            sums.append(comm.allreduce_async(np.ones(4)).wait(timeout=30))
+
+        before = _progress_threads()  # (a closed engine's may still be ending)
+        threads = [threading.Thread(target=issue, name="issuer") for _ in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        started = len(_progress_threads() - before)
+        tally.check(started == 1, f"trial {trial}: {started} progress threads")
+        tally.check(all((y == comm.size).all() for y in sums), f"trial {trial}: {sums}")
+        comm.close()
+
+
+def _progress_threads() -> set:
+    return {t for t in threading.enumerate() if t.name == THREAD_NAME}
+
+
+def close_with_its_lock_interrupted(tally: Tally) -> None:
+    """An interrupt as close() gives back the engine's lock left it held: a second close()
+    and every call were refused as "inside a collective" (the eighty-first review)."""
+    comm = collectives.init(timeout=10)
+    comm._progress._cv = _Condition(threading.RLock())  # (before its thread waits on it)
+    comm.allreduce_async(np.ones(4)).wait()
+    _Condition.armed = "before-release"
+    try:
+        comm.close()
+        tally.check(False, "close() went through its interrupt")
+    except KeyboardInterrupt:
+        pass
+    comm.close()
+    try:
+        comm.allreduce(np.ones(2))
+        tally.check(False, "a call after close() ran")
+    except collectives.CollectiveError as error:
+        tally.check("this communicator is closed" in str(error), f"after close: {error}")
+
+
+def close_in_a_forked_child(tally: Tally) -> None:
+    """A forked child's close() waited for the parent's progress thread, which it lacks,
+    until the timeout, then raised that calls "still ran"."""
+    comm = collectives.init(timeout=5)
+    comm.allreduce_async(np.ones(4)).wait()
+    child = os.fork()
+    if child == 0:
+        start = time.monotonic()
+        comm.close()
+        os._exit(0 if time.monotonic() - start < 2 else 3)
+    _, status = os.waitpid(child, 0)
+    tally.check(os.waitstatus_to_exitcode(status) == 0, f"the child's close(): {status}")
+    comm.close()
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt("alarm")
 
@@ -97,6 +167,9 @@ def main() -> None:
     for where in ("after-release", "before-release", "thread-start"):
         issue_interrupted(tally, where)
     close_interrupted(tally)
+    first_calls_at_once(tally)
+    close_with_its_lock_interrupted(tally)
+    close_in_a_forked_child(tally)
     tally.finish()
 
 

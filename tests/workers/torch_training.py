@@ -566,15 +566,16 @@ def check_attach_refusals(comm, tally: Tally) -> None:
         tally.check(f"parameter #0 in bucket order (the reverse of registration): on rank {r} "
                     f"{1 - r % 2}.weight (4, 4) torch.float32" in str(error),
                     f"attach, other layers frozen: {error}")
-    # the same parameters bucketed otherwise (fusion_bytes on one rank) were said to be
-    # parameters that differ, naming one that did not (the seventy-ninth review)
+    # another fusion_bytes on one rank was said to be parameters that differ, naming one
+    # that did not (the seventy-ninth review)
     try:
         collectives.GradSync(comm, fusion_bytes=64 if r == 0 else 1 << 20).attach(
             torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(3)))).detach()
         tally.check(p == 1, "attach with another fusion_bytes on rank 0 went through")
     except ValueError as error:
-        tally.check("bucket their parameters differently: rank 0 has fusion_bytes 64"
-                    in str(error), f"attach, fusion_bytes: {error}")
+        tally.check("the ranks' fusion_bytes differ (it makes the buckets, and every "
+                    "bucket's call carries it): rank 0 has fusion_bytes 64" in str(error),
+                    f"attach, fusion_bytes: {error}")
     # Refused on one rank only: the others waited out the timeout in attach's all-gather,
     # and the communicator broke (the twenty-first review, D4)
     refused_here = comm.rank == p - 1
