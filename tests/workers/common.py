@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import signal
 import sys
 
 import numpy as np
@@ -84,6 +85,25 @@ def check_shape_mismatch(comm, tally: Tally, call, expected: np.ndarray) -> None
     got = call(x)
     tally.check(got.shape == expected.shape and np.array_equal(got, expected),
                 f"after the mismatch: {got}")
+
+
+def interrupted_after(seconds: float, call) -> bool:
+    """Run `call()` with a SIGALRM due after `seconds` whose handler raises
+    KeyboardInterrupt, as a user's timeout helper or Ctrl-C would; whether it was
+    interrupted (the alarm and the previous handler are restored)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("the test's alarm")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        call()
+        return False
+    except KeyboardInterrupt:
+        return True
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def check_refused_on_one_rank(tally: Tally, what: str, call, refused_here: bool) -> None:

@@ -11,7 +11,6 @@ Usage: mpiexec -n 2 python -m tests.workers.interrupted_issue
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 
@@ -19,7 +18,7 @@ import numpy as np
 
 import collectives
 from collectives.progress import THREAD_NAME
-from tests.workers.common import Tally
+from tests.workers.common import Tally, interrupted_after
 
 CALLS = 3
 THREADS = 4
@@ -82,14 +81,7 @@ def close_interrupted(tally: Tally) -> None:
         time.sleep(1.0)
     handles = [comm.allreduce_async(np.full(3, float(i + comm.rank))) for i in range(20)]
     if comm.rank == 0:
-        previous = signal.signal(signal.SIGALRM, _raise_interrupt)
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
-        try:
-            comm.close()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            signal.signal(signal.SIGALRM, previous)
+        interrupted_after(0.05, comm.close)
     comm.close()
     right = sum(bool((h.wait(timeout=30) == 2 * i + 1).all()) for i, h in enumerate(handles))
     tally.check(right == len(handles), f"close again: {right} of {len(handles)} calls right")
@@ -156,10 +148,6 @@ def close_in_a_forked_child(tally: Tally) -> None:
     _, status = os.waitpid(child, 0)
     tally.check(os.waitstatus_to_exitcode(status) == 0, f"the child's close(): {status}")
     comm.close()
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt("alarm")
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import time
 
 import ml_dtypes
@@ -21,7 +20,7 @@ import collectives
 from collectives import CollectiveError, gradsync
 from collectives.hooks.torch import (DistributedOptimizer, HookState, allreduce_hook,
                                      init_process_group)
-from tests.workers.common import Tally, check_refused_on_one_rank
+from tests.workers.common import Tally, check_refused_on_one_rank, interrupted_after
 
 STEPS = 30
 TOLERANCE = 1e-5
@@ -406,15 +405,8 @@ def check_interrupted_wait(comm, tally: Tally) -> None:
         if step == 0 and r == p - 1 and p > 1:
             time.sleep(1.0)
         if step == 0 and r == 0 and p > 1:
-            previous = signal.signal(signal.SIGALRM, _raise_interrupt)
-            signal.setitimer(signal.ITIMER_REAL, 0.3)
-            try:
-                sync.wait()
-                tally.check(False, "wait() returned before the late rank came")
-            except KeyboardInterrupt:
-                pass
-            finally:
-                signal.signal(signal.SIGALRM, previous)
+            tally.check(interrupted_after(0.3, sync.wait),
+                        "wait() returned before the late rank came")
             try:
                 model(torch.ones(1, 4)).sum().backward()
                 tally.check(False, "a backward after an interrupted wait() went through")
@@ -456,10 +448,6 @@ def _averaged_here(comm, sync, model: torch.nn.Module, step: int) -> list[torch.
         each.append([q.grad.clone() for q in model.parameters()])
     sync.attach(model)
     return [sum(grads) / comm.size for grads in zip(*each)]
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt("alarm")
 
 
 def check_refused_bucket(comm, tally: Tally) -> None:
