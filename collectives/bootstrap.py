@@ -161,11 +161,17 @@ def _handshake(comm, hello: dict, deadline: float) -> None:
 def agree_over(host, settings: Settings | None, transport: str,
                error: Exception | None) -> None:
     """The hellos' comparison over `host`'s all-gather (torch.distributed's gloo, where
-    there is no MPI): the same errors as under MPI; this rank's `error` raised here."""
-    hello = _hello(settings, transport, error)
-    _compare(host.allgather_object(hello), hello)
-    if error is not None:
-        raise error
+    there is no MPI): the same errors as under MPI; this rank's `error` raised here. On
+    any error `host` is closed (its gloo group: each refused init kept one; the
+    seventy-ninth review)."""
+    try:
+        hello = _hello(settings, transport, error)
+        _compare(host.allgather_object(hello), hello)
+        if error is not None:
+            raise error
+    except BaseException:
+        host.close()
+        raise
 
 
 def _compare(hellos: list[dict], hello: dict) -> None:
@@ -206,11 +212,7 @@ def _init_torch(transport: str, settings: Settings | None,
         raise kind(f"init: rank {os.environ.get('RANK')} could not join the other ranks "
                    f"within {timeout:g} s (a rank that never calls init(), or another "
                    f"MASTER_ADDR/MASTER_PORT): torch.distributed said: {failure}") from None
-    try:
-        agree_over(host, settings, transport, error)
-    except BaseException:
-        host.close()  # (its gloo group: each failed init kept one; the seventy-ninth review)
-        raise
+    agree_over(host, settings, transport, error)
     if settings.shm:
         log.warning("COLLECTIVES_SHM=1 is for the MPI transport: under torchrun messages "
                     "go through gloo")

@@ -72,9 +72,5 @@ def _over_gloo(store: dist.Store, rank: int, size: int, timeout: float) -> Commu
     except ValueError as bad:  # (told to the others first, as init() does)
         error = bad
     transport = TorchDistTransport.over_store(store, rank, size, timeout)
-    try:
-        agree_over(transport, settings, "mpi", error)
-    except BaseException:
-        transport.close()
-        raise
+    agree_over(transport, settings, "mpi", error)
     return Communicator(transport, topology_of(transport, settings), settings)
