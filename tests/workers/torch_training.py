@@ -349,8 +349,10 @@ def check_sync_feedback_per_layout(comm, tally: Tally) -> None:
     """GradSync.sync kept one residual for all its calls: a call of another size between
     two calls of one tree dropped that tree's residual (the twenty-first review, D5).
     Each layout now has its own: the interrupted sequence gives the uninterrupted's bits."""
-    # contributions of about +-500 round by up to 0.125 in fp16, their mean is 0.05
-    a = np.full(1000, 1000.3 * (-1) ** comm.rank + 0.1 * comm.rank, np.float32)
+    # contributions of about +-1000 round by up to 0.25 in fp16; they cancel in pairs (an
+    # odd rank out adds 0.1) so the mean is small enough for fp16 to show the feedback
+    r, paired = comm.rank, comm.size - comm.size % 2
+    a = np.full(1000, 1000.3 * (-1) ** r + 0.1 * r if r < paired else 0.1, np.float32)
     alone = collectives.GradSync(comm, compression="fp16", error_feedback=True)
     mixed = collectives.GradSync(comm, compression="fp16", error_feedback=True)
     want = [alone.sync([a.copy()])[0] for _ in range(2)]
@@ -359,7 +361,8 @@ def check_sync_feedback_per_layout(comm, tally: Tally) -> None:
     second = mixed.sync([a.copy()])[0]
     tally.check(np.array_equal(first, want[0]) and np.array_equal(second, want[1]),
                 f"another layout between two syncs: {second[:2]} against {want[1][:2]}")
-    tally.check(not np.array_equal(want[0], want[1]), "error feedback changed nothing")
+    tally.check(comm.size == 1 or not np.array_equal(want[0], want[1]),
+                "error feedback changed nothing")
     comm.clear_error_feedback()
 
 
