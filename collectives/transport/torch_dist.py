@@ -305,6 +305,5 @@ class TorchDistTransport:
                 raise CollectiveTimeout(f"rank {self.rank}: timed out waiting for {what}") from None
             raise CollectiveError(f"rank {self.rank}: {what} failed: {error}") from error
         except BaseException:
-            self._abandoned.append(work)
-            self._messages.close_connections()  # its waits fail: nothing writes later, and
-            raise  # the late peers are told at once (an expired wait told nobody)
+            self.abandon([work], [])  # the late peers are told at once (an expired wait
+            raise  # told nobody)
