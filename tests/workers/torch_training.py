@@ -150,7 +150,7 @@ def identical(comm, array: np.ndarray) -> bool:
 
 
 def check_training(comm, tally: Tally) -> None:
-    reference, _ = train(comm, "ddp")
+    reference, ddp_losses = train(comm, "ddp")
     tally.check(identical(comm, reference), "DDP's own replicas differ")
     for way in ("hook", "gradsync", "optimizer"):
         before = comm.stats()
@@ -165,8 +165,9 @@ def check_training(comm, tally: Tally) -> None:
         got, losses = train(comm, "hook", compression)
         calls = comm.stats()[f"ring+{compression}"].calls - (before.calls if before else 0)
         tally.check(calls >= STEPS, f"hook+{compression}: {calls} compressed all-reduces")
-        first, last = np.mean(losses[:5]), np.mean(losses[-5:])
-        tally.check(last < 0.7 * first, f"hook+{compression}: loss {first:.4g} -> {last:.4g}")
+        last, ddp_last = np.mean(losses[-5:]), np.mean(ddp_losses[-5:])
+        tally.check(last < 1.05 * ddp_last,  # (one rank's data alone trains slower: not 0.7x)
+                    f"hook+{compression}: last loss {last:.4g}, DDP's {ddp_last:.4g}")
         tally.check(identical(comm, got), f"hook+{compression}: replicas differ")
 
 
@@ -486,6 +487,8 @@ def check_hook_failure(comm, tally: Tally) -> None:
     ranks disagree on compression: MismatchError everywhere, the communicator usable). It
     came as "Unable to cast <the message> to Tensor": DDP's reducer took the exception set
     on the hook's future for a value (the eighteenth review)."""
+    if comm.size == 1:
+        return  # one rank cannot disagree
     model = DistributedDataParallel(torch.nn.Linear(4, 2))
     state = HookState(comm, compression="fp16" if comm.rank == 0 else None)
     model.register_comm_hook(state, allreduce_hook)
