@@ -51,8 +51,8 @@ class Message:
     of the same byte count is reinterpreted, as MPI's bytes are.
     """
 
-    __slots__ = ("_transport", "_request", "_buffer", "_what", "_waiting", "_timeout",
-                 "_state", "_send")
+    __slots__ = ("_transport", "_request", "_buffer", "_peer", "_what", "_waiting",
+                 "_timeout", "_state", "_send")
 
     def __init__(self, transport, buffer, peer: int, tag: int, *, send: bool, timeout: float):
         check_array(buffer, "x" if send else "out")
@@ -65,6 +65,7 @@ class Message:
         post = transport.p2p_send if send else transport.p2p_recv
         self._transport = transport
         self._buffer = buffer
+        self._peer = peer
         self._waiting = (f"{'send to' if send else 'receive from'} rank {peer} (tag {tag}, "
                          f"{flat.nbytes} bytes)")
         self._what = f"rank {transport.rank}: {self._waiting}"
@@ -88,11 +89,12 @@ class Message:
 
     def wait(self):
         """The buffer, once the message completed; CollectiveTimeout past the timeout,
-        PeerError once a peer gave up on a collective (then the message is abandoned)."""
+        PeerError once a peer gave up on a collective or the message's peer left (then the
+        message is abandoned)."""
         if self._state is not True:
             try:
-                self._transport.poll(lambda: self.test() or None,
-                                     time.monotonic() + self._timeout, self._waiting)
+                self._transport.poll(self._completed, time.monotonic() + self._timeout,
+                                     self._waiting)
             except (CollectiveTimeout, PeerError) as error:  # (a PeerError left it live:
                 sent = [self._request] if self._send else []  # a later sweep filled out)
                 self._transport.abandon(sent, [] if self._send else [self._request])
@@ -109,6 +111,19 @@ class Message:
                 self._state = error
                 raise error from None
         return self._buffer
+
+    def _completed(self) -> bool | None:
+        """True once complete, else None; PeerError once the peer left without completing
+        it (a wait ran out the whole timeout, though a collective raised at once; the
+        eighty-second review)."""
+        if self.test():
+            return True
+        left = self._transport.p2p_peer_left(self._peer)
+        if left is None:
+            return None
+        if self.test():  # (what it sent before it left)
+            return True
+        raise PeerError(f"{self._what} failed: {left}")
 
     def __del__(self) -> None:
         if getattr(self, "_state", True) is False and hasattr(self, "_request"):

@@ -78,10 +78,13 @@ class ShardedSync:
         return self._bounds
 
     def shard(self):
-        """A copy of this rank's shard of the parameters, flattened (update it, then gather)."""
-        kernels.pack(self.params, self._flat)
+        """A copy of this rank's shard of the parameters, flattened (update it, then gather).
+        Packed apart from the buffer reduce and gather use (called from another thread, it
+        overwrote their data: wrong gradients, lost updates; the eighty-second review)."""
+        flat = kernels.array_module(self._flat).empty_like(self._flat)
+        kernels.pack(self.params, flat)
         lo, hi = self._bounds
-        return self._flat[lo:hi].copy()
+        return flat[lo:hi].copy()
 
     def reduce(self, grads: Sequence):
         """This rank's shard of the average of every rank's gradients (one reduce-scatter).
@@ -111,6 +114,7 @@ class ShardedSync:
         that does not fit refuses it on every rank (MismatchError on the others)."""
         with self.comm.refusing("allgather"):
             self._check_shard(shard)
+            _check_writable(self.params)  # (made read-only since: half written, one rank)
         pieces = self.comm.allgather(_padded(shard, self._longest()), algorithm=self.algorithm)
         for r, (a, b) in enumerate(split_bounds(0, self._flat.size, self.comm.size)):
             kernels.copy_into(self._flat[a:b], pieces[r, : b - a])
@@ -140,9 +144,7 @@ def _checked_params(params: list) -> list:
         raise ValueError("params must hold at least one array")
     for i, p in enumerate(params):
         check_array(p, f"params[{i}]")
-        if not getattr(p.flags, "writeable", True):
-            raise ValueError(f"params[{i}] is read-only, and gather writes the parameters: "
-                             "pass writable arrays (np.array(x) copies one)")
+    _check_writable(params)
     dtypes = {p.dtype for p in params}
     if len(dtypes) != 1:
         raise TypeError(f"params must share one dtype, got {sorted(map(str, dtypes))}")
@@ -152,6 +154,13 @@ def _checked_params(params: list) -> list:
         raise ValueError(f"params[{i}] and params[{j}] share memory (a tied weight?): each "
                          "parameter must be its own memory; pass a tied weight once")
     return params
+
+
+def _check_writable(params: list) -> None:
+    for i, p in enumerate(params):
+        if not getattr(p.flags, "writeable", True):
+            raise ValueError(f"params[{i}] is read-only, and gather writes the parameters: "
+                             "pass writable arrays (np.array(x) copies one)")
 
 
 def _agree(comm: Communicator, params: list) -> None:

@@ -148,6 +148,10 @@ class HostTransport(DataTransport, Protocol):
     def p2p_test(self, request, what: str) -> bool:
         """Whether a point-to-point request completed; CollectiveError if it failed."""
 
+    def p2p_peer_left(self, peer: int) -> Notice | None:
+        """`peer`'s notice that it left, if heard: a message with it that has not completed
+        never will."""
+
     def allgather_object(self, obj: object) -> list: ...
 
     def node_keys(self) -> list:

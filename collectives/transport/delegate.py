@@ -45,6 +45,9 @@ class LeftToMPI:
     def p2p_test(self, request, what: str) -> bool:
         return self.mpi.p2p_test(request, what)
 
+    def p2p_peer_left(self, peer: int):
+        return self.mpi.p2p_peer_left(peer)
+
     def exchange_records(self, record: np.ndarray, deadline: float, what: str) -> np.ndarray:
         return self.mpi.exchange_records(record, deadline, what)
 

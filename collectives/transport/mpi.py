@@ -236,7 +236,8 @@ class _Notices:
         self._inbox = np.zeros(3, np.int64)  # kind, rank, seq
         self._recv = control.Irecv([self._inbox, MPI.INT64_T], MPI.ANY_SOURCE, _NOTICE_TAG)
         self.heard: dict[int, Notice] = {}
-        self._sent: list = []
+        self.left: dict[int, Notice] = {}  # (a rank that gave up, then left, is heard as
+        self._sent: list = []  # giving up: that stops collectives; leaving stops messages)
 
     def arrived(self) -> bool:
         """Whether a notice has arrived (cheap: one test of the posted receive; a receive
@@ -247,7 +248,10 @@ class _Notices:
         """Take every notice that has arrived."""
         while self._recv is not None and self._recv.Test():
             kind, rank, seq = (int(v) for v in self._inbox)
-            self.heard.setdefault(rank, Notice(rank, _NOTICE_KINDS[kind], seq))
+            notice = Notice(rank, _NOTICE_KINDS[kind], seq)
+            self.heard.setdefault(rank, notice)
+            if notice.kind == "left":
+                self.left[rank] = notice
             self._recv = self._control.Irecv([self._inbox, MPI.INT64_T], MPI.ANY_SOURCE,
                                              _NOTICE_TAG)
 
@@ -425,16 +429,24 @@ class MPITransport:
     # ------------------------------------------------------------------ point to point
 
     def p2p_send(self, buf: np.ndarray, peer: int, tag: int) -> MPI.Request:
-        return self._p2p.Isend(as_bytes(buf), peer, tag)
+        """A send; to this rank itself, of a copy (a receive into the same or overlapping
+        memory aborted the process in MPICH's memcpy at size 1; the eighty-second review)."""
+        return self._p2p.Isend(as_bytes(buf.copy() if peer == self.rank else buf), peer, tag)
 
     def p2p_recv(self, buf: np.ndarray, peer: int, tag: int) -> ProbedReceive:
         """A receive that takes its message only if it has buf's size (mpi_receives)."""
         return self._receives.post(buf.view(np.uint8), peer, tag)
 
     def p2p_drop(self, request, send: bool) -> None:
-        """A message nobody will wait for: abandoned (a receive cancelled, the request and
-        its buffer kept alive)."""
-        self.abandon([request] if send else [], [] if send else [request])
+        """A message nobody will wait for: kept alive with its buffer. A receive is given
+        up on (cancelled; its message may still come, `gave_up`); a send only withdrawn:
+        nothing of it arrives here, and close() settles it (every fire-and-forget send kept
+        the communicators from being freed: 680 init/close cycles exhausted MPICH's; the
+        eighty-second review)."""
+        if send:
+            self.withdraw([request], ())
+        else:
+            self.abandon((), [request])
 
     def _sweep_receives(self) -> None:
         """Take the messages of every posted receive that has one: a peer's large send to
@@ -470,6 +482,12 @@ class MPITransport:
         if done is None:
             raise CollectiveError(f"{what} failed: {reason}")
         return done
+
+    def p2p_peer_left(self, peer: int) -> Notice | None:
+        notices = self._notices
+        if notices.arrived():
+            notices.poll()
+        return notices.left.get(peer)
 
     # ------------------------------------------------------------------ control
 

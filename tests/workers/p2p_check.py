@@ -81,6 +81,7 @@ def main() -> None:
     except collectives.CollectiveError as error:
         tally.check("isend: this communicator is closed" in str(error), f"after close: {error}")
     check_pending_at_close(tally)
+    check_peer_left(tally)
     if comm.transport_name != "torch":  # (over gloo a timeout leaves it unusable)
         check_receive_after_a_peer_error(comm, tally)
     tally.finish()
@@ -165,6 +166,26 @@ def check_pending_at_close(tally) -> None:
     except collectives.CollectiveError as error:
         tally.check(not over_mpi or (time.monotonic() - start < 2 and "was closed" in str(error)),
                     f"pending at close: {type(error).__name__}: {error}")
+
+
+def check_peer_left(tally) -> None:
+    """A message with a rank that closed its communicator waited out the whole timeout,
+    though a collective raised PeerError at once (the eighty-second review)."""
+    comm = collectives.init(timeout=30)
+    if comm.rank != 0:
+        comm.close()  # rank 0 is waiting: the others leave without it
+        return
+    sent = comm.isend(np.ones(1 << 18), dst=1, tag=1)  # (2 MiB: nobody takes it)
+    for message in (comm.irecv(np.empty(4), src=1, tag=2), sent):
+        start = time.monotonic()
+        try:
+            message.wait()
+            tally.check(False, "a message with a rank that left completed")
+        except collectives.CollectiveError as error:
+            tally.check(comm.transport_name == "torch" or (
+                isinstance(error, collectives.PeerError) and "rank 1 left" in str(error)
+                and time.monotonic() - start < 10), f"a peer that left: {error!r}")
+    comm.close()
 
 
 def check_wrong_sizes(comm, tally) -> None:

@@ -8,6 +8,8 @@ must agree within 1e-5 and be identical on every rank.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 import collectives
@@ -53,6 +55,7 @@ def main() -> None:
     tally.check(loss < 1.0, f"the model did not learn: loss {loss:.3f}")
     check_refusals(comm, sync, tally)
     check_review_21(comm, tally)
+    check_shard_from_another_thread(comm, tally)
     tally.finish()
 
 
@@ -143,6 +146,33 @@ def check_refusals(comm, sync, tally) -> None:
         check_refused_on_one_rank(tally, what, call, last)
     shard = sync.reduce(sync.params)
     tally.check(shard.shape == (hi - lo,), f"a reduce after the refusals: {shard.shape}")
+    before = [p.copy() for p in sync.params]  # a parameter made read-only since, on one
+    sync.params[1].flags.writeable = not last  # rank: it wrote params[0] there, then raised
+    check_refused_on_one_rank(tally, "a parameter made read-only on one rank",
+                              lambda: sync.gather(np.zeros(hi - lo)), last)
+    sync.params[1].flags.writeable = True
+    tally.check(all(map(np.array_equal, before, sync.params)), "a refused gather wrote")
+
+
+def check_shard_from_another_thread(comm, tally) -> None:
+    """shard() packed into the buffer reduce() and gather() send from and unpack: called
+    on another thread, it gave wrong gradients (the parameters' values) and lost updates
+    (the eighty-second review)."""
+    w = np.full(100_000, -1.0)
+    sync = ShardedSync(comm, [w])
+    lo, hi = sync.bounds
+    stop = threading.Event()
+    reader = threading.Thread(target=lambda: [sync.shard() for _ in iter(stop.is_set, True)])
+    reader.start()
+    try:
+        for i in range(20):
+            g = sync.reduce([np.full(w.size, float(comm.rank + i))])
+            tally.check(bool((g == (comm.size - 1) / 2 + i).all()), f"reduce {i} beside shard()")
+            sync.gather(np.full(hi - lo, float(i)))
+            tally.check(bool((w == i).all()), f"gather {i} beside shard()")
+    finally:
+        stop.set()
+        reader.join()
 
 
 if __name__ == "__main__":
