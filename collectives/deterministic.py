@@ -115,9 +115,10 @@ def host_fold(dtype: np.dtype, op: Op) -> Callable[[Sequence, np.ndarray], None]
 def _fold(rows, out, op: Op) -> None:
     """fold_rows for any array module and dtype."""
     dtype = rows[0].dtype
-    if op is Op.AVG and dtype.kind == "i":
-        wide = np.zeros(exact_mean.wide_length(dtype, out.size), np.int64)
-        part = np.empty_like(wide)
+    if op is Op.AVG and dtype.kind == "i":  # (on the rows' module: CuPy rows met NumPy's
+        xp = kernels.array_module(rows[0])  # buffers; the eighty-fifth review)
+        wide = xp.zeros(exact_mean.wide_length(dtype, out.size), np.int64)
+        part = xp.empty_like(wide)
         for row in rows:
             exact_mean.pack([row], part, dtype)
             wide += part

@@ -75,7 +75,9 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
 
     1. View the bucket's flat buffer as an array (DLPack, no copy).
     2. Start an async all-reduce (op "avg") of it in place on the progress thread; with a
-       compression the library scales before the 16-bit cast, so the sum cannot overflow.
+       compression the library scales before the 16-bit cast, so the sum cannot overflow
+       (deterministic and compressed: each gradient with its own scale, so its bits do not
+       depend on DDP's buckets; docs/reproducible.md).
     3. Return a Future that the all-reduce completes, so backward goes on meanwhile.
 
     Example::
@@ -84,10 +86,18 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
     """
     tensor = bucket.buffer()
     view = as_array(tensor)
-    feedback = state.residual_name(bucket) if state.error_feedback else False
-    handle = state.comm.allreduce_async(view, op="avg", algorithm=state.algorithm,
-                                        compression=state.compression, out=view,
-                                        error_feedback=feedback)
+    comm = state.comm
+    if state.compression is not None and comm.settings.deterministic:
+        parts = _gradient_views(view, bucket)  # each its own scale, as allreduce_many's:
+        handle = comm.allreduce_many_async(  # bits independent of DDP's buckets (a 1e-6
+            parts, op="avg", algorithm=state.algorithm,  # gradient beside a 1e4 one came
+            compression=state.compression, out=parts,  # 29% off; the eighty-fifth review)
+            fusion_bytes=max(view.nbytes, 1))
+    else:
+        feedback = state.residual_name(bucket) if state.error_feedback else False
+        handle = comm.allreduce_async(view, op="avg", algorithm=state.algorithm,
+                                      compression=state.compression, out=view,
+                                      error_feedback=feedback)
     future: torch.futures.Future[torch.Tensor] = torch.futures.Future()
 
     def finish(done: Handle) -> None:
@@ -100,6 +110,13 @@ def allreduce_hook(state: HookState, bucket: dist.GradBucket) -> torch.futures.F
 
     handle.add_done_callback(finish)
     return future.then(raise_or_value)  # an error DDP's reducer sees as one
+
+
+def _gradient_views(view, bucket: dist.GradBucket) -> list:
+    """`view` (a bucket's flat buffer) cut at its gradients' bounds."""
+    ends = np.cumsum([0, *(g.numel() for g in bucket.gradients())])
+    parts = [view[a:b] for a, b in zip(ends[:-1], ends[1:])]
+    return parts if ends[-1] == view.size else [*parts, view[ends[-1]:]]
 
 
 class DistributedOptimizer:

@@ -73,6 +73,12 @@ def main() -> None:
         handle = comm.allreduce_async(cp.asarray(x), op="sum", algorithm=algorithm)
         same(tally, f"{algorithm} async", handle.wait(),
              comm.allreduce(x, op="sum", algorithm=algorithm))
+    for dtype in (np.float32, np.int32, np.int64):  # (an integer avg folded CuPy rows into
+        for op in ("sum", "avg"):  # NumPy buffers: the eighty-fifth review)
+            x = rank_data(1001, dtype, comm.rank)
+            same(tally, f"deterministic {op} {np.dtype(dtype)}",
+                 comm.allreduce(cp.asarray(x), op=op, deterministic=True),
+                 comm.allreduce(x, op=op, deterministic=True))
     tally.finish()
 
 

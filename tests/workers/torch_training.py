@@ -346,6 +346,41 @@ def check_two_hooks(comm, tally: Tally) -> None:
     comm.clear_error_feedback()
 
 
+def check_hook_deterministic(tally: Tally) -> None:
+    """Deterministic and compressed, the hook scaled its whole bucket by one factor: a
+    gradient's bits depended on DDP's bucketing, a 1e-6 one beside a 1e4 one 29% off (the
+    eighty-fifth review). Each gradient now gives reference_reduce's bits."""
+    os.environ["COLLECTIVES_DETERMINISTIC"] = "1"
+    try:
+        comm = collectives.init()
+    finally:
+        del os.environ["COLLECTIVES_DETERMINISTIC"]
+
+    def gradients(rank: int) -> list[torch.Tensor]:
+        rng = np.random.default_rng(rank)
+        return [torch.from_numpy((rng.standard_normal(16) * scale).astype(np.float32))
+                for scale in (1e-6, 1e4)]
+
+    class Weighted(torch.nn.Module):  # each parameter's gradient is its factor: one bucket
+        def __init__(self):
+            super().__init__()
+            self.weights = torch.nn.ParameterList([torch.zeros(16), torch.zeros(16)])
+
+        def forward(self, factors):
+            return sum((w * f).sum() for w, f in zip(self.weights, factors))
+
+    model = Weighted()
+    ddp = DistributedDataParallel(model)
+    ddp.register_comm_hook(HookState(comm, compression="fp16"), allreduce_hook)
+    ddp(gradients(comm.rank)).backward()
+    for i, q in enumerate(model.weights):
+        want = collectives.reference_reduce([gradients(r)[i].numpy() for r in range(comm.size)],
+                                            "avg", compression="fp16")
+        tally.check(np.array_equal(q.grad.numpy(), want),
+                    f"the hook, deterministic, gradient {i}: {q.grad[:2]} against {want[:2]}")
+    comm.close()
+
+
 def check_sync_feedback_per_layout(comm, tally: Tally) -> None:
     """GradSync.sync kept one residual for all its calls: a call of another size between
     two calls of one tree dropped that tree's residual (the twenty-first review, D5).
@@ -679,6 +714,7 @@ def main() -> None:
     check_training(comm, tally)
     check_unused_everywhere(comm, tally)
     check_two_hooks(comm, tally)
+    check_hook_deterministic(tally)
     check_rebuilt_buckets(comm, tally)
     check_attach_refusals(comm, tally)
     check_sync_feedback_per_layout(comm, tally)
