@@ -125,7 +125,7 @@ def test_late_rank_that_misses_the_notice_at_first_still_never_succeeds(tmp_path
 
 
 @pytest.mark.parametrize("mode", ["late-grow", "grow-vs-close", "held", "interrupted",
-                                  "interrupted-after-allocating"])
+                                  "interrupted-after-allocating", "left", "left-grow"])
 def test_shared_windows_that_cannot_grow_leave_no_rank_hanging(tmp_path, mode):
     """With COLLECTIVES_SHM=1 a call that grows the node's shared windows meets the node's
     ranks first: a rank coming after the others gave up there, one closing while another
@@ -134,12 +134,20 @@ def test_shared_windows_that_cannot_grow_leave_no_rank_hanging(tmp_path, mode):
     first two hung for good when the meeting was an MPI barrier (the sixty-first review),
     the third in the first version of the meeting (the sixty-third); one interrupted right
     after the allocation returned left the ranks disagreeing on the windows, and every rank
-    hung freeing them at exit (the seventy-first)."""
+    hung freeing them at exit (the seventy-first). A rank that closes while another calls:
+    the caller was told after the close's 30 s grace, and one that grew the windows was told
+    the ranks disagree on the arguments (the eighty-third)."""
     start = time.monotonic()
     proc = run_workers(2, "shm_meetings", mode, str(tmp_path), timeout=90,
                        env={"COLLECTIVES_SHM": "1", "COLLECTIVES_CHECK": "0"})
     assert time.monotonic() - start < 60, proc.stderr[-3000:]
     seen = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    if mode.startswith("left"):
+        assert seen[1]["error"] is None and seen[1]["elapsed"] < 10, seen  # (it was 30 s)
+        said = seen[0].get("message", "")
+        assert seen[0]["error"] == "PeerError" and ("[1] left" in said or "rank 1 left" in said), seen
+        assert seen[0]["elapsed"] < (1 if mode == "left-grow" else 4), seen
+        return
     assert all(s["error"] is not None for s in seen), seen
     if mode == "late-grow":
         assert seen[0]["error"] == "CollectiveTimeout", seen

@@ -292,6 +292,7 @@ class MPITransport:
         self._seq = 0
         self._abandoned: list = []  # requests given up on, kept alive with their buffers
         self._gave_up = False  # on a collective or message: communicators never freed
+        self._told_leaving = False
         self._closed = False
         self._pid = os.getpid()  # a forked child's exit does not close the rank's transport
         atexit.register(self.close)
@@ -566,9 +567,17 @@ class MPITransport:
         finally:
             if barrier:  # (a notice the others may never take: kept, as `gave_up` says)
                 self._gave_up = True
-                self._notices.tell(self.rank, self.size, "left", self._seq)
+                self.tell_leaving()
                 self._abandoned += barrier
             self._release()
+
+    def tell_leaving(self) -> None:
+        """Tell the other ranks, once, that this rank left after its last collective: their
+        waits for it raise PeerError. (`close` does when the others do not close with it;
+        the shared-memory transport, whose close waits longer, as that wait begins.)"""
+        if not self._told_leaving:
+            self._told_leaving = True
+            self._notices.tell(self.rank, self.size, "left", self._seq)
 
     def _release(self) -> None:
         """Withdraw the posted receives and free the communicators, unless a collective was

@@ -44,7 +44,7 @@ import collections
 import os
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from mpi4py import MPI
@@ -53,7 +53,7 @@ import kernels
 
 from ..errors import CollectiveError, CollectiveTimeout, MismatchError, PeerError
 from .delegate import LeftToMPI
-from .mpi import MPITransport, as_bytes
+from .mpi import LEAVE_GRACE, MPITransport, as_bytes
 
 __all__ = ["SLOTS", "ShmTransport"]
 
@@ -394,23 +394,34 @@ class ShmTransport(LeftToMPI):
                          [r for r in receives if not isinstance(r, _Recv)])
 
     def close(self) -> None:
-        """Free the windows once every rank of the node closes (or give up after a grace period).
+        """Free the windows once every rank of the node closes (or give up after a grace
+        period), then close the MPI transport.
 
         Safe to call twice and at exit (in a forked child: nothing). MPI_Win_free is
         collective, so the ranks first meet (`_node_barrier`: every rank passes or none
         does); where they do not, or a rank gave up on an earlier meeting, the windows are
-        left to MPI_Finalize instead of hanging.
+        left to MPI_Finalize instead of hanging. Once the others have not come for
+        LEAVE_GRACE, they are told this rank left, as the MPI transport tells them (they
+        waited out the whole grace period, 30 s, or their timeout, which named nobody;
+        the eighty-third review).
         """
         if self._closed or os.getpid() != self._pid:
             return
         self._closed = True
         atexit.unregister(self.close)
-        if MPI.Is_finalized() or self._faults[self.me][_GAVE_UP]:
+        if MPI.Is_finalized():
             return
         try:
-            self._node_barrier(time.monotonic() + self._close_grace, _CLOSE, notices=False)
+            if not self._faults[self.me][_GAVE_UP]:
+                self._node_barrier(time.monotonic() + self._close_grace, _CLOSE, notices=False,
+                                   alone=(LEAVE_GRACE, self.mpi.tell_leaving))
+                self._free_windows()
         except CollectiveError:
-            return
+            pass
+        finally:
+            self.mpi.close()
+
+    def _free_windows(self) -> None:
         for win in (self._data_win, self._ctrl_win):
             if win is not None:
                 win.Unlock_all()
@@ -419,9 +430,9 @@ class ShmTransport(LeftToMPI):
         if not self.mpi.gave_up:  # (the wire's messages, as the MPI transport's)
             self._wire.Free()
         self.node.Free()
-        self.mpi.close()
 
-    def _node_barrier(self, deadline: float, purpose: int, *, notices: bool = True) -> None:
+    def _node_barrier(self, deadline: float, purpose: int, *, notices: bool = True,
+                      alone: tuple[float, Callable[[], None]] | None = None) -> None:
         """Every rank of the node meets, before a blocking collective call (the windows'
         allocation, _GROW, or free, _CLOSE): either every rank passes, or none does and
         each raises (short of what docs/shared-memory.md, "Meetings", leaves: a rank that
@@ -437,17 +448,28 @@ class ShmTransport(LeftToMPI):
         close leaves the windows to MPI_Finalize (the communicator is unusable after the
         error; comm.abort()). An MPI barrier could not do this: one abandoned stays posted
         and meets a later rank's, which then went on into a collective call alone and hung.
+        `alone=(seconds, call)`: `call()` once the others have not all arrived in `seconds`.
         """
         what = f"the node's ranks to {_PURPOSES[purpose]}"
         mine = self._faults[self.me]
         meeting = int(mine[_ARRIVED]) + 1
+        after, call = alone if alone is not None else (float("inf"), None)
+        after += time.monotonic()
+
+        def arrived() -> bool | None:
+            nonlocal call
+            everyone = self._everyone(_ARRIVED, meeting, what)
+            if everyone is None and call is not None and time.monotonic() > after:
+                call, told = None, call
+                told()
+            return everyone
+
         try:  # (from the first write: an interrupt anywhere here is a rank giving up)
             mine[_PURPOSE] = purpose
             self._ctrl_win.Sync()  # (the purpose is read once the arrival is seen)
             mine[_ARRIVED] = meeting
             self._ctrl_win.Sync()
-            self.mpi.poll(lambda: self._everyone(_ARRIVED, meeting, what), deadline, what,
-                          notices=notices)
+            self.mpi.poll(arrived, deadline, what, notices=notices)
             self._same_purpose(meeting, purpose)
             mine[_READY] = meeting
             self._ctrl_win.Sync()
@@ -481,11 +503,17 @@ class ShmTransport(LeftToMPI):
                                "cannot continue, call comm.abort()")
 
     def _same_purpose(self, meeting: int, purpose: int) -> None:
-        """MismatchError naming the ranks that arrived at this meeting for another purpose."""
+        """MismatchError naming the ranks that arrived at this meeting for another purpose;
+        PeerError where they came to close: they left (it read as a disagreement on the
+        arguments; the eighty-third review)."""
         self._ctrl_win.Sync()  # (their arrivals were read: now their purposes)
         others = [(self.node_ranks[i], _PURPOSES.get(int(f[_PURPOSE]), "?"))
                   for i, f in enumerate(self._faults)
                   if f[_ARRIVED] == meeting and f[_PURPOSE] != purpose]
+        leaving = [rank for rank, why in others if why == _PURPOSES[_CLOSE]]
+        if leaving:
+            raise PeerError(f"rank {self.rank}: rank(s) {leaving} left (closed their "
+                            f"communicator) while this rank met them to {_PURPOSES[purpose]}")
         if others:
             raise MismatchError(
                 f"rank {self.rank} met the node's ranks to {_PURPOSES[purpose]}, but "

@@ -14,6 +14,10 @@ Usage: COLLECTIVES_SHM=1 mpiexec -n 2 python -m tests.workers.shm_meetings MODE 
                 the transport kept the new window: the ranks then disagreed on which
                 windows exist, and every rank hung in MPI_Win_free at exit (the
                 seventy-first review)
+  left          rank 1 closes its communicator while rank 0 calls a collective: rank 0 was
+                told only after the close's 30 s grace (or its timeout, naming nobody)
+  left-grow     the same, rank 0's call growing the windows: it read as ranks disagreeing
+                on the arguments (the eighty-third review)
 
 Each rank writes the error it got to OUTDIR/rank<r>.json, then the program ends normally
 (no abort), so each rank closes its transport at exit. Before the node met through the
@@ -88,12 +92,21 @@ def interrupt_after_allocating() -> None:
 
 def main() -> None:
     mode, outdir = sys.argv[1], Path(sys.argv[2])
-    comm = collectives.init(timeout=TIMEOUT)
+    leaving = mode.startswith("left")  # (the transport's own timeout and grace: no race)
+    comm = collectives.init(timeout=3 * TIMEOUT if leaving else TIMEOUT)
     transport = comm._transport
     assert isinstance(transport, ShmTransport), transport
-    transport._close_grace = GRACE
+    if not leaving:
+        transport._close_grace = GRACE
     comm.allreduce(np.ones(1000, np.float32), algorithm="ring")  # the windows: 1 MiB
-    count = 1 << 20  # 4 MiB: the windows grow
+    count = 1000 if mode == "left" else 1 << 20  # 4 MiB: the windows grow
+    seen: dict[str, object] = {"rank": comm.rank, "error": None}
+    start = time.monotonic()
+    if comm.rank == 1 and leaving:
+        comm.close()
+        seen["elapsed"] = time.monotonic() - start
+        (outdir / "rank1.json").write_text(json.dumps(seen))
+        return
     if comm.rank == 1:
         if mode == "late-grow":
             time.sleep(TIMEOUT + 1)
@@ -105,8 +118,7 @@ def main() -> None:
             transport._ctrl_win = _InterruptAfterArriving(transport)
         elif mode == "interrupted-after-allocating":
             interrupt_after_allocating()
-    seen: dict[str, object] = {"rank": comm.rank, "error": None}
-    start = time.monotonic()
+        start = time.monotonic()
     try:
         comm.allreduce(np.ones(count, np.float32), algorithm="ring")
     except (collectives.CollectiveError, KeyboardInterrupt) as error:
