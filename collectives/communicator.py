@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import os
 import weakref
 from collections.abc import Iterator
 
@@ -69,6 +70,8 @@ class Communicator:
         self._lane = SmallLane(self._ctx, self._progress)
         self._timeout = settings.timeout
         self._closed = False
+        self._pid = os.getpid()
+        _LIVE.add(self)  # (refused in a forked child)
         # runs before the transport closes at exit (handlers run last-registered first):
         # an exit handler registered before init then finds the communicator closed
         self._at_exit = functools.partial(_closed_at_exit, weakref.ref(self))
@@ -409,9 +412,12 @@ class Communicator:
         return self._run(build())
 
     def _run(self, call: Call):
-        return self._progress.run(lambda: self._execute(call), call.name)
+        self._check_open(call.name)  # (also in _execute: it may close meanwhile; here a
+        return self._progress.run(lambda: self._execute(call), call.name)  # forked child
+        # waited for the parent's queue)
 
     def _submit(self, call: Call) -> Handle:
+        self._check_open(f"{call.name}_async")
         return self._progress.submit(lambda: self._execute(call), f"{call.name}_async")
 
     def refuse(self, collective: str, error: Exception) -> None:
@@ -451,6 +457,10 @@ class Communicator:
             self.refuse(collective, error)
 
     def _check_open(self, what: str) -> None:
+        if self._closed and os.getpid() != self._pid:
+            raise CollectiveError(f"{what}: this communicator belongs to process {self._pid}; "
+                                  "a process forked from it cannot take part in its "
+                                  "collectives (init() one in the child's own job)")
         if self._closed:
             raise CollectiveError(f"{what}: this communicator is closed")
 
@@ -460,6 +470,19 @@ class Communicator:
 
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size}, transport={self._transport.name})"
+
+
+_LIVE: "weakref.WeakSet[Communicator]" = weakref.WeakSet()
+
+
+def _refuse_in_forked_child() -> None:
+    """A forked child's calls are refused: as the rank, its collectives paired with the
+    peers' next ones, and the rank itself was then out of step (the eighty-third review)."""
+    for comm in list(_LIVE):
+        comm._closed = True
+
+
+os.register_at_fork(after_in_child=_refuse_in_forked_child)
 
 
 def _closed_at_exit(ref: "weakref.ref[Communicator]") -> None:
