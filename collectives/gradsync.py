@@ -92,15 +92,19 @@ def as_array(x) -> Any:
         if x.dtype == ml_dtypes.bfloat16:
             x, view_as = x.view(np.int16), ml_dtypes.bfloat16  # a bitcast: XLA makes a copy
     device, _ = x.__dlpack_device__()
-    if device == _DLPACK_CPU:
-        array = np.from_dlpack(x)
-    elif device in _DLPACK_GPU:
-        import cupy
-
-        array = cupy.from_dlpack(x)
-    else:
+    if device not in (_DLPACK_CPU, *_DLPACK_GPU):
         raise TypeError(f"arrays on DLPack device type {device} are not supported; "
                         f"accepted: CPU ({_DLPACK_CPU}) and GPU {_DLPACK_GPU}")
+    try:
+        if device == _DLPACK_CPU:
+            array = np.from_dlpack(x)
+        else:
+            import cupy
+
+            array = cupy.from_dlpack(x)
+    except RuntimeError as error:  # (float8, int4: a RuntimeError no refusal took, so the
+        raise TypeError(f"unsupported dtype {x.dtype}: DLPack cannot export it ({error})"
+                        ) from None  # ranks fell out of step; the eighty-seventh review)
     return array if view_as is None else array.view(view_as)
 
 
@@ -141,7 +145,7 @@ def broadcast_parameters(params: Iterable | Mapping, comm: Communicator, *, root
         root = check_root(root, comm.size)
         keys, items, names = _entries(params)
     views, outs = _views_or_refuse(comm, items, "allgather")
-    twins = _first_twins(views)  # tied weights: one array under several state_dict keys
+    twins = _first_twins(views, items)  # tied weights: one array under several keys
     distinct = [i for i, t in enumerate(twins) if t == i]
     with comm.refusing("allgather"):
         _refuse_overlaps([outs[i] for i in distinct], distinct, keys)
@@ -248,10 +252,13 @@ def _broadcast_bytes(comm: Communicator, views: list, outs: list, root: int) -> 
             out[...] = raw[lo:hi].view(out.dtype).reshape(out.shape)
 
 
-def _first_twins(views: list) -> list[int]:
-    """Per view, the index of the first view of the very same memory (itself if none)."""
+def _first_twins(views: list, items: list) -> list[int]:
+    """Per view, the index of the first view of the very same memory (itself if none). JAX
+    arrays are never tied: immutable, each gets a new array (one under two keys on one rank
+    only was refused as a mismatch; the eighty-seventh review)."""
     first: dict[tuple, int] = {}
-    return [first.setdefault(_memory(v), i) for i, v in enumerate(views)]
+    return [i if _module(item) in _JAX else first.setdefault(_memory(v), i)
+            for i, (v, item) in enumerate(zip(views, items))]
 
 
 def _memory(view) -> tuple:
@@ -297,11 +304,20 @@ class GradSync:
         arrays (JAX) replaced by new ones. With error feedback, calls with the same shapes
         and dtypes share one residual: use one GradSync per set of gradients (per model)."""
         with self.comm.refusing("allreduce_many"):
-            if not isinstance(grads, Iterable):
-                raise TypeError(f"GradSync.sync takes an iterable of arrays, got "
-                                f"{type(grads).__module__}.{type(grads).__qualname__}")
+            if not isinstance(grads, Iterable) or hasattr(grads, "__dlpack__") or isinstance(
+                    grads, (np.ndarray, Mapping)):  # (an array gave its rows, a dict its keys)
+                raise TypeError(f"GradSync.sync takes a list of arrays, got "
+                                f"{type(grads).__module__}.{type(grads).__qualname__}: pass "
+                                "[x] for one array, list(d.values()) for a mapping")
             items = list(grads)
         views, outs = _views_or_refuse(self.comm, items)
+        with self.comm.refusing("allreduce_many"):
+            in_place = [i for i, (v, o) in enumerate(zip(views, outs)) if o is v]
+            tied = sharing_pair([views[i] for i in in_place])
+            if tied is not None:  # (it said "out[0] and out[1] share memory": no out passed)
+                a, b = (in_place[i] for i in tied)
+                raise ValueError(f"grads[{a}] and grads[{b}] share memory: each gradient is "
+                                 "averaged in place, so each must be its own")
         self.comm.allreduce_many(views, **self._options(f"sync-{layout_digest(views)}"),
                                  out=outs)
         return [_returned(g, v, o) for g, v, o in zip(items, views, outs)]
@@ -597,7 +613,8 @@ def _returned(original, view, out):
     if _module(original) in _JAX:
         import jax.numpy as jnp
 
-        if out.dtype == ml_dtypes.bfloat16:
-            return jnp.from_dlpack(out.view(np.int16)).view(jnp.bfloat16)
-        return jnp.from_dlpack(out)
+        device = original.device  # (a leaf on another device came back on the default
+        if out.dtype == ml_dtypes.bfloat16:  # one: the eighty-seventh review)
+            return jnp.from_dlpack(out.view(np.int16), device=device).view(jnp.bfloat16)
+        return jnp.from_dlpack(out, device=device)
     return out

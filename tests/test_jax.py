@@ -47,6 +47,24 @@ def test_a_traced_leaf_is_refused_by_name(comm):  # noqa: F811
         jax.jit(lambda g: tree_average(g, sync))({"w": jnp.ones(3)})
 
 
+def test_arguments_that_are_not_what_they_take_are_refused_by_name(comm):  # noqa: F811
+    """The eighty-seventh review: one array gave a list of its rows, a dict its keys; an
+    array twice was "out[0] and out[1] share memory" (no out passed); tree_average(tree,
+    comm) and tree_broadcast(tree, sync) raised AttributeError."""
+    sync, a = collectives.GradSync(comm), np.ones(4, np.float32)
+    for grads in (jnp.ones((3, 4)), a, {"w": a}):
+        with pytest.raises(TypeError, match="GradSync.sync takes a list of arrays"):
+            sync.sync(grads)
+    with pytest.raises(ValueError, match=r"grads\[0\] and grads\[1\] share memory"):
+        sync.sync([a, a])
+    x = jnp.ones(2)
+    assert [float(g[0]) for g in sync.sync([x, x])] == [1.0, 1.0]  # immutable: not tied
+    with pytest.raises(TypeError, match="tree_average takes a collectives.GradSync"):
+        tree_average({"w": x}, comm)
+    with pytest.raises(TypeError, match="comm must be a collectives.Communicator"):
+        tree_broadcast({"w": x}, sync)
+
+
 def test_jax_arrays_are_read_in_place():
     x = jnp.arange(12, dtype=jnp.float32).reshape(3, 4)
     view = as_array(x)
@@ -78,13 +96,14 @@ def test_tree_broadcast_keeps_the_structure(comm):  # noqa: F811
 
 @pytest.mark.parametrize("np_", [2, 4])
 def test_data_parallel_equals_large_batch_under_mpiexec(np_):
-    proc = run_workers(np_, "jax_training", env={"OMP_NUM_THREADS": "1"})
-    assert proc.stdout.count("11/11 checks passed") == np_
+    proc = run_workers(np_, "jax_training", env={
+        "OMP_NUM_THREADS": "1", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert proc.stdout.count("15/15 checks passed") == np_
 
 
 def test_data_parallel_equals_large_batch_under_torchrun():
     proc = torchrun(2, "jax_training")
-    assert proc.stdout.count("11/11 checks passed") == 2
+    assert proc.stdout.count("15/15 checks passed") == 2
 
 
 def test_example_trains_under_mpiexec():

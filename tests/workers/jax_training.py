@@ -82,6 +82,7 @@ def main() -> None:
     tally.check(np.array_equal(comm.allreduce(ours, op="max"), ours)
                 and np.array_equal(comm.allreduce(ours, op="min"), ours), "replicas differ")
     check_other_structures(comm, sync, tally)
+    check_leaves_and_devices(comm, sync, tally)
     print(f"rank {comm.rank}: size={comm.size}, max difference {diff:.3g}", flush=True)
     tally.finish()
 
@@ -131,6 +132,30 @@ def check_other_structures(comm, sync, tally: Tally) -> None:
             expected = ValueError if last else collectives.MismatchError
             tally.check(type(error) is expected and time.monotonic() - start < 10,
                         f"{what} of unsortable keys: {error!r}")
+
+
+def check_leaves_and_devices(comm, sync, tally: Tally) -> None:
+    """The eighty-seventh review: a float8 leaf on one rank raised DLPack's RuntimeError
+    there, which no refusal took: the ranks fell out of step and later averages paired one
+    rank's step with another's, silently; leaves on a device other than the default came
+    back on the default one; an array under two keys on one rank only was refused by
+    tree_broadcast as a mismatch. (The test runs with two host devices.)"""
+    last = comm.rank == comm.size - 1
+    try:
+        tree_average({"g": jnp.ones(3, jnp.float8_e4m3fn if last else jnp.float32)}, sync)
+        tally.check(False, "a float8 leaf was averaged")
+    except (TypeError, collectives.MismatchError) as error:
+        expected = TypeError if last else collectives.MismatchError
+        tally.check(type(error) is expected and "float8_e4m3fn" in str(error),
+                    f"a float8 leaf on one rank: {error!r}")
+    device = jax.devices()[-1]
+    got = tree_average({"g": jax.device_put(jnp.full(3, float(comm.rank)), device)}, sync)["g"]
+    tally.check(bool((got == (comm.size - 1) / 2).all()), f"the average after a refusal: {got}")
+    tally.check(got.devices() == {device}, f"a leaf on {device} came back on {got.devices()}")
+    x = jnp.full(2, float(comm.rank))
+    got = tree_broadcast({"a": x, "b": x if comm.rank else jnp.full(2, 7.0)}, comm)
+    tally.check(bool((got["a"] == 0).all() and (got["b"] == 7).all()),
+                f"one array under two keys off the root: {got}")
 
 
 if __name__ == "__main__":
