@@ -31,10 +31,22 @@ _MODULE = "bench.agreement_cost"
 STATES = ("mpi", "on", "off")
 
 
+def _float32_sizes(text: str) -> tuple[int, ...]:
+    """:func:`size_list`, each size a whole number of float32 elements (6 bytes was
+    measured as 4, 1 byte as 4)."""
+    sizes = size_list(text)
+    odd = [size for size in sizes if size % 4]
+    if odd:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(map(str, odd))} bytes in {text!r}: not a whole number of float32 "
+            "elements (4 bytes each)")
+    return sizes
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.agreement_cost",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=size_list, default="8,4K,64K,64M",
+    parser.add_argument("--sizes", type=_float32_sizes, default="8,4K,64K,64M",
                         help="message sizes (default 8,4K,64K,64M)")
     parser.add_argument("--algorithms", default="auto",
                         help="comma-separated collectives.ALGORITHMS of all-reduce, or 'all' "
@@ -54,7 +66,7 @@ def measure(mpi, comms: dict, algorithm: str, nbytes: int, rounds: int,
     """Seconds per call of each state: the median over alternating rounds."""
     from mpi4py import MPI
 
-    x = np.ones(max(1, nbytes // 4), np.float32)
+    x = np.ones(nbytes // 4, np.float32)
     out = np.empty_like(x)
     raw = comms["mpi"]
     calls = {"mpi": lambda: raw.Allreduce(x, out, MPI.SUM),

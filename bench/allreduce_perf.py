@@ -35,6 +35,12 @@ __all__ = ["build_parser", "main"]
 
 _MODULE = "bench.allreduce_perf"
 ROOTED = ("broadcast", "reduce")  # the collectives --root is for
+# The sweep's flags (each the long option --DEST), which --calibrate does not take: it fits
+# the cost model on sizes of its own and writes the tuning file (they were ignored: the
+# 84th review).
+_SWEEP_ONLY = ("minbytes", "maxbytes", "stepfactor", "stepbytes", "iters", "warmup_iters",
+               "check", "repeat", "json", "collective", "algorithms", "dtype", "op", "root",
+               "columns", "compression", "tensors", "deterministic", "device", "transport")
 
 
 def _dtype(text: str) -> str:
@@ -47,14 +53,19 @@ def _dtype(text: str) -> str:
 
 
 def _compressions(text: str) -> tuple[str | None, ...]:
-    """``none,fp16,auto`` as (None, "fp16", "auto")."""
-    names = tuple(None if name == "none" else name for name in text.split(",") if name)
-    unknown = [name for name in names if name not in (None, *WIRE_EPS, "auto")]
-    if unknown or not names:
+    """``none,fp16,auto`` as (None, "fp16", "auto"); each named once, none empty (a name
+    twice made two column groups summarised as one, an empty one was dropped)."""
+    names = text.split(",")
+    unknown = [name for name in names if name and name not in ("none", *WIRE_EPS, "auto")]
+    if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown compression {', '.join(map(str, unknown)) or repr(text)}; "
-            f"choose from none, {', '.join(WIRE_EPS)}, auto")
-    return names
+            f"unknown compression {', '.join(unknown)}; choose from none, "
+            f"{', '.join(WIRE_EPS)}, auto")
+    twice = sorted({name for name in names if name and names.count(name) > 1})
+    problems = [f"{', '.join(twice)} given twice"] * bool(twice) + ["an empty name"] * ("" in names)
+    if problems:
+        raise argparse.ArgumentTypeError(f"{text!r}: {'; '.join(problems)}")
+    return tuple(None if name == "none" else name for name in names)
 
 
 def _columns(text: str) -> str:
@@ -117,10 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _usage_problem(args: argparse.Namespace, options: harness.SweepOptions) -> str | None:
-    """What in the arguments cannot work together, before any rank starts."""
+def _usage_problem(args: argparse.Namespace, options: harness.SweepOptions, *,
+                   nranks: int | None) -> str | None:
+    """What in the arguments cannot work together, before any rank starts (``nranks``:
+    the world size where it is known before launch)."""
+    if args.calibrate:
+        defaults = build_parser().parse_args([])
+        given = [f"--{dest}" for dest in _SWEEP_ONLY
+                 if getattr(args, dest) != getattr(defaults, dest)]
+        if given:
+            return (f"{', '.join(given)}: not taken with --calibrate (it fits the cost model "
+                    "on sizes of its own and writes the tuning file)")
     if args.dtype.startswith("int") and args.compression != (None,):
         return f"--compression needs a floating-point --dtype, got {args.dtype}"
+    if args.compression != (None,) and set((args.algorithms or "").split(",")) == {MPI_BASELINE}:
+        return ("--compression: nothing compressed is measured with --algorithms mpi (MPI's own "
+                "all-reduce only); name the library's algorithms too")
     if args.quick and not args.calibrate:
         return "--quick goes with --calibrate (fewer sizes to calibrate on)"
     if args.tensors is not None and args.tensors < 1:
@@ -136,6 +159,11 @@ def _usage_problem(args: argparse.Namespace, options: harness.SweepOptions) -> s
                                            or args.device != "cpu" or args.deterministic):
         return ("--compression, --tensors, --deterministic and --device gpu go with "
                 "--collective allreduce")
+    blocks = args.collective != "allreduce" and ops.OTHERS[args.collective].blocks_per_rank
+    if blocks and nranks is not None and options.sizes[-1] // DTYPES[args.dtype].itemsize < nranks:
+        return (f"nothing to measure: --collective {args.collective} needs a {args.dtype} "
+                f"element per rank, {nranks * DTYPES[args.dtype].itemsize} bytes on {nranks} "
+                f"ranks, and the largest size is {options.sizes[-1]} bytes")
     return None
 
 
@@ -206,10 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             options = harness.sweep_options(args)
         except ValueError as error:
             parser.error(str(error))
-        problem = _usage_problem(args, options)
+        lab = launch.lab_request(parser, args)
+        problem = _usage_problem(args, options, nranks=launch.world_size(args.np, lab))
         if problem is not None:
             parser.error(problem)
-        lab = launch.lab_request(parser, args)
         refuse_beyond_memory(parser, args.maxbytes, launch.ranks_here(args.np, lab))
     launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np, lab=lab)
 

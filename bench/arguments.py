@@ -47,13 +47,18 @@ def positive_int(text: str) -> int:
 
 
 def size_list(text: str) -> tuple[int, ...]:
-    """Comma-separated message sizes (``8,4K,1M``), each at least 1 byte."""
+    """Comma-separated message sizes (``8,4K,1M``), each at least 1 byte, each once (a
+    size twice was measured twice, its rows merged or repeated)."""
     try:
         sizes = tuple(parse_size(part) for part in text.split(","))
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     if 0 in sizes:
         raise argparse.ArgumentTypeError(f"a size of 0 bytes in {text!r}: sizes start at 1 byte")
+    twice = sorted({size for size in sizes if sizes.count(size) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(map(str, twice))} bytes given twice in {text!r}")
     return sizes
 
 

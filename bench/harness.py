@@ -69,6 +69,10 @@ class Sample(Protocol):
     def run(self, variant: Any) -> None:
         """The measured call, once."""
 
+    def poison(self) -> None:
+        """Fill the output with values no right result holds (NaN for floats), so a call
+        that never writes it is counted wrong, not credited with an earlier call's result."""
+
     def wrong(self, variant: Any) -> int:
         """How many result elements on this rank differ from the reference (after ``run``)."""
 
@@ -261,9 +265,9 @@ def sweep(mpi_comm: MPI.Comm, op: Op, *, options: SweepOptions,
     """Measure every variant at every size; yields one table line (a list of rows) per size.
 
     At each size the variants take ``options.repeat`` turns: warm-up, timed calls and
-    the check each turn; turn k starts k places further down the list, so no variant is
-    always measured first or right after the same one. ``progress(done, total, what)`` is
-    called before each turn.
+    the check each turn, the output poisoned first (every variant shares it); turn k
+    starts k places further down the list, so no variant is always measured first or right
+    after the same one. ``progress(done, total, what)`` is called before each turn.
     """
     variants = op.variants()
     counts = _counts(op, options.sizes)
@@ -281,6 +285,8 @@ def sweep(mpi_comm: MPI.Comm, op: Op, *, options: SweepOptions,
                 if progress is not None:
                     again = f" (turn {turn + 1}/{options.repeat})" if options.repeat > 1 else ""
                     progress(step, total, f"{format_size(sample.nbytes)} {variant.label}{again}")
+                if options.check:
+                    sample.poison()
                 measured.seconds.append(time_per_iteration(
                     mpi_comm, functools.partial(sample.run, variant), iters=options.iters,
                     warmup=options.warmup, synchronize=getattr(sample, "synchronize", None)))
@@ -322,6 +328,9 @@ def run(mpi_comm: MPI.Comm, op: Op, *, options: SweepOptions, command: str,
     env = dict(env or environment.environment(mpi_comm))
     nodes = tuple(ranks_per_node or (mpi_comm.size,))
     leader = mpi_comm.rank == 0
+    if not op.variants():
+        raise ValueError(f"nothing to measure: the {op.name} op offers no variants "
+                         "(column groups)")
     if not any(op.count(nbytes) for nbytes in options.sizes):
         raise ValueError(f"nothing to measure: no size from {options.sizes[0]} to "
                          f"{options.sizes[-1]} bytes holds a whole {op.name} message")

@@ -17,12 +17,13 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import ml_dtypes
 import numpy as np
 
 __all__ = ["CODES", "DTYPES", "DTYPE_ALIASES", "REDOPS", "WIRE_EPS", "Expected",
-           "element_codes", "inputs", "reference", "rounding_eps", "value_table"]
+           "element_codes", "inputs", "poison", "reference", "rounding_eps", "value_table"]
 
 DTYPES = {
     "float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16),
@@ -65,6 +66,12 @@ def value_table(nranks: int, *, integer: bool) -> np.ndarray:
 def inputs(table: np.ndarray, *, rank: int, codes: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """``rank``'s data for ``codes``: its row of the table, in ``dtype``."""
     return np.take(table[rank].astype(dtype), codes)
+
+
+def poison(out: Any) -> None:
+    """Fill an output buffer (NumPy or CuPy) with what no right result holds: NaN, or for
+    integers the type's minimum (results are reductions of values in [-8, 8])."""
+    out.fill(np.iinfo(out.dtype).min if out.dtype.kind in "iu" else np.nan)
 
 
 def reference(table: np.ndarray, redop: str, *, eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -118,10 +125,10 @@ class Expected:
 
     def wrong(self, got: np.ndarray, codes: np.ndarray) -> int:
         """Elements of ``got`` (1-D, one per code) off by more than the tolerance (NaN and
-        inf included)."""
+        inf included); the difference is taken in float64, where no integer wraps."""
         bad = 0
         for lo in range(0, codes.size, _CHUNK):
             part = codes[lo:lo + _CHUNK]
-            error = np.abs(got[lo:lo + _CHUNK].astype(self.values.dtype) - self.values[part])
+            error = np.abs(got[lo:lo + _CHUNK].astype(np.float64) - self.values[part])
             bad += int(np.count_nonzero(~(error <= self.tolerance[part])))
         return bad

@@ -100,8 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "machine); use collectives-bench")
         try:
             options = harness.sweep_options(args)
+            algorithms = ops.algorithms_for("allreduce", args.algorithms or "ring,native",
+                                            ops.library_algorithms("allreduce"))
         except ValueError as error:
             parser.error(str(error))
+        if not algorithms:  # (was a ZeroDivisionError on every rank: the 84th review)
+            parser.error(f"--algorithms {args.algorithms!r}: mpi is always measured (the "
+                         "exchange); name the library's algorithms to measure")
         refuse_beyond_memory(parser, args.maxbytes, launch.ranks_here(args.np, None))
     launch.ensure_launched(module=_MODULE, argv=argv, nranks=args.np)
 
@@ -110,13 +115,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import collectives
 
     mpi_comm = MPI.COMM_WORLD
-    try:
-        algorithms = ops.algorithms_for("allreduce", args.algorithms or "ring,native",
-                                        collectives.ALGORITHMS)
-    except ValueError as error:
-        if mpi_comm.rank == 0:
-            parser.error(str(error))
-        return 2
     with environment.abort_on_error(mpi_comm):
         os.environ["COLLECTIVES_SHM"] = "1"
         shm = collectives.init(mpi_comm=mpi_comm)

@@ -423,7 +423,9 @@ TUNING_MAX_BYTES = 16 << 20  # a calibration per world size is a few hundred byt
 
 # What to do about a tuning file that cannot be used: when reading it, and when a
 # calibration is to be added to it (there "recalibrate" would send the user in a circle).
-_READ_ADVICE = "delete it or recalibrate (collectives-bench --calibrate)"
+# (the 84th review: "delete it or recalibrate" did, and --calibrate refused the same file)
+_READ_ADVICE = (f"delete or move it (or set {TUNING_ENV} to another file), then recalibrate "
+                "(collectives-bench --calibrate)")
 _WRITE_ADVICE = (f"calibrating adds to this file: move what is in the way, or set {TUNING_ENV} "
                  "to another file, then calibrate")
 

@@ -93,8 +93,12 @@ def _own_mode(path: Path) -> int:
 def check_writable(path: str | Path) -> None:
     """ValueError now, rather than after minutes of measuring, when `path` cannot be
     written: a folder, FIFO, socket or device is there (a symlink is fine: write_atomically
-    replaces it), or a file cannot be created in its folder (one is, and removed: /proc
+    replaces it), the name ends in a separator (a folder's name: `out.json/` replaced the
+    file out.json), or a file cannot be created in its folder (one is, and removed: /proc
     passed the folder's access check, then failed after the sweep)."""
+    if str(path).endswith((os.sep, os.altsep or os.sep)):
+        raise ValueError(f"cannot write {path}: a name ending in {os.sep!r} names a folder, "
+                         "not a file")
     folder = os.path.dirname(os.path.abspath(path))
     kind = special_file(Path(path))
     if kind is not None:

@@ -152,6 +152,9 @@ class _CountingOp:
             def run(self, variant):
                 log.append(("run", count, variant.label))
 
+            def poison(self):
+                pass
+
             def wrong(self, variant):
                 log.append(("check", count, variant.label))
                 return 1 if variant.label == "b" else 0
@@ -205,6 +208,48 @@ def test_sweep_without_check():
     options = harness.SweepOptions(sizes=(16,), iters=1, warmup=0, check=False)
     (line,) = harness.sweep(_SoloComm(), _CountingOp(), options=options)
     assert [row.wrong for row in line] == [None, None]
+
+
+class _SharedOutputOp(_CountingOp):
+    """Two variants writing one output buffer: ``a`` the right answer, ``b`` nothing."""
+
+    def setup(self, count):
+        out = np.empty(count, np.float32)
+
+        class _Sample:
+            nbytes = count * 4
+
+            def run(self, variant):
+                if variant.label == "a":
+                    out[:] = 1.0
+
+            def poison(self):
+                out.fill(np.nan)
+
+            def wrong(self, variant):
+                return int(np.count_nonzero(out != 1.0))
+
+            def result(self):
+                return out
+
+        return _Sample()
+
+
+def test_a_call_that_never_writes_its_output_is_wrong():
+    """The output is poisoned before each turn: ``b`` inherited ``a``'s right answer and
+    passed #wrong (the eighty-fourth review; nccl-tests fills it before its check too)."""
+    options = harness.SweepOptions(sizes=(16,), iters=2, warmup=1, repeat=2)
+    (line,) = harness.sweep(_SoloComm(), _SharedOutputOp(), options=options)
+    assert [(row.label, row.wrong) for row in line] == [("a", 0), ("b", 4)]
+
+
+def test_run_refuses_an_op_without_variants():
+    """An op with no column group was a ZeroDivisionError in the sweep (the 84th review)."""
+    op = _CountingOp()
+    op.variants = list
+    with pytest.raises(ValueError, match="nothing to measure: the toy op offers no variants"):
+        harness.run(_SoloComm(), op, options=harness.SweepOptions(sizes=(16,)), command="toy",
+                    config={}, env={"host": "here"})
 
 
 def test_rows_are_held_against_the_model_and_the_nodes():
@@ -635,6 +680,20 @@ def test_unknown_algorithm_is_refused(tmp_path):
     (["--algorithms", "ring,,ring"], "ring given twice"),
     (["--algorithms", ""], "an empty name"),
     (["--algorithms", ","], "an empty name"),  # was "',':  given twice" (the 53rd review)
+    # the 84th review: two like column groups summarised as one; the empty name dropped
+    (["--compression", "none,fp16,none"], "--compression: 'none,fp16,none': none given twice"),
+    (["--compression", ",fp16"], "--compression: ',fp16': an empty name"),
+    # the 84th review: the sweep's flags were ignored by --calibrate; a compression with
+    # nothing to compress was ignored; sizes below an alltoall block were refused per rank
+    (["--calibrate", "--json", "x.json", "-d", "float64"],
+     "--json, --dtype: not taken with --calibrate"),
+    (["--calibrate", "--quick", "--collective", "broadcast"],
+     "--collective: not taken with --calibrate"),
+    (["--compression", "fp16", "--algorithms", "mpi"],
+     "--compression: nothing compressed is measured with --algorithms mpi"),
+    (["--collective", "alltoall", "-b", "4", "-e", "4", "--algorithms", "mpi"],
+     "--collective alltoall needs a float32 element per rank, 8 bytes on 2 ranks, and the "
+     "largest size is 4 bytes"),
 ])
 def test_bad_options_are_refused_before_launch(args, message):
     proc = subprocess.run([sys.executable, "-m", "bench.allreduce_perf", *args], cwd=ROOT,
@@ -717,6 +776,7 @@ _QUICK = ["--np", "1", "--sizes", "8", "--rounds", "1", "--budget", "0.01"]
     (["--sizes", "8Q"], "argument --sizes: not a size: '8Q'"),
     (["--sizes", "0"], "argument --sizes: a size of 0 bytes in '0': sizes start at 1 byte"),
     (["--sizes", "8,"], "argument --sizes: not a size: ''"),
+    (["--sizes", "8,1K,8B"], "argument --sizes: 8 bytes given twice in '8,1K,8B'"),  # 84th
 ])
 def test_the_cost_tools_refuse_bad_options_before_launch(tool, args, message):
     """The fifty-third review: each was a traceback (before or after launch, on every
@@ -728,6 +788,9 @@ def test_the_cost_tools_refuse_bad_options_before_launch(tool, args, message):
     (["--runs", "0"], "argument --runs: need an integer above 0, got '0'"),
     (["--algorithms", "bogus"], "unknown algorithms for allreduce: bogus"),
     (["--algorithms", "mpi"], "--algorithms 'mpi': mpi is always measured"),
+    # the 84th review: measured as 4 bytes, printed as 6 and 1
+    (["--sizes", "8,6,1"], "argument --sizes: 6, 1 bytes in '8,6,1': not a whole number of "
+                           "float32 elements (4 bytes each)"),
 ])
 def test_agreement_cost_refuses_bad_options_before_launch(args, message):
     _refused_before_launch("bench.agreement_cost", [*_QUICK, *args], message)
@@ -802,6 +865,11 @@ def test_check_writable_leaves_nothing_and_takes_the_longest_name(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
     with pytest.raises(ValueError, match="a folder"):
         check_writable(str(tmp_path))
+    for name in ("x.json/", "new/"):  # the first replaced x.json (the 84th review)
+        with pytest.raises(ValueError, match=f"cannot write .*{name}: a name ending in '/' "
+                                             "names a folder, not a file"):
+            check_writable(f"{tmp_path}/{name}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
 
 
 @pytest.mark.parametrize("module, args", [
@@ -828,11 +896,13 @@ def test_a_check_failing_on_one_rank_ends_every_rank(tmp_path, module, args):
 
 
 @pytest.mark.parametrize("flags", [["--compression", "fp16"], ["--nodes", "2", "--ppn", "2"],
-                                   ["--collective", "alltoall"], ["-e", "1T"]])
+                                   ["--collective", "alltoall"], ["-e", "1T"],
+                                   ["--algorithms", "mpi"]])
 def test_shm_perf_refuses_what_it_would_not_apply(flags):
     """Flags of collectives-bench that shm_perf accepted and ignored (a lab request ran on
     one host, --calibrate wrote nothing), and sizes beyond memory refused only after the
-    ranks started (the sixty-ninth review): refused before any rank starts."""
+    ranks started (the sixty-ninth review), --algorithms mpi a ZeroDivisionError on every
+    rank (the 84th): refused before any rank starts."""
     proc = subprocess.run([sys.executable, "-m", "bench.shm_perf", "-b", "8", *flags],
                           cwd=ROOT, env=_self_launch_env(PYTHONPATH=str(ROOT)),
                           capture_output=True, text=True, timeout=60)

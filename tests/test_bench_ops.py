@@ -138,6 +138,10 @@ def test_expected_row_is_exact_and_counts_nan():
     got[[3, 50]] += 0.25
     got[7] = np.nan
     assert Expected.row(table, 2).wrong(got, codes) == 3
+    integers = value_table(3, integer=True)
+    got = integers[2][codes].astype(np.int64)
+    got[:] = np.iinfo(np.int64).min  # its difference from 0 wrapped to itself, below 0
+    assert Expected.row(integers, 2).wrong(got, codes) == 100
 
 
 # ---------------------------------------------------------------------------- the checks
@@ -220,6 +224,26 @@ def test_other_collectives_count_a_misplaced_block(name):
     bad[:half // 4] = truth[half:half + half // 4]  # a block at the wrong offset
     wrong, _ = _wrong(name, lambda *_: bad, 0, nranks, count, dtype=dtype)
     assert wrong == np.count_nonzero(bad != truth) > 20
+
+
+@pytest.mark.parametrize("name", ["allreduce", *OTHERS])
+@pytest.mark.parametrize("dtype", ["float32", "int64", "bfloat16"])
+def test_a_call_that_leaves_the_poisoned_output_alone_is_wrong(name, dtype):
+    """After ``poison`` (the harness's, before each turn) a call returning ``out``
+    unwritten is wrong everywhere: it kept the last call's right answer (the 84th review)."""
+    dtype, nranks, rank = DTYPES[dtype], 3, 1
+    root = rank if name == "reduce" else 0  # broadcast: off root, whose output is its input
+    count = _make(name, _Pretend(0, nranks, None), dtype=dtype).count(999 * dtype.itemsize)
+    truth = _truth(name, _inputs(name, count, nranks=nranks, dtype=dtype, root=root), rank,
+                   redop="sum", dtype=dtype, root=root)
+    wrong, sample = _wrong(name, lambda *_: truth.astype(dtype), rank, nranks, count,
+                           dtype=dtype, root=root)
+    assert wrong == 0
+    comm = sample._comm if name == "allreduce" else sample.op.comm
+    comm._call = lambda name, x, out: out
+    sample.poison()
+    sample.run(_variant(name))
+    assert sample.wrong(_variant(name)) == truth.size
 
 
 def test_reduce_counts_output_off_root():

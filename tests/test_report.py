@@ -93,6 +93,12 @@ _GOOD = {"name": "x", "nodes": 2, "ranks_per_node": 2, "reduce_gbytes_per_s": 1,
     ([{**_GOOD, "grid": [True, 4]}], "grid must be [X, Y], two whole numbers >= 1, got [True, 4]"),
     ([{**_GOOD, "grid": [2, 2.0]}], "grid must be [X, Y], two whole numbers >= 1, got [2, 2.0]"),
     ([{**_GOOD, "grid": [4]}], "grid must be [X, Y], two whole numbers >= 1, got [4]"),
+    # the 84th review: a TypeError, and advice for init (grid=, COLLECTIVES_GRID)
+    ([{**_GOOD, "intra": None}], "cluster 'x': intra must be an object {alpha_us, "
+                                 "gbytes_per_s}, got None"),
+    ([{**_GOOD, "inter": [1, 2]}], "cluster 'x': inter must be an object"),
+    ([{**_GOOD, "grid": [3, 5]}], "cluster 'x': grid 3x5 holds 15 ranks, but it has 2 x 2 = 4: "
+                                  "fix the file's \"grid\" (X * Y ranks) or leave it out"),
 ])
 def test_cluster_files_of_nonsense_shapes_are_refused(clusters, said):
     with pytest.raises(ValueError, match=re.escape(said)):

@@ -141,6 +141,9 @@ def test_tuning_file_errors(tmp_path):
     path.write_text('{"version": 99, "calibrations": {}}')
     with pytest.raises(ValueError, match=f"tuning file {path} has version 99, expected 1"):
         read_tuning(path)
+    # recalibrating refuses the same file: the advice was a circle (the 84th review)
+    with pytest.raises(ValueError, match="; delete or move it .*, then recalibrate "):
+        read_tuning(path)
     path.write_text("{not json")
     with pytest.raises(ValueError, match="unreadable"):
         read_tuning(path)

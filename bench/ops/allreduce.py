@@ -28,7 +28,7 @@ import numpy as np
 
 from bench.ops.baseline import MPI_BASELINE, buffer, finish, reduction
 from bench.prediction import AllReducePrices
-from bench.reference import Expected, element_codes, inputs, rounding_eps, value_table
+from bench.reference import Expected, element_codes, inputs, poison, rounding_eps, value_table
 
 __all__ = ["TENSOR_MODES", "AllReduce", "AllReduceSample", "AllReduceVariant",
            "DeviceAllReduceSample", "TensorsSample", "tensor_bounds"]
@@ -102,6 +102,10 @@ class AllReduceSample:
         self._mpi_comm.Allreduce(buffer(self._x), buffer(out),
                                  op=reduction(self._x.dtype, self._redop))
         finish(out, self._redop, self._mpi_comm.size)
+
+    def poison(self) -> None:
+        """Fill the output with what no right result holds (before a checked turn)."""
+        poison(self._out)
 
     def wrong(self, variant: AllReduceVariant) -> int:
         """Output elements off the reference by more than the tolerance (NaN and inf included)."""

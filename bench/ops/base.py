@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bench.ops.baseline import MPI_BASELINE, Algorithm
-from bench.reference import Expected, element_codes, value_table
+from bench.reference import Expected, element_codes, poison, value_table
 
 __all__ = ["DEFAULT", "Collective", "CollectiveSample", "gathered_wrong"]
 
@@ -32,8 +32,11 @@ DEFAULT = "default"  # the library's call without an algorithm argument
 class CollectiveSample(abc.ABC):
     """One size of a collective on this rank: the table, the codes, and the last output.
 
-    Subclasses set up their buffers and define the two calls and the check.
+    Subclasses set up their buffers (``_out``: the output the calls write, None where
+    this rank gets none) and define the two calls and the check.
     """
+
+    _out: np.ndarray | None
 
     def __init__(self, op: "Collective", count: int) -> None:
         self.op = op
@@ -50,6 +53,11 @@ class CollectiveSample(abc.ABC):
             return
         options = {} if variant.algorithm == DEFAULT else {"algorithm": variant.algorithm}
         self._output = self.library(options)
+
+    def poison(self) -> None:
+        """Fill the output with what no right result holds (before a checked turn)."""
+        if self._out is not None:
+            poison(self._out)
 
     def result(self) -> np.ndarray:
         """The last call's output, 1-D (empty where a rank gets none)."""

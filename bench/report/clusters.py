@@ -70,9 +70,11 @@ def _shape(entry: Any) -> Scale:
     try:
         name = _name(entry)
         _known(entry, FIELDS, f"cluster {name!r}")
-        for key in ("intra", "inter"):
-            if isinstance(entry[key], Mapping):
-                _known(entry[key], LINK_FIELDS, f"cluster {name!r} {key}")
+        for key in ("intra", "inter"):  # (null was "TypeError: 'NoneType' object is not
+            if not isinstance(entry[key], Mapping):  # subscriptable": the 84th review)
+                raise ValueError(f"cluster {name!r}: {key} must be an object {{alpha_us, "
+                                 f"gbytes_per_s}}, got {entry[key]!r}")
+            _known(entry[key], LINK_FIELDS, f"cluster {name!r} {key}")
         links = {key: LinkModel.from_bandwidth(
                      alpha_us=_number(entry[key], "alpha_us", low=0.0),
                      gbytes_per_s=_number(entry[key], "gbytes_per_s", low=RATE_MIN),
@@ -84,6 +86,11 @@ def _shape(entry: Any) -> Scale:
             raise ValueError(f"cluster {name!r} has {nodes} x {per_node} = {nodes * per_node} "
                              f"ranks; an all-reduce needs at least 2, and at most {MAX_RANKS} "
                              "are simulated")
+        if grid is not None and grid[0] * grid[1] != nodes * per_node:  # (the advice was init's)
+            raise ValueError(f"cluster {name!r}: grid {grid[0]}x{grid[1]} holds "
+                             f"{grid[0] * grid[1]} ranks, but it has {nodes} x {per_node} = "
+                             f"{nodes * per_node}: fix the file's \"grid\" (X * Y ranks) or "
+                             "leave it out")
         cluster = ClusterModel.uniform(
             nodes=nodes, ranks_per_node=per_node, grid=grid,
             gamma=1 / (_number(entry, "reduce_gbytes_per_s", low=RATE_MIN) * 1e9),
