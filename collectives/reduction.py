@@ -78,8 +78,8 @@ class FlatReducer:
         reduces 16-bit values through a Python user op)."""
         if algorithm != "auto":
             return algorithm
-        if nbytes == 0:
-            return "native"  # nothing to move: the cheapest call, no pricing needed
+        if nbytes == 0 and not compressed:  # (compressed: a plan, as documented; the 88th
+            return "native"  # review) nothing to move: the cheapest call, no pricing needed
         name = self.tuner.choose(nbytes, plans_only=compressed)
         if self._debug:
             log.debug("rank %d: auto chose %s for %d bytes", self.rank, name, nbytes)

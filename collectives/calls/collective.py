@@ -150,8 +150,9 @@ class Collective(Call):
             return self.reproducible(ctx, seq % TAG_LIMIT, deadline)
         if algorithm == "auto":
             nbytes = self.plan_count(ctx.size) * self.x.itemsize
-            algorithm = "native" if nbytes == 0 else ctx.reducer.tuner.choose(
-                nbytes, self.collective, plans_only=self.options.compression is not None)
+            plans_only = self.options.compression is not None  # (an empty call too: it
+            algorithm = "native" if nbytes == 0 and not plans_only else ctx.reducer.tuner.choose(
+                nbytes, self.collective, plans_only=plans_only)  # was "native+fp16")
         if algorithm == "native":
             result = self.native(ctx, seq % TAG_LIMIT, deadline)
             self._record(ctx, "native", start, self.x.nbytes)
