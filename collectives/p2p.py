@@ -72,6 +72,9 @@ class Message:
         self._timeout = timeout
         self._state: BaseException | bool = False  # True: done; an error: it failed
         self._send = send
+        left = transport.p2p_peer_left(peer) if send else None
+        if left is not None:  # (a small send completed into nowhere: the 86th review)
+            raise PeerError(f"{self._what} refused: {left}")
         self._request = post(flat, peer, tag)
 
     def test(self) -> bool:
@@ -83,8 +86,11 @@ class Message:
             try:
                 self._state = self._transport.p2p_test(self._request, self._what)
             except CollectiveError as error:
+                left = self._transport.p2p_peer_left(self._peer)  # (MPI's process_vm_readv
+                if left is not None:  # failure named nobody: the eighty-sixth review)
+                    error = PeerError(f"{error}; {left}")
                 self._state = error
-                raise
+                raise error from None
         return self._state
 
     def wait(self):

@@ -90,6 +90,9 @@ class Handle:
                 f"{self.what}: wait() on a pending handle from a completion callback (the "
                 "progress thread), or inside a collective running on this thread (from a "
                 "signal handler?), would wait forever; chain a callback instead")
+        if not self._future.done() and self._engine.forked():  # (it waited for ever)
+            raise CollectiveError(f"{self.what}: wait() in a process forked while it was "
+                                  "pending: its progress thread is the parent's")
         try:
             return self._future.result(timeout)
         except TimeoutError:
@@ -202,6 +205,10 @@ class ProgressEngine:
                 self._queue.remove(queued)
             self._cv.notify_all()
 
+    def forked(self) -> bool:
+        """Whether the caller is a process forked from the one this engine runs in."""
+        return os.getpid() != self._pid
+
     def on_thread(self) -> bool:
         """Whether the caller is this engine's progress thread (a completion callback)."""
         return self._thread is not None and threading.current_thread() is self._thread
@@ -268,7 +275,7 @@ class ProgressEngine:
             self._closed = True
             self._cv.notify_all()
             started = (self._thread is not None and self._thread.ident is not None
-                       and self._pid == os.getpid())
+                       and not self.forked())
             while started and not self._loop_ended:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:

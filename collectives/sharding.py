@@ -79,12 +79,18 @@ class ShardedSync:
 
     def shard(self):
         """A copy of this rank's shard of the parameters, flattened (update it, then gather).
-        Packed apart from the buffer reduce and gather use (called from another thread, it
-        overwrote their data: wrong gradients, lost updates; the eighty-second review)."""
-        flat = kernels.array_module(self._flat).empty_like(self._flat)
-        kernels.pack(self.params, flat)
+        Copied straight from the parameters, not through the buffer reduce and gather use
+        (called from another thread, it overwrote their data: wrong gradients, lost
+        updates; the eighty-second review)."""
         lo, hi = self._bounds
-        return flat[lo:hi].copy()
+        shard = kernels.array_module(self._flat).empty(hi - lo, self._flat.dtype)
+        start = 0
+        for p in self.params:
+            a, b = max(lo, start), min(hi, start + p.size)
+            if a < b:
+                kernels.copy_into(shard[a - lo:b - lo], p.reshape(-1)[a - start:b - start])
+            start += p.size
+        return shard
 
     def reduce(self, grads: Sequence):
         """This rank's shard of the average of every rank's gradients (one reduce-scatter).

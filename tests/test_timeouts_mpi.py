@@ -166,6 +166,16 @@ def test_shared_windows_that_cannot_grow_leave_no_rank_hanging(tmp_path, mode):
         assert seen[0]["error"] in ("PeerError", "CollectiveTimeout"), seen
 
 
+def test_ranks_closing_apart_over_shared_memory_leave_nothing_to_the_next_one(tmp_path):
+    """Two ranks told the third they left (2 s into their close) and then all freed the
+    windows together: the second notice, never taken, waited in the freed communicator and
+    the next communicator's first collective raised PeerError (the eighty-sixth review)."""
+    run_workers(3, "shm_meetings", "closed-apart", str(tmp_path), timeout=90,
+                env={"COLLECTIVES_SHM": "1"})
+    seen = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(3)]
+    assert all(s["error"] is None and s["sum"] == 3 for s in seen), seen
+
+
 def test_rank_held_in_the_data_while_the_others_end_gets_the_librarys_error(tmp_path):
     """Rank 1 held past the timeout inside a large ring all-reduce; the others time out and
     end. Its transfers with them then fail inside MPI: it raises a CollectiveError, not

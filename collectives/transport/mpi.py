@@ -17,8 +17,10 @@ Example::
 from __future__ import annotations
 
 import atexit
+import collections
 import functools
 import os
+import threading
 import time
 from typing import Sequence
 
@@ -219,6 +221,22 @@ def _settle(requests: list, deadline: float) -> list:
     return requests
 
 
+def _drain(comm: MPI.Comm, tag: int, count: int, deadline: float) -> list:
+    """Receives into scratch of the next `count` messages with `tag` from any rank, as they
+    arrive until `deadline` (fewer if they do not)."""
+    status, receives = MPI.Status(), []
+    while len(receives) < count:
+        message = comm.Improbe(MPI.ANY_SOURCE, tag, status)
+        if message is not None:
+            scratch = np.empty(status.Get_count(MPI.BYTE), np.uint8)
+            receives.append(message.Irecv([scratch, MPI.BYTE]))  # (the request keeps it)
+        elif time.monotonic() > deadline:
+            break
+        else:
+            time.sleep(1e-4)
+    return receives
+
+
 def _finished(request) -> bool:
     """Whether MPI is done with `request`: completed, or failed (a transfer with a process
     that ended)."""
@@ -238,6 +256,8 @@ class _Notices:
         self.heard: dict[int, Notice] = {}
         self.left: dict[int, Notice] = {}  # (a rank that gave up, then left, is heard as
         self._sent: list = []  # giving up: that stops collectives; leaving stops messages)
+        self.sent_to: collections.Counter = collections.Counter()  # per peer (drained at
+        self.received_from: collections.Counter = collections.Counter()  # close)
 
     def arrived(self) -> bool:
         """Whether a notice has arrived (cheap: one test of the posted receive; a receive
@@ -247,13 +267,17 @@ class _Notices:
     def poll(self) -> None:
         """Take every notice that has arrived."""
         while self._recv is not None and self._recv.Test():
-            kind, rank, seq = (int(v) for v in self._inbox)
-            notice = Notice(rank, _NOTICE_KINDS[kind], seq)
-            self.heard.setdefault(rank, notice)
-            if notice.kind == "left":
-                self.left[rank] = notice
+            self._take()
             self._recv = self._control.Irecv([self._inbox, MPI.INT64_T], MPI.ANY_SOURCE,
                                              _NOTICE_TAG)
+
+    def _take(self) -> None:
+        kind, rank, seq = (int(v) for v in self._inbox)
+        notice = Notice(rank, _NOTICE_KINDS[kind], seq)
+        self.heard.setdefault(rank, notice)
+        if notice.kind == "left":
+            self.left[rank] = notice
+        self.received_from[rank] += 1
 
     def tell(self, rank: int, size: int, kind: str, seq: int) -> None:
         """Send a notice to every peer, except those that already left."""
@@ -263,11 +287,20 @@ class _Notices:
             notice = self.heard.get(peer)
             if peer != rank and not (notice is not None and notice.kind == "left"):
                 self._sent.append(self._control.Isend([message, MPI.INT64_T], peer, _NOTICE_TAG))
+                self.sent_to[peer] += 1
 
     def cancel(self, transport: "MPITransport") -> None:
+        """Take what arrived, withdraw the posted receive (counting a notice it took as it
+        was cancelled) and keep the sends alive."""
         if self._recv is not None:
-            transport.withdraw(self._sent, [self._recv])
-            self._recv = None
+            self.poll()
+            recv, self._recv = self._recv, None
+            recv.Cancel()
+            status = MPI.Status()
+            recv.Wait(status)
+            if not status.Is_cancelled():
+                self._take()
+            transport.withdraw(self._sent, ())
 
 
 class MPITransport:
@@ -286,6 +319,8 @@ class MPITransport:
         self._control = comm.Dup()
         self._p2p = comm.Dup()  # point-to-point messages, apart from every collective's
         self._receives = ProbedReceives(self._p2p)
+        self._p2p_sent: collections.Counter = collections.Counter()  # per peer (drained at
+        self._p2p_sent_lock = threading.Lock()  # close; sends come from any thread)
         self._next_sweep = 0.0  # (monotonic) when an unfinished message may sweep again
         self._records = _Records(self._control, self.rank, self.size)
         self._notices = _Notices(self._control)
@@ -432,7 +467,10 @@ class MPITransport:
     def p2p_send(self, buf: np.ndarray, peer: int, tag: int) -> MPI.Request:
         """A send; to this rank itself, of a copy (a receive into the same or overlapping
         memory aborted the process in MPICH's memcpy at size 1; the eighty-second review)."""
-        return self._p2p.Isend(as_bytes(buf.copy() if peer == self.rank else buf), peer, tag)
+        request = self._p2p.Isend(as_bytes(buf.copy() if peer == self.rank else buf), peer, tag)
+        with self._p2p_sent_lock:
+            self._p2p_sent[peer] += 1
+        return request
 
     def p2p_recv(self, buf: np.ndarray, peer: int, tag: int) -> ProbedReceive:
         """A receive that takes its message only if it has buf's size (mpi_receives)."""
@@ -548,28 +586,32 @@ class MPITransport:
         """Leave: withdraw the posted control receives and free the communicators (once;
         also at exit).
 
-        The ranks first meet in a barrier bounded by LEAVE_GRACE seconds. When they all
-        close together nothing more is needed; otherwise this rank tells the others it
-        left (they are still running: a collective that waits for it raises PeerError),
-        and keeps its communicators (`gave_up`: that notice may reach nobody now, and a
-        later communicator with the freed context id took it; the seventy-fourth review).
-        A request that cannot be completed keeps its communicator, left to MPI_Finalize.
-        An interrupt (Ctrl-C) in the barrier still tells the others, then is raised. In a
-        forked child, which is not the rank, nothing is done.
+        The ranks first meet, bounded by LEAVE_GRACE seconds, in an all-to-all of how many
+        messages and notices each sent to each (a barrier that also says what to drain,
+        `_release`). When they all close together nothing more is needed; otherwise this
+        rank tells the others it left (they are still running: a collective that waits for
+        it raises PeerError), and keeps its communicators (`gave_up`: that notice may reach
+        nobody now, and a later communicator with the freed context id took it; the
+        seventy-fourth review). A request that cannot be completed keeps its communicator,
+        left to MPI_Finalize. An interrupt (Ctrl-C) in the meeting still tells the others,
+        then is raised. In a forked child, which is not the rank, nothing is done.
         """
         if self._closed or MPI.Is_finalized() or os.getpid() != self._pid:
             return
         self._closed = True
         atexit.unregister(self.close)
-        barrier = [self._control.Ibarrier()]
+        sent = np.array([[self._p2p_sent[q], self._notices.sent_to[q]]
+                         for q in range(self.size)], np.int64)
+        due = np.empty_like(sent)  # (kept alive by the request, as its buffers)
+        meeting = [self._control.Ialltoall([sent, MPI.INT64_T], [due, MPI.INT64_T])]
         try:
-            barrier = _settle(barrier, time.monotonic() + LEAVE_GRACE)
+            meeting = _settle(meeting, time.monotonic() + LEAVE_GRACE)
         finally:
-            if barrier:  # (a notice the others may never take: kept, as `gave_up` says)
+            if meeting:  # (a notice the others may never take: kept, as `gave_up` says)
                 self._gave_up = True
                 self.tell_leaving()
-                self._abandoned += barrier
-            self._release()
+                self._abandoned += meeting
+            self._release(due=None if meeting else due)
 
     def tell_leaving(self) -> None:
         """Tell the other ranks, once, that this rank left after its last collective: their
@@ -579,21 +621,41 @@ class MPITransport:
             self._told_leaving = True
             self._notices.tell(self.rank, self.size, "left", self._seq)
 
-    def _release(self) -> None:
+    def _release(self, *, due: np.ndarray | None = None) -> None:
         """Withdraw the posted receives and free the communicators, unless a collective was
         given up on: a peer's message for it (an eager send is not cancellable) may still
         arrive, and a communicator made later got the freed one's context id back and took
         it for one of its own: every later communicator's call of that number returned
         wrong sums, and left its own message behind for the next (the seventieth review).
-        MPI_Finalize frees those kept."""
+        MPI_Finalize frees those kept. `due` (every rank is closing): per rank, how many
+        messages and notices it sent to this one; first this rank takes those it never
+        received (`_drained`)."""
         self._records.cancel(self)
         self._notices.cancel(self)
+        if due is not None and not self._drained(due, time.monotonic() + LEAVE_GRACE):
+            self._gave_up = True
         self._abandoned = _settle(self._abandoned, time.monotonic() + 0.1)
         if not self._abandoned and not self._gave_up:
             self._records.free()
             self._control.Free()
             self._p2p.Free()
             self.comm.Free()
+
+    def _drained(self, due: np.ndarray, deadline: float) -> bool:
+        """Whether every point-to-point message and notice sent to this rank (`due[q]`: how
+        many rank q sent) was taken by `deadline`: those it never received are received
+        now and dropped. One left in a freed communicator was the next communicator's: a
+        send nobody received (fire and forget, or waited by its sender) came out of a later
+        receive of its tag, a notice of leaving made a later collective raise PeerError
+        (the eighty-sixth review)."""
+        taken = (self._receives.taken, self._notices.received_from)
+        unreceived = [sum(max(int(due[q, k]) - taken[k][q], 0) for q in range(self.size))
+                      for k in range(2)]
+        drops = [*_drain(self._p2p, MPI.ANY_TAG, unreceived[0], deadline),
+                 *_drain(self._control, _NOTICE_TAG, unreceived[1], deadline)]
+        late = _settle(drops, deadline)
+        self._abandoned += late
+        return len(drops) == sum(unreceived) and not late
 
     def poll(self, test, deadline: float, what: str, *, notices: bool = True):
         """`test()`'s first result other than None; CollectiveTimeout naming `what` past

@@ -21,6 +21,7 @@ Example::
 """
 from __future__ import annotations
 
+import collections
 import threading
 
 import numpy as np
@@ -62,6 +63,7 @@ class ProbedReceives:
         self._comm = comm
         self._lock = threading.Lock()
         self._last: dict[tuple[int, int], ProbedReceive] = {}  # unmatched, per (peer, tag)
+        self.taken: collections.Counter = collections.Counter()  # messages matched, per peer
 
     def post(self, buffer: np.ndarray, peer: int, tag: int) -> ProbedReceive:
         """A receive of `buffer.nbytes` bytes from `peer` with `tag` (buffer: 1-D uint8)."""
@@ -116,6 +118,7 @@ class ProbedReceives:
         message = self._comm.Improbe(receive.peer, receive.tag, status)
         if message is None:
             return False
+        self.taken[receive.peer] += 1
         nbytes, room = status.Get_count(MPI.BYTE), receive.buffer.nbytes
         if nbytes != room:
             receive.buffer = np.empty(nbytes, np.uint8)

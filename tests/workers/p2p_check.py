@@ -81,6 +81,7 @@ def main() -> None:
     except collectives.CollectiveError as error:
         tally.check("isend: this communicator is closed" in str(error), f"after close: {error}")
     check_pending_at_close(tally)
+    check_sent_never_received(tally)
     check_peer_left(tally)
     if comm.transport_name != "torch":  # (over gloo a timeout leaves it unusable)
         check_receive_after_a_peer_error(comm, tally)
@@ -168,6 +169,23 @@ def check_pending_at_close(tally) -> None:
                     f"pending at close: {type(error).__name__}: {error}")
 
 
+def check_sent_never_received(tally) -> None:
+    """A send nobody received, waited (MPI buffered it) or dropped (fire and forget),
+    stayed in the freed communicator: the next communicator's receive of its tag took it
+    (the eighty-sixth review)."""
+    for value in (111.0, 222.0):
+        comm = collectives.init(timeout=10)
+        if comm.rank == 1:
+            comm.send(np.full(4, value), dst=0, tag=3)
+            comm.isend(np.full(4, value), dst=0, tag=4)  # dropped
+        if value == 222.0 and comm.rank == 0:
+            for tag in (3, 4):
+                got = comm.recv(np.empty(4), src=1, tag=tag)
+                tally.check(bool((got == 222).all()), f"a send nobody received came out of "
+                                                      f"the next communicator: {got}")
+        comm.close()
+
+
 def check_peer_left(tally) -> None:
     """A message with a rank that closed its communicator waited out the whole timeout,
     though a collective raised PeerError at once (the eighty-second review)."""
@@ -185,6 +203,12 @@ def check_peer_left(tally) -> None:
             tally.check(comm.transport_name == "torch" or (
                 isinstance(error, collectives.PeerError) and "rank 1 left" in str(error)
                 and time.monotonic() - start < 10), f"a peer that left: {error!r}")
+    try:  # a small send completed (MPI buffers it) into nowhere (the eighty-sixth review)
+        comm.send(np.ones(3), dst=1, tag=3)
+        tally.check(comm.transport_name == "torch", "a send to a rank known to have left")
+    except collectives.CollectiveError as error:
+        tally.check(comm.transport_name == "torch" or "refused: rank 1 left" in str(error),
+                    f"a send to a rank known to have left: {error!r}")
     comm.close()
 
 

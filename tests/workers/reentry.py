@@ -260,13 +260,20 @@ def forked_child_exits(comm, tally: Tally) -> None:
             except collectives.CollectiveError as error:
                 if "forked from it cannot take part" not in str(error):
                     os._exit(9)
+            try:  # it waited for ever: the progress thread is the parent's (the 86th review)
+                pending.wait()
+                os._exit(10)
+            except collectives.CollectiveError as error:
+                if "forked while it was pending" not in str(error):
+                    os._exit(11)
             start = time.monotonic()
             atexit._run_exitfuncs()
             os._exit(0 if time.monotonic() - start < 5 else 7)
         _, status = os.waitpid(pid, 0)
         tally.check(os.waitstatus_to_exitcode(status) == 0,
-                    f"the child took part in a collective (8), was refused unclearly (9) or "
-                    f"its exit handlers took 5 s or more (7): status {status}")
+                    f"the child took part in a collective (8), was refused unclearly (9), "
+                    f"waited for the parent's call (10, 11) or its exit handlers took 5 s or "
+                    f"more (7): status {status}")
     tally.check(bool((pending.wait() == 2).all()), "the call in flight at the fork")
     comm.barrier()
     try:

@@ -18,6 +18,11 @@ Usage: COLLECTIVES_SHM=1 mpiexec -n 2 python -m tests.workers.shm_meetings MODE 
                 told only after the close's 30 s grace (or its timeout, naming nobody)
   left-grow     the same, rank 0's call growing the windows: it read as ranks disagreeing
                 on the arguments (the eighty-third review)
+  closed-apart  (np >= 3) the last rank closes 3 s after the others, which tell every rank
+                they left after 2 s; all free the windows together, then init() again: a
+                second notice the last rank never took waited in the freed communicator,
+                and the next communicator's first collective raised PeerError (the
+                eighty-sixth review)
 
 Each rank writes the error it got to OUTDIR/rank<r>.json, then the program ends normally
 (no abort), so each rank closes its transport at exit. Before the node met through the
@@ -90,8 +95,27 @@ def interrupt_after_allocating() -> None:
     shm._allocate = allocated_then_interrupted
 
 
+def closed_apart(outdir: Path) -> None:
+    comm = collectives.init(timeout=10)
+    comm.allreduce(np.ones(1000, np.float32), algorithm="ring")  # (the windows)
+    if comm.rank == comm.size - 1:
+        time.sleep(3)
+    comm.close()
+    comm = collectives.init(timeout=10)
+    seen: dict[str, object] = {"rank": comm.rank, "error": None}
+    time.sleep(0.5)  # (the notice arrives)
+    try:
+        for _ in range(3):
+            seen["sum"] = float(comm.allreduce(np.ones(4, np.float32), algorithm="ring")[0])
+    except collectives.CollectiveError as error:
+        seen["error"], seen["message"] = type(error).__name__, str(error)
+    (outdir / f"rank{comm.rank}.json").write_text(json.dumps(seen))
+
+
 def main() -> None:
     mode, outdir = sys.argv[1], Path(sys.argv[2])
+    if mode == "closed-apart":
+        return closed_apart(outdir)
     leaving = mode.startswith("left")  # (the transport's own timeout and grace: no race)
     comm = collectives.init(timeout=3 * TIMEOUT if leaving else TIMEOUT)
     transport = comm._transport
