@@ -25,6 +25,7 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import threading
 
@@ -62,9 +63,9 @@ class GlooMessages:
     def send(self, buf: np.ndarray, peer: int, tag: int) -> _Message:
         data = byte_tensor(buf)
         header = np.array([data.numel()], np.int64)
-        with self._lock:  # a message's header and bytes go out one after the other
+        with self._lock, self._posting("send to", peer, tag):  # a message's header and
             works = [dist.isend(byte_tensor(header), group=self.group, group_dst=peer,
-                                tag=_TAGS + 2 * tag)]
+                                tag=_TAGS + 2 * tag)]  # bytes go out one after the other
             if data.numel():
                 works.append(dist.isend(data, group=self.group, group_dst=peer,
                                         tag=_TAGS + 2 * tag + 1))
@@ -73,12 +74,22 @@ class GlooMessages:
 
     def recv(self, buf: np.ndarray, peer: int, tag: int) -> _Message:
         data = byte_tensor(buf)
-        with self._lock:
+        with self._lock, self._posting("receive from", peer, tag):
             key = (peer, tag)
             receive = _Receive(self, data, key, self._last.get(key))
             self._last[key] = receive
             self._pending += 1
         return receive
+
+    @contextlib.contextmanager
+    def _posting(self, what: str, peer: int, tag: int):
+        """gloo's RuntimeError on posting (the peer's connection closed: it left) as the
+        library's error (it escaped raw; the eighty-ninth review's run)."""
+        try:
+            yield
+        except RuntimeError as error:
+            raise CollectiveError(f"rank {self.group.rank()}: {what} rank {peer} (tag {tag}) "
+                                  f"failed: {error}") from None
 
     def close_connections(self) -> None:
         """Fail every pending request of the group now (their waits raise)."""

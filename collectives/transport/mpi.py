@@ -467,10 +467,17 @@ class MPITransport:
     def p2p_send(self, buf: np.ndarray, peer: int, tag: int) -> MPI.Request:
         """A send; to this rank itself, of a copy (a receive into the same or overlapping
         memory aborted the process in MPICH's memcpy at size 1; the eighty-second review)."""
-        request = self._p2p.Isend(as_bytes(buf.copy() if peer == self.rank else buf), peer, tag)
-        with self._p2p_sent_lock:
-            self._p2p_sent[peer] += 1
-        return request
+        with self._p2p_sent_lock:  # (close counts under it: a send from another thread as
+            if self._closed:  # it closed went uncounted, undrained, into the next
+                raise CollectiveError(f"rank {self.rank}: send to rank {peer}: this "
+                                      "communicator is closed")  # communicator: 89th review)
+            self._p2p_sent[peer] += 1  # counted first: an interrupt after the Isend left it
+            try:  # uncounted; an over-count (an interrupt) only keeps the communicators
+                return self._p2p.Isend(as_bytes(buf.copy() if peer == self.rank else buf),
+                                       peer, tag)
+            except MPI.Exception:  # (not sent)
+                self._p2p_sent[peer] -= 1
+                raise
 
     def p2p_recv(self, buf: np.ndarray, peer: int, tag: int) -> ProbedReceive:
         """A receive that takes its message only if it has buf's size (mpi_receives)."""
@@ -598,10 +605,11 @@ class MPITransport:
         """
         if self._closed or MPI.Is_finalized() or os.getpid() != self._pid:
             return
-        self._closed = True
+        with self._p2p_sent_lock:
+            self._closed = True
+            sent = np.array([[self._p2p_sent[q], self._notices.sent_to[q]]
+                             for q in range(self.size)], np.int64)
         atexit.unregister(self.close)
-        sent = np.array([[self._p2p_sent[q], self._notices.sent_to[q]]
-                         for q in range(self.size)], np.int64)
         due = np.empty_like(sent)  # (kept alive by the request, as its buffers)
         meeting = [self._control.Ialltoall([sent, MPI.INT64_T], [due, MPI.INT64_T])]
         try:

@@ -8,6 +8,7 @@ Usage: mpiexec -n P python -m tests.workers.p2p_check   (P >= 2)
 from __future__ import annotations
 
 import gc
+import threading
 import time
 
 import numpy as np
@@ -81,7 +82,8 @@ def main() -> None:
     except collectives.CollectiveError as error:
         tally.check("isend: this communicator is closed" in str(error), f"after close: {error}")
     check_pending_at_close(tally)
-    check_sent_never_received(tally)
+    if comm.transport_name != "torch":  # (gloo's send waits for its receive)
+        check_sent_never_received(tally)
     check_peer_left(tally)
     if comm.transport_name != "torch":  # (over gloo a timeout leaves it unusable)
         check_receive_after_a_peer_error(comm, tally)
@@ -172,18 +174,35 @@ def check_pending_at_close(tally) -> None:
 def check_sent_never_received(tally) -> None:
     """A send nobody received, waited (MPI buffered it) or dropped (fire and forget),
     stayed in the freed communicator: the next communicator's receive of its tag took it
-    (the eighty-sixth review)."""
+    (the eighty-sixth review); one from another thread as the communicator closed went
+    uncounted, so undrained (every time; the eighty-ninth review)."""
     for value in (111.0, 222.0):
         comm = collectives.init(timeout=10)
+        sending = threading.Thread(target=_send_until_closed, args=(comm, value))
         if comm.rank == 1:
             comm.send(np.full(4, value), dst=0, tag=3)
             comm.isend(np.full(4, value), dst=0, tag=4)  # dropped
+            if value == 111.0:
+                sending.start()
+                time.sleep(0.01)
+            else:
+                comm.send(np.full(4, value), dst=0, tag=5)
         if value == 222.0 and comm.rank == 0:
-            for tag in (3, 4):
+            for tag in (3, 4, 5):
                 got = comm.recv(np.empty(4), src=1, tag=tag)
-                tally.check(bool((got == 222).all()), f"a send nobody received came out of "
-                                                      f"the next communicator: {got}")
+                tally.check(bool((got == 222).all()), f"a send nobody received (tag {tag}) "
+                                                      f"came out of the next communicator: {got}")
         comm.close()
+        if sending.ident is not None:
+            sending.join()
+
+
+def _send_until_closed(comm, value: float) -> None:
+    try:
+        while True:
+            comm.isend(np.full(4, value), dst=0, tag=5)
+    except collectives.CollectiveError:
+        pass
 
 
 def check_peer_left(tally) -> None:
