@@ -412,9 +412,10 @@ class Communicator:
         return self._run(build())
 
     def _run(self, call: Call):
-        self._check_open(call.name)  # (also in _execute: it may close meanwhile; here a
-        return self._progress.run(lambda: self._execute(call), call.name)  # forked child
-        # waited for the parent's queue)
+        # (also in _execute, as it may close meanwhile; here first: a forked child waited
+        # for the parent's queue)
+        self._check_open(call.name)
+        return self._progress.run(lambda: self._execute(call), call.name)
 
     def _submit(self, call: Call) -> Handle:
         self._check_open(f"{call.name}_async")

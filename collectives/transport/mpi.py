@@ -286,8 +286,8 @@ class _Notices:
         for peer in range(size):
             notice = self.heard.get(peer)
             if peer != rank and not (notice is not None and notice.kind == "left"):
+                self.sent_to[peer] += 1  # (first: an interrupt can only over-count)
                 self._sent.append(self._control.Isend([message, MPI.INT64_T], peer, _NOTICE_TAG))
-                self.sent_to[peer] += 1
 
     def cancel(self, transport: "MPITransport") -> None:
         """Take what arrived, withdraw the posted receive (counting a notice it took as it
