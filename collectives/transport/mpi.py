@@ -31,6 +31,7 @@ import kernels
 
 from ..errors import CollectiveError, CollectiveTimeout, PeerError
 from .base import RECORD_CAPACITY, Notice
+from .dropped import DroppedSends
 from .mpi_receives import ProbedReceive, ProbedReceives
 from .polling import BUSY_POLLS, poll
 
@@ -326,6 +327,7 @@ class MPITransport:
         self._notices = _Notices(self._control)
         self._seq = 0
         self._abandoned: list = []  # requests given up on, kept alive with their buffers
+        self._dropped = DroppedSends(_finished)  # sends nobody waits for, until done
         self._gave_up = False  # on a collective or message: communicators never freed
         self._told_leaving = False
         self._closed = False
@@ -485,12 +487,12 @@ class MPITransport:
 
     def p2p_drop(self, request, send: bool) -> None:
         """A message nobody will wait for: kept alive with its buffer. A receive is given
-        up on (cancelled; its message may still come, `gave_up`); a send only withdrawn:
-        nothing of it arrives here, and close() settles it (every fire-and-forget send kept
-        the communicators from being freed: 680 init/close cycles exhausted MPICH's; the
-        eighty-second review)."""
+        up on (cancelled; its message may still come, `gave_up`); a send is kept until it
+        is done (`DroppedSends`): nothing of it arrives here, and close() settles those in
+        flight (every fire-and-forget send kept the communicators from being freed: 680
+        init/close cycles exhausted MPICH's; the eighty-second review)."""
         if send:
-            self.withdraw([request], ())
+            self._dropped.add(request)
         else:
             self.abandon((), [request])
 
@@ -642,7 +644,8 @@ class MPITransport:
         self._notices.cancel(self)
         if due is not None and not self._drained(due, time.monotonic() + LEAVE_GRACE):
             self._gave_up = True
-        self._abandoned = _settle(self._abandoned, time.monotonic() + 0.1)
+        self._abandoned = _settle(self._abandoned + self._dropped.take(),
+                                  time.monotonic() + 0.1)
         if not self._abandoned and not self._gave_up:
             self._records.free()
             self._control.Free()

@@ -34,6 +34,7 @@ import kernels
 
 from ..errors import CollectiveError, CollectiveTimeout
 from .base import RECORD_CAPACITY
+from .dropped import DroppedSends
 from .gloo_messages import GlooMessages, byte_tensor
 
 __all__ = ["TorchDistTransport"]
@@ -79,6 +80,7 @@ class TorchDistTransport:
         self._gather_buf = np.empty(0, np.uint8)
         self._record = np.zeros(RECORD_CAPACITY, np.uint8)
         self._abandoned: list = []
+        self._dropped = DroppedSends(lambda message: message.done.is_set())
 
     @classmethod
     def from_environment(cls, timeout: float) -> TorchDistTransport:
@@ -197,8 +199,12 @@ class TorchDistTransport:
     def p2p_drop(self, request, send: bool) -> None:
         """A message nobody will wait for: kept alive with its buffer. gloo cannot cancel a
         receive, so a dropped one still takes the next message of its tag; the group stays
-        usable (closing its connections is for timeouts)."""
-        self._abandoned.append(request)
+        usable (closing its connections is for timeouts). A send is kept until it is done
+        (`DroppedSends`)."""
+        if send:
+            self._dropped.add(request)
+        else:
+            self._abandoned.append(request)
 
     def p2p_test(self, request, what: str) -> bool:
         """Whether a p2p request completed; CollectiveError if it failed, or if a received
@@ -251,7 +257,8 @@ class TorchDistTransport:
         if self.group is None:
             return
         self._messages.close()
-        _KEPT.extend(self._abandoned)  # (gloo cannot cancel: their buffers outlive us)
+        # (gloo cannot cancel: the buffers of pending requests outlive us)
+        _KEPT.extend(self._abandoned + self._dropped.take())
         if self._registered:
             _destroy(self.group)
         atexit.unregister(self.close)
