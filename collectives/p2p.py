@@ -44,9 +44,9 @@ class Message:
     (counted from the wait: a receive posted early may wait out a long computation).
 
     A message dropped before it completed is kept alive, with its buffer, so a late message
-    never lands in memory that was freed or reused: a send until it is done, a receive for
-    the life of the process; over MPI a dropped receive is also cancelled (gloo cannot: it still takes the next message
-    of its tag). A send cannot be withdrawn: one that timed out may still be delivered,
+    never lands in memory that was freed or reused: a send until it is done, a receive at
+    least until the communicator closes. Over MPI a dropped receive is also cancelled (gloo
+    cannot: it still takes the next message of its tag). A send cannot be withdrawn: one that timed out may still be delivered,
     reading x as it is then. Only sizes are checked: a message received into another dtype
     of the same byte count is reinterpreted, as MPI's bytes are.
     """

@@ -486,15 +486,15 @@ class MPITransport:
         return self._receives.post(buf.view(np.uint8), peer, tag)
 
     def p2p_drop(self, request, send: bool) -> None:
-        """A message nobody will wait for: kept alive with its buffer. A receive is given
-        up on (cancelled; its message may still come, `gave_up`); a send is kept until it
-        is done (`DroppedSends`): nothing of it arrives here, and close() settles those in
-        flight (every fire-and-forget send kept the communicators from being freed: 680
-        init/close cycles exhausted MPICH's; the eighty-second review)."""
+        """A message nobody will wait for: kept alive with its buffer. A send is kept until
+        it is done (`DroppedSends`), a receive is withdrawn (cancelled: a message that comes
+        for it is the next receive's of its peer and tag, or close() drains it); close()
+        settles both and frees the communicators (each dropped message kept them for good:
+        680 init/close cycles exhausted MPICH's; the eighty-second review)."""
         if send:
             self._dropped.add(request)
         else:
-            self.abandon((), [request])
+            self.withdraw((), [request])
 
     def _sweep_receives(self) -> None:
         """Take the messages of every posted receive that has one: a peer's large send to

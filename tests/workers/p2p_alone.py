@@ -26,14 +26,18 @@ def main() -> None:
                         f"{count} into itself shifted by {shift}: {got[:3]}")
     comm.close()
     cycle = 0
-    try:  # a send's handle dropped (fire and forget) kept every MPI communicator of its
-        for cycle in range(CYCLES):  # Communicator for good
+    try:  # a message's handle dropped (a send: fire and forget; a receive) kept every MPI
+        for cycle in range(CYCLES):  # communicator of its Communicator for good
             comm = collectives.init(timeout=10)
-            comm.isend(np.ones(2), dst=0, tag=1)
-            comm.recv(np.empty(2), src=0, tag=1)
+            comm.isend(np.full(2, float(cycle)), dst=0, tag=1)
+            got = comm.recv(np.empty(2), src=0, tag=1)[0]  # (not the last cycle's message)
+            if got != cycle:
+                tally.check(False, f"cycle {cycle} received {got}")
+            comm.irecv(np.empty(2), src=0, tag=1)  # its message comes after: close drains it
+            comm.isend(np.full(2, -1.0), dst=0, tag=1)
             comm.close()
     except Exception as error:  # noqa: BLE001 - any error is the failure
-        tally.check(False, f"init/close cycle {cycle} with a dropped send: {error!s:.300}")
+        tally.check(False, f"init/close cycle {cycle} with dropped messages: {error!s:.300}")
     tally.finish()
 
 
