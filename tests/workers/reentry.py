@@ -28,6 +28,7 @@ Usage: mpiexec -n 2 python -m tests.workers.reentry CASE
 from __future__ import annotations
 
 import atexit
+import copy
 import os
 import signal
 import sys
@@ -250,16 +251,18 @@ def forked_child_exits(comm, tally: Tally) -> None:
     if comm.rank == 1:
         time.sleep(1.0)
     pending = comm.allreduce_async(np.ones(2))
-    if comm.rank == 0:
+    copies = (copy.copy(comm), copy.deepcopy(comm))  # (a copy escaped the refusal: the
+    if comm.rank == 0:  # eighty-seventh review)
         time.sleep(0.3)  # the progress thread is inside the call, waiting for rank 1
         pid = os.fork()
         if pid == 0:  # the child's exit handlers, then out (MPI_Finalize would hang here)
-            try:  # as the rank, it paired with rank 1's next call (the eighty-third review)
-                comm.allreduce(np.ones(2))
-                os._exit(8)
-            except collectives.CollectiveError as error:
-                if "forked from it cannot take part" not in str(error):
-                    os._exit(9)
+            for caller in (comm, *copies):  # as the rank, it paired with rank 1's next call
+                try:  # (the eighty-third review)
+                    caller.allreduce(np.ones(2))
+                    os._exit(8)
+                except collectives.CollectiveError as error:
+                    if "forked from it cannot take part" not in str(error):
+                        os._exit(9)
             try:  # it waited for ever: the progress thread is the parent's (the 86th review)
                 pending.wait()
                 os._exit(10)
