@@ -123,8 +123,11 @@ def launched_by_torchrun() -> bool:
 
 def _hello(settings: Settings | None, transport: str, error: Exception | None) -> dict:
     """What a rank tells the others at init: its shared settings, or what was wrong."""
-    if error is not None:  # cut to fit the hello (a value of any length may be named)
-        return {"error": f"{type(error).__name__}: {error}"[: _HELLO_BYTES // 2]}
+    if error is not None:  # cut to fit the hello (a value of any length may be named),
+        text = f"{type(error).__name__}: {error}"  # as JSON: a cut of the JSON fell inside
+        while len(json.dumps(text)) > _HELLO_BYTES // 2:  # an escape (the 92nd review)
+            text = text[: len(text) * 3 // 4]
+        return {"error": text}
     agreed = {key: str(value) for key, value in settings.agreed().items()}
     return {"version": _VERSION, "transport": transport, **agreed}
 

@@ -30,6 +30,7 @@ def _env(name: str, convert, default):
         raise ValueError(f"COLLECTIVES_{name}={raw!r} is not a valid {convert.__name__}") from None
 
 
+MAX_COUNT = (1 << 63) - 1  # counts and sizes travel between ranks as int64
 MAX_SECONDS = 1e7  # about 116 days; threads and interval timers refuse much longer waits
 
 
@@ -45,12 +46,12 @@ _seconds.__name__ = f"number of seconds (> 0, at most {MAX_SECONDS:g})"
 
 def _positive(raw: str) -> int:
     value = int(raw)
-    if value <= 0:
+    if not 0 < value <= MAX_COUNT:
         raise ValueError(raw)
     return value
 
 
-_positive.__name__ = "positive integer"
+_positive.__name__ = "positive integer (at most 2**63 - 1)"
 
 
 def _grid(raw: str) -> tuple[int, int]:

@@ -356,7 +356,7 @@ class Calibration:
                    call_overhead=_real(data["call_overhead"], "call_overhead"),
                    copy_beta=_real(data["copy_beta"], "copy_beta"),
                    native=_rows(data.get("native", []), "native", numbers=1),
-                   measured=data.get("measured", {}),
+                   measured=_object(data.get("measured", {}), "measured"),
                    by_size=_rows(data.get("by_size", []), "by_size", numbers=5),
                    codec_beta=_real(data.get("codec_beta", 0.0), "codec_beta"))
 
@@ -386,6 +386,13 @@ def _real(value, name: str) -> float:
     return float(value)
 
 
+def _object(value, name: str) -> dict:
+    """A JSON object; TypeError for anything else (a list, a string)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} must be an object, got {type(value).__name__}")
+    return value
+
+
 def _whole(value, name: str) -> int:
     """A JSON integer; TypeError for anything else (true, 2.5, "2")."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -403,13 +410,15 @@ DEFAULT_CALIBRATION = Calibration(
 
 
 def tuning_path() -> Path:
-    """COLLECTIVES_TUNING_FILE, else $XDG_CACHE_HOME (~/.cache)/collectives/tuning.json;
-    ValueError naming the variable where a home directory it needs is unknown."""
+    """COLLECTIVES_TUNING_FILE, else $XDG_CACHE_HOME (~/.cache where it is unset or not an
+    absolute path, as the XDG spec says)/collectives/tuning.json; ValueError naming the
+    variable where a home directory it needs is unknown."""
     explicit = os.environ.get(TUNING_ENV)
     try:
         if explicit:
             return Path(explicit).expanduser()
-        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        cache = xdg if os.path.isabs(xdg) else Path.home() / ".cache"
     except RuntimeError as error:  # ("Could not determine home directory")
         where = (f"{TUNING_ENV}={explicit!r}" if explicit
                  else "the default tuning file (~/.cache/collectives/tuning.json)")

@@ -14,6 +14,7 @@ import ml_dtypes
 import numpy as np
 
 from .algorithms import PLANNERS
+from .config import MAX_COUNT
 from .errors import unknown_choice
 
 __all__ = ["Op", "DTYPES", "ALGORITHMS", "COMPRESSIONS", "CallOptions", "check_dtype",
@@ -157,8 +158,9 @@ class CallOptions:
             raise TypeError(f"compression must be None or a str, got {type(compression).__name__}")
         check_compression(compression)
         if (isinstance(fusion_bytes, bool) or not isinstance(fusion_bytes, (int, np.integer))
-                or fusion_bytes <= 0):  # (NumPy integers as root and counts are)
-            raise ValueError(f"fusion_bytes must be a positive int, got {fusion_bytes!r}")
+                or not 0 < fusion_bytes <= MAX_COUNT):  # (NumPy integers as root and counts
+            raise ValueError(f"fusion_bytes must be a positive int (at most 2**63 - 1), "
+                             f"got {fusion_bytes!r}")  # are; 2**63 failed in GradSync)
         if not isinstance(check_finite, (bool, np.bool_)):  # (NumPy's as root is accepted)
             raise TypeError(f"check_finite must be a bool, got {check_finite!r}")
         if error_feedback is None:

@@ -88,7 +88,11 @@ class Tuner:
         mine = None
         if transport.rank == 0:
             try:
-                mine = load_calibration(topology.size)
+                calibration, source = load_calibration(topology.size)
+                # sent without `measured`, which no rank reads here: a `measured` nested
+                # 960 deep failed to pickle, and the others waited for ever in init (the
+                # ninety-second review)
+                mine = (replace(calibration, measured={}), source)
             except Exception as error:  # (e.g. Path.home()'s RuntimeError without a HOME)
                 log.warning("%s; auto uses the default cost model", error)
                 mine = (replace(DEFAULT_CALIBRATION, size=topology.size),

@@ -55,6 +55,32 @@ def test_launcher_detection(monkeypatch, env, expected):
     assert launched_by_torchrun() is expected
 
 
+_BAD_LAUNCH = [({"RANK": "x"}, "RANK='x' is not an integer"),
+               ({"MASTER_PORT": "abc"}, "MASTER_PORT='abc' is not an integer"),
+               ({"RANK": "5", "WORLD_SIZE": "1"}, "RANK=5 is not a rank of WORLD_SIZE=1"),
+               ({"RANK": "-1"}, "RANK=-1 is not a rank of WORLD_SIZE=2"),
+               ({"MASTER_PORT": "70000"}, "MASTER_PORT=70000 is not a port")]
+
+
+def test_a_torchrun_environment_torch_cannot_use_is_refused_by_name():
+    """RANK=x raised torch's bare "invalid literal for int()", RANK=5 with WORLD_SIZE=1
+    waited out the timeout (the ninety-second review). One process tries each."""
+    code = ("import json, os, sys, collectives\n"
+            "for env in json.loads(sys.argv[1]):\n"
+            "    os.environ.update({'WORLD_SIZE': '2', 'MASTER_PORT': '29500', **env})\n"
+            "    try:\n        collectives.init(timeout=30)\n"
+            "    except ValueError as error:\n        print(error)\n"
+            "    os.environ.update(RANK='0')\n")
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in MPI_LAUNCHER_ENV and not key.startswith(("PMI_", "PMIX_"))}
+    environment.update({**TORCH_ENV, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps([e for e, _ in _BAD_LAUNCH])],
+                          env=environment, capture_output=True, text=True, timeout=60)
+    lines = proc.stdout.splitlines()
+    assert len(lines) == len(_BAD_LAUNCH) and all(
+        line.startswith(said) for line, (_, said) in zip(lines, _BAD_LAUNCH)), proc.stdout + proc.stderr
+
+
 def test_every_algorithm_over_the_torch_transport():
     proc = torchrun(2, "allreduce_matrix", "ring,native,auto,hierarchical,torus2d,halving_doubling",
                     "--layouts", "contiguous,strided,inplace", "--expect-nodes", "1,1",

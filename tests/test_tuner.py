@@ -198,9 +198,14 @@ def test_fit_alpha_beta_recovers_constants():
 
 
 def test_auto_under_mpiexec_agrees_and_logs(tmp_path):
+    """Also with a `measured` nested 960 deep (valid JSON): rank 0 failed to pickle it for
+    the others, which waited for ever in init (the ninety-second review)."""
     write_calibration(Calibration(size=2, intra=LINK, inter=LINK, gamma=1e-10, call_overhead=1e-5,
-                                  copy_beta=1e-10, native=((8, 1e-6), (4 << 20, 1.0))),
+                                  copy_beta=1e-10, native=((8, 1e-6), (4 << 20, 1.0)),
+                                  measured={"deep": "DEEP"}),
                       tmp_path / "tuning.json")
+    text = (tmp_path / "tuning.json").read_text()
+    (tmp_path / "tuning.json").write_text(text.replace('"DEEP"', "[" * 960 + "]" * 960))
     proc = run_workers(2, "auto_choice", env={"COLLECTIVES_DEBUG": "1",
                                               "COLLECTIVES_TUNING_FILE": str(tmp_path / "tuning.json")})
     assert "auto: allreduce of 8 bytes on 2 ranks -> native; predicted native 1.0 us" in proc.stderr
@@ -296,6 +301,9 @@ def test_bad_tuning_file_falls_back_to_defaults(tmp_path, monkeypatch, caplog):
     ('{"version": 1, "calibrations": {"2": {"size": 2}}}', "malformed (KeyError"),
     ('{"version": 1, "calibrations": {"2": {"size": "two"}}}', "malformed"),
     ('{"version": 1, "calibrations": {"2": {"size": 2, "extra": 1}}}', "unknown keys ['extra']"),
+    (json.dumps({"version": 1, "calibrations": {"2": {**DEFAULT_CALIBRATION.as_json(),
+                                                      "measured": [1]}}}),
+     "measured must be an object"),
     ("[" * 100_000 + "]" * 100_000, "RecursionError"),  # escaped as RecursionError
 ])
 def test_malformed_tuning_file_is_a_value_error_naming_the_file(tmp_path, content, said):
@@ -486,6 +494,18 @@ def test_a_tuning_path_under_home_is_expanded(tmp_path, monkeypatch):
                                          "COLLECTIVES_TUNING_FILE to a path without '~' or "
                                          "XDG_CACHE_HOME"):
         tuning_path()
+
+
+def test_the_cache_folder_is_xdg_cache_home_where_it_is_absolute(tmp_path, monkeypatch):
+    """A relative XDG_CACHE_HOME put the tuning file under the current folder ("rel/...",
+    " /..."; the ninety-second review): the XDG spec says to ignore it."""
+    monkeypatch.delenv("COLLECTIVES_TUNING_FILE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for xdg, folder in ((str(tmp_path / "xdg"), tmp_path / "xdg"),
+                        ("rel", tmp_path / "home" / ".cache"), (" ", tmp_path / "home" / ".cache"),
+                        ("", tmp_path / "home" / ".cache")):
+        monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+        assert tuning_path() == folder / "collectives" / "tuning.json", xdg
 
 
 _WRITER = """

@@ -260,10 +260,21 @@ def test_fusion_bytes_takes_numpy_integers_as_root_does(given):
     assert options.fusion_bytes == 1 << 20 and type(options.fusion_bytes) is int
 
 
-@pytest.mark.parametrize("bad", [0, -1, True, 1.5, np.float64(8.0), "8"])
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, np.float64(8.0), "8", 1 << 63, 1 << 70])
 def test_fusion_bytes_refuses_what_is_no_positive_integer(bad):
-    with pytest.raises(ValueError, match="fusion_bytes must be a positive int, got"):
+    """2**63 and more passed, then GradSync.attach failed in NumPy's int64 (the ninety-second
+    review): refused as argument and as COLLECTIVES_FUSION_BYTES."""
+    with pytest.raises(ValueError, match=r"fusion_bytes must be a positive int \(at most "
+                                         r"2\*\*63 - 1\), got"):
         CallOptions.parse(fusion_bytes=bad)
+
+
+@pytest.mark.parametrize("raw", ["0", "-8", str(1 << 63), "8x"])
+def test_fusion_bytes_variable_refuses_what_is_no_positive_int64(monkeypatch, raw):
+    monkeypatch.setenv("COLLECTIVES_FUSION_BYTES", raw)
+    with pytest.raises(ValueError, match=rf"COLLECTIVES_FUSION_BYTES={raw!r} is not a valid "
+                                         r"positive integer \(at most 2\*\*63 - 1\)"):
+        Settings.resolve()
 
 
 def test_a_disagreement_on_a_setting_names_its_environment_variable():

@@ -58,6 +58,25 @@ def _destroy(group: dist.ProcessGroup | None) -> None:
             pass  # destroy_process_group() took it, and it made a new default since)
 
 
+def _check_launch_environment() -> None:
+    """ValueError naming the variable of torchrun's environment that torch.distributed cannot
+    use (RANK=x raised torch's bare "invalid literal for int()", RANK=5 with WORLD_SIZE=1
+    waited out the timeout; the ninety-second review)."""
+    values = {}
+    for key in ("RANK", "WORLD_SIZE", "MASTER_PORT"):
+        raw = os.environ.get(key)
+        try:
+            values[key] = None if raw is None else int(raw)
+        except ValueError:
+            raise ValueError(f"{key}={raw!r} is not an integer (torchrun's environment)") from None
+    rank, size, port = values["RANK"], values["WORLD_SIZE"], values["MASTER_PORT"]
+    if rank is not None and size is not None and not 0 <= rank < size:
+        raise ValueError(f"RANK={rank} is not a rank of WORLD_SIZE={size} (torchrun's "
+                         "environment)")
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"MASTER_PORT={port} is not a port (1 to 65535)")
+
+
 class TorchDistTransport:
     """Point-to-point transport over a torch.distributed (gloo) process group.
 
@@ -92,6 +111,7 @@ class TorchDistTransport:
         """
         limit = datetime.timedelta(seconds=timeout)
         if not dist.is_initialized():
+            _check_launch_environment()
             dist.init_process_group("gloo", timeout=limit)
             atexit.register(_destroy, None)
         transport = cls(dist.new_group(backend="gloo", timeout=limit), registered=True)

@@ -33,7 +33,8 @@ CASES = {
     "invalid_timeout": ("COLLECTIVES_TIMEOUT", "nan", TIMEOUT),
     "invalid_algorithm": ("COLLECTIVES_ALGORITHM", "rign", None),
     "invalid_flag": ("COLLECTIVES_SHM", "maybe", None),
-    "invalid_long": ("COLLECTIVES_ALGORITHM", "x" * 3000, None),  # beyond the hello's size
+    "invalid_long": ("COLLECTIVES_ALGORITHM", "é" * 400 + "x" * 3000, None),  # beyond the
+    # hello's size, in escapes of 6 bytes (cut inside one: the ninety-second review)
 }
 
 
