@@ -3,9 +3,12 @@ dropped from many threads and from inside its own prune (a message's __del__ in 
 collection). The transports' use of it runs under mpiexec and torchrun in the `p2p_check`
 worker (`check_dropped_sends_let_go`)."""
 import random
+import sys
 import threading
+import time
 
-from collectives.transport.dropped import DroppedSends
+from collectives.transport import dropped as dropped_module
+from collectives.transport.dropped import PRUNE_INTERVAL_S, DroppedSends
 
 
 class FakeSend:
@@ -55,10 +58,72 @@ def test_a_drop_inside_the_prune_neither_blocks_nor_is_lost():
 
 def test_nothing_is_let_go_after_take():
     dropped = DroppedSends(lambda send: send.done)
-    first = [FakeSend(True) for _ in range(10)]
-    for send in first:
-        dropped.add(send)
-    assert len(dropped.take()) == 10
+    for _ in range(10):
+        dropped.add(FakeSend(True))
+    before = len(dropped.take())
     for _ in range(200):  # (close settles what take gave: no prune completes them too)
         dropped.add(FakeSend(True))
-    assert len(dropped.take()) == 210
+    dropped.tidy()
+    assert len(dropped.take()) == before + 200
+
+
+def test_a_burst_delivered_later_is_let_go_by_tidy():
+    """A burst to a slow receiver: every prune found its sends in flight and the count to
+    the next doubled; once delivered they stayed kept until close (1.2 GB after 1500 sends
+    of 1 MiB; the ninetieth review)."""
+    dropped = DroppedSends(lambda send: send.done)
+    burst = [FakeSend(False) for _ in range(1500)]
+    for send in burst:
+        dropped.add(send)
+    for send in burst:
+        send.done = True  # delivered
+    time.sleep(PRUNE_INTERVAL_S)
+    dropped.tidy()  # (the transport's next send, message test or collective)
+    assert dropped.take() == []
+
+
+class Interrupt(Exception):
+    """What a signal handler raises (KeyboardInterrupt would end pytest)."""
+
+
+def _interrupted_at_line(n: int):
+    """A trace function raising Interrupt at the n-th line run in dropped.py, as a signal
+    handler's exception lands between two lines."""
+    seen = [0]
+
+    def trace(frame, event, arg):
+        if frame.f_code.co_filename != dropped_module.__file__:
+            return None
+        if event == "line":
+            seen[0] += 1
+            if seen[0] == n:
+                raise Interrupt
+        return trace
+
+    return trace
+
+
+def test_an_interrupt_at_any_line_of_a_prune_loses_nothing_and_holds_nothing():
+    """An interrupt (a signal handler that raises) as a prune began left its lock held:
+    pruning stopped for good and close() waited for ever in take() (the ninetieth review).
+    Here one lands at each line in turn of a send's add; after it, the send in flight is
+    still kept and take() returns."""
+    for n in range(1, 40):
+        dropped = DroppedSends(lambda send: send.done)
+        kept = FakeSend(False)
+        dropped.add(kept)
+        for _ in range(70):
+            dropped._requests.append(FakeSend(True))  # (due for a prune by count)
+        sys.settrace(_interrupted_at_line(n))
+        try:
+            dropped.add(FakeSend(True))
+        except Interrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        done = threading.Event()
+        taken = []
+        threading.Thread(target=lambda: (taken.extend(dropped.take()), done.set()),
+                         daemon=True).start()
+        assert done.wait(5), f"interrupted at line {n}: take() waited on a lock left held"
+        assert kept in taken, f"interrupted at line {n}: the send in flight was let go"

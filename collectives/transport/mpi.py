@@ -469,6 +469,7 @@ class MPITransport:
     def p2p_send(self, buf: np.ndarray, peer: int, tag: int) -> MPI.Request:
         """A send; to this rank itself, of a copy (a receive into the same or overlapping
         memory aborted the process in MPICH's memcpy at size 1; the eighty-second review)."""
+        self._dropped.tidy()
         with self._p2p_sent_lock:  # (close counts under it: a send from another thread as
             if self._closed:  # it closed went uncounted, undrained, into the next
                 raise CollectiveError(f"rank {self.rank}: send to rank {peer}: this "
@@ -514,6 +515,7 @@ class MPITransport:
         message of another size than the buffer fails, the buffer untouched). After close
         a send MPI completed before still completes; anything else fails as closed, a
         receive whose message had arrived but was not waited or tested before too."""
+        self._dropped.tidy()
         try:
             if isinstance(request, ProbedReceive):
                 done = self._receives.test(request, what)
@@ -547,6 +549,7 @@ class MPITransport:
 
     def begin(self, seq: int) -> None:
         self._seq = seq
+        self._dropped.tidy()
         notices = self._notices
         if notices.heard or notices.arrived():
             self.check_peers()

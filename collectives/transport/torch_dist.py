@@ -202,6 +202,7 @@ class TorchDistTransport:
 
     def p2p_send(self, buf: np.ndarray, peer: int, tag: int):
         self._not_to_self(peer, "send")
+        self._dropped.tidy()
         return self._messages.send(buf, peer, tag)
 
     def p2p_recv(self, buf: np.ndarray, peer: int, tag: int):
@@ -229,6 +230,7 @@ class TorchDistTransport:
     def p2p_test(self, request, what: str) -> bool:
         """Whether a p2p request completed; CollectiveError if it failed, or if a received
         message had another size than its buffer (then not written)."""
+        self._dropped.tidy()
         return request.test(what)
 
     def p2p_peer_left(self, peer: int) -> None:
@@ -260,7 +262,8 @@ class TorchDistTransport:
         return self.allgather_record(padded, deadline, what)
 
     def begin(self, seq: int) -> None:
-        """Nothing to check: gloo carries no notices."""
+        """Nothing to check (gloo carries no notices); dropped sends done are let go."""
+        self._dropped.tidy()
 
     def check_peers(self) -> None:
         """Nothing to check: gloo carries no notices."""
@@ -277,8 +280,10 @@ class TorchDistTransport:
         if self.group is None:
             return
         self._messages.close()
-        # (gloo cannot cancel: the buffers of pending requests outlive us)
-        _KEPT.extend(self._abandoned + self._dropped.take())
+        # (gloo cannot cancel: the buffers of pending requests outlive us; dropped sends
+        # done are let go: each init/close cycle kept its own; the ninetieth review)
+        _KEPT.extend(self._abandoned)
+        _KEPT.extend(m for m in self._dropped.take() if not m.done.is_set())
         if self._registered:
             _destroy(self.group)
         atexit.unregister(self.close)
