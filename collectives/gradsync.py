@@ -282,7 +282,7 @@ class GradSync:
     """
 
     __slots__ = ("comm", "algorithm", "compression", "fusion_bytes", "error_feedback",
-                 "_name", "_buckets", "_step", "_hooks")
+                 "_name", "_buckets", "_step", "_hooks", "_module", "_names", "__weakref__")
 
     def __init__(self, comm: Communicator, *, algorithm: str | None = None,
                  compression: str | None = None, fusion_bytes: int | None = None,
@@ -298,6 +298,8 @@ class GradSync:
         self._buckets: list[list] = []  # attach: parameters per bucket, in launch order
         self._step = _Step(0)
         self._hooks: list = []
+        self._module = None  # attach: a weak reference to the module
+        self._names: dict[int, str] = {}  # attach: id(parameter) -> its name
 
     def sync(self, grads: Iterable) -> list:
         """Average `grads` over the ranks; returns them (averaged in place), with immutable
@@ -346,17 +348,13 @@ class GradSync:
             params = list(named)
             if not params:
                 raise ValueError(f"{type(module).__name__} has no parameters that require grad")
-        bucket: list = []
-        size = 0
-        for p in reversed(params):
-            nbytes = p.numel() * p.element_size()
-            if bucket and size + nbytes > self.fusion_bytes:
-                self._buckets.append(bucket)
-                bucket, size = [], 0
-            bucket.append(p)
-            size += nbytes
-        self._buckets.append(bucket)
+            _refuse_attached_elsewhere(named)
+            buckets = _buckets(params, self.fusion_bytes)
+        self._buckets = buckets
         self._agree_on_buckets([named[p] for b in self._buckets for p in b])
+        self._module = weakref.ref(module)
+        self._names = {id(p): name for p, name in named.items()}
+        _ATTACHED.add(self)
         self._step = _Step(len(self._buckets))
         index = {id(p): b for b, members in enumerate(self._buckets) for p in members}
         # Before autograd adds a gradient into p.grad: refuse one for a bucket on the wire
@@ -409,6 +407,24 @@ class GradSync:
         # this step) or after (the next step's); resetting its parts one by one, one landing
         # between them made the retry launch every bucket again (the seventy-ninth review).
         self._step = _Step(len(self._buckets))
+        self._refuse_unattached_gradients()
+
+    def _refuse_unattached_gradients(self) -> None:
+        """CollectiveError, once the step ended, naming a parameter of the module that has
+        a gradient but is in no bucket (trainable only after attach, or added after it):
+        its gradient was not averaged, and the replicas drifted apart silently (the
+        ninety-first review)."""
+        module = self._module() if self._module is not None else None
+        if module is None:
+            return
+        names = self._names
+        for name, p in module.named_parameters():
+            if p.requires_grad and p.grad is not None and id(p) not in names:
+                raise CollectiveError(
+                    f"GradSync.wait: parameter {name} has a gradient but was not attached "
+                    "(it required no grad at attach, or was added after): its gradient is "
+                    "not averaged; after changing which parameters train, call detach() "
+                    "and attach(module) again")
 
     def _fill_missing(self) -> None:
         """Zeros for the gradients missing from the buckets not launched yet, noted."""
@@ -429,11 +445,20 @@ class GradSync:
         return self.comm.allreduce_async(held, op="max")
 
     def detach(self) -> None:
-        """Remove the hooks that `attach` registered."""
+        """Remove the hooks that `attach` registered; CollectiveError while this step's
+        all-reduces run (they write the gradients: after a detach they went on writing
+        them, into a next backward's too; the ninety-first review): wait() first."""
+        if self._step.handles:
+            raise CollectiveError("GradSync.detach: this step's all-reduces were launched "
+                                  "and not waited for: call wait() first (they write the "
+                                  "gradients)")
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
         self._buckets = []
+        self._module = None
+        self._names = {}
+        _ATTACHED.discard(self)
 
     def _check_open(self, bucket: int) -> None:
         """CollectiveError, before autograd writes, for a gradient of a launched bucket."""
@@ -445,7 +470,9 @@ class GradSync:
                 ": call GradSync.wait() after every backward (gradient accumulation over several "
                 "backwards needs a detach() meanwhile); a model that accumulates a "
                 "parameter's gradient twice within one backward (reentrant checkpointing "
-                "runs a backward inside it) needs sync() after backward instead")
+                "runs a backward inside it) needs sync() after backward instead; "
+                "torch.autograd.grad of the parameters runs this check too: call it after "
+                "wait()")
 
     def _grad_ready(self, param, bucket: int) -> None:
         ready = self._step.ready
@@ -492,7 +519,7 @@ class GradSync:
         for b in range(self._launched, up_to):
             if step.refusal is None:
                 try:
-                    views = [as_array(p.grad) for p in self._buckets[b]]
+                    views = [self._gradient(p) for p in self._buckets[b]]
                 except (TypeError, ValueError, BufferError) as error:
                     step.refusal = error
             if step.refusal is None:
@@ -501,6 +528,14 @@ class GradSync:
             else:
                 made = self.comm.refuse_async("allreduce_many", step.refusal)
             step.handles.append(made)
+
+    def _gradient(self, p):
+        """p.grad as an array; the error naming the parameter where it is none (sparse)."""
+        try:
+            return as_array(p.grad)
+        except (TypeError, ValueError, BufferError) as error:
+            raise type(error)(f"the gradient of {self._names.get(id(p), 'a parameter')}: "
+                              f"{error}") from None
 
     @property
     def _launched(self) -> int:
@@ -542,15 +577,57 @@ def _digest(text: str) -> tuple[int, int]:
     return tuple(int(word) for word in np.frombuffer(digest, np.int64))
 
 
+_ATTACHED: "weakref.WeakSet[GradSync]" = weakref.WeakSet()  # attached, not detached
+
+
+def _refuse_attached_elsewhere(named: dict) -> None:
+    """ValueError naming a parameter another attached GradSync averages: both launched
+    their all-reduces, one never waited for, and every later step failed as "a gradient
+    arrived after its all-reduce started" (a DistributedOptimizer made again for one
+    module; the ninety-first review)."""
+    for other in list(_ATTACHED):
+        theirs = {id(p) for bucket in other._buckets for p in bucket}
+        shared = next((name for p, name in named.items() if id(p) in theirs), None)
+        if shared is not None:
+            raise ValueError(f"GradSync.attach: parameter {shared} is attached to another "
+                             "GradSync: call its detach() first (a DistributedOptimizer's: "
+                             "opt.sync.detach())")
+
+
+def _buckets(params: list, fusion_bytes: int) -> list[list]:
+    """`params` in reverse order, in buckets of about `fusion_bytes`."""
+    buckets: list[list] = []
+    bucket: list = []
+    size = 0
+    for p in reversed(params):
+        nbytes = p.numel() * p.element_size()
+        if bucket and size + nbytes > fusion_bytes:
+            buckets.append(bucket)
+            bucket, size = [], 0
+        bucket.append(p)
+        size += nbytes
+    buckets.append(bucket)
+    return buckets
+
+
 def _refuse_undense(module) -> None:
-    """What attach cannot average, by name: a parameter of a dtype other than a float (a
-    complex one failed in wait() with "unsupported dtype"), a trainable embedding that
-    makes sparse gradients (a raw BufferError in backward; the eighteenth review)."""
+    """What attach cannot average, by name: a parameter of a dtype other than float16,
+    bfloat16, float32 or float64 (a complex one failed in wait() with "unsupported dtype",
+    a float8 one in every wait(); the ninety-first review), one a lazy module has not made
+    yet (torch's error in numel() on one rank left the others waiting), a trainable
+    embedding that makes sparse gradients (a raw BufferError in backward; the eighteenth
+    review)."""
+    import torch
+    from torch import nn
+
+    averaged = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
     for name, p in module.named_parameters():
-        if p.requires_grad and not p.is_floating_point():
+        if isinstance(p, nn.parameter.UninitializedParameter):
+            raise ValueError(f"GradSync.attach: parameter {name} is not initialized yet (a "
+                             "lazy module): run a forward pass before attach")
+        if p.requires_grad and p.dtype not in averaged:
             raise TypeError(f"GradSync.attach: parameter {name} is {p.dtype}; gradients are "
                             "averaged as float16, bfloat16, float32 or float64")
-    from torch import nn
 
     for name, layer in module.named_modules():
         if isinstance(layer, (nn.Embedding, nn.EmbeddingBag)) and layer.sparse \

@@ -685,6 +685,71 @@ def check_attach_refusals(comm, tally: Tally) -> None:
     sync.detach()
 
 
+def check_attach_lifecycle(comm, tally: Tally) -> None:
+    """The ninety-first review: detach() while a step's all-reduces ran let them write the
+    gradients after it returned (and into the next backward's); a second GradSync on the
+    same parameters (a DistributedOptimizer made again) was taken, and every later step
+    failed as a missing wait(); a parameter that became trainable after attach was never
+    averaged (silently); a lazy parameter on one rank left the others waiting, a float8 one
+    failed in every wait(), a sparse gradient set by hand was refused naming no parameter."""
+    r, p = comm.rank, comm.size
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    model[0].requires_grad_(False)
+    sync = collectives.GradSync(comm, fusion_bytes=64).attach(model)
+    _backward(model, r, 0)
+    try:
+        sync.detach()
+        tally.check(False, "detach() while the step's all-reduces ran")
+    except CollectiveError as error:
+        tally.check("call wait() first" in str(error), f"detach mid-step: {error}")
+    sync.wait()
+    try:
+        collectives.GradSync(comm).attach(model)
+        tally.check(False, "a second GradSync attached to the same parameters")
+    except ValueError as error:
+        tally.check("parameter 1.weight is attached to another GradSync" in str(error),
+                    f"second attach: {error}")
+    model[0].requires_grad_(True)  # unfrozen after attach, on every rank
+    model.zero_grad(set_to_none=True)
+    _backward(model, r, 1)
+    try:
+        sync.wait()
+        tally.check(False, "a parameter trainable after attach went unaveraged, silently")
+    except CollectiveError as error:
+        tally.check("parameter 0.weight has a gradient but was not attached" in str(error),
+                    f"unfrozen after attach: {error}")
+    sync.detach()
+    again = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, comm)
+    model.zero_grad(set_to_none=True)
+    _backward(model, r, 2)
+    want = [torch.from_numpy(comm.allreduce(q.grad.numpy(), op="avg")) for q in model.parameters()]
+    again.step()
+    again.sync.detach()
+    tally.check(all(torch.allclose(q.grad, w) for q, w in zip(model.parameters(), want)),
+                "attached again after unfreezing: gradients not averaged")
+    refused_here = r == p - 1
+    for what, make, said in (
+            ("a lazy parameter", lambda: torch.nn.LazyLinear(2), "not initialized yet"),
+            ("a float8 parameter", lambda: torch.nn.Linear(2, 2).to(torch.float8_e4m3fn),
+             "is torch.float8_e4m3fn")):
+        module = make() if refused_here else torch.nn.Linear(2, 2)
+        try:
+            collectives.GradSync(comm).attach(module).detach()
+            tally.check(p == 1 and not refused_here, f"attach took {what}")
+        except (TypeError, ValueError, collectives.MismatchError) as error:
+            tally.check(said in str(error) if refused_here
+                        else type(error) is collectives.MismatchError, f"{what}: {error!r}")
+    layer = torch.nn.Linear(3, 3, bias=False)
+    sync = collectives.GradSync(comm).attach(layer)
+    layer.weight.grad = torch.eye(3).to_sparse()
+    try:
+        sync.wait()
+        tally.check(False, "wait() took a sparse gradient")
+    except TypeError as error:
+        tally.check("the gradient of weight:" in str(error), f"sparse by hand: {error}")
+    sync.detach()
+
+
 def check_bad_master_port(comm, tally: Tally) -> None:
     """MASTER_PORT=abc on rank 0: a bare int() ValueError there, PeerError on the others
     (the seventy-seventh review). Now named, and refused on every rank."""
@@ -717,6 +782,7 @@ def main() -> None:
     check_hook_deterministic(tally)
     check_rebuilt_buckets(comm, tally)
     check_attach_refusals(comm, tally)
+    check_attach_lifecycle(comm, tally)
     check_sync_feedback_per_layout(comm, tally)
     check_wait_settles_every_bucket(comm, tally)
     check_interrupted_wait(comm, tally)
