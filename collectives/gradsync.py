@@ -418,13 +418,16 @@ class GradSync:
         if module is None:
             return
         names = self._names
-        for name, p in module.named_parameters():
-            if p.requires_grad and p.grad is not None and id(p) not in names:
-                raise CollectiveError(
-                    f"GradSync.wait: parameter {name} has a gradient but was not attached "
-                    "(it required no grad at attach, or was added after): its gradient is "
-                    "not averaged; after changing which parameters train, call detach() "
-                    "and attach(module) again")
+        outside = [p for layer in module.modules() for p in layer._parameters.values()
+                   if p is not None and id(p) not in names and p.requires_grad
+                   and p.grad is not None]  # (named_parameters' generators: twice the time)
+        if outside:
+            name = next(n for n, p in module.named_parameters() if p is outside[0])
+            raise CollectiveError(
+                f"GradSync.wait: parameter {name} has a gradient but was not attached (it "
+                "required no grad at attach, or was added after): its gradient is not "
+                "averaged; after changing which parameters train, call detach() and "
+                "attach(module) again")
 
     def _fill_missing(self) -> None:
         """Zeros for the gradients missing from the buckets not launched yet, noted."""
