@@ -421,6 +421,10 @@ class GradSync:
         outside = [p for layer in module.modules() for p in layer._parameters.values()
                    if p is not None and id(p) not in names and p.requires_grad
                    and p.grad is not None]  # (named_parameters' generators: twice the time)
+        if outside:  # (those another attached GradSync averages are fine: the 93rd review)
+            theirs = {id(p) for other in list(_ATTACHED) if other is not self and other._hooks
+                      for bucket in other._buckets for p in bucket}
+            outside = [p for p in outside if id(p) not in theirs]
         if outside:
             name = next(n for n, p in module.named_parameters() if p is outside[0])
             raise CollectiveError(
@@ -589,6 +593,8 @@ def _refuse_attached_elsewhere(named: dict) -> None:
     arrived after its all-reduce started" (a DistributedOptimizer made again for one
     module; the ninety-first review)."""
     for other in list(_ATTACHED):
+        if not other._hooks:  # (a detach() interrupted after removing them)
+            continue
         theirs = {id(p) for bucket in other._buckets for p in bucket}
         shared = next((name for p, name in named.items() if id(p) in theirs), None)
         if shared is not None:

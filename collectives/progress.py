@@ -98,6 +98,8 @@ class Handle:
         except TimeoutError:
             if self._future.done():  # finished meanwhile, or raised a TimeoutError itself
                 return self._future.result()
+            if timeout is None:  # a signal handler's own, raised in the wait (it came out
+                raise  # as "still running after None s"; the ninety-third review)
             raise TimeoutError(f"{self.what} still running after {timeout} s") from None
 
     def waits_for_itself(self) -> bool:

@@ -1,4 +1,5 @@
 """Async collectives: the progress engine (single process) and async vs sync under mpiexec."""
+import signal
 import threading
 import time
 
@@ -31,6 +32,28 @@ def test_run_waits_for_earlier_submissions():
     threading.Timer(0.2, gate.set).start()
     engine.run(lambda: order.append("sync"))
     assert order == ["async", "sync"] and first.done()
+    engine.close(timeout=10)
+
+
+def test_a_signal_handlers_timeout_error_in_a_wait_comes_out_as_it_was():
+    """A SIGALRM handler raising TimeoutError("my alarm") in an unbounded wait came out as
+    "still running after None s" (the ninety-third review)."""
+    def alarm(signum, frame):
+        raise TimeoutError("my alarm")
+
+    engine = ProgressEngine()
+    gate = threading.Event()
+    handle = engine.submit(lambda: gate.wait(10), "slow")
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, 0.1)
+    try:
+        with pytest.raises(TimeoutError, match="my alarm"):
+            handle.wait()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        gate.set()
+    assert handle.wait(timeout=10) is True
     engine.close(timeout=10)
 
 

@@ -168,3 +168,41 @@ def test_example_trains_under_mpiexec():
                           env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "final loss" in proc.stdout and "size=2" in proc.stdout
+
+
+class _Interrupt(Exception):
+    """What a signal handler raises."""
+
+
+def test_a_detach_interrupted_at_any_line_lets_the_module_be_attached_again(comm):
+    """An interrupt inside detach() (after its hooks were removed) left the GradSync listed
+    as attached: attach then refused the module as "attached to another GradSync", naming
+    the one itself (the ninety-third review)."""
+    import sys
+
+    from collectives import gradsync
+
+    model = torch.nn.Linear(3, 3)
+    for n in range(1, 30):
+        sync = collectives.GradSync(comm).attach(model)
+        seen = [0]
+
+        def trace(frame, event, arg):
+            if frame.f_code.co_filename != gradsync.__file__:
+                return None
+            if event == "line":
+                seen[0] += 1
+                if seen[0] == n:
+                    raise _Interrupt
+            return trace
+
+        sys.settrace(trace)
+        try:
+            sync.detach()
+        except _Interrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        if sync._hooks:  # (interrupted before the hooks went: detach again, as a user would)
+            sync.detach()
+        collectives.GradSync(comm).attach(model).detach()

@@ -177,7 +177,8 @@ def check_sent_never_received(tally) -> None:
     """A send nobody received, waited (MPI buffered it) or dropped (fire and forget),
     stayed in the freed communicator: the next communicator's receive of its tag took it
     (the eighty-sixth review); one from another thread as the communicator closed went
-    uncounted, so undrained (every time; the eighty-ninth review)."""
+    uncounted, so undrained (every time; the eighty-ninth review). A close waits for its
+    dropped sends as long as the receivers drain them."""
     for value in (111.0, 222.0):
         comm = collectives.init(timeout=10)
         sending = threading.Thread(target=_send_until_closed, args=(comm, value))
@@ -197,6 +198,15 @@ def check_sent_never_received(tally) -> None:
         comm.close()
         if sending.ident is not None:
             sending.join()
+    comm = collectives.init(timeout=10)  # large dropped sends nobody received: the sender
+    if comm.rank == 1:  # waited 0.1 s for the drain at close, then kept its communicators
+        for _ in range(20):  # (the ninety-third review)
+            comm.isend(np.ones(1 << 20), dst=0, tag=6)
+    comm.close()
+    from mpi4py import MPI
+
+    tally.check(comm._transport.comm == MPI.COMM_NULL,
+                "a close whose dropped sends the receiver drained kept its communicators")
 
 
 def _send_until_closed(comm, value: float) -> None:

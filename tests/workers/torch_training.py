@@ -720,10 +720,14 @@ def check_attach_lifecycle(comm, tally: Tally) -> None:
                     f"unfrozen after attach: {error}")
     sync.detach()
     again = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), model, comm)
-    model.zero_grad(set_to_none=True)
+    model.add_module("adapter", torch.nn.Linear(4, 4))  # added after, with a GradSync of its
+    adapter = collectives.GradSync(comm).attach(model.adapter)  # own: not "unaveraged" (the
+    model.zero_grad(set_to_none=True)  # ninety-third review)
     _backward(model, r, 2)
     want = [torch.from_numpy(comm.allreduce(q.grad.numpy(), op="avg")) for q in model.parameters()]
+    adapter.wait()
     again.step()
+    adapter.detach()
     again.sync.detach()
     tally.check(all(torch.allclose(q.grad, w) for q, w in zip(model.parameters(), want)),
                 "attached again after unfreezing: gradients not averaged")
