@@ -226,21 +226,24 @@ class Communicator:
         """`allgather` on the progress thread."""
         return self._submit(self._allgather(x, out, algorithm, compression, "async"))
 
-    def broadcast(self, x, root: int = 0, algorithm: str | None = None, out=None):
+    def broadcast(self, x, root: int = 0, algorithm: str | None = None, out=None, *,
+                  label: str | None = None):
         """Root's x on every rank (elsewhere x gives the shape and dtype and is not written
-        unless `out is x`).
+        unless `out is x`). `label`: a layer's words for what x stands for, compared as
+        part of the call (ranks whose labels differ get MismatchError naming them): e.g.
+        torch's broadcast of tensors that travel as padded words says their bytes and dtype.
 
         Example::
 
             weights = comm.broadcast(weights, root=0, out=weights)
         """
-        return self._sync(("broadcast", root, algorithm), x, out,
-                          lambda: self._broadcast(x, out, root, algorithm, "sync"))
+        return self._sync(("broadcast", root, algorithm, label), x, out,
+                          lambda: self._broadcast(x, out, root, algorithm, "sync", label))
 
     def broadcast_async(self, x, root: int = 0, algorithm: str | None = None,
-                        out=None) -> Handle:
+                        out=None, *, label: str | None = None) -> Handle:
         """`broadcast` on the progress thread."""
-        return self._submit(self._broadcast(x, out, root, algorithm, "async"))
+        return self._submit(self._broadcast(x, out, root, algorithm, "async", label))
 
     def reduce(self, x, root: int = 0, op: str | Op = "sum", algorithm: str | None = None,
                compression: str | None = None, out=None, *, deterministic: bool | None = None):
@@ -294,9 +297,10 @@ class Communicator:
         return allgather_call(self.size, x, out, algorithm=algorithm, compression=compression,
                               issued=issuer(mode))
 
-    def _broadcast(self, x, out, root, algorithm, mode):
+    def _broadcast(self, x, out, root, algorithm, mode, label):
+        issued = issuer(mode) if label is None else (*issuer(mode), label)
         return broadcast_call(self.size, self.rank, x, out, root=root, algorithm=algorithm,
-                              issued=issuer(mode))
+                              issued=issued)
 
     def _reduce(self, x, out, root, op, algorithm, compression, deterministic, mode):
         return reduce_call(self.size, self.rank, x, out, root=root, op=op, algorithm=algorithm,

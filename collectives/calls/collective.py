@@ -86,7 +86,8 @@ class Collective(Call):
             lambda: {"op": options.op if self.reduces else None, "algorithm": options.algorithm,
                      "compression": options.compression, "root": root, "dtype": x.dtype,
                      "shape": x.shape, "array": array, "deterministic": options.deterministic,
-                     "issued": issued[0], "thread": issued[1]}))
+                     "issued": issued[0], "thread": issued[1],
+                     **({"label": issued[2]} if len(issued) > 2 else {})}))
 
     reduces = False
 

@@ -218,36 +218,30 @@ class CollectivesProcessGroup(dist.ProcessGroup):
         """The root's `tensors[opts.rootTensor]` into every tensor of every rank's list
         (torch's list form, as gloo: copies of one tensor, one dtype and size).
 
-        Every rank's byte count and dtype go with it (an all-gather queued just before),
-        and the Work fails on every rank where they differ from the root's: rows of 5 and
-        6 bytes, or of int16 and uint8, pad alike, and only the receivers whose row differs
-        would see it (the thirty-ninth review). Any error in what this rank sends refuses
-        both calls, as the peers issue them."""
+        The tensor's byte count and dtype are the call's label, compared with the call:
+        rows of 5 and 6 bytes, or of int16 and uint8, pad alike, and only the receivers
+        whose row differed saw it (the thirty-ninth review); an all-gather of them issued
+        before it paired with a user's all-gather of that shape (the ninety-fourth review:
+        the user's got them as data) and, refused, left its broadcast to pair with the
+        next call."""
         root = opts.rootRank
         try:
             tensor = _root_tensor(tensors, opts.rootTensor)
             sent = Rows(tensor)
         except Exception as error:  # noqa: BLE001 - e.g. torch's RuntimeError of a conj view
-            self._refuse(["allgather", "broadcast"], error)
-        kind = np.array([tensor.numel() * tensor.element_size(), dtype_code(tensor.dtype)],
-                        np.int64)
-        every = np.zeros((self.size(), 2), np.int64)  # alike until the all-gather fills it
-        handles = [self.comm.allgather_async(kind, out=every),
-                   self.comm.broadcast_async(sent.array, root, self._algorithm["broadcast"],
-                                             out=sent.array)]
+            self._refuse(["broadcast"], error)
+        label = f"{tensor.numel() * tensor.element_size()} bytes of {tensor.dtype}"
+        handle = self.comm.broadcast_async(sent.array, root, self._algorithm["broadcast"],
+                                           out=sent.array, label=label)
 
         def finish() -> list[torch.Tensor]:
-            _check_like_root(every, root)
             sent.finish()
             for other in tensors:
                 if other is not tensor:
                     other.copy_(tensor)
             return tensors
 
-        def explain() -> str:  # (the all-gather ran first: refused, it left `every` alike)
-            return _unlike_root(every, root) or tensors_named([tensor])
-
-        return HandleWork(handles, finish, explain)
+        return HandleWork([handle], finish, lambda: tensors_named([tensor]))
 
     @_refusing("allgather")
     def all_gather_single(self, output: torch.Tensor, input: torch.Tensor,
@@ -423,24 +417,6 @@ def _root_tensor(tensors: list[torch.Tensor], index: int) -> torch.Tensor:
                              f"shape: tensor {i} is {other.dtype} {tuple(other.shape)}, "
                              f"tensor {index} {chosen.dtype} {tuple(chosen.shape)}")
     return chosen
-
-
-def _check_like_root(kinds: np.ndarray, root: int) -> None:
-    """ValueError naming the first rank whose (bytes, dtype code) `kinds[r]` differ from
-    the root's."""
-    unlike = _unlike_root(kinds, root)
-    if unlike is not None:
-        raise ValueError(f"broadcast: {unlike}")
-
-
-def _unlike_root(kinds: np.ndarray, root: int) -> str | None:
-    """The first rank whose (bytes, dtype code) `kinds[r]` differ from the root's, and how;
-    None where none does."""
-    for r in np.flatnonzero((kinds != kinds[root]).any(axis=1)):
-        (got, code), (want, root_code) = kinds[r], kinds[root]
-        return (f"rank {r}'s tensor holds {got} bytes of {dtype_named(int(code))}, the "
-                f"root's (rank {root}) {want} bytes of {dtype_named(int(root_code))}")
-    return None
 
 
 def _finishing(rows: list[Rows], tensors: list[torch.Tensor]):

@@ -359,13 +359,14 @@ def check_one_rank_refusals(group, tally: Tally) -> None:
             tally.check("expects" in str(error), f"all_to_all sizes that differ: {error}")
     # bytes of 3 and 2 elements pad to one word alike, and only the receivers whose row
     # differed raised, the root and the others returned (the thirty-ninth review): every
-    # rank's byte count and dtype go with the broadcast, and every rank raises
+    # rank's byte count and dtype are the broadcast's label, and every rank raises
     odd_bytes = torch.full((3 if r == 0 else 2,), 9, dtype=torch.uint8)
     try:
         dist.broadcast(odd_bytes, root, group=group)
         tally.check(p == 1, f"uint8 of 3 bytes broadcast into 2: {odd_bytes}")
-    except ValueError as error:
-        tally.check("holds 2 bytes of torch.uint8, the root's (rank 0) 3 bytes" in str(error)
+    except MismatchError as error:
+        tally.check("rank 0 has label 3 bytes of torch.uint8" in str(error)
+                    and "2 bytes of torch.uint8" in str(error)
                     and odd_bytes.tolist() == [9] * (3 if r == 0 else 2),
                     f"uint8 sizes that differ: {error}")
     # dtypes of one byte size looked alike (uint8 x 4 and int32 x 1 in one int32 word; bool
@@ -377,21 +378,34 @@ def check_one_rank_refusals(group, tally: Tally) -> None:
                           (torch.ones(16, dtype=torch.uint8) if r == 0 else
                            torch.zeros(6, dtype=torch.int32), MismatchError),
                           (torch.ones(2, dtype=torch.bool) if r == 0 else
-                           torch.zeros(2, dtype=torch.uint8), ValueError)):
+                           torch.zeros(2, dtype=torch.uint8), MismatchError)):
         kept = ours.clone()
         try:
             dist.broadcast(ours, root, group=group)
             tally.check(p == 1, f"{kept.dtype} broadcast accepted: {ours}")
-        except (ValueError, MismatchError) as error:
+        except MismatchError as error:
             # the agreement compares the backend's int32 word rows: its message also names
             # the tensors (it named rank 1's uint8 as int32 rows, the sixty-seventh review)
             tally.check(type(error) is refused and torch.equal(ours, kept)
-                        and (refused is MismatchError or "bytes of torch.uint8, the root's "
-                             "(rank 0) 2 bytes of torch.bool" in str(error))
-                        and (refused is ValueError or "the root's (rank 0) 4 bytes of "
-                             "torch.uint8" in str(error) or "the root's (rank 0) 16 bytes of "
-                             "torch.uint8" in str(error)),
+                        and "rank 0 has label " in str(error)
+                        and f"this rank's tensor: {kept.dtype}" in str(error),
                         f"{kept.dtype}: {error!r}")
+    if p > 1:  # a broadcast sent its sizes in an all-gather issued before it: a user's
+        # all-gather of that shape took them as data, and a refusal left the broadcast to
+        # pair with the next call (the ninety-fourth review)
+        try:
+            if r == 0:
+                dist.broadcast(torch.zeros(4), root, group=group)
+            else:
+                dist.all_gather_into_tensor(torch.zeros(2 * p, dtype=torch.int64),
+                                            torch.tensor([111, 222]), group=group)
+            tally.check(False, "a broadcast paired with an all-gather")
+        except MismatchError as error:
+            tally.check("collective" in str(error), f"broadcast against all-gather: {error}")
+        step = torch.ones(2)
+        dist.all_reduce(step, group=group)
+        tally.check(torch.equal(step, torch.full((2,), float(p))),
+                    f"an all-reduce after a broadcast met an all-gather: {step}")
     if p > 1:  # the same in an all-gather, which sends no byte counts: this rank's tensor
         mine = torch.zeros(3, dtype=torch.uint8 if odd else torch.float32)
         try:
