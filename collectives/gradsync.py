@@ -358,11 +358,15 @@ class GradSync:
         self._step = _Step(len(self._buckets))
         index = {id(p): b for b, members in enumerate(self._buckets) for p in members}
         # Before autograd adds a gradient into p.grad: refuse one for a bucket on the wire
-        # (the all-reduce reads and writes p.grad). After: count it in.
-        self._hooks = [hook for p in params for hook in (
-            p.register_hook(lambda grad, b=index[id(p)]: self._check_open(b) or grad),
-            p.register_post_accumulate_grad_hook(
-                lambda param, b=index[id(p)]: self._grad_ready(param, b)))]
+        # (the all-reduce reads and writes p.grad). After: count it in. Each hook is kept as
+        # it is made (kept all at the end, an interrupt before left hooks that detach() did
+        # not know, and attach then took another GradSync; the ninety-fifth review).
+        hooks = self._hooks
+        for p in params:
+            b = index[id(p)]
+            hooks.append(p.register_hook(lambda grad, b=b: self._check_open(b) or grad))
+            hooks.append(p.register_post_accumulate_grad_hook(
+                lambda param, b=b: self._grad_ready(param, b)))
         return self
 
     def wait(self) -> None:
@@ -418,15 +422,15 @@ class GradSync:
         if module is None:
             return
         names = self._names
-        outside = [p for layer in module.modules() for p in layer._parameters.values()
-                   if p is not None and id(p) not in names and p.requires_grad
-                   and p.grad is not None]  # (named_parameters' generators: twice the time)
+        outside = [(name, p) for name, p in module.named_parameters()  # (attach's view: a
+                   if id(p) not in names and p.requires_grad  # module may hide some)
+                   and p.grad is not None]
         if outside:  # (those another attached GradSync averages are fine: the 93rd review)
             theirs = {id(p) for other in list(_ATTACHED) if other is not self and other._hooks
                       for bucket in other._buckets for p in bucket}
-            outside = [p for p in outside if id(p) not in theirs]
+            outside = [(name, p) for name, p in outside if id(p) not in theirs]
         if outside:
-            name = next(n for n, p in module.named_parameters() if p is outside[0])
+            name = outside[0][0]
             raise CollectiveError(
                 f"GradSync.wait: parameter {name} has a gradient but was not attached (it "
                 "required no grad at attach, or was added after): its gradient is not "

@@ -93,13 +93,15 @@ class Handle:
         if not self._future.done() and self._engine.forked():  # (it waited for ever)
             raise CollectiveError(f"{self.what}: wait() in a process forked while it was "
                                   "pending: its progress thread is the parent's")
+        start = time.monotonic()
         try:
             return self._future.result(timeout)
         except TimeoutError:
             if self._future.done():  # finished meanwhile, or raised a TimeoutError itself
                 return self._future.result()
-            if timeout is None:  # a signal handler's own, raised in the wait (it came out
-                raise  # as "still running after None s"; the ninety-third review)
+            if timeout is None or time.monotonic() - start < timeout:  # a signal handler's
+                raise  # own, raised in the wait (it came out as "still running after None
+            # s", then after the timeout it had not reached: the 93rd and 95th reviews)
             raise TimeoutError(f"{self.what} still running after {timeout} s") from None
 
     def waits_for_itself(self) -> bool:

@@ -206,3 +206,68 @@ def test_a_detach_interrupted_at_any_line_lets_the_module_be_attached_again(comm
         if sync._hooks:  # (interrupted before the hooks went: detach again, as a user would)
             sync.detach()
         collectives.GradSync(comm).attach(model).detach()
+
+
+def test_an_attach_interrupted_as_it_registers_hooks_leaves_none_behind(comm):
+    """Hooks were kept only once all were registered: an interrupt before left hooks that
+    detach() did not know, and a fresh GradSync then attached beside them (its second step
+    failed as a missing wait(); the ninety-fifth review)."""
+    import inspect
+    import sys
+
+    from collectives import gradsync
+
+    lines, first = inspect.getsourcelines(collectives.GradSync.attach)
+    start = first + next(i for i, line in enumerate(lines) if "hooks = self._hooks" in line)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
+    for n in range(1, 12):
+        sync = collectives.GradSync(comm)
+        seen = [0]
+
+        def trace(frame, event, arg):
+            if frame.f_code.co_filename != gradsync.__file__:
+                return None
+            if event == "line" and frame.f_lineno >= start \
+                    and frame.f_code is collectives.GradSync.attach.__code__:
+                seen[0] += 1
+                if seen[0] == n:
+                    raise _Interrupt
+            return trace
+
+        sys.settrace(trace)
+        try:
+            sync.attach(model)
+        except _Interrupt:
+            pass
+        finally:
+            sys.settrace(None)
+        sync.detach()
+        fresh = collectives.GradSync(comm).attach(model)
+        for _ in range(2):
+            model(torch.ones(1, 3)).sum().backward()
+            fresh.wait()
+        fresh.detach()
+
+
+def test_a_module_that_hides_parameters_from_named_parameters_is_waited_alike(comm):
+    """A student hiding its teacher's parameters (which have gradients) from
+    named_parameters: wait() walked the modules' own parameters, refused the teacher's and
+    raised a bare StopIteration looking up its name (the ninety-fifth review)."""
+    class Student(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(3, 3)
+            self.teacher = torch.nn.Linear(3, 3)
+
+        def named_parameters(self, *args, **kwargs):
+            return ((n, p) for n, p in super().named_parameters(*args, **kwargs)
+                    if not n.startswith("teacher."))
+
+        def forward(self, x):
+            return self.head(x) + self.teacher(x)
+
+    student = Student()
+    sync = collectives.GradSync(comm).attach(student)
+    student(torch.ones(1, 3)).sum().backward()
+    sync.wait()
+    sync.detach()

@@ -222,20 +222,24 @@ def _settle(requests: list, deadline: float) -> list:
     return requests
 
 
-def _drain(comm: MPI.Comm, tag: int, count: int, deadline: float) -> list:
-    """Receives into scratch of the next `count` messages with `tag` from any rank, as they
-    arrive until `deadline` (fewer if they do not)."""
-    status, receives = MPI.Status(), []
-    while len(receives) < count:
-        message = comm.Improbe(MPI.ANY_SOURCE, tag, status)
-        if message is not None:
-            scratch = np.empty(status.Get_count(MPI.BYTE), np.uint8)
-            receives.append(message.Irecv([scratch, MPI.BYTE]))  # (the request keeps it)
-        elif time.monotonic() > deadline:
-            break
-        else:
+def _drain(comm: MPI.Comm, tag: int, count: int, deadline: float) -> tuple[int, list]:
+    """Receive and drop the next `count` messages with `tag` from any rank, one at a time
+    into one scratch buffer, until `deadline`: (how many were received, the receive still
+    under way at the deadline, if any). All at once, each into scratch of its own, held
+    gigabytes and ran past the deadline while messages kept coming (the 95th review)."""
+    status, scratch = MPI.Status(), np.empty(0, np.uint8)
+    for received in range(count):
+        while (message := comm.Improbe(MPI.ANY_SOURCE, tag, status)) is None:
+            if time.monotonic() > deadline:
+                return received, []
             time.sleep(1e-4)
-    return receives
+        nbytes = status.Get_count(MPI.BYTE)
+        if scratch.size < nbytes:
+            scratch = np.empty(nbytes, np.uint8)
+        receive = message.Irecv([scratch[:nbytes], MPI.BYTE])  # (the request keeps it)
+        if _settle([receive], deadline):
+            return received, [receive]
+    return count, []
 
 
 def _finished(request) -> bool:
@@ -645,13 +649,15 @@ class MPITransport:
         received (`_drained`)."""
         self._records.cancel(self)
         self._notices.cancel(self)
-        if due is not None and not self._drained(due, time.monotonic() + LEAVE_GRACE):
+        deadline = time.monotonic() + LEAVE_GRACE
+        if due is not None and not self._drained(due, deadline):
             self._gave_up = True
-        # The others drain what this rank sent them: its dropped sends complete as they do
-        # (0.1 s left a large one in flight, and the communicators kept; the 93rd review).
-        settle = LEAVE_GRACE if due is not None and not self._gave_up else 0.1
-        self._abandoned = _settle(self._abandoned + self._dropped.take(),
-                                  time.monotonic() + settle)
+        # The others drain what this rank sent them meanwhile: its dropped sends complete
+        # as they do (0.1 s left a large one in flight, and the communicators kept; the
+        # ninety-third review), by the same deadline.
+        if due is None or self._gave_up:
+            deadline = time.monotonic() + 0.1
+        self._abandoned = _settle(self._abandoned + self._dropped.take(), deadline)
         if not self._abandoned and not self._gave_up:
             self._records.free()
             self._control.Free()
@@ -668,11 +674,10 @@ class MPITransport:
         taken = (self._receives.taken, self._notices.received_from)
         unreceived = [sum(max(int(due[q, k]) - taken[k][q], 0) for q in range(self.size))
                       for k in range(2)]
-        drops = [*_drain(self._p2p, MPI.ANY_TAG, unreceived[0], deadline),
-                 *_drain(self._control, _NOTICE_TAG, unreceived[1], deadline)]
-        late = _settle(drops, deadline)
-        self._abandoned += late
-        return len(drops) == sum(unreceived) and not late
+        drained = [_drain(self._p2p, MPI.ANY_TAG, unreceived[0], deadline),
+                   _drain(self._control, _NOTICE_TAG, unreceived[1], deadline)]
+        self._abandoned += [request for _, late in drained for request in late]
+        return all(received == count for (received, _), count in zip(drained, unreceived))
 
     def poll(self, test, deadline: float, what: str, *, notices: bool = True):
         """`test()`'s first result other than None; CollectiveTimeout naming `what` past
