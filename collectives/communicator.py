@@ -229,9 +229,10 @@ class Communicator:
     def broadcast(self, x, root: int = 0, algorithm: str | None = None, out=None, *,
                   label: str | None = None):
         """Root's x on every rank (elsewhere x gives the shape and dtype and is not written
-        unless `out is x`). `label`: a layer's words for what x stands for, compared as
-        part of the call (ranks whose labels differ get MismatchError naming them): e.g.
-        torch's broadcast of tensors that travel as padded words says their bytes and dtype.
+        unless `out is x`). `label`: a str, a layer's words for what x stands for, compared
+        as part of the call by the agreement check (ranks whose labels differ get
+        MismatchError naming them; with the check off nothing compares it): e.g. torch's
+        broadcast of tensors that travel as padded words says their bytes and dtype.
 
         Example::
 
@@ -298,9 +299,12 @@ class Communicator:
                               issued=issuer(mode))
 
     def _broadcast(self, x, out, root, algorithm, mode, label):
-        issued = issuer(mode) if label is None else (*issuer(mode), label)
+        issued = issuer(mode)
+        if label is not None and not isinstance(label, str):  # (refused as the call: a list
+            return Refused("broadcast", issued, TypeError(  # raised before, unhashable,
+                f"label must be a str or None, got {type(label).__name__}"))  # out of step)
         return broadcast_call(self.size, self.rank, x, out, root=root, algorithm=algorithm,
-                              issued=issued)
+                              issued=issued if label is None else (*issued, label))
 
     def _reduce(self, x, out, root, op, algorithm, compression, deterministic, mode):
         return reduce_call(self.size, self.rank, x, out, root=root, op=op, algorithm=algorithm,

@@ -152,6 +152,11 @@ def test_every_function_on_the_world_and_on_subgroups(launcher):
     assert proc.stdout.count("checks passed") == 4 and proc.stdout.count("3 groups") == 3
 
 
+def test_a_broadcast_of_unlike_tensors_raises_everywhere_with_the_check_off():
+    run_workers(2, "torch_broadcast_unchecked", env={"COLLECTIVES_CHECK": "0",
+                                                     "OMP_NUM_THREADS": "1"})
+
+
 @pytest.mark.parametrize("api", ["fsdp", "zero"])
 def test_example_trains_under_mpiexec(api):
     command = [mpiexec(), "-n", "2", sys.executable, "examples/train_backend.py", "--api", api,

@@ -220,28 +220,38 @@ class CollectivesProcessGroup(dist.ProcessGroup):
 
         The tensor's byte count and dtype are the call's label, compared with the call:
         rows of 5 and 6 bytes, or of int16 and uint8, pad alike, and only the receivers
-        whose row differed saw it (the thirty-ninth review); an all-gather of them issued
-        before it paired with a user's all-gather of that shape (the ninety-fourth review:
-        the user's got them as data) and, refused, left its broadcast to pair with the
-        next call."""
+        whose row differed saw it (the thirty-ninth review). With the check off nothing
+        compares it: an all-gather of every rank's byte count and dtype goes first. (Issued
+        with the check on, it paired with a user's all-gather of that shape, which took
+        them as data, and, refused, left its broadcast to pair with the next call: the
+        ninety-fourth review; with the check off no call is compared anyway.)"""
         root = opts.rootRank
+        checked = self.comm.settings.check
         try:
             tensor = _root_tensor(tensors, opts.rootTensor)
             sent = Rows(tensor)
         except Exception as error:  # noqa: BLE001 - e.g. torch's RuntimeError of a conj view
-            self._refuse(["broadcast"], error)
-        label = f"{tensor.numel() * tensor.element_size()} bytes of {tensor.dtype}"
-        handle = self.comm.broadcast_async(sent.array, root, self._algorithm["broadcast"],
-                                           out=sent.array, label=label)
+            self._refuse(["broadcast"] if checked else ["allgather", "broadcast"], error)
+        nbytes = tensor.numel() * tensor.element_size()
+        handles, every = [], None
+        if not checked:
+            every = np.zeros((self.size(), 2), np.int64)  # alike until the all-gather fills it
+            handles.append(self.comm.allgather_async(
+                np.array([nbytes, dtype_code(tensor.dtype)], np.int64), out=every))
+        handles.append(self.comm.broadcast_async(
+            sent.array, root, self._algorithm["broadcast"], out=sent.array,
+            label=f"{nbytes} bytes of {tensor.dtype}"))
 
         def finish() -> list[torch.Tensor]:
+            if every is not None:
+                _check_like_root(every, root)
             sent.finish()
             for other in tensors:
                 if other is not tensor:
                     other.copy_(tensor)
             return tensors
 
-        return HandleWork([handle], finish, lambda: tensors_named([tensor]))
+        return HandleWork(handles, finish, lambda: tensors_named([tensor]))
 
     @_refusing("allgather")
     def all_gather_single(self, output: torch.Tensor, input: torch.Tensor,
@@ -417,6 +427,16 @@ def _root_tensor(tensors: list[torch.Tensor], index: int) -> torch.Tensor:
                              f"shape: tensor {i} is {other.dtype} {tuple(other.shape)}, "
                              f"tensor {index} {chosen.dtype} {tuple(chosen.shape)}")
     return chosen
+
+
+def _check_like_root(kinds: np.ndarray, root: int) -> None:
+    """ValueError naming the first rank whose (bytes, dtype code) `kinds[r]` differ from
+    the root's."""
+    for r in np.flatnonzero((kinds != kinds[root]).any(axis=1)):
+        (got, code), (want, root_code) = kinds[r], kinds[root]
+        raise ValueError(f"broadcast: rank {r}'s tensor holds {got} bytes of "
+                         f"{dtype_named(int(code))}, the root's (rank {root}) {want} bytes of "
+                         f"{dtype_named(int(root_code))}")
 
 
 def _finishing(rows: list[Rows], tensors: list[torch.Tensor]):

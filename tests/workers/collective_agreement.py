@@ -31,6 +31,14 @@ def cases(p: int, rank: int):
         collectives.MismatchError, "has algorithm")
     yield ("broadcast vs reduce", lambda c: c.reduce(x) if last else c.broadcast(x),
            collectives.MismatchError, "collective")
+    yield ("broadcast label", lambda c: c.broadcast(x, label="b" if last else "a"),
+           collectives.MismatchError, "has label")
+    # a label that is no str: a list raised its unhashable TypeError before the call was
+    # refused, and the ranks fell out of step (the ninety-sixth review)
+    yield ("broadcast label of a list", lambda c: c.broadcast_async(
+        x, label=["a"] if last else "a").wait(),
+        TypeError if last else collectives.MismatchError,
+        "label must be a str or None, got list" if last else f"rank {p - 1} rejected its")
     yield ("root out of range", lambda c: c.broadcast(x, root=p),
            ValueError, f"root must be a rank in [0, {p}), got {p}")
     yield ("alltoall rows", lambda c: c.alltoall(x),
