@@ -123,9 +123,10 @@ def launched_by_torchrun() -> bool:
 
 def _hello(settings: Settings | None, transport: str, error: Exception | None) -> dict:
     """What a rank tells the others at init: its shared settings, or what was wrong."""
-    if error is not None:  # cut to fit the hello (a value of any length may be named),
-        text = f"{type(error).__name__}: {error}"  # as JSON: a cut of the JSON fell inside
-        while len(json.dumps(text)) > _HELLO_BYTES // 2:  # an escape (the 92nd review)
+    if error is not None:  # cut until its JSON fits the hello (a value of any length may be
+        # named; a cut of the JSON itself fell inside a \u escape: the 92nd review)
+        text = f"{type(error).__name__}: {error}"
+        while len(json.dumps(text)) > _HELLO_BYTES // 2:
             text = text[: len(text) * 3 // 4]
         return {"error": text}
     agreed = {key: str(value) for key, value in settings.agreed().items()}

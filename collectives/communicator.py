@@ -300,9 +300,10 @@ class Communicator:
 
     def _broadcast(self, x, out, root, algorithm, mode, label):
         issued = issuer(mode)
-        if label is not None and not isinstance(label, str):  # (refused as the call: a list
-            return Refused("broadcast", issued, TypeError(  # raised before, unhashable,
-                f"label must be a str or None, got {type(label).__name__}"))  # out of step)
+        if label is not None and not isinstance(label, str):  # refused as the call (a list
+            # raised, unhashable, before the refusal: the ranks fell out of step; 96th review)
+            return Refused("broadcast", issued, TypeError(
+                f"label must be a str or None, got {type(label).__name__}"))
         return broadcast_call(self.size, self.rank, x, out, root=root, algorithm=algorithm,
                               issued=issued if label is None else (*issued, label))
 

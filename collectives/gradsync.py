@@ -422,9 +422,9 @@ class GradSync:
         if module is None:
             return
         names = self._names
-        outside = [(name, p) for name, p in module.named_parameters()  # (attach's view: a
-                   if id(p) not in names and p.requires_grad  # module may hide some)
-                   and p.grad is not None]
+        # named_parameters(), attach's view: a module may hide some (a teacher)
+        outside = [(name, p) for name, p in module.named_parameters()
+                   if id(p) not in names and p.requires_grad and p.grad is not None]
         if outside:  # (those another attached GradSync averages are fine: the 93rd review)
             theirs = {id(p) for other in list(_ATTACHED) if other is not self and other._hooks
                       for bucket in other._buckets for p in bucket}

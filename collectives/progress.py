@@ -99,9 +99,10 @@ class Handle:
         except TimeoutError:
             if self._future.done():  # finished meanwhile, or raised a TimeoutError itself
                 return self._future.result()
-            if timeout is None or time.monotonic() - start < timeout:  # a signal handler's
-                raise  # own, raised in the wait (it came out as "still running after None
-            # s", then after the timeout it had not reached: the 93rd and 95th reviews)
+            # A signal handler's own TimeoutError, raised before the timeout: as it was (it
+            # came out as "still running after None s"; the 93rd and 95th reviews).
+            if timeout is None or time.monotonic() - start < timeout:
+                raise
             raise TimeoutError(f"{self.what} still running after {timeout} s") from None
 
     def waits_for_itself(self) -> bool:
