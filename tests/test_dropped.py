@@ -3,12 +3,12 @@ dropped from many threads and from inside its own prune (a message's __del__ in 
 collection). The transports' use of it runs under mpiexec and torchrun in the `p2p_check`
 worker (`check_dropped_sends_let_go`)."""
 import random
-import sys
 import threading
 import time
 
 from collectives.transport import dropped as dropped_module
 from collectives.transport.dropped import PRUNE_INTERVAL_S, DroppedSends
+from tests.interrupts import interrupt_at_line
 
 
 class FakeSend:
@@ -82,27 +82,6 @@ def test_a_burst_delivered_later_is_let_go_by_tidy():
     assert dropped.take() == []
 
 
-class Interrupt(Exception):
-    """What a signal handler raises (KeyboardInterrupt would end pytest)."""
-
-
-def _interrupted_at_line(n: int):
-    """A trace function raising Interrupt at the n-th line run in dropped.py, as a signal
-    handler's exception lands between two lines."""
-    seen = [0]
-
-    def trace(frame, event, arg):
-        if frame.f_code.co_filename != dropped_module.__file__:
-            return None
-        if event == "line":
-            seen[0] += 1
-            if seen[0] == n:
-                raise Interrupt
-        return trace
-
-    return trace
-
-
 def test_an_interrupt_at_any_line_of_a_prune_loses_nothing_and_holds_nothing():
     """An interrupt (a signal handler that raises) as a prune began left its lock held:
     pruning stopped for good and close() waited for ever in take() (the ninetieth review).
@@ -114,13 +93,7 @@ def test_an_interrupt_at_any_line_of_a_prune_loses_nothing_and_holds_nothing():
         dropped.add(kept)
         for _ in range(70):
             dropped._requests.append(FakeSend(True))  # (due for a prune by count)
-        sys.settrace(_interrupted_at_line(n))
-        try:
-            dropped.add(FakeSend(True))
-        except Interrupt:
-            pass
-        finally:
-            sys.settrace(None)
+        interrupt_at_line(lambda: dropped.add(FakeSend(True)), n, dropped_module.__file__)
         done = threading.Event()
         taken = []
         threading.Thread(target=lambda: (taken.extend(dropped.take()), done.set()),

@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 import collectives  # noqa: E402
 from collectives.gradsync import as_array  # noqa: E402
 from collectives.hooks.torch import DistributedOptimizer, HookState  # noqa: E402
+from tests.interrupts import interrupt_at_line  # noqa: E402
 from tests.mpirun import ROOT, mpiexec, run_workers  # noqa: E402
 
 
@@ -170,39 +171,16 @@ def test_example_trains_under_mpiexec():
     assert "final loss" in proc.stdout and "size=2" in proc.stdout
 
 
-class _Interrupt(Exception):
-    """What a signal handler raises."""
-
-
 def test_a_detach_interrupted_at_any_line_lets_the_module_be_attached_again(comm):
     """An interrupt inside detach() (after its hooks were removed) left the GradSync listed
     as attached: attach then refused the module as "attached to another GradSync", naming
     the one itself (the ninety-third review)."""
-    import sys
-
     from collectives import gradsync
 
     model = torch.nn.Linear(3, 3)
     for n in range(1, 30):
         sync = collectives.GradSync(comm).attach(model)
-        seen = [0]
-
-        def trace(frame, event, arg):
-            if frame.f_code.co_filename != gradsync.__file__:
-                return None
-            if event == "line":
-                seen[0] += 1
-                if seen[0] == n:
-                    raise _Interrupt
-            return trace
-
-        sys.settrace(trace)
-        try:
-            sync.detach()
-        except _Interrupt:
-            pass
-        finally:
-            sys.settrace(None)
+        interrupt_at_line(sync.detach, n, gradsync.__file__)
         if sync._hooks:  # (interrupted before the hooks went: detach again, as a user would)
             sync.detach()
         collectives.GradSync(comm).attach(model).detach()
@@ -213,34 +191,17 @@ def test_an_attach_interrupted_as_it_registers_hooks_leaves_none_behind(comm):
     detach() did not know, and a fresh GradSync then attached beside them (its second step
     failed as a missing wait(); the ninety-fifth review)."""
     import inspect
-    import sys
 
     from collectives import gradsync
 
-    lines, first = inspect.getsourcelines(collectives.GradSync.attach)
+    attach = collectives.GradSync.attach
+    lines, first = inspect.getsourcelines(attach)
     start = first + next(i for i, line in enumerate(lines) if "hooks = self._hooks" in line)
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 3))
     for n in range(1, 12):
         sync = collectives.GradSync(comm)
-        seen = [0]
-
-        def trace(frame, event, arg):
-            if frame.f_code.co_filename != gradsync.__file__:
-                return None
-            if event == "line" and frame.f_lineno >= start \
-                    and frame.f_code is collectives.GradSync.attach.__code__:
-                seen[0] += 1
-                if seen[0] == n:
-                    raise _Interrupt
-            return trace
-
-        sys.settrace(trace)
-        try:
-            sync.attach(model)
-        except _Interrupt:
-            pass
-        finally:
-            sys.settrace(None)
+        interrupt_at_line(lambda: sync.attach(model), n, gradsync.__file__,
+                          code=attach.__code__, from_line=start)
         sync.detach()
         fresh = collectives.GradSync(comm).attach(model)
         for _ in range(2):
