@@ -229,8 +229,8 @@ class Communicator:
     def broadcast(self, x, root: int = 0, algorithm: str | None = None, out=None, *,
                   label: str | None = None):
         """Root's x on every rank (elsewhere x gives the shape and dtype and is not written
-        unless `out is x`). `label`: a str, a layer's words for what x stands for, compared
-        as part of the call by the agreement check (ranks whose labels differ get
+        unless `out is x`). `label`: printable text, a layer's words for what x stands for,
+        compared as part of the call by the agreement check (ranks whose labels differ get
         MismatchError naming them; with the check off nothing compares it): e.g. torch's
         broadcast of tensors that travel as padded words says their bytes and dtype.
 
@@ -304,6 +304,10 @@ class Communicator:
             # raised, unhashable, before the refusal: the ranks fell out of step; 96th review)
             return Refused("broadcast", issued, TypeError(
                 f"label must be a str or None, got {type(label).__name__}"))
+        if label is not None and not label.isprintable():  # (a control character made the
+            # mismatch name another field, or none: the signature's separators; 97th review)
+            return Refused("broadcast", issued, ValueError(
+                f"label must be printable text, got {label[:80]!r}"))
         return broadcast_call(self.size, self.rank, x, out, root=root, algorithm=algorithm,
                               issued=issued if label is None else (*issued, label))
 

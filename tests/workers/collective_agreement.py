@@ -39,6 +39,12 @@ def cases(p: int, rank: int):
         x, label=["a"] if last else "a").wait(),
         TypeError if last else collectives.MismatchError,
         "label must be a str or None, got list" if last else f"rank {p - 1} rejected its")
+    # a control character is the signature's separator: the mismatch named another field
+    # ("shape"), or none (the ninety-seventh review)
+    yield ("broadcast label with a control character", lambda c: c.broadcast(
+        x, label="a\x1fshape=(9,)" if last else "a"),
+        ValueError if last else collectives.MismatchError,
+        "label must be printable text" if last else f"rank {p - 1} rejected its")
     yield ("root out of range", lambda c: c.broadcast(x, root=p),
            ValueError, f"root must be a rank in [0, {p}), got {p}")
     yield ("alltoall rows", lambda c: c.alltoall(x),
