@@ -250,7 +250,10 @@ class _Bucket:
         wdtype = work_dtype(bucket.dtype)
         work, _ = self._result_buffer(wdtype, "fusion")
         self._load(work)
-        dest = work if wdtype == bucket.dtype or self.outs is not None else self.fresh
+        # the result lands in the bucket's own dtype: unscale_into clamps a value the wire's
+        # rounding pushed past that dtype's top (in float32, then cast, it became inf)
+        dest = (work if wdtype == bucket.dtype
+                else self._result_buffer(bucket.dtype, "fusion result")[0])
         residual = None
         if feedback_key is not None:
             residual = reducer.feedback.residual(feedback_key, work, work.size)

@@ -35,7 +35,7 @@ class HalfCodec:
         self.name = name
         self.dtype = np.dtype(np.float16 if name == "fp16" else ml_dtypes.bfloat16)
         # fp16: scale small values up, away from its subnormals; bf16 has float32's exponent
-        # range, so it is only ever scaled down.
+        # range, so it is only ever scaled down (float64 data aside: scaling._exponents).
         self.max_exp = 100 if name == "fp16" else 0
         self.max_value = float(ml_dtypes.finfo(self.dtype).max)
 

@@ -5,10 +5,12 @@ Every rank agrees on the max of max|x| over ranks (one all-reduce of one float);
 partial sum any algorithm forms) and max|x| for avg, max and min (avg divides by p before
 the cast, as in PyTorch's fp16 hook). Only finite values count: a NaN or Inf somewhere
 stays NaN or Inf where it is, and the other values are scaled as if it were absent.
-Scales of float64 data reach down to float64's normal range (1e300 compresses); the
-others stay in float32's, where the kernels multiply. `unscale_into` undoes a scale; a
-value the 16-bit rounding pushed just past the largest finite value of x's dtype (65504
-in bfloat16 is 65536) becomes that value, not inf: the exact result did not overflow.
+Scales of float64 data span float64's normal range, down (1e300 compresses) and up
+(1e-300 too, with either codec); the others stay in float32's, where the kernels multiply.
+`unscale_into` undoes a scale; a value the 16-bit rounding pushed just past the largest
+finite value of x's dtype (65504 in bfloat16 is 65536) becomes that value, not inf. The
+wire cannot tell it from a result that truly overflowed by less than its rounding: that
+one, too, comes back as the largest value.
 
 Example::
 
@@ -29,10 +31,15 @@ from ..options import Op
 
 __all__ = ["absmax", "absmaxes", "scale_for", "scales_for", "unscale_into"]
 
-# Scales stay inside the normal range of the dtype the kernels multiply in (float32, or
-# float64 for float64 data), so x * s and its inverse are exact.
-_MIN_EXP = {np.dtype(np.float64): -1022}
-_FLOAT32_MIN_EXP = -126
+_FLOAT64 = np.dtype(np.float64)
+
+
+def _exponents(codec, dtype) -> tuple[int, int]:
+    """(lowest, highest) exponent of a scale for data of `dtype`: inside the normal range of
+    the dtype the kernels multiply in (float32, or float64 for float64 data), so x * s and
+    its inverse are exact. float64 data may lie below every 16-bit range (1e-300): it is
+    scaled up with either codec."""
+    return (-1022, 1022) if np.dtype(dtype) == _FLOAT64 else (-126, codec.max_exp)
 
 
 def absmax(work) -> float:
@@ -46,10 +53,11 @@ def scale_for(codec, agreed_absmax: float, size: int, op: Op, dtype=np.float32) 
     for data of `dtype`."""
     if agreed_absmax == 0.0 or not math.isfinite(agreed_absmax):
         return 1.0
+    lowest, highest = _exponents(codec, dtype)
     limit = codec.max_value / 2 / agreed_absmax / (size if op is Op.SUM else 1)
-    exponent = math.frexp(limit)[1] - 1  # floor(log2(limit)); bound * size may overflow
-    lowest = _MIN_EXP.get(np.dtype(dtype), _FLOAT32_MIN_EXP)
-    return math.ldexp(1.0, min(max(exponent, lowest), codec.max_exp))
+    # floor(log2(limit)); bound * size may overflow, and limit itself for float64 data
+    exponent = highest if math.isinf(limit) else math.frexp(limit)[1] - 1
+    return math.ldexp(1.0, min(max(exponent, lowest), highest))
 
 
 def absmaxes(flat: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -70,9 +78,9 @@ def scales_for(codec, agreed: np.ndarray, size: int, op: Op, dtype=np.float32) -
     scales at once; `tests/test_codec.py` holds the two to the same values)."""
     with np.errstate(divide="ignore", over="ignore"):
         limit = codec.max_value / 2 / agreed / (size if op is Op.SUM else 1)
-    exponent = np.frexp(limit)[1].astype(np.int64) - 1  # (of inf: -1, as math.frexp's)
-    lowest = _MIN_EXP.get(np.dtype(dtype), _FLOAT32_MIN_EXP)
-    scales = np.ldexp(1.0, np.clip(exponent, lowest, codec.max_exp))
+    lowest, highest = _exponents(codec, dtype)
+    exponent = np.where(np.isinf(limit), highest, np.frexp(limit)[1].astype(np.int64) - 1)
+    scales = np.ldexp(1.0, np.clip(exponent, lowest, highest))
     scales[(agreed == 0) | ~np.isfinite(agreed)] = 1.0
     return scales
 

@@ -73,17 +73,18 @@ def check_overflow(comm, tally, algorithm, compression) -> None:
 
 
 def check_float64_range(comm, tally, compression) -> None:
-    """float64 data of magnitude 1e50 and 1e300 / p: every collective with a compression,
-    deterministic and with error feedback too, finite and within the bound."""
+    """float64 data of magnitude 1e50, 1e300 / p and 1e-300 (below every 16-bit range: it
+    came back as zeros): every collective with a compression, deterministic and with error
+    feedback too, finite and within the bound."""
     p, rank = comm.size, comm.rank
-    for magnitude in (1e50, 1e300 / p):
+    for magnitude in (1e50, 1e300 / p, 1e-300):
         x = normal(rank, COUNT, seed=3) * magnitude
         want = sum(normal(r, COUNT, seed=3) * magnitude for r in range(p))
         lo, hi = blocks(p)[rank]
         results = {
             "allreduce": (comm.allreduce(x, compression=compression), want),
             "allreduce feedback": (comm.allreduce(x, compression=compression,
-                                                  error_feedback="range"), want),
+                                                  error_feedback=f"range {magnitude}"), want),
             "allreduce deterministic": (comm.allreduce(x, compression=compression,
                                                        deterministic=True), want),
             "reduce_scatter": (comm.reduce_scatter(x, compression=compression), want[lo:hi]),
@@ -121,6 +122,14 @@ def check_dtype_top(comm, tally, compression) -> None:
                 "reduce_scatter avg": comm.reduce_scatter(x, op="avg", compression=compression),
                 "allgather": comm.allgather(x, compression=compression)[rank],
             }
+            # into out=: the result was clamped against float32's top, then cast to inf
+            into, in_place, beside = np.empty_like(x), x.copy(), np.ones(3, np.float32)
+            comm.allreduce(x, op="avg", compression=compression, out=into)
+            comm.allreduce(in_place, op="max", compression=compression, out=in_place)
+            comm.allreduce_many([in_place, beside], op="avg", compression=compression,
+                                out=[in_place, beside], algorithm="ring")
+            results.update({"allreduce avg out=": into, "allreduce max in place": in_place,
+                            "allreduce_many avg in place": in_place})
             y = comm.reduce(x, root=0, op="min", compression=compression)
             if rank == 0:
                 results["reduce min"] = y
