@@ -35,7 +35,7 @@ from .communicator import Communicator
 from .errors import CollectiveError, MismatchError, outliers
 from .options import CallOptions
 from .progress import Handle
-from .validation import sharing_pair
+from .validation import array_list, sharing_pair
 
 __all__ = ["GradSync", "broadcast_parameters", "as_array", "layout_digest"]
 
@@ -306,12 +306,7 @@ class GradSync:
         arrays (JAX) replaced by new ones. With error feedback, calls with the same shapes
         and dtypes share one residual: use one GradSync per set of gradients (per model)."""
         with self.comm.refusing("allreduce_many"):
-            if not isinstance(grads, Iterable) or hasattr(grads, "__dlpack__") or isinstance(
-                    grads, (np.ndarray, Mapping)):  # (an array gave its rows, a dict its keys)
-                raise TypeError(f"GradSync.sync takes a list of arrays, got "
-                                f"{type(grads).__module__}.{type(grads).__qualname__}: pass "
-                                "[x] for one array, list(d.values()) for a mapping")
-            items = list(grads)
+            items = array_list(grads, "GradSync.sync")
         views, outs = _views_or_refuse(self.comm, items)
         with self.comm.refusing("allreduce_many"):
             in_place = [i for i, (v, o) in enumerate(zip(views, outs)) if o is v]

@@ -23,6 +23,8 @@ Example::
 """
 from __future__ import annotations
 
+import threading
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,7 +37,7 @@ from .communicator import Communicator
 from .compression import codec_for
 from .errors import MismatchError, outliers
 from .gradsync import layout_digest
-from .validation import check_array, sharing_pair
+from .validation import array_list, check_array, sharing_pair
 
 __all__ = ["ShardedSync"]
 
@@ -52,25 +54,27 @@ class ShardedSync:
     forward and backward: the forty-fourth review).
     """
 
-    __slots__ = ("comm", "params", "algorithm", "compression", "_bounds", "_flat")
+    __slots__ = ("comm", "params", "algorithm", "compression", "_bounds", "_count", "_dtype",
+                 "_xp", "_lock", "_idle")
 
     def __init__(self, comm: Communicator, params: Sequence, *, algorithm: str | None = None,
                  compression: str | None = None):
         if not isinstance(comm, Communicator):
             raise TypeError(f"comm must be a collectives.Communicator, got {type(comm).__name__}")
         with comm.refusing("allgather"):  # (the others compare layouts in _agree)
-            params = _checked_params(list(params))
+            params = _checked_params(array_list(params, "ShardedSync"))
             collective_options("reduce_scatter", op="avg", algorithm=algorithm,
                                compression=compression,
                                deterministic=comm.settings.deterministic)
             collective_options("allgather", algorithm=algorithm)
             codec_for(compression, params[0].dtype)  # (integers take no compression)
-        _agree(comm, params)
+        _agree(comm, params, algorithm, compression)
         self.comm, self.params = comm, params
         self.algorithm, self.compression = algorithm, compression
-        count = sum(p.size for p in params)
-        self._bounds = split_bounds(0, count, comm.size)[comm.rank]
-        self._flat = kernels.array_module(params[0]).empty(count, params[0].dtype)
+        self._count, self._dtype = sum(p.size for p in params), params[0].dtype
+        self._xp = kernels.array_module(params[0])
+        self._bounds = split_bounds(0, self._count, comm.size)[comm.rank]
+        self._lock, self._idle = threading.Lock(), []  # flat buffers no call is using
 
     @property
     def bounds(self) -> tuple[int, int]:
@@ -79,11 +83,9 @@ class ShardedSync:
 
     def shard(self):
         """A copy of this rank's shard of the parameters, flattened (update it, then gather).
-        Copied straight from the parameters, not through the buffer reduce and gather use
-        (called from another thread, it overwrote their data: wrong gradients, lost
-        updates; the eighty-second review)."""
+        Copied straight from the parameters, not through a buffer of reduce or gather."""
         lo, hi = self._bounds
-        shard = kernels.array_module(self._flat).empty(hi - lo, self._flat.dtype)
+        shard = self._xp.empty(hi - lo, self._dtype)
         start = 0
         for p in self.params:
             a, b = max(lo, start), min(hi, start + p.size)
@@ -97,11 +99,27 @@ class ShardedSync:
         Gradients that do not fit refuse it on every rank (MismatchError on the others;
         with the check off a refusal is this rank's only, as everywhere)."""
         with self.comm.refusing("reduce_scatter"):
-            grads = list(grads)
+            grads = array_list(grads, "ShardedSync.reduce")
             self._check_grads(grads)
-        kernels.pack(grads, self._flat)
-        return self.comm.reduce_scatter(self._flat, op="avg", algorithm=self.algorithm,
-                                        compression=self.compression)
+        flat = self._take()
+        kernels.pack(grads, flat)
+        shard = self.comm.reduce_scatter(flat, op="avg", algorithm=self.algorithm,
+                                         compression=self.compression)
+        self._give_back(flat)
+        return shard
+
+    def _take(self):
+        """A flat buffer of the parameters' size that no other call is using: reduce and
+        gather each packed into one buffer of the ShardedSync, and from two threads (one
+        step's gather beside the next step's reduce) each read the other's data: wrong
+        gradients and parameters, no error (the 82nd and 98th reviews)."""
+        with self._lock:
+            return self._idle.pop() if self._idle else self._xp.empty(self._count, self._dtype)
+
+    def _give_back(self, flat) -> None:
+        """Keep `flat` for the next call (not after an error: a transfer may still hold it)."""
+        with self._lock:
+            self._idle.append(flat)
 
     def _check_grads(self, grads: list) -> None:
         for i, g in enumerate(grads):
@@ -110,9 +128,9 @@ class ShardedSync:
             raise ValueError("grads must have the parameters' shapes, in their order: "
                              f"expected {[p.shape for p in self.params]}, "
                              f"got {[g.shape for g in grads]}")
-        wrong = sorted({str(g.dtype) for g in grads} - {str(self._flat.dtype)})
+        wrong = sorted({str(g.dtype) for g in grads} - {str(self._dtype)})
         if wrong:  # packing would cast them (float64 to float16 overflows, silently)
-            raise TypeError(f"grads must have the parameters' dtype {self._flat.dtype}, "
+            raise TypeError(f"grads must have the parameters' dtype {self._dtype}, "
                             f"got {wrong}")
 
     def gather(self, shard) -> None:
@@ -122,22 +140,24 @@ class ShardedSync:
             self._check_shard(shard)
             _check_writable(self.params)  # (made read-only since: half written, one rank)
         pieces = self.comm.allgather(_padded(shard, self._longest()), algorithm=self.algorithm)
-        for r, (a, b) in enumerate(split_bounds(0, self._flat.size, self.comm.size)):
-            kernels.copy_into(self._flat[a:b], pieces[r, : b - a])
-        kernels.unpack(self._flat, self.params)
+        flat = self._take()
+        for r, (a, b) in enumerate(split_bounds(0, self._count, self.comm.size)):
+            kernels.copy_into(flat[a:b], pieces[r, : b - a])
+        kernels.unpack(flat, self.params)
+        self._give_back(flat)
 
     def _check_shard(self, shard) -> None:
         lo, hi = self._bounds
         check_array(shard, "shard")
         if shard.shape != (hi - lo,):
             raise ValueError(f"shard must have this rank's {hi - lo} elements, got {shard.shape}")
-        if shard.dtype != self._flat.dtype:
-            raise TypeError(f"shard must have the parameters' dtype {self._flat.dtype}, "
+        if shard.dtype != self._dtype:
+            raise TypeError(f"shard must have the parameters' dtype {self._dtype}, "
                             f"got {shard.dtype}")
 
     def _longest(self) -> int:
         """Rows of an all-gather are of one length: the first (longest) shard's."""
-        lo, hi = split_bounds(0, self._flat.size, self.comm.size)[0]
+        lo, hi = split_bounds(0, self._count, self.comm.size)[0]
         return hi - lo
 
 
@@ -169,17 +189,23 @@ def _check_writable(params: list) -> None:
                              "pass writable arrays (np.array(x) copies one)")
 
 
-def _agree(comm: Communicator, params: list) -> None:
+def _agree(comm: Communicator, params: list, algorithm, compression) -> None:
     """MismatchError on every rank where the ranks' parameters differ in shapes, order or
     dtype (the same total size in another layout mixed one rank's weights with another's
-    biases, silently; the twenty-first review)."""
-    mine = np.array([*layout_digest(params), sum(p.size for p in params)], np.int64)
+    biases, silently; the twenty-first review), or their options do (found only at the
+    first reduce or gather, after a step's work; the ninety-eighth review)."""
+    options = f"algorithm={algorithm!r}, compression={compression!r}"
+    mine = np.array([*layout_digest(params), sum(p.size for p in params),
+                     zlib.crc32(options.encode())], np.int64)
     rows = comm.allgather(mine)
-    if not (rows == rows[0]).all():
+    if not (rows[:, :-1] == rows[0, :-1]).all():
         shapes = [tuple(p.shape) for p in params]
         raise MismatchError(f"ShardedSync: the ranks' parameters differ in shapes, order or "
-                            f"dtype: {outliers(rows)} (rank {comm.rank} has "
+                            f"dtype: {outliers(rows[:, :-1])} (rank {comm.rank} has "
                             f"{params[0].dtype} {str(shapes)[:200]})")
+    if not (rows[:, -1] == rows[0, -1]).all():
+        raise MismatchError(f"ShardedSync: the ranks' options differ: {outliers(rows[:, -1:])} "
+                            f"(rank {comm.rank} has {options})")
 
 
 def _padded(shard, length: int):

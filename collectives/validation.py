@@ -9,6 +9,7 @@ Example::
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -17,13 +18,25 @@ import kernels
 
 from .options import check_dtype
 
-__all__ = ["check_array", "check_out", "check_outs", "is_array", "overlaps_itself", "sharing_pair"]
+__all__ = ["array_list", "check_array", "check_out", "check_outs", "is_array", "overlaps_itself",
+           "sharing_pair"]
 
 
 def is_array(x) -> bool:
     return isinstance(x, np.ndarray) or (
         type(x).__module__.startswith("cupy") and type(x).__name__ == "ndarray"
     )
+
+
+def array_list(items, what: str) -> list:
+    """`items` (a list, tuple or other iterable of arrays) as a list; TypeError naming
+    `what` for one array (it gave its rows) or a mapping (its keys)."""
+    if not isinstance(items, Iterable) or hasattr(items, "__dlpack__") or isinstance(
+            items, (np.ndarray, Mapping)):
+        raise TypeError(f"{what} takes a list of arrays, got {type(items).__module__}."
+                        f"{type(items).__qualname__}: pass [x] for one array, "
+                        "list(d.values()) for a mapping")
+    return list(items)
 
 
 def check_array(x, name: str = "x") -> None:

@@ -56,6 +56,7 @@ def main() -> None:
     check_refusals(comm, sync, tally)
     check_review_21(comm, tally)
     check_shard_from_another_thread(comm, tally)
+    check_reduce_beside_gather(comm, tally)
     tally.finish()
 
 
@@ -99,11 +100,13 @@ def check_review_21(comm, tally) -> None:
     for options, said in ((dict(algorithm="bogus" if last else "ring"), "unknown algorithm"),
                           (dict(algorithm="native", compression="fp16"), "needs a plan"),
                           (dict(algorithm="ring", compression="fp16", dtype=np.int32),
-                           "needs floating-point arrays")):
+                           "needs floating-point arrays"),
+                          (dict(compression="fp16" if last else None), "options differ")):
         dtype = options.pop("dtype", np.float64)
         try:  # were taken, and refused at the first reduce, after a step's work
             ShardedSync(comm, [np.zeros(4, dtype)], **options)
-            tally.check(not last and options == {"algorithm": "ring"}, f"{options} taken")
+            alone = comm.size == 1 and said == "options differ"
+            tally.check(alone or not last and options == {"algorithm": "ring"}, f"{options} taken")
         except (TypeError, ValueError, collectives.MismatchError) as error:
             tally.check(said in str(error), f"{options}: {error!r}")
     tied = np.ones((2, 2))  # an embedding and its head: the first use's update was lost
@@ -120,7 +123,8 @@ def check_review_21(comm, tally) -> None:
 
 def check_refusals(comm, sync, tally) -> None:
     """Gradients or a shard of another dtype were cast silently (float64 into float16
-    overflows); a non-array gave an unrelated TypeError. Refused by name, on every rank."""
+    overflows); a non-array, one array or a dict gave an unrelated TypeError. Refused by
+    name, on every rank."""
     lo, hi = sync.bounds
     for what, call, said in (
             ("float32 grads", lambda: sync.reduce([g.astype(np.float32) for g in sync.params]),
@@ -128,7 +132,12 @@ def check_refusals(comm, sync, tally) -> None:
             ("float32 shard", lambda: sync.gather(np.zeros(hi - lo, np.float32)),
              "shard must have the parameters' dtype float64, got float32"),
             ("list params", lambda: ShardedSync(comm, [[1.0, 2.0]]),
-             "params[0] must be a NumPy or CuPy array")):
+             "params[0] must be a NumPy or CuPy array"),
+            # (said "grads[0] must be a NumPy or CuPy array ... wrap it with np.asarray")
+            ("one array", lambda: sync.reduce(sync.params[1]),
+             "ShardedSync.reduce takes a list of arrays, got numpy.ndarray: pass [x]"),
+            ("a dict", lambda: ShardedSync(comm, {"w": np.zeros(3)}),
+             "ShardedSync takes a list of arrays, got builtins.dict")):
         try:
             call()
             tally.check(False, f"{what}: accepted")
@@ -173,6 +182,43 @@ def check_shard_from_another_thread(comm, tally) -> None:
     finally:
         stop.set()
         reader.join()
+
+
+def check_reduce_beside_gather(comm, tally) -> None:
+    """One step's gather on one thread beside the next step's reduce on another: both
+    packed into one buffer of the ShardedSync, and returned each other's data (the 98th
+    review: 5-23 of 60 reduces wrong). A call may raise MismatchError where the threads
+    pair differently; a call that returns is right."""
+    w = np.zeros(1 << 16, np.float32)
+    sync = ShardedSync(comm, [w])
+    lo, hi = sync.bounds
+    want = np.float32(1000 + (comm.size - 1) / 2)
+    wrong = []
+
+    def reduces():
+        for i in range(30):
+            try:
+                g = sync.reduce([np.full(w.size, 1000.0 + comm.rank, np.float32)])
+            except collectives.MismatchError:
+                continue
+            if not (g == want).all():
+                wrong.append(f"reduce {i}: {np.unique(g)[:3]}")
+
+    def gathers():
+        for i in range(30):
+            try:
+                sync.gather(np.full(hi - lo, 7.0, np.float32))
+            except collectives.MismatchError:
+                continue
+            if not (w == 7).all():
+                wrong.append(f"gather {i}: {np.unique(w)[:3]}")
+
+    threads = [threading.Thread(target=f, name=f.__name__) for f in (reduces, gathers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    tally.check(not wrong, lambda: f"reduce beside gather: {wrong[:4]}")
 
 
 if __name__ == "__main__":
