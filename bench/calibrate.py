@@ -33,7 +33,10 @@ run of each instead of every run of one. `calibrate_alongside` times other calls
 report's measured all-reduces) in the same round-robin, next to their size's
 micro-benchmarks. The result is written to the tuning file
 (collectives.costmodel.tuning_path()) under this world size; `auto` and the report's
-predictions read it.
+predictions read it. Every call is plain (deterministic=False): under
+COLLECTIVES_DETERMINISTIC=1 the reproducible path was timed and stored as plain native,
+10x too slow for every later run (the 100th review). `python -m bench.calibrate ARGS` is
+`collectives-bench --calibrate ARGS` (it ran nothing and exited 0).
 
 Example::
 
@@ -249,7 +252,7 @@ def calibrate_alongside(mpi_comm, comm, alongside: Mapping[int, Sequence[Callabl
     empty = np.empty(0, np.float32)
 
     def empty_call() -> None:
-        comm.allreduce(empty, algorithm="ring")
+        comm.allreduce(empty, algorithm="ring", deterministic=False)
 
     # In each timed run, per size: the exchanges, a copy of n bytes on every rank, a ring
     # all-reduce of n bytes and its plan run bare (the difference is the call's cost around
@@ -314,7 +317,7 @@ def _call_and_plan(comm, nbytes: int) -> dict[str, Callable[[], None]]:
     plan = plan_for("allreduce", "ring", comm.rank, comm.size, nbytes // 4, 4, comm.topology)
     x = np.ones(plan.count, np.float32)
     out = np.empty_like(x)
-    return {"call": lambda: comm.allreduce(x, algorithm="ring", out=out),
+    return {"call": lambda: comm.allreduce(x, algorithm="ring", out=out, deterministic=False),
             "plan": _bare_run(plan, comm.runner, x, out)}
 
 
@@ -325,7 +328,8 @@ def _native_table(mpi_comm, comm, sizes: Sequence[int], progress) -> tuple[tuple
         progress(f"native all-reduce {format_size(n)}")
         x = np.ones(n // 4, np.float32)
         out = np.empty_like(x)
-        table.append((n, median_time(mpi_comm, lambda: comm.allreduce(x, algorithm="native", out=out))))
+        table.append((n, median_time(mpi_comm, lambda: comm.allreduce(
+            x, algorithm="native", out=out, deterministic=False))))
     return tuple(table)
 
 
@@ -390,3 +394,11 @@ def describe(calibration: Calibration) -> str:
 
 def _rate(seconds_per_byte: float) -> str:
     return f"{1 / seconds_per_byte / 1e9:.2f}" if seconds_per_byte > 0 else "inf"
+
+
+if __name__ == "__main__":
+    import sys
+
+    from bench.allreduce_perf import main
+
+    sys.exit(main(["--calibrate", *sys.argv[1:]]))

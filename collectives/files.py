@@ -76,8 +76,10 @@ def write_atomically(path: Path, content: str | Callable[[BinaryIO], object]) ->
             else:
                 handle.write(content.encode("utf-8"))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         os.unlink(tmp)
+        if isinstance(error, OSError) and error.filename is None:  # (a full disk names none)
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
 
 

@@ -796,6 +796,12 @@ def test_agreement_cost_refuses_bad_options_before_launch(args, message):
     _refused_before_launch("bench.agreement_cost", [*_QUICK, *args], message)
 
 
+def test_python_m_bench_calibrate_is_collectives_bench_calibrate():
+    """It ran nothing and exited 0 (the 100th review)."""
+    _refused_before_launch("bench.calibrate", ["--np", "0"],
+                           "argument --np: need an integer above 0, got '0'")
+
+
 def _refused_before_launch(tool, args, message):
     """`python -m tool args` exits 2 with one error line, the last, naming `message`."""
     proc = subprocess.run([sys.executable, "-m", tool, *args], cwd=ROOT,
@@ -909,3 +915,60 @@ def test_shm_perf_refuses_what_it_would_not_apply(flags):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert (flags[0] if flags[0] != "-e" else "lower -e") in proc.stderr.splitlines()[-1]
     assert proc.stdout == "", proc.stdout
+
+
+def test_a_file_that_cannot_be_written_ends_in_one_line_and_status_3():
+    """A full disk under --json or the tuning file: a traceback and status 1, which says
+    some result was wrong (the 100th review)."""
+    script = textwrap.dedent("""
+        import os
+        from bench.environment import abort_on_error
+
+        class Comm:
+            rank = 0
+            Abort = staticmethod(os._exit)
+
+        with abort_on_error(Comm()):
+            raise OSError(28, "No space left on device", "out.json")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert proc.stderr == "rank 0: error: [Errno 28] No space left on device: 'out.json'\n"
+
+
+_DETERMINISTIC_ENV = textwrap.dedent("""
+    import sys
+    from mpi4py import MPI
+    import collectives.calls.reduce, collectives.calls.reduce_scatter, collectives.fusion
+    from bench import allreduce_perf, calibrate
+
+    runs = []
+    for module in (collectives.fusion, collectives.calls.reduce,
+                   collectives.calls.reduce_scatter):
+        def counted(*args, _real=module.reproducibly, **kwargs):
+            runs.append(1)
+            return _real(*args, **kwargs)
+        module.reproducibly = counted
+    for collective in ("allreduce", "reduce_scatter", "reduce"):
+        assert allreduce_perf.main(["-b", "1K", "-e", "1K", "-n", "1", "-w", "0",
+                                    "--collective", collective]) == 0
+    import collectives
+    comm = collectives.init()
+    calibrate._native_table(MPI.COMM_WORLD, comm, [1024], progress=lambda text: None)
+    calibrate._call_and_plan(comm, 1024)["call"]()
+    print("reproducible runs:", len(runs), file=sys.stderr)
+    sys.exit(1 if runs else 0)
+""")
+
+
+def test_the_bench_and_calibration_run_what_their_labels_say(tmp_path):
+    """COLLECTIVES_DETERMINISTIC=1 ran every plain column (and the calibration's native
+    and ring timings, stored as plain) through the reproducible path (the 100th review)."""
+    script = tmp_path / "deterministic_env.py"
+    script.write_text(_DETERMINISTIC_ENV)
+    proc = subprocess.run([launch.find_mpiexec(), "-n", "2", sys.executable, str(script)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT),
+                               "COLLECTIVES_DETERMINISTIC": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -223,6 +223,18 @@ def _write_each_output(path: Path) -> None:
     writers[path.name]()
 
 
+@pytest.mark.parametrize("name", ["lab $\\undefinedcmd$ nodes", "a $^$ b"])
+def test_a_cluster_name_is_drawn_as_text(tmp_path, name):
+    """A name holding "$...$" was parsed as mathtext: it raised once measured, and the
+    report lost its measurements (the 100th review)."""
+    from bench.report import plots
+
+    scale = [{"name": name, "sizes": [1024, 2048], "crossovers": [],
+              "algorithms": {"ring": {1024: {"busbw": 1.0}, 2048: {"busbw": 2.0}}}}]
+    plots.plot_scale(scale, tmp_path / "at_scale.png")
+    assert (tmp_path / "at_scale.png").read_bytes().startswith(b"\x89PNG")
+
+
 @pytest.mark.parametrize("name", ["report.md", "accuracy.png", "busbw.png", "winners.png",
                                   "at_scale.png"])
 def test_every_report_output_is_written_atomically(tmp_path, name):

@@ -1,6 +1,7 @@
 """auto: the tuner's choice from predicted times, the tuning file, calibration end to end."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -552,6 +553,16 @@ def test_a_rewritten_file_keeps_its_own_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o600
     write_atomically(path, "x")
     assert path.stat().st_mode & 0o777 == 0o600 and path.read_text() == "x"
+
+
+def test_a_write_that_fails_names_the_file_and_leaves_none(tmp_path):
+    """A full disk raised "[Errno 28] No space left on device", naming no file, after a
+    whole sweep or calibration (the 100th review)."""
+    def full(handle):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(OSError, match="No space left on device: '.*out.json'") as raised:
+        write_atomically(tmp_path / "out.json", full)
+    assert raised.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []
 
 
 def test_writing_never_sets_the_umask(tmp_path, monkeypatch):

@@ -32,7 +32,7 @@ class ReduceSample(CollectiveSample):
 
     def library(self, options: Mapping[str, object]) -> np.ndarray | None:
         return self.op.comm.reduce(self._x, root=self.op.root, op=self.op.redop, out=self._out,
-                                   **options)
+                                   deterministic=False, **options)  # (as labelled)
 
     def wrong(self, variant) -> int:
         """Off the reference on root; elsewhere, any output at all."""

@@ -208,18 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _write(out_dir: Path, *, args, argv, env, calibration, source, accuracy_calibration, comm,
            rows, measured, options, scale, elapsed: float) -> None:
-    """The plots, results.json and report.md (rank 0)."""
+    """results.json (first: a plot that failed lost the measurements), the plots and
+    report.md (rank 0)."""
     model = calibration.cluster(comm.topology, name="this machine")
     best = winners(rows, auto_runs(comm))
     points = accuracy(measured, accuracy_calibration.cluster(comm.topology, name="this machine"))
     file_points = None if calibration is accuracy_calibration else accuracy(measured, model)
     plots = list(_plots(args))
-    plot_accuracy(points, out_dir / "accuracy.png", np_=comm.size)
-    if rows:
-        plot_busbw(rows, out_dir / "busbw.png", np_=comm.size)
-        plot_winners(best, out_dir / "winners.png", np_=comm.size)
-    if scale:
-        plot_scale(scale, out_dir / "at_scale.png")
     command = shlex.join(["collectives-report", *argv])
     config = {"collective": "allreduce", "dtype": "float32", "op": "sum", "iters": options.iters,
               "warmup": options.warmup, "check": 1, "quick": args.quick}
@@ -227,6 +222,12 @@ def _write(out_dir: Path, *, args, argv, env, calibration, source, accuracy_cali
                   calibration=calibration, source=source,
                   accuracy_calibration=accuracy_calibration, rows=rows, winners=best,
                   points=points, file_points=file_points, scale=scale)
+    plot_accuracy(points, out_dir / "accuracy.png", np_=comm.size)
+    if rows:
+        plot_busbw(rows, out_dir / "busbw.png", np_=comm.size)
+        plot_winners(best, out_dir / "winners.png", np_=comm.size)
+    if scale:
+        plot_scale(scale, out_dir / "at_scale.png")
     write_markdown(out_dir / "report.md", command=command, env=env,
                    accuracy_calibration=accuracy_calibration, source=source, rows=rows,
                    winners=best, points=points, file_points=file_points, scale=scale,

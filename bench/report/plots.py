@@ -145,7 +145,8 @@ def plot_scale(results: Sequence[dict], path: Path) -> None:
             lo, hi = change["between"]
             ax.axvline((lo * hi) ** 0.5, color="gray", ls=":", lw=1)
         _size_axis(ax, sizes)
-        ax.set_title(result["name"], fontsize=9)
+        # the user's name as text: "$...$" was parsed as mathtext, and raised once measured
+        ax.set_title(result["name"], fontsize=9, parse_math=False)
         ax.set_xlabel("message size")
         ax.set_ylabel("predicted busbw (GB/s)")
         ax.legend(fontsize=7)
