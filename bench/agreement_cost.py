@@ -70,7 +70,8 @@ def measure(mpi, comms: dict, algorithm: str, nbytes: int, rounds: int,
     out = np.empty_like(x)
     raw = comms["mpi"]
     calls = {"mpi": lambda: raw.Allreduce(x, out, MPI.SUM),
-             **{state: (lambda c=comms[state]: c.allreduce(x, algorithm=algorithm, out=out))
+             **{state: (lambda c=comms[state]: c.allreduce(x, algorithm=algorithm, out=out,
+                                                          deterministic=False))
                 for state in ("on", "off")}}
     return harness.alternating_medians(mpi, calls, rounds=rounds, budget=budget, probe="on")
 

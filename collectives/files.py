@@ -78,8 +78,8 @@ def write_atomically(path: Path, content: str | Callable[[BinaryIO], object]) ->
         os.replace(tmp, path)
     except BaseException as error:
         os.unlink(tmp)
-        if isinstance(error, OSError) and error.filename is None:  # (a full disk names none)
-            raise OSError(error.errno, error.strerror, str(path)) from error
+        if isinstance(error, OSError) and error.errno is not None and error.filename is None:
+            raise OSError(error.errno, error.strerror, str(path)) from error  # (a full disk)
         raise
 
 

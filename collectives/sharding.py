@@ -63,12 +63,14 @@ class ShardedSync:
             raise TypeError(f"comm must be a collectives.Communicator, got {type(comm).__name__}")
         with comm.refusing("allgather"):  # (the others compare layouts in _agree)
             params = _checked_params(array_list(params, "ShardedSync"))
-            collective_options("reduce_scatter", op="avg", algorithm=algorithm,
-                               compression=compression,
-                               deterministic=comm.settings.deterministic)
+            options = collective_options("reduce_scatter", op="avg", algorithm=algorithm,
+                                         compression=compression,
+                                         deterministic=comm.settings.deterministic)
             collective_options("allgather", algorithm=algorithm)
             codec_for(compression, params[0].dtype)  # (integers take no compression)
-        _agree(comm, params, algorithm, compression)
+        # as parsed: None is "auto", np.str_("ring") is "ring" (by repr they differed)
+        _agree(comm, params, f"algorithm={str(options.algorithm)!r}, "
+                             f"compression={options.compression and str(options.compression)!r}")
         self.comm, self.params = comm, params
         self.algorithm, self.compression = algorithm, compression
         self._count, self._dtype = sum(p.size for p in params), params[0].dtype
@@ -117,9 +119,11 @@ class ShardedSync:
             return self._idle.pop() if self._idle else self._xp.empty(self._count, self._dtype)
 
     def _give_back(self, flat) -> None:
-        """Keep `flat` for the next call (not after an error: a transfer may still hold it)."""
+        """Keep `flat` for the next call unless one is kept (not after an error: a transfer
+        may still hold it)."""
         with self._lock:
-            self._idle.append(flat)
+            if not self._idle:
+                self._idle.append(flat)
 
     def _check_grads(self, grads: list) -> None:
         for i, g in enumerate(grads):
@@ -189,12 +193,11 @@ def _check_writable(params: list) -> None:
                              "pass writable arrays (np.array(x) copies one)")
 
 
-def _agree(comm: Communicator, params: list, algorithm, compression) -> None:
+def _agree(comm: Communicator, params: list, options: str) -> None:
     """MismatchError on every rank where the ranks' parameters differ in shapes, order or
     dtype (the same total size in another layout mixed one rank's weights with another's
     biases, silently; the twenty-first review), or their options do (found only at the
     first reduce or gather, after a step's work; the ninety-eighth review)."""
-    options = f"algorithm={algorithm!r}, compression={compression!r}"
     mine = np.array([*layout_digest(params), sum(p.size for p in params),
                      zlib.crc32(options.encode())], np.int64)
     rows = comm.allgather(mine)

@@ -5,7 +5,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from collectives.compression import HalfCodec, absmax, codec_for, scale_for
+from collectives.compression import HalfCodec, absmax, codec_for, scale_for, scales_for
 from collectives.options import Op
 from tests.mpirun import run_workers
 
@@ -49,6 +49,20 @@ def test_scale_keeps_partial_sums_in_range(name, data_max, size, op, scale):
     bound = data_max * (size if op is Op.SUM else 1)
     if math.isfinite(bound):
         assert got * bound <= float(ml_dtypes.finfo(codec.dtype).max)
+
+
+@pytest.mark.parametrize("name", ["fp16", "bf16"])
+def test_float64_scales_keep_every_world_size_in_range(name):
+    """float64 data near the bottom of its range: max16 / 2 / M overflowed before the
+    division by p, and the largest scale was taken whatever p (inf at 16 ranks: the 101st
+    review). Both the plain and the deterministic path's scales."""
+    codec = HalfCodec(name)
+    agreed = np.array([5e-324, 1e-310, 1.227e-304, 6.3e-271, 1e-200, 1.0, 1e300])
+    for size in (1, 2, 3, 8, 9, 16, 64, 1000):
+        scales = scales_for(codec, agreed, size, Op.SUM, np.float64)
+        for m, scale in zip(agreed.tolist(), scales.tolist()):
+            assert scale == scale_for(codec, m, size, Op.SUM, np.float64)
+            assert scale * m * size <= codec.max_value / 2, (size, m, scale)
 
 
 def test_absmax_counts_only_finite_values():

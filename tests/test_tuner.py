@@ -564,6 +564,11 @@ def test_a_write_that_fails_names_the_file_and_leaves_none(tmp_path):
         write_atomically(tmp_path / "out.json", full)
     assert raised.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []
 
+    def other(handle):  # no errno (Pillow's style): its text was lost (the 101st review)
+        raise OSError("cannot write mode RGBA as JPEG")
+    with pytest.raises(OSError, match="^cannot write mode RGBA as JPEG$"):
+        write_atomically(tmp_path / "out.png", other)
+
 
 def test_writing_never_sets_the_umask(tmp_path, monkeypatch):
     """Reading the umask by setting it, even for an instant, raced with other threads'

@@ -54,8 +54,10 @@ def scale_for(codec, agreed_absmax: float, size: int, op: Op, dtype=np.float32) 
     if agreed_absmax == 0.0 or not math.isfinite(agreed_absmax):
         return 1.0
     lowest, highest = _exponents(codec, dtype)
-    limit = codec.max_value / 2 / agreed_absmax / (size if op is Op.SUM else 1)
-    # floor(log2(limit)); bound * size may overflow, and limit itself for float64 data
+    # floor(log2(limit)); bound * size may overflow, and limit itself for float64 data: the
+    # division by size comes first, so an infinite limit means any scale fits (by agreed
+    # first, the size was lost in the overflow: inf at 16 ranks, the 101st review)
+    limit = codec.max_value / 2 / (size if op is Op.SUM else 1) / agreed_absmax
     exponent = highest if math.isinf(limit) else math.frexp(limit)[1] - 1
     return math.ldexp(1.0, min(max(exponent, lowest), highest))
 
@@ -77,7 +79,7 @@ def scales_for(codec, agreed: np.ndarray, size: int, op: Op, dtype=np.float32) -
     """scale_for of each of the float64 `agreed`, in whole-array operations (many arrays'
     scales at once; `tests/test_codec.py` holds the two to the same values)."""
     with np.errstate(divide="ignore", over="ignore"):
-        limit = codec.max_value / 2 / agreed / (size if op is Op.SUM else 1)
+        limit = codec.max_value / 2 / (size if op is Op.SUM else 1) / agreed
     lowest, highest = _exponents(codec, dtype)
     exponent = np.where(np.isinf(limit), highest, np.frexp(limit)[1].astype(np.int64) - 1)
     scales = np.ldexp(1.0, np.clip(exponent, lowest, highest))
