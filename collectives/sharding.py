@@ -24,22 +24,25 @@ Example::
 from __future__ import annotations
 
 import threading
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
 import kernels
 
+from .algorithms import PLANNERS
 from .algorithms.plan import split_bounds
 from .calls.collective import collective_options
 from .communicator import Communicator
 from .compression import codec_for
-from .errors import MismatchError, outliers
+from .errors import MismatchError, outliers, rank_list
 from .gradsync import layout_digest
+from .options import COMPRESSIONS, CallOptions
 from .validation import array_list, check_array, sharing_pair
 
 __all__ = ["ShardedSync"]
+
+_ALGORITHMS = ("auto", "native", *PLANNERS["reduce_scatter"])  # (allgather's too)
 
 
 class ShardedSync:
@@ -68,9 +71,7 @@ class ShardedSync:
                                          deterministic=comm.settings.deterministic)
             collective_options("allgather", algorithm=algorithm)
             codec_for(compression, params[0].dtype)  # (integers take no compression)
-        # as parsed: None is "auto", np.str_("ring") is "ring" (by repr they differed)
-        _agree(comm, params, f"algorithm={str(options.algorithm)!r}, "
-                             f"compression={options.compression and str(options.compression)!r}")
+        _agree(comm, params, options)
         self.comm, self.params = comm, params
         self.algorithm, self.compression = algorithm, compression
         self._count, self._dtype = sum(p.size for p in params), params[0].dtype
@@ -193,22 +194,33 @@ def _check_writable(params: list) -> None:
                              "pass writable arrays (np.array(x) copies one)")
 
 
-def _agree(comm: Communicator, params: list, options: str) -> None:
+def _agree(comm: Communicator, params: list, options: CallOptions) -> None:
     """MismatchError on every rank where the ranks' parameters differ in shapes, order or
     dtype (the same total size in another layout mixed one rank's weights with another's
-    biases, silently; the twenty-first review), or their options do (found only at the
-    first reduce or gather, after a step's work; the ninety-eighth review)."""
+    biases, silently; the twenty-first review), or their options do, as parsed (found only
+    at the first reduce or gather, after a step's work; the 98th and 102nd reviews)."""
     mine = np.array([*layout_digest(params), sum(p.size for p in params),
-                     zlib.crc32(options.encode())], np.int64)
+                     _ALGORITHMS.index(options.algorithm),
+                     COMPRESSIONS.index(options.compression), options.deterministic], np.int64)
     rows = comm.allgather(mine)
-    if not (rows[:, :-1] == rows[0, :-1]).all():
+    layouts, settings = rows[:, :-3], rows[:, -3:]
+    if not (layouts == layouts[0]).all():
         shapes = [tuple(p.shape) for p in params]
         raise MismatchError(f"ShardedSync: the ranks' parameters differ in shapes, order or "
-                            f"dtype: {outliers(rows[:, :-1])} (rank {comm.rank} has "
+                            f"dtype: {outliers(layouts)} (rank {comm.rank} has "
                             f"{params[0].dtype} {str(shapes)[:200]})")
-    if not (rows[:, -1] == rows[0, -1]).all():
-        raise MismatchError(f"ShardedSync: the ranks' options differ: {outliers(rows[:, -1:])} "
-                            f"(rank {comm.rank} has {options})")
+    if not (settings == settings[0]).all():
+        groups: dict[tuple, list[int]] = {}
+        for rank, row in enumerate(settings.tolist()):
+            groups.setdefault(tuple(row), []).append(rank)
+        said = "; ".join(f"{rank_list(ranks)} {'has' if len(ranks) == 1 else 'have'} "
+                         f"{_options_text(*row)}" for row, ranks in groups.items())
+        raise MismatchError(f"ShardedSync: the ranks' options differ: {said}")
+
+
+def _options_text(algorithm: int, compression: int, deterministic: int) -> str:
+    return (f"algorithm={_ALGORITHMS[algorithm]!r}, compression={COMPRESSIONS[compression]!r}, "
+            f"deterministic={bool(deterministic)}")
 
 
 def _padded(shard, length: int):

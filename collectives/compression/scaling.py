@@ -49,8 +49,8 @@ def absmax(work) -> float:
 
 
 def scale_for(codec, agreed_absmax: float, size: int, op: Op, dtype=np.float32) -> float:
-    """The power of two s with s * bound <= max16 / 2 (1.0 when there is nothing to scale),
-    for data of `dtype`."""
+    """The power of two s with s * bound <= max16 / 2 (up to one float64 rounding of the
+    quotient) for data of `dtype`; 1.0 when there is nothing to scale."""
     if agreed_absmax == 0.0 or not math.isfinite(agreed_absmax):
         return 1.0
     lowest, highest = _exponents(codec, dtype)
