@@ -31,7 +31,7 @@ import numpy as np
 import kernels
 
 from . import exact_mean
-from .compression import codec_for, work_dtype
+from .compression import auto_may_compress, codec_for, work_dtype
 from .compression.bucket import reduce_compressed
 from .reproducible import reproducibly
 from .options import CallOptions, Op
@@ -167,12 +167,12 @@ class _Bucket:
         self.xp = kernels.array_module(self.arrays[0])
 
     def _compression(self) -> str | None:
-        """The bucket's compression: "auto" asks the tuner (floats only), and may change
-        the algorithm it runs with and keep the codec between nodes."""
+        """The bucket's compression: "auto" asks the tuner (float32 and float64 only), and
+        may change the algorithm it runs with and keep the codec between nodes."""
         options, bucket = self.options, self.bucket
         if options.compression != "auto":
             return options.compression
-        if bucket.dtype.kind != "f" and bucket.dtype not in kernels.HALF_DTYPES:
+        if not auto_may_compress(bucket.dtype):
             return None
         wire = self.reducer.tuner.compression(bucket.count * 4, options.algorithm)
         self.algorithm, self.between_nodes = wire.algorithm, wire.between_nodes

@@ -27,7 +27,7 @@ def test_order_sensitive_values_give_identical_bits(np_):
 @pytest.mark.parametrize("np_", [2, 3, 5])
 def test_integer_avg_is_exact_where_the_sum_overflows(np_):
     run_workers(np_, "integer_mean", "ring,hierarchical,torus2d,halving_doubling,native,auto",
-                env={"COLLECTIVES_LOCAL_SIZE": "2"})
+                env={"COLLECTIVES_LOCAL_SIZE": "2", "COLLECTIVES_DEBUG": "1"})
 
 
 @pytest.mark.parametrize("np_", [2, 3])

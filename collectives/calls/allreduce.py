@@ -16,7 +16,7 @@ import numpy as np
 import kernels
 
 from ..agreement import Signature
-from ..compression import codec_for
+from ..compression import auto_may_compress, codec_for
 from ..fusion import Layout, new_results, reduce_arrays, reduce_contiguous
 from ..options import SUPPORTED, CallOptions, Op
 from ..validation import check_array, check_out, check_outs
@@ -136,7 +136,7 @@ class _Reduction(Call):
         compression, x = self.options.compression, self.arrays[0]
         if compression != "auto":
             return compression is None
-        if x.dtype.kind != "f" and x.dtype not in kernels.HALF_DTYPES:
+        if not auto_may_compress(x.dtype):
             return True
         return ctx.reducer.tuner.compression(x.size * 4, self.options.algorithm).compression is None
 

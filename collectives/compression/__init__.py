@@ -7,9 +7,9 @@
 
 docs/compression.md walks through a compressed all-reduce.
 """
-from .codec import HalfCodec, codec_for, work_dtype
+from .codec import HalfCodec, auto_may_compress, codec_for, work_dtype
 from .feedback import ErrorFeedback
 from .scaling import absmax, absmaxes, scale_for, scales_for, unscale_into
 
-__all__ = ["HalfCodec", "codec_for", "work_dtype", "ErrorFeedback", "absmax", "absmaxes",
-           "scale_for", "scales_for", "unscale_into"]
+__all__ = ["HalfCodec", "auto_may_compress", "codec_for", "work_dtype", "ErrorFeedback",
+           "absmax", "absmaxes", "scale_for", "scales_for", "unscale_into"]

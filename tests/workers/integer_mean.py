@@ -7,6 +7,7 @@ does not. Checked against Python's integers, in rank order, for every algorithm,
 """
 from __future__ import annotations
 
+import logging
 import sys
 
 import numpy as np
@@ -46,7 +47,31 @@ def main() -> None:
                 tally.check(ys[0].tolist() == want and ys[1].tolist() == want[: count // 2 + 1],
                             f"{case} fused")
                 tally.check(len(set(everyone(digest(y)))) == 1, f"{case}: ranks differ")
+    check_auto_logs_what_runs(comm, tally)
     tally.finish()
+
+
+def check_auto_logs_what_runs(comm, tally) -> None:
+    """An integer avg by reduce or reduce_scatter is an all-reduce, with the all-reduce's
+    own auto: the tuner also priced and logged a reduce plan that never ran (the 103rd
+    review). Run with COLLECTIVES_DEBUG=1 (the tuner logs only then)."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("collectives.tuner")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        x = values(np.int32, 3001, comm.rank)
+        comm.reduce(x, op="avg", root=comm.size - 1)
+        comm.reduce_scatter(x, op="avg")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    said = [record.getMessage() for record in records]
+    tally.check(not any(m.startswith(("auto: reduce of", "auto: reduce_scatter of")) for m in said),
+                lambda: f"auto logged a choice that did not run: {said}")
 
 
 if __name__ == "__main__":
