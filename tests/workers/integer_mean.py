@@ -72,6 +72,12 @@ def check_auto_logs_what_runs(comm, tally) -> None:
     said = [record.getMessage() for record in records]
     tally.check(not any(m.startswith(("auto: reduce of", "auto: reduce_scatter of")) for m in said),
                 lambda: f"auto logged a choice that did not run: {said}")
+    for name, call in (("reduce", lambda: comm.reduce(x, op="avg", algorithm="native")),
+                       ("reduce_scatter", lambda: comm.reduce_scatter(x, op="avg",
+                                                                      algorithm="native"))):
+        comm.reset_stats()  # (a record of MPI's own reduce too, bytes counted twice: 105th)
+        call()
+        tally.check(list(comm.stats()) == ["native"], f"native {name} recorded {comm.stats()}")
 
 
 if __name__ == "__main__":
