@@ -14,9 +14,10 @@ a callback may issue a blocking collective on another communicator.
 
 A collective issued on a thread that is already inside one of this communicator's (from a
 signal handler) would run nested in it and share its buffers: refused on that rank, as is a
-wait there on a pending handle (its collective could never run). Ranks pair the calls of
-their threads by the threads' names (part of every signature); threads of one name are not
-told apart, so threads that issue at once need names of their own.
+wait there on a pending handle (its collective could never run). Ranks pair calls by their
+order on the communicator; the issuing thread's name is part of every signature, and a
+call that pairs threads of other names breaks the communicator (its later calls would pair
+shifted: collectives.agreement). Threads of one name are not told apart.
 
 The background thread waits through the transport, which releases the GIL while it polls
 (MPI calls and `sched_yield` run without it), so the caller's NumPy work overlaps the
@@ -34,7 +35,10 @@ from __future__ import annotations
 
 import atexit
 import collections
+import concurrent.futures
 import logging
+import math
+import numbers
 import os
 import threading
 import time
@@ -55,6 +59,18 @@ def issued_collectives(thread: threading.Thread) -> bool:
     return any(engine.issued_by(thread) for engine in list(_ENGINES))
 
 log = logging.getLogger("collectives")
+
+
+def _wait_bound(timeout) -> float | None:
+    """`Handle.wait`'s timeout, checked: inf was an OverflowError, and a negative or NaN
+    one was taken as 0 (the 104th review)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds (or None), got {timeout!r}")
+    return None if timeout > threading.TIMEOUT_MAX else float(timeout)
 
 
 class Handle:
@@ -82,9 +98,10 @@ class Handle:
     def wait(self, timeout: float | None = None) -> Any:
         """The result, once the collective finished; re-raises its error.
 
-        `timeout` (seconds) bounds this wait only: TimeoutError if the collective is still
-        running then (it keeps running; wait again later).
+        `timeout` (seconds, >= 0; None or inf: no bound) bounds this wait only: TimeoutError
+        if the collective is still running then (it keeps running; wait again later).
         """
+        timeout = _wait_bound(timeout)
         if self.waits_for_itself():
             raise CollectiveError(
                 f"{self.what}: wait() on a pending handle from a completion callback (the "
@@ -96,7 +113,7 @@ class Handle:
         start = time.monotonic()
         try:
             return self._future.result(timeout)
-        except TimeoutError:
+        except (TimeoutError, concurrent.futures.TimeoutError):  # (two classes before 3.11)
             if self._future.done():  # finished meanwhile, or raised a TimeoutError itself
                 return self._future.result()
             # A signal handler's own TimeoutError, raised before the timeout: as it was (it

@@ -35,6 +35,22 @@ def test_run_waits_for_earlier_submissions():
     engine.close(timeout=10)
 
 
+def test_a_wait_bound_is_checked():
+    """inf (no bound) and 1e20 were an OverflowError naming no argument; -5 and NaN were
+    taken as 0 (the 104th review)."""
+    engine = ProgressEngine()
+    gate = threading.Event()
+    handle = engine.submit(lambda: gate.wait(10), "slow")
+    for bad, error in ((-5.0, ValueError), (float("nan"), ValueError), ("1", TypeError)):
+        with pytest.raises(error, match="timeout must be"):
+            handle.wait(bad)
+    with pytest.raises(TimeoutError, match="slow still running after 0.05 s"):
+        handle.wait(0.05)
+    threading.Timer(0.2, gate.set).start()
+    assert handle.wait(float("inf")) is True and handle.wait(1e20) is True
+    engine.close(timeout=10)
+
+
 def test_a_signal_handlers_timeout_error_in_a_wait_comes_out_as_it_was():
     """A SIGALRM handler raising TimeoutError("my alarm") in an unbounded wait came out as
     "still running after None s" (the ninety-third review)."""
