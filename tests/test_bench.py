@@ -615,7 +615,8 @@ _BROKEN_LIBRARY = textwrap.dedent('''
         def topology(self):
             return type("Topology", (), {"nodes": (tuple(range(self.size)),)})
 
-        def allreduce(self, x, op="sum", algorithm="auto", compression=None, out=None):
+        def allreduce(self, x, op="sum", algorithm="auto", compression=None, out=None,
+                      deterministic=None):
             self._comm.Allreduce(x, out, op=MPI.SUM)
             if algorithm == "ring" and self.rank == 1:
                 out[:3] += 1

@@ -43,7 +43,7 @@ class _Pretend:
     def allreduce(self, x, op="sum", algorithm=None, out=None, **options):
         return self._call("allreduce", x, out)
 
-    def reduce_scatter(self, x, op="sum", algorithm=None, out=None):
+    def reduce_scatter(self, x, op="sum", algorithm=None, out=None, deterministic=None):
         return self._call("reduce_scatter", x, out)
 
     def allgather(self, x, algorithm=None, out=None):
@@ -52,7 +52,7 @@ class _Pretend:
     def broadcast(self, x, root=0, algorithm=None, out=None):
         return self._call("broadcast", x, out)
 
-    def reduce(self, x, root=0, op="sum", algorithm=None, out=None):
+    def reduce(self, x, root=0, op="sum", algorithm=None, out=None, deterministic=None):
         return self._call("reduce", x, out)
 
     def alltoall(self, x, out=None):
