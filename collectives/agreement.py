@@ -173,17 +173,11 @@ class Agreement:
         if self.check:
             try:
                 rows = self._exchange(INVALID, seq, 0, 0, deadline)
-                statuses = rows[:, 0].copy()
-                thread = dict(signature.fields).get("thread", "")
-                texts = self._texts(rows, f"{thread}{_SEP}{type(error).__name__}: {error}",
-                                    deadline)
+                self._texts(rows, f"{type(error).__name__}: {error}", deadline)
             except CollectiveTimeout as timeout:
                 self.broken = f"{signature.name} #{seq} timed out"
                 error.add_note(f"the other ranks could not be told: {timeout}")
                 return
-            shifted = self._threads_shifted(signature, seq, statuses, texts)
-            if shifted:
-                error.add_note(shifted)
         self._settled = seq
 
     def failed(self, signature: Signature, seq: int, error: BaseException,
@@ -261,37 +255,14 @@ class Agreement:
                 "reduced")
         texts = self._texts(rows, signature.text(seq), deadline)
         self._settled = seq
-        shifted = self._threads_shifted(signature, seq, statuses, texts)
         invalid = np.flatnonzero(statuses == INVALID).tolist()
         if invalid:
-            reasons = "; ".join(f"rank {r}: {texts[r].split(_SEP, 1)[-1]}" for r in invalid)
+            reasons = "; ".join(f"rank {r}: {texts[r]}" for r in invalid)
             verb = "rejected its" if len(invalid) == 1 else "rejected their"
-            error = MismatchError(f"{signature.name} #{seq}: {rank_list(invalid)} {verb} "
-                                  f"arguments, no data moved ({reasons})")
-        else:
-            error = MismatchError(f"{signature.name} #{seq}: ranks disagree, no data moved: "
-                                  f"{differences([_decode(t) for t in texts])}")
-        if shifted:
-            error.add_note(shifted)
-        raise error
-
-    def _threads_shifted(self, signature: Signature, seq: int, statuses, texts) -> str | None:
-        """Where the ranks paired calls of threads of other names, each rank used up a call
-        of another thread: their later calls would pair shifted, each with another call's
-        data and no error (the 104th review). The communicator is unusable from then on,
-        on every rank alike (each saw every rank's text); None where the threads agree."""
-        threads = [text.split(_SEP, 1)[0] if status == INVALID
-                   else _decode(text).get("thread", "")
-                   for status, text in zip(statuses.tolist(), texts)]
-        if len(set(threads)) == 1:
-            return None
-        said = differences([{"thread": thread} for thread in threads])
-        if self.broken is None:
-            self.broken = (f"{signature.name} #{seq} paired calls of other threads ({said}): "
-                           "later calls would pair shifted")
-        return (f"{said}: each rank used up a call of another thread, so this communicator "
-                "is unusable now (its later calls would pair shifted); give each thread its "
-                "own communicator, or issue from threads of one order on every rank")
+            raise MismatchError(f"{signature.name} #{seq}: {rank_list(invalid)} {verb} "
+                                f"arguments, no data moved ({reasons})")
+        raise MismatchError(f"{signature.name} #{seq}: ranks disagree, no data moved: "
+                            f"{differences([_decode(t) for t in texts])}")
 
 
 def riding(rows, rank: int):

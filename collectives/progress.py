@@ -15,9 +15,11 @@ a callback may issue a blocking collective on another communicator.
 A collective issued on a thread that is already inside one of this communicator's (from a
 signal handler) would run nested in it and share its buffers: refused on that rank, as is a
 wait there on a pending handle (its collective could never run). Ranks pair calls by their
-order on the communicator; the issuing thread's name is part of every signature, and a
-call that pairs threads of other names breaks the communicator (its later calls would pair
-shifted: collectives.agreement). Threads of one name are not told apart.
+order on the communicator; the issuing thread's name is part of every signature, so a
+call paired with another thread's raises MismatchError, but it is used up on every rank:
+where several threads issue in orders that differ between ranks, later calls can pair
+with another thread's, silently (docs/failure-model.md, known gaps). Threads of one name
+are not told apart.
 
 The background thread waits through the transport, which releases the GIL while it polls
 (MPI calls and `sched_yield` run without it), so the caller's NumPy work overlaps the
@@ -132,8 +134,12 @@ class Handle:
     def add_done_callback(self, fn: Callable[["Handle"], Any]) -> None:
         """Call `fn(handle)` once the collective finished (at once if it already has).
 
-        It runs on the progress thread; `fn` should only hand the result on (e.g. complete
-        a framework future), calling `wait()` on this handle never blocks there.
+        It runs on the progress thread, or at once on the calling thread when the collective
+        has already finished (as concurrent.futures does); `fn` should only hand the result
+        on (e.g. complete a framework future), calling `wait()` on this handle never blocks
+        there. A collective `fn` issues carries that thread's name: where it ran on the
+        progress thread on one rank and inline on another, the call raises MismatchError
+        (the 106th review; known gaps).
         """
         self._future.add_done_callback(lambda _: fn(self))
 

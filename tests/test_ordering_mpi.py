@@ -8,7 +8,7 @@ from tests.mpirun import run_workers
 
 @pytest.mark.parametrize("np_", [2, 3])
 def test_two_threads_issuing_at_once_never_mix_results(np_):
-    run_workers(np_, "ordering", "shifted,threads", timeout=300)
+    run_workers(np_, "ordering", "threads", timeout=300)
 
 
 @pytest.mark.parametrize("np_", [2, 3])

@@ -74,7 +74,7 @@ class Refused(Call):
 
     def __init__(self, name: str, issued: tuple, error: Exception):
         super().__init__(name, Signature.of(name, ("refused", issued),
-                                            lambda: {"issued": issued[0], "thread": issued[1]}))
+                                            lambda: {"issued": issued[0]}))
         self.error = error
 
 
