@@ -112,8 +112,7 @@ def abort_on_error(mpi_comm: MPI.Comm) -> Iterator[None]:
     except ValueError as error:  # a problem with what was asked: one line is enough
         print(f"rank {mpi_comm.rank}: error: {error}", file=sys.stderr, flush=True)
         _abort(mpi_comm, 2)
-    except OSError as error:  # a file not written (a full disk): it was a traceback and
-        # exit status 1, which says some result was wrong (the 100th review)
+    except OSError as error:  # a file not written (a full disk): 3, where 1 says "wrong"
         print(f"rank {mpi_comm.rank}: error: {error}", file=sys.stderr, flush=True)
         _abort(mpi_comm, 3)
     except Exception:

@@ -149,16 +149,17 @@ class Collective(Call):
         algorithm = self.options.algorithm
         if self.options.deterministic:
             return self.reproducible(ctx, seq % TAG_LIMIT, deadline)
-        if algorithm == "auto" and not self.exact_mean():  # (that one is an all-reduce's
-            # own auto: a choice made here was logged, never run; the 103rd review)
+        # An integer avg runs an all-reduce, which chooses and records for itself: a choice
+        # made here was logged, never run, and a native one recorded twice (103rd, 105th).
+        if algorithm == "auto" and not self.exact_mean():
             nbytes = self.plan_count(ctx.size) * self.x.itemsize
             plans_only = self.options.compression is not None  # (an empty call too: it
             algorithm = "native" if nbytes == 0 and not plans_only else ctx.reducer.tuner.choose(
                 nbytes, self.collective, plans_only=plans_only)  # was "native+fp16")
         if algorithm == "native":
             result = self.native(ctx, seq % TAG_LIMIT, deadline)
-            if not self.exact_mean():  # (that one ran an all-reduce, which recorded itself;
-                self._record(ctx, "native", start, self.x.nbytes)  # the 105th review)
+            if not self.exact_mean():
+                self._record(ctx, "native", start, self.x.nbytes)
             return result
         return self.planned(ctx, algorithm, seq % TAG_LIMIT, deadline)
 
