@@ -309,12 +309,13 @@ class GradSync:
             items = array_list(grads, "GradSync.sync")
         views, outs = _views_or_refuse(self.comm, items)
         with self.comm.refusing("allreduce_many"):
-            in_place = [i for i, (v, o) in enumerate(zip(views, outs)) if o is v]
-            tied = sharing_pair([views[i] for i in in_place])
-            if tied is not None:  # (it said "out[0] and out[1] share memory": no out passed)
-                a, b = (in_place[i] for i in tied)
-                raise ValueError(f"grads[{a}] and grads[{b}] share memory: each gradient is "
-                                 "averaged in place, so each must be its own")
+            # (it said "out[0] and out[1]", or "arrays[0] and out[1]", share memory: no out
+            # was passed; the 110th review)
+            tied = sharing_pair(views, written=[o is v for v, o in zip(views, outs)])
+            if tied is not None:
+                raise ValueError(f"grads[{tied[0]}] and grads[{tied[1]}] share memory: a "
+                                 "gradient averaged in place must be memory no other "
+                                 "gradient uses")
         self.comm.allreduce_many(views, **self._options(f"sync-{layout_digest(views)}"),
                                  out=outs)
         return [_returned(g, v, o) for g, v, o in zip(items, views, outs)]
@@ -383,7 +384,11 @@ class GradSync:
             self._fill_missing()
             self._launch(len(self._buckets))
             if self._buckets and step.held is None:  # (not attached, or detached: nothing)
+                shared = self._shared_gradients() if step.refusal is None else None
+                step.refusal = step.refusal or shared  # (the others learn of it from held)
                 step.held = self._issue_held()
+                if shared is not None:
+                    raise shared
         except Exception as error:  # (the buckets launched before it still run)
             failure = error
         try:
@@ -531,9 +536,24 @@ class GradSync:
             if step.refusal is None:
                 made = self.comm.allreduce_many_async(views, **self._options(f"bucket{b}"),
                                                       out=views)
+                step.views.extend(zip(self._buckets[b], views))
             else:
                 made = self.comm.refuse_async("allreduce_many", step.refusal)
             step.handles.append(made)
+
+    def _shared_gradients(self) -> ValueError | None:
+        """ValueError naming two parameters whose gradients share memory, or None: each
+        bucket averages its gradients in place, so one bucket's all-reduce ran while backward
+        added another's gradient into the same memory (8-16 of 20 steps averaged wrongly,
+        no error; the 110th review)."""
+        params = [p for p, _ in self._step.views]
+        pair = sharing_pair([view for _, view in self._step.views])
+        if pair is None:
+            return None
+        first, second = (self._names.get(id(params[i]), "a parameter") for i in pair)
+        return ValueError(f"GradSync.wait: the gradients of {first} and {second} share "
+                          "memory: each is averaged in place, so each .grad must be memory "
+                          "of its own")
 
     def _gradient(self, p):
         """p.grad as an array; the error naming the parameter where it is none (sparse)."""
@@ -558,11 +578,12 @@ class GradSync:
 class _Step:
     """What GradSync.attach's current step has done: replaced whole when it ends."""
 
-    __slots__ = ("ready", "handles", "filled", "held", "refusal")
+    __slots__ = ("ready", "handles", "views", "filled", "held", "refusal")
 
     def __init__(self, buckets: int):
         self.ready: list[set[int]] = [set() for _ in range(buckets)]  # ids of parameters ready
         self.handles: list[Handle] = []  # the buckets launched (a prefix)
+        self.views: list[tuple[Any, Any]] = []  # (parameter, gradient) of the buckets issued
         self.filled: list[tuple[int, Any]] = []  # (position among the parameters, parameter)
         self.held: Handle | None = None  # which gradients a rank held: issued once a step
         self.refusal: Exception | None = None  # why this rank refuses the rest of its step

@@ -157,12 +157,15 @@ def check_outs(outs: Sequence, arrays: Sequence) -> None:
                          "uses")
 
 
-def sharing_pair(arrays: Sequence) -> tuple[int, int] | None:
+def sharing_pair(arrays: Sequence, written: Sequence[bool] | None = None
+                 ) -> tuple[int, int] | None:
     """The first (i, j), i < j, of `arrays` that share memory, or None (extents sorted
-    once; asked exactly only where they meet)."""
+    once; asked exactly only where they meet). With `written`, only pairs one of which is
+    written count (two read-only views of one buffer are fine)."""
     pairs = (tuple(sorted(pair)) for pair in _meeting(kernels.byte_extents(arrays))
-             if kernels.array_module(arrays[pair[0]]).shares_memory(arrays[pair[0]],
-                                                                    arrays[pair[1]]))
+             if (written is None or written[pair[0]] or written[pair[1]])
+             and kernels.array_module(arrays[pair[0]]).shares_memory(arrays[pair[0]],
+                                                                     arrays[pair[1]]))
     return min(pairs, default=None)
 
 

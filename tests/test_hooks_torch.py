@@ -232,3 +232,40 @@ def test_a_module_that_hides_parameters_from_named_parameters_is_waited_alike(co
     student(torch.ones(1, 3)).sum().backward()
     sync.wait()
     sync.detach()
+
+
+@pytest.mark.parametrize("tie", ["the same tensor", "overlapping views"])
+def test_gradients_that_share_memory_across_buckets_are_refused_by_name(comm, tie):
+    """Two parameters whose .grad share memory, in buckets of their own: bucket 0's in-place
+    all-reduce ran while autograd added the other gradient into the same memory, and 8-16
+    of 20 steps averaged wrongly with no error (the 110th review)."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False),
+                                torch.nn.Linear(4, 4, bias=False))
+    sync = collectives.GradSync(comm, fusion_bytes=64).attach(model)
+    flat = torch.zeros(24)
+    if tie == "the same tensor":
+        model[0].weight.grad = model[1].weight.grad = torch.zeros(4, 4)
+    else:
+        model[0].weight.grad, model[1].weight.grad = flat[:16].view(4, 4), flat[8:].view(4, 4)
+    model(torch.ones(1, 4)).sum().backward()
+    with pytest.raises(ValueError, match=r"the gradients of 1\.weight and 0\.weight share "
+                                         "memory"):
+        sync.wait()
+    model[0].weight.grad = model[1].weight.grad = None  # the communicator is usable
+    model(torch.ones(1, 4)).sum().backward()
+    sync.wait()
+    sync.detach()
+
+
+def test_a_read_only_gradient_sharing_an_averaged_ones_memory_is_named_as_a_gradient(comm):
+    """It said "arrays[0] and out[1] share memory" where no out was passed (the 110th
+    review)."""
+    w = np.ones(100, np.float32)
+    read_only = w[:]
+    read_only.flags.writeable = False
+    for grads, pair in (([read_only, w], r"grads\[0\] and grads\[1\]"),
+                        ([w, read_only], r"grads\[0\] and grads\[1\]")):
+        with pytest.raises(ValueError, match=pair + " share memory"):
+            collectives.GradSync(comm).sync(grads)
+    both = collectives.GradSync(comm).sync([read_only, read_only])  # neither written: fine
+    assert [float(g[0]) for g in both] == [1.0, 1.0]
