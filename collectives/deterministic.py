@@ -26,7 +26,7 @@ Example::
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -36,15 +36,16 @@ from . import exact_mean
 from .compression import codec_for, scale_for, unscale_into
 from .compression.scaling import absmax
 from .options import Op
-from .validation import check_array
+from .validation import array_list, check_array
 
 __all__ = ["reference_reduce", "fold_rows", "encode"]
 
 
-def reference_reduce(arrays: Sequence, op: str = "sum", *, compression: str | None = None):
+def reference_reduce(arrays: Iterable, op: str = "sum", *, compression: str | None = None):
     """The deterministic reduction of `arrays` (one per rank, in rank order): the bits that
     `deterministic=True` collectives produce (see the module doc)."""
     op = Op.parse(op)
+    arrays = array_list(arrays, "reference_reduce")
     _check_same_arrays(arrays)
     rows = np.stack([a.reshape(-1) for a in arrays])
     dtype = rows.dtype

@@ -29,6 +29,10 @@ from .stats import plan_traffic
 
 __all__ = ["reproducibly"]
 
+# From this size on, a count p does not divide runs its tail of n % p elements apart: the
+# padded copies it saves cost more than the tail's small all-gather.
+TAIL_APART_BYTES = 256 * 1024
+
 
 def reproducibly(reducer, flat, op: Op, compression: str | None, algorithm: str,
                  tag: int, deadline: float, *, keep: str, out=None, sizes=None):
@@ -43,6 +47,8 @@ def reproducibly(reducer, flat, op: Op, compression: str | None, algorithm: str,
     if xp is not np and algorithm in ("native", "auto"):
         algorithm = "ring"  # MPI's own collectives move host arrays only
     codec = codec_for(compression, flat.dtype)
+    if codec is None and keep != "block" and flat.size % p and flat.nbytes >= TAIL_APART_BYTES:
+        return _bulk_and_tail(reducer, flat, op, algorithm, tag, deadline, keep, out)
     scales = None
     if codec is not None:
         scales = _Scaled(_scales(reducer, flat, codec, op, sizes or [flat.size], deadline),
@@ -85,6 +91,30 @@ def reproducibly(reducer, flat, op: Op, compression: str | None, algorithm: str,
             kernels.copy_into(out[lo:hi], gathered[r, : hi - lo])
         else:
             scales.apply(unscale_into, out[lo:hi], gathered[r, : hi - lo], lo, hi)
+    return out
+
+
+def _bulk_and_tail(reducer, flat, op: Op, algorithm: str, tag: int, deadline: float,
+                   keep: str, out):
+    """`reproducibly` for a count p does not divide: the first p * (n // p) elements as
+    equal blocks, read and written where they lie, and the last n % p (< p) all-gathered
+    and folded on every rank. The same bits (every element is folded in rank order
+    alone), without copying the whole input into padded rows and the result out of them
+    (each a pass over memory: 0.34x the default's speed at 2^24 + 1 floats, where 2^24
+    ran at 0.89x; the 108th review)."""
+    p = reducer.size
+    bulk = flat.size - flat.size % p
+    if keep == "all" and out is None:
+        out = kernels.array_module(flat).empty(flat.size, flat.dtype)
+    reproducibly(reducer, flat[:bulk], op, None, algorithm, tag, deadline, keep=keep,
+                 out=None if out is None else out[:bulk])
+    tails = reducer.buffer("deterministic tails", flat, flat.dtype, p * (flat.size - bulk))
+    tails = tails.reshape(p, -1)
+    kernels.copy_into(tails[reducer.rank], flat[bulk:])
+    _run(reducer, "allgather", algorithm, tails, tails, tag, deadline, None)
+    if out is None:
+        return None
+    fold_rows(tails, op, out[bulk:])
     return out
 
 

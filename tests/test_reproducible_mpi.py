@@ -45,9 +45,17 @@ def test_reference_folds_in_rank_order_and_rounds_16_bits_once():
     ([np.ma.array(np.float32([1, 2]), mask=[0, 1])] * 2, TypeError, "masked array"),
     ([np.matrix([[1.0]])] * 2, TypeError, "np.matrix"),
     ([], ValueError, "one array per rank, got none"),
-], ids=["dtypes", "shapes", "lists", "uint8", "masked", "matrix", "none"])
+    (np.float32([1, 2]), TypeError, "reference_reduce takes a list of arrays"),
+    ((np.float32([r]) for r in range(2)), None, "[1.]"),
+], ids=["dtypes", "shapes", "lists", "uint8", "masked", "matrix", "none", "one array",
+        "generator"])
 def test_reference_refuses_what_the_collectives_refuse(arrays, error, text):
     """The sixteenth review: NumPy upcast mixed dtypes, broadcast shapes and wrapped uint8
-    (200 + 100 gave 44), and ignored a mask, where the collectives refuse."""
+    (200 + 100 gave 44), and ignored a mask, where the collectives refuse. One array was
+    refused as its first element, a generator as having no len (the 108th review); any
+    iterable of arrays is taken, as GradSync.sync takes it."""
+    if error is None:
+        assert str(collectives.reference_reduce(arrays, "sum")) == text
+        return
     with pytest.raises(error, match=re.escape(text)):
         collectives.reference_reduce(arrays, "sum")
