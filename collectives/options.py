@@ -93,9 +93,11 @@ def check_algorithm(name: str, collective: str = "allreduce") -> str:
     return name
 
 
-def check_compression(name: str | None) -> str | None:
-    if name not in COMPRESSIONS:
-        raise unknown_choice("compression", name, COMPRESSIONS)
+def check_compression(name: str | None, collective: str = "allreduce") -> str | None:
+    """`name` must be a compression `collective` takes ("auto" is for all-reduces only)."""
+    accepted = COMPRESSIONS if collective == "allreduce" else COMPRESSIONS[:-1]
+    if name not in accepted:
+        raise unknown_choice("compression", name, accepted)
     return name
 
 

@@ -117,6 +117,21 @@ def test_rank_that_never_arrives_gives_collective_timeout(tmp_path, check, step)
         assert "this communicator is unusable since allreduce #2 timed out" in seen["after"], seen
 
 
+def test_a_rank_that_comes_after_the_others_gave_up_is_told_so_with_the_check_off(tmp_path):
+    """It got gloo's bare RuntimeError ("Connection closed by peer"), naming neither the
+    collective nor the cause, which `except CollectiveError` did not catch (the 107th
+    review)."""
+    from tests.workers.timeouts import TIMEOUT
+
+    torchrun(2, "timeouts", "late", "ring", str(tmp_path), env={"COLLECTIVES_CHECK": "0"},
+             timeout=120)
+    first, late = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert first["error"] == "CollectiveTimeout", first
+    assert late["error"] == "PeerError" and late["elapsed"] < TIMEOUT, late
+    assert late["message"].startswith("allreduce #2 ") and "rank 1: rank 0 closed its " \
+        "connection" in late["message"], late
+
+
 def _one_rank(code: str) -> subprocess.CompletedProcess:
     """`python -c code` as the one rank of torchrun's environment."""
     pytest.importorskip("torch", reason="the torch extra is not installed")

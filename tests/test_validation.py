@@ -309,6 +309,18 @@ def test_a_compression_typo_with_native_is_named_as_a_typo(collective):
         collective_options(collective, algorithm="native", compression="fp17")
     with pytest.raises(ValueError, match="needs a plan algorithm"):
         collective_options(collective, algorithm="native", compression="fp16")
+    # The list offered 'auto', which these then refused (the 107th review)
+    with pytest.raises(ValueError, match=re.escape("accepted: None, 'fp16', 'bf16'") + "$"):
+        collective_options(collective, compression="fp8")
+
+
+def test_an_integer_array_refused_compression_is_told_it_travels_exactly():
+    """It said "integers are summed exactly" to an allgather, which sums nothing (the 107th
+    review)."""
+    from collectives.compression import codec_for
+
+    with pytest.raises(TypeError, match="integers travel exactly: pass compression=None"):
+        codec_for("fp16", np.dtype(np.int32))
 
 
 def test_numpy_bools_are_bools():

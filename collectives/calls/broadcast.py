@@ -43,6 +43,11 @@ class Broadcast(Collective):
         payload = super().riding_payload(ctx)
         return payload if ctx.rank == self.root else payload[:0]  # only root's data rides
 
+    def riding_traffic(self, ctx: Context) -> tuple[int, int]:
+        if ctx.rank == self.root:
+            return (ctx.size - 1) * self.x.nbytes, 0
+        return 0, self.x.nbytes
+
     def _result(self):
         return kernels.array_module(self.x).empty_like(self.x) if self.out is None else self.out
 

@@ -46,7 +46,8 @@ def collective_options(collective: str, *, op="sum", algorithm=None, compression
     if compression == "auto":
         raise ValueError(f"compression='auto' is for allreduce and allreduce_many; pass "
                          f"None, 'fp16' or 'bf16' to {collective}")
-    check_compression(compression)  # (a typo is named as such, before what native lacks)
+    # (a typo is named as such, before what native lacks)
+    check_compression(compression, collective)
     if compression is not None and algorithm == "native" and not deterministic:
         raise ValueError(f"compression={compression!r} needs a plan algorithm for "
                          f"{collective}: MPI's own {collective} has no codec; pass "
@@ -140,11 +141,17 @@ class Collective(Call):
         """What this rank's record carries when the call rides (x itself by default)."""
         return as_payload(self.x)
 
+    def riding_traffic(self, ctx: Context) -> tuple[int, int]:
+        """(sent, received) bytes of data in the records when the call rides: every
+        rank's x to every other rank by default."""
+        moved = (ctx.size - 1) * self.x.nbytes
+        return moved, moved
+
     def move(self, ctx: Context, seq: int, deadline: float, rows):
         start = time.perf_counter()
         if self.payload is not None:
             result = self.from_rows(ctx, rows)
-            self._record(ctx, "direct", start, (ctx.size - 1) * self.x.nbytes)
+            self._record(ctx, "direct", start, *self.riding_traffic(ctx))
             return result
         algorithm = self.options.algorithm
         if self.options.deterministic:
@@ -159,7 +166,7 @@ class Collective(Call):
         if algorithm == "native":
             result = self.native(ctx, seq % TAG_LIMIT, deadline)
             if not self.exact_mean():
-                self._record(ctx, "native", start, self.x.nbytes)
+                self._record(ctx, "native", start, self.x.nbytes, self.x.nbytes)
             return result
         return self.planned(ctx, algorithm, seq % TAG_LIMIT, deadline)
 
@@ -248,6 +255,7 @@ class Collective(Call):
         if after is not None:
             kernels.divide_into(result, after)
 
-    def _record(self, ctx: Context, algorithm: str, start: float, moved: int) -> None:
+    def _record(self, ctx: Context, algorithm: str, start: float, sent: int,
+                received: int) -> None:
         ctx.reducer.stats.record(f"{self.collective}:{algorithm}", time.perf_counter() - start,
-                                 moved, moved, modelled=algorithm == "native")
+                                 sent, received, modelled=algorithm == "native")

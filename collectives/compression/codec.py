@@ -76,7 +76,7 @@ def codec_for(compression: str | None, dtype: np.dtype) -> HalfCodec | None:
     if np.dtype(dtype).kind not in "f" and np.dtype(dtype) not in kernels.HALF_DTYPES:
         raise TypeError(
             f"compression {compression!r} needs floating-point arrays, got {np.dtype(dtype)}; "
-            "integers are summed exactly: pass compression=None for them"
+            "integers travel exactly: pass compression=None for them"
         )
     return codec
 

@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 import kernels
 
-from ..errors import CollectiveError, CollectiveTimeout
+from ..errors import CollectiveError, CollectiveTimeout, PeerError
 from .base import RECORD_CAPACITY
 from .dropped import DroppedSends
 from .gloo_messages import GlooMessages, byte_tensor
@@ -136,10 +136,27 @@ class TorchDistTransport:
         return transport
 
     def isend(self, buf: np.ndarray, peer: int, tag: int):
-        return dist.isend(byte_tensor(buf), group=self.group, group_dst=peer, tag=tag)
+        try:
+            return dist.isend(byte_tensor(buf), group=self.group, group_dst=peer, tag=tag)
+        except RuntimeError as error:  # (gloo's bare error escaped: the 107th review)
+            raise self._posting_failed("a message to", peer, error) from None
 
     def irecv(self, buf: np.ndarray, peer: int, tag: int):
-        return dist.irecv(byte_tensor(buf), group=self.group, group_src=peer, tag=tag)
+        try:
+            return dist.irecv(byte_tensor(buf), group=self.group, group_src=peer, tag=tag)
+        except RuntimeError as error:
+            raise self._posting_failed("a message from", peer, error) from None
+
+    def _posting_failed(self, what: str, peer: int, error: RuntimeError) -> CollectiveError:
+        """What gloo's refusal to post means: a PeerError where `peer` closed the group's
+        connections (it gave up, failed or was interrupted: gloo carries no notice that
+        would say which), else a CollectiveError."""
+        if "closed" in str(error).lower():
+            return PeerError(f"rank {self.rank}: rank {peer} closed its connection (it gave "
+                             f"up, failed or was interrupted), so {what} it could not be "
+                             f"posted: {error}")
+        return CollectiveError(f"rank {self.rank}: gloo could not post {what} rank {peer}: "
+                               f"{error}")
 
     def wait_all(self, requests: Sequence, deadline: float, what: str) -> None:
         for request in requests:

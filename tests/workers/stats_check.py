@@ -50,9 +50,25 @@ def main() -> None:
     native = comm.stats()["native"]
     tally.check(native.modelled and native.bytes_sent == native_traffic(x.nbytes, p),
                 f"native: {native}")
+    check_riding_broadcast(comm, tally)
     comm.reset_stats()
     tally.check(len(comm.stats()) == 0 and comm.stats().bytes_sent == 0, "reset_stats kept totals")
     tally.finish()
+
+
+def check_riding_broadcast(comm, tally: Tally) -> None:
+    """Only root's data rides in a small broadcast: every rank counted (p - 1) * nbytes
+    sent and received (the 107th review)."""
+    p, root, nbytes = comm.size, comm.size - 1, 1000
+    comm.reset_stats()
+    comm.broadcast(np.zeros(nbytes, np.uint8).view(np.float32), root=root)
+    if p == 1:
+        return
+    direct = comm.stats()["broadcast:direct"]
+    want = ((p - 1) * nbytes, 0) if comm.rank == root else (0, nbytes)
+    tally.check((direct.bytes_sent, direct.bytes_received) == want,
+                f"riding broadcast: sent {direct.bytes_sent} received {direct.bytes_received}, "
+                f"want {want}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ Usage: mpiexec -n P python -m tests.workers.timeouts MODE ALGORITHM OUTDIR
   interrupted  the last rank comes late to the second collective; a signal handler raises
           KeyboardInterrupt in rank 0's after INTERRUPT_AFTER s: each rank writes what it
           saw to OUTDIR/rank<r>.json.
+  late    the last rank comes to the second collective after the others timed out in it:
+          each rank writes what it saw to OUTDIR/rank<r>.json.
   exit    rank 1 calls os._exit(3) in the middle of a run of collectives.
   kill    rank 1 sends itself SIGKILL in the middle of a run of collectives.
   raise   rank 1 raises an uncaught exception in the middle of a run of collectives.
@@ -64,13 +66,13 @@ def absent(comm, algorithm: str, outdir: Path, grow: bool = False) -> None:
     time.sleep(60)  # the abort ends this rank too
 
 
-def interrupted(comm, algorithm: str, outdir: Path) -> None:
+def late(comm, algorithm: str, outdir: Path, interrupt: bool) -> None:
     x = rank_data(COUNT, np.float32, comm.rank)
     comm.allreduce(x, algorithm=algorithm)  # all ranks arrive here
     seen: dict[str, object] = {"rank": comm.rank}
     if comm.rank == comm.size - 1:
-        time.sleep(TIMEOUT * 0.75)
-    elif comm.rank == 0:
+        time.sleep(TIMEOUT * (0.75 if interrupt else 1.5))
+    elif comm.rank == 0 and interrupt:
         signal.signal(signal.SIGALRM, _raise_interrupt)
         signal.setitimer(signal.ITIMER_REAL, INTERRUPT_AFTER)
     start = time.monotonic()
@@ -127,9 +129,10 @@ def main() -> None:
         meet()
         absent(collectives.init(timeout=TIMEOUT), algorithm, Path(sys.argv[3]),
                grow=mode == "absent-grow")
-    elif mode == "interrupted":
+    elif mode in ("interrupted", "late"):
         meet()
-        interrupted(collectives.init(timeout=TIMEOUT), algorithm, Path(sys.argv[3]))
+        late(collectives.init(timeout=TIMEOUT), algorithm, Path(sys.argv[3]),
+             interrupt=mode == "interrupted")
     else:
         dies(collectives.init(), algorithm, mode)
 
