@@ -64,7 +64,9 @@ BUS_FACTORS = {
 
 @dataclass(frozen=True)
 class Prediction:
-    """What a simulated collective costs: `time` in seconds (the plan, slowest rank)."""
+    """What a simulated collective costs: `time` in seconds (the plan, slowest rank).
+    Simulated by class, `bytes_sent` and `class_bytes` count each rank as its class's
+    representative: within one element per message where the count does not divide."""
 
     algorithm: str
     collective: str
