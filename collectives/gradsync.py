@@ -384,7 +384,8 @@ class GradSync:
             self._fill_missing()
             self._launch(len(self._buckets))
             if self._buckets and step.held is None:  # (not attached, or detached: nothing)
-                shared = self._shared_gradients() if step.refusal is None else None
+                shared = None if step.refusal is not None else self._sharing(
+                    [p for p, _ in step.views], [view for _, view in step.views])
                 step.refusal = step.refusal or shared  # (the others learn of it from held)
                 step.held = self._issue_held()
                 if shared is not None:
@@ -531,6 +532,9 @@ class GradSync:
             if step.refusal is None:
                 try:
                     views = [self._gradient(p) for p in self._buckets[b]]
+                    shared = self._sharing(self._buckets[b], views)  # (named: the peers
+                    if shared is not None:  # were told "out[0] and out[1]"; the 111th review)
+                        raise shared
                 except (TypeError, ValueError, BufferError) as error:
                     step.refusal = error
             if step.refusal is None:
@@ -541,13 +545,12 @@ class GradSync:
                 made = self.comm.refuse_async("allreduce_many", step.refusal)
             step.handles.append(made)
 
-    def _shared_gradients(self) -> ValueError | None:
-        """ValueError naming two parameters whose gradients share memory, or None: each
-        bucket averages its gradients in place, so one bucket's all-reduce ran while backward
-        added another's gradient into the same memory (8-16 of 20 steps averaged wrongly,
-        no error; the 110th review)."""
-        params = [p for p, _ in self._step.views]
-        pair = sharing_pair([view for _, view in self._step.views])
+    def _sharing(self, params: list, views: list) -> ValueError | None:
+        """ValueError naming two of `params` whose gradients (`views`) share memory, or
+        None: each bucket averages its gradients in place, so one bucket's all-reduce ran
+        while backward added another's gradient into the same memory (8-16 of 20 steps
+        averaged wrongly, no error; the 110th review)."""
+        pair = sharing_pair(views)
         if pair is None:
             return None
         first, second = (self._names.get(id(params[i]), "a parameter") for i in pair)
