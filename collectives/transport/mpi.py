@@ -533,11 +533,28 @@ class MPITransport:
             reason = error.Get_error_string().splitlines()[-1].strip()
             done = None
         if not done and self._closed:
-            raise CollectiveError(f"{what} failed: the communicator was closed before it "
-                                  "completed")
+            raise self._closed_before(request, what)
         if done is None:
             raise CollectiveError(f"{what} failed: {reason}")
         return done
+
+    def _closed_before(self, request, what: str) -> CollectiveError:
+        """The error for a message the communicator closed before it completed. One MPI
+        still holds is kept with its buffer, and may still complete: a send pending at a
+        close nobody met was said to have failed, yet delivered later from x as it then
+        was, or from freed and reused memory (the 113th review)."""
+        closed = f"{what} failed: the communicator was closed before it completed"
+        live = request.request if isinstance(request, ProbedReceive) else request
+        if live is None or live == MPI.REQUEST_NULL:  # (a receive MPI never had)
+            return CollectiveError(closed)
+        if not any(live is kept for kept in self._abandoned):
+            self._abandoned.append(live)
+        if isinstance(request, ProbedReceive):
+            return CollectiveError(f"{closed}; a message already arriving may still land in "
+                                   "out (a transfer under way cannot be withdrawn): do not "
+                                   "reuse out for another message")
+        return CollectiveError(f"{closed}; the message may still be delivered, from x as it "
+                               "is then (a send cannot be withdrawn): leave x unchanged")
 
     def p2p_peer_left(self, peer: int) -> Notice | None:
         notices = self._notices
@@ -686,11 +703,20 @@ class MPITransport:
         `deadline`; PeerError as soon as a peer's notice says it will not take part (unless
         `notices` is False: waits outside any collective, such as closing). An MPI error
         in `test` is the library's (`_failed`)."""
+        def meanwhile() -> None:
+            # A receive posted ahead may be what a peer's large send, and so the peer's part
+            # in this wait, waits for: MPI gets it only once probed (a rank receiving
+            # while in a collective timed out with its sender; the 113th review).
+            if not self._closed:
+                self._sweep_receives()
+            if notices:
+                self.check_peers()
+
         try:
             return poll(test, deadline,
                         lambda: CollectiveTimeout(f"rank {self.rank}: timed out waiting for "
                                                   f"{what}"),
-                        interrupt=self.check_peers if notices else None)
+                        interrupt=meanwhile)
         except MPI.Exception as error:
             raise self._failed(error, what) from None
 
