@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..errors import CollectiveError
+from ..errors import CollectiveError, PeerError
 
 __all__ = ["GlooMessages", "byte_tensor"]
 
@@ -63,7 +63,7 @@ class GlooMessages:
     def send(self, buf: np.ndarray, peer: int, tag: int) -> _Message:
         data = byte_tensor(buf)
         header = np.array([data.numel()], np.int64)
-        with self._lock, self._posting("send to", peer, tag):  # a message's header and
+        with self._lock, self._posting("send to", peer, tag, buf.nbytes):  # a message's header and
             works = [dist.isend(byte_tensor(header), group=self.group, group_dst=peer,
                                 tag=_TAGS + 2 * tag)]  # bytes go out one after the other
             if data.numel():
@@ -74,7 +74,7 @@ class GlooMessages:
 
     def recv(self, buf: np.ndarray, peer: int, tag: int) -> _Message:
         data = byte_tensor(buf)
-        with self._lock, self._posting("receive from", peer, tag):
+        with self._lock, self._posting("receive from", peer, tag, buf.nbytes):
             key = (peer, tag)
             receive = _Receive(self, data, key, self._last.get(key))
             self._last[key] = receive
@@ -82,14 +82,14 @@ class GlooMessages:
         return receive
 
     @contextlib.contextmanager
-    def _posting(self, what: str, peer: int, tag: int):
+    def _posting(self, what: str, peer: int, tag: int, nbytes: int):
         """gloo's RuntimeError on posting (the peer's connection closed: it left) as the
         library's error (it escaped raw; the eighty-ninth review's run)."""
         try:
             yield
         except RuntimeError as error:
-            raise CollectiveError(f"rank {self.group.rank()}: {what} rank {peer} (tag {tag}) "
-                                  f"failed: {error}") from None
+            raise gloo_error(f"rank {self.group.rank()}: {what} rank {peer} (tag {tag}, "
+                             f"{nbytes} bytes)", error, peer) from None
 
     def close_connections(self) -> None:
         """Fail every pending request of the group now (their waits raise)."""
@@ -120,6 +120,18 @@ class GlooMessages:
             self._pending -= 1
 
 
+def gloo_error(what: str, error: Exception, peer: int | None = None) -> CollectiveError:
+    """`what` failed with gloo's `error`: a PeerError where the peer's connection closed
+    under it (the peer left, gave up, failed or was interrupted: gloo carries no notice
+    that says which; the 107th and 113th reviews), else a CollectiveError."""
+    text = str(error)
+    if "closed by peer" in text or "Connection reset" in text:
+        who = "the peer" if peer is None else f"rank {peer}"
+        return PeerError(f"{what} failed: {who} closed the connection (it left, gave up, "
+                         f"failed or was interrupted): {text}")
+    return CollectiveError(f"{what} failed: {text}")
+
+
 class _Message:
     """A message that a thread of its own waits for; `test()` reads the outcome."""
 
@@ -128,22 +140,24 @@ class _Message:
     def __init__(self, messages: GlooMessages) -> None:
         self.messages = messages
         self.done = threading.Event()
-        self.problem: str | None = None  # appended to `what` in the CollectiveError
+        self.problem: Exception | str | None = None  # gloo's error, or what went wrong
         threading.Thread(target=self._run, name="collectives-gloo-message", daemon=True).start()
 
     def test(self, what: str) -> bool:
         """Whether the message completed; CollectiveError if it failed."""
         if not self.done.is_set():
             return False
+        if isinstance(self.problem, str):
+            raise CollectiveError(f"{what}: {self.problem}")
         if self.problem is not None:
-            raise CollectiveError(f"{what}{self.problem}")
+            raise gloo_error(what, self.problem)
         return True
 
     def _run(self) -> None:
         try:
             self._complete()
         except Exception as error:  # noqa: BLE001 - reported by test()
-            self.problem = f" failed: {error}"
+            self.problem = error
         finally:
             self.messages._ended()
             self.done.set()
@@ -192,7 +206,7 @@ class _Receive(_Message):
         if work is not None:
             work.wait(_NO_LIMIT)
         if nbytes != room:
-            self.problem = (f": message truncated: it has {nbytes} bytes, the buffer {room}"
+            self.problem = (f"message truncated: it has {nbytes} bytes, the buffer {room}"
                             if nbytes > room else
-                            f": the message has {nbytes} bytes, the buffer {room}"
+                            f"the message has {nbytes} bytes, the buffer {room}"
                             ) + "; the buffer was not written"

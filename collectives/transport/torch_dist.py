@@ -32,10 +32,10 @@ import torch.distributed as dist
 
 import kernels
 
-from ..errors import CollectiveError, CollectiveTimeout, PeerError
+from ..errors import CollectiveError, CollectiveTimeout
 from .base import RECORD_CAPACITY
 from .dropped import DroppedSends
-from .gloo_messages import GlooMessages, byte_tensor
+from .gloo_messages import GlooMessages, byte_tensor, gloo_error
 
 __all__ = ["TorchDistTransport"]
 
@@ -139,24 +139,15 @@ class TorchDistTransport:
         try:
             return dist.isend(byte_tensor(buf), group=self.group, group_dst=peer, tag=tag)
         except RuntimeError as error:  # (gloo's bare error escaped: the 107th review)
-            raise self._posting_failed("a message to", peer, error) from None
+            raise gloo_error(f"rank {self.rank}: posting a send to rank {peer}", error,
+                             peer) from None
 
     def irecv(self, buf: np.ndarray, peer: int, tag: int):
         try:
             return dist.irecv(byte_tensor(buf), group=self.group, group_src=peer, tag=tag)
         except RuntimeError as error:
-            raise self._posting_failed("a message from", peer, error) from None
-
-    def _posting_failed(self, what: str, peer: int, error: RuntimeError) -> CollectiveError:
-        """What gloo's refusal to post means: a PeerError where `peer` closed the group's
-        connections (it gave up, failed or was interrupted: gloo carries no notice that
-        would say which), else a CollectiveError."""
-        if "closed" in str(error).lower():
-            return PeerError(f"rank {self.rank}: rank {peer} closed its connection (it gave "
-                             f"up, failed or was interrupted), so {what} it could not be "
-                             f"posted: {error}")
-        return CollectiveError(f"rank {self.rank}: gloo could not post {what} rank {peer}: "
-                               f"{error}")
+            raise gloo_error(f"rank {self.rank}: posting a receive from rank {peer}", error,
+                             peer) from None
 
     def wait_all(self, requests: Sequence, deadline: float, what: str) -> None:
         for request in requests:
@@ -248,7 +239,13 @@ class TorchDistTransport:
         """Whether a p2p request completed; CollectiveError if it failed, or if a received
         message had another size than its buffer (then not written)."""
         self._dropped.tidy()
-        return request.test(what)
+        try:
+            return request.test(what)
+        except CollectiveError:
+            if self.group is None:  # (it said "Application timeout caused pair closure":
+                raise CollectiveError(f"{what} failed: the communicator was closed before "
+                                      "it completed") from None  # ours; the 113th review)
+            raise
 
     def p2p_peer_left(self, peer: int) -> None:
         """No notices over gloo: a message with a rank that left fails when gloo sees its
@@ -357,7 +354,7 @@ class TorchDistTransport:
         except RuntimeError as error:
             if "timed out" in str(error).lower() or time.monotonic() >= deadline:
                 raise CollectiveTimeout(f"rank {self.rank}: timed out waiting for {what}") from None
-            raise CollectiveError(f"rank {self.rank}: {what} failed: {error}") from error
+            raise gloo_error(f"rank {self.rank}: {what}", error) from error
         except BaseException:
             self.abandon([work], [])  # the late peers are told at once (an expired wait
             raise  # told nobody)
