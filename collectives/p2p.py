@@ -56,9 +56,11 @@ class Message:
 
     def __init__(self, transport, buffer, peer: int, tag: int, *, send: bool, timeout: float):
         check_array(buffer, "x" if send else "out")
-        if not buffer.flags.c_contiguous:
-            raise ValueError(f"{'x' if send else 'out'} must be contiguous for a "
-                             f"{'send' if send else 'receive'}")
+        if not buffer.flags.c_contiguous:  # (a Fortran-ordered array was told it is not
+            name = "x" if send else "out"  # contiguous; the 113th review)
+            raise ValueError(f"{name} must be C-contiguous (row-major) for a "
+                             f"{'send' if send else 'receive'}; pass np.ascontiguousarray("
+                             f"{name})" + ("" if send else " and copy it back"))
         if not send and not buffer.flags.writeable:
             raise ValueError("out is read-only; pass a writable array")
         flat = buffer.reshape(-1)
@@ -76,6 +78,11 @@ class Message:
         if left is not None:  # (a small send completed into nowhere: the 86th review)
             raise PeerError(f"{self._what} refused: {left}")
         self._request = post(flat, peer, tag)
+
+    @property
+    def what(self) -> str:
+        """The message in words: the rank, its peer, tag and bytes."""
+        return self._what
 
     def test(self) -> bool:
         """Whether the message completed (raises if it failed)."""

@@ -130,6 +130,16 @@ def test_one_rank_world_runs_and_reports_its_options(world_of_one, monkeypatch):
     assert group.comm.stats()["ring+bf16"].calls == 1
 
 
+def test_native_with_a_compression_is_refused_when_the_group_is_made(world_of_one,
+                                                                      monkeypatch):
+    """It was taken, then every reduce and reduce-scatter on the group failed ("MPI's own
+    reduce_scatter has no codec; pass algorithm=..."; the 112th review)."""
+    with pytest.raises(ValueError, match="algorithm 'native' .* with compression 'fp16'"):
+        dist.init_process_group("collectives", init_method=world_of_one, rank=0, world_size=1,
+                                pg_options=BackendOptions(algorithm="native",
+                                                          compression="fp16"))
+
+
 def test_pg_options_of_another_type_are_refused(world_of_one):
     with pytest.raises(TypeError, match="pg_options of backend 'collectives' must be a "
                                         "BackendOptions"):

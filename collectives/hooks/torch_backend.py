@@ -114,6 +114,14 @@ class CollectivesProcessGroup(dist.ProcessGroup):
             if compression not in _COMPRESSIONS:
                 raise ValueError(f"COLLECTIVES_COMPRESSION: "
                                  f"{unknown_choice('compression', compression, _COMPRESSIONS)}")
+            if chosen == "native" and compression != "none":  # (each reduce and reduce-
+                # scatter failed later; the 112th review)
+                raise ValueError(
+                    f"the group's algorithm 'native' (BackendOptions or COLLECTIVES_ALGORITHM) "
+                    f"with compression {compression!r} (BackendOptions or "
+                    f"COLLECTIVES_COMPRESSION): MPI's own reduce and reduce-scatter have no "
+                    f"codec; choose a plan algorithm ('auto', 'ring', ...) or compression "
+                    f"'none'")
         _agree_on_options(comm, chosen, compression)
         self._compression = check_compression(None if compression == "none" else compression)
         self._group_name = ""
@@ -284,7 +292,27 @@ class CollectivesProcessGroup(dist.ProcessGroup):
     @_refusing("allgather")
     def allgather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
                   opts=AllgatherOptions()) -> dist.Work:
-        """Into a list of tensors per input: gathered whole, then copied out."""
+        """Into a list of tensors per input (`output_lists[j][r]`: rank r's input j)."""
+        # (the future's value: gloo's, the one list of one input; it was nested in another)
+        return self._allgather_lists(output_lists, inputs,
+                                     output_lists[0] if len(output_lists) == 1 else None)
+
+    @_refusing("allgather")
+    def allgather_coalesced(self, output_lists: list[list[torch.Tensor]],
+                            inputs: list[torch.Tensor], opts=AllgatherOptions()) -> dist.Work:
+        """torch's coalesced form: `output_lists[r][j]` is rank r's input j, the transpose
+        of the list form's (taken as that form, each rank's inputs landed in the places of
+        the others' on every rank, no error; the 112th review)."""
+        if len(output_lists) != self.size() or any(len(o) != len(inputs) for o in output_lists):
+            raise ValueError(f"all_gather_coalesced: the output must be {self.size()} lists "
+                             f"(one per rank) of {len(inputs)} tensors (one per input), got "
+                             f"lists of {[len(o) for o in output_lists]}")
+        per_input = [[outputs[j] for outputs in output_lists] for j in range(len(inputs))]
+        return self._allgather_lists(per_input, inputs, output_lists)
+
+    def _allgather_lists(self, output_lists: list[list[torch.Tensor]],
+                         inputs: list[torch.Tensor], value) -> dist.Work:
+        """Gathered whole, then copied out; `value` (None: output_lists) is the future's."""
         if len(output_lists) != len(inputs):
             raise ValueError(f"all_gather: {len(output_lists)} output lists for "
                              f"{len(inputs)} inputs")
@@ -304,11 +332,9 @@ class CollectivesProcessGroup(dist.ProcessGroup):
                 for r, row in enumerate(rows):
                     row.array[...] = whole[r].reshape(row.array.shape)
                     row.finish()
-            return output_lists
+            return output_lists if value is None else value
 
         return HandleWork(handles, finish, lambda: tensors_named(inputs))
-
-    allgather_coalesced = allgather
 
     @_refusing("alltoall")
     def all_to_all_single(self, output: torch.Tensor, input: torch.Tensor,

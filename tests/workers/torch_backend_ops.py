@@ -107,6 +107,20 @@ def check_movement(group, tally: Tally) -> None:
             listed = [torch.empty(count, dtype=dtype) for _ in range(p)]
             dist.all_gather(listed, tensor(count, dtype, r), group=group)
             tally.check(same(torch.cat(listed), rows), f"all_gather {dtype} x{count}")
+    # torch's coalesced form holds outputs[rank][input], the list form's transpose (read as
+    # the list form, ranks' inputs landed in each other's places; the 112th review); a
+    # list form's future is the one output list, not nested in another
+    ins = [torch.full((2 + j,), float(10 * r + j)) for j in range(3)]
+    outs = [[torch.empty(2 + j) for j in range(3)] for _ in range(p)]
+    dist.all_gather_coalesced(outs, ins, group=group)
+    tally.check(all(torch.equal(outs[q][j], torch.full((2 + j,), float(10 * q + j)))
+                    for q in range(p) for j in range(3)), f"all_gather_coalesced: {outs}")
+    listed = [torch.empty(2) for _ in range(p)]
+    value = dist.all_gather(listed, torch.full((2,), float(r)), group=group,
+                            async_op=True).get_future().wait()
+    tally.check(len(value) == p and all(torch.equal(v, torch.full((2,), float(q)))
+                                        for q, v in enumerate(value)),
+                f"all_gather's future value: {value}")
     sent = torch.arange(2 * p, dtype=torch.int16) + 100 * r  # rows 2q, 2q+1 go to rank q
     got = torch.empty_like(sent)
     dist.all_to_all_single(got, sent, group=group)
@@ -452,6 +466,20 @@ def check_point_to_point(group, tally: Tally) -> None:
         want = [tensor(COUNT, dtype, sender), tensor(4, dtype, sender + 1)]
         tally.check(all(torch.equal(got, w) for got, w in zip(received, want)),
                     f"send/recv {dtype}: {received}, expected {want}")
+    # A bounded wait that runs out names the message (it said "the message"; the 113th
+    # review), which stays posted and completes later
+    got = torch.zeros(3)
+    work = dist.irecv(got, prev, group=group, tag=6)
+    try:
+        work.wait(timeout=timedelta(seconds=0.1))
+        tally.check(False, "a bounded wait for a message nobody sent returned")
+    except TimeoutError as error:
+        tally.check(f"receive from rank {(r - 1) % p} (tag 6" in str(error),
+                    f"bounded wait: {error}")
+    dist.barrier(group=group)
+    dist.send(torch.full((3,), float(r)), nxt, group=group, tag=6)
+    work.wait()
+    tally.check(torch.equal(got, torch.full((3,), float((r - 1) % p))), f"then: {got}")
 
 
 def check_options_agreed(tally: Tally) -> None:
