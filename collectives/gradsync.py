@@ -532,8 +532,10 @@ class GradSync:
             if step.refusal is None:
                 try:
                     views = [self._gradient(p) for p in self._buckets[b]]
-                    shared = self._sharing(self._buckets[b], views)  # (named: the peers
-                    if shared is not None:  # were told "out[0] and out[1]"; the 111th review)
+                    # (named here: the peers were told "out[0] and out[1]"; the 111th
+                    # review)
+                    shared = self._sharing(self._buckets[b], views)
+                    if shared is not None:
                         raise shared
                 except (TypeError, ValueError, BufferError) as error:
                     step.refusal = error

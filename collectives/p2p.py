@@ -56,8 +56,9 @@ class Message:
 
     def __init__(self, transport, buffer, peer: int, tag: int, *, send: bool, timeout: float):
         check_array(buffer, "x" if send else "out")
-        if not buffer.flags.c_contiguous:  # (a Fortran-ordered array was told it is not
-            name = "x" if send else "out"  # contiguous; the 113th review)
+        # (a Fortran-ordered array was told it is not contiguous; the 113th review)
+        if not buffer.flags.c_contiguous:
+            name = "x" if send else "out"
             raise ValueError(f"{name} must be C-contiguous (row-major) for a "
                              f"{'send' if send else 'receive'}; pass np.ascontiguousarray("
                              f"{name})" + ("" if send else " and copy it back"))

@@ -159,11 +159,12 @@ def check_outs(outs: Sequence, arrays: Sequence) -> None:
 
 def sharing_pair(arrays: Sequence, written: Sequence[bool] | None = None
                  ) -> tuple[int, int] | None:
-    """The first (i, j), i < j, of `arrays` that share memory, or None (extents sorted
-    once; asked exactly only where they meet). With `written`, only pairs one of which is
-    written count (two read-only views of one buffer are fine). Views interleaved in one
-    buffer (the columns of a matrix) all meet: past a few pairs per array their elements
-    are compared instead (asking each pair took 7 s for 2000 columns; the 111th review)."""
+    """(i, j), i < j, two of `arrays` that share memory, or None (extents sorted once;
+    asked exactly only where they meet, the first such pair named). With `written`, only
+    pairs one of which is written count (two read-only views of one buffer are fine).
+    Views interleaved in one buffer (the columns of a matrix) all meet: past a few pairs
+    per array their elements are compared instead, naming the pair that meets first in
+    memory (asking each pair took 7 s for 2000 columns; the 111th review)."""
     if written is None:
         written = [True] * len(arrays)
     budget = _PAIRS_PER_ARRAY * len(arrays)

@@ -114,8 +114,8 @@ class CollectivesProcessGroup(dist.ProcessGroup):
             if compression not in _COMPRESSIONS:
                 raise ValueError(f"COLLECTIVES_COMPRESSION: "
                                  f"{unknown_choice('compression', compression, _COMPRESSIONS)}")
-            if chosen == "native" and compression != "none":  # (each reduce and reduce-
-                # scatter failed later; the 112th review)
+            # (each reduce and reduce-scatter failed later; the 112th review)
+            if chosen == "native" and compression != "none":
                 raise ValueError(
                     f"the group's algorithm 'native' (BackendOptions or COLLECTIVES_ALGORITHM) "
                     f"with compression {compression!r} (BackendOptions or "

@@ -154,8 +154,8 @@ class MessageWork(dist.Work):
         self._finish: Callable[[], None] | None = finish
 
     def wait(self, timeout: timedelta | None = None) -> bool:
-        _wait_until(self._message.test, timeout, self._message.what)  # (it said "the
-        # message", naming no rank, tag or size; the 113th review)
+        # (it said "the message", naming no rank, tag or size; the 113th review)
+        _wait_until(self._message.test, timeout, self._message.what)
         self._message.wait()
         self._finished()
         return True

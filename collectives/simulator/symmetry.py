@@ -84,9 +84,10 @@ def _shift_maps_nodes_onto_nodes(cluster: ClusterModel) -> bool:
     s (so does every shift): ranks dealt to nodes round-robin (`mpiexec --map-by node`),
     the 109th review's 256 ranks in 32 nodes taking 8 s per new size to simulate whole."""
     node_of, p = cluster.topology.node_of, cluster.size
+    # (per-node links: a node's shared link summed its ranks' one-element differences,
+    # 8.4e-3 low at 256 ranks in 4 nodes; the 111th review)
     if cluster.torus_links or cluster.intra.per_node or cluster.inter.per_node:
-        return False  # (a node's shared link summed its ranks' one-element differences:
-        # 8.4e-3 under at 256 ranks in 4 nodes; the 111th review)
+        return False
     image: dict[int, int] = {}
     for rank, node in enumerate(node_of):
         if image.setdefault(node, node_of[(rank + 1) % p]) != node_of[(rank + 1) % p]:

@@ -63,9 +63,10 @@ class GlooMessages:
     def send(self, buf: np.ndarray, peer: int, tag: int) -> _Message:
         data = byte_tensor(buf)
         header = np.array([data.numel()], np.int64)
-        with self._lock, self._posting("send to", peer, tag, buf.nbytes):  # a message's header and
+        # (a message's header and bytes go out one after the other)
+        with self._lock, self._posting("send to", peer, tag, buf.nbytes):
             works = [dist.isend(byte_tensor(header), group=self.group, group_dst=peer,
-                                tag=_TAGS + 2 * tag)]  # bytes go out one after the other
+                                tag=_TAGS + 2 * tag)]
             if data.numel():
                 works.append(dist.isend(data, group=self.group, group_dst=peer,
                                         tag=_TAGS + 2 * tag + 1))

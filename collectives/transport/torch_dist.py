@@ -242,9 +242,11 @@ class TorchDistTransport:
         try:
             return request.test(what)
         except CollectiveError:
-            if self.group is None:  # (it said "Application timeout caused pair closure":
+            # (closed: it said "Application timeout caused pair closure", ours; the 113th
+            # review)
+            if self.group is None:
                 raise CollectiveError(f"{what} failed: the communicator was closed before "
-                                      "it completed") from None  # ours; the 113th review)
+                                      "it completed") from None
             raise
 
     def p2p_peer_left(self, peer: int) -> None:
