@@ -167,11 +167,15 @@ def sharing_pair(arrays: Sequence, written: Sequence[bool] | None = None
     memory (asking each pair took 7 s for 2000 columns; the 111th review)."""
     if written is None:
         written = [True] * len(arrays)
-    budget = _PAIRS_PER_ARRAY * len(arrays)
+    elements = sum(x.size for x in arrays)
+    # Asking a pair costs about 3 us, sorting an element about 0.5 us: the elements once
+    # the pairs asked would cost more (a few large views of one buffer, the heads of an
+    # attention matrix, stay pair by pair: 1 ms there, 1 s by elements; the 114th review).
+    budget = max(_PAIRS_PER_ARRAY * len(arrays), elements // 4)
     found = []
     for count, (a, b) in enumerate(_meeting(kernels.byte_extents(arrays))):
-        if count == budget and all(type(x) is np.ndarray for x in arrays) and sum(
-                x.size for x in arrays) <= _ELEMENTS_COMPARED:
+        if count == budget and elements <= _ELEMENTS_COMPARED and all(
+                isinstance(x, np.ndarray) for x in arrays):
             return _sharing_elements(arrays, written)
         if (written[a] or written[b]) and kernels.array_module(arrays[a]).shares_memory(
                 arrays[a], arrays[b]):
@@ -180,7 +184,7 @@ def sharing_pair(arrays: Sequence, written: Sequence[bool] | None = None
 
 
 _PAIRS_PER_ARRAY = 8
-_ELEMENTS_COMPARED = 1 << 24  # (beyond, the pairs are asked: an address array per element)
+_ELEMENTS_COMPARED = 1 << 22  # (beyond, the pairs are asked: arrays per element, 80 B each)
 
 
 def _sharing_elements(arrays: Sequence[np.ndarray], written: Sequence[bool]

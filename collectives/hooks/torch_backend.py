@@ -307,6 +307,11 @@ class CollectivesProcessGroup(dist.ProcessGroup):
             raise ValueError(f"all_gather_coalesced: the output must be {self.size()} lists "
                              f"(one per rank) of {len(inputs)} tensors (one per input), got "
                              f"lists of {[len(o) for o in output_lists]}")
+        for r, outputs in enumerate(output_lists):  # (named as given, not as transposed)
+            for j, (o, t) in enumerate(zip(outputs, inputs)):
+                if o.numel() != t.numel() or o.dtype != t.dtype:
+                    raise ValueError(f"all_gather_coalesced: outputs[{r}][{j}] holds "
+                                     f"{o.numel()} {o.dtype}, input {j} {t.numel()} {t.dtype}")
         per_input = [[outputs[j] for outputs in output_lists] for j in range(len(inputs))]
         return self._allgather_lists(per_input, inputs, output_lists)
 

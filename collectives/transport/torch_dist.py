@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 import kernels
 
-from ..errors import CollectiveError, CollectiveTimeout
+from ..errors import CollectiveError, CollectiveTimeout, PeerError
 from .base import RECORD_CAPACITY
 from .dropped import DroppedSends
 from .gloo_messages import GlooMessages, byte_tensor, gloo_error
@@ -100,6 +100,7 @@ class TorchDistTransport:
         self._record = np.zeros(RECORD_CAPACITY, np.uint8)
         self._abandoned: list = []
         self._dropped = DroppedSends(lambda message: message.done.is_set())
+        self._connections_closed = False  # by `abandon`: every later wait fails
 
     @classmethod
     def from_environment(cls, timeout: float) -> TorchDistTransport:
@@ -139,15 +140,29 @@ class TorchDistTransport:
         try:
             return dist.isend(byte_tensor(buf), group=self.group, group_dst=peer, tag=tag)
         except RuntimeError as error:  # (gloo's bare error escaped: the 107th review)
-            raise gloo_error(f"rank {self.rank}: posting a send to rank {peer}", error,
-                             peer) from None
+            raise self._failure(f"rank {self.rank}: posting a send to rank {peer}", error,
+                                peer) from None
 
     def irecv(self, buf: np.ndarray, peer: int, tag: int):
         try:
             return dist.irecv(byte_tensor(buf), group=self.group, group_src=peer, tag=tag)
         except RuntimeError as error:
-            raise gloo_error(f"rank {self.rank}: posting a receive from rank {peer}", error,
-                             peer) from None
+            raise self._failure(f"rank {self.rank}: posting a receive from rank {peer}",
+                                error, peer) from None
+
+    def _failure(self, what: str, error: Exception, peer: int | None = None
+                 ) -> CollectiveError:
+        """`what` failed with gloo's `error` (`gloo_error`); but where this rank had
+        closed the connections (`abandon`) and no peer's closing is the cause, that the
+        communicator is unusable (it said gloo's "Application timeout caused pair closure";
+        the 114th review)."""
+        failed = gloo_error(what, error, peer)
+        if self._connections_closed and not isinstance(failed, PeerError):
+            return CollectiveError(
+                f"{what} failed: this communicator is unusable: a collective or message "
+                f"gave up on it before, and gloo, which cannot cancel, had its connections "
+                f"closed; call comm.abort() ({error})")
+        return failed
 
     def wait_all(self, requests: Sequence, deadline: float, what: str) -> None:
         for request in requests:
@@ -211,11 +226,20 @@ class TorchDistTransport:
     def p2p_send(self, buf: np.ndarray, peer: int, tag: int):
         self._not_to_self(peer, "send")
         self._dropped.tidy()
-        return self._messages.send(buf, peer, tag)
+        return self._posted(self._messages.send, buf, peer, tag)
 
     def p2p_recv(self, buf: np.ndarray, peer: int, tag: int):
         self._not_to_self(peer, "recv")
-        return self._messages.recv(buf, peer, tag)
+        return self._posted(self._messages.recv, buf, peer, tag)
+
+    def _posted(self, post, buf: np.ndarray, peer: int, tag: int):
+        try:
+            return post(buf, peer, tag)
+        except CollectiveError as error:
+            if self._connections_closed and not isinstance(error, PeerError):
+                raise self._failure(f"rank {self.rank}: a message with rank {peer} (tag "
+                                    f"{tag})", error) from None
+            raise
 
     def _not_to_self(self, peer: int, what: str) -> None:
         """gloo connects a rank to the others only: a message to itself failed with gloo's
@@ -241,12 +265,14 @@ class TorchDistTransport:
         self._dropped.tidy()
         try:
             return request.test(what)
-        except CollectiveError:
+        except CollectiveError as error:
             # (closed: it said "Application timeout caused pair closure", ours; the 113th
             # review)
             if self.group is None:
                 raise CollectiveError(f"{what} failed: the communicator was closed before "
                                       "it completed") from None
+            if self._connections_closed and not isinstance(error, PeerError):
+                raise self._failure(what, "its connections were closed") from None
             raise
 
     def p2p_peer_left(self, peer: int) -> None:
@@ -260,6 +286,7 @@ class TorchDistTransport:
         requests = [r for r in (*sends, *receives) if r is not None]
         self._abandoned.extend(requests)
         if requests:
+            self._connections_closed = True
             self._messages.close_connections()
 
     def poll(self, test, deadline: float, what: str):
@@ -356,7 +383,7 @@ class TorchDistTransport:
         except RuntimeError as error:
             if "timed out" in str(error).lower() or time.monotonic() >= deadline:
                 raise CollectiveTimeout(f"rank {self.rank}: timed out waiting for {what}") from None
-            raise gloo_error(f"rank {self.rank}: {what}", error) from error
+            raise self._failure(f"rank {self.rank}: {what}", error) from error
         except BaseException:
             self.abandon([work], [])  # the late peers are told at once (an expired wait
             raise  # told nobody)

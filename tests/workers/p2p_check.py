@@ -70,6 +70,14 @@ def main() -> None:
         except collectives.CollectiveTimeout as error:
             tally.check("receive from rank 1 (tag 11" in str(error), f"unclear timeout: {error}")
         tally.check(time.monotonic() - start < SHORT + 2, "the timed-out receive took too long")
+        # (gloo's "Application timeout caused pair closure" came out; the 114th review)
+        if comm.transport_name == "torch":
+            try:
+                short.send(np.ones(1), dst=1, tag=12)
+                tally.check(False, "a send after a timed-out receive over gloo was posted")
+            except collectives.CollectiveError as error:
+                tally.check("this communicator is unusable" in str(error),
+                            f"a send after a timed-out receive over gloo: {error}")
     got = comm.allreduce(np.ones(2), op="sum")
     tally.check(bool((got == p).all()), "a collective after the timed-out receive")
     comm.barrier()

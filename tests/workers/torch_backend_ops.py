@@ -115,6 +115,13 @@ def check_movement(group, tally: Tally) -> None:
     dist.all_gather_coalesced(outs, ins, group=group)
     tally.check(all(torch.equal(outs[q][j], torch.full((2 + j,), float(10 * q + j)))
                     for q in range(p) for j in range(3)), f"all_gather_coalesced: {outs}")
+    outs[p - 1][1] = torch.empty(7)
+    try:  # (it named all_gather's transposed lists; the 114th review)
+        dist.all_gather_coalesced(outs, ins, group=group)
+        tally.check(False, "all_gather_coalesced into an output of another size")
+    except (ValueError, RuntimeError) as error:
+        tally.check(f"outputs[{p - 1}][1] holds 7 torch.float32, input 1 3" in str(error),
+                    f"all_gather_coalesced into an output of another size: {error}")
     listed = [torch.empty(2) for _ in range(p)]
     value = dist.all_gather(listed, torch.full((2,), float(r)), group=group,
                             async_op=True).get_future().wait()
