@@ -197,6 +197,7 @@ class StagedMPI:
         self._cuda_aware = cuda_aware
         self._copies = copies
         self._lanes: dict[tuple[int, bool], _Lane] = {}
+        self._kept: list[_Slot] = []  # slots of abandoned chunks: MPI may still use them
         self._host = np.empty(0, np.uint8)  # pinned, for native all-reduce; grows
 
     @property
@@ -262,9 +263,17 @@ class StagedMPI:
         return self.mpi.poll(test, deadline, what)
 
     def abandon(self, sends: Sequence, receives: Sequence) -> None:
-        """Staged messages stop with their lanes; CUDA-aware ones are MPI requests."""
-        if self.cuda_aware:
-            self.mpi.abandon(sends, receives)
+        """CUDA-aware messages are MPI requests; staged ones stop with their lanes, whose
+        chunks MPI still holds are given up as MPI's own requests (receives cancelled, each
+        request kept) with their pinned slots kept: a late peer's chunks landed in slots
+        let go (the 115th review)."""
+        held = [(lane.is_send, slot) for lane in self._lanes.values() for slot in lane.busy
+                if slot.request is not None]
+        self._kept.extend(slot for _, slot in held)
+        self.mpi.abandon([*(sends if self.cuda_aware else ()),
+                          *(slot.request for is_send, slot in held if is_send)],
+                         [*(receives if self.cuda_aware else ()),
+                          *(slot.request for is_send, slot in held if not is_send)])
         self._lanes.clear()
 
     def _post(self, buf: cupy.ndarray, peer: int, tag: int, *, is_send: bool):

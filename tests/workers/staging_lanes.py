@@ -104,7 +104,40 @@ def main() -> None:
         t.native_allreduce(x, x, "sum", deadline)
         got = np.asarray(x.get() if on_gpu else x).astype(np.float64)
         tally.check(bool((got == size * (size + 1) // 2).all()), f"native {np.dtype(dtype)}")
+    if size > 1:
+        check_abandoned_receive(copies if not on_gpu else None, xp, tally)
     tally.finish()
+
+
+def check_abandoned_receive(copies, xp, tally: Tally) -> None:
+    """Rank 0's staged receive times out and is abandoned; rank 1 sends late. The lanes'
+    chunk receives stayed posted in MPI and their pinned slots were let go: the late
+    chunks landed in them (0xab in memory the pool hands out again; the 115th review)."""
+    from collectives.errors import CollectiveTimeout
+
+    world = MPI.COMM_WORLD
+    t = StagedMPI(MPITransport(world.Dup()), cuda_aware=False, copies=copies)
+    if t.rank == 0:
+        request = t.irecv(xp.zeros(2 * CHUNK_BYTES, np.uint8), 1, 5)
+        try:
+            t.wait_all([request], time.monotonic() + 0.3, "a message sent late")
+        except CollectiveTimeout:
+            pass
+        hosts = [slot.host for lane in t._lanes.values() for slot in (*lane.free, *lane.busy)]
+        t.abandon([], [request])
+        world.send(None, dest=1, tag=99)
+        world.recv(source=1, tag=98)  # its send has given up
+        written = [int(np.asarray(host.get() if hasattr(host, "get") else host)[0])
+                   for host in hosts]
+        tally.check(0xAB not in written, f"abandoned chunk receives written: {written}")
+    elif t.rank == 1:
+        world.recv(source=0, tag=99)
+        try:
+            t.wait_all([t.isend(xp.full(2 * CHUNK_BYTES, 0xAB, np.uint8), 0, 5)],
+                       time.monotonic() + 1.0, "a late send")
+        except CollectiveTimeout:
+            t.abandon([], [])
+        world.send(None, dest=0, tag=98)
 
 
 if __name__ == "__main__":
