@@ -117,19 +117,23 @@ def test_rank_that_never_arrives_gives_collective_timeout(tmp_path, check, step)
         assert "this communicator is unusable since allreduce #2 timed out" in seen["after"], seen
 
 
-def test_a_rank_that_comes_after_the_others_gave_up_is_told_so_with_the_check_off(tmp_path):
-    """It got gloo's bare RuntimeError ("Connection closed by peer"), naming neither the
-    collective nor the cause, which `except CollectiveError` did not catch (the 107th
-    review)."""
+@pytest.mark.parametrize("check, closed", [("0", "rank 0 closed the connection"),
+                                           ("1", "the peer closed the connection")])
+def test_a_rank_that_comes_after_the_others_gave_up_is_told_so(tmp_path, check, closed):
+    """With the check off it got gloo's bare RuntimeError ("Connection closed by peer"),
+    naming neither the collective nor the cause, which `except CollectiveError` did not
+    catch (the 107th review); with it on, a CollectiveError naming no collective (the
+    111th). The rank that gave up, sending after, got gloo's "Application timeout caused
+    pair closure" (the 116th)."""
     from tests.workers.timeouts import TIMEOUT
 
-    torchrun(2, "timeouts", "late", "ring", str(tmp_path), env={"COLLECTIVES_CHECK": "0"},
+    torchrun(2, "timeouts", "late", "ring", str(tmp_path), env={"COLLECTIVES_CHECK": check},
              timeout=120)
     first, late = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert first["error"] == "CollectiveTimeout", first
+    assert "this communicator is unusable" in first["send after"], first
     assert late["error"] == "PeerError" and late["elapsed"] < TIMEOUT, late
-    assert late["message"].startswith("allreduce #2 ") and "rank 0 closed the connection" \
-        in late["message"], late
+    assert late["message"].startswith("allreduce #2 ") and closed in late["message"], late
 
 
 def _one_rank(code: str) -> subprocess.CompletedProcess:

@@ -53,16 +53,21 @@ _COMPRESSIONS = ("none", "fp16", "bf16")
 _OPTION_BYTES = 64  # what ranks compare of a group's options: "<algorithm> <compression>"
 
 
-def _refusing(collective: str):
+def _refusing(collective: str, *, per: int | None = None):
     """A backend op whose own checks (contiguity, sizes, splits, a tensor that cannot be
     viewed) refuse `collective` on every rank: MismatchError on the others at once, where
     they would otherwise pair their call with this rank's next one, out of step for good.
-    The checks run before the op issues anything."""
+    The checks run before the op issues anything. `per`: the op issues a call per tensor
+    of its argument at that position, and each is refused (one refusal for several left
+    the others' later calls paired with this rank's next ones; the 116th review)."""
     def wrap(method):
         @functools.wraps(method)
         def op(self, *args, **kwargs):
-            with self.comm.refusing(collective):
+            try:
                 return method(self, *args, **kwargs)
+            except (TypeError, ValueError, BufferError) as error:
+                calls = 1 if per is None or len(args) <= per else max(len(args[per]), 1)
+                self._refuse([collective] * calls, error)
         return op
     return wrap
 
@@ -158,7 +163,7 @@ class CollectivesProcessGroup(dist.ProcessGroup):
 
     allreduce_coalesced = allreduce
 
-    @_refusing("reduce")
+    @_refusing("reduce", per=0)
     def reduce(self, tensors: list[torch.Tensor], opts=ReduceOptions()) -> dist.Work:
         op, views = reduce_op(opts.reduceOp), [as_array(t) for t in tensors]
         handles = [self.comm.reduce_async(view, opts.rootRank, op, self._algorithm["reduce"],
@@ -173,7 +178,7 @@ class CollectivesProcessGroup(dist.ProcessGroup):
 
     _reduce_scatter_base = reduce_scatter_single
 
-    @_refusing("reduce_scatter")
+    @_refusing("reduce_scatter", per=0)
     def reduce_scatter_single_coalesced(self, outputs: list[torch.Tensor],
                                         inputs: list[torch.Tensor],
                                         opts=ReduceScatterOptions()) -> dist.Work:
@@ -181,7 +186,7 @@ class CollectivesProcessGroup(dist.ProcessGroup):
 
     reduce_scatter_tensor_coalesced = reduce_scatter_single_coalesced
 
-    @_refusing("reduce_scatter")
+    @_refusing("reduce_scatter", per=0)
     def reduce_scatter(self, outputs: list[torch.Tensor], input_lists: list[list[torch.Tensor]],
                        opts=ReduceScatterOptions()) -> dist.Work:
         """Each output gets its block of the reduced inputs (stacked into one copy first)."""
@@ -268,7 +273,7 @@ class CollectivesProcessGroup(dist.ProcessGroup):
 
     _allgather_base = all_gather_single
 
-    @_refusing("allgather")
+    @_refusing("allgather", per=0)
     def allgather_into_tensor_coalesced(self, outputs: list[torch.Tensor],
                                         inputs: list[torch.Tensor],
                                         opts=AllgatherOptions()) -> dist.Work:
@@ -289,7 +294,7 @@ class CollectivesProcessGroup(dist.ProcessGroup):
         return HandleWork(handles, _finishing(gathered, [output for output, _ in pairs]),
                           lambda: tensors_named([input for _, input in pairs]))
 
-    @_refusing("allgather")
+    @_refusing("allgather", per=1)
     def allgather(self, output_lists: list[list[torch.Tensor]], inputs: list[torch.Tensor],
                   opts=AllgatherOptions()) -> dist.Work:
         """Into a list of tensors per input (`output_lists[j][r]`: rank r's input j)."""
@@ -297,7 +302,7 @@ class CollectivesProcessGroup(dist.ProcessGroup):
         return self._allgather_lists(output_lists, inputs,
                                      output_lists[0] if len(output_lists) == 1 else None)
 
-    @_refusing("allgather")
+    @_refusing("allgather", per=1)
     def allgather_coalesced(self, output_lists: list[list[torch.Tensor]],
                             inputs: list[torch.Tensor], opts=AllgatherOptions()) -> dist.Work:
         """torch's coalesced form: `output_lists[r][j]` is rank r's input j, the transpose

@@ -263,13 +263,17 @@ class StagedMPI:
         return self.mpi.poll(test, deadline, what)
 
     def abandon(self, sends: Sequence, receives: Sequence) -> None:
-        """CUDA-aware messages are MPI requests; staged ones stop with their lanes, whose
-        chunks MPI still holds are given up as MPI's own requests (receives cancelled, each
-        request kept) with their pinned slots kept: a late peer's chunks landed in slots
-        let go (the 115th review)."""
-        held = [(lane.is_send, slot) for lane in self._lanes.values() for slot in lane.busy
-                if slot.request is not None]
-        self._kept.extend(slot for _, slot in held)
+        """CUDA-aware messages are MPI requests; staged ones stop with their lanes, all
+        of them (the executor abandons a failed plan's messages, and the communicator is
+        unusable then). Chunks MPI still holds are given up as MPI's own requests
+        (receives cancelled, each request kept), copies in flight are waited for, and
+        every busy slot is kept, as MPI may still use it: a late peer's chunks landed in
+        slots let go (the 115th review)."""
+        busy = [(lane.is_send, slot) for lane in self._lanes.values() for slot in lane.busy]
+        if busy:  # (a copy in flight read x, or wrote out, after the error: ended here)
+            self.copies.synchronize()
+        self._kept.extend(slot for _, slot in busy)
+        held = [(is_send, slot) for is_send, slot in busy if slot.request is not None]
         self.mpi.abandon([*(sends if self.cuda_aware else ()),
                           *(slot.request for is_send, slot in held if is_send)],
                          [*(receives if self.cuda_aware else ()),

@@ -382,6 +382,9 @@ class TorchDistTransport:
             work.wait(timeout=datetime.timedelta(seconds=left))
         except RuntimeError as error:
             if "timed out" in str(error).lower() or time.monotonic() >= deadline:
+                # (gloo's expired wait closed the connections: later calls say so, not
+                # "Application timeout caused pair closure"; the 116th review)
+                self._connections_closed = True
                 raise CollectiveTimeout(f"rank {self.rank}: timed out waiting for {what}") from None
             raise self._failure(f"rank {self.rank}: {what}", error) from error
         except BaseException:

@@ -82,6 +82,12 @@ def late(comm, algorithm: str, outdir: Path, interrupt: bool) -> None:
     except BaseException as error:  # noqa: BLE001 - what each rank saw is the result
         seen["error"], seen["message"] = type(error).__name__, str(error)
     seen["elapsed"] = time.monotonic() - start
+    if not interrupt and comm.rank == 0:  # a message after the collective gave up
+        try:
+            comm.send(np.ones(1), dst=1, tag=1)
+            seen["send after"] = None
+        except collectives.CollectiveError as error:
+            seen["send after"] = str(error)
     (outdir / f"rank{comm.rank}.json").write_text(json.dumps(seen))
     limit = time.monotonic() + 30  # alive until every rank wrote: not told by an exit
     while not all((outdir / f"rank{r}.json").exists() for r in range(comm.size)) \
