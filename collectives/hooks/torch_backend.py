@@ -206,9 +206,12 @@ class CollectivesProcessGroup(dist.ProcessGroup):
             if whole.size != output.numel() * self.size():
                 raise ValueError(f"reduce_scatter: the input holds {whole.size} elements, "
                                  f"expected {self.size()} x the output's {output.numel()}")
+        # Every view before the first call (a non-contiguous output found while issuing
+        # left the calls before it issued, and the refusals after them; the 117th review)
+        outs = [flat(output) for output, _ in pairs]
         handles = [self.comm.reduce_scatter_async(whole, op, self._algorithm["reduce_scatter"],
-                                                  self._compress([output]), out=flat(output))
-                   for output, whole in pairs]
+                                                  self._compress([output]), out=out)
+                   for (output, whole), out in zip(pairs, outs)]
         return HandleWork(handles, lambda: [output for output, _ in pairs])
 
     def _refuse(self, collectives: list[str], error: Exception) -> NoReturn:
