@@ -100,7 +100,7 @@ class TorchDistTransport:
         self._record = np.zeros(RECORD_CAPACITY, np.uint8)
         self._abandoned: list = []
         self._dropped = DroppedSends(lambda message: message.done.is_set())
-        self._connections_closed = False  # by `abandon`: every later wait fails
+        self._connections_closed = False  # by `abandon` or gloo's expired wait
 
     @classmethod
     def from_environment(cls, timeout: float) -> TorchDistTransport:
@@ -140,29 +140,26 @@ class TorchDistTransport:
         try:
             return dist.isend(byte_tensor(buf), group=self.group, group_dst=peer, tag=tag)
         except RuntimeError as error:  # (gloo's bare error escaped: the 107th review)
-            raise self._failure(f"rank {self.rank}: posting a send to rank {peer}", error,
-                                peer) from None
+            raise self._unusable(gloo_error(f"rank {self.rank}: posting a send to rank "
+                                            f"{peer}", error, peer)) from None
 
     def irecv(self, buf: np.ndarray, peer: int, tag: int):
         try:
             return dist.irecv(byte_tensor(buf), group=self.group, group_src=peer, tag=tag)
         except RuntimeError as error:
-            raise self._failure(f"rank {self.rank}: posting a receive from rank {peer}",
-                                error, peer) from None
+            raise self._unusable(gloo_error(f"rank {self.rank}: posting a receive from "
+                                            f"rank {peer}", error, peer)) from None
 
-    def _failure(self, what: str, error: Exception, peer: int | None = None
-                 ) -> CollectiveError:
-        """`what` failed with gloo's `error` (`gloo_error`); but where this rank had
-        closed the connections (`abandon`) and no peer's closing is the cause, that the
-        communicator is unusable (it said gloo's "Application timeout caused pair closure";
-        the 114th review)."""
-        failed = gloo_error(what, error, peer)
-        if self._connections_closed and not isinstance(failed, PeerError):
-            return CollectiveError(
-                f"{what} failed: this communicator is unusable: a collective or message "
-                f"gave up on it before, and gloo, which cannot cancel, had its connections "
-                f"closed; call comm.abort() ({error})")
-        return failed
+    def _unusable(self, failed: CollectiveError) -> CollectiveError:
+        """`failed`; but where this rank's connections were closed (`abandon`, or gloo's
+        expired wait) and no peer's closing is the cause, that the communicator is
+        unusable (it said gloo's "Application timeout caused pair closure"; the 114th
+        and 116th reviews)."""
+        if not self._connections_closed or isinstance(failed, PeerError):
+            return failed
+        return CollectiveError(f"this communicator is unusable: a collective or message gave "
+                               f"up on it before, and gloo, which cannot cancel, had its "
+                               f"connections closed; call comm.abort() ({failed})")
 
     def wait_all(self, requests: Sequence, deadline: float, what: str) -> None:
         for request in requests:
@@ -236,10 +233,7 @@ class TorchDistTransport:
         try:
             return post(buf, peer, tag)
         except CollectiveError as error:
-            if self._connections_closed and not isinstance(error, PeerError):
-                raise self._failure(f"rank {self.rank}: a message with rank {peer} (tag "
-                                    f"{tag})", error) from None
-            raise
+            raise self._unusable(error) from None
 
     def _not_to_self(self, peer: int, what: str) -> None:
         """gloo connects a rank to the others only: a message to itself failed with gloo's
@@ -271,9 +265,7 @@ class TorchDistTransport:
             if self.group is None:
                 raise CollectiveError(f"{what} failed: the communicator was closed before "
                                       "it completed") from None
-            if self._connections_closed and not isinstance(error, PeerError):
-                raise self._failure(what, "its connections were closed") from None
-            raise
+            raise self._unusable(error) from None
 
     def p2p_peer_left(self, peer: int) -> None:
         """No notices over gloo: a message with a rank that left fails when gloo sees its
@@ -386,7 +378,7 @@ class TorchDistTransport:
                 # "Application timeout caused pair closure"; the 116th review)
                 self._connections_closed = True
                 raise CollectiveTimeout(f"rank {self.rank}: timed out waiting for {what}") from None
-            raise self._failure(f"rank {self.rank}: {what}", error) from error
+            raise self._unusable(gloo_error(f"rank {self.rank}: {what}", error)) from error
         except BaseException:
             self.abandon([work], [])  # the late peers are told at once (an expired wait
             raise  # told nobody)
